@@ -1,0 +1,51 @@
+# crossfl: one command each. Every target sets itself up (venv + pinned packages).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CROSSFL := $(BIN)/crossfl
+STAMP := $(VENV)/.installed-stamp
+
+DATA_DIR := build/data/chem
+MODEL_DIR := build/models/tiny-llama
+EXP ?= deploy/experiments/local-demo.yaml
+
+.PHONY: setup demo test data model experiment bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[test]'
+	@touch $@
+
+data: $(DATA_DIR)/train.jsonl
+$(DATA_DIR)/train.jsonl: | $(STAMP)
+	$(CROSSFL) data build-chem --out $(DATA_DIR)
+
+model: $(MODEL_DIR)/config.json
+$(MODEL_DIR)/config.json: $(DATA_DIR)/train.jsonl | $(STAMP)
+	$(CROSSFL) model build-tiny --data $(DATA_DIR)/train.jsonl --out $(MODEL_DIR)
+
+## make demo: the whole federation on this machine (data, model, three local sites, FedAvg)
+demo: setup data model
+	$(CROSSFL) run deploy/experiments/local-demo.yaml
+
+## make experiment EXP=deploy/experiments/NAME.yaml
+experiment: setup
+	$(CROSSFL) run $(EXP)
+
+## make test: the test suite (starts its own Slurm/sshd where it can, as root)
+test: setup
+	$(BIN)/python -m pytest -q
+
+## make bench: measured ratios, side by side in one run
+bench: setup
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf build
+
+# Each area adds its targets in a file of its own.
+include $(wildcard mk/*.mk)
