@@ -1,0 +1,36 @@
+"""Federated strategies over flat float32 buffers, selected by name from the experiment file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crossfl.errors import UserError
+from crossfl.server.strategies.base import ClientPlan, Strategy, StrategyParams, Update
+from crossfl.server.strategies.fedavg import FedAvg
+
+__all__ = [
+    "STRATEGIES", "ClientPlan", "Strategy", "StrategyParams", "Update", "get_strategy",
+    "known_names",
+]
+
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg,)}
+
+
+def known_names() -> list[str]:
+    """Names accepted by :func:`get_strategy`."""
+    return list(STRATEGIES)
+
+
+def get_strategy(name: str, **kwargs: Any) -> Strategy:
+    """Build the strategy called ``name`` with the experiment file's ``kwargs``.
+
+    Raises UserError for an unknown name (listing the known ones) or a bad kwarg (naming it).
+    """
+    key = name.strip()
+    cls = STRATEGIES.get(key.lower())
+    if cls is None:
+        raise UserError(
+            f"unknown strategy {name!r}", field="strategy.name",
+            fix=f"use one of: {', '.join(known_names())}",
+        )
+    return cls(**kwargs)

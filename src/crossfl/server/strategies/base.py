@@ -1,0 +1,128 @@
+"""The strategy interface the round driver talks to, over flat float32 parameter buffers."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from crossfl.errors import UserError
+
+__all__ = ["ClientPlan", "Strategy", "StrategyParams", "Update", "sample_weights", "staleness_of"]
+
+
+@dataclass
+class Update:
+    """One client's result for one task."""
+
+    site: str
+    params: torch.Tensor  # flat float32: the client's local adapter after training (not a delta)
+    num_samples: int
+    base_version: int  # global model version the client started from
+    local_steps: int
+    train_time_s: float | None = None  # measured training time for local_steps
+    queue_wait_s: float | None = None  # measured time from submit to start
+
+
+@dataclass
+class ClientPlan:
+    """What a site's next task should do."""
+
+    local_steps: int
+    lr: float
+
+
+class StrategyParams(BaseModel):
+    """Base for a strategy's keyword arguments: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def staleness_of(update: Update, version: int) -> int:
+    """How many global versions the update is behind (never negative)."""
+    return max(0, version - update.base_version)
+
+
+class Strategy(ABC):
+    """A federated optimization algorithm over flat parameter buffers.
+
+    Subclasses set ``name``, ``is_async`` and ``Params`` (a :class:`StrategyParams` model
+    validating the experiment file's kwargs) and implement :meth:`aggregate`.
+    """
+
+    name: ClassVar[str]
+    is_async: ClassVar[bool]
+    Params: ClassVar[type[StrategyParams]] = StrategyParams
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.params = self.parse_kwargs(kwargs)
+
+    @classmethod
+    def parse_kwargs(cls, kwargs: Mapping[str, Any]) -> StrategyParams:
+        """Validate ``kwargs`` with ``cls.Params``; the first problem becomes a UserError."""
+        try:
+            return cls.Params(**kwargs)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err.get("loc", ())) or "kwargs"
+            if err.get("type") == "extra_forbidden":
+                allowed = ", ".join(sorted(cls.Params.model_fields)) or "none"
+                raise UserError(
+                    f"unknown argument for strategy {cls.name!r}",
+                    field=f"strategy.kwargs.{field}", fix=f"known arguments: {allowed}",
+                ) from None
+            raise UserError(
+                f"strategy {cls.name!r}: {err.get('msg', 'invalid value')} "
+                f"(got {err.get('input')!r})",
+                field=f"strategy.kwargs.{field}",
+            ) from None
+
+    def configure(self, site: str, version: int, default: ClientPlan) -> ClientPlan:
+        """Local steps and learning rate for ``site``'s next task (default: unchanged)."""
+        return default
+
+    @abstractmethod
+    def aggregate(
+        self, global_params: torch.Tensor, updates: list[Update], version: int
+    ) -> torch.Tensor | None:
+        """New global flat params from ``updates``, or None while buffering.
+
+        Sync strategies get every update of a round; async strategies one update per call.
+        ``version`` is the version of ``global_params``.
+        """
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume (moments, buffers, speed estimates)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if state:
+            raise ValueError(f"strategy {self.name!r} keeps no state, got keys {sorted(state)}")
+
+    @staticmethod
+    def check_updates(global_params: torch.Tensor, updates: list[Update]) -> None:
+        """Raise ValueError unless every update is a flat buffer shaped like the global one."""
+        if global_params.dim() != 1:
+            raise ValueError(f"global params must be 1-D, got shape {tuple(global_params.shape)}")
+        if not updates:
+            raise ValueError("aggregate() needs at least one update")
+        for u in updates:
+            if u.params.shape != global_params.shape:
+                raise ValueError(
+                    f"update from {u.site!r} has shape {tuple(u.params.shape)}, "
+                    f"global params {tuple(global_params.shape)}"
+                )
+            if u.num_samples < 0:
+                raise ValueError(f"update from {u.site!r} has negative num_samples")
+
+
+def sample_weights(updates: list[Update], mode: str = "num_samples") -> list[float]:
+    """Normalized client weights: by sample count, or equal (also when all counts are 0)."""
+    total = sum(u.num_samples for u in updates)
+    if mode == "num_samples" and total > 0:
+        return [u.num_samples / total for u in updates]
+    return [1.0 / len(updates)] * len(updates)
