@@ -1,0 +1,500 @@
+"""The facility catalog: one pydantic schema for `deploy/sites/*.yaml`.
+
+A site file holds facts about a facility. What differs per user (account, paths) comes from an
+overrides file (`deploy/sites/overrides/<site>.yaml`, or `$CROSSFL_SITE_OVERRIDES/<site>.yaml`),
+deep-merged over the catalog entry, and from `${VAR}` / `${VAR:-default}` references that are
+expanded from the environment when the file is loaded. A bare `$VAR` is left alone: it belongs to
+the shell on the facility (e.g. `$HOME`, `$PBS_NODEFILE`).
+
+Every mistake becomes one `UserError` naming the file, the field and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from crossfl import paths
+from crossfl.errors import UserError
+
+Scheduler = Literal["slurm", "pbs", "local"]
+Vendor = Literal["cuda", "rocm", "xpu", "none"]
+Arch = Literal["cuda", "rocm", "xpu", "cpu"]
+
+_WALLTIME = re.compile(r"^(\d{1,3}):([0-5]\d):([0-5]\d)$")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+# The environment variable each vendor's runtime reads to pick a device.
+VISIBLE_DEVICES_ENV: dict[str, str] = {
+    "cuda": "CUDA_VISIBLE_DEVICES",
+    "rocm": "ROCR_VISIBLE_DEVICES",
+    "xpu": "ZE_AFFINITY_MASK",
+}
+
+# Scheduler options a directive may use. Anything else is refused at load time: a typo in a
+# directive otherwise surfaces only as a rejected job at the facility.
+SLURM_OPTIONS = frozenset({
+    "-A", "--account", "-p", "--partition", "-q", "--qos", "-t", "--time", "-N", "--nodes",
+    "-n", "--ntasks", "--ntasks-per-node", "-c", "--cpus-per-task", "-C", "--constraint",
+    "-G", "--gpus", "--gpus-per-node", "--gpus-per-task", "--gpu-bind", "--gres",
+    "--gres-flags", "--exclusive", "--mem", "--mem-per-cpu", "--mem-per-gpu", "-J",
+    "--job-name", "-o", "--output", "-e", "--error", "--network", "-S", "--core-spec",
+    "--threads-per-core", "--hint", "--signal", "--mail-type", "--mail-user", "--licenses",
+    "-L", "--reservation", "--exclude", "-x", "--nodelist", "-w", "--requeue", "--no-requeue",
+    "--switches", "--time-min", "--cpu-freq", "--comment", "--export", "--get-user-env",
+    "--image", "--module", "--volume",  # Shifter (NERSC) adds these to sbatch
+})
+PBS_OPTIONS = frozenset({
+    "-A", "-N", "-q", "-l", "-k", "-j", "-o", "-e", "-m", "-M", "-W", "-V", "-v", "-r",
+    "-p", "-a", "-c", "-S", "-J", "-P", "-h", "-u",
+})
+PBS_RESOURCES = frozenset({
+    "select", "walltime", "filesystems", "place", "singularity_fakeroot", "ncpus", "ngpus",
+    "mem", "nodes", "debug", "daos", "mpiprocs", "ompthreads", "system", "host",
+})
+
+
+def parse_walltime(text: str) -> int:
+    """'HH:MM:SS' -> seconds; ValueError with the accepted form otherwise."""
+    m = _WALLTIME.match(text.strip())
+    if not m:
+        raise ValueError(f"walltime {text!r} is not HH:MM:SS (e.g. 01:00:00)")
+    h, mi, s = (int(g) for g in m.groups())
+    return h * 3600 + mi * 60 + s
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Queue(_Model):
+    """Limits of one queue/partition, as published by the facility."""
+    max_walltime: str | None = None
+    max_nodes: int | None = Field(default=None, ge=1)
+
+    @field_validator("max_walltime")
+    @classmethod
+    def _wt(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_walltime(v)
+        return v
+
+
+class Accelerator(_Model):
+    vendor: Vendor = "none"
+    devices_per_node: int = Field(default=0, ge=0)
+    # What Parsl's worker pool hands out, one per worker (e.g. Aurora tiles "0.0".."5.1").
+    # Default: "0".."N-1".
+    ids: list[str] | None = None
+    # How batch-job ranks reach their device: the scheduler does it (srun --gpus-per-task),
+    # a wrapper picks from the local rank (PALS mpiexec), or nothing (CPU / one process).
+    bind: Literal["scheduler", "local-rank", "none"] = "none"
+    # Device for local rank i (Polaris binds in reverse: [3, 2, 1, 0]); default ids order.
+    rank_order: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Accelerator:
+        if self.vendor == "none" and self.devices_per_node:
+            raise ValueError("vendor 'none' has no devices: set devices_per_node: 0 "
+                             "or name the vendor (cuda, rocm, xpu)")
+        if self.vendor != "none" and not self.devices_per_node:
+            raise ValueError(f"vendor {self.vendor!r} needs devices_per_node >= 1")
+        if self.ids is not None and len(self.ids) != self.devices_per_node:
+            raise ValueError(f"devices_per_node is {self.devices_per_node} but ids lists "
+                             f"{len(self.ids)} devices: make them match")
+        if self.rank_order is not None and sorted(self.rank_order) != sorted(self.device_ids):
+            raise ValueError("rank_order must be a permutation of the device ids "
+                             f"{self.device_ids}")
+        if self.vendor == "none" and self.bind != "none":
+            raise ValueError("bind must be 'none' when there are no devices")
+        return self
+
+    @property
+    def device_ids(self) -> list[str]:
+        return list(self.ids) if self.ids is not None else [str(i) for i in range(self.devices_per_node)]
+
+    @property
+    def rank_devices(self) -> list[str]:
+        return list(self.rank_order) if self.rank_order is not None else self.device_ids
+
+    @property
+    def visible_devices_env(self) -> str | None:
+        return VISIBLE_DEVICES_ENV.get(self.vendor)
+
+
+class Proxy(_Model):
+    http: str | None = None
+    https: str | None = None
+    no_proxy: str | None = None
+
+    def env(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if self.http:
+            out["http_proxy"] = out["HTTP_PROXY"] = self.http
+        if self.https:
+            out["https_proxy"] = out["HTTPS_PROXY"] = self.https
+        if self.no_proxy:
+            out["no_proxy"] = out["NO_PROXY"] = self.no_proxy
+        return out
+
+
+class ImageBuild(_Model):
+    """How an image is built at the facility (Polaris: on a compute node with fakeroot)."""
+    on_compute_node: bool = False
+    directives: list[str] = Field(default_factory=list)
+    modules: list[str] = Field(default_factory=list)
+    module_use: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    options: list[str] = Field(default_factory=lambda: ["--fakeroot"])
+    walltime: str = "01:00:00"
+    queue: str | None = None
+
+
+class Container(_Model):
+    runtime: Literal["apptainer", "none"] = "none"
+    # Image per architecture (cuda, rocm, xpu, cpu). `{{remote_root}}` and `{{site}}` are
+    # replaced when rendering; `$HOME` etc. stay for the facility's shell.
+    images: dict[Arch, str] = Field(default_factory=dict)
+    binds: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    # Extra flags for `apptainer exec/run` (e.g. Polaris' --fakeroot). The GPU flag
+    # (--nv / --rocm) is added from the accelerator vendor.
+    options: list[str] = Field(default_factory=list)
+    build: ImageBuild | None = None
+
+
+class Launcher(_Model):
+    type: Literal["srun", "mpiexec", "single"] = "single"
+    # Extra launcher options, e.g. "--cpu-bind=cores" or "--cpu-bind depth --depth=64".
+    options: str = ""
+
+
+class Endpoint(_Model):
+    mode: Literal["single-user", "multi-user"] = "single-user"
+    display_name: str | None = None
+    allowed_functions: list[str] = Field(default_factory=list)
+    encrypted: bool = True
+    # Network interface the workers use to reach the interchange (hsn0 on Slingshot).
+    address_interface: str | None = None
+    max_workers_per_node: int | None = Field(default=None, ge=1)
+    cpu_affinity: str = "none"
+    idle_heartbeats_soft: int = 10
+    idle_heartbeats_hard: int = 5760
+
+
+class Deploy(_Model):
+    host: str | None = None
+    user: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    remote_root: str = ""
+    endpoint_name: str = ""
+    python_activate: str | None = None
+    data_dir: str | None = None
+
+
+class Site(_Model):
+    name: str
+    description: str = ""
+    docs: list[str] = Field(default_factory=list)
+    scheduler: Scheduler
+    account: str | None = None
+    queue: str | None = None  # the partition on Slurm
+    qos: str | None = None
+    constraint: str | None = None  # Slurm -C
+    queues: dict[str, Queue] = Field(default_factory=dict)
+    walltime: str = "01:00:00"
+    nodes_per_block: int = Field(default=1, ge=1)
+    init_blocks: int = Field(default=0, ge=0)
+    min_blocks: int = Field(default=0, ge=0)
+    max_blocks: int = Field(default=1, ge=1)
+    cpus_per_node: int | None = Field(default=None, ge=1)
+    select_options: str = ""  # PBS select chunk extras, e.g. "system=polaris"
+    accelerator: Accelerator = Field(default_factory=Accelerator)
+    cpu_bind: str | None = None  # batch-job binding, e.g. "--cpu-bind=cores" / "list:1-8:..."
+    filesystems: list[str] = Field(default_factory=list)
+    allowed_filesystems: list[str] | None = None
+    directives: list[str] = Field(default_factory=list)
+    modules: list[str] = Field(default_factory=list)
+    module_use: list[str] = Field(default_factory=list)
+    proxy: Proxy = Field(default_factory=Proxy)
+    env: dict[str, str] = Field(default_factory=dict)
+    container: Container = Field(default_factory=Container)
+    launcher: Launcher = Field(default_factory=Launcher)
+    worker_init: list[str] = Field(default_factory=list)
+    endpoint: Endpoint = Field(default_factory=Endpoint)
+    deploy: Deploy = Field(default_factory=Deploy)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"site name {v!r} must be lower-case letters, digits, - or _")
+        return v
+
+    @field_validator("walltime")
+    @classmethod
+    def _walltime(cls, v: str) -> str:
+        parse_walltime(v)
+        return v
+
+    @field_validator("account", "queue", "qos", "constraint", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+    @model_validator(mode="after")
+    def _checks(self) -> Site:
+        if self.min_blocks > self.max_blocks:
+            raise ValueError(f"min_blocks {self.min_blocks} > max_blocks {self.max_blocks}")
+        if self.init_blocks > self.max_blocks:
+            raise ValueError(f"init_blocks {self.init_blocks} > max_blocks {self.max_blocks}")
+        if not self.deploy.remote_root:
+            self.deploy.remote_root = f"~/.crossfl/{self.name}"
+        if not self.deploy.endpoint_name:
+            self.deploy.endpoint_name = f"crossfl-{self.name}"
+        if self.scheduler == "local":
+            if self.launcher.type != "single":
+                raise _FieldError("launcher.type", "a local site runs one process per node: "
+                                  "use launcher.type: single")
+            if self.directives or self.filesystems:
+                raise _FieldError("directives", "a local site has no scheduler directives")
+        else:
+            if self.scheduler == "slurm" and self.launcher.type == "mpiexec":
+                pass  # allowed: some Slurm sites use mpiexec
+            if self.scheduler == "pbs" and self.launcher.type == "srun":
+                raise _FieldError("launcher.type", "srun needs Slurm: use mpiexec on a PBS site")
+        if self.queues and self.queue is not None and self.queue not in self.queues:
+            raise _FieldError("queue", f"queue {self.queue!r} is not one of "
+                              f"{sorted(self.queues)}: pick one or add it under queues")
+        limit = self.queue_limit()
+        if limit and limit.max_walltime and parse_walltime(self.walltime) > parse_walltime(limit.max_walltime):
+            raise _FieldError("walltime", f"walltime {self.walltime} is over the {self.queue} "
+                              f"queue's maximum {limit.max_walltime}: lower it or pick another queue")
+        if limit and limit.max_nodes and self.nodes_per_block > limit.max_nodes:
+            raise _FieldError("nodes_per_block", f"{self.nodes_per_block} nodes is over the "
+                              f"{self.queue} queue's maximum {limit.max_nodes}")
+        if self.allowed_filesystems is not None:
+            bad = [f for f in self.filesystems if f not in self.allowed_filesystems]
+            if bad:
+                raise _FieldError("filesystems", f"{bad} not known at this facility; "
+                                  f"choose from {self.allowed_filesystems}")
+        if self.filesystems and self.scheduler != "pbs":
+            raise _FieldError("filesystems", "filesystems is a PBS request (-l filesystems=); "
+                              "remove it for a Slurm site")
+        for i, d in enumerate(self.directives):
+            problem = directive_problem(self.scheduler, d)
+            if problem:
+                raise _FieldError(f"directives[{i}]", problem)
+        if self.container.runtime != "none":
+            arch = image_arch(self)
+            if arch not in self.container.images:
+                raise _FieldError(f"container.images.{arch}",
+                                  f"no image for this site's architecture {arch!r} "
+                                  f"(accelerator.vendor {self.accelerator.vendor!r}): add "
+                                  f"container.images.{arch}, e.g. \"{{{{remote_root}}}}/images/"
+                                  f"crossfl-{arch}.sif\"")
+        if self.accelerator.bind == "scheduler" and self.scheduler == "pbs":
+            raise _FieldError("accelerator.bind", "PBS/PALS mpiexec does not bind GPUs: use "
+                              "bind: local-rank")
+        return self
+
+    def queue_limit(self) -> Queue | None:
+        return self.queues.get(self.queue) if self.queue else None
+
+    @property
+    def arch(self) -> str:
+        return image_arch(self)
+
+    def image(self) -> str | None:
+        """The image path for this site's architecture, placeholders filled."""
+        if self.container.runtime == "none":
+            return None
+        return self.fill(self.container.images[image_arch(self)])
+
+    def fill(self, text: str) -> str:
+        root = self.deploy.remote_root
+        if root.startswith("~/"):
+            root = "$HOME/" + root[2:]
+        return text.replace("{{remote_root}}", root).replace("{{site}}", self.name)
+
+
+class _FieldError(ValueError):
+    """A model-level check that belongs to one field (reported under that field's name)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+def directive_problem(scheduler: str, directive: str) -> str | None:
+    """Why a scheduler directive would be refused, or None. Directives are written without the
+    `#SBATCH`/`#PBS` prefix, e.g. "-q debug", "--network=disable_rdzv_get", "-l place=scatter"."""
+    words = directive.split()
+    if not words:
+        return "empty directive"
+    opt = words[0].split("=", 1)[0]
+    if scheduler == "slurm":
+        if opt not in SLURM_OPTIONS:
+            return f"sbatch has no option {opt!r}: check `man sbatch` (e.g. --qos, --constraint)"
+        return None
+    if scheduler == "pbs":
+        if opt not in PBS_OPTIONS:
+            return f"qsub has no option {opt!r}: check `man qsub` (e.g. -l, -k, -q)"
+        if opt == "-l":
+            if len(words) < 2:
+                return "-l needs a resource, e.g. -l place=scatter"
+            for part in words[1].split(","):
+                res = part.split("=", 1)[0].split(":", 1)[0]
+                if res not in PBS_RESOURCES:
+                    return f"PBS resource {res!r} is unknown: one of {sorted(PBS_RESOURCES)}"
+        return None
+    return "a local site has no scheduler directives"
+
+
+def image_arch(site: Site) -> str:
+    """The image architecture the site's accelerator needs: cuda, rocm, xpu or cpu."""
+    vendor = site.accelerator.vendor
+    return "cpu" if vendor == "none" else vendor
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+def list_sites() -> list[str]:
+    d = paths.sites_dir()
+    if not d.is_dir():
+        return []
+    return sorted(p.stem for p in d.glob("*.yaml") if not p.name.startswith("."))
+
+
+def _resolve(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.parent != Path("."):
+        if not p.is_file():
+            raise UserError("site file not found", file=p,
+                            fix="check the path, or give a site name from `crossfl sites`")
+        return p
+    f = paths.sites_dir() / f"{name_or_path}.yaml"
+    if not f.is_file():
+        known = ", ".join(list_sites()) or "none"
+        raise UserError(f"unknown site {str(name_or_path)!r}", file=f,
+                        fix=f"use one of: {known}, or add deploy/sites/{name_or_path}.yaml")
+    return f
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"not valid YAML: {exc}".replace("\n", " "), file=path,
+                        fix="fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise UserError("expected a mapping of fields at the top level", file=path)
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _expand(value: Any, path: Path, where: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand(v, path, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, path, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        var, default = m.group(1), m.group(2)
+        if var in os.environ:
+            return os.environ[var]
+        if default is not None:
+            return default
+        raise UserError(f"${{{var}}} is not set", file=path, field=where,
+                        fix=f"export {var}=..., or set {where} in the site's overrides file")
+    return _ENV_REF.sub(sub, value)
+
+
+def overrides_path(name: str) -> Path | None:
+    """The user's overrides for a site: $CROSSFL_SITE_OVERRIDES/<name>.yaml (a directory), or
+    $CROSSFL_SITE_OVERRIDES itself when it names a file, else deploy/sites/overrides/<name>.yaml."""
+    env = os.environ.get("CROSSFL_SITE_OVERRIDES")
+    if env:
+        p = Path(env)
+        cand = p if p.suffix in (".yaml", ".yml") else p / f"{name}.yaml"
+        return cand if cand.is_file() else None
+    cand = paths.sites_dir() / "overrides" / f"{name}.yaml"
+    return cand if cand.is_file() else None
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _errors(exc: ValidationError, path: Path) -> UserError:
+    lines = []
+    for e in exc.errors():
+        ctx_err = (e.get("ctx") or {}).get("error")
+        field = _loc(tuple(p for p in e["loc"] if not str(p).startswith("function-")))
+        msg = e["msg"].removeprefix("Value error, ")
+        if isinstance(ctx_err, _FieldError):
+            field, msg = ctx_err.field, str(ctx_err)
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling against deploy/sites/README or the schema)"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        elif e["type"] == "literal_error":
+            msg = f"{msg}, got {e.get('input')!r}"
+        lines.append(f"{field or '(top level)'}: {msg}")
+    if len(lines) == 1:
+        field, _, msg = lines[0].partition(": ")
+        return UserError(msg, file=path, field=field, fix=_fix_hint(msg))
+    return UserError("invalid site:\n  " + "\n  ".join(lines), file=path,
+                     fix="correct each field listed")
+
+
+def _fix_hint(msg: str) -> str | None:
+    return None if "fix" in msg or ":" in msg else "see the comment at the top of the site file"
+
+
+def load_site(name_or_path: str | Path, overrides: Path | None = None) -> Site:
+    """Read a catalog entry, merge the user's overrides, expand ${VAR}s and validate."""
+    path = _resolve(name_or_path)
+    data = _read_yaml(path)
+    data.setdefault("name", path.stem)
+    ov = overrides if overrides is not None else overrides_path(str(data["name"]))
+    where = path
+    if ov is not None:
+        ov = Path(ov)
+        if not ov.is_file():
+            raise UserError("overrides file not found", file=ov, fix="check the path")
+        data = _merge(data, _read_yaml(ov))
+        where = path  # errors still name the catalog file; the override path is added below
+    data = _expand(data, path, "")
+    try:
+        return Site.model_validate(data)
+    except ValidationError as exc:
+        err = _errors(exc, where)
+        if ov is not None:
+            err = UserError(f"{err.message} (with overrides from {ov})", file=err.file,
+                            field=err.field, fix=err.fix)
+        raise err from None

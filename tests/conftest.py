@@ -1,0 +1,48 @@
+"""Shared fixtures. Keep this file small: helpers live in their own modules."""
+
+from __future__ import annotations
+
+import os
+import sys
+import unittest.mock as mock
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+
+@pytest.fixture
+def stub_interfaces():
+    """Loading a facility config resolves e.g. `hsn0`, absent here: answer 127.0.0.1."""
+    import parsl.addresses
+    with mock.patch.object(parsl.addresses, "address_by_interface", lambda ifname: "127.0.0.1"):
+        yield
+
+
+def run_on_engine(engine: Any, run_dir: Path, fn: Callable, *args: Any,
+                  timeout: float = 60.0) -> Any:
+    """Run one task on a GlobusComputeEngine the way an endpoint does: pack with the SDK's
+    serializer, submit a messagepack Task, unpack the result. Shuts the engine down."""
+    from globus_compute_common import messagepack
+    from globus_compute_common.messagepack.message_types import Task
+    from globus_compute_endpoint.engines.base import GCFuture
+    from globus_compute_sdk.serialize import ComputeSerializer
+
+    serde = ComputeSerializer()
+    task_id = uuid.uuid4()
+    buf = serde.pack_buffers([serde.serialize(fn), serde.serialize(args), serde.serialize({})])
+    packed = messagepack.pack(Task(task_id=task_id, task_buffer=buf))
+    # The interchange and worker pool are console scripts of the venv running the tests.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    with mock.patch.dict(os.environ, {"PATH": path}):
+        engine.start(endpoint_id=uuid.uuid4(), run_dir=str(run_dir))
+        try:
+            fut = GCFuture(task_id)
+            engine.submit(fut, packed, {})
+            result = messagepack.unpack(fut.result(timeout=timeout))
+        finally:
+            engine.shutdown(block=True)
+    if result.is_error:
+        raise RuntimeError(f"task failed: {result.error_details}: {result.data}")
+    return serde.deserialize(result.data)
