@@ -452,3 +452,22 @@ def test_cli_missing_train_file_is_a_user_error(tmp_path: Path) -> None:
     code, message = run_like_main(["data", "partition", "--train", str(tmp_path / "no.jsonl"),
                                    "--sites", "a", "--out", str(tmp_path / "p")])
     assert code == 2 and "no.jsonl" in message and "build-chem" in message
+
+
+def test_main_cli_prints_one_line_and_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Through crossfl.cli.main itself, with only the data area registered."""
+    from crossfl import cli
+
+    monkeypatch.setattr(cli, "AREAS", ("data",))
+    monkeypatch.setattr(cli, "app", typer.Typer(add_completion=False,
+                                                pretty_exceptions_enable=False))
+    monkeypatch.setattr("sys.argv", ["crossfl", "data", "partition", "--train",
+                                     str(tmp_path / "t.jsonl"), "--sites", "a",
+                                     "--scheme", "bogus", "--out", str(tmp_path / "p")])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: scheme: unknown partition scheme 'bogus'")
+    assert "\n" not in err and "Traceback" not in err

@@ -114,6 +114,9 @@ def read_smiles_file(path: Path) -> list[str]:
     except OSError as exc:
         raise UserError(f"cannot read SMILES file: {exc.strerror}", file=path,
                         fix="check the path") from None
+    except UnicodeDecodeError:
+        raise UserError("SMILES file is not UTF-8 text", file=path,
+                        fix="one SMILES per line, optionally followed by an id") from None
     return [line.split()[0] for line in lines if line.strip() and not line.startswith("#")]
 
 
@@ -143,15 +146,18 @@ def parse_molecules(smiles: Iterable[str], *, max_smiles_length: int | None = No
                 parsed.unparseable += 1
                 continue
             canonical = Chem.MolToSmiles(mol)
-            if canonical in seen:
+            # answers come from the canonical SMILES itself, so anyone re-parsing raw_input
+            # gets bit-identical values (atom order changes floating-point sums)
+            mol = Chem.MolFromSmiles(canonical)
+            if mol is None:
+                parsed.unparseable += 1
+            elif canonical in seen:
                 parsed.duplicates += 1
             elif max_smiles_length is not None and len(canonical) > max_smiles_length:
                 parsed.too_long += 1
             else:
                 seen.add(canonical)
-                # answers come from the canonical SMILES itself, so anyone re-parsing
-                # raw_input gets bit-identical values (atom order changes float sums)
-                parsed.molecules.append((canonical, Chem.MolFromSmiles(canonical)))
+                parsed.molecules.append((canonical, mol))
     finally:
         RDLogger.EnableLog("rdApp.*")
     return parsed
@@ -227,7 +233,7 @@ def build_chem(out_dir: Path, *, seed: int = 0, max_molecules: int | None = None
     out_dir = Path(out_dir)
     files = _write_dataset(out_dir, records)
     summary = BuildSummary(
-        out_dir=out_dir, files={split: path for split, path in files.items()},
+        out_dir=out_dir, files=dict(files),
         source=_source_label(source), seed=seed,
         molecules={split: len(mols) for split, mols in splits.items()},
         records=_count(records, chosen), read=parsed.examined, unparseable=parsed.unparseable,
