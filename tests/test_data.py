@@ -400,6 +400,8 @@ def test_partition_refuses_what_cannot_work() -> None:
         partition(records, ["../x"], "iid")
     with pytest.raises(UserError, match="alpha"):
         partition(records, ["a"], "dirichlet", alpha=0.0)
+    with pytest.raises(UserError, match="seed"):
+        partition(records, ["a"], "iid", seed=-1)
 
 
 def test_write_partitions_uses_train_split_only(full_set: tuple[Path, chem.BuildSummary],

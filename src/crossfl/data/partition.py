@@ -84,6 +84,9 @@ def partition(records: list[Record], sites: list[str], scheme: Scheme, *, seed: 
     if len(records) < len(names):
         raise UserError(f"{len(records)} record(s) cannot give each of {len(names)} sites one",
                         field="sites", fix="use fewer sites or a larger training set")
+    if seed < 0:
+        raise UserError(f"seed must be a non-negative integer, got {seed}", field="seed",
+                        fix="e.g. --seed 0")
     if not 0.0 <= own_fraction <= 1.0:
         raise UserError(f"own_fraction must be within [0, 1], got {own_fraction}",
                         field="own_fraction")
