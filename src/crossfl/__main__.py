@@ -1,0 +1,3 @@
+from crossfl.cli import main
+
+main()
