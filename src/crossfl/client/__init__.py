@@ -1,0 +1,6 @@
+"""The code that runs at a facility, inside the image: LoRA training and evaluation on
+site-local data, device selection and a warm per-worker model cache.
+
+This package never imports crossfl.server, crossfl.deploy, crossfl.render or crossfl.sites.
+The entry points the server submits are in ``crossfl.client.tasks``.
+"""

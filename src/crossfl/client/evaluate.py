@@ -1,0 +1,171 @@
+"""Validation of a (global) adapter on site-local data: token-mean loss over answer tokens, and
+exact match of greedily generated answers on a small capped sample."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from peft import PeftModel
+from pydantic import BaseModel, ConfigDict, Field
+
+from crossfl.client import model_cache
+from crossfl.client.adapter_io import LORA_METADATA_KEY, adapter_from_bytes, adapter_metadata
+from crossfl.client.train import (Bytes, ComputeDType, Example, LoraSpec, collate,
+                                  encode_example, encode_prompt, load_adapter_state,
+                                  load_records, pad_id, parse_task, worker_model)
+from crossfl.errors import UserError
+
+FORMULA_TASK = "name_conversion-s2f"
+_TAGGED = re.compile(r"<(?P<tag>[A-Z_]+)>(?P<body>.*?)(?:</(?P=tag)>|$)", re.S)
+
+
+class EvalTask(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_path: str = Field(min_length=1)
+    data_path: str = Field(min_length=1)
+    adapter: Bytes | None = None
+    lora: LoraSpec | None = None
+    batch_size: int = Field(16, ge=1)
+    max_length: int = Field(128, ge=8)
+    dtype: ComputeDType = "float32"
+    max_samples: int | None = Field(None, ge=1)
+    generate_max_new_tokens: int = Field(24, ge=1)
+    generate_samples: int = Field(32, ge=0)
+    torch_threads: int | None = Field(None, ge=1)
+
+
+def answer_of(text: str) -> str:
+    """The bare answer inside the first ``<TAG> ... </TAG>`` (closing tag optional), else the
+    stripped text."""
+    m = _TAGGED.search(text)
+    return (m.group("body") if m else text).strip()
+
+
+def lora_for(spec: EvalTask) -> LoraSpec:
+    if spec.lora is not None:
+        return spec.lora
+    meta = adapter_metadata(spec.adapter or b"").get(LORA_METADATA_KEY)
+    if meta is None:
+        raise UserError("the adapter carries no LoRA config and the task names none",
+                        field="EvalTask.lora",
+                        fix="pass the experiment's lora settings (r, alpha, dropout, "
+                            "target_modules) as task['lora']")
+    try:
+        return LoraSpec.model_validate(json.loads(meta))
+    except ValueError as exc:
+        raise UserError(f"bad LoRA config in the adapter header: {exc}", field="adapter") from exc
+
+
+@contextlib.contextmanager
+def active_model(entry: model_cache.CachedModel, spec: EvalTask) -> Iterator[torch.nn.Module]:
+    """The model to evaluate: the peft wrapper with ``spec.adapter`` loaded, or the base alone
+    (adapters disabled if the cached base carries a wrapper) when there is no adapter."""
+    if spec.adapter is None:
+        if entry.peft is None:
+            yield entry.base
+        else:
+            with entry.peft.disable_adapter():
+                yield entry.peft
+        return
+    model: PeftModel = entry.wrapped(lora_for(spec).key())
+    load_adapter_state(model, adapter_from_bytes(spec.adapter))
+    yield model
+
+
+@torch.no_grad()
+def validation_loss(model: torch.nn.Module, examples: list[Example], batch_size: int,
+                    pad: int, device: torch.device) -> tuple[float, int]:
+    """Token-mean cross entropy over answer tokens, and the number of such tokens."""
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start:start + batch_size], pad, device)
+        logits = model(input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"]).logits.float()
+        labels = batch["labels"][:, 1:]
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1),
+            ignore_index=-100, reduction="sum")
+        total += float(loss)
+        count += int((labels != -100).sum())
+    return (total / count if count else math.nan), count
+
+
+def pick_for_generation(records: list[Any], cap: int) -> list[Any]:
+    """Up to ``cap`` records, round-robin over tasks (the formula task first)."""
+    by_task: dict[str, list[Any]] = {}
+    for r in records:
+        by_task.setdefault(r.task, []).append(r)
+    order = sorted(by_task, key=lambda t: (t != FORMULA_TASK, t))
+    picked: list[Any] = []
+    depth = 0
+    while len(picked) < cap and any(depth < len(by_task[t]) for t in order):
+        for t in order:
+            if depth < len(by_task[t]) and len(picked) < cap:
+                picked.append(by_task[t][depth])
+        depth += 1
+    return picked
+
+
+@torch.no_grad()
+def generate_answers(model: torch.nn.Module, tokenizer: Any, records: list[Any],
+                     spec: EvalTask, device: torch.device) -> list[str]:
+    """Greedy, batched, left-padded generation; returns the decoded new text per record."""
+    pad = pad_id(tokenizer)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    room = max(1, spec.max_length - spec.generate_max_new_tokens)
+    out: list[str] = []
+    for start in range(0, len(records), spec.batch_size):
+        prompts = [encode_prompt(tokenizer, r.input)[-room:] for r in records[start:start + spec.batch_size]]
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                             max_new_tokens=spec.generate_max_new_tokens, do_sample=False,
+                             pad_token_id=pad, eos_token_id=eos)
+        for row in gen[:, width:].tolist():
+            out.append(tokenizer.decode(row, skip_special_tokens=True))
+    return out
+
+
+def evaluate(task: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    spec = parse_task(EvalTask, task)
+    device, entry, hit = worker_model(spec.model_path, spec.dtype, spec.torch_threads)
+    records = load_records(spec.data_path, spec.max_samples)
+    tok = entry.tokenizer
+    examples = [encode_example(tok, r.input, r.output, spec.max_length) for r in records]
+    with entry.lock, active_model(entry, spec) as model:
+        model.eval()
+        t1 = time.perf_counter()
+        val_loss, tokens = validation_loss(model, examples, spec.batch_size, pad_id(tok), device)
+        t2 = time.perf_counter()
+        sample = pick_for_generation(records, spec.generate_samples)
+        predicted = generate_answers(model, tok, sample, spec, device) if sample else []
+    t3 = time.perf_counter()
+    hits: dict[str, list[bool]] = {}
+    for r, text in zip(sample, predicted, strict=True):
+        hits.setdefault(r.task, []).append(answer_of(text) == r.raw_output.strip())
+    return {
+        "val_loss": val_loss,
+        "num_samples": len(examples),
+        "num_tokens": tokens,
+        "exact_match": {t: sum(v) / len(v) for t, v in sorted(hits.items())},
+        "generated": len(sample),
+        "predictions": [{"task": r.task, "raw_input": r.raw_input, "expected": r.raw_output,
+                         "predicted": answer_of(text)}
+                        for r, text in list(zip(sample, predicted, strict=True))[:3]],
+        "timings": {"load_s": t1 - t0, "loss_s": t2 - t1, "generate_s": t3 - t2},
+        "cache_hit": hit,
+        "device": str(device),
+    }

@@ -1,0 +1,292 @@
+"""One site's share of a federated round: LoRA fine-tuning on site-local SMolInstruct data.
+
+The prompt is the record's ``input``, the target its ``output``; the loss counts only target
+tokens. Everything that could vary between runs is seeded from (seed, round), and the adapter
+weights are set from the incoming global adapter (or a seeded fresh init) on every call, so a
+warm worker and a cold one return the same adapter for the same task.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import torch
+from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
+
+from crossfl.client import model_cache
+from crossfl.client.adapter_io import LORA_METADATA_KEY, adapter_from_bytes, adapter_to_bytes
+from crossfl.client.device import select_device
+from crossfl.errors import UserError
+
+DATA_FIX = "run `make data` (or `crossfl data build-chem --out DIR`) and point data_path at it"
+PROMPT_SUFFIX = "\n"
+"""Appended to the instruction; the answer follows it."""
+
+ComputeDType = Literal["float32", "bfloat16", "float16"]
+WireDType = Literal["float32", "bfloat16"]
+Bytes = Annotated[bytes, Strict()]
+
+
+class LoraSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: tuple[str, ...] = Field(("q_proj", "v_proj"), min_length=1)
+
+    def key(self) -> model_cache.LoraKey:
+        return model_cache.LoraKey(self.r, float(self.alpha), float(self.dropout),
+                                   tuple(sorted(self.target_modules)))
+
+
+class TrainTask(BaseModel):
+    """What the server sends for one site and one round (plain data only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_path: str = Field(min_length=1)
+    data_path: str = Field(min_length=1)
+    adapter: Bytes | None = None
+    local_steps: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    max_length: int = Field(128, ge=8)
+    lora: LoraSpec = LoraSpec()
+    dtype: ComputeDType = "float32"
+    adapter_dtype: WireDType = "float32"
+    seed: int = 0
+    round: int = Field(0, ge=0)
+    torch_threads: int | None = Field(None, ge=1)
+    max_samples: int | None = Field(None, ge=1)
+
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def parse_task(schema: type[T], task: Any) -> T:
+    """Validate a task dict; any bad field becomes one UserError naming the field."""
+    if not isinstance(task, dict):
+        raise UserError(f"a task must be a dict, got {type(task).__name__}")
+    try:
+        return schema.model_validate(task)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "task"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise UserError(f"{first['msg']}{more}", field=f"{schema.__name__}.{where}") from None
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Example:
+    ids: tuple[int, ...]
+    prompt_len: int  # tokens before the answer; labels are -100 there
+
+
+def _special(tokenizer: Any, name: str) -> int | None:
+    value = getattr(tokenizer, f"{name}_token_id", None)
+    return int(value) if value is not None else None
+
+
+def pad_id(tokenizer: Any) -> int:
+    pid = _special(tokenizer, "pad")
+    if pid is None:
+        pid = _special(tokenizer, "eos")
+    return pid if pid is not None else 0
+
+
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    bos = _special(tokenizer, "bos")
+    ids = tokenizer.encode(text + PROMPT_SUFFIX, add_special_tokens=False)
+    return ([bos] if bos is not None else []) + list(ids)
+
+
+def encode_example(tokenizer: Any, prompt: str, answer: str, max_length: int) -> Example:
+    p = encode_prompt(tokenizer, prompt)
+    eos = _special(tokenizer, "eos")
+    a = list(tokenizer.encode(answer, add_special_tokens=False)) + ([eos] if eos is not None else [])
+    a = a[: max_length - 1]
+    if len(p) + len(a) > max_length:  # keep the answer; cut the prompt's start (after bos)
+        keep = max_length - len(a)
+        p = p[:1] + p[len(p) - keep + 1:] if keep > 1 else p[:keep]
+    return Example(tuple(p + a), len(p))
+
+
+def load_records(data_path: str, max_samples: int | None) -> list[Any]:
+    from crossfl.data.smolinstruct import load_jsonl
+
+    path = Path(data_path)
+    if not path.exists():
+        raise UserError(f"site data {path} does not exist", field="data_path", fix=DATA_FIX)
+    records = load_jsonl(path, limit=max_samples)
+    if not records:
+        raise UserError(f"site data {path} holds no records", field="data_path", fix=DATA_FIX)
+    return records
+
+
+def load_examples(data_path: str, tokenizer: Any, model_key: str, max_length: int,
+                  max_samples: int | None) -> list[Example]:
+    """Tokenized examples of a site's file, memoized per worker while the file is unchanged."""
+    path = Path(data_path)
+    stat = path.stat() if path.is_file() else None
+    key = ("train-examples", str(path.resolve()), stat and (stat.st_mtime_ns, stat.st_size),
+           model_key, max_length, max_samples)
+
+    def build() -> list[Example]:
+        return [encode_example(tokenizer, r.input, r.output, max_length)
+                for r in load_records(data_path, max_samples)]
+
+    if stat is None:
+        return build()  # raises the UserError
+    return model_cache.memo(key, build)
+
+
+def collate(examples: list[Example], pad: int, device: torch.device
+            ) -> dict[str, torch.Tensor]:
+    """Right-padded batch; labels are -100 on the prompt and on padding."""
+    width = max(len(e.ids) for e in examples)
+    ids = torch.full((len(examples), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.ids)
+        ids[i, :n] = torch.tensor(e.ids)
+        mask[i, :n] = 1
+        labels[i, e.prompt_len:n] = ids[i, e.prompt_len:n]
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
+            "labels": labels.to(device)}
+
+
+def batch_indices(n: int, batch_size: int, steps: int, gen: torch.Generator) -> list[list[int]]:
+    """``steps`` batches drawn epoch by epoch from seeded permutations of range(n)."""
+    need = batch_size * steps
+    order: list[int] = []
+    while len(order) < need:
+        order.extend(torch.randperm(n, generator=gen).tolist())
+    size = min(batch_size, n)
+    return [order[i * size:(i + 1) * size] for i in range(steps)]
+
+
+def round_seed(seed: int, rnd: int) -> int:
+    return (seed * 1_000_003 + rnd * 7_919 + 17) % (2**63 - 1)
+
+
+# ---------------------------------------------------------------- adapter state
+
+
+def fresh_adapter_state(model: PeftModel, seed: int) -> dict[str, torch.Tensor]:
+    """peft's default LoRA init (A: Kaiming-uniform, B: zeros), drawn from a seeded generator
+    in sorted key order, so it does not depend on the process's RNG history."""
+    gen = torch.Generator().manual_seed(seed)
+    state = get_peft_model_state_dict(model)
+    fresh: dict[str, torch.Tensor] = {}
+    for name in sorted(state):
+        t = torch.empty(state[name].shape, dtype=torch.float32)
+        if ".lora_A." in name:
+            torch.nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=gen)
+        elif ".lora_embedding_B." in name:
+            torch.nn.init.normal_(t, generator=gen)
+        else:  # lora_B, lora_embedding_A
+            torch.nn.init.zeros_(t)
+        fresh[name] = t
+    return fresh
+
+
+def load_adapter_state(model: PeftModel, state: dict[str, torch.Tensor]) -> None:
+    """Set every LoRA weight of ``model`` from ``state``; keys and shapes must match exactly."""
+    expected = get_peft_model_state_dict(model)
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
+        raise UserError(f"the adapter does not match the LoRA config: {detail}",
+                        field="adapter", fix="train and evaluate with the same lora settings")
+    for name, t in state.items():
+        if tuple(t.shape) != tuple(expected[name].shape):
+            raise UserError(f"adapter tensor {name} has shape {tuple(t.shape)}, the LoRA config "
+                            f"gives {tuple(expected[name].shape)}", field="adapter",
+                            fix="train and evaluate with the same lora.r and target_modules")
+    set_peft_model_state_dict(model, state)
+
+
+def prepare_adapter(model: PeftModel, adapter: bytes | None, seed: int) -> None:
+    state = adapter_from_bytes(adapter) if adapter is not None else fresh_adapter_state(model, seed)
+    load_adapter_state(model, state)
+
+
+# ---------------------------------------------------------------- the round
+
+
+def worker_model(model_path: str, dtype: str, threads: int | None
+                 ) -> tuple[torch.device, model_cache.CachedModel, bool]:
+    """Set torch's thread count, pick the device, and get the (cached) base model."""
+    if threads:
+        torch.set_num_threads(threads)
+    device = select_device()
+    entry, hit = model_cache.get_model(model_path, dtype, device)
+    return device, entry, hit
+
+
+
+def run_training(model: PeftModel, examples: list[Example], task: TrainTask, pad: int,
+                 device: torch.device) -> list[float]:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=task.lr, weight_decay=0.0)
+    seed = round_seed(task.seed, task.round)
+    torch.manual_seed(seed)  # LoRA dropout
+    gen = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    model.train()
+    for idx in batch_indices(len(examples), task.batch_size, task.local_steps, gen):
+        loss = model(**collate([examples[i] for i in idx], pad, device)).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+    model.eval()
+    return losses
+
+
+def train_round(task: dict[str, Any]) -> dict[str, Any]:
+    started_at = time.time()
+    t0 = time.perf_counter()
+    spec = parse_task(TrainTask, task)
+    device, entry, hit = worker_model(spec.model_path, spec.dtype, spec.torch_threads)
+    with entry.lock:
+        examples = load_examples(spec.data_path, entry.tokenizer, spec.model_path,
+                                 spec.max_length, spec.max_samples)
+        model = entry.wrapped(spec.lora.key())
+        prepare_adapter(model, spec.adapter, spec.seed)
+        t1 = time.perf_counter()
+        losses = run_training(model, examples, spec, pad_id(entry.tokenizer), device)
+        t2 = time.perf_counter()
+        state = get_peft_model_state_dict(model)
+        blob = adapter_to_bytes(state, spec.adapter_dtype,
+                                metadata={LORA_METADATA_KEY: spec.lora.model_dump_json()})
+    t3 = time.perf_counter()
+    if not all(math.isfinite(x) for x in losses):
+        raise RuntimeError(f"training diverged (loss {losses[-1]}); lower lr or use float32")
+    return {
+        "adapter": blob,
+        "num_samples": len(examples),
+        "train_loss": float(sum(losses) / len(losses)),
+        "first_loss": float(losses[0]),
+        "steps": len(losses),
+        "timings": {"load_s": t1 - t0, "train_s": t2 - t1, "serialize_s": t3 - t2},
+        "started_at": started_at,
+        "finished_at": time.time(),
+        "device": str(device),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "cache_hit": hit,
+    }
