@@ -1,0 +1,146 @@
+"""What `crossfl deploy` did at a site: `deploy/state/<site>.json` (ignored by git).
+
+The server reads it to find a site's endpoint UUID (`require_endpoint_id`). The file only
+claims what happened: `endpoint_id` is set only after the Globus service registered the
+endpoint (the endpoint wrote `endpoint.json`), `started` only after `start` succeeded.
+This module imports neither fabric nor the sites code, so any part of the kit can read it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from crossfl import paths
+from crossfl.errors import UserError
+
+Phase = Literal["new", "uploaded", "configured", "started", "stopped"]
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageState(_Model):
+    """The container image staged at the site (verified with sha256sum there)."""
+    arch: str
+    local_path: str
+    remote_path: str
+    sha256: str
+    size: int = Field(ge=0)
+    local_mtime_ns: int | None = None  # lets the next deploy skip re-hashing an unchanged file
+    staged_at: datetime
+
+
+class DataState(_Model):
+    """Site-local data uploaded with `crossfl deploy SITE --data PATH`."""
+    local_path: str
+    remote_path: str
+    sha256: str  # digest of the file, or of the sorted per-file digests of a directory
+    size: int = Field(ge=0)
+    uploaded_at: datetime
+
+
+class EndpointState(_Model):
+    name: str
+    dir: str | None = None  # ~/.globus_compute/<name> on the login node, resolved
+    configured: bool = False
+    config_sha256: str | None = None  # digest of the endpoint files installed in `dir`
+    started: bool = False
+    endpoint_id: str | None = None  # only from endpoint.json, written after registration
+    started_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _honest(self) -> EndpointState:
+        if self.started and not self.endpoint_id:
+            raise ValueError("an endpoint cannot be started without a registered endpoint_id")
+        if self.started and not self.configured:
+            raise ValueError("an endpoint cannot be started before it is configured")
+        return self
+
+
+class DeployState(_Model):
+    schema_version: Literal[1] = 1
+    site: str
+    host: str
+    user: str | None = None
+    port: int | None = None
+    remote_root: str  # absolute path on the login node once resolved
+    bundle_sha256: str | None = None  # the bundle that is in place at remote_root/bundle
+    bundle_uploaded_at: datetime | None = None
+    image: ImageState | None = None
+    data: list[DataState] = Field(default_factory=list)
+    endpoint: EndpointState
+    last_deploy: datetime | None = None
+    last_result: Literal["ok", "unchanged", "failed"] | None = None
+    last_error: str | None = None
+
+    @property
+    def phase(self) -> Phase:
+        if self.endpoint.started:
+            return "started"
+        if self.endpoint.configured:
+            return "stopped" if self.endpoint.endpoint_id else "configured"
+        if self.bundle_sha256:
+            return "uploaded"
+        return "new"
+
+
+def state_path(site: str) -> Path:
+    return paths.state_dir() / f"{site}.json"
+
+
+def load_state(site: str) -> DeployState | None:
+    """The recorded state of `site`, or None when it was never deployed."""
+    path = state_path(site)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        return DeployState.model_validate(json.loads(text))
+    except (ValueError, ValidationError) as exc:
+        first = str(exc).splitlines()[0]
+        raise UserError(f"deploy state is unreadable ({first})", file=path,
+                        fix=f"delete it and run `crossfl deploy {site}` again") from None
+
+
+def save_state(state: DeployState) -> Path:
+    """Write atomically: a reader sees the old file or the new one, never half of one."""
+    path = state_path(state.site)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = state.model_dump_json(indent=2) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{state.site}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def require_endpoint_id(site: str) -> str:
+    """The registered endpoint UUID of `site`; a UserError saying what to run otherwise."""
+    state = load_state(site)
+    if state is None:
+        raise UserError(f"site {site} was never deployed", file=state_path(site),
+                        fix=f"run `make deploy SITE={site}`")
+    if not state.endpoint.endpoint_id:
+        raise UserError(f"site {site} has no registered endpoint (phase: {state.phase})",
+                        file=state_path(site),
+                        fix=f"run `crossfl deploy {site}` where the Globus service is reachable")
+    return state.endpoint.endpoint_id
