@@ -1,0 +1,11 @@
+"""Deploying a site to its login node over SSH (fabric): `crossfl deploy/status/logs/stop`.
+
+remote.py  one SSH connection, dry-run, connection errors as one line
+transfer.py  bundle upload (swapped in whole), resumable verified uploads of images and data
+gce.py  the globus-compute-endpoint CLI on the login node
+flow.py  the steps, each recorded in deploy/state/<site>.json (crossfl.state)
+"""
+
+from crossfl.deploy.flow import deploy_site, site_logs, site_status, stop_site
+
+__all__ = ["deploy_site", "site_logs", "site_status", "stop_site"]

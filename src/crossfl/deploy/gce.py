@@ -1,0 +1,198 @@
+"""The `globus-compute-endpoint` CLI on the login node: probe, configure, install, start,
+stop, status, logs. Its failures are read and turned into one line with the next step."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+
+from crossfl.deploy.remote import Remote, Result, q
+from crossfl.errors import UserError
+
+ENDPOINT_FILES = ("config.yaml", "user_config_template.yaml.j2", "user_config_schema.json",
+                  "user_environment.yaml")
+GCE = "globus-compute-endpoint"
+
+
+@dataclass(frozen=True)
+class LoginInfo:
+    home: str
+    uid: int
+    root: str  # remote_root, absolute
+    gc_dir: str  # $GLOBUS_COMPUTE_USER_DIR or ~/.globus_compute
+    gce: str  # path of globus-compute-endpoint
+    gce_version: str
+
+    def endpoint_dir(self, name: str) -> str:
+        return f"{self.gc_dir}/{name}"
+
+
+def _root_expr(remote_root: str) -> str:
+    if remote_root.startswith("~/"):
+        remote_root = "$HOME/" + remote_root[2:]
+    return '"' + remote_root.replace('"', '\\"') + '"'
+
+
+def probe(remote: Remote, remote_root: str, site_file: str) -> LoginInfo:
+    """Where things are on the login node, and whether the endpoint CLI is there."""
+    script = (f"echo CROSSFL_HOME=$HOME; echo CROSSFL_UID=$(id -u); "
+              f"echo CROSSFL_ROOT={_root_expr(remote_root)}; "
+              "echo CROSSFL_GCDIR=${GLOBUS_COMPUTE_USER_DIR:-$HOME/.globus_compute}; "
+              f"g=$(command -v {GCE}); echo CROSSFL_GCE=$g; "
+              f"[ -z \"$g\" ] || echo CROSSFL_GCE_VERSION=$({GCE} version 2>/dev/null | tail -1)")
+    if remote.dry_run:
+        remote.run(script, activate=True)
+        root = remote_root.replace("~/", "$HOME/", 1)
+        return LoginInfo("$HOME", -1, root, "$HOME/.globus_compute", GCE, "?")
+    r = remote.run(script, activate=True)
+    m = r.markers()
+    t = remote.t
+    if m.get("ACTIVATE_FAILED"):
+        raise UserError(f"site {t.site}: deploy.python_activate failed on {t.label} "
+                        f"({r.tail()})", file=site_file, field="deploy.python_activate",
+                        fix="make it a shell line that puts globus-compute-endpoint on PATH "
+                            "there (e.g. `source ~/venvs/gc/bin/activate`)")
+    if not r.ok or "HOME" not in m:
+        raise UserError(f"site {t.site}: the login shell on {t.label} failed ({r.tail()})",
+                        fix=f"check that `ssh {t.host} bash -lc true` works")
+    if not m.get("GCE"):
+        how = f"after `{t.activate}`" if t.activate else "(deploy.python_activate is unset)"
+        raise UserError(f"site {t.site}: {GCE} is not on PATH on {t.label} {how}",
+                        file=site_file, field="deploy.python_activate",
+                        fix=f"install it there (pip install globus-compute-endpoint==4.19.0) and "
+                            f"set deploy.python_activate to the line that activates it")
+    return LoginInfo(home=m["HOME"], uid=int(m.get("UID") or -1), root=m["ROOT"],
+                     gc_dir=m["GCDIR"], gce=m["GCE"],
+                     gce_version=m.get("GCE_VERSION", "").removeprefix(
+                         "Globus Compute endpoint version: ").strip())
+
+
+def configure(remote: Remote, info: LoginInfo, name: str, *, multi_user: bool,
+              contact_email: str | None = None) -> bool:
+    """`globus-compute-endpoint configure NAME` unless the endpoint directory exists."""
+    ep = info.endpoint_dir(name)
+    if not remote.dry_run:
+        have = remote.run(f"test -f {q(ep)}/config.yaml && echo yes || true")
+        if have.stdout.strip() == "yes":
+            return False
+    flag = "true" if multi_user else "false"
+    email = f" --contact-email {shlex.quote(contact_email)}" if contact_email else ""
+    r = remote.run(f"{GCE} configure --multi-user {flag}{email} {shlex.quote(name)}",
+                   activate=True, label=f"{GCE} configure {name}")
+    if not r.ok:
+        raise UserError(f"site {remote.t.site}: `{GCE} configure {name}` failed on "
+                        f"{remote.t.label}: {r.tail()}",
+                        fix=f"run it there by hand to see the whole message, then deploy again")
+    return True
+
+
+def install(remote: Remote, info: LoginInfo, name: str, bundle_dir: str,
+            extra_core: str = "", rendered_dir: str | None = None) -> list[str]:
+    """Copy the rendered endpoint files into the endpoint directory where they differ.
+    `extra_core` is appended to config.yaml (e.g. `email: ...`); paths that point into the
+    local `rendered_dir` are rewritten to the endpoint directory. Returns the changed files."""
+    ep = info.endpoint_dir(name)
+    lines = ['inst() { n="$2.new"; cat > "$n"; chmod 600 "$n"; '
+             'if cmp -s "$n" "$2"; then rm -f "$n"; else mv -f "$n" "$2"; echo CROSSFL_CHANGED=$1; fi; }']
+    for f in ENDPOINT_FILES:
+        src, dst = f"{bundle_dir}/endpoint/{f}", f"{ep}/{f}"
+        cat = f"cat {q(src)}"
+        if rendered_dir and f == "config.yaml":
+            expr = f"s|{_sed_escape(rendered_dir, True)}/|{_sed_escape(ep, False)}/|g"
+            cat = f"sed {shlex.quote(expr)} {q(src)}"
+        if extra_core and f == "config.yaml":
+            cat = f"{{ {cat}; printf '%s\\n' {shlex.quote(extra_core)}; }}"
+        lines.append(f"{cat} | inst {f} {q(dst)}")
+    r = remote.run("set -eo pipefail\n" + "\n".join(lines), label=f"install endpoint files into {ep}")
+    if not r.ok:
+        raise UserError(f"site {remote.t.site}: installing the endpoint files into {ep} on "
+                        f"{remote.t.label} failed: {r.tail()}",
+                        fix="check permissions and space there, then deploy again")
+    return [ln.split("=", 1)[1] for ln in r.stdout.splitlines() if ln.startswith("CROSSFL_CHANGED=")]
+
+
+def _sed_escape(text: str, pattern: bool) -> str:
+    special = "\\|.*[]^$" if pattern else "\\|&"
+    return "".join("\\" + c if c in special else c for c in text)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    running: bool
+    pid: int | None
+    endpoint_id: str | None
+    configured: bool
+
+
+def runtime(remote: Remote, info: LoginInfo, name: str) -> Runtime:
+    """Read the endpoint directory: endpoint.json (written after registration) and daemon.pid.
+    (`globus-compute-endpoint list` is not used: with texttable 1.7 it crashes.)"""
+    ep = info.endpoint_dir(name)
+    script = (f"d={q(ep)}; [ -f \"$d/config.yaml\" ] && echo CROSSFL_CONFIGURED=1; "
+              f"[ -f \"$d/endpoint.json\" ] && echo CROSSFL_JSON=$(tr -d '\\n' < \"$d/endpoint.json\"); "
+              f"p=$(cat \"$d/daemon.pid\" 2>/dev/null); "
+              f"[ -n \"$p\" ] && kill -0 \"$p\" 2>/dev/null && echo CROSSFL_PID=$p; true")
+    if remote.dry_run:
+        remote.run(script)
+        return Runtime(False, None, None, False)
+    m = remote.run(script).markers()
+    eid = None
+    if m.get("JSON"):
+        try:
+            eid = json.loads(m["JSON"]).get("endpoint_id")
+        except ValueError:
+            eid = None
+    pid = int(m["PID"]) if m.get("PID", "").isdigit() else None
+    return Runtime(pid is not None, pid, eid, bool(m.get("CONFIGURED")))
+
+
+class StartFailed(Exception):
+    def __init__(self, kind: str, detail: str) -> None:
+        self.kind = kind
+        self.detail = detail
+        super().__init__(f"{kind}: {detail}")
+
+
+_NETWORK = ("ConnectionError", "Network failure", "NameResolutionError", "Failed to resolve",
+            "Max retries exceeded", "Connection refused", "timed out", "NetworkError",
+            "GlobusConnectionError", "Temporary failure in name resolution")
+
+
+def classify(r: Result) -> StartFailed:
+    text = r.stdout + "\n" + r.stderr
+    if "require a contact email" in text or "--contact-email" in text:
+        return StartFailed("email", "the endpoint runs as root, so Globus Compute makes it "
+                                    "multi-user, which needs a contact email")
+    if "Please authenticate" in text or "Authorization Code" in text or "login_required" in text:
+        return StartFailed("login", "the login node has no Globus credentials for the endpoint")
+    if any(s in text for s in _NETWORK):
+        return StartFailed("network", "the Globus Compute service could not be reached")
+    if "already running" in text.lower() or "Another instance" in text:
+        return StartFailed("running", "another instance of the endpoint is running")
+    return StartFailed("other", r.tail())
+
+
+def start(remote: Remote, name: str) -> None:
+    r = remote.run(f"{GCE} start --detach {shlex.quote(name)} </dev/null", activate=True,
+                   timeout=300, label=f"{GCE} start --detach {name}")
+    if not r.ok:
+        raise classify(r)
+
+
+def stop(remote: Remote, name: str) -> Result:
+    return remote.run(f"{GCE} stop {shlex.quote(name)} </dev/null", activate=True, timeout=120,
+                      label=f"{GCE} stop {name}")
+
+
+def logs(remote: Remote, info: LoginInfo, name: str, lines: int) -> Result:
+    return remote.run(f"tail -n {int(lines)} {q(info.endpoint_dir(name))}/endpoint.log")
+
+
+def queue(remote: Remote, scheduler: str) -> Result | None:
+    """The user's pilot jobs, as the site's scheduler lists them."""
+    if scheduler == "slurm":
+        return remote.run("squeue --me -h -o '%i %j %T %M %D' 2>&1 || squeue -u \"$USER\" -h 2>&1")
+    if scheduler == "pbs":
+        return remote.run("qstat -u \"$USER\" 2>&1")
+    return None
