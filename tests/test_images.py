@@ -1,0 +1,505 @@
+"""Worker images: rendered def files, shared pins, apptainer calls (through a PATH shim), the
+manifest, and (with CROSSFL_IMAGE_CHECK=1, `make image-check`) the cpu image's build steps run
+here in a throwaway venv. Apptainer itself has no package here: see containers/README.md."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import typer
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from typer.testing import CliRunner
+
+from crossfl import cli_images, images
+from crossfl.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+EXPECTED_SECTIONS = {"arguments", "files", "post", "environment", "labels", "test", "runscript",
+                     "help"}
+STACK_OF_VENDOR = {"cuda": "cuda", "rocm": "rocm", "xpu": "xpu", "none": "cpu"}
+PROJECT_FILES = ["containers", "requirements/constraints.txt", "requirements/worker.txt",
+                 "requirements/worker-pins.txt",
+                 "pyproject.toml", "README.md", "src/crossfl", "Makefile", "mk/images.mk"]
+
+
+@pytest.fixture
+def repo_root(monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CROSSFL_ROOT", str(REPO))
+    return REPO
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh committed copy of the files an image build reads (a clean clone, in effect)."""
+    root = tmp_path / "proj"
+    for rel in PROJECT_FILES:
+        src, dst = REPO / rel, root / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, dst)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run([*git, "-C", str(root), "add", "-A"], check=True)
+    subprocess.run([*git, "-C", str(root), "commit", "-q", "-m", "snapshot"], check=True)
+    monkeypatch.setenv("CROSSFL_ROOT", str(root))
+    return root
+
+
+FAKE_APPTAINER = '''\
+#!{python}
+"""Stands in for apptainer: records argv, `build` writes an image holding the def text,
+`inspect --labels --json` answers that def's %labels, `sign` appends a signature block."""
+import json, os, sys
+args = sys.argv[1:]
+with open(os.environ["FAKE_APPTAINER_LOG"], "a") as log:
+    log.write(json.dumps(args) + "\\n")
+if args[0] == "build":
+    target, definition = args[-2], args[-1]
+    with open(target, "wb") as out:
+        out.write(b"FAKE-SIF\\n" + open(definition, "rb").read())
+elif args[0] == "inspect":
+    labels, inside = {{}}, False
+    for line in open(args[-1]).read().splitlines():
+        if line.startswith("%"):
+            inside = line.strip() == "%labels"
+        elif inside and line.strip():
+            key, _, value = line.strip().partition(" ")
+            labels[key] = value
+    print(json.dumps({{"data": {{"attributes": {{"labels": labels}}}}, "type": "container"}}))
+elif args[0] == "sign":
+    with open(args[-1], "ab") as out:
+        out.write(b"\\nFAKE-SIGNATURE\\n")
+'''
+
+
+@pytest.fixture
+def fake_apptainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    bindir = tmp_path / "shim"
+    bindir.mkdir()
+    exe = bindir / "apptainer"
+    exe.write_text(FAKE_APPTAINER.format(python=sys.executable))
+    exe.chmod(0o755)
+    log = tmp_path / "apptainer.log"
+    monkeypatch.setenv("FAKE_APPTAINER_LOG", str(log))
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def calls(log: Path) -> list[list[str]]:
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def cli(*args: str) -> tuple[int, str]:
+    """The image commands as the main CLI runs them: UserError -> one line, exit 2."""
+    app = typer.Typer()
+    cli_images.register(app)
+    app.command("noop")(lambda: None)  # a second command keeps `image` a sub-command
+    result = CliRunner().invoke(app, list(args))
+    if isinstance(result.exception, UserError):
+        return 2, f"error: {result.exception.render()}"
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def rendered(arch: str) -> images.Stage:
+    return images.parse_def(images.def_path(arch).read_text()).only_stage()
+
+
+# ------------------------------------------------------------------ rendering and structure
+
+def test_every_arch_renders_a_def_file_apptainer_can_read(project: Path) -> None:
+    table = images.load_arches()
+    assert set(table.arches) == {"cpu", "cuda", "rocm", "xpu"}
+    for arch, spec in table.arches.items():
+        path = images.render_def(arch)
+        assert path == project / "build" / "images" / f"crossfl-{arch}.def"
+        stage = rendered(arch)
+        assert stage.header == {"bootstrap": "docker", "from": spec.base}
+        assert set(stage.sections) == EXPECTED_SECTIONS
+        assert images.build_args(stage) == {"TORCH_INDEX_URL": spec.torch.index_url}
+        # every %files source exists, relative to the project root apptainer build runs in
+        for src, dst in images.files(stage):
+            assert not Path(src).is_absolute() and (project / src).exists(), src
+            assert dst.startswith(images.PREFIX + "/")
+        post = stage.sections["post"].body
+        assert f"+{spec.torch.local}\"" in post
+        assert ("uv python install" in post) == (spec.python.source == "uv")
+        assert "crossfl.client" in stage.sections["runscript"].body
+        # the labels record what the issue asks for
+        found = images.labels(stage)
+        assert found["org.crossfl.accelerator"] == arch
+        assert found["org.crossfl.version"] == "0.1.0"
+        assert len(found["org.crossfl.git-commit"]) == 40
+        assert found["org.crossfl.torch"].endswith("+" + spec.torch.local)
+
+
+def test_every_pip_install_is_constrained_and_torch_is_frozen_first(project: Path) -> None:
+    for arch in images.arch_names():
+        images.render_def(arch)
+        lines = [line.strip() for line in rendered(arch).sections["post"].body.splitlines()
+                 if " install " in line and "$PIP" in line]
+        assert len(lines) == 3, lines
+        torch_line, worker_line, crossfl_line = lines
+        assert "--extra-index-url" in torch_line and "--index-url " not in torch_line
+        assert f"-c {images.PREFIX}/constraints.txt" in torch_line
+        assert f"-c {images.PREFIX}/constraints.txt" in worker_line
+        assert f"-c {images.PREFIX}/worker-pins.txt" in worker_line
+        assert f"-c {images.PREFIX}/worker-pins.txt" in torch_line
+        assert f"-c {images.PREFIX}/torch-pin.txt" in worker_line   # torch cannot be swapped
+        assert crossfl_line.endswith(f"--no-deps --no-build-isolation {images.PREFIX}/src")
+        post = rendered(arch).sections["post"].body
+        assert post.index("torch-pin.txt") < post.index(worker_line)
+
+
+def test_pins_agree_between_login_node_and_every_image(project: Path) -> None:
+    constraints = images.read_constraints()
+    login_minor = "%d.%d" % sys.version_info[:2]
+    assert images.python_minor() == login_minor
+    for name in images.MUST_AGREE:
+        assert name in constraints, f"{name} is not pinned in constraints.txt"
+    for arch in images.arch_names():
+        images.render_def(arch)
+        stage = rendered(arch)
+        found = images.labels(stage)
+        assert found["org.crossfl.python"] == login_minor
+        assert found["org.crossfl.torch"].split("+")[0] == constraints["torch"].split("+")[0]
+        for name in ("parsl", "dill", "globus-compute-endpoint", "globus-compute-sdk"):
+            assert found[f"org.crossfl.pin.{name}"] == constraints[name]
+            assert f"--pin {name}=={constraints[name]}" in stage.sections["test"].body
+        assert f"--python-minor {login_minor}" in stage.sections["test"].body
+        # the image installs with the login node's very file, byte for byte
+        context = project / "build" / "images" / f"crossfl-{arch}.context"
+        assert (context / "constraints.txt").read_bytes() == \
+            (REPO / "requirements" / "constraints.txt").read_bytes()
+    table = images.load_arches()
+    assert table.python_version.startswith(login_minor + ".")
+    assert table.arches["cpu"].base.startswith(f"python:{login_minor}.")
+
+
+def test_every_dependency_of_the_worker_stack_is_pinned(repo_root: Path) -> None:
+    """Walk the installed metadata from requirements/worker.txt (and torch): nothing floats."""
+    constraints = images.read_constraints()
+    extra = images.read_constraints(REPO / "requirements" / "worker-pins.txt")
+    assert not set(extra) & set(constraints)
+    seen: set[str] = set()
+    todo = [*images.worker_requirements(), "torch"]
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        for text in importlib.metadata.requires(name) or []:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    unpinned = sorted(seen - set(constraints) - set(extra))
+    assert not unpinned, f"not pinned in constraints.txt or worker-pins.txt: {unpinned}"
+    # what worker-pins.txt holds satisfies every requirement on it installed here
+    for dist in importlib.metadata.distributions():
+        for text in dist.requires or []:
+            req = Requirement(text)
+            name = canonicalize_name(req.name)
+            if name in extra and (req.marker is None or req.marker.evaluate({"extra": ""})):
+                assert req.specifier.contains(extra[name]), (dist.metadata["Name"], text)
+    assert {"parsl", "dill", "globus-compute-endpoint"} <= seen
+
+
+def test_the_image_ships_the_committed_package(project: Path) -> None:
+    (project / "src" / "crossfl" / "uncommitted.py").write_text("x = 1\n")
+    images.render_def("cpu")
+    context = project / "build" / "images" / "crossfl-cpu.context" / "src"
+    assert (context / "src" / "crossfl" / "client" / "device.py").is_file()
+    assert (context / "pyproject.toml").is_file() and (context / "README.md").is_file()
+    assert not (context / "src" / "crossfl" / "uncommitted.py").exists()
+    head = subprocess.run(["git", "-C", str(project), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert images.labels(rendered("cpu"))["org.crossfl.git-commit"] == head
+
+
+def test_each_accelerator_in_the_site_catalog_has_an_image(repo_root: Path) -> None:
+    site_files = sorted((REPO / "deploy" / "sites").glob("*.yaml"))
+    if not site_files:
+        pytest.skip("no site files in deploy/sites yet")
+    stacks = {spec.stack for spec in images.load_arches().arches.values()}
+    for path in site_files:
+        vendor = (yaml.safe_load(path.read_text()).get("accelerator") or {}).get("vendor", "none")
+        assert STACK_OF_VENDOR.get(vendor) in stacks, f"{path.name}: no image for {vendor!r}"
+    assert set(STACK_OF_VENDOR.values()) <= stacks  # and every vendor the schema knows
+
+
+def test_a_bad_arch_names_the_allowed_ones(project: Path) -> None:
+    with pytest.raises(UserError) as err:
+        images.render_def("tpu")
+    assert "'tpu'" in str(err.value) and "cpu, cuda, rocm, xpu" in str(err.value)
+    code, out = cli("image", "def", "tpu")
+    assert code == 2 and out.count("\n") == 0 and "allowed: cpu, cuda, rocm, xpu" in out
+    assert not list((project / "build").glob("**/*.def"))
+
+
+def test_a_drifted_python_minor_is_refused(project: Path) -> None:
+    arches = project / "containers" / "arches.yaml"
+    arches.write_text(arches.read_text().replace('python_version: "3.11.14"',
+                                                 'python_version: "3.12.7"'))
+    with pytest.raises(UserError, match="python_version: 3.12.7 is not Python 3.11"):
+        images.render_def("cuda")
+
+
+def test_an_unpinned_worker_requirement_is_refused(project: Path) -> None:
+    with (project / "requirements" / "worker.txt").open("a") as handle:
+        handle.write("some-unpinned-package\n")
+    with pytest.raises(UserError, match="no pin for some-unpinned-package"):
+        images.render_def("cpu")
+
+
+def test_a_bad_arch_table_names_file_and_field(project: Path) -> None:
+    arches = project / "containers" / "arches.yaml"
+    data = yaml.safe_load(arches.read_text())
+    data["arches"]["rocm"]["stack"] = "metal"
+    arches.write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError) as err:
+        images.load_arches()
+    assert "arches.yaml: arches.rocm.stack:" in str(err.value)
+
+
+# ------------------------------------------------------------------ the parser itself
+
+def test_parser_reads_stages_sections_and_rejects_what_apptainer_would() -> None:
+    two = textwrap.dedent("""\
+        Bootstrap: docker
+        From: python:3.11-slim
+        Stage: devel
+        %post
+            echo one
+        Bootstrap: localimage
+        From: base.sif
+        %files from devel
+            /a /b
+        %runscript
+            echo two
+        """)
+    parsed = images.parse_def(two)
+    assert [s.header.get("stage") for s in parsed.stages] == ["devel", None]
+    assert parsed.stages[1].sections["files"].args == "from devel"
+    assert parsed.stages[0].sections["post"].body.strip() == "echo one"
+    for bad, why in [("From: x\n%post\n", "begin with Bootstrap"),
+                     ("Bootstrap: docker\n%post\n", "needs From"),
+                     ("Bootstrap: docker\nFrom: x\n%postt\n", "unknown section %postt"),
+                     ("Bootstrap: docker\nFrom: x\n%post\n%post\n", "a second %post"),
+                     ("Bootstrap: docker\nFrom: x\njunk\n", "not a `Keyword: value`")]:
+        with pytest.raises(ValueError, match=why):
+            images.parse_def(bad)
+    assert images.apply_build_args("Bootstrap: docker\nFrom: x\n%arguments\n    A=1\n%post\n"
+                                   "    echo {{ A }} {{B}}\n", {"B": "2"}).endswith("echo 1 2\n")
+    with pytest.raises(ValueError, match="C has no value"):
+        images.apply_build_args("Bootstrap: docker\nFrom: x\n%post\n    echo {{ C }}\n")
+
+
+# ------------------------------------------------------------------ apptainer through a shim
+
+def test_build_calls_apptainer_and_records_the_digest(project: Path, fake_apptainer: Path
+                                                      ) -> None:
+    manifest = project / "build" / "images" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    other = {"arch": "rocm", "image": "build/images/crossfl-rocm.sif", "digest": "sha256:" + "0" * 64,
+             "size_bytes": 1, "built_at": "2026-01-01T00:00:00+00:00", "git_commit": "x"}
+    manifest.write_text(json.dumps({"schema_version": 1, "images": {"rocm": other}}))
+
+    code, out = cli("image", "build", "cpu")
+    assert code == 0, out
+    fakeroot = ["--fakeroot"] if os.geteuid() != 0 else []
+    assert calls(fake_apptainer)[0] == [
+        "build", *fakeroot, "build/images/crossfl-cpu.sif.partial", "build/images/crossfl-cpu.def"]
+    assert calls(fake_apptainer)[1] == ["inspect", "--labels", "--json",
+                                        "build/images/crossfl-cpu.sif"]
+    sif = project / "build" / "images" / "crossfl-cpu.sif"
+    digest = "sha256:" + hashlib.sha256(sif.read_bytes()).hexdigest()
+    assert images.image_digest(sif) == digest and digest in out
+    assert not sif.with_name(sif.name + ".partial").exists()
+    data = images.read_manifest()
+    assert data == json.loads(manifest.read_text())
+    assert data["images"]["rocm"]["digest"] == other["digest"]   # other archs' entries kept
+    entry = data["images"]["cpu"]
+    assert entry["digest"] == digest and entry["size_bytes"] == sif.stat().st_size
+    assert entry["labels"]["org.crossfl.accelerator"] == "cpu"
+    assert entry["git_commit"] == entry["labels"]["org.crossfl.git-commit"]
+    assert not entry["signed"]
+
+    code, out = cli("image", "sign", "cpu")
+    assert code == 0, out
+    assert calls(fake_apptainer)[2] == ["sign", "build/images/crossfl-cpu.sif"]
+    signed = images.read_manifest()["images"]["cpu"]
+    assert signed["signed"] and signed["digest"] == images.image_digest(sif) != digest
+
+
+def test_no_fakeroot_flag_and_failed_build_keeps_previous_image(project: Path,
+                                                                fake_apptainer: Path,
+                                                                tmp_path: Path) -> None:
+    assert cli("image", "build", "cpu", "--no-fakeroot")[0] == 0
+    assert "--fakeroot" not in calls(fake_apptainer)[0]
+    sif = project / "build" / "images" / "crossfl-cpu.sif"
+    before = sif.read_bytes()
+    failing = tmp_path / "shim" / "apptainer"
+    failing.write_text("#!/bin/sh\necho 'FATAL: pull failed' >&2\nexit 255\n")
+    code, out = cli("image", "build", "cpu")
+    assert code == 2 and "apptainer build failed with exit 255" in out
+    assert sif.read_bytes() == before
+    assert not sif.with_name(sif.name + ".partial").exists()
+
+
+def test_make_image_runs_apptainer_build(project: Path, fake_apptainer: Path) -> None:
+    done = make(project, "image", "ARCH=cpu")
+    assert done.returncode == 0, done.stdout + done.stderr
+    fakeroot = ["--fakeroot"] if os.geteuid() != 0 else []
+    assert calls(fake_apptainer)[0] == [
+        "build", *fakeroot, "build/images/crossfl-cpu.sif.partial", "build/images/crossfl-cpu.def"]
+    sif = project / "build" / "images" / "crossfl-cpu.sif"
+    assert images.read_manifest()["images"]["cpu"]["digest"] == images.image_digest(sif)
+    assert make(project, "image-sign", "ARCH=cpu").returncode == 0
+    assert calls(fake_apptainer)[-2][0] == "sign"
+
+
+def make(project: Path, *args: str, path: str | None = None) -> subprocess.CompletedProcess:
+    """The project's Makefile, with `setup` taken as done and the image commands alone as
+    CROSSFL (the full `crossfl` wires in every area's commands the same way)."""
+    env = {**os.environ, "PATH": path or os.environ["PATH"], "CROSSFL_ROOT": str(project)}
+    return subprocess.run(["make", "--no-print-directory", "-C", str(project),
+                           "-o", ".venv/.installed-stamp", *args,
+                           f"CROSSFL={sys.executable} -m crossfl.cli_images"],
+                          capture_output=True, text=True, env=env)
+
+
+def no_apptainer_path(tmp_path: Path) -> str:
+    bindir = tmp_path / "bin-without-apptainer"
+    bindir.mkdir()
+    for tool in ("git", "make", "sh", "env"):
+        found = shutil.which(tool)
+        assert found, tool
+        (bindir / tool).symlink_to(found)
+    return str(bindir)
+
+
+def test_without_apptainer_one_line_and_the_def_is_still_rendered(project: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    path = no_apptainer_path(tmp_path)
+    monkeypatch.setenv("PATH", path)
+    code, out = cli("image", "build", "rocm")
+    assert code == 2 and out.count("\n") == 0
+    assert "apptainer is not on PATH" in out and "apptainer.org" in out
+    assert "build/images/crossfl-rocm.def" in out
+    assert (project / "build" / "images" / "crossfl-rocm.def").is_file()
+
+    done = make(project, "image", "ARCH=xpu", path=path)
+    assert done.returncode != 0
+    ours = [line for line in done.stderr.splitlines() if not line.startswith("make")]
+    assert len(ours) == 1 and "apptainer is not on PATH" in ours[0], done.stderr
+    assert (project / "build" / "images" / "crossfl-xpu.def").is_file()
+
+    bad = make(project, "image-def", "ARCH=tpu", path=path)
+    assert bad.returncode != 0
+    ours = [line for line in bad.stderr.splitlines() if not line.startswith("make")]
+    assert ours == ["error: ARCH: unknown ARCH 'tpu'; allowed: cpu, cuda, rocm, xpu"]
+
+
+def test_read_manifest_before_any_build_and_on_a_broken_file(project: Path) -> None:
+    assert images.read_manifest() == {"schema_version": 1, "images": {}}
+    path = project / "build" / "images" / "manifest.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"images": {"cpu": {"arch": "cpu"}}}')
+    with pytest.raises(UserError, match="not a crossfl image manifest"):
+        images.read_manifest()
+
+
+# ------------------------------------------------------------------ what runs inside the image
+
+def test_runscript_hands_worker_commands_through_and_the_rest_to_the_client(project: Path,
+                                                                            tmp_path: Path
+                                                                            ) -> None:
+    """Globus Compute runs `apptainer run IMAGE globus-compute-endpoint python-exec ...`."""
+    images.render_def("cpu")
+    stage = rendered("cpu")
+    rootfs = tmp_path / "rootfs"
+    venv_bin = rootfs / "opt" / "crossfl" / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    for name, says in [("python", "client"), ("globus-compute-endpoint", "endpoint")]:
+        (venv_bin / name).write_text(f'#!/bin/sh\necho {says} "$@"\n')
+        (venv_bin / name).chmod(0o755)
+    script = (stage.sections["environment"].body + stage.sections["runscript"].body) \
+        .replace(images.PREFIX, str(rootfs) + images.PREFIX)
+
+    def run(*args: str) -> str:
+        return subprocess.run(["/bin/sh", "-c", script, "runscript", *args], check=True,
+                              capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}
+                              ).stdout.strip()
+
+    assert run("globus-compute-endpoint", "python-exec", "parsl.x", "-a", "1") == \
+        "endpoint python-exec parsl.x -a 1"
+    assert run("--site", "x") == "client -m crossfl.client --site x"
+    assert run() == "client -m crossfl.client"
+
+
+def checker(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "containers" / "check_image.py"), *args],
+                          capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}"
+                                                     f"{os.pathsep}{os.environ['PATH']}"})
+
+
+def test_check_image_passes_here_and_fails_on_each_drift(repo_root: Path) -> None:
+    import torch
+
+    constraints = images.read_constraints()
+    minor = "%d.%d" % sys.version_info[:2]
+    good = ["--python-minor", minor, "--torch", torch.__version__, "--stack", "cpu",
+            "--pin", f"parsl=={constraints['parsl']}", "--pin", f"dill=={constraints['dill']}"]
+    done = checker(*good, "--devices")
+    assert done.returncode == 0, done.stderr
+    devices = json.loads(done.stdout.splitlines()[0])
+    assert devices["backend"] == "cpu" and devices["torch"] == torch.__version__
+    for change, says in [(["--python-minor", "3.12"], "the endpoint runs 3.12"),
+                         (["--torch", "2.13.0+cu128"], "the image pins 2.13.0+cu128"),
+                         (["--stack", "cuda"], "not a CUDA build"),
+                         (["--stack", "rocm"], "not a ROCm build"),
+                         (["--stack", "xpu"], "not an XPU build"),
+                         (["--pin", "dill==0.3.8"], "dill 0.3.9 here, 0.3.8 on the login node")]:
+        done = checker(*good, *change)
+        assert done.returncode == 1 and says in done.stderr, (change, done.stderr)
+
+
+def test_the_main_cli_has_the_image_commands(repo_root: Path) -> None:
+    from crossfl import cli
+
+    try:
+        app = cli.build_app()
+    except ImportError as exc:
+        pytest.skip(f"another area's CLI module is not there yet: {exc}")
+    assert "image" in [group.name for group in app.registered_groups]
+
+
+@pytest.mark.skipif(os.environ.get("CROSSFL_IMAGE_CHECK") != "1",
+                    reason="slow (installs torch + the worker stack into a throwaway venv): "
+                           "`make image-check` runs it")
+def test_cpu_image_build_steps_run_here(repo_root: Path, tmp_path: Path) -> None:
+    result = images.check_build_steps("cpu", workdir=tmp_path)
+    constraints = images.read_constraints()
+    assert result.torch == constraints["torch"].split("+")[0] + "+cpu"
+    assert result.devices["backend"] == "cpu"
+    venv = tmp_path / "rootfs" / "opt" / "crossfl" / "venv"
+    assert not venv.exists()  # the throwaway tree is gone again
+    log = (tmp_path / "check.log").read_text()
+    assert "crossfl image check: ok" in log
+    print(f"image-check cpu: {result.seconds}")
