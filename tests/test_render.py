@@ -1,58 +1,172 @@
-"""Rendering: every site's endpoint files load with the endpoint's own loader, the template
-renders for valid options and refuses invalid ones, rendering is atomic, local runs a task."""
+"""Rendering: every site's endpoint files load with the endpoint's own loader and build their
+engine, provider and launcher; the template renders for valid options and refuses invalid ones;
+the pilot-job and batch scripts are pinned by golden files and pass shellcheck; rendering is
+atomic; the local site runs a task on the real engine.
+
+Regenerate the golden files with CROSSFL_UPDATE_GOLDEN=1 (then read the diff)."""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import re
+import shutil
+import subprocess
+import unittest.mock as mock
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import run_on_engine
-from crossfl import render, sites
+from crossfl import paths, render, sites
 from crossfl.errors import UserError
 
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN = Path(__file__).parent / "golden"
+OVERRIDES = GOLDEN / "overrides"
+CATALOG = ("frontier", "aurora", "polaris", "perlmutter", "local", "local-slurm")
 ALL = sites.list_sites()
+HPC = [n for n in CATALOG if n not in ("local",)]
+
+PROVIDER = {"slurm": "SlurmProvider", "pbs": "PBSProProvider", "local": "LocalProvider"}
+LAUNCHER = {"srun": "SrunLauncher", "mpiexec": "MpiExecLauncher", "single": "SingleNodeLauncher"}
+
+# Options a user could pass per task group: valid for the site's schema.
+VALID_OPTS = {
+    "frontier": {"account": "xyz789", "walltime": "00:30:00", "nodes_per_block": 2, "qos": "normal"},
+    "polaris": {"account": "P1", "queue": "debug-scaling", "walltime": "00:45:00", "nodes_per_block": 4},
+    "aurora": {"account": "P1", "queue": "prod", "walltime": "02:00:00", "max_blocks": 2},
+    "perlmutter": {"account": "m1_g", "qos": "shared", "walltime": "04:00:00"},
+    "local-slurm": {"walltime": "00:05:00", "worker_init": "echo ready"},
+    "local": {"max_workers_per_node": 2, "worker_init": "export A=1"},
+}
+
+
+def valid_opts(name: str) -> dict:
+    """Sample options for a site; other helpers' local sites take the local site's."""
+    if name in VALID_OPTS:
+        return VALID_OPTS[name]
+    assert site_for_test(name).scheduler == "local", f"add sample options for {name}"
+    return VALID_OPTS["local"]
+
+
+def site_for_test(name: str) -> sites.Site:
+    ov = OVERRIDES / f"{name}.yaml"
+    return sites.load_site(name, overrides=ov if ov.is_file() else None)
 
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("sites")
-    test_overrides = Path(__file__).parent / "golden" / "overrides"
-    result = {}
-    for name in ALL:
-        ov = test_overrides / f"{name}.yaml"
-        site = sites.load_site(name, overrides=ov if ov.is_file() else None)
-        result[name] = render.render_site(site, out)
-    return result
+    return {name: render.render_site(site_for_test(name), out) for name in ALL}
+
+
+def normalize(text: str, *extra: tuple[str, str]) -> str:
+    text = text.replace(str(paths.project_root()), "<project_root>")
+    for old, new in extra:
+        text = text.replace(old, new)
+    return re.sub(r"\bx\.\d{9,}\.\d+", "x.<time>", text)
+
+
+def assert_golden(rel: str, text: str) -> None:
+    path = GOLDEN / rel
+    if os.environ.get("CROSSFL_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return
+    assert path.is_file(), f"no golden file {rel}: run with CROSSFL_UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"{rel} differs from the golden file"
 
 
 def test_catalog_has_the_sites():
-    for name in ("local",):
-        assert name in ALL
+    assert set(CATALOG) <= set(ALL)
+
+
+# --- the endpoint directory ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ALL)
+def test_endpoint_files(rendered, name):
+    ep = rendered[name] / "endpoint"
+    assert sorted(p.name for p in ep.iterdir()) == [
+        "config.yaml", "user_config.example.yaml", "user_config_schema.json",
+        "user_config_template.yaml.j2", "user_environment.yaml"]
+    assert isinstance(yaml.safe_load((ep / "user_environment.yaml").read_text()) or {}, dict)
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_core_config_loads(rendered, name):
     from globus_compute_endpoint.endpoint.config import CoreEndpointConfig
     from globus_compute_endpoint.endpoint.config.utils import load_config_yaml
-    cfg = load_config_yaml((rendered[name] / "endpoint" / "config.yaml").read_text())
+    text = (rendered[name] / "endpoint" / "config.yaml").read_text()
+    cfg = load_config_yaml(text)
     assert isinstance(cfg, CoreEndpointConfig)
-    assert "crossfl" in cfg.display_name
+    assert "engine" not in yaml.safe_load(text)
+    assert cfg.display_name == f"crossfl {name}"
+    site = site_for_test(name)
+    if site.deploy.host is None:  # run from this checkout: the template paths are absolute
+        assert cfg.user_config_template_path == rendered[name] / "endpoint" / "user_config_template.yaml.j2"
+        assert cfg.user_config_schema_path == rendered[name] / "endpoint" / "user_config_schema.json"
+
+
+def test_allowed_functions_are_rendered(tmp_path):
+    site = site_for_test("local").model_copy(deep=True)
+    fid = "2c4f8f8e-1a8a-4c5e-9a86-2f6f2f1c0d11"
+    site.endpoint.allowed_functions = [fid]
+    out = render.render_site(site, tmp_path)
+    from globus_compute_endpoint.endpoint.config.utils import load_config_yaml
+    cfg = load_config_yaml((out / "endpoint" / "config.yaml").read_text())
+    assert cfg.allowed_functions == (fid,)
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_example_builds_engine(rendered, name, stub_interfaces):
+def test_example_builds_engine_provider_launcher(rendered, name, stub_interfaces):
     from globus_compute_endpoint.endpoint.config import UserEndpointConfig
     from globus_compute_endpoint.engines import GlobusComputeEngine
-    text = (rendered[name] / "endpoint" / "user_config.example.yaml").read_text()
-    cfg = render.load_user_config(text)
+    site = site_for_test(name)
+    cfg = render.load_user_config((rendered[name] / "endpoint" / "user_config.example.yaml").read_text())
     assert isinstance(cfg, UserEndpointConfig)
-    assert isinstance(cfg.engine, GlobusComputeEngine)
-    assert cfg.engine.executor.provider is not None
-    assert cfg.engine.executor.provider.launcher is not None
+    engine = cfg.engine
+    assert isinstance(engine, GlobusComputeEngine)
+    htex = engine.executor
+    assert type(htex.provider).__name__ == PROVIDER[site.scheduler]
+    assert type(htex.provider.launcher).__name__ == LAUNCHER[site.launcher.type]
+    acc = site.accelerator
+    if acc.devices_per_node:
+        assert htex.available_accelerators == acc.device_ids
+        assert htex.max_workers_per_node == acc.devices_per_node
+    if site.container.runtime == "apptainer":
+        assert engine.container_type == "apptainer"
+        assert engine.container_uri == site.image()
+        flag = {"cuda": "--nv", "rocm": "--rocm"}.get(acc.vendor)
+        opts = engine.container_cmd_options.split()
+        if flag:
+            assert flag in opts
+        else:
+            assert "--nv" not in opts and "--rocm" not in opts
+    else:
+        assert engine.container_type is None
+
+
+def test_facility_specifics(rendered, stub_interfaces):
+    def engine(name):
+        text = (rendered[name] / "endpoint" / "user_config.example.yaml").read_text()
+        return render.load_user_config(text).engine
+    aurora = engine("aurora").executor
+    assert aurora.available_accelerators[:2] == ["0.0", "0.1"] and len(aurora.available_accelerators) == 12
+    assert aurora.provider.cpus_per_node == 208
+    assert "filesystems=home:flare" in aurora.provider.scheduler_options
+    assert "-k doe" in aurora.provider.scheduler_options
+    assert "proxy.alcf.anl.gov:3128" in aurora.provider.worker_init
+    assert "ZE_FLAT_DEVICE_HIERARCHY=COMPOSITE" in aurora.provider.worker_init
+    polaris = engine("polaris")
+    assert polaris.executor.provider.select_options.endswith("system=polaris")
+    assert "--fakeroot" in polaris.container_cmd_options and "/var/run/palsd/" in polaris.container_cmd_options
+    frontier = engine("frontier").executor.provider
+    assert (frontier.partition, frontier.qos, frontier.account) == ("batch", "debug", "ABC123")
+    perl = engine("perlmutter").executor.provider
+    assert perl.constraint == "gpu" and perl.account.endswith("_g") and perl.qos == "regular"
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -63,37 +177,102 @@ def test_template_keeps_endpoint_variables(rendered, name):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_refuses_unknown_and_ill_typed_options(rendered, name):
-    with pytest.raises(UserError, match="unknown option"):
-        render.render_user_config(rendered[name], {"no_such_option": 1})
-    with pytest.raises(UserError, match="worker_init"):
-        render.render_user_config(rendered[name], {"worker_init": 7})
+def test_schema_matches_template(rendered, name):
+    schema = json.loads((rendered[name] / "endpoint" / "user_config_schema.json").read_text())
+    text = (rendered[name] / "endpoint" / "user_config_template.yaml.j2").read_text()
+    used = set(re.findall(r"\{\{ \(?(\w+)", text))
+    assert used == set(schema["properties"])
+    assert schema["additionalProperties"] is False
 
 
-def test_local_options_render_and_quote(rendered, stub_interfaces):
-    text = render.render_user_config(
-        rendered["local"], {"max_workers_per_node": 3,
-                            "worker_init": 'echo "a b"\nexport X=1 # }}"'})
-    data = yaml.safe_load(text)
-    assert data["engine"]["max_workers_per_node"] == 3
-    assert data["engine"]["provider"]["worker_init"] == 'echo "a b"\nexport X=1 # }}"'
-    assert data["engine"]["provider"]["type"] == "LocalProvider"
-    cfg = render.load_user_config(text)
-    assert cfg.engine.executor.max_workers_per_node == 3
+@pytest.mark.parametrize("name", ALL)
+def test_valid_options_render_and_load(rendered, name, stub_interfaces):
+    opts = valid_opts(name)
+    text = render.render_user_config(rendered[name], opts)
+    provider = render.load_user_config(text).engine.executor.provider
+    if "walltime" in opts:
+        assert provider.walltime == opts["walltime"]
+    if "account" in opts:
+        assert provider.account == opts["account"]
+    if "nodes_per_block" in opts:
+        assert provider.nodes_per_block == opts["nodes_per_block"]
+    if "worker_init" in opts:
+        assert provider.worker_init.rstrip().endswith(opts["worker_init"])
 
 
-def test_local_refuses_bad_worker_count(rendered):
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("bad, field", [
+    ({"no_such_option": 1}, "options"),
+    ({"worker_init": 7}, "worker_init"),
+])
+def test_refuses_bad_options(rendered, name, bad, field):
+    opts = {**valid_opts(name), **bad}
     with pytest.raises(UserError) as info:
-        render.render_user_config(rendered["local"], {"max_workers_per_node": 0})
-    assert info.value.field == "max_workers_per_node"
-    assert ">= 1" in info.value.render()
+        render.render_user_config(rendered[name], opts)
+    assert info.value.field == field
+    assert info.value.fix
 
 
-def test_schema_lists_template_variables(rendered):
+@pytest.mark.parametrize("name", HPC)
+@pytest.mark.parametrize("key, value, fix", [
+    ("walltime", "1h", "01:00:00"),
+    ("walltime", "10:99:00", "01:00:00"),
+    ("nodes_per_block", 0, ">= 1"),
+])
+def test_refuses_bad_scheduler_options(rendered, name, key, value, fix):
+    with pytest.raises(UserError) as info:
+        render.render_user_config(rendered[name], {**VALID_OPTS[name], key: value})
+    assert info.value.field == key
+    assert fix in info.value.render()
+
+
+def test_refuses_unknown_queue(rendered):
+    with pytest.raises(UserError) as info:
+        render.render_user_config(rendered["polaris"], {"account": "P", "queue": "gpu"})
+    assert info.value.field == "queue" and "debug-scaling" in info.value.fix
+    with pytest.raises(UserError) as info:
+        render.render_user_config(rendered["perlmutter"], {"account": "m_g", "qos": "fast"})
+    assert info.value.field == "qos" and "regular" in info.value.fix
+
+
+def test_missing_account_names_option_and_fix(tmp_path, monkeypatch):
+    monkeypatch.delenv("CROSSFL_FRONTIER_ACCOUNT", raising=False)
+    out = render.render_site(sites.load_site("frontier"), tmp_path)
+    with pytest.raises(UserError) as info:
+        render.render_user_config(out, {})
+    assert info.value.field == "account"
+    assert "overrides" in info.value.fix and "user_config_schema.json" in info.value.file
+    monkeypatch.setenv("CROSSFL_FRONTIER_ACCOUNT", "fromenv1")
+    out = render.render_site(sites.load_site("frontier"), tmp_path)
+    assert yaml.safe_load(render.render_user_config(out, {}))["engine"]["provider"]["account"] == "fromenv1"
+
+
+def test_user_strings_cannot_break_out(rendered, stub_interfaces):
+    nasty = 'echo "a b"\nexport X=1 # }}" \\n\'\nkey: injected'
+    text = render.render_user_config(rendered["local"], {"worker_init": nasty})
+    data = yaml.safe_load(text)
+    assert data["engine"]["provider"]["worker_init"] == nasty
+    assert "key" not in data
+    text = render.render_user_config(rendered["frontier"], {"worker_init": nasty, "account": 'a"\nb: c'})
+    provider = yaml.safe_load(text)["engine"]["provider"]
+    assert provider["worker_init"].startswith("module load olcf-container-tools\n")
+    assert provider["worker_init"].endswith(nasty)
+    assert provider["account"] == 'a"\nb: c'
+
+
+def test_local_schema(rendered):
     schema = json.loads((rendered["local"] / "endpoint" / "user_config_schema.json").read_text())
     assert set(schema["properties"]) == {"max_workers_per_node", "worker_init"}
     assert schema["properties"]["max_workers_per_node"]["default"] == 1
     assert schema["properties"]["worker_init"]["default"] == ""
+    assert "required" not in schema
+
+
+def test_local_slurm_worker_init_defaults_to_this_venv(rendered):
+    text = render.render_user_config(rendered["local-slurm"], {})
+    provider = yaml.safe_load(text)["engine"]["provider"]
+    assert provider["worker_init"] == f"source {paths.project_root()}/.venv/bin/activate"
+    assert provider["partition"] == "debug" and provider["type"] == "SlurmProvider"
 
 
 def test_local_engine_runs_a_task(rendered, tmp_path):
@@ -102,18 +281,96 @@ def test_local_engine_runs_a_task(rendered, tmp_path):
     assert run_on_engine(cfg.engine, tmp_path, platform.node, timeout=120) == platform.node()
 
 
+# --- pilot jobs and batch scripts ------------------------------------------------------------
+
+def pilot_script(site_dir: Path, tmp_path: Path) -> tuple[str, str]:
+    """The job script and submit line the engine's provider would use, for real."""
+    text = (site_dir / "endpoint" / "user_config.example.yaml").read_text()
+    engine = render.load_user_config(text).engine
+    provider = engine.executor.provider
+    provider.script_dir = str(tmp_path)
+    cmd = engine.containerized_launch_cmd() if engine.container_type else engine.executor.launch_cmd
+    calls = []
+
+    def execute_wait(command, timeout=None):
+        calls.append(command)
+        return 0, "Submitted batch job 1234" if "sbatch" in command else "1234.pbs", ""
+    with mock.patch.object(provider, "execute_wait", execute_wait):
+        job_id = provider.submit(cmd, 1, "x")
+    assert job_id
+    scripts = list(tmp_path.glob("x.*.submit")) or list(tmp_path.glob("x.*"))
+    script = [p for p in scripts if not p.name.endswith((".stdout", ".stderr"))][0]
+    norm = (str(tmp_path), "<script_dir>")
+    return normalize(script.read_text(), norm), normalize(calls[-1], norm)
+
+
+@pytest.mark.parametrize("name", HPC)
+def test_pilot_job_golden(rendered, name, tmp_path, stub_interfaces):
+    script, submit = pilot_script(rendered[name], tmp_path)
+    site = site_for_test(name)
+    assert sites.lint_script(site, script) == []
+    assert_golden(f"{name}/pilot.sh", script + f"\n# submitted with: {submit}\n")
+    if site.container.runtime == "apptainer":
+        assert f"apptainer run {render.container_options_text(site)} {site.image()} " in script
+    launcher = {"srun": "srun", "mpiexec": "mpiexec"}[site.launcher.type]
+    assert launcher in script
+
+
+@pytest.mark.parametrize("name", HPC)
+def test_batch_scripts_golden_and_shellcheck(rendered, name):
+    site = site_for_test(name)
+    batch = rendered[name] / "batch"
+    names = sorted(p.name for p in batch.iterdir())
+    expected = ["client.sh", "smoke.sh"]
+    if site.container.build is not None and site.container.build.on_compute_node:
+        expected = ["build_image.sh", *expected]
+    assert names == expected
+    for script in sorted(batch.iterdir()):
+        text = script.read_text()
+        assert os.access(script, os.X_OK)
+        assert sites.lint_script(site, text) == [], script.name
+        assert_golden(f"{name}/{script.name}", normalize(text))
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck not installed")
+    proc = subprocess.run(["shellcheck", "-s", "bash", *map(str, sorted(batch.iterdir()))],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_batch_smoke_runs_describe_devices(rendered):
+    text = (rendered["frontier"] / "batch" / "smoke.sh").read_text()
+    assert "from crossfl.client.device import describe_devices" in text
+    assert "--gpus-per-task=1 --gpu-bind=closest" in text
+    polaris = (rendered["polaris"] / "batch" / "smoke.sh").read_text()
+    assert "devices=(3 2 1 0)" in polaris and "PMI_LOCAL_RANK" in polaris
+    aurora = (rendered["aurora"] / "batch" / "smoke.sh").read_text()
+    assert "export ZE_AFFINITY_MASK=" in aurora and "APPTAINERENV_ZE_FLAT_DEVICE_HIERARCHY=FLAT" in aurora
+    build = (rendered["polaris"] / "batch" / "build_image.sh").read_text()
+    assert "#PBS -l singularity_fakeroot=true" in build and "HTTPS_PROXY=" in build
+    assert "build/images/crossfl-cuda.def" in build
+
+
+def test_linter_catches_bad_directives():
+    polaris = site_for_test("polaris")
+    bad = "#!/bin/bash\n#PBS -l filesystems=home:flare\n#PBS -l walltime=02:00:00\n#PBS -Z x\n#SBATCH -N 1\n"
+    problems = sites.lint_script(polaris, bad)
+    assert len(problems) == 4
+    assert "flare" in problems[0] and "over the queue maximum" in problems[1]
+    assert "-Z" in problems[2] and "#SBATCH" in problems[3]
+    frontier = site_for_test("frontier")
+    assert sites.lint_script(frontier, "#SBATCH --gpus-per-nod=8\n#SBATCH -t 1:00\n") != []
+
+
+# --- atomic rendering ------------------------------------------------------------------------
+
 def test_default_out_root_is_build_sites(tmp_path, monkeypatch):
     monkeypatch.setenv("CROSSFL_ROOT", str(tmp_path))
     (tmp_path / "deploy" / "sites").mkdir(parents=True)
-    (tmp_path / "deploy" / "sites" / "local.yaml").write_text(
-        (REPO / "deploy" / "sites" / "local.yaml").read_text())
-    monkeypatch.setattr(render.paths, "templates_dir", lambda: REPO / "site_templates")
+    shutil.copy(REPO / "deploy" / "sites" / "local.yaml", tmp_path / "deploy" / "sites")
+    monkeypatch.setattr(paths, "templates_dir", lambda: REPO / "site_templates")
     out = render.render_site("local")
     assert out == tmp_path / "build" / "sites" / "local"
     assert (out / "endpoint" / "user_config.example.yaml").is_file()
-
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_failed_render_keeps_previous(tmp_path, monkeypatch):
@@ -137,3 +394,13 @@ def test_failed_first_render_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(UserError):
         render.render_site("local", tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_template_error_is_a_user_error(tmp_path, monkeypatch):
+    tdir = tmp_path / "templates"
+    shutil.copytree(REPO / "site_templates", tdir)
+    (tdir / "endpoint" / "config.yaml").write_text("display_name: << no_such_value >>\n")
+    monkeypatch.setattr(paths, "templates_dir", lambda: tdir)
+    with pytest.raises(UserError, match="no_such_value"):
+        render.render_site("local", tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []

@@ -63,38 +63,36 @@ def user_variables(site: Site) -> dict[str, dict[str, Any]]:
     """The variables a user (or the server) may set per task group, as JSON-schema properties.
     A property with a "default" is optional; the rest are required."""
     v: dict[str, dict[str, Any]] = {}
-    cap = site.queue_limit()
     if site.scheduler != "local":
         acct: dict[str, Any] = {"type": "string", "minLength": 1,
                                 "description": "allocation/project charged for the pilot jobs"}
         if site.account:
             acct["default"] = site.account
         v["account"] = acct
-        q: dict[str, Any] = {"type": "string", "minLength": 1,
-                             "description": "partition" if site.scheduler == "slurm" else "queue"}
-        if site.queues:
-            q["enum"] = sorted(site.queues)
-        if site.queue:
-            q["default"] = site.queue
-        v["queue"] = q
+        if site.queue or site.scheduler == "pbs":
+            q: dict[str, Any] = {"type": "string", "minLength": 1,
+                                 "description": "partition" if site.scheduler == "slurm" else "queue"}
+            if site.queue:
+                q["default"] = site.queue
+            v["queue"] = q
         if site.scheduler == "slurm" and site.qos:
             v["qos"] = {"type": "string", "minLength": 1, "default": site.qos,
                         "description": "quality of service"}
+        limited = v.get("queue" if site.limits_by == "queue" else "qos")
+        if limited is not None and site.queues:
+            limited["enum"] = sorted(site.queues)
         wt: dict[str, Any] = {"type": "string", "pattern": r"^\d{1,3}:[0-5]\d:[0-5]\d$",
                               "default": site.walltime, "description": "pilot job walltime HH:MM:SS"}
         v["walltime"] = wt
-        nodes: dict[str, Any] = {"type": "integer", "minimum": 1,
-                                 "default": site.nodes_per_block, "description": "nodes per pilot job"}
-        if cap and cap.max_nodes:
-            nodes["maximum"] = cap.max_nodes
-        v["nodes_per_block"] = nodes
+        v["nodes_per_block"] = {"type": "integer", "minimum": 1, "default": site.nodes_per_block,
+                                "description": "nodes per pilot job"}
         v["max_blocks"] = {"type": "integer", "minimum": 1, "default": site.max_blocks,
                            "description": "most pilot jobs at once"}
     else:
         v["max_workers_per_node"] = {"type": "integer", "minimum": 1,
                                      "default": site.endpoint.max_workers_per_node or 1,
                                      "description": "worker processes"}
-    v["worker_init"] = {"type": "string", "default": "",
+    v["worker_init"] = {"type": "string", "default": site.fill(site.endpoint.worker_init_default),
                         "description": "extra shell lines run before the workers start"}
     return v
 
@@ -111,7 +109,54 @@ def user_config_schema(site: Site) -> dict[str, Any]:
     required = [k for k, p in props.items() if "default" not in p]
     if required:
         schema["required"] = required
+    limits = _queue_limits(site)
+    if limits:
+        var = limits["option"]
+        rules = []
+        for q, lim in limits["queues"].items():
+            if lim.get("max_nodes") is None:
+                continue
+            then = {"properties": {"nodes_per_block": {"maximum": lim["max_nodes"]}}}
+            rules.append({"if": {"properties": {var: {"const": q}}, "required": [var]},
+                          "then": then})
+            if q == limits["default"]:
+                rules.append({"if": {"not": {"required": [var]}}, "then": then})
+        if rules:
+            schema["allOf"] = rules
+        # Read by render_user_config (walltime against the queue's maximum); the endpoint
+        # ignores unknown keywords.
+        schema["x-crossfl-queue-limits"] = limits
     return schema
+
+
+def _queue_limits(site: Site) -> dict[str, Any] | None:
+    """The published limits per queue/QOS option value, or None."""
+    if site.scheduler == "local" or not site.queues:
+        return None
+    option = "queue" if site.limits_by == "queue" else "qos"
+    return {"option": option, "default": site.limited_by(),
+            "queues": {q: lim.model_dump() for q, lim in site.queues.items()}}
+
+
+def _check_queue_limits(schema: dict[str, Any], opts: dict[str, Any], where: Path) -> None:
+    limits = schema.get("x-crossfl-queue-limits")
+    if not limits:
+        return
+    props = schema.get("properties", {})
+    queue = opts.get(limits["option"], limits["default"])
+    walltime = opts.get("walltime", props.get("walltime", {}).get("default"))
+    lim = limits["queues"].get(queue) or {}
+    if not isinstance(walltime, str) or not lim.get("max_walltime"):
+        return
+    try:
+        over = parse_walltime(walltime) > parse_walltime(lim["max_walltime"])
+    except ValueError:
+        return  # the schema's pattern reports the format
+    if over:
+        raise UserError(f"walltime {walltime} is over the {queue} {limits['option']}'s maximum "
+                        f"{lim['max_walltime']}", file=where, field="walltime",
+                        fix=f"ask for at most {lim['max_walltime']} or pick another "
+                            f"{limits['option']} ({', '.join(sorted(limits['queues']))})")
 
 
 def _var_expr(name: str, prop: dict[str, Any]) -> str:
@@ -132,17 +177,19 @@ def host_env(site: Site) -> dict[str, str]:
     return {**site.proxy.env(), **site.env}
 
 
-def setup_lines(site: Site) -> list[str]:
-    """Shell lines that prepare a compute node: modules, proxy, environment, container env."""
+def setup_lines(site: Site, *, batch: bool) -> list[str]:
+    """Shell lines that prepare a compute node: modules, proxy, environment, container env;
+    the accelerator's environment for batch ranks or for the endpoint's workers."""
     lines: list[str] = []
     for d in site.module_use:
         lines.append(f"module use {shlex.quote(d)}")
     for m in site.modules:
         lines.append(f"module load {m}")
-    for k, val in host_env(site).items():
+    acc_env = site.accelerator.rank_env if batch else site.accelerator.worker_env
+    for k, val in {**host_env(site), **acc_env}.items():
         lines.append(_export(k, val))
     if site.container.runtime == "apptainer":
-        for k, val in site.container.env.items():
+        for k, val in {**site.container.env, **acc_env}.items():
             lines.append(_export(f"APPTAINERENV_{k}", val))
     return lines
 
@@ -159,6 +206,10 @@ def container_options(site: Site) -> list[str]:
     for b in site.container.binds:
         opts.extend(["-B", site.fill(b)])
     return opts
+
+
+def container_options_text(site: Site) -> str:
+    return " ".join(shlex.quote(o) for o in container_options(site))
 
 
 def scheduler_directives(site: Site, *, for_pilot: bool) -> list[str]:
@@ -205,14 +256,14 @@ def _check_passthrough(site: Site, values: list[str], what: str) -> None:
 def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
     props = user_variables(site)
     var = {k: _var_expr(k, p) for k, p in props.items()}
-    facility_init = setup_lines(site) + [site.fill(x) for x in site.worker_init]
+    facility_init = setup_lines(site, batch=False) + [site.fill(x) for x in site.worker_init]
     _check_passthrough(site, facility_init, "worker_init")
     # One YAML double-quoted scalar: the facility's lines, then the user's worker_init. The
     # endpoint inserts the user string JSON-quoted; its escapes are valid YAML escapes, so the
     # inner text is spliced in without a way to break out of the quotes.
     init_head = json.dumps("".join(line + "\n" for line in facility_init))[1:-1]
     worker_init_expr = '"%s{{ (worker_init | default(%s))[1:-1] }}"' % (
-        init_head, _jinja_literal(""))
+        init_head, _jinja_literal(props["worker_init"]["default"]))
     acc = site.accelerator
     mwpn: Any
     if site.scheduler == "local":
@@ -222,7 +273,7 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
     pilot = [f"{_prefix(site)} {d}" for d in scheduler_directives(site, for_pilot=True)]
     _check_passthrough(site, pilot, "directives")
     image = site.image()
-    local = site.scheduler == "local" or site.deploy.host is None
+    local = site.deploy.host is None  # an endpoint run from this checkout
     return {
         "site": site.name,
         "description": site.description,
@@ -258,7 +309,7 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
         "mpiexec_bind_cmd": "--cpu-bind",
         "container": site.container.runtime != "none",
         "container_uri": image,
-        "container_cmd_options": " ".join(shlex.quote(o) for o in container_options(site)),
+        "container_cmd_options": container_options_text(site),
         "user_env": {},
     }
 
@@ -290,23 +341,13 @@ def batch_context(site: Site) -> dict[str, Any]:
         short = limit.max_walltime
     image = site.image()
     copts = container_options(site)
+    in_image = ""
     if site.container.runtime == "apptainer":
-        in_image = ["apptainer", "exec", *copts, image or ""]
-    else:
-        in_image = []
-    launch: list[str]
-    if site.launcher.type == "srun":
-        launch = ["srun", f"--nodes={nodes}", f"--ntasks-per-node={per_node}"]
-        if acc.devices_per_node and acc.bind == "scheduler":
-            launch += ["--gpus-per-task=1", "--gpu-bind=closest"]
-        if site.cpu_bind:
-            launch.append(site.cpu_bind)
-    elif site.launcher.type == "mpiexec":
-        launch = ["mpiexec", "-n", str(nodes * per_node), "--ppn", str(per_node)]
-        if site.cpu_bind:
-            launch += ["--cpu-bind", site.cpu_bind]
-    else:
-        launch = []
+        in_image = " ".join(_shell_word(w) for w in ["apptainer", "exec", *copts, image or ""])
+    launch_all = _launch(site, nodes, per_node)
+    launch_one = _launch(site, 1, 1)
+    # `bind_rank` (a shell function) picks the device; the launcher starts bash to call it.
+    prefix = "bash -c 'bind_rank \"$@\"' bind_rank" if _bind_wrapper(site) else ""
     build = site.container.build
     build_ctx = None
     if site.container.runtime == "apptainer" and build is not None and build.on_compute_node:
@@ -320,7 +361,8 @@ def batch_context(site: Site) -> dict[str, Any]:
             "modules": build.modules,
             "env": {**site.proxy.env(), **build.env},
             "options": build.options,
-            "def_file": f"{site.deploy.remote_root}/build/images/crossfl-{image_arch(site)}.def",
+            "def_file": _shell_path(f"{site.deploy.remote_root}/build/images/"
+                                    f"crossfl-{image_arch(site)}.def"),
             "image": image,
         }
     return {
@@ -329,17 +371,46 @@ def batch_context(site: Site) -> dict[str, Any]:
         "prefix": _prefix(site),
         "directives": scheduler_directives(site, for_pilot=False),
         "nodes": nodes,
+        "ntasks_per_node": per_node,
         "walltime": short,
         "select": _pbs_select(site, nodes),
-        "setup": setup_lines(site) + [site.fill(x) for x in site.worker_init],
+        "setup": [{"text": line, "sources": _sources_a_file(line)} for line in
+                  setup_lines(site, batch=True) + [site.fill(x) for x in site.worker_init] +
+                  ([site.fill(site.endpoint.worker_init_default)]
+                   if site.endpoint.worker_init_default else [])],
         "bind": _bind_wrapper(site),
-        "launch": " ".join(shlex.quote(w) for w in launch),
-        "in_image": " ".join(_shell_word(w) for w in in_image),
-        "describe_cmd": DESCRIBE_DEVICES_CMD,
-        "client_cmd": CLIENT_MODULE_CMD,
+        "smoke_line": _line(launch_all, prefix, in_image, DESCRIBE_DEVICES_CMD),
+        "client_line": _line(launch_one, prefix, in_image, CLIENT_MODULE_CMD + ' "$task" "$out"'),
+        "client_walltime": site.walltime,
+        "submit": "qsub" if site.scheduler == "pbs" else "sbatch",
         "remote_root": _shell_path(site.deploy.remote_root),
         "build": build_ctx,
     }
+
+
+def _sources_a_file(line: str) -> bool:
+    """Whether a setup line sources a script that exists only where the job runs."""
+    return any(part.strip().split(" ", 1)[0] in ("source", ".") for part in line.split(";"))
+
+
+def _line(launch: list[str], *parts: str) -> str:
+    words = [" ".join(shlex.quote(w) for w in launch), *parts]
+    return " ".join(w for w in words if w)
+
+
+def _launch(site: Site, nodes: int, ranks_per_node: int) -> list[str]:
+    """The parallel launcher line for a batch job: one rank per device."""
+    acc = site.accelerator
+    extra = shlex.split(site.cpu_bind) if site.cpu_bind else []
+    if site.launcher.type == "srun":
+        words = ["srun", f"--nodes={nodes}", f"--ntasks-per-node={ranks_per_node}"]
+        if acc.devices_per_node and acc.bind == "scheduler":
+            words += ["--gpus-per-task=1", "--gpu-bind=closest"]
+        return words + extra
+    if site.launcher.type == "mpiexec":
+        return ["mpiexec", "-n", str(nodes * ranks_per_node), "--ppn", str(ranks_per_node),
+                *extra]
+    return []
 
 
 def _shell_path(p: str) -> str:
@@ -421,7 +492,7 @@ def _render_into(env: jinja2.Environment, site: Site, tmp: Path, *, final: Path)
             bctx = batch_context(site)
             for name in ("smoke.sh", "client.sh"):
                 _write(tmp / "batch" / name,
-                       env.get_template(f"batch/{site.scheduler}/{name}").render(bctx), 0o755)
+                       env.get_template(f"batch/{name}").render(bctx), 0o755)
             if bctx["build"] is not None:
                 _write(tmp / "batch" / "build_image.sh",
                        env.get_template(f"batch/{site.scheduler}/build_image.sh").render(bctx),
@@ -520,6 +591,8 @@ def _option_fix(exc: Any, schema: dict[str, Any]) -> str:
                 "file (deploy/sites/overrides/<site>.yaml)")
     if exc.validator == "additionalProperties":
         return "drop the unknown options"
+    if exc.validator == "maximum":
+        return f"at most {exc.validator_value} here (the queue's limit)"
     if "enum" in prop:
         return f"use one of {prop['enum']}"
     if "pattern" in prop:
@@ -539,9 +612,12 @@ def render_user_config(site_build_dir: Path, user_opts: dict | None = None) -> s
         raise UserError("no rendered endpoint here", file=cfg,
                         fix="run `crossfl render <site>` first")
     core = _load_core(cfg)
-    schema = json.loads((ep / "user_config_schema.json").read_text())
     opts = dict(user_opts or {})
-    return _render_with_endpoint(ep, core, opts) if schema is not None else ""
+    schema_path = ep / "user_config_schema.json"
+    schema = json.loads(schema_path.read_text())
+    text = _render_with_endpoint(ep, core, opts)
+    _check_queue_limits(schema, opts, schema_path)
+    return text
 
 
 def example_options(site_build_dir: Path) -> dict[str, Any]:

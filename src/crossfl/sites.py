@@ -95,8 +95,14 @@ class Accelerator(_Model):
     # How batch-job ranks reach their device: the scheduler does it (srun --gpus-per-task),
     # a wrapper picks from the local rank (PALS mpiexec), or nothing (CPU / one process).
     bind: Literal["scheduler", "local-rank", "none"] = "none"
-    # Device for local rank i (Polaris binds in reverse: [3, 2, 1, 0]); default ids order.
+    # Device for local rank i in batch jobs (Polaris binds in reverse: ["3", "2", "1", "0"];
+    # Aurora addresses flat tiles "0".."11" there); default: the ids.
     rank_order: list[str] | None = None
+    # Environment for the endpoint's workers (which get `ids`) and for batch-job ranks (which
+    # get `rank_order`): e.g. Aurora's tile ids "X.Y" need ZE_FLAT_DEVICE_HIERARCHY=COMPOSITE,
+    # flat indices need FLAT. Exported on the host and, with a container, into it.
+    worker_env: dict[str, str] = Field(default_factory=dict)
+    rank_env: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> Accelerator:
@@ -108,9 +114,10 @@ class Accelerator(_Model):
         if self.ids is not None and len(self.ids) != self.devices_per_node:
             raise ValueError(f"devices_per_node is {self.devices_per_node} but ids lists "
                              f"{len(self.ids)} devices: make them match")
-        if self.rank_order is not None and sorted(self.rank_order) != sorted(self.device_ids):
-            raise ValueError("rank_order must be a permutation of the device ids "
-                             f"{self.device_ids}")
+        if self.rank_order is not None and (len(self.rank_order) != self.devices_per_node
+                                            or len(set(self.rank_order)) != len(self.rank_order)):
+            raise ValueError(f"rank_order must name {self.devices_per_node} distinct devices "
+                             "(one per local rank)")
         if self.vendor == "none" and self.bind != "none":
             raise ValueError("bind must be 'none' when there are no devices")
         return self
@@ -158,8 +165,9 @@ class ImageBuild(_Model):
 
 class Container(_Model):
     runtime: Literal["apptainer", "none"] = "none"
-    # Image per architecture (cuda, rocm, xpu, cpu). `{{remote_root}}` and `{{site}}` are
-    # replaced when rendering; `$HOME` etc. stay for the facility's shell.
+    # Image per architecture (cuda, rocm, xpu, cpu). `{{remote_root}}`, `{{site}}` and
+    # `{{project_root}}` (this checkout) are replaced when rendering, in images, binds,
+    # worker_init and endpoint.worker_init_default; `$HOME` etc. stay for the job's shell.
     images: dict[Arch, str] = Field(default_factory=dict)
     binds: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
@@ -184,6 +192,8 @@ class Endpoint(_Model):
     address_interface: str | None = None
     max_workers_per_node: int | None = Field(default=None, ge=1)
     cpu_affinity: str = "none"
+    # Default of the endpoint's `worker_init` option (the user's own lines, after the site's).
+    worker_init_default: str = ""
     idle_heartbeats_soft: int = 10
     idle_heartbeats_hard: int = 5760
 
@@ -207,7 +217,9 @@ class Site(_Model):
     queue: str | None = None  # the partition on Slurm
     qos: str | None = None
     constraint: str | None = None  # Slurm -C
+    # Published limits per queue (PBS), partition or QOS (Slurm; see limits_by).
     queues: dict[str, Queue] = Field(default_factory=dict)
+    limits_by: Literal["queue", "qos"] = "queue"
     walltime: str = "01:00:00"
     nodes_per_block: int = Field(default=1, ge=1)
     init_blocks: int = Field(default=0, ge=0)
@@ -269,16 +281,20 @@ class Site(_Model):
                 pass  # allowed: some Slurm sites use mpiexec
             if self.scheduler == "pbs" and self.launcher.type == "srun":
                 raise _FieldError("launcher.type", "srun needs Slurm: use mpiexec on a PBS site")
-        if self.queues and self.queue is not None and self.queue not in self.queues:
-            raise _FieldError("queue", f"queue {self.queue!r} is not one of "
+        if self.limits_by == "qos" and self.scheduler != "slurm":
+            raise _FieldError("limits_by", "QOS limits exist on Slurm only: use limits_by: queue")
+        key = self.limited_by()
+        if self.queues and key is not None and key not in self.queues:
+            raise _FieldError(self.limits_by, f"{self.limits_by} {key!r} is not one of "
                               f"{sorted(self.queues)}: pick one or add it under queues")
         limit = self.queue_limit()
         if limit and limit.max_walltime and parse_walltime(self.walltime) > parse_walltime(limit.max_walltime):
-            raise _FieldError("walltime", f"walltime {self.walltime} is over the {self.queue} "
-                              f"queue's maximum {limit.max_walltime}: lower it or pick another queue")
+            raise _FieldError("walltime", f"walltime {self.walltime} is over the {key} "
+                              f"{self.limits_by}'s maximum {limit.max_walltime}: lower it or "
+                              f"pick another {self.limits_by}")
         if limit and limit.max_nodes and self.nodes_per_block > limit.max_nodes:
             raise _FieldError("nodes_per_block", f"{self.nodes_per_block} nodes is over the "
-                              f"{self.queue} queue's maximum {limit.max_nodes}")
+                              f"{key} {self.limits_by}'s maximum {limit.max_nodes}")
         if self.allowed_filesystems is not None:
             bad = [f for f in self.filesystems if f not in self.allowed_filesystems]
             if bad:
@@ -304,8 +320,13 @@ class Site(_Model):
                               "bind: local-rank")
         return self
 
+    def limited_by(self) -> str | None:
+        """The queue or QOS name whose published limits apply."""
+        return self.qos if self.limits_by == "qos" else self.queue
+
     def queue_limit(self) -> Queue | None:
-        return self.queues.get(self.queue) if self.queue else None
+        key = self.limited_by()
+        return self.queues.get(key) if key else None
 
     @property
     def arch(self) -> str:
@@ -321,7 +342,8 @@ class Site(_Model):
         root = self.deploy.remote_root
         if root.startswith("~/"):
             root = "$HOME/" + root[2:]
-        return text.replace("{{remote_root}}", root).replace("{{site}}", self.name)
+        return (text.replace("{{remote_root}}", root).replace("{{site}}", self.name)
+                .replace("{{project_root}}", str(paths.project_root())))
 
 
 class _FieldError(ValueError):
@@ -355,6 +377,72 @@ def directive_problem(scheduler: str, directive: str) -> str | None:
                     return f"PBS resource {res!r} is unknown: one of {sorted(PBS_RESOURCES)}"
         return None
     return "a local site has no scheduler directives"
+
+
+def lint_script(site: Site, text: str) -> list[str]:
+    """Problems with the `#SBATCH` / `#PBS` directives of a rendered job script, by the site's
+    rules: options the scheduler knows, PBS filesystems the facility offers, the walltime
+    format and the queue's limit. Empty when the script is clean."""
+    prefix = {"slurm": "#SBATCH", "pbs": "#PBS"}.get(site.scheduler)
+    if prefix is None:
+        return []
+    problems: list[str] = []
+    other = "#PBS" if prefix == "#SBATCH" else "#SBATCH"
+    limit = site.queue_limit()
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.startswith(other + " "):
+            problems.append(f"line {n}: {other} directive in a {site.scheduler} script")
+            continue
+        if not line.startswith(prefix + " "):
+            continue
+        directive = line[len(prefix):].strip()
+        problem = directive_problem(site.scheduler, directive)
+        if problem:
+            problems.append(f"line {n}: {problem}")
+            continue
+        words = directive.replace("=", " ", 1).split() if prefix == "#SBATCH" else directive.split()
+        if prefix == "#PBS" and words[0] == "-l":
+            for part in words[1].split(","):
+                res, _, value = part.partition("=")
+                if res == "filesystems" and site.allowed_filesystems is not None:
+                    bad = [f for f in value.split(":") if f not in site.allowed_filesystems]
+                    if bad:
+                        problems.append(f"line {n}: filesystems {bad} not offered; "
+                                        f"choose from {site.allowed_filesystems}")
+                if res == "walltime":
+                    problems += _walltime_problem(n, value, limit)
+        if prefix == "#SBATCH" and words[0] in ("-t", "--time") and len(words) > 1:
+            problems += _walltime_problem(n, words[1], limit, slurm=True)
+    return problems
+
+
+_SLURM_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+def parse_slurm_time(text: str) -> int:
+    """Seconds of a Slurm --time: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S."""
+    m = _SLURM_TIME.match(text.strip())
+    if not m:
+        raise ValueError(f"time {text!r} is not a Slurm time (minutes, HH:MM:SS or D-HH:MM:SS)")
+    days, a, b, c = m.groups()
+    if days is not None:
+        h, mi, s = int(a), int(b or 0), int(c or 0)
+        return int(days) * 86400 + h * 3600 + mi * 60 + s
+    if b is None:
+        return int(a) * 60
+    if c is None:
+        return int(a) * 60 + int(b)
+    return int(a) * 3600 + int(b) * 60 + int(c)
+
+
+def _walltime_problem(n: int, value: str, limit: Queue | None, slurm: bool = False) -> list[str]:
+    try:
+        secs = parse_slurm_time(value) if slurm else parse_walltime(value)
+    except ValueError as exc:
+        return [f"line {n}: {exc}"]
+    if limit and limit.max_walltime and secs > parse_walltime(limit.max_walltime):
+        return [f"line {n}: walltime {value} over the queue maximum {limit.max_walltime}"]
+    return []
 
 
 def image_arch(site: Site) -> str:

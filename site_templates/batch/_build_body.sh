@@ -1,0 +1,16 @@
+<% for d in build.module_use %>
+module use << d | sq >>
+<% endfor %>
+<% for m in build.modules %>
+module load << m >>
+<% endfor %>
+<% for k, v in build.env.items() %>
+export << k >>=<< v | sq >>
+<% endfor %>
+
+def="<< build.def_file >>"
+image="<< build.image >>"
+mkdir -p "$(dirname "$image")"
+apptainer build << build.options | join(" ") >> "$image.tmp" "$def"
+mv "$image.tmp" "$image"
+apptainer inspect --labels "$image"

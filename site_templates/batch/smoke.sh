@@ -1,0 +1,11 @@
+<% set job_name = "crossfl-smoke-" ~ site %>
+<% include "batch/" ~ scheduler ~ "/_header.sh" %>
+# crossfl smoke test for << site >>: start the image on a compute node and print, per rank,
+# what torch sees. Submit: << submit >> smoke.sh
+<% include "batch/_body_setup.sh" %>
+
+echo "crossfl smoke test on $(hostname) at $(date -u +%FT%TZ)"
+<% if bind %>
+# shellcheck disable=SC2016  # "$@" belongs to the rank's own bash
+<% endif %>
+<< smoke_line >>

@@ -1,0 +1,29 @@
+#!/bin/bash -l
+#PBS -N crossfl-build-aurora
+#PBS -l select=1
+#PBS -l walltime=01:00:00
+#PBS -j oe
+#PBS -A TestProject
+#PBS -l filesystems=home:flare
+#PBS -k doe
+#PBS -l place=scatter
+#PBS -q debug
+# crossfl image build for aurora: the facility builds images on a compute node (fakeroot
+# needs the node's user namespace; the proxy reaches the registries).
+# Submit: qsub build_image.sh   (image definition: $HOME/.crossfl/aurora/build/images/crossfl-xpu.def)
+set -euo pipefail
+cd "${PBS_O_WORKDIR:-.}"
+module load apptainer
+export http_proxy=http://proxy.alcf.anl.gov:3128
+export HTTP_PROXY=http://proxy.alcf.anl.gov:3128
+export https_proxy=http://proxy.alcf.anl.gov:3128
+export HTTPS_PROXY=http://proxy.alcf.anl.gov:3128
+export no_proxy=admin,127.0.0.1,localhost,.alcf.anl.gov
+export NO_PROXY=admin,127.0.0.1,localhost,.alcf.anl.gov
+
+def="$HOME/.crossfl/aurora/build/images/crossfl-xpu.def"
+image="$HOME/.crossfl/aurora/images/crossfl-xpu.sif"
+mkdir -p "$(dirname "$image")"
+apptainer build --fakeroot "$image.tmp" "$def"
+mv "$image.tmp" "$image"
+apptainer inspect --labels "$image"

@@ -1,0 +1,40 @@
+#!/bin/bash -l
+#PBS -N crossfl-smoke-aurora
+#PBS -l select=1
+#PBS -l walltime=00:10:00
+#PBS -j oe
+#PBS -A TestProject
+#PBS -q debug
+#PBS -l filesystems=home:flare
+#PBS -k doe
+#PBS -l place=scatter
+# crossfl smoke test for aurora: start the image on a compute node and print, per rank,
+# what torch sees. Submit: qsub smoke.sh
+set -euo pipefail
+cd "${PBS_O_WORKDIR:-.}"
+
+# Facility setup: modules, proxy, environment (from deploy/sites/aurora.yaml)
+module load apptainer
+export http_proxy=http://proxy.alcf.anl.gov:3128
+export HTTP_PROXY=http://proxy.alcf.anl.gov:3128
+export https_proxy=http://proxy.alcf.anl.gov:3128
+export HTTPS_PROXY=http://proxy.alcf.anl.gov:3128
+export no_proxy=admin,127.0.0.1,localhost,.alcf.anl.gov
+export NO_PROXY=admin,127.0.0.1,localhost,.alcf.anl.gov
+export ZE_FLAT_DEVICE_HIERARCHY=FLAT
+export APPTAINERENV_ONEAPI_DEVICE_SELECTOR=level_zero:gpu
+export APPTAINERENV_CCL_ZE_IPC_EXCHANGE=sockets
+export APPTAINERENV_HF_HUB_OFFLINE=1
+export APPTAINERENV_ZE_FLAT_DEVICE_HIERARCHY=FLAT
+
+# Each rank takes one device by its local rank (the launcher does not bind devices here).
+bind_rank() {
+  devices=(0 1 2 3 4 5 6 7 8 9 10 11)
+  export ZE_AFFINITY_MASK="${devices[$(( ${PMI_LOCAL_RANK:-0} % 12 ))]}"
+  exec "$@"
+}
+export -f bind_rank
+
+echo "crossfl smoke test on $(hostname) at $(date -u +%FT%TZ)"
+# shellcheck disable=SC2016  # "$@" belongs to the rank's own bash
+mpiexec -n 12 --ppn 12 --cpu-bind list:1-8:9-16:17-24:25-32:33-40:41-48:53-60:61-68:69-76:77-84:85-92:93-100 bash -c 'bind_rank "$@"' bind_rank apptainer exec --fakeroot -B /lus/flare -B /usr/lib64:/hostlib64 "$HOME/.crossfl/aurora/images/crossfl-xpu.sif" python -c 'import json; from crossfl.client.device import describe_devices; print(json.dumps(describe_devices()))'

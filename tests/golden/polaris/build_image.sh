@@ -1,0 +1,33 @@
+#!/bin/bash -l
+#PBS -N crossfl-build-polaris
+#PBS -l select=1:system=polaris
+#PBS -l walltime=01:00:00
+#PBS -j oe
+#PBS -A TestProject
+#PBS -l filesystems=home:eagle
+#PBS -l place=scatter
+#PBS -q debug
+#PBS -l singularity_fakeroot=true
+# crossfl image build for polaris: the facility builds images on a compute node (fakeroot
+# needs the node's user namespace; the proxy reaches the registries).
+# Submit: qsub build_image.sh   (image definition: $HOME/.crossfl/polaris/build/images/crossfl-cuda.def)
+set -euo pipefail
+cd "${PBS_O_WORKDIR:-.}"
+module use /soft/modulefiles
+module load spack-pe-base
+module load apptainer
+export http_proxy=http://proxy.alcf.anl.gov:3128
+export HTTP_PROXY=http://proxy.alcf.anl.gov:3128
+export https_proxy=http://proxy.alcf.anl.gov:3128
+export HTTPS_PROXY=http://proxy.alcf.anl.gov:3128
+export no_proxy='admin,polaris-adminvm-01,localhost,*.cm.polaris.alcf.anl.gov,polaris-*,*.polaris.alcf.anl.gov,*.alcf.anl.gov'
+export NO_PROXY='admin,polaris-adminvm-01,localhost,*.cm.polaris.alcf.anl.gov,polaris-*,*.polaris.alcf.anl.gov,*.alcf.anl.gov'
+export APPTAINER_TMPDIR=/local/scratch/apptainer-tmpdir
+export APPTAINER_CACHEDIR=/local/scratch/apptainer-cachedir
+
+def="$HOME/.crossfl/polaris/build/images/crossfl-cuda.def"
+image="$HOME/.crossfl/polaris/images/crossfl-cuda.sif"
+mkdir -p "$(dirname "$image")"
+apptainer build --fakeroot "$image.tmp" "$def"
+mv "$image.tmp" "$image"
+apptainer inspect --labels "$image"

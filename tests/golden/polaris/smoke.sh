@@ -1,0 +1,37 @@
+#!/bin/bash -l
+#PBS -N crossfl-smoke-polaris
+#PBS -l select=1:system=polaris
+#PBS -l walltime=00:10:00
+#PBS -j oe
+#PBS -A TestProject
+#PBS -q debug
+#PBS -l filesystems=home:eagle
+#PBS -l place=scatter
+# crossfl smoke test for polaris: start the image on a compute node and print, per rank,
+# what torch sees. Submit: qsub smoke.sh
+set -euo pipefail
+cd "${PBS_O_WORKDIR:-.}"
+
+# Facility setup: modules, proxy, environment (from deploy/sites/polaris.yaml)
+module use /soft/modulefiles
+module load spack-pe-base
+module load apptainer
+export http_proxy=http://proxy.alcf.anl.gov:3128
+export HTTP_PROXY=http://proxy.alcf.anl.gov:3128
+export https_proxy=http://proxy.alcf.anl.gov:3128
+export HTTPS_PROXY=http://proxy.alcf.anl.gov:3128
+export no_proxy='admin,polaris-adminvm-01,localhost,*.cm.polaris.alcf.anl.gov,polaris-*,*.polaris.alcf.anl.gov,*.alcf.anl.gov'
+export NO_PROXY='admin,polaris-adminvm-01,localhost,*.cm.polaris.alcf.anl.gov,polaris-*,*.polaris.alcf.anl.gov,*.alcf.anl.gov'
+export APPTAINERENV_HF_HUB_OFFLINE=1
+
+# Each rank takes one device by its local rank (the launcher does not bind devices here).
+bind_rank() {
+  devices=(3 2 1 0)
+  export CUDA_VISIBLE_DEVICES="${devices[$(( ${PMI_LOCAL_RANK:-0} % 4 ))]}"
+  exec "$@"
+}
+export -f bind_rank
+
+echo "crossfl smoke test on $(hostname) at $(date -u +%FT%TZ)"
+# shellcheck disable=SC2016  # "$@" belongs to the rank's own bash
+mpiexec -n 4 --ppn 4 --depth=8 --cpu-bind depth bash -c 'bind_rank "$@"' bind_rank apptainer exec --nv --fakeroot -B /opt -B /var/run/palsd/ -B /eagle "$HOME/.crossfl/polaris/images/crossfl-cuda.sif" python -c 'import json; from crossfl.client.device import describe_devices; print(json.dumps(describe_devices()))'
