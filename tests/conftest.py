@@ -46,3 +46,25 @@ def run_on_engine(engine: Any, run_dir: Path, fn: Callable, *args: Any,
     if result.is_error:
         raise RuntimeError(f"task failed: {result.error_details}: {result.data}")
     return serde.deserialize(result.data)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A one-node Slurm cluster (tests/slurm_cluster.py) for the session; SLURM_CONF points at
+    it. Skips, saying why, where it cannot run (not root, no slurm-wlm/munge)."""
+    from slurm_cluster import SlurmCluster
+    why = SlurmCluster.unavailable()
+    if why:
+        pytest.skip(why)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    before = os.environ.get("SLURM_CONF")
+    try:
+        cluster.start()
+        os.environ["SLURM_CONF"] = str(cluster.conf)
+        yield cluster
+    finally:
+        cluster.stop()
+        if before is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = before
