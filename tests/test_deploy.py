@@ -163,10 +163,39 @@ def test_deploy_configures_is_idempotent_and_fails_start_clearly(project: Path, 
     code, out = run_cli("status", SITE)
     assert code == 0, out
     assert "not running" in out and "configured" in out and "4.19.0" in out
+    code, out = run_cli("status")  # every deployed site
+    assert code == 0 and "endpoint process" in out and SITE in out
     code, out = run_cli("logs", SITE, "-n", "5")
     assert code == 0, out
     code, out = run_cli("stop", SITE)
     assert code == 0 and "nothing to stop" in out
+
+
+def test_data_upload_only_when_asked(project: Path, tmp_path: Path) -> None:
+    data = tmp_path / "chem"
+    (data / "split").mkdir(parents=True)
+    (data / "train.jsonl").write_text('{"input": "CCO", "output": "ethanol"}\n')
+    (data / "split" / "val.jsonl").write_text('{"input": "C", "output": "methane"}\n')
+    code, out = run_cli("deploy", SITE, "--no-start")
+    assert code == 0 and not any((remote_root() / "data").iterdir())
+    code, out = run_cli("deploy", SITE, "--no-start", "--data", str(data))
+    assert code == 0, out
+    dest = remote_root() / "data" / "chem"
+    assert (dest / "train.jsonl").read_bytes() == (data / "train.jsonl").read_bytes()
+    assert (dest / "split" / "val.jsonl").read_bytes() == (data / "split" / "val.jsonl").read_bytes()
+    assert [d["remote_path"] for d in state(project)["data"]] == [str(dest)]
+    code, out = run_cli("deploy", SITE, "--no-start", "--data", str(data))
+    assert code == 0 and "nothing changed" in out
+
+
+def test_cli_entry_point_prints_one_line(project: Path) -> None:
+    """The installed `crossfl` command: a deploy fault is one line on stderr and exit 2."""
+    shutil.copy(REPO / "deploy" / "sites" / "local.yaml", project / "deploy" / "sites")
+    res = subprocess.run([str(VENV_BIN / "crossfl"), "deploy", "local"], capture_output=True,
+                         text=True, cwd=project, timeout=120)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "site local has no deploy block" in lines[0], res.stderr
 
 
 def test_dry_run_prints_and_does_nothing(project: Path) -> None:

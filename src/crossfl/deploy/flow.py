@@ -236,6 +236,7 @@ def _start_error(site: Site, t: Target, exc: gce.StartFailed, ep: str, info: gce
 # -- status / logs / stop -----------------------------------------------------------------------
 
 def site_status(name: str, *, dry_run: bool = False, console: Console | None = None) -> dict[str, str]:
+    """What the state file records, then what the login node says (endpoint, pilot jobs)."""
     console = console or Console(soft_wrap=True)
     site = load_site(name)
     t = target_of(site)
@@ -247,24 +248,31 @@ def site_status(name: str, *, dry_run: bool = False, console: Console | None = N
         if state.last_error:
             rows["last error"] = state.last_error
         rows["bundle"] = (state.bundle_sha256 or "-")[:12]
-        rows["image"] = f"{state.image.remote_path} sha256:{state.image.sha256[:12]}" if state.image else "-"
+        rows["image"] = (f"{state.image.remote_path} sha256:{state.image.sha256[:12]}"
+                         if state.image else "-")
     else:
         rows["phase (recorded)"] = "never deployed"
-    with Remote(t, dry_run=dry_run, console=console) as r:
-        info = gce.probe(r, site.deploy.remote_root, t.site_file or "")
+    _print_rows(console, rows)
+    live: dict[str, str] = {}
+    with Remote(t, dry_run=dry_run, console=Console(stderr=True, soft_wrap=True)) as r:
+        info = gce.probe(r, site.deploy.remote_root, t.site_file or "", version=True)
         rt = gce.runtime(r, info, site.deploy.endpoint_name)
-        rows["endpoint"] = site.deploy.endpoint_name
-        rows["endpoint id"] = rt.endpoint_id or "-"
-        rows["endpoint process"] = (f"running (pid {rt.pid})" if rt.running else
+        live["endpoint"] = site.deploy.endpoint_name
+        live["endpoint id"] = rt.endpoint_id or "-"
+        live["endpoint process"] = (f"running (pid {rt.pid})" if rt.running else
                                     "not running" + ("" if rt.configured else ", not configured"))
-        rows["globus-compute-endpoint"] = info.gce_version
+        live["globus-compute-endpoint"] = info.gce_version
         jobs = gce.queue(r, site.scheduler)
         if jobs is not None:
-            rows["pilot jobs"] = jobs.stdout.strip() or "none"
+            live["pilot jobs"] = jobs.stdout.strip() or "none"
     if not dry_run:
-        for k, v in rows.items():
-            console.print(f"[bold]{k:>24}[/] {v}", highlight=False)
-    return rows
+        _print_rows(console, live)
+    return {**rows, **live}
+
+
+def _print_rows(console: Console, rows: dict[str, str]) -> None:
+    for k, v in rows.items():
+        console.print(f"[bold]{k:>24}[/] {v}", highlight=False)
 
 
 def site_logs(name: str, *, lines: int = 50, dry_run: bool = False,

@@ -34,13 +34,15 @@ def _root_expr(remote_root: str) -> str:
     return '"' + remote_root.replace('"', '\\"') + '"'
 
 
-def probe(remote: Remote, remote_root: str, site_file: str) -> LoginInfo:
-    """Where things are on the login node, and whether the endpoint CLI is there."""
+def probe(remote: Remote, remote_root: str, site_file: str, *, version: bool = False) -> LoginInfo:
+    """Where things are on the login node, and whether the endpoint CLI is there
+    (and, with `version`, which version it is: one more Python start there)."""
     script = (f"echo CROSSFL_HOME=$HOME; echo CROSSFL_UID=$(id -u); "
               f"echo CROSSFL_ROOT={_root_expr(remote_root)}; "
               "echo CROSSFL_GCDIR=${GLOBUS_COMPUTE_USER_DIR:-$HOME/.globus_compute}; "
-              f"g=$(command -v {GCE}); echo CROSSFL_GCE=$g; "
-              f"[ -z \"$g\" ] || echo CROSSFL_GCE_VERSION=$({GCE} version 2>/dev/null | tail -1)")
+              f"g=$(command -v {GCE}); echo CROSSFL_GCE=$g; ")
+    if version:
+        script += f"[ -z \"$g\" ] || echo CROSSFL_GCE_VERSION=$({GCE} version 2>/dev/null | tail -1)"
     if remote.dry_run:
         remote.run(script, activate=True)
         root = remote_root.replace("~/", "$HOME/", 1)
