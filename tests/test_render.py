@@ -404,3 +404,18 @@ def test_template_error_is_a_user_error(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="no_such_value"):
         render.render_site("local", tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_multi_user_endpoint(tmp_path):
+    from globus_compute_endpoint.endpoint.config.utils import load_config_yaml
+    site = site_for_test("polaris").model_copy(deep=True)
+    site.endpoint.mode = "multi-user"
+    site.endpoint.identity_domain = "anl.gov"
+    site.endpoint.environment = {"GLOBUS_COMPUTE_SITE": "polaris"}
+    out = render.render_site(site, tmp_path)
+    ep = out / "endpoint"
+    load_config_yaml((ep / "config.yaml").read_text())
+    assert "identity_mapping_config_path" in (ep / "config.yaml").read_text()
+    mapping = json.loads((ep / "identity_mapping.example.json").read_text())
+    assert mapping[0]["mappings"][0]["match"] == r"(.*)@anl\.gov"
+    assert yaml.safe_load((ep / "user_environment.yaml").read_text()) == {"GLOBUS_COMPUTE_SITE": "polaris"}

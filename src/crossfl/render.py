@@ -310,7 +310,7 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
         "container": site.container.runtime != "none",
         "container_uri": image,
         "container_cmd_options": container_options_text(site),
-        "user_env": {},
+        "user_env": site.endpoint.environment,
     }
 
 
@@ -386,6 +386,15 @@ def batch_context(site: Site) -> dict[str, Any]:
         "remote_root": _shell_path(site.deploy.remote_root),
         "build": build_ctx,
     }
+
+
+def identity_mapping(site: Site) -> list[dict[str, Any]]:
+    """A Globus Connect-style expression mapping: user@DOMAIN -> local account `user`."""
+    domain = (site.endpoint.identity_domain or "").replace(".", r"\.")
+    return [{"comment": f"crossfl {site.name}: Globus identities of {site.endpoint.identity_domain} "
+                        "to local accounts of the same name",
+             "DATA_TYPE": "expression_identity_mapping#1.0.0",
+             "mappings": [{"source": "{username}", "match": f"(.*)@{domain}", "output": "{0}"}]}]
 
 
 def _sources_a_file(line: str) -> bool:
@@ -488,6 +497,9 @@ def _render_into(env: jinja2.Environment, site: Site, tmp: Path, *, final: Path)
         _write(ep / "user_environment.yaml",
                env.get_template("endpoint/user_environment.yaml").render(ctx))
         _write(ep / "user_config_schema.json", json.dumps(user_config_schema(site), indent=2) + "\n")
+        if site.endpoint.mode == "multi-user":
+            _write(ep / "identity_mapping.example.json",
+                   json.dumps(identity_mapping(site), indent=2) + "\n")
         if site.scheduler != "local":
             bctx = batch_context(site)
             for name in ("smoke.sh", "client.sh"):

@@ -64,7 +64,7 @@ def parse_walltime(text: str) -> int:
     """'HH:MM:SS' -> seconds; ValueError with the accepted form otherwise."""
     m = _WALLTIME.match(text.strip())
     if not m:
-        raise ValueError(f"walltime {text!r} is not HH:MM:SS (e.g. 01:00:00)")
+        raise ValueError(f"walltime {text!r} is not HH:MM:SS: write it like 01:00:00")
     h, mi, s = (int(g) for g in m.groups())
     return h * 3600 + mi * 60 + s
 
@@ -107,19 +107,22 @@ class Accelerator(_Model):
     @model_validator(mode="after")
     def _consistent(self) -> Accelerator:
         if self.vendor == "none" and self.devices_per_node:
-            raise ValueError("vendor 'none' has no devices: set devices_per_node: 0 "
-                             "or name the vendor (cuda, rocm, xpu)")
+            raise ValueError(f"vendor 'none' has no devices but devices_per_node is "
+                             f"{self.devices_per_node}: set devices_per_node: 0 or name the "
+                             "vendor (cuda, rocm, xpu)")
         if self.vendor != "none" and not self.devices_per_node:
-            raise ValueError(f"vendor {self.vendor!r} needs devices_per_node >= 1")
+            raise ValueError(f"vendor {self.vendor!r} has no devices_per_node: give the "
+                             "devices_per_node of one compute node (e.g. 4)")
         if self.ids is not None and len(self.ids) != self.devices_per_node:
             raise ValueError(f"devices_per_node is {self.devices_per_node} but ids lists "
                              f"{len(self.ids)} devices: make them match")
         if self.rank_order is not None and (len(self.rank_order) != self.devices_per_node
                                             or len(set(self.rank_order)) != len(self.rank_order)):
-            raise ValueError(f"rank_order must name {self.devices_per_node} distinct devices "
-                             "(one per local rank)")
+            raise ValueError(f"rank_order has {len(self.rank_order)} entries for "
+                             f"{self.devices_per_node} devices: name {self.devices_per_node} "
+                             "distinct devices, one per local rank")
         if self.vendor == "none" and self.bind != "none":
-            raise ValueError("bind must be 'none' when there are no devices")
+            raise ValueError("there are no devices to bind: set bind: none")
         return self
 
     @property
@@ -184,7 +187,12 @@ class Launcher(_Model):
 
 
 class Endpoint(_Model):
+    # single-user: your own endpoint. multi-user: started by root (an admin), mapping Globus
+    # identities of `identity_domain` to local accounts of the same name.
     mode: Literal["single-user", "multi-user"] = "single-user"
+    identity_domain: str | None = None
+    # Environment of the user endpoint processes (user_environment.yaml).
+    environment: dict[str, str] = Field(default_factory=dict)
     display_name: str | None = None
     allowed_functions: list[str] = Field(default_factory=list)
     encrypted: bool = True
@@ -196,6 +204,13 @@ class Endpoint(_Model):
     worker_init_default: str = ""
     idle_heartbeats_soft: int = 10
     idle_heartbeats_hard: int = 5760
+
+    @model_validator(mode="after")
+    def _mode(self) -> Endpoint:
+        if self.mode == "multi-user" and not self.identity_domain:
+            raise ValueError("a multi-user endpoint maps Globus identities to local accounts: "
+                             "set endpoint.identity_domain (e.g. anl.gov)")
+        return self
 
 
 class Deploy(_Model):
@@ -538,30 +553,39 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
+_GENERIC_FIX = "see the comment at the top of the site file and the schema in src/crossfl/sites.py"
+
+
+def _one_error(e: dict[str, Any]) -> tuple[str, str, str]:
+    """(field, message, fix) for one pydantic error."""
+    ctx_err = (e.get("ctx") or {}).get("error")
+    field = _loc(tuple(p for p in e["loc"] if not str(p).startswith("function-")))
+    msg = e["msg"].removeprefix("Value error, ")
+    if isinstance(ctx_err, _FieldError):
+        field, msg = ctx_err.field, str(ctx_err)
+    kind = e["type"]
+    if kind == "extra_forbidden":
+        return field, "unknown field", "remove it, or check its spelling against src/crossfl/sites.py"
+    if kind == "missing":
+        return field, "required field is missing", f"add {field}"
+    if kind == "literal_error":
+        expected = msg.removeprefix("Input should be ")
+        return field, f"{e.get('input')!r} is not allowed", f"use {expected}"
+    if kind == "value_error" and ": " in msg:
+        head, _, tail = msg.rpartition(": ")
+        return field, head, tail
+    return field, msg, _GENERIC_FIX
+
+
 def _errors(exc: ValidationError, path: Path) -> UserError:
-    lines = []
-    for e in exc.errors():
-        ctx_err = (e.get("ctx") or {}).get("error")
-        field = _loc(tuple(p for p in e["loc"] if not str(p).startswith("function-")))
-        msg = e["msg"].removeprefix("Value error, ")
-        if isinstance(ctx_err, _FieldError):
-            field, msg = ctx_err.field, str(ctx_err)
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling against deploy/sites/README or the schema)"
-        elif e["type"] == "missing":
-            msg = "required field is missing"
-        elif e["type"] == "literal_error":
-            msg = f"{msg}, got {e.get('input')!r}"
-        lines.append(f"{field or '(top level)'}: {msg}")
-    if len(lines) == 1:
-        field, _, msg = lines[0].partition(": ")
-        return UserError(msg, file=path, field=field, fix=_fix_hint(msg))
+    found = [_one_error(e) for e in exc.errors()]
+    if len(found) == 1:
+        field, msg, fix = found[0]
+        return UserError(msg, file=path, field=field or None, fix=fix)
+    lines = [f"{field or '(top level)'}: {msg}" + ("" if fix == _GENERIC_FIX else f" (fix: {fix})")
+             for field, msg, fix in found]
     return UserError("invalid site:\n  " + "\n  ".join(lines), file=path,
                      fix="correct each field listed")
-
-
-def _fix_hint(msg: str) -> str | None:
-    return None if "fix" in msg or ":" in msg else "see the comment at the top of the site file"
 
 
 def load_site(name_or_path: str | Path, overrides: Path | None = None) -> Site:

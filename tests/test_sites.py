@@ -1,0 +1,260 @@
+"""The site catalog: every site loads; overrides and ${VAR}s apply; each kind of bad input is one
+UserError naming the file, the field and the fix, and nothing is written to build/."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crossfl import paths, render, sites
+from crossfl.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+CATALOG = ("frontier", "aurora", "polaris", "perlmutter", "local", "local-slurm")
+
+
+@pytest.fixture
+def catalog(tmp_path, monkeypatch) -> Path:
+    """A private project root holding a copy of the catalog (so tests may add bad sites)."""
+    root = tmp_path / "root"
+    shutil.copytree(REPO / "deploy" / "sites", root / "deploy" / "sites",
+                    ignore=shutil.ignore_patterns("overrides"))
+    (root / "deploy" / "sites" / "overrides").mkdir()
+    monkeypatch.setenv("CROSSFL_ROOT", str(root))
+    monkeypatch.delenv("CROSSFL_SITE_OVERRIDES", raising=False)
+    monkeypatch.setattr(paths, "templates_dir", lambda: REPO / "site_templates")
+    return root / "deploy" / "sites"
+
+
+def write_site(catalog: Path, name: str, base: str, **changes) -> Path:
+    data = yaml.safe_load((catalog / f"{base}.yaml").read_text())
+    data["name"] = name
+    for dotted, value in changes.items():
+        node = data
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    path = catalog / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def refused(catalog: Path, name: str) -> UserError:
+    with pytest.raises(UserError) as info:
+        render.render_site(name)
+    assert not (catalog.parents[1] / "build" / "sites" / name).exists()
+    return info.value
+
+
+# --- the catalog -----------------------------------------------------------------------------
+
+def test_list_sites_has_the_catalog(catalog):
+    assert set(CATALOG) <= set(sites.list_sites())
+
+
+@pytest.mark.parametrize("name", CATALOG)
+def test_every_site_loads(catalog, name):
+    site = sites.load_site(name)
+    assert site.name == name
+    assert site.deploy.remote_root == f"~/.crossfl/{name}"
+    assert site.deploy.endpoint_name == f"crossfl-{name}"
+    assert site.accelerator.vendor in ("cuda", "rocm", "xpu", "none")
+    assert sites.image_arch(site) == ("cpu" if site.accelerator.vendor == "none" else site.accelerator.vendor)
+
+
+def test_facility_facts():
+    frontier = sites.load_site("frontier")
+    assert (frontier.scheduler, frontier.queue, frontier.qos) == ("slurm", "batch", "debug")
+    assert (frontier.accelerator.vendor, frontier.accelerator.devices_per_node) == ("rocm", 8)
+    assert frontier.accelerator.visible_devices_env == "ROCR_VISIBLE_DEVICES"
+    polaris = sites.load_site("polaris")
+    assert polaris.filesystems == ["home", "eagle"] and polaris.accelerator.rank_devices == ["3", "2", "1", "0"]
+    assert polaris.container.build is not None and polaris.container.build.on_compute_node
+    aurora = sites.load_site("aurora")
+    assert aurora.accelerator.device_ids[-1] == "5.1" and aurora.cpus_per_node == 208
+    assert aurora.proxy.https == "http://proxy.alcf.anl.gov:3128" and "-k doe" in aurora.directives
+    perl = sites.load_site("perlmutter")
+    assert perl.constraint == "gpu" and perl.qos == "regular" and perl.container.runtime == "apptainer"
+    local = sites.load_site("local")
+    assert local.scheduler == "local" and local.container.runtime == "none"
+    assert sites.image_arch(local) == "cpu"
+
+
+def test_image_path_fills_remote_root(catalog):
+    site = sites.load_site("frontier")
+    assert site.image() == "$HOME/.crossfl/frontier/images/crossfl-rocm.sif"
+
+
+# --- per-user values -------------------------------------------------------------------------
+
+def test_overrides_file_in_catalog_dir(catalog):
+    (catalog / "overrides" / "frontier.yaml").write_text(
+        "account: abc123\ndeploy: {host: myfrontier, data_dir: /lustre/orion/abc123/chem}\n")
+    site = sites.load_site("frontier")
+    assert site.account == "abc123"
+    assert site.deploy.host == "myfrontier" and site.deploy.data_dir.endswith("/chem")
+    assert site.queue == "batch"  # untouched fields stay
+
+
+def test_overrides_from_env_dir_and_explicit_path(catalog, tmp_path, monkeypatch):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "polaris.yaml").write_text("account: ProjA\n")
+    monkeypatch.setenv("CROSSFL_SITE_OVERRIDES", str(mine))
+    assert sites.load_site("polaris").account == "ProjA"
+    explicit = tmp_path / "x.yaml"
+    explicit.write_text("account: ProjB\n")
+    assert sites.load_site("polaris", overrides=explicit).account == "ProjB"
+
+
+def test_overrides_gitignored():
+    text = (REPO / "deploy" / "sites" / "overrides" / ".gitignore").read_text()
+    assert "*" in text.split()
+
+
+def test_env_references(catalog, monkeypatch):
+    monkeypatch.setenv("CROSSFL_AURORA_ACCOUNT", "FromEnv")
+    assert sites.load_site("aurora").account == "FromEnv"
+    monkeypatch.delenv("CROSSFL_AURORA_ACCOUNT")
+    assert sites.load_site("aurora").account is None  # ${VAR:-} -> unset
+
+
+def test_unset_env_reference_names_field(catalog, monkeypatch):
+    monkeypatch.delenv("CROSSFL_NO_SUCH", raising=False)
+    write_site(catalog, "bad", "polaris", account="${CROSSFL_NO_SUCH}")
+    err = refused(catalog, "bad")
+    assert err.field == "account" and "CROSSFL_NO_SUCH" in err.message
+    assert "export CROSSFL_NO_SUCH" in err.fix and err.file.endswith("bad.yaml")
+
+
+def test_project_root_placeholder():
+    site = sites.load_site("local-slurm")
+    assert site.fill(site.endpoint.worker_init_default) == \
+        f"source {paths.project_root()}/.venv/bin/activate"
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+def test_unknown_site(catalog):
+    with pytest.raises(UserError) as info:
+        sites.load_site("summit")
+    assert "unknown site 'summit'" in info.value.message
+    assert "frontier" in info.value.fix and info.value.file.endswith("summit.yaml")
+    err = refused(catalog, "summit")
+    assert "unknown site" in err.message
+
+
+@pytest.mark.parametrize("changes, field, fix_words", [
+    ({"walltime": "2h"}, "walltime", "01:00:00"),
+    ({"walltime": "02:00:00"}, "walltime", "01:00:00"),                 # over polaris debug
+    ({"queue": "gpu"}, "queue", "debug-scaling"),
+    ({"nodes_per_block": 3}, "nodes_per_block", "2"),
+    ({"accelerator__devices_per_node": 0}, "accelerator", "devices_per_node"),
+    ({"accelerator__rank_order": ["0", "1"]}, "accelerator", "name 4 distinct"),
+    ({"container__images": {"rocm": "/x/crossfl-rocm.sif"}}, "container.images.cuda", "crossfl-cuda.sif"),
+    ({"directives": ["-l place=scatter", "-Q fast"]}, "directives[1]", "qsub"),
+    ({"directives": ["-l gpus_galore=4"]}, "directives[0]", "resource"),
+    ({"filesystems": ["home", "flare"]}, "filesystems", "eagle"),
+    ({"launcher__type": "srun"}, "launcher.type", "mpiexec"),
+    ({"acount": "typo"}, "acount", "unknown field"),
+    ({"scheduler": "lsf"}, "scheduler", "slurm"),
+])
+def test_bad_polaris_variants(catalog, changes, field, fix_words):
+    write_site(catalog, "bad", "polaris", **changes)
+    err = refused(catalog, "bad")
+    assert err.field == field, err.render()
+    assert err.file.endswith("bad.yaml")
+    assert fix_words in err.render()
+    assert "Traceback" not in err.render()
+
+
+@pytest.mark.parametrize("base, changes, field, words", [
+    ("frontier", {"walltime": "30:00:00"}, "walltime", "12:00:00"),
+    ("frontier", {"directives": ["--gpus-per-nod=8"]}, "directives[0]", "sbatch has no option"),
+    ("frontier", {"filesystems": ["home"]}, "filesystems", "PBS"),
+    ("perlmutter", {"qos": "debug", "walltime": "01:00:00"}, "walltime", "00:30:00"),
+    ("local", {"accelerator__devices_per_node": 2}, "accelerator", "vendor 'none'"),
+    ("local", {"launcher__type": "srun"}, "launcher.type", "single"),
+    ("aurora", {"accelerator__ids": ["0.0"]}, "accelerator", "make them match"),
+    ("aurora", {"filesystems": ["home", "eagle"]}, "filesystems", "flare"),
+])
+def test_bad_other_sites(catalog, base, changes, field, words):
+    write_site(catalog, "bad", base, **changes)
+    err = refused(catalog, "bad")
+    assert err.field == field, err.render()
+    assert words in err.render()
+
+
+def test_several_bad_fields_one_message_each(catalog):
+    write_site(catalog, "bad", "frontier", walltime="forever", nodes_per_block=0,
+               accelerator__vendor="nvidia")
+    err = refused(catalog, "bad")
+    lines = err.message.splitlines()
+    assert lines[0] == "invalid site:"
+    fields = sorted(line.strip().split(":")[0] for line in lines[1:])
+    assert fields == ["accelerator.vendor", "nodes_per_block", "walltime"]
+
+
+def test_bad_yaml(catalog):
+    (catalog / "bad.yaml").write_text("name: bad\nscheduler: [slurm\n")
+    err = refused(catalog, "bad")
+    assert "not valid YAML" in err.message and err.file.endswith("bad.yaml")
+
+
+def test_bad_overrides_name_both_files(catalog):
+    (catalog / "overrides" / "frontier.yaml").write_text("walltime: 99:00:00\n")
+    with pytest.raises(UserError) as info:
+        sites.load_site("frontier")
+    assert info.value.field == "walltime"
+    assert "overrides" in info.value.message and info.value.file.endswith("frontier.yaml")
+
+
+def test_jinja_markup_in_a_passthrough_value_is_refused(catalog):
+    write_site(catalog, "bad", "polaris", worker_init=["echo {{ account }}"])
+    err = refused(catalog, "bad")
+    assert err.field == "worker_init" and "Jinja" in err.message
+
+
+def test_cli_reports_errors_without_traceback(catalog):
+    import subprocess
+    import sys
+    write_site(catalog, "bad", "polaris", walltime="2h")
+    proc = subprocess.run([sys.executable, "-c", "from crossfl.cli import main; main()",
+                           "render", "bad"], capture_output=True, text=True,
+                          cwd=catalog.parents[1], env={**__import__("os").environ,
+                                                       "CROSSFL_ROOT": str(catalog.parents[1])})
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "bad.yaml: walltime:" in " ".join(proc.stderr.split())
+
+
+def test_multi_user_needs_identity_domain(catalog):
+    write_site(catalog, "bad", "polaris", endpoint__mode="multi-user")
+    err = refused(catalog, "bad")
+    assert err.field == "endpoint" and "identity_domain" in err.fix
+
+
+def test_cli_sites_table_and_render_all(catalog, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+    from crossfl import cli_sites
+    app = typer.Typer()
+    cli_sites.register(app)
+    runner = CliRunner()
+    result = runner.invoke(app, ["sites"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if " frontier " in line)
+    assert "slurm" in row and "rocm" in row and " 8 " in row and "apptainer" in row
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["render", "--all", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert set(CATALOG) <= {p.name for p in out.iterdir()}
+    result = runner.invoke(app, ["render", "polaris", "--out", str(out)])
+    assert result.exit_code == 0 and "rendered polaris" in result.output
