@@ -68,7 +68,7 @@ def data(workdir: Path) -> Path:
 def model(workdir: Path, data: Path) -> Path:
     spec = TinyModelSpec(vocab_size=300, hidden_size=HIDDEN, num_layers=LAYERS, num_heads=2,
                          intermediate_size=64, max_position=128, pretrain_steps=150,
-                         pretrain_batch=8, pretrain_seq_len=32, seed=0)
+                         pretrain_batch=8, pretrain_seq_len=32, seed=0, threads=1)
     return Path(build_tiny(data, workdir / "tiny", spec).out)
 
 
@@ -173,6 +173,16 @@ def test_train_round_result_and_adapter_shapes(model: Path, data: Path) -> None:
 def test_bfloat16_adapter_travels_in_bfloat16(model: Path, data: Path) -> None:
     out = tasks.train_round(train_task(model, data, adapter_dtype="bfloat16", local_steps=1))
     assert {t.dtype for t in adapter_from_bytes(out["adapter"]).values()} == {torch.bfloat16}
+
+
+def test_bfloat16_base_trains_a_float32_adapter(model: Path, data: Path) -> None:
+    out = tasks.train_round(train_task(model, data, dtype="bfloat16", local_steps=2))
+    assert math.isfinite(out["train_loss"])
+    state = adapter_from_bytes(out["adapter"])
+    assert {t.dtype for t in state.values()} == {torch.float32}
+    res = tasks.evaluate(eval_task(model, data, adapter=out["adapter"], dtype="bfloat16",
+                                   max_samples=8, generate_samples=2))
+    assert math.isfinite(res["val_loss"])
 
 
 def test_cache_hit_gives_the_same_adapter_as_a_cold_cache(model: Path, data: Path) -> None:

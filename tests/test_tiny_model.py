@@ -16,7 +16,7 @@ from crossfl.tiny_model import TinyModelSpec, build_tiny
 
 SMALL = TinyModelSpec(vocab_size=300, hidden_size=32, num_layers=1, num_heads=2,
                       intermediate_size=64, max_position=64, pretrain_steps=4, pretrain_batch=2,
-                      pretrain_seq_len=16, seed=3)
+                      pretrain_seq_len=16, seed=3, threads=1)
 MOLECULES = [("CCO", "C2H6O"), ("CC(=O)O", "C2H4O2"), ("c1ccccc1", "C6H6"), ("CCN", "C2H7N"),
              ("CC(C)O", "C3H8O"), ("OCCO", "C2H6O2"), ("C1CCCCC1", "C6H12"), ("CCCl", "C2H5Cl")]
 
