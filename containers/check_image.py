@@ -76,7 +76,9 @@ def check_commands(on_path: bool) -> list[str]:
         if not (bindir / command).is_file():
             problems.append(f"{command} is not installed in {bindir}")
         elif on_path and shutil.which(command) != str(bindir / command):
-            problems.append(f"{command} on PATH is {shutil.which(command)}, not {bindir / command}")
+            found = shutil.which(command)
+            problems.append(f"{command} is not on PATH" if found is None else
+                            f"{command} on PATH is {found}, not {bindir / command}")
     return problems
 
 

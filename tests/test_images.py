@@ -24,6 +24,8 @@ from typer.testing import CliRunner
 from crossfl import cli_images, images
 from crossfl.errors import UserError
 
+CHECKER = images.CHECKER
+
 REPO = Path(__file__).resolve().parents[1]
 EXPECTED_SECTIONS = {"arguments", "files", "post", "environment", "labels", "test", "runscript",
                      "help"}
@@ -459,25 +461,41 @@ def checker(*args: str) -> subprocess.CompletedProcess:
                                                      f"{os.pathsep}{os.environ['PATH']}"})
 
 
-def test_check_image_passes_here_and_fails_on_each_drift(repo_root: Path) -> None:
+def test_check_image_passes_here_and_fails_on_each_drift(repo_root: Path,
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
     import torch
 
     constraints = images.read_constraints()
     minor = "%d.%d" % sys.version_info[:2]
     good = ["--python-minor", minor, "--torch", torch.__version__, "--stack", "cpu",
             "--pin", f"parsl=={constraints['parsl']}", "--pin", f"dill=={constraints['dill']}"]
-    done = checker(*good, "--devices")
+    done = checker(*good, "--devices")   # once as %test runs it: its own process
     assert done.returncode == 0, done.stderr
     devices = json.loads(done.stdout.splitlines()[0])
     assert devices["backend"] == "cpu" and devices["torch"] == torch.__version__
+
+    spec = importlib.util.spec_from_file_location("check_image", REPO / "containers" / CHECKER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    assert module.main(good) == 0
     for change, says in [(["--python-minor", "3.12"], "the endpoint runs 3.12"),
                          (["--torch", "2.13.0+cu128"], "the image pins 2.13.0+cu128"),
                          (["--stack", "cuda"], "not a CUDA build"),
                          (["--stack", "rocm"], "not a ROCm build"),
                          (["--stack", "xpu"], "not an XPU build"),
-                         (["--pin", "dill==0.3.8"], "dill 0.3.9 here, 0.3.8 on the login node")]:
-        done = checker(*good, *change)
-        assert done.returncode == 1 and says in done.stderr, (change, done.stderr)
+                         (["--pin", "dill==0.3.8"], "dill 0.3.9 here, 0.3.8 on the login node"),
+                         (["--pin", "no-such-dist==1"], "no-such-dist is not installed")]:
+        capsys.readouterr()
+        assert module.main([*good, *change]) == 1, change
+        assert says in capsys.readouterr().err, change
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")   # the worker commands are not what PATH finds
+    capsys.readouterr()
+    assert module.main([*good, "--devices"]) == 1
+    assert "globus-compute-endpoint is not on PATH" in capsys.readouterr().err
 
 
 def test_the_main_cli_has_the_image_commands(repo_root: Path) -> None:
@@ -502,4 +520,5 @@ def test_cpu_image_build_steps_run_here(repo_root: Path, tmp_path: Path) -> None
     assert not venv.exists()  # the throwaway tree is gone again
     log = (tmp_path / "check.log").read_text()
     assert "crossfl image check: ok" in log
-    print(f"image-check cpu: {result.seconds}")
+    steps = ", ".join(f"%{name} {sec:.0f} s" for name, sec in result.seconds.items())
+    print(f"\nimage-check cpu: {steps}; torch {result.torch}; log {tmp_path / 'check.log'}")
