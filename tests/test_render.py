@@ -419,3 +419,12 @@ def test_multi_user_endpoint(tmp_path):
     mapping = json.loads((ep / "identity_mapping.example.json").read_text())
     assert mapping[0]["mappings"][0]["match"] == r"(.*)@anl\.gov"
     assert yaml.safe_load((ep / "user_environment.yaml").read_text()) == {"GLOBUS_COMPUTE_SITE": "polaris"}
+
+
+def test_batch_without_account_says_how(tmp_path, monkeypatch):
+    monkeypatch.delenv("CROSSFL_POLARIS_ACCOUNT", raising=False)
+    out = render.render_site(sites.load_site("polaris"), tmp_path)
+    text = (out / "batch" / "smoke.sh").read_text()
+    assert "#PBS -A" not in text and "qsub -A <project>" in text
+    if shutil.which("shellcheck"):
+        assert subprocess.run(["shellcheck", str(out / "batch" / "smoke.sh")]).returncode == 0

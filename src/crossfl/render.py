@@ -18,13 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import yaml
 
 from crossfl import paths
 from crossfl.errors import UserError
 from crossfl.sites import Site, image_arch, load_site, parse_walltime
-
-TEMPLATE_VARS_LOCAL = ("max_workers_per_node", "worker_init")
 
 CLIENT_MODULE_CMD = "python -m crossfl.client run-task"
 DESCRIBE_DEVICES_CMD = ("python -c 'import json; from crossfl.client.device import "
@@ -276,7 +273,6 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
     local = site.deploy.host is None  # an endpoint run from this checkout
     return {
         "site": site.name,
-        "description": site.description,
         "docs": site.docs,
         "display_name": site.endpoint.display_name or f"crossfl {site.name}",
         "allowed_functions": site.endpoint.allowed_functions,
@@ -333,7 +329,6 @@ def batch_context(site: Site) -> dict[str, Any]:
     acc = site.accelerator
     per_node = max(acc.devices_per_node, 1)
     nodes = 1
-    wall = site.walltime
     limit = site.queue_limit()
     # The smoke test and the client job are short; keep them inside any debug limit.
     short = "00:10:00"
@@ -369,6 +364,7 @@ def batch_context(site: Site) -> dict[str, Any]:
         "site": site.name,
         "scheduler": site.scheduler,
         "prefix": _prefix(site),
+        "account": site.account,
         "directives": scheduler_directives(site, for_pilot=False),
         "nodes": nodes,
         "ntasks_per_node": per_node,
@@ -383,7 +379,6 @@ def batch_context(site: Site) -> dict[str, Any]:
         "client_line": _line(launch_one, prefix, in_image, CLIENT_MODULE_CMD + ' "$task" "$out"'),
         "client_walltime": site.walltime,
         "submit": "qsub" if site.scheduler == "pbs" else "sbatch",
-        "remote_root": _shell_path(site.deploy.remote_root),
         "build": build_ctx,
     }
 
@@ -632,22 +627,9 @@ def render_user_config(site_build_dir: Path, user_opts: dict | None = None) -> s
     return text
 
 
-def example_options(site_build_dir: Path) -> dict[str, Any]:
-    """The options the example was rendered with (defaults of the schema)."""
-    schema = json.loads((Path(site_build_dir) / "endpoint" / "user_config_schema.json").read_text())
-    return {k: p["default"] for k, p in schema["properties"].items() if "default" in p}
-
-
-def load_user_config(text: str):
-    """Parse a rendered user config with the endpoint's loader (stubbing absent interfaces)."""
+def load_user_config(text: str) -> Any:
+    """Parse a rendered user config with the endpoint's own loader: a `UserEndpointConfig`
+    whose engine, provider and launcher are built (nothing is started). A facility config
+    resolves its network interface (e.g. hsn0) while loading."""
     from globus_compute_endpoint.endpoint.config.utils import load_config_yaml
     return load_config_yaml(text)
-
-
-def render_all(out_root: Path | None = None) -> list[Path]:
-    from crossfl.sites import list_sites
-    return [render_site(n, out_root) for n in list_sites()]
-
-
-def site_yaml(site: Site) -> str:
-    return yaml.safe_dump(site.model_dump(), sort_keys=False)

@@ -7,3 +7,7 @@
 <% for d in directives %>
 #SBATCH << d >>
 <% endfor %>
+<% if not account %>
+# No account in the catalog or your overrides: submit with `sbatch -A <account>`, or set `account` in
+# deploy/sites/overrides/<< site >>.yaml (or the site's ${VAR}) and render again.
+<% endif %>
