@@ -35,7 +35,7 @@ class SshServer:
     env: dict[str, str] = field(default_factory=dict)
 
     def client_config(self, *, key: Path | None = None, port: int | None = None,
-                      name: str = "ssh-config") -> Path:
+                      name: str = "ssh-config", extra: str = "") -> Path:
         """An OpenSSH client config for Host 127.0.0.1 (what deploy.host names)."""
         path = self.root / name
         path.write_text(
@@ -45,8 +45,12 @@ class SshServer:
             f"  IdentityFile {key or self.client_key}\n"
             "  IdentitiesOnly yes\n"
             "  StrictHostKeyChecking no\n"
-            f"  UserKnownHostsFile {self.root / 'known_hosts'}\n")
+            f"  UserKnownHostsFile {self.root / 'known_hosts'}\n" + extra)
         return path
+
+    def logins(self) -> int:
+        """How many sessions the server has authenticated so far."""
+        return (self.root / "sshd.log").read_text().count("Accepted publickey")
 
 
 def free_port() -> int:

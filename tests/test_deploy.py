@@ -314,3 +314,35 @@ def test_image_upload_disk_full(project: Path, image_site: tuple[Path, Path]) ->
         assert st is not None and st["image"] is None and not st["endpoint"]["configured"]
     finally:
         subprocess.run(["umount", str(dest.parent)], check=False)
+
+
+def test_reuses_an_openssh_master_connection(project: Path, sshd: SshServer,
+                                             image_site: tuple[Path, Path],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user of a one-time-password facility logs in once (`ssh -fN host` with ControlMaster
+    in ~/.ssh/config); deploy then runs every command and upload through that master: the
+    server sees no new login."""
+    import tempfile
+    sockdir = Path(tempfile.mkdtemp(prefix="cfl-", dir="/tmp"))  # unix socket paths are short
+    cfg = sshd.client_config(name="ssh-config-mux", extra=(
+        f"  ControlMaster auto\n  ControlPath {sockdir}/%C\n  ControlPersist 120\n"))
+    monkeypatch.setenv("CROSSFL_SSH_CONFIG", str(cfg))
+    ssh = ["ssh", "-F", str(cfg), "-p", str(sshd.port)]
+    subprocess.run([*ssh, "-fN", "127.0.0.1"], check=True, timeout=30)
+    try:
+        img, dest = image_site
+        part = dest.with_name(dest.name + ".part")
+        part.parent.mkdir(parents=True)
+        part.write_bytes(img.read_bytes()[:(1 << 20) + 7])
+        before = sshd.logins()
+        code, out = run_cli("deploy", SITE, "--no-start")
+        assert code == 0, out
+        assert "using your OpenSSH master connection" in out
+        assert "resuming at byte 1,048,583" in out
+        assert sha(dest) == sha(img) and not part.exists()
+        rendered = project / "build" / "sites" / SITE / "endpoint" / "user_config_template.yaml.j2"
+        assert (ep_dir() / rendered.name).read_bytes() == rendered.read_bytes()
+        assert sshd.logins() == before  # no new authentication: all went through the master
+    finally:
+        subprocess.run([*ssh, "-O", "exit", "127.0.0.1"], capture_output=True, timeout=30)
+        shutil.rmtree(sockdir, ignore_errors=True)

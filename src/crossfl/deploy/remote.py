@@ -1,10 +1,16 @@
-"""One SSH connection to a site's login host (fabric), with `--dry-run` built in.
+"""One SSH connection to a site's login host, with `--dry-run` built in.
 
-The connection honours the user's OpenSSH client configuration (`~/.ssh/config`, or the file
-named by $CROSSFL_SSH_CONFIG): HostName, User, Port, IdentityFile, ProxyJump/ProxyCommand.
-A whole `crossfl` command uses one connection, so a user of a one-time-password facility
-authenticates once per command. Every failure to connect becomes one `UserError` naming the
-site, the host and the next step.
+Two transports, same operations (run a bash snippet, write a file, append to a file from an
+offset):
+- fabric/paramiko (default): honours the user's OpenSSH client configuration (`~/.ssh/config`,
+  or the file named by $CROSSFL_SSH_CONFIG): HostName, User, Port, IdentityFile,
+  ProxyJump/ProxyCommand. One connection per `crossfl` command.
+- the system `ssh` through an OpenSSH ControlMaster: paramiko cannot join a master's socket,
+  so when `ssh -O check HOST` finds a running master (ControlMaster/ControlPath/ControlPersist
+  in ~/.ssh/config), every command and upload goes through it. On facilities with one-time
+  passwords the user authenticates once (`ssh -fN HOST`) and deploy, status, logs and stop
+  reuse that login. $CROSSFL_SSH_TRANSPORT=fabric|openssh|auto (default auto) forces a choice.
+Every failure to connect becomes one `UserError` naming the site, the host and the next step.
 """
 
 from __future__ import annotations
@@ -12,9 +18,11 @@ from __future__ import annotations
 import os
 import shlex
 import socket
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO, Callable, Protocol
 
 import paramiko
 from fabric import Config, Connection
@@ -24,7 +32,9 @@ from rich.console import Console
 from crossfl.errors import UserError
 
 SSH_CONFIG_ENV = "CROSSFL_SSH_CONFIG"
+TRANSPORT_ENV = "CROSSFL_SSH_TRANSPORT"
 CONNECT_TIMEOUT_S = 20
+CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -68,37 +78,183 @@ class Result:
         return " | ".join(kept[-lines:]) if kept else f"exit status {self.rc}"
 
 
-def fabric_config() -> Config:
+class Transport(Protocol):
+    name: str
+
+    def run(self, command: str, timeout: int | None) -> Result: ...
+    def write(self, path: str, data: bytes, mode: int) -> None: ...
+    def append(self, src: BinaryIO, path: str, offset: int,
+               progress: Callable[[int], None]) -> None: ...
+    def close(self) -> None: ...
+
+
+def ssh_config_path() -> str | None:
     path = os.environ.get(SSH_CONFIG_ENV)
-    if path:
-        if not Path(path).is_file():
-            raise UserError(f"${SSH_CONFIG_ENV} names no file", file=path,
-                            fix=f"point {SSH_CONFIG_ENV} at an OpenSSH client config, or unset it")
-        return Config(runtime_ssh_path=path)
-    return Config()  # loads ~/.ssh/config and /etc/ssh/ssh_config
+    if path and not Path(path).is_file():
+        raise UserError(f"${SSH_CONFIG_ENV} names no file", file=path,
+                        fix=f"point {SSH_CONFIG_ENV} at an OpenSSH client config, or unset it")
+    return path or None
 
 
-def _connect_error(exc: BaseException, t: Target) -> UserError:
+def _connect_error(exc: BaseException | str, t: Target) -> UserError:
     where = f"site {t.site}: cannot open SSH to {t.label}"
-    ssh_hint = f"check deploy.host/user/port in {t.site_file or 'the site file'} and that `ssh {t.host}` works"
-    if isinstance(exc, paramiko.AuthenticationException) or (
-            isinstance(exc, paramiko.SSHException) and "authentication" in str(exc).lower()):
-        return UserError(f"{where}: the server refused the key ({exc})",
-                         fix=f"add your public key at the facility, or set IdentityFile for "
-                             f"{t.host} in ~/.ssh/config; {ssh_hint}")
-    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
-        return UserError(f"{where}: connection refused (nothing listens on the port)",
-                         fix=ssh_hint)
-    if isinstance(exc, socket.gaierror):
-        return UserError(f"{where}: unknown host ({exc.strerror})", fix=ssh_hint)
-    if isinstance(exc, (socket.timeout, TimeoutError)):
-        return UserError(f"{where}: timed out after {CONNECT_TIMEOUT_S}s",
-                         fix=f"check VPN/firewall and ProxyJump; {ssh_hint}")
-    if isinstance(exc, paramiko.ssh_exception.ProxyCommandFailure):
-        return UserError(f"{where}: ProxyCommand/ProxyJump failed ({exc})", fix=ssh_hint)
+    hint = (f"check deploy.host/user/port in {t.site_file or 'the site file'} and that "
+            f"`ssh {t.host}` works")
     text = str(exc).strip() or type(exc).__name__
-    return UserError(f"{where}: {text}", fix=ssh_hint)
+    low = text.lower()
+    if isinstance(exc, paramiko.AuthenticationException) or "authentication" in low \
+            or "permission denied" in low:
+        return UserError(f"{where}: the server refused the key ({text})",
+                         fix=f"add your public key at the facility, or set IdentityFile for "
+                             f"{t.host} in ~/.ssh/config; {hint}")
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError) or "connection refused" in low:
+        return UserError(f"{where}: connection refused (nothing listens on the port)", fix=hint)
+    if isinstance(exc, socket.gaierror) or "could not resolve" in low:
+        return UserError(f"{where}: unknown host ({text})", fix=hint)
+    if isinstance(exc, (socket.timeout, TimeoutError)) or "timed out" in low:
+        return UserError(f"{where}: timed out after {CONNECT_TIMEOUT_S}s",
+                         fix=f"check VPN/firewall and ProxyJump; {hint}")
+    if isinstance(exc, paramiko.ssh_exception.ProxyCommandFailure):
+        return UserError(f"{where}: ProxyCommand/ProxyJump failed ({text})", fix=hint)
+    return UserError(f"{where}: {text}", fix=hint)
 
+
+# -- fabric / paramiko ----------------------------------------------------------------------------
+
+class FabricTransport:
+    name = "fabric"
+
+    def __init__(self, t: Target) -> None:
+        path = ssh_config_path()
+        config = Config(runtime_ssh_path=path) if path else Config()  # ~/.ssh/config otherwise
+        self.t = t
+        self.conn = Connection(t.host, user=t.user, port=t.port, config=config,
+                               connect_timeout=CONNECT_TIMEOUT_S)
+        try:
+            self.conn.open()
+        except Exception as exc:  # noqa: BLE001 - every failure here becomes one line
+            self.conn.close()
+            raise _connect_error(exc, t) from None
+        self._sftp: paramiko.SFTPClient | None = None
+
+    def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            self._sftp = self.conn.sftp()
+        return self._sftp
+
+    def run(self, command: str, timeout: int | None) -> Result:
+        try:
+            r = self.conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
+        except CommandTimedOut:
+            raise
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise _connect_error(exc, self.t) from None
+        return Result(r.stdout, r.stderr, int(r.exited if r.exited is not None else -1))
+
+    def write(self, path: str, data: bytes, mode: int) -> None:
+        with self.sftp().open(path, "wb") as fh:
+            fh.write(data)
+        self.sftp().chmod(path, mode)
+
+    def append(self, src: BinaryIO, path: str, offset: int,
+               progress: Callable[[int], None]) -> None:
+        sftp = self.sftp()
+        with sftp.open(path, "r+b" if offset else "wb") as dst:
+            dst.set_pipelined(True)
+            if offset:
+                dst.truncate(offset)
+                dst.seek(offset)
+            for block in iter(lambda: src.read(CHUNK), b""):
+                dst.write(block)
+                progress(len(block))
+
+    def close(self) -> None:
+        if self._sftp is not None:
+            self._sftp.close()
+        self.conn.close()
+
+
+# -- the system ssh, through a running ControlMaster ------------------------------------------
+
+class OpenSshTransport:
+    name = "openssh"
+
+    def __init__(self, t: Target) -> None:
+        self.t = t
+        opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}"]
+        path = ssh_config_path()
+        if path:
+            opts += ["-F", path]
+        if t.port:
+            opts += ["-p", str(t.port)]
+        if t.user:
+            opts += ["-l", t.user]
+        self.base = ["ssh", *opts]
+
+    @classmethod
+    def master_running(cls, t: Target) -> bool:
+        """True when `ssh -O check` finds a live ControlMaster for the host."""
+        try:
+            r = subprocess.run([*cls(t).base, "-O", "check", t.host], capture_output=True,
+                               timeout=15, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return r.returncode == 0
+
+    def run(self, command: str, timeout: int | None) -> Result:
+        try:
+            r = subprocess.run([*self.base, self.t.host, command], capture_output=True,
+                               text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as exc:
+            raise CommandTimedOut(None, timeout) from exc  # type: ignore[arg-type]
+        if r.returncode == 255:  # ssh's own failure, not the command's
+            raise _connect_error(r.stderr.strip().splitlines()[-1] if r.stderr.strip()
+                                 else "ssh exited 255", self.t)
+        return Result(r.stdout, r.stderr, r.returncode)
+
+    def _pipe(self, command: str, feed: Callable[[BinaryIO], None]) -> None:
+        proc = subprocess.Popen([*self.base, self.t.host, command], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert proc.stdin is not None and proc.stderr is not None
+        try:
+            feed(proc.stdin)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        err = proc.stderr.read().decode(errors="replace").strip()
+        if proc.wait() != 0:
+            raise OSError(err.splitlines()[-1] if err else f"remote exit {proc.returncode}")
+
+    def write(self, path: str, data: bytes, mode: int) -> None:
+        p = shlex.quote(path)
+        self._pipe(f"cat > {p} && chmod {mode:o} {p}", lambda w: w.write(data))
+
+    def append(self, src: BinaryIO, path: str, offset: int,
+               progress: Callable[[int], None]) -> None:
+        p = shlex.quote(path)
+        cmd = f"truncate -s {offset} {p} && cat >> {p}" if offset else f"cat > {p}"
+
+        def feed(w: BinaryIO) -> None:
+            for block in iter(lambda: src.read(CHUNK), b""):
+                w.write(block)
+                progress(len(block))
+        self._pipe(cmd, feed)
+
+    def close(self) -> None:
+        pass
+
+
+def choose_transport(t: Target) -> Transport:
+    want = os.environ.get(TRANSPORT_ENV, "auto").lower()
+    if want not in ("auto", "fabric", "openssh"):
+        raise UserError(f"${TRANSPORT_ENV}={want!r} is not one of auto, fabric, openssh",
+                        fix=f"unset {TRANSPORT_ENV} or pick one of those")
+    if want == "openssh" or (want == "auto" and OpenSshTransport.master_running(t)):
+        return OpenSshTransport(t)
+    return FabricTransport(t)
+
+
+# -- what the deploy steps use ------------------------------------------------------------------
 
 class Remote:
     """Runs shell snippets and moves files on a login node; in dry-run, only prints them."""
@@ -108,79 +264,62 @@ class Remote:
         self.t = target
         self.dry_run = dry_run
         self.console = console or Console(stderr=True, soft_wrap=True)
-        self._conn: Connection | None = None
-        self._sftp: paramiko.SFTPClient | None = None
+        self._tr: Transport | None = None
 
-    # -- connection ------------------------------------------------------------------------
     def __enter__(self) -> Remote:
         if self.dry_run:
             self.say(f"would connect over SSH to {self.t.label}")
             return self
-        conn = Connection(self.t.host, user=self.t.user, port=self.t.port,
-                          config=fabric_config(), connect_timeout=CONNECT_TIMEOUT_S)
-        try:
-            conn.open()
-        except Exception as exc:  # noqa: BLE001 - every failure here becomes one line
-            conn.close()
-            raise _connect_error(exc, self.t) from None
-        self._conn = conn
+        self._tr = choose_transport(self.t)
+        if self._tr.name == "openssh":
+            self.say(f"using your OpenSSH master connection to {self.t.host}")
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._sftp is not None:
-            self._sftp.close()
-            self._sftp = None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._tr is not None:
+            self._tr.close()
+            self._tr = None
 
     @property
-    def conn(self) -> Connection:
-        if self._conn is None:
+    def transport(self) -> Transport:
+        if self._tr is None:
             raise RuntimeError("Remote used outside `with` or in dry-run")
-        return self._conn
+        return self._tr
 
-    def sftp(self) -> paramiko.SFTPClient:
-        if self._sftp is None:
-            self._sftp = self.conn.sftp()
-        return self._sftp
-
-    # -- output ----------------------------------------------------------------------------
     def say(self, text: str) -> None:
         prefix = "[dim]\\[dry-run][/] " if self.dry_run else ""
         self.console.print(f"{prefix}{text}", highlight=False, soft_wrap=True)
 
-    # -- commands --------------------------------------------------------------------------
     def command_line(self, script: str, *, activate: bool = False) -> str:
         if activate and self.t.activate:
-            script = f"{{ {self.t.activate} ; }} || {{ echo CROSSFL_ACTIVATE_FAILED=1; exit 97; }}\n{script}"
+            script = (f"{{ {self.t.activate} ; }} || {{ echo CROSSFL_ACTIVATE_FAILED=1; exit 97; }}"
+                      f"\n{script}")
         return "bash -lc " + shlex.quote(script)
 
     def run(self, script: str, *, activate: bool = False, timeout: int | None = 120,
-            label: str | None = None, dry_result: Result | None = None) -> Result:
+            label: str | None = None) -> Result:
         """Run `script` with bash on the login node; never raises on a non-zero exit.
-        Dry-run prints the command; a real run prints `label`, if any."""
+        Dry-run prints the command (and returns an empty success); a real run prints `label`."""
         if self.dry_run:
-            shown = script if not (activate and self.t.activate) else f"{self.t.activate} ; {script}"
+            shown = f"{self.t.activate} ; {script}" if (activate and self.t.activate) else script
             self.say(f"[cyan]{self.t.label}$[/] {_one_line(shown)}")
-        elif label:
+            return Result("", "", 0)
+        if label:
             self.say(label)
-        if self.dry_run:
-            return dry_result or Result("", "", 0)
         try:
-            r = self.conn.run(self.command_line(script, activate=activate), hide=True,
-                              warn=True, in_stream=False, timeout=timeout)
+            return self.transport.run(self.command_line(script, activate=activate), timeout)
         except CommandTimedOut:
             raise UserError(f"site {self.t.site}: `{_one_line(script)[:80]}` on {self.t.label} "
                             f"did not finish within {timeout}s",
                             fix="check the login node's load, then run the command again") from None
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise _connect_error(exc, self.t) from None
-        return Result(r.stdout, r.stderr, int(r.exited if r.exited is not None else -1))
+
+    def write(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        self.transport.write(path, data, mode)
+
+    def append(self, src: BinaryIO, path: str, offset: int,
+               progress: Callable[[int], None]) -> None:
+        self.transport.append(src, path, offset, progress)
 
     def transfer_note(self, local: Path | str, remote: str, size: int, extra: str = "") -> None:
         self.say(f"upload {local} -> {self.t.label}:{remote} ({size:,} bytes{extra})")
@@ -198,4 +337,3 @@ def q(path: str) -> str:
         head, sep, rest = path.partition("/")
         return f'"{head}"{sep}{shlex.quote(rest) if rest else ""}' if sep else f'"{head}"'
     return shlex.quote(path)
-

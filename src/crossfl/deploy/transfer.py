@@ -72,15 +72,11 @@ def upload_bundle(remote: Remote, bundle: Path, digest: str, root: str) -> bool:
         rel = p.relative_to(bundle).as_posix()
         remote.transfer_note(p, f"{dest}/{rel}", p.stat().st_size)
         if not remote.dry_run:
-            target = f"{staging}/{rel}"
-            remote.sftp().put(str(p), target)
-            remote.sftp().chmod(target, stat.S_IMODE(p.stat().st_mode))
+            remote.write(f"{staging}/{rel}", p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
     remote.say(f"write {dest}/{BUNDLE_DIGEST_FILE} ({digest[:12]})")
     if not remote.dry_run:
-        with remote.sftp().open(f"{staging}/{BUNDLE_DIGEST_FILE}", "w") as fh:
-            fh.write(digest + "\n")
-        with remote.sftp().open(f"{staging}/MANIFEST.sha256", "w") as fh:
-            fh.write(tree_manifest(bundle))
+        remote.write(f"{staging}/{BUNDLE_DIGEST_FILE}", (digest + "\n").encode())
+        remote.write(f"{staging}/MANIFEST.sha256", tree_manifest(bundle).encode())
     r = remote.run(f"cd {q(staging)} && sha256sum --quiet -c MANIFEST.sha256 && cd .. && "
                    f"rm -rf bundle.old && {{ [ ! -e bundle ] || mv bundle bundle.old; }} && "
                    f"mv bundle.new bundle && rm -rf bundle.old",
@@ -158,38 +154,33 @@ def stage_file(remote: Remote, local: Path, dest: str, *, sha256: str | None = N
 def _send(remote: Remote, local: Path, part: str, offset: int, size: int, what: str) -> None:
     extra = f", resuming at byte {offset:,}" if offset else ""
     remote.transfer_note(local, part, size, extra)
-    sent = offset
     try:
-        sftp = remote.sftp()
-        mode = "r+b" if offset else "wb"
-        with local.open("rb") as src, sftp.open(part, mode) as dst, _progress(remote) as bar:
+        with local.open("rb") as src, _progress(remote) as bar:
             task = bar.add_task(f"{what} {local.name}", total=size, completed=offset)
-            dst.set_pipelined(True)
-            if offset:
-                dst.truncate(offset)
-                dst.seek(offset)
-                src.seek(offset)
-            for block in iter(lambda: src.read(CHUNK), b""):
-                dst.write(block)
-                sent += len(block)
-                bar.update(task, completed=sent)
+            src.seek(offset)
+            remote.append(src, part, offset, lambda n: bar.advance(task, n))
         # Pipelined SFTP writes report a refused write late or not at all (paramiko keeps the
         # status of an acknowledged-later write to itself): the size on the server decides.
-        landed = sftp.stat(part).st_size
+        landed = _remote_size(remote, part)
         if landed != size:
             raise OSError(f"only {landed:,} of {size:,} bytes were written")
     except OSError as exc:
         directory = part.rsplit("/", 1)[0]
         reason = exc.strerror or str(exc) or type(exc).__name__
         free = remote_free(remote, directory)
-        kept = remote.run(f"stat -c %s {q(part)} 2>/dev/null || echo 0").stdout.strip()
+        kept = _remote_size(remote, part)
         raise UserError(f"site {remote.t.site}: upload of {what} {local.name} to "
-                        f"{remote.t.label}:{directory} failed after {int(kept or 0):,} of "
+                        f"{remote.t.label}:{directory} failed after {kept:,} of "
                         f"{size:,} bytes: remote write error '{reason}' ({free}; disk quota or "
                         f"space?); the partial file {os.path.basename(part)} is kept and the "
                         f"next deploy resumes it",
                         fix=f"free space or raise the quota there (or move deploy.remote_root), "
                             f"then run `crossfl deploy {remote.t.site}` again") from None
+
+
+def _remote_size(remote: Remote, path: str) -> int:
+    out = remote.run(f"stat -c %s {q(path)} 2>/dev/null || echo 0").stdout.strip()
+    return int(out) if out.isdigit() else 0
 
 
 def stage_tree(remote: Remote, local: Path, dest: str, what: str = "data") -> tuple[bool, str, int]:
