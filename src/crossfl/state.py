@@ -55,7 +55,7 @@ class EndpointState(_Model):
     name: str
     dir: str | None = None  # ~/.globus_compute/<name> on the login node, resolved
     configured: bool = False
-    config_sha256: str | None = None  # digest of the endpoint files installed in `dir`
+    installed_bundle_sha256: str | None = None  # the bundle whose endpoint files are in `dir`
     started: bool = False
     endpoint_id: str | None = None  # only from endpoint.json, written after registration
     started_at: datetime | None = None

@@ -155,12 +155,15 @@ def deploy_site(name: str, *, data: Path | None = None, start: bool = True,
             if files:
                 out.changed.append("endpoint files: " + ", ".join(files))
             state.endpoint.configured = True
-            state.endpoint.config_sha256 = digest
+            state.endpoint.installed_bundle_sha256 = digest
             rt = gce.runtime(r, info, ep_name)
             state.endpoint.endpoint_id = rt.endpoint_id
             state.endpoint.started = rt.running and rt.endpoint_id is not None
             record()
 
+            if not start and rt.running and files:
+                console.print(f"[yellow]endpoint {ep_name} is running with the previous files; "
+                              f"`crossfl deploy {site.name}` (without --no-start) restarts it[/]")
             if start:
                 if rt.running and files:
                     console.print(f"endpoint files changed: restarting {ep_name}")
@@ -179,7 +182,7 @@ def deploy_site(name: str, *, data: Path | None = None, start: bool = True,
                     try:
                         gce.start(r, ep_name)
                     except gce.StartFailed as exc:
-                        raise _start_error(site, t, exc, ep_name, info, out) from None
+                        raise _start_error(site, t, exc, ep_name, info, state) from None
                     rt = gce.runtime(r, info, ep_name)
                     if not dry_run and not rt.endpoint_id:
                         raise UserError(f"site {site.name}: `globus-compute-endpoint start` "
@@ -217,9 +220,11 @@ def _known_sha(prev: ImageState | None, image: Path) -> str | None:
 
 
 def _start_error(site: Site, t: Target, exc: gce.StartFailed, ep: str, info: gce.LoginInfo,
-                 out: Outcome) -> UserError:
-    done = "bundle in place" + (", image staged" if "image" in out.changed or site.image() else "")
-    done += f", endpoint {ep} configured in {info.endpoint_dir(ep)}; not started, no endpoint id"
+                 state: DeployState) -> UserError:
+    done = "bundle in place" + (", image staged" if state.image else "")
+    done += f", endpoint {ep} configured in {info.endpoint_dir(ep)}; not started"
+    eid = state.endpoint.endpoint_id
+    done += f" (registered earlier as {eid})" if eid else ", no endpoint id"
     fixes = {
         "network": f"check that {t.host} reaches the Globus service over HTTPS (proxy?), "
                    f"then run `crossfl deploy {site.name}` again",
