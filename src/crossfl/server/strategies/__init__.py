@@ -6,19 +6,28 @@ from typing import Any
 
 from crossfl.errors import UserError
 from crossfl.server.strategies.base import ClientPlan, Strategy, StrategyParams, Update
+from crossfl.server.strategies.fedasync import FedAsync, FedBuff
 from crossfl.server.strategies.fedavg import FedAvg
+from crossfl.server.strategies.fedcompass import FedCompass
+from crossfl.server.strategies.fedqueue import FedQueue
+from crossfl.server.strategies.server_opt import FedAdam, FedAvgM, FedYogi
 
 __all__ = [
-    "STRATEGIES", "ClientPlan", "Strategy", "StrategyParams", "Update", "get_strategy",
-    "known_names",
+    "APPFL_PREFIX", "STRATEGIES", "ClientPlan", "Strategy", "StrategyParams", "Update",
+    "get_strategy", "known_names",
 ]
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg,)}
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls
+    for cls in (FedAvg, FedAvgM, FedAdam, FedYogi, FedAsync, FedBuff, FedCompass, FedQueue)
+}
+
+APPFL_PREFIX = "appfl:"
 
 
 def known_names() -> list[str]:
-    """Names accepted by :func:`get_strategy`."""
-    return list(STRATEGIES)
+    """Names accepted by :func:`get_strategy` (``appfl:<Class>`` wraps an APPFL aggregator)."""
+    return [*STRATEGIES, f"{APPFL_PREFIX}<AggregatorClass>"]
 
 
 def get_strategy(name: str, **kwargs: Any) -> Strategy:
@@ -27,6 +36,10 @@ def get_strategy(name: str, **kwargs: Any) -> Strategy:
     Raises UserError for an unknown name (listing the known ones) or a bad kwarg (naming it).
     """
     key = name.strip()
+    if key.lower().startswith(APPFL_PREFIX):
+        from crossfl.server.strategies.appfl_wrap import make_appfl_strategy
+
+        return make_appfl_strategy(key[len(APPFL_PREFIX):], **kwargs)
     cls = STRATEGIES.get(key.lower())
     if cls is None:
         raise UserError(

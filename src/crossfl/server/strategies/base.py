@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from crossfl.errors import UserError
 
-__all__ = ["ClientPlan", "Strategy", "StrategyParams", "Update", "sample_weights", "staleness_of"]
+__all__ = ["ClientPlan", "Strategy", "StrategyParams", "Update", "sample_weights", "staleness_of",
+           "update_from_state", "update_to_state"]
 
 
 @dataclass
@@ -119,6 +120,13 @@ class Strategy(ABC):
             if u.num_samples < 0:
                 raise ValueError(f"update from {u.site!r} has negative num_samples")
 
+    def single_update(self, global_params: torch.Tensor, updates: list[Update]) -> Update:
+        """The one update an asynchronous strategy gets per call (checked)."""
+        self.check_updates(global_params, updates)
+        if len(updates) != 1:
+            raise ValueError(f"{self.name} aggregates one update per call, got {len(updates)}")
+        return updates[0]
+
 
 def sample_weights(updates: list[Update], mode: str = "num_samples") -> list[float]:
     """Normalized client weights: by sample count, or equal (also when all counts are 0)."""
@@ -126,3 +134,18 @@ def sample_weights(updates: list[Update], mode: str = "num_samples") -> list[flo
     if mode == "num_samples" and total > 0:
         return [u.num_samples / total for u in updates]
     return [1.0 / len(updates)] * len(updates)
+
+
+def update_to_state(u: Update) -> dict[str, Any]:
+    """A buffered update as plain data for a checkpoint."""
+    return {"site": u.site, "params": u.params, "num_samples": u.num_samples,
+            "base_version": u.base_version, "local_steps": u.local_steps,
+            "train_time_s": u.train_time_s, "queue_wait_s": u.queue_wait_s}
+
+
+def update_from_state(d: Mapping[str, Any]) -> Update:
+    """Inverse of :func:`update_to_state` (params copied to float32)."""
+    return Update(site=str(d["site"]), params=d["params"].detach().to(torch.float32).clone(),
+                  num_samples=int(d["num_samples"]), base_version=int(d["base_version"]),
+                  local_steps=int(d["local_steps"]), train_time_s=d.get("train_time_s"),
+                  queue_wait_s=d.get("queue_wait_s"))

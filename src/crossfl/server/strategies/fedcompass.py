@@ -1,0 +1,213 @@
+"""FedCompass (Li et al., 2023, arXiv:2309.14675): computing-power-aware asynchronous FL.
+
+Each site's speed (seconds per local step, an exponential moving average of what it measured)
+sizes its next task so that sites of different speeds arrive together in *arrival groups*.
+An update that arrives within its group's window (``latest_time_factor`` x the expected time)
+waits in the group buffer; when the group is complete (or its window has passed at the next
+arrival) the buffered models are mixed in at once:
+``w <- (1 - sum a_i) w + sum a_i x_i`` with ``a_i = alpha * s(staleness_i) / num_clients``.
+A site without a group (its first arrival) is mixed in alone, FedAsync-style; a late one waits
+in a general buffer for the next group aggregation. Group bookkeeping follows APPFL 1.12's
+CompassScheduler; the clock is wall time since the strategy was built.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from pydantic import Field, model_validator
+
+from crossfl.server.flat import weighted_sum
+from crossfl.server.strategies.base import (
+    ClientPlan, Strategy, Update, staleness_of, update_from_state, update_to_state,
+)
+from crossfl.server.strategies.staleness import StalenessParams
+
+
+class FedCompassParams(StalenessParams):
+    alpha: float = Field(default=0.9, gt=0.0, le=1.0)
+    min_local_steps: int = Field(default=20, ge=1)
+    max_local_steps: int = Field(default=100, ge=1)
+    speed_momentum: float = Field(default=0.9, gt=0.0, le=1.0)
+    latest_time_factor: float = Field(default=1.5, ge=1.0)  # group window
+    num_clients: int | None = Field(default=None, ge=1)  # None: the sites seen so far
+
+    @model_validator(mode="after")
+    def _steps_ordered(self) -> FedCompassParams:
+        if self.min_local_steps > self.max_local_steps:
+            raise ValueError("min_local_steps must not exceed max_local_steps")
+        return self
+
+
+@dataclass
+class _Group:
+    expected: float  # expected arrival time (s since start)
+    latest: float  # end of the arrival window
+    pending: list[str] = field(default_factory=list)
+    arrived: list[Update] = field(default_factory=list)
+
+
+class FedCompass(Strategy):
+    name = "fedcompass"
+    is_async = True
+    Params = FedCompassParams
+    params: FedCompassParams
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.clock: Callable[[], float] = time.monotonic
+        self._start = self.clock()
+        self.speed: dict[str, float] = {}  # seconds per local step
+        self.sites: set[str] = set()
+        self.groups: dict[int, _Group] = {}
+        self.site_group: dict[str, int] = {}
+        self.general: list[Update] = []
+        self._dispatched: dict[str, float] = {}
+        self._next_group = 0
+
+    # ------------------------------------------------------------------ timing
+
+    def now(self) -> float:
+        return self.clock() - self._start
+
+    def reset_clock(self) -> None:
+        """Restart the time origin (after swapping ``clock``)."""
+        self._start = self.clock()
+
+    def _record_speed(self, update: Update, now: float) -> None:
+        steps = max(1, update.local_steps)
+        if update.train_time_s is not None:
+            measured = update.train_time_s / steps
+        elif update.site in self._dispatched:
+            measured = (now - self._dispatched[update.site]) / steps
+        else:
+            return
+        measured = max(measured, 1e-9)
+        old = self.speed.get(update.site)
+        m = self.params.speed_momentum
+        self.speed[update.site] = measured if old is None else (1 - m) * old + m * measured
+
+    # ------------------------------------------------------------------ configure
+
+    def configure(self, site: str, version: int, default: ClientPlan) -> ClientPlan:
+        now = self.now()
+        self._dispatched[site] = now
+        self.sites.add(site)
+        if site not in self.speed:
+            return ClientPlan(self.params.max_local_steps, default.lr)
+        steps = self._join_group(site, now)
+        if steps is None:
+            steps = self._create_group(site, now)
+        return ClientPlan(steps, default.lr)
+
+    def _join_group(self, site: str, now: float) -> int | None:
+        p, speed = self.params, self.speed[site]
+        best, best_steps = None, -1
+        for gid, group in self.groups.items():
+            steps = math.floor((group.expected - now) / speed)
+            if p.min_local_steps <= steps <= p.max_local_steps and steps >= best_steps:
+                best, best_steps = gid, steps
+        if best is None:
+            return None
+        self.groups[best].pending.append(site)
+        self.site_group[site] = best
+        return best_steps
+
+    def _create_group(self, site: str, now: float) -> int:
+        p, speed = self.params, self.speed[site]
+        steps = -1
+        for group in self.groups.values():
+            if now < group.latest:
+                members = group.pending + [u.site for u in group.arrived]
+                fastest = min((self.speed[s] for s in members if s in self.speed),
+                              default=speed)
+                arrival = group.latest + fastest * p.max_local_steps
+                candidate = math.floor((arrival - now) / speed)
+                if candidate <= p.max_local_steps:
+                    steps = max(steps, candidate)
+        if 0 <= steps < p.min_local_steps:
+            steps = p.min_local_steps
+        if steps < 0:
+            steps = p.max_local_steps
+        gid = self._next_group
+        self._next_group += 1
+        duration = steps * speed
+        self.groups[gid] = _Group(now + duration, now + duration * p.latest_time_factor, [site])
+        self.site_group[site] = gid
+        return steps
+
+    # ------------------------------------------------------------------ aggregate
+
+    def mixing(self, update: Update, version: int) -> float:
+        """``a_i`` for one buffered or arriving update."""
+        n = self.params.num_clients or max(1, len(self.sites))
+        return self.params.alpha * self.params.discount(staleness_of(update, version)) / n
+
+    def mix(self, global_params: torch.Tensor, updates: list[Update], version: int) -> torch.Tensor:
+        """``(1 - sum a_i) w + sum a_i x_i`` in one fused weighted sum."""
+        alphas = [self.mixing(u, version) for u in updates]
+        return weighted_sum([global_params, *[u.params for u in updates]],
+                            [1.0 - sum(alphas), *alphas])
+
+    def aggregate(
+        self, global_params: torch.Tensor, updates: list[Update], version: int
+    ) -> torch.Tensor | None:
+        update = self.single_update(global_params, updates)
+        now = self.now()
+        self.sites.add(update.site)
+        self._record_speed(update, now)
+
+        ready: list[Update] = []
+        for gid in sorted(self.groups):  # windows that closed with arrivals: aggregate them
+            group = self.groups[gid]
+            if now > group.latest and group.arrived:
+                ready += self.general + group.arrived
+                self.general, group.arrived = [], []
+            if not group.pending and not group.arrived:
+                del self.groups[gid]
+
+        gid = self.site_group.pop(update.site, None)
+        group = self.groups.get(gid) if gid is not None else None
+        if gid is None:
+            solo = True
+        else:
+            solo = False
+            if group is not None and update.site in group.pending:
+                group.pending.remove(update.site)
+            if group is None or now > group.latest:
+                self.general.append(update)
+                if group is not None and not group.pending and not group.arrived:
+                    del self.groups[gid]
+            else:
+                group.arrived.append(update)
+                if not group.pending:
+                    ready += self.general + group.arrived
+                    self.general = []
+                    del self.groups[gid]
+
+        new = self.mix(global_params, ready, version) if ready else None
+        if solo:
+            new = self.mix(global_params if new is None else new, [update], version)
+        return new
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """Speeds, sites and every buffered update; groups are re-formed after a resume."""
+        buffered = self.general + [u for g in self.groups.values() for u in g.arrived]
+        return {
+            "speed": dict(self.speed),
+            "sites": sorted(self.sites),
+            "buffered": [update_to_state(u) for u in buffered],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.speed = {str(k): float(v) for k, v in state.get("speed", {}).items()}
+        self.sites = set(state.get("sites", []))
+        self.general = [update_from_state(d) for d in state.get("buffered", [])]
+        self.groups, self.site_group, self._dispatched = {}, {}, {}
+
