@@ -258,3 +258,14 @@ def test_cli_sites_table_and_render_all(catalog, tmp_path):
     assert set(CATALOG) <= {p.name for p in out.iterdir()}
     result = runner.invoke(app, ["render", "polaris", "--out", str(out)])
     assert result.exit_code == 0 and "rendered polaris" in result.output
+
+
+def test_perlmutter_account_rule(catalog, tmp_path):
+    write_site(catalog, "bad", "perlmutter", account="m1234")
+    err = refused(catalog, "bad")
+    assert err.field == "account" and "_g$" in err.message
+    out = render.render_site(sites.load_site("perlmutter"), tmp_path)
+    with pytest.raises(UserError) as info:
+        render.render_user_config(out, {"account": "m1234"})
+    assert info.value.field == "account" and "_g$" in info.value.fix
+    assert "m1234_g" in render.render_user_config(out, {"account": "m1234_g"})

@@ -65,6 +65,8 @@ def user_variables(site: Site) -> dict[str, dict[str, Any]]:
                                 "description": "allocation/project charged for the pilot jobs"}
         if site.account:
             acct["default"] = site.account
+        if site.account_pattern:
+            acct["pattern"] = site.account_pattern
         v["account"] = acct
         if site.queue or site.scheduler == "pbs":
             q: dict[str, Any] = {"type": "string", "minLength": 1,
@@ -507,14 +509,17 @@ def _render_into(env: jinja2.Environment, site: Site, tmp: Path, *, final: Path)
     except jinja2.TemplateError as exc:
         raise UserError(f"template error: {exc}", file=getattr(exc, "filename", None)
                         or paths.templates_dir(), fix="fix the template") from None
-    defaults = {k: p["default"] for k, p in user_variables(site).items() if "default" in p}
-    missing = [k for k, p in user_variables(site).items() if "default" not in p]
-    example_opts = dict(defaults)
-    for k in missing:
+    # The example: the site's defaults, and a visible placeholder for each required option
+    # (exempt from its pattern). Rendered by the endpoint's own code, after its core config
+    # loaded, before anything becomes visible.
+    schema = user_config_schema(site)
+    example_opts = {k: p["default"] for k, p in schema["properties"].items() if "default" in p}
+    for k in schema.get("required", []):
         example_opts[k] = f"<{k}>"
-    # Validate through the endpoint's own loader before anything becomes visible.
+        schema["properties"][k] = {"type": "string"}
+    schema.pop("required", None)
     core = _load_core(ep / "config.yaml", rewrite_from=ep_final, rewrite_to=ep)
-    text = _render_with_endpoint(ep, core, example_opts)
+    text = _render_with_endpoint(ep, core, example_opts, schema)
     header = ("# The user config the endpoint renders from user_config_template.yaml.j2 with the\n"
               f"# site's defaults: {json.dumps(example_opts, sort_keys=True)}\n"
               "# Each task group may override them (Executor(user_endpoint_config={...})).\n")
@@ -548,12 +553,14 @@ def _identity():
                                matched_identity=None)
 
 
-def _render_with_endpoint(ep: Path, core: Any, user_opts: dict[str, Any]) -> str:
+def _render_with_endpoint(ep: Path, core: Any, user_opts: dict[str, Any],
+                          schema: dict[str, Any] | None = None) -> str:
     import jsonschema
     from globus_compute_endpoint.endpoint.config.utils import (
         load_user_config_schema, render_config_user_template)
     tpl_path = ep / "user_config_template.yaml.j2"
-    schema = load_user_config_schema(ep / "user_config_schema.json")
+    if schema is None:
+        schema = load_user_config_schema(ep / "user_config_schema.json")
     try:
         return render_config_user_template(
             parent_config=core, user_config_template=tpl_path.read_text(),
@@ -603,7 +610,8 @@ def _option_fix(exc: Any, schema: dict[str, Any]) -> str:
     if "enum" in prop:
         return f"use one of {prop['enum']}"
     if "pattern" in prop:
-        return f"match {prop['pattern']} (e.g. 01:00:00)"
+        example = " (e.g. 01:00:00)" if name == "walltime" else ""
+        return f"match the pattern {prop['pattern']}{example}"
     if prop.get("type") == "integer":
         lo, hi = prop.get("minimum"), prop.get("maximum")
         return f"give an integer{f' >= {lo}' if lo is not None else ''}{f' <= {hi}' if hi is not None else ''}"

@@ -229,6 +229,8 @@ class Site(_Model):
     docs: list[str] = Field(default_factory=list)
     scheduler: Scheduler
     account: str | None = None
+    # A rule the facility sets on account names (regex), e.g. Perlmutter GPU jobs: "_g$".
+    account_pattern: str | None = None
     queue: str | None = None  # the partition on Slurm
     qos: str | None = None
     constraint: str | None = None  # Slurm -C
@@ -240,7 +242,7 @@ class Site(_Model):
     init_blocks: int = Field(default=0, ge=0)
     min_blocks: int = Field(default=0, ge=0)
     max_blocks: int = Field(default=1, ge=1)
-    cpus_per_node: int | None = Field(default=None, ge=1)
+    cpus_per_node: int | None = Field(default=None, ge=1)  # PBS select ncpus
     select_options: str = ""  # PBS select chunk extras, e.g. "system=polaris"
     accelerator: Accelerator = Field(default_factory=Accelerator)
     cpu_bind: str | None = None  # batch-job binding, e.g. "--cpu-bind=cores" / "list:1-8:..."
@@ -296,6 +298,16 @@ class Site(_Model):
                 pass  # allowed: some Slurm sites use mpiexec
             if self.scheduler == "pbs" and self.launcher.type == "srun":
                 raise _FieldError("launcher.type", "srun needs Slurm: use mpiexec on a PBS site")
+        if self.account_pattern:
+            try:
+                rule = re.compile(self.account_pattern)
+            except re.error as exc:
+                raise _FieldError("account_pattern", f"not a regular expression ({exc}): "
+                                  "fix the pattern") from None
+            if self.account and not rule.search(self.account):
+                raise _FieldError("account", f"account {self.account!r} does not match this "
+                                  f"facility's rule {self.account_pattern!r}: use the account "
+                                  "of the right allocation")
         if self.limits_by == "qos" and self.scheduler != "slurm":
             raise _FieldError("limits_by", "QOS limits exist on Slurm only: use limits_by: queue")
         key = self.limited_by()
