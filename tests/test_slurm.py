@@ -65,3 +65,19 @@ def test_engine_runs_a_task_through_a_pilot_job(slurm_cluster, local_slurm, tmp_
               if p.is_file() and "#SBATCH" in p.read_text()]
     assert len(pilots) == 1, "expected one pilot job script"
     assert "#SBATCH --partition=debug" in pilots[0] and "--gpus-per-node=4" in pilots[0]
+
+
+@pytest.mark.parametrize("name", ["frontier", "perlmutter"])
+def test_facility_headers_pass_real_sbatch(slurm_cluster, name, tmp_path):
+    """Real sbatch parses every #SBATCH line of the facility scripts (--test-only schedules
+    nothing). The command line swaps in what this one-node cluster has: partition, GPU count."""
+    import subprocess
+    overrides = Path(__file__).parent / "golden" / "overrides" / f"{name}.yaml"
+    out = render.render_site(sites.load_site(name, overrides=overrides), tmp_path / "sites")
+    for script in sorted((out / "batch").glob("*.sh")):
+        proc = subprocess.run(
+            ["sbatch", "--test-only", "--partition=debug", "--gpus-per-node=4",
+             "--ntasks-per-node=4", str(script)],
+            cwd=tmp_path, capture_output=True, text=True, env=slurm_cluster.env(), timeout=30)
+        assert proc.returncode == 0, f"{script.name}: {proc.stderr}"
+        assert "to start at" in proc.stderr, proc.stderr
