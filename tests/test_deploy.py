@@ -295,6 +295,37 @@ def test_image_upload_resumes_and_verifies(project: Path, image_site: tuple[Path
     assert code == 0 and "nothing changed" in out
 
 
+def test_image_upload_killed_midway_resumes(project: Path, image_site: tuple[Path, Path]) -> None:
+    """Kill the real `crossfl deploy` process while the image is on its way: the final name
+    never appears; the next deploy resumes from the partial file and verifies it."""
+    import signal
+    import time
+    img, dest = image_site
+    img.write_bytes(os.urandom(64 << 20))
+    part = dest.with_name(dest.name + ".part")
+    proc = subprocess.Popen([str(VENV_BIN / "crossfl"), "deploy", SITE, "--no-start"],
+                            cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            if part.exists() and part.stat().st_size >= (2 << 20):
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the upload ended before it could be interrupted"
+    assert not dest.exists()  # no truncated image under the final name
+    kept = part.stat().st_size
+    assert 0 < kept < img.stat().st_size
+    code, out = run_cli("deploy", SITE, "--no-start")
+    assert code == 0, out
+    assert "resuming at byte" in out
+    assert sha(dest) == sha(img) and not part.exists()
+
+
 def test_image_upload_disk_full(project: Path, image_site: tuple[Path, Path]) -> None:
     """Quota/space exhaustion simulated with a real 1 MiB tmpfs mounted on the remote images
     directory (root can mount here); skipped, saying so, where mounting is not permitted."""
