@@ -428,3 +428,23 @@ def test_batch_without_account_says_how(tmp_path, monkeypatch):
     assert "#PBS -A" not in text and "qsub -A <project>" in text
     if shutil.which("shellcheck"):
         assert subprocess.run(["shellcheck", str(out / "batch" / "smoke.sh")]).returncode == 0
+
+
+def test_concurrent_renders_leave_one_good_result(tmp_path):
+    import threading
+    errors: list[BaseException] = []
+
+    def work():
+        try:
+            for _ in range(3):
+                render.render_site("local", tmp_path)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["local"]
+    assert render.render_user_config(tmp_path / "local", {})

@@ -8,12 +8,14 @@ Rendering is atomic: a temporary directory beside the target is filled, then swa
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pwd
 import shlex
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -469,18 +471,28 @@ def render_site(site: str | Site, out_root: Path | None = None) -> Path:
 
 
 def _swap(tmp: Path, target: Path) -> None:
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old.{os.getpid()}")
-        os.rename(target, old)
-    try:
-        os.rename(tmp, target)
-    except BaseException:
-        if old is not None:
-            os.rename(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Put the finished tmp directory at target; the previous one is removed only after.
+    A render of the same site racing this one may win: the last rename stands, both good."""
+    for _ in range(5):
+        old = target.with_name(f".{target.name}.old.{uuid.uuid4().hex[:12]}")
+        try:
+            os.rename(target, old)
+        except FileNotFoundError:
+            old = None
+        try:
+            os.rename(tmp, target)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                if old is not None:
+                    os.rename(old, target)
+                raise
+            continue  # another render put its result there meanwhile: move that aside too
+        finally:
+            if old is not None and old.exists() and target.exists():
+                shutil.rmtree(old, ignore_errors=True)
+        return
+    raise UserError(f"could not replace {target}", file=target,
+                    fix="another process keeps rendering this site; try again")
 
 
 def _render_into(env: jinja2.Environment, site: Site, tmp: Path, *, final: Path) -> None:
@@ -538,7 +550,8 @@ def _load_core(config_path: Path, rewrite_from: Path | None = None, rewrite_to: 
         return load_config_yaml(text)
     except Exception as exc:  # click.ClickException with a readable message
         raise UserError(f"the endpoint refuses the rendered config: {_exc_text(exc)}",
-                        file=config_path, fix="fix the site file or template") from None
+                        file=config_path, fix="render the site again (`crossfl render SITE`); "
+                        "if that fails too, fix the site file or template") from None
 
 
 def _exc_text(exc: BaseException) -> str:
