@@ -94,6 +94,32 @@ def override(project: Path, data: dict) -> None:
     (d / f"{SITE}.yaml").write_text(yaml.safe_dump(data))
 
 
+# -- the state file ------------------------------------------------------------------------------
+
+def test_state_file_claims_only_what_happened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from crossfl import state as st
+    monkeypatch.setenv("CROSSFL_ROOT", str(tmp_path))
+    with pytest.raises(UserError, match="never deployed"):
+        st.require_endpoint_id("x")
+    s = st.DeployState(site="x", host="h", remote_root="/r", endpoint=st.EndpointState(name="e"))
+    assert s.phase == "new"
+    path = st.save_state(s)
+    assert st.load_state("x") == s and [p.name for p in path.parent.iterdir()] == ["x.json"]
+    with pytest.raises(UserError, match="no registered endpoint"):
+        st.require_endpoint_id("x")
+    s.endpoint.configured = True
+    s.endpoint.started = True  # without an endpoint id: refused, and the file keeps the old state
+    with pytest.raises(ValueError, match="registered endpoint_id"):
+        st.save_state(s)
+    assert st.load_state("x").phase == "new"
+    s.endpoint.endpoint_id = "6f1c3a1e-0000-4000-8000-000000000000"
+    st.save_state(s)
+    assert st.require_endpoint_id("x") == s.endpoint.endpoint_id and st.load_state("x").phase == "started"
+    path.write_text("{")
+    with pytest.raises(UserError, match="unreadable"):
+        st.load_state("x")
+
+
 # -- the deploy itself --------------------------------------------------------------------------
 
 def test_deploy_configures_is_idempotent_and_fails_start_clearly(project: Path, sshd: SshServer,

@@ -117,6 +117,7 @@ def load_state(site: str) -> DeployState | None:
 
 def save_state(state: DeployState) -> Path:
     """Write atomically: a reader sees the old file or the new one, never half of one."""
+    state = DeployState.model_validate(state.model_dump())  # checks made after mutation too
     path = state_path(state.site)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = state.model_dump_json(indent=2) + "\n"

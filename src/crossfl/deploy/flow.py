@@ -19,6 +19,7 @@ from crossfl.deploy import gce
 from crossfl.deploy.remote import Remote, Target, q
 from crossfl.deploy.transfer import stage_file, stage_tree, tree_digest, upload_bundle
 from crossfl.errors import UserError
+from crossfl.images import sif_path
 from crossfl.render import render_site
 from crossfl.sites import Site, load_site
 from crossfl.state import (DataState, DeployState, EndpointState, ImageState, load_state, now,
@@ -54,7 +55,7 @@ def local_image(site: Site) -> Path | None:
     """The image this site runs, as built here: build/images/crossfl-<arch>.sif."""
     if site.image() is None:
         return None
-    return paths.build_dir() / "images" / f"crossfl-{site.arch}.sif"
+    return sif_path(site.arch)
 
 
 def _resolve_remote(path: str, info: gce.LoginInfo, raw_root: str) -> str:
