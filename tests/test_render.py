@@ -448,3 +448,21 @@ def test_concurrent_renders_leave_one_good_result(tmp_path):
     assert errors == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["local"]
     assert render.render_user_config(tmp_path / "local", {})
+
+
+def test_endpoint_cli_renders_and_refuses(rendered, tmp_path):
+    """The endpoint's own `render-user-config` command accepts the rendered directory."""
+    import sys
+    cli = Path(sys.executable).parent / "globus-compute-endpoint"
+    ep = rendered["polaris"] / "endpoint"
+
+    def run(opts):
+        (tmp_path / "opts.json").write_text(json.dumps(opts))
+        return subprocess.run([str(cli), "render-user-config", "-t", str(ep / "user_config_template.yaml.j2"),
+                               "-s", str(ep / "user_config_schema.json"), "-o", str(tmp_path / "opts.json")],
+                              capture_output=True, text=True, timeout=120)
+    ok = run({"account": "P1", "queue": "debug-scaling", "nodes_per_block": 8})
+    assert ok.returncode == 0, ok.stderr
+    assert yaml.safe_load(ok.stdout)["engine"]["provider"]["nodes_per_block"] == 8
+    bad = run({"account": "P1", "queue": "debug", "nodes_per_block": 8})  # debug allows 2
+    assert bad.returncode != 0 and "ValidationError" in bad.stdout + bad.stderr
