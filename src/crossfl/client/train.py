@@ -187,11 +187,17 @@ def round_seed(seed: int, rnd: int) -> int:
 def fresh_adapter_state(model: PeftModel, seed: int) -> dict[str, torch.Tensor]:
     """peft's default LoRA init (A: Kaiming-uniform, B: zeros), drawn from a seeded generator
     in sorted key order, so it does not depend on the process's RNG history."""
+    return fresh_adapter_from_shapes(
+        {name: tuple(t.shape) for name, t in get_peft_model_state_dict(model).items()}, seed)
+
+
+def fresh_adapter_from_shapes(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
+    """The same seeded init from key names and shapes alone: the server rebuilds a round's
+    starting adapter (global version 0) from the layout of the first update, without the model."""
     gen = torch.Generator().manual_seed(seed)
-    state = get_peft_model_state_dict(model)
     fresh: dict[str, torch.Tensor] = {}
-    for name in sorted(state):
-        t = torch.empty(state[name].shape, dtype=torch.float32)
+    for name in sorted(shapes):
+        t = torch.empty(shapes[name], dtype=torch.float32)
         if ".lora_A." in name:
             torch.nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=gen)
         elif ".lora_embedding_B." in name:

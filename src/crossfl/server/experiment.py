@@ -1,0 +1,174 @@
+"""The experiment file: which model, data, sites, strategy and rounds. One pydantic schema;
+every mistake becomes one `UserError` naming the file, the field and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from crossfl.errors import UserError
+from crossfl.paths import experiments_dir, project_root
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSettings(Strict):
+    path: str = Field(description="base model directory, loaded with from_pretrained(path) at each site")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class PartitionSettings(Strict):
+    scheme: Literal["iid", "by_task", "dirichlet"] = "by_task"
+    seed: int = 0
+    alpha: float = Field(0.5, gt=0)
+
+
+class DataSettings(Strict):
+    train: str | None = Field(None, description="training JSONL the server partitions for sites without data_path")
+    validation: str = Field(description="validation JSONL, read where evaluation runs")
+    partition: PartitionSettings = PartitionSettings()
+
+
+class SiteEntry(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    site: str = Field(description="catalog name in deploy/sites/")
+    data_path: str | None = Field(None, description="site-local training JSONL (at the facility)")
+    user_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class StrategySettings(Strict):
+    name: str = "fedavg"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainingSettings(Strict):
+    local_steps: int = Field(20, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    max_length: int = Field(128, ge=8)
+    adapter_dtype: Literal["float32", "bfloat16"] = "float32"
+    torch_threads: int | None = Field(None, ge=1)
+    max_samples: int | None = Field(None, ge=1)
+
+
+class LoraSettings(Strict):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+class EvaluationSettings(Strict):
+    site: str | None = Field(None, description="site entry that evaluates (default: the first)")
+    max_samples: int | None = Field(256, ge=1)
+    batch_size: int = Field(16, ge=1)
+    generate_max_new_tokens: int = Field(24, ge=1)
+
+
+class Experiment(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model: ModelSettings
+    data: DataSettings
+    sites: list[SiteEntry] = Field(min_length=1)
+    strategy: StrategySettings = StrategySettings()
+    rounds: int = Field(5, ge=1)
+    training: TrainingSettings = TrainingSettings()
+    lora: LoraSettings = LoraSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
+    task_timeout_s: float = Field(1800, gt=0)
+    seed: int = 0
+
+    @field_validator("sites")
+    @classmethod
+    def _unique_names(cls, sites: list[SiteEntry]) -> list[SiteEntry]:
+        names = [s.name for s in sites]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"site names must be unique; repeated: {', '.join(dupes)}")
+        return sites
+
+    @model_validator(mode="after")
+    def _check_refs(self) -> "Experiment":
+        names = [s.name for s in self.sites]
+        if self.evaluation.site is not None and self.evaluation.site not in names:
+            raise ValueError(f"evaluation.site {self.evaluation.site!r} is not one of the sites: {', '.join(names)}")
+        if self.data.train is None and any(s.data_path is None for s in self.sites):
+            raise ValueError("data.train is required when a site has no data_path")
+        return self
+
+    @property
+    def eval_site(self) -> str:
+        return self.evaluation.site or self.sites[0].name
+
+
+def resolve_experiment_path(ref: str | Path) -> Path:
+    """A path, or a bare name looked up in deploy/experiments/."""
+    path = Path(ref)
+    if path.is_file():
+        return path
+    for candidate in (experiments_dir() / f"{ref}.yaml", experiments_dir() / str(ref)):
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in experiments_dir().glob("*.yaml"))
+    raise UserError(f"no experiment file {str(ref)!r}", file=str(ref),
+                    fix=f"give a path or one of: {', '.join(known) or '(none in deploy/experiments/)'}")
+
+
+def _field_path(loc: tuple[Any, ...], raw: Any) -> str:
+    parts: list[str] = []
+    node = raw
+    for item in loc:
+        if isinstance(item, int) and isinstance(node, list) and item < len(node):
+            name = node[item].get("name") if isinstance(node[item], dict) else None
+            parts[-1] = f"{parts[-1]}[{name or item}]" if parts else f"[{item}]"
+            node = node[item]
+        else:
+            parts.append(str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return ".".join(parts) or "(top level)"
+
+
+def validation_error(exc: ValidationError, file: Path, raw: Any) -> UserError:
+    """The first bad field as one UserError (the others are counted)."""
+    errors = exc.errors()
+    first = errors[0]
+    field = _field_path(tuple(first["loc"]), raw)
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+        fix = "remove it or check its spelling against deploy/experiments/local-demo.yaml"
+    elif first["type"] == "missing":
+        fix = "add it"
+    else:
+        fix = f"got {first.get('input')!r}; correct the value"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem(s))"
+    return UserError(message, file=file, field=field, fix=fix)
+
+
+def load_experiment(ref: str | Path) -> tuple[Experiment, Path]:
+    path = resolve_experiment_path(ref)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else None
+        raise UserError(f"not valid YAML: {getattr(exc, 'problem', exc)}", file=path, field=where,
+                        fix="correct the YAML syntax") from None
+    if not isinstance(raw, dict):
+        raise UserError("expected a mapping of experiment fields", file=path, fix="see deploy/experiments/local-demo.yaml")
+    try:
+        return Experiment.model_validate(raw), path
+    except ValidationError as exc:
+        raise validation_error(exc, path, raw) from None
+
+
+def local_path(value: str) -> Path:
+    """A path on this machine, relative to the project root."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else project_root() / path

@@ -1,0 +1,61 @@
+"""Open one executor per site entry of an experiment.
+
+A site with a started endpoint recorded in deploy/state/ goes through the Globus Compute SDK;
+a site that runs on this machine (no deploy block: local, local-slurm) gets its own engine,
+built from the site's rendered user config. Everything opened is registered on the caller's
+ExitStack, so engines are shut down whatever happens."""
+
+from __future__ import annotations
+
+import contextlib
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+
+from crossfl.endpoints import LocalEngineExecutor, remote_executor
+from crossfl.errors import UserError
+from crossfl.server.experiment import SiteEntry
+from crossfl.sites import Site
+
+
+@dataclass
+class OpenSite:
+    entry: SiteEntry
+    executor: Executor
+    kind: str  # "local engine" | "globus compute"
+    endpoint: str
+
+
+def runs_here(site: Site) -> bool:
+    """A site with no login host to deploy to (local, local-slurm) runs on this machine."""
+    return site.deploy.host is None
+
+
+def open_site(entry: SiteEntry, engines_dir: Path) -> OpenSite:
+    from crossfl.render import render_site, render_user_config
+    from crossfl.sites import load_site
+    from crossfl.state import load_state
+
+    site = load_site(entry.site)
+    state = load_state(entry.site)
+    endpoint = state.endpoint if state is not None else None
+    if endpoint is not None and endpoint.started and endpoint.endpoint_id:
+        executor = remote_executor(endpoint.endpoint_id, entry.user_options, label=f"crossfl-{entry.name}")
+        return OpenSite(entry, executor, "globus compute", endpoint.endpoint_id)
+    if not runs_here(site):
+        raise UserError(f"site {entry.site!r} has no running endpoint recorded", field=f"sites[{entry.name}]",
+                        fix=f"deploy it first: make deploy SITE={entry.site}")
+    site_dir = render_site(site)
+    text = render_user_config(site_dir, entry.user_options)
+    source = str(site_dir / "endpoint" / "user_config_template.yaml.j2")
+    executor = LocalEngineExecutor(entry.name, text, engines_dir / entry.name, source=source)
+    return OpenSite(entry, executor, "local engine", str(executor.endpoint_id))
+
+
+def open_sites(entries: list[SiteEntry], engines_dir: Path, stack: contextlib.ExitStack) -> dict[str, OpenSite]:
+    opened: dict[str, OpenSite] = {}
+    for entry in entries:
+        handle = open_site(entry, engines_dir)
+        stack.callback(handle.executor.shutdown, wait=True, cancel_futures=True)
+        opened[entry.name] = handle
+    return opened

@@ -1,0 +1,115 @@
+"""The experiment file: schema errors name the file, the field and the fix; the CLI exits 2
+with one line and no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crossfl.errors import UserError
+from crossfl.server.experiment import load_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "deploy" / "experiments" / "local-demo.yaml"
+
+
+def write(tmp_path: Path, data: object, name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def demo() -> dict:
+    return yaml.safe_load(DEMO.read_text())
+
+
+def test_demo_experiment_loads() -> None:
+    exp, path = load_experiment(DEMO)
+    assert path == DEMO
+    assert len(exp.sites) == 3 and exp.rounds >= 5
+    assert exp.data.partition.scheme == "by_task"
+    assert exp.eval_site == "alpha"
+
+
+def test_named_experiment_resolves(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CROSSFL_ROOT", str(ROOT))
+    exp, path = load_experiment("local-demo")
+    assert path.name == "local-demo.yaml"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "fix"),
+    [
+        (lambda d: d.pop("model"), "model", "add it"),
+        (lambda d: d.update(rounds=0), "rounds", "correct the value"),
+        (lambda d: d.update(colour="red"), "colour", "remove it"),
+        (lambda d: d["sites"][1].update(name="alpha"), "sites", "correct the value"),
+        (lambda d: d["training"].update(lr=-1), "training.lr", "correct the value"),
+        (lambda d: d["sites"][0].update(sitee="local"), "sites[alpha].sitee", "remove it"),
+        (lambda d: d["data"]["partition"].update(scheme="random"), "data.partition.scheme", "correct"),
+        (lambda d: d.update(evaluation={"site": "delta"}), "(top level)", "correct"),
+    ],
+)
+def test_bad_fields_name_file_field_fix(tmp_path: Path, mutate, field: str, fix: str) -> None:
+    data = demo()
+    mutate(data)
+    path = write(tmp_path, data)
+    with pytest.raises(UserError) as info:
+        load_experiment(path)
+    err = info.value
+    assert err.file == str(path)
+    assert err.field == field
+    assert fix in (err.fix or "")
+
+
+def test_malformed_yaml_names_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: x\nsites: [unclosed\nrounds: 2\n")
+    with pytest.raises(UserError) as info:
+        load_experiment(path)
+    assert info.value.field and info.value.field.startswith("line ")
+
+
+def test_unknown_experiment_lists_known(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CROSSFL_ROOT", str(ROOT))
+    with pytest.raises(UserError) as info:
+        load_experiment("no-such-experiment")
+    assert "local-demo" in (info.value.fix or "")
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, CROSSFL_ROOT=str(cwd))
+    return subprocess.run([sys.executable, "-m", "crossfl", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_bad_experiment_is_one_line_exit_2(tmp_path: Path) -> None:
+    data = demo()
+    data["training"]["batch_size"] = "eight"
+    path = write(tmp_path, data)
+    proc = run_cli("run", str(path), cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert "training.batch_size" in proc.stderr and str(path) in proc.stderr
+
+
+def test_cli_missing_model_keeps_nothing_half_written(tmp_path: Path) -> None:
+    """A missing model path: one line naming model.path and `make model`; exit 2; the run
+    directory that was created stays (with its resolved experiment), nothing else is lost."""
+    (tmp_path / "deploy" / "sites").mkdir(parents=True)
+    (tmp_path / "deploy" / "sites" / "local.yaml").write_text((ROOT / "deploy" / "sites" / "local.yaml").read_text())
+    (tmp_path / "site_templates").symlink_to(ROOT / "site_templates")
+    data = demo()
+    data["model"]["path"] = "no/such/model"
+    data["sites"] = data["sites"][:1]
+    path = write(tmp_path, data)
+    proc = run_cli("run", str(path), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert "model.path" in proc.stderr and "make model" in proc.stderr
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "experiment.yaml").is_file()
