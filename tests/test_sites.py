@@ -184,6 +184,8 @@ def test_bad_polaris_variants(catalog, changes, field, fix_words):
     ("local", {"launcher__type": "srun"}, "launcher.type", "single"),
     ("aurora", {"accelerator__ids": ["0.0"]}, "accelerator", "make them match"),
     ("aurora", {"filesystems": ["home", "eagle"]}, "filesystems", "flare"),
+    ("aurora", {"min_blocks": 3}, "max_blocks", "raise it"),
+    ("polaris", {"accelerator__bind": "scheduler"}, "accelerator.bind", "local-rank"),
 ])
 def test_bad_other_sites(catalog, base, changes, field, words):
     write_site(catalog, "bad", base, **changes)

@@ -279,35 +279,59 @@ class Site(_Model):
 
     @model_validator(mode="after")
     def _checks(self) -> Site:
-        if self.min_blocks > self.max_blocks:
-            raise ValueError(f"min_blocks {self.min_blocks} > max_blocks {self.max_blocks}")
-        if self.init_blocks > self.max_blocks:
-            raise ValueError(f"init_blocks {self.init_blocks} > max_blocks {self.max_blocks}")
+        if self.min_blocks > self.max_blocks or self.init_blocks > self.max_blocks:
+            raise _FieldError("max_blocks", f"max_blocks {self.max_blocks} is below min_blocks "
+                              f"{self.min_blocks} or init_blocks {self.init_blocks}: raise it")
         if not self.deploy.remote_root:
             self.deploy.remote_root = f"~/.crossfl/{self.name}"
         if not self.deploy.endpoint_name:
             self.deploy.endpoint_name = f"crossfl-{self.name}"
+        self._check_scheduler()
+        self._check_account()
+        self._check_limits()
+        self._check_container()
+        return self
+
+    def _check_scheduler(self) -> None:
         if self.scheduler == "local":
             if self.launcher.type != "single":
                 raise _FieldError("launcher.type", "a local site runs one process per node: "
                                   "use launcher.type: single")
             if self.directives or self.filesystems:
-                raise _FieldError("directives", "a local site has no scheduler directives")
-        else:
-            if self.scheduler == "slurm" and self.launcher.type == "mpiexec":
-                pass  # allowed: some Slurm sites use mpiexec
-            if self.scheduler == "pbs" and self.launcher.type == "srun":
-                raise _FieldError("launcher.type", "srun needs Slurm: use mpiexec on a PBS site")
-        if self.account_pattern:
-            try:
-                rule = re.compile(self.account_pattern)
-            except re.error as exc:
-                raise _FieldError("account_pattern", f"not a regular expression ({exc}): "
-                                  "fix the pattern") from None
-            if self.account and not rule.search(self.account):
-                raise _FieldError("account", f"account {self.account!r} does not match this "
-                                  f"facility's rule {self.account_pattern!r}: use the account "
-                                  "of the right allocation")
+                raise _FieldError("directives", "a local site has no scheduler directives: "
+                                  "remove directives and filesystems")
+        if self.scheduler == "pbs" and self.launcher.type == "srun":
+            raise _FieldError("launcher.type", "srun needs Slurm: use mpiexec on a PBS site")
+        if self.accelerator.bind == "scheduler" and self.scheduler == "pbs":
+            raise _FieldError("accelerator.bind", "PBS/PALS mpiexec does not bind GPUs: use "
+                              "bind: local-rank")
+        if self.filesystems and self.scheduler != "pbs":
+            raise _FieldError("filesystems", "filesystems is a PBS request (-l filesystems=): "
+                              "remove it for a Slurm site")
+        if self.allowed_filesystems is not None:
+            bad = [f for f in self.filesystems if f not in self.allowed_filesystems]
+            if bad:
+                raise _FieldError("filesystems", f"{bad} not offered at this facility: "
+                                  f"choose from {self.allowed_filesystems}")
+        for i, d in enumerate(self.directives):
+            problem = directive_problem(self.scheduler, d)
+            if problem:
+                raise _FieldError(f"directives[{i}]", problem)
+
+    def _check_account(self) -> None:
+        if not self.account_pattern:
+            return
+        try:
+            rule = re.compile(self.account_pattern)
+        except re.error as exc:
+            raise _FieldError("account_pattern", f"not a regular expression ({exc}): "
+                              "fix the pattern") from None
+        if self.account and not rule.search(self.account):
+            raise _FieldError("account", f"account {self.account!r} does not match this "
+                              f"facility's rule {self.account_pattern!r}: use the account "
+                              "of the right allocation")
+
+    def _check_limits(self) -> None:
         if self.limits_by == "qos" and self.scheduler != "slurm":
             raise _FieldError("limits_by", "QOS limits exist on Slurm only: use limits_by: queue")
         key = self.limited_by()
@@ -315,37 +339,27 @@ class Site(_Model):
             raise _FieldError(self.limits_by, f"{self.limits_by} {key!r} is not one of "
                               f"{sorted(self.queues)}: pick one or add it under queues")
         limit = self.queue_limit()
-        if limit and limit.max_walltime and parse_walltime(self.walltime) > parse_walltime(limit.max_walltime):
+        if limit is None:
+            return
+        if limit.max_walltime and parse_walltime(self.walltime) > parse_walltime(limit.max_walltime):
             raise _FieldError("walltime", f"walltime {self.walltime} is over the {key} "
                               f"{self.limits_by}'s maximum {limit.max_walltime}: lower it or "
                               f"pick another {self.limits_by}")
-        if limit and limit.max_nodes and self.nodes_per_block > limit.max_nodes:
+        if limit.max_nodes and self.nodes_per_block > limit.max_nodes:
             raise _FieldError("nodes_per_block", f"{self.nodes_per_block} nodes is over the "
-                              f"{key} {self.limits_by}'s maximum {limit.max_nodes}")
-        if self.allowed_filesystems is not None:
-            bad = [f for f in self.filesystems if f not in self.allowed_filesystems]
-            if bad:
-                raise _FieldError("filesystems", f"{bad} not known at this facility; "
-                                  f"choose from {self.allowed_filesystems}")
-        if self.filesystems and self.scheduler != "pbs":
-            raise _FieldError("filesystems", "filesystems is a PBS request (-l filesystems=); "
-                              "remove it for a Slurm site")
-        for i, d in enumerate(self.directives):
-            problem = directive_problem(self.scheduler, d)
-            if problem:
-                raise _FieldError(f"directives[{i}]", problem)
-        if self.container.runtime != "none":
-            arch = image_arch(self)
-            if arch not in self.container.images:
-                raise _FieldError(f"container.images.{arch}",
-                                  f"no image for this site's architecture {arch!r} "
-                                  f"(accelerator.vendor {self.accelerator.vendor!r}): add "
-                                  f"container.images.{arch}, e.g. \"{{{{remote_root}}}}/images/"
-                                  f"crossfl-{arch}.sif\"")
-        if self.accelerator.bind == "scheduler" and self.scheduler == "pbs":
-            raise _FieldError("accelerator.bind", "PBS/PALS mpiexec does not bind GPUs: use "
-                              "bind: local-rank")
-        return self
+                              f"{key} {self.limits_by}'s maximum {limit.max_nodes}: lower it "
+                              f"or pick another {self.limits_by}")
+
+    def _check_container(self) -> None:
+        if self.container.runtime == "none":
+            return
+        arch = image_arch(self)
+        if arch not in self.container.images:
+            raise _FieldError(f"container.images.{arch}",
+                              f"no image for this site's architecture {arch!r} "
+                              f"(accelerator.vendor {self.accelerator.vendor!r}): add "
+                              f"container.images.{arch}, e.g. \"{{{{remote_root}}}}/images/"
+                              f"crossfl-{arch}.sif\"")
 
     def limited_by(self) -> str | None:
         """The queue or QOS name whose published limits apply."""
