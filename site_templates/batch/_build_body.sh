@@ -8,6 +8,9 @@ module load << m >>
 export << k >>=<< v | sq >>
 <% endfor %>
 
+# The def file and the context it stages (build/images/ from `make image-def`) were copied to
+# << build.root >>/build/images/; its %files paths are relative to << build.root >>.
+cd "<< build.root >>"
 def="<< build.def_file >>"
 image="<< build.image >>"
 mkdir -p "$(dirname "$image")"

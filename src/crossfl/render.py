@@ -360,8 +360,10 @@ def batch_context(site: Site) -> dict[str, Any]:
             "modules": build.modules,
             "env": {**site.proxy.env(), **build.env},
             "options": build.options,
-            "def_file": _shell_path(f"{site.deploy.remote_root}/build/images/"
-                                    f"crossfl-{image_arch(site)}.def"),
+            # crossfl.images writes the def with %files paths relative to the project root:
+            # build from the directory that holds build/images/ (the site's remote root).
+            "root": _shell_path(site.deploy.remote_root),
+            "def_file": f"build/images/crossfl-{image_arch(site)}.def",
             "image": image,
         }
     return {

@@ -8,7 +8,7 @@
 <% endfor %>
 # crossfl image build for << site >>: the facility builds images on a compute node (fakeroot
 # needs the node's user namespace; the proxy reaches the registries).
-# Submit: qsub build_image.sh   (image definition: << build.def_file >>)
+# Submit: qsub build_image.sh   (image definition: << build.root >>/<< build.def_file >>)
 set -euo pipefail
 cd "${PBS_O_WORKDIR:-.}"
 <% include "batch/_build_body.sh" %>

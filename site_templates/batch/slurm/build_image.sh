@@ -8,6 +8,6 @@
 <% endfor %>
 # crossfl image build for << site >>: the facility builds images on a compute node (fakeroot
 # needs the node's user namespace; the proxy reaches the registries).
-# Submit: sbatch build_image.sh   (image definition: << build.def_file >>)
+# Submit: sbatch build_image.sh   (image definition: << build.root >>/<< build.def_file >>)
 set -euo pipefail
 <% include "batch/_build_body.sh" %>

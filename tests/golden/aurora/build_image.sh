@@ -21,7 +21,10 @@ export HTTPS_PROXY=http://proxy.alcf.anl.gov:3128
 export no_proxy=admin,127.0.0.1,localhost,.alcf.anl.gov
 export NO_PROXY=admin,127.0.0.1,localhost,.alcf.anl.gov
 
-def="$HOME/.crossfl/aurora/build/images/crossfl-xpu.def"
+# The def file and the context it stages (build/images/ from `make image-def`) were copied to
+# $HOME/.crossfl/aurora/build/images/; its %files paths are relative to $HOME/.crossfl/aurora.
+cd "$HOME/.crossfl/aurora"
+def="build/images/crossfl-xpu.def"
 image="$HOME/.crossfl/aurora/images/crossfl-xpu.sif"
 mkdir -p "$(dirname "$image")"
 apptainer build --fakeroot "$image.tmp" "$def"

@@ -25,7 +25,10 @@ export NO_PROXY='admin,polaris-adminvm-01,localhost,*.cm.polaris.alcf.anl.gov,po
 export APPTAINER_TMPDIR=/local/scratch/apptainer-tmpdir
 export APPTAINER_CACHEDIR=/local/scratch/apptainer-cachedir
 
-def="$HOME/.crossfl/polaris/build/images/crossfl-cuda.def"
+# The def file and the context it stages (build/images/ from `make image-def`) were copied to
+# $HOME/.crossfl/polaris/build/images/; its %files paths are relative to $HOME/.crossfl/polaris.
+cd "$HOME/.crossfl/polaris"
+def="build/images/crossfl-cuda.def"
 image="$HOME/.crossfl/polaris/images/crossfl-cuda.sif"
 mkdir -p "$(dirname "$image")"
 apptainer build --fakeroot "$image.tmp" "$def"
