@@ -218,26 +218,16 @@ def scheduler_directives(site: Site, *, for_pilot: bool) -> list[str]:
     nodes/walltime (and Slurm partition/account/qos/constraint, PBS select); batch scripts get
     everything."""
     d: list[str] = []
-    if site.scheduler == "slurm":
-        if not for_pilot:
-            if site.account:
-                d.append(f"-A {site.account}")
-            if site.queue:
-                d.append(f"-p {site.queue}")
-            if site.qos:
-                d.append(f"-q {site.qos}")
-            if site.constraint:
-                d.append(f"-C {site.constraint}")
-        if site.accelerator.devices_per_node and site.accelerator.bind == "scheduler":
-            d.append(f"--gpus-per-node={site.accelerator.devices_per_node}")
-    elif site.scheduler == "pbs":
-        if not for_pilot:
-            if site.account:
-                d.append(f"-A {site.account}")
-            if site.queue:
-                d.append(f"-q {site.queue}")
-        if site.filesystems:
-            d.append(f"-l filesystems={':'.join(site.filesystems)}")
+    if not for_pilot:
+        named = {"slurm": (("-A", site.account), ("-p", site.queue), ("-q", site.qos),
+                           ("-C", site.constraint)),
+                 "pbs": (("-A", site.account), ("-q", site.queue))}.get(site.scheduler, ())
+        d += [f"{flag} {value}" for flag, value in named if value]
+    acc = site.accelerator
+    if site.scheduler == "slurm" and acc.devices_per_node and acc.bind == "scheduler":
+        d.append(f"--gpus-per-node={acc.devices_per_node}")
+    if site.scheduler == "pbs" and site.filesystems:
+        d.append(f"-l filesystems={':'.join(site.filesystems)}")
     d.extend(site.directives)
     return d
 
