@@ -1,8 +1,8 @@
 """Open one executor per site entry of an experiment.
 
-A site with a started endpoint recorded in deploy/state/ goes through the Globus Compute SDK;
-a site that runs on this machine (no deploy block: local, local-slurm) gets its own engine,
-built from the site's rendered user config. Everything opened is registered on the caller's
+A facility (a site with a deploy host) goes through the Globus Compute SDK with the endpoint
+UUID that `crossfl deploy` recorded in deploy/state/; a site that runs on this machine (local,
+local-slurm) gets its own engine, built from the site's rendered user config. Everything opened is registered on the caller's
 ExitStack, so engines are shut down whatever happens."""
 
 from __future__ import annotations
@@ -34,17 +34,14 @@ def runs_here(site: Site) -> bool:
 def open_site(entry: SiteEntry, engines_dir: Path) -> OpenSite:
     from crossfl.render import render_site, render_user_config
     from crossfl.sites import load_site
-    from crossfl.state import load_state
+    from crossfl.state import require_endpoint_id
 
     site = load_site(entry.site)
-    state = load_state(entry.site)
-    endpoint = state.endpoint if state is not None else None
-    if endpoint is not None and endpoint.started and endpoint.endpoint_id:
-        executor = remote_executor(endpoint.endpoint_id, entry.user_options, label=f"crossfl-{entry.name}")
-        return OpenSite(entry, executor, "globus compute", endpoint.endpoint_id)
     if not runs_here(site):
-        raise UserError(f"site {entry.site!r} has no running endpoint recorded", field=f"sites[{entry.name}]",
-                        fix=f"deploy it first: make deploy SITE={entry.site}")
+        # A facility: its endpoint must have been deployed and registered (deploy/state/).
+        endpoint_id = require_endpoint_id(entry.site)
+        executor = remote_executor(endpoint_id, entry.user_options, label=f"crossfl-{entry.name}")
+        return OpenSite(entry, executor, "globus compute", endpoint_id)
     site_dir = render_site(site)
     text = render_user_config(site_dir, entry.user_options)
     source = str(site_dir / "endpoint" / "user_config_template.yaml.j2")
@@ -53,6 +50,12 @@ def open_site(entry: SiteEntry, engines_dir: Path) -> OpenSite:
 
 
 def open_sites(entries: list[SiteEntry], engines_dir: Path, stack: contextlib.ExitStack) -> dict[str, OpenSite]:
+    from crossfl.sites import load_site
+    from crossfl.state import require_endpoint_id
+
+    for entry in entries:  # every facility deployed? say so before starting any engine
+        if not runs_here(load_site(entry.site)):
+            require_endpoint_id(entry.site)
     opened: dict[str, OpenSite] = {}
     for entry in entries:
         handle = open_site(entry, engines_dir)

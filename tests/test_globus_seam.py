@@ -1,0 +1,121 @@
+"""Deployed facilities go through `globus_compute_sdk.Executor(endpoint_id=...)`. Offline, that
+one class is substituted at its interface by one that forwards to a real local engine; the round
+loop, serialization and result handling are the real ones."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import globus_compute_sdk
+import pytest
+import yaml
+from rich.console import Console
+
+from crossfl.data.chem import build_chem
+from crossfl.endpoints import LocalEngineExecutor
+from crossfl.errors import UserError
+from crossfl.render import render_site, render_user_config
+from crossfl.server.driver import run_experiment
+from crossfl.server.experiment import load_experiment
+from crossfl.state import DeployState, EndpointState, save_state
+from crossfl.tiny_model import TinyModelSpec, build_tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ForwardingExecutor:
+    """Stands in for globus_compute_sdk.Executor: same constructor keywords and Executor
+    interface; the Globus service relay is replaced by a local GlobusComputeEngine."""
+
+    instances: list["ForwardingExecutor"] = []
+    engine_root: Path
+
+    def __init__(self, endpoint_id: str | None = None, client: Any = None, task_group_id: Any = None,
+                 resource_specification: dict | None = None, user_endpoint_config: dict | None = None,
+                 label: str = "", batch_size: int = 128, amqp_port: int | None = None,
+                 api_burst_limit: int = 4, api_burst_window_s: int = 16, serializer: Any = None,
+                 result_serializers: Any = None, **_: Any) -> None:
+        assert endpoint_id is not None
+        self.endpoint_id = str(endpoint_id)
+        self.user_endpoint_config = user_endpoint_config
+        self.label = label
+        self.serializer = serializer
+        self.submitted = 0
+        site_dir = render_site("local", out_root=self.engine_root / "sites")
+        config = render_user_config(site_dir, {"max_workers_per_node": 1})
+        self._engine = LocalEngineExecutor(label, config, self.engine_root / f"engine-{len(self.instances)}")
+        ForwardingExecutor.instances.append(self)
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future:
+        self.submitted += 1
+        return self._engine.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("gproject")
+    (root / "deploy").mkdir()
+    shutil.copytree(ROOT / "deploy" / "sites", root / "deploy" / "sites")
+    (root / "site_templates").symlink_to(ROOT / "site_templates")
+    build_chem(root / "data", seed=0, max_molecules=120)
+    spec = TinyModelSpec(vocab_size=400, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
+                         pretrain_steps=5, pretrain_batch=8, threads=1)
+    build_tiny(root / "data" / "train.jsonl", root / "model", spec)
+    return root
+
+
+def experiment(root: Path, name: str) -> Path:
+    exp = {
+        "name": name, "model": {"path": str(root / "model")},
+        "data": {"train": "data/train.jsonl", "validation": "data/validation.jsonl"},
+        "sites": [{"name": "facility", "site": "localhost-ssh", "user_options": {"max_workers_per_node": 1}},
+                  {"name": "laptop", "site": "local"}],
+        "rounds": 1,
+        "training": {"local_steps": 2, "batch_size": 4, "max_length": 96, "torch_threads": 1},
+        "lora": {"r": 2, "alpha": 4, "target_modules": ["q_proj"]},
+        "evaluation": {"site": "laptop", "max_samples": 8, "batch_size": 8, "generate_max_new_tokens": 4},
+        "task_timeout_s": 300,
+    }
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    return path
+
+
+def test_deployed_site_runs_through_the_sdk_executor(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CROSSFL_ROOT", str(project))
+    endpoint_id = str(uuid.uuid4())
+    save_state(DeployState(site="localhost-ssh", host="127.0.0.1", remote_root="/remote/root",
+                           endpoint=EndpointState(name="crossfl-localhost-ssh", configured=True,
+                                                  started=True, endpoint_id=endpoint_id)))
+    ForwardingExecutor.instances = []
+    ForwardingExecutor.engine_root = project / "forwarded"
+    monkeypatch.setattr(globus_compute_sdk, "Executor", ForwardingExecutor)
+
+    exp, path = load_experiment(experiment(project, "mixed"))
+    run_dir = run_experiment(exp, path, Console(width=120))
+
+    (sdk,) = ForwardingExecutor.instances
+    assert sdk.endpoint_id == endpoint_id
+    assert sdk.user_endpoint_config == {"max_workers_per_node": 1}
+    assert sdk.serializer is not None and sdk.submitted >= 1
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    tasks = {r["site"]: r for r in records if r["kind"] == "task"}
+    assert tasks["facility"]["status"] == "ok" and tasks["laptop"]["status"] == "ok"
+
+
+def test_undeployed_site_is_refused_before_any_engine_starts(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CROSSFL_ROOT", str(project))
+    (project / "deploy" / "state" / "localhost-ssh.json").unlink(missing_ok=True)
+    exp, path = load_experiment(experiment(project, "undeployed"))
+    with pytest.raises(UserError) as info:
+        run_experiment(exp, path, Console(width=120))
+    assert "localhost-ssh" in info.value.render() and "make deploy SITE=localhost-ssh" in info.value.render()
+    assert not list((project / "runs").glob("undeployed-*/engines/*"))
