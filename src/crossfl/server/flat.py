@@ -66,16 +66,26 @@ class FlatSpec:
                     f"{key}: shape {tuple(state[key].shape)} does not match layout {tuple(shape)}"
                 )
 
-    def flatten(self, state: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """One contiguous 1-D float32 tensor (a single ``torch.cat``)."""
+    def flatten(
+        self, state: Mapping[str, torch.Tensor], *, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One contiguous 1-D float32 tensor (a single ``torch.cat``).
+
+        ``out`` (float32, ``numel`` long) is filled instead of a fresh allocation; reusing one
+        saves the page faults of a new buffer, which can cost more than the copy itself.
+        """
         self.check(state)
         parts = [state[k].detach().reshape(-1) for k in self.keys]
-        if all(p.dtype == torch.float32 for p in parts):
-            return torch.cat(parts)
-        if _cat_casts():
+        if out is not None and (out.dtype != torch.float32 or out.shape != (self.numel,)):
+            raise ValueError(f"out must be float32 of shape ({self.numel},), "
+                             f"got {out.dtype} {tuple(out.shape)}")
+        if not all(p.dtype == torch.float32 for p in parts) and not _cat_casts():
+            parts = [p.to(torch.float32) for p in parts]
+        if out is None:
+            if all(p.dtype == torch.float32 for p in parts):
+                return torch.cat(parts)
             out = torch.empty(self.numel, dtype=torch.float32, device=parts[0].device)
-            return torch.cat(parts, out=out)
-        return torch.cat([p.to(torch.float32) for p in parts])
+        return torch.cat(parts, out=out)
 
     def unflatten(self, vec: torch.Tensor, *, copy: bool = False) -> dict[str, torch.Tensor]:
         """Tensors in the original shapes and dtypes.
@@ -114,9 +124,12 @@ def _cat_casts() -> bool:
     return _CAT_CASTS
 
 
-def flatten(state: Mapping[str, torch.Tensor], spec: FlatSpec | None = None) -> torch.Tensor:
+def flatten(
+    state: Mapping[str, torch.Tensor], spec: FlatSpec | None = None, *,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Flatten ``state`` into a 1-D float32 tensor (layout from ``spec`` or built from it)."""
-    return (spec or FlatSpec.from_state(state)).flatten(state)
+    return (spec or FlatSpec.from_state(state)).flatten(state, out=out)
 
 
 def unflatten(vec: torch.Tensor, spec: FlatSpec, *, copy: bool = False) -> dict[str, torch.Tensor]:
@@ -124,18 +137,15 @@ def unflatten(vec: torch.Tensor, spec: FlatSpec, *, copy: bool = False) -> dict[
     return spec.unflatten(vec, copy=copy)
 
 
-# Chunk length (elements) for fused weighted sums: 2 MB of float32 per client slice keeps the
-# running accumulator in cache, so the sum streams each client buffer through memory once.
-_CHUNK = 1 << 19
-
-
 def weighted_sum(
     vectors: Sequence[torch.Tensor], weights: Sequence[float], *, out: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``sum_i weights[i] * vectors[i]`` over equal-length 1-D tensors, in float32.
 
-    Works slice by slice so the accumulator stays in cache: about the cost of one
-    ``torch.mean`` over the stacked buffers, without materializing the stack.
+    One multiply and one in-place ``add_(alpha=w)`` per vector, each a single op over the
+    whole buffer. (A cache-blocked variant streams less memory but issues one multi-threaded
+    op per block and vector; on busy shared cores the thread barriers cost more than they
+    save, so the plain form was both faster and steadier in ``benchmarks/bench_aggregation``.)
     """
     if len(vectors) == 0 or len(vectors) != len(weights):
         raise ValueError(f"need as many weights as vectors, got {len(weights)} and {len(vectors)}")
@@ -146,10 +156,7 @@ def weighted_sum(
     ws = [float(w) for w in weights]
     if out is None:
         out = torch.empty(n, dtype=torch.float32, device=vectors[0].device)
-    for start in range(0, n, _CHUNK):
-        stop = min(start + _CHUNK, n)
-        acc = out[start:stop]
-        torch.mul(vectors[0][start:stop], ws[0], out=acc)
-        for v, w in zip(vectors[1:], ws[1:]):
-            acc.add_(v[start:stop], alpha=w)
+    torch.mul(vectors[0], ws[0], out=out)
+    for v, w in zip(vectors[1:], ws[1:]):
+        out.add_(v, alpha=w)
     return out
