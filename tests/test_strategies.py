@@ -350,3 +350,32 @@ def test_fedqueue_bad_kwargs() -> None:
         get_strategy("fedqueue", t_sync=-1)
     with pytest.raises(UserError, match=r"strategy\.kwargs\.staleness_fn"):
         get_strategy("fedqueue", staleness_fn="polynomial")
+
+
+def test_is_async_by_name() -> None:
+    from crossfl.server.strategies import is_async
+
+    assert [n for n in ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedqueue") if is_async(n)] == []
+    assert all(is_async(n) for n in ("fedasync", "fedbuff", "FedCompass"))
+    with pytest.raises(UserError, match="unknown strategy"):
+        is_async("fedprox")
+
+
+@pytest.mark.parametrize("name", ["fedavgm", "fedadam", "fedyogi", "fedasync", "fedbuff",
+                                  "fedcompass", "fedqueue"])
+def test_state_survives_a_weights_only_checkpoint(name: str) -> None:
+    """Checkpoints are torch.save'd and loaded with weights_only=True: plain types only."""
+    import io
+
+    kwargs = {"K": 3} if name == "fedbuff" else {}
+    s = get_strategy(name, **kwargs)
+    g = torch.zeros(3)
+    for i, site in enumerate(["a", "b"]):
+        s.configure(site, 0, ClientPlan(4, 0.1))
+        s.aggregate(g, [upd(site, [1.0 + i, 2.0, 3.0], n=2, train=2.0, wait=50.0 * i)], 0)
+    buf = io.BytesIO()
+    torch.save(s.state_dict(), buf)
+    restored = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+    fresh = get_strategy(name, **kwargs)
+    fresh.load_state_dict(restored)
+    assert set(fresh.state_dict()) == set(s.state_dict())

@@ -14,7 +14,7 @@ from crossfl.server.strategies.server_opt import FedAdam, FedAvgM, FedYogi
 
 __all__ = [
     "APPFL_PREFIX", "STRATEGIES", "ClientPlan", "Strategy", "StrategyParams", "Update",
-    "get_strategy", "known_names",
+    "get_strategy", "is_async", "known_names",
 ]
 
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -40,10 +40,26 @@ def get_strategy(name: str, **kwargs: Any) -> Strategy:
         from crossfl.server.strategies.appfl_wrap import make_appfl_strategy
 
         return make_appfl_strategy(key[len(APPFL_PREFIX):], **kwargs)
-    cls = STRATEGIES.get(key.lower())
+    return _builtin(name)(**kwargs)
+
+
+def _builtin(name: str) -> type[Strategy]:
+    cls = STRATEGIES.get(name.strip().lower())
     if cls is None:
-        raise UserError(
-            f"unknown strategy {name!r}", field="strategy.name",
-            fix=f"use one of: {', '.join(known_names())}",
-        )
-    return cls(**kwargs)
+        raise UserError(f"unknown strategy {name!r}", field="strategy.name",
+                        fix=f"use one of: {', '.join(known_names())}")
+    return cls
+
+
+def is_async(name: str) -> bool:
+    """Whether the strategy called ``name`` aggregates one update per call (without building it).
+
+    ``appfl:<Class>`` names are asynchronous when the class's ``aggregate`` takes a client id.
+    Raises UserError like :func:`get_strategy` for unknown names.
+    """
+    key = name.strip()
+    if key.lower().startswith(APPFL_PREFIX):
+        from crossfl.server.strategies.appfl_wrap import appfl_class
+
+        return appfl_class(key[len(APPFL_PREFIX):]).is_async
+    return _builtin(name).is_async

@@ -39,8 +39,8 @@ def appfl_aggregators() -> dict[str, type]:
             if isinstance(obj, type) and issubclass(obj, base) and obj is not base}
 
 
-def make_appfl_strategy(class_name: str, **configs: Any) -> AppflStrategy:
-    """Build the wrapper for APPFL's ``class_name``; ``configs`` become its aggregator_configs."""
+def appfl_class(class_name: str) -> type[AppflStrategy]:
+    """The wrapper class (sync or async) for APPFL's aggregator ``class_name``, bound to it."""
     classes = appfl_aggregators()
     cls = classes.get(class_name)
     if cls is None:
@@ -48,23 +48,30 @@ def make_appfl_strategy(class_name: str, **configs: Any) -> AppflStrategy:
                         fix=f"use appfl:<one of {', '.join(sorted(classes))}>")
     params = inspect.signature(cls.aggregate).parameters
     wrapper = AppflAsync if "client_id" in params else AppflSync
-    return wrapper(cls, configs)
+    return type(f"Appfl{class_name}", (wrapper,), {"aggregator_cls": cls,
+                                                    "name": f"appfl:{class_name}"})
+
+
+def make_appfl_strategy(class_name: str, **configs: Any) -> AppflStrategy:
+    """Build the wrapper for APPFL's ``class_name``; ``configs`` become its aggregator_configs."""
+    return appfl_class(class_name)(**configs)
 
 
 class AppflStrategy(Strategy):
     """Common part of the sync and async wrappers."""
 
     name = "appfl"
+    aggregator_cls: ClassVar[type]  # set by appfl_class()
 
-    def __init__(self, aggregator_cls: type, configs: dict[str, Any]) -> None:
+    def __init__(self, **configs: Any) -> None:
         from omegaconf import DictConfig
 
         super().__init__()
-        self.name = f"appfl:{aggregator_cls.__name__}"  # type: ignore[misc]
+        cls = self.aggregator_cls
         try:
-            self.aggregator = aggregator_cls(aggregator_configs=DictConfig(dict(configs)))
+            self.aggregator = cls(aggregator_configs=DictConfig(dict(configs)))
         except Exception as exc:  # APPFL reads required configs in __init__
-            raise UserError(f"{aggregator_cls.__name__} rejected its configuration: {exc!r}",
+            raise UserError(f"{cls.__name__} rejected its configuration: {exc!r}",
                             field="strategy.kwargs") from None
         self._accepts = set(inspect.signature(self.aggregator.aggregate).parameters)
         self.layout: FlatSpec | None = None
