@@ -518,7 +518,7 @@ def test_cpu_image_build_steps_run_here(repo_root: Path, tmp_path: Path) -> None
     assert result.devices["backend"] == "cpu"
     venv = tmp_path / "rootfs" / "opt" / "crossfl" / "venv"
     assert not venv.exists()  # the throwaway tree is gone again
-    log = (tmp_path / "check.log").read_text()
-    assert "crossfl image check: ok" in log
+    log = images.images_dir() / "image-check-cpu.log"
+    assert "crossfl image check: ok" in log.read_text()
     steps = ", ".join(f"%{name} {sec:.0f} s" for name, sec in result.seconds.items())
-    print(f"\nimage-check cpu: {steps}; torch {result.torch}; log {tmp_path / 'check.log'}")
+    print(f"\nimage-check cpu: {steps}; torch {result.torch}; log {log}")

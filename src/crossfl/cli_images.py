@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
     @image.command("def")
     def render(arch: str = typer.Argument(..., metavar="ARCH", help=ARCH_HELP)) -> None:
         """Render build/images/crossfl-ARCH.def (and stage its %files)."""
-        typer.echo(images._shown(images.render_def(arch)))
+        typer.echo(images.display_path(images.render_def(arch)))
 
     @image.command("build")
     def build(arch: str = typer.Argument(..., metavar="ARCH", help=ARCH_HELP),
@@ -48,7 +48,9 @@ def register(app: typer.Typer) -> None:
         result = images.check_build_steps(arch, keep=keep)
         steps = ", ".join(f"%{name} {sec:.0f} s" for name, sec in result.seconds.items())
         typer.echo(f"{arch}: ok ({steps}); torch {result.torch}; "
-                   f"devices {result.devices.get('device', '?')}; tree {result.workdir}")
+                   f"devices {result.devices.get('device', '?')}; log "
+                   f"{images.display_path(images.images_dir() / f'image-check-{arch}.log')}"
+                   + (f"; tree {result.workdir}" if keep else ""))
 
     app.add_typer(image, name="image")
 

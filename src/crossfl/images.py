@@ -226,7 +226,7 @@ def manifest_path() -> Path:
     return images_dir() / "manifest.json"
 
 
-def _shown(path: Path) -> str:
+def display_path(path: Path) -> str:
     """A path as the def file and argv name it: relative to the project root when inside it."""
     try:
         return str(path.resolve().relative_to(paths.project_root()))
@@ -299,7 +299,7 @@ def render_text(arch: str, *, context: str, commit: str) -> str:
         crossfl_version=__version__, python_version=table.python_version,
         uv_version=table.uv_version, python_minor=pins.python_minor, torch_version=pins.torch,
         shared_pins=pins.shared, check_args=check_args(spec, pins),
-        def_path=_shown(def_path(arch)), sif_path=_shown(sif_path(arch)))
+        def_path=display_path(def_path(arch)), sif_path=display_path(sif_path(arch)))
     parse_def(text)  # the template must yield a def file this parser (and Apptainer) accepts
     return text
 
@@ -323,7 +323,7 @@ def render_def(arch: str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     commit = git_commit()
     context = out.parent / f"crossfl-{arch}.context"
-    text = render_text(arch, context=_shown(context), commit=commit)
+    text = render_text(arch, context=display_path(context), commit=commit)
     _stage_context(context, commit)
     _write_atomic(out, text.encode())
     return out
@@ -522,10 +522,10 @@ def apptainer() -> str:
 
 
 def inspect_labels(exe: str, sif: Path) -> dict[str, str]:
-    out = subprocess.run([exe, "inspect", "--labels", "--json", _shown(sif)],
+    out = subprocess.run([exe, "inspect", "--labels", "--json", display_path(sif)],
                          cwd=paths.project_root(), capture_output=True, text=True)
     if out.returncode != 0:
-        raise UserError(f"apptainer inspect failed: {out.stderr.strip()}", file=_shown(sif))
+        raise UserError(f"apptainer inspect failed: {out.stderr.strip()}", file=display_path(sif))
     data = json.loads(out.stdout or "{}")
     found = data.get("data", {}).get("attributes", {}).get("labels", data)
     return {str(key): str(value) for key, value in (found or {}).items()}
@@ -547,12 +547,12 @@ def build_image(arch: str, *, fakeroot: bool | None = None) -> ManifestEntry:
     sif = sif_path(arch)
     partial = sif.with_name(sif.name + ".partial")
     partial.unlink(missing_ok=True)
-    argv = [exe, "build", *(["--fakeroot"] if fakeroot else []), _shown(partial),
-            _shown(definition)]
+    argv = [exe, "build", *(["--fakeroot"] if fakeroot else []), display_path(partial),
+            display_path(definition)]
     try:
         _run(argv, "apptainer build")
         if not partial.is_file():
-            raise UserError(f"apptainer build left no image at {_shown(partial)}")
+            raise UserError(f"apptainer build left no image at {display_path(partial)}")
         os.replace(partial, sif)
     finally:
         partial.unlink(missing_ok=True)
@@ -564,14 +564,14 @@ def apptainer_or_explain(definition: Path) -> str:
         return apptainer()
     except UserError:
         raise UserError(f"apptainer is not on PATH, so no image was built: {GET_APPTAINER}; "
-                        f"the def file is ready at {_shown(definition)}") from None
+                        f"the def file is ready at {display_path(definition)}") from None
 
 
 def _record(arch: str, exe: str, *, signed: bool) -> ManifestEntry:
     sif = sif_path(arch)
     found = inspect_labels(exe, sif)
     entry = ManifestEntry(
-        arch=arch, image=_shown(sif), digest=image_digest(sif), size_bytes=sif.stat().st_size,
+        arch=arch, image=display_path(sif), digest=image_digest(sif), size_bytes=sif.stat().st_size,
         built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         git_commit=found.get("org.crossfl.git-commit", ""), signed=signed, labels=found)
     record_image(entry)
@@ -583,9 +583,9 @@ def sign_image(arch: str, *, key: Path | None = None) -> ManifestEntry:
     get_arch(arch)
     sif = sif_path(arch)
     if not sif.is_file():
-        raise UserError(f"no image at {_shown(sif)}", fix=f"make image ARCH={arch}")
+        raise UserError(f"no image at {display_path(sif)}", fix=f"make image ARCH={arch}")
     exe = apptainer()
-    argv = [exe, "sign", *(["--key", str(key)] if key else []), _shown(sif)]
+    argv = [exe, "sign", *(["--key", str(key)] if key else []), display_path(sif)]
     _run(argv, "apptainer sign")
     return _record(arch, exe, signed=True)
 
@@ -652,7 +652,8 @@ def check_build_steps(arch: str = "cpu", *, workdir: Path | None = None,
     stage = parse_def(apply_build_args(definition.read_text())).only_stage()
     work = workdir or Path(tempfile.mkdtemp(prefix=f"crossfl-image-check-{arch}-"))
     rootfs = work / "rootfs"
-    log = work / "check.log"
+    log = images_dir() / f"image-check-{arch}.log"   # kept when the throwaway tree is gone
+    log.write_text("")
     interpreter = _local_interpreter(image_pins(arch, table).python_minor)
 
     def localize(body: str) -> str:
@@ -663,6 +664,9 @@ def check_build_steps(arch: str = "cpu", *, workdir: Path | None = None,
            if key not in {"VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "CROSSFL_DEVICE"}}
     env["PATH"] = os.pathsep.join(part for part in env.get("PATH", "").split(os.pathsep)
                                   if part != venv_bin)
+    # Where the torch channel is unreachable (offline CI), pip would retry it 5 times for torch
+    # and each of its dependencies; once is enough to learn that. The lines stay the same.
+    env.setdefault("PIP_RETRIES", "1")
     seconds: dict[str, float] = {}
     try:
         for src, dst in files(stage):
@@ -688,4 +692,4 @@ def check_build_steps(arch: str = "cpu", *, workdir: Path | None = None,
                           devices=devices)
     finally:
         if not keep:
-            shutil.rmtree(rootfs, ignore_errors=True)
+            shutil.rmtree(work if workdir is None else rootfs, ignore_errors=True)
