@@ -35,9 +35,10 @@ def build_tiny_command(
     heads: Annotated[int, typer.Option("--heads")] = 4,
     intermediate_size: Annotated[int, typer.Option("--intermediate-size")] = 256,
     pretrain_steps: Annotated[int, typer.Option(
-        "--pretrain-steps", help="Plain-LM steps on the dataset text (0: random init).")] = 300,
+        "--pretrain-steps", help="Plain-LM steps on the dataset text (0: random init).")] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the init and the pre-training.")] = 0,
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")] = None,
+    threads: Annotated[int, typer.Option(
+        help="torch threads; more than 1 only pays on otherwise idle cores.")] = 1,
 ) -> None:
     """Build a small Llama-architecture model and a BPE tokenizer trained on DATA, saved with
     save_pretrained so AutoModelForCausalLM/AutoTokenizer load it like any checkpoint."""

@@ -20,6 +20,7 @@ from crossfl.client.adapter_io import LORA_METADATA_KEY, adapter_from_bytes, ada
 from crossfl.client.train import (Bytes, ComputeDType, Example, LoraSpec, collate,
                                   encode_example, encode_prompt, load_adapter_state,
                                   load_records, pad_id, parse_task, worker_model)
+from crossfl.data.smolinstruct import Record
 from crossfl.errors import UserError
 
 FORMULA_TASK = "name_conversion-s2f"
@@ -98,13 +99,13 @@ def validation_loss(model: torch.nn.Module, examples: list[Example], batch_size:
     return (total / count if count else math.nan), count
 
 
-def pick_for_generation(records: list[Any], cap: int) -> list[Any]:
+def pick_for_generation(records: list[Record], cap: int) -> list[Record]:
     """Up to ``cap`` records, round-robin over tasks (the formula task first)."""
-    by_task: dict[str, list[Any]] = {}
+    by_task: dict[str, list[Record]] = {}
     for r in records:
         by_task.setdefault(r.task, []).append(r)
     order = sorted(by_task, key=lambda t: (t != FORMULA_TASK, t))
-    picked: list[Any] = []
+    picked: list[Record] = []
     depth = 0
     while len(picked) < cap and any(depth < len(by_task[t]) for t in order):
         for t in order:
@@ -115,7 +116,7 @@ def pick_for_generation(records: list[Any], cap: int) -> list[Any]:
 
 
 @torch.no_grad()
-def generate_answers(model: torch.nn.Module, tokenizer: Any, records: list[Any],
+def generate_answers(model: torch.nn.Module, tokenizer: Any, records: list[Record],
                      spec: EvalTask, device: torch.device) -> list[str]:
     """Greedy, batched, left-padded generation; returns the decoded new text per record."""
     pad = pad_id(tokenizer)

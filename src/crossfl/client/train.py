@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 from crossfl.client import model_cache
 from crossfl.client.adapter_io import LORA_METADATA_KEY, adapter_from_bytes, adapter_to_bytes
 from crossfl.client.device import select_device
+from crossfl.data.smolinstruct import Record, load_jsonl
 from crossfl.errors import UserError
 
 DATA_FIX = "run `make data` (or `crossfl data build-chem --out DIR`) and point data_path at it"
@@ -122,9 +123,7 @@ def encode_example(tokenizer: Any, prompt: str, answer: str, max_length: int) ->
     return Example(tuple(p + a), len(p))
 
 
-def load_records(data_path: str, max_samples: int | None) -> list[Any]:
-    from crossfl.data.smolinstruct import load_jsonl
-
+def load_records(data_path: str, max_samples: int | None) -> list[Record]:
     path = Path(data_path)
     if not path.exists():
         raise UserError(f"site data {path} does not exist", field="data_path", fix=DATA_FIX)
