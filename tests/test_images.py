@@ -173,6 +173,8 @@ def test_pins_agree_between_login_node_and_every_image(project: Path) -> None:
     assert images.python_minor() == login_minor
     for name in images.MUST_AGREE:
         assert name in constraints, f"{name} is not pinned in constraints.txt"
+        # the endpoint runs from this environment: the pin must be what is installed here
+        assert importlib.metadata.version(name) == constraints[name], name
     for arch in images.arch_names():
         images.render_def(arch)
         stage = rendered(arch)
