@@ -35,7 +35,7 @@ LAYERS = 32
 HIDDEN = 4096
 RANK = 16
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
-REPEATS = 7
+REPEATS = 5
 APPFL_REPEATS = 3
 
 
