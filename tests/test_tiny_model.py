@@ -85,6 +85,17 @@ def test_missing_data_is_a_user_error(tmp_path: Path) -> None:
     assert not (tmp_path / "m").exists()
 
 
+def test_bad_options_are_user_errors_naming_the_option() -> None:
+    from crossfl.tiny_model import make_spec
+
+    with pytest.raises(UserError, match="--vocab-size"):
+        make_spec(vocab_size=10)
+    with pytest.raises(UserError, match="--layers"):
+        make_spec(num_layers=0)
+    with pytest.raises(UserError, match="not a multiple"):
+        make_spec(hidden_size=30, num_heads=4)
+
+
 def test_cli_build_tiny(data: Path, tmp_path: Path) -> None:
     from crossfl.cli_model import register
 

@@ -42,11 +42,11 @@ def build_tiny_command(
 ) -> None:
     """Build a small Llama-architecture model and a BPE tokenizer trained on DATA, saved with
     save_pretrained so AutoModelForCausalLM/AutoTokenizer load it like any checkpoint."""
-    from crossfl.tiny_model import TinyModelSpec, build_tiny
+    from crossfl.tiny_model import build_tiny, make_spec
 
-    spec = TinyModelSpec(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=layers,
-                         num_heads=heads, intermediate_size=intermediate_size,
-                         pretrain_steps=pretrain_steps, seed=seed, threads=threads)
+    spec = make_spec(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=layers,
+                     num_heads=heads, intermediate_size=intermediate_size,
+                     pretrain_steps=pretrain_steps, seed=seed, threads=threads)
     with Progress(TextColumn("{task.description}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                   console=console, transient=True) as bar:

@@ -20,9 +20,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
 from crossfl.data.smolinstruct import load_jsonl
 from crossfl.errors import UserError
@@ -54,6 +55,27 @@ class TinyModelSpec(BaseModel):
     """torch threads (None: torch's default). One by default: on two busy shared cores, two
     threads made a build five times slower than one (593 s against 113 s wall)."""
 
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> TinyModelSpec:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden size {self.hidden_size} is not a multiple of the "
+                             f"number of heads {self.num_heads}")
+        return self
+
+
+_OPTION_NAMES = {"num_layers": "--layers", "num_heads": "--heads"}
+
+
+def make_spec(**values: object) -> TinyModelSpec:
+    """A spec from user-given values; a bad value is a UserError naming the option."""
+    try:
+        return TinyModelSpec.model_validate(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = str(first["loc"][0]) if first["loc"] else None
+        name = _OPTION_NAMES.get(loc, f"--{loc}".replace("_", "-")) if loc else None
+        raise UserError(first["msg"].removeprefix("Value error, "), field=name) from None
+
 
 class TinyModelSummary(BaseModel):
     out: str
@@ -69,7 +91,7 @@ class TinyModelSummary(BaseModel):
 def _corpus(data: Path, max_records: int | None) -> tuple[list[str], list[str]]:
     """Instructions and answers of the training file, as two lists of documents."""
     if not data.exists():
-        raise UserError(f"training data {data} does not exist", file=data,
+        raise UserError("training data does not exist", file=data,
                         fix="run `make data` (or `crossfl data build-chem --out DIR`) first")
     records = load_jsonl(data, limit=max_records)
     if not records:
@@ -93,9 +115,6 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, max_length: int) -> P
 
 
 def build_model(spec: TinyModelSpec, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
-    if spec.hidden_size % spec.num_heads:
-        raise UserError(f"hidden_size {spec.hidden_size} is not a multiple of num_heads "
-                        f"{spec.num_heads}", field="hidden_size")
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=spec.hidden_size,
         num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
@@ -193,6 +212,7 @@ def build_tiny(data: Path, out: Path, spec: TinyModelSpec | None = None,
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    hf_logging.disable_progress_bar()
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from crossfl.client.adapter_io import torch_dtype
 from crossfl.errors import UserError
@@ -98,6 +99,7 @@ def get_model(model_path: str, dtype: str, device: torch.device) -> tuple[Cached
         if entry is not None:
             return entry, True
         torch_dtype = compute_dtype(dtype)
+        hf_logging.disable_progress_bar()  # no tqdm bars in worker logs
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
             base = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
