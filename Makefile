@@ -14,10 +14,13 @@ EXP ?= deploy/experiments/local-demo.yaml
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements/constraints.txt
+# APPFL (numerical oracle, `appfl:<Class>` strategies) goes in with --no-deps: its declared
+# extras pull a torchvision that does not import beside our torch (see requirements/appfl.txt).
+$(STAMP): pyproject.toml requirements/constraints.txt requirements/appfl.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[test]'
+	$(BIN)/pip install -q --no-deps -r requirements/appfl.txt
 	@touch $@
 
 data: $(DATA_DIR)/train.jsonl
