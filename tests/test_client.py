@@ -18,7 +18,7 @@ from crossfl.client.adapter_io import (LORA_METADATA_KEY, adapter_from_bytes, ad
                                        adapter_to_bytes)
 from crossfl.client.device import describe_devices, select_device
 from crossfl.client.evaluate import answer_of, pick_for_generation
-from crossfl.client.train import batch_indices, encode_example
+from crossfl.client.train import LoraSpec, batch_indices, encode_example
 from crossfl.errors import UserError
 from crossfl.tiny_model import TinyModelSpec, build_tiny
 
@@ -220,6 +220,26 @@ def test_global_adapter_is_loaded_before_training(model: Path, data: Path) -> No
                                           adapter=first["adapter"]))
     fresh = tasks.train_round(train_task(model, data, local_steps=1, round=1))
     assert second["first_loss"] < fresh["first_loss"]
+
+
+def test_server_rebuilds_the_fresh_adapter_from_shapes(model: Path, data: Path) -> None:
+    from crossfl.client.train import fresh_adapter_from_shapes, fresh_adapter_state
+
+    out = tasks.train_round(train_task(model, data, local_steps=1))
+    shapes = {k: tuple(t.shape) for k, t in adapter_from_bytes(out["adapter"]).items()}
+    entry, _ = model_cache.get_model(str(model), "float32", torch.device("cpu"))
+    on_site = fresh_adapter_state(entry.wrapped(LoraSpec.model_validate(LORA).key()), seed=1)
+    rebuilt = fresh_adapter_from_shapes(shapes, seed=1)
+    assert rebuilt.keys() == on_site.keys()
+    assert all(torch.equal(rebuilt[k], on_site[k]) for k in rebuilt)
+    assert not torch.equal(rebuilt[next(k for k in rebuilt if ".lora_A." in k)],
+                           fresh_adapter_from_shapes(shapes, seed=2)[next(
+                               k for k in rebuilt if ".lora_A." in k)])
+    # B = 0: the fresh adapter leaves the base model's outputs unchanged.
+    fresh = tasks.evaluate(eval_task(model, data, adapter=adapter_to_bytes(rebuilt), lora=LORA,
+                                     max_samples=8, generate_samples=0))
+    base = tasks.evaluate(eval_task(model, data, max_samples=8, generate_samples=0))
+    assert fresh["val_loss"] == pytest.approx(base["val_loss"], abs=1e-6)
 
 
 def test_batches_are_seeded_and_cover_the_data() -> None:

@@ -183,20 +183,16 @@ def round_seed(seed: int, rnd: int) -> int:
 # ---------------------------------------------------------------- adapter state
 
 
-def fresh_adapter_state(model: PeftModel, seed: int) -> dict[str, torch.Tensor]:
-    """peft's default LoRA init (A: Kaiming-uniform, B: zeros), drawn from a seeded generator
-    in sorted key order, so it does not depend on the process's RNG history."""
-    return fresh_adapter_from_shapes(
-        {name: tuple(t.shape) for name, t in get_peft_model_state_dict(model).items()}, seed)
-
-
-def fresh_adapter_from_shapes(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
-    """The same seeded init from key names and shapes alone: the server rebuilds a round's
-    starting adapter (global version 0) from the layout of the first update, without the model."""
+def fresh_adapter_from_shapes(shapes: dict[str, tuple[int, ...]], seed: int
+                              ) -> dict[str, torch.Tensor]:
+    """peft's default LoRA init (A: Kaiming-uniform, B: zeros), drawn from a generator seeded
+    with ``seed`` in sorted key order: the same tensors in every process, whatever its RNG
+    history. Sites start round 1 from this when no adapter is sent; the server rebuilds the same
+    global version 0 from the key names and shapes alone."""
     gen = torch.Generator().manual_seed(seed)
     fresh: dict[str, torch.Tensor] = {}
     for name in sorted(shapes):
-        t = torch.empty(shapes[name], dtype=torch.float32)
+        t = torch.empty(tuple(shapes[name]), dtype=torch.float32)
         if ".lora_A." in name:
             torch.nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=gen)
         elif ".lora_embedding_B." in name:
@@ -205,6 +201,12 @@ def fresh_adapter_from_shapes(shapes: dict[str, tuple[int, ...]], seed: int) -> 
             torch.nn.init.zeros_(t)
         fresh[name] = t
     return fresh
+
+
+def fresh_adapter_state(model: PeftModel, seed: int) -> dict[str, torch.Tensor]:
+    """The seeded fresh adapter for ``model``'s LoRA layers."""
+    shapes = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+    return fresh_adapter_from_shapes(shapes, seed)
 
 
 def load_adapter_state(model: PeftModel, state: dict[str, torch.Tensor]) -> None:
