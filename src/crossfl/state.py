@@ -9,8 +9,6 @@ This module imports neither fabric nor the sites code, so any part of the kit ca
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -18,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from crossfl import paths
+from crossfl.atomic import atomic_write_text
 from crossfl.errors import UserError
 
 Phase = Literal["new", "uploaded", "configured", "started", "stopped"]
@@ -118,20 +117,7 @@ def load_state(site: str) -> DeployState | None:
 def save_state(state: DeployState) -> Path:
     """Write atomically: a reader sees the old file or the new one, never half of one."""
     state = DeployState.model_validate(state.model_dump())  # checks made after mutation too
-    path = state_path(state.site)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = state.model_dump_json(indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{state.site}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(state_path(state.site), state.model_dump_json(indent=2) + "\n")
 
 
 def require_endpoint_id(site: str) -> str:

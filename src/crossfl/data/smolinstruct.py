@@ -24,6 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from crossfl.atomic import atomic_write_text
 from crossfl.errors import UserError
 
 Split = Literal["train", "validation", "test"]
@@ -220,8 +221,4 @@ def write_jsonl_set(files: dict[Path, Iterable[Record]]) -> list[Path]:
 
 def write_json(data: object, path: Path) -> Path:
     """A small JSON file (a manifest), written atomically."""
-    path = Path(path)
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(temp, path)
-    return path
+    return atomic_write_text(Path(path), json.dumps(data, indent=2) + "\n")
