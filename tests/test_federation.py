@@ -4,7 +4,6 @@ Llama built offline, each site its own GlobusComputeEngine, FedAvg over LoRA ada
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import psutil
@@ -12,10 +11,9 @@ import pytest
 import yaml
 from rich.console import Console
 
-from crossfl.data.chem import build_chem
 from crossfl.server.driver import RunFailed, run_experiment
 from crossfl.server.experiment import load_experiment
-from crossfl.tiny_model import TinyModelSpec, build_tiny
+from crossfl.server.scratch_project import make_project, write_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,34 +21,19 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project root with the real catalog and templates, and small data and model."""
-    root = tmp_path_factory.mktemp("project")
-    (root / "deploy").mkdir()
-    shutil.copytree(ROOT / "deploy" / "sites", root / "deploy" / "sites")
-    (root / "site_templates").symlink_to(ROOT / "site_templates")
-    build_chem(root / "data", seed=0, max_molecules=200)
-    spec = TinyModelSpec(vocab_size=400, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
-                         pretrain_steps=20, pretrain_batch=8, threads=1)
-    build_tiny(root / "data" / "train.jsonl", root / "model", spec)
-    return root
+    return make_project(tmp_path_factory.mktemp("project"), ROOT, molecules=200, pretrain_steps=20)
 
 
 def experiment_file(root: Path, **changes: object) -> Path:
-    exp = {
-        "name": "two-sites",
-        "model": {"path": "model"},
+    base: dict[str, object] = {
+        "name": "two-sites", "rounds": 2,
         "data": {"train": "data/train.jsonl", "validation": "data/validation.jsonl",
                  "partition": {"scheme": "by_task", "seed": 0}},
-        "sites": [{"name": "east", "site": "local"}, {"name": "west", "site": "local"}],
-        "rounds": 2,
         "training": {"local_steps": 3, "batch_size": 4, "lr": 0.005, "max_length": 96, "torch_threads": 1},
-        "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
         "evaluation": {"max_samples": 24, "batch_size": 8, "generate_max_new_tokens": 8},
-        "task_timeout_s": 300,
     }
-    exp.update(changes)
-    path = root / f"{exp['name']}.yaml"
-    path.write_text(yaml.safe_dump(exp))
-    return path
+    base.update(changes)
+    return write_experiment(root, str(base.pop("name")), **base)
 
 
 def children() -> set[int]:

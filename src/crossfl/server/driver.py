@@ -1,58 +1,49 @@
-"""The synchronous round driver: every site trains from the same global adapter, the strategy
-aggregates what came back, one site evaluates, and the run directory records it all.
+"""The synchronous round driver, and starting or resuming a run (sync or async).
+
+Every round, each site that is not parked trains from the same global adapter; the round ends
+when all have answered, or at the quorum deadline once `quorum.min_clients` updates are in (the
+rest are late: recorded, and merged into the next round for strategies that discount staleness).
+The strategy aggregates the screened updates, one site evaluates, and a checkpoint is written.
 
 Run directory `runs/<name>-<timestamp>/`: experiment.yaml (resolved), metrics.jsonl (one record
-per client task, per round, and the untrained baseline), checkpoint/ (after every aggregation),
-final_adapter/ (peft format), data/ (partitions for sites without their own data), plots.
+per client task, per aggregation and evaluation, the untrained baseline, resumes),
+checkpoint/ (after every aggregation), final_adapter/ (peft format), data/ (partitions for sites
+without their own data), transport/ (adapters by reference for local sites), plots.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import socket
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from crossfl.client import tasks as client_tasks
-from crossfl.client.adapter_io import adapter_from_bytes, adapter_to_bytes
-from crossfl.endpoints import failure_summary
+from crossfl.atomic import atomic_write_text
 from crossfl.errors import UserError
 from crossfl.paths import runs_dir
-from crossfl.server.experiment import Experiment, SiteEntry, local_path
-from crossfl.server.flat import FlatSpec
+from crossfl.server import checkpoint as ckpt
+from crossfl.server.experiment import Experiment, local_path
 from crossfl.server.report import print_report, write_plots
+from crossfl.server.run_base import (
+    Arrival, DriverBase, Pending, RunFailed, RunStopped, eval_task, model_path_for, train_task,
+)
 from crossfl.server.site_executors import OpenSite, open_sites
 from crossfl.server.strategies import get_strategy
-from crossfl.server.strategies.base import ClientPlan, Update
-from crossfl.atomic import atomic_write_bytes, atomic_write_text
-from crossfl.server.telemetry import MetricsLog
+from crossfl.server.strategies.base import Update
+from crossfl.server.telemetry import live_records
+from crossfl.server.transport import TaskFns, Transport
 
-
-class RunFailed(Exception):
-    """The run cannot continue (e.g. no site returned an update); its directory stays."""
-
-
-@dataclass
-class RunState:
-    run_dir: Path
-    experiment: Experiment
-    started: float = field(default_factory=time.time)
-    version: int = 0
-    spec: FlatSpec | None = None
-    global_flat: Any = None  # torch.Tensor once known
-
-    def elapsed(self) -> float:
-        return time.time() - self.started
+__all__ = ["RoundDriver", "RunFailed", "RunStopped", "eval_task", "model_path_for", "resume_run",
+           "run_experiment", "train_task"]
 
 
 def new_run_dir(experiment: Experiment, exp_path: Path) -> Path:
@@ -83,9 +74,14 @@ def check_local_inputs(experiment: Experiment, handles: dict[str, OpenSite]) -> 
 
 
 def site_data_paths(experiment: Experiment, run_dir: Path) -> dict[str, str]:
-    """Site-local data: the site's own data_path, or a partition of data.train written here."""
+    """Site-local data: the site's own data_path, or a partition of data.train written here
+    (kept from the first start when a run is resumed)."""
     paths = {s.name: s.data_path for s in experiment.sites if s.data_path}
-    need = [s.name for s in experiment.sites if not s.data_path]
+    for s in experiment.sites:
+        kept = run_dir / "data" / f"{s.name}.jsonl"
+        if not s.data_path and kept.is_file():
+            paths[s.name] = str(kept)
+    need = [s.name for s in experiment.sites if s.name not in paths]
     if need:
         from crossfl.data.partition import write_partitions
 
@@ -100,226 +96,240 @@ def site_data_paths(experiment: Experiment, run_dir: Path) -> dict[str, str]:
     return paths
 
 
-def model_path_for(experiment: Experiment) -> str:
-    path = Path(experiment.model.path).expanduser()
-    return str(path if path.is_absolute() else local_path(experiment.model.path))
+class RoundDriver(DriverBase):
+    """Synchronous rounds with a quorum deadline, retries, parking and late updates."""
 
+    driver_name = "sync"
 
-def train_task(experiment: Experiment, data_path: str, adapter: bytes | None, plan: ClientPlan,
-               rnd: int) -> dict[str, Any]:
-    t = experiment.training
-    return {
-        "model_path": model_path_for(experiment), "data_path": data_path, "adapter": adapter,
-        "local_steps": plan.local_steps, "batch_size": t.batch_size, "lr": plan.lr,
-        "max_length": t.max_length, "lora": experiment.lora.model_dump(), "dtype": experiment.model.dtype,
-        "adapter_dtype": t.adapter_dtype, "seed": experiment.seed, "round": rnd,
-        "torch_threads": t.torch_threads, "max_samples": t.max_samples,
-    }
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.late: list[Pending] = []  # tasks of earlier rounds still running
 
+    def merge_late(self) -> bool:
+        mode = self.exp.quorum.late_updates
+        return self.strategy.name == "fedqueue" if mode == "auto" else mode == "next_round"
 
-def eval_task(experiment: Experiment, adapter: bytes | None) -> dict[str, Any]:
-    e = experiment.evaluation
-    return {
-        "model_path": model_path_for(experiment), "data_path": str(local_path(experiment.data.validation)),
-        "adapter": adapter, "lora": experiment.lora.model_dump(), "batch_size": e.batch_size,
-        "max_length": experiment.training.max_length, "dtype": experiment.model.dtype,
-        "max_samples": e.max_samples, "generate_max_new_tokens": e.generate_max_new_tokens,
-        "torch_threads": experiment.training.torch_threads,
-    }
+    def deadline_s(self) -> float | None:
+        if self.exp.quorum.deadline_s is not None:
+            return self.exp.quorum.deadline_s
+        round_timeout = getattr(self.strategy, "round_timeout_s", None)
+        return float(round_timeout()) if callable(round_timeout) else None
 
+    def skip(self, rnd: int, site: str, reason: str) -> None:
+        self.metrics.write({"kind": "skipped", "round": rnd, "site": site, "reason": reason,
+                            "at_rel_s": self.state.elapsed()})
 
-def task_record(rnd: int, site: str, submitted: float, received: float, started: float,
-                result: dict[str, Any] | None, error: str | None, bytes_down: int) -> dict[str, Any]:
-    record: dict[str, Any] = {"kind": "task", "round": rnd, "site": site, "submitted_at": submitted,
-                              "received_at": received, "submitted_rel_s": submitted - started,
-                              "bytes_down": bytes_down, "status": "ok" if error is None else "failed"}
-    if error is not None:
-        record["error"] = error
-        return record
-    assert result is not None
-    timings = result.get("timings", {})
-    load_s, train_s, ser_s = (float(timings.get(k, 0.0)) for k in ("load_s", "train_s", "serialize_s"))
-    worker_s = max(0.0, result["finished_at"] - result["started_at"])
-    record.update({
-        "train_loss": result["train_loss"], "first_loss": result.get("first_loss"),
-        "num_samples": result["num_samples"], "steps": result.get("steps"),
-        "load_s": load_s, "train_s": train_s, "serialize_s": ser_s,
-        # queue/start: submit -> the function began on a worker (queue wait + worker start)
-        "queue_s": max(0.0, result["started_at"] - submitted),
-        "worker_s": worker_s,
-        # transfer: the worker finished -> the server holds the unpacked result
-        "transfer_s": max(0.0, received - result["finished_at"]) + ser_s,
-        "bytes_up": len(result["adapter"]), "cache_hit": result.get("cache_hit"),
-        "device": result.get("device"), "host": result.get("host"), "pid": result.get("pid"),
-    })
-    return record
-
-
-def gather(futures: dict[str, Future], timeout_s: float, on_done: Any) -> None:
-    """Wait for all futures (or the deadline), calling on_done(site, future, received_at)."""
-    pending = {f: s for s, f in futures.items()}
-    deadline = time.time() + timeout_s
-    while pending:
-        done, _ = wait(list(pending), timeout=max(0.0, deadline - time.time()), return_when=FIRST_COMPLETED)
-        if not done:
-            for fut, site in pending.items():
-                fut.cancel()
-                on_done(site, None, time.time())
-            return
-        for fut in done:
-            on_done(pending.pop(fut), fut, time.time())
-
-
-class RoundDriver:
-    def __init__(self, experiment: Experiment, run_dir: Path, handles: dict[str, OpenSite],
-                 data_paths: dict[str, str], console: Console) -> None:
-        self.exp = experiment
-        self.handles = handles
-        self.data_paths = data_paths
-        self.console = console
-        self.state = RunState(run_dir, experiment)
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl")
-        self.strategy = get_strategy(experiment.strategy.name, **experiment.strategy.kwargs)
-        self.eval_site = handles[experiment.eval_site]
-
-    # -- adapters ---------------------------------------------------------------------------
-    def global_bytes(self) -> bytes | None:
-        s = self.state
-        if s.global_flat is None or s.spec is None:
-            return None
-        return adapter_to_bytes(s.spec.unflatten(s.global_flat), self.exp.training.adapter_dtype)
-
-    def evaluate(self, label: str, rnd: int) -> dict[str, Any]:
-        adapter = self.global_bytes()
-        fut = self.eval_site.executor.submit(client_tasks.evaluate, eval_task(self.exp, adapter))
-        try:
-            result = fut.result(timeout=self.exp.task_timeout_s)
-        except Exception as exc:
-            raise RunFailed(f"evaluation on site {self.eval_site.entry.name} failed: {failure_summary(exc)}") from exc
-        record = {"kind": label, "round": rnd, "val_loss": result["val_loss"],
-                  "exact_match": result.get("exact_match", {}), "num_samples": result.get("num_samples"),
-                  "elapsed_s": self.state.elapsed(), "strategy": self.exp.strategy.name,
-                  "version": self.state.version}
-        self.metrics.write(record)
-        return record
+    def choose_sites(self, rnd: int) -> list[str]:
+        busy = {p.site: p.rnd for p in self.late}
+        active = []
+        for name in self.handles:
+            if name in busy:
+                self.skip(rnd, name, f"still running its round {busy[name]} task")
+            elif self.parking.is_parked(name, rnd):
+                self.skip(rnd, name, f"parked until round {self.parking.parked_until[name]}")
+            else:
+                active.append(name)
+        if not active and not self.late:  # every site parked: nothing else can make progress
+            self.console.print(f"  [yellow]round {rnd}: every site is parked; re-admitting them all[/]")
+            self.parking.parked_until.clear()
+            active = list(self.handles)
+        return active
 
     # -- one round --------------------------------------------------------------------------
-    def train_round(self, rnd: int, progress: Progress, task_id: Any) -> list[Update]:
-        default = ClientPlan(local_steps=self.exp.training.local_steps, lr=self.exp.training.lr)
-        adapter = self.global_bytes()
-        bytes_down = len(adapter) if adapter else 0
-        futures: dict[str, Future] = {}
-        submitted: dict[str, float] = {}
-        plans: dict[str, ClientPlan] = {}
-        for name, handle in self.handles.items():
-            plans[name] = self.strategy.configure(name, self.state.version, default)
-            submitted[name] = time.time()
-            futures[name] = handle.executor.submit(
-                client_tasks.train_round, train_task(self.exp, self.data_paths[name], adapter, plans[name], rnd))
-        updates: list[Update] = []
+    def train_round(self, rnd: int, progress: Progress, bar: Any) -> list[Update]:
+        mine = [self.submit_train(name, rnd) for name in self.choose_sites(rnd)]
+        pending: list[Pending] = [*mine, *self.late]
+        need = min(self.exp.quorum.min_clients or 1, len(mine))
+        opened, deadline = time.time(), self.deadline_s()
+        arrivals: list[Arrival] = []
 
-        def on_done(site: str, fut: Future | None, received: float) -> None:
-            result, error = None, None
-            if fut is None:
-                error = f"timed out after {self.exp.task_timeout_s:.0f} s"
+        def accepted() -> int:
+            return sum(1 for a in arrivals if a.update is not None and a.record["round"] == rnd)
+
+        def finish(p: Pending, a: Arrival) -> None:
+            if p.rnd != rnd:
+                a.record.update(late=True, arrived_in_round=rnd)
+                if a.update is not None and not self.merge_late():
+                    a.record.update(status="late", reason=f"arrived after round {p.rnd} was aggregated")
+                    a.update = None
+            if a.update is None:
+                self.settle(a, rnd)
             else:
-                try:
-                    result = fut.result()
-                except Exception as exc:  # a failed site is recorded; the round goes on without it
-                    error = failure_summary(exc)
-            record = task_record(rnd, site, submitted[site], received, self.state.started, result, error, bytes_down)
-            self.metrics.write(record)
-            progress.advance(task_id)
-            if error is not None:
-                self.console.print(f"  [red]round {rnd}: site {site} failed:[/] {error}")
-                return
-            assert result is not None
-            state_dict = adapter_from_bytes(result["adapter"])
-            if self.state.spec is None:
-                self.state.spec = FlatSpec.from_state(state_dict)
-            updates.append(Update(site=site, params=self.state.spec.flatten(state_dict),
-                                  num_samples=int(result["num_samples"]), base_version=self.state.version,
-                                  local_steps=int(result.get("steps") or plans[site].local_steps),
-                                  train_time_s=record["train_s"], queue_wait_s=record["queue_s"]))
-            progress.update(task_id, description=f"round {rnd}/{self.exp.rounds} {site} loss {result['train_loss']:.3f}")
+                arrivals.append(a)
+                loss = a.record.get("train_loss")
+                progress.update(bar, description=f"round {rnd}/{self.exp.rounds} {p.site} loss {loss:.3f}")
+            if p.rnd == rnd:
+                progress.advance(bar)
 
-        gather(futures, self.exp.task_timeout_s, on_done)
+        def waiting() -> bool:  # this round's tasks, or (every site busy) the first late one
+            return any(p.rnd == rnd for p in pending) or bool(not mine and pending and not arrivals)
+
+        while waiting():
+            now = time.time()
+            if deadline is not None and now >= opened + deadline and accepted() >= need and (mine or arrivals):
+                break
+            for p in [p for p in pending if now >= p.expires_at and not p.task.future.done()]:
+                pending.remove(p)
+                finish(p, self.arrival(p, now, timed_out=True))
+            wakes = [p.expires_at for p in pending]
+            if deadline is not None and now < opened + deadline:
+                wakes.append(opened + deadline)
+            futures = [p.task.future for p in pending]
+            if not futures:
+                break
+            done, _ = wait(futures, timeout=max(0.05, min(wakes) - now), return_when=FIRST_COMPLETED)
+            for p in [p for p in pending if p.task.future in done]:
+                pending.remove(p)
+                finish(p, self.arrival(p, time.time()))
+        self.late = pending
+        for p in pending:
+            if p.rnd == rnd:
+                self.console.print(f"  [yellow]round {rnd}: site {p.site} missed the "
+                                   f"{deadline:.0f} s deadline; its update will be late[/]")
+        self.screen_distances(arrivals)
+        for a in arrivals:
+            self.settle(a, rnd)
+        updates = [a.update for a in arrivals if a.update is not None]
+        current = sum(1 for u in updates if u.base_version == self.state.version)
+        if not updates:
+            raise RunFailed(f"round {rnd}: no site returned an update")
+        if current < need:
+            raise RunFailed(f"round {rnd}: {current} usable update(s) of this round, quorum.min_clients is {need}")
         return updates
 
     def aggregate(self, updates: list[Update], rnd: int) -> None:
-        if not updates:
-            raise RunFailed(f"round {rnd}: no site returned an update")
         s = self.state
         if s.global_flat is None:
             # Every site started from the same seeded fresh adapter: that is version 0.
             s.global_flat = self.initial_global()
-        new = self.strategy.aggregate(s.global_flat, sorted(updates, key=lambda u: u.site), s.version)
+        new = self.strategy.aggregate(s.global_flat, sorted(updates, key=lambda u: (u.site, u.base_version)),
+                                      s.version)
         if new is not None:
             s.global_flat = new
             s.version += 1
-        self.checkpoint(rnd)
-
-    def initial_global(self) -> Any:
-        """Global version 0: the seeded fresh adapter every site started from."""
-        from crossfl.client.train import fresh_adapter_from_shapes
-
-        spec = self.state.spec
-        assert spec is not None
-        shapes = {k: tuple(shape) for k, shape in zip(spec.keys, spec.shapes)}
-        return spec.flatten(fresh_adapter_from_shapes(shapes, self.exp.seed))
-
-    def checkpoint(self, rnd: int) -> None:
-        ckpt = self.state.run_dir / "checkpoint"
-        adapter = self.global_bytes()
-        if adapter is not None:
-            atomic_write_bytes(ckpt / "global_adapter.safetensors", adapter)
-        meta = {"round": rnd, "version": self.state.version, "elapsed_s": self.state.elapsed(),
-                "strategy": self.exp.strategy.name}
-        atomic_write_text(ckpt / "state.json", json.dumps(meta, indent=2))
-
-    def save_final(self) -> Path:
-        from peft import LoraConfig
-
-        out = self.state.run_dir / "final_adapter"
-        adapter = self.global_bytes()
-        assert adapter is not None
-        # peft's own on-disk layout, so PeftModel.from_pretrained(base, out) loads it.
-        atomic_write_bytes(out / "adapter_model.safetensors", adapter)
-        lora = self.exp.lora
-        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
-                            base_model_name_or_path=self.exp.model.path)
-        config.save_pretrained(str(out))
-        return out
+        s.round = rnd
+        s.updates += len(updates)
+        self.metrics.write({"kind": "aggregation", "round": rnd, "version": s.version, "driver": "sync",
+                            "sites": sorted(u.site for u in updates), "elapsed_s": s.elapsed(),
+                            "staleness": {u.site: s.version - 1 - u.base_version for u in updates}})
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         exp = self.exp
+        base = previous_baseline(self.state.run_dir) if self.resumed else None
+        last = None
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=self.console, transient=False) as progress:
-            base = self.evaluate("baseline", 0)
-            self.console.print(f"untrained adapter: validation loss {base['val_loss']:.4f}")
-            rounds_task = progress.add_task("rounds", total=exp.rounds)
-            last = base
-            for rnd in range(1, exp.rounds + 1):
-                tasks_bar = progress.add_task(f"round {rnd}/{exp.rounds}", total=len(self.handles))
-                t0 = time.time()
-                updates = self.train_round(rnd, progress, tasks_bar)
-                self.aggregate(updates, rnd)
-                last = self.evaluate("round", rnd)
-                progress.remove_task(tasks_bar)
-                progress.advance(rounds_task)
-                self.console.print(
-                    f"round {rnd}/{exp.rounds}: {len(updates)}/{len(self.handles)} sites, "
-                    f"val loss {last['val_loss']:.4f}, {time.time() - t0:.1f} s")
+            if base is None:
+                base = self.evaluate("baseline", 0)
+                self.console.print(f"untrained adapter: validation loss {base['val_loss']:.4f}")
+            rounds_task = progress.add_task("rounds", total=exp.rounds, completed=self.state.round)
+            try:
+                for rnd in range(self.state.round + 1, exp.rounds + 1):
+                    bar = progress.add_task(f"round {rnd}/{exp.rounds}", total=len(self.handles))
+                    t0 = time.time()
+                    updates = self.train_round(rnd, progress, bar)
+                    self.aggregate(updates, rnd)
+                    if rnd % exp.evaluate_every == 0 or rnd == exp.rounds:
+                        last = self.evaluate("round", rnd)
+                    self.checkpoint()
+                    progress.remove_task(bar)
+                    progress.advance(rounds_task)
+                    loss = f"val loss {last['val_loss']:.4f}, " if last and last["round"] == rnd else ""
+                    self.console.print(f"round {rnd}/{exp.rounds}: {len(updates)}/{len(self.handles)} updates, "
+                                       f"{loss}{time.time() - t0:.1f} s")
+                    self.after_checkpoint()
+            finally:
+                for p in self.late:
+                    p.task.cancel()
+        if last is None:  # resumed after the last round's aggregation, before its evaluation
+            last = self.evaluate("round", self.state.round)
         self.save_final()
         return {"baseline": base, "final": last}
 
 
-def run_experiment(experiment: Experiment, exp_path: Path, console: Console | None = None) -> Path:
+def previous_baseline(run_dir: Path) -> dict[str, Any] | None:
+    return next((r for r in live_records(run_dir / "metrics.jsonl") if r.get("kind") == "baseline"), None)
+
+
+def driver_class(experiment: Experiment) -> type[DriverBase]:
+    """The driver the experiment asks for; `auto` follows the strategy's is_async."""
+    from crossfl.server.async_driver import AsyncDriver
+
+    name = experiment.strategy.name.strip()
+    is_async = get_strategy(name, **experiment.strategy.kwargs).is_async  # appfl:<Name> included
+    if experiment.driver == "sync" and is_async:
+        raise UserError(f"strategy {name} is asynchronous (one update per aggregation)", field="driver",
+                        fix="use driver: async or auto, or a synchronous strategy")
+    if experiment.driver == "async" or (experiment.driver == "auto" and is_async):
+        return AsyncDriver
+    return RoundDriver
+
+
+@dataclass
+class Options:
+    """How a run is driven, beyond its experiment file."""
+
+    stop_after: int | None = None  # stop (RunStopped) once this round/aggregation is checkpointed
+    fns: TaskFns = field(default_factory=TaskFns)  # the site functions (probes for benchmarks)
+    transfer_client: Callable[[], Any] | None = None  # a globus_sdk.TransferClient factory
+
+
+def run_experiment(experiment: Experiment, exp_path: Path, console: Console | None = None, *,
+                   stop_after: int | None = None, fns: TaskFns | None = None,
+                   transfer_client: Callable[[], Any] | None = None) -> Path:
+    """Start a run in a new run directory. ``stop_after``: stop (RunStopped) once round (or
+    aggregation) k is checkpointed, e.g. to fit a server job's walltime; resume continues."""
     console = console or Console()
     run_dir = new_run_dir(experiment, exp_path)
     console.print(f"run directory: {run_dir}")
+    _drive(experiment, run_dir, console, None, Options(stop_after, fns or TaskFns(), transfer_client))
+    return run_dir
+
+
+def load_run_experiment(run_dir: Path) -> Experiment:
+    import yaml
+
+    from crossfl.server.experiment import validation_error
+
+    path = run_dir / "experiment.yaml"
+    if not path.is_file():
+        raise UserError("not a run directory (no experiment.yaml)", file=run_dir, fix="give a directory under runs/")
+    raw = yaml.safe_load(path.read_text()) or {}
+    raw = {k: v for k, v in raw.items() if not str(k).startswith("_")}
+    try:
+        return Experiment.model_validate(raw)
+    except Exception as exc:
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):
+            raise validation_error(exc, path, raw) from None
+        raise
+
+
+def resume_run(run_dir: Path, console: Console | None = None, *, stop_after: int | None = None,
+               fns: TaskFns | None = None, transfer_client: Callable[[], Any] | None = None) -> Path:
+    """Continue a killed or stopped run in its own directory, from its last checkpoint."""
+    console = console or Console()
+    ckpt_dir = run_dir / "checkpoint"
+    if ckpt.is_finished(ckpt_dir):
+        console.print(f"run {run_dir.name} already finished; nothing to resume "
+                      f"(final adapter in {run_dir / 'final_adapter'})")
+        return run_dir
+    experiment = load_run_experiment(run_dir)
+    checkpoint = ckpt.load(ckpt_dir)
+    if checkpoint is not None and checkpoint.strategy_name != experiment.strategy.name:
+        raise UserError(f"checkpoint was written by strategy {checkpoint.strategy_name}", file=run_dir,
+                        field="strategy.name", fix="resume with the run's own experiment.yaml unchanged")
+    where = f"after round {checkpoint.round}" if checkpoint else "from the start (no aggregation was checkpointed)"
+    console.print(f"resuming {run_dir.name} {where}")
+    _drive(experiment, run_dir, console, checkpoint, Options(stop_after, fns or TaskFns(), transfer_client),
+           resuming=True)
+    return run_dir
+
+
+def _drive(experiment: Experiment, run_dir: Path, console: Console, checkpoint: ckpt.Checkpoint | None,
+           options: Options, resuming: bool = False) -> None:
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -329,7 +339,16 @@ def run_experiment(experiment: Experiment, exp_path: Path, console: Console | No
                 console.print(f"site {name}: {h.entry.site} via {h.kind} ({h.endpoint})")
             check_local_inputs(experiment, handles)
             data_paths = site_data_paths(experiment, run_dir)
-            driver = RoundDriver(experiment, run_dir, handles, data_paths, console)
+            local = {n for n, h in handles.items() if h.kind == "local engine"}
+            transport = Transport(experiment, run_dir, local, fns=options.fns,
+                                  **({"transfer_client": options.transfer_client} if options.transfer_client else {}))
+            driver = driver_class(experiment)(experiment, run_dir, handles, data_paths, console,
+                                              transport=transport, stop_after=options.stop_after)
+            if checkpoint is not None:
+                driver.restore(checkpoint)
+            elif resuming:  # nothing was aggregated: start over, leaving the earlier records aside
+                driver.metrics.write({"kind": "resume", "round": 0, "version": 0, "metrics_bytes": 0,
+                                      "at": time.time(), "elapsed_s": 0.0})
             outcome = driver.run()
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -340,7 +359,6 @@ def run_experiment(experiment: Experiment, exp_path: Path, console: Console | No
     console.print(f"validation loss: untrained {base:.4f} -> final {final:.4f} "
                   f"({(base - final) / base:+.1%} lower)" if base else "")
     console.print(f"plots, metrics and final adapter in {run_dir}  (host {socket.gethostname()})")
-    return run_dir
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

@@ -34,11 +34,46 @@ class DataSettings(Strict):
     partition: PartitionSettings = PartitionSettings()
 
 
+class SiteTraining(Strict):
+    """Per-site overrides of `training` (e.g. a slower site doing more local steps)."""
+
+    local_steps: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    max_samples: int | None = Field(None, ge=1)
+
+
+TransportMode = Literal["auto", "inline", "shared_fs", "globus_transfer"]
+
+
+class GlobusCollection(Strict):
+    """A Globus collection and the directory in it that crossfl may use."""
+
+    collection: str = Field(pattern=r"^[0-9a-fA-F-]{36}$", description="collection UUID")
+    path: str = Field(min_length=1, description="directory on the collection (collection path)")
+    local_path: str | None = Field(None, description="the same directory as the worker or server sees it "
+                                                     "(default: path)")
+
+
+class SiteTransport(Strict):
+    """Per-site transport: overrides of the experiment's, plus where the site's files live."""
+
+    mode: TransportMode | None = None
+    inline_limit_mb: float | None = Field(None, gt=0, le=7.5)
+    shared_dir: str | None = Field(None, description="a directory both server and site workers read "
+                                                     "(default for local sites: <run>/transport)")
+    globus: GlobusCollection | None = None
+
+
 class SiteEntry(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     site: str = Field(description="catalog name in deploy/sites/")
     data_path: str | None = Field(None, description="site-local training JSONL (at the facility)")
     user_options: dict[str, Any] = Field(default_factory=dict)
+    training: SiteTraining = SiteTraining()
+    transport: SiteTransport = SiteTransport()
+    nodes: int | None = Field(None, ge=1, description="nodes charged per task (default: the site's "
+                                                      "nodes_per_block; local sites 1)")
 
 
 class StrategySettings(Strict):
@@ -70,6 +105,41 @@ class EvaluationSettings(Strict):
     generate_max_new_tokens: int = Field(24, ge=1)
 
 
+class TransportSettings(Strict):
+    """How adapters travel: inside the task up to inline_limit_mb, else by reference."""
+
+    mode: TransportMode = "auto"
+    inline_limit_mb: float = Field(7.0, gt=0, le=7.5,
+                                   description="Globus Compute results are capped at 10 MiB after serialization")
+    globus: GlobusCollection | None = Field(None, description="the server's own collection (globus_transfer)")
+    transfer_timeout_s: float = Field(3600, gt=0)
+
+
+class FaultSettings(Strict):
+    retries: int = Field(2, ge=0, description="resubmissions after a system failure (lost worker/manager, "
+                                              "connection error); user errors are never retried")
+    backoff_s: float = Field(2.0, ge=0)
+    backoff_max_s: float = Field(120.0, ge=0)
+    park_after: int = Field(3, ge=1, description="consecutive failed tasks before a site is parked")
+    park_rounds: int = Field(2, ge=1, description="rounds (aggregations when async) a parked site sits out")
+
+
+class QuorumSettings(Strict):
+    min_clients: int | None = Field(None, ge=1, description="aggregate once this many updates arrived "
+                                                            "and the deadline passed (default: all sites)")
+    deadline_s: float | None = Field(None, gt=0, description="round deadline (default for fedqueue: its "
+                                                             "round timeout); late updates are recorded")
+    late_updates: Literal["auto", "next_round", "drop"] = Field(
+        "auto", description="what a late update does: merged into the next round's aggregation "
+                            "(auto: for strategies that discount staleness, fedqueue) or only recorded")
+
+
+class UpdateChecks(Strict):
+    max_distance_factor: float | None = Field(
+        10.0, gt=1, description="reject an update further from the global than this x the median distance")
+    min_updates_for_distance: int = Field(3, ge=2)
+
+
 class Experiment(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     model: ModelSettings
@@ -82,6 +152,15 @@ class Experiment(Strict):
     evaluation: EvaluationSettings = EvaluationSettings()
     task_timeout_s: float = Field(1800, gt=0)
     seed: int = 0
+    driver: Literal["auto", "sync", "async"] = Field(
+        "auto", description="auto: async when the strategy is asynchronous")
+    max_updates: int | None = Field(None, ge=1, description="async: stop after this many client updates "
+                                                            "(default: when `rounds` versions exist)")
+    evaluate_every: int = Field(1, ge=1, description="evaluate after every k-th aggregation")
+    faults: FaultSettings = FaultSettings()
+    quorum: QuorumSettings = QuorumSettings()
+    update_checks: UpdateChecks = UpdateChecks()
+    transport: TransportSettings = TransportSettings()
 
     @field_validator("sites")
     @classmethod
@@ -99,7 +178,24 @@ class Experiment(Strict):
             raise ValueError(f"evaluation.site {self.evaluation.site!r} is not one of the sites: {', '.join(names)}")
         if self.data.train is None and any(s.data_path is None for s in self.sites):
             raise ValueError("data.train is required when a site has no data_path")
+        if self.quorum.min_clients is not None and self.quorum.min_clients > len(self.sites):
+            raise ValueError(f"quorum.min_clients is {self.quorum.min_clients} but there are only "
+                             f"{len(self.sites)} sites")
+        for s in self.sites:
+            if self.transport_mode(s) == "globus_transfer" and (self.transport.globus is None
+                                                               or s.transport.globus is None):
+                raise ValueError(f"site {s.name} uses globus_transfer: set transport.globus (the server's "
+                                 f"collection) and sites[{s.name}].transport.globus (the site's)")
         return self
+
+    def transport_mode(self, site: SiteEntry) -> str:
+        return site.transport.mode or self.transport.mode
+
+    def inline_limit_bytes(self, site: SiteEntry) -> int:
+        return int((site.transport.inline_limit_mb or self.transport.inline_limit_mb) * 1e6)
+
+    def site_entry(self, name: str) -> SiteEntry:
+        return next(s for s in self.sites if s.name == name)
 
     @property
     def eval_site(self) -> str:

@@ -1,5 +1,10 @@
-"""What a finished (or interrupted) run shows: plots in the run directory and a summary table.
-Everything is derived from metrics.jsonl, so `crossfl report RUN` works on any run."""
+"""What a finished (or interrupted) run shows: plots in the run directory and summary tables.
+Everything is derived from metrics.jsonl (the records a resumed run kept, see
+telemetry.live_records), so `crossfl report RUN [RUN ...]` works on any run, and several runs
+overlay in one loss-vs-time plot.
+
+TensorBoard and MLflow are not installed here, so the report is plain files: PNG plots and
+rich tables."""
 
 from __future__ import annotations
 
@@ -10,25 +15,33 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from crossfl.server.telemetry import read_metrics
+from crossfl.server.telemetry import live_records
 
 PHASES = (("queue/start", "queue_s", "#bbbbbb"), ("load", "load_s", "#f4a259"),
           ("train", "train_s", "#5b8e7d"), ("transfer", "transfer_s", "#4f6d7a"))
 
 
-def plot_loss_vs_time(records: list[dict[str, Any]], out: Path) -> Path:
+def plot_loss_vs_time(records: list[dict[str, Any]], out: Path,
+                      labelled: list[tuple[str, list[dict[str, Any]]]] | None = None) -> Path:
+    """Validation loss against wall-clock time, one line per strategy (or per run given in
+    ``labelled``), starting from the untrained baseline at t=0."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rounds = [r for r in records if r.get("kind") == "round"]
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    by_strategy: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rounds:
-        by_strategy[r.get("strategy", "fedavg")].append(r)
-    for strategy, rows in by_strategy.items():
-        ax.plot([r["elapsed_s"] for r in rows], [r["val_loss"] for r in rows], marker="o", label=strategy)
+    series: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for label, recs in labelled or [("", records)]:
+        base = next((r for r in recs if r.get("kind") == "baseline"), None)
+        for r in recs:
+            if r.get("kind") == "round":
+                key = f"{label} ({r.get('strategy', 'fedavg')})" if label else r.get("strategy", "fedavg")
+                if base is not None and not series[key]:
+                    series[key].append({**base, "elapsed_s": 0.0})
+                series[key].append(r)
+    for key, rows in series.items():
+        ax.plot([r["elapsed_s"] for r in rows], [r["val_loss"] for r in rows], marker="o", label=key)
     ax.set_xlabel("wall-clock time since start (s)")
     ax.set_ylabel("validation loss")
     ax.set_title("validation loss vs wall-clock time")
@@ -69,16 +82,54 @@ def plot_site_timeline(records: list[dict[str, Any]], out: Path) -> Path:
     return out
 
 
+def bytes_by_round(records: list[dict[str, Any]]) -> dict[int, tuple[int, int]]:
+    """Adapter bytes (down to sites, up from sites) per round, training tasks only."""
+    out: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    for t in records:
+        if t.get("kind") == "task":
+            out[int(t["round"])][0] += int(t.get("bytes_down") or 0)
+            out[int(t["round"])][1] += int(t.get("bytes_up") or 0)
+    return {k: (v[0], v[1]) for k, v in sorted(out.items())}
+
+
+def plot_bytes(records: list[dict[str, Any]], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = bytes_by_round(records)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    xs = list(rows)
+    ax.bar([x - 0.2 for x in xs], [rows[x][0] / 1e6 for x in xs], width=0.4, label="down (to sites)")
+    ax.bar([x + 0.2 for x in xs], [rows[x][1] / 1e6 for x in xs], width=0.4, label="up (from sites)")
+    ax.set_xlabel("round (async: task number)")
+    ax.set_ylabel("adapter MB moved")
+    ax.set_title("bytes per round")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def write_plots(run_dir: Path) -> list[Path]:
-    records = read_metrics(run_dir / "metrics.jsonl")
+    records = live_records(run_dir / "metrics.jsonl")
     if not any(r.get("kind") == "round" for r in records):
         return []
     return [plot_loss_vs_time(records, run_dir / "loss_vs_time.png"),
-            plot_site_timeline(records, run_dir / "site_timeline.png")]
+            plot_site_timeline(records, run_dir / "site_timeline.png"),
+            plot_bytes(records, run_dir / "bytes_per_round.png")]
+
+
+def compare_plot(run_dirs: list[Path], out: Path) -> Path:
+    """One loss-vs-time plot overlaying several runs (e.g. fedavg against fedasync)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return plot_loss_vs_time([], out, [(d.name, live_records(d / "metrics.jsonl")) for d in run_dirs])
 
 
 def summary_tables(run_dir: Path) -> list[Table]:
-    records = read_metrics(run_dir / "metrics.jsonl")
+    records = live_records(run_dir / "metrics.jsonl")
     rounds = [r for r in records if r.get("kind") == "round"]
     tasks = [r for r in records if r.get("kind") == "task"]
     base = next((r for r in records if r.get("kind") == "baseline"), None)
@@ -92,9 +143,10 @@ def summary_tables(run_dir: Path) -> list[Table]:
         loss.add_row(str(r["round"]), f"{r['val_loss']:.4f}", _em(r), f"{r['elapsed_s']:.1f}")
 
     per_site = Table(title="sites")
-    for col in ("site", "tasks ok", "failed", "mean queue/start (s)", "mean load (s)", "mean train (s)",
-                "MB up+down", "samples"):
+    for col in ("site", "tasks ok", "failed", "rejected", "late", "retries", "mean queue/start (s)",
+                "mean load (s)", "mean train (s)", "MB up+down", "node-hours", "samples"):
         per_site.add_column(col, justify="right")
+    bases = set()
     for site in sorted({t["site"] for t in tasks}):
         mine = [t for t in tasks if t["site"] == site]
         ok = [t for t in mine if t.get("status") == "ok"]
@@ -102,11 +154,60 @@ def summary_tables(run_dir: Path) -> list[Table]:
         def mean(key: str, rows: list[dict[str, Any]] = ok) -> str:
             return f"{sum(float(t.get(key) or 0) for t in rows) / len(rows):.2f}" if rows else "-"
 
-        moved = sum((t.get("bytes_up") or 0) + (t.get("bytes_down") or 0) for t in ok) / 1e6
+        def count(status: str) -> str:
+            return str(sum(1 for t in mine if t.get("status") == status))
+
+        moved = sum((t.get("bytes_up") or 0) + (t.get("bytes_down") or 0) for t in mine) / 1e6
+        node_hours = sum(float(t.get("node_hours") or 0) for t in mine)
+        bases.update(t["node_hours_basis"] for t in mine if t.get("node_hours_basis"))
+        retries = sum(max(0, int(t.get("attempts") or 1) - 1) for t in mine)
         samples = ok[-1].get("num_samples", "-") if ok else "-"
-        per_site.add_row(site, str(len(ok)), str(len(mine) - len(ok)), mean("queue_s"), mean("load_s"),
-                         mean("train_s"), f"{moved:.2f}", str(samples))
-    return [loss, per_site]
+        per_site.add_row(site, str(len(ok)), count("failed"), count("rejected"), count("late"), str(retries),
+                         mean("queue_s"), mean("load_s"), mean("train_s"), f"{moved:.2f}", f"{node_hours:.4f}",
+                         str(samples))
+    if bases:
+        per_site.caption = "node-hours: " + "; ".join(sorted(bases))
+
+    moved = Table(title="adapter bytes per round")
+    for col in ("round", "MB down", "MB up", "transport"):
+        moved.add_column(col, justify="right")
+    for rnd, (down, up) in bytes_by_round(tasks).items():
+        modes = sorted({str(t.get("transport_up") or t.get("transport") or "inline")
+                        for t in tasks if t["round"] == rnd})
+        moved.add_row(str(rnd), f"{down / 1e6:.3f}", f"{up / 1e6:.3f}", ",".join(modes))
+    return [loss, per_site, moved, summary_table(run_dir, records)]
+
+
+def summary_table(run_dir: Path, records: list[dict[str, Any]]) -> Table:
+    tasks = [r for r in records if r.get("kind") == "task"]
+    rounds = [r for r in records if r.get("kind") == "round"]
+    base = next((r for r in records if r.get("kind") == "baseline"), None)
+    aggs = [r for r in records if r.get("kind") == "aggregation"]
+    table = Table(title="summary", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    strategy = (rounds or [base or {}])[-1].get("strategy", "-")
+    driver = (rounds or [base or {}])[-1].get("driver", "sync")
+    table.add_row("strategy / driver", f"{strategy} / {driver}")
+    table.add_row("aggregations", str(len(aggs) or len(rounds)))
+    table.add_row("client tasks (ok / all)", f"{sum(t.get('status') == 'ok' for t in tasks)} / {len(tasks)}")
+    if base and rounds:
+        b, f = base["val_loss"], rounds[-1]["val_loss"]
+        table.add_row("validation loss", f"{b:.4f} -> {f:.4f} ({(b - f) / b:+.1%} lower)" if b else f"{f:.4f}")
+    wall = max((r.get("elapsed_s") or 0.0 for r in rounds + aggs), default=0.0)
+    table.add_row("wall-clock (s)", f"{wall:.1f}")
+    busy = sum(float(t.get("worker_s") or 0) for t in tasks)
+    table.add_row("site compute (task-s)", f"{busy:.1f}")
+    stale = [v for a in aggs for v in (a.get("staleness") or {}).values()]
+    if stale:
+        table.add_row("staleness mean / max", f"{sum(stale) / len(stale):.2f} / {max(stale)}")
+    table.add_row("node-hours", f"{sum(float(t.get('node_hours') or 0) for t in tasks):.4f}")
+    moved = sum(int(t.get("bytes_up") or 0) + int(t.get("bytes_down") or 0) for t in tasks)
+    table.add_row("adapter MB moved", f"{moved / 1e6:.2f}")
+    resumes = sum(1 for r in records if r.get("kind") == "resume")
+    if resumes:
+        table.add_row("resumed", f"{resumes} time(s)")
+    return table
 
 
 def _em(record: dict[str, Any]) -> str:

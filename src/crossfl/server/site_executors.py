@@ -24,6 +24,7 @@ class OpenSite:
     executor: Executor
     kind: str  # "local engine" | "globus compute"
     endpoint: str
+    nodes: int = 1  # nodes charged while a task runs (the pilot job's block size)
 
 
 def runs_here(site: Site) -> bool:
@@ -46,7 +47,8 @@ def open_site(entry: SiteEntry, engines_dir: Path) -> OpenSite:
     text = render_user_config(site_dir, entry.user_options)
     source = str(site_dir / "endpoint" / "user_config_template.yaml.j2")
     executor = LocalEngineExecutor(entry.name, text, engines_dir / entry.name, source=source)
-    return OpenSite(entry, executor, "local engine", str(executor.endpoint_id))
+    # a local site is this machine: one node, whatever its catalog entry's block size
+    return OpenSite(entry, executor, "local engine", str(executor.endpoint_id), entry.nodes or 1)
 
 
 def open_sites(entries: list[SiteEntry], engines_dir: Path, stack: contextlib.ExitStack) -> dict[str, OpenSite]:

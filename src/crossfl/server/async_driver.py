@@ -1,0 +1,139 @@
+"""The asynchronous driver: every site stays busy.
+
+When a site's update arrives it is screened and handed to the strategy alone
+(``aggregate(global, [update], version)``; None means buffered, e.g. FedBuff), and the site at
+once gets its next task from the current global adapter, sized by ``strategy.configure``.
+Staleness is the number of versions the global adapter moved since the task was submitted
+(``Update.base_version``). The run ends after ``rounds`` aggregations (global versions), or
+after ``max_updates`` accepted updates when that is set. Evaluation follows every
+``evaluate_every``-th aggregation; a checkpoint follows every aggregation.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import FIRST_COMPLETED, wait
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from crossfl.server.run_base import Arrival, DriverBase, Pending, RunFailed
+
+
+class AsyncDriver(DriverBase):
+    driver_name = "async"
+
+    def done(self) -> bool:
+        if self.exp.max_updates is not None:
+            return self.state.updates >= self.exp.max_updates
+        return self.state.round >= self.exp.rounds
+
+    def target(self) -> tuple[int, str]:
+        if self.exp.max_updates is not None:
+            return self.exp.max_updates, "updates"
+        return self.exp.rounds, "aggregations"
+
+    def progress_value(self) -> int:
+        return self.state.updates if self.exp.max_updates is not None else self.state.round
+
+    def launch(self, site: str, inflight: dict[str, Pending]) -> None:
+        self.submitted += 1
+        inflight[site] = self.submit_train(site, self.submitted)
+
+    def handle(self, a: Arrival, p: Pending) -> dict[str, Any] | None:
+        """Screen, aggregate, checkpoint (and maybe evaluate) one arrival; the eval record or None."""
+        s = self.state
+        if a.update is not None:
+            self.screen_distances([a])
+        a.record["staleness"] = s.version - p.base_version
+        a.record["arrived_version"] = s.version
+        self.settle(a, s.round + 1)
+        if a.update is None:
+            self.fail_streak += 1
+            return None
+        self.fail_streak = 0
+        if s.global_flat is None:
+            s.global_flat = self.initial_global()
+        new = self.strategy.aggregate(s.global_flat, [a.update], s.version)
+        s.updates += 1
+        if new is None:
+            return None
+        s.global_flat = new
+        s.version += 1
+        s.round += 1
+        self.metrics.write({"kind": "aggregation", "round": s.round, "version": s.version, "driver": "async",
+                            "sites": [a.update.site], "elapsed_s": s.elapsed(), "updates": s.updates,
+                            "staleness": {a.update.site: a.record["staleness"]}})
+        record = None
+        if s.round % self.exp.evaluate_every == 0 or self.done():
+            record = self.evaluate("round", s.round)
+        self.checkpoint()
+        return record
+
+    def run(self) -> dict[str, Any]:
+        from crossfl.server.driver import previous_baseline
+
+        base = previous_baseline(self.state.run_dir) if self.resumed else None
+        last: dict[str, Any] | None = None
+        self.submitted = self.state.updates
+        inflight: dict[str, Pending] = {}
+        total, unit = self.target()
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=self.console, transient=False) as progress:
+            if base is None:
+                base = self.evaluate("baseline", 0)
+                self.console.print(f"untrained adapter: validation loss {base['val_loss']:.4f}")
+            bar = progress.add_task(unit, total=total, completed=self.progress_value())
+            try:
+                while not self.done():
+                    for site in self.handles:
+                        if site not in inflight and not self.parking.is_parked(site, self.state.round + 1):
+                            self.launch(site, inflight)
+                    if not inflight:  # every site parked: re-admit them rather than stall
+                        self.console.print("  [yellow]every site is parked; re-admitting them all[/]")
+                        self.parking.parked_until.clear()
+                        continue
+                    now = time.time()
+                    for site, p in list(inflight.items()):
+                        if now >= p.expires_at and not p.task.future.done():
+                            del inflight[site]
+                            self.handle(self.arrival(p, now, timed_out=True), p)
+                    if not inflight:
+                        continue
+                    wake = min(p.expires_at for p in inflight.values())
+                    done, _ = wait([p.task.future for p in inflight.values()], timeout=max(0.05, wake - now),
+                                   return_when=FIRST_COMPLETED)
+                    for site, p in sorted(inflight.items()):
+                        if p.task.future not in done or self.done():
+                            continue
+                        del inflight[site]
+                        a = self.arrival(p, time.time())
+                        loss = a.record.get("train_loss")
+                        record = self.handle(a, p)
+                        last = record or last
+                        progress.update(bar, completed=self.progress_value(),
+                                        description=f"{unit} (v{self.state.version}, {site} "
+                                                    f"{'loss %.3f' % loss if loss is not None else a.record['status']})")
+                        if record is not None:
+                            self.console.print(f"version {self.state.version}: val loss {record['val_loss']:.4f} "
+                                               f"after {self.state.updates} updates, {self.state.elapsed():.1f} s")
+                        if self.stop_after is not None and self.state.round >= self.stop_after:
+                            self.after_checkpoint()
+                    self.check_progress()
+            finally:
+                for p in inflight.values():
+                    p.task.cancel()
+        if self.state.global_flat is None:
+            raise RunFailed("no update was aggregated")
+        if last is None or last["version"] != self.state.version:
+            last = self.evaluate("round", self.state.round)
+        self.save_final()
+        return {"baseline": base, "final": last}
+
+    fail_streak = 0
+
+    def check_progress(self) -> None:
+        """Fail (rather than spin) when no update was usable for a long streak of tasks."""
+        if self.fail_streak >= 2 * self.exp.faults.park_after * len(self.handles):
+            raise RunFailed(f"no usable update in the last {self.fail_streak} tasks; "
+                            f"see metrics.jsonl for each site's error")

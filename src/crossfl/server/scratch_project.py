@@ -1,0 +1,48 @@
+"""A small scratch project for runs on this machine (tests, benchmarks): the real site catalog
+and templates, chemistry data built with RDKit and a tiny Llama built offline, and experiment
+files with small defaults. Point CROSSFL_ROOT at the directory to run in it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from crossfl.paths import project_root
+
+
+def make_project(root: Path, source: Path | None = None, *, molecules: int = 120, pretrain_steps: int = 5) -> Path:
+    """Fill ``root`` with deploy/sites (copied), site_templates (linked), data/ and model/."""
+    from crossfl.data.chem import build_chem
+    from crossfl.tiny_model import TinyModelSpec, build_tiny
+
+    source = source or project_root()
+    (root / "deploy").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source / "deploy" / "sites", root / "deploy" / "sites", dirs_exist_ok=True)
+    if not (root / "site_templates").exists():
+        (root / "site_templates").symlink_to(source / "site_templates")
+    build_chem(root / "data", seed=0, max_molecules=molecules)
+    spec = TinyModelSpec(vocab_size=400, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
+                         pretrain_steps=pretrain_steps, pretrain_batch=8, threads=1)
+    build_tiny(root / "data" / "train.jsonl", root / "model", spec)
+    return root
+
+
+def write_experiment(root: Path, name: str, **changes: Any) -> Path:
+    """An experiment file with small settings (two local sites, 3 rounds of 2 steps)."""
+    exp: dict[str, Any] = {
+        "name": name, "model": {"path": "model"},
+        "data": {"train": "data/train.jsonl", "validation": "data/validation.jsonl"},
+        "sites": [{"name": "east", "site": "local"}, {"name": "west", "site": "local"}],
+        "rounds": 3,
+        "training": {"local_steps": 2, "batch_size": 4, "lr": 0.005, "max_length": 96, "torch_threads": 1},
+        "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        "evaluation": {"max_samples": 8, "batch_size": 8, "generate_max_new_tokens": 4},
+        "task_timeout_s": 300,
+    }
+    exp.update(changes)
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    return path

@@ -1,0 +1,235 @@
+"""How adapters travel between the server and a site.
+
+- ``inline``: the adapter bytes ride inside the Globus Compute task and result (up to the
+  inline limit: a submission is capped at 10 MB, a result at 10 MiB after serialization).
+- ``shared_fs``: the server writes the global adapter to a directory the site's workers read
+  (for local sites a directory in the run directory) and the task names the file; the client's
+  ``train_round_ref`` writes a large result beside it.
+- ``globus_transfer``: as shared_fs, with a Globus Transfer (globus-sdk ``TransferClient``)
+  from the server's collection to the site's before the task, and back after it.
+- ``auto``: inline when the adapter fits the limit, else shared_fs for sites that have a shared
+  directory (local sites always do), else globus_transfer when both collections are set.
+
+Bytes moved are counted per task and per direction, whichever way they went.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from crossfl.atomic import atomic_write_bytes
+from crossfl.client import tasks as client_tasks
+from crossfl.client import transport as client_transport
+from crossfl.errors import UserError
+from crossfl.server.experiment import Experiment, GlobusCollection, SiteEntry
+
+
+class TransferFailed(Exception):
+    """A Globus Transfer task did not succeed in time (a system failure: worth retrying)."""
+
+
+@dataclass(frozen=True)
+class TaskFns:
+    """The functions a site runs (by reference); benchmarks and fault tests swap in probes."""
+
+    train: Callable[..., Any] = client_tasks.train_round
+    evaluate: Callable[..., Any] = client_tasks.evaluate
+    train_ref: Callable[..., Any] = client_transport.train_round_ref
+    evaluate_ref: Callable[..., Any] = client_transport.evaluate_ref
+
+
+@dataclass
+class Outgoing:
+    fn: Callable[..., Any]
+    payload: dict[str, Any]
+    mode: str
+    bytes_down: int
+
+
+@dataclass
+class Incoming:
+    adapter: bytes
+    mode: str
+    bytes_up: int
+    fetch_s: float
+
+
+class GlobusMover:
+    """Moves files between the server's collection and a site's with Globus Transfer.
+    ``client`` is a ``globus_sdk.TransferClient`` (or anything with its submit_transfer,
+    task_wait and get_task)."""
+
+    def __init__(self, client: Any, server: GlobusCollection, timeout_s: float, poll_s: int = 5) -> None:
+        self.client, self.server, self.timeout_s, self.poll_s = client, server, timeout_s, poll_s
+
+    def copy(self, source: GlobusCollection, source_rel: str, dest: GlobusCollection, dest_rel: str,
+             label: str) -> str:
+        import globus_sdk
+
+        data = globus_sdk.TransferData(source_endpoint=source.collection, destination_endpoint=dest.collection,
+                                       label=label[:128], sync_level="checksum", verify_checksum=True)
+        data.add_item(_join(source.path, source_rel), _join(dest.path, dest_rel))
+        task_id = str(self.client.submit_transfer(data)["task_id"])
+        deadline = time.time() + self.timeout_s
+        while not self.client.task_wait(task_id, timeout=max(1, int(min(60, deadline - time.time()))),
+                                        polling_interval=self.poll_s):
+            if time.time() >= deadline:
+                raise TransferFailed(f"Globus Transfer {task_id} ({label}) not done after {self.timeout_s:.0f} s")
+        status = self.client.get_task(task_id)["status"]
+        if status != "SUCCEEDED":
+            raise TransferFailed(f"Globus Transfer {task_id} ({label}) ended {status}")
+        return task_id
+
+    def send(self, site: GlobusCollection, rel: str, label: str) -> str:
+        return self.copy(self.server, rel, site, rel, label)
+
+    def fetch(self, site: GlobusCollection, rel: str, label: str) -> str:
+        return self.copy(site, rel, self.server, rel, label)
+
+
+def _join(root: str, rel: str) -> str:
+    return root.rstrip("/") + "/" + rel.lstrip("/")
+
+
+def transfer_client_from_env() -> Any:
+    """A TransferClient with the confidential client's credentials
+    (GLOBUS_COMPUTE_CLIENT_ID / GLOBUS_COMPUTE_CLIENT_SECRET, as for the Compute SDK)."""
+    import os
+
+    import globus_sdk
+
+    cid, secret = os.environ.get("GLOBUS_COMPUTE_CLIENT_ID"), os.environ.get("GLOBUS_COMPUTE_CLIENT_SECRET")
+    if not cid or not secret:
+        raise UserError("globus_transfer needs client credentials", field="transport.mode",
+                        fix="export GLOBUS_COMPUTE_CLIENT_ID and GLOBUS_COMPUTE_CLIENT_SECRET")
+    app = globus_sdk.ClientApp("crossfl", client_id=cid, client_secret=secret)
+    return globus_sdk.TransferClient(app=app)
+
+
+class Transport:
+    def __init__(self, experiment: Experiment, run_dir: Path, local_sites: set[str],
+                 transfer_client: Callable[[], Any] = transfer_client_from_env, fns: TaskFns = TaskFns()) -> None:
+        self.exp, self.run_dir, self.local_sites, self.fns = experiment, run_dir, local_sites, fns
+        self._client_factory = transfer_client
+        self._mover: GlobusMover | None = None
+        self._sent: dict[tuple[str, str], str] = {}  # (site, file) already at the site
+        self.expected_result_bytes = 0  # set by the driver once an adapter came back
+
+    # -- choosing ----------------------------------------------------------------------------
+    def shared_dir(self, entry: SiteEntry) -> Path | None:
+        if entry.transport.shared_dir:
+            return Path(entry.transport.shared_dir) / self.run_dir.name
+        if entry.name in self.local_sites:
+            return self.run_dir / "transport"
+        return None
+
+    def mode_for(self, name: str, nbytes: int | None) -> str:
+        """The mode for a payload of ``nbytes`` (None: not known yet, e.g. the first result)."""
+        entry = self.exp.site_entry(name)
+        mode = self.exp.transport_mode(entry)
+        if mode != "auto":
+            if mode == "shared_fs" and self.shared_dir(entry) is None:
+                raise UserError(f"site {name} uses shared_fs but has no shared directory",
+                                field=f"sites[{name}].transport.shared_dir", fix="set it, or use mode auto")
+            return mode
+        if nbytes is not None and nbytes <= self.exp.inline_limit_bytes(entry):
+            return "inline"
+        if self.shared_dir(entry) is not None:
+            return "shared_fs"
+        if entry.transport.globus is not None and self.exp.transport.globus is not None:
+            return "globus_transfer"
+        if nbytes is None:
+            return "inline"  # no route by reference: hope the result fits
+        raise UserError(f"the adapter ({nbytes / 1e6:.1f} MB) is over site {name}'s inline limit and the "
+                        f"site has no shared directory or Globus collection",
+                        field=f"sites[{name}].transport",
+                        fix="set transport.shared_dir, or transport.globus here and at the top level, "
+                            "or use adapter_dtype bfloat16")
+
+    def mover(self) -> GlobusMover:
+        if self._mover is None:
+            assert self.exp.transport.globus is not None  # checked by the schema
+            self._mover = GlobusMover(self._client_factory(), self.exp.transport.globus,
+                                      self.exp.transport.transfer_timeout_s)
+        return self._mover
+
+    # -- outgoing ----------------------------------------------------------------------------
+    def _site_path(self, entry: SiteEntry, mode: str, rel: str) -> str:
+        if mode == "globus_transfer":
+            assert entry.transport.globus is not None
+            g = entry.transport.globus
+            return _join(g.local_path or g.path, f"{self.run_dir.name}/{rel}")
+        shared = self.shared_dir(entry)
+        assert shared is not None
+        return str(shared / rel)
+
+    def _server_file(self, entry: SiteEntry, mode: str, rel: str) -> Path:
+        if mode == "globus_transfer":
+            g = self.exp.transport.globus
+            assert g is not None
+            return Path(g.local_path or g.path) / self.run_dir.name / rel
+        return Path(self._site_path(entry, mode, rel))
+
+    def _place(self, entry: SiteEntry, mode: str, adapter: bytes, rel: str) -> str:
+        """Put the adapter where the site reads it (once per site and file); its site path."""
+        key = (entry.name, rel)
+        if key not in self._sent:
+            atomic_write_bytes(self._server_file(entry, mode, rel), adapter)
+            if mode == "globus_transfer":
+                assert entry.transport.globus is not None
+                self.mover().send(entry.transport.globus, f"{self.run_dir.name}/{rel}",
+                                  f"crossfl {self.run_dir.name} {rel} to {entry.name}")
+            self._sent[key] = self._site_path(entry, mode, rel)
+        return self._sent[key]
+
+    def train(self, name: str, task: dict[str, Any], adapter: bytes | None, version: int) -> Outgoing:
+        entry = self.exp.site_entry(name)
+        size = len(adapter) if adapter else 0
+        # the result has the global adapter's layout; before the first one its size is unknown
+        expected = max(size, self.expected_result_bytes) or None
+        mode = self.mode_for(name, expected)
+        if mode == "inline":
+            return Outgoing(self.fns.train, {**task, "adapter": adapter}, mode, size)
+        payload = {**task, "adapter": None, "inline_limit_bytes": self.exp.inline_limit_bytes(entry),
+                   "result_path": self._site_path(entry, mode, f"results/{name}-{uuid.uuid4().hex[:12]}.safetensors")}
+        if adapter is not None:
+            payload["adapter_path"] = self._place(entry, mode, adapter, f"global-v{version}.safetensors")
+        return Outgoing(self.fns.train_ref, payload, mode, size)
+
+    def evaluate(self, name: str, task: dict[str, Any], adapter: bytes | None, version: int) -> Outgoing:
+        size = len(adapter) if adapter else 0
+        mode = self.mode_for(name, size)
+        if mode == "inline" or adapter is None:
+            return Outgoing(self.fns.evaluate, {**task, "adapter": adapter}, "inline", size)
+        entry = self.exp.site_entry(name)
+        payload = {**task, "adapter": None,
+                   "adapter_path": self._place(entry, mode, adapter, f"global-v{version}.safetensors")}
+        return Outgoing(self.fns.evaluate_ref, payload, mode, size)
+
+    # -- incoming ----------------------------------------------------------------------------
+    def receive(self, name: str, result: dict[str, Any], sent_mode: str) -> Incoming:
+        blob = result.get("adapter")
+        if blob is not None:
+            return Incoming(bytes(blob), "inline", len(blob), 0.0)
+        site_path = result.get("adapter_path")
+        if not site_path:
+            raise ValueError(f"site {name} returned neither adapter nor adapter_path")
+        entry = self.exp.site_entry(name)
+        t0 = time.perf_counter()
+        if sent_mode == "globus_transfer":
+            assert entry.transport.globus is not None
+            g = entry.transport.globus
+            root = _join(g.local_path or g.path, self.run_dir.name)
+            rel = str(site_path)[len(root):].lstrip("/") if str(site_path).startswith(root) else None
+            if rel is None:
+                raise ValueError(f"site {name} wrote its result outside its transfer directory: {site_path}")
+            self.mover().fetch(g, f"{self.run_dir.name}/{rel}", f"crossfl {self.run_dir.name} {rel} from {name}")
+            local = self._server_file(entry, sent_mode, rel)
+        else:
+            local = Path(site_path)
+        data = local.read_bytes()
+        return Incoming(data, sent_mode, len(data), time.perf_counter() - t0)

@@ -1,0 +1,292 @@
+"""Server parts without an engine: failure classes, retries on a real thread pool, parking,
+update screening, checkpoints, resumed metrics, transport choice and the Globus Transfer path
+(the TransferClient substituted at its interface), and the new experiment fields."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from globus_compute_sdk.errors import TaskExecutionFailed
+
+from crossfl.client import transport as client_transport
+from crossfl.client.adapter_io import adapter_to_bytes
+from crossfl.errors import UserError
+from crossfl.server import checkpoint as ckpt
+from crossfl.server.experiment import Experiment, load_experiment
+from crossfl.server.faults import Parking, RetryingTask, RetryPolicy, is_system_failure
+from crossfl.server.flat import FlatSpec
+from crossfl.server.screening import DistanceScreen, finite_problem, layout_problem
+from crossfl.server.strategies import get_strategy
+from crossfl.server.strategies.base import Update
+from crossfl.server.telemetry import MetricsLog, live_records
+from crossfl.server.transport import GlobusMover, TransferFailed, Transport
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER_LOST = ("Traceback (most recent call last):\n  File \"x\", line 1\n"
+               "parsl.executors.high_throughput.errors.WorkerLost: Task failure due to loss of worker 3 on host n1")
+USER_ERROR = "Traceback (most recent call last):\n  File \"x\"\ncrossfl.errors.UserError: data_path: no records"
+
+
+# ------------------------------------------------------------------------------ faults
+
+@pytest.mark.parametrize(("exc", "system"), [
+    (TaskExecutionFailed(WORKER_LOST), True),
+    (TaskExecutionFailed("parsl.executors.high_throughput.errors.ManagerLost: Task failure due to loss of "
+                         "manager abc on host n2"), True),
+    (TaskExecutionFailed(USER_ERROR), False),
+    (TaskExecutionFailed("Traceback\nValueError: bad shape"), False),
+    (TaskExecutionFailed("Traceback\nRuntimeError: training diverged"), False),
+    (ConnectionResetError("peer reset"), True),
+    (TimeoutError("timed out"), True),
+    (ValueError("x"), False),
+])
+def test_system_failures_are_told_from_task_errors(exc: BaseException, system: bool) -> None:
+    assert is_system_failure(exc) is system
+
+
+class Flaky:
+    """Fails the first ``n`` calls with ``exc``, then returns its argument."""
+
+    def __init__(self, n: int, exc: BaseException) -> None:
+        self.n, self.exc, self.calls = n, exc, 0
+        self.lock = threading.Lock()
+
+    def __call__(self, payload: Any) -> Any:
+        with self.lock:
+            self.calls += 1
+            if self.calls <= self.n:
+                raise self.exc
+        return payload
+
+
+def test_system_failures_are_retried_with_backoff() -> None:
+    fn = Flaky(2, TaskExecutionFailed(WORKER_LOST))
+    with ThreadPoolExecutor(2) as pool:
+        task = RetryingTask(pool, fn, {"x": 1}, RetryPolicy(retries=2, backoff_s=0.01))
+        assert task.future.result(timeout=10) == {"x": 1}
+    assert fn.calls == 3 and len(task.attempts) == 3
+    assert all(a.system for a in task.attempts[:2]) and "WorkerLost" in (task.attempts[0].error or "")
+
+
+def test_retries_run_out_and_user_errors_are_not_retried() -> None:
+    with ThreadPoolExecutor(2) as pool:
+        lost = RetryingTask(pool, Flaky(5, ConnectionError("down")), 1, RetryPolicy(retries=1, backoff_s=0.01))
+        with pytest.raises(ConnectionError):
+            lost.future.result(timeout=10)
+        assert len(lost.attempts) == 2
+        user = Flaky(5, TaskExecutionFailed(USER_ERROR))
+        bad = RetryingTask(pool, user, 1, RetryPolicy(retries=3, backoff_s=0.01))
+        with pytest.raises(TaskExecutionFailed):
+            bad.future.result(timeout=10)
+        assert user.calls == 1 and not bad.attempts[0].system
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    policy = RetryPolicy(retries=5, backoff_s=2, backoff_max_s=5)
+    assert [policy.delay(n) for n in (2, 3, 4, 5)] == [2, 4, 5, 5]
+
+
+def test_a_site_failing_in_a_row_is_parked_then_readmitted() -> None:
+    parking = Parking(park_after=2, park_rounds=2)
+    assert not parking.record("a", False, 1)
+    assert not parking.record("a", True, 2)  # a success resets the count
+    assert not parking.record("a", False, 3)
+    assert parking.record("a", False, 4)  # parked: sits out rounds 5 and 6
+    assert parking.is_parked("a", 5) and parking.is_parked("a", 6)
+    restored = Parking(2, 2)
+    restored.load_state_dict(parking.state_dict())
+    assert not restored.is_parked("a", 7) and not restored.is_parked("b", 5)
+
+
+# ------------------------------------------------------------------------------ screening
+
+def test_updates_are_screened_for_layout_nan_and_distance() -> None:
+    state = {"l.lora_A.weight": torch.zeros(2, 3), "l.lora_B.weight": torch.zeros(3, 2)}
+    spec = FlatSpec.from_state(state)
+    assert layout_problem(spec, state) is None
+    assert "wrong shape" in (layout_problem(spec, {**state, "l.lora_A.weight": torch.zeros(4, 3)}) or "")
+    assert "missing" in (layout_problem(spec, {"l.lora_A.weight": torch.zeros(2, 3)}) or "")
+    assert finite_problem(torch.tensor([0.0, float("nan"), float("inf")])).startswith("non-finite: 2 of 3")
+    screen = DistanceScreen(factor=5, min_count=3)
+    assert screen.outliers({"a": 1.0, "b": 100.0}) == {}  # too few to judge
+    far = screen.outliers({"a": 1.0, "b": 1.2, "c": 0.9, "d": 50.0})
+    assert list(far) == ["d"] and "5 x median" in far["d"]
+    for d in (1.0, 1.1, 0.9):
+        screen.accepted(d)
+    assert list(screen.outliers({"e": 30.0})) == ["e"]  # async: judged against recent history
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+def test_checkpoint_round_trip_keeps_tensors_strategy_and_rng(tmp_path: Path) -> None:
+    state = {"l.lora_A.weight": torch.randn(2, 3), "l.lora_B.weight": torch.randn(3, 2)}
+    spec = FlatSpec.from_state(state)
+    flat = spec.flatten(state)
+    buff = get_strategy("fedbuff", K=3)
+    buff.aggregate(flat, [Update("a", flat + 1, 5, 0, 2)], 0)  # buffered: state worth keeping
+    torch.manual_seed(3)
+    c = ckpt.Checkpoint(round=4, version=3, updates=9, elapsed_s=12.5, metrics_bytes=1234,
+                        strategy_name="fedbuff", strategy_state=buff.state_dict(), global_flat=flat, spec=spec,
+                        parking={"failures": {"a": 1}, "parked_until": {}}, screen_history=[0.5],
+                        rng=ckpt.rng_state())
+    expected_draw = torch.rand(3)
+    ckpt.save(tmp_path, c, adapter_to_bytes(state))
+    back = ckpt.load(tmp_path)
+    assert back is not None and (back.round, back.version, back.updates, back.metrics_bytes) == (4, 3, 9, 1234)
+    assert torch.equal(back.global_flat, flat) and back.spec == spec
+    again = get_strategy("fedbuff", K=3)
+    again.load_state_dict(back.strategy_state)
+    assert again.count == 1 and torch.equal(again.buffer, buff.buffer)
+    ckpt.restore_rng(back.rng)
+    assert torch.equal(torch.rand(3), expected_draw)
+    assert not ckpt.is_finished(tmp_path)
+    assert ckpt.load(tmp_path / "none") is None
+    (tmp_path / "state.pt").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="cannot be read"):
+        ckpt.load(tmp_path)
+
+
+def test_resumed_metrics_leave_out_the_unfinished_round(tmp_path: Path) -> None:
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.write({"kind": "task", "round": 1})
+    log.write({"kind": "round", "round": 1})
+    position = log.position()
+    log.write({"kind": "task", "round": 2, "site": "killed"})
+    log.write({"kind": "resume", "metrics_bytes": position})
+    log.write({"kind": "task", "round": 2, "site": "again"})
+    live = live_records(tmp_path / "metrics.jsonl")
+    assert [r.get("site") for r in live if r["kind"] == "task"] == [None, "again"]
+    assert "killed" in (tmp_path / "metrics.jsonl").read_text()  # the file keeps everything
+
+
+# ------------------------------------------------------------------------------ transport
+
+def experiment(tmp_path: Path, **changes: Any) -> Experiment:
+    raw = yaml.safe_load((ROOT / "deploy" / "experiments" / "local-demo.yaml").read_text())
+    raw.update(changes)
+    return Experiment.model_validate(raw)
+
+
+def test_transport_mode_follows_size_and_site_settings(tmp_path: Path) -> None:
+    exp = experiment(tmp_path, transport={"inline_limit_mb": 1})
+    t = Transport(exp, tmp_path / "run", {"alpha", "beta"})
+    assert t.mode_for("alpha", 1000) == "inline"
+    assert t.mode_for("alpha", 2_000_000) == "shared_fs"  # local sites share the run directory
+    with pytest.raises(UserError, match="inline limit"):
+        t.mode_for("gamma", 2_000_000)  # a remote site with no shared dir or collection
+    assert t.mode_for("gamma", None) == "inline"
+
+
+class FakeTransferClient:
+    """globus_sdk.TransferClient at its interface: collections are directories here."""
+
+    def __init__(self, roots: dict[str, Path]) -> None:
+        self.roots, self.tasks, self.submitted = roots, {}, []
+
+    def submit_transfer(self, data: Any) -> dict[str, str]:
+        src, dst = self.roots[data["source_endpoint"]], self.roots[data["destination_endpoint"]]
+        for item in data["DATA"]:
+            target = dst / item["destination_path"].lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / item["source_path"].lstrip("/"), target)
+        task_id = str(uuid.uuid4())
+        self.tasks[task_id] = {"status": "SUCCEEDED"}
+        self.submitted.append(dict(data))
+        return {"task_id": task_id}
+
+    def task_wait(self, task_id: str, *, timeout: int = 10, polling_interval: int = 10) -> bool:
+        return task_id in self.tasks
+
+    def get_task(self, task_id: str) -> dict[str, str]:
+        return self.tasks[task_id]
+
+
+def test_globus_transfer_moves_adapters_both_ways(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server_id, site_id = str(uuid.uuid4()), str(uuid.uuid4())
+    server_root, site_root = tmp_path / "server-coll", tmp_path / "site-coll"
+    fake = FakeTransferClient({server_id: server_root, site_id: site_root})
+    exp = experiment(tmp_path, transport={"globus": {"collection": server_id, "path": "/crossfl",
+                                                     "local_path": str(server_root / "crossfl")}},
+                     sites=[{"name": "alpha", "site": "local"},
+                            {"name": "far", "site": "polaris", "transport": {
+                                "mode": "globus_transfer",
+                                "globus": {"collection": site_id, "path": "/eagle/x",
+                                           "local_path": str(site_root / "eagle" / "x")}}}])
+    t = Transport(exp, tmp_path / "run-1", {"alpha"}, transfer_client=lambda: fake)
+    adapter = adapter_to_bytes({"l.lora_A.weight": torch.ones(2, 2)})
+    out = t.train("far", {"local_steps": 1}, adapter, version=3)
+    assert out.mode == "globus_transfer" and out.fn is client_transport.train_round_ref
+    assert out.payload["adapter"] is None and out.bytes_down == len(adapter)
+    assert Path(out.payload["adapter_path"]).read_bytes() == adapter  # arrived at the site
+    item = fake.submitted[0]["DATA"][0]
+    assert item["source_path"] == "/crossfl/run-1/global-v3.safetensors"
+    assert item["destination_path"] == "/eagle/x/run-1/global-v3.safetensors"
+    assert fake.submitted[0]["verify_checksum"] is True
+    # the site writes its result where the task said; the server fetches it back
+    result_at_site = Path(out.payload["result_path"])
+    result_at_site.parent.mkdir(parents=True, exist_ok=True)
+    result_at_site.write_bytes(adapter + b"")
+    incoming = t.receive("far", {"adapter": None, "adapter_path": str(result_at_site)}, out.mode)
+    assert incoming.adapter == adapter and incoming.bytes_up == len(adapter) and len(fake.submitted) == 2
+    # the same global version goes to a site once
+    t.train("far", {"local_steps": 1}, adapter, version=3)
+    assert len(fake.submitted) == 2
+    # a transfer that does not succeed is an error the driver records (and retries as a system failure)
+    failing = FakeTransferClient({server_id: server_root, site_id: site_root})
+    failing.get_task = lambda task_id: {"status": "FAILED"}  # type: ignore[method-assign]
+    mover = GlobusMover(failing, exp.transport.globus, timeout_s=5)
+    with pytest.raises(TransferFailed, match="FAILED"):
+        mover.send(exp.sites[1].transport.globus, "run-1/global-v3.safetensors", "again")
+
+
+def test_new_experiment_fields_validate(tmp_path: Path) -> None:
+    exp, _ = load_experiment(ROOT / "deploy" / "experiments" / "local-async.yaml")
+    assert exp.strategy.name == "fedasync" and len(exp.sites) == 3
+    assert {s.training.local_steps for s in exp.sites} == {10, 30, 60}
+    raw = yaml.safe_load((ROOT / "deploy" / "experiments" / "local-demo.yaml").read_text())
+    bad = [({"quorum": {"min_clients": 4}}, "(top level)"),
+           ({"transport": {"mode": "ftp"}}, "transport.mode"),
+           ({"transport": {"inline_limit_mb": 12}}, "transport.inline_limit_mb"),
+           ({"faults": {"retries": -1}}, "faults.retries"),
+           ({"driver": "sometimes"}, "driver"),
+           ({"sites": [{"name": "a", "site": "local", "training": {"local_step": 3}}]}, "sites[a].training.local_step"),
+           ({"sites": [{"name": "a", "site": "local", "transport": {"mode": "globus_transfer"}}]}, "(top level)")]
+    for change, field in bad:
+        path = tmp_path / "exp.yaml"
+        path.write_text(yaml.safe_dump({**raw, **change}))
+        with pytest.raises(UserError) as info:
+            load_experiment(path)
+        assert info.value.field == field, (change, info.value)
+
+
+def test_driver_follows_the_strategy_unless_told(tmp_path: Path) -> None:
+    from crossfl.server.async_driver import AsyncDriver
+    from crossfl.server.driver import RoundDriver, driver_class
+
+    assert driver_class(experiment(tmp_path)) is RoundDriver
+    assert driver_class(experiment(tmp_path, strategy={"name": "fedbuff"})) is AsyncDriver
+    assert driver_class(experiment(tmp_path, driver="async")) is AsyncDriver
+    with pytest.raises(UserError) as info:
+        driver_class(experiment(tmp_path, strategy={"name": "fedasync"}, driver="sync"))
+    assert info.value.field == "driver"
+
+
+def test_cli_resume_and_report_of_a_missing_run_are_one_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, CROSSFL_ROOT=str(tmp_path))
+    for args in (["resume", "no-such-run"], ["report", "no-such-run", "other"]):
+        proc = subprocess.run([sys.executable, "-m", "crossfl", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr + proc.stdout and "no run directory" in proc.stderr
