@@ -1,0 +1,114 @@
+"""Orchestration overhead of the round driver, and warm rounds, on the real local engine.
+
+1. No-op client task (``crossfl.server.probe_tasks.noop_train``: no model, no data) at three
+   local sites, synchronous FedAvg: everything a round costs beyond client compute is the
+   server's and the engine's (payload packing, dispatch to the worker, result unpacking,
+   screening, aggregation). Per round:
+   ``overhead = (aggregation done - first submit) - longest client task on its worker``,
+   reported in ms per round, ms per task, and as a fraction of the round.
+2. The tiny Llama (built here, as tests/test_federation.py does) at two local sites: the same
+   split with real LoRA training, and the base-model load time per round from the task records
+   (``load_s``, ``cache_hit``): round 1 loads the model, rounds 2+ find it in the worker's cache.
+
+Evaluation and checkpoint writing happen after the aggregation and are not in the round time.
+No assertions: the figures are printed in a rich table.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from crossfl.server import probe_tasks
+from crossfl.server.driver import run_experiment
+from crossfl.server.experiment import load_experiment
+from crossfl.server.scratch_project import make_project, write_experiment
+from crossfl.server.telemetry import live_records
+from crossfl.server.transport import TaskFns
+
+ROOT = Path(__file__).resolve().parents[1]
+NOOP_ROUNDS = 10
+TINY_ROUNDS = 3
+
+
+def experiment(root: Path, name: str, sites: int, rounds: int, **changes: Any) -> Path:
+    training = {"local_steps": 5, "batch_size": 4, "lr": 0.005, "max_length": 96, "torch_threads": 1}
+    return write_experiment(root, name, sites=[{"name": f"site{i}", "site": "local"} for i in range(sites)],
+                            rounds=rounds, training=training, **changes)
+
+
+def round_split(run_dir: Path) -> list[dict[str, float]]:
+    """Per round: wall (first submit -> aggregated), longest client compute, tasks, overhead."""
+    records = live_records(run_dir / "metrics.jsonl")
+    tasks = [r for r in records if r.get("kind") == "task" and r.get("status") == "ok"]
+    rows = []
+    for agg in (r for r in records if r.get("kind") == "aggregation"):
+        mine = [t for t in tasks if t["round"] == agg["round"]]
+        wall = agg["elapsed_s"] - min(t["submitted_rel_s"] for t in mine)
+        compute = max(t["worker_s"] for t in mine)
+        rows.append({"round": agg["round"], "wall": wall, "compute": compute, "tasks": len(mine),
+                     "overhead": max(0.0, wall - compute),
+                     "load": statistics.mean(t["load_s"] for t in mine),
+                     "hits": sum(1 for t in mine if t.get("cache_hit")) / len(mine)})
+    return rows
+
+
+def run(root: Path, path: Path, fns: TaskFns | None = None) -> Path:
+    exp, exp_path = load_experiment(path)
+    return run_experiment(exp, exp_path, Console(file=io.StringIO(), width=120), fns=fns)
+
+
+def main() -> None:
+    console = Console()
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix="bench-orch-") as tmp:
+        root = Path(tmp)
+        before = os.environ.get("CROSSFL_ROOT")
+        os.environ["CROSSFL_ROOT"] = str(root)
+        try:
+            make_project(root, ROOT)
+            noop = round_split(run(root, experiment(root, "noop", 3, NOOP_ROUNDS, transport={"mode": "inline"}),
+                                   TaskFns(train=probe_tasks.noop_train, evaluate=probe_tasks.noop_evaluate)))
+            tiny = round_split(run(root, experiment(root, "tiny", 2, TINY_ROUNDS)))
+        finally:
+            if before is None:
+                os.environ.pop("CROSSFL_ROOT", None)
+            else:
+                os.environ["CROSSFL_ROOT"] = before
+
+    table = Table(title="orchestration overhead per round (local engine; round = first submit -> aggregated)")
+    for col in ("client task", "rounds", "tasks/round", "median round (ms)", "median compute (ms)",
+                "overhead (ms/round)", "overhead (ms/task)", "overhead / round"):
+        table.add_column(col, justify="right")
+    for label, rows in (("no-op", noop[1:]), ("tiny Llama LoRA", tiny[1:])):  # round 1 is cold
+        wall = statistics.median(r["wall"] for r in rows) * 1e3
+        compute = statistics.median(r["compute"] for r in rows) * 1e3
+        over = statistics.median(r["overhead"] for r in rows) * 1e3
+        per_task = statistics.median(r["overhead"] / r["tasks"] for r in rows) * 1e3
+        table.add_row(label, f"2-{len(rows) + 1}", str(rows[0]["tasks"]), f"{wall:.1f}", f"{compute:.1f}",
+                      f"{over:.1f}", f"{per_task:.1f}", f"{over / wall:.1%}" if wall else "-")
+    console.print(table)
+
+    warm = Table(title="warm rounds: base-model load per round (tiny Llama, mean over sites)")
+    for col in ("round", "load (s)", "cache hits", "round (s)", "compute (s)"):
+        warm.add_column(col, justify="right")
+    for r in tiny:
+        warm.add_row(str(r["round"]), f"{r['load']:.3f}", f"{r['hits']:.0%}", f"{r['wall']:.2f}", f"{r['compute']:.2f}")
+    console.print(warm)
+    later = [r["load"] for r in tiny[1:]]
+    if tiny and later and tiny[0]["load"] > 0:
+        console.print(f"load time, rounds 2+ / round 1: {statistics.mean(later) / tiny[0]['load']:.3f} "
+                      f"(round 1 {tiny[0]['load']:.3f} s, rounds 2+ {statistics.mean(later):.4f} s)")
+    console.print(f"bench_orchestration took {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
