@@ -123,13 +123,18 @@ def test_killed_and_resumed_run_ends_with_the_same_adapter(here: Path) -> None:
     assert (killed / "bytes_per_round.png").stat().st_size > 0
 
 
-def test_async_driver_keeps_sites_busy(here: Path) -> None:
+def test_async_driver_keeps_sites_busy_and_resumes(here: Path) -> None:
     exp, path = load_experiment(experiment_file(
         here, name="async", rounds=4, evaluate_every=2,
         strategy={"name": "fedasync", "kwargs": {"alpha": 0.5, "staleness_fn": "polynomial"}},
         sites=[{"name": "east", "site": "local", "training": {"local_steps": 1}},
                {"name": "west", "site": "local", "training": {"local_steps": 4, "max_samples": 40}}]))
-    run_dir = run_experiment(exp, path, Console(width=120))
+    with pytest.raises(RunStopped):
+        run_experiment(exp, path, Console(width=120), stop_after=2)
+    run_dir = run_dir_of(here, "async")
+    assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["version"] == 2
+    resume_run(run_dir, Console(width=120))
+    assert len(records(run_dir, "resume")) == 1
 
     aggs = records(run_dir, "aggregation")
     assert [a["version"] for a in aggs] == [1, 2, 3, 4] and all(a["driver"] == "async" for a in aggs)

@@ -37,7 +37,7 @@ from crossfl.server.run_base import (
     Arrival, DriverBase, Pending, RunFailed, RunStopped, eval_task, model_path_for, train_task,
 )
 from crossfl.server.site_executors import OpenSite, open_sites
-from crossfl.server.strategies import get_strategy
+from crossfl.server.strategies import is_async as strategy_is_async
 from crossfl.server.strategies.base import Update
 from crossfl.server.telemetry import live_records
 from crossfl.server.transport import TaskFns, Transport
@@ -138,6 +138,7 @@ class RoundDriver(DriverBase):
     # -- one round --------------------------------------------------------------------------
     def train_round(self, rnd: int, progress: Progress, bar: Any) -> list[Update]:
         mine = [self.submit_train(name, rnd) for name in self.choose_sites(rnd)]
+        progress.update(bar, total=len(mine))
         pending: list[Pending] = [*mine, *self.late]
         need = min(self.exp.quorum.min_clients or 1, len(mine))
         opened, deadline = time.time(), self.deadline_s()
@@ -257,7 +258,7 @@ def driver_class(experiment: Experiment) -> type[DriverBase]:
     from crossfl.server.async_driver import AsyncDriver
 
     name = experiment.strategy.name.strip()
-    is_async = get_strategy(name, **experiment.strategy.kwargs).is_async  # appfl:<Name> included
+    is_async = strategy_is_async(name)  # appfl:<Name> included
     if experiment.driver == "sync" and is_async:
         raise UserError(f"strategy {name} is asynchronous (one update per aggregation)", field="driver",
                         fix="use driver: async or auto, or a synchronous strategy")

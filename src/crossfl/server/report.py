@@ -168,7 +168,7 @@ def summary_tables(run_dir: Path) -> list[Table]:
     if bases:
         per_site.caption = "node-hours: " + "; ".join(sorted(bases))
 
-    moved = Table(title="adapter bytes per round")
+    moved = Table(title="adapter bytes per round (async runs: per task number), training tasks")
     for col in ("round", "MB down", "MB up", "transport"):
         moved.add_column(col, justify="right")
     for rnd, (down, up) in bytes_by_round(tasks).items():

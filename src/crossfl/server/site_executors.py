@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crossfl.endpoints import LocalEngineExecutor, remote_executor
-from crossfl.errors import UserError
 from crossfl.server.experiment import SiteEntry
 from crossfl.sites import Site
 
@@ -42,7 +41,7 @@ def open_site(entry: SiteEntry, engines_dir: Path) -> OpenSite:
         # A facility: its endpoint must have been deployed and registered (deploy/state/).
         endpoint_id = require_endpoint_id(entry.site)
         executor = remote_executor(endpoint_id, entry.user_options, label=f"crossfl-{entry.name}")
-        return OpenSite(entry, executor, "globus compute", endpoint_id)
+        return OpenSite(entry, executor, "globus compute", endpoint_id, entry.nodes or site.nodes_per_block)
     site_dir = render_site(site)
     text = render_user_config(site_dir, entry.user_options)
     source = str(site_dir / "endpoint" / "user_config_template.yaml.j2")
