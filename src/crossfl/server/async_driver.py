@@ -116,7 +116,8 @@ class AsyncDriver(DriverBase):
                                                     f"{'loss %.3f' % loss if loss is not None else a.record['status']})")
                         if record is not None:
                             self.console.print(f"version {self.state.version}: val loss {record['val_loss']:.4f} "
-                                               f"after {self.state.updates} updates, {self.state.elapsed():.1f} s")
+                                               f"after {self.state.updates} updates, {self.state.elapsed():.1f} s, "
+                                               f"{self.bytes_moved / 1e6:.2f} MB moved")
                         if self.stop_after is not None and self.state.round >= self.stop_after:
                             self.after_checkpoint()
                     self.check_progress()

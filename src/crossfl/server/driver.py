@@ -238,7 +238,7 @@ class RoundDriver(DriverBase):
                     progress.advance(rounds_task)
                     loss = f"val loss {last['val_loss']:.4f}, " if last and last["round"] == rnd else ""
                     self.console.print(f"round {rnd}/{exp.rounds}: {len(updates)}/{len(self.handles)} updates, "
-                                       f"{loss}{time.time() - t0:.1f} s")
+                                       f"{loss}{time.time() - t0:.1f} s, {self.bytes_moved / 1e6:.2f} MB moved so far")
                     self.after_checkpoint()
             finally:
                 for p in self.late:
@@ -350,7 +350,12 @@ def _drive(experiment: Experiment, run_dir: Path, console: Console, checkpoint: 
             elif resuming:  # nothing was aggregated: start over, leaving the earlier records aside
                 driver.metrics.write({"kind": "resume", "round": 0, "version": 0, "metrics_bytes": 0,
                                       "at": time.time(), "elapsed_s": 0.0})
-            outcome = driver.run()
+            try:
+                outcome = driver.run()
+            except (KeyboardInterrupt, RunStopped):
+                console.print(f"checkpoint after round {driver.state.round} kept; continue with "
+                              f"`crossfl resume {run_dir}`")
+                raise
     finally:
         signal.signal(signal.SIGTERM, previous)
         with contextlib.suppress(Exception):

@@ -160,6 +160,7 @@ class DriverBase:
         self.stop_after = stop_after
         self.resumed = False
         self._bytes: tuple[int, bytes | None] = (-1, None)
+        self.bytes_moved = 0  # adapter bytes to and from sites by this process, for the console
 
     # -- adapters ---------------------------------------------------------------------------
     def global_bytes(self) -> bytes | None:
@@ -260,6 +261,7 @@ class DriverBase:
         site = a.record["site"]
         if a.distance is not None:
             a.record["distance"] = a.distance
+        self.bytes_moved += int(a.record.get("bytes_up") or 0) + int(a.record.get("bytes_down") or 0)
         ok = a.record["status"] == "ok"
         if self.parking.record(site, ok, rnd):
             until = self.parking.parked_until[site]
