@@ -89,6 +89,18 @@ def test_retries_run_out_and_user_errors_are_not_retried() -> None:
         assert user.calls == 1 and not bad.attempts[0].system
 
 
+def test_blocking_calls_retry_system_failures_only() -> None:
+    from crossfl.server.faults import call_with_retry
+    from crossfl.server.transport import TransferFailed
+
+    flaky = Flaky(1, TransferFailed("Globus Transfer t1 ended FAILED"))
+    assert call_with_retry(lambda: flaky(7), RetryPolicy(retries=1, backoff_s=0.01)) == 7 and flaky.calls == 2
+    wrong = Flaky(1, ValueError("no"))
+    with pytest.raises(ValueError):
+        call_with_retry(lambda: wrong(7), RetryPolicy(retries=3, backoff_s=0.01))
+    assert wrong.calls == 1
+
+
 def test_backoff_doubles_and_is_capped() -> None:
     policy = RetryPolicy(retries=5, backoff_s=2, backoff_max_s=5)
     assert [policy.delay(n) for n in (2, 3, 4, 5)] == [2, 4, 5, 5]

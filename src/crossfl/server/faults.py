@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import Executor, Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from crossfl.endpoints import failure_summary
 
@@ -25,7 +25,7 @@ from crossfl.endpoints import failure_summary
 # its provider cannot get blocks; the service's word for an endpoint that is not connected.
 SYSTEM_PATTERNS = re.compile(
     r"WorkerLost|ManagerLost|loss of (worker|manager)|BadStateException|executor is in a bad state"
-    r"|endpoint (is )?offline|ConnectionError|ConnectionResetError|ConnectionRefusedError",
+    r"|endpoint (is )?offline|ConnectionError|ConnectionResetError|ConnectionRefusedError|TransferFailed",
     re.IGNORECASE)
 # A task the client rejected: retrying sends the same bad input again.
 USER_PATTERNS = re.compile(r"(UserError|ValueError|MaxResultSizeExceeded)\b")
@@ -61,6 +61,24 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         """Seconds to wait before attempt ``attempt`` (2, 3, ...): doubling, capped."""
         return min(self.backoff_max_s, self.backoff_s * 2 ** max(0, attempt - 2))
+
+
+T = TypeVar("T")
+
+
+def call_with_retry(fn: Callable[[], T], policy: RetryPolicy,
+                    classify: Callable[[BaseException], bool] = is_system_failure) -> T:
+    """``fn()`` in this thread, again after a system failure (e.g. a Globus Transfer that did
+    not succeed), with the policy's backoff; other errors and the last failure propagate."""
+    attempt = 1
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt > policy.retries or not classify(exc):
+                raise
+            attempt += 1
+            time.sleep(policy.delay(attempt))
 
 
 @dataclass

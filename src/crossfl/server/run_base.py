@@ -15,7 +15,7 @@ from crossfl.client.adapter_io import adapter_from_bytes, adapter_to_bytes
 from crossfl.endpoints import failure_summary
 from crossfl.server import checkpoint as ckpt
 from crossfl.server.experiment import Experiment, local_path
-from crossfl.server.faults import Parking, RetryingTask, RetryPolicy
+from crossfl.server.faults import Parking, RetryingTask, RetryPolicy, call_with_retry
 from crossfl.server.flat import FlatSpec
 from crossfl.server.screening import DistanceScreen, distance, finite_problem, layout_problem
 from crossfl.server.site_executors import OpenSite
@@ -191,7 +191,7 @@ class DriverBase:
         plan = self.plan_for(site)
         adapter = self.global_bytes()
         task = train_task(self.exp, self.data_paths[site], None, plan, rnd, site)
-        out = self.transport.train(site, task, adapter, self.state.version)
+        out = call_with_retry(lambda: self.transport.train(site, task, adapter, self.state.version), self.policy)
         running = RetryingTask(self.handles[site].executor, out.fn, out.payload, self.policy)
         return Pending(site, rnd, plan, out, running, self.state.version, self.exp.task_timeout_s)
 
@@ -217,7 +217,11 @@ class DriverBase:
             return Arrival(record, None)
         assert result is not None
         try:
-            incoming = self.transport.receive(p.site, result, p.out.mode)
+            incoming = call_with_retry(lambda: self.transport.receive(p.site, result, p.out.mode), self.policy)
+        except Exception as exc:  # the result could not be fetched (e.g. its transfer failed)
+            record.update(status="failed", error=f"fetching the result: {failure_summary(exc)}")
+            return Arrival(record, None)
+        try:
             state_dict = adapter_from_bytes(incoming.adapter)
         except Exception as exc:
             return self.reject(record, f"unreadable adapter: {failure_summary(exc)}")
@@ -277,7 +281,8 @@ class DriverBase:
     def evaluate(self, label: str, rnd: int) -> dict[str, Any]:
         adapter = self.global_bytes()
         name = self.exp.eval_site
-        out = self.transport.evaluate(name, eval_task(self.exp, None), adapter, self.state.version)
+        out = call_with_retry(lambda: self.transport.evaluate(name, eval_task(self.exp, None), adapter,
+                                                              self.state.version), self.policy)
         running = RetryingTask(self.eval_site.executor, out.fn, out.payload, self.policy)
         try:
             result = running.future.result(timeout=self.exp.task_timeout_s)
