@@ -289,6 +289,10 @@ def test_driver_follows_the_strategy_unless_told(tmp_path: Path) -> None:
     with pytest.raises(UserError) as info:
         driver_class(experiment(tmp_path, strategy={"name": "fedasync"}, driver="sync"))
     assert info.value.field == "driver"
+    with pytest.raises(UserError) as info:
+        driver_class(experiment(tmp_path, max_updates=10))
+    assert info.value.field == "max_updates"
+    assert driver_class(experiment(tmp_path, strategy={"name": "fedbuff"}, max_updates=10)) is AsyncDriver
 
 
 def test_cli_resume_and_report_of_a_missing_run_are_one_line(tmp_path: Path) -> None:

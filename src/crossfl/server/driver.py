@@ -264,6 +264,9 @@ def driver_class(experiment: Experiment) -> type[DriverBase]:
                         fix="use driver: async or auto, or a synchronous strategy")
     if experiment.driver == "async" or (experiment.driver == "auto" and is_async):
         return AsyncDriver
+    if experiment.max_updates is not None:
+        raise UserError(f"max_updates ends asynchronous runs; strategy {name} runs synchronous rounds",
+                        field="max_updates", fix="set rounds instead, or driver: async")
     return RoundDriver
 
 
@@ -282,6 +285,7 @@ def run_experiment(experiment: Experiment, exp_path: Path, console: Console | No
     """Start a run in a new run directory. ``stop_after``: stop (RunStopped) once round (or
     aggregation) k is checkpointed, e.g. to fit a server job's walltime; resume continues."""
     console = console or Console()
+    driver_class(experiment)  # a strategy/driver mismatch is the user's: say so before anything starts
     run_dir = new_run_dir(experiment, exp_path)
     console.print(f"run directory: {run_dir}")
     _drive(experiment, run_dir, console, None, Options(stop_after, fns or TaskFns(), transfer_client))
