@@ -72,19 +72,19 @@ def by_reference(root: Path) -> tuple[dict[str, Any], FakeTransferClient]:
 def test_killed_and_resumed_run_ends_with_the_same_adapter(here: Path) -> None:
     """The uninterrupted run moves adapters inline; the killed one by reference (shared
     filesystem and Globus Transfer): the final adapters are still equal bit for bit."""
-    exp, path = load_experiment(experiment_file(here, name="straight"))
+    exp, path = load_experiment(experiment_file(here, name="straight", rounds=2))
     straight = run_experiment(exp, path, Console(width=120))
 
     changes, fake = by_reference(here)
-    exp, path = load_experiment(experiment_file(here, name="killed", **changes))
+    exp, path = load_experiment(experiment_file(here, name="killed", rounds=2, **changes))
     with pytest.raises(RunStopped):
-        run_experiment(exp, path, Console(width=120), stop_after=2, transfer_client=lambda: fake)
+        run_experiment(exp, path, Console(width=120), stop_after=1, transfer_client=lambda: fake)
     killed = run_dir_of(here, "killed")
-    assert json.loads((killed / "checkpoint" / "state.json").read_text())["round"] == 2
+    assert json.loads((killed / "checkpoint" / "state.json").read_text())["round"] == 1
     assert not (killed / "final_adapter").exists()
-    # what a process killed during round 3 would have left behind
+    # what a process killed during round 2 would have left behind
     with (killed / "metrics.jsonl").open("a") as fh:
-        fh.write(json.dumps({"kind": "task", "round": 3, "site": "east", "status": "ok", "ghost": True}) + "\n")
+        fh.write(json.dumps({"kind": "task", "round": 2, "site": "east", "status": "ok", "ghost": True}) + "\n")
         fh.write('{"kind": "task", "rou')  # a line cut short
 
     console = Console(width=120, record=True)
@@ -98,7 +98,7 @@ def test_killed_and_resumed_run_ends_with_the_same_adapter(here: Path) -> None:
 
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs from the uninterrupted one"
     tasks = records(killed, "task")
-    assert sorted((t["round"], t["site"]) for t in tasks) == [(r, s) for r in (1, 2, 3) for s in ("east", "west")]
+    assert sorted((t["round"], t["site"]) for t in tasks) == [(r, s) for r in (1, 2) for s in ("east", "west")]
     assert not any(t.get("ghost") for t in tasks)
     assert any(r.get("ghost") for r in read_metrics(killed / "metrics.jsonl"))  # kept in the file
     assert len(records(killed, "baseline")) == 1 and len(records(killed, "resume")) == 1
@@ -197,3 +197,39 @@ def test_deadline_aggregates_what_arrived_and_merges_late_updates(here: Path) ->
     merged = next(a for a in aggs if a["round"] == late[0]["arrived_in_round"])
     assert "g" in merged["sites"] and merged["staleness"]["g"] > 0
     assert any(s["site"] == "g" and "still running" in s["reason"] for s in records(run_dir, "skipped"))
+
+
+def test_cli_run_killed_by_sigterm_resumes_to_the_end(here: Path) -> None:
+    """`crossfl run` gets SIGTERM (as a batch job at walltime does) after its first checkpoint;
+    `crossfl resume RUN` finishes it in the same directory."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = experiment_file(here, name="sigterm", rounds=3, sites=[{"name": "east", "site": "local"}])
+    env = dict(os.environ, CROSSFL_ROOT=str(here))
+    proc = subprocess.Popen([sys.executable, "-m", "crossfl", "run", str(path)], cwd=here, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 240
+        while not list((here / "runs").glob("sigterm-*/checkpoint/state.json")):
+            assert proc.poll() is None and time.time() < deadline, proc.stdout and proc.stdout.read()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    run_dir = run_dir_of(here, "sigterm")
+    assert "crossfl resume" in out and not (run_dir / "final_adapter").exists()
+    resumed = subprocess.run([sys.executable, "-m", "crossfl", "resume", str(run_dir)], cwd=here, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Traceback" not in resumed.stdout + resumed.stderr
+    assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["finished"] is True
+    tasks = records(run_dir, "task")
+    assert sorted((t["round"], t["site"]) for t in tasks) == [(1, "east"), (2, "east"), (3, "east")]
+    assert [r["round"] for r in records(run_dir, "round")] == [1, 2, 3]
