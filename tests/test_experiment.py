@@ -113,3 +113,15 @@ def test_cli_missing_model_keeps_nothing_half_written(tmp_path: Path) -> None:
     assert "model.path" in proc.stderr and "make model" in proc.stderr
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1 and (runs[0] / "experiment.yaml").is_file()
+
+
+def test_four_facility_experiment_loads_with_per_site_models() -> None:
+    from crossfl.server.run_base import eval_task, model_path_for
+
+    exp, _ = load_experiment(ROOT / "deploy" / "experiments" / "chem-lora.yaml")
+    assert {s.site for s in exp.sites} == {"frontier", "aurora", "polaris", "perlmutter"}
+    assert exp.lora.r == 16 and exp.training.adapter_dtype == "bfloat16"
+    # facility paths travel as they are; each site gets its own model directory
+    assert model_path_for(exp, "polaris") == "/eagle/PROJECT/models/Llama-2-7b-hf"
+    assert eval_task(exp, None)["model_path"].startswith("/lustre/orion/")
+    assert eval_task(exp, None)["data_path"] == exp.data.validation

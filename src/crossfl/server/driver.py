@@ -62,11 +62,14 @@ def new_run_dir(experiment: Experiment, exp_path: Path) -> Path:
 
 def check_local_inputs(experiment: Experiment, handles: dict[str, OpenSite]) -> None:
     """Paths the server itself reads (or that local engines read) must exist here."""
-    if any(h.kind == "local engine" for h in handles.values()):
-        model = local_path(experiment.model.path)
-        if not (model / "config.json").is_file():
-            raise UserError(f"no model at {experiment.model.path} (config.json missing)", field="model.path",
-                            fix="build the demo model with `make model`, or point model.path at a checkpoint directory")
+    for name, handle in handles.items():
+        if handle.kind != "local engine":
+            continue
+        own = experiment.site_entry(name).model_path
+        field = f"sites[{name}].model_path" if own else "model.path"
+        if not (Path(model_path_for(experiment, name)) / "config.json").is_file():
+            raise UserError(f"no model at {own or experiment.model.path} (config.json missing)", field=field,
+                            fix=f"build the demo model with `make model`, or point {field} at a checkpoint directory")
     validation = local_path(experiment.data.validation)
     if handles[experiment.eval_site].kind == "local engine" and not validation.is_file():
         raise UserError(f"no validation data at {experiment.data.validation}", field="data.validation",

@@ -69,6 +69,8 @@ class SiteEntry(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     site: str = Field(description="catalog name in deploy/sites/")
     data_path: str | None = Field(None, description="site-local training JSONL (at the facility)")
+    model_path: str | None = Field(None, description="the base model on this site's filesystem "
+                                                     "(default: model.path)")
     user_options: dict[str, Any] = Field(default_factory=dict)
     training: SiteTraining = SiteTraining()
     transport: SiteTransport = SiteTransport()

@@ -48,9 +48,11 @@ class RunState:
         return time.time() - self.started
 
 
-def model_path_for(experiment: Experiment) -> str:
-    path = Path(experiment.model.path).expanduser()
-    return str(path if path.is_absolute() else local_path(experiment.model.path))
+def model_path_for(experiment: Experiment, site: str | None = None) -> str:
+    """The site's own model_path, else model.path; relative paths are this machine's (local
+    sites), absolute ones are passed as they are (a facility's filesystem)."""
+    own = experiment.site_entry(site).model_path if site is not None else None
+    return str(local_path(own or experiment.model.path))
 
 
 def train_task(experiment: Experiment, data_path: str, adapter: bytes | None, plan: ClientPlan,
@@ -58,7 +60,7 @@ def train_task(experiment: Experiment, data_path: str, adapter: bytes | None, pl
     t = experiment.training
     o = experiment.site_entry(site).training if site is not None else None
     return {
-        "model_path": model_path_for(experiment), "data_path": data_path, "adapter": adapter,
+        "model_path": model_path_for(experiment, site), "data_path": data_path, "adapter": adapter,
         "local_steps": plan.local_steps, "batch_size": (o and o.batch_size) or t.batch_size, "lr": plan.lr,
         "max_length": t.max_length, "lora": experiment.lora.model_dump(), "dtype": experiment.model.dtype,
         "adapter_dtype": t.adapter_dtype, "seed": experiment.seed, "round": rnd,
@@ -69,7 +71,8 @@ def train_task(experiment: Experiment, data_path: str, adapter: bytes | None, pl
 def eval_task(experiment: Experiment, adapter: bytes | None) -> dict[str, Any]:
     e = experiment.evaluation
     return {
-        "model_path": model_path_for(experiment), "data_path": str(local_path(experiment.data.validation)),
+        "model_path": model_path_for(experiment, experiment.eval_site),
+        "data_path": str(local_path(experiment.data.validation)),
         "adapter": adapter, "lora": experiment.lora.model_dump(), "batch_size": e.batch_size,
         "max_length": experiment.training.max_length, "dtype": experiment.model.dtype,
         "max_samples": e.max_samples, "generate_max_new_tokens": e.generate_max_new_tokens,
