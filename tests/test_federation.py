@@ -64,6 +64,8 @@ def test_two_site_two_round_federation(project: Path, monkeypatch: pytest.Monkey
     assert yaml.safe_load((run_dir / "experiment.yaml").read_text())["name"] == "two-sites"
     assert (run_dir / "data" / "east.jsonl").is_file() and (run_dir / "data" / "west.jsonl").is_file()
     assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["round"] == 2
+    images = json.loads((run_dir / "site_images.json").read_text())
+    assert images["east"] == {"site": "local", "runtime": "none", "arch": "cpu", "image": None, "digest": None}
     assert (run_dir / "loss_vs_time.png").stat().st_size > 0
     assert (run_dir / "site_timeline.png").stat().st_size > 0
 

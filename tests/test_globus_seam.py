@@ -109,6 +109,8 @@ def test_deployed_site_runs_through_the_sdk_executor(project: Path, monkeypatch:
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     tasks = {r["site"]: r for r in records if r["kind"] == "task"}
     assert tasks["facility"]["status"] == "ok" and tasks["laptop"]["status"] == "ok"
+    images = json.loads((run_dir / "site_images.json").read_text())
+    assert set(images) == {"facility", "laptop"} and images["laptop"]["runtime"] == "none"
 
 
 def test_undeployed_site_is_refused_before_any_engine_starts(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -119,3 +121,22 @@ def test_undeployed_site_is_refused_before_any_engine_starts(project: Path, monk
         run_experiment(exp, path, Console(width=120))
     assert "localhost-ssh" in info.value.render() and "make deploy SITE=localhost-ssh" in info.value.render()
     assert not list((project / "runs").glob("undeployed-*/engines/*"))
+
+
+def test_run_records_the_image_digest_deploy_staged(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import datetime, timezone
+
+    from crossfl.server.experiment import SiteEntry
+    from crossfl.server.site_executors import OpenSite, image_records
+    from crossfl.state import ImageState
+
+    monkeypatch.setenv("CROSSFL_ROOT", str(project))
+    staged = ImageState(arch="cuda", local_path="build/images/crossfl-cuda.sif",
+                        remote_path="/home/u/.crossfl/polaris/images/crossfl-cuda.sif",
+                        sha256="ab" * 32, size=10, staged_at=datetime.now(timezone.utc))
+    save_state(DeployState(site="polaris", host="polaris", remote_root="/home/u/.crossfl/polaris", image=staged,
+                           endpoint=EndpointState(name="crossfl-polaris")))
+    handle = OpenSite(SiteEntry(name="p", site="polaris"), None, "globus compute", "x")  # type: ignore[arg-type]
+    record = image_records({"p": handle})["p"]
+    assert record == {"site": "polaris", "runtime": "apptainer", "arch": "cuda",
+                      "image": staged.remote_path, "digest": "sha256:" + "ab" * 32}

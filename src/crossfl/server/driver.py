@@ -14,6 +14,7 @@ without their own data), transport/ (adapters by reference for local sites), plo
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import socket
 import time
@@ -36,7 +37,7 @@ from crossfl.server.report import print_report, write_plots
 from crossfl.server.run_base import (
     Arrival, DriverBase, Pending, RunFailed, RunStopped, eval_task, model_path_for, train_task,
 )
-from crossfl.server.site_executors import OpenSite, open_sites
+from crossfl.server.site_executors import OpenSite, image_records, open_sites
 from crossfl.server.strategies import is_async as strategy_is_async
 from crossfl.server.strategies.base import Update
 from crossfl.server.telemetry import live_records
@@ -345,6 +346,7 @@ def _drive(experiment: Experiment, run_dir: Path, console: Console, checkpoint: 
             handles = open_sites(experiment.sites, run_dir / "engines", stack)
             for name, h in handles.items():
                 console.print(f"site {name}: {h.entry.site} via {h.kind} ({h.endpoint})")
+            atomic_write_text(run_dir / "site_images.json", json.dumps(image_records(handles), indent=2))
             check_local_inputs(experiment, handles)
             data_paths = site_data_paths(experiment, run_dir)
             local = {n for n, h in handles.items() if h.kind == "local engine"}

@@ -63,3 +63,27 @@ def open_sites(entries: list[SiteEntry], engines_dir: Path, stack: contextlib.Ex
         stack.callback(handle.executor.shutdown, wait=True, cancel_futures=True)
         opened[entry.name] = handle
     return opened
+
+
+def image_records(handles: dict[str, OpenSite]) -> dict[str, dict[str, str | None]]:
+    """Which image each site ran and its digest: from deploy/state/ for facilities (what deploy
+    staged), from the image file itself for local sites that use one."""
+    from crossfl.images import image_digest
+    from crossfl.sites import image_arch, load_site
+    from crossfl.state import load_state
+
+    records: dict[str, dict[str, str | None]] = {}
+    for name, handle in handles.items():
+        site = load_site(handle.entry.site)
+        record: dict[str, str | None] = {"site": site.name, "runtime": site.container.runtime,
+                                         "arch": image_arch(site), "image": None, "digest": None}
+        if site.container.runtime != "none":
+            state = load_state(site.name) if not runs_here(site) else None
+            if state is not None and state.image is not None:
+                record.update(image=state.image.remote_path, digest=f"sha256:{state.image.sha256}")
+            else:
+                record["image"] = site.image()
+                if record["image"] and Path(record["image"]).is_file():
+                    record["digest"] = image_digest(record["image"])
+        records[name] = record
+    return records
