@@ -35,6 +35,7 @@ from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, Validatio
                       model_validator)
 
 from crossfl import __version__, paths
+from crossfl.atomic import atomic_write_bytes
 from crossfl.errors import UserError
 
 PREFIX = "/opt/crossfl"
@@ -304,18 +305,6 @@ def render_text(arch: str, *, context: str, commit: str) -> str:
     return text
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def render_def(arch: str) -> Path:
     """Render build/images/crossfl-ARCH.def and stage its %files beside it. Returns the def."""
     get_arch(arch)
@@ -325,7 +314,7 @@ def render_def(arch: str) -> Path:
     context = out.parent / f"crossfl-{arch}.context"
     text = render_text(arch, context=display_path(context), commit=commit)
     _stage_context(context, commit)
-    _write_atomic(out, text.encode())
+    atomic_write_bytes(out, text.encode())
     return out
 
 
@@ -509,7 +498,7 @@ def record_image(entry: ManifestEntry, path: Path | None = None) -> None:
     with _manifest_lock(path):
         manifest = _load_manifest(path)
         manifest.images[entry.arch] = entry
-        _write_atomic(path, (manifest.model_dump_json(indent=2) + "\n").encode())
+        atomic_write_bytes(path, (manifest.model_dump_json(indent=2) + "\n").encode())
 
 
 # ---------------------------------------------------------------- apptainer
