@@ -62,8 +62,8 @@ def probe(remote: Remote, remote_root: str, site_file: str, *, version: bool = F
         how = f"after `{t.activate}`" if t.activate else "(deploy.python_activate is unset)"
         raise UserError(f"site {t.site}: {GCE} is not on PATH on {t.label} {how}",
                         file=site_file, field="deploy.python_activate",
-                        fix=f"install it there (pip install globus-compute-endpoint==4.19.0) and "
-                            f"set deploy.python_activate to the line that activates it")
+                        fix="install it there (pip install globus-compute-endpoint==4.19.0) and "
+                            "set deploy.python_activate to the line that activates it")
     return LoginInfo(home=m["HOME"], uid=int(m.get("UID") or -1), root=m["ROOT"],
                      gc_dir=m["GCDIR"], gce=m["GCE"],
                      gce_version=m.get("GCE_VERSION", "").removeprefix(
@@ -85,7 +85,7 @@ def configure(remote: Remote, info: LoginInfo, name: str, *, multi_user: bool,
     if not r.ok:
         raise UserError(f"site {remote.t.site}: `{GCE} configure {name}` failed on "
                         f"{remote.t.label}: {r.tail()}",
-                        fix=f"run it there by hand to see the whole message, then deploy again")
+                        fix="run it there by hand to see the whole message, then deploy again")
     return True
 
 
