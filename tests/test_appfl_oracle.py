@@ -273,45 +273,50 @@ class NoTimer:
         pass
 
 
-def test_fedcompass_schedule_matches_appfl_compass_scheduler(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Same arrivals at the same (fake) times: same local steps, same groups, same models."""
+COMPASS_CFG = {"max_local_steps": 20, "min_local_steps": 4, "speed_momentum": 0.5,
+               "latest_time_factor": 1.5}
+
+
+def compass_pair(monkeypatch: pytest.MonkeyPatch, clock: FakeClock, alpha: float,
+                 sites: list[str]) -> tuple[Any, Any]:
+    """APPFL's CompassScheduler + FedCompassAggregator and ours, on the same fake clock, with
+    ``num_clients`` set as APPFL's server sets it (the number of sites)."""
     import appfl.algorithm.scheduler.compass_scheduler as cs
 
-    clock = FakeClock()
     monkeypatch.setattr(cs.time, "time", clock)
     monkeypatch.setattr(cs.threading, "Timer", NoTimer)
-    cfg = {"max_local_steps": 20, "min_local_steps": 4, "speed_momentum": 0.5,
-           "latest_time_factor": 1.5}
+    n = len(sites)
     sched = cs.CompassScheduler(
-        DictConfig({**cfg, "num_clients": 4, "optimize_memory": False}),
-        appfl("FedCompassAggregator", alpha=0.7, num_clients=4),
+        DictConfig({**COMPASS_CFG, "num_clients": n, "optimize_memory": False}),
+        appfl("FedCompassAggregator", alpha=alpha, num_clients=n),
         logging.getLogger("appfl-oracle"),
     )
-    ours = get_strategy("fedcompass", alpha=0.7, num_clients=4, **cfg)
+    ours = get_strategy("fedcompass", alpha=alpha, num_clients=n, **COMPASS_CFG)
     ours.clock = clock  # type: ignore[attr-defined]
     ours.reset_clock()  # type: ignore[attr-defined]
+    return sched, ours
 
-    speeds = {"alcf": 1.0, "olcf": 2.3, "nersc": 4.1, "tacc": 9.0}  # seconds per local step
-    jitter = random.Random(11)  # each task runs 0.8x to 1.2x its site's usual speed
 
-    def duration(site: str, steps: int) -> float:
-        return steps * speeds[site] * jitter.uniform(0.8, 1.2)
+def replay_compass(sched: Any, ours: Any, clock: FakeClock, sites: list[str],
+                   duration: Any, arrivals: int, seed: int) -> int:
+    """Feed both the same arrivals at the same (fake) times; after every arrival both global
+    models agree, and every site APPFL answers gets the same local steps from both.
 
-    gen = torch.Generator().manual_seed(7)
+    A site in an arrival group waits for its group's aggregation, as under APPFL; ``duration``
+    (site, steps) gives how long a task runs. Returns the number of group aggregations."""
+    gen = torch.Generator().manual_seed(seed)
     init = adapter(gen)
     sched.aggregator.global_state = copy.deepcopy(init)
     g, version = SPEC.flatten(init), 0
-    plan = ClientPlan(local_steps=cfg["max_local_steps"], lr=1e-4)
+    plan = ClientPlan(local_steps=COMPASS_CFG["max_local_steps"], lr=1e-4)
     # site -> (arrival time, steps, base version, base model)
     running: dict[str, tuple[float, int, int, dict[str, torch.Tensor]]] = {}
-    for site in speeds:
+    for site in sites:
         steps = ours.configure(site, version, plan).local_steps
         running[site] = (duration(site, steps), steps, version, copy.deepcopy(init))
     group_aggregations = 0
     pending: dict[str, Any] = {}  # group members waiting for their group's aggregation
-    for _ in range(30):
+    for _ in range(arrivals):
         site = min(running, key=lambda s: running[s][0])
         arrival, steps, base_version, base = running.pop(site)
         clock.t = arrival
@@ -335,10 +340,51 @@ def test_fedcompass_schedule_matches_appfl_compass_scheduler(
             assert ours_steps == meta["local_steps"], member
             running[member] = (arrival + duration(member, ours_steps), ours_steps, version,
                                SPEC.unflatten(g, copy=True))
+    return group_aggregations
+
+
+def test_fedcompass_schedule_matches_appfl_compass_scheduler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Same arrivals at the same (fake) times: same local steps, same groups, same models."""
+    clock = FakeClock()
+    sched, ours = compass_pair(monkeypatch, clock, alpha=0.7, sites=SITES)
+    speeds = {"alcf": 1.0, "olcf": 2.3, "nersc": 4.1, "tacc": 9.0}  # seconds per local step
+    jitter = random.Random(11)  # each task runs 0.8x to 1.2x its site's usual speed
+
+    def duration(site: str, steps: int) -> float:
+        return steps * speeds[site] * jitter.uniform(0.8, 1.2)
+
+    try:
+        groups = replay_compass(sched, ours, clock, SITES, duration, arrivals=30, seed=7)
+    finally:
+        sched.clean_up()
     # the scenario exercised arrival groups (not just solo updates) and several open groups
-    assert group_aggregations >= 3 and sched.group_counter >= 4, (group_aggregations,
-                                                                 sched.group_counter)
-    sched.clean_up()
+    assert groups >= 3 and sched.group_counter >= 4, (groups, sched.group_counter)
+
+
+def test_fedcompass_late_update_superseded_by_the_sites_newer_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A site misses its group's window (its update waits in the general buffer), then its
+    next update arrives in its new group's window before any group aggregation: APPFL keys
+    both buffers by client, so the group aggregation uses only the newer update."""
+    clock = FakeClock()
+    sites = ["alcf", "olcf"]
+    sched, ours = compass_pair(monkeypatch, clock, alpha=0.8, sites=sites)
+    # alcf: 20 steps in 20 s (alone: mixed in, then its group expects it at t=40, window to
+    # t=50); 40 s more (t=60, late: buffered); its new group expects it by 1.5 s/step x 20
+    # steps and it arrives after 25 s, in the window. olcf arrives once, at t=500.
+    scripted = {"alcf": [20.0, 40.0, 25.0, 1e4], "olcf": [500.0, 1e4]}
+
+    def duration(site: str, steps: int) -> float:
+        return scripted[site].pop(0)
+
+    try:
+        groups = replay_compass(sched, ours, clock, sites, duration, arrivals=4, seed=12)
+    finally:
+        sched.clean_up()
+    assert groups == 1 and scripted == {"alcf": [], "olcf": []}  # every scripted task ran
 
 
 # ---------------------------------------------------------------- FedQueue

@@ -7,8 +7,9 @@ waits in the group buffer; when the group is complete (or its window has passed 
 arrival) the buffered models are mixed in at once:
 ``w <- (1 - sum a_i) w + sum a_i x_i`` with ``a_i = alpha * s(staleness_i) / num_clients``.
 A site without a group (its first arrival) is mixed in alone, FedAsync-style; a late one waits
-in a general buffer for the next group aggregation. Group bookkeeping follows APPFL 1.12's
-CompassScheduler; the clock is wall time since the strategy was built.
+in a general buffer for the next group aggregation. Both buffers hold one update per site, as
+APPFL's do: a site's newer update replaces its buffered older one. Group bookkeeping follows
+APPFL 1.12's CompassScheduler; the clock is wall time since the strategy was built.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class _Group:
     expected: float  # expected arrival time (s since start)
     latest: float  # end of the arrival window
     pending: list[str] = field(default_factory=list)
-    arrived: list[Update] = field(default_factory=list)
+    arrived: dict[str, Update] = field(default_factory=dict)  # by site
 
 
 class FedCompass(Strategy):
@@ -65,7 +66,7 @@ class FedCompass(Strategy):
         self.sites: set[str] = set()
         self.groups: dict[int, _Group] = {}
         self.site_group: dict[str, int] = {}
-        self.general: list[Update] = []
+        self.general: dict[str, Update] = {}  # late updates by site
         self._dispatched: dict[str, float] = {}
         self._next_group = 0
 
@@ -122,7 +123,7 @@ class FedCompass(Strategy):
         steps = -1
         for group in self.groups.values():
             if now < group.latest:
-                members = group.pending + [u.site for u in group.arrived]
+                members = group.pending + list(group.arrived)
                 fastest = min((self.speed[s] for s in members if s in self.speed),
                               default=speed)
                 arrival = group.latest + fastest * p.max_local_steps
@@ -161,12 +162,14 @@ class FedCompass(Strategy):
         self.sites.add(update.site)
         self._record_speed(update, now)
 
-        ready: list[Update] = []
+        self._drop_buffered(update.site)  # this update supersedes the site's buffered one
+        ready: dict[str, Update] = {}
         for gid in sorted(self.groups):  # windows that closed with arrivals: aggregate them
             group = self.groups[gid]
             if now > group.latest and group.arrived:
-                ready += self.general + group.arrived
-                self.general, group.arrived = [], []
+                ready.update(self.general)
+                ready.update(group.arrived)
+                self.general, group.arrived = {}, {}
             if not group.pending and not group.arrived:
                 del self.groups[gid]
 
@@ -179,26 +182,34 @@ class FedCompass(Strategy):
             if group is not None and update.site in group.pending:
                 group.pending.remove(update.site)
             if group is None or now > group.latest:
-                self.general.append(update)
+                self.general[update.site] = update
                 if group is not None and not group.pending and not group.arrived:
                     del self.groups[gid]
             else:
-                group.arrived.append(update)
+                group.arrived[update.site] = update
                 if not group.pending:
-                    ready += self.general + group.arrived
-                    self.general = []
+                    ready.update(self.general)
+                    ready.update(group.arrived)
+                    self.general = {}
                     del self.groups[gid]
 
-        new = self.mix(global_params, ready, version) if ready else None
+        new = self.mix(global_params, list(ready.values()), version) if ready else None
         if solo:
             new = self.mix(global_params if new is None else new, [update], version)
         return new
+
+    def _drop_buffered(self, site: str) -> None:
+        """Forget ``site``'s buffered update, if any (a newer one of the site has arrived)."""
+        self.general.pop(site, None)
+        for group in self.groups.values():
+            group.arrived.pop(site, None)
 
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
         """Speeds, sites and every buffered update; groups are re-formed after a resume."""
-        buffered = self.general + [u for g in self.groups.values() for u in g.arrived]
+        buffered = [*self.general.values(),
+                    *(u for g in self.groups.values() for u in g.arrived.values())]
         return {
             "speed": dict(self.speed),
             "sites": sorted(self.sites),
@@ -208,6 +219,9 @@ class FedCompass(Strategy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.speed = {str(k): float(v) for k, v in state.get("speed", {}).items()}
         self.sites = set(state.get("sites", []))
-        self.general = [update_from_state(d) for d in state.get("buffered", [])]
+        self.general = {}
+        for d in state.get("buffered", []):
+            u = update_from_state(d)
+            self.general[u.site] = u
         self.groups, self.site_group, self._dispatched = {}, {}, {}
 
