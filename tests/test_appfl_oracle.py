@@ -161,14 +161,37 @@ def staleness_configs(fn: str) -> tuple[dict[str, Any], dict[str, Any]]:
             {"staleness_fn": "hinge", "staleness_fn_kwargs": {"a": 10.0, "b": 2}})
 
 
+SAMPLES = {s: n for s, n in zip(SITES, (10, 20, 30, 40))}
+
+
+def appfl_server_side(cls_name: str, **configs: Any) -> Any:
+    """An APPFL aggregator set up as APPFL 1.12's server sets it up before training.
+
+    ``num_clients``: ``ServerAgent.__init__`` calls ``_set_num_clients``
+    (appfl/agent/server.py:60), which writes the server's client count into
+    ``aggregator_kwargs.num_clients`` (appfl/agent/server.py:662, or :665 when there are no
+    aggregator kwargs) before ``_load_scheduler`` builds the aggregator from those kwargs
+    (appfl/agent/server.py:417). Sample counts: every client answers a ``get_sample_size``
+    task and the server calls ``set_sample_size`` -> ``set_client_sample_size`` for each
+    before the first training task (appfl/service/appflx_entry_point.py:121-124).
+    """
+    theirs = appfl(cls_name, num_clients=len(SAMPLES), **configs)
+    for site, n in SAMPLES.items():
+        theirs.set_client_sample_size(site, n)
+    return theirs
+
+
 def async_run(ours: Any, theirs: Any, seed: int, arrivals: int = 14) -> int:
-    """Random arrival order (mixed staleness); compare after every update. Returns flushes."""
+    """Random arrival order (mixed staleness); compare after every update. Returns flushes.
+
+    Both sides know every site and its sample count before the first update (ours through
+    ``register_sites``, APPFL through :func:`appfl_server_side`)."""
     gen = torch.Generator().manual_seed(seed)
     order = random.Random(seed)
     init = adapter(gen)
     theirs.global_state = copy.deepcopy(init)
+    ours.register_sites(SAMPLES)
     global_flat, version = SPEC.flatten(init), 0
-    samples = {s: 10 * (i + 1) for i, s in enumerate(SITES)}
     started: dict[str, tuple[int, dict[str, torch.Tensor]]] = {}
     for site in SITES:  # every client downloads the initial model
         started[site] = (version, theirs.get_parameters(client_id=site))
@@ -177,9 +200,8 @@ def async_run(ours: Any, theirs: Any, seed: int, arrivals: int = 14) -> int:
         site = order.choice(SITES)
         base_version, base = started[site]
         model = local_model(gen, base)
-        theirs.set_client_sample_size(site, samples[site])
         expected = theirs.aggregate(site, copy.deepcopy(model))
-        update = Update(site, SPEC.flatten(model), samples[site], base_version, 10)
+        update = Update(site, SPEC.flatten(model), SAMPLES[site], base_version, 10)
         new = ours.aggregate(global_flat, [update], version)
         if new is not None:
             global_flat, version, flushes = new, version + 1, flushes + 1
@@ -189,36 +211,62 @@ def async_run(ours: Any, theirs: Any, seed: int, arrivals: int = 14) -> int:
 
 
 @pytest.mark.parametrize("fn", ["constant", "polynomial", "hinge"])
-@pytest.mark.parametrize("weighting", ["none", "num_samples"])
+@pytest.mark.parametrize("weighting", ["equal", "num_samples"])
 def test_fedasync_matches_appfl(fn: str, weighting: str) -> None:
+    """Equal weights are 1 / num_clients; sample weights are shares of every registered
+    site's samples, from the first update on."""
     ours_kw, configs = staleness_configs(fn)
     mode = "sample_size" if weighting == "num_samples" else "equal"
     ours = get_strategy("fedasync", alpha=0.6, weighting=weighting, **ours_kw)
-    theirs = appfl("FedAsyncAggregator", alpha=0.6, client_weights_mode=mode, **configs)
+    theirs = appfl_server_side("FedAsyncAggregator", alpha=0.6, client_weights_mode=mode,
+                               **configs)
     async_run(ours, theirs, seed=3)
 
 
 def test_fedasync_matches_appfl_default_memory_mode() -> None:
     ours = get_strategy("fedasync", alpha=0.5, staleness_fn="polynomial", a=1.0)
-    theirs = appfl("FedAsyncAggregator", alpha=0.5, staleness_fn="polynomial",
-                   staleness_fn_kwargs={"a": 1.0}, optimize_memory=True)
+    theirs = appfl_server_side("FedAsyncAggregator", alpha=0.5, staleness_fn="polynomial",
+                               staleness_fn_kwargs={"a": 1.0}, optimize_memory=True)
     async_run(ours, theirs, seed=10, arrivals=3)
 
 
 @pytest.mark.parametrize("fn", ["constant", "polynomial", "hinge"])
-def test_fedbuff_matches_appfl(fn: str) -> None:
+@pytest.mark.parametrize("weighting", ["equal", "num_samples"])
+def test_fedbuff_matches_appfl(fn: str, weighting: str) -> None:
     ours_kw, configs = staleness_configs(fn)
-    k, server_lr = 3, 1.5
-    ours = get_strategy("fedbuff", K=k, server_lr=server_lr, **ours_kw)
-    # APPFL's FedBuff adds alpha * sum s(u) (x - w): alpha = server_lr / K is the paper's form
-    theirs = appfl("FedBuffAggregator", K=k, alpha=server_lr / k, **configs)
-    assert async_run(ours, theirs, seed=4, arrivals=13) == 13 // k
+    mode = "sample_size" if weighting == "num_samples" else "equal"
+    ours = get_strategy("fedbuff", K=3, alpha=1.5, weighting=weighting, **ours_kw)
+    theirs = appfl_server_side("FedBuffAggregator", K=3, alpha=1.5, client_weights_mode=mode,
+                               **configs)
+    assert async_run(ours, theirs, seed=4, arrivals=13) == 13 // 3
+
+
+@pytest.mark.parametrize("name", ["FedAsyncAggregator", "FedBuffAggregator"])
+def test_appfl_wrapper_registers_sites_like_appfls_server(name: str) -> None:
+    """``register_sites`` gives the wrapped aggregator ``num_clients`` and every sample count
+    (a ``num_clients`` in the kwargs is overridden, as APPFL's server overrides it)."""
+    configs = {"K": 2, "alpha": 0.7, "client_weights_mode": "sample_size",
+               "optimize_memory": False}
+    if name == "FedAsyncAggregator":
+        configs = {"alpha": 0.7, "optimize_memory": False}  # equal weights: 1 / num_clients
+    wrapped = get_strategy(f"appfl:{name}", num_clients=99, **configs)
+    wrapped.set_layout(SPEC)  # type: ignore[attr-defined]
+    theirs = appfl_server_side(name, **configs)
+    async_run(wrapped, theirs, seed=13, arrivals=6)
+    state = wrapped.state_dict()
+    assert state["num_clients"] == len(SAMPLES) and state["client_sample_size"] == SAMPLES
+    resumed = get_strategy(f"appfl:{name}", **configs)
+    resumed.load_state_dict(state)
+    again = resumed.state_dict()
+    assert again["num_clients"] == len(SAMPLES) and again["client_sample_size"] == SAMPLES
 
 
 def test_fedbuff_through_wrapper_buffers_like_ours() -> None:
-    ours = get_strategy("fedbuff", K=2, server_lr=1.0)
+    ours = get_strategy("fedbuff", K=2, alpha=0.5)
     wrapped = get_strategy("appfl:FedBuffAggregator", K=2, alpha=0.5)
     wrapped.set_layout(SPEC)  # type: ignore[attr-defined]
+    for s in (ours, wrapped):
+        s.register_sites({"a": 1, "b": 1})
     gen = torch.Generator().manual_seed(5)
     g = SPEC.flatten(adapter(gen))
     a = Update("a", SPEC.flatten(adapter(gen)), 1, 0, 1)
@@ -234,8 +282,9 @@ def test_fedbuff_through_wrapper_buffers_like_ours() -> None:
 def test_fedcompass_mixing_matches_appfl_aggregator(fn: str) -> None:
     ours_kw, configs = staleness_configs(fn)
     gen = torch.Generator().manual_seed(6)
-    ours = get_strategy("fedcompass", alpha=0.8, num_clients=4, **ours_kw)
-    theirs = appfl("FedCompassAggregator", alpha=0.8, num_clients=4, **configs)
+    ours = get_strategy("fedcompass", alpha=0.8, **ours_kw)
+    ours.register_sites(SAMPLES)  # four sites: APPFL's num_clients
+    theirs = appfl_server_side("FedCompassAggregator", alpha=0.8, **configs)
     init = adapter(gen)
     theirs.global_state = copy.deepcopy(init)
     g, version = SPEC.flatten(init), 5
@@ -291,7 +340,8 @@ def compass_pair(monkeypatch: pytest.MonkeyPatch, clock: FakeClock, alpha: float
         appfl("FedCompassAggregator", alpha=alpha, num_clients=n),
         logging.getLogger("appfl-oracle"),
     )
-    ours = get_strategy("fedcompass", alpha=alpha, num_clients=n, **COMPASS_CFG)
+    ours = get_strategy("fedcompass", alpha=alpha, **COMPASS_CFG)
+    ours.register_sites({site: 1 for site in sites})
     ours.clock = clock  # type: ignore[attr-defined]
     ours.reset_clock()  # type: ignore[attr-defined]
     return sched, ours

@@ -160,36 +160,81 @@ def test_unknown_staleness_fn_is_named() -> None:
 
 def test_fedasync_mixes_with_alpha_and_weights() -> None:
     s = get_strategy("fedasync", alpha=0.5)
+    s.register_sites({"a": 1, "b": 3})
+    # equal weights: 1 / num_sites, as APPFL's 1 / num_clients
     assert torch.equal(s.aggregate(torch.tensor([0.0]), [upd("a", [4.0])], 0),
-                       torch.tensor([2.0]))
+                       torch.tensor([1.0]))  # 0.5 * 1/2 of the way to 4
     w = get_strategy("fedasync", alpha=1.0, weighting="num_samples")
-    w.aggregate(torch.tensor([0.0]), [upd("a", [1.0], n=1)], 0)  # a alone: weight 1
+    w.register_sites({"a": 1, "b": 3})
+    out = w.aggregate(torch.tensor([0.0]), [upd("a", [4.0], n=1)], 0)  # a's share is 1/4
+    assert torch.equal(out, torch.tensor([1.0]))  # from the first update on
     out = w.aggregate(torch.tensor([0.0]), [upd("b", [4.0], n=3)], 1)  # 3/4 of the way
     assert torch.equal(out, torch.tensor([3.0]))
     with pytest.raises(ValueError, match="one update"):
         s.aggregate(torch.zeros(1), [upd("a", [1.0]), upd("b", [1.0])], 0)
 
 
-def test_fedbuff_buffers_k_then_applies_mean_step() -> None:
-    s = get_strategy("fedbuff", K=2, server_lr=1.0)
+def test_async_weights_fall_back_to_the_sites_seen_before_registration() -> None:
+    w = get_strategy("fedasync", alpha=1.0, weighting="num_samples")
+    w.aggregate(torch.tensor([0.0]), [upd("a", [1.0], n=1)], 0)  # a alone: weight 1
+    out = w.aggregate(torch.tensor([0.0]), [upd("b", [4.0], n=3)], 1)  # 3 of 4 samples seen
+    assert torch.equal(out, torch.tensor([3.0]))
+    e = get_strategy("fedasync", alpha=1.0)
+    e.aggregate(torch.tensor([0.0]), [upd("a", [1.0])], 0)
+    out = e.aggregate(torch.tensor([0.0]), [upd("b", [4.0])], 1)  # two sites seen: 1/2
+    assert torch.equal(out, torch.tensor([2.0]))
+
+
+def test_registered_counts_weigh_over_the_reported_ones() -> None:
+    w = get_strategy("fedasync", alpha=1.0, weighting="num_samples")
+    w.register_sites({"a": 1, "b": 1})
+    out = w.aggregate(torch.tensor([0.0]), [upd("a", [4.0], n=100)], 0)
+    assert torch.equal(out, torch.tensor([2.0]))  # 1 of 2 registered samples
+    zero = get_strategy("fedasync", alpha=1.0, weighting="num_samples")
+    zero.register_sites({"a": 0, "b": 0, "c": 0, "d": 0})  # the site list alone
+    out = zero.aggregate(torch.tensor([0.0]), [upd("a", [4.0], n=5)], 0)
+    assert torch.equal(out, torch.tensor([1.0]))  # equal weights: 1/4
+
+
+@pytest.mark.parametrize("counts", [{}, {"a": 3, "b": -1}])
+def test_register_sites_rejects_bad_counts(counts: dict) -> None:
+    with pytest.raises(ValueError, match="register_sites|negative"):
+        get_strategy("fedbuff").register_sites(counts)
+
+
+def test_register_sites_is_a_no_op_for_sync_strategies() -> None:
+    s = get_strategy("fedavg")
+    s.register_sites({"a": 1, "b": 3})
+    assert s.state_dict() == {}
+    out = s.aggregate(torch.zeros(1), [upd("a", [2.0], n=1), upd("b", [6.0], n=1)], 0)
+    assert torch.equal(out, torch.tensor([4.0]))  # the round's reported counts
+
+
+def test_fedbuff_buffers_k_then_applies_the_sum() -> None:
+    s = get_strategy("fedbuff", K=2, alpha=1.0)
+    s.register_sites({"a": 1, "b": 1})
     g = torch.tensor([1.0])
     assert s.aggregate(g, [upd("a", [3.0])], 0) is None
-    out = s.aggregate(g, [upd("b", [5.0])], 0)  # 1 + (2 + 4) / 2
+    out = s.aggregate(g, [upd("b", [5.0])], 0)  # 1 + 1.0 * (2/2 + 4/2)
     assert torch.equal(out, torch.tensor([4.0]))
     assert s.aggregate(out, [upd("a", [4.0], base=1)], 1) is None  # buffer restarted
 
 
 def test_fedbuff_state_round_trip_keeps_the_buffer() -> None:
     a = get_strategy("fedbuff", K=3, weighting="num_samples")
+    a.register_sites({"a": 2, "b": 6, "c": 2, "d": 10})
     g = torch.tensor([1.0, 2.0])
     a.aggregate(g, [upd("a", [3.0, 3.0], n=2)], 0)
     a.aggregate(g, [upd("b", [0.0, 1.0], n=6)], 0)
     b = get_strategy("fedbuff", K=3, weighting="num_samples")
     b.load_state_dict(a.state_dict())
+    assert b.state_dict()["sites"]["registered"] == {"a": 2, "b": 6, "c": 2, "d": 10}
     last = [upd("c", [5.0, 5.0], n=2)]
     out_a, out_b = a.aggregate(g, last, 0), b.aggregate(g, last, 0)
     assert out_a is not None and out_b is not None
     torch.testing.assert_close(out_a, out_b)
+    unregistered = get_strategy("fedbuff", K=1, weighting="num_samples")
+    assert not torch.allclose(unregistered.aggregate(g, last, 0), out_a)
 
 
 def test_fedbuff_bad_k() -> None:
@@ -208,9 +253,10 @@ class Clock:
         return self.t
 
 
-def compass(**kwargs: object):  # type: ignore[no-untyped-def]
+def compass(sites: tuple[str, ...] = ("a", "b"), **kwargs: object):  # type: ignore[no-untyped-def]
     s = get_strategy("fedcompass", min_local_steps=5, max_local_steps=50,
                      speed_momentum=1.0, **kwargs)
+    s.register_sites({site: 1 for site in sites})
     clock = Clock()
     s.clock = clock  # type: ignore[attr-defined]
     s.reset_clock()  # type: ignore[attr-defined]
@@ -218,14 +264,14 @@ def compass(**kwargs: object):  # type: ignore[no-untyped-def]
 
 
 def test_fedcompass_sizes_steps_to_measured_speed() -> None:
-    s, clock = compass(alpha=0.5, num_clients=2)
+    s, clock = compass(("fast", "slow"), alpha=0.5)
     plan = ClientPlan(local_steps=10, lr=1e-3)
     assert s.configure("fast", 0, plan) == ClientPlan(50, 1e-3)  # unknown speed: max steps
     assert s.configure("slow", 0, plan) == ClientPlan(50, 1e-3)
     g = torch.zeros(1)
     clock.t = 50.0  # fast: 1 s/step, first arrival is mixed in alone
     g = s.aggregate(g, [upd("fast", [4.0], steps=50, train=50.0)], 0)
-    assert torch.equal(g, torch.tensor([1.0]))  # alpha / num_clients = 0.25
+    assert torch.equal(g, torch.tensor([1.0]))  # alpha / num_sites = 0.25
     fast_plan = s.configure("fast", 1, plan)  # first group: max steps, arrives at t=100
     assert fast_plan.local_steps == 50
     clock.t = 60.0  # slow: 4 s/step measured; joins fast's group (40 s left -> 10 steps)
@@ -251,7 +297,7 @@ def two_site_group(s, clock):  # type: ignore[no-untyped-def]
 
 
 def test_fedcompass_group_waits_for_all_members() -> None:
-    s, clock = compass(alpha=0.5, num_clients=2)
+    s, clock = compass(alpha=0.5)
     g = two_site_group(s, clock)
     clock.t = 100.0
     assert s.aggregate(g, [upd("a", [2.0], base=1, steps=50)], 2) is None  # waits for b
@@ -262,7 +308,7 @@ def test_fedcompass_group_waits_for_all_members() -> None:
 
 
 def test_fedcompass_late_member_waits_for_the_next_group() -> None:
-    s, clock = compass(alpha=0.5, num_clients=2)
+    s, clock = compass(alpha=0.5)
     g = two_site_group(s, clock)
     clock.t = 100.0
     assert s.aggregate(g, [upd("a", [2.0], base=1, steps=50)], 2) is None
@@ -274,16 +320,37 @@ def test_fedcompass_late_member_waits_for_the_next_group() -> None:
     assert s.groups == {}  # type: ignore[attr-defined]
 
 
+def test_fedcompass_newer_update_replaces_the_sites_buffered_one() -> None:
+    """a waits in group 0 for b, is sent its next task at once (the async driver keeps every
+    site busy), and arrives again in its new group before b: its first update is dropped."""
+    s, clock = compass(alpha=0.5)
+    g = two_site_group(s, clock)
+    plan = ClientPlan(local_steps=10, lr=1e-3)
+    clock.t = 100.0
+    assert s.aggregate(g, [upd("a", [2.0], base=1, steps=50)], 2) is None  # waits for b
+    assert s.configure("a", 2, plan).local_steps == 50  # a new group, expected at t=150
+    clock.t = 110.0
+    out = s.aggregate(g, [upd("a", [4.0], base=2, steps=50)], 2)  # completes its group
+    assert out is not None
+    torch.testing.assert_close(out, 0.75 * g + 0.25 * 4.0)  # the newer update alone
+    assert s.state_dict()["buffered"] == []  # a's first update is gone, not waiting for b
+    clock.t = 120.0  # b, in group 0's window (to t=125), completes it alone
+    out2 = s.aggregate(out, [upd("b", [6.0], base=2, steps=40)], 3)
+    assert out2 is not None
+    torch.testing.assert_close(out2, 0.75 * out + 0.25 * 6.0)
+
+
 def test_fedcompass_state_round_trip_keeps_buffered_updates() -> None:
-    s, clock = compass(alpha=0.5, num_clients=2)
+    s, clock = compass(alpha=0.5)
     g = two_site_group(s, clock)
     clock.t = 100.0
     assert s.aggregate(g, [upd("a", [2.0], base=1, steps=50)], 2) is None
     state = s.state_dict()
     assert set(state["speed"]) == {"a", "b"} and len(state["buffered"]) == 1
-    r, _ = compass(alpha=0.5, num_clients=2)
+    r = get_strategy("fedcompass", alpha=0.5)
     r.load_state_dict(state)
     assert r.state_dict()["speed"] == state["speed"]
+    assert r.state_dict()["sites"]["registered"] == {"a": 1, "b": 1}
     assert [u["site"] for u in r.state_dict()["buffered"]] == ["a"]
 
 
@@ -369,6 +436,7 @@ def test_state_survives_a_weights_only_checkpoint(name: str) -> None:
 
     kwargs = {"K": 3} if name == "fedbuff" else {}
     s = get_strategy(name, **kwargs)
+    s.register_sites({"a": 2, "b": 2, "c": 5})
     g = torch.zeros(3)
     for i, site in enumerate(["a", "b"]):
         s.configure(site, 0, ClientPlan(4, 0.1))
@@ -379,3 +447,5 @@ def test_state_survives_a_weights_only_checkpoint(name: str) -> None:
     fresh = get_strategy(name, **kwargs)
     fresh.load_state_dict(restored)
     assert set(fresh.state_dict()) == set(s.state_dict())
+    if name in ("fedasync", "fedbuff", "fedcompass"):  # what was registered comes back
+        assert fresh.state_dict()["sites"]["registered"] == {"a": 2, "b": 2, "c": 5}

@@ -3,7 +3,9 @@
 The wrapper turns flat buffers into the dict of tensors APPFL expects (keys from a
 :class:`FlatSpec` set with :meth:`AppflStrategy.set_layout`, else one key ``"params"``), tells
 the aggregator the global model, versions and sample sizes we know, calls its ``aggregate``
-and flattens the result. Classes whose ``aggregate`` takes a ``client_id`` run asynchronously
+and flattens the result. :meth:`AppflStrategy.register_sites` does what APPFL's server does
+before training: it sets ``num_clients`` (overriding one given in the kwargs, as the server
+does) and every client's sample size. Classes whose ``aggregate`` takes a ``client_id`` run asynchronously
 (one update per call); the others get a whole round. APPFL is optional: install it with
 ``pip install --no-deps -r requirements/appfl.txt``.
 """
@@ -12,13 +14,14 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 
 from crossfl.errors import UserError
 from crossfl.server.flat import FlatSpec
 from crossfl.server.strategies.base import Strategy, Update, staleness_of
+from crossfl.server.strategies.sites import checked_counts
 
 INSTALL_HINT = "pip install --no-deps -r requirements/appfl.txt"
 
@@ -96,16 +99,29 @@ class AppflStrategy(Strategy):
         for u in updates:
             self.aggregator.set_client_sample_size(u.site, u.num_samples)
 
+    def register_sites(self, sample_counts: Mapping[str, int]) -> None:
+        counts = checked_counts(sample_counts)
+        self.aggregator.aggregator_configs.num_clients = len(counts)
+        for site, n in counts.items():
+            self.aggregator.set_client_sample_size(site, n)
+
     def state_dict(self) -> dict[str, Any]:
-        return {a: copy.deepcopy(getattr(self.aggregator, a)) for a in _STATE_ATTRS
-                if hasattr(self.aggregator, a)}
+        state = {a: copy.deepcopy(getattr(self.aggregator, a)) for a in _STATE_ATTRS
+                 if hasattr(self.aggregator, a)}
+        num_clients = self.aggregator.aggregator_configs.get("num_clients")
+        if num_clients is not None:
+            state["num_clients"] = int(num_clients)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        unknown = set(state) - set(_STATE_ATTRS)
+        unknown = set(state) - {*_STATE_ATTRS, "num_clients"}
         if unknown:
             raise ValueError(f"{self.name}: unknown state keys {sorted(unknown)}")
         for attr, value in state.items():
-            setattr(self.aggregator, attr, copy.deepcopy(value))
+            if attr == "num_clients":
+                self.aggregator.aggregator_configs.num_clients = int(value)
+            else:
+                setattr(self.aggregator, attr, copy.deepcopy(value))
 
 
 class AppflSync(AppflStrategy):

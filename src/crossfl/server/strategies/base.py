@@ -127,6 +127,30 @@ class Strategy(ABC):
             raise ValueError(f"{self.name} aggregates one update per call, got {len(updates)}")
         return updates[0]
 
+    # ------------------------------------------------------------ driver hook: the sites
+
+    def register_sites(self, sample_counts: Mapping[str, int]) -> None:
+        """Every site of the experiment with its training-set size, before training starts.
+
+        Contract for drivers: call it once at the start of every run, after building the
+        strategy and before its first :meth:`configure` or :meth:`aggregate`, with *every*
+        site of the experiment (parked or not, whether or not it will be dispatched) mapped
+        to the number of training examples it holds, the count its client reports as
+        ``num_samples`` (a partitioned site's count is in the run's ``data/partition.json``;
+        a site with its own data needs a cheap first task). A resumed run calls it again,
+        before or after :meth:`load_state_dict` (the checkpoint holds the registration too;
+        the last call wins, and the counts are the same). Counts of 0 register the site list
+        alone (sample weighting then falls back to equal weights).
+
+        This is what APPFL's server does before training: ``num_clients`` from its config
+        (``agent/server.py`` ``_set_num_clients``) and each client's count through
+        ``set_client_sample_size``. Strategies that weigh a site by its share of all samples
+        or by ``1 / number of sites`` (FedAsync, FedBuff, FedCompass, ``appfl:<Class>``)
+        use it; without it they count only the sites whose updates they have seen. Default:
+        nothing (the synchronous strategies weigh each round's updates by the counts those
+        updates report).
+        """
+
 
 def sample_weights(updates: list[Update], mode: str = "num_samples") -> list[float]:
     """Normalized client weights: by sample count, or equal (also when all counts are 0)."""

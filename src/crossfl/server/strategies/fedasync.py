@@ -1,53 +1,58 @@
 """Asynchronous strategies: FedAsync (Xie et al., 2019) and FedBuff (Nguyen et al., 2022).
 
+Both follow APPFL 1.12's FedAsyncAggregator and FedBuffAggregator. Each update has a client
+weight ``p``: ``1 / num_sites`` (``weighting: equal``) or the site's share of all sites'
+training samples (``weighting: num_samples``), both from :meth:`Strategy.register_sites` (as
+APPFL's ``num_clients`` and ``set_client_sample_size``); the weights of all sites sum to 1.
 FedAsync mixes every arriving model into the global one:
-``w <- (1 - a_t) w + a_t x`` with ``a_t = alpha * s(staleness) * weight``.
-FedBuff accumulates ``s(staleness) * weight * (x - w)`` over K arrivals, then applies
-``w <- w + server_lr / K * sum``. ``weight`` is 1, or with ``weighting: num_samples`` the site's
-sample count over the total of all sites seen so far (APPFL's ``sample_size`` mode).
+``w <- (1 - a_t) w + a_t x`` with ``a_t = alpha * s(staleness) * p``.
+FedBuff accumulates ``s(staleness) * p * (x - w)`` over K arrivals, then applies
+``w <- w + alpha * sum``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Mapping
 
 import torch
 from pydantic import Field
 
 from crossfl.server.strategies.base import Strategy, Update, staleness_of
+from crossfl.server.strategies.sites import SiteCounts, Weighting
 from crossfl.server.strategies.staleness import StalenessParams
 
 
 class AsyncParams(StalenessParams):
-    weighting: Literal["none", "num_samples"] = "none"
+    weighting: Weighting = "equal"
 
 
 class _AsyncStrategy(Strategy):
-    """Shared bookkeeping: per-site sample counts for weighting, one update per call."""
+    """Shared bookkeeping: the sites and their sample counts, one update per call."""
 
     is_async = True
     params: AsyncParams
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.site_samples: dict[str, int] = {}
+        self.site_counts = SiteCounts()
+
+    def register_sites(self, sample_counts: Mapping[str, int]) -> None:
+        self.site_counts.register(sample_counts)
 
     def _single(self, global_params: torch.Tensor, updates: list[Update]) -> Update:
         update = self.single_update(global_params, updates)
-        self.site_samples[update.site] = update.num_samples
+        self.site_counts.saw(update.site, update.num_samples)
         return update
 
     def client_weight(self, update: Update) -> float:
-        total = sum(self.site_samples.values())
-        if self.params.weighting == "num_samples" and total > 0:
-            return self.site_samples.get(update.site, 0) / total
-        return 1.0
+        """``p``: 1 / num_sites, or the site's share of all samples."""
+        return self.site_counts.weight(update.site, self.params.weighting)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"site_samples": dict(self.site_samples)}
+        return {"sites": self.site_counts.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.site_samples = {str(k): int(v) for k, v in state.get("site_samples", {}).items()}
+        self.site_counts.load_state_dict(state.get("sites", {}))
 
 
 class FedAsyncParams(AsyncParams):
@@ -74,7 +79,7 @@ class FedAsync(_AsyncStrategy):
 
 class FedBuffParams(AsyncParams):
     K: int = Field(default=3, ge=1)  # buffer size
-    server_lr: float = Field(default=1.0, gt=0.0)
+    alpha: float = Field(default=0.9, gt=0.0)  # server step on the buffered sum (APPFL's)
 
 
 class FedBuff(_AsyncStrategy):
@@ -99,7 +104,7 @@ class FedBuff(_AsyncStrategy):
         self.count += 1
         if self.count < self.params.K:
             return None
-        new = global_params.add(self.buffer, alpha=self.params.server_lr / self.params.K)
+        new = global_params.add(self.buffer, alpha=self.params.alpha)
         self.buffer, self.count = None, 0
         return new
 

@@ -5,7 +5,8 @@ sizes its next task so that sites of different speeds arrive together in *arriva
 An update that arrives within its group's window (``latest_time_factor`` x the expected time)
 waits in the group buffer; when the group is complete (or its window has passed at the next
 arrival) the buffered models are mixed in at once:
-``w <- (1 - sum a_i) w + sum a_i x_i`` with ``a_i = alpha * s(staleness_i) / num_clients``.
+``w <- (1 - sum a_i) w + sum a_i x_i`` with ``a_i = alpha * s(staleness_i) / num_sites``
+(APPFL's ``num_clients``: the sites given to :meth:`Strategy.register_sites`).
 A site without a group (its first arrival) is mixed in alone, FedAsync-style; a late one waits
 in a general buffer for the next group aggregation. Both buffers hold one update per site, as
 APPFL's do: a site's newer update replaces its buffered older one. Group bookkeeping follows
@@ -17,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from pydantic import Field, model_validator
@@ -26,6 +27,7 @@ from crossfl.server.flat import weighted_sum
 from crossfl.server.strategies.base import (
     ClientPlan, Strategy, Update, staleness_of, update_from_state, update_to_state,
 )
+from crossfl.server.strategies.sites import SiteCounts
 from crossfl.server.strategies.staleness import StalenessParams
 
 
@@ -35,7 +37,6 @@ class FedCompassParams(StalenessParams):
     max_local_steps: int = Field(default=100, ge=1)
     speed_momentum: float = Field(default=0.9, gt=0.0, le=1.0)
     latest_time_factor: float = Field(default=1.5, ge=1.0)  # group window
-    num_clients: int | None = Field(default=None, ge=1)  # None: the sites seen so far
 
     @model_validator(mode="after")
     def _steps_ordered(self) -> FedCompassParams:
@@ -63,7 +64,7 @@ class FedCompass(Strategy):
         self.clock: Callable[[], float] = time.monotonic
         self._start = self.clock()
         self.speed: dict[str, float] = {}  # seconds per local step
-        self.sites: set[str] = set()
+        self.site_counts = SiteCounts()
         self.groups: dict[int, _Group] = {}
         self.site_group: dict[str, int] = {}
         self.general: dict[str, Update] = {}  # late updates by site
@@ -97,7 +98,6 @@ class FedCompass(Strategy):
     def configure(self, site: str, version: int, default: ClientPlan) -> ClientPlan:
         now = self.now()
         self._dispatched[site] = now
-        self.sites.add(site)
         if site not in self.speed:
             return ClientPlan(self.params.max_local_steps, default.lr)
         steps = self._join_group(site, now)
@@ -145,7 +145,7 @@ class FedCompass(Strategy):
 
     def mixing(self, update: Update, version: int) -> float:
         """``a_i`` for one buffered or arriving update."""
-        n = self.params.num_clients or max(1, len(self.sites))
+        n = self.site_counts.num_sites()
         return self.params.alpha * self.params.discount(staleness_of(update, version)) / n
 
     def mix(self, global_params: torch.Tensor, updates: list[Update], version: int) -> torch.Tensor:
@@ -159,7 +159,7 @@ class FedCompass(Strategy):
     ) -> torch.Tensor | None:
         update = self.single_update(global_params, updates)
         now = self.now()
-        self.sites.add(update.site)
+        self.site_counts.saw(update.site, update.num_samples)
         self._record_speed(update, now)
 
         self._drop_buffered(update.site)  # this update supersedes the site's buffered one
@@ -204,7 +204,10 @@ class FedCompass(Strategy):
         for group in self.groups.values():
             group.arrived.pop(site, None)
 
-    # ------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------ sites and checkpoints
+
+    def register_sites(self, sample_counts: Mapping[str, int]) -> None:
+        self.site_counts.register(sample_counts)
 
     def state_dict(self) -> dict[str, Any]:
         """Speeds, sites and every buffered update; groups are re-formed after a resume."""
@@ -212,13 +215,13 @@ class FedCompass(Strategy):
                     *(u for g in self.groups.values() for u in g.arrived.values())]
         return {
             "speed": dict(self.speed),
-            "sites": sorted(self.sites),
+            "sites": self.site_counts.state_dict(),
             "buffered": [update_to_state(u) for u in buffered],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.speed = {str(k): float(v) for k, v in state.get("speed", {}).items()}
-        self.sites = set(state.get("sites", []))
+        self.site_counts.load_state_dict(state.get("sites", {}))
         self.general = {}
         for d in state.get("buffered", []):
             u = update_from_state(d)
