@@ -274,10 +274,12 @@ def test_fedcompass_sizes_steps_to_measured_speed() -> None:
     assert torch.equal(g, torch.tensor([1.0]))  # alpha / num_sites = 0.25
     fast_plan = s.configure("fast", 1, plan)  # first group: max steps, arrives at t=100
     assert fast_plan.local_steps == 50
-    clock.t = 60.0  # slow: 4 s/step measured; joins fast's group (40 s left -> 10 steps)
-    s.aggregate(g, [upd("slow", [0.0], steps=50, train=200.0)], 1)
+    # slow: 1.2 s/step from dispatch to arrival (its 10 s of training alone do not count);
+    # joins fast's group (40 s left -> 33 steps)
+    clock.t = 60.0
+    s.aggregate(g, [upd("slow", [0.0], steps=50, train=10.0)], 1)
     slow_plan = s.configure("slow", 2, plan)
-    assert slow_plan.local_steps == 10
+    assert slow_plan.local_steps == 33
     assert 5 <= slow_plan.local_steps < fast_plan.local_steps <= 50
 
 

@@ -1,7 +1,8 @@
 """FedCompass (Li et al., 2023, arXiv:2309.14675): computing-power-aware asynchronous FL.
 
-Each site's speed (seconds per local step, an exponential moving average of what it measured)
-sizes its next task so that sites of different speeds arrive together in *arrival groups*.
+Each site's speed (seconds per local step: an exponential moving average of the time from
+its task's dispatch to its update's arrival over the task's steps, as APPFL measures it, so
+that queue waits, model loads and transfers count) sizes its next task so that sites of different speeds arrive together in *arrival groups*.
 An update that arrives within its group's window (``latest_time_factor`` x the expected time)
 waits in the group buffer; when the group is complete (or its window has passed at the next
 arrival) the buffered models are mixed in at once:
@@ -81,11 +82,13 @@ class FedCompass(Strategy):
         self._start = self.clock()
 
     def _record_speed(self, update: Update, now: float) -> None:
+        """Fold the task's dispatch-to-arrival time per step into the site's speed (its
+        training time only when no dispatch was seen, e.g. a task sent before a resume)."""
         steps = max(1, update.local_steps)
-        if update.train_time_s is not None:
-            measured = update.train_time_s / steps
-        elif update.site in self._dispatched:
+        if update.site in self._dispatched:
             measured = (now - self._dispatched[update.site]) / steps
+        elif update.train_time_s is not None:
+            measured = update.train_time_s / steps
         else:
             return
         measured = max(measured, 1e-9)
