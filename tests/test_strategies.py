@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -96,6 +98,15 @@ def test_fedavgm_accumulates_velocity() -> None:
     assert torch.equal(g, torch.tensor([4.0]))
 
 
+def test_fedavgm_server_lr_scales_the_velocity_step() -> None:
+    """APPFL's FedAvgM has no server learning rate (ours: 1 by default)."""
+    half = get_strategy("fedavgm", momentum=0.5, server_lr=0.5)
+    g = half.aggregate(torch.zeros(1), [upd("a", [2.0])], 0)  # v = 2, step 0.5 * 2
+    assert torch.equal(g, torch.tensor([1.0]))
+    g = half.aggregate(g, [upd("a", [3.0])], 1)  # delta 2, v = 0.5 * 2 + 2 = 3 -> 1 + 1.5
+    assert torch.equal(g, torch.tensor([2.5]))
+
+
 def test_fedadam_first_step_by_hand() -> None:
     s = get_strategy("fedadam", server_lr=0.1, beta1=0.5, beta2=0.75, tau=0.5)
     out = s.aggregate(torch.zeros(1), [upd("a", [2.0])], 0)
@@ -172,6 +183,12 @@ def test_fedasync_mixes_with_alpha_and_weights() -> None:
     assert torch.equal(out, torch.tensor([3.0]))
     with pytest.raises(ValueError, match="one update"):
         s.aggregate(torch.zeros(1), [upd("a", [1.0]), upd("b", [1.0])], 0)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.5])
+def test_fedasync_alpha_is_a_mixing_weight(alpha: float) -> None:
+    with pytest.raises(UserError, match=r"strategy\.kwargs\.alpha"):
+        get_strategy("fedasync", alpha=alpha)
 
 
 def test_async_weights_fall_back_to_the_sites_seen_before_registration() -> None:
@@ -394,6 +411,15 @@ def test_fedqueue_late_update_merges_into_next_round() -> None:
     out = s.aggregate(out, [upd("a", [4.0], n=1, base=1, wait=5.0)], 1)
     assert out.item() == pytest.approx((4.0 + 0.5 * 8.0) / 1.5)
     assert s.state_dict()["late"] == []
+
+
+def test_fedqueue_exponential_staleness_by_hand() -> None:
+    """APPFL 1.12's exponential FedQueue staleness raises TypeError, so no oracle: by hand."""
+    s = queue(staleness_fn="exponential", beta=0.5)
+    out = s.aggregate(torch.zeros(1), [upd("a", [2.0], n=1, base=3, wait=5.0),
+                                       upd("b", [8.0], n=1, base=1, wait=5.0)], 3)
+    p = math.exp(-0.5 * 2)  # b is two versions behind
+    assert out.item() == pytest.approx((2.0 + p * 8.0) / (1.0 + p))
 
 
 def test_fedqueue_uses_late_updates_when_nothing_was_admitted() -> None:

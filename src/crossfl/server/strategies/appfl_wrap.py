@@ -5,8 +5,8 @@ The wrapper turns flat buffers into the dict of tensors APPFL expects (keys from
 the aggregator the global model, versions and sample sizes we know, calls its ``aggregate``
 and flattens the result. :meth:`AppflStrategy.register_sites` does what APPFL's server does
 before training: it sets ``num_clients`` (overriding one given in the kwargs, as the server
-does) and every client's sample size. Classes whose ``aggregate`` takes a ``client_id`` run asynchronously
-(one update per call); the others get a whole round. APPFL is optional: install it with
+does) and every client's sample size. Classes whose ``aggregate`` takes a ``client_id`` run
+asynchronously (one update per call); the others get a whole round. APPFL is optional: install it with
 ``pip install --no-deps -r requirements/appfl.txt``.
 """
 

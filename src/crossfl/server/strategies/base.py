@@ -135,9 +135,11 @@ class Strategy(ABC):
         Contract for drivers: call it once at the start of every run, after building the
         strategy and before its first :meth:`configure` or :meth:`aggregate`, with *every*
         site of the experiment (parked or not, whether or not it will be dispatched) mapped
-        to the number of training examples it holds, the count its client reports as
-        ``num_samples`` (a partitioned site's count is in the run's ``data/partition.json``;
-        a site with its own data needs a cheap first task). A resumed run calls it again,
+        to the number of training examples it uses: the count its client reports as
+        ``num_samples``, i.e. its file's records capped by ``training.max_samples`` (the
+        site's override first). A partitioned site's record count is in the run's
+        ``data/partition.json``; a site with its own data needs a cheap first task.
+        A resumed run calls it again,
         before or after :meth:`load_state_dict` (the checkpoint holds the registration too;
         the last call wins, and the counts are the same). Counts of 0 register the site list
         alone (sample weighting then falls back to equal weights).

@@ -2,7 +2,8 @@
 
 Each site's speed (seconds per local step: an exponential moving average of the time from
 its task's dispatch to its update's arrival over the task's steps, as APPFL measures it, so
-that queue waits, model loads and transfers count) sizes its next task so that sites of different speeds arrive together in *arrival groups*.
+that queue waits, model loads and transfers count) sizes its next task so that sites of
+different speeds arrive together in *arrival groups*.
 An update that arrives within its group's window (``latest_time_factor`` x the expected time)
 waits in the group buffer; when the group is complete (or its window has passed at the next
 arrival) the buffered models are mixed in at once:
