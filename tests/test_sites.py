@@ -210,12 +210,44 @@ def test_bad_yaml(catalog):
     assert "not valid YAML" in err.message and err.file.endswith("bad.yaml")
 
 
-def test_bad_overrides_name_both_files(catalog):
-    (catalog / "overrides" / "frontier.yaml").write_text("walltime: 99:00:00\n")
+def test_bad_override_is_reported_against_the_override_file(catalog, tmp_path, monkeypatch):
+    """A value from an overrides file is reported against that file, not the catalog's."""
+    ov = catalog / "overrides" / "frontier.yaml"
+    ov.write_text("walltime: 99:00:00\n")
     with pytest.raises(UserError) as info:
         sites.load_site("frontier")
-    assert info.value.field == "walltime"
-    assert "overrides" in info.value.message and info.value.file.endswith("frontier.yaml")
+    assert info.value.field == "walltime" and info.value.file == str(ov)
+    ov.write_text("directives: [--gpus-per-nod=8]\n")  # a list, replaced whole
+    with pytest.raises(UserError) as info:
+        sites.load_site("frontier")
+    assert info.value.field == "directives[0]" and info.value.file == str(ov)
+    ov.write_text("accelerator: {devices_per_node: 0}\n")  # a model check of a merged block
+    with pytest.raises(UserError) as info:
+        sites.load_site("frontier")
+    assert info.value.field == "accelerator" and info.value.file == str(ov)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "polaris.yaml").write_text("deploy:\n  host: ${CROSSFL_NO_SUCH}\n")
+    monkeypatch.delenv("CROSSFL_NO_SUCH", raising=False)
+    monkeypatch.setenv("CROSSFL_SITE_OVERRIDES", str(mine))
+    with pytest.raises(UserError) as info:
+        sites.load_site("polaris")
+    assert info.value.field == "deploy.host" and info.value.file == str(mine / "polaris.yaml")
+
+
+def test_bad_catalog_value_with_overrides_names_the_catalog(catalog):
+    write_site(catalog, "bad", "polaris", walltime="2h")
+    (catalog / "overrides" / "bad.yaml").write_text("account: ProjA\n")
+    with pytest.raises(UserError) as info:
+        sites.load_site("bad")
+    assert info.value.field == "walltime" and info.value.file == str(catalog / "bad.yaml")
+    (catalog / "overrides" / "bad.yaml").write_text("nodes_per_block: 0\n")
+    with pytest.raises(UserError) as info:  # one bad value in each file: each line names its own
+        sites.load_site("bad")
+    assert info.value.file == str(catalog / "bad.yaml")
+    lines = {ln.strip().split(":")[0]: ln for ln in info.value.message.splitlines()[1:]}
+    assert "overrides" not in lines["walltime"], info.value.render()
+    assert f"(in {catalog / 'overrides' / 'bad.yaml'})" in lines["nodes_per_block"]
 
 
 def test_jinja_markup_in_a_passthrough_value_is_refused(catalog):

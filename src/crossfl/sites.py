@@ -528,21 +528,48 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
+Loc = tuple[str | int, ...]
 
 
-def _expand(value: Any, path: Path, where: str) -> Any:
+class _Origins:
+    """Which file each merged value came from: the catalog entry, unless an overrides file
+    set the key (or a key above it)."""
+
+    def __init__(self, catalog: Path) -> None:
+        self.catalog = catalog
+        self.set_by: dict[Loc, Path] = {}
+
+    def merge(self, base: dict[str, Any], over: dict[str, Any], file: Path,
+              at: Loc = ()) -> dict[str, Any]:
+        out = dict(base)
+        for k, v in over.items():
+            if isinstance(v, dict) and isinstance(out.get(k), dict):
+                out[k] = self.merge(out[k], v, file, (*at, k))
+            else:
+                out[k] = v
+                self.set_by[(*at, k)] = file
+        return out
+
+    def file_of(self, loc: Loc) -> Path:
+        """The file a value (or a block, for a check over several of its fields) came from."""
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in self.set_by:
+                return self.set_by[loc[:n]]
+        below = [f for key, f in self.set_by.items() if loc and key[:len(loc)] == loc]
+        return below[0] if below else self.catalog
+
+
+def _parse_loc(field: str) -> Loc:
+    """"container.images.cuda" / "directives[1]" -> ("container", "images", "cuda") / (.., 1)."""
+    return tuple(int(part[1:-1]) if part.startswith("[") else part
+                 for part in re.findall(r"\[\d+\]|[^.\[\]]+", field))
+
+
+def _expand(value: Any, origins: _Origins, loc: Loc = ()) -> Any:
     if isinstance(value, dict):
-        return {k: _expand(v, path, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        return {k: _expand(v, origins, (*loc, k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v, path, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_expand(v, origins, (*loc, i)) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
 
@@ -552,7 +579,8 @@ def _expand(value: Any, path: Path, where: str) -> Any:
             return os.environ[var]
         if default is not None:
             return default
-        raise UserError(f"${{{var}}} is not set", file=path, field=where,
+        where = _loc(loc)
+        raise UserError(f"${{{var}}} is not set", file=origins.file_of(loc), field=where,
                         fix=f"export {var}=..., or set {where} in the site's overrides file")
     return _ENV_REF.sub(sub, value)
 
@@ -603,36 +631,38 @@ def _one_error(e: dict[str, Any]) -> tuple[str, str, str]:
     return field, msg, _GENERIC_FIX
 
 
-def _errors(exc: ValidationError, path: Path) -> UserError:
+def _errors(exc: ValidationError, origins: _Origins, overrides: Path | None) -> UserError:
+    """One UserError naming, for each bad value, the file it came from."""
     found = [_one_error(e) for e in exc.errors()]
+    files = [origins.file_of(_parse_loc(field)) for field, _, _ in found]
     if len(found) == 1:
-        field, msg, fix = found[0]
-        return UserError(msg, file=path, field=field or None, fix=fix)
+        (field, msg, fix), file = found[0], files[0]
+        if overrides is not None and file != overrides:
+            msg += f" (with overrides from {overrides})"
+        return UserError(msg, file=file, field=field or None, fix=fix)
+    main = files[0] if len(set(files)) == 1 else origins.catalog
     lines = [f"{field or '(top level)'}: {msg}" + ("" if fix == _GENERIC_FIX else f" (fix: {fix})")
-             for field, msg, fix in found]
-    return UserError("invalid site:\n  " + "\n  ".join(lines), file=path,
+             + ("" if file == main else f" (in {file})")
+             for (field, msg, fix), file in zip(found, files)]
+    return UserError("invalid site:\n  " + "\n  ".join(lines), file=main,
                      fix="correct each field listed")
 
 
 def load_site(name_or_path: str | Path, overrides: Path | None = None) -> Site:
-    """Read a catalog entry, merge the user's overrides, expand ${VAR}s and validate."""
+    """Read a catalog entry, merge the user's overrides, expand ${VAR}s and validate. A bad
+    value is reported against the file it came from (the catalog entry or the overrides)."""
     path = _resolve(name_or_path)
     data = _read_yaml(path)
     data.setdefault("name", path.stem)
     ov = overrides if overrides is not None else overrides_path(str(data["name"]))
-    where = path
+    origins = _Origins(path)
     if ov is not None:
         ov = Path(ov)
         if not ov.is_file():
             raise UserError("overrides file not found", file=ov, fix="check the path")
-        data = _merge(data, _read_yaml(ov))
-        where = path  # errors still name the catalog file; the override path is added below
-    data = _expand(data, path, "")
+        data = origins.merge(data, _read_yaml(ov), ov)
+    data = _expand(data, origins)
     try:
         return Site.model_validate(data)
     except ValidationError as exc:
-        err = _errors(exc, where)
-        if ov is not None:
-            err = UserError(f"{err.message} (with overrides from {ov})", file=err.file,
-                            field=err.field, fix=err.fix)
-        raise err from None
+        raise _errors(exc, origins, ov) from None
