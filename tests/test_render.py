@@ -450,6 +450,32 @@ def test_concurrent_renders_leave_one_good_result(tmp_path):
     assert render.render_user_config(tmp_path / "local", {})
 
 
+def test_swap_removes_its_old_copy_whatever_a_rival_does(tmp_path, monkeypatch):
+    """Another render may move the new result aside the moment it lands (a rival swap's first
+    step); the previous copy this render moved aside must still be removed, not left behind
+    as `.local.old.<hex>` (seen on a busy machine in the threaded test above)."""
+    render.render_site("local", tmp_path)
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-rival"
+    elsewhere.mkdir()
+    real = {"rename": os.rename, "replace": os.replace}
+    rival_done: list[bool] = []
+
+    def hooked(kind):
+        def call(src, dst, *a, **k):
+            real[kind](src, dst, *a, **k)
+            if Path(dst) == tmp_path / "local" and Path(src).name.startswith(".local.") \
+                    and ".old." not in Path(src).name and not rival_done:
+                rival_done.append(True)  # the rival moves the fresh result aside
+                real["rename"](tmp_path / "local", elsewhere / "local")
+        return call
+    monkeypatch.setattr(os, "rename", hooked("rename"))
+    monkeypatch.setattr(os, "replace", hooked("replace"))
+    render.render_site("local", tmp_path)
+    monkeypatch.undo()
+    assert rival_done, "the swap never put a fresh directory in place"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
 def test_endpoint_cli_renders_and_refuses(rendered, tmp_path):
     """The endpoint's own `render-user-config` command accepts the rendered directory."""
     import sys

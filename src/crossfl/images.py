@@ -35,7 +35,7 @@ from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, Validatio
                       model_validator)
 
 from crossfl import __version__, paths
-from crossfl.atomic import atomic_write_bytes
+from crossfl.atomic import atomic_write_bytes, new_dir
 from crossfl.errors import UserError
 
 PREFIX = "/opt/crossfl"
@@ -248,8 +248,7 @@ def _stage_context(context: Path, commit: str) -> None:
     """What %files copies in: the pins, the worker list, the checker, and the crossfl package
     exactly as committed (`git archive`), so the labels' commit is what the image holds."""
     root = paths.project_root()
-    tmp = Path(tempfile.mkdtemp(prefix=context.name + ".", dir=context.parent))
-    try:
+    with new_dir(context) as tmp:
         shutil.copy2(root / "requirements" / "constraints.txt", tmp / "constraints.txt")
         shutil.copy2(root / "requirements" / "worker.txt", tmp / "worker.txt")
         shutil.copy2(root / "requirements" / "worker-pins.txt", tmp / "worker-pins.txt")
@@ -265,12 +264,6 @@ def _stage_context(context: Path, commit: str) -> None:
         (tmp / "src").mkdir()
         with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
             tar.extractall(tmp / "src", filter="data")
-        if context.exists():
-            shutil.rmtree(context)
-        tmp.rename(context)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def _environment() -> jinja2.Environment:

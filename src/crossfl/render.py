@@ -3,25 +3,23 @@ batch scripts. Everything is computed here; the templates only place plain value
 
 Our Jinja environment uses `<< >>`, `<% %>`, `<# #>` so that `{{ }}` / `{% %}` pass through
 untouched into `user_config_template.yaml.j2`, which the endpoint renders itself later.
-Rendering is atomic: a temporary directory beside the target is filled, then swapped in.
+Rendering is atomic: a temporary directory beside the target is filled, then swapped in
+(crossfl.atomic.new_dir).
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import pwd
 import shlex
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
 from crossfl import paths
+from crossfl.atomic import new_dir
 from crossfl.errors import UserError
 from crossfl.sites import Site, image_arch, load_site, parse_walltime
 
@@ -451,40 +449,9 @@ def render_site(site: str | Site, out_root: Path | None = None) -> Path:
     out_root = Path(out_root) if out_root is not None else paths.build_dir() / "sites"
     target = (out_root / s.name).absolute()
     env = _env()
-    out_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{s.name}.", dir=out_root))
-    try:
+    with new_dir(target) as tmp:
         _render_into(env, s, tmp, final=target)
-        _swap(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
-
-
-def _swap(tmp: Path, target: Path) -> None:
-    """Put the finished tmp directory at target; the previous one is removed only after.
-    A render of the same site racing this one may win: the last rename stands, both good."""
-    for _ in range(5):
-        old = target.with_name(f".{target.name}.old.{uuid.uuid4().hex[:12]}")
-        try:
-            os.rename(target, old)
-        except FileNotFoundError:
-            old = None
-        try:
-            os.rename(tmp, target)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                if old is not None:
-                    os.rename(old, target)
-                raise
-            continue  # another render put its result there meanwhile: move that aside too
-        finally:
-            if old is not None and old.exists() and target.exists():
-                shutil.rmtree(old, ignore_errors=True)
-        return
-    raise UserError(f"could not replace {target}", file=target,
-                    fix="another process keeps rendering this site; try again")
 
 
 def _render_into(env: jinja2.Environment, site: Site, tmp: Path, *, final: Path) -> None:

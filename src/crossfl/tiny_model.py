@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +23,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
+from crossfl.atomic import new_dir
 from crossfl.data.smolinstruct import load_jsonl
 from crossfl.errors import UserError
 
@@ -179,17 +178,6 @@ def _make_readable(path: Path) -> None:
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move a finished build into place; an existing ``out`` is swapped out, then removed."""
-    old: Path | None = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.rename(out, old / out.name)
-    os.rename(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def build_tiny(data: Path, out: Path, spec: TinyModelSpec | None = None,
                progress: Progress | None = None) -> TinyModelSummary:
     """Train the tokenizer, build and pre-train the model, save both into ``out`` atomically."""
@@ -210,17 +198,11 @@ def build_tiny(data: Path, out: Path, spec: TinyModelSpec | None = None,
     order = torch.randperm(len(docs), generator=torch.Generator().manual_seed(spec.seed))
     losses = pretrain(model, _token_stream([docs[i] for i in order], tokenizer), spec, progress)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     hf_logging.disable_progress_bar()
-    try:
+    with new_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         _make_readable(tmp)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return TinyModelSummary(
         out=str(out), parameters=sum(p.numel() for p in model.parameters()),
         vocab_size=len(tokenizer), bytes_on_disk=_dir_bytes(out), pretrain_steps=len(losses),
