@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
-import hashlib
 import io
 import json
 import os
@@ -28,15 +27,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import jinja2
-import yaml
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
-from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, ValidationError,
-                      model_validator)
+from pydantic import BaseModel, Field, StringConstraints, ValidationError, model_validator
 
 from crossfl import __version__, paths
 from crossfl.atomic import atomic_write_bytes, new_dir
 from crossfl.errors import UserError
+from crossfl.hashing import sha256_file
+from crossfl.schema import StrictModel, user_error
+from crossfl.yamlio import load_yaml
 
 PREFIX = "/opt/crossfl"
 TEMPLATE = "crossfl.def.j2"
@@ -56,11 +56,7 @@ EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]*$")]
 ArchName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]*$")]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PythonSource(_Strict):
+class PythonSource(StrictModel):
     source: Literal["base", "uv"]
     path: str = ""
 
@@ -71,12 +67,12 @@ class PythonSource(_Strict):
         return self
 
 
-class TorchChannel(_Strict):
+class TorchChannel(StrictModel):
     local: str = Field(pattern=r"^[a-z0-9.]+$", description="local version tag, e.g. cu128")
     index_url: str = Field(pattern=r"^https://\S+$")
 
 
-class ArchSpec(_Strict):
+class ArchSpec(StrictModel):
     description: str
     bootstrap: Literal["docker", "localimage", "docker-archive", "oci-archive", "oras"]
     base: str = Field(pattern=r"^\S+$")
@@ -87,30 +83,18 @@ class ArchSpec(_Strict):
     env: dict[EnvName, str] = Field(default_factory=dict)
 
 
-class ArchTable(_Strict):
+class ArchTable(StrictModel):
     python_version: str = Field(pattern=r"^\d+\.\d+\.\d+$")
     uv_version: str = Field(pattern=r"^\d+\.\d+\.\d+$")
     arches: dict[ArchName, ArchSpec]
 
 
-def _yaml(path: Path) -> object:
-    try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise UserError("file not found", file=path) from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"not valid YAML: {exc}".replace("\n", " "), file=path) from None
-
-
 def load_arches(path: Path | None = None) -> ArchTable:
     path = path or paths.containers_dir() / ARCHES_FILE
     try:
-        return ArchTable.model_validate(_yaml(path))
+        return ArchTable.model_validate(load_yaml(path))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        field = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        raise UserError(first["msg"] + more, file=path, field=field) from None
+        raise user_error(exc, file=path, schema="src/crossfl/images.py (ArchTable)") from None
 
 
 def arch_names() -> list[str]:
@@ -438,11 +422,7 @@ def files(stage: Stage) -> list[tuple[str, str]]:
 
 def image_digest(path: str | Path) -> str:
     """`sha256:<hex>` of an image file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()
+    return "sha256:" + sha256_file(path)
 
 
 class ManifestEntry(BaseModel):
@@ -473,8 +453,8 @@ def _load_manifest(path: Path) -> Manifest:
     try:
         return Manifest.model_validate_json(path.read_text())
     except ValidationError as exc:
-        raise UserError(f"not a crossfl image manifest ({exc.error_count()} errors)", file=path,
-                        fix="delete it and rebuild the images") from None
+        raise user_error(exc, file=path, what="not a crossfl image manifest",
+                         fix="delete it and rebuild the images") from None
 
 
 @contextmanager

@@ -16,11 +16,12 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from crossfl import paths
 from crossfl.errors import UserError
+from crossfl.schema import FieldError, StrictModel, field_path, problems
+from crossfl.yamlio import load_mapping
 
 Scheduler = Literal["slurm", "pbs", "local"]
 Vendor = Literal["cuda", "rocm", "xpu", "none"]
@@ -69,11 +70,7 @@ def parse_walltime(text: str) -> int:
     return h * 3600 + mi * 60 + s
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Queue(_Model):
+class Queue(StrictModel):
     """Limits of one queue/partition, as published by the facility."""
     max_walltime: str | None = None
     max_nodes: int | None = Field(default=None, ge=1)
@@ -86,7 +83,7 @@ class Queue(_Model):
         return v
 
 
-class Accelerator(_Model):
+class Accelerator(StrictModel):
     vendor: Vendor = "none"
     devices_per_node: int = Field(default=0, ge=0)
     # What Parsl's worker pool hands out, one per worker (e.g. Aurora tiles "0.0".."5.1").
@@ -138,7 +135,7 @@ class Accelerator(_Model):
         return VISIBLE_DEVICES_ENV.get(self.vendor)
 
 
-class Proxy(_Model):
+class Proxy(StrictModel):
     http: str | None = None
     https: str | None = None
     no_proxy: str | None = None
@@ -154,7 +151,7 @@ class Proxy(_Model):
         return out
 
 
-class ImageBuild(_Model):
+class ImageBuild(StrictModel):
     """How an image is built at the facility (Polaris: on a compute node with fakeroot)."""
     on_compute_node: bool = False
     directives: list[str] = Field(default_factory=list)
@@ -166,7 +163,7 @@ class ImageBuild(_Model):
     queue: str | None = None
 
 
-class Container(_Model):
+class Container(StrictModel):
     runtime: Literal["apptainer", "none"] = "none"
     # Image per architecture (cuda, rocm, xpu, cpu). `{{remote_root}}`, `{{site}}` and
     # `{{project_root}}` (this checkout) are replaced when rendering, in images, binds,
@@ -180,13 +177,13 @@ class Container(_Model):
     build: ImageBuild | None = None
 
 
-class Launcher(_Model):
+class Launcher(StrictModel):
     type: Literal["srun", "mpiexec", "single"] = "single"
     # Extra launcher options, e.g. "--cpu-bind=cores" or "--cpu-bind depth --depth=64".
     options: str = ""
 
 
-class Endpoint(_Model):
+class Endpoint(StrictModel):
     # single-user: your own endpoint. multi-user: started by root (an admin), mapping Globus
     # identities of `identity_domain` to local accounts of the same name.
     mode: Literal["single-user", "multi-user"] = "single-user"
@@ -213,7 +210,7 @@ class Endpoint(_Model):
         return self
 
 
-class Deploy(_Model):
+class Deploy(StrictModel):
     host: str | None = None
     user: str | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
@@ -223,7 +220,7 @@ class Deploy(_Model):
     data_dir: str | None = None
 
 
-class Site(_Model):
+class Site(StrictModel):
     name: str
     description: str = ""
     docs: list[str] = Field(default_factory=list)
@@ -280,7 +277,7 @@ class Site(_Model):
     @model_validator(mode="after")
     def _checks(self) -> Site:
         if self.min_blocks > self.max_blocks or self.init_blocks > self.max_blocks:
-            raise _FieldError("max_blocks", f"max_blocks {self.max_blocks} is below min_blocks "
+            raise FieldError("max_blocks", f"max_blocks {self.max_blocks} is below min_blocks "
                               f"{self.min_blocks} or init_blocks {self.init_blocks}: raise it")
         if not self.deploy.remote_root:
             self.deploy.remote_root = f"~/.crossfl/{self.name}"
@@ -295,28 +292,28 @@ class Site(_Model):
     def _check_scheduler(self) -> None:
         if self.scheduler == "local":
             if self.launcher.type != "single":
-                raise _FieldError("launcher.type", "a local site runs one process per node: "
+                raise FieldError("launcher.type", "a local site runs one process per node: "
                                   "use launcher.type: single")
             if self.directives or self.filesystems:
-                raise _FieldError("directives", "a local site has no scheduler directives: "
+                raise FieldError("directives", "a local site has no scheduler directives: "
                                   "remove directives and filesystems")
         if self.scheduler == "pbs" and self.launcher.type == "srun":
-            raise _FieldError("launcher.type", "srun needs Slurm: use mpiexec on a PBS site")
+            raise FieldError("launcher.type", "srun needs Slurm: use mpiexec on a PBS site")
         if self.accelerator.bind == "scheduler" and self.scheduler == "pbs":
-            raise _FieldError("accelerator.bind", "PBS/PALS mpiexec does not bind GPUs: use "
+            raise FieldError("accelerator.bind", "PBS/PALS mpiexec does not bind GPUs: use "
                               "bind: local-rank")
         if self.filesystems and self.scheduler != "pbs":
-            raise _FieldError("filesystems", "filesystems is a PBS request (-l filesystems=): "
+            raise FieldError("filesystems", "filesystems is a PBS request (-l filesystems=): "
                               "remove it for a Slurm site")
         if self.allowed_filesystems is not None:
             bad = [f for f in self.filesystems if f not in self.allowed_filesystems]
             if bad:
-                raise _FieldError("filesystems", f"{bad} not offered at this facility: "
+                raise FieldError("filesystems", f"{bad} not offered at this facility: "
                                   f"choose from {self.allowed_filesystems}")
         for i, d in enumerate(self.directives):
             problem = directive_problem(self.scheduler, d)
             if problem:
-                raise _FieldError(f"directives[{i}]", problem)
+                raise FieldError(f"directives[{i}]", problem)
 
     def _check_account(self) -> None:
         if not self.account_pattern:
@@ -324,29 +321,29 @@ class Site(_Model):
         try:
             rule = re.compile(self.account_pattern)
         except re.error as exc:
-            raise _FieldError("account_pattern", f"not a regular expression ({exc}): "
+            raise FieldError("account_pattern", f"not a regular expression ({exc}): "
                               "fix the pattern") from None
         if self.account and not rule.search(self.account):
-            raise _FieldError("account", f"account {self.account!r} does not match this "
+            raise FieldError("account", f"account {self.account!r} does not match this "
                               f"facility's rule {self.account_pattern!r}: use the account "
                               "of the right allocation")
 
     def _check_limits(self) -> None:
         if self.limits_by == "qos" and self.scheduler != "slurm":
-            raise _FieldError("limits_by", "QOS limits exist on Slurm only: use limits_by: queue")
+            raise FieldError("limits_by", "QOS limits exist on Slurm only: use limits_by: queue")
         key = self.limited_by()
         if self.queues and key is not None and key not in self.queues:
-            raise _FieldError(self.limits_by, f"{self.limits_by} {key!r} is not one of "
+            raise FieldError(self.limits_by, f"{self.limits_by} {key!r} is not one of "
                               f"{sorted(self.queues)}: pick one or add it under queues")
         limit = self.queue_limit()
         if limit is None:
             return
         if limit.max_walltime and parse_walltime(self.walltime) > parse_walltime(limit.max_walltime):
-            raise _FieldError("walltime", f"walltime {self.walltime} is over the {key} "
+            raise FieldError("walltime", f"walltime {self.walltime} is over the {key} "
                               f"{self.limits_by}'s maximum {limit.max_walltime}: lower it or "
                               f"pick another {self.limits_by}")
         if limit.max_nodes and self.nodes_per_block > limit.max_nodes:
-            raise _FieldError("nodes_per_block", f"{self.nodes_per_block} nodes is over the "
+            raise FieldError("nodes_per_block", f"{self.nodes_per_block} nodes is over the "
                               f"{key} {self.limits_by}'s maximum {limit.max_nodes}: lower it "
                               f"or pick another {self.limits_by}")
 
@@ -355,7 +352,7 @@ class Site(_Model):
             return
         arch = image_arch(self)
         if arch not in self.container.images:
-            raise _FieldError(f"container.images.{arch}",
+            raise FieldError(f"container.images.{arch}",
                               f"no image for this site's architecture {arch!r} "
                               f"(accelerator.vendor {self.accelerator.vendor!r}): add "
                               f"container.images.{arch}, e.g. \"{{{{remote_root}}}}/images/"
@@ -385,14 +382,6 @@ class Site(_Model):
             root = "$HOME/" + root[2:]
         return (text.replace("{{remote_root}}", root).replace("{{site}}", self.name)
                 .replace("{{project_root}}", str(paths.project_root())))
-
-
-class _FieldError(ValueError):
-    """A model-level check that belongs to one field (reported under that field's name)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        self.field = field
-        super().__init__(message)
 
 
 def directive_problem(scheduler: str, directive: str) -> str | None:
@@ -517,17 +506,6 @@ def _resolve(name_or_path: str | Path) -> Path:
     return f
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"not valid YAML: {exc}".replace("\n", " "), file=path,
-                        fix="fix the YAML syntax") from None
-    if not isinstance(data, dict):
-        raise UserError("expected a mapping of fields at the top level", file=path)
-    return data
-
-
 Loc = tuple[str | int, ...]
 
 
@@ -579,7 +557,7 @@ def _expand(value: Any, origins: _Origins, loc: Loc = ()) -> Any:
             return os.environ[var]
         if default is not None:
             return default
-        where = _loc(loc)
+        where = field_path(loc)
         raise UserError(f"${{{var}}} is not set", file=origins.file_of(loc), field=where,
                         fix=f"export {var}=..., or set {where} in the site's overrides file")
     return _ENV_REF.sub(sub, value)
@@ -597,43 +575,13 @@ def overrides_path(name: str) -> Path | None:
     return cand if cand.is_file() else None
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
 _GENERIC_FIX = "see the comment at the top of the site file and the schema in src/crossfl/sites.py"
-
-
-def _one_error(e: dict[str, Any]) -> tuple[str, str, str]:
-    """(field, message, fix) for one pydantic error."""
-    ctx_err = (e.get("ctx") or {}).get("error")
-    field = _loc(tuple(p for p in e["loc"] if not str(p).startswith("function-")))
-    msg = e["msg"].removeprefix("Value error, ")
-    if isinstance(ctx_err, _FieldError):
-        field, msg = ctx_err.field, str(ctx_err)
-    kind = e["type"]
-    if kind == "extra_forbidden":
-        return field, "unknown field", "remove it, or check its spelling against src/crossfl/sites.py"
-    if kind == "missing":
-        return field, "required field is missing", f"add {field}"
-    if kind == "literal_error":
-        expected = msg.removeprefix("Input should be ")
-        return field, f"{e.get('input')!r} is not allowed", f"use {expected}"
-    if kind == "value_error" and ": " in msg:
-        head, _, tail = msg.rpartition(": ")
-        return field, head, tail
-    return field, msg, _GENERIC_FIX
 
 
 def _errors(exc: ValidationError, origins: _Origins, overrides: Path | None) -> UserError:
     """One UserError naming, for each bad value, the file it came from."""
-    found = [_one_error(e) for e in exc.errors()]
+    found = [(p.field, p.message, p.fix or _GENERIC_FIX)
+             for p in problems(exc, schema="src/crossfl/sites.py")]
     files = [origins.file_of(_parse_loc(field)) for field, _, _ in found]
     if len(found) == 1:
         (field, msg, fix), file = found[0], files[0]
@@ -652,7 +600,7 @@ def load_site(name_or_path: str | Path, overrides: Path | None = None) -> Site:
     """Read a catalog entry, merge the user's overrides, expand ${VAR}s and validate. A bad
     value is reported against the file it came from (the catalog entry or the overrides)."""
     path = _resolve(name_or_path)
-    data = _read_yaml(path)
+    data = load_mapping(path)
     data.setdefault("name", path.stem)
     ov = overrides if overrides is not None else overrides_path(str(data["name"]))
     origins = _Origins(path)
@@ -660,7 +608,7 @@ def load_site(name_or_path: str | Path, overrides: Path | None = None) -> Site:
         ov = Path(ov)
         if not ov.is_file():
             raise UserError("overrides file not found", file=ov, fix="check the path")
-        data = origins.merge(data, _read_yaml(ov), ov)
+        data = origins.merge(data, load_mapping(ov), ov)
     data = _expand(data, origins)
     try:
         return Site.model_validate(data)

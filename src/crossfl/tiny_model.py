@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
@@ -26,6 +26,7 @@ from transformers.utils import logging as hf_logging
 from crossfl.atomic import new_dir
 from crossfl.data.smolinstruct import load_jsonl
 from crossfl.errors import UserError
+from crossfl.schema import StrictModel, problems
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 
@@ -33,10 +34,8 @@ Progress = Callable[[str, int, int], None]
 """progress(stage, done, total): called while building."""
 
 
-class TinyModelSpec(BaseModel):
+class TinyModelSpec(StrictModel):
     """Shape of the tiny base model and its pre-training budget."""
-
-    model_config = ConfigDict(extra="forbid")
 
     vocab_size: int = Field(1000, ge=300, le=32000)
     hidden_size: int = Field(128, ge=16)
@@ -70,10 +69,10 @@ def make_spec(**values: object) -> TinyModelSpec:
     try:
         return TinyModelSpec.model_validate(values)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = str(first["loc"][0]) if first["loc"] else None
-        name = _OPTION_NAMES.get(loc, f"--{loc}".replace("_", "-")) if loc else None
-        raise UserError(first["msg"].removeprefix("Value error, "), field=name) from None
+        first = problems(exc)[0]
+        name = _OPTION_NAMES.get(first.field, "--" + first.field.replace("_", "-")) \
+            if first.field else None
+        raise UserError(first.message, field=name) from None
 
 
 class TinyModelSummary(BaseModel):

@@ -19,17 +19,10 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, Time
 
 from crossfl.deploy.remote import Remote, q
 from crossfl.errors import UserError
+from crossfl.hashing import sha256_file
 
 CHUNK = 1 << 20
 BUNDLE_DIGEST_FILE = ".crossfl-bundle.sha256"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tree_files(root: Path) -> list[Path]:
