@@ -379,7 +379,7 @@ def test_failed_render_keeps_previous(tmp_path, monkeypatch):
 
     def broken(*a, **k):
         raise UserError("boom")
-    monkeypatch.setattr(render, "_render_with_endpoint", broken)
+    monkeypatch.setattr(render.engine, "render_with_endpoint", broken)
     with pytest.raises(UserError, match="boom"):
         render.render_site("local", tmp_path)
     after = {p.name: p.read_bytes() for p in (good / "endpoint").iterdir()}
@@ -390,7 +390,7 @@ def test_failed_render_keeps_previous(tmp_path, monkeypatch):
 def test_failed_first_render_leaves_nothing(tmp_path, monkeypatch):
     def broken(*a, **k):
         raise UserError("boom")
-    monkeypatch.setattr(render, "_render_with_endpoint", broken)
+    monkeypatch.setattr(render.engine, "render_with_endpoint", broken)
     with pytest.raises(UserError):
         render.render_site("local", tmp_path)
     assert list(tmp_path.iterdir()) == []

@@ -268,9 +268,11 @@ def site_status(name: str, *, dry_run: bool = False, console: Console | None = N
         live["endpoint process"] = (f"running (pid {rt.pid})" if rt.running else
                                     "not running" + ("" if rt.configured else ", not configured"))
         live["globus-compute-endpoint"] = info.gce_version
-        jobs = gce.queue(r, site.scheduler)
+        jobs = gce.queue(r, site.sched.query)
         if jobs is not None:
             live["pilot jobs"] = jobs.stdout.strip() or "none"
+            if jobs.stdout.strip() and site.sched.cancel:
+                live["cancel a pilot job"] = f"{site.sched.cancel} JOBID (on {t.label})"
     if not dry_run:
         _print_rows(console, live)
     return {**rows, **live}

@@ -191,10 +191,6 @@ def logs(remote: Remote, info: LoginInfo, name: str, lines: int) -> Result:
     return remote.run(f"tail -n {int(lines)} {q(info.endpoint_dir(name))}/endpoint.log")
 
 
-def queue(remote: Remote, scheduler: str) -> Result | None:
-    """The user's pilot jobs, as the site's scheduler lists them."""
-    if scheduler == "slurm":
-        return remote.run("squeue --me -h -o '%i %j %T %M %D' 2>&1 || squeue -u \"$USER\" -h 2>&1")
-    if scheduler == "pbs":
-        return remote.run("qstat -u \"$USER\" 2>&1")
-    return None
+def queue(remote: Remote, query: str | None) -> Result | None:
+    """The user's pilot jobs, as the site's scheduler lists them (`Scheduler.query`)."""
+    return remote.run(query) if query else None
