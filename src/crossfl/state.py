@@ -8,7 +8,7 @@ This module imports neither fabric nor the sites code, so any part of the kit ca
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +23,7 @@ Phase = Literal["new", "uploaded", "configured", "started", "stopped"]
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 class ImageState(StrictModel):

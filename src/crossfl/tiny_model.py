@@ -98,7 +98,8 @@ def _corpus(data: Path, max_records: int | None) -> tuple[list[str], list[str]]:
     return [r.input for r in records], [r.output for r in records]
 
 
-def train_tokenizer(texts: Sequence[str], vocab_size: int, max_length: int) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: Sequence[str], vocab_size: int,
+                    max_length: int) -> PreTrainedTokenizerFast:
     """Byte-level BPE (every string encodes, decoding is exact) with pad/bos/eos specials."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -6,8 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from crossfl.render.shell import (bind_wrapper, command_line, container_options, setup_lines,
-                                  shell_path, shell_word, sources_a_file)
+from crossfl.render.shell import (
+    bind_wrapper,
+    command_line,
+    container_options,
+    setup_lines,
+    shell_path,
+    shell_word,
+    sources_a_file,
+)
 from crossfl.schedulers import BatchJob, parse_walltime
 from crossfl.schedulers.launchers import LAUNCHERS
 from crossfl.sites import Site, image_arch

@@ -65,7 +65,8 @@ def _render_into(env: jinja2.Environment, site: Site, tmp: Path, *, final: Path)
     try:
         for name in ("config.yaml", "user_config_template.yaml.j2", "user_environment.yaml"):
             _write(ep / name, env.get_template(f"endpoint/{name}").render(ctx))
-        _write(ep / "user_config_schema.json", json.dumps(user_config_schema(site), indent=2) + "\n")
+        schema_text = json.dumps(user_config_schema(site), indent=2) + "\n"
+        _write(ep / "user_config_schema.json", schema_text)
         if site.endpoint.mode == "multi-user":
             _write(ep / "identity_mapping.example.json",
                    json.dumps(identity_mapping(site), indent=2) + "\n")

@@ -45,7 +45,9 @@ def render_with_endpoint(ep: Path, core: Any, user_opts: dict[str, Any],
                           schema: dict[str, Any] | None = None) -> str:
     import jsonschema
     from globus_compute_endpoint.endpoint.config.utils import (
-        load_user_config_schema, render_config_user_template)
+        load_user_config_schema,
+        render_config_user_template,
+    )
     tpl_path = ep / "user_config_template.yaml.j2"
     if schema is None:
         schema = load_user_config_schema(ep / "user_config_schema.json")
@@ -102,7 +104,8 @@ def _option_fix(exc: Any, schema: dict[str, Any]) -> str:
         return f"match the pattern {prop['pattern']}{example}"
     if prop.get("type") == "integer":
         lo, hi = prop.get("minimum"), prop.get("maximum")
-        return f"give an integer{f' >= {lo}' if lo is not None else ''}{f' <= {hi}' if hi is not None else ''}"
+        bounds = (f" >= {lo}" if lo is not None else "") + (f" <= {hi}" if hi is not None else "")
+        return f"give an integer{bounds}"
     return f"give a {prop.get('type', 'valid value')}"
 
 

@@ -12,8 +12,19 @@ the file, the field and the fix.
 from crossfl.schedulers import parse_walltime
 from crossfl.sites.loading import list_sites, load_site, overrides_path
 from crossfl.sites.rules import lint_script
-from crossfl.sites.schema import (VISIBLE_DEVICES_ENV, Accelerator, Container, Deploy, Endpoint,
-                                  ImageBuild, Launcher, Proxy, Queue, Site, image_arch)
+from crossfl.sites.schema import (
+                                  VISIBLE_DEVICES_ENV,
+                                  Accelerator,
+                                  Container,
+                                  Deploy,
+                                  Endpoint,
+                                  ImageBuild,
+                                  Launcher,
+                                  Proxy,
+                                  Queue,
+                                  Site,
+                                  image_arch,
+)
 
 __all__ = ["VISIBLE_DEVICES_ENV", "Accelerator", "Container", "Deploy", "Endpoint", "ImageBuild",
            "Launcher", "Proxy", "Queue", "Site", "image_arch", "lint_script", "list_sites",

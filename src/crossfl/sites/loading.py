@@ -128,7 +128,7 @@ def _errors(exc: ValidationError, origins: _Origins, overrides: Path | None) -> 
     main = files[0] if len(set(files)) == 1 else origins.catalog
     lines = [f"{field or '(top level)'}: {msg}" + ("" if fix == _GENERIC_FIX else f" (fix: {fix})")
              + ("" if file == main else f" (in {file})")
-             for (field, msg, fix), file in zip(found, files)]
+             for (field, msg, fix), file in zip(found, files, strict=True)]
     return UserError("invalid site:\n  " + "\n  ".join(lines), file=main,
                      fix="correct each field listed")
 

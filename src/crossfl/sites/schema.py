@@ -85,7 +85,9 @@ class Accelerator(StrictModel):
 
     @property
     def device_ids(self) -> list[str]:
-        return list(self.ids) if self.ids is not None else [str(i) for i in range(self.devices_per_node)]
+        if self.ids is not None:
+            return list(self.ids)
+        return [str(i) for i in range(self.devices_per_node)]
 
     @property
     def rank_devices(self) -> list[str]:
