@@ -29,7 +29,7 @@ def run_cli(*args: str) -> tuple[int, str]:
     """Invoke the deploy commands as `crossfl` does: a UserError is one line and exit 2."""
     import typer
 
-    from crossfl import cli_deploy
+    from crossfl.cli import deploy as cli_deploy
     app = typer.Typer()
     cli_deploy.register(app)
     app.command("noop", hidden=True)(lambda: None)  # keep typer in multi-command mode

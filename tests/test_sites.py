@@ -278,7 +278,7 @@ def test_multi_user_needs_identity_domain(catalog):
 def test_cli_sites_table_and_render_all(catalog, tmp_path):
     import typer
     from typer.testing import CliRunner
-    from crossfl import cli_sites
+    from crossfl.cli import sites as cli_sites
     app = typer.Typer()
     cli_sites.register(app)
     runner = CliRunner()

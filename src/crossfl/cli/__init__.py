@@ -1,5 +1,5 @@
 """The `crossfl` command. The Makefile calls it; each area registers its own commands
-from a `crossfl.cli_<area>` module, so this file only wires them together."""
+from a `crossfl.cli.<area>` module, so this file only wires them together."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ err = Console(stderr=True)
 
 def build_app() -> typer.Typer:
     for area in AREAS:
-        module = importlib.import_module(f"crossfl.cli_{area}")
+        module = importlib.import_module(f"crossfl.cli.{area}")
         module.register(app)
     return app
 
