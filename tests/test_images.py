@@ -320,7 +320,8 @@ def test_build_calls_apptainer_and_records_the_digest(project: Path, fake_apptai
     manifest = project / "build" / "images" / "manifest.json"
     manifest.parent.mkdir(parents=True)
     other = {"arch": "rocm", "image": "build/images/crossfl-rocm.sif",
-             "digest": "sha256:" + "0" * 64, "size_bytes": 1, "built_at": "2026-01-01T00:00:00+00:00", "git_commit": "x"}
+             "digest": "sha256:" + "0" * 64, "size_bytes": 1,
+             "built_at": "2026-01-01T00:00:00+00:00", "git_commit": "x"}
     manifest.write_text(json.dumps({"schema_version": 1, "images": {"rocm": other}}))
 
     code, out = cli("image", "build", "cpu")

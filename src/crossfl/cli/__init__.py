@@ -1,5 +1,10 @@
-"""The `crossfl` command. The Makefile calls it; each area registers its own commands
-from a `crossfl.cli.<area>` module, so this file only wires them together."""
+"""The `crossfl` command. The Makefile calls it; each area registers its own commands from a
+module of this package (`register(app)`), so this file only wires them together and turns a
+`UserError` into one line on stderr and exit status 2, for every command.
+
+One style throughout: each command is a module-level function whose parameters are
+`Annotated[..., typer.Option/Argument(...)]`; heavy modules are imported inside the command.
+"""
 
 from __future__ import annotations
 
@@ -13,20 +18,19 @@ from crossfl.errors import UserError
 
 AREAS = ("data", "model", "sites", "images", "deploy", "run")
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Federated LoRA fine-tuning across HPC facilities.")
 err = Console(stderr=True)
 
 
 def build_app() -> typer.Typer:
+    app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                      help="Federated LoRA fine-tuning across HPC facilities.")
     for area in AREAS:
-        module = importlib.import_module(f"crossfl.cli.{area}")
-        module.register(app)
+        importlib.import_module(f"crossfl.cli.{area}").register(app)
     return app
 
 
 def main() -> None:
-    build_app()
+    app = build_app()
     try:
         app(standalone_mode=True)
     except UserError as exc:
