@@ -66,7 +66,8 @@ def test_every_site_loads(catalog, name):
     assert site.deploy.remote_root == f"~/.crossfl/{name}"
     assert site.deploy.endpoint_name == f"crossfl-{name}"
     assert site.accelerator.vendor in ("cuda", "rocm", "xpu", "none")
-    assert sites.image_arch(site) == ("cpu" if site.accelerator.vendor == "none" else site.accelerator.vendor)
+    vendor = site.accelerator.vendor
+    assert sites.image_arch(site) == ("cpu" if vendor == "none" else vendor)
 
 
 def test_facility_facts():
@@ -75,13 +76,15 @@ def test_facility_facts():
     assert (frontier.accelerator.vendor, frontier.accelerator.devices_per_node) == ("rocm", 8)
     assert frontier.accelerator.visible_devices_env == "ROCR_VISIBLE_DEVICES"
     polaris = sites.load_site("polaris")
-    assert polaris.filesystems == ["home", "eagle"] and polaris.accelerator.rank_devices == ["3", "2", "1", "0"]
+    assert polaris.filesystems == ["home", "eagle"]
+    assert polaris.accelerator.rank_devices == ["3", "2", "1", "0"]
     assert polaris.container.build is not None and polaris.container.build.on_compute_node
     aurora = sites.load_site("aurora")
     assert aurora.accelerator.device_ids[-1] == "5.1" and aurora.cpus_per_node == 208
     assert aurora.proxy.https == "http://proxy.alcf.anl.gov:3128" and "-k doe" in aurora.directives
     perl = sites.load_site("perlmutter")
-    assert perl.constraint == "gpu" and perl.qos == "regular" and perl.container.runtime == "apptainer"
+    assert perl.constraint == "gpu" and perl.qos == "regular"
+    assert perl.container.runtime == "apptainer"
     local = sites.load_site("local")
     assert local.scheduler == "local" and local.container.runtime == "none"
     assert sites.image_arch(local) == "cpu"
@@ -158,7 +161,8 @@ def test_unknown_site(catalog):
     ({"nodes_per_block": 3}, "nodes_per_block", "2"),
     ({"accelerator__devices_per_node": 0}, "accelerator", "devices_per_node"),
     ({"accelerator__rank_order": ["0", "1"]}, "accelerator", "name 4 distinct"),
-    ({"container__images": {"rocm": "/x/crossfl-rocm.sif"}}, "container.images.cuda", "crossfl-cuda.sif"),
+    ({"container__images": {"rocm": "/x/crossfl-rocm.sif"}}, "container.images.cuda",
+     "crossfl-cuda.sif"),
     ({"directives": ["-l place=scatter", "-Q fast"]}, "directives[1]", "qsub"),
     ({"directives": ["-l gpus_galore=4"]}, "directives[0]", "resource"),
     ({"filesystems": ["home", "flare"]}, "filesystems", "eagle"),
@@ -278,6 +282,7 @@ def test_multi_user_needs_identity_domain(catalog):
 def test_cli_sites_table_and_render_all(catalog, tmp_path):
     import typer
     from typer.testing import CliRunner
+
     from crossfl.cli import sites as cli_sites
     app = typer.Typer()
     cli_sites.register(app)
