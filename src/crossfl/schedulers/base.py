@@ -63,6 +63,7 @@ class Scheduler:
     provider: ClassVar[str]  # Parsl provider class the endpoint builds
     directive_prefix: ClassVar[str | None] = None  # "#SBATCH"
     options: ClassVar[frozenset[str]] = frozenset()  # options a directive may use
+    option_examples: ClassVar[str] = ""  # a few of them, for the message about a typo
     # Site fields written as named directives in batch scripts, with their option, in order.
     named_flags: ClassVar[dict[str, str]] = {}
     account_word: ClassVar[str] = "account"  # what the facility calls it, for the hint
@@ -116,8 +117,6 @@ class Scheduler:
             return (f"{self.submit} has no option {opt!r}: check `man {self.submit}` "
                     f"({self.option_examples})")
         return None
-
-    option_examples: ClassVar[str] = ""
 
     def lint_directive(self, site: Site, directive: str) -> list[str]:
         """Problems of one directive of a rendered script, by the site's rules."""
