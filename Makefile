@@ -10,7 +10,7 @@ DATA_DIR := build/data/chem
 MODEL_DIR := build/models/tiny-llama
 EXP ?= deploy/experiments/local-demo.yaml
 
-.PHONY: setup demo test data model experiment bench clean
+.PHONY: setup demo test lint data model experiment bench clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,12 @@ experiment: setup
 ## make test: the test suite (starts its own Slurm/sshd where it can, as root)
 test: setup
 	$(BIN)/python -m pytest -q
+
+## make lint: ruff's lint rules and its formatter's check (pyproject.toml [tool.ruff]); not yet
+## part of `make test`
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 ## make bench: measured ratios, side by side in one run
 bench: setup

@@ -41,7 +41,8 @@ class SlurmCluster:
             return "the local Slurm cluster needs root (slurmd runs jobs as their user)"
         missing = [b for b in BINARIES if shutil.which(b) is None]
         if missing:
-            return f"Slurm/munge binaries missing: {', '.join(missing)} (apt-get install slurm-wlm munge)"
+            return (f"Slurm/munge binaries missing: {', '.join(missing)} "
+                    "(apt-get install slurm-wlm munge)")
         return None
 
     # -----------------------------------------------------------------------------------------
@@ -161,7 +162,8 @@ PartitionName={self.partition} Nodes=localhost Default=YES MaxTime=INFINITE Stat
             if state and state not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"):
                 return state, info.get("ExitCode", "")
             time.sleep(0.5)
-        raise TimeoutError(f"job {job_id} still queued after {timeout:.0f}s: {self.job_info(job_id)}")
+        raise TimeoutError(f"job {job_id} still queued after {timeout:.0f}s: "
+                           f"{self.job_info(job_id)}")
 
     def job_info(self, job_id: str) -> dict[str, str]:
         p = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
@@ -175,7 +177,7 @@ PartitionName={self.partition} Nodes=localhost Default=YES MaxTime=INFINITE Stat
 
     def stop(self) -> None:
         subprocess.run(["scancel", "--full", "-u", "root"], env=self.env(), capture_output=True)
-        for name, pidfile in reversed(self._procs):
+        for _name, pidfile in reversed(self._procs):
             try:
                 pid = int(pidfile.read_text().strip())
             except (OSError, ValueError):

@@ -14,9 +14,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -75,7 +75,8 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None
     raise RuntimeError(f"sshd did not listen on {port}: {log.read_text()[-2000:]}")
 
 
-def start_sshd(tmp: Path, env: dict[str, str] | None = None) -> tuple[SshServer, subprocess.Popen[bytes]]:
+def start_sshd(tmp: Path, env: dict[str, str] | None = None
+               ) -> tuple[SshServer, subprocess.Popen[bytes]]:
     tmp.mkdir(parents=True, exist_ok=True)
     home = tmp / "home"
     home.mkdir()

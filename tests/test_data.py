@@ -13,7 +13,7 @@ from rdkit import Chem
 from rdkit.Chem import Crippen, Descriptors, rdMolDescriptors
 from typer.testing import CliRunner
 
-from crossfl.cli_data import register
+from crossfl.cli.data import register
 from crossfl.data import chem, smolinstruct
 from crossfl.data.chem import TASKS, build_chem
 from crossfl.data.partition import SCHEMES, partition, task_counts, write_partitions
@@ -462,8 +462,6 @@ def test_main_cli_prints_one_line_and_exits_2(tmp_path: Path, monkeypatch: pytes
     from crossfl import cli
 
     monkeypatch.setattr(cli, "AREAS", ("data",))
-    monkeypatch.setattr(cli, "app", typer.Typer(add_completion=False,
-                                                pretty_exceptions_enable=False))
     monkeypatch.setattr("sys.argv", ["crossfl", "data", "partition", "--train",
                                      str(tmp_path / "t.jsonl"), "--sites", "a",
                                      "--scheme", "bogus", "--out", str(tmp_path / "p")])

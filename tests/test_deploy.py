@@ -29,7 +29,7 @@ def run_cli(*args: str) -> tuple[int, str]:
     """Invoke the deploy commands as `crossfl` does: a UserError is one line and exit 2."""
     import typer
 
-    from crossfl import cli_deploy
+    from crossfl.cli import deploy as cli_deploy
     app = typer.Typer()
     cli_deploy.register(app)
     app.command("noop", hidden=True)(lambda: None)  # keep typer in multi-command mode
@@ -95,7 +95,8 @@ def override(project: Path, data: dict) -> None:
 
 # -- the state file ------------------------------------------------------------------------------
 
-def test_state_file_claims_only_what_happened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_state_file_claims_only_what_happened(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     from crossfl import state as st
     monkeypatch.setenv("CROSSFL_ROOT", str(tmp_path))
     with pytest.raises(UserError, match="never deployed"):
@@ -113,7 +114,8 @@ def test_state_file_claims_only_what_happened(tmp_path: Path, monkeypatch: pytes
     assert st.load_state("x").phase == "new"
     s.endpoint.endpoint_id = "6f1c3a1e-0000-4000-8000-000000000000"
     st.save_state(s)
-    assert st.require_endpoint_id("x") == s.endpoint.endpoint_id and st.load_state("x").phase == "started"
+    assert st.require_endpoint_id("x") == s.endpoint.endpoint_id
+    assert st.load_state("x").phase == "started"
     path.write_text("{")
     with pytest.raises(UserError, match="unreadable"):
         st.load_state("x")
@@ -121,8 +123,8 @@ def test_state_file_claims_only_what_happened(tmp_path: Path, monkeypatch: pytes
 
 # -- the deploy itself --------------------------------------------------------------------------
 
-def test_deploy_configures_is_idempotent_and_fails_start_clearly(project: Path, sshd: SshServer,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_deploy_configures_is_idempotent_and_fails_start_clearly(
+        project: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch) -> None:
     code, out = run_cli("deploy", SITE, "--no-start")
     print(out)
     assert code == 0, out
@@ -196,6 +198,32 @@ def test_deploy_configures_is_idempotent_and_fails_start_clearly(project: Path, 
     assert code == 0 and "nothing to stop" in out
 
 
+def test_each_step_runs_on_its_own(project: Path) -> None:
+    """The deploy steps, named and in order, each one runnable alone on a Deployment."""
+    from crossfl.deploy import flow, steps
+    assert [name for name, _ in steps.STEPS] == [
+        "layout", "bundle", "image", "data", "endpoint", "start"]
+    with flow.deployment(SITE, start=False) as d:
+        assert not remote_root().exists()
+        steps.layout(d)
+        assert all((remote_root() / sub).is_dir() for sub in ("bundle", "images", "data"))
+        assert not any((remote_root() / "bundle").iterdir())
+        steps.bundle(d)
+        digest_file = remote_root() / "bundle" / ".crossfl-bundle.sha256"
+        assert digest_file.read_text().strip() == d.digest and d.out.changed == ["bundle"]
+        assert state(project) is None  # a step changes the state; deploy_site saves it
+        d.record()
+        st = state(project)
+        assert st["bundle_sha256"] == d.digest and not st["endpoint"]["configured"]
+        steps.image(d)  # no container: nothing to stage
+        steps.data(d)  # no --data
+        assert d.out.changed == ["bundle"] and not ep_dir().exists()
+        steps.endpoint(d)
+        assert (ep_dir() / "user_config_schema.json").is_file() and d.state.endpoint.configured
+        steps.start(d)  # --no-start
+        assert not d.state.endpoint.started and "endpoint started" not in d.out.changed
+
+
 def test_data_upload_only_when_asked(project: Path, tmp_path: Path) -> None:
     data = tmp_path / "chem"
     (data / "split").mkdir(parents=True)
@@ -207,7 +235,8 @@ def test_data_upload_only_when_asked(project: Path, tmp_path: Path) -> None:
     assert code == 0, out
     dest = remote_root() / "data" / "chem"
     assert (dest / "train.jsonl").read_bytes() == (data / "train.jsonl").read_bytes()
-    assert (dest / "split" / "val.jsonl").read_bytes() == (data / "split" / "val.jsonl").read_bytes()
+    assert (dest / "split" / "val.jsonl").read_bytes() == \
+        (data / "split" / "val.jsonl").read_bytes()
     assert [d["remote_path"] for d in state(project)["data"]] == [str(dest)]
     code, out = run_cli("deploy", SITE, "--no-start", "--data", str(data))
     assert code == 0 and "nothing changed" in out

@@ -21,7 +21,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from typer.testing import CliRunner
 
-from crossfl import cli_images, images
+from crossfl import images
+from crossfl.cli import images as cli_images
 from crossfl.errors import UserError
 
 CHECKER = images.CHECKER
@@ -318,8 +319,9 @@ def test_build_calls_apptainer_and_records_the_digest(project: Path, fake_apptai
                                                       ) -> None:
     manifest = project / "build" / "images" / "manifest.json"
     manifest.parent.mkdir(parents=True)
-    other = {"arch": "rocm", "image": "build/images/crossfl-rocm.sif", "digest": "sha256:" + "0" * 64,
-             "size_bytes": 1, "built_at": "2026-01-01T00:00:00+00:00", "git_commit": "x"}
+    other = {"arch": "rocm", "image": "build/images/crossfl-rocm.sif",
+             "digest": "sha256:" + "0" * 64, "size_bytes": 1,
+             "built_at": "2026-01-01T00:00:00+00:00", "git_commit": "x"}
     manifest.write_text(json.dumps({"schema_version": 1, "images": {"rocm": other}}))
 
     code, out = cli("image", "build", "cpu")
@@ -377,12 +379,12 @@ def test_make_image_runs_apptainer_build(project: Path, fake_apptainer: Path) ->
 
 
 def make(project: Path, *args: str, path: str | None = None) -> subprocess.CompletedProcess:
-    """The project's Makefile, with `setup` taken as done and the image commands alone as
-    CROSSFL (the full `crossfl` wires in every area's commands the same way)."""
+    """The project's Makefile, with `setup` taken as done and CROSSFL=`python -m crossfl`
+    (what the `crossfl` entry point runs)."""
     env = {**os.environ, "PATH": path or os.environ["PATH"], "CROSSFL_ROOT": str(project)}
     return subprocess.run(["make", "--no-print-directory", "-C", str(project),
                            "-o", ".venv/.installed-stamp", *args,
-                           f"CROSSFL={sys.executable} -m crossfl.cli_images"],
+                           f"CROSSFL={sys.executable} -m crossfl"],
                           capture_output=True, text=True, env=env)
 
 

@@ -35,8 +35,10 @@ LAUNCHER = {"srun": "SrunLauncher", "mpiexec": "MpiExecLauncher", "single": "Sin
 
 # Options a user could pass per task group: valid for the site's schema.
 VALID_OPTS = {
-    "frontier": {"account": "xyz789", "walltime": "00:30:00", "nodes_per_block": 2, "qos": "normal"},
-    "polaris": {"account": "P1", "queue": "debug-scaling", "walltime": "00:45:00", "nodes_per_block": 4},
+    "frontier": {"account": "xyz789", "walltime": "00:30:00", "nodes_per_block": 2,
+                 "qos": "normal"},
+    "polaris": {"account": "P1", "queue": "debug-scaling", "walltime": "00:45:00",
+                "nodes_per_block": 4},
     "aurora": {"account": "P1", "queue": "prod", "walltime": "02:00:00", "max_blocks": 2},
     "perlmutter": {"account": "m1_g", "qos": "shared", "walltime": "04:00:00"},
     "local-slurm": {"walltime": "00:05:00", "worker_init": "echo ready"},
@@ -106,8 +108,9 @@ def test_core_config_loads(rendered, name):
     assert cfg.display_name == f"crossfl {name}"
     site = site_for_test(name)
     if site.deploy.host is None:  # run from this checkout: the template paths are absolute
-        assert cfg.user_config_template_path == rendered[name] / "endpoint" / "user_config_template.yaml.j2"
-        assert cfg.user_config_schema_path == rendered[name] / "endpoint" / "user_config_schema.json"
+        ep = rendered[name] / "endpoint"
+        assert cfg.user_config_template_path == ep / "user_config_template.yaml.j2"
+        assert cfg.user_config_schema_path == ep / "user_config_schema.json"
 
 
 def test_allowed_functions_are_rendered(tmp_path):
@@ -125,7 +128,8 @@ def test_example_builds_engine_provider_launcher(rendered, name, stub_interfaces
     from globus_compute_endpoint.endpoint.config import UserEndpointConfig
     from globus_compute_endpoint.engines import GlobusComputeEngine
     site = site_for_test(name)
-    cfg = render.load_user_config((rendered[name] / "endpoint" / "user_config.example.yaml").read_text())
+    example = rendered[name] / "endpoint" / "user_config.example.yaml"
+    cfg = render.load_user_config(example.read_text())
     assert isinstance(cfg, UserEndpointConfig)
     engine = cfg.engine
     assert isinstance(engine, GlobusComputeEngine)
@@ -154,7 +158,8 @@ def test_facility_specifics(rendered, stub_interfaces):
         text = (rendered[name] / "endpoint" / "user_config.example.yaml").read_text()
         return render.load_user_config(text).engine
     aurora = engine("aurora").executor
-    assert aurora.available_accelerators[:2] == ["0.0", "0.1"] and len(aurora.available_accelerators) == 12
+    assert aurora.available_accelerators[:2] == ["0.0", "0.1"]
+    assert len(aurora.available_accelerators) == 12
     assert aurora.provider.cpus_per_node == 208
     assert "filesystems=home:flare" in aurora.provider.scheduler_options
     assert "-k doe" in aurora.provider.scheduler_options
@@ -162,7 +167,8 @@ def test_facility_specifics(rendered, stub_interfaces):
     assert "ZE_FLAT_DEVICE_HIERARCHY=COMPOSITE" in aurora.provider.worker_init
     polaris = engine("polaris")
     assert polaris.executor.provider.select_options.endswith("system=polaris")
-    assert "--fakeroot" in polaris.container_cmd_options and "/var/run/palsd/" in polaris.container_cmd_options
+    assert "--fakeroot" in polaris.container_cmd_options
+    assert "/var/run/palsd/" in polaris.container_cmd_options
     frontier = engine("frontier").executor.provider
     assert (frontier.partition, frontier.qos, frontier.account) == ("batch", "debug", "ABC123")
     perl = engine("perlmutter").executor.provider
@@ -244,7 +250,8 @@ def test_missing_account_names_option_and_fix(tmp_path, monkeypatch):
     assert "overrides" in info.value.fix and "user_config_schema.json" in info.value.file
     monkeypatch.setenv("CROSSFL_FRONTIER_ACCOUNT", "fromenv1")
     out = render.render_site(sites.load_site("frontier"), tmp_path)
-    assert yaml.safe_load(render.render_user_config(out, {}))["engine"]["provider"]["account"] == "fromenv1"
+    provider = yaml.safe_load(render.render_user_config(out, {}))["engine"]["provider"]
+    assert provider["account"] == "fromenv1"
 
 
 def test_user_strings_cannot_break_out(rendered, stub_interfaces):
@@ -253,7 +260,8 @@ def test_user_strings_cannot_break_out(rendered, stub_interfaces):
     data = yaml.safe_load(text)
     assert data["engine"]["provider"]["worker_init"] == nasty
     assert "key" not in data
-    text = render.render_user_config(rendered["frontier"], {"worker_init": nasty, "account": 'a"\nb: c'})
+    text = render.render_user_config(rendered["frontier"],
+                                     {"worker_init": nasty, "account": 'a"\nb: c'})
     provider = yaml.safe_load(text)["engine"]["provider"]
     assert provider["worker_init"].startswith("module load olcf-container-tools\n")
     assert provider["worker_init"].endswith(nasty)
@@ -344,7 +352,8 @@ def test_batch_smoke_runs_describe_devices(rendered):
     polaris = (rendered["polaris"] / "batch" / "smoke.sh").read_text()
     assert "devices=(3 2 1 0)" in polaris and "PMI_LOCAL_RANK" in polaris
     aurora = (rendered["aurora"] / "batch" / "smoke.sh").read_text()
-    assert "export ZE_AFFINITY_MASK=" in aurora and "APPTAINERENV_ZE_FLAT_DEVICE_HIERARCHY=FLAT" in aurora
+    assert "export ZE_AFFINITY_MASK=" in aurora
+    assert "APPTAINERENV_ZE_FLAT_DEVICE_HIERARCHY=FLAT" in aurora
     build = (rendered["polaris"] / "batch" / "build_image.sh").read_text()
     assert "#PBS -l singularity_fakeroot=true" in build and "HTTPS_PROXY=" in build
     assert "build/images/crossfl-cuda.def" in build
@@ -352,7 +361,8 @@ def test_batch_smoke_runs_describe_devices(rendered):
 
 def test_linter_catches_bad_directives():
     polaris = site_for_test("polaris")
-    bad = "#!/bin/bash\n#PBS -l filesystems=home:flare\n#PBS -l walltime=02:00:00\n#PBS -Z x\n#SBATCH -N 1\n"
+    bad = ("#!/bin/bash\n#PBS -l filesystems=home:flare\n#PBS -l walltime=02:00:00\n#PBS -Z x\n"
+           "#SBATCH -N 1\n")
     problems = sites.lint_script(polaris, bad)
     assert len(problems) == 4
     assert "flare" in problems[0] and "over the queue maximum" in problems[1]
@@ -379,7 +389,7 @@ def test_failed_render_keeps_previous(tmp_path, monkeypatch):
 
     def broken(*a, **k):
         raise UserError("boom")
-    monkeypatch.setattr(render, "_render_with_endpoint", broken)
+    monkeypatch.setattr(render.engine, "render_with_endpoint", broken)
     with pytest.raises(UserError, match="boom"):
         render.render_site("local", tmp_path)
     after = {p.name: p.read_bytes() for p in (good / "endpoint").iterdir()}
@@ -390,7 +400,7 @@ def test_failed_render_keeps_previous(tmp_path, monkeypatch):
 def test_failed_first_render_leaves_nothing(tmp_path, monkeypatch):
     def broken(*a, **k):
         raise UserError("boom")
-    monkeypatch.setattr(render, "_render_with_endpoint", broken)
+    monkeypatch.setattr(render.engine, "render_with_endpoint", broken)
     with pytest.raises(UserError):
         render.render_site("local", tmp_path)
     assert list(tmp_path.iterdir()) == []
@@ -418,7 +428,8 @@ def test_multi_user_endpoint(tmp_path):
     assert "identity_mapping_config_path" in (ep / "config.yaml").read_text()
     mapping = json.loads((ep / "identity_mapping.example.json").read_text())
     assert mapping[0]["mappings"][0]["match"] == r"(.*)@anl\.gov"
-    assert yaml.safe_load((ep / "user_environment.yaml").read_text()) == {"GLOBUS_COMPUTE_SITE": "polaris"}
+    env = yaml.safe_load((ep / "user_environment.yaml").read_text())
+    assert env == {"GLOBUS_COMPUTE_SITE": "polaris"}
 
 
 def test_batch_without_account_says_how(tmp_path, monkeypatch):
@@ -450,6 +461,32 @@ def test_concurrent_renders_leave_one_good_result(tmp_path):
     assert render.render_user_config(tmp_path / "local", {})
 
 
+def test_swap_removes_its_old_copy_whatever_a_rival_does(tmp_path, monkeypatch):
+    """Another render may move the new result aside the moment it lands (a rival swap's first
+    step); the previous copy this render moved aside must still be removed, not left behind
+    as `.local.old.<hex>` (seen on a busy machine in the threaded test above)."""
+    render.render_site("local", tmp_path)
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-rival"
+    elsewhere.mkdir()
+    real = {"rename": os.rename, "replace": os.replace}
+    rival_done: list[bool] = []
+
+    def hooked(kind):
+        def call(src, dst, *a, **k):
+            real[kind](src, dst, *a, **k)
+            if Path(dst) == tmp_path / "local" and Path(src).name.startswith(".local.") \
+                    and ".old." not in Path(src).name and not rival_done:
+                rival_done.append(True)  # the rival moves the fresh result aside
+                real["rename"](tmp_path / "local", elsewhere / "local")
+        return call
+    monkeypatch.setattr(os, "rename", hooked("rename"))
+    monkeypatch.setattr(os, "replace", hooked("replace"))
+    render.render_site("local", tmp_path)
+    monkeypatch.undo()
+    assert rival_done, "the swap never put a fresh directory in place"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
 def test_endpoint_cli_renders_and_refuses(rendered, tmp_path):
     """The endpoint's own `render-user-config` command accepts the rendered directory."""
     import sys
@@ -458,8 +495,10 @@ def test_endpoint_cli_renders_and_refuses(rendered, tmp_path):
 
     def run(opts):
         (tmp_path / "opts.json").write_text(json.dumps(opts))
-        return subprocess.run([str(cli), "render-user-config", "-t", str(ep / "user_config_template.yaml.j2"),
-                               "-s", str(ep / "user_config_schema.json"), "-o", str(tmp_path / "opts.json")],
+        return subprocess.run([str(cli), "render-user-config",
+                               "-t", str(ep / "user_config_template.yaml.j2"),
+                               "-s", str(ep / "user_config_schema.json"),
+                               "-o", str(tmp_path / "opts.json")],
                               capture_output=True, text=True, timeout=120)
     ok = run({"account": "P1", "queue": "debug-scaling", "nodes_per_block": 8})
     assert ok.returncode == 0, ok.stderr

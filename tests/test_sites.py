@@ -66,7 +66,8 @@ def test_every_site_loads(catalog, name):
     assert site.deploy.remote_root == f"~/.crossfl/{name}"
     assert site.deploy.endpoint_name == f"crossfl-{name}"
     assert site.accelerator.vendor in ("cuda", "rocm", "xpu", "none")
-    assert sites.image_arch(site) == ("cpu" if site.accelerator.vendor == "none" else site.accelerator.vendor)
+    vendor = site.accelerator.vendor
+    assert sites.image_arch(site) == ("cpu" if vendor == "none" else vendor)
 
 
 def test_facility_facts():
@@ -75,13 +76,15 @@ def test_facility_facts():
     assert (frontier.accelerator.vendor, frontier.accelerator.devices_per_node) == ("rocm", 8)
     assert frontier.accelerator.visible_devices_env == "ROCR_VISIBLE_DEVICES"
     polaris = sites.load_site("polaris")
-    assert polaris.filesystems == ["home", "eagle"] and polaris.accelerator.rank_devices == ["3", "2", "1", "0"]
+    assert polaris.filesystems == ["home", "eagle"]
+    assert polaris.accelerator.rank_devices == ["3", "2", "1", "0"]
     assert polaris.container.build is not None and polaris.container.build.on_compute_node
     aurora = sites.load_site("aurora")
     assert aurora.accelerator.device_ids[-1] == "5.1" and aurora.cpus_per_node == 208
     assert aurora.proxy.https == "http://proxy.alcf.anl.gov:3128" and "-k doe" in aurora.directives
     perl = sites.load_site("perlmutter")
-    assert perl.constraint == "gpu" and perl.qos == "regular" and perl.container.runtime == "apptainer"
+    assert perl.constraint == "gpu" and perl.qos == "regular"
+    assert perl.container.runtime == "apptainer"
     local = sites.load_site("local")
     assert local.scheduler == "local" and local.container.runtime == "none"
     assert sites.image_arch(local) == "cpu"
@@ -158,7 +161,8 @@ def test_unknown_site(catalog):
     ({"nodes_per_block": 3}, "nodes_per_block", "2"),
     ({"accelerator__devices_per_node": 0}, "accelerator", "devices_per_node"),
     ({"accelerator__rank_order": ["0", "1"]}, "accelerator", "name 4 distinct"),
-    ({"container__images": {"rocm": "/x/crossfl-rocm.sif"}}, "container.images.cuda", "crossfl-cuda.sif"),
+    ({"container__images": {"rocm": "/x/crossfl-rocm.sif"}}, "container.images.cuda",
+     "crossfl-cuda.sif"),
     ({"directives": ["-l place=scatter", "-Q fast"]}, "directives[1]", "qsub"),
     ({"directives": ["-l gpus_galore=4"]}, "directives[0]", "resource"),
     ({"filesystems": ["home", "flare"]}, "filesystems", "eagle"),
@@ -210,12 +214,44 @@ def test_bad_yaml(catalog):
     assert "not valid YAML" in err.message and err.file.endswith("bad.yaml")
 
 
-def test_bad_overrides_name_both_files(catalog):
-    (catalog / "overrides" / "frontier.yaml").write_text("walltime: 99:00:00\n")
+def test_bad_override_is_reported_against_the_override_file(catalog, tmp_path, monkeypatch):
+    """A value from an overrides file is reported against that file, not the catalog's."""
+    ov = catalog / "overrides" / "frontier.yaml"
+    ov.write_text("walltime: 99:00:00\n")
     with pytest.raises(UserError) as info:
         sites.load_site("frontier")
-    assert info.value.field == "walltime"
-    assert "overrides" in info.value.message and info.value.file.endswith("frontier.yaml")
+    assert info.value.field == "walltime" and info.value.file == str(ov)
+    ov.write_text("directives: [--gpus-per-nod=8]\n")  # a list, replaced whole
+    with pytest.raises(UserError) as info:
+        sites.load_site("frontier")
+    assert info.value.field == "directives[0]" and info.value.file == str(ov)
+    ov.write_text("accelerator: {devices_per_node: 0}\n")  # a model check of a merged block
+    with pytest.raises(UserError) as info:
+        sites.load_site("frontier")
+    assert info.value.field == "accelerator" and info.value.file == str(ov)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "polaris.yaml").write_text("deploy:\n  host: ${CROSSFL_NO_SUCH}\n")
+    monkeypatch.delenv("CROSSFL_NO_SUCH", raising=False)
+    monkeypatch.setenv("CROSSFL_SITE_OVERRIDES", str(mine))
+    with pytest.raises(UserError) as info:
+        sites.load_site("polaris")
+    assert info.value.field == "deploy.host" and info.value.file == str(mine / "polaris.yaml")
+
+
+def test_bad_catalog_value_with_overrides_names_the_catalog(catalog):
+    write_site(catalog, "bad", "polaris", walltime="2h")
+    (catalog / "overrides" / "bad.yaml").write_text("account: ProjA\n")
+    with pytest.raises(UserError) as info:
+        sites.load_site("bad")
+    assert info.value.field == "walltime" and info.value.file == str(catalog / "bad.yaml")
+    (catalog / "overrides" / "bad.yaml").write_text("nodes_per_block: 0\n")
+    with pytest.raises(UserError) as info:  # one bad value in each file: each line names its own
+        sites.load_site("bad")
+    assert info.value.file == str(catalog / "bad.yaml")
+    lines = {ln.strip().split(":")[0]: ln for ln in info.value.message.splitlines()[1:]}
+    assert "overrides" not in lines["walltime"], info.value.render()
+    assert f"(in {catalog / 'overrides' / 'bad.yaml'})" in lines["nodes_per_block"]
 
 
 def test_jinja_markup_in_a_passthrough_value_is_refused(catalog):
@@ -246,7 +282,8 @@ def test_multi_user_needs_identity_domain(catalog):
 def test_cli_sites_table_and_render_all(catalog, tmp_path):
     import typer
     from typer.testing import CliRunner
-    from crossfl import cli_sites
+
+    from crossfl.cli import sites as cli_sites
     app = typer.Typer()
     cli_sites.register(app)
     runner = CliRunner()

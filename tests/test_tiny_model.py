@@ -97,7 +97,7 @@ def test_bad_options_are_user_errors_naming_the_option() -> None:
 
 
 def test_cli_build_tiny(data: Path, tmp_path: Path) -> None:
-    from crossfl.cli_model import register
+    from crossfl.cli.model import register
 
     app = typer.Typer()
     register(app)

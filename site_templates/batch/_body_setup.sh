@@ -1,7 +1,7 @@
 set -euo pipefail
-<% if scheduler == "pbs" %>
-cd "${PBS_O_WORKDIR:-.}"
-<% endif %>
+<% for line in job_start %>
+<< line >>
+<% endfor %>
 
 # Facility setup: modules, proxy, environment (from deploy/sites/<< site >>.yaml)
 <% for line in setup %>

@@ -1,7 +1,6 @@
-<% set job_name = "crossfl-client-" ~ site %>
-<% set walltime = client_walltime %>
-<% set ntasks_per_node = 1 %>
-<% include "batch/" ~ scheduler ~ "/_header.sh" %>
+<% for line in client_header %>
+<< line >>
+<% endfor %>
 # crossfl direct client job for << site >>: run one client round from a task file, without an
 # endpoint. Submit: << submit >> client.sh TASK.json RESULT.json
 <% include "batch/_body_setup.sh" %>

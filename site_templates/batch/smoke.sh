@@ -1,5 +1,6 @@
-<% set job_name = "crossfl-smoke-" ~ site %>
-<% include "batch/" ~ scheduler ~ "/_header.sh" %>
+<% for line in smoke_header %>
+<< line >>
+<% endfor %>
 # crossfl smoke test for << site >>: start the image on a compute node and print, per rank,
 # what torch sees. Submit: << submit >> smoke.sh
 <% include "batch/_body_setup.sh" %>

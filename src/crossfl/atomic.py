@@ -1,9 +1,13 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic writes: a reader sees the old file (or directory) or the new one, never half of one."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -25,3 +29,53 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
 
 def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
+
+
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """An exclusive flock on a directory: threads and processes take turns."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def replace_dir(new: Path, target: Path) -> Path:
+    """Put the finished directory `new` (beside `target`) at `target`; the previous one is
+    moved aside, then removed. Swaps into one parent directory take turns (a lock on the
+    parent), so racing writers each leave nothing behind and the last one stands; what a
+    killed swap left aside is removed by the next one."""
+    parent = target.parent
+    with _locked(parent):
+        for stale in parent.glob(f".{target.name}.old.*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        aside: Path | None = None
+        if target.exists() or target.is_symlink():
+            aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=parent))
+            os.rename(target, aside / target.name)
+        try:
+            os.rename(new, target)
+        except BaseException:
+            if aside is not None:
+                os.rename(aside / target.name, target)
+            raise
+        finally:
+            if aside is not None:
+                shutil.rmtree(aside, ignore_errors=True)
+    return target
+
+
+@contextmanager
+def new_dir(target: Path) -> Iterator[Path]:
+    """A fresh temporary directory beside `target` to fill; swapped in at `target` when the
+    block ends, removed when it raises (the previous `target` stays)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

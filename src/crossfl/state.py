@@ -8,29 +8,25 @@ This module imports neither fabric nor the sites code, so any part of the kit ca
 
 from __future__ import annotations
 
-import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from crossfl import paths
 from crossfl.atomic import atomic_write_text
 from crossfl.errors import UserError
+from crossfl.schema import StrictModel, user_error
 
 Phase = Literal["new", "uploaded", "configured", "started", "stopped"]
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ImageState(_Model):
+class ImageState(StrictModel):
     """The container image staged at the site (verified with sha256sum there)."""
     arch: str
     local_path: str
@@ -41,7 +37,7 @@ class ImageState(_Model):
     staged_at: datetime
 
 
-class DataState(_Model):
+class DataState(StrictModel):
     """Site-local data uploaded with `crossfl deploy SITE --data PATH`."""
     local_path: str
     remote_path: str
@@ -50,7 +46,7 @@ class DataState(_Model):
     uploaded_at: datetime
 
 
-class EndpointState(_Model):
+class EndpointState(StrictModel):
     name: str
     dir: str | None = None  # ~/.globus_compute/<name> on the login node, resolved
     configured: bool = False
@@ -68,7 +64,7 @@ class EndpointState(_Model):
         return self
 
 
-class DeployState(_Model):
+class DeployState(StrictModel):
     schema_version: Literal[1] = 1
     site: str
     host: str
@@ -107,11 +103,10 @@ def load_state(site: str) -> DeployState | None:
     except FileNotFoundError:
         return None
     try:
-        return DeployState.model_validate(json.loads(text))
-    except (ValueError, ValidationError) as exc:
-        first = str(exc).splitlines()[0]
-        raise UserError(f"deploy state is unreadable ({first})", file=path,
-                        fix=f"delete it and run `crossfl deploy {site}` again") from None
+        return DeployState.model_validate_json(text)
+    except ValidationError as exc:
+        raise user_error(exc, file=path, what="deploy state is unreadable",
+                         fix=f"delete it and run `crossfl deploy {site}` again") from None
 
 
 def save_state(state: DeployState) -> Path:

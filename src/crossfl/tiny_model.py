@@ -13,20 +13,20 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
+from crossfl.atomic import new_dir
 from crossfl.data.smolinstruct import load_jsonl
 from crossfl.errors import UserError
+from crossfl.schema import StrictModel, problems
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 
@@ -34,10 +34,8 @@ Progress = Callable[[str, int, int], None]
 """progress(stage, done, total): called while building."""
 
 
-class TinyModelSpec(BaseModel):
+class TinyModelSpec(StrictModel):
     """Shape of the tiny base model and its pre-training budget."""
-
-    model_config = ConfigDict(extra="forbid")
 
     vocab_size: int = Field(1000, ge=300, le=32000)
     hidden_size: int = Field(128, ge=16)
@@ -71,10 +69,10 @@ def make_spec(**values: object) -> TinyModelSpec:
     try:
         return TinyModelSpec.model_validate(values)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = str(first["loc"][0]) if first["loc"] else None
-        name = _OPTION_NAMES.get(loc, f"--{loc}".replace("_", "-")) if loc else None
-        raise UserError(first["msg"].removeprefix("Value error, "), field=name) from None
+        first = problems(exc)[0]
+        name = _OPTION_NAMES.get(first.field, "--" + first.field.replace("_", "-")) \
+            if first.field else None
+        raise UserError(first.message, field=name) from None
 
 
 class TinyModelSummary(BaseModel):
@@ -100,7 +98,8 @@ def _corpus(data: Path, max_records: int | None) -> tuple[list[str], list[str]]:
     return [r.input for r in records], [r.output for r in records]
 
 
-def train_tokenizer(texts: Sequence[str], vocab_size: int, max_length: int) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: Sequence[str], vocab_size: int,
+                    max_length: int) -> PreTrainedTokenizerFast:
     """Byte-level BPE (every string encodes, decoding is exact) with pad/bos/eos specials."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -179,17 +178,6 @@ def _make_readable(path: Path) -> None:
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move a finished build into place; an existing ``out`` is swapped out, then removed."""
-    old: Path | None = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.rename(out, old / out.name)
-    os.rename(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def build_tiny(data: Path, out: Path, spec: TinyModelSpec | None = None,
                progress: Progress | None = None) -> TinyModelSummary:
     """Train the tokenizer, build and pre-train the model, save both into ``out`` atomically."""
@@ -210,17 +198,11 @@ def build_tiny(data: Path, out: Path, spec: TinyModelSpec | None = None,
     order = torch.randperm(len(docs), generator=torch.Generator().manual_seed(spec.seed))
     losses = pretrain(model, _token_stream([docs[i] for i in order], tokenizer), spec, progress)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     hf_logging.disable_progress_bar()
-    try:
+    with new_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         _make_readable(tmp)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return TinyModelSummary(
         out=str(out), parameters=sum(p.numel() for p in model.parameters()),
         vocab_size=len(tokenizer), bytes_on_disk=_dir_bytes(out), pretrain_steps=len(losses),

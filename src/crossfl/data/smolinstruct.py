@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from crossfl.atomic import atomic_write_text
 from crossfl.errors import UserError
+from crossfl.schema import problems
 
 Split = Literal["train", "validation", "test"]
 SPLITS: tuple[Split, ...] = ("train", "validation", "test")
@@ -85,11 +86,11 @@ def jsonl_files(path: Path) -> list[Path]:
 
 
 def _field_problem(error: ValidationError) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "record"
-    if first["type"] == "missing":
+    first = problems(error)[0]
+    where = first.field or "record"
+    if first.kind == "missing":
         return f"field '{where}' is missing"
-    return f"field '{where}': {first['msg']}"
+    return f"field '{where}': {first.message}"
 
 
 def _parse_line(path: Path, number: int, text: str) -> Record:

@@ -3,7 +3,8 @@
 remote.py  one SSH connection, dry-run, connection errors as one line
 transfer.py  bundle upload (swapped in whole), resumable verified uploads of images and data
 gce.py  the globus-compute-endpoint CLI on the login node
-flow.py  the steps, each recorded in deploy/state/<site>.json (crossfl.state)
+steps.py  the deploy steps, each a function of one Deployment
+flow.py  deploy (the steps in order, recorded in deploy/state/<site>.json), status, logs, stop
 """
 
 from crossfl.deploy.flow import deploy_site, site_logs, site_status, stop_site

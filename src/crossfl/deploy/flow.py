@@ -1,39 +1,29 @@
-"""`crossfl deploy/status/logs/stop SITE`: the steps, in order, each recorded as it succeeds.
+"""`crossfl deploy/status/logs/stop SITE`.
 
-deploy: render -> connect -> probe the login node -> layout -> bundle -> image -> data ->
-configure -> install endpoint files -> start (or restart if the files changed) -> endpoint id.
-The state file (`crossfl.state`) is saved after each step, so a failure leaves it saying
-exactly what was done and nothing more.
+deploy: render -> connect -> probe the login node -> the steps of steps.py in order (layout,
+bundle, image, data, endpoint, start), the state file (`crossfl.state`) saved after each,
+so a failure leaves it saying exactly what was done and nothing more.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
 
 from crossfl import paths
 from crossfl.deploy import gce
-from crossfl.deploy.remote import Remote, Target, q
-from crossfl.deploy.transfer import stage_file, stage_tree, tree_digest, upload_bundle
+from crossfl.deploy.remote import Remote, Target
+from crossfl.deploy.steps import CONTACT_EMAIL_ENV, STEPS, Deployment, Outcome
+from crossfl.deploy.transfer import tree_digest
 from crossfl.errors import UserError
 from crossfl.images import sif_path
 from crossfl.render import render_site
 from crossfl.sites import Site, load_site
-from crossfl.state import (DataState, DeployState, EndpointState, ImageState, load_state, now,
-                           save_state)
-
-CONTACT_EMAIL_ENV = "CROSSFL_CONTACT_EMAIL"
-
-
-@dataclass
-class Outcome:
-    site: str
-    changed: list[str] = field(default_factory=list)
-    endpoint_id: str | None = None
-    state_file: Path | None = None
+from crossfl.state import DeployState, EndpointState, load_state, save_state
 
 
 def site_file(site: Site) -> str:
@@ -58,16 +48,6 @@ def local_image(site: Site) -> Path | None:
     return sif_path(site.arch)
 
 
-def _resolve_remote(path: str, info: gce.LoginInfo, raw_root: str) -> str:
-    """A site path with $HOME/~ or the unresolved remote_root replaced by login-node values."""
-    root_expr = raw_root.replace("~/", "$HOME/", 1)
-    if path.startswith(root_expr):
-        path = info.root + path[len(root_expr):]
-    if path.startswith("~/"):
-        path = "$HOME/" + path[2:]
-    return path.replace("$HOME", info.home).replace("${HOME}", info.home)
-
-
 def _new_state(site: Site, t: Target, info: gce.LoginInfo) -> DeployState:
     return DeployState(site=site.name, host=t.host, user=t.user, port=t.port,
                        remote_root=info.root,
@@ -75,9 +55,12 @@ def _new_state(site: Site, t: Target, info: gce.LoginInfo) -> DeployState:
                                               dir=info.endpoint_dir(site.deploy.endpoint_name)))
 
 
-def deploy_site(name: str, *, data: Path | None = None, start: bool = True,
-                dry_run: bool = False, contact_email: str | None = None,
-                console: Console | None = None) -> Outcome:
+@contextmanager
+def deployment(name: str, *, data: Path | None = None, start: bool = True,
+               dry_run: bool = False, contact_email: str | None = None,
+               console: Console | None = None) -> Iterator[Deployment]:
+    """Check the inputs, render the site, connect and probe the login node, and load the
+    recorded state: what the steps work on. Nothing is changed at the site yet."""
     console = console or Console(stderr=True, soft_wrap=True)
     site = load_site(name)
     t = target_of(site)
@@ -93,8 +76,6 @@ def deploy_site(name: str, *, data: Path | None = None, start: bool = True,
     bundle = render_site(site)
     digest = tree_digest(bundle)
     console.print(f"rendered {bundle} (bundle {digest[:12]})", highlight=False)
-    out = Outcome(site.name)
-
     with Remote(t, dry_run=dry_run, console=console) as r:
         info = gce.probe(r, site.deploy.remote_root, t.site_file or "")
         prev = None if dry_run else load_state(site.name)
@@ -102,146 +83,43 @@ def deploy_site(name: str, *, data: Path | None = None, start: bool = True,
         if prev is not None and prev.host == t.host and prev.remote_root == info.root:
             state = prev.model_copy(deep=True)
             state.endpoint.dir = info.endpoint_dir(site.deploy.endpoint_name)
+        yield Deployment(site=site, target=t, remote=r, info=info, state=state, bundle=bundle,
+                         digest=digest, image=image, data=data, start=start, email=email,
+                         console=console)
 
-        def record(result: str | None = None, error: str | None = None) -> None:
-            if dry_run:
-                return
-            state.last_deploy = now()
-            if result:
-                state.last_result = result  # type: ignore[assignment]
-            state.last_error = error
-            out.state_file = save_state(state)
 
+def deploy_site(name: str, *, data: Path | None = None, start: bool = True,
+                dry_run: bool = False, contact_email: str | None = None,
+                console: Console | None = None) -> Outcome:
+    console = console or Console(stderr=True, soft_wrap=True)
+    with deployment(name, data=data, start=start, dry_run=dry_run,
+                    contact_email=contact_email, console=console) as d:
         try:
-            root = info.root
-            r.run(f"mkdir -p {q(root)}/bundle {q(root)}/images {q(root)}/data",
-                  label=f"remote layout {root}/{{bundle,images,data}}")
-            if upload_bundle(r, bundle, digest, root):
-                out.changed.append("bundle")
-                state.bundle_uploaded_at = now()
-            state.bundle_sha256 = digest
-            record()
-
-            if image is not None:
-                dest = _resolve_remote(site.image() or "", info, site.deploy.remote_root)
-                r.run(f"mkdir -p {q(dest.rsplit('/', 1)[0])}")
-                known = _known_sha(state.image, image)
-                staged = stage_file(r, image, dest, sha256=known, what="image")
-                if staged.changed:
-                    out.changed.append("image")
-                state.image = ImageState(arch=site.arch, local_path=str(image),
-                                         remote_path=staged.remote_path, sha256=staged.sha256,
-                                         size=staged.size, staged_at=now(),
-                                         local_mtime_ns=image.stat().st_mtime_ns)
-                record()
-
-            if data is not None:
-                base = site.deploy.data_dir or f"{root}/data"
-                dest = _resolve_remote(base, info, site.deploy.remote_root) + "/" + data.name
-                changed, ddigest, size = stage_tree(r, data, dest)
-                if changed:
-                    out.changed.append("data")
-                state.data = [d for d in state.data if d.remote_path != dest] + [
-                    DataState(local_path=str(data.resolve()), remote_path=dest, sha256=ddigest,
-                              size=size, uploaded_at=now())]
-                record()
-
-            ep_name = site.deploy.endpoint_name
-            multi = site.endpoint.mode == "multi-user"
-            if gce.configure(r, info, ep_name, multi_user=multi, contact_email=email):
-                out.changed.append("endpoint configured")
-            extra = f"email: {email}" if email else ""
-            files = gce.install(r, info, ep_name, f"{root}/bundle", extra_core=extra,
-                                rendered_dir=str(bundle / "endpoint"))
-            if files:
-                out.changed.append("endpoint files: " + ", ".join(files))
-            state.endpoint.configured = True
-            state.endpoint.installed_bundle_sha256 = digest
-            rt = gce.runtime(r, info, ep_name)
-            state.endpoint.endpoint_id = rt.endpoint_id
-            state.endpoint.started = rt.running and rt.endpoint_id is not None
-            record()
-
-            if not start and rt.running and files:
-                console.print(f"[yellow]endpoint {ep_name} is running with the previous files; "
-                              f"`crossfl deploy {site.name}` (without --no-start) restarts it[/]")
-            if start:
-                if rt.running and files:
-                    console.print(f"endpoint files changed: restarting {ep_name}")
-                    gce.stop(r, ep_name)
-                    rt = gce.Runtime(False, None, rt.endpoint_id, True)
-                if not rt.running or dry_run:
-                    state.endpoint.started = False
-                    record()
-                    if not dry_run and info.uid == 0 and not multi and not email:
-                        raise UserError(
-                            f"site {site.name}: you log in to {t.label} as root, and Globus Compute "
-                            f"treats an endpoint started by root as multi-user, which needs a contact "
-                            f"email; done so far: bundle uploaded, endpoint {ep_name} configured",
-                            fix="deploy as your own user (deploy.user), or pass --contact-email ADDR "
-                                f"(or ${CONTACT_EMAIL_ENV})")
-                    try:
-                        gce.start(r, ep_name)
-                    except gce.StartFailed as exc:
-                        raise _start_error(site, t, exc, ep_name, info, state) from None
-                    rt = gce.runtime(r, info, ep_name)
-                    if not dry_run and not rt.endpoint_id:
-                        raise UserError(f"site {site.name}: `globus-compute-endpoint start` "
-                                        f"returned but {ep_name} has no endpoint.json",
-                                        fix=f"run `crossfl logs {site.name}` to see why")
-                    out.changed.append("endpoint started")
-                    state.endpoint.endpoint_id = rt.endpoint_id
-                    state.endpoint.started = rt.endpoint_id is not None
-                    state.endpoint.started_at = now()
-            out.endpoint_id = state.endpoint.endpoint_id
-            record("ok" if out.changed else "unchanged")
+            for _name, step in STEPS:
+                step(d)
+                d.record()
+            d.out.endpoint_id = d.state.endpoint.endpoint_id
+            d.record("ok" if d.out.changed else "unchanged")
         except UserError as exc:
-            record("failed", exc.render())
+            d.record("failed", exc.render())
             raise
-
+    out, site = d.out, d.site
     if dry_run:
         console.print("dry run: nothing was transferred or run")
     elif out.changed:
         eid = f", endpoint {out.endpoint_id}" if out.endpoint_id else ""
         console.print(f"site {site.name} deployed: {'; '.join(out.changed)}{eid}")
     else:
-        running = (f"endpoint {out.endpoint_id} running" if state.endpoint.started
+        running = (f"endpoint {out.endpoint_id} running" if d.state.endpoint.started
                    else f"endpoint {site.deploy.endpoint_name} configured, not started")
-        console.print(f"site {site.name}: nothing changed ({running}, bundle {digest[:12]})")
+        console.print(f"site {site.name}: nothing changed ({running}, bundle {d.digest[:12]})")
     return out
-
-
-def _known_sha(prev: ImageState | None, image: Path) -> str | None:
-    """The recorded sha256 of the local image if the file is the one staged last time."""
-    st = image.stat()
-    if prev and prev.local_path == str(image) and prev.size == st.st_size \
-            and prev.local_mtime_ns == st.st_mtime_ns:
-        return prev.sha256
-    return None
-
-
-def _start_error(site: Site, t: Target, exc: gce.StartFailed, ep: str, info: gce.LoginInfo,
-                 state: DeployState) -> UserError:
-    done = "bundle in place" + (", image staged" if state.image else "")
-    done += f", endpoint {ep} configured in {info.endpoint_dir(ep)}; not started"
-    eid = state.endpoint.endpoint_id
-    done += f" (registered earlier as {eid})" if eid else ", no endpoint id"
-    fixes = {
-        "network": f"check that {t.host} reaches the Globus service over HTTPS (proxy?), "
-                   f"then run `crossfl deploy {site.name}` again",
-        "login": f"log in once there: `ssh -t {t.host} globus-compute-endpoint login` (or "
-                 "export GLOBUS_COMPUTE_CLIENT_ID/SECRET in deploy.python_activate), then deploy again",
-        "email": "deploy as your own user (deploy.user), or pass --contact-email ADDR",
-        "running": f"run `crossfl stop {site.name}` then deploy again",
-        "other": f"run `crossfl logs {site.name}` for the endpoint's log, then deploy again",
-    }
-    return UserError(f"site {site.name}: `globus-compute-endpoint start {ep}` on {t.label} "
-                     f"failed: {exc.detail}; done: {done}", fix=fixes[exc.kind])
 
 
 # -- status / logs / stop -----------------------------------------------------------------------
 
-def site_status(name: str, *, dry_run: bool = False, console: Console | None = None) -> dict[str, str]:
+def site_status(name: str, *, dry_run: bool = False,
+                console: Console | None = None) -> dict[str, str]:
     """What the state file records, then what the login node says (endpoint, pilot jobs)."""
     console = console or Console(soft_wrap=True)
     site = load_site(name)
@@ -268,9 +146,11 @@ def site_status(name: str, *, dry_run: bool = False, console: Console | None = N
         live["endpoint process"] = (f"running (pid {rt.pid})" if rt.running else
                                     "not running" + ("" if rt.configured else ", not configured"))
         live["globus-compute-endpoint"] = info.gce_version
-        jobs = gce.queue(r, site.scheduler)
+        jobs = gce.queue(r, site.sched.query)
         if jobs is not None:
             live["pilot jobs"] = jobs.stdout.strip() or "none"
+            if jobs.stdout.strip() and site.sched.cancel:
+                live["cancel a pilot job"] = f"{site.sched.cancel} JOBID (on {t.label})"
     if not dry_run:
         _print_rows(console, live)
     return {**rows, **live}

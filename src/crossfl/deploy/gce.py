@@ -42,7 +42,8 @@ def probe(remote: Remote, remote_root: str, site_file: str, *, version: bool = F
               "echo CROSSFL_GCDIR=${GLOBUS_COMPUTE_USER_DIR:-$HOME/.globus_compute}; "
               f"g=$(command -v {GCE}); echo CROSSFL_GCE=$g; ")
     if version:
-        script += f"[ -z \"$g\" ] || echo CROSSFL_GCE_VERSION=$({GCE} version 2>/dev/null | tail -1)"
+        script += (f"[ -z \"$g\" ] || "
+                   f"echo CROSSFL_GCE_VERSION=$({GCE} version 2>/dev/null | tail -1)")
     if remote.dry_run:
         remote.run(script, activate=True)
         root = remote_root.replace("~/", "$HOME/", 1)
@@ -96,7 +97,8 @@ def install(remote: Remote, info: LoginInfo, name: str, bundle_dir: str,
     local `rendered_dir` are rewritten to the endpoint directory. Returns the changed files."""
     ep = info.endpoint_dir(name)
     lines = ['inst() { n="$2.new"; cat > "$n"; chmod 600 "$n"; '
-             'if cmp -s "$n" "$2"; then rm -f "$n"; else mv -f "$n" "$2"; echo CROSSFL_CHANGED=$1; fi; }']
+             'if cmp -s "$n" "$2"; then rm -f "$n"; '
+             'else mv -f "$n" "$2"; echo CROSSFL_CHANGED=$1; fi; }']
     for f in ENDPOINT_FILES:
         src, dst = f"{bundle_dir}/endpoint/{f}", f"{ep}/{f}"
         cat = f"cat {q(src)}"
@@ -106,12 +108,14 @@ def install(remote: Remote, info: LoginInfo, name: str, bundle_dir: str,
         if extra_core and f == "config.yaml":
             cat = f"{{ {cat}; printf '%s\\n' {shlex.quote(extra_core)}; }}"
         lines.append(f"{cat} | inst {f} {q(dst)}")
-    r = remote.run("set -eo pipefail\n" + "\n".join(lines), label=f"install endpoint files into {ep}")
+    r = remote.run("set -eo pipefail\n" + "\n".join(lines),
+                   label=f"install endpoint files into {ep}")
     if not r.ok:
         raise UserError(f"site {remote.t.site}: installing the endpoint files into {ep} on "
                         f"{remote.t.label} failed: {r.tail()}",
                         fix="check permissions and space there, then deploy again")
-    return [ln.split("=", 1)[1] for ln in r.stdout.splitlines() if ln.startswith("CROSSFL_CHANGED=")]
+    return [ln.split("=", 1)[1] for ln in r.stdout.splitlines()
+            if ln.startswith("CROSSFL_CHANGED=")]
 
 
 def _sed_escape(text: str, pattern: bool) -> str:
@@ -132,7 +136,8 @@ def runtime(remote: Remote, info: LoginInfo, name: str) -> Runtime:
     (`globus-compute-endpoint list` is not used: with texttable 1.7 it crashes.)"""
     ep = info.endpoint_dir(name)
     script = (f"d={q(ep)}; [ -f \"$d/config.yaml\" ] && echo CROSSFL_CONFIGURED=1; "
-              f"[ -f \"$d/endpoint.json\" ] && echo CROSSFL_JSON=$(tr -d '\\n' < \"$d/endpoint.json\"); "
+              f"[ -f \"$d/endpoint.json\" ] && "
+              f"echo CROSSFL_JSON=$(tr -d '\\n' < \"$d/endpoint.json\"); "
               f"p=$(cat \"$d/daemon.pid\" 2>/dev/null); "
               f"[ -n \"$p\" ] && kill -0 \"$p\" 2>/dev/null && echo CROSSFL_PID=$p; true")
     if remote.dry_run:
@@ -191,10 +196,6 @@ def logs(remote: Remote, info: LoginInfo, name: str, lines: int) -> Result:
     return remote.run(f"tail -n {int(lines)} {q(info.endpoint_dir(name))}/endpoint.log")
 
 
-def queue(remote: Remote, scheduler: str) -> Result | None:
-    """The user's pilot jobs, as the site's scheduler lists them."""
-    if scheduler == "slurm":
-        return remote.run("squeue --me -h -o '%i %j %T %M %D' 2>&1 || squeue -u \"$USER\" -h 2>&1")
-    if scheduler == "pbs":
-        return remote.run("qstat -u \"$USER\" 2>&1")
-    return None
+def queue(remote: Remote, query: str | None) -> Result | None:
+    """The user's pilot jobs, as the site's scheduler lists them (`Scheduler.query`)."""
+    return remote.run(query) if query else None

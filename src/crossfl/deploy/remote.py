@@ -1,7 +1,7 @@
 """One SSH connection to a site's login host, with `--dry-run` built in.
 
-Two transports, same operations (run a bash snippet, write a file, append to a file from an
-offset):
+Two channels (Parsl's word for a connection to a login node), same operations (run a bash
+snippet, write a file, append to a file from an offset):
 - fabric/paramiko (default): honours the user's OpenSSH client configuration (`~/.ssh/config`,
   or the file named by $CROSSFL_SSH_CONFIG): HostName, User, Port, IdentityFile,
   ProxyJump/ProxyCommand. One connection per `crossfl` command.
@@ -9,7 +9,7 @@ offset):
   so when `ssh -O check HOST` finds a running master (ControlMaster/ControlPath/ControlPersist
   in ~/.ssh/config), every command and upload goes through it. On facilities with one-time
   passwords the user authenticates once (`ssh -fN HOST`) and deploy, status, logs and stop
-  reuse that login. $CROSSFL_SSH_TRANSPORT=fabric|openssh|auto (default auto) forces a choice.
+  reuse that login. $CROSSFL_SSH_CHANNEL=fabric|openssh|auto (default auto) forces a choice.
 Every failure to connect becomes one `UserError` naming the site, the host and the next step.
 """
 
@@ -19,10 +19,11 @@ import os
 import shlex
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Callable, Protocol
+from typing import BinaryIO, Protocol
 
 import paramiko
 from fabric import Config, Connection
@@ -32,7 +33,7 @@ from rich.console import Console
 from crossfl.errors import UserError
 
 SSH_CONFIG_ENV = "CROSSFL_SSH_CONFIG"
-TRANSPORT_ENV = "CROSSFL_SSH_TRANSPORT"
+CHANNEL_ENV = "CROSSFL_SSH_CHANNEL"
 CONNECT_TIMEOUT_S = 20
 CHUNK = 1 << 20
 
@@ -78,7 +79,7 @@ class Result:
         return " | ".join(kept[-lines:]) if kept else f"exit status {self.rc}"
 
 
-class Transport(Protocol):
+class Channel(Protocol):
     name: str
 
     def run(self, command: str, timeout: int | None) -> Result: ...
@@ -107,7 +108,8 @@ def _connect_error(exc: BaseException | str, t: Target) -> UserError:
         return UserError(f"{where}: the server refused the key ({text})",
                          fix=f"add your public key at the facility, or set IdentityFile for "
                              f"{t.host} in ~/.ssh/config; {hint}")
-    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError) or "connection refused" in low:
+    refused = isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError)
+    if refused or "connection refused" in low:
         return UserError(f"{where}: connection refused (nothing listens on the port)", fix=hint)
     if isinstance(exc, socket.gaierror) or "could not resolve" in low:
         return UserError(f"{where}: unknown host ({text})", fix=hint)
@@ -121,7 +123,7 @@ def _connect_error(exc: BaseException | str, t: Target) -> UserError:
 
 # -- fabric / paramiko ----------------------------------------------------------------------------
 
-class FabricTransport:
+class FabricChannel:
     name = "fabric"
 
     def __init__(self, t: Target) -> None:
@@ -176,7 +178,7 @@ class FabricTransport:
 
 # -- the system ssh, through a running ControlMaster ------------------------------------------
 
-class OpenSshTransport:
+class OpenSshChannel:
     name = "openssh"
 
     def __init__(self, t: Target) -> None:
@@ -244,14 +246,14 @@ class OpenSshTransport:
         pass
 
 
-def choose_transport(t: Target) -> Transport:
-    want = os.environ.get(TRANSPORT_ENV, "auto").lower()
+def open_channel(t: Target) -> Channel:
+    want = os.environ.get(CHANNEL_ENV, "auto").lower()
     if want not in ("auto", "fabric", "openssh"):
-        raise UserError(f"${TRANSPORT_ENV}={want!r} is not one of auto, fabric, openssh",
-                        fix=f"unset {TRANSPORT_ENV} or pick one of those")
-    if want == "openssh" or (want == "auto" and OpenSshTransport.master_running(t)):
-        return OpenSshTransport(t)
-    return FabricTransport(t)
+        raise UserError(f"${CHANNEL_ENV}={want!r} is not one of auto, fabric, openssh",
+                        fix=f"unset {CHANNEL_ENV} or pick one of those")
+    if want == "openssh" or (want == "auto" and OpenSshChannel.master_running(t)):
+        return OpenSshChannel(t)
+    return FabricChannel(t)
 
 
 # -- what the deploy steps use ------------------------------------------------------------------
@@ -264,28 +266,28 @@ class Remote:
         self.t = target
         self.dry_run = dry_run
         self.console = console or Console(stderr=True, soft_wrap=True)
-        self._tr: Transport | None = None
+        self._channel: Channel | None = None
 
     def __enter__(self) -> Remote:
         if self.dry_run:
             self.say(f"would connect over SSH to {self.t.label}")
             return self
-        self._tr = choose_transport(self.t)
-        if self._tr.name == "openssh":
+        self._channel = open_channel(self.t)
+        if self._channel.name == "openssh":
             self.say(f"using your OpenSSH master connection to {self.t.host}")
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if self._tr is not None:
-            self._tr.close()
-            self._tr = None
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
 
     @property
-    def transport(self) -> Transport:
-        if self._tr is None:
+    def channel(self) -> Channel:
+        if self._channel is None:
             raise RuntimeError("Remote used outside `with` or in dry-run")
-        return self._tr
+        return self._channel
 
     def say(self, text: str) -> None:
         prefix = "[dim]\\[dry-run][/] " if self.dry_run else ""
@@ -308,18 +310,18 @@ class Remote:
         if label:
             self.say(label)
         try:
-            return self.transport.run(self.command_line(script, activate=activate), timeout)
+            return self.channel.run(self.command_line(script, activate=activate), timeout)
         except CommandTimedOut:
             raise UserError(f"site {self.t.site}: `{_one_line(script)[:80]}` on {self.t.label} "
                             f"did not finish within {timeout}s",
                             fix="check the login node's load, then run the command again") from None
 
     def write(self, path: str, data: bytes, mode: int = 0o644) -> None:
-        self.transport.write(path, data, mode)
+        self.channel.write(path, data, mode)
 
     def append(self, src: BinaryIO, path: str, offset: int,
                progress: Callable[[int], None]) -> None:
-        self.transport.append(src, path, offset, progress)
+        self.channel.append(src, path, offset, progress)
 
     def transfer_note(self, local: Path | str, remote: str, size: int, extra: str = "") -> None:
         self.say(f"upload {local} -> {self.t.label}:{remote} ({size:,} bytes{extra})")

@@ -14,22 +14,20 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                           TransferSpeedColumn)
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from crossfl.deploy.remote import Remote, q
 from crossfl.errors import UserError
+from crossfl.hashing import sha256_file
 
-CHUNK = 1 << 20
 BUNDLE_DIGEST_FILE = ".crossfl-bundle.sha256"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tree_files(root: Path) -> list[Path]:
@@ -38,7 +36,8 @@ def tree_files(root: Path) -> list[Path]:
 
 def tree_manifest(root: Path) -> str:
     """`sha256sum`-format lines for every file under root, sorted by relative path."""
-    return "".join(f"{sha256_file(p)}  {p.relative_to(root).as_posix()}\n" for p in tree_files(root))
+    return "".join(f"{sha256_file(p)}  {p.relative_to(root).as_posix()}\n"
+                   for p in tree_files(root))
 
 
 def tree_digest(root: Path) -> str:
@@ -140,8 +139,9 @@ def stage_file(remote: Remote, local: Path, dest: str, *, sha256: str | None = N
         if attempt == 2 or offset == 0:
             raise UserError(f"site {site}: {what} {local.name} arrived at {remote.t.label} with "
                             f"sha256 {got[:12] or '?'} instead of {digest[:12]}; the partial file "
-                            f"was removed", fix=f"run `crossfl deploy {site}` again; if it repeats, "
-                            f"check the local file with sha256sum")
+                            f"was removed",
+                            fix=f"run `crossfl deploy {site}` again; if it repeats, "
+                                f"check the local file with sha256sum")
         remote.say(f"resumed {part} did not verify; uploading it again from the start")
         offset = 0
     mv = remote.run(f"mv -f {q(part)} {q(dest)} && echo {digest} > {q(dest + '.sha256')}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -29,9 +29,12 @@ def sites_command() -> None:
 
 
 def render_command(
-    site: Optional[str] = typer.Argument(None, help="site name (deploy/sites/NAME.yaml) or path"),
-    all_sites: bool = typer.Option(False, "--all", help="render every site of the catalog"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="output root (default build/sites)"),
+    site: Annotated[str | None, typer.Argument(
+        help="site name (deploy/sites/NAME.yaml) or path")] = None,
+    all_sites: Annotated[bool, typer.Option(
+        "--all", help="render every site of the catalog")] = False,
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", help="output root (default build/sites)")] = None,
 ) -> None:
     """Render a site's Globus Compute endpoint files and batch scripts into build/sites/NAME/."""
     from crossfl.render import render_site

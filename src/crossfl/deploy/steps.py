@@ -1,0 +1,220 @@
+"""`crossfl deploy SITE` as named steps, in order; each one is a function of the `Deployment`
+it works on, so it can run (and be tested) on its own:
+
+  layout    make remote_root/{bundle,images,data}
+  bundle    the rendered site, swapped in whole (skipped when its digest is already there)
+  image     the site's image, resumable and verified (sites with a container)
+  data      site-local data (`--data`)
+  endpoint  `globus-compute-endpoint configure`, then our endpoint files where they differ
+  start     start, or restart when the files changed (`--no-start`: only say so)
+
+`deploy_site` (flow.py) saves the state file (`crossfl.state`) after every step, so a failure
+leaves it saying exactly what was done and nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from crossfl.deploy import gce
+from crossfl.deploy.remote import Remote, Target, q
+from crossfl.deploy.transfer import stage_file, stage_tree, upload_bundle
+from crossfl.errors import UserError
+from crossfl.sites import Site
+from crossfl.state import DataState, DeployState, ImageState, now, save_state
+
+CONTACT_EMAIL_ENV = "CROSSFL_CONTACT_EMAIL"
+
+
+@dataclass
+class Outcome:
+    site: str
+    changed: list[str] = field(default_factory=list)
+    endpoint_id: str | None = None
+    state_file: Path | None = None
+
+
+@dataclass
+class Deployment:
+    """What the steps share: the site and its rendered bundle, the open connection and what
+    the login node said, the state being recorded, and what changed so far."""
+    site: Site
+    target: Target
+    remote: Remote
+    info: gce.LoginInfo
+    state: DeployState
+    bundle: Path
+    digest: str
+    image: Path | None = None  # the image built here, for sites with a container
+    data: Path | None = None
+    start: bool = True
+    email: str | None = None
+    console: Console = field(default_factory=lambda: Console(stderr=True, soft_wrap=True))
+    out: Outcome = field(init=False)
+    runtime: gce.Runtime | None = None  # the endpoint as the `endpoint` step found it
+    changed_files: list[str] = field(default_factory=list)  # endpoint files it replaced
+
+    def __post_init__(self) -> None:
+        self.out = Outcome(self.site.name)
+
+    @property
+    def dry_run(self) -> bool:
+        return self.remote.dry_run
+
+    def record(self, result: str | None = None, error: str | None = None) -> None:
+        """Save the state file (not in a dry run)."""
+        if self.dry_run:
+            return
+        self.state.last_deploy = now()
+        if result:
+            self.state.last_result = result  # type: ignore[assignment]
+        self.state.last_error = error
+        self.out.state_file = save_state(self.state)
+
+
+def resolve_remote(path: str, info: gce.LoginInfo, raw_root: str) -> str:
+    """A site path with $HOME/~ or the unresolved remote_root replaced by login-node values."""
+    root_expr = raw_root.replace("~/", "$HOME/", 1)
+    if path.startswith(root_expr):
+        path = info.root + path[len(root_expr):]
+    if path.startswith("~/"):
+        path = "$HOME/" + path[2:]
+    return path.replace("$HOME", info.home).replace("${HOME}", info.home)
+
+
+def layout(d: Deployment) -> None:
+    root = d.info.root
+    d.remote.run(f"mkdir -p {q(root)}/bundle {q(root)}/images {q(root)}/data",
+                 label=f"remote layout {root}/{{bundle,images,data}}")
+
+
+def bundle(d: Deployment) -> None:
+    if upload_bundle(d.remote, d.bundle, d.digest, d.info.root):
+        d.out.changed.append("bundle")
+        d.state.bundle_uploaded_at = now()
+    d.state.bundle_sha256 = d.digest
+
+
+def image(d: Deployment) -> None:
+    if d.image is None:
+        return
+    dest = resolve_remote(d.site.image() or "", d.info, d.site.deploy.remote_root)
+    d.remote.run(f"mkdir -p {q(dest.rsplit('/', 1)[0])}")
+    staged = stage_file(d.remote, d.image, dest, sha256=_known_sha(d.state.image, d.image),
+                        what="image")
+    if staged.changed:
+        d.out.changed.append("image")
+    d.state.image = ImageState(arch=d.site.arch, local_path=str(d.image),
+                               remote_path=staged.remote_path, sha256=staged.sha256,
+                               size=staged.size, staged_at=now(),
+                               local_mtime_ns=d.image.stat().st_mtime_ns)
+
+
+def data(d: Deployment) -> None:
+    if d.data is None:
+        return
+    base = d.site.deploy.data_dir or f"{d.info.root}/data"
+    dest = resolve_remote(base, d.info, d.site.deploy.remote_root) + "/" + d.data.name
+    changed, digest, size = stage_tree(d.remote, d.data, dest)
+    if changed:
+        d.out.changed.append("data")
+    d.state.data = [x for x in d.state.data if x.remote_path != dest] + [
+        DataState(local_path=str(d.data.resolve()), remote_path=dest, sha256=digest, size=size,
+                  uploaded_at=now())]
+
+
+def endpoint(d: Deployment) -> None:
+    name = d.site.deploy.endpoint_name
+    multi = d.site.endpoint.mode == "multi-user"
+    if gce.configure(d.remote, d.info, name, multi_user=multi, contact_email=d.email):
+        d.out.changed.append("endpoint configured")
+    extra = f"email: {d.email}" if d.email else ""
+    d.changed_files = gce.install(d.remote, d.info, name, f"{d.info.root}/bundle",
+                                  extra_core=extra, rendered_dir=str(d.bundle / "endpoint"))
+    if d.changed_files:
+        d.out.changed.append("endpoint files: " + ", ".join(d.changed_files))
+    d.state.endpoint.configured = True
+    d.state.endpoint.installed_bundle_sha256 = d.digest
+    d.runtime = gce.runtime(d.remote, d.info, name)
+    d.state.endpoint.endpoint_id = d.runtime.endpoint_id
+    d.state.endpoint.started = d.runtime.running and d.runtime.endpoint_id is not None
+
+
+def start(d: Deployment) -> None:
+    name, site, rt = d.site.deploy.endpoint_name, d.site, d.runtime
+    if rt is None:
+        rt = d.runtime = gce.runtime(d.remote, d.info, name)
+    if not d.start:
+        if rt.running and d.changed_files:
+            d.console.print(f"[yellow]endpoint {name} is running with the previous files; "
+                            f"`crossfl deploy {site.name}` (without --no-start) restarts it[/]")
+        return
+    if rt.running and d.changed_files:
+        d.console.print(f"endpoint files changed: restarting {name}")
+        gce.stop(d.remote, name)
+        rt = gce.Runtime(False, None, rt.endpoint_id, True)
+    if rt.running and not d.dry_run:
+        return
+    d.state.endpoint.started = False
+    d.record()
+    multi = site.endpoint.mode == "multi-user"
+    if not d.dry_run and d.info.uid == 0 and not multi and not d.email:
+        raise UserError(
+            f"site {site.name}: you log in to {d.target.label} as root, and Globus Compute "
+            f"treats an endpoint started by root as multi-user, which needs a contact "
+            f"email; done so far: bundle uploaded, endpoint {name} configured",
+            fix="deploy as your own user (deploy.user), or pass --contact-email ADDR "
+                f"(or ${CONTACT_EMAIL_ENV})")
+    try:
+        gce.start(d.remote, name)
+    except gce.StartFailed as exc:
+        raise _start_error(d, exc) from None
+    rt = d.runtime = gce.runtime(d.remote, d.info, name)
+    if not d.dry_run and not rt.endpoint_id:
+        raise UserError(f"site {site.name}: `globus-compute-endpoint start` returned but "
+                        f"{name} has no endpoint.json",
+                        fix=f"run `crossfl logs {site.name}` to see why")
+    d.out.changed.append("endpoint started")
+    d.state.endpoint.endpoint_id = rt.endpoint_id
+    d.state.endpoint.started = rt.endpoint_id is not None
+    d.state.endpoint.started_at = now()
+
+
+Step = Callable[[Deployment], None]
+STEPS: tuple[tuple[str, Step], ...] = (
+    ("layout", layout), ("bundle", bundle), ("image", image), ("data", data),
+    ("endpoint", endpoint), ("start", start))
+
+
+def _known_sha(prev: ImageState | None, image: Path) -> str | None:
+    """The recorded sha256 of the local image if the file is the one staged last time."""
+    st = image.stat()
+    if prev and prev.local_path == str(image) and prev.size == st.st_size \
+            and prev.local_mtime_ns == st.st_mtime_ns:
+        return prev.sha256
+    return None
+
+
+def _start_error(d: Deployment, exc: gce.StartFailed) -> UserError:
+    site, t, info, state = d.site, d.target, d.info, d.state
+    ep = site.deploy.endpoint_name
+    done = "bundle in place" + (", image staged" if state.image else "")
+    done += f", endpoint {ep} configured in {info.endpoint_dir(ep)}; not started"
+    eid = state.endpoint.endpoint_id
+    done += f" (registered earlier as {eid})" if eid else ", no endpoint id"
+    fixes = {
+        "network": f"check that {t.host} reaches the Globus service over HTTPS (proxy?), "
+                   f"then run `crossfl deploy {site.name}` again",
+        "login": f"log in once there: `ssh -t {t.host} globus-compute-endpoint login` (or "
+                 "export GLOBUS_COMPUTE_CLIENT_ID/SECRET in deploy.python_activate), then "
+                 "deploy again",
+        "email": "deploy as your own user (deploy.user), or pass --contact-email ADDR",
+        "running": f"run `crossfl stop {site.name}` then deploy again",
+        "other": f"run `crossfl logs {site.name}` for the endpoint's log, then deploy again",
+    }
+    return UserError(f"site {site.name}: `globus-compute-endpoint start {ep}` on {t.label} "
+                     f"failed: {exc.detail}; done: {done}", fix=fixes[exc.kind])

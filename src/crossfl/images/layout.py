@@ -1,0 +1,33 @@
+"""Where images live: build/images/crossfl-ARCH.{def,sif}, manifest.json; /opt/crossfl inside."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crossfl import paths
+
+PREFIX = "/opt/crossfl"  # the image's own tree: venv, pins, checker
+
+
+def images_dir() -> Path:
+    return paths.build_dir() / "images"
+
+
+def def_path(arch: str) -> Path:
+    return images_dir() / f"crossfl-{arch}.def"
+
+
+def sif_path(arch: str) -> Path:
+    return images_dir() / f"crossfl-{arch}.sif"
+
+
+def manifest_path() -> Path:
+    return images_dir() / "manifest.json"
+
+
+def display_path(path: Path) -> str:
+    """A path as the def file and argv name it: relative to the project root when inside it."""
+    try:
+        return str(path.resolve().relative_to(paths.project_root()))
+    except ValueError:
+        return str(path.resolve())

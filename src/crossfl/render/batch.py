@@ -1,0 +1,95 @@
+"""What the batch templates place (site_templates/batch/): the smoke test, the direct client
+job and, where the facility builds images on a compute node, the image build. Headers and
+directives come from the site's scheduler, launcher lines from its launcher."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crossfl.render.shell import (
+    bind_wrapper,
+    command_line,
+    container_options,
+    setup_lines,
+    shell_path,
+    shell_word,
+    sources_a_file,
+)
+from crossfl.schedulers import BatchJob, parse_walltime
+from crossfl.schedulers.launchers import LAUNCHERS
+from crossfl.sites import Site, image_arch
+
+CLIENT_MODULE_CMD = "python -m crossfl.client run-task"
+DESCRIBE_DEVICES_CMD = ("python -c 'import json; from crossfl.client.device import "
+                        "describe_devices; print(json.dumps(describe_devices()))'")
+SHORT_WALLTIME = "00:10:00"  # the smoke test and the client job, inside any debug limit
+
+
+def batch_context(site: Site) -> dict[str, Any]:
+    sched = site.sched
+    acc = site.accelerator
+    per_node = max(acc.devices_per_node, 1)
+    nodes = 1
+    limit = site.queue_limit()
+    short = SHORT_WALLTIME
+    if limit and limit.max_walltime and parse_walltime(limit.max_walltime) < parse_walltime(short):
+        short = limit.max_walltime
+    image = site.image()
+    in_image = ""
+    if site.container.runtime == "apptainer":
+        words = ["apptainer", "exec", *container_options(site), image or ""]
+        in_image = " ".join(shell_word(w) for w in words)
+    launcher = LAUNCHERS[site.launcher.type]
+    launch_all = launcher.words(site, nodes, per_node)
+    launch_one = launcher.words(site, 1, 1)
+    bind = bind_wrapper(site)
+    # `bind_rank` (a shell function) picks the device; the launcher starts bash to call it.
+    prefix = "bash -c 'bind_rank \"$@\"' bind_rank" if bind else ""
+    directives = sched.directives(site, for_pilot=False)
+    setup = (setup_lines(site, batch=True) + [site.fill(x) for x in site.worker_init]
+             + ([site.fill(site.endpoint.worker_init_default)]
+                if site.endpoint.worker_init_default else []))
+    return {
+        "site": site.name,
+        "submit": sched.submit,
+        "job_start": list(sched.job_start),
+        "smoke_header": sched.header(site, BatchJob(
+            f"crossfl-smoke-{site.name}", nodes, short, directives, per_node, account_hint=True)),
+        "client_header": sched.header(site, BatchJob(
+            f"crossfl-client-{site.name}", nodes, site.walltime, directives, 1,
+            account_hint=True)),
+        "setup": [{"text": line, "sources": sources_a_file(line)} for line in setup],
+        "bind": bind,
+        "smoke_line": command_line(launch_all, prefix, in_image, DESCRIBE_DEVICES_CMD),
+        "client_line": command_line(launch_one, prefix, in_image,
+                                    CLIENT_MODULE_CMD + ' "$task" "$out"'),
+        "build": build_context(site, directives),
+    }
+
+
+def build_context(site: Site, directives: list[str]) -> dict[str, Any] | None:
+    """The on-site image build job, where the facility builds on a compute node."""
+    build = site.container.build
+    if site.container.runtime != "apptainer" or build is None or not build.on_compute_node:
+        return None
+    sched = site.sched
+    queue_flag = sched.named_flags.get("queue")
+    queue = build.queue or site.queue
+    build_directives = [d for d in directives
+                        if not (queue_flag and d.startswith(queue_flag + " "))]
+    if queue_flag and queue:
+        build_directives.append(f"{queue_flag} {queue}")
+    build_directives += build.directives
+    return {
+        "header": sched.header(site, BatchJob(f"crossfl-build-{site.name}", 1, build.walltime,
+                                              build_directives)),
+        "module_use": build.module_use,
+        "modules": build.modules,
+        "env": {**site.proxy.env(), **build.env},
+        "options": build.options,
+        # crossfl.images writes the def with %files paths relative to the project root:
+        # build from the directory that holds build/images/ (the site's remote root).
+        "root": shell_path(site.deploy.remote_root),
+        "def_file": f"build/images/crossfl-{image_arch(site)}.def",
+        "image": site.image(),
+    }

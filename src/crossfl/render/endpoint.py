@@ -1,0 +1,84 @@
+"""What the endpoint templates place (site_templates/endpoint/): the core config, and the
+user config template with the GlobusComputeEngine, the site's Parsl provider and launcher
+(their fields from crossfl.schedulers), the worker setup and the container."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from crossfl import paths
+from crossfl.errors import UserError
+from crossfl.render.options import jinja_literal, user_variables, var_expr
+from crossfl.render.shell import container_options_text, setup_lines
+from crossfl.schedulers.launchers import LAUNCHERS
+from crossfl.sites import Site
+
+
+def check_passthrough(site: Site, values: list[str], what: str) -> None:
+    for v in values:
+        if "{{" in v or "{%" in v or "{#" in v:
+            raise UserError(f"{what} contains Jinja markup {v!r}, which the endpoint would "
+                            "evaluate", file=paths.sites_dir() / f"{site.name}.yaml", field=what,
+                            fix="remove the braces (use ${VAR} for environment values)")
+
+
+def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
+    sched = site.sched
+    props = user_variables(site)
+    var = {k: var_expr(k, p) for k, p in props.items()}
+    facility_init = setup_lines(site, batch=False) + [site.fill(x) for x in site.worker_init]
+    check_passthrough(site, facility_init, "worker_init")
+    # One YAML double-quoted scalar: the facility's lines, then the user's worker_init. The
+    # endpoint inserts the user string JSON-quoted; its escapes are valid YAML escapes, so the
+    # inner text is spliced in without a way to break out of the quotes.
+    init_head = json.dumps("".join(line + "\n" for line in facility_init))[1:-1]
+    worker_init_expr = '"%s{{ (worker_init | default(%s))[1:-1] }}"' % (
+        init_head, jinja_literal(props["worker_init"]["default"]))
+    acc = site.accelerator
+    mwpn: Any
+    if "max_workers_per_node" in var:  # a user option where there are no pilot jobs
+        mwpn = var["max_workers_per_node"]
+    else:
+        mwpn = site.endpoint.max_workers_per_node or max(acc.devices_per_node, 1)
+    pilot = [f"{sched.directive_prefix} {d}" for d in sched.directives(site, for_pilot=True)]
+    check_passthrough(site, pilot, "directives")
+    launcher = LAUNCHERS[site.launcher.type]
+    local = site.deploy.host is None  # an endpoint run from this checkout
+    return {
+        "site": site.name,
+        "docs": site.docs,
+        "display_name": site.endpoint.display_name or f"crossfl {site.name}",
+        "allowed_functions": site.endpoint.allowed_functions,
+        "multi_user": site.endpoint.mode == "multi-user",
+        "endpoint_name": site.deploy.endpoint_name,
+        "template_path": str(endpoint_dir / "user_config_template.yaml.j2") if local else None,
+        "schema_path": str(endpoint_dir / "user_config_schema.json") if local else None,
+        "worker_init_expr": worker_init_expr,
+        "max_workers_per_node": mwpn,
+        "accelerators": acc.device_ids if acc.devices_per_node else [],
+        "cpu_affinity": site.endpoint.cpu_affinity,
+        "encrypted": site.endpoint.encrypted,
+        "address_interface": site.endpoint.address_interface,
+        "idle_soft": site.endpoint.idle_heartbeats_soft,
+        "idle_hard": site.endpoint.idle_heartbeats_hard,
+        "provider": sched.provider,
+        "provider_fields": sched.provider_fields(site, var),
+        "scheduler_options": pilot,
+        "launcher": launcher.parsl_class,
+        "launcher_fields": launcher.fields(site),
+        "container": site.container.runtime != "none",
+        "container_uri": site.image(),
+        "container_cmd_options": container_options_text(site),
+        "user_env": site.endpoint.environment,
+    }
+
+
+def identity_mapping(site: Site) -> list[dict[str, Any]]:
+    """A Globus Connect-style expression mapping: user@DOMAIN -> local account `user`."""
+    domain = (site.endpoint.identity_domain or "").replace(".", r"\.")
+    return [{"comment": f"crossfl {site.name}: Globus identities of "
+                        f"{site.endpoint.identity_domain} to local accounts of the same name",
+             "DATA_TYPE": "expression_identity_mapping#1.0.0",
+             "mappings": [{"source": "{username}", "match": f"(.*)@{domain}", "output": "{0}"}]}]

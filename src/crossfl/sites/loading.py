@@ -1,0 +1,153 @@
+"""Loading a site: the catalog entry (`deploy/sites/<name>.yaml`), the user's overrides
+deep-merged over it, `${VAR}` / `${VAR:-default}` expanded from the environment, then the
+schema. A bad value is one UserError naming the file it came from, the field and the fix."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from crossfl import paths
+from crossfl.errors import UserError
+from crossfl.schema import field_path, problems
+from crossfl.sites.schema import Site
+from crossfl.yamlio import load_mapping
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def list_sites() -> list[str]:
+    d = paths.sites_dir()
+    if not d.is_dir():
+        return []
+    return sorted(p.stem for p in d.glob("*.yaml") if not p.name.startswith("."))
+
+
+def _resolve(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.parent != Path("."):
+        if not p.is_file():
+            raise UserError("site file not found", file=p,
+                            fix="check the path, or give a site name from `crossfl sites`")
+        return p
+    f = paths.sites_dir() / f"{name_or_path}.yaml"
+    if not f.is_file():
+        known = ", ".join(list_sites()) or "none"
+        raise UserError(f"unknown site {str(name_or_path)!r}", file=f,
+                        fix=f"use one of: {known}, or add deploy/sites/{name_or_path}.yaml")
+    return f
+
+
+Loc = tuple[str | int, ...]
+
+
+class _Origins:
+    """Which file each merged value came from: the catalog entry, unless an overrides file
+    set the key (or a key above it)."""
+
+    def __init__(self, catalog: Path) -> None:
+        self.catalog = catalog
+        self.set_by: dict[Loc, Path] = {}
+
+    def merge(self, base: dict[str, Any], over: dict[str, Any], file: Path,
+              at: Loc = ()) -> dict[str, Any]:
+        out = dict(base)
+        for k, v in over.items():
+            if isinstance(v, dict) and isinstance(out.get(k), dict):
+                out[k] = self.merge(out[k], v, file, (*at, k))
+            else:
+                out[k] = v
+                self.set_by[(*at, k)] = file
+        return out
+
+    def file_of(self, loc: Loc) -> Path:
+        """The file a value (or a block, for a check over several of its fields) came from."""
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in self.set_by:
+                return self.set_by[loc[:n]]
+        below = [f for key, f in self.set_by.items() if loc and key[:len(loc)] == loc]
+        return below[0] if below else self.catalog
+
+
+def _parse_loc(field: str) -> Loc:
+    """"container.images.cuda" / "directives[1]" -> ("container", "images", "cuda") / (.., 1)."""
+    return tuple(int(part[1:-1]) if part.startswith("[") else part
+                 for part in re.findall(r"\[\d+\]|[^.\[\]]+", field))
+
+
+def _expand(value: Any, origins: _Origins, loc: Loc = ()) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand(v, origins, (*loc, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, origins, (*loc, i)) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        var, default = m.group(1), m.group(2)
+        if var in os.environ:
+            return os.environ[var]
+        if default is not None:
+            return default
+        where = field_path(loc)
+        raise UserError(f"${{{var}}} is not set", file=origins.file_of(loc), field=where,
+                        fix=f"export {var}=..., or set {where} in the site's overrides file")
+    return _ENV_REF.sub(sub, value)
+
+
+def overrides_path(name: str) -> Path | None:
+    """The user's overrides for a site: $CROSSFL_SITE_OVERRIDES/<name>.yaml (a directory), or
+    $CROSSFL_SITE_OVERRIDES itself when it names a file, else deploy/sites/overrides/<name>.yaml."""
+    env = os.environ.get("CROSSFL_SITE_OVERRIDES")
+    if env:
+        p = Path(env)
+        cand = p if p.suffix in (".yaml", ".yml") else p / f"{name}.yaml"
+        return cand if cand.is_file() else None
+    cand = paths.sites_dir() / "overrides" / f"{name}.yaml"
+    return cand if cand.is_file() else None
+
+
+_GENERIC_FIX = ("see the comment at the top of the site file and the schema in "
+                "src/crossfl/sites/schema.py")
+
+
+def _errors(exc: ValidationError, origins: _Origins, overrides: Path | None) -> UserError:
+    """One UserError naming, for each bad value, the file it came from."""
+    found = [(p.field, p.message, p.fix or _GENERIC_FIX)
+             for p in problems(exc, schema="src/crossfl/sites/schema.py")]
+    files = [origins.file_of(_parse_loc(field)) for field, _, _ in found]
+    if len(found) == 1:
+        (field, msg, fix), file = found[0], files[0]
+        if overrides is not None and file != overrides:
+            msg += f" (with overrides from {overrides})"
+        return UserError(msg, file=file, field=field or None, fix=fix)
+    main = files[0] if len(set(files)) == 1 else origins.catalog
+    lines = [f"{field or '(top level)'}: {msg}" + ("" if fix == _GENERIC_FIX else f" (fix: {fix})")
+             + ("" if file == main else f" (in {file})")
+             for (field, msg, fix), file in zip(found, files, strict=True)]
+    return UserError("invalid site:\n  " + "\n  ".join(lines), file=main,
+                     fix="correct each field listed")
+
+
+def load_site(name_or_path: str | Path, overrides: Path | None = None) -> Site:
+    """Read a catalog entry, merge the user's overrides, expand ${VAR}s and validate. A bad
+    value is reported against the file it came from (the catalog entry or the overrides)."""
+    path = _resolve(name_or_path)
+    data = load_mapping(path)
+    data.setdefault("name", path.stem)
+    ov = overrides if overrides is not None else overrides_path(str(data["name"]))
+    origins = _Origins(path)
+    if ov is not None:
+        ov = Path(ov)
+        if not ov.is_file():
+            raise UserError("overrides file not found", file=ov, fix="check the path")
+        data = origins.merge(data, load_mapping(ov), ov)
+    data = _expand(data, origins)
+    try:
+        return Site.model_validate(data)
+    except ValidationError as exc:
+        raise _errors(exc, origins, ov) from None

@@ -1,0 +1,146 @@
+"""The schedulers (crossfl.schedulers): every one keeps the interface, and a new one is one
+class. LSF (Parsl's LSFProvider) is added here, in the test, with nothing else changed: a
+site naming it loads, renders, passes the linter, and the endpoint builds its provider."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import parsl.providers
+import pytest
+import yaml
+
+from crossfl import paths, render, schedulers, sites
+from crossfl.errors import UserError
+from crossfl.schedulers import BatchJob, Scheduler
+from crossfl.schedulers.base import Fields
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Lsf(Scheduler):
+    """IBM LSF as Summit ran it: bsub/bjobs/bkill, `#BSUB`, -W [H:]M."""
+    name = "lsf"
+    title = "LSF"
+    provider = "LSFProvider"
+    directive_prefix = "#BSUB"
+    options = frozenset({"-P", "-q", "-W", "-nnodes", "-J", "-o", "-alloc_flags"})
+    option_examples = "e.g. -alloc_flags"
+    named_flags = {"account": "-P", "queue": "-q"}
+    account_word = "project"
+    submit = "bsub"
+    query = "bjobs 2>&1"
+    cancel = "bkill"
+    local_rank_env = "JSM_NAMESPACE_LOCAL_RANK"
+    launchers = ("single", "mpiexec")
+
+    def directive_walltime(self, directive: str) -> str | None:
+        words = directive.split()
+        return words[1] if words[0] == "-W" and len(words) > 1 else None
+
+    def parse_time(self, text: str) -> int:
+        m = re.fullmatch(r"(?:(\d+):)?(\d+)", text)
+        if not m:
+            raise ValueError(f"-W {text!r} is not [H:]M")
+        return int(m.group(1) or 0) * 3600 + int(m.group(2)) * 60
+
+    def header(self, site: sites.Site, job: BatchJob) -> list[str]:
+        h, m, _ = job.walltime.split(":")
+        return ["#!/bin/bash", f"#BSUB -J {job.name}", f"#BSUB -nnodes {job.nodes}",
+                f"#BSUB -W {int(h)}:{m}", f"#BSUB -o {job.name}.%J",
+                *(f"#BSUB {d}" for d in job.directives), *self.account_hint(site, job)]
+
+    def provider_fields(self, site: sites.Site, var: dict[str, str]) -> Fields:
+        return [("project", var["account"]), ("queue", var["queue"]),
+                *self.block_fields(site, var)]
+
+
+SUMMIT = {
+    "name": "summit", "scheduler": "lsf", "account": "abc123", "queue": "batch",
+    "walltime": "01:00:00", "queues": {"batch": {"max_walltime": "02:00:00"}},
+    "accelerator": {"vendor": "cuda", "devices_per_node": 6, "bind": "local-rank"},
+    "directives": ["-alloc_flags gpumps"], "launcher": {"type": "mpiexec"},
+}
+
+
+@pytest.fixture
+def lsf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """LSF registered for this test only, and a catalog holding one LSF site."""
+    schedulers.register(Lsf)
+    catalog = tmp_path / "deploy" / "sites"
+    catalog.mkdir(parents=True)
+    (catalog / "summit.yaml").write_text(yaml.safe_dump(SUMMIT))
+    monkeypatch.setenv("CROSSFL_ROOT", str(tmp_path))
+    monkeypatch.delenv("CROSSFL_SITE_OVERRIDES", raising=False)
+    monkeypatch.setattr(paths, "templates_dir", lambda: REPO / "site_templates")
+    yield catalog
+    schedulers.unregister("lsf")
+
+
+def test_a_scheduler_added_in_one_class_loads_renders_and_builds(lsf: Path, tmp_path: Path) -> None:
+    site = sites.load_site("summit")
+    assert isinstance(site.sched, Lsf)
+    out = render.render_site(site, tmp_path / "out")
+    smoke = (out / "batch" / "smoke.sh").read_text()
+    assert smoke.startswith("#!/bin/bash\n#BSUB -J crossfl-smoke-summit\n#BSUB -nnodes 1\n")
+    assert "#BSUB -P abc123\n#BSUB -q batch\n#BSUB -alloc_flags gpumps\n" in smoke
+    assert "JSM_NAMESPACE_LOCAL_RANK" in smoke and "Submit: bsub smoke.sh" in smoke
+    for script in ("smoke.sh", "client.sh"):
+        assert sites.lint_script(site, (out / "batch" / script).read_text()) == []
+    assert sites.lint_script(site, "#BSUB -W 3:00\n#SBATCH -N 1\n#BSUB -Z\n") == [
+        "line 1: walltime 3:00 over the queue maximum 02:00:00",
+        "line 2: #SBATCH directive in a lsf script",
+        "line 3: bsub has no option '-Z': check `man bsub` (e.g. -alloc_flags)"]
+
+    text = render.render_user_config(out, {"walltime": "00:30:00"})
+    engine = render.load_user_config(text).engine
+    provider = engine.executor.provider
+    assert isinstance(provider, parsl.providers.LSFProvider)
+    assert (provider.project, provider.queue, provider.walltime) == ("abc123", "batch", "00:30:00")
+    assert type(provider.launcher).__name__ == "MpiExecLauncher"
+    assert "#BSUB -alloc_flags gpumps" in provider.scheduler_options
+
+
+def test_a_site_file_may_name_only_known_schedulers(lsf: Path) -> None:
+    (lsf / "bad.yaml").write_text(yaml.safe_dump({**SUMMIT, "name": "bad",
+                                                 "directives": ["-Z x"]}))
+    with pytest.raises(UserError) as info:
+        sites.load_site("bad")
+    assert info.value.field == "directives[0]" and "bsub has no option '-Z'" in info.value.message
+    schedulers.unregister("lsf")
+    with pytest.raises(UserError) as info:
+        sites.load_site("summit")
+    assert info.value.field == "scheduler" and "unknown scheduler 'lsf'" in info.value.message
+    assert "local, pbs, slurm" in info.value.fix
+
+
+@pytest.mark.parametrize("name", schedulers.names())
+def test_every_scheduler_keeps_the_interface(name: str) -> None:
+    s = schedulers.get(name)
+    assert s.name == name and s.title
+    assert isinstance(getattr(parsl.providers, s.provider), type)
+    assert set(s.launchers) <= {"srun", "mpiexec", "single"}
+    if not s.batch:
+        return
+    assert s.directive_prefix and s.submit and s.query and s.cancel and s.local_rank_env
+    assert s.directive_problem("--no-such-option") is not None
+    for flag in s.named_flags.values():
+        assert s.directive_problem(f"{flag} x") is None, flag
+    site = sites.load_site(next(n for n in sites.list_sites()
+                                if sites.load_site(n).scheduler == name))
+    header = s.header(site, BatchJob("j", 2, "00:10:00", ["-A x"], 4, account_hint=True))
+    assert header[0].startswith("#!/bin/bash")
+    assert all(line.startswith((s.directive_prefix + " ", "#")) for line in header[1:])
+    assert sites.lint_script(site, "\n".join(header)) == []
+
+
+def test_walltimes() -> None:
+    slurm = schedulers.get("slurm")
+    assert [slurm.parse_time(t) for t in ("30", "1:30", "2:00:00", "1-0", "1-2:3", "1-0:0:5")] == [
+        1800, 90, 7200, 86400, 93780, 86405]
+    assert schedulers.parse_walltime("01:02:03") == 3723
+    with pytest.raises(ValueError, match="HH:MM:SS"):
+        schedulers.parse_walltime("2h")
+    with pytest.raises(ValueError, match="Slurm time"):
+        slurm.parse_time("2h")
