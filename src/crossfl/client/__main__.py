@@ -64,6 +64,25 @@ def main() -> None:
     """crossfl client: the code that runs at a facility."""
 
 
+@main.command("devices")
+@click.option("--expect", type=click.Choice(["cuda", "rocm", "xpu", "cpu"]), default=None,
+              help="the device the site's catalog lists; anything else is an error")
+def devices(expect: str | None) -> None:
+    """Print one JSON line: the device this process gets, its CPUs and device environment
+    (batch/smoke.sh runs it once per rank). Exits 1, still printing its line, when torch
+    does not see the expected device."""
+    from crossfl.client.device import describe_devices, device_environment
+    try:
+        click.echo(json.dumps(describe_devices(expect)))
+    except UserError as exc:
+        import os
+        import platform
+        click.echo(json.dumps({"rank": os.environ.get("CROSSFL_LOCAL_RANK"),
+                               "host": platform.node(), "env": device_environment(expect or ""),
+                               "error": exc.render()}))
+        sys.exit(1)
+
+
 @main.command("run-task")
 @click.argument("task_file", type=click.Path(path_type=Path))
 @click.argument("out_file", type=click.Path(path_type=Path))

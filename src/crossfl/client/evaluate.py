@@ -9,7 +9,7 @@ import math
 import re
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from peft import PeftModel
@@ -41,6 +41,7 @@ class EvalTask(BaseModel):
     generate_max_new_tokens: int = Field(24, ge=1)
     generate_samples: int = Field(32, ge=0)
     torch_threads: int | None = Field(None, ge=1)
+    expect_device: Literal["cuda", "rocm", "xpu", "cpu"] | None = None  # the site's catalog
 
 
 def answer_of(text: str) -> str:
@@ -142,7 +143,8 @@ def generate_answers(model: torch.nn.Module, tokenizer: Any, records: list[Recor
 def evaluate(task: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     spec = parse_task(EvalTask, task)
-    device, entry, hit = worker_model(spec.model_path, spec.dtype, spec.torch_threads)
+    device, entry, hit = worker_model(spec.model_path, spec.dtype, spec.torch_threads,
+                                      spec.expect_device)
     records = load_records(spec.data_path, spec.max_samples)
     tok = entry.tokenizer
     examples = [encode_example(tok, r.input, r.output, spec.max_length) for r in records]

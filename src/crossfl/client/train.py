@@ -67,6 +67,7 @@ class TrainTask(BaseModel):
     round: int = Field(0, ge=0)
     torch_threads: int | None = Field(None, ge=1)
     max_samples: int | None = Field(None, ge=1)
+    expect_device: Literal["cuda", "rocm", "xpu", "cpu"] | None = None  # the site's catalog
 
 
 T = TypeVar("T", bound=BaseModel)
@@ -234,12 +235,13 @@ def prepare_adapter(model: PeftModel, adapter: bytes | None, seed: int) -> None:
 # ---------------------------------------------------------------- the round
 
 
-def worker_model(model_path: str, dtype: str, threads: int | None
+def worker_model(model_path: str, dtype: str, threads: int | None, expect: str | None = None
                  ) -> tuple[torch.device, model_cache.CachedModel, bool]:
-    """Set torch's thread count, pick the device, and get the (cached) base model."""
+    """Set torch's thread count, pick the device (the site's `expect`ed one), and get the
+    (cached) base model."""
     if threads:
         torch.set_num_threads(threads)
-    device = select_device()
+    device = select_device(expect)
     entry, hit = model_cache.get_model(model_path, dtype, device)
     return device, entry, hit
 
@@ -268,7 +270,8 @@ def train_round(task: dict[str, Any]) -> dict[str, Any]:
     started_at = time.time()
     t0 = time.perf_counter()
     spec = parse_task(TrainTask, task)
-    device, entry, hit = worker_model(spec.model_path, spec.dtype, spec.torch_threads)
+    device, entry, hit = worker_model(spec.model_path, spec.dtype, spec.torch_threads,
+                                      spec.expect_device)
     with entry.lock:
         examples = load_examples(spec.data_path, entry.tokenizer, spec.model_path,
                                  spec.max_length, spec.max_samples)

@@ -55,6 +55,15 @@ def model_path_for(experiment: Experiment, site: str | None = None) -> str:
     return str(local_path(own or experiment.model.path))
 
 
+def expect_device(experiment: Experiment, site: str | None) -> str | None:
+    """The device the site's catalog lists (crossfl.sites.Site.expect_device): the client
+    fails, naming what it saw, rather than train on the CPU of a GPU site."""
+    if site is None:
+        return None
+    from crossfl.sites import load_site
+    return load_site(experiment.site_entry(site).site).expect_device
+
+
 def train_task(experiment: Experiment, data_path: str, adapter: bytes | None, plan: ClientPlan,
                rnd: int, site: str | None = None) -> dict[str, Any]:
     t = experiment.training
@@ -65,6 +74,7 @@ def train_task(experiment: Experiment, data_path: str, adapter: bytes | None, pl
         "max_length": t.max_length, "lora": experiment.lora.model_dump(), "dtype": experiment.model.dtype,
         "adapter_dtype": t.adapter_dtype, "seed": experiment.seed, "round": rnd,
         "torch_threads": t.torch_threads, "max_samples": (o and o.max_samples) or t.max_samples,
+        "expect_device": expect_device(experiment, site),
     }
 
 
@@ -77,6 +87,7 @@ def eval_task(experiment: Experiment, adapter: bytes | None) -> dict[str, Any]:
         "max_length": experiment.training.max_length, "dtype": experiment.model.dtype,
         "max_samples": e.max_samples, "generate_max_new_tokens": e.generate_max_new_tokens,
         "torch_threads": experiment.training.torch_threads,
+        "expect_device": expect_device(experiment, experiment.eval_site),
     }
 
 
