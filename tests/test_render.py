@@ -39,8 +39,8 @@ VALID_OPTS = {
                  "qos": "normal"},
     "polaris": {"account": "P1", "queue": "debug-scaling", "walltime": "00:45:00",
                 "nodes_per_block": 4},
-    "aurora": {"account": "P1", "queue": "prod", "walltime": "02:00:00", "max_blocks": 2},
-    "perlmutter": {"account": "m1_g", "qos": "shared", "walltime": "04:00:00"},
+    "aurora": {"account": "P1", "queue": "capacity", "walltime": "02:00:00", "max_blocks": 2},
+    "perlmutter": {"account": "m1_g", "qos": "preempt", "walltime": "04:00:00"},
     "local-slurm": {"walltime": "00:05:00", "worker_init": "echo ready"},
     "local": {"max_workers_per_node": 2, "worker_init": "export A=1"},
 }
@@ -140,15 +140,19 @@ def test_example_builds_engine_provider_launcher(rendered, name, stub_interfaces
     if acc.devices_per_node:
         assert htex.available_accelerators == acc.device_ids
         assert htex.max_workers_per_node == acc.devices_per_node
-    if site.container.runtime == "apptainer":
-        assert engine.container_type == "apptainer"
+    if site.container.runtime != "none":
+        assert engine.container_type == site.container.runtime
         assert engine.container_uri == site.image()
-        flag = {"cuda": "--nv", "rocm": "--rocm"}.get(acc.vendor)
+        flags = {"apptainer": {"cuda": "--nv", "rocm": "--rocm"},
+                 "podman-hpc": {"cuda": "--gpu"}}[site.container.runtime]
+        flag = flags.get(acc.vendor)
         opts = engine.container_cmd_options.split()
         if flag:
             assert flag in opts
         else:
-            assert "--nv" not in opts and "--rocm" not in opts
+            assert not set(flags.values()) & set(opts)
+        assert "{" not in engine.containerized_launch_cmd().replace(
+            engine.executor.launch_cmd, "")  # Parsl formats the command twice
     else:
         assert engine.container_type is None
 
@@ -158,21 +162,31 @@ def test_facility_specifics(rendered, stub_interfaces):
         text = (rendered[name] / "endpoint" / "user_config.example.yaml").read_text()
         return render.load_user_config(text).engine
     aurora = engine("aurora").executor
-    assert aurora.available_accelerators[:2] == ["0.0", "0.1"]
-    assert len(aurora.available_accelerators) == 12
+    assert aurora.available_accelerators == [str(i) for i in range(12)]  # FLAT tiles
+    assert aurora.cpu_affinity.startswith("list:1-8,105-112:9-16,113-120:")
     assert aurora.provider.cpus_per_node == 208
     assert "filesystems=home:flare" in aurora.provider.scheduler_options
     assert "-k doe" in aurora.provider.scheduler_options
     assert "proxy.alcf.anl.gov:3128" in aurora.provider.worker_init
-    assert "ZE_FLAT_DEVICE_HIERARCHY=COMPOSITE" in aurora.provider.worker_init
+    assert "export ZE_FLAT_DEVICE_HIERARCHY=FLAT" in aurora.provider.worker_init
+    assert "export TMPDIR=/tmp" in aurora.provider.worker_init
     polaris = engine("polaris")
     assert polaris.executor.provider.select_options.endswith("system=polaris")
     assert "--fakeroot" in polaris.container_cmd_options
     assert "/var/run/palsd/" in polaris.container_cmd_options
-    frontier = engine("frontier").executor.provider
-    assert (frontier.partition, frontier.qos, frontier.account) == ("batch", "debug", "ABC123")
-    perl = engine("perlmutter").executor.provider
-    assert perl.constraint == "gpu" and perl.account.endswith("_g") and perl.qos == "regular"
+    assert "export TMPDIR=/tmp" in polaris.executor.provider.worker_init
+    assert polaris.executor.cpu_affinity == "list:24-31,56-63:16-23,48-55:8-15,40-47:0-7,32-39"
+    frontier = engine("frontier").executor
+    provider = frontier.provider
+    assert (provider.partition, provider.qos, provider.account) == ("batch", "normal", "ABC123")
+    assert provider.launcher.overrides == "-c 56"  # the pool and its workers get 56 cores
+    assert "MIOPEN_CUSTOM_CACHE_DIR=/tmp/crossfl-miopen-cache" in provider.worker_init
+    perl = engine("perlmutter")
+    provider = perl.executor.provider
+    assert provider.constraint == "gpu" and provider.account.endswith("_g")
+    assert provider.qos == "regular" and provider.exclusive is True
+    assert provider.launcher.overrides == "-c 128"
+    assert perl.container_type == "podman-hpc" and perl.container_uri == "crossfl-cuda:latest"
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -297,6 +311,7 @@ def pilot_script(site_dir: Path, tmp_path: Path) -> tuple[str, str]:
     engine = render.load_user_config(text).engine
     provider = engine.executor.provider
     provider.script_dir = str(tmp_path)
+    engine.run_dir = str(tmp_path)  # set by engine.start(); docker-like runtimes bind it
     cmd = engine.containerized_launch_cmd() if engine.container_type else engine.executor.launch_cmd
     calls = []
 
@@ -320,6 +335,9 @@ def test_pilot_job_golden(rendered, name, tmp_path, stub_interfaces):
     assert_golden(f"{name}/pilot.sh", script + f"\n# submitted with: {submit}\n")
     if site.container.runtime == "apptainer":
         assert f"apptainer run {render.container_options_text(site)} {site.image()} " in script
+    if site.container.runtime == "podman-hpc":  # the engine adds its run dir and -t
+        assert f"podman-hpc run {render.container_options_text(site)} -v " in script
+        assert f" -t {site.image()} globus-compute-endpoint " in script
     launcher = {"srun": "srun", "mpiexec": "mpiexec"}[site.launcher.type]
     assert launcher in script
 
@@ -346,14 +364,23 @@ def test_batch_scripts_golden_and_shellcheck(rendered, name):
 
 
 def test_batch_smoke_runs_describe_devices(rendered):
+    """Rank i gets what worker i gets: device ids[i] in Parsl's variables, the expected device
+    checked by the client, and worker i's CPUs."""
     text = (rendered["frontier"] / "batch" / "smoke.sh").read_text()
-    assert "from crossfl.client.device import describe_devices" in text
-    assert "--gpus-per-task=1 --gpu-bind=closest" in text
+    assert "python -m crossfl.client devices --expect rocm" in text
+    assert 'rank=${SLURM_LOCALID:-0}' in text and 'ROCR_VISIBLE_DEVICES="$device"' in text
+    assert "--cpus-per-task=7 --cpu-bind=mask_cpu:0xfe000000000000," in text  # 49-55 first
+    assert "--gpus-per-task" not in text  # every rank sees the node's GCDs, as a worker does
     polaris = (rendered["polaris"] / "batch" / "smoke.sh").read_text()
-    assert "devices=(3 2 1 0)" in polaris and "PMI_LOCAL_RANK" in polaris
+    assert "devices=(0 1 2 3)" in polaris and "PMI_LOCAL_RANK" in polaris
+    assert "--cpu-bind list:24-31,56-63:16-23,48-55:8-15,40-47:0-7,32-39 " in polaris
     aurora = (rendered["aurora"] / "batch" / "smoke.sh").read_text()
-    assert "export ZE_AFFINITY_MASK=" in aurora
+    assert 'ZE_AFFINITY_MASK="$device"' in aurora and "PALS_LOCAL_RANKID" in aurora
+    assert "export ZE_FLAT_DEVICE_HIERARCHY=FLAT" in aurora
     assert "APPTAINERENV_ZE_FLAT_DEVICE_HIERARCHY=FLAT" in aurora
+    assert "devices=(0 1 2 3 4 5 6 7 8 9 10 11)" in aurora
+    perl = (rendered["perlmutter"] / "batch" / "smoke.sh").read_text()
+    assert "podman-hpc run --rm --gpu " in perl and " -e CUDA_VISIBLE_DEVICES " in perl
     build = (rendered["polaris"] / "batch" / "build_image.sh").read_text()
     assert "#PBS -l singularity_fakeroot=true" in build and "HTTPS_PROXY=" in build
     assert "build/images/crossfl-cuda.def" in build
@@ -505,3 +532,9 @@ def test_endpoint_cli_renders_and_refuses(rendered, tmp_path):
     assert yaml.safe_load(ok.stdout)["engine"]["provider"]["nodes_per_block"] == 8
     bad = run({"account": "P1", "queue": "debug", "nodes_per_block": 8})  # debug allows 2
     assert bad.returncode != 0 and "ValidationError" in bad.stdout + bad.stderr
+    bad = run({"account": "P1", "queue": "debug", "walltime": "02:00:00"})  # debug: 1 h
+    assert bad.returncode != 0 and "ValidationError" in bad.stdout + bad.stderr
+    ok = run({"account": "P1", "queue": "prod", "nodes_per_block": 10, "walltime": "03:00:00"})
+    assert ok.returncode == 0, ok.stderr
+    bad = run({"account": "P1", "queue": "prod", "nodes_per_block": 10, "walltime": "03:00:01"})
+    assert bad.returncode != 0  # the small bin: 10-24 nodes, 3 h

@@ -14,6 +14,7 @@ from crossfl.render.options import jinja_literal, user_variables, var_expr
 from crossfl.render.shell import container_options_text, setup_lines
 from crossfl.schedulers.launchers import LAUNCHERS
 from crossfl.sites import Site
+from crossfl.sites.rules import workers_per_node
 
 
 def check_passthrough(site: Site, values: list[str], what: str) -> None:
@@ -37,11 +38,12 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
     worker_init_expr = '"%s{{ (worker_init | default(%s))[1:-1] }}"' % (
         init_head, jinja_literal(props["worker_init"]["default"]))
     acc = site.accelerator
+    part = site.node_part()  # part of a shared node: the scheduler's GPU binding stands
     mwpn: Any
     if "max_workers_per_node" in var:  # a user option where there are no pilot jobs
         mwpn = var["max_workers_per_node"]
     else:
-        mwpn = site.endpoint.max_workers_per_node or max(acc.devices_per_node, 1)
+        mwpn = workers_per_node(site)
     pilot = [f"{sched.directive_prefix} {d}" for d in sched.directives(site, for_pilot=True)]
     check_passthrough(site, pilot, "directives")
     launcher = LAUNCHERS[site.launcher.type]
@@ -57,8 +59,8 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
         "schema_path": str(endpoint_dir / "user_config_schema.json") if local else None,
         "worker_init_expr": worker_init_expr,
         "max_workers_per_node": mwpn,
-        "accelerators": acc.device_ids if acc.devices_per_node else [],
-        "cpu_affinity": site.endpoint.cpu_affinity,
+        "accelerators": acc.device_ids if acc.devices_per_node and part is None else [],
+        "cpu_affinity": site.endpoint.cpu_affinity if part is None else "none",
         "encrypted": site.endpoint.encrypted,
         "address_interface": site.endpoint.address_interface,
         "idle_soft": site.endpoint.idle_heartbeats_soft,
@@ -69,6 +71,7 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
         "launcher": launcher.parsl_class,
         "launcher_fields": launcher.fields(site),
         "container": site.container.runtime != "none",
+        "container_type": site.container.runtime,
         "container_uri": site.image(),
         "container_cmd_options": container_options_text(site),
         "user_env": site.endpoint.environment,
