@@ -237,6 +237,12 @@ def test_sharded_equals_unsharded_on_two_ranks(model: Path, data: Path,
     assert max_diff(sharded["adapter"], two_ranks["adapter"]) < TOL
 
 
+def test_bad_input_met_in_the_ranks_is_one_user_error(model: Path, data: Path) -> None:
+    with pytest.raises(UserError, match="target_modules"):
+        tasks.train_round(train_task(model, data, ranks_per_node=2,
+                                     lora={**LORA, "target_modules": ["nope"]}))
+
+
 # ------------------------------------------------------------------ the real engine and Slurm
 
 

@@ -59,7 +59,7 @@ def train_on_local_devices(spec: TrainTask, ranks: int) -> dict[str, Any]:
     """Run ``spec`` on ``ranks`` processes of this worker; rank 0's result, ``wall_s`` counted
     from here (the ranks' start-up included). The ranks run the MPI path's own entry point,
     ``run-task --distributed``, on a task file in a private directory."""
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -75,7 +75,8 @@ def train_on_local_devices(spec: TrainTask, ranks: int) -> dict[str, Any]:
             min_nodes=1, max_nodes=1, nproc_per_node=ranks, run_id=uuid.uuid4().hex,
             rdzv_backend="c10d", rdzv_endpoint="localhost:0", local_addr="localhost",
             max_restarts=0, start_method="spawn",
-            logs_specs=DefaultLogsSpecs(log_dir=str(Path(tmp) / "logs")))
+            # stdout ("wrote OUT") stays in the private directory; stderr reaches the worker
+            logs_specs=DefaultLogsSpecs(log_dir=str(Path(tmp) / "logs"), redirects=Std.OUT))
         try:
             elastic_launch(config, sys.executable)(*rank_argv(str(task_file), str(out_file)))
         except ChildFailedError as exc:
