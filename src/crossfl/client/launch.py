@@ -3,13 +3,16 @@
 **One worker, all its devices** (``ranks_per_node`` > 1 or ``auto``): ``train_on_local_devices``
 starts the ranks with torch's own launcher, ``torch.distributed.launcher.api.elastic_launch``
 (the library behind ``torchrun --standalone``): a c10d rendezvous on a free local port, one
-process per rank started with the ``spawn`` method, ``RANK`` / ``LOCAL_RANK`` / ``WORLD_SIZE``
-/ ``MASTER_ADDR`` set by torch, a failed rank's traceback recorded and raised here, no restarts.
-It works inside a Parsl / Globus Compute worker: the worker is a plain (non-daemon) process,
-so it may have children; torch registers its signal handlers only where it can (the main
-thread) and carries on without them elsewhere; rank 0's result comes back as the function's
-return value. Why not ``torch.multiprocessing.spawn``: it needs a hand-picked master port and
-hand-written error collection, which is what elastic_launch already does.
+process per rank, ``RANK`` / ``LOCAL_RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR`` set by torch,
+the other ranks stopped when one fails, no restarts. It works inside a Parsl / Globus Compute
+worker: the worker is a plain (non-daemon) process, so it may have children, and torch registers
+its signal handlers only where it can. Each rank is a command, ``python -m crossfl.client
+run-task --distributed`` on a task file in a private directory, rather than a function: a
+spawned function re-imports the caller's ``__main__`` (an unguarded script would run again in
+every rank), would pickle the adapter to every rank, and would be a second entry point beside
+the MPI path's; with the command, both paths run the same code. Why not
+``torch.multiprocessing.spawn``: a hand-picked master port and hand-written error collection,
+which elastic_launch already does.
 
 **Ranks started by the site's launcher** (``srun`` / ``mpiexec``, as Globus Compute's
 ``GlobusMPIEngine`` does for an ``MPIFunction`` with ``$PARSL_MPI_PREFIX``): every rank runs
@@ -74,7 +77,7 @@ def train_on_local_devices(spec: TrainTask, ranks: int) -> dict[str, Any]:
         config = LaunchConfig(
             min_nodes=1, max_nodes=1, nproc_per_node=ranks, run_id=uuid.uuid4().hex,
             rdzv_backend="c10d", rdzv_endpoint="localhost:0", local_addr="localhost",
-            max_restarts=0, start_method="spawn",
+            max_restarts=0,
             # stdout ("wrote OUT") stays in the private directory; stderr reaches the worker
             logs_specs=DefaultLogsSpecs(log_dir=str(Path(tmp) / "logs"), redirects=Std.OUT))
         try:
