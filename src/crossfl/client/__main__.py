@@ -17,7 +17,7 @@ from typing import Any, Callable
 import click
 
 from crossfl.atomic import atomic_write_bytes, atomic_write_text
-from crossfl.client import tasks
+from crossfl.client import launch, tasks
 from crossfl.errors import UserError
 
 TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -59,6 +59,15 @@ def write_result(result: dict[str, Any], out: Path) -> None:
     atomic_write_text(out, json.dumps(result, indent=2, default=str) + "\n")
 
 
+def read_result(out: Path) -> dict[str, Any]:
+    """What ``write_result`` wrote, with the adapter file read back into ``adapter``."""
+    result = json.loads(out.read_text())
+    adapter_path = result.pop("adapter_path", None)
+    if adapter_path is not None:
+        result["adapter"] = (out.parent / adapter_path).read_bytes()
+    return result
+
+
 @click.group()
 def main() -> None:
     """crossfl client: the code that runs at a facility."""
@@ -67,15 +76,35 @@ def main() -> None:
 @main.command("run-task")
 @click.argument("task_file", type=click.Path(path_type=Path))
 @click.argument("out_file", type=click.Path(path_type=Path))
-def run_task(task_file: Path, out_file: Path) -> None:
+@click.option("--distributed", is_flag=True,
+              help="Run as one rank of a multi-rank train_round started by srun, mpiexec or "
+                   "torchrun; rank 0 writes OUT_FILE (on bad input: {\"error\": ...}).")
+def run_task(task_file: Path, out_file: Path, distributed: bool) -> None:
     """Run one client task from TASK_FILE and write its result to OUT_FILE."""
     try:
         name, spec = read_task(task_file)
-        write_result(TASKS[name](spec), out_file)
+        if distributed:
+            result = _rank(name, spec)
+            if result is None:
+                return
+        else:
+            result = TASKS[name](spec)
+        write_result(result, out_file)
     except UserError as exc:
         click.echo(f"error: {exc.render()}", err=True)
+        if distributed and launch.is_rank0():
+            write_result({"error": exc.render()}, out_file)
         sys.exit(2)
     click.echo(f"{name}: wrote {out_file}")
+
+
+def _rank(name: str, spec: dict[str, Any]) -> dict[str, Any] | None:
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    if name != "train_round":
+        raise UserError(f"--distributed runs train_round tasks, not {name}", field="task",
+                        fix="run other tasks without --distributed")
+    return record(launch.train_mpi_rank)(spec)  # a failing rank's traceback, for its launcher
 
 
 if __name__ == "__main__":

@@ -98,24 +98,33 @@ def get_model(model_path: str, dtype: str, device: torch.device) -> tuple[Cached
         entry = _models.get(key)
         if entry is not None:
             return entry, True
-        torch_dtype = compute_dtype(dtype)
-        hf_logging.disable_progress_bar()  # no tqdm bars in worker logs
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            base = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load the base model from {path}: {exc}",
-                            field="model_path", fix=MODEL_FIX) from exc
+        base, tokenizer = load_base(model_path, dtype)
         base.to(device)
-        base.eval()
-        for p in base.parameters():
-            p.requires_grad_(False)
-        entry = CachedModel(base=base, tokenizer=tokenizer, device=device, dtype=torch_dtype)
+        entry = CachedModel(base=base, tokenizer=tokenizer, device=device,
+                            dtype=compute_dtype(dtype))
         # One base model per worker: drop other checkpoints/dtypes this worker held.
         _models.clear()
         _memo.clear()
         _models[key] = entry
         return entry, False
+
+
+def load_base(model_path: str, dtype: str) -> tuple[PreTrainedModel, Any]:
+    """The base model (frozen, eval mode, in host memory) and its tokenizer, uncached: each
+    rank of a multi-rank task loads its own before it places or shards it."""
+    path = check_model_path(model_path)
+    torch_dtype = compute_dtype(dtype)
+    hf_logging.disable_progress_bar()  # no tqdm bars in worker logs
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        base = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load the base model from {path}: {exc}",
+                        field="model_path", fix=MODEL_FIX) from exc
+    base.eval()
+    for p in base.parameters():
+        p.requires_grad_(False)
+    return base, tokenizer
 
 
 def memo(key: Hashable, build: Callable[[], Any]) -> Any:

@@ -23,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 from crossfl.client import model_cache
 from crossfl.client.adapter_io import LORA_METADATA_KEY, adapter_from_bytes, adapter_to_bytes
 from crossfl.client.device import select_device
+from crossfl.client.distributed import World, all_reduce, shard, single
+from crossfl.client.telemetry import device_name
 from crossfl.data.smolinstruct import Record, load_jsonl
 from crossfl.errors import UserError
 
@@ -67,6 +69,15 @@ class TrainTask(BaseModel):
     round: int = Field(0, ge=0)
     torch_threads: int | None = Field(None, ge=1)
     max_samples: int | None = Field(None, ge=1)
+    # Multi-rank training (issue 11; the lead moves these into the contract module).
+    # ranks_per_node: processes this task starts on its worker, one per device ("auto": every
+    # device the worker sees, 1 on cpu); 1 is the single-process path. batch_size is per rank:
+    # a global batch holds batch_size x ranks examples. A task started by an MPI launcher
+    # (`run-task --distributed`) takes its ranks from the launcher instead.
+    ranks_per_node: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
+    # shard: FSDP2-shard the frozen base model across the ranks; "auto" shards when it takes
+    # more than half of one rank's device memory (crossfl.client.sharding.should_shard).
+    shard: Literal["auto", "never", "always"] = "auto"
 
 
 T = TypeVar("T", bound=BaseModel)
@@ -245,29 +256,71 @@ def worker_model(model_path: str, dtype: str, threads: int | None
 
 
 
-def run_training(model: PeftModel, examples: list[Example], task: TrainTask, pad: int,
-                 device: torch.device) -> list[float]:
+@dataclass
+class Steps:
+    losses: list[float]  # each step's mean loss over the global batch's target tokens
+    busy_s: float  # this rank's seconds inside the steps (telemetry.accelerator_s)
+    tokens: int  # tokens (prompt and answer, no padding) of the global batches
+
+
+def run_training(model: torch.nn.Module, examples: list[Example], task: TrainTask, pad: int,
+                 device: torch.device, world: World | None = None) -> Steps:
+    """``task.local_steps`` AdamW steps on seeded global batches of ``batch_size x ranks``
+    examples; with several ranks (``model`` wrapped in DDP or sharded with FSDP2) each rank
+    runs its slice of every global batch (``distributed_step``)."""
+    world = world or single(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=task.lr, weight_decay=0.0)
     seed = round_seed(task.seed, task.round)
-    torch.manual_seed(seed)  # LoRA dropout
+    torch.manual_seed(seed + world.rank)  # LoRA dropout
     gen = torch.Generator().manual_seed(seed)
     losses: list[float] = []
+    busy = 0.0
+    tokens = 0
     model.train()
-    for idx in batch_indices(len(examples), task.batch_size, task.local_steps, gen):
-        loss = model(**collate([examples[i] for i in idx], pad, device)).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
+    for idx in batch_indices(len(examples), task.batch_size * world.size, task.local_steps, gen):
+        tokens += sum(len(examples[i].ids) for i in idx)
+        start = time.perf_counter()
+        if world.distributed:
+            losses.append(distributed_step(model, opt, [examples[i] for i in shard(idx, world)],
+                                           pad, world))
+        else:
+            loss = model(**collate([examples[i] for i in idx], pad, device)).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+        busy += time.perf_counter() - start
     model.eval()
-    return losses
+    return Steps(losses, busy, tokens)
+
+
+def distributed_step(model: torch.nn.Module, opt: torch.optim.Optimizer,
+                     examples: list[Example], pad: int, world: World) -> float:
+    """One step on this rank's slice. Its loss is the sum over its target tokens divided by
+    the global batch's target-token count (all-reduced), times the ranks because DDP and FSDP
+    average gradients: the gradient is the single-process gradient of the global batch's mean
+    loss, however the answers' lengths split between ranks. Returns that mean loss."""
+    batch = collate(examples, pad, world.device)
+    targets = all_reduce(int((batch["labels"][:, 1:] != -100).sum()), world)
+    count = torch.tensor(max(targets, 1.0), device=world.device)
+    loss = model(**batch, num_items_in_batch=count).loss * world.size
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return all_reduce(float(loss.detach()), world) / world.size
 
 
 def train_round(task: dict[str, Any]) -> dict[str, Any]:
     started_at = time.time()
     t0 = time.perf_counter()
     spec = parse_task(TrainTask, task)
+    if spec.ranks_per_node != 1:
+        from crossfl.client import launch  # launch imports this module
+
+        ranks = launch.resolve_ranks(spec.ranks_per_node)
+        if ranks > 1:
+            return launch.train_on_local_devices(spec, ranks)
     device, entry, hit = worker_model(spec.model_path, spec.dtype, spec.torch_threads)
     with entry.lock:
         examples = load_examples(spec.data_path, entry.tokenizer, spec.model_path,
@@ -275,7 +328,8 @@ def train_round(task: dict[str, Any]) -> dict[str, Any]:
         model = entry.wrapped(spec.lora.key())
         prepare_adapter(model, spec.adapter, spec.seed)
         t1 = time.perf_counter()
-        losses = run_training(model, examples, spec, pad_id(entry.tokenizer), device)
+        steps = run_training(model, examples, spec, pad_id(entry.tokenizer), device)
+        losses = steps.losses
         t2 = time.perf_counter()
         state = get_peft_model_state_dict(model)
         blob = adapter_to_bytes(state, spec.adapter_dtype,
@@ -296,4 +350,14 @@ def train_round(task: dict[str, Any]) -> dict[str, Any]:
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "cache_hit": hit,
+        "train_tokens": steps.tokens,
+        **single_rank_telemetry(device, steps.busy_s, time.perf_counter() - t0),
     }
+
+
+def single_rank_telemetry(device: torch.device, busy_s: float, wall_s: float
+                          ) -> dict[str, Any]:
+    """The telemetry fields (crossfl.client.telemetry) of a one-process task."""
+    return {"ranks": 1, "nodes": 1, "devices_per_rank": 1, "device_type": device.type,
+            "device_names": [device_name(device)], "dist_backend": None, "sharded": False,
+            "accelerator_s": busy_s, "wall_s": wall_s}
