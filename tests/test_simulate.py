@@ -270,6 +270,22 @@ def test_min_blocks_keep_the_pilot_and_init_blocks_start_at_once() -> None:
     assert r1["started_at"] == 401.0 and r1["cache_hit"] is False and records == []
 
 
+def test_a_policy_can_keep_a_pilot_warm_from_now_on() -> None:
+    clock, records = VirtualClock(), []
+    ex = site(scenario(), clock, records=records)
+    run_one(ex, clock, task(10))  # idle from 155 s; release due at 280 s
+    clock.sleep(60.0)
+    ex.set_idle(max_idletime_s=3600.0)  # at 217 s: the timer restarts from the next poll
+    clock.sleep(600.0)
+    assert records == []
+    assert run_one(ex, clock, task(10))["cache_hit"] is True
+    ex.set_idle(max_idletime_s=0.0)
+    clock.sleep(10.0)
+    assert [r["end_reason"] for r in records] == ["idle"]
+    with pytest.raises(Exception, match="max_blocks 1 is below min_blocks 2"):
+        ex.set_idle(min_blocks=2)
+
+
 def test_walltime_kills_a_running_task_as_a_lost_manager_and_a_new_pilot_follows() -> None:
     from crossfl.server.faults import is_system_failure
 

@@ -56,6 +56,11 @@ class SimulatedSiteExecutor(Executor):
         """Mean queue wait of a pilot of this site's job shape (for a dispatch policy)."""
         return self.queue.expected_wait_s(self.nodes, self.walltime_s)
 
+    def set_idle(self, *, max_idletime_s: float | None = None, min_blocks: int | None = None) -> None:
+        """What a dispatch policy sets per site (on a real endpoint: the engine's
+        ``job_status_kwargs.max_idletime`` and the provider's ``min_blocks``)."""
+        self.sim.set_idle(max_idletime_s=max_idletime_s, min_blocks=min_blocks)
+
     def node_hours(self) -> float:
         return self.sim.node_hours()
 

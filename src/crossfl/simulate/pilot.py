@@ -305,6 +305,17 @@ class SiteSimulator:
         self._want_blocks()
 
     # -- idle release --------------------------------------------------------------------
+    def set_idle(self, *, max_idletime_s: float | None = None, min_blocks: int | None = None) -> None:
+        """Change the idle settings from now on (a dispatch policy's two levers); an idle
+        timer already running is recomputed from now."""
+        changes = {k: v for k, v in (("max_idletime_s", max_idletime_s), ("min_blocks", min_blocks))
+                   if v is not None}
+        self.pilot = type(self.pilot).model_validate({**self.pilot.model_dump(), **changes})
+        if self._release_event is not None:
+            self._release_event.cancel()
+            self._release_event = None
+        self._maybe_idle()
+
     def _maybe_idle(self) -> None:
         if (self.closed or self.pilot.mode != "pilot" or self.outstanding > 0 or self._release_event is not None
                 or len(self._active()) <= self.pilot.min_blocks):
