@@ -488,3 +488,25 @@ def test_calibration_refuses_directories_without_telemetry(tmp_path: Path) -> No
     run = write_run(tmp_path / "r", [record("a", 1.0, False, status="failed")], [])
     with pytest.raises(UserError, match="no successful task records"):
         calibrate.fit([run])
+
+
+def test_pilot_defaults_are_the_engines_and_the_kit_does_not_override_them() -> None:
+    """What the first cheap check rests on (README.md beside crossfl/simulate)."""
+    from globus_compute_endpoint.engines import GlobusComputeEngine
+
+    from crossfl.simulate.scenario import Pilot
+    from crossfl.sites import Site
+
+    engine = GlobusComputeEngine(address="127.0.0.1")
+    try:
+        kwargs = engine._job_status_kwargs
+    finally:
+        engine.executor = None  # never started: nothing to shut down
+    pilot = Pilot.engine_defaults()
+    assert (kwargs["max_idletime"], kwargs["strategy_period"], kwargs["strategy"]) == \
+        (pilot.max_idletime_s, pilot.strategy_period_s, "simple")
+    template = (ROOT / "site_templates" / "endpoint" / "user_config_template.yaml.j2").read_text()
+    assert "job_status_kwargs" not in template and "max_idletime" not in template
+    fields = Site.model_fields
+    assert (fields["init_blocks"].default, fields["min_blocks"].default, fields["max_blocks"].default) == \
+        (pilot.init_blocks, pilot.min_blocks, pilot.max_blocks)
