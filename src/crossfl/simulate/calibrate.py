@@ -13,8 +13,12 @@ Per experiment site, over the ``ok`` tasks of all runs given:
   the moments of ln(wait) (median = exp(mean), sigma = sample standard deviation).
   With fewer than ``min_samples`` cold tasks no distribution is fitted: the median of
   what there is becomes a ``fixed`` wait, marked as an assumption.
+  A site that also evaluates (the experiment's ``eval_site``) pays its cold start in
+  the baseline evaluation, which is not a task record: its training tasks may all be
+  warm (seen in the local demo), and then no wait is fitted for it.
 - speed: ``seconds_per_step`` = median of ``train_s / steps``; ``load_cold_s`` and
-  ``load_warm_s`` = medians of ``load_s`` over cold and warm tasks.
+  ``load_warm_s`` = medians of ``load_s`` over cold and warm tasks (no cold task: the
+  largest ``load_s`` seen, the first task's data and adapter setup).
 - transfer: ``down_s`` = median ``queue_s`` of warm tasks (dispatch to a running
   worker), ``up_s`` = median ``transfer_s``.
 
@@ -138,7 +142,8 @@ def fit(run_dirs: list[Path], min_samples: int = MIN_SAMPLES) -> tuple[dict[str,
         profile: dict[str, Any] = {
             "name": name, "facility": s.facility, "queue": queue_key,
             "speed": {"seconds_per_step": round(_median(s.step_s, 1.0), 6),
-                      "load_cold_s": round(_median(s.cold_load_s), 3),
+                      "load_cold_s": round(_median(s.cold_load_s) if s.cold_load_s
+                                           else max(s.warm_load_s, default=0.0), 3),
                       "load_warm_s": round(_median(s.warm_load_s), 3), "source": basis},
             "transfer": {"down_s": round(_median(s.warm_queue_s), 3), "up_s": round(_median(s.transfer_s), 3),
                          "source": basis}}
