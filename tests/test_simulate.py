@@ -505,8 +505,10 @@ def test_pilot_defaults_are_the_engines_and_the_kit_does_not_override_them() -> 
     pilot = Pilot.engine_defaults()
     assert (kwargs["max_idletime"], kwargs["strategy_period"], kwargs["strategy"]) == \
         (pilot.max_idletime_s, pilot.strategy_period_s, "simple")
-    template = (ROOT / "site_templates" / "endpoint" / "user_config_template.yaml.j2").read_text()
-    assert "job_status_kwargs" not in template and "max_idletime" not in template
+    rendering = [p for d in ("site_templates", "src/crossfl/render", "src/crossfl/schedulers")
+                 for p in (ROOT / d).rglob("*") if p.is_file() and p.suffix in (".py", ".j2", ".yaml")]
+    assert rendering and not [p for p in rendering if "job_status" in p.read_text()
+                              or "max_idletime" in p.read_text()]
     fields = Site.model_fields
     assert (fields["init_blocks"].default, fields["min_blocks"].default, fields["max_blocks"].default) == \
         (pilot.init_blocks, pilot.min_blocks, pilot.max_blocks)

@@ -25,7 +25,7 @@ from crossfl.simulate.pilot import SiteSimulator, remote_failure
 from crossfl.simulate.queues import walltime_seconds
 from crossfl.simulate.scenario import Scenario, SiteProfile
 
-DEFAULT_WALLTIME_S = 3600.0  # the site catalog's default walltime (sites.py, 01:00:00)
+DEFAULT_WALLTIME_S = 3600.0  # the site catalog default walltime (sites/schema.py: 01:00:00)
 
 
 def _payload(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

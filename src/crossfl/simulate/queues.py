@@ -35,7 +35,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from crossfl.sites import parse_walltime
+from crossfl.schedulers import parse_walltime
 
 Z90 = NormalDist().inv_cdf(0.9)  # 1.2816: the 90th percentile of a standard normal
 
