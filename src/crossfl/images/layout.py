@@ -1,4 +1,5 @@
-"""Where images live: build/images/crossfl-ARCH.{def,sif}, manifest.json; /opt/crossfl inside."""
+"""Where images live: build/images/crossfl-ARCH.{def,sif,Containerfile}, manifest.json;
+/opt/crossfl inside."""
 
 from __future__ import annotations
 
@@ -15,6 +16,15 @@ def images_dir() -> Path:
 
 def def_path(arch: str) -> Path:
     return images_dir() / f"crossfl-{arch}.def"
+
+
+def containerfile_path(arch: str) -> Path:
+    return images_dir() / f"crossfl-{arch}.Containerfile"
+
+
+def context_path(arch: str) -> Path:
+    """What %files and COPY take in: staged beside the def and the Containerfile."""
+    return images_dir() / f"crossfl-{arch}.context"
 
 
 def sif_path(arch: str) -> Path:

@@ -11,7 +11,7 @@ from typing import Any
 from crossfl import paths
 from crossfl.errors import UserError
 from crossfl.render.options import jinja_literal, user_variables, var_expr
-from crossfl.render.shell import container_options_text, setup_lines
+from crossfl.render.shell import engine_container, setup_lines
 from crossfl.schedulers.launchers import LAUNCHERS
 from crossfl.sites import Site
 
@@ -46,6 +46,7 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
     check_passthrough(site, pilot, "directives")
     launcher = LAUNCHERS[site.launcher.type]
     local = site.deploy.host is None  # an endpoint run from this checkout
+    container_type, container_cmd = engine_container(site)
     return {
         "site": site.name,
         "docs": site.docs,
@@ -68,9 +69,10 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
         "scheduler_options": pilot,
         "launcher": launcher.parsl_class,
         "launcher_fields": launcher.fields(site),
-        "container": site.container.runtime != "none",
+        "container": container_type is not None,
+        "container_type": container_type,
         "container_uri": site.image(),
-        "container_cmd_options": container_options_text(site),
+        "container_cmd_options": container_cmd,
         "user_env": site.endpoint.environment,
     }
 
