@@ -36,6 +36,7 @@ BUILD_SETTINGS = (
     BuildSetting("NO_PROXY", ("NO_PROXY", "no_proxy")),
     BuildSetting("PIP_INDEX_URL", ("PIP_INDEX_URL",)),
     BuildSetting("PIP_FIND_LINKS", ("PIP_FIND_LINKS",)),
+    BuildSetting("PIP_CERT", ("PIP_CERT",)),  # a TLS-inspecting proxy's CA bundle
     BuildSetting("PIP_RETRIES", ("PIP_RETRIES",)),
     BuildSetting("UV_PYTHON_INSTALL_MIRROR", ("UV_PYTHON_INSTALL_MIRROR",)),
 )

@@ -49,13 +49,14 @@ def check_log(arch: str = ARCH) -> Path:
 
 
 def build_settings() -> tuple[dict[str, str], list[str]]:
-    """The build arguments taken from this environment, and the local directories that
-    PIP_FIND_LINKS names (bound in read-only, as a facility's would be a URL). Where the torch
-    channel is unreachable (offline CI), pip would retry it 5 times for torch and each of its
-    dependencies: once is enough to learn that (PIP_RETRIES=1 unless set)."""
+    """The build arguments taken from this environment, and the local paths they name
+    (PIP_FIND_LINKS directories, the PIP_CERT bundle), bound in read-only for %post. Where the
+    torch channel is unreachable (offline CI), pip would retry it 5 times for torch and each of
+    its dependencies: once is enough to learn that (PIP_RETRIES=1 unless set)."""
     values = build_arg_values(os.environ)
     values.setdefault("PIP_RETRIES", "1")
     local = [p for p in values.get("PIP_FIND_LINKS", "").split() if Path(p).is_dir()]
+    local += [p for p in [values.get("PIP_CERT", "")] if p and Path(p).is_file()]
     return values, local
 
 
