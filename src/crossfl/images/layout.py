@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crossfl import paths
+
+if TYPE_CHECKING:
+    from crossfl.images.arches import ArchSpec
 
 PREFIX = "/opt/crossfl"  # the image's own tree: venv, pins, checker
 
@@ -41,3 +45,11 @@ def display_path(path: Path) -> str:
         return str(path.resolve().relative_to(paths.project_root()))
     except ValueError:
         return str(path.resolve())
+
+
+def image_paths(spec: ArchSpec) -> list[str]:
+    """What a worker needs to see from the image itself: the prefix, the venv, its Python and
+    globus-compute-endpoint, the interpreter the venv was made from, Apptainer's metadata."""
+    python = spec.python.path if spec.python.source == "base" else f"{PREFIX}/python"
+    return [PREFIX, f"{PREFIX}/venv", f"{PREFIX}/venv/bin/python",
+            f"{PREFIX}/venv/bin/globus-compute-endpoint", python, "/.singularity.d"]

@@ -11,7 +11,7 @@ from typing import Any
 from crossfl import paths
 from crossfl.errors import UserError
 from crossfl.render.options import jinja_literal, user_variables, var_expr
-from crossfl.render.shell import engine_container, setup_lines
+from crossfl.render.shell import container_options, engine_container, host_env, setup_lines
 from crossfl.schedulers.launchers import LAUNCHERS
 from crossfl.sites import Site
 
@@ -24,7 +24,30 @@ def check_passthrough(site: Site, values: list[str], what: str) -> None:
                             fix="remove the braces (use ${VAR} for environment values)")
 
 
+def check_container_mounts(site: Site) -> None:
+    """No mount of the site's (its binds, APPTAINER_BIND, Apptainer's defaults) may hide what
+    the workers need from the image (crossfl.images.layout.image_paths)."""
+    from crossfl.images import get_arch
+    from crossfl.images.layout import image_paths
+    from crossfl.images.mounts import apptainer_mounts, hides_image_path
+
+    if site.container.runtime != "apptainer":
+        return
+    mounts = apptainer_mounts(container_options(site), home="/home/user",
+                              env={**host_env(site), **site.container.env})
+    for path in image_paths(get_arch(site.arch)):
+        mount = hides_image_path(path, mounts)
+        if mount is not None:
+            raise UserError(f"{mount.why} {mount.src} (mounted at {mount.dst}) hides the image's "
+                            f"{path}: the workers' venv, Python or globus-compute-endpoint "
+                            "vanish inside the container",
+                            file=paths.sites_dir() / f"{site.name}.yaml", field="container.binds",
+                            fix="bind only the directories the job needs (e.g. /opt/cray/pe/pals,"
+                                " not /opt)")
+
+
 def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
+    check_container_mounts(site)
     sched = site.sched
     props = user_variables(site)
     var = {k: var_expr(k, p) for k, p in props.items()}
