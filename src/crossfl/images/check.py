@@ -89,6 +89,9 @@ def write_site(project: Path, rootfs: Path) -> Path:
 def run_federation(rootfs: Path, log: Path) -> dict:
     """Two sites, two rounds, every worker inside the rootfs. Returns the run directory and
     the interpreter each training task reported."""
+    import io
+    import shutil
+
     from rich.console import Console
 
     from crossfl.server.driver import run_experiment
@@ -99,12 +102,13 @@ def run_federation(rootfs: Path, log: Path) -> dict:
     source = paths.project_root()
     if not (project / "model" / "config.json").is_file():
         make_project(project, source, molecules=120, pretrain_steps=5)
+    shutil.rmtree(project / "runs", ignore_errors=True)  # the previous check's runs
     write_site(project, rootfs)
     exp_file = write_experiment(project, "image-check", rounds=2, sites=[
         {"name": "inside-a", "site": SITE}, {"name": "inside-b", "site": SITE}])
     before = os.environ.get("CROSSFL_ROOT")
     os.environ["CROSSFL_ROOT"] = str(project)
-    console = Console(width=100, record=True, quiet=True)
+    console = Console(file=io.StringIO(), width=100, record=True)
     start = time.monotonic()
     try:
         experiment, exp_path = load_experiment(exp_file)
