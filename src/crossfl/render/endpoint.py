@@ -27,15 +27,16 @@ def check_passthrough(site: Site, values: list[str], what: str) -> None:
 def check_container_mounts(site: Site) -> None:
     """No mount of the site's (its binds, APPTAINER_BIND, Apptainer's defaults) may hide what
     the workers need from the image (crossfl.images.layout.image_paths)."""
-    from crossfl.images import get_arch
-    from crossfl.images.layout import image_paths
+    from crossfl.images.arches import ARCHES_FILE, get_arch
+    from crossfl.images.layout import PREFIX, image_paths
     from crossfl.images.mounts import apptainer_mounts, hides_image_path
 
     if site.container.runtime != "apptainer":
         return
     mounts = apptainer_mounts(container_options(site), home="/home/user",
                               env={**host_env(site), **site.container.env})
-    for path in image_paths(get_arch(site.arch)):
+    known = (paths.containers_dir() / ARCHES_FILE).is_file()  # a bare catalog has no arch table
+    for path in image_paths(get_arch(site.arch)) if known else [PREFIX]:
         mount = hides_image_path(path, mounts)
         if mount is not None:
             raise UserError(f"{mount.why} {mount.src} (mounted at {mount.dst}) hides the image's "
@@ -47,7 +48,6 @@ def check_container_mounts(site: Site) -> None:
 
 
 def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
-    check_container_mounts(site)
     sched = site.sched
     props = user_variables(site)
     var = {k: var_expr(k, p) for k, p in props.items()}
@@ -67,6 +67,7 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
         mwpn = site.endpoint.max_workers_per_node or max(acc.devices_per_node, 1)
     pilot = [f"{sched.directive_prefix} {d}" for d in sched.directives(site, for_pilot=True)]
     check_passthrough(site, pilot, "directives")
+    check_container_mounts(site)
     launcher = LAUNCHERS[site.launcher.type]
     local = site.deploy.host is None  # an endpoint run from this checkout
     container_type, container_cmd = engine_container(site)
