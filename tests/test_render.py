@@ -141,10 +141,13 @@ def test_example_builds_engine_provider_launcher(rendered, name, stub_interfaces
         assert htex.available_accelerators == acc.device_ids
         assert htex.max_workers_per_node == acc.devices_per_node
     if site.container.runtime == "apptainer":
-        assert engine.container_type == "apptainer"
+        # apptainer through `custom`, to bind the engine's run directory (test_site_containers)
+        assert engine.container_type == "custom"
         assert engine.container_uri == site.image()
         flag = {"cuda": "--nv", "rocm": "--rocm"}.get(acc.vendor)
         opts = engine.container_cmd_options.split()
+        assert opts[:2] == ["apptainer", "run"] and opts[-1] == "{EXECUTOR_LAUNCH_CMD}"
+        assert opts[-3:-1] == ["{EXECUTOR_RUNDIR}", f'"{site.image()}"']
         if flag:
             assert flag in opts
         else:
@@ -297,6 +300,7 @@ def pilot_script(site_dir: Path, tmp_path: Path) -> tuple[str, str]:
     engine = render.load_user_config(text).engine
     provider = engine.executor.provider
     provider.script_dir = str(tmp_path)
+    engine.run_dir = str(tmp_path / "run")  # as GlobusComputeEngine.start() sets it
     cmd = engine.containerized_launch_cmd() if engine.container_type else engine.executor.launch_cmd
     calls = []
 
@@ -319,7 +323,8 @@ def test_pilot_job_golden(rendered, name, tmp_path, stub_interfaces):
     assert sites.lint_script(site, script) == []
     assert_golden(f"{name}/pilot.sh", script + f"\n# submitted with: {submit}\n")
     if site.container.runtime == "apptainer":
-        assert f"apptainer run {render.container_options_text(site)} {site.image()} " in script
+        assert (f"apptainer run {render.container_options_text(site)} -B <script_dir>/run "
+                f"{site.image()} globus-compute-endpoint python-exec ") in script
     launcher = {"srun": "srun", "mpiexec": "mpiexec"}[site.launcher.type]
     assert launcher in script
 

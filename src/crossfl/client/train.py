@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -349,6 +350,7 @@ def train_round(task: dict[str, Any]) -> dict[str, Any]:
         "device": str(device),
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        "python": sys.executable,  # which interpreter ran it (an image's, or the site's venv)
         "cache_hit": hit,
         "train_tokens": steps.tokens,
         **single_rank_telemetry(device, steps.busy_s, time.perf_counter() - t0),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from crossfl.images.buildenv import BUILD_SETTINGS
 from crossfl.render.shell import (
     bind_wrapper,
     command_line,
@@ -80,13 +81,18 @@ def build_context(site: Site, directives: list[str]) -> dict[str, Any] | None:
     if queue_flag and queue:
         build_directives.append(f"{queue_flag} {queue}")
     build_directives += build.directives
+    env = {**site.proxy.env(), **build.env}
     return {
         "header": sched.header(site, BatchJob(f"crossfl-build-{site.name}", 1, build.walltime,
                                               build_directives)),
         "module_use": build.module_use,
         "modules": build.modules,
-        "env": {**site.proxy.env(), **build.env},
+        "env": env,
+        # Apptainer uses these directories but does not create them (ALCF's setup: mkdir -p)
+        "make_dirs": [k for k in ("APPTAINER_TMPDIR", "APPTAINER_CACHEDIR") if k in env],
         "options": build.options,
+        # %post sees none of the host's environment: the proxies go in as build arguments
+        "build_args": [s.name for s in BUILD_SETTINGS if s.name in env],
         # crossfl.images writes the def with %files paths relative to the project root:
         # build from the directory that holds build/images/ (the site's remote root).
         "root": shell_path(site.deploy.remote_root),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,8 @@ def _result(task: dict[str, Any], adapter: bytes, started: float) -> dict[str, A
             "steps": int(task.get("local_steps", 1)),
             "timings": {"load_s": 0.0, "train_s": time.time() - started, "serialize_s": 0.0},
             "started_at": started, "finished_at": time.time(), "device": "cpu",
-            "host": socket.gethostname(), "pid": os.getpid(), "cache_hit": True}
+            "host": socket.gethostname(), "pid": os.getpid(), "python": sys.executable,
+            "cache_hit": True}
 
 
 def noop_train(task: dict[str, Any]) -> dict[str, Any]:

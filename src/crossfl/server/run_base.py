@@ -136,7 +136,7 @@ def task_record(p: Pending, received: float, started: float, result: dict[str, A
         "transfer_s": max(0.0, received - result["finished_at"]) + ser_s + ref_s,
         "task_wall_s": received - last_submit,
         "cache_hit": result.get("cache_hit"), "device": result.get("device"), "host": result.get("host"),
-        "pid": result.get("pid"),
+        "pid": result.get("pid"), "python": result.get("python"),
     })
     return record
 

@@ -127,7 +127,10 @@ class ImageBuild(StrictModel):
 
 
 class Container(StrictModel):
-    runtime: Literal["apptainer", "none"] = "none"
+    # custom: Globus Compute's `container_type: custom`; `command` is the whole launch command,
+    # with {EXECUTOR_RUNDIR} and {EXECUTOR_LAUNCH_CMD} (e.g. make image-check's bubblewrap).
+    runtime: Literal["apptainer", "custom", "none"] = "none"
+    command: str = ""
     # Image per architecture (cuda, rocm, xpu, cpu). `{{remote_root}}`, `{{site}}` and
     # `{{project_root}}` (this checkout) are replaced when rendering, in images, binds,
     # worker_init and endpoint.worker_init_default; `$HOME` etc. stay for the job's shell.
@@ -138,6 +141,21 @@ class Container(StrictModel):
     # (--nv / --rocm) is added from the accelerator vendor.
     options: list[str] = Field(default_factory=list)
     build: ImageBuild | None = None
+
+    @model_validator(mode="after")
+    def _custom_command(self) -> Container:
+        if self.runtime == "custom":
+            if "{EXECUTOR_LAUNCH_CMD}" not in self.command:
+                raise ValueError("runtime custom needs `command` with {EXECUTOR_LAUNCH_CMD} "
+                                 "(where the worker command goes)")
+            rest = self.command.replace("{EXECUTOR_LAUNCH_CMD}", "").replace(
+                "{EXECUTOR_RUNDIR}", "")
+            if "{" in rest or "}" in rest:
+                raise ValueError("`command` may hold no braces besides {EXECUTOR_RUNDIR} and "
+                                 "{EXECUTOR_LAUNCH_CMD}: Parsl formats the launch command")
+        elif self.command:
+            raise ValueError("`command` is for runtime custom only")
+        return self
 
 
 class Launcher(StrictModel):
