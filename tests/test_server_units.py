@@ -16,8 +16,9 @@ import torch
 import yaml
 from globus_compute_sdk.errors import TaskExecutionFailed
 
-from crossfl.client import transport as client_transport
+from crossfl.client import tasks
 from crossfl.client.adapter_io import adapter_to_bytes
+from crossfl.client.contract import TrainResult, TrainTask
 from crossfl.errors import UserError
 from crossfl.server import checkpoint as ckpt
 from crossfl.server.experiment import Experiment, load_experiment
@@ -26,6 +27,8 @@ from crossfl.server.flat import FlatSpec
 from crossfl.server.screening import DistanceScreen, finite_problem, layout_problem
 from crossfl.server.strategies import get_strategy
 from crossfl.server.strategies.base import Update
+from crossfl.server.plan import RunPlan, SitePlan, driver_kind
+from crossfl.server.records import AggregationRecord, ResumeRecord, TaskRecord
 from crossfl.server.telemetry import MetricsLog, live_records
 from crossfl.server.transport import GlobusMover, TransferFailed, Transport
 
@@ -166,17 +169,26 @@ def test_checkpoint_round_trip_keeps_tensors_strategy_and_rng(tmp_path: Path) ->
         ckpt.load(tmp_path)
 
 
+def task_record(rnd: int, site: str, **changes: Any) -> TaskRecord:
+    return TaskRecord(round=rnd, site=site, status="ok", submitted_at=1.0, received_at=2.0, submitted_rel_s=0.5,
+                      bytes_down=0, transport="inline", attempts=1, base_version=0, local_steps=1, **changes)
+
+
 def test_resumed_metrics_leave_out_the_unfinished_round(tmp_path: Path) -> None:
-    log = MetricsLog(tmp_path / "metrics.jsonl")
-    log.write({"kind": "task", "round": 1})
-    log.write({"kind": "round", "round": 1})
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLog(path)
+    log.write(task_record(1, "a", train_loss=0.5))
+    log.write(AggregationRecord(round=1, version=1, driver="sync", sites=["a"], elapsed_s=1.0, staleness={"a": 0}))
     position = log.position()
-    log.write({"kind": "task", "round": 2, "site": "killed"})
-    log.write({"kind": "resume", "metrics_bytes": position})
-    log.write({"kind": "task", "round": 2, "site": "again"})
-    live = live_records(tmp_path / "metrics.jsonl")
-    assert [r.get("site") for r in live if r["kind"] == "task"] == [None, "again"]
-    assert "killed" in (tmp_path / "metrics.jsonl").read_text()  # the file keeps everything
+    log.write(task_record(2, "killed"))
+    with path.open("a") as fh:
+        fh.write('{"kind": "task", "rou')  # a line a killed process cut short
+    log.write(ResumeRecord(round=1, version=1, metrics_bytes=position, at=3.0, elapsed_s=1.0))
+    log.write(task_record(2, "again"))
+    live = live_records(path)
+    assert [r.site for r in live if isinstance(r, TaskRecord)] == ["a", "again"]
+    assert live[0] == task_record(1, "a", train_loss=0.5)  # the record reads back as written
+    assert "killed" in path.read_text() and '"error"' not in path.read_text()  # unset fields stay out
 
 
 # ------------------------------------------------------------------------------ transport
@@ -187,9 +199,21 @@ def experiment(tmp_path: Path, **changes: Any) -> Experiment:
     return Experiment.model_validate(raw)
 
 
+def plan_of(exp: Experiment, here: set[str]) -> RunPlan:
+    """A plan without the checks: sites in ``here`` run on this machine."""
+    sites = {s.name: SitePlan(name=s.name, catalog=None, runs_here=s.name in here, model_path="/m",  # type: ignore[arg-type]
+                              data_path="/d", shared_dir=s.transport.shared_dir, nodes=1, user_options={})
+             for s in exp.sites}
+    return RunPlan(experiment=exp, source=Path("exp.yaml"), sites=sites, driver="sync", validation_path="/v",
+                   train_path=None)
+
+
+TASK = TrainTask(model_path="/m", data_path="/d", local_steps=1, batch_size=1, lr=0.1)
+
+
 def test_transport_mode_follows_size_and_site_settings(tmp_path: Path) -> None:
     exp = experiment(tmp_path, transport={"inline_limit_mb": 1})
-    t = Transport(exp, tmp_path / "run", {"alpha", "beta"})
+    t = Transport(plan_of(exp, {"alpha", "beta"}), tmp_path / "run")
     assert t.mode_for("alpha", 1000) == "inline"
     assert t.mode_for("alpha", 2_000_000) == "shared_fs"  # local sites share the run directory
     with pytest.raises(UserError, match="inline limit"):
@@ -232,11 +256,12 @@ def test_globus_transfer_moves_adapters_both_ways(tmp_path: Path, monkeypatch: p
                                 "mode": "globus_transfer",
                                 "globus": {"collection": site_id, "path": "/eagle/x",
                                            "local_path": str(site_root / "eagle" / "x")}}}])
-    t = Transport(exp, tmp_path / "run-1", {"alpha"}, transfer_client=lambda: fake)
+    t = Transport(plan_of(exp, {"alpha"}), tmp_path / "run-1", transfer_client=lambda: fake)
     adapter = adapter_to_bytes({"l.lora_A.weight": torch.ones(2, 2)})
-    out = t.train("far", {"local_steps": 1}, adapter, version=3)
-    assert out.mode == "globus_transfer" and out.fn is client_transport.train_round_ref
+    out = t.train("far", TASK, adapter, version=3)
+    assert out.mode == "globus_transfer" and out.fn is tasks.train_round
     assert out.payload["adapter"] is None and out.bytes_down == len(adapter)
+    assert TrainTask.from_wire(out.payload).inline_limit_bytes == 7_000_000
     assert Path(out.payload["adapter_path"]).read_bytes() == adapter  # arrived at the site
     item = fake.submitted[0]["DATA"][0]
     assert item["source_path"] == "/crossfl/run-1/global-v3.safetensors"
@@ -246,10 +271,10 @@ def test_globus_transfer_moves_adapters_both_ways(tmp_path: Path, monkeypatch: p
     result_at_site = Path(out.payload["result_path"])
     result_at_site.parent.mkdir(parents=True, exist_ok=True)
     result_at_site.write_bytes(adapter + b"")
-    incoming = t.receive("far", {"adapter": None, "adapter_path": str(result_at_site)}, out.mode)
+    incoming = t.receive("far", TrainResult.model_construct(adapter=None, adapter_path=str(result_at_site)), out.mode)
     assert incoming.adapter == adapter and incoming.bytes_up == len(adapter) and len(fake.submitted) == 2
     # the same global version goes to a site once
-    t.train("far", {"local_steps": 1}, adapter, version=3)
+    t.train("far", TASK, adapter, version=3)
     assert len(fake.submitted) == 2
     # a transfer that does not succeed is an error the driver records (and retries as a system failure)
     failing = FakeTransferClient({server_id: server_root, site_id: site_root})
@@ -280,19 +305,16 @@ def test_new_experiment_fields_validate(tmp_path: Path) -> None:
 
 
 def test_driver_follows_the_strategy_unless_told(tmp_path: Path) -> None:
-    from crossfl.server.async_driver import AsyncDriver
-    from crossfl.server.driver import RoundDriver, driver_class
-
-    assert driver_class(experiment(tmp_path)) is RoundDriver
-    assert driver_class(experiment(tmp_path, strategy={"name": "fedbuff"})) is AsyncDriver
-    assert driver_class(experiment(tmp_path, driver="async")) is AsyncDriver
+    assert driver_kind(experiment(tmp_path)) == "sync"
+    assert driver_kind(experiment(tmp_path, strategy={"name": "fedbuff"})) == "async"
+    assert driver_kind(experiment(tmp_path, driver="async")) == "async"
     with pytest.raises(UserError) as info:
-        driver_class(experiment(tmp_path, strategy={"name": "fedasync"}, driver="sync"))
+        driver_kind(experiment(tmp_path, strategy={"name": "fedasync"}, driver="sync"))
     assert info.value.field == "driver"
     with pytest.raises(UserError) as info:
-        driver_class(experiment(tmp_path, max_updates=10))
+        driver_kind(experiment(tmp_path, max_updates=10))
     assert info.value.field == "max_updates"
-    assert driver_class(experiment(tmp_path, strategy={"name": "fedbuff"}, max_updates=10)) is AsyncDriver
+    assert driver_kind(experiment(tmp_path, strategy={"name": "fedbuff"}, max_updates=10)) == "async"
 
 
 def test_cli_resume_and_report_of_a_missing_run_are_one_line(tmp_path: Path) -> None:

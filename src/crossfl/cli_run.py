@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
     def run(experiment: str = typer.Argument(..., help="experiment file, or a name in deploy/experiments/"),
             stop_after: Optional[int] = typer.Option(None, "--stop-after", min=1, help=STOP_HELP)) -> None:
         """Run an experiment: federated rounds across its sites."""
-        from crossfl.server.driver import RunFailed, RunStopped, run_experiment
+        from crossfl.server.lifecycle import RunFailed, RunStopped, run_experiment
         from crossfl.server.experiment import load_experiment
 
         exp, path = load_experiment(experiment)
@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
     def resume(run: str = typer.Argument(..., help="run directory (runs/NAME-TIMESTAMP)"),
                stop_after: Optional[int] = typer.Option(None, "--stop-after", min=1, help=STOP_HELP)) -> None:
         """Continue a killed or stopped run in its own directory from its last checkpoint."""
-        from crossfl.server.driver import RunFailed, RunStopped, resume_run
+        from crossfl.server.lifecycle import RunFailed, RunStopped, resume_run
 
         run_dir = resolve_run_dir(run)
         console = Console()

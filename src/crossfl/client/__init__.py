@@ -2,5 +2,7 @@
 site-local data, device selection and a warm per-worker model cache.
 
 This package never imports crossfl.server, crossfl.deploy, crossfl.render or crossfl.sites.
-The entry points the server submits are in ``crossfl.client.tasks``.
+The entry points the server submits are in ``crossfl.client.tasks``; what they take and return
+(the one contract both sides import) in ``crossfl.client.contract``; ``crossfl.client.probes``
+holds stand-ins for measuring and for fault tests.
 """

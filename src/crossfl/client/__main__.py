@@ -1,10 +1,11 @@
 """`python -m crossfl.client run-task TASK.json OUT.json`: one client task without an endpoint
 (the facility's direct client job, `batch/client.sh`), and the image's runscript target.
 
-TASK.json holds `{"task": "train_round" | "evaluate" | "describe", ...the task's fields}`.
-Adapters travel as files beside the JSON: `adapter_path` (a safetensors file) in the task is
-read into `adapter`; a returned `adapter` is written to `OUT.adapter.safetensors` and named
-in the result as `adapter_path`.
+TASK.json holds `{"task": "train_round" | "evaluate" | "describe", ...the task's fields}` (the
+fields of `crossfl.client.contract.TrainTask` / `EvalTask`; relative paths are taken from the
+task file's directory). Adapters travel as files beside the JSON: the task's `adapter_path` (a
+safetensors file) is read; a returned `adapter` is written to `OUT.adapter.safetensors` and
+named in the result as `adapter_path`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from crossfl.atomic import atomic_write_bytes, atomic_write_text
 from crossfl.client import tasks
 from crossfl.errors import UserError
 
+PATH_KEYS = ("model_path", "data_path", "adapter_path", "result_path")
 TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "train_round": tasks.train_round,
     "evaluate": tasks.evaluate,
@@ -39,13 +41,13 @@ def read_task(path: Path) -> tuple[str, dict[str, Any]]:
         raise UserError(f"`task` must be one of {', '.join(TASKS)}", file=path, field="task",
                         fix='e.g. {"task": "describe"}')
     name = spec.pop("task")
-    adapter_path = spec.pop("adapter_path", None)
-    if adapter_path is not None:
-        adapter_file = (path.parent / adapter_path).resolve()
-        if not adapter_file.is_file():
-            raise UserError(f"no adapter file at {adapter_file}", file=path, field="adapter_path",
-                            fix="point adapter_path at a safetensors adapter, relative to the task file")
-        spec["adapter"] = adapter_file.read_bytes()
+    for key in PATH_KEYS:  # relative paths are the task file's neighbours
+        if isinstance(spec.get(key), str):
+            spec[key] = str((path.parent / spec[key]).resolve())
+    adapter_path = spec.get("adapter_path")
+    if adapter_path is not None and not Path(adapter_path).is_file():
+        raise UserError(f"no adapter file at {adapter_path}", file=path, field="adapter_path",
+                        fix="point adapter_path at a safetensors adapter, relative to the task file")
     return name, spec
 
 

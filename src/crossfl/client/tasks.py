@@ -1,5 +1,6 @@
 """The functions the server submits to endpoints. They are serialized by reference, so they
-stay top-level here and take and return plain data (dicts of str, int, float, bytes)."""
+stay top-level here and take and return plain data (dicts of str, int, float, bytes): the
+models of ``crossfl.client.contract`` on the wire."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ from crossfl.client import train as _train
 
 
 def train_round(task: dict[str, Any]) -> dict[str, Any]:
-    """One site's local LoRA training for one round; see ``crossfl.client.train.TrainTask``."""
+    """One site's local LoRA training for one round; ``TrainTask`` in, ``TrainResult`` out."""
     return _train.train_round(task)
 
 
 def evaluate(task: dict[str, Any]) -> dict[str, Any]:
-    """Validation loss and exact match of an adapter; see ``crossfl.client.evaluate.EvalTask``."""
+    """Validation loss and exact match of an adapter; ``EvalTask`` in, ``EvalResult`` out."""
     return _evaluate.evaluate(task)
 
 
