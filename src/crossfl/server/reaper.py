@@ -115,7 +115,8 @@ def reap(run_dir: Path) -> int:
     if record is None or record.server.find() is not None:
         return 0
     count = end_recorded(record)
-    if record.watchdog is not None and (dog := record.watchdog.find()) is not None:
+    dog = record.watchdog.find() if record.watchdog is not None else None
+    if dog is not None and dog.pid != os.getpid():  # the watchdog itself reaps its run last
         end_processes([dog])
     (run_dir / RECORD).unlink(missing_ok=True)
     return count
