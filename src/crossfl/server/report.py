@@ -1,7 +1,7 @@
 """What a finished (or interrupted) run shows: plots in the run directory and summary tables.
-Everything is derived from metrics.jsonl (the records a resumed run kept, as the models of
-crossfl.server.records: telemetry.live_records), so `crossfl report RUN [RUN ...]` works on any run, and several runs
-overlay in one loss-vs-time plot.
+Everything is derived from metrics.jsonl: the records a resumed run kept, read as the models
+of crossfl.server.records (telemetry.live_records). So `crossfl report RUN [RUN ...]` works on
+any run, and several runs overlay in one loss-vs-time plot.
 
 TensorBoard and MLflow are not installed here, so the report is plain files: PNG plots and
 rich tables."""
