@@ -48,7 +48,7 @@ from crossfl.server.plan import RunPlan, plan_run
 from crossfl.server.report import print_report, write_plots
 from crossfl.server.site_executors import OpenSite, open_site
 from crossfl.server.sync_driver import RoundDriver
-from crossfl.server.transport import TaskFns, Transport
+from crossfl.server.transport import TaskFns, Transport, transfer_client_from_env
 
 __all__ = ["DRIVERS", "Interrupted", "Options", "RunFailed", "RunStopped", "resume_run", "run_experiment"]
 
@@ -298,9 +298,8 @@ def _drive(plan: RunPlan, run_dir: Path, console: Console, checkpoint: ckpt.Chec
                     console.print(f"site {name}: {h.site.catalog.name} via {h.kind} ({h.endpoint})")
                 atomic_write_text(run_dir / "site_images.json",
                                   json.dumps({n: s.image for n, s in plan.sites.items()}, indent=2))
-                transport = Transport(plan, run_dir, fns=options.fns,
-                                      **({"transfer_client": options.transfer_client} if options.transfer_client
-                                         else {}))
+                transport = Transport(plan, run_dir, options.transfer_client or transfer_client_from_env,
+                                      options.fns)
                 driver = DRIVERS[plan.driver](plan, run_dir, handles, site_data_paths(plan, run_dir), console,
                                               transport=transport, stop_after=options.stop_after)
                 if resuming:
