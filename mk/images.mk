@@ -21,5 +21,5 @@ image: setup
 image-sign: setup
 	@$(CROSSFL) image sign $(ARCH)
 
-image-check: setup
+image-check: setup data model
 	CROSSFL_IMAGE_CHECK=1 $(BIN)/python -m pytest -q -s tests/test_images.py -k image_check_builds

@@ -749,7 +749,9 @@ def test_cpu_and_cpu_debian_defs_differ_only_in_the_base(project: Path) -> None:
                     reason="slow (bootstraps Debian, installs torch + the worker stack, runs a "
                            "federation inside): `make image-check` runs it")
 def test_image_check_builds_the_rootfs_and_runs_a_federation_inside(repo_root: Path) -> None:
-    result = images.check_image("cpu-debian")
+    from crossfl.server.image_check import run_federation
+
+    result = images.check_image("cpu-debian", federation=run_federation)
     constraints = images.read_constraints()
     assert result.torch == constraints["torch"].split("+")[0] + "+cpu"
     assert result.devices["backend"] == "cpu"

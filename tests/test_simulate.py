@@ -450,7 +450,10 @@ def write_run(run_dir: Path, tasks: list[dict[str, Any]], entries: list[dict[str
 
 
 def record(site: str, queue_s: float, warm: bool, **extra: Any) -> dict[str, Any]:
+    """A task record as the driver writes it (crossfl.server.records.TaskRecord)."""
     return {"kind": "task", "status": "ok", "site": site, "round": 1, "queue_s": queue_s,
+            "submitted_at": 0.0, "received_at": 60.0, "submitted_rel_s": 0.0, "bytes_down": 0,
+            "transport": "inline", "attempts": 1, "base_version": 0, "local_steps": 20,
             "load_s": 2.0 if warm else 40.0, "train_s": 30.0, "steps": 20, "transfer_s": 3.0,
             "cache_hit": warm, **extra}
 

@@ -50,7 +50,9 @@ def sign_command(arch: Arch, key: SigningKey = None) -> None:
 def check_command(arch: Arch = "cpu-debian", federation: Federation = True) -> None:
     """Build ARCH's root filesystem here (mmdebstrap + bubblewrap; debootstrap arches), run its
     %test and %runscript, then a federation whose workers start inside it."""
-    result = images.check_image(arch, federation=federation)
+    from crossfl.server.image_check import run_federation
+
+    result = images.check_image(arch, federation=run_federation if federation else None)
     steps = ", ".join(f"{name} {sec:.0f} s" for name, sec in result.seconds.items())
     inside = sorted({t["python"] for t in result.federation.get("tasks", [])})
     typer.echo(f"{arch}: ok ({'cached rootfs; ' if result.cached else ''}{steps}); torch "

@@ -5,5 +5,7 @@ process group; ``parallel``: one rank's work; ``sharding``: FSDP2 for large base
 ``telemetry``: what the result reports about devices).
 
 This package never imports crossfl.server, crossfl.deploy, crossfl.render or crossfl.sites.
-The entry points the server submits are in ``crossfl.client.tasks``.
+The entry points the server submits are in ``crossfl.client.tasks``; what they take and return
+(the one contract both sides import) in ``crossfl.client.contract``; ``crossfl.client.probes``
+holds stand-ins for measuring and for fault tests.
 """

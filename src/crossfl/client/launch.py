@@ -33,10 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from crossfl.client import distributed
+from crossfl.client.contract import TrainResult, TrainTask
 from crossfl.client.distributed import process_group, rank_env
-from crossfl.client.parallel import check_enough_samples, train_rank
 from crossfl.client.model_cache import check_model_path
-from crossfl.client.train import TrainTask, load_records, parse_task
+from crossfl.client.parallel import check_enough_samples, train_rank
+from crossfl.client.taskfile import read_result
+from crossfl.client.train import load_records
+from crossfl.client.transport import outgoing_adapter
 from crossfl.errors import UserError
 
 
@@ -66,8 +69,6 @@ def train_on_local_devices(spec: TrainTask, ranks: int) -> dict[str, Any]:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from crossfl.client.__main__ import read_result  # the task file format's home
-
     started_at = time.time()
     t0 = time.perf_counter()
     check_model_path(spec.model_path)
@@ -90,12 +91,15 @@ def train_on_local_devices(spec: TrainTask, ranks: int) -> dict[str, Any]:
                                ) from None
         result = read_result(out_file)
     result.update(started_at=started_at, wall_s=time.perf_counter() - t0)
-    return result
+    return outgoing_adapter(spec, TrainResult.from_wire(result)).to_wire()
 
 
 def write_task_file(spec: TrainTask, folder: Path) -> tuple[Path, Path]:
-    """``spec`` as a TASK.json (adapter beside it) for ``run-task``; and the OUT.json path."""
-    fields = spec.model_dump(mode="json", exclude={"adapter"})
+    """``spec`` as a TASK.json (adapter beside it) for ``run-task``; and the OUT.json path.
+    The ranks return the adapter inline (rank 0 writes it beside OUT.json): where it goes from
+    there (``result_path``) is the launching worker's to decide."""
+    fields = spec.model_dump(mode="json", exclude={"adapter", "result_path",
+                                                    "inline_limit_bytes"})
     if spec.adapter is not None:
         (folder / "adapter.safetensors").write_bytes(spec.adapter)
         fields["adapter_path"] = "adapter.safetensors"
@@ -110,7 +114,7 @@ def write_task_file(spec: TrainTask, folder: Path) -> tuple[Path, Path]:
 def train_mpi_rank(task: dict[str, Any]) -> dict[str, Any] | None:
     """Train as one rank started by srun / mpiexec: the task's result on rank 0, None on the
     others. ``ranks_per_node`` is ignored: the launcher started the ranks."""
-    spec = parse_task(TrainTask, task)
+    spec = TrainTask.from_wire(task)
     place = rank_env()
     if place is None:
         raise UserError("no rank in this environment (no srun, mpiexec or torchrun variables)",
@@ -121,9 +125,11 @@ def train_mpi_rank(task: dict[str, Any]) -> dict[str, Any] | None:
     t0 = time.perf_counter()
     with process_group(place, distributed.device_kind()) as world:
         result = train_rank(spec, world)
-    if result is not None:
-        result.update(started_at=started_at, wall_s=time.perf_counter() - t0)
-    return result
+    if result is None:
+        return None
+    result = result.model_copy(update={"started_at": started_at,
+                                       "wall_s": time.perf_counter() - t0})
+    return outgoing_adapter(spec, result).to_wire()
 
 
 def rank_command(task_file: str, out_file: str, python: str = "python") -> str:

@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from crossfl.client.adapter_io import torch_dtype
+from crossfl.client.contract import COMPUTE_DTYPES
 from crossfl.errors import UserError
 
 MODEL_FIX = "run `make model` (or `crossfl model build-tiny --data TRAIN.jsonl --out DIR`)"
@@ -30,7 +31,7 @@ MODEL_FIX = "run `make model` (or `crossfl model build-tiny --data TRAIN.jsonl -
 
 def compute_dtype(name: str) -> torch.dtype:
     """The base model's compute dtype: float32, bfloat16 or float16."""
-    return torch_dtype(name, allowed=("float32", "bfloat16", "float16"), field="dtype")
+    return torch_dtype(name, allowed=COMPUTE_DTYPES, field="dtype")
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
-from typing import Any
 
 import torch
 from peft import get_peft_model_state_dict
@@ -24,10 +24,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from crossfl.client import model_cache, sharding
 from crossfl.client.adapter_io import LORA_METADATA_KEY, adapter_to_bytes
+from crossfl.client.contract import TrainResult, TrainTask, TrainTimings
 from crossfl.client.distributed import World, gather, hostname
 from crossfl.client.telemetry import device_name
-from crossfl.client.train import (TrainTask, load_examples, pad_id, prepare_adapter,
-                                  run_training)
+from crossfl.client.train import load_examples, lora_key, pad_id, prepare_adapter, run_training
+from crossfl.client.transport import incoming_adapter
 from crossfl.errors import UserError
 
 
@@ -45,7 +46,7 @@ def check_enough_samples(samples: int, ranks: int) -> None:
                         fix="use fewer ranks (or nodes), or give the site more data")
 
 
-def train_rank(spec: TrainTask, world: World) -> dict[str, Any] | None:
+def train_rank(spec: TrainTask, world: World) -> TrainResult | None:
     """Train this rank's share; rank 0 returns the task's result (``wall_s`` from here)."""
     started_at = time.time()
     t0 = time.perf_counter()
@@ -56,8 +57,9 @@ def train_rank(spec: TrainTask, world: World) -> dict[str, Any] | None:
     check_enough_samples(len(examples), world.size)
     holder = model_cache.CachedModel(base=base, tokenizer=tokenizer, device=torch.device("cpu"),
                                      dtype=base.dtype)
-    model = holder.wrapped(spec.lora.key())
-    prepare_adapter(model, spec.adapter, spec.seed)
+    model = holder.wrapped(lora_key(spec.lora))
+    adapter, fetch_s = incoming_adapter(spec)
+    prepare_adapter(model, adapter, spec.seed)
     sharded = sharding.decide(spec.shard, base, world)
     runner: torch.nn.Module
     if sharded:
@@ -87,27 +89,14 @@ def train_rank(spec: TrainTask, world: World) -> dict[str, Any] | None:
     losses = steps.losses
     if not all(math.isfinite(x) for x in losses):
         raise RuntimeError(f"training diverged (loss {losses[-1]}); lower lr or use float32")
-    return {
-        "adapter": blob,
-        "num_samples": len(examples),
-        "train_loss": float(sum(losses) / len(losses)),
-        "first_loss": float(losses[0]),
-        "steps": len(losses),
-        "train_tokens": steps.tokens,
-        "timings": {"load_s": t1 - t0, "train_s": t2 - t1, "serialize_s": t3 - t2},
-        "started_at": started_at,
-        "finished_at": time.time(),
-        "device": str(world.device),
-        "host": hostname(),
-        "pid": os.getpid(),
-        "cache_hit": False,
-        "ranks": world.size,
-        "nodes": len({r["host"] for r in ranks}),
-        "devices_per_rank": 1,
-        "device_type": world.device.type,
-        "device_names": [r["device"] for r in ranks],
-        "dist_backend": world.backend,
-        "sharded": sharded,
-        "accelerator_s": sum(r["busy_s"] for r in ranks),
-        "wall_s": time.perf_counter() - t0,
-    }
+    return TrainResult(
+        adapter=blob, num_samples=len(examples), train_loss=float(sum(losses) / len(losses)),
+        first_loss=float(losses[0]), steps=len(losses), train_tokens=steps.tokens,
+        timings=TrainTimings(load_s=t1 - t0, train_s=t2 - t1, serialize_s=t3 - t2,
+                             fetch_s=fetch_s),
+        started_at=started_at, finished_at=time.time(), device=str(world.device),
+        host=hostname(), pid=os.getpid(), python=sys.executable, cache_hit=False,
+        ranks=world.size, nodes=len({r["host"] for r in ranks}), devices_per_rank=1,
+        device_type=world.device.type, device_names=[r["device"] for r in ranks],
+        dist_backend=world.backend, sharded=sharded,
+        accelerator_s=sum(r["busy_s"] for r in ranks), wall_s=time.perf_counter() - t0)

@@ -15,17 +15,18 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any
 
 import torch
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from crossfl.client import model_cache
 from crossfl.client.adapter_io import LORA_METADATA_KEY, adapter_from_bytes, adapter_to_bytes
+from crossfl.client.contract import LoraSpec, TrainResult, TrainTask, TrainTimings
 from crossfl.client.device import select_device
 from crossfl.client.distributed import World, all_reduce, shard, single
 from crossfl.client.telemetry import device_name
+from crossfl.client.transport import incoming_adapter, outgoing_adapter
 from crossfl.data.smolinstruct import Record, load_jsonl
 from crossfl.errors import UserError
 
@@ -33,68 +34,11 @@ DATA_FIX = "run `make data` (or `crossfl data build-chem --out DIR`) and point d
 PROMPT_SUFFIX = "\n"
 """Appended to the instruction; the answer follows it."""
 
-ComputeDType = Literal["float32", "bfloat16", "float16"]
-WireDType = Literal["float32", "bfloat16"]
-Bytes = Annotated[bytes, Strict()]
 
-
-class LoraSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    r: int = Field(8, ge=1)
-    alpha: float = Field(16.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: tuple[str, ...] = Field(("q_proj", "v_proj"), min_length=1)
-
-    def key(self) -> model_cache.LoraKey:
-        return model_cache.LoraKey(self.r, float(self.alpha), float(self.dropout),
-                                   tuple(sorted(self.target_modules)))
-
-
-class TrainTask(BaseModel):
-    """What the server sends for one site and one round (plain data only)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model_path: str = Field(min_length=1)
-    data_path: str = Field(min_length=1)
-    adapter: Bytes | None = None
-    local_steps: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
-    lr: float = Field(gt=0)
-    max_length: int = Field(128, ge=8)
-    lora: LoraSpec = LoraSpec()
-    dtype: ComputeDType = "float32"
-    adapter_dtype: WireDType = "float32"
-    seed: int = 0
-    round: int = Field(0, ge=0)
-    torch_threads: int | None = Field(None, ge=1)
-    max_samples: int | None = Field(None, ge=1)
-    # Multi-rank training (issue 11; the lead moves these into the contract module).
-    # ranks_per_node: processes this task starts on its worker, one per device ("auto": every
-    # device the worker sees, 1 on cpu); 1 is the single-process path. batch_size is per rank:
-    # a global batch holds batch_size x ranks examples. A task started by an MPI launcher
-    # (`run-task --distributed`) takes its ranks from the launcher instead.
-    ranks_per_node: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
-    # shard: FSDP2-shard the frozen base model across the ranks; "auto" shards when it takes
-    # more than half of one rank's device memory (crossfl.client.sharding.should_shard).
-    shard: Literal["auto", "never", "always"] = "auto"
-
-
-T = TypeVar("T", bound=BaseModel)
-
-
-def parse_task(schema: type[T], task: Any) -> T:
-    """Validate a task dict; any bad field becomes one UserError naming the field."""
-    if not isinstance(task, dict):
-        raise UserError(f"a task must be a dict, got {type(task).__name__}")
-    try:
-        return schema.model_validate(task)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "task"
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise UserError(f"{first['msg']}{more}", field=f"{schema.__name__}.{where}") from None
+def lora_key(spec: LoraSpec) -> model_cache.LoraKey:
+    """The model cache's key for a LoRA config."""
+    return model_cache.LoraKey(spec.r, float(spec.alpha), float(spec.dropout),
+                               tuple(sorted(spec.target_modules)))
 
 
 # ---------------------------------------------------------------- data
@@ -313,21 +257,17 @@ def distributed_step(model: torch.nn.Module, opt: torch.optim.Optimizer,
 
 
 def train_round(task: dict[str, Any]) -> dict[str, Any]:
+    """One round of local training: a ``TrainTask`` in, a ``TrainResult`` out (as plain data)."""
     started_at = time.time()
     t0 = time.perf_counter()
-    spec = parse_task(TrainTask, task)
-    if spec.ranks_per_node != 1:
-        from crossfl.client import launch  # launch imports this module
-
-        ranks = launch.resolve_ranks(spec.ranks_per_node)
-        if ranks > 1:
-            return launch.train_on_local_devices(spec, ranks)
+    spec = TrainTask.from_wire(task)
+    adapter, fetch_s = incoming_adapter(spec)
     device, entry, hit = worker_model(spec.model_path, spec.dtype, spec.torch_threads)
     with entry.lock:
         examples = load_examples(spec.data_path, entry.tokenizer, spec.model_path,
                                  spec.max_length, spec.max_samples)
-        model = entry.wrapped(spec.lora.key())
-        prepare_adapter(model, spec.adapter, spec.seed)
+        model = entry.wrapped(lora_key(spec.lora))
+        prepare_adapter(model, adapter, spec.seed)
         t1 = time.perf_counter()
         steps = run_training(model, examples, spec, pad_id(entry.tokenizer), device)
         losses = steps.losses
@@ -338,23 +278,14 @@ def train_round(task: dict[str, Any]) -> dict[str, Any]:
     t3 = time.perf_counter()
     if not all(math.isfinite(x) for x in losses):
         raise RuntimeError(f"training diverged (loss {losses[-1]}); lower lr or use float32")
-    return {
-        "adapter": blob,
-        "num_samples": len(examples),
-        "train_loss": float(sum(losses) / len(losses)),
-        "first_loss": float(losses[0]),
-        "steps": len(losses),
-        "timings": {"load_s": t1 - t0, "train_s": t2 - t1, "serialize_s": t3 - t2},
-        "started_at": started_at,
-        "finished_at": time.time(),
-        "device": str(device),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "python": sys.executable,  # which interpreter ran it (an image's, or the site's venv)
-        "cache_hit": hit,
-        "train_tokens": steps.tokens,
-        **single_rank_telemetry(device, steps.busy_s, time.perf_counter() - t0),
-    }
+    result = TrainResult(
+        adapter=blob, num_samples=len(examples), train_loss=float(sum(losses) / len(losses)),
+        first_loss=float(losses[0]), steps=len(losses), train_tokens=steps.tokens,
+        timings=TrainTimings(load_s=t1 - t0, train_s=t2 - t1, serialize_s=t3 - t2, fetch_s=fetch_s),
+        started_at=started_at, finished_at=time.time(), device=str(device),
+        host=socket.gethostname(), pid=os.getpid(), python=sys.executable, cache_hit=hit,
+        **single_rank_telemetry(device, steps.busy_s, time.perf_counter() - t0))
+    return outgoing_adapter(spec, result).to_wire()
 
 
 def single_rank_telemetry(device: torch.device, busy_s: float, wall_s: float

@@ -5,7 +5,8 @@
    settings reach %post as build arguments, as they would at a facility (PIP_FIND_LINKS: its
    local directories are bound in read-only for the build).
 2. `apptainer test` and `apptainer run IMAGE globus-compute-endpoint version` in it.
-3. A two-site federation (the kit's own driver and engines, tiny model, two rounds) whose site
+3. A two-site federation (crossfl.server.image_check: the kit's own driver and engines, the
+   demo data and tiny model, two rounds) whose site
    is `container.runtime: custom` with a bubblewrap command in the place of `apptainer run`:
    Globus Compute's engine starts every worker inside the rootfs, and each training result
    names the interpreter that ran it.
@@ -16,13 +17,12 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel
 
-from crossfl import paths
 from crossfl.errors import UserError
 from crossfl.images.buildenv import build_arg_values
 from crossfl.images.layout import PREFIX, images_dir
@@ -60,15 +60,16 @@ def build_settings() -> tuple[dict[str, str], list[str]]:
     return values, local
 
 
-def site_command(rootfs: Path, project: Path) -> str:
-    """The engine's worker launch: bubblewrap where the facility has `apptainer run`, with the
-    project (model, data, run directories) and the engine's run directory bound in."""
-    mount_points(rootfs, [str(project)])
-    return (f"{shlex.join(bwrap_run(rootfs, [str(project)]))} --bind {{EXECUTOR_RUNDIR}} "
+def site_command(rootfs: Path, binds: list[str]) -> str:
+    """The engine's worker launch: bubblewrap where the facility has `apptainer run`, with
+    `binds` (the project's run directories, the model and the data) and the engine's run
+    directory bound in."""
+    mount_points(rootfs, binds)
+    return (f"{shlex.join(bwrap_run(rootfs, binds))} --bind {{EXECUTOR_RUNDIR}} "
             f"{{EXECUTOR_RUNDIR}} /.singularity.d/actions/run {{EXECUTOR_LAUNCH_CMD}}")
 
 
-def write_site(project: Path, rootfs: Path) -> Path:
+def write_site(project: Path, rootfs: Path, binds: list[str]) -> Path:
     site = {
         "name": SITE,
         "description": "this machine; the engine's workers start inside the cpu-debian root "
@@ -76,7 +77,7 @@ def write_site(project: Path, rootfs: Path) -> Path:
         "scheduler": "local",
         "accelerator": {"vendor": "none", "devices_per_node": 0},
         "container": {"runtime": "custom", "images": {"cpu": str(rootfs)},
-                      "command": site_command(rootfs, project)},
+                      "command": site_command(rootfs, binds)},
         "launcher": {"type": "single"},
         "endpoint": {"mode": "single-user", "display_name": f"crossfl {SITE}",
                      "encrypted": True, "max_workers_per_node": 1},
@@ -86,50 +87,12 @@ def write_site(project: Path, rootfs: Path) -> Path:
     return path
 
 
-def run_federation(rootfs: Path, log: Path) -> dict:
-    """Two sites, two rounds, every worker inside the rootfs. Returns the run directory and
-    the interpreter each training task reported."""
-    import io
-    import shutil
-
-    from rich.console import Console
-
-    from crossfl.server.driver import run_experiment
-    from crossfl.server.experiment import load_experiment
-    from crossfl.server.scratch_project import make_project, write_experiment
-
-    project = images_dir() / "image-check-project"
-    source = paths.project_root()
-    if not (project / "model" / "config.json").is_file():
-        make_project(project, source, molecules=120, pretrain_steps=5)
-    shutil.rmtree(project / "runs", ignore_errors=True)  # the previous check's runs
-    write_site(project, rootfs)
-    exp_file = write_experiment(project, "image-check", rounds=2, sites=[
-        {"name": "inside-a", "site": SITE}, {"name": "inside-b", "site": SITE}])
-    before = os.environ.get("CROSSFL_ROOT")
-    os.environ["CROSSFL_ROOT"] = str(project)
-    console = Console(file=io.StringIO(), width=100, record=True)
-    start = time.monotonic()
-    try:
-        experiment, exp_path = load_experiment(exp_file)
-        run_dir = run_experiment(experiment, exp_path, console)
-    finally:
-        if before is None:
-            os.environ.pop("CROSSFL_ROOT", None)
-        else:
-            os.environ["CROSSFL_ROOT"] = before
-        with log.open("a") as handle:
-            handle.write(f"==== federation\n{console.export_text()}\n")
-    seconds = time.monotonic() - start
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    tasks = [r for r in records if r.get("kind") == "task"]
-    return {"run_dir": str(run_dir), "seconds": seconds,
-            "tasks": [{k: t.get(k) for k in ("round", "site", "status", "python", "host")}
-                      for t in tasks],
-            "rounds": [r for r in records if r.get("kind") == "round"]}
+Federation = Callable[[Path, Path], dict]
+"""A run whose workers start inside the rootfs: (rootfs, log) -> what it recorded
+(crossfl.server.image_check.run_federation; the server package imports this one)."""
 
 
-def check_image(arch: str = ARCH, *, federation: bool = True) -> ImageCheck:
+def check_image(arch: str = ARCH, *, federation: Federation | None = None) -> ImageCheck:
     log = check_log(arch)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
@@ -144,8 +107,8 @@ def check_image(arch: str = ARCH, *, federation: bool = True) -> ImageCheck:
     if want not in out:
         raise UserError(f"%runscript did not hand `globus-compute-endpoint version` to the worker "
                         f"command (expected {want} in its output)", file=log)
-    result = run_federation(rootfs.path, log) if federation else {}
-    if federation:
+    result = federation(rootfs.path, log) if federation is not None else {}
+    if federation is not None:
         seconds["federation"] = result["seconds"]
     return ImageCheck(arch=arch, rootfs=str(rootfs.path), cached=rootfs.cached, seconds=seconds,
                       torch=str(devices.get("torch", "")), devices=devices, federation=result)

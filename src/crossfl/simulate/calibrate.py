@@ -38,7 +38,8 @@ import yaml
 
 from crossfl.atomic import atomic_write_text
 from crossfl.errors import UserError
-from crossfl.server.telemetry import live_records
+from crossfl.server.records import TaskRecord
+from crossfl.server.telemetry import live_records, of_kind
 from crossfl.simulate.scenario import Scenario
 
 MIN_SAMPLES = 5
@@ -84,10 +85,10 @@ def collect(run_dirs: list[Path]) -> dict[str, SiteSamples]:
             raise UserError("no metrics.jsonl in this directory", file=run_dir,
                             fix="pass run directories made by `crossfl run` (runs/NAME-STAMP)")
         entries = _entries(run_dir)
-        for rec in live_records(metrics):
-            if rec.get("kind") != "task" or rec.get("status") != "ok":
+        for rec in of_kind(live_records(metrics), TaskRecord):
+            if rec.status != "ok":
                 continue
-            site = str(rec["site"])
+            site = rec.site
             entry = entries.get(site, {})
             opts = entry.get("user_options") or {}
             s = samples.setdefault(site, SiteSamples(
@@ -96,14 +97,14 @@ def collect(run_dirs: list[Path]) -> dict[str, SiteSamples]:
             s.walltime = s.walltime or opts.get("walltime")
             s.nodes = s.nodes or entry.get("nodes") or opts.get("nodes_per_block")
             s.tasks += 1
-            warm = rec.get("cache_hit") is True
-            (s.warm_queue_s if warm else s.cold_queue_s).append(float(rec.get("queue_s") or 0.0))
-            (s.warm_load_s if warm else s.cold_load_s).append(float(rec.get("load_s") or 0.0))
-            steps = rec.get("steps") or rec.get("local_steps")
-            if steps and rec.get("train_s") is not None:
-                s.step_s.append(float(rec["train_s"]) / int(steps))
-            if rec.get("transfer_s") is not None:
-                s.transfer_s.append(float(rec["transfer_s"]))
+            warm = rec.cache_hit is True
+            (s.warm_queue_s if warm else s.cold_queue_s).append(float(rec.queue_s or 0.0))
+            (s.warm_load_s if warm else s.cold_load_s).append(float(rec.load_s or 0.0))
+            steps = rec.steps or rec.local_steps
+            if steps and rec.train_s is not None:
+                s.step_s.append(float(rec.train_s) / int(steps))
+            if rec.transfer_s is not None:
+                s.transfer_s.append(float(rec.transfer_s))
     return samples
 
 
