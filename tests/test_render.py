@@ -330,7 +330,8 @@ def test_batch_scripts_golden_and_shellcheck(rendered, name):
     batch = rendered[name] / "batch"
     names = sorted(p.name for p in batch.iterdir())
     expected = ["client.sh", "smoke.sh"]
-    if site.container.build is not None and site.container.build.on_compute_node:
+    on_node = site.container.build is not None and site.container.build.on_compute_node
+    if on_node or site.container.image_source.method == "build":
         expected = ["build_image.sh", *expected]
     assert names == expected
     for script in sorted(batch.iterdir()):
