@@ -81,12 +81,18 @@ class Deployment:
 
 def resolve_remote(path: str, info: gce.LoginInfo, raw_root: str) -> str:
     """A site path with $HOME/~ or the unresolved remote_root replaced by login-node values."""
+    return resolve_path(path, info.home, info.root, raw_root)
+
+
+def resolve_path(path: str, home: str, root: str, raw_root: str) -> str:
+    """`path` with the unresolved remote_root `raw_root` replaced by `root` and $HOME/~ by
+    `home` (the login node's answers)."""
     root_expr = raw_root.replace("~/", "$HOME/", 1)
-    if path.startswith(root_expr):
-        path = info.root + path[len(root_expr):]
+    if root and path.startswith(root_expr):
+        path = root + path[len(root_expr):]
     if path.startswith("~/"):
         path = "$HOME/" + path[2:]
-    return path.replace("$HOME", info.home).replace("${HOME}", info.home)
+    return path.replace("${HOME}", home).replace("$HOME", home)
 
 
 def layout(d: Deployment) -> None:

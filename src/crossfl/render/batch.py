@@ -68,6 +68,12 @@ def batch_context(site: Site) -> dict[str, Any]:
     }
 
 
+def build_only_context(site: Site) -> dict[str, Any]:
+    """What build_image.sh needs on a site without batch jobs (a login-node build only)."""
+    return {"site": site.name, "submit": None, "job_start": [],
+            "build": build_context(site, [])}
+
+
 def build_context(site: Site, directives: list[str]) -> dict[str, Any] | None:
     """The on-site image build: a batch job where the facility builds on a compute node, the
     same script run with bash on the login node where the site builds its image there."""
@@ -87,7 +93,8 @@ def build_context(site: Site, directives: list[str]) -> dict[str, Any] | None:
     build_directives += build.directives
     return {
         "header": sched.header(site, BatchJob(f"crossfl-build-{site.name}", 1, build.walltime,
-                                              build_directives)),
+                                              build_directives))
+        if sched.batch else ["#!/bin/bash"],
         "on_compute_node": build.on_compute_node,
         "module_use": build.module_use,
         "modules": build.modules,

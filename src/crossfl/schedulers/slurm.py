@@ -86,6 +86,11 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
+def _said(text: str, limit: int = 160) -> str:
+    """What a command printed, on one line."""
+    return " ".join(ln.strip() for ln in text.strip().splitlines() if ln.strip())[:limit]
+
+
 @register
 class Slurm(Scheduler):
     name = "slurm"
@@ -139,7 +144,7 @@ class Slurm(Scheduler):
     def parse_account(self, account: str | None, text: str, rc: int) -> AccountCheck:
         if rc != 0:
             return AccountCheck(None, f"sacctmgr cannot tell (no accounting here?): "
-                                      f"{_last_line(text) or f'exit status {rc}'}")
+                                      f"{_said(text) or f'exit status {rc}'}")
         mine = sorted({ln.strip() for ln in text.splitlines() if ln.strip()})
         if not mine:
             return AccountCheck(None, "sacctmgr lists no account for you")
@@ -174,7 +179,7 @@ class Slurm(Scheduler):
     def _parse_qos(self, name: str, text: str, rc: int) -> QueueLimits:
         if rc != 0:
             return QueueLimits(name, found=None, shown=f"sacctmgr cannot tell: "
-                                                       f"{_last_line(text) or rc}")
+                                                       f"{_said(text) or rc}")
         rows = [ln.split("|") for ln in text.strip().splitlines() if "|" in ln]
         row = next((r for r in rows if r[0] == name), None)
         if row is None or len(row) < 4:
@@ -203,7 +208,9 @@ class Slurm(Scheduler):
         if "JobState" in w:
             state, code = w["JobState"], w.get("ExitCode", "")
             reason = w.get("Reason", "None")
-            detail = f"ExitCode={code}" + (f" Reason={reason}" if reason != "None" else "")
+            detail = f"Reason={reason}" if reason != "None" else ""
+            if state not in ACTIVE_STATES:
+                detail = f"ExitCode={code}" + (f" {detail}" if detail else "")
         else:
             row = next((ln.strip().split("|") for ln in text.splitlines()
                         if re.fullmatch(r"[A-Z_]+( by \d+)?\|\d+:\d+", ln.strip())), None)
