@@ -143,8 +143,11 @@ def site_status(name: str, *, dry_run: bool = False,
         if state.last_error:
             rows["last error"] = state.last_error
         rows["bundle"] = (state.bundle_sha256 or "-")[:12]
-        rows["image"] = (f"{state.image.remote_path} sha256:{state.image.sha256[:12]}"
-                         if state.image else "-")
+        rows["image"] = (f"{state.image.remote_path} sha256:{state.image.sha256[:12]} "
+                         f"({state.image.source})" if state.image else "-")
+        if state.image_build:
+            rows["image build"] = (f"{state.image_build.where} job {state.image_build.job_id} "
+                                   f"not verified yet; output: {state.image_build.output}")
     else:
         rows["phase (recorded)"] = "never deployed"
     _print_rows(console, rows)

@@ -185,7 +185,8 @@ class PbsPro(Scheduler):
         keys = ("resources_max.walltime", "resources_max.nodect", "resources_min.nodect")
         shown = " ".join(f"{k.replace('resources_', '')}={attrs.get(k, '-')}" for k in keys)
         if attrs.get("queue_type", "").lower().startswith("route"):
-            shown += f" (routes to {attrs.get('route_destinations', '?')})"
+            routes = ", ".join(attrs.get("route_destinations", "?").split(","))
+            shown += f" (routes to {routes})"
         return QueueLimits(name, found=True,
                            max_walltime=parse_pbs_time(attrs.get("resources_max.walltime", "")),
                            max_nodes=_int(attrs.get("resources_max.nodect")),
