@@ -79,7 +79,7 @@ def test_frontier_dry_run_on_a_fresh_clone_prints_the_whole_plan(fresh_clone: Pa
     # node, its wait, the verification, then the endpoint
     order = [at("bundle/endpoint/config.yaml"), at("crossfl-rocm.build.tar.part"),
              at("tar -xf crossfl-rocm.build.tar"),
-             at("setsid nohup bash -c 'bash \"$HOME\"/.crossfl/frontier/bundle/batch/"
+             at("nohup bash -c 'bash \"$HOME\"/.crossfl/frontier/bundle/batch/"
                 "build_image.sh"), at("wait for the image build"),
              at("apptainer inspect --labels --json"), at("sha256sum \"$HOME\"/.crossfl/frontier"
                                                          "/images/crossfl-rocm.sif"),
@@ -227,6 +227,26 @@ def test_build_on_the_login_node_then_unchanged(project: Path, tmp_path: Path) -
     code, out = run_cli("deploy", SITE, "--no-start")
     assert code == 0 and "nothing changed" in out, out
     assert fake_apptainer.calls(tmp_path / "fakebin", "build") == 1
+    # a commit that changes nothing the image is made of: still nothing to do
+    commit(project, "docs/notes.md", "notes\n")
+    code, out = run_cli("deploy", SITE, "--no-start")
+    assert code == 0 and "nothing changed" in out, out
+    assert fake_apptainer.calls(tmp_path / "fakebin", "build") == 1
+    # a change to the package the image carries: built again, from the new commit
+    commit(project, "src/crossfl/_marker.py", "MARK = 1\n")
+    code, out = run_cli("deploy", SITE, "--no-start")
+    assert code == 0 and "image (build)" in out, out
+    assert fake_apptainer.calls(tmp_path / "fakebin", "build") == 2
+    assert state(project)["image"]["labels"]["org.crossfl.git-commit"] == head(project)
+
+
+def commit(root: Path, rel: str, text: str) -> None:
+    import subprocess
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    (root / rel).write_text(text)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "add", rel], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", rel], cwd=root, check=True)
 
 
 def test_failed_build_says_where_its_output_is(project: Path, tmp_path: Path) -> None:

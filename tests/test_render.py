@@ -42,6 +42,7 @@ VALID_OPTS = {
     "aurora": {"account": "P1", "queue": "prod", "walltime": "02:00:00", "max_blocks": 2},
     "perlmutter": {"account": "m1_g", "qos": "shared", "walltime": "04:00:00"},
     "local-slurm": {"walltime": "00:05:00", "worker_init": "echo ready"},
+    "local-slurm-ssh": {"walltime": "00:05:00", "worker_init": "echo ready"},
     "local": {"max_workers_per_node": 2, "worker_init": "export A=1"},
 }
 

@@ -108,6 +108,12 @@ def place(d: Deployment) -> None:
     from crossfl.deploy.steps import resolve_remote
     dest = resolve_remote(raw, d.info, site.deploy.remote_root)
     src = site.container.image_source
+    if site.container.runtime != "apptainer":
+        raise UserError(f"site {site.name} runs {site.container.runtime} images; `crossfl "
+                        f"deploy` places Apptainer images only so far",
+                        field="container.runtime",
+                        fix=f"put the image in place there by hand ({raw}), or use "
+                            "container.runtime: apptainer")
     d.remote.run(f"mkdir -p {q(dest.rsplit('/', 1)[0])}")
     if src.method == "upload":
         _upload(d, dest)
@@ -241,11 +247,15 @@ def _pull(d: Deployment, dest: str, ref: str) -> None:
 
 def build_inputs(arch: str) -> tuple[Path, str]:
     """Render the def file and its context here; pack both into one tar file for the site.
-    Returns (tar file, build key: sha256 of the def file and the context's manifest)."""
+    Returns (tar file, build key). The key is the sha256 of the def file without its
+    git-commit label and of the context's manifest: what the image is made of, so a commit
+    that changes neither (docs, tests) does not rebuild a 10-20 GB image."""
     from crossfl.images import render_def
     definition = render_def(arch)
     context = definition.with_suffix(".context")
-    key = hashlib.sha256(definition.read_bytes() + tree_manifest(context).encode()).hexdigest()
+    recipe = "".join(line for line in definition.read_text().splitlines(keepends=True)
+                     if LABEL_COMMIT not in line)
+    key = hashlib.sha256(recipe.encode() + tree_manifest(context).encode()).hexdigest()
     tar = definition.with_suffix(".build.tar")
     with tarfile.open(tar, "w") as out:
         for path in [definition, *sorted(p for p in context.rglob("*") if p.is_file())]:

@@ -57,13 +57,14 @@ def submit(remote: Remote, sched: Scheduler, script: str, cwd: str, job_name: st
 
 
 def start_login(remote: Remote, script: str, cwd: str, name: str, what: str) -> Job:
-    """Start `bash script` on the login node, detached from the SSH session; its output goes
-    to `cwd/name.log` and its exit status to `cwd/name.rc`."""
+    """Start `bash script` on the login node, detached from the SSH session (nohup: the
+    session's end does not stop it); its output goes to `cwd/name.log` and its exit status to
+    `cwd/name.rc`. `$!` is the process to follow (nohup execs bash in place)."""
     log, rc = f"{cwd}/{name}.log", f"{cwd}/{name}.rc"
     inner = f"bash {q(script)}; echo $? > {q(rc)}"
     res = remote.run(
         f"mkdir -p {q(cwd)} && cd {q(cwd)} && rm -f {q(rc)} && "
-        f"{{ setsid nohup bash -c {shlex.quote(inner)} > {q(log)} 2>&1 < /dev/null & }} && "
+        f"{{ nohup bash -c {shlex.quote(inner)} > {q(log)} 2>&1 < /dev/null & }} && "
         f"echo CROSSFL_PID=$! && echo CROSSFL_HOST=$(hostname)",
         label=f"start the {what} on the login node (bash {script})")
     m = res.markers()
