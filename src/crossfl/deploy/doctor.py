@@ -53,8 +53,6 @@ WIDTH = 80
 NAME_W = 15
 STATUS_W = 4
 VERSIONED = ("parsl", "dill", "globus-compute-endpoint", "globus-compute-sdk")
-DEVICE_ENV = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
-              "ZE_AFFINITY_MASK")
 
 
 @dataclass(frozen=True)
