@@ -42,6 +42,7 @@ VALID_OPTS = {
     "aurora": {"account": "P1", "queue": "prod", "walltime": "02:00:00", "max_blocks": 2},
     "perlmutter": {"account": "m1_g", "qos": "shared", "walltime": "04:00:00"},
     "local-slurm": {"walltime": "00:05:00", "worker_init": "echo ready"},
+    "local-slurm-ssh": {"walltime": "00:05:00", "worker_init": "echo ready"},
     "local": {"max_workers_per_node": 2, "worker_init": "export A=1"},
 }
 
@@ -335,7 +336,8 @@ def test_batch_scripts_golden_and_shellcheck(rendered, name):
     batch = rendered[name] / "batch"
     names = sorted(p.name for p in batch.iterdir())
     expected = ["client.sh", "smoke.sh"]
-    if site.container.build is not None and site.container.build.on_compute_node:
+    on_node = site.container.build is not None and site.container.build.on_compute_node
+    if on_node or site.container.image_source.method == "build":
         expected = ["build_image.sh", *expected]
     assert names == expected
     for script in sorted(batch.iterdir()):

@@ -10,6 +10,17 @@ import torch
 from crossfl.errors import UserError
 
 ENV_VAR = "CROSSFL_DEVICE"
+# Where a batch rank learns its index, and the variables that decide which devices it sees
+# (Slurm srun; PALS mpiexec on Aurora/Polaris; PMI; Open MPI).
+RANK_ENV = ("SLURM_PROCID", "PALS_RANKID", "PMI_RANK", "OMPI_COMM_WORLD_RANK")
+LOCAL_RANK_ENV = ("SLURM_LOCALID", "PALS_LOCAL_RANKID", "PMI_LOCAL_RANK",
+                  "OMPI_COMM_WORLD_LOCAL_RANK")
+DEVICE_ENV = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
+              "ZE_AFFINITY_MASK", "ZE_FLAT_DEVICE_HIERARCHY")
+
+
+def _first_env(names: tuple[str, ...]) -> str | None:
+    return next((os.environ[n] for n in names if os.environ.get(n) is not None), None)
 
 
 def _xpu_available() -> bool:
@@ -81,4 +92,7 @@ def describe_devices() -> dict[str, object]:
         "threads": torch.get_num_threads(),
         "override": os.environ.get(ENV_VAR) or None,
         "host": platform.node(),
+        "rank": _first_env(RANK_ENV),
+        "local_rank": _first_env(LOCAL_RANK_ENV),
+        "visible": {n: os.environ[n] for n in DEVICE_ENV if n in os.environ},
     }

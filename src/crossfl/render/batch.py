@@ -1,6 +1,7 @@
 """What the batch templates place (site_templates/batch/): the smoke test, the direct client
-job and, where the facility builds images on a compute node, the image build. Headers and
-directives come from the site's scheduler, launcher lines from its launcher."""
+job and, where the image is built at the facility (on a compute node, or on the login node:
+`container.image_source.method: build`), the image build. Headers and directives come from
+the site's scheduler, launcher lines from its launcher."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from crossfl.render.shell import (
 )
 from crossfl.schedulers import BatchJob, parse_walltime
 from crossfl.schedulers.launchers import LAUNCHERS
-from crossfl.sites import Site, image_arch
+from crossfl.sites import ImageBuild, Site, image_arch
 
 CLIENT_MODULE_CMD = "python -m crossfl.client run-task"
 DESCRIBE_DEVICES_CMD = ("python -c 'import json; from crossfl.client.device import "
@@ -68,11 +69,21 @@ def batch_context(site: Site) -> dict[str, Any]:
     }
 
 
+def build_only_context(site: Site) -> dict[str, Any]:
+    """What build_image.sh needs on a site without batch jobs (a login-node build only)."""
+    return {"site": site.name, "submit": None, "job_start": [],
+            "build": build_context(site, [])}
+
+
 def build_context(site: Site, directives: list[str]) -> dict[str, Any] | None:
-    """The on-site image build job, where the facility builds on a compute node."""
+    """The on-site image build: a batch job where the facility builds on a compute node, the
+    same script run with bash on the login node where the site builds its image there."""
     build = site.container.build
-    if site.container.runtime != "apptainer" or build is None or not build.on_compute_node:
+    on_site = site.container.image_source.method == "build"
+    if site.container.runtime != "apptainer" or not (
+            on_site or (build is not None and build.on_compute_node)):
         return None
+    build = build or ImageBuild()
     sched = site.sched
     queue_flag = sched.named_flags.get("queue")
     queue = build.queue or site.queue
@@ -84,7 +95,9 @@ def build_context(site: Site, directives: list[str]) -> dict[str, Any] | None:
     env = {**site.proxy.env(), **build.env}
     return {
         "header": sched.header(site, BatchJob(f"crossfl-build-{site.name}", 1, build.walltime,
-                                              build_directives)),
+                                              build_directives))
+        if sched.batch else ["#!/bin/bash"],
+        "on_compute_node": build.on_compute_node,
         "module_use": build.module_use,
         "modules": build.modules,
         "env": env,

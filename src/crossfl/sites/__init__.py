@@ -19,6 +19,7 @@ from crossfl.sites.schema import (
                                   Deploy,
                                   Endpoint,
                                   ImageBuild,
+                                  ImageSource,
                                   Launcher,
                                   Proxy,
                                   Queue,
@@ -27,5 +28,5 @@ from crossfl.sites.schema import (
 )
 
 __all__ = ["VISIBLE_DEVICES_ENV", "Accelerator", "Container", "Deploy", "Endpoint", "ImageBuild",
-           "Launcher", "Proxy", "Queue", "Site", "image_arch", "lint_script", "list_sites",
-           "load_site", "overrides_path", "parse_walltime"]
+           "ImageSource", "Launcher", "Proxy", "Queue", "Site", "image_arch", "lint_script",
+           "list_sites", "load_site", "overrides_path", "parse_walltime"]

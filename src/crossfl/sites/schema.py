@@ -126,6 +126,41 @@ class ImageBuild(StrictModel):
     queue: str | None = None
 
 
+# A registry reference pinned by digest: what `image_source.ref` must be (a tag can move).
+DIGEST_REF = re.compile(r"^(oras|docker)://[^\s@]+@sha256:[0-9a-f]{64}$")
+
+
+class ImageSource(StrictModel):
+    """Where `crossfl deploy` gets the site's image from (the image then lives at the path in
+    `images`, on the project filesystem). A 10-20 GB image is not uploaded from a laptop:
+    build: on the facility, on the login node, or as the batch build job (batch/build_image.sh)
+      where `build.on_compute_node` says the facility builds on compute nodes; verified by the
+      image's labels (git commit, pins) and its sha256 recorded;
+    pull: `apptainer pull` of `ref`, a registry reference pinned by digest
+      (oras://HOST/REPO@sha256:<64 hex> for a SIF, docker://HOST/REPO@sha256:<64 hex>);
+    upload: this checkout's build/images/crossfl-ARCH.sif, resumable and checksummed."""
+    method: Literal["build", "pull", "upload"] = "upload"
+    ref: str | None = None
+
+    @field_validator("ref")
+    @classmethod
+    def _by_digest(cls, v: str | None) -> str | None:
+        if v is not None and not DIGEST_REF.match(v):
+            head = v.split("://", 1)[0] if "://" in v else "oras"
+            raise ValueError(f"{v!r} is not pinned by digest: a tag can move, so give "
+                             f"{head}://HOST/REPO@sha256:<64 hex digest> (the digest your push "
+                             "printed; `oras manifest fetch --descriptor REF` or `skopeo "
+                             "inspect docker://REF` prints it)")
+        return v
+
+    @model_validator(mode="after")
+    def _pull_needs_ref(self) -> ImageSource:
+        if self.method == "pull" and self.ref is None:
+            raise ValueError("method pull needs ref: the image's registry reference by digest "
+                             "(oras://HOST/REPO@sha256:...), in your overrides file")
+        return self
+
+
 class Container(StrictModel):
     # custom: Globus Compute's `container_type: custom`; `command` is the whole launch command,
     # with {EXECUTOR_RUNDIR} and {EXECUTOR_LAUNCH_CMD} (e.g. make image-check's bubblewrap).
@@ -141,6 +176,7 @@ class Container(StrictModel):
     # (--nv / --rocm) is added from the accelerator vendor.
     options: list[str] = Field(default_factory=list)
     build: ImageBuild | None = None
+    image_source: ImageSource = Field(default_factory=ImageSource)
 
     @model_validator(mode="after")
     def _custom_command(self) -> Container:
