@@ -1,6 +1,6 @@
 """Orchestration overhead of the round driver, and warm rounds, on the real local engine.
 
-1. No-op client task (``crossfl.server.probe_tasks.noop_train``: no model, no data) at three
+1. No-op client task (``crossfl.client.probes.noop_train``: no model, no data) at three
    local sites, synchronous FedAvg: everything a round costs beyond client compute is the
    server's and the engine's (payload packing, dispatch to the worker, result unpacking,
    screening, aggregation). Per round:
@@ -29,12 +29,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from crossfl.server import probe_tasks
-from crossfl.server.driver import run_experiment
+from crossfl.client import probes
 from crossfl.server.experiment import load_experiment
-from crossfl.server.scratch_project import make_project, write_experiment
-from crossfl.server.telemetry import live_records
+from crossfl.server.lifecycle import run_experiment
+from crossfl.server.records import AggregationRecord, TaskRecord
+from crossfl.server.telemetry import live_records, of_kind
 from crossfl.server.transport import TaskFns
+from testkit.scratch_project import make_project, write_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 NOOP_ROUNDS = 10
@@ -50,16 +51,16 @@ def experiment(root: Path, name: str, sites: int, rounds: int, **changes: Any) -
 def round_split(run_dir: Path) -> list[dict[str, float]]:
     """Per round: wall (first submit -> aggregated), longest client compute, tasks, overhead."""
     records = live_records(run_dir / "metrics.jsonl")
-    tasks = [r for r in records if r.get("kind") == "task" and r.get("status") == "ok"]
+    tasks = [t for t in of_kind(records, TaskRecord) if t.status == "ok"]
     rows = []
-    for agg in (r for r in records if r.get("kind") == "aggregation"):
-        mine = [t for t in tasks if t["round"] == agg["round"]]
-        wall = agg["elapsed_s"] - min(t["submitted_rel_s"] for t in mine)
-        compute = max(t["worker_s"] for t in mine)
-        rows.append({"round": agg["round"], "wall": wall, "compute": compute, "tasks": len(mine),
+    for agg in of_kind(records, AggregationRecord):
+        mine = [t for t in tasks if t.round == agg.round]
+        wall = agg.elapsed_s - min(t.submitted_rel_s for t in mine)
+        compute = max(t.worker_s or 0.0 for t in mine)
+        rows.append({"round": agg.round, "wall": wall, "compute": compute, "tasks": len(mine),
                      "overhead": max(0.0, wall - compute),
-                     "load": statistics.mean(t["load_s"] for t in mine),
-                     "hits": sum(1 for t in mine if t.get("cache_hit")) / len(mine)})
+                     "load": statistics.mean(t.load_s or 0.0 for t in mine),
+                     "hits": sum(1 for t in mine if t.cache_hit) / len(mine)})
     return rows
 
 
@@ -78,7 +79,7 @@ def main() -> None:
         try:
             make_project(root, ROOT)
             noop = round_split(run(root, experiment(root, "noop", 3, NOOP_ROUNDS, transport={"mode": "inline"}),
-                                   TaskFns(train=probe_tasks.noop_train, evaluate=probe_tasks.noop_evaluate)))
+                                   TaskFns(train=probes.noop_train, evaluate=probes.noop_evaluate)))
             tiny = round_split(run(root, experiment(root, "tiny", 2, TINY_ROUNDS)))
         finally:
             if before is None:

@@ -6,6 +6,7 @@ failure.
   --torch 2.13.0+cu128     torch.__version__ exactly: the vendor build, not a generic wheel
   --stack cuda|rocm|xpu|cpu [--stack-version 12.8]
                            the accelerator stack torch was built for must be there
+  (xpu: the SYCL / Level Zero loader libraries torch loaded must be the venv's own)
   --pin NAME==VERSION      installed distributions that must equal the login node's
   --pip-check              `pip check`, ignoring crossfl's own (server-side) requirements
   --devices                import crossfl, print describe_devices() as JSON, and run one op on
@@ -26,7 +27,7 @@ WORKER_COMMANDS = ("globus-compute-endpoint", "process_worker_pool.py")
 
 
 def check_stack(torch: object, stack: str, stack_version: str | None) -> list[str]:
-    version = getattr(torch, "version")
+    version = torch.version  # type: ignore[attr-defined]
     cuda = getattr(version, "cuda", None)
     hip = getattr(version, "hip", None)
     if stack == "cuda":
@@ -51,6 +52,25 @@ def check_stack(torch: object, stack: str, stack_version: str | None) -> list[st
     if cuda or hip:
         return [f"a CPU image carries an accelerator build (cuda={cuda}, hip={hip})"]
     return []
+
+
+# The oneAPI runtime libraries torch XPU takes from its pip dependencies (intel-sycl-rt, ...):
+# loaded from anywhere but the venv, a base image's LD_LIBRARY_PATH has shadowed them.
+VENV_RUNTIME_LIBS = ("libsycl.so", "libur_loader.so", "libumf.so", "libtcm.so")
+
+
+def check_loaded_libs(maps: str, prefix: str) -> list[str]:
+    """Which of VENV_RUNTIME_LIBS are mapped (a /proc/self/maps text) from outside `prefix`."""
+    problems = []
+    for line in maps.splitlines():
+        path = line.split(None, 5)[5].strip() if len(line.split(None, 5)) == 6 else ""
+        name = Path(path).name
+        if any(name.startswith(lib) for lib in VENV_RUNTIME_LIBS) \
+                and not path.startswith(prefix.rstrip("/") + "/"):
+            problem = f"{name} loaded from {path}, not from {prefix}: LD_LIBRARY_PATH shadows it"
+            if problem not in problems:
+                problems.append(problem)
+    return problems
 
 
 def check_pins(pins: list[str]) -> list[str]:
@@ -129,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         if torch.__version__ != args.torch:
             problems.append(f"torch {torch.__version__} here, the image pins {args.torch}")
         problems += check_stack(torch, args.stack, args.stack_version)
+        if args.stack == "xpu":
+            problems += check_loaded_libs(Path("/proc/self/maps").read_text(),
+                                          str(Path(sys.prefix).resolve()))
     problems += check_pins(args.pin)
     problems += check_commands(on_path=args.devices)
     if args.pip_check:

@@ -89,11 +89,15 @@ def shell_env(worker_init: str, base: dict[str, str]) -> dict[str, str]:
 def container_env(engine: Any, host: dict[str, str]) -> dict[str, str]:
     """The environment inside the engine's container, by the runtime's documented rules.
     Apptainer passes the host's environment (unless --cleanenv/--containall/-e) and sets X from
-    APPTAINERENV_X; podman passes only what `-e K=V` / `-e K` name."""
+    APPTAINERENV_X; podman passes only what `-e K=V` / `-e K` name; a `custom` command is read
+    by its first word."""
     if not engine.container_type:
         return dict(host)
     opts = shlex.split(engine.container_cmd_options or "")
-    if engine.container_type == "apptainer":
+    runtime = engine.container_type
+    if runtime == "custom":  # the whole command: `apptainer run ...` (crossfl's Apptainer)
+        runtime = opts[0] if opts else ""
+    if runtime in ("apptainer", "singularity"):
         clean = any(o in ("--cleanenv", "-e", "--containall", "-C") for o in opts)
         env = {} if clean else {k: v for k, v in host.items()
                                 if not k.startswith("APPTAINERENV_")}

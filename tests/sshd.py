@@ -95,7 +95,8 @@ def start_sshd(tmp: Path, env: dict[str, str] | None = None
         "StrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\nUsePAM no\nPrintMotd no\n"
         "Subsystem sftp internal-sftp\nLogLevel VERBOSE\nMaxStartups 50\n"
-        + "".join(f"SetEnv {k}={v}\n" for k, v in set_env.items()))
+        # one SetEnv line: sshd keeps the first value of a keyword, so a second line is ignored
+        + "SetEnv " + " ".join(f"{k}={v}" for k, v in set_env.items()) + "\n")
     os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege-separation directory
     log = tmp / "sshd.log"
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(conf)], stdout=log.open("wb"),

@@ -18,7 +18,8 @@ from crossfl.client.adapter_io import (LORA_METADATA_KEY, adapter_from_bytes, ad
                                        adapter_to_bytes)
 from crossfl.client.device import describe_devices, select_device
 from crossfl.client.evaluate import answer_of, pick_for_generation
-from crossfl.client.train import LoraSpec, batch_indices, encode_example
+from crossfl.client.contract import LoraSpec, TrainResult
+from crossfl.client.train import batch_indices, encode_example, lora_key
 from crossfl.errors import UserError
 from crossfl.tiny_model import TinyModelSpec, build_tiny
 
@@ -154,7 +155,8 @@ def test_train_round_result_and_adapter_shapes(model: Path, data: Path) -> None:
     out = tasks.train_round(train_task(model, data))
     assert out["steps"] == 3 and out["num_samples"] == len(chem_records("train"))
     assert math.isfinite(out["train_loss"]) and math.isfinite(out["first_loss"])
-    assert set(out["timings"]) == {"load_s", "train_s", "serialize_s"}
+    assert set(out["timings"]) == {"load_s", "train_s", "serialize_s", "fetch_s", "store_s"}
+    assert TrainResult.from_wire(out).adapter_path is None  # the result is the contract's
     assert out["device"] == "cpu" and out["pid"] > 0 and out["host"]
     assert out["started_at"] <= out["finished_at"]
     state = adapter_from_bytes(out["adapter"])
@@ -168,6 +170,23 @@ def test_train_round_result_and_adapter_shapes(model: Path, data: Path) -> None:
         else:
             assert ".lora_B." in name and t.shape[1] == LORA["r"]
     assert json.loads(adapter_metadata(out["adapter"])[LORA_METADATA_KEY])["r"] == LORA["r"]
+
+
+def test_adapters_by_reference_both_ways(model: Path, data: Path, tmp_path: Path) -> None:
+    """The incoming adapter read from adapter_path; the result written to result_path when it
+    is over inline_limit_bytes, kept inline when it is not."""
+    first = tasks.train_round(train_task(model, data, local_steps=1))
+    incoming = tmp_path / "global-v1.safetensors"
+    incoming.write_bytes(first["adapter"])
+    by_ref = train_task(model, data, local_steps=1, adapter_path=str(incoming),
+                        result_path=str(tmp_path / "results" / "east.safetensors"), inline_limit_bytes=10)
+    out = TrainResult.from_wire(tasks.train_round(by_ref))
+    assert out.adapter is None and out.adapter_path == by_ref["result_path"]
+    assert out.adapter_nbytes == Path(out.adapter_path).stat().st_size and out.timings.store_s > 0
+    inline = TrainResult.from_wire(tasks.train_round({**by_ref, "inline_limit_bytes": 10**9}))
+    assert inline.adapter == tasks.train_round(train_task(model, data, local_steps=1, adapter=first["adapter"]))["adapter"]
+    with pytest.raises(UserError, match="adapter_path"):
+        tasks.train_round({**by_ref, "adapter": first["adapter"]})
 
 
 def test_bfloat16_adapter_travels_in_bfloat16(model: Path, data: Path) -> None:
@@ -228,7 +247,7 @@ def test_server_rebuilds_the_fresh_adapter_from_shapes(model: Path, data: Path) 
     out = tasks.train_round(train_task(model, data, local_steps=1))
     shapes = {k: tuple(t.shape) for k, t in adapter_from_bytes(out["adapter"]).items()}
     entry, _ = model_cache.get_model(str(model), "float32", torch.device("cpu"))
-    on_site = fresh_adapter_state(entry.wrapped(LoraSpec.model_validate(LORA).key()), seed=1)
+    on_site = fresh_adapter_state(entry.wrapped(lora_key(LoraSpec.model_validate(LORA))), seed=1)
     rebuilt = fresh_adapter_from_shapes(shapes, seed=1)
     assert rebuilt.keys() == on_site.keys()
     assert all(torch.equal(rebuilt[k], on_site[k]) for k in rebuilt)
@@ -321,6 +340,8 @@ def test_missing_paths_name_the_path_and_the_fix(model: Path, data: Path, tmp_pa
 
 @pytest.mark.parametrize("change, field", [
     ({"local_steps": 0}, "local_steps"),
+    ({"data_path": "runs/r/data/east.jsonl"}, "data_path"),  # relative: a worker would look elsewhere
+    ({"result_path": "results/east.safetensors"}, "result_path"),
     ({"dtype": "float8"}, "dtype"),
     ({"adapter": "not bytes"}, "adapter"),
     ({"lora": {**LORA, "r": 0}}, "lora.r"),

@@ -185,7 +185,8 @@ def test_devices_command_prints_one_line_per_rank(clean_env, tmp_path):
     assert ok.returncode == 0, ok.stderr
     (line,) = ok.stdout.splitlines()
     report = json.loads(line)
-    assert report["rank"] == "3" and report["device"] == "cpu" and report["cpus"]
+    assert report["local_rank"] == "3" and report["device"] == "cpu" and report["cpus"]
+    assert report["visible"] == {"ROCR_VISIBLE_DEVICES": "3"}
     bad = subprocess.run([*cmd, "--expect", "rocm"], env=env, capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 1
@@ -194,16 +195,40 @@ def test_devices_command_prints_one_line_per_rank(clean_env, tmp_path):
         "expected a rocm device; torch sees none (ROCR_VISIBLE_DEVICES=3 ")
 
 
-def test_the_server_tells_the_client_what_the_site_expects():
+def chem_lora():
     from crossfl.server.experiment import Experiment
-    from crossfl.server.run_base import eval_task, expect_device, train_task
-    from crossfl.server.strategies.base import ClientPlan
     path = Path(__file__).resolve().parents[1] / "deploy" / "experiments" / "chem-lora.yaml"
-    exp = Experiment.model_validate(yaml.safe_load(path.read_text()))
-    assert {e.name: expect_device(exp, e.name) for e in exp.sites} == {
-        "frontier": "rocm", "aurora": "xpu", "polaris": "cuda", "perlmutter": "cuda"}
-    task = train_task(exp, "/d.jsonl", None, ClientPlan(local_steps=1, lr=0.1), 0, "aurora")
-    assert task["expect_device"] == "xpu"
-    assert eval_task(exp, None)["expect_device"] == "rocm"  # evaluated at frontier
+    return path, Experiment.model_validate(yaml.safe_load(path.read_text()))
+
+
+def test_the_server_tells_the_client_what_the_site_expects():
+    from crossfl.server.plan import RunPlan, SitePlan
+    from crossfl.server.strategies.base import ClientPlan
+    path, exp = chem_lora()
+    plans = {e.name: SitePlan(name=e.name, catalog=sites.load_site(e.site), runs_here=False,
+                              model_path=e.model_path, data_path=e.data_path, shared_dir=None,
+                              nodes=1, user_options=e.user_options) for e in exp.sites}
+    plan = RunPlan(experiment=exp, source=path, sites=plans, driver="sync",
+                   validation_path=exp.data.validation, train_path=None)
+    expected = {"frontier": "rocm", "aurora": "xpu", "polaris": "cuda", "perlmutter": "cuda"}
+    for name, kind in expected.items():
+        task = plan.train_task(name, "/d.jsonl", ClientPlan(local_steps=1, lr=0.1), 0)
+        assert task.to_wire()["expect_device"] == kind
+    assert plan.eval_task().expect_device == "rocm"  # evaluated at frontier
     assert sites.load_site("local").expect_device == "cpu"
     assert sites.load_site("local-slurm").expect_device is None  # stand-in GPUs, CPU torch
+
+
+def test_a_run_refuses_a_facility_request_before_any_task(monkeypatch):
+    """`crossfl run` plans every site first: a facility's options meet its published rules
+    there, in one line, before an executor opens or a task is sent."""
+    import crossfl.state
+    from crossfl.server import plan
+    monkeypatch.setattr(crossfl.state, "require_endpoint_id", lambda site: "0" * 32)
+    _, exp = chem_lora()
+    entry = exp.site_entry("polaris")
+    entry.user_options = {**entry.user_options, "queue": "debug"}  # 2 h on debug
+    with pytest.raises(sites.RequestRefused) as info:
+        plan.plan_site(exp, "polaris")
+    assert info.value.render().startswith(
+        "polaris: queue debug allows at most 01:00:00; asked 02:00:00 (fix: ")

@@ -97,31 +97,37 @@ def test_cli_bad_experiment_is_one_line_exit_2(tmp_path: Path) -> None:
     assert "training.batch_size" in proc.stderr and str(path) in proc.stderr
 
 
-def test_cli_missing_model_keeps_nothing_half_written(tmp_path: Path) -> None:
-    """A missing model path: one line naming model.path and `make model`; exit 2; the run
-    directory that was created stays (with its resolved experiment), nothing else is lost."""
+def test_cli_missing_model_is_reported_before_anything_starts(tmp_path: Path) -> None:
+    """A missing model path: one line, on a line of its own, naming model.path and `make
+    model`; exit 2; no engine started and no run directory left for `crossfl resume`."""
     (tmp_path / "deploy" / "sites").mkdir(parents=True)
     (tmp_path / "deploy" / "sites" / "local.yaml").write_text((ROOT / "deploy" / "sites" / "local.yaml").read_text())
     (tmp_path / "site_templates").symlink_to(ROOT / "site_templates")
     data = demo()
     data["model"]["path"] = "no/such/model"
-    data["sites"] = data["sites"][:1]
     path = write(tmp_path, data)
     proc = run_cli("run", str(path), cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert "model.path" in proc.stderr and "make model" in proc.stderr
-    runs = list((tmp_path / "runs").iterdir())
-    assert len(runs) == 1 and (runs[0] / "experiment.yaml").is_file()
+    assert "local engine" not in proc.stdout, "an engine started before the check"
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
 
-def test_four_facility_experiment_loads_with_per_site_models() -> None:
-    from crossfl.server.run_base import eval_task, model_path_for
+def test_four_facility_experiment_loads_with_per_site_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    from crossfl.server.plan import site_path
 
+    monkeypatch.setenv("CROSSFL_ROOT", str(ROOT))
     exp, _ = load_experiment(ROOT / "deploy" / "experiments" / "chem-lora.yaml")
     assert {s.site for s in exp.sites} == {"frontier", "aurora", "polaris", "perlmutter"}
     assert exp.lora.r == 16 and exp.training.adapter_dtype == "bfloat16"
-    # facility paths travel as they are; each site gets its own model directory
-    assert model_path_for(exp, "polaris") == "/eagle/PROJECT/models/Llama-2-7b-hf"
-    assert eval_task(exp, None)["model_path"].startswith("/lustre/orion/")
-    assert eval_task(exp, None)["data_path"] == exp.data.validation
+    # facility paths travel as they are, each site its own model directory; a relative one is
+    # refused (the facility's workers would resolve it elsewhere); this machine's become absolute
+    polaris = exp.site_entry("polaris")
+    assert site_path(polaris.model_path or "", False, "x") == "/eagle/PROJECT/models/Llama-2-7b-hf"
+    assert site_path(exp.data.validation, False, "data.validation") == exp.data.validation
+    with pytest.raises(UserError, match="absolute") as info:
+        site_path("models/llama", False, "sites[polaris].model_path")
+    assert info.value.field == "sites[polaris].model_path"
+    assert site_path("build/models/tiny", True, "model.path") == str(ROOT / "build" / "models" / "tiny")

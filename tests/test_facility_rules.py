@@ -97,14 +97,14 @@ def test_possible_requests_pass(name, options):
 
 def test_debug_qos_is_only_refused_for_production():
     sites.check_request(site("frontier"), {"qos": "debug"}, production=False)
-    assert refusal("perlmutter", {"qos": "debug", "walltime": "00:10:00"}).field == "qos"
+    assert refusal("perlmutter", {"qos": "debug", "walltime": "00:10:00"}).option == "qos"
 
 
 def test_malformed_options_are_named():
     err = refusal("polaris", {"walltime": "1h"})
-    assert err.field == "walltime" and "01:00:00" in err.fix
+    assert err.option == "walltime" and "01:00:00" in err.fix
     err = refusal("frontier", {"nodes_per_block": 0})
-    assert err.field == "nodes_per_block" and ">= 1" in err.fix
+    assert err.option == "nodes_per_block" and ">= 1" in err.fix
 
 
 def test_render_user_config_refuses_before_the_endpoint(tmp_path):
@@ -112,7 +112,7 @@ def test_render_user_config_refuses_before_the_endpoint(tmp_path):
     with pytest.raises(UserError) as info:
         render.render_user_config(out, {"account": "P", "queue": "debug", "walltime": "02:00:00"})
     assert info.value.render().startswith("polaris: queue debug allows at most 01:00:00; asked")
-    assert info.value.field == "walltime"
+    assert info.value.option == "walltime" and info.value.field is None
 
 
 def test_a_shared_pilot_asks_for_part_of_a_node(tmp_path, stub_interfaces):

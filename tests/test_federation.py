@@ -11,9 +11,9 @@ import pytest
 import yaml
 from rich.console import Console
 
-from crossfl.server.driver import RunFailed, run_experiment
+from crossfl.server.lifecycle import RunFailed, run_experiment
 from crossfl.server.experiment import load_experiment
-from crossfl.server.scratch_project import make_project, write_experiment
+from testkit.scratch_project import make_project, write_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,7 @@ from crossfl.data.chem import build_chem
 from crossfl.endpoints import LocalEngineExecutor
 from crossfl.errors import UserError
 from crossfl.render import render_site, render_user_config
-from crossfl.server.driver import run_experiment
+from crossfl.server.lifecycle import run_experiment
 from crossfl.server.experiment import load_experiment
 from crossfl.state import DeployState, EndpointState, save_state
 from crossfl.tiny_model import TinyModelSpec, build_tiny
@@ -126,8 +126,8 @@ def test_undeployed_site_is_refused_before_any_engine_starts(project: Path, monk
 def test_run_records_the_image_digest_deploy_staged(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from datetime import datetime, timezone
 
-    from crossfl.server.experiment import SiteEntry
-    from crossfl.server.site_executors import OpenSite, image_records
+    from crossfl.server.plan import image_record
+    from crossfl.sites import load_site
     from crossfl.state import ImageState
 
     monkeypatch.setenv("CROSSFL_ROOT", str(project))
@@ -136,7 +136,6 @@ def test_run_records_the_image_digest_deploy_staged(project: Path, monkeypatch: 
                         sha256="ab" * 32, size=10, staged_at=datetime.now(timezone.utc))
     save_state(DeployState(site="polaris", host="polaris", remote_root="/home/u/.crossfl/polaris", image=staged,
                            endpoint=EndpointState(name="crossfl-polaris")))
-    handle = OpenSite(SiteEntry(name="p", site="polaris"), None, "globus compute", "x")  # type: ignore[arg-type]
-    record = image_records({"p": handle})["p"]
+    record = image_record(load_site("polaris"), runs_here=False)
     assert record == {"site": "polaris", "runtime": "apptainer", "arch": "cuda",
                       "image": staged.remote_path, "digest": "sha256:" + "ab" * 32}

@@ -126,14 +126,19 @@ def rendered(arch: str) -> images.Stage:
 
 def test_every_arch_renders_a_def_file_apptainer_can_read(project: Path) -> None:
     table = images.load_arches()
-    assert set(table.arches) == {"cpu", "cuda", "rocm", "xpu"}
+    assert set(table.arches) == {"cpu", "cpu-debian", "cuda", "rocm", "xpu"}
     for arch, spec in table.arches.items():
         path = images.render_def(arch)
         assert path == project / "build" / "images" / f"crossfl-{arch}.def"
         stage = rendered(arch)
-        assert stage.header == {"bootstrap": "docker", "from": spec.base}
+        if spec.bootstrap == "docker":
+            assert stage.header == {"bootstrap": "docker", "from": spec.base}
+        else:
+            assert stage.header == {"bootstrap": "debootstrap", "osversion": spec.base,
+                                    "mirrorurl": spec.mirror, "include": " ".join(spec.include)}
         assert set(stage.sections) == EXPECTED_SECTIONS
-        assert images.build_args(stage) == {"TORCH_INDEX_URL": spec.torch.index_url}
+        assert images.build_args(stage) == {"TORCH_INDEX_URL": spec.torch.index_url,
+                                            **{s.name: "none" for s in images.BUILD_SETTINGS}}
         # every %files source exists, relative to the project root apptainer build runs in
         for src, dst in images.files(stage):
             assert not Path(src).is_absolute() and (project / src).exists(), src
@@ -193,6 +198,7 @@ def test_pins_agree_between_login_node_and_every_image(project: Path) -> None:
     table = images.load_arches()
     assert table.python_version.startswith(login_minor + ".")
     assert table.arches["cpu"].base.startswith(f"python:{login_minor}.")
+    assert table.arches["cpu-debian"].python.path.endswith(f"python{login_minor}")
 
 
 def test_every_dependency_of_the_worker_stack_is_pinned(repo_root: Path) -> None:
@@ -249,9 +255,9 @@ def test_each_accelerator_in_the_site_catalog_has_an_image(repo_root: Path) -> N
 def test_a_bad_arch_names_the_allowed_ones(project: Path) -> None:
     with pytest.raises(UserError) as err:
         images.render_def("tpu")
-    assert "'tpu'" in str(err.value) and "cpu, cuda, rocm, xpu" in str(err.value)
+    assert "'tpu'" in str(err.value) and "cpu, cpu-debian, cuda, rocm, xpu" in str(err.value)
     code, out = cli("image", "def", "tpu")
-    assert code == 2 and out.count("\n") == 0 and "allowed: cpu, cuda, rocm, xpu" in out
+    assert code == 2 and out.count("\n") == 0 and "allowed: cpu, cpu-debian, cuda, rocm, xpu" in out
     assert not list((project / "build").glob("**/*.def"))
 
 
@@ -315,6 +321,11 @@ def test_parser_reads_stages_sections_and_rejects_what_apptainer_would() -> None
 
 # ------------------------------------------------------------------ apptainer through a shim
 
+def build_args_here() -> list[str]:
+    """The build arguments `crossfl image build` passes from this environment."""
+    return [f"--build-arg={k}={v}" for k, v in images.build_arg_values(os.environ).items()]
+
+
 def test_build_calls_apptainer_and_records_the_digest(project: Path, fake_apptainer: Path
                                                       ) -> None:
     manifest = project / "build" / "images" / "manifest.json"
@@ -328,7 +339,8 @@ def test_build_calls_apptainer_and_records_the_digest(project: Path, fake_apptai
     assert code == 0, out
     fakeroot = ["--fakeroot"] if os.geteuid() != 0 else []
     assert calls(fake_apptainer)[0] == [
-        "build", *fakeroot, "build/images/crossfl-cpu.sif.partial", "build/images/crossfl-cpu.def"]
+        "build", *fakeroot, *build_args_here(), "build/images/crossfl-cpu.sif.partial",
+        "build/images/crossfl-cpu.def"]
     assert calls(fake_apptainer)[1] == ["inspect", "--labels", "--json",
                                         "build/images/crossfl-cpu.sif"]
     sif = project / "build" / "images" / "crossfl-cpu.sif"
@@ -371,7 +383,8 @@ def test_make_image_runs_apptainer_build(project: Path, fake_apptainer: Path) ->
     assert done.returncode == 0, done.stdout + done.stderr
     fakeroot = ["--fakeroot"] if os.geteuid() != 0 else []
     assert calls(fake_apptainer)[0] == [
-        "build", *fakeroot, "build/images/crossfl-cpu.sif.partial", "build/images/crossfl-cpu.def"]
+        "build", *fakeroot, *build_args_here(), "build/images/crossfl-cpu.sif.partial",
+        "build/images/crossfl-cpu.def"]
     sif = project / "build" / "images" / "crossfl-cpu.sif"
     assert images.read_manifest()["images"]["cpu"]["digest"] == images.image_digest(sif)
     assert make(project, "image-sign", "ARCH=cpu").returncode == 0
@@ -418,7 +431,7 @@ def test_without_apptainer_one_line_and_the_def_is_still_rendered(project: Path,
     bad = make(project, "image-def", "ARCH=tpu", path=path)
     assert bad.returncode != 0
     ours = [line for line in bad.stderr.splitlines() if not line.startswith("make")]
-    assert ours == ["error: ARCH: unknown ARCH 'tpu'; allowed: cpu, cuda, rocm, xpu"]
+    assert ours == ["error: ARCH: unknown ARCH 'tpu'; allowed: cpu, cpu-debian, cuda, rocm, xpu"]
 
 
 def test_read_manifest_before_any_build_and_on_a_broken_file(project: Path) -> None:
@@ -512,17 +525,248 @@ def test_the_main_cli_has_the_image_commands(repo_root: Path) -> None:
     assert "image" in [group.name for group in app.registered_groups]
 
 
+# ------------------------------------------------------------------ pins that exist
+
+def test_every_arch_pins_a_published_build_and_base(repo_root: Path) -> None:
+    """containers/published.yaml: each entry has a source and a checked date; every arch's
+    torch (the constraints' version + its local tag), channel and base are listed there."""
+    table = images.load_published()
+    torch_version = images.read_constraints()["torch"].split("+")[0]
+    assert torch_version in table.torch
+    release = table.torch[torch_version]
+    for build in [*release.published.values(), *release.not_published.values(),
+                  *table.base_images.values(), *table.distributions.values()]:
+        assert build.source and build.checked.isoformat() == "2026-11-28"
+    assert not set(release.published) & set(release.not_published)
+    for name, spec in images.load_arches().arches.items():
+        assert images.pin_problems(name, spec, torch_version, table) == [], name
+        assert spec.torch.local in release.published, name
+        if spec.bootstrap == "docker":
+            assert spec.base in table.base_images, name
+    # the two pins the issue found to be unpublished stay refused
+    assert {"cu128", "rocm6.4"} <= set(release.not_published)
+
+
+@pytest.mark.parametrize(("arch", "field", "value", "says"), [
+    ("cuda", "local", "cu128", "2.13.0+cu128 is not published (https://github.com/pytorch/FBGEMM"),
+    ("rocm", "local", "rocm6.4", "2.13.0+rocm6.4 is not published"),
+    ("cuda", "index_url", "https://download.pytorch.org/whl/cu130", "comes from"),
+    ("xpu", "base", "intel/oneapi-hpckit:2025.2.0-0-devel-ubuntu24.04", "is not listed"),
+])
+def test_an_unpublished_pin_is_refused_when_rendering(project: Path, arch: str, field: str,
+                                                      value: str, says: str) -> None:
+    path = project / "containers" / "arches.yaml"
+    data = yaml.safe_load(path.read_text())
+    target = data["arches"][arch] if field == "base" else data["arches"][arch]["torch"]
+    target[field] = value
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError) as err:
+        images.render_def(arch)
+    assert f"arches.yaml: arches.{arch}: " in str(err.value) and says in str(err.value)
+
+
+def test_no_stale_claim_that_the_endpoint_refuses_a_mismatched_worker(repo_root: Path) -> None:
+    """globus-compute-endpoint switches Parsl's version check off (engines/globus_compute.py);
+    the docs must not say the interchange refuses the manager."""
+    from globus_compute_endpoint.engines import GlobusComputeEngine
+    from parsl.providers import LocalProvider
+
+    engine = GlobusComputeEngine(provider=LocalProvider(), address="127.0.0.1")
+    assert engine.executor._check_python_mismatch is False
+    for rel in ("containers/arches.yaml", "containers/README.md", "requirements/worker.txt"):
+        text = (REPO / rel).read_text()
+        assert "doesn't match\")" not in text and "the manager is refused" not in text, rel
+        assert "refuses the manager" not in text, rel
+
+
+# ------------------------------------------------------------------ environment, hosts, args
+
+def test_the_venv_libraries_lead_ld_library_path_in_every_image(project: Path) -> None:
+    """%environment after a base image's baked LD_LIBRARY_PATH (Apptainer sources the base's
+    10-docker2singularity.sh before 90-environment.sh): the venv's lib/ comes first, so the
+    torch XPU wheel's SYCL runtime is not shadowed by the base's oneAPI."""
+    baked = "/opt/intel/oneapi/compiler/2026.0/lib:/opt/intel/oneapi/umf/1.1/lib"
+    for arch in images.arch_names():
+        images.render_def(arch)
+        env = rendered(arch).sections["environment"].body
+        for before in (f"export LD_LIBRARY_PATH={baked}\n", "unset LD_LIBRARY_PATH\n"):
+            out = subprocess.run(["/bin/sh", "-c", before + env + 'echo "$LD_LIBRARY_PATH"\n'
+                                  'echo "$PATH"'], capture_output=True, text=True,
+                                 env={"PATH": "/usr/bin:/bin"}, check=True).stdout.split("\n")
+            lib, path = out[0].split(":"), out[1].split(":")
+            assert lib[0] == f"{images.PREFIX}/venv/lib", (arch, out)
+            assert lib[1:] == (baked.split(":") if "export" in before else []), (arch, out)
+            assert path[0] == f"{images.PREFIX}/venv/bin"
+
+
+def test_check_image_finds_a_shadowed_sycl_runtime() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_image", REPO / "containers" / CHECKER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    venv = "/opt/crossfl/venv"
+    good = (f"7f00-7f01 r-xp 00000000 08:01 1 {venv}/lib/libsycl.so.9\n"
+            f"7f02-7f03 r-xp 00000000 08:01 2 {venv}/lib/libur_loader.so.0\n"
+            "7f04-7f05 r-xp 00000000 08:01 3 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
+    assert module.check_loaded_libs(good, venv) == []
+    oneapi = "/opt/intel/oneapi/compiler/2025.2/lib"
+    bad = good + f"7f06-7f07 r-xp 0 08:01 4 {oneapi}/libur_loader.so.0\n"
+    problems = module.check_loaded_libs(bad, venv)
+    assert len(problems) == 1 and "libur_loader.so.0 loaded from /opt/intel/oneapi" in problems[0]
+
+
+def test_every_host_a_build_reaches_is_listed(project: Path) -> None:
+    """Each URL in the rendered def and the base image's registry are in `crossfl image hosts`
+    (and in the def's header comment); uv arches list the python-build-standalone host."""
+    import re
+    from urllib.parse import urlparse
+
+    for arch, spec in images.load_arches().arches.items():
+        images.render_def(arch)
+        text = images.def_path(arch).read_text()
+        stage = images.parse_def(text).only_stage()
+        listed = set(images.build_hosts(spec))
+        names = {h.split(" ", 1)[0] for h in listed}
+        body = "".join(stage.sections[n].body for n in ("arguments", "post"))
+        urls = {urlparse(u).hostname for u in re.findall(r"https?://[^\s\"']+", body)}
+        urls |= {urlparse(stage.header["mirrorurl"]).hostname} if "mirrorurl" in stage.header \
+            else set()
+        assert urls <= names, (arch, urls - names)
+        assert {"pypi.org", "files.pythonhosted.org"} <= names
+        if spec.python.source == "uv":
+            assert {"github.com", "releases.astral.sh"} <= names
+        for host in listed:
+            assert f"#   {host}" in text
+    assert images.build_hosts(images.get_arch("cuda"))[0] == "nvcr.io"
+    assert images.build_hosts(images.get_arch("rocm"))[0] == "docker.io"
+    code, out = cli("image", "hosts", "xpu")
+    assert code == 0 and out.splitlines()[0] == "docker.io" and "download.pytorch.org" in out
+
+
+def test_proxies_and_pip_settings_reach_post_only_as_build_arguments(project: Path) -> None:
+    """%post runs with none of the host's environment (Apptainer: build_env.rst): the settings
+    come in as build arguments, exported under both spellings the tools read; "none" leaves
+    them unset."""
+    images.render_def("cuda")
+    text = images.def_path("cuda").read_text()
+    env_of = ('env | grep -E "^(https?_proxy|HTTPS?_PROXY|no_proxy|NO_PROXY|PIP_[A-Z_]+|'
+              'TORCH_INDEX_URL)=" | sort')
+
+    def post_env(overrides: dict[str, str]) -> list[str]:
+        post = images.parse_def(images.apply_build_args(text, overrides)).only_stage()
+        preamble = post.sections["post"].body.split("    set -eu\n")[0]
+        done = subprocess.run(["/bin/sh", "-c", preamble + env_of], capture_output=True,
+                              text=True, env={"PATH": "/usr/bin:/bin"}, check=True)
+        return done.stdout.splitlines()
+
+    assert post_env({}) == ["TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126"]
+    proxy = "http://proxy.alcf.anl.gov:3128"
+    got = post_env({"HTTPS_PROXY": proxy, "NO_PROXY": "localhost,*.alcf.anl.gov",
+                    "PIP_INDEX_URL": "https://mirror.example/simple"})
+    assert f"HTTPS_PROXY={proxy}" in got and f"https_proxy={proxy}" in got
+    assert "no_proxy=localhost,*.alcf.anl.gov" in got and not any("HTTP_PROXY" in g for g in got)
+    assert "PIP_INDEX_URL=https://mirror.example/simple" in got
+    assert images.build_arg_values({"https_proxy": proxy, "PIP_RETRIES": "1", "OTHER": "x"}) \
+        == {"HTTPS_PROXY": proxy, "PIP_RETRIES": "1"}
+    with pytest.raises(ValueError, match="both parts"):  # Apptainer refuses empty values too
+        images.build_args(images.parse_def("Bootstrap: docker\nFrom: x\n%arguments\n    A=\n")
+                          .only_stage())
+
+
+# ------------------------------------------------------------------ the OCI Containerfile
+
+def test_containerfile_parses_and_shares_the_defs_steps(project: Path) -> None:
+    """podman-hpc's Containerfile: same base, channel, labels, environment and %files as the
+    def; its install.sh, runscript and test.sh are the def's %post steps, %runscript and %test,
+    byte for byte (one rendering of containers/steps.j2)."""
+    from dockerfile_parse import DockerfileParser
+
+    for arch, spec in images.load_arches().arches.items():
+        if spec.bootstrap != "docker":
+            with pytest.raises(UserError, match="a Containerfile starts FROM a registry image"):
+                images.render_containerfile(arch)
+            continue
+        path = images.render_containerfile(arch)
+        assert path == project / "build" / "images" / f"crossfl-{arch}.Containerfile"
+        parsed = DockerfileParser(fileobj=path.open("rb"), env_replace=False)
+        assert parsed.baseimage == spec.base
+        assert parsed.args == {"TORCH_INDEX_URL": spec.torch.index_url}
+        images.render_def(arch)
+        stage = rendered(arch)
+        assert parsed.labels == images.labels(stage)
+        instructions = [(i["instruction"], i["value"]) for i in parsed.structure]
+        copies = [v.split() for k, v in instructions if k == "COPY"]
+        context = project / "build" / "images" / f"crossfl-{arch}.context"
+        for src, dst in copies:
+            assert (project / src).exists() and dst.startswith(images.PREFIX + "/"), src
+        assert [c for c in copies if not c[0].endswith(("install.sh", "runscript", "test.sh"))] \
+            == [list(pair) for pair in images.files(stage)]
+        runs = [v for k, v in instructions if k == "RUN"]
+        assert runs == [f'["/bin/sh", "-ex", "{images.PREFIX}/install.sh"]']
+        assert ("ENTRYPOINT", f'["/bin/sh", "{images.PREFIX}/runscript"]') in instructions
+        envs = [v.split("=", 1) for k, v in instructions if k == "ENV"]
+        assert [(k, v.strip('"')) for k, v in envs] == images.image_environment(arch, spec)
+        # the shell steps: one text in both renderings
+        install = (context / "install.sh").read_text()
+        assert textwrap.indent(install, "    ") in stage.sections["post"].body
+        assert "$TORCH_INDEX_URL" in install and "{{" not in install
+        runscript = (context / "runscript").read_text()
+        assert runscript.startswith("#!/bin/sh\n")
+        assert textwrap.indent(runscript.split("\n", 1)[1], "    ").strip() == \
+            stage.sections["runscript"].body.strip()
+        assert textwrap.indent((context / "test.sh").read_text(), "    ").strip() == \
+            stage.sections["test"].body.strip()
+        assert "podman-hpc migrate crossfl-" in path.read_text()
+    code, out = cli("image", "containerfile", "rocm")
+    assert code == 0 and out.strip() == "build/images/crossfl-rocm.Containerfile"
+    done = make(project, "image-containerfile", "ARCH=xpu")
+    assert done.returncode == 0, done.stderr
+    assert (project / "build" / "images" / "crossfl-xpu.Containerfile").is_file()
+
+
+def test_cpu_and_cpu_debian_defs_differ_only_in_the_base(project: Path) -> None:
+    """make image-check builds cpu-debian: its def must be the cpu def but for the bootstrap
+    header, the interpreter path and the arch's own name and description."""
+    table = images.load_arches()
+    texts = {}
+    for arch in ("cpu", "cpu-debian"):
+        images.render_def(arch)
+        texts[arch] = images.def_path(arch).read_text()
+    cpu, deb = table.arches["cpu"], table.arches["cpu-debian"]
+    normal = texts["cpu-debian"].split("\n\n", 1)[1].replace(deb.python.path, cpu.python.path)
+    normal = normal.replace(deb.description, cpu.description).replace("cpu-debian", "cpu")
+    normal = normal.replace(f"base-image {deb.base}", f"base-image {cpu.base}")
+    want = texts["cpu"].split("\n\n", 1)[1]
+    want_lines = [ln for ln in want.splitlines() if "#   " not in ln]
+    got_lines = [ln for ln in normal.splitlines() if "#   " not in ln]  # hosts differ
+    assert got_lines == want_lines
+
+
+# ------------------------------------------------------------------ a real build here
+
 @pytest.mark.skipif(os.environ.get("CROSSFL_IMAGE_CHECK") != "1",
-                    reason="slow (installs torch + the worker stack into a throwaway venv): "
-                           "`make image-check` runs it")
-def test_cpu_image_build_steps_run_here(repo_root: Path, tmp_path: Path) -> None:
-    result = images.check_build_steps("cpu", workdir=tmp_path)
+                    reason="slow (bootstraps Debian, installs torch + the worker stack, runs a "
+                           "federation inside): `make image-check` runs it")
+def test_image_check_builds_the_rootfs_and_runs_a_federation_inside(repo_root: Path) -> None:
+    from crossfl.server.image_check import run_federation
+
+    result = images.check_image("cpu-debian", federation=run_federation)
     constraints = images.read_constraints()
     assert result.torch == constraints["torch"].split("+")[0] + "+cpu"
     assert result.devices["backend"] == "cpu"
-    venv = tmp_path / "rootfs" / "opt" / "crossfl" / "venv"
-    assert not venv.exists()  # the throwaway tree is gone again
-    log = images.images_dir() / "image-check-cpu.log"
+    rootfs = Path(result.rootfs)
+    assert (rootfs / "opt" / "crossfl" / "venv" / "bin" / "globus-compute-endpoint").is_file()
+    assert (rootfs / ".singularity.d" / "env" / "90-environment.sh").is_file()
+    assert not Path("/opt/crossfl").exists()  # the host has no image prefix: only the rootfs
+    tasks = result.federation["tasks"]
+    assert {(t["round"], t["site"]) for t in tasks} == {
+        (1, "inside-a"), (1, "inside-b"), (2, "inside-a"), (2, "inside-b")}
+    assert all(t["status"] == "ok" for t in tasks), tasks
+    # every training task ran on the image's interpreter, which exists only in the rootfs
+    assert {t["python"] for t in tasks} == {f"{images.PREFIX}/venv/bin/python"}
+    assert len(result.federation["rounds"]) == 2
+    log = images.check_log("cpu-debian")
     assert "crossfl image check: ok" in log.read_text()
-    steps = ", ".join(f"%{name} {sec:.0f} s" for name, sec in result.seconds.items())
-    print(f"\nimage-check cpu: {steps}; torch {result.torch}; log {log}")
+    steps = ", ".join(f"{name} {sec:.0f} s" for name, sec in result.seconds.items())
+    print(f"\nimage-check cpu-debian ({'cached' if result.cached else 'built'}): {steps}")

@@ -42,6 +42,7 @@ VALID_OPTS = {
     "aurora": {"account": "P1", "queue": "capacity", "walltime": "02:00:00", "max_blocks": 2},
     "perlmutter": {"account": "m1_g", "qos": "preempt", "walltime": "04:00:00"},
     "local-slurm": {"walltime": "00:05:00", "worker_init": "echo ready"},
+    "local-slurm-ssh": {"walltime": "00:05:00", "worker_init": "echo ready"},
     "local": {"max_workers_per_node": 2, "worker_init": "export A=1"},
 }
 
@@ -140,19 +141,29 @@ def test_example_builds_engine_provider_launcher(rendered, name, stub_interfaces
     if acc.devices_per_node:
         assert htex.available_accelerators == acc.device_ids
         assert htex.max_workers_per_node == acc.devices_per_node
-    if site.container.runtime != "none":
-        assert engine.container_type == site.container.runtime
+    if site.container.runtime == "apptainer":
+        # apptainer through `custom`, to bind the engine's run directory (test_site_containers)
+        assert engine.container_type == "custom"
         assert engine.container_uri == site.image()
-        flags = {"apptainer": {"cuda": "--nv", "rocm": "--rocm"},
-                 "podman-hpc": {"cuda": "--gpu"}}[site.container.runtime]
-        flag = flags.get(acc.vendor)
         opts = engine.container_cmd_options.split()
+        assert opts[:2] == ["apptainer", "run"] and opts[-1] == "{EXECUTOR_LAUNCH_CMD}"
+        assert opts[-3:-1] == ["{EXECUTOR_RUNDIR}", f'"{site.image()}"']
+        flag = {"cuda": "--nv", "rocm": "--rocm"}.get(acc.vendor)
         if flag:
             assert flag in opts
         else:
-            assert not set(flags.values()) & set(opts)
-        assert "{" not in engine.containerized_launch_cmd().replace(
-            engine.executor.launch_cmd, "")  # Parsl formats the command twice
+            assert "--nv" not in opts and "--rocm" not in opts
+    elif site.container.runtime == "podman-hpc":  # Globus Compute's own podman-hpc type
+        assert engine.container_type == "podman-hpc"
+        assert engine.container_uri == site.image()
+        opts = engine.container_cmd_options.split()
+        assert ("--gpu" in opts) == (acc.vendor == "cuda")
+        engine.run_dir = "/run/dir"
+        launch = engine.containerized_launch_cmd()
+        assert launch.startswith(f"podman-hpc run {engine.container_cmd_options} -v "
+                                 f"/run/dir:/run/dir -t {site.image()} globus-compute-endpoint ")
+        # Parsl formats the command twice: no braces but its own placeholders
+        assert "{" not in launch.replace(engine.executor.launch_cmd, "")
     else:
         assert engine.container_type is None
 
@@ -242,17 +253,17 @@ def test_refuses_bad_options(rendered, name, bad, field):
 def test_refuses_bad_scheduler_options(rendered, name, key, value, fix):
     with pytest.raises(UserError) as info:
         render.render_user_config(rendered[name], {**VALID_OPTS[name], key: value})
-    assert info.value.field == key
-    assert fix in info.value.render()
+    assert info.value.option == key  # refused by check_request, before the endpoint
+    assert info.value.render().startswith(f"{name}: ") and fix in info.value.render()
 
 
 def test_refuses_unknown_queue(rendered):
     with pytest.raises(UserError) as info:
         render.render_user_config(rendered["polaris"], {"account": "P", "queue": "gpu"})
-    assert info.value.field == "queue" and "debug-scaling" in info.value.fix
+    assert info.value.option == "queue" and "debug-scaling" in info.value.fix
     with pytest.raises(UserError) as info:
         render.render_user_config(rendered["perlmutter"], {"account": "m_g", "qos": "fast"})
-    assert info.value.field == "qos" and "regular" in info.value.fix
+    assert info.value.option == "qos" and "regular" in info.value.fix
 
 
 def test_missing_account_names_option_and_fix(tmp_path, monkeypatch):
@@ -311,7 +322,7 @@ def pilot_script(site_dir: Path, tmp_path: Path) -> tuple[str, str]:
     engine = render.load_user_config(text).engine
     provider = engine.executor.provider
     provider.script_dir = str(tmp_path)
-    engine.run_dir = str(tmp_path)  # set by engine.start(); docker-like runtimes bind it
+    engine.run_dir = str(tmp_path / "run")  # as GlobusComputeEngine.start() sets it
     cmd = engine.containerized_launch_cmd() if engine.container_type else engine.executor.launch_cmd
     calls = []
 
@@ -334,10 +345,11 @@ def test_pilot_job_golden(rendered, name, tmp_path, stub_interfaces):
     assert sites.lint_script(site, script) == []
     assert_golden(f"{name}/pilot.sh", script + f"\n# submitted with: {submit}\n")
     if site.container.runtime == "apptainer":
-        assert f"apptainer run {render.container_options_text(site)} {site.image()} " in script
+        assert (f"apptainer run {render.container_options_text(site)} -B <script_dir>/run "
+                f"{site.image()} globus-compute-endpoint python-exec ") in script
     if site.container.runtime == "podman-hpc":  # the engine adds its run dir and -t
-        assert f"podman-hpc run {render.container_options_text(site)} -v " in script
-        assert f" -t {site.image()} globus-compute-endpoint " in script
+        assert (f"podman-hpc run {render.container_options_text(site)} -v <script_dir>/run:"
+                f"<script_dir>/run -t {site.image()} globus-compute-endpoint ") in script
     launcher = {"srun": "srun", "mpiexec": "mpiexec"}[site.launcher.type]
     assert launcher in script
 
@@ -348,7 +360,9 @@ def test_batch_scripts_golden_and_shellcheck(rendered, name):
     batch = rendered[name] / "batch"
     names = sorted(p.name for p in batch.iterdir())
     expected = ["client.sh", "smoke.sh"]
-    if site.container.build is not None and site.container.build.on_compute_node:
+    on_node = site.container.build is not None and site.container.build.on_compute_node
+    builds = on_node or site.container.image_source.method == "build"
+    if builds and site.container.runtime == "apptainer":  # an Apptainer def, built on site
         expected = ["build_image.sh", *expected]
     assert names == expected
     for script in sorted(batch.iterdir()):

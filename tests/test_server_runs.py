@@ -6,6 +6,10 @@ fault handling driven by probe tasks that really kill their worker or really rai
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,18 +18,19 @@ import pytest
 from rich.console import Console
 from safetensors.torch import load_file
 
-from crossfl.server import probe_tasks
-from crossfl.server.driver import RunStopped, resume_run, run_experiment
+from crossfl.client import probes
+from crossfl.server.lifecycle import RunStopped, resume_run, run_experiment
 from crossfl.server.experiment import load_experiment
 from crossfl.server.report import compare_plot, summary_tables
-from crossfl.server.scratch_project import make_project, write_experiment
 from crossfl.server.telemetry import live_records, read_metrics
 from crossfl.server.transport import TaskFns
+from testkit.gate import FifoGate, wait_for
+from testkit.processes import alive, describe, end, interchanges, marked_env, started
+from testkit.scratch_project import make_project, write_experiment
 from test_server_units import FakeTransferClient
 
 ROOT = Path(__file__).resolve().parents[1]
-# probe tasks travel inline (the by-reference wrappers call the real client tasks)
-PROBES = TaskFns(train=probe_tasks.faulty_train, evaluate=probe_tasks.noop_evaluate)
+PROBES = TaskFns(train=probes.faulty_train, evaluate=probes.noop_evaluate)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +54,8 @@ def run_dir_of(root: Path, name: str) -> Path:
 
 
 def records(run_dir: Path, kind: str) -> list[dict[str, Any]]:
-    return [r for r in live_records(run_dir / "metrics.jsonl") if r["kind"] == kind]
+    """The live records of one kind, as plain data."""
+    return [r.model_dump() for r in live_records(run_dir / "metrics.jsonl") if r.kind == kind]
 
 
 def by_reference(root: Path) -> tuple[dict[str, Any], FakeTransferClient]:
@@ -83,8 +89,9 @@ def test_killed_and_resumed_run_ends_with_the_same_adapter(here: Path) -> None:
     assert json.loads((killed / "checkpoint" / "state.json").read_text())["round"] == 1
     assert not (killed / "final_adapter").exists()
     # what a process killed during round 2 would have left behind
+    ghost = records(killed, "task")[-1] | {"round": 2, "error": "ghost"}
     with (killed / "metrics.jsonl").open("a") as fh:
-        fh.write(json.dumps({"kind": "task", "round": 2, "site": "east", "status": "ok", "ghost": True}) + "\n")
+        fh.write(json.dumps(ghost) + "\n")
         fh.write('{"kind": "task", "rou')  # a line cut short
 
     console = Console(width=120, record=True)
@@ -99,8 +106,8 @@ def test_killed_and_resumed_run_ends_with_the_same_adapter(here: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs from the uninterrupted one"
     tasks = records(killed, "task")
     assert sorted((t["round"], t["site"]) for t in tasks) == [(r, s) for r in (1, 2) for s in ("east", "west")]
-    assert not any(t.get("ghost") for t in tasks)
-    assert any(r.get("ghost") for r in read_metrics(killed / "metrics.jsonl"))  # kept in the file
+    assert not any(t["error"] == "ghost" for t in tasks)
+    assert any(r.get("error") == "ghost" for r in read_metrics(killed / "metrics.jsonl"))  # kept in the file
     assert len(records(killed, "baseline")) == 1 and len(records(killed, "resume")) == 1
     assert json.loads((killed / "checkpoint" / "state.json").read_text())["finished"] is True
 
@@ -199,37 +206,296 @@ def test_deadline_aggregates_what_arrived_and_merges_late_updates(here: Path) ->
     assert any(s["site"] == "g" and "still running" in s["reason"] for s in records(run_dir, "skipped"))
 
 
-def test_cli_run_killed_by_sigterm_resumes_to_the_end(here: Path) -> None:
-    """`crossfl run` gets SIGTERM (as a batch job at walltime does) after its first checkpoint;
-    `crossfl resume RUN` finishes it in the same directory."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
+# ------------------------------------------------------------------ `crossfl run` under signals
+# A site's data (or the validation data) is a named pipe served by a FifoGate: the test knows
+# a task is mid-round because it is waiting on that pipe, so no signal races the run.
 
-    path = experiment_file(here, name="sigterm", rounds=3, sites=[{"name": "east", "site": "local"}])
-    env = dict(os.environ, CROSSFL_ROOT=str(here))
-    proc = subprocess.Popen([sys.executable, "-m", "crossfl", "run", str(path)], cwd=here, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+def cli(*args: str, cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`crossfl ARGS` in a session of its own: what it starts can be found by that session."""
+    return subprocess.Popen([sys.executable, "-m", "crossfl", *args], cwd=cwd, env=env,
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def cli_done(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "crossfl", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def final_adapters_equal(a: Path, b: Path) -> bool:
+    import torch
+
+    x = load_file(a / "final_adapter" / "adapter_model.safetensors")
+    y = load_file(b / "final_adapter" / "adapter_model.safetensors")
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def east_data(here: Path) -> bytes:
+    """A small training file for east (40 records)."""
+    return b"".join((here / "data" / "train.jsonl").read_bytes().splitlines(keepends=True)[:40])
+
+
+def gated_sites(here: Path, name: str) -> tuple[FifoGate, list[dict[str, Any]]]:
+    """east reads its training data through a gate that serves round 1 and holds round 2;
+    west trains on its partition of data.train."""
+    gate = FifoGate(here / "gated" / f"{name}-east.jsonl", east_data(here), serve=1)
+    return gate, [{"name": "east", "site": "local", "data_path": str(gate.path)}, {"name": "west", "site": "local"}]
+
+
+def test_run_killed_with_sigkill_takes_its_engines_along_and_resumes_by_relative_name(here: Path) -> None:
+    """kill -9 of `crossfl run` mid-round: the engines die with it; `crossfl resume runs/NAME`
+    (relative) finishes the run with the adapter an uninterrupted run ends with, bit for bit."""
+    plain = here / "gated" / "plain-east.jsonl"
+    plain.parent.mkdir(exist_ok=True)
+    plain.write_bytes(east_data(here))
+    exp, path = load_experiment(experiment_file(here, name="unkilled", sites=[
+        {"name": "east", "site": "local", "data_path": str(plain)}, {"name": "west", "site": "local"}]))
+    straight = run_experiment(exp, path, Console(width=120))
+
+    gate, sites = gated_sites(here, "sigkill")
+    mark, env = marked_env()
     try:
-        deadline = time.time() + 240
-        while not list((here / "runs").glob("sigterm-*/checkpoint/state.json")):
-            assert proc.poll() is None and time.time() < deadline, proc.stdout and proc.stdout.read()
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
+        path = experiment_file(here, name="sigkill", sites=sites)
+        proc = cli("run", str(path), cwd=here, env=env, log=here / "sigkill.log")
+        held = gate.wait_for_reader(alive=lambda: proc.poll() is None)  # east is in round 2
+        engines = [p for p in started(mark, proc.pid) if p.pid != proc.pid]
+        assert len(engines) >= 4, describe(engines)  # two interchanges, two worker pools
+        proc.kill()
+        proc.wait()
+        wait_for("the killed run's engine processes to end", lambda: not alive(engines), limit_s=120)
+        gate.release(held)
+        run_dir = run_dir_of(here, "sigkill")
+        assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["round"] == 1
+        resumed = cli_done("resume", str(run_dir.relative_to(here)), cwd=here, env=env)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, out
-    run_dir = run_dir_of(here, "sigterm")
-    assert "crossfl resume" in out and not (run_dir / "final_adapter").exists()
-    resumed = subprocess.run([sys.executable, "-m", "crossfl", "resume", str(run_dir)], cwd=here, env=env,
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "Traceback" not in resumed.stdout + resumed.stderr
+        gate.close()
+        end(started(mark, proc.pid))
+    assert final_adapters_equal(straight, run_dir), "resumed run differs from the uninterrupted one"
+    assert sorted((t["round"], t["site"]) for t in records(run_dir, "task")) == [
+        (r, s) for r in (1, 2, 3) for s in ("east", "west")]
+
+
+def test_engines_a_dead_run_left_are_reaped_by_the_next_run(here: Path) -> None:
+    """Server and watchdog both killed: the engines outlive them, until the next `crossfl run`
+    reaps them; `crossfl resume /abs/path/` (trailing slash) then finishes the dead run."""
+    gate, sites = gated_sites(here, "orphans")
+    mark, env = marked_env()
+    try:
+        path = experiment_file(here, name="orphans", rounds=2, sites=sites)
+        proc = cli("run", str(path), cwd=here, env=env, log=here / "orphans.log")
+        held = gate.wait_for_reader(alive=lambda: proc.poll() is None)
+        ours = [p for p in started(mark, proc.pid) if p.pid != proc.pid]
+        watchdogs = [p for p in ours if "crossfl.server.reaper" in " ".join(p.cmdline())]
+        for w in watchdogs:
+            w.kill()
+        wait_for("the watchdog to end", lambda: not alive(watchdogs))
+        proc.kill()
+        proc.wait()
+        engines = alive([p for p in ours if p not in watchdogs])
+        assert len(engines) >= 4, "nothing else ends the engines of a run whose watchdog died too"
+
+        _, other_env = marked_env()
+        nxt = cli_done("run", str(experiment_file(here, name="next", rounds=1,
+                                                  sites=[{"name": "east", "site": "local"}])),
+                       cwd=here, env=other_env)
+        assert nxt.returncode == 0, nxt.stdout + nxt.stderr
+        assert not alive(engines), describe(alive(engines))
+
+        gate.release(held)
+        run_dir = run_dir_of(here, "orphans")
+        resumed = cli_done("resume", f"{run_dir}/", cwd=here / "data", env=env)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    finally:
+        gate.close()
+        end(started(mark, proc.pid))
+    assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["finished"] is True
+
+
+@pytest.mark.parametrize("phase", ["training", "evaluation"])
+def test_cli_run_stopped_by_sigterm_mid_round_resumes_to_the_end(here: Path, phase: str) -> None:
+    """SIGTERM (a batch job at its walltime) while a site trains, or while the evaluating site
+    evaluates round 1: exit 130 with the resume hint and no traceback; `crossfl resume`
+    finishes the run in the same directory."""
+    name = f"sigterm-{phase}"
+    if phase == "training":
+        gate, sites = gated_sites(here, name)
+        changes: dict[str, Any] = {"sites": sites}
+    else:  # the baseline evaluation is served, round 1's is held
+        gate = FifoGate(here / "gated" / f"{name}-validation.jsonl",
+                        (here / "data" / "validation.jsonl").read_bytes(), serve=1)
+        changes = {"sites": [{"name": "east", "site": "local"}],
+                   "data": {"train": "data/train.jsonl", "validation": str(gate.path)}}
+    mark, env = marked_env()
+    try:
+        proc = cli("run", str(experiment_file(here, name=name, **changes)), cwd=here, env=env,
+                   log=here / f"{name}.log")
+        held = gate.wait_for_reader(alive=lambda: proc.poll() is None)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=300) == 130, (here / f"{name}.log").read_text()
+        out = (here / f"{name}.log").read_text()
+        run_dir = run_dir_of(here, name)
+        assert f"crossfl resume {run_dir}" in out and "Traceback" not in out, out
+        assert not (run_dir / "final_adapter").exists()
+        assert not started(mark, proc.pid), "a stopped run leaves no engine process"
+        gate.release(held)
+        resumed = cli_done("resume", str(run_dir), cwd=here, env=env)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert "Traceback" not in resumed.stdout + resumed.stderr
+    finally:
+        gate.close()
+        end(started(mark, proc.pid))
     assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["finished"] is True
     tasks = records(run_dir, "task")
-    assert sorted((t["round"], t["site"]) for t in tasks) == [(1, "east"), (2, "east"), (3, "east")]
+    assert sorted({(t["round"], t["site"]) for t in tasks}) == sorted(
+        {(r, e["name"]) for r in (1, 2, 3) for e in changes["sites"]})
     assert [r["round"] for r in records(run_dir, "round")] == [1, 2, 3]
+
+
+# ------------------------------------------------------------------ checks before anything starts
+
+@pytest.mark.parametrize(("changes", "where"), [
+    ({"model": {"path": "no/such/model"}}, "model.path"),
+    ({"sites": [{"name": "east", "site": "local", "model_path": "no/model"}]}, "sites[east].model_path"),
+    ({"sites": [{"name": "east", "site": "local", "data_path": "no/such.jsonl"}]}, "sites[east].data_path"),
+    ({"data": {"train": "no/train.jsonl", "validation": "data/validation.jsonl"}}, "data.train"),
+    ({"data": {"train": "data/train.jsonl", "validation": "no/validation.jsonl"}}, "data.validation"),
+    ({"strategy": {"name": "fedavg", "kwargs": {"colour": 1}}}, "strategy.kwargs.colour"),
+    ({"strategy": {"name": "fedasync"}, "driver": "sync"}, "driver"),
+    ({"sites": [{"name": "east", "site": "nowhere"}]}, "nowhere"),
+    ({"sites": [{"name": "east", "site": "local", "user_options": {"colour": "red"}}]}, "colour"),
+], ids=["model", "site-model", "site-data", "train", "validation", "kwargs", "driver", "catalog", "options"])
+def test_a_run_that_fails_its_checks_starts_no_engine_and_leaves_no_run(
+        here: Path, monkeypatch: pytest.MonkeyPatch, changes: dict[str, Any], where: str) -> None:
+    from crossfl.endpoints import LocalEngineExecutor
+    from crossfl.errors import UserError
+
+    def no_engine(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("an engine was started before the run's checks passed")
+
+    monkeypatch.setattr(LocalEngineExecutor, "__init__", no_engine)
+    name = f"checks-{uuid.uuid4().hex[:6]}"
+    exp, path = load_experiment(experiment_file(here, name=name, **changes))
+    with pytest.raises(UserError) as info:
+        run_experiment(exp, path, Console(width=120))
+    assert where in info.value.render()
+    assert not list((here / "runs").glob(f"{name}-*")), "a run that failed its checks left a directory"
+
+
+# ------------------------------------------------------------------ signals at every phase
+
+@pytest.mark.parametrize("phase", ["startup", "shutdown"])
+def test_sigterm_while_engines_start_or_stop_ends_cleanly(here: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          phase: str) -> None:
+    """SIGTERM while the second engine starts: the run stops with the resume hint and every
+    engine it started is shut down; while the engines stop after the last round: the run is
+    finished, and the signal does not cut the other engines' shutdown short."""
+    from crossfl.endpoints import LocalEngineExecutor
+
+    mark, _ = marked_env()
+    monkeypatch.setenv("CROSSFL_TEST_MARK", mark)
+    real_init, real_shutdown = LocalEngineExecutor.__init__, LocalEngineExecutor.shutdown
+    opened: list[str] = []
+
+    def init(self: LocalEngineExecutor, site: str, *args: Any, **kwargs: Any) -> None:
+        real_init(self, site, *args, **kwargs)
+        opened.append(site)
+        if phase == "startup" and len(opened) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def shutdown(self: LocalEngineExecutor, *args: Any, **kwargs: Any) -> None:
+        if phase == "shutdown":
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_shutdown(self, *args, **kwargs)
+
+    monkeypatch.setattr(LocalEngineExecutor, "__init__", init)
+    monkeypatch.setattr(LocalEngineExecutor, "shutdown", shutdown)
+    name = f"signal-{phase}"
+    exp, path = load_experiment(experiment_file(here, name=name, rounds=2, transport={"mode": "inline"}))
+    console = Console(width=250, record=True)
+    try:
+        if phase == "startup":
+            with pytest.raises(KeyboardInterrupt):
+                run_experiment(exp, path, console, fns=PROBES)
+            run_dir = run_dir_of(here, name)
+            assert f"crossfl resume {run_dir}" in console.export_text()
+        else:
+            run_dir = run_experiment(exp, path, console, fns=PROBES)
+        assert not started(mark) and not interchanges(), "an engine outlived its run"
+        monkeypatch.setattr(LocalEngineExecutor, "shutdown", real_shutdown)
+        resume_run(run_dir, Console(width=120), fns=PROBES)
+    finally:
+        end(started(mark) + interchanges())
+    assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["finished"] is True
+
+
+# ------------------------------------------------------------------ strategies the driver serves
+
+def test_an_appfl_strategy_sees_the_adapter_tensor_by_tensor(here: Path) -> None:
+    """The driver hands the adapter's layout to the strategy: APPFL's FedAdam keeps its moments
+    per LoRA tensor (not one flat "params" key), also after a resume."""
+    import torch
+
+    from crossfl.server import checkpoint as ckpt
+
+    kwargs = {"client_weights_mode": "sample_size", "server_learning_rate": 0.05,
+              "server_momentum_param_1": 0.8, "server_momentum_param_2": 0.95, "server_adapt_param": 0.01}
+    exp, path = load_experiment(experiment_file(
+        here, name="appfl", rounds=2, transport={"mode": "inline"},
+        strategy={"name": "appfl:FedAdamAggregator", "kwargs": kwargs}))
+    with pytest.raises(RunStopped):
+        run_experiment(exp, path, Console(width=120), fns=PROBES, stop_after=1)
+    run_dir = run_dir_of(here, "appfl")
+    resume_run(run_dir, Console(width=120), fns=PROBES)
+    saved = ckpt.load(run_dir / "checkpoint")
+    assert saved is not None and saved.spec is not None and saved.round == 2
+    moments = saved.strategy_state["m_vector"]
+    assert sorted(moments) == sorted(saved.spec.keys)
+    assert all(isinstance(v, torch.Tensor) for v in moments.values())
+
+
+def test_a_run_named_any_way_is_one_absolute_directory(here: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`crossfl resume` takes runs/NAME, NAME, /abs/path, a trailing slash or a symlink: each is
+    the run's one absolute directory, so every path a site is handed from it is absolute."""
+    from crossfl.cli.run import resolve_run_dir
+    from crossfl.server.lifecycle import run_directory
+
+    run_dir = here / "runs" / "named-20260101-000000"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "experiment.yaml").write_text("name: named\n")
+    link = here / "latest"
+    link.unlink(missing_ok=True)
+    link.symlink_to(run_dir)
+    monkeypatch.chdir(here)
+    for ref in ("runs/named-20260101-000000", "named-20260101-000000", str(run_dir), f"{run_dir}/",
+                "runs/named-20260101-000000/", "latest", "./runs/../runs/named-20260101-000000"):
+        found = run_directory(resolve_run_dir(ref))
+        assert found.is_absolute() and found == run_dir.resolve(), ref
+
+
+def test_an_experiment_is_resolved_once(here: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each site entry's catalog file is read and rendered once for the whole run; the plan
+    then carries it (to the executors, the drivers and the transport)."""
+    import crossfl.render
+    import crossfl.sites
+    from crossfl.server.plan import plan_run
+
+    calls: dict[str, int] = {"load_site": 0, "render_site": 0}
+
+    def counted(module: Any, name: str) -> None:
+        real = getattr(module, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    counted(crossfl.sites, "load_site")
+    counted(crossfl.render, "render_site")
+    exp, path = load_experiment(experiment_file(here, name="once"))
+    plan = plan_run(exp, path)
+    assert calls == {"load_site": 2, "render_site": 2}
+    assert all(Path(s.model_path).is_absolute() and s.engine_config is not None for s in plan.sites.values())
+    task = plan.train_task("east", "/data/east.jsonl", plan.client_plan("east"), 1)
+    assert task.model_path == plan.sites["east"].model_path and task.lora == plan.lora

@@ -5,6 +5,8 @@ update screening, checkpoints, resumed metrics, transport choice and the Globus 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -16,8 +18,9 @@ import torch
 import yaml
 from globus_compute_sdk.errors import TaskExecutionFailed
 
-from crossfl.client import transport as client_transport
+from crossfl.client import tasks
 from crossfl.client.adapter_io import adapter_to_bytes
+from crossfl.client.contract import TrainResult, TrainTask
 from crossfl.errors import UserError
 from crossfl.server import checkpoint as ckpt
 from crossfl.server.experiment import Experiment, load_experiment
@@ -26,6 +29,8 @@ from crossfl.server.flat import FlatSpec
 from crossfl.server.screening import DistanceScreen, finite_problem, layout_problem
 from crossfl.server.strategies import get_strategy
 from crossfl.server.strategies.base import Update
+from crossfl.server.plan import RunPlan, SitePlan, driver_kind
+from crossfl.server.records import AggregationRecord, ResumeRecord, TaskRecord
 from crossfl.server.telemetry import MetricsLog, live_records
 from crossfl.server.transport import GlobusMover, TransferFailed, Transport
 
@@ -166,17 +171,26 @@ def test_checkpoint_round_trip_keeps_tensors_strategy_and_rng(tmp_path: Path) ->
         ckpt.load(tmp_path)
 
 
+def task_record(rnd: int, site: str, **changes: Any) -> TaskRecord:
+    return TaskRecord(round=rnd, site=site, status="ok", submitted_at=1.0, received_at=2.0, submitted_rel_s=0.5,
+                      bytes_down=0, transport="inline", attempts=1, base_version=0, local_steps=1, **changes)
+
+
 def test_resumed_metrics_leave_out_the_unfinished_round(tmp_path: Path) -> None:
-    log = MetricsLog(tmp_path / "metrics.jsonl")
-    log.write({"kind": "task", "round": 1})
-    log.write({"kind": "round", "round": 1})
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLog(path)
+    log.write(task_record(1, "a", train_loss=0.5))
+    log.write(AggregationRecord(round=1, version=1, driver="sync", sites=["a"], elapsed_s=1.0, staleness={"a": 0}))
     position = log.position()
-    log.write({"kind": "task", "round": 2, "site": "killed"})
-    log.write({"kind": "resume", "metrics_bytes": position})
-    log.write({"kind": "task", "round": 2, "site": "again"})
-    live = live_records(tmp_path / "metrics.jsonl")
-    assert [r.get("site") for r in live if r["kind"] == "task"] == [None, "again"]
-    assert "killed" in (tmp_path / "metrics.jsonl").read_text()  # the file keeps everything
+    log.write(task_record(2, "killed"))
+    with path.open("a") as fh:
+        fh.write('{"kind": "task", "rou')  # a line a killed process cut short
+    log.write(ResumeRecord(round=1, version=1, metrics_bytes=position, at=3.0, elapsed_s=1.0))
+    log.write(task_record(2, "again"))
+    live = live_records(path)
+    assert [r.site for r in live if isinstance(r, TaskRecord)] == ["a", "again"]
+    assert live[0] == task_record(1, "a", train_loss=0.5)  # the record reads back as written
+    assert "killed" in path.read_text() and '"error"' not in path.read_text()  # unset fields stay out
 
 
 # ------------------------------------------------------------------------------ transport
@@ -187,9 +201,21 @@ def experiment(tmp_path: Path, **changes: Any) -> Experiment:
     return Experiment.model_validate(raw)
 
 
+def plan_of(exp: Experiment, here: set[str]) -> RunPlan:
+    """A plan without the checks: sites in ``here`` run on this machine."""
+    sites = {s.name: SitePlan(name=s.name, catalog=None, runs_here=s.name in here, model_path="/m",  # type: ignore[arg-type]
+                              data_path="/d", shared_dir=s.transport.shared_dir, nodes=1, user_options={})
+             for s in exp.sites}
+    return RunPlan(experiment=exp, source=Path("exp.yaml"), sites=sites, driver="sync", validation_path="/v",
+                   train_path=None)
+
+
+TASK = TrainTask(model_path="/m", data_path="/d", local_steps=1, batch_size=1, lr=0.1)
+
+
 def test_transport_mode_follows_size_and_site_settings(tmp_path: Path) -> None:
     exp = experiment(tmp_path, transport={"inline_limit_mb": 1})
-    t = Transport(exp, tmp_path / "run", {"alpha", "beta"})
+    t = Transport(plan_of(exp, {"alpha", "beta"}), tmp_path / "run")
     assert t.mode_for("alpha", 1000) == "inline"
     assert t.mode_for("alpha", 2_000_000) == "shared_fs"  # local sites share the run directory
     with pytest.raises(UserError, match="inline limit"):
@@ -232,11 +258,12 @@ def test_globus_transfer_moves_adapters_both_ways(tmp_path: Path, monkeypatch: p
                                 "mode": "globus_transfer",
                                 "globus": {"collection": site_id, "path": "/eagle/x",
                                            "local_path": str(site_root / "eagle" / "x")}}}])
-    t = Transport(exp, tmp_path / "run-1", {"alpha"}, transfer_client=lambda: fake)
+    t = Transport(plan_of(exp, {"alpha"}), tmp_path / "run-1", transfer_client=lambda: fake)
     adapter = adapter_to_bytes({"l.lora_A.weight": torch.ones(2, 2)})
-    out = t.train("far", {"local_steps": 1}, adapter, version=3)
-    assert out.mode == "globus_transfer" and out.fn is client_transport.train_round_ref
+    out = t.train("far", TASK, adapter, version=3)
+    assert out.mode == "globus_transfer" and out.fn is tasks.train_round
     assert out.payload["adapter"] is None and out.bytes_down == len(adapter)
+    assert TrainTask.from_wire(out.payload).inline_limit_bytes == 7_000_000
     assert Path(out.payload["adapter_path"]).read_bytes() == adapter  # arrived at the site
     item = fake.submitted[0]["DATA"][0]
     assert item["source_path"] == "/crossfl/run-1/global-v3.safetensors"
@@ -246,10 +273,10 @@ def test_globus_transfer_moves_adapters_both_ways(tmp_path: Path, monkeypatch: p
     result_at_site = Path(out.payload["result_path"])
     result_at_site.parent.mkdir(parents=True, exist_ok=True)
     result_at_site.write_bytes(adapter + b"")
-    incoming = t.receive("far", {"adapter": None, "adapter_path": str(result_at_site)}, out.mode)
+    incoming = t.receive("far", TrainResult.model_construct(adapter=None, adapter_path=str(result_at_site)), out.mode)
     assert incoming.adapter == adapter and incoming.bytes_up == len(adapter) and len(fake.submitted) == 2
     # the same global version goes to a site once
-    t.train("far", {"local_steps": 1}, adapter, version=3)
+    t.train("far", TASK, adapter, version=3)
     assert len(fake.submitted) == 2
     # a transfer that does not succeed is an error the driver records (and retries as a system failure)
     failing = FakeTransferClient({server_id: server_root, site_id: site_root})
@@ -280,19 +307,16 @@ def test_new_experiment_fields_validate(tmp_path: Path) -> None:
 
 
 def test_driver_follows_the_strategy_unless_told(tmp_path: Path) -> None:
-    from crossfl.server.async_driver import AsyncDriver
-    from crossfl.server.driver import RoundDriver, driver_class
-
-    assert driver_class(experiment(tmp_path)) is RoundDriver
-    assert driver_class(experiment(tmp_path, strategy={"name": "fedbuff"})) is AsyncDriver
-    assert driver_class(experiment(tmp_path, driver="async")) is AsyncDriver
+    assert driver_kind(experiment(tmp_path)) == "sync"
+    assert driver_kind(experiment(tmp_path, strategy={"name": "fedbuff"})) == "async"
+    assert driver_kind(experiment(tmp_path, driver="async")) == "async"
     with pytest.raises(UserError) as info:
-        driver_class(experiment(tmp_path, strategy={"name": "fedasync"}, driver="sync"))
+        driver_kind(experiment(tmp_path, strategy={"name": "fedasync"}, driver="sync"))
     assert info.value.field == "driver"
     with pytest.raises(UserError) as info:
-        driver_class(experiment(tmp_path, max_updates=10))
+        driver_kind(experiment(tmp_path, max_updates=10))
     assert info.value.field == "max_updates"
-    assert driver_class(experiment(tmp_path, strategy={"name": "fedbuff"}, max_updates=10)) is AsyncDriver
+    assert driver_kind(experiment(tmp_path, strategy={"name": "fedbuff"}, max_updates=10)) == "async"
 
 
 def test_cli_resume_and_report_of_a_missing_run_are_one_line(tmp_path: Path) -> None:
@@ -306,3 +330,65 @@ def test_cli_resume_and_report_of_a_missing_run_are_one_line(tmp_path: Path) -> 
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr + proc.stdout and "no run directory" in proc.stderr
+
+
+# ------------------------------------------------------------------------------ engine processes
+
+def sleeper() -> subprocess.Popen[bytes]:
+    """A process that runs until it is ended, in a session of its own (as a worker pool is)."""
+    return subprocess.Popen(["sleep", "1000"], start_new_session=True)
+
+
+def test_a_dead_runs_processes_are_reaped_and_a_recycled_pid_is_spared(tmp_path: Path) -> None:
+    from crossfl.server import reaper
+
+    server, engine, stranger = sleeper(), sleeper(), sleeper()
+    try:
+        server_ref = reaper.ProcessRef.of(server.pid, "server")
+        engine_ref = reaper.ProcessRef.of(engine.pid, "workers", "east")
+        stranger_ref = reaper.ProcessRef.of(stranger.pid, "workers", "west")
+        assert server_ref and engine_ref and stranger_ref and engine_ref.find() is not None
+        # the pid a record names, now held by a process that started later: not the same one
+        recycled = stranger_ref.model_copy(update={"started": stranger_ref.started - 60})
+        other_program = engine_ref.model_copy(update={"exe": "/usr/bin/python3"})
+        assert recycled.find() is None and other_program.find() is None
+        record = reaper.ProcessRecord(server=server_ref, engines=[engine_ref, recycled])
+        record.save(tmp_path)
+        assert reaper.reap(tmp_path) == 0 and engine.poll() is None  # its server lives: left alone
+        server.kill()
+        server.wait()
+        assert reaper.reap_dead_runs(tmp_path.parent) == {tmp_path.name: 1}
+        assert engine.wait(timeout=60) is not None  # ended (SIGTERM)
+        assert stranger.poll() is None, "a recycled pid of another process was signalled"
+        assert not (tmp_path / reaper.RECORD).exists()
+    finally:
+        for p in (server, engine, stranger):
+            p.kill()
+            p.wait()
+
+
+def test_the_watchdog_ends_the_engines_when_the_server_dies(tmp_path: Path) -> None:
+    from crossfl.server import reaper
+
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)"])
+    engine = sleeper()
+    try:
+        server_ref = reaper.ProcessRef.of(server.pid, "server")
+        engine_ref = reaper.ProcessRef.of(engine.pid, "interchange", "east")
+        assert server_ref and engine_ref
+        watchdog = subprocess.Popen([sys.executable, "-m", "crossfl.server.reaper", str(tmp_path), str(server.pid)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # the record names the watchdog too (a later run ends a dead run's watchdog; this one
+        # must not end itself before it has done its work)
+        reaper.ProcessRecord(server=server_ref, watchdog=reaper.ProcessRef.of(watchdog.pid, "watchdog"),
+                             engines=[engine_ref]).save(tmp_path)
+        server.kill()  # kill -9: no shutdown of anything
+        server.wait()
+        out, _ = watchdog.communicate(timeout=120)
+        assert watchdog.returncode == 0 and "ended 1 process" in out, out
+        assert engine.wait(timeout=60) is not None
+        assert not (tmp_path / reaper.RECORD).exists()
+    finally:
+        for p in (server, engine):
+            p.kill()
+            p.wait()

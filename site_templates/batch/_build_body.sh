@@ -7,6 +7,9 @@ module load << m >>
 <% for k, v in build.env.items() %>
 export << k >>=<< v | sq >>
 <% endfor %>
+<% for d in build.make_dirs %>
+mkdir -p "$<< d >>"
+<% endfor %>
 
 # The def file and the context it stages (build/images/ from `make image-def`) were copied to
 # << build.root >>/build/images/; its %files paths are relative to << build.root >>.
@@ -14,6 +17,11 @@ cd "<< build.root >>"
 def="<< build.def_file >>"
 image="<< build.image >>"
 mkdir -p "$(dirname "$image")"
-apptainer build << build.options | join(" ") >> "$image.tmp" "$def"
+# %post does not see this environment: the proxies go in as build arguments.
+apptainer build << build.options | join(" ") >> \
+<% for a in build.build_args %>
+  --build-arg "<< a >>=$<< a >>" \
+<% endfor %>
+  "$image.tmp" "$def"
 mv "$image.tmp" "$image"
 apptainer inspect --labels "$image"

@@ -80,16 +80,18 @@ def ensure_endpoint_tools_on_path() -> None:
 
 
 class LocalEngineExecutor(Executor):
-    """A local site: its own GlobusComputeEngine, fed the way an endpoint feeds it."""
+    """A local site: its own GlobusComputeEngine, fed the way an endpoint feeds it.
+    ``user_config``: the rendered user endpoint config (YAML), or that config already loaded
+    with :func:`load_engine_config`."""
 
-    def __init__(self, site: str, user_config_yaml: str, run_dir: pathlib.Path, *,
+    def __init__(self, site: str, user_config: str | t.Any, run_dir: pathlib.Path, *,
                  source: str = "user_config.yaml") -> None:
         self.site = site
         self.endpoint_id = uuid.uuid4()
         self._serializer = code_serializer()
         self._lock = threading.Lock()
         self._closed = False
-        config = load_engine_config(user_config_yaml, source=source)
+        config = load_engine_config(user_config, source=source) if isinstance(user_config, str) else user_config
         ensure_endpoint_tools_on_path()
         self._engine = config.engine
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -139,6 +141,21 @@ class LocalEngineExecutor(Executor):
         except BaseException as exc:  # never leave the caller waiting forever
             if not outer.done():
                 outer.set_exception(exc)
+
+    def processes(self) -> list[tuple[str, int]]:
+        """The engine's processes on this machine, as (role, pid): its interchange, and the
+        shell that holds each worker pool it started (LocalProvider blocks; a batch
+        scheduler's blocks are jobs, not processes here). Read from Parsl's executor."""
+        executor = getattr(self._engine, "executor", None)
+        found: list[tuple[str, int]] = []
+        interchange = getattr(executor, "interchange_proc", None)
+        if interchange is not None:
+            found.append(("interchange", interchange.pid))
+        resources = getattr(getattr(executor, "provider", None), "resources", None) or {}
+        for job in list(resources.values()):
+            if isinstance(job, dict) and isinstance(job.get("remote_pid"), int):
+                found.append(("workers", job["remote_pid"]))
+        return found
 
     def _shutdown_engine(self) -> None:
         with contextlib.suppress(Exception):

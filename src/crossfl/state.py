@@ -27,14 +27,30 @@ def now() -> datetime:
 
 
 class ImageState(StrictModel):
-    """The container image staged at the site (verified with sha256sum there)."""
+    """The container image in place at the site (its sha256 taken there with sha256sum)."""
     arch: str
-    local_path: str
+    source: Literal["upload", "build", "pull"] = "upload"
+    # What it was placed from, as `<image>.origin` says there: "pull <ref>", "build <key of the
+    # def file and its context>"; None for an upload (the sha256 says it).
+    origin: str | None = None
+    local_path: str | None = None  # the file uploaded from this checkout
     remote_path: str
     sha256: str
     size: int = Field(ge=0)
     local_mtime_ns: int | None = None  # lets the next deploy skip re-hashing an unchanged file
+    labels: dict[str, str] = Field(default_factory=dict)  # `apptainer inspect --labels` there
     staged_at: datetime
+
+
+class BuildJob(StrictModel):
+    """An image build started at the site and not yet verified: the next deploy waits for
+    it instead of starting another."""
+    where: Literal["login", "batch"]
+    job_id: str  # the scheduler's job id, or the process id on the login node
+    host: str | None = None  # the login node running it (login builds)
+    key: str  # the build it runs (ImageState.origin once verified)
+    output: str  # its output file there
+    started_at: datetime
 
 
 class DataState(StrictModel):
@@ -74,6 +90,7 @@ class DeployState(StrictModel):
     bundle_sha256: str | None = None  # the bundle that is in place at remote_root/bundle
     bundle_uploaded_at: datetime | None = None
     image: ImageState | None = None
+    image_build: BuildJob | None = None
     data: list[DataState] = Field(default_factory=list)
     endpoint: EndpointState
     last_deploy: datetime | None = None

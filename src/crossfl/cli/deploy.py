@@ -22,11 +22,17 @@ def deploy_command(
     contact_email: Annotated[str | None, typer.Option(
         "--contact-email", help="Contact email for endpoints that Globus Compute treats as "
         "multi-user (started by root). Also $CROSSFL_CONTACT_EMAIL.")] = None,
+    build_wait: Annotated[int, typer.Option(
+        "--build-wait", min=1, help="Minutes to wait for an image build job at the site; a "
+        "build still running then is waited for by the next deploy.")] = 240,
     dry_run: DryRun = False,
 ) -> None:
-    """Render SITE, upload bundle/image/data over SSH, configure and start its endpoint."""
+    """Render SITE; over SSH put its bundle, image (uploaded, pulled by digest or built
+    there: container.image_source) and data in place; configure and start its endpoint.
+    --dry-run needs no SSH and no image: it prints the whole plan."""
     from crossfl.deploy import deploy_site
-    deploy_site(site, data=data, start=not no_start, dry_run=dry_run, contact_email=contact_email)
+    deploy_site(site, data=data, start=not no_start, dry_run=dry_run, contact_email=contact_email,
+                build_wait_s=build_wait * 60.0)
 
 
 def status_command(

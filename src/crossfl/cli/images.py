@@ -15,12 +15,24 @@ Fakeroot = Annotated[bool | None, typer.Option(
     "--fakeroot/--no-fakeroot", help="default: --fakeroot unless running as root")]
 SigningKey = Annotated[Path | None, typer.Option(
     "--key", help="PEM private key (default: the PGP key `apptainer key` holds)")]
-Keep = Annotated[bool, typer.Option("--keep", help="keep the throwaway tree")]
+Federation = Annotated[bool, typer.Option(
+    "--federation/--no-federation", help="also run a federation inside the built rootfs")]
 
 
 def def_command(arch: Arch) -> None:
     """Render build/images/crossfl-ARCH.def (and stage its %files)."""
     typer.echo(images.display_path(images.render_def(arch)))
+
+
+def containerfile_command(arch: Arch) -> None:
+    """Render build/images/crossfl-ARCH.Containerfile for podman / podman-hpc (same steps)."""
+    typer.echo(images.display_path(images.render_containerfile(arch)))
+
+
+def hosts_command(arch: Arch) -> None:
+    """The hosts ARCH's image build must reach (registry, wheel channels, uv, apt)."""
+    for host in images.build_hosts(images.get_arch(arch)):
+        typer.echo(host)
 
 
 def build_command(arch: Arch, fakeroot: Fakeroot = None) -> None:
@@ -35,21 +47,27 @@ def sign_command(arch: Arch, key: SigningKey = None) -> None:
     typer.echo(f"{entry.image} signed, {entry.digest}")
 
 
-def check_command(arch: Arch = "cpu", keep: Keep = False) -> None:
-    """Run ARCH's %post, %test and %runscript here in a throwaway venv (cpu only)."""
-    result = images.check_build_steps(arch, keep=keep)
-    steps = ", ".join(f"%{name} {sec:.0f} s" for name, sec in result.seconds.items())
-    log = images.display_path(images.images_dir() / f"image-check-{arch}.log")
-    typer.echo(f"{arch}: ok ({steps}); torch {result.torch}; devices "
-               f"{result.devices.get('device', '?')}; log {log}"
-               + (f"; tree {result.workdir}" if keep else ""))
+def check_command(arch: Arch = "cpu-debian", federation: Federation = True) -> None:
+    """Build ARCH's root filesystem here (mmdebstrap + bubblewrap; debootstrap arches), run its
+    %test and %runscript, then a federation whose workers start inside it."""
+    from crossfl.server.image_check import run_federation
+
+    result = images.check_image(arch, federation=run_federation if federation else None)
+    steps = ", ".join(f"{name} {sec:.0f} s" for name, sec in result.seconds.items())
+    inside = sorted({t["python"] for t in result.federation.get("tasks", [])})
+    typer.echo(f"{arch}: ok ({'cached rootfs; ' if result.cached else ''}{steps}); torch "
+               f"{result.torch}; workers ran {', '.join(inside) or 'not run'}; log "
+               f"{images.display_path(images.check_log(arch))}")
 
 
 def register(app: typer.Typer) -> None:
     """Add the `image` command group to the main app."""
     image = typer.Typer(no_args_is_help=True, add_completion=False,
-                        help="Apptainer worker images, one per accelerator stack.")
+                        help="Worker images (Apptainer, and OCI for podman-hpc), one per "
+                             "accelerator stack.")
     image.command("def")(def_command)
+    image.command("containerfile")(containerfile_command)
+    image.command("hosts")(hosts_command)
     image.command("build")(build_command)
     image.command("sign")(sign_command)
     image.command("check")(check_command)

@@ -33,7 +33,7 @@ def run_command(
     stop_after: StopAfter = None,
 ) -> None:
     """Run an experiment: federated rounds across its sites."""
-    from crossfl.server.driver import RunFailed, RunStopped, run_experiment
+    from crossfl.server.lifecycle import RunFailed, RunStopped, run_experiment
     from crossfl.server.experiment import load_experiment
 
     exp, path = load_experiment(experiment)
@@ -52,7 +52,7 @@ def resume_command(
     stop_after: StopAfter = None,
 ) -> None:
     """Continue a killed or stopped run in its own directory from its last checkpoint."""
-    from crossfl.server.driver import RunFailed, RunStopped, resume_run
+    from crossfl.server.lifecycle import RunFailed, RunStopped, resume_run
 
     run_dir = resolve_run_dir(run)
     console = Console()

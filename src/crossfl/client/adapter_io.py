@@ -6,8 +6,6 @@ the server agree on them; the server flattens the dict in sorted-key order for a
 
 from __future__ import annotations
 
-from typing import Literal
-
 import json
 import struct
 
@@ -15,15 +13,14 @@ import torch
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
+from crossfl.client.contract import WIRE_DTYPES
 from crossfl.errors import UserError
 
 LORA_METADATA_KEY = "crossfl.lora"
 """Header metadata key holding the LoRA config (JSON) that produced an adapter."""
 
-AdapterDType = Literal["float32", "bfloat16"]
 _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                                    "float16": torch.float16}
-WIRE_DTYPES = ("float32", "bfloat16")
 
 
 def torch_dtype(name: str, *, allowed: tuple[str, ...] = WIRE_DTYPES,

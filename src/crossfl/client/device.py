@@ -16,13 +16,25 @@ import torch
 from crossfl.errors import UserError
 
 ENV_VAR = "CROSSFL_DEVICE"
+# Where a batch rank learns its index, and the variables that decide which devices it sees
+# (Slurm srun; PALS mpiexec on Aurora/Polaris; PMI; Open MPI).
+RANK_ENV = ("SLURM_PROCID", "PALS_RANKID", "PMI_RANK", "OMPI_COMM_WORLD_RANK")
+LOCAL_RANK_ENV = ("SLURM_LOCALID", "PALS_LOCAL_RANKID", "PMI_LOCAL_RANK",
+                  "OMPI_COMM_WORLD_LOCAL_RANK")
+DEVICE_ENV = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
+              "ZE_AFFINITY_MASK", "ZE_FLAT_DEVICE_HIERARCHY")
+
 
 # The variables that decide what each vendor's runtime shows, in the order they apply.
-DEVICE_ENV: dict[str, tuple[str, ...]] = {
+VENDOR_DEVICE_ENV: dict[str, tuple[str, ...]] = {
     "cuda": ("CUDA_VISIBLE_DEVICES",),
     "rocm": ("ROCR_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES"),
     "xpu": ("ZE_FLAT_DEVICE_HIERARCHY", "ZE_AFFINITY_MASK", "ONEAPI_DEVICE_SELECTOR"),
 }
+
+
+def _first_env(names: tuple[str, ...]) -> str | None:
+    return next((os.environ[n] for n in names if os.environ.get(n) is not None), None)
 
 
 def _xpu_available() -> bool:
@@ -62,7 +74,8 @@ def hip_relative_visibility(env: MutableMapping[str, str]) -> list[str]:
 def device_environment(kind: str, env: MutableMapping[str, str] | None = None) -> str:
     """"ROCR_VISIBLE_DEVICES=3 CUDA_VISIBLE_DEVICES=3 HIP_VISIBLE_DEVICES=unset"."""
     env = os.environ if env is None else env
-    names = DEVICE_ENV.get(kind) or tuple(dict.fromkeys(n for v in DEVICE_ENV.values() for n in v))
+    names = VENDOR_DEVICE_ENV.get(kind) or tuple(
+        dict.fromkeys(n for v in VENDOR_DEVICE_ENV.values() for n in v))
     return " ".join(f"{n}={env.get(n, 'unset')}" for n in names)
 
 
@@ -98,7 +111,7 @@ def select_device(expect: str | None = None) -> torch.device:
         return torch.device("cpu")
     else:
         device = _auto_device()
-    if expect in DEVICE_ENV and backend_name(device) != expect:
+    if expect in VENDOR_DEVICE_ENV and backend_name(device) != expect:
         sees = "none" if device.type == "cpu" else backend_name(device)
         raise UserError(f"expected a {expect} device; torch sees {sees} ({seen}; torch "
                         f"{torch.__version__})",
@@ -142,13 +155,12 @@ def describe_devices(expect: str | None = None) -> dict[str, object]:
         names = [platform.processor() or platform.machine()]
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     return {
-        "rank": os.environ.get("CROSSFL_LOCAL_RANK") or os.environ.get("PARSL_WORKER_RANK"),
         "device": str(device),
         "backend": backend_name(device),
         "count": count,
         "names": names,
         "cpus": _cpu_text(cpus),
-        "env": env_seen,
+        "env": env_seen,  # as the task found it, before the HIP fix
         "torch": torch.__version__,
         "cuda": getattr(torch.version, "cuda", None),
         "hip": getattr(torch.version, "hip", None),
@@ -156,4 +168,8 @@ def describe_devices(expect: str | None = None) -> dict[str, object]:
         "threads": torch.get_num_threads(),
         "override": os.environ.get(ENV_VAR) or None,
         "host": platform.node(),
+        "rank": _first_env(RANK_ENV),
+        # smoke.sh's rank (what Parsl's worker of that index gets), else the launcher's
+        "local_rank": os.environ.get("CROSSFL_LOCAL_RANK") or _first_env(LOCAL_RANK_ENV),
+        "visible": {n: os.environ[n] for n in DEVICE_ENV if n in os.environ},
     }

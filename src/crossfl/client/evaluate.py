@@ -9,39 +9,23 @@ import math
 import re
 import time
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from peft import PeftModel
-from pydantic import BaseModel, ConfigDict, Field
 
 from crossfl.client import model_cache
 from crossfl.client.adapter_io import LORA_METADATA_KEY, adapter_from_bytes, adapter_metadata
-from crossfl.client.train import (Bytes, ComputeDType, Example, LoraSpec, collate,
-                                  encode_example, encode_prompt, load_adapter_state,
-                                  load_records, pad_id, parse_task, worker_model)
+from crossfl.client.contract import EvalResult, EvalTask, EvalTimings, LoraSpec, Prediction
+from crossfl.client.train import (Example, collate, encode_example, encode_prompt,
+                                  load_adapter_state, load_records, lora_key, pad_id,
+                                  worker_model)
+from crossfl.client.transport import incoming_adapter
 from crossfl.data.smolinstruct import Record
 from crossfl.errors import UserError
 
 FORMULA_TASK = "name_conversion-s2f"
 _TAGGED = re.compile(r"<(?P<tag>[A-Z_]+)>(?P<body>.*?)(?:</(?P=tag)>|$)", re.S)
-
-
-class EvalTask(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model_path: str = Field(min_length=1)
-    data_path: str = Field(min_length=1)
-    adapter: Bytes | None = None
-    lora: LoraSpec | None = None
-    batch_size: int = Field(16, ge=1)
-    max_length: int = Field(128, ge=8)
-    dtype: ComputeDType = "float32"
-    max_samples: int | None = Field(None, ge=1)
-    generate_max_new_tokens: int = Field(24, ge=1)
-    generate_samples: int = Field(32, ge=0)
-    torch_threads: int | None = Field(None, ge=1)
-    expect_device: Literal["cuda", "rocm", "xpu", "cpu"] | None = None  # the site's catalog
 
 
 def answer_of(text: str) -> str:
@@ -51,10 +35,10 @@ def answer_of(text: str) -> str:
     return (m.group("body") if m else text).strip()
 
 
-def lora_for(spec: EvalTask) -> LoraSpec:
+def lora_for(spec: EvalTask, adapter: bytes) -> LoraSpec:
     if spec.lora is not None:
         return spec.lora
-    meta = adapter_metadata(spec.adapter or b"").get(LORA_METADATA_KEY)
+    meta = adapter_metadata(adapter).get(LORA_METADATA_KEY)
     if meta is None:
         raise UserError("the adapter carries no LoRA config and the task names none",
                         field="EvalTask.lora",
@@ -67,18 +51,19 @@ def lora_for(spec: EvalTask) -> LoraSpec:
 
 
 @contextlib.contextmanager
-def active_model(entry: model_cache.CachedModel, spec: EvalTask) -> Iterator[torch.nn.Module]:
-    """The model to evaluate: the peft wrapper with ``spec.adapter`` loaded, or the base alone
+def active_model(entry: model_cache.CachedModel, spec: EvalTask, adapter: bytes | None
+                 ) -> Iterator[torch.nn.Module]:
+    """The model to evaluate: the peft wrapper with ``adapter`` loaded, or the base alone
     (adapters disabled if the cached base carries a wrapper) when there is no adapter."""
-    if spec.adapter is None:
+    if adapter is None:
         if entry.peft is None:
             yield entry.base
         else:
             with entry.peft.disable_adapter():
                 yield entry.peft
         return
-    model: PeftModel = entry.wrapped(lora_for(spec).key())
-    load_adapter_state(model, adapter_from_bytes(spec.adapter))
+    model: PeftModel = entry.wrapped(lora_key(lora_for(spec, adapter)))
+    load_adapter_state(model, adapter_from_bytes(adapter))
     yield model
 
 
@@ -141,14 +126,16 @@ def generate_answers(model: torch.nn.Module, tokenizer: Any, records: list[Recor
 
 
 def evaluate(task: dict[str, Any]) -> dict[str, Any]:
+    """Validation of an adapter: an ``EvalTask`` in, an ``EvalResult`` out (as plain data)."""
     t0 = time.perf_counter()
-    spec = parse_task(EvalTask, task)
+    spec = EvalTask.from_wire(task)
+    adapter, _ = incoming_adapter(spec)
     device, entry, hit = worker_model(spec.model_path, spec.dtype, spec.torch_threads,
                                       spec.expect_device)
     records = load_records(spec.data_path, spec.max_samples)
     tok = entry.tokenizer
     examples = [encode_example(tok, r.input, r.output, spec.max_length) for r in records]
-    with entry.lock, active_model(entry, spec) as model:
+    with entry.lock, active_model(entry, spec, adapter) as model:
         model.eval()
         t1 = time.perf_counter()
         val_loss, tokens = validation_loss(model, examples, spec.batch_size, pad_id(tok), device)
@@ -159,16 +146,11 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
     hits: dict[str, list[bool]] = {}
     for r, text in zip(sample, predicted, strict=True):
         hits.setdefault(r.task, []).append(answer_of(text) == r.raw_output.strip())
-    return {
-        "val_loss": val_loss,
-        "num_samples": len(examples),
-        "num_tokens": tokens,
-        "exact_match": {t: sum(v) / len(v) for t, v in sorted(hits.items())},
-        "generated": len(sample),
-        "predictions": [{"task": r.task, "raw_input": r.raw_input, "expected": r.raw_output,
-                         "predicted": answer_of(text)}
-                        for r, text in list(zip(sample, predicted, strict=True))[:3]],
-        "timings": {"load_s": t1 - t0, "loss_s": t2 - t1, "generate_s": t3 - t2},
-        "cache_hit": hit,
-        "device": str(device),
-    }
+    return EvalResult(
+        val_loss=val_loss, num_samples=len(examples), num_tokens=tokens,
+        exact_match={t: sum(v) / len(v) for t, v in sorted(hits.items())}, generated=len(sample),
+        predictions=[Prediction(task=r.task, raw_input=r.raw_input, expected=r.raw_output,
+                                predicted=answer_of(text))
+                     for r, text in list(zip(sample, predicted, strict=True))[:3]],
+        timings=EvalTimings(load_s=t1 - t0, loss_s=t2 - t1, generate_s=t3 - t2),
+        cache_hit=hit, device=str(device)).to_wire()

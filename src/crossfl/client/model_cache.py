@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from crossfl.client.adapter_io import torch_dtype
+from crossfl.client.contract import COMPUTE_DTYPES
 from crossfl.errors import UserError
 
 MODEL_FIX = "run `make model` (or `crossfl model build-tiny --data TRAIN.jsonl --out DIR`)"
@@ -30,7 +31,7 @@ MODEL_FIX = "run `make model` (or `crossfl model build-tiny --data TRAIN.jsonl -
 
 def compute_dtype(name: str) -> torch.dtype:
     """The base model's compute dtype: float32, bfloat16 or float16."""
-    return torch_dtype(name, allowed=("float32", "bfloat16", "float16"), field="dtype")
+    return torch_dtype(name, allowed=COMPUTE_DTYPES, field="dtype")
 
 
 @dataclass(frozen=True)
@@ -98,24 +99,33 @@ def get_model(model_path: str, dtype: str, device: torch.device) -> tuple[Cached
         entry = _models.get(key)
         if entry is not None:
             return entry, True
-        torch_dtype = compute_dtype(dtype)
-        hf_logging.disable_progress_bar()  # no tqdm bars in worker logs
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            base = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load the base model from {path}: {exc}",
-                            field="model_path", fix=MODEL_FIX) from exc
+        base, tokenizer = load_base(model_path, dtype)
         base.to(device)
-        base.eval()
-        for p in base.parameters():
-            p.requires_grad_(False)
-        entry = CachedModel(base=base, tokenizer=tokenizer, device=device, dtype=torch_dtype)
+        entry = CachedModel(base=base, tokenizer=tokenizer, device=device,
+                            dtype=compute_dtype(dtype))
         # One base model per worker: drop other checkpoints/dtypes this worker held.
         _models.clear()
         _memo.clear()
         _models[key] = entry
         return entry, False
+
+
+def load_base(model_path: str, dtype: str) -> tuple[PreTrainedModel, Any]:
+    """The base model (frozen, eval mode, in host memory) and its tokenizer, uncached: each
+    rank of a multi-rank task loads its own before it places or shards it."""
+    path = check_model_path(model_path)
+    torch_dtype = compute_dtype(dtype)
+    hf_logging.disable_progress_bar()  # no tqdm bars in worker logs
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        base = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load the base model from {path}: {exc}",
+                        field="model_path", fix=MODEL_FIX) from exc
+    base.eval()
+    for p in base.parameters():
+        p.requires_grad_(False)
+    return base, tokenizer
 
 
 def memo(key: Hashable, build: Callable[[], Any]) -> Any:

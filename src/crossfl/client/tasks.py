@@ -1,5 +1,6 @@
 """The functions the server submits to endpoints. They are serialized by reference, so they
-stay top-level here and take and return plain data (dicts of str, int, float, bytes)."""
+stay top-level here and take and return plain data (dicts of str, int, float, bytes): the
+models of ``crossfl.client.contract`` on the wire."""
 
 from __future__ import annotations
 
@@ -7,16 +8,24 @@ from typing import Any
 
 from crossfl.client import device as _device
 from crossfl.client import evaluate as _evaluate
+from crossfl.client import launch as _launch
 from crossfl.client import train as _train
+from crossfl.client.contract import TrainTask
 
 
 def train_round(task: dict[str, Any]) -> dict[str, Any]:
-    """One site's local LoRA training for one round; see ``crossfl.client.train.TrainTask``."""
+    """One site's local LoRA training for one round; ``TrainTask`` in, ``TrainResult`` out.
+    With ``ranks_per_node`` above 1 (or "auto" on a worker holding several devices) the task
+    runs data-parallel on that many ranks of this worker."""
+    spec = TrainTask.from_wire(task)
+    ranks = _launch.resolve_ranks(spec.ranks_per_node) if spec.ranks_per_node != 1 else 1
+    if ranks > 1:
+        return _launch.train_on_local_devices(spec, ranks)
     return _train.train_round(task)
 
 
 def evaluate(task: dict[str, Any]) -> dict[str, Any]:
-    """Validation loss and exact match of an adapter; see ``crossfl.client.evaluate.EvalTask``."""
+    """Validation loss and exact match of an adapter; ``EvalTask`` in, ``EvalResult`` out."""
     return _evaluate.evaluate(task)
 
 

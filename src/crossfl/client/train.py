@@ -11,18 +11,22 @@ from __future__ import annotations
 import math
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any
 
 import torch
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from crossfl.client import model_cache
 from crossfl.client.adapter_io import LORA_METADATA_KEY, adapter_from_bytes, adapter_to_bytes
+from crossfl.client.contract import LoraSpec, TrainResult, TrainTask, TrainTimings
 from crossfl.client.device import select_device
+from crossfl.client.distributed import World, all_reduce, shard, single
+from crossfl.client.telemetry import device_name
+from crossfl.client.transport import incoming_adapter, outgoing_adapter
 from crossfl.data.smolinstruct import Record, load_jsonl
 from crossfl.errors import UserError
 
@@ -30,60 +34,11 @@ DATA_FIX = "run `make data` (or `crossfl data build-chem --out DIR`) and point d
 PROMPT_SUFFIX = "\n"
 """Appended to the instruction; the answer follows it."""
 
-ComputeDType = Literal["float32", "bfloat16", "float16"]
-WireDType = Literal["float32", "bfloat16"]
-Bytes = Annotated[bytes, Strict()]
 
-
-class LoraSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    r: int = Field(8, ge=1)
-    alpha: float = Field(16.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: tuple[str, ...] = Field(("q_proj", "v_proj"), min_length=1)
-
-    def key(self) -> model_cache.LoraKey:
-        return model_cache.LoraKey(self.r, float(self.alpha), float(self.dropout),
-                                   tuple(sorted(self.target_modules)))
-
-
-class TrainTask(BaseModel):
-    """What the server sends for one site and one round (plain data only)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model_path: str = Field(min_length=1)
-    data_path: str = Field(min_length=1)
-    adapter: Bytes | None = None
-    local_steps: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
-    lr: float = Field(gt=0)
-    max_length: int = Field(128, ge=8)
-    lora: LoraSpec = LoraSpec()
-    dtype: ComputeDType = "float32"
-    adapter_dtype: WireDType = "float32"
-    seed: int = 0
-    round: int = Field(0, ge=0)
-    torch_threads: int | None = Field(None, ge=1)
-    max_samples: int | None = Field(None, ge=1)
-    expect_device: Literal["cuda", "rocm", "xpu", "cpu"] | None = None  # the site's catalog
-
-
-T = TypeVar("T", bound=BaseModel)
-
-
-def parse_task(schema: type[T], task: Any) -> T:
-    """Validate a task dict; any bad field becomes one UserError naming the field."""
-    if not isinstance(task, dict):
-        raise UserError(f"a task must be a dict, got {type(task).__name__}")
-    try:
-        return schema.model_validate(task)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "task"
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise UserError(f"{first['msg']}{more}", field=f"{schema.__name__}.{where}") from None
+def lora_key(spec: LoraSpec) -> model_cache.LoraKey:
+    """The model cache's key for a LoRA config."""
+    return model_cache.LoraKey(spec.r, float(spec.alpha), float(spec.dropout),
+                               tuple(sorted(spec.target_modules)))
 
 
 # ---------------------------------------------------------------- data
@@ -247,38 +202,77 @@ def worker_model(model_path: str, dtype: str, threads: int | None, expect: str |
 
 
 
-def run_training(model: PeftModel, examples: list[Example], task: TrainTask, pad: int,
-                 device: torch.device) -> list[float]:
+@dataclass
+class Steps:
+    losses: list[float]  # each step's mean loss over the global batch's target tokens
+    busy_s: float  # this rank's seconds inside the steps (telemetry.accelerator_s)
+    tokens: int  # tokens (prompt and answer, no padding) of the global batches
+
+
+def run_training(model: torch.nn.Module, examples: list[Example], task: TrainTask, pad: int,
+                 device: torch.device, world: World | None = None) -> Steps:
+    """``task.local_steps`` AdamW steps on seeded global batches of ``batch_size x ranks``
+    examples; with several ranks (``model`` wrapped in DDP or sharded with FSDP2) each rank
+    runs its slice of every global batch (``distributed_step``)."""
+    world = world or single(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=task.lr, weight_decay=0.0)
     seed = round_seed(task.seed, task.round)
-    torch.manual_seed(seed)  # LoRA dropout
+    torch.manual_seed(seed + world.rank)  # LoRA dropout
     gen = torch.Generator().manual_seed(seed)
     losses: list[float] = []
+    busy = 0.0
+    tokens = 0
     model.train()
-    for idx in batch_indices(len(examples), task.batch_size, task.local_steps, gen):
-        loss = model(**collate([examples[i] for i in idx], pad, device)).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
+    for idx in batch_indices(len(examples), task.batch_size * world.size, task.local_steps, gen):
+        tokens += sum(len(examples[i].ids) for i in idx)
+        start = time.perf_counter()
+        if world.distributed:
+            losses.append(distributed_step(model, opt, [examples[i] for i in shard(idx, world)],
+                                           pad, world))
+        else:
+            loss = model(**collate([examples[i] for i in idx], pad, device)).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+        busy += time.perf_counter() - start
     model.eval()
-    return losses
+    return Steps(losses, busy, tokens)
+
+
+def distributed_step(model: torch.nn.Module, opt: torch.optim.Optimizer,
+                     examples: list[Example], pad: int, world: World) -> float:
+    """One step on this rank's slice. Its loss is the sum over its target tokens divided by
+    the global batch's target-token count (all-reduced), times the ranks because DDP and FSDP
+    average gradients: the gradient is the single-process gradient of the global batch's mean
+    loss, however the answers' lengths split between ranks. Returns that mean loss."""
+    batch = collate(examples, pad, world.device)
+    targets = all_reduce(int((batch["labels"][:, 1:] != -100).sum()), world)
+    count = torch.tensor(max(targets, 1.0), device=world.device)
+    loss = model(**batch, num_items_in_batch=count).loss * world.size
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return all_reduce(float(loss.detach()), world) / world.size
 
 
 def train_round(task: dict[str, Any]) -> dict[str, Any]:
+    """One round of local training: a ``TrainTask`` in, a ``TrainResult`` out (as plain data)."""
     started_at = time.time()
     t0 = time.perf_counter()
-    spec = parse_task(TrainTask, task)
+    spec = TrainTask.from_wire(task)
+    adapter, fetch_s = incoming_adapter(spec)
     device, entry, hit = worker_model(spec.model_path, spec.dtype, spec.torch_threads,
                                       spec.expect_device)
     with entry.lock:
         examples = load_examples(spec.data_path, entry.tokenizer, spec.model_path,
                                  spec.max_length, spec.max_samples)
-        model = entry.wrapped(spec.lora.key())
-        prepare_adapter(model, spec.adapter, spec.seed)
+        model = entry.wrapped(lora_key(spec.lora))
+        prepare_adapter(model, adapter, spec.seed)
         t1 = time.perf_counter()
-        losses = run_training(model, examples, spec, pad_id(entry.tokenizer), device)
+        steps = run_training(model, examples, spec, pad_id(entry.tokenizer), device)
+        losses = steps.losses
         t2 = time.perf_counter()
         state = get_peft_model_state_dict(model)
         blob = adapter_to_bytes(state, spec.adapter_dtype,
@@ -286,17 +280,19 @@ def train_round(task: dict[str, Any]) -> dict[str, Any]:
     t3 = time.perf_counter()
     if not all(math.isfinite(x) for x in losses):
         raise RuntimeError(f"training diverged (loss {losses[-1]}); lower lr or use float32")
-    return {
-        "adapter": blob,
-        "num_samples": len(examples),
-        "train_loss": float(sum(losses) / len(losses)),
-        "first_loss": float(losses[0]),
-        "steps": len(losses),
-        "timings": {"load_s": t1 - t0, "train_s": t2 - t1, "serialize_s": t3 - t2},
-        "started_at": started_at,
-        "finished_at": time.time(),
-        "device": str(device),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "cache_hit": hit,
-    }
+    result = TrainResult(
+        adapter=blob, num_samples=len(examples), train_loss=float(sum(losses) / len(losses)),
+        first_loss=float(losses[0]), steps=len(losses), train_tokens=steps.tokens,
+        timings=TrainTimings(load_s=t1 - t0, train_s=t2 - t1, serialize_s=t3 - t2, fetch_s=fetch_s),
+        started_at=started_at, finished_at=time.time(), device=str(device),
+        host=socket.gethostname(), pid=os.getpid(), python=sys.executable, cache_hit=hit,
+        **single_rank_telemetry(device, steps.busy_s, time.perf_counter() - t0))
+    return outgoing_adapter(spec, result).to_wire()
+
+
+def single_rank_telemetry(device: torch.device, busy_s: float, wall_s: float
+                          ) -> dict[str, Any]:
+    """The telemetry fields (crossfl.client.telemetry) of a one-process task."""
+    return {"ranks": 1, "nodes": 1, "devices_per_rank": 1, "device_type": device.type,
+            "device_names": [device_name(device)], "dist_backend": None, "sharded": False,
+            "accelerator_s": busy_s, "wall_s": wall_s}

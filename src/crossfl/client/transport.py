@@ -1,68 +1,43 @@
-"""Adapters by reference: the task names a file instead of carrying the bytes.
+"""Adapters by reference, at the site: a task may name a file instead of carrying the bytes.
 
 A 7B model's LoRA adapter (tens of MB) does not fit in a Globus Compute task (10 MB per
 submission, 10 MiB per result). The server then writes the global adapter to a path the site's
-workers can read (a shared filesystem, or the destination of a Globus Transfer) and submits
-``train_round_ref`` / ``evaluate_ref`` with ``adapter_path``; the trained adapter comes back the
-same way (``result_path``) when it is larger than ``inline_limit_bytes``. Everything else is the
-plain task of :mod:`crossfl.client.tasks`. This module never imports server code.
+workers can read (a shared filesystem, or the destination of a Globus Transfer) and the task
+names it in ``adapter_path``; the trained adapter goes back the same way (``result_path``) when
+it is larger than ``inline_limit_bytes``. This module never imports server code.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 from crossfl.atomic import atomic_write_bytes
-from crossfl.client import tasks as _tasks
+from crossfl.client.contract import SiteTask, TrainResult, TrainTask
 from crossfl.errors import UserError
 
-REF_KEYS = ("adapter_path", "result_path", "inline_limit_bytes")
 
-
-def _read_adapter(path: str) -> bytes:
-    p = Path(path)
-    if not p.is_file():
+def incoming_adapter(task: SiteTask) -> tuple[bytes | None, float]:
+    """The task's adapter (its bytes, or the file it names) and the seconds reading it took."""
+    if task.adapter_path is None:
+        return task.adapter, 0.0
+    t0 = time.perf_counter()
+    path = Path(task.adapter_path)
+    if not path.is_file():
         raise UserError(f"adapter file {path} is not readable at this site", field="adapter_path",
                         fix="set the site's transport.shared_dir to a directory its workers can read")
-    return p.read_bytes()
+    return path.read_bytes(), time.perf_counter() - t0
 
 
-def _split(task: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], float]:
-    if not isinstance(task, dict):
-        raise UserError(f"a task must be a dict, got {type(task).__name__}")
-    plain = {k: v for k, v in task.items() if k not in REF_KEYS}
-    refs = {k: task[k] for k in REF_KEYS if task.get(k) is not None}
+def outgoing_adapter(task: TrainTask, result: TrainResult) -> TrainResult:
+    """Write a result's adapter to ``result_path`` when the task asks and it is over the
+    inline limit; the result then names the file instead of carrying the bytes."""
+    blob = result.adapter
+    limit = task.inline_limit_bytes
+    if task.result_path is None or blob is None or (limit is not None and len(blob) <= limit):
+        return result
     t0 = time.perf_counter()
-    if "adapter_path" in refs:
-        if plain.get("adapter") is not None:
-            raise UserError("a task carries both adapter and adapter_path", field="adapter_path",
-                            fix="send one of them")
-        plain["adapter"] = _read_adapter(str(refs["adapter_path"]))
-    return plain, refs, time.perf_counter() - t0
-
-
-def train_round_ref(task: dict[str, Any]) -> dict[str, Any]:
-    """``train_round`` with the incoming adapter read from ``adapter_path`` and, when it is
-    larger than ``inline_limit_bytes``, the trained adapter written to ``result_path``."""
-    plain, refs, fetch_s = _split(task)
-    result = _tasks.train_round(plain)
-    blob: bytes = result["adapter"]
-    t0 = time.perf_counter()
-    limit = refs.get("inline_limit_bytes")
-    if "result_path" in refs and (limit is None or len(blob) > int(limit)):
-        atomic_write_bytes(Path(str(refs["result_path"])), blob)
-        result["adapter"] = None
-        result["adapter_path"] = str(refs["result_path"])
-        result["adapter_nbytes"] = len(blob)
-    timings = dict(result.get("timings", {}))
-    timings.update(fetch_s=fetch_s, store_s=time.perf_counter() - t0)
-    result["timings"] = timings
-    return result
-
-
-def evaluate_ref(task: dict[str, Any]) -> dict[str, Any]:
-    """``evaluate`` with the adapter read from ``adapter_path``."""
-    plain, _refs, _fetch_s = _split(task)
-    return _tasks.evaluate(plain)
+    atomic_write_bytes(Path(task.result_path), blob)
+    timings = result.timings.model_copy(update={"store_s": time.perf_counter() - t0})
+    return result.model_copy(update={"adapter": None, "adapter_path": task.result_path,
+                                     "adapter_nbytes": len(blob), "timings": timings})

@@ -73,10 +73,11 @@ def extract_answer(text: str) -> str | None:
 
 
 def jsonl_files(path: Path) -> list[Path]:
-    """The JSONL files behind `path`: the file itself, or a directory's `*.jsonl`, sorted."""
+    """The JSONL files behind `path`: the file itself (a regular file or a named pipe), or a
+    directory's `*.jsonl`, sorted."""
     if not path.exists():
         raise UserError("dataset path does not exist", file=path, fix=BUILD_HINT)
-    if path.is_file():
+    if not path.is_dir():
         return [path]
     files = sorted(p for p in path.glob("*.jsonl") if p.is_file())
     if not files:

@@ -3,6 +3,11 @@
 deploy: render -> connect -> probe the login node -> the steps of steps.py in order (layout,
 bundle, image, data, endpoint, start), the state file (`crossfl.state`) saved after each,
 so a failure leaves it saying exactly what was done and nothing more.
+
+`--dry-run` needs no SSH and no image: it prints every remote command and transfer of the
+whole plan in order, with the login node's answers as placeholders ($HOME for the remote
+home, `<job id>` for a submitted build job), and changes nothing there or in the state file.
+Only an `upload` image source needs the image built here (make image ARCH=...).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from rich.console import Console
 
 from crossfl import paths
 from crossfl.deploy import gce
+from crossfl.deploy.image import BUILD_WAIT_S
 from crossfl.deploy.remote import Remote, Target
 from crossfl.deploy.steps import CONTACT_EMAIL_ENV, STEPS, Deployment, Outcome
 from crossfl.deploy.transfer import tree_digest
@@ -42,8 +48,9 @@ def target_of(site: Site) -> Target:
 
 
 def local_image(site: Site) -> Path | None:
-    """The image this site runs, as built here: build/images/crossfl-<arch>.sif."""
-    if site.image() is None:
+    """The image this site uploads, as built here: build/images/crossfl-<arch>.sif (None
+    where the site builds or pulls its image, or runs none)."""
+    if site.image() is None or site.container.image_source.method != "upload":
         return None
     return sif_path(site.arch)
 
@@ -58,7 +65,8 @@ def _new_state(site: Site, t: Target, info: gce.LoginInfo) -> DeployState:
 @contextmanager
 def deployment(name: str, *, data: Path | None = None, start: bool = True,
                dry_run: bool = False, contact_email: str | None = None,
-               console: Console | None = None) -> Iterator[Deployment]:
+               console: Console | None = None,
+               build_wait_s: float = BUILD_WAIT_S) -> Iterator[Deployment]:
     """Check the inputs, render the site, connect and probe the login node, and load the
     recorded state: what the steps work on. Nothing is changed at the site yet."""
     console = console or Console(stderr=True, soft_wrap=True)
@@ -72,9 +80,11 @@ def deployment(name: str, *, data: Path | None = None, start: bool = True,
                         fix="give the path of the site-local data to upload")
     image = local_image(site)
     if image is not None and not image.is_file():
-        raise UserError(f"site {site.name} runs the image {image.name}, which is not built here",
-                        file=image, fix=f"build it first (`make image ARCH={site.arch}`), "
-                                        "or set container.runtime: none")
+        raise UserError(f"site {site.name} uploads the image {image.name}, which is not built "
+                        "here", file=image,
+                        fix=f"build it first (`make image ARCH={site.arch}`), or set "
+                            "container.image_source.method: build or pull in "
+                            f"deploy/sites/overrides/{site.name}.yaml")
     bundle = render_site(site)
     digest = tree_digest(bundle)
     console.print(f"rendered {bundle} (bundle {digest[:12]})", highlight=False)
@@ -87,15 +97,16 @@ def deployment(name: str, *, data: Path | None = None, start: bool = True,
             state.endpoint.dir = info.endpoint_dir(site.deploy.endpoint_name)
         yield Deployment(site=site, target=t, remote=r, info=info, state=state, bundle=bundle,
                          digest=digest, image=image, data=data, start=start, email=email,
-                         console=console)
+                         console=console, build_wait_s=build_wait_s)
 
 
 def deploy_site(name: str, *, data: Path | None = None, start: bool = True,
                 dry_run: bool = False, contact_email: str | None = None,
-                console: Console | None = None) -> Outcome:
+                console: Console | None = None, build_wait_s: float = BUILD_WAIT_S) -> Outcome:
     console = console or Console(stderr=True, soft_wrap=True)
     with deployment(name, data=data, start=start, dry_run=dry_run,
-                    contact_email=contact_email, console=console) as d:
+                    contact_email=contact_email, console=console,
+                    build_wait_s=build_wait_s) as d:
         try:
             for _name, step in STEPS:
                 step(d)
@@ -134,8 +145,11 @@ def site_status(name: str, *, dry_run: bool = False,
         if state.last_error:
             rows["last error"] = state.last_error
         rows["bundle"] = (state.bundle_sha256 or "-")[:12]
-        rows["image"] = (f"{state.image.remote_path} sha256:{state.image.sha256[:12]}"
-                         if state.image else "-")
+        rows["image"] = (f"{state.image.remote_path} sha256:{state.image.sha256[:12]} "
+                         f"({state.image.source})" if state.image else "-")
+        if state.image_build:
+            rows["image build"] = (f"{state.image_build.where} job {state.image_build.job_id} "
+                                   f"not verified yet; output: {state.image_build.output}")
     else:
         rows["phase (recorded)"] = "never deployed"
     _print_rows(console, rows)

@@ -3,7 +3,8 @@ it works on, so it can run (and be tested) on its own:
 
   layout    make remote_root/{bundle,images,data}
   bundle    the rendered site, swapped in whole (skipped when its digest is already there)
-  image     the site's image, resumable and verified (sites with a container)
+  image     the site's image in place: uploaded, pulled by digest or built at the site, as
+            container.image_source says; verified, unchanged digests skipped (image.py)
   data      site-local data (`--data`)
   endpoint  `globus-compute-endpoint configure`, then our endpoint files where they differ
   start     start, or restart when the files changed (`--no-start`: only say so)
@@ -21,11 +22,12 @@ from pathlib import Path
 from rich.console import Console
 
 from crossfl.deploy import gce
+from crossfl.deploy import image as image_step
 from crossfl.deploy.remote import Remote, Target, q
-from crossfl.deploy.transfer import stage_file, stage_tree, upload_bundle
+from crossfl.deploy.transfer import stage_tree, upload_bundle
 from crossfl.errors import UserError
 from crossfl.sites import Site
-from crossfl.state import DataState, DeployState, ImageState, now, save_state
+from crossfl.state import DataState, DeployState, now, save_state
 
 CONTACT_EMAIL_ENV = "CROSSFL_CONTACT_EMAIL"
 
@@ -49,11 +51,12 @@ class Deployment:
     state: DeployState
     bundle: Path
     digest: str
-    image: Path | None = None  # the image built here, for sites with a container
+    image: Path | None = None  # the image built here, for sites that upload theirs
     data: Path | None = None
     start: bool = True
     email: str | None = None
     console: Console = field(default_factory=lambda: Console(stderr=True, soft_wrap=True))
+    build_wait_s: float = image_step.BUILD_WAIT_S  # how long to wait for an image build job
     out: Outcome = field(init=False)
     runtime: gce.Runtime | None = None  # the endpoint as the `endpoint` step found it
     changed_files: list[str] = field(default_factory=list)  # endpoint files it replaced
@@ -78,12 +81,18 @@ class Deployment:
 
 def resolve_remote(path: str, info: gce.LoginInfo, raw_root: str) -> str:
     """A site path with $HOME/~ or the unresolved remote_root replaced by login-node values."""
+    return resolve_path(path, info.home, info.root, raw_root)
+
+
+def resolve_path(path: str, home: str, root: str, raw_root: str) -> str:
+    """`path` with the unresolved remote_root `raw_root` replaced by `root` and $HOME/~ by
+    `home` (the login node's answers)."""
     root_expr = raw_root.replace("~/", "$HOME/", 1)
-    if path.startswith(root_expr):
-        path = info.root + path[len(root_expr):]
+    if root and path.startswith(root_expr):
+        path = root + path[len(root_expr):]
     if path.startswith("~/"):
         path = "$HOME/" + path[2:]
-    return path.replace("$HOME", info.home).replace("${HOME}", info.home)
+    return path.replace("${HOME}", home).replace("$HOME", home)
 
 
 def layout(d: Deployment) -> None:
@@ -100,18 +109,7 @@ def bundle(d: Deployment) -> None:
 
 
 def image(d: Deployment) -> None:
-    if d.image is None:
-        return
-    dest = resolve_remote(d.site.image() or "", d.info, d.site.deploy.remote_root)
-    d.remote.run(f"mkdir -p {q(dest.rsplit('/', 1)[0])}")
-    staged = stage_file(d.remote, d.image, dest, sha256=_known_sha(d.state.image, d.image),
-                        what="image")
-    if staged.changed:
-        d.out.changed.append("image")
-    d.state.image = ImageState(arch=d.site.arch, local_path=str(d.image),
-                               remote_path=staged.remote_path, sha256=staged.sha256,
-                               size=staged.size, staged_at=now(),
-                               local_mtime_ns=d.image.stat().st_mtime_ns)
+    image_step.place(d)
 
 
 def data(d: Deployment) -> None:
@@ -188,15 +186,6 @@ Step = Callable[[Deployment], None]
 STEPS: tuple[tuple[str, Step], ...] = (
     ("layout", layout), ("bundle", bundle), ("image", image), ("data", data),
     ("endpoint", endpoint), ("start", start))
-
-
-def _known_sha(prev: ImageState | None, image: Path) -> str | None:
-    """The recorded sha256 of the local image if the file is the one staged last time."""
-    st = image.stat()
-    if prev and prev.local_path == str(image) and prev.size == st.st_size \
-            and prev.local_mtime_ns == st.st_mtime_ns:
-        return prev.sha256
-    return None
 
 
 def _start_error(d: Deployment, exc: gce.StartFailed) -> UserError:

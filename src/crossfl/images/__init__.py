@@ -1,25 +1,34 @@
-"""Worker images: one Apptainer definition per accelerator, rendered from containers/crossfl.def.j2
-and containers/arches.yaml into build/images/crossfl-ARCH.def; `apptainer build`/`sign` on it;
-the sha256 and labels of every built image in build/images/manifest.json.
+"""Worker images: one Apptainer definition (and one OCI Containerfile) per accelerator, rendered
+from containers/ (arches.yaml, steps.j2, crossfl.def.j2, Containerfile.j2) into build/images/;
+`apptainer build`/`sign` on the def; the sha256 and labels of every built image in
+build/images/manifest.json.
 
 arches.py      the per-accelerator table (containers/arches.yaml)
+published.py   what upstream publishes, with sources (containers/published.yaml)
 pins.py        versions shared with the login node (requirements/)
+buildenv.py    build arguments from the host (proxies, pip) and the hosts a build reaches
 layout.py      where images and the manifest live
-definition.py  rendering the def file and staging its %files
+definition.py  rendering the def file and the Containerfile, staging their context
 defparse.py    reading def files as Apptainer does
+mounts.py      what a container sees under Apptainer's mounts (binds vs the image prefix)
 manifest.py    digests and manifest.json
 apptainer.py   apptainer build / sign / inspect
-check.py       the cpu image's build steps, run here
+rootfs.py      building an arch's root filesystem here (mmdebstrap + bubblewrap)
+check.py       make image-check: the cpu-debian rootfs, its sections, a federation inside it
 """
 
 from crossfl.images.apptainer import GET_APPTAINER, apptainer, build_image, sign_image
 from crossfl.images.arches import ArchSpec, ArchTable, arch_names, get_arch, load_arches
-from crossfl.images.check import StepsCheck, check_build_steps
+from crossfl.images.buildenv import BUILD_SETTINGS, build_arg_values, build_hosts
+from crossfl.images.check import ImageCheck, check_image, check_log
 from crossfl.images.definition import (
                                      CHECKER,
                                      TEMPLATE,
                                      check_args,
                                      git_commit,
+                                     image_environment,
+                                     render_containerfile,
+                                     render_containerfile_text,
                                      render_def,
                                      render_text,
 )
@@ -35,6 +44,8 @@ from crossfl.images.defparse import (
 )
 from crossfl.images.layout import (
                                      PREFIX,
+                                     containerfile_path,
+                                     context_path,
                                      def_path,
                                      display_path,
                                      images_dir,
@@ -56,12 +67,16 @@ from crossfl.images.pins import (
                                      read_constraints,
                                      worker_requirements,
 )
+from crossfl.images.published import check_pins, load_published, pin_problems
 
-__all__ = ["CHECKER", "GET_APPTAINER", "MUST_AGREE", "PREFIX", "TEMPLATE", "ArchSpec", "ArchTable",
-           "DefFile", "ImagePins", "Manifest", "ManifestEntry", "Section", "Stage", "StepsCheck",
-           "apply_build_args", "apptainer", "arch_names", "build_args", "build_image",
-           "check_args", "check_build_steps", "def_path", "display_path", "files", "get_arch",
-           "git_commit", "image_digest", "image_pins", "images_dir", "labels", "load_arches",
-           "manifest_path", "parse_def", "python_minor", "read_constraints", "read_manifest",
-           "record_image", "render_def", "render_text", "sif_path", "sign_image",
+__all__ = ["BUILD_SETTINGS", "CHECKER", "GET_APPTAINER", "MUST_AGREE", "PREFIX", "TEMPLATE",
+           "ArchSpec", "ArchTable", "DefFile", "ImageCheck", "ImagePins", "Manifest",
+           "ManifestEntry", "Section", "Stage", "apply_build_args", "apptainer", "arch_names",
+           "build_arg_values", "build_args", "build_hosts", "build_image", "check_args",
+           "check_image", "check_log", "check_pins", "containerfile_path", "context_path",
+           "def_path", "display_path", "files", "get_arch", "git_commit", "image_digest",
+           "image_environment", "image_pins", "images_dir", "labels", "load_arches",
+           "load_published", "manifest_path", "parse_def", "pin_problems", "python_minor",
+           "read_constraints", "read_manifest", "record_image", "render_containerfile",
+           "render_containerfile_text", "render_def", "render_text", "sif_path", "sign_image",
            "worker_requirements"]

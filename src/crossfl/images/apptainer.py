@@ -13,6 +13,7 @@ from pathlib import Path
 from crossfl import paths
 from crossfl.errors import UserError
 from crossfl.images.arches import get_arch
+from crossfl.images.buildenv import build_arg_values
 from crossfl.images.definition import render_def
 from crossfl.images.layout import display_path, sif_path
 from crossfl.images.manifest import ManifestEntry, image_digest, record_image
@@ -46,7 +47,9 @@ def _run(argv: list[str], what: str) -> None:
 
 def build_image(arch: str, *, fakeroot: bool | None = None) -> ManifestEntry:
     """Render the def, `apptainer build` it from the project root into crossfl-ARCH.sif (via a
-    .partial file, so a failed build leaves the previous image), record digest and labels."""
+    .partial file, so a failed build leaves the previous image), record digest and labels.
+    The proxies and pip settings of this environment go in as build arguments (%post sees
+    none of the host's environment)."""
     definition = render_def(arch)
     exe = apptainer_or_explain(definition)
     if fakeroot is None:
@@ -54,8 +57,9 @@ def build_image(arch: str, *, fakeroot: bool | None = None) -> ManifestEntry:
     sif = sif_path(arch)
     partial = sif.with_name(sif.name + ".partial")
     partial.unlink(missing_ok=True)
-    argv = [exe, "build", *(["--fakeroot"] if fakeroot else []), display_path(partial),
-            display_path(definition)]
+    build_args = [f"--build-arg={k}={v}" for k, v in build_arg_values(os.environ).items()]
+    argv = [exe, "build", *(["--fakeroot"] if fakeroot else []), *build_args,
+            display_path(partial), display_path(definition)]
     try:
         _run(argv, "apptainer build")
         if not partial.is_file():

@@ -1,5 +1,5 @@
-"""The per-accelerator table, containers/arches.yaml: base image, where Python comes from,
-the torch channel, the vendor stack and its environment."""
+"""The per-accelerator table, containers/arches.yaml: base image (or Debian release), where
+Python comes from, the torch channel, the vendor stack and its environment."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ ARCHES_FILE = "arches.yaml"
 
 
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]*$")]
+# Literal values: they are written inside double quotes (%environment, ENV), so no expansion.
+EnvValue = Annotated[str, StringConstraints(pattern=r'^[^"`\\$\n]*$')]
+Host = Annotated[str, StringConstraints(pattern=r"^[a-z0-9.-]+$")]
 ArchName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]*$")]
 
 
@@ -38,13 +41,31 @@ class TorchChannel(StrictModel):
 
 class ArchSpec(StrictModel):
     description: str
-    bootstrap: Literal["docker", "localimage", "docker-archive", "oci-archive", "oras"]
+    # docker: `base` is an image reference. debootstrap: `base` is the Debian release
+    # (Apptainer's OSVersion), fetched from `mirror` with the `include` packages added.
+    bootstrap: Literal["docker", "debootstrap"]
     base: str = Field(pattern=r"^\S+$")
+    mirror: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    include: list[str] = Field(default_factory=list)
     python: PythonSource
     torch: TorchChannel
     stack: Literal["cpu", "cuda", "rocm", "xpu"]
     stack_version: str | None = None
-    env: dict[EnvName, str] = Field(default_factory=dict)
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict)
+    # Where `apt-get install curl` goes when a uv arch's base image has no curl.
+    apt_hosts: list[Host] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _bootstrap_fields(self) -> ArchSpec:
+        if self.bootstrap == "debootstrap":
+            if not self.mirror:
+                raise ValueError("bootstrap debootstrap needs `mirror` (Apptainer's MirrorURL)")
+            if self.python.source != "base":
+                raise ValueError("bootstrap debootstrap takes Python from the release: "
+                                 "python.source must be base")
+        elif self.mirror or self.include:
+            raise ValueError("`mirror` and `include` are for bootstrap debootstrap only")
+        return self
 
 
 class ArchTable(StrictModel):

@@ -1,126 +1,114 @@
-"""Running a rendered def file's %files, %post, %test and %runscript here, in a throwaway
-tree standing in for the image (`make image-check`)."""
+"""`make image-check`: a real image build here, and a federation whose workers run inside it.
+
+1. The cpu-debian root filesystem (crossfl.images.rootfs): Debian bookworm packages, then the
+   rendered def's %files and %post, as Apptainer builds a sandbox. The host's proxies and pip
+   settings reach %post as build arguments, as they would at a facility (PIP_FIND_LINKS: its
+   local directories are bound in read-only for the build).
+2. `apptainer test` and `apptainer run IMAGE globus-compute-endpoint version` in it.
+3. A two-site federation (crossfl.server.image_check: the kit's own driver and engines, the
+   demo data and tiny model, two rounds) whose site
+   is `container.runtime: custom` with a bubblewrap command in the place of `apptainer run`:
+   Globus Compute's engine starts every worker inside the rootfs, and each training result
+   names the interpreter that ran it.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
+import shlex
+from collections.abc import Callable
 from pathlib import Path
 
+import yaml
 from pydantic import BaseModel
 
-from crossfl import paths
 from crossfl.errors import UserError
-from crossfl.images.arches import get_arch, load_arches
-from crossfl.images.definition import render_def
-from crossfl.images.defparse import apply_build_args, files, parse_def
+from crossfl.images.buildenv import build_arg_values
 from crossfl.images.layout import PREFIX, images_dir
 from crossfl.images.pins import image_pins
+from crossfl.images.rootfs import Rootfs, build_rootfs, bwrap_run, mount_points, run_action
+
+ARCH = "cpu-debian"
+SITE = "local-rootfs"
+IMAGE_PYTHON = f"{PREFIX}/venv/bin/python"
 
 
-class StepsCheck(BaseModel):
+class ImageCheck(BaseModel):
     arch: str
-    workdir: str
+    rootfs: str
+    cached: bool
     seconds: dict[str, float]
     torch: str
     devices: dict
+    federation: dict
 
 
-def _local_interpreter(minor: str) -> str:
-    base = Path(sys._base_executable)  # the interpreter under this venv
-    found = shutil.which(f"python{minor}") or (str(base) if sys.version_info[:2] == tuple(
-        int(part) for part in minor.split(".")) else None)
-    if not found:
-        raise UserError(f"no python{minor} here to stand in for the base image's interpreter")
-    return found
+def check_log(arch: str = ARCH) -> Path:
+    return images_dir() / f"image-check-{arch}.log"
 
 
-def _copy_like_cp_r(src: Path, dst: Path) -> None:
-    """What Apptainer's %files does (`cp -fLr SRC DST`, parents created)."""
-    if dst.is_dir():
-        dst = dst / src.name
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if src.is_dir():
-        shutil.copytree(src, dst, symlinks=False, dirs_exist_ok=True)
-    else:
-        shutil.copy2(src, dst)
+def build_settings() -> tuple[dict[str, str], list[str]]:
+    """The build arguments taken from this environment, and the local paths they name
+    (PIP_FIND_LINKS directories, the PIP_CERT bundle), bound in read-only for %post. Where the
+    torch channel is unreachable (offline CI), pip would retry it 5 times for torch and each of
+    its dependencies: once is enough to learn that (PIP_RETRIES=1 unless set)."""
+    values = build_arg_values(os.environ)
+    values.setdefault("PIP_RETRIES", "1")
+    local = [p for p in values.get("PIP_FIND_LINKS", "").split() if Path(p).is_dir()]
+    local += [p for p in [values.get("PIP_CERT", "")] if p and Path(p).is_file()]
+    return values, local
 
 
-def _run_script(name: str, script: str, work: Path, log: Path, env: dict[str, str],
-                args: list[str] | None = None) -> tuple[float, str]:
-    path = work / f"{name}.sh"
-    path.write_text(script)
-    start = dt.datetime.now()
-    done = subprocess.run(["/bin/sh", str(path), *(args or [])], cwd=work, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seconds = (dt.datetime.now() - start).total_seconds()
-    with log.open("a") as handle:
-        handle.write(f"==== {name} ({seconds:.1f} s, exit {done.returncode})\n{done.stdout}\n")
-    if done.returncode != 0:
-        tail = " | ".join(done.stdout.strip().splitlines()[-3:])
-        raise UserError(f"%{name} failed with exit {done.returncode}: {tail}", file=log)
-    return seconds, done.stdout
+def site_command(rootfs: Path, binds: list[str]) -> str:
+    """The engine's worker launch: bubblewrap where the facility has `apptainer run`, with
+    `binds` (the project's run directories, the model and the data) and the engine's run
+    directory bound in."""
+    mount_points(rootfs, binds)
+    return (f"{shlex.join(bwrap_run(rootfs, binds))} --bind {{EXECUTOR_RUNDIR}} "
+            f"{{EXECUTOR_RUNDIR}} /.singularity.d/actions/run {{EXECUTOR_LAUNCH_CMD}}")
 
 
-def check_build_steps(arch: str = "cpu", *, workdir: Path | None = None,
-                      keep: bool = False) -> StepsCheck:
-    """Run the rendered def file's %files, %post, %test and %runscript here, in a throwaway tree
-    standing in for the image: the same lines, with only the image paths substituted
-    (/opt/crossfl -> WORKDIR/rootfs/opt/crossfl, the base image's interpreter -> this machine's
-    python of the same minor). Only for an arch whose base image brings the interpreter (cpu):
-    the others fetch it and a vendor torch that this machine cannot run."""
-    table = load_arches()
-    spec = get_arch(arch, table)
-    if spec.python.source != "base":
-        raise UserError(f"{arch}: its build fetches Python and a {spec.stack} torch; only an arch "
-                        "whose base image brings Python can be checked here (cpu)", field="ARCH")
-    definition = render_def(arch)
-    stage = parse_def(apply_build_args(definition.read_text())).only_stage()
-    work = workdir or Path(tempfile.mkdtemp(prefix=f"crossfl-image-check-{arch}-"))
-    rootfs = work / "rootfs"
-    log = images_dir() / f"image-check-{arch}.log"   # kept when the throwaway tree is gone
+def write_site(project: Path, rootfs: Path, binds: list[str]) -> Path:
+    site = {
+        "name": SITE,
+        "description": "this machine; the engine's workers start inside the cpu-debian root "
+                       "filesystem (bubblewrap in the place of apptainer run)",
+        "scheduler": "local",
+        "accelerator": {"vendor": "none", "devices_per_node": 0},
+        "container": {"runtime": "custom", "images": {"cpu": str(rootfs)},
+                      "command": site_command(rootfs, binds)},
+        "launcher": {"type": "single"},
+        "endpoint": {"mode": "single-user", "display_name": f"crossfl {SITE}",
+                     "encrypted": True, "max_workers_per_node": 1},
+    }
+    path = project / "deploy" / "sites" / f"{SITE}.yaml"
+    path.write_text(yaml.safe_dump(site, sort_keys=False))
+    return path
+
+
+Federation = Callable[[Path, Path], dict]
+"""A run whose workers start inside the rootfs: (rootfs, log) -> what it recorded
+(crossfl.server.image_check.run_federation; the server package imports this one)."""
+
+
+def check_image(arch: str = ARCH, *, federation: Federation | None = None) -> ImageCheck:
+    log = check_log(arch)
+    log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
-    interpreter = _local_interpreter(image_pins(arch, table).python_minor)
-
-    def localize(body: str) -> str:
-        return body.replace(PREFIX, str(rootfs) + PREFIX).replace(spec.python.path, interpreter)
-
-    venv_bin = str(Path(sys.executable).parent)
-    env = {key: value for key, value in os.environ.items()
-           if key not in {"VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "CROSSFL_DEVICE"}}
-    env["PATH"] = os.pathsep.join(part for part in env.get("PATH", "").split(os.pathsep)
-                                  if part != venv_bin)
-    # Where the torch channel is unreachable (offline CI), pip would retry it 5 times for torch
-    # and each of its dependencies; once is enough to learn that. The lines stay the same.
-    env.setdefault("PIP_RETRIES", "1")
-    seconds: dict[str, float] = {}
-    try:
-        for src, dst in files(stage):
-            _copy_like_cp_r(paths.project_root() / src, rootfs / dst.lstrip("/"))
-        environment = localize(stage.sections["environment"].body)
-        seconds["post"], _ = _run_script("post", localize(stage.sections["post"].body), work,
-                                         log, env)
-        seconds["test"], out = _run_script(
-            "test", environment + localize(stage.sections["test"].body), work, log, env)
-        devices = next((json.loads(line) for line in out.splitlines() if line.startswith("{")),
-                       {})
-        seconds["runscript"], out = _run_script(
-            "runscript", environment + localize(stage.sections["runscript"].body), work, log,
-            env, ["globus-compute-endpoint", "version"])
-        want = image_pins(arch, table).shared["globus-compute-endpoint"]
-        if want not in out:
-            raise UserError(f"%runscript did not hand `globus-compute-endpoint version` to the "
-                            f"worker command (expected {want} in its output)", file=log)
-        python = rootfs / PREFIX.lstrip("/") / "venv" / "bin" / "python"
-        torch = subprocess.run([str(python), "-c", "import torch; print(torch.__version__)"],
-                               capture_output=True, text=True, env=env).stdout.strip()
-        return StepsCheck(arch=arch, workdir=str(work), seconds=seconds, torch=torch,
-                          devices=devices)
-    finally:
-        if not keep:
-            shutil.rmtree(work if workdir is None else rootfs, ignore_errors=True)
+    args, local_dirs = build_settings()
+    rootfs: Rootfs = build_rootfs(arch, args, log, ro_binds=local_dirs)
+    seconds = dict(rootfs.seconds) if not rootfs.cached else {}
+    seconds["test"], out = run_action(rootfs, "test", [], log)
+    devices = next((json.loads(line) for line in out.splitlines() if line.startswith("{")), {})
+    seconds["runscript"], out = run_action(rootfs, "run", ["globus-compute-endpoint", "version"],
+                                           log)
+    want = image_pins(arch).shared["globus-compute-endpoint"]
+    if want not in out:
+        raise UserError(f"%runscript did not hand `globus-compute-endpoint version` to the worker "
+                        f"command (expected {want} in its output)", file=log)
+    result = federation(rootfs.path, log) if federation is not None else {}
+    if federation is not None:
+        seconds["federation"] = result["seconds"]
+    return ImageCheck(arch=arch, rootfs=str(rootfs.path), cached=rootfs.cached, seconds=seconds,
+                      torch=str(devices.get("torch", "")), devices=devices, federation=result)

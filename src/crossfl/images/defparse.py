@@ -81,28 +81,33 @@ def parse_def(text: str) -> DefFile:
     if not stages:
         raise ValueError("no Bootstrap: header")
     for index, stage in enumerate(stages, 1):
-        if stage.header.get("bootstrap") in {"docker", "localimage", "oras", "library"} \
-                and not stage.header.get("from"):
-            raise ValueError(f"stage {index}: Bootstrap {stage.header['bootstrap']} needs From:")
+        agent = stage.header.get("bootstrap")
+        if agent in {"docker", "localimage", "oras", "library"} and not stage.header.get("from"):
+            raise ValueError(f"stage {index}: Bootstrap {agent} needs From:")
+        if agent == "debootstrap":
+            for key, name in (("osversion", "OSVersion"), ("mirrorurl", "MirrorURL")):
+                if not stage.header.get(key):
+                    raise ValueError(f"stage {index}: Bootstrap debootstrap needs {name}:")
     return DefFile(stages=stages)
 
 
 def build_args(stage: Stage) -> dict[str, str]:
-    """%arguments defaults (KEY=VALUE lines)."""
+    """%arguments defaults (KEY=VALUE lines; Apptainer refuses an empty key or value)."""
     section = stage.sections.get("arguments")
     out: dict[str, str] = {}
     for line in (section.body if section else "").splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             key, sep, value = line.partition("=")
-            if not sep:
-                raise ValueError(f"%arguments: {line!r} is not KEY=VALUE")
+            if not sep or not key.strip() or not value.strip():
+                raise ValueError(f"%arguments: {line!r} is not KEY=VALUE with both parts")
             out[key.strip()] = value.strip()
     return out
 
 
 def apply_build_args(text: str, overrides: dict[str, str] | None = None) -> str:
-    """Replace `{{ KEY }}` the way `apptainer build --build-arg KEY=...` does."""
+    """Replace `{{ KEY }}` the way `apptainer build --build-arg KEY=...` does (comment lines
+    are left alone, as Apptainer leaves them)."""
     values = {**build_args(parse_def(text).stages[-1]), **(overrides or {})}
 
     def sub(match: re.Match[str]) -> str:
@@ -110,7 +115,11 @@ def apply_build_args(text: str, overrides: dict[str, str] | None = None) -> str:
             raise ValueError(f"build argument {match.group(1)} has no value")
         return values[match.group(1)]
 
-    return re.sub(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}", sub, text)
+    return "".join(line if line.lstrip().startswith("#") else _BUILD_ARG.sub(sub, line)
+                   for line in text.splitlines(keepends=True))
+
+
+_BUILD_ARG = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
 
 def labels(stage: Stage) -> dict[str, str]:

@@ -16,7 +16,9 @@ from crossfl import paths
 from crossfl.errors import UserError
 from crossfl.images.arches import ARCHES_FILE, ArchTable, get_arch, load_arches
 
-# Must be equal on the login node and in every image, or the endpoint refuses the workers.
+# Must be equal on the login node and in every image: the endpoint does not refuse a mismatched
+# worker (engines/globus_compute.py turns Parsl's version check off), but Parsl's wire format
+# between the manager and the interchange changes between releases.
 MUST_AGREE = ("parsl", "dill", "globus-compute-endpoint", "globus-compute-sdk")
 
 

@@ -14,9 +14,14 @@ from crossfl.render.bundle import render_site
 from crossfl.render.endpoint import endpoint_context, identity_mapping
 from crossfl.render.engine import load_user_config, render_user_config
 from crossfl.render.options import user_config_schema, user_variables
-from crossfl.render.shell import container_options, container_options_text, setup_lines
+from crossfl.render.shell import (
+    container_options,
+    container_options_text,
+    engine_container,
+    setup_lines,
+)
 
 __all__ = ["CLIENT_MODULE_CMD", "DESCRIBE_DEVICES_CMD", "batch_context", "container_options",
-           "container_options_text", "endpoint_context", "identity_mapping", "load_user_config",
-           "render_site", "render_user_config", "setup_lines", "user_config_schema",
-           "user_variables"]
+           "container_options_text", "endpoint_context", "engine_container", "identity_mapping",
+           "load_user_config", "render_site", "render_user_config", "setup_lines",
+           "user_config_schema", "user_variables"]

@@ -1,11 +1,13 @@
 """What the batch templates place (site_templates/batch/): the smoke test, the direct client
-job and, where the facility builds images on a compute node, the image build. Headers and
-directives come from the site's scheduler, launcher lines from its launcher."""
+job and, where the image is built at the facility (on a compute node, or on the login node:
+`container.image_source.method: build`), the image build. Headers and directives come from
+the site's scheduler, launcher lines from its launcher."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from crossfl.images.buildenv import BUILD_SETTINGS
 from crossfl.render.shell import (
     bind_wrapper,
     command_line,
@@ -17,7 +19,7 @@ from crossfl.render.shell import (
 )
 from crossfl.schedulers import BatchJob, parse_walltime
 from crossfl.schedulers.launchers import LAUNCHERS
-from crossfl.sites import Site, image_arch
+from crossfl.sites import ImageBuild, Site, image_arch
 from crossfl.sites.rules import workers_per_node
 
 CLIENT_MODULE_CMD = "python -m crossfl.client run-task"
@@ -29,6 +31,8 @@ DESCRIBE_DEVICES_CMD = "python -m crossfl.client devices"
 def describe_devices_cmd(site: Site) -> str:
     expect = site.expect_device
     return DESCRIBE_DEVICES_CMD + (f" --expect {expect}" if expect else "")
+
+
 SHORT_WALLTIME = "00:10:00"  # the smoke test and the client job, inside any debug limit
 
 
@@ -69,11 +73,21 @@ def batch_context(site: Site) -> dict[str, Any]:
     }
 
 
+def build_only_context(site: Site) -> dict[str, Any]:
+    """What build_image.sh needs on a site without batch jobs (a login-node build only)."""
+    return {"site": site.name, "submit": None, "job_start": [],
+            "build": build_context(site, [])}
+
+
 def build_context(site: Site, directives: list[str]) -> dict[str, Any] | None:
-    """The on-site image build job, where the facility builds on a compute node."""
+    """The on-site image build: a batch job where the facility builds on a compute node, the
+    same script run with bash on the login node where the site builds its image there."""
     build = site.container.build
-    if site.container.runtime != "apptainer" or build is None or not build.on_compute_node:
+    on_site = site.container.image_source.method == "build"
+    if site.container.runtime != "apptainer" or not (
+            on_site or (build is not None and build.on_compute_node)):
         return None
+    build = build or ImageBuild()
     sched = site.sched
     queue_flag = sched.named_flags.get("queue")
     queue = build.queue or site.queue
@@ -82,13 +96,20 @@ def build_context(site: Site, directives: list[str]) -> dict[str, Any] | None:
     if queue_flag and queue:
         build_directives.append(f"{queue_flag} {queue}")
     build_directives += build.directives
+    env = {**site.proxy.env(), **build.env}
     return {
         "header": sched.header(site, BatchJob(f"crossfl-build-{site.name}", 1, build.walltime,
-                                              build_directives)),
+                                              build_directives))
+        if sched.batch else ["#!/bin/bash"],
+        "on_compute_node": build.on_compute_node,
         "module_use": build.module_use,
         "modules": build.modules,
-        "env": {**site.proxy.env(), **build.env},
+        "env": env,
+        # Apptainer uses these directories but does not create them (ALCF's setup: mkdir -p)
+        "make_dirs": [k for k in ("APPTAINER_TMPDIR", "APPTAINER_CACHEDIR") if k in env],
         "options": build.options,
+        # %post sees none of the host's environment: the proxies go in as build arguments
+        "build_args": [s.name for s in BUILD_SETTINGS if s.name in env],
         # crossfl.images writes the def with %files paths relative to the project root:
         # build from the directory that holds build/images/ (the site's remote root).
         "root": shell_path(site.deploy.remote_root),

@@ -20,7 +20,7 @@ from crossfl import paths
 from crossfl.atomic import new_dir
 from crossfl.errors import UserError
 from crossfl.render import engine
-from crossfl.render.batch import batch_context
+from crossfl.render.batch import batch_context, build_only_context
 from crossfl.render.endpoint import endpoint_context, identity_mapping
 from crossfl.render.options import user_config_schema
 from crossfl.sites import Site, load_site
@@ -70,13 +70,13 @@ def _render_into(env: jinja2.Environment, site: Site, tmp: Path, *, final: Path)
         if site.endpoint.mode == "multi-user":
             _write(ep / "identity_mapping.example.json",
                    json.dumps(identity_mapping(site), indent=2) + "\n")
+        bctx = batch_context(site) if site.sched.batch else build_only_context(site)
         if site.sched.batch:
-            bctx = batch_context(site)
             for name in ("smoke.sh", "client.sh"):
                 _write(tmp / "batch" / name, env.get_template(f"batch/{name}").render(bctx), 0o755)
-            if bctx["build"] is not None:
-                _write(tmp / "batch" / "build_image.sh",
-                       env.get_template("batch/build_image.sh").render(bctx), 0o755)
+        if bctx["build"] is not None:
+            _write(tmp / "batch" / "build_image.sh",
+                   env.get_template("batch/build_image.sh").render(bctx), 0o755)
     except jinja2.TemplateError as exc:
         raise UserError(f"template error: {exc}", file=getattr(exc, "filename", None)
                         or paths.templates_dir(), fix="fix the template") from None

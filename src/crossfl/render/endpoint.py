@@ -11,7 +11,7 @@ from typing import Any
 from crossfl import paths
 from crossfl.errors import UserError
 from crossfl.render.options import jinja_literal, user_variables, var_expr
-from crossfl.render.shell import container_options_text, setup_lines
+from crossfl.render.shell import container_options, engine_container, host_env, setup_lines
 from crossfl.schedulers.launchers import LAUNCHERS
 from crossfl.sites import Site
 from crossfl.sites.rules import workers_per_node
@@ -23,6 +23,29 @@ def check_passthrough(site: Site, values: list[str], what: str) -> None:
             raise UserError(f"{what} contains Jinja markup {v!r}, which the endpoint would "
                             "evaluate", file=paths.sites_dir() / f"{site.name}.yaml", field=what,
                             fix="remove the braces (use ${VAR} for environment values)")
+
+
+def check_container_mounts(site: Site) -> None:
+    """No mount of the site's (its binds, APPTAINER_BIND, Apptainer's defaults) may hide what
+    the workers need from the image (crossfl.images.layout.image_paths)."""
+    from crossfl.images.arches import ARCHES_FILE, get_arch
+    from crossfl.images.layout import PREFIX, image_paths
+    from crossfl.images.mounts import apptainer_mounts, hides_image_path
+
+    if site.container.runtime != "apptainer":
+        return
+    mounts = apptainer_mounts(container_options(site), home="/home/user",
+                              env={**host_env(site), **site.container.env})
+    known = (paths.containers_dir() / ARCHES_FILE).is_file()  # a bare catalog has no arch table
+    for path in image_paths(get_arch(site.arch)) if known else [PREFIX]:
+        mount = hides_image_path(path, mounts)
+        if mount is not None:
+            raise UserError(f"{mount.why} {mount.src} (mounted at {mount.dst}) hides the image's "
+                            f"{path}: the workers' venv, Python or globus-compute-endpoint "
+                            "vanish inside the container",
+                            file=paths.sites_dir() / f"{site.name}.yaml", field="container.binds",
+                            fix="bind only the directories the job needs (e.g. /opt/cray/pe/pals,"
+                                " not /opt)")
 
 
 def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
@@ -46,8 +69,10 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
         mwpn = workers_per_node(site)
     pilot = [f"{sched.directive_prefix} {d}" for d in sched.directives(site, for_pilot=True)]
     check_passthrough(site, pilot, "directives")
+    check_container_mounts(site)
     launcher = LAUNCHERS[site.launcher.type]
     local = site.deploy.host is None  # an endpoint run from this checkout
+    container_type, container_cmd = engine_container(site)
     return {
         "site": site.name,
         "docs": site.docs,
@@ -70,10 +95,10 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
         "scheduler_options": pilot,
         "launcher": launcher.parsl_class,
         "launcher_fields": launcher.fields(site),
-        "container": site.container.runtime != "none",
-        "container_type": site.container.runtime,
+        "container": container_type is not None,
+        "container_type": container_type,
         "container_uri": site.image(),
-        "container_cmd_options": container_options_text(site),
+        "container_cmd_options": container_cmd,
         "user_env": site.endpoint.environment,
     }
 

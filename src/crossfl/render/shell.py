@@ -90,6 +90,32 @@ def container_words(site: Site) -> list[str]:
     return []
 
 
+# Globus Compute's placeholders for `container_type: custom` (engines/globus_compute.py,
+# containerized_launch_cmd): the engine's run directory and the worker command.
+EXECUTOR_RUNDIR = "{EXECUTOR_RUNDIR}"
+EXECUTOR_LAUNCH_CMD = "{EXECUTOR_LAUNCH_CMD}"
+
+
+def engine_container(site: Site) -> tuple[str | None, str]:
+    """The engine's `container_type` and `container_cmd_options`.
+
+    Apptainer goes through `custom`, `apptainer run OPTIONS -B {EXECUTOR_RUNDIR} IMAGE
+    {EXECUTOR_LAUNCH_CMD}`: the engine's own `apptainer` type binds nothing, and the worker
+    command names its certificate and log directories under the engine's run directory (in
+    ~/.globus_compute by default), which `--fakeroot` does not mount at their own path (it binds
+    the home directory to /root). Binding the run directory itself keeps them where the command
+    says, whatever the home directory and runtime options."""
+    if site.container.runtime == "apptainer":
+        words = ["apptainer", "run", container_options_text(site), "-B", EXECUTOR_RUNDIR,
+                 shell_word(site.image() or ""), EXECUTOR_LAUNCH_CMD]
+        return "custom", " ".join(w for w in words if w)
+    if site.container.runtime == "podman-hpc":  # the engine adds -v RUNDIR:RUNDIR and -t
+        return "podman-hpc", container_options_text(site)
+    if site.container.runtime == "custom":
+        return "custom", site.fill(site.container.command)
+    return None, ""
+
+
 def bind_wrapper(site: Site) -> list[str]:
     """Shell lines that give this rank, from its local rank, what Parsl's worker pool gives
     worker i (the device ids[i], in the same variables), where the launcher does not bind

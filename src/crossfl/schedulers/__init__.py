@@ -15,9 +15,17 @@ import importlib
 import pkgutil
 from typing import TypeVar
 
-from crossfl.schedulers.base import BatchJob, Scheduler, parse_walltime
+from crossfl.schedulers.base import (
+    AccountCheck,
+    BatchJob,
+    JobStatus,
+    QueueLimits,
+    Scheduler,
+    parse_walltime,
+)
 
-__all__ = ["BatchJob", "Scheduler", "get", "names", "parse_walltime", "register", "unregister"]
+__all__ = ["AccountCheck", "BatchJob", "JobStatus", "QueueLimits", "Scheduler", "get", "names",
+           "parse_walltime", "register", "unregister"]
 
 _REGISTRY: dict[str, Scheduler] = {}
 S = TypeVar("S", bound=type[Scheduler])

@@ -4,7 +4,9 @@ use, how they write a walltime, the Parsl provider and the fields its YAML takes
 header, the submit/query/cancel commands, the local-rank variable and how GPUs are bound.
 
 The site schema, the renderer and deploy ask the site's scheduler (`Site.sched`); none of
-them compares scheduler names.
+them compares scheduler names. `crossfl doctor` and the on-site image build ask it too: the
+command that shows a queue's limits, the user's accounts, one job's state, and how to read
+their answers (the commands run on the login node; the parsers read what they print).
 """
 
 from __future__ import annotations
@@ -75,6 +77,33 @@ def yaml_value(value: object) -> str:
 
 Fields = list[tuple[str, str]]
 """(key, YAML value) pairs, in order, placed as they are under `provider:` or `launcher:`."""
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    """One queue (partition, QOS) as the scheduler itself reports it; None: no limit set."""
+    name: str
+    found: bool
+    max_walltime: int | None = None  # seconds
+    max_nodes: int | None = None
+    min_nodes: int | None = None
+    shown: str = ""  # what it said, in its own words (e.g. "MaxTime=02:00:00 MaxNodes=64")
+
+
+@dataclass(frozen=True)
+class AccountCheck:
+    """Whether the scheduler's accounting knows the account; valid None: it cannot tell."""
+    valid: bool | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """One job as the scheduler's query shows it."""
+    state: str  # the scheduler's own word: PENDING, RUNNING, COMPLETED; Q, R, F
+    done: bool
+    ok: bool | None = None  # once done: finished with exit status 0 (None: unknown)
+    detail: str = ""  # exit code, reason
 
 
 @dataclass(frozen=True)
@@ -207,6 +236,52 @@ class Scheduler:
                 f"{flag} <{self.account_word}>`, or set `account` in",
                 f"# deploy/sites/overrides/{site.name}.yaml (or the site's ${{VAR}}) and render "
                 "again."]
+
+    # -- asking the scheduler on the login node (crossfl doctor, on-site builds) -------------
+    # Each `*_command` is a shell line for the login node (None: this scheduler has none);
+    # each `parse_*` reads what that line printed (stdout and stderr together) and its status.
+
+    def status_command(self) -> str | None:
+        """A line that shows the scheduler answers (its version and queues)."""
+        return None
+
+    def parse_status(self, text: str, rc: int) -> str | None:
+        """A one-line summary of the answer, or None when the scheduler did not answer."""
+        return None
+
+    def account_command(self, account: str | None) -> str | None:
+        """A line listing what the scheduler's accounting knows of the user's accounts."""
+        return None
+
+    def parse_account(self, account: str | None, text: str, rc: int) -> AccountCheck:
+        return AccountCheck(None, f"{self.title} has no command here to list accounts")
+
+    def limits_command(self, name: str, by: str = "queue") -> str | None:
+        """A line showing one queue's limits (`by`: "queue" or "qos", as limits_by)."""
+        return None
+
+    def parse_limits(self, name: str, text: str, rc: int, by: str = "queue") -> QueueLimits:
+        return QueueLimits(name, found=False, shown=f"{self.title}: no limits command")
+
+    def submit_command(self, script: str) -> str | None:
+        """A line submitting `script` (a shell word) that prints the job id."""
+        return None
+
+    def parse_job_id(self, text: str) -> str | None:
+        """The job id a submission printed, or None when it printed none."""
+        return None
+
+    def job_command(self, job_id: str) -> str | None:
+        """A line showing one job's state, while queued and after it ended."""
+        return None
+
+    def parse_job(self, job_id: str, text: str, rc: int) -> JobStatus:
+        return JobStatus("UNKNOWN", done=True, ok=None, detail=text.strip()[:200])
+
+    def job_output(self, job_name: str, job_id: str) -> str | None:
+        """The name of the output file a job of our batch headers writes in its submit
+        directory."""
+        return None
 
     # -- the endpoint ----------------------------------------------------------------------
 

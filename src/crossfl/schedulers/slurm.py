@@ -1,16 +1,40 @@
-"""Slurm: sbatch/squeue/scancel, `#SBATCH`, Parsl's SlurmProvider; srun binds GPUs."""
+"""Slurm: sbatch/squeue/scancel, `#SBATCH`, Parsl's SlurmProvider; srun binds GPUs.
+
+What `crossfl doctor` asks Slurm (Slurm's own man pages: sinfo(1), scontrol(1), sacctmgr(1)):
+`sinfo -V` and `sinfo -h -o '%P %a %D %T'`; `sacctmgr -n -P show assoc user=... format=account`
+for the user's accounts; `scontrol show partition -o NAME` (MaxTime, MaxNodes, MinNodes) or
+`sacctmgr -n -P show qos NAME format=...` (MaxWall, MaxTRES node=, MinTRES node=) for a
+queue's limits; `scontrol show job -o ID`, then `sacct` once the job left slurmctld's
+memory, for one job. Where accounting is off (no slurmdbd), sacctmgr and sacct say so.
+"""
 
 from __future__ import annotations
 
 import re
+import shlex
 from typing import TYPE_CHECKING
 
 from crossfl.schedulers import register
-from crossfl.schedulers.base import BatchJob, Fields, Scheduler, yaml_value
+from crossfl.schedulers.base import (
+    AccountCheck,
+    BatchJob,
+    Fields,
+    JobStatus,
+    QueueLimits,
+    Scheduler,
+    yaml_value,
+)
 
 if TYPE_CHECKING:
     from crossfl.sites import Site
 
+# Job states of squeue(1)/scontrol(1) in which a job has not ended yet.
+ACTIVE_STATES = frozenset({
+    "PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED",
+    "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD",
+    "SPECIAL_EXIT", "PREEMPTED_REQUEUE"})
+_USER = '"${USER:-$(id -un)}"'
+_QOS_FORMAT = "Name,MaxWall,MaxTRES,MinTRES,MaxJobsPU,MaxSubmitPU"
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
 
@@ -28,6 +52,43 @@ def parse_slurm_time(text: str) -> int:
     if c is None:
         return int(a) * 60 + int(b)
     return int(a) * 3600 + int(b) * 60 + int(c)
+
+
+def _words(text: str) -> dict[str, str]:
+    """KEY=value words of a one-line scontrol record."""
+    out: dict[str, str] = {}
+    for word in text.split():
+        key, sep, value = word.partition("=")
+        if sep and key not in out:
+            out[key] = value
+    return out
+
+
+def _limit_time(text: str) -> int | None:
+    return None if text in ("", "UNLIMITED", "INFINITE", "NONE") else parse_slurm_time(text)
+
+
+def _limit_int(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
+
+
+def _tres_nodes(tres: str) -> int | None:
+    """node=N of a TRES list such as `cpu=64,gres/gpu=4,node=8`."""
+    for part in tres.split(","):
+        key, _, value = part.partition("=")
+        if key == "node" and value.isdigit():
+            return int(value)
+    return None
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def _said(text: str, limit: int = 160) -> str:
+    """What a command printed, on one line."""
+    return " ".join(ln.strip() for ln in text.strip().splitlines() if ln.strip())[:limit]
 
 
 @register
@@ -59,6 +120,114 @@ class Slurm(Scheduler):
     local_rank_env = "SLURM_LOCALID"
     launchers = ("srun", "mpiexec", "single")
     shares_nodes = True  # e.g. Perlmutter's shared QOS: part of a node, --exclusive off
+
+    # -- asking Slurm ------------------------------------------------------------------------
+
+    def status_command(self) -> str | None:
+        return "sinfo -V 2>&1 && sinfo -h -o '%P %a %D %T' 2>&1"
+
+    def parse_status(self, text: str, rc: int) -> str | None:
+        lines = [ln.split() for ln in text.strip().splitlines() if ln.strip()]
+        if rc != 0 or not lines or not lines[0][0].startswith("slurm"):  # "slurm 25.11.4"
+            return None
+        version = " ".join(lines[0])
+        parts: dict[str, list[str]] = {}
+        for words in lines[1:]:
+            if len(words) == 4:
+                parts.setdefault(f"{words[0]} ({words[1]})", []).append(
+                    f"{words[2]} {words[3]}")
+        shown = "; ".join(f"{p}: {', '.join(v)}" for p, v in parts.items())
+        return f"{version}; partitions {shown or 'none listed'}"
+
+    def account_command(self, account: str | None) -> str | None:
+        return f"sacctmgr -n -P show assoc user={_USER} format=account 2>&1"
+
+    def parse_account(self, account: str | None, text: str, rc: int) -> AccountCheck:
+        if rc != 0:
+            return AccountCheck(None, f"sacctmgr cannot tell (no accounting here?): "
+                                      f"{_said(text) or f'exit status {rc}'}")
+        mine = sorted({ln.strip() for ln in text.splitlines() if ln.strip()})
+        if not mine:
+            return AccountCheck(None, "sacctmgr lists no account for you")
+        if account is None:
+            return AccountCheck(None, f"the site sets no account; yours: {', '.join(mine)}")
+        if account in mine:
+            others = [a for a in mine if a != account]
+            also = f" (also {', '.join(others)})" if others else ""
+            return AccountCheck(True, f"sacctmgr: you may charge {account}{also}")
+        return AccountCheck(False, f"{account} is not one of your accounts "
+                                   f"({', '.join(mine)}) per sacctmgr")
+
+    def limits_command(self, name: str, by: str = "queue") -> str | None:
+        if by == "qos":
+            return f"sacctmgr -n -P show qos {shlex.quote(name)} format={_QOS_FORMAT} 2>&1"
+        return f"scontrol show partition -o {shlex.quote(name)} 2>&1"
+
+    def parse_limits(self, name: str, text: str, rc: int, by: str = "queue") -> QueueLimits:
+        if by == "qos":
+            return self._parse_qos(name, text, rc)
+        if "not found" in text:
+            return QueueLimits(name, found=False, shown=f"scontrol: partition {name} not found")
+        w = _words(text)
+        if rc != 0 or "PartitionName" not in w:
+            return QueueLimits(name, found=None, shown=_last_line(text) or f"exit status {rc}")
+        shown = " ".join(f"{k}={w.get(k, '?')}" for k in ("MaxTime", "MaxNodes", "MinNodes"))
+        min_nodes = _limit_int(w.get("MinNodes", ""))
+        return QueueLimits(name, found=True, max_walltime=_limit_time(w.get("MaxTime", "")),
+                           max_nodes=_limit_int(w.get("MaxNodes", "")),
+                           min_nodes=min_nodes if min_nodes else None, shown=shown)
+
+    def _parse_qos(self, name: str, text: str, rc: int) -> QueueLimits:
+        if rc != 0:
+            return QueueLimits(name, found=None, shown=f"sacctmgr cannot tell: "
+                                                       f"{_said(text) or rc}")
+        rows = [ln.split("|") for ln in text.strip().splitlines() if "|" in ln]
+        row = next((r for r in rows if r[0] == name), None)
+        if row is None or len(row) < 4:
+            return QueueLimits(name, found=False, shown=f"sacctmgr: no QOS {name}")
+        fields = dict(zip(_QOS_FORMAT.split(","), row, strict=False))
+        shown = " ".join(f"{k}={fields.get(k) or '-'}" for k in ("MaxWall", "MaxTRES", "MinTRES"))
+        return QueueLimits(name, found=True, max_walltime=_limit_time(fields.get("MaxWall", "")),
+                           max_nodes=_tres_nodes(fields.get("MaxTRES", "")),
+                           min_nodes=_tres_nodes(fields.get("MinTRES", "")), shown=shown)
+
+    def submit_command(self, script: str) -> str | None:
+        return f"sbatch --parsable {script} 2>&1"
+
+    def parse_job_id(self, text: str) -> str | None:
+        line = _last_line(text)
+        job = line.split(";", 1)[0]
+        return job if job.isdigit() else None
+
+    def job_command(self, job_id: str) -> str | None:
+        j = shlex.quote(job_id)
+        return (f"scontrol show job -o {j} 2>&1 || "
+                f"sacct -n -P -X -j {j} -o State,ExitCode 2>&1")
+
+    def parse_job(self, job_id: str, text: str, rc: int) -> JobStatus:
+        w = _words(text)
+        if "JobState" in w:
+            state, code = w["JobState"], w.get("ExitCode", "")
+            reason = w.get("Reason", "None")
+            detail = f"Reason={reason}" if reason != "None" else ""
+            if state not in ACTIVE_STATES:
+                detail = f"ExitCode={code}" + (f" {detail}" if detail else "")
+        else:
+            row = next((ln.strip().split("|") for ln in text.splitlines()
+                        if re.fullmatch(r"[A-Z_]+( by \d+)?\|\d+:\d+", ln.strip())), None)
+            if row is None:
+                return JobStatus("UNKNOWN", done=True, ok=None,
+                                 detail=f"neither scontrol nor sacct knows job {job_id}: "
+                                        f"{_last_line(text)}")
+            state, code = row[0].split()[0], row[1]
+            detail = f"ExitCode={code}"
+        if state in ACTIVE_STATES:
+            return JobStatus(state, done=False, detail=detail)
+        return JobStatus(state, done=True, ok=state == "COMPLETED" and code == "0:0",
+                         detail=detail)
+
+    def job_output(self, job_name: str, job_id: str) -> str | None:
+        return f"{job_name}-{job_id}.out"  # the header's `-o NAME-%j.out`
 
     def directive_walltime(self, directive: str) -> str | None:
         words = directive.replace("=", " ", 1).split()

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import FIRST_COMPLETED, wait
-from typing import Any
-
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-from crossfl.server.run_base import Arrival, DriverBase, Pending, RunFailed
+from crossfl.server.driver_base import Arrival, DriverBase, Outcome, Pending, RunFailed
+from crossfl.server.records import AggregationRecord, EvalRecord
 
 
 class AsyncDriver(DriverBase):
-    driver_name = "async"
+    name = "async"
 
     def done(self) -> bool:
         if self.exp.max_updates is not None:
@@ -40,13 +37,13 @@ class AsyncDriver(DriverBase):
         self.submitted += 1
         inflight[site] = self.submit_train(site, self.submitted)
 
-    def handle(self, a: Arrival, p: Pending) -> dict[str, Any] | None:
+    def handle(self, a: Arrival, p: Pending) -> EvalRecord | None:
         """Screen, aggregate, checkpoint (and maybe evaluate) one arrival; the eval record or None."""
         s = self.state
         if a.update is not None:
             self.screen_distances([a])
-        a.record["staleness"] = s.version - p.base_version
-        a.record["arrived_version"] = s.version
+        a.record.staleness = s.version - p.base_version
+        a.record.arrived_version = s.version
         self.settle(a, s.round + 1)
         if a.update is None:
             self.fail_streak += 1
@@ -61,28 +58,22 @@ class AsyncDriver(DriverBase):
         s.global_flat = new
         s.version += 1
         s.round += 1
-        self.metrics.write({"kind": "aggregation", "round": s.round, "version": s.version, "driver": "async",
-                            "sites": [a.update.site], "elapsed_s": s.elapsed(), "updates": s.updates,
-                            "staleness": {a.update.site: a.record["staleness"]}})
+        self.metrics.write(AggregationRecord(
+            round=s.round, version=s.version, driver=self.name, sites=[a.update.site], elapsed_s=s.elapsed(),
+            updates=s.updates, staleness={a.update.site: s.version - 1 - p.base_version}))  # as in the record
         record = None
         if s.round % self.exp.evaluate_every == 0 or self.done():
             record = self.evaluate("round", s.round)
         self.checkpoint()
         return record
 
-    def run(self) -> dict[str, Any]:
-        from crossfl.server.driver import previous_baseline
-
-        base = previous_baseline(self.state.run_dir) if self.resumed else None
-        last: dict[str, Any] | None = None
+    def run(self) -> Outcome:
+        last: EvalRecord | None = None
         self.submitted = self.state.updates
         inflight: dict[str, Pending] = {}
         total, unit = self.target()
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=self.console, transient=False) as progress:
-            if base is None:
-                base = self.evaluate("baseline", 0)
-                self.console.print(f"untrained adapter: validation loss {base['val_loss']:.4f}")
+        with self.progress() as progress:
+            base = self.baseline()
             bar = progress.add_task(unit, total=total, completed=self.progress_value())
             try:
                 while not self.done():
@@ -108,14 +99,14 @@ class AsyncDriver(DriverBase):
                             continue
                         del inflight[site]
                         a = self.arrival(p, time.time())
-                        loss = a.record.get("train_loss")
+                        loss = a.record.train_loss
                         record = self.handle(a, p)
                         last = record or last
                         progress.update(bar, completed=self.progress_value(),
                                         description=f"{unit} (v{self.state.version}, {site} "
-                                                    f"{'loss %.3f' % loss if loss is not None else a.record['status']})")
+                                                    f"{'loss %.3f' % loss if loss is not None else a.record.status})")
                         if record is not None:
-                            self.console.print(f"version {self.state.version}: val loss {record['val_loss']:.4f} "
+                            self.console.print(f"version {self.state.version}: val loss {record.val_loss:.4f} "
                                                f"after {self.state.updates} updates, {self.state.elapsed():.1f} s, "
                                                f"{self.bytes_moved / 1e6:.2f} MB moved")
                         if self.stop_after is not None and self.state.round >= self.stop_after:
@@ -126,10 +117,10 @@ class AsyncDriver(DriverBase):
                     p.task.cancel()
         if self.state.global_flat is None:
             raise RunFailed("no update was aggregated")
-        if last is None or last["version"] != self.state.version:
+        if last is None or last.version != self.state.version:
             last = self.evaluate("round", self.state.round)
         self.save_final()
-        return {"baseline": base, "final": last}
+        return Outcome(base, last)
 
     fail_streak = 0
 

@@ -108,11 +108,14 @@ def load(ckpt_dir: Path) -> Checkpoint | None:
         rng=raw.get("rng") or {}, finished=bool(raw.get("finished")))
 
 
-def is_finished(ckpt_dir: Path) -> bool:
-    meta = ckpt_dir / "state.json"
-    if not meta.is_file():
-        return False
+def load_meta(ckpt_dir: Path) -> dict[str, Any] | None:
+    """The counters of ``state.json`` (round, version, updates, finished), or None."""
     try:
-        return bool(json.loads(meta.read_text()).get("finished"))
-    except ValueError:
-        return False
+        meta = json.loads((ckpt_dir / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def is_finished(ckpt_dir: Path) -> bool:
+    return bool((load_meta(ckpt_dir) or {}).get("finished"))

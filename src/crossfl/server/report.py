@@ -1,7 +1,7 @@
 """What a finished (or interrupted) run shows: plots in the run directory and summary tables.
-Everything is derived from metrics.jsonl (the records a resumed run kept, see
-telemetry.live_records), so `crossfl report RUN [RUN ...]` works on any run, and several runs
-overlay in one loss-vs-time plot.
+Everything is derived from metrics.jsonl: the records a resumed run kept, read as the models
+of crossfl.server.records (telemetry.live_records). So `crossfl report RUN [RUN ...]` works on
+any run, and several runs overlay in one loss-vs-time plot.
 
 TensorBoard and MLflow are not installed here, so the report is plain files: PNG plots and
 rich tables."""
@@ -10,19 +10,27 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from crossfl.server.telemetry import live_records
+from crossfl.server.records import AggregationRecord, AnyRecord, EvalRecord, ResumeRecord, TaskRecord
+from crossfl.server.telemetry import live_records, of_kind
 
 PHASES = (("queue/start", "queue_s", "#bbbbbb"), ("load", "load_s", "#f4a259"),
           ("train", "train_s", "#5b8e7d"), ("transfer", "transfer_s", "#4f6d7a"))
 
 
-def plot_loss_vs_time(records: list[dict[str, Any]], out: Path,
-                      labelled: list[tuple[str, list[dict[str, Any]]]] | None = None) -> Path:
+def baseline_of(records: list[AnyRecord]) -> EvalRecord | None:
+    return next((r for r in of_kind(records, EvalRecord) if r.kind == "baseline"), None)
+
+
+def rounds_of(records: list[AnyRecord]) -> list[EvalRecord]:
+    return [r for r in of_kind(records, EvalRecord) if r.kind == "round"]
+
+
+def plot_loss_vs_time(records: list[AnyRecord], out: Path,
+                      labelled: list[tuple[str, list[AnyRecord]]] | None = None) -> Path:
     """Validation loss against wall-clock time, one line per strategy (or per run given in
     ``labelled``), starting from the untrained baseline at t=0."""
     import matplotlib
@@ -31,17 +39,16 @@ def plot_loss_vs_time(records: list[dict[str, Any]], out: Path,
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    series: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for label, recs in labelled or [("", records)]:
-        base = next((r for r in recs if r.get("kind") == "baseline"), None)
-        for r in recs:
-            if r.get("kind") == "round":
-                key = f"{label} ({r.get('strategy', 'fedavg')})" if label else r.get("strategy", "fedavg")
-                if base is not None and not series[key]:
-                    series[key].append({**base, "elapsed_s": 0.0})
-                series[key].append(r)
+        base = baseline_of(recs)
+        for r in rounds_of(recs):
+            key = f"{label} ({r.strategy})" if label else r.strategy
+            if base is not None and not series[key]:
+                series[key].append((0.0, base.val_loss))
+            series[key].append((r.elapsed_s, r.val_loss))
     for key, rows in series.items():
-        ax.plot([r["elapsed_s"] for r in rows], [r["val_loss"] for r in rows], marker="o", label=key)
+        ax.plot([t for t, _ in rows], [v for _, v in rows], marker="o", label=key)
     ax.set_xlabel("wall-clock time since start (s)")
     ax.set_ylabel("validation loss")
     ax.set_title("validation loss vs wall-clock time")
@@ -53,22 +60,22 @@ def plot_loss_vs_time(records: list[dict[str, Any]], out: Path,
     return out
 
 
-def plot_site_timeline(records: list[dict[str, Any]], out: Path) -> Path:
+def plot_site_timeline(records: list[AnyRecord], out: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    tasks = [r for r in records if r.get("kind") == "task" and r.get("status") == "ok"]
-    sites = sorted({t["site"] for t in tasks})
-    t0 = min((t["submitted_rel_s"] for t in tasks), default=0.0)
+    tasks = [t for t in of_kind(records, TaskRecord) if t.status == "ok"]
+    sites = sorted({t.site for t in tasks})
+    t0 = min((t.submitted_rel_s for t in tasks), default=0.0)
     fig, ax = plt.subplots(figsize=(8, 1.0 + 0.6 * max(1, len(sites))))
     for row, site in enumerate(sites):
-        for task in (t for t in tasks if t["site"] == site):
-            start = task["submitted_rel_s"] - t0
+        for task in (t for t in tasks if t.site == site):
+            start = task.submitted_rel_s - t0
             for _label, key, color in PHASES:
-                width = max(0.0, float(task.get(key) or 0.0))
+                width = max(0.0, float(getattr(task, key) or 0.0))
                 ax.broken_barh([(start, width)], (row - 0.35, 0.7), facecolors=color)
                 start += width
     ax.set_yticks(range(len(sites)), sites)
@@ -82,17 +89,16 @@ def plot_site_timeline(records: list[dict[str, Any]], out: Path) -> Path:
     return out
 
 
-def bytes_by_round(records: list[dict[str, Any]]) -> dict[int, tuple[int, int]]:
+def bytes_by_round(records: list[AnyRecord]) -> dict[int, tuple[int, int]]:
     """Adapter bytes (down to sites, up from sites) per round, training tasks only."""
     out: dict[int, list[int]] = defaultdict(lambda: [0, 0])
-    for t in records:
-        if t.get("kind") == "task":
-            out[int(t["round"])][0] += int(t.get("bytes_down") or 0)
-            out[int(t["round"])][1] += int(t.get("bytes_up") or 0)
+    for t in of_kind(records, TaskRecord):
+        out[t.round][0] += t.bytes_down
+        out[t.round][1] += t.bytes_up or 0
     return {k: (v[0], v[1]) for k, v in sorted(out.items())}
 
 
-def plot_bytes(records: list[dict[str, Any]], out: Path) -> Path:
+def plot_bytes(records: list[AnyRecord], out: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,7 +121,7 @@ def plot_bytes(records: list[dict[str, Any]], out: Path) -> Path:
 
 def write_plots(run_dir: Path) -> list[Path]:
     records = live_records(run_dir / "metrics.jsonl")
-    if not any(r.get("kind") == "round" for r in records):
+    if not rounds_of(records):
         return []
     return [plot_loss_vs_time(records, run_dir / "loss_vs_time.png"),
             plot_site_timeline(records, run_dir / "site_timeline.png"),
@@ -130,90 +136,89 @@ def compare_plot(run_dirs: list[Path], out: Path) -> Path:
 
 def summary_tables(run_dir: Path) -> list[Table]:
     records = live_records(run_dir / "metrics.jsonl")
-    rounds = [r for r in records if r.get("kind") == "round"]
-    tasks = [r for r in records if r.get("kind") == "task"]
-    base = next((r for r in records if r.get("kind") == "baseline"), None)
+    rounds = rounds_of(records)
+    tasks = of_kind(records, TaskRecord)
+    base = baseline_of(records)
 
     loss = Table(title=f"run {run_dir.name}")
     for col in ("round", "val loss", "formula exact match", "elapsed (s)"):
         loss.add_column(col, justify="right")
     if base:
-        loss.add_row("untrained", f"{base['val_loss']:.4f}", _em(base), "-")
+        loss.add_row("untrained", f"{base.val_loss:.4f}", _em(base), "-")
     for r in rounds:
-        loss.add_row(str(r["round"]), f"{r['val_loss']:.4f}", _em(r), f"{r['elapsed_s']:.1f}")
+        loss.add_row(str(r.round), f"{r.val_loss:.4f}", _em(r), f"{r.elapsed_s:.1f}")
 
     per_site = Table(title="sites")
     for col in ("site", "tasks ok", "failed", "rejected", "late", "retries", "mean queue/start (s)",
                 "mean load (s)", "mean train (s)", "MB up+down", "node-hours", "samples"):
         per_site.add_column(col, justify="right")
     bases = set()
-    for site in sorted({t["site"] for t in tasks}):
-        mine = [t for t in tasks if t["site"] == site]
-        ok = [t for t in mine if t.get("status") == "ok"]
+    for site in sorted({t.site for t in tasks}):
+        mine = [t for t in tasks if t.site == site]
+        ok = [t for t in mine if t.status == "ok"]
 
-        def mean(key: str, rows: list[dict[str, Any]] = ok) -> str:
-            return f"{sum(float(t.get(key) or 0) for t in rows) / len(rows):.2f}" if rows else "-"
+        def mean(key: str, rows: list[TaskRecord] = ok) -> str:
+            return f"{sum(float(getattr(t, key) or 0) for t in rows) / len(rows):.2f}" if rows else "-"
 
         def count(status: str) -> str:
-            return str(sum(1 for t in mine if t.get("status") == status))
+            return str(sum(1 for t in mine if t.status == status))
 
-        moved = sum((t.get("bytes_up") or 0) + (t.get("bytes_down") or 0) for t in mine) / 1e6
-        node_hours = sum(float(t.get("node_hours") or 0) for t in mine)
-        bases.update(t["node_hours_basis"] for t in mine if t.get("node_hours_basis"))
-        retries = sum(max(0, int(t.get("attempts") or 1) - 1) for t in mine)
-        samples = ok[-1].get("num_samples", "-") if ok else "-"
+        moved = sum((t.bytes_up or 0) + t.bytes_down for t in mine) / 1e6
+        node_hours = sum(t.node_hours for t in mine)
+        bases.update(t.node_hours_basis for t in mine if t.node_hours_basis)
+        retries = sum(max(0, t.attempts - 1) for t in mine)
+        samples = str(ok[-1].num_samples) if ok else "-"
         per_site.add_row(site, str(len(ok)), count("failed"), count("rejected"), count("late"), str(retries),
                          mean("queue_s"), mean("load_s"), mean("train_s"), f"{moved:.2f}", f"{node_hours:.4f}",
-                         str(samples))
+                         samples)
     if bases:
         per_site.caption = "node-hours: " + "; ".join(sorted(bases))
 
     moved = Table(title="adapter bytes per round (async runs: per task number), training tasks")
     for col in ("round", "MB down", "MB up", "transport"):
         moved.add_column(col, justify="right")
-    for rnd, (down, up) in bytes_by_round(tasks).items():
-        modes = sorted({str(t.get("transport_up") or t.get("transport") or "inline")
-                        for t in tasks if t["round"] == rnd})
+    for rnd, (down, up) in bytes_by_round(records).items():
+        modes = sorted({t.transport_up or t.transport for t in tasks if t.round == rnd})
         moved.add_row(str(rnd), f"{down / 1e6:.3f}", f"{up / 1e6:.3f}", ",".join(modes))
-    return [loss, per_site, moved, summary_table(run_dir, records)]
+    return [loss, per_site, moved, summary_table(records)]
 
 
-def summary_table(run_dir: Path, records: list[dict[str, Any]]) -> Table:
-    tasks = [r for r in records if r.get("kind") == "task"]
-    rounds = [r for r in records if r.get("kind") == "round"]
-    base = next((r for r in records if r.get("kind") == "baseline"), None)
-    aggs = [r for r in records if r.get("kind") == "aggregation"]
+def summary_table(records: list[AnyRecord]) -> Table:
+    tasks = of_kind(records, TaskRecord)
+    rounds = rounds_of(records)
+    base = baseline_of(records)
+    aggs = of_kind(records, AggregationRecord)
     table = Table(title="summary", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
-    strategy = (rounds or [base or {}])[-1].get("strategy", "-")
-    driver = (rounds or [base or {}])[-1].get("driver", "sync")
+    last = (rounds or ([base] if base else []))[-1:] or [None]
+    strategy = last[0].strategy if last[0] else "-"
+    driver = last[0].driver if last[0] else "sync"
     table.add_row("strategy / driver", f"{strategy} / {driver}")
     table.add_row("aggregations", str(len(aggs) or len(rounds)))
-    table.add_row("client tasks (ok / all)", f"{sum(t.get('status') == 'ok' for t in tasks)} / {len(tasks)}")
+    table.add_row("client tasks (ok / all)", f"{sum(t.status == 'ok' for t in tasks)} / {len(tasks)}")
     if base and rounds:
-        b, f = base["val_loss"], rounds[-1]["val_loss"]
+        b, f = base.val_loss, rounds[-1].val_loss
         table.add_row("validation loss", f"{b:.4f} -> {f:.4f} ({(b - f) / b:+.1%} lower)" if b else f"{f:.4f}")
-    wall = max((r.get("elapsed_s") or 0.0 for r in rounds + aggs), default=0.0)
+    wall = max((r.elapsed_s for r in [*rounds, *aggs]), default=0.0)
     table.add_row("wall-clock (s)", f"{wall:.1f}")
-    busy = sum(float(t.get("worker_s") or 0) for t in tasks)
+    busy = sum(t.worker_s or 0.0 for t in tasks)
     table.add_row("site compute (task-s)", f"{busy:.1f}")
-    stale = [v for a in aggs for v in (a.get("staleness") or {}).values()]
+    stale = [v for a in aggs for v in a.staleness.values()]
     if stale:
         table.add_row("staleness mean / max", f"{sum(stale) / len(stale):.2f} / {max(stale)}")
-    table.add_row("node-hours", f"{sum(float(t.get('node_hours') or 0) for t in tasks):.4f}")
-    moved = sum(int(t.get("bytes_up") or 0) + int(t.get("bytes_down") or 0) for t in tasks)
+    table.add_row("node-hours", f"{sum(t.node_hours for t in tasks):.4f}")
+    moved = sum((t.bytes_up or 0) + t.bytes_down for t in tasks)
     table.add_row("adapter MB moved", f"{moved / 1e6:.2f}")
-    resumes = sum(1 for r in records if r.get("kind") == "resume")
+    resumes = len(of_kind(records, ResumeRecord))
     if resumes:
         table.add_row("resumed", f"{resumes} time(s)")
     return table
 
 
-def _em(record: dict[str, Any]) -> str:
-    em = record.get("exact_match") or {}
-    value = em.get("name_conversion-s2f")
-    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
+def _em(record: EvalRecord) -> str:
+    value = record.exact_match.get("name_conversion-s2f")
+    return f"{value:.3f}" if value is not None else "-"
 
 
 def print_report(run_dir: Path, console: Console | None = None) -> None:

@@ -1,12 +1,17 @@
 """Run-directory records: one JSON line per client task and per round, flushed as they happen,
-so a run that dies keeps everything it had already measured."""
+so a run that dies keeps everything it had already measured. The record kinds are the models
+of ``crossfl.server.records``; this module is their one writer and their reader."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from crossfl.server.records import RECORD, AnyRecord, Record, ResumeRecord
 
 
 class MetricsLog:
@@ -14,8 +19,8 @@ class MetricsLog:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
 
-    def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, sort_keys=True) + "\n"
+    def write(self, record: Record) -> None:
+        line = record.model_dump_json(exclude_none=True) + "\n"
         with self.path.open("ab+") as fh:
             if fh.tell() > 0:  # a line a killed process cut short must not swallow this one
                 fh.seek(-1, os.SEEK_END)
@@ -25,44 +30,51 @@ class MetricsLog:
             fh.flush()
             os.fsync(fh.fileno())
 
-    def read(self) -> list[dict[str, Any]]:
-        return read_metrics(self.path)
-
-
     def position(self) -> int:
         """Bytes written so far: what a checkpoint covers."""
         return self.path.stat().st_size if self.path.exists() else 0
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Every record of the file, including those a resumed run superseded."""
-    return [rec for _pos, rec in _records_at(path)]
+    """Every line of the file as plain data, including what a resumed run superseded."""
+    return [rec for _pos, rec in _lines_at(path)]
 
 
-def _records_at(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def _lines_at(path: Path) -> list[tuple[int, dict[str, Any]]]:
     if not path.exists():
         return []
-    records = []
+    lines = []
     pos = 0
     for raw in path.read_bytes().splitlines(keepends=True):
         start, pos = pos, pos + len(raw)
         line = raw.strip()
         if line:
             try:
-                records.append((start, json.loads(line)))
+                lines.append((start, json.loads(line)))
             except json.JSONDecodeError:
                 continue  # a line cut short by a crash: keep the rest
-    return records
+    return lines
 
 
-def live_records(path: Path) -> list[dict[str, Any]]:
-    """The records that count: where a run was resumed, what the killed process wrote after its
-    last checkpoint (a round it never finished) is left out; the file itself keeps it."""
-    entries = _records_at(path)
-    live: list[tuple[int, dict[str, Any]]] = []
-    for pos, rec in entries:
-        if rec.get("kind") == "resume":
-            cut = int(rec.get("metrics_bytes", pos))
-            live = [(p, r) for p, r in live if p < cut]
+def live_records(path: Path) -> list[AnyRecord]:
+    """The records that count, as their models: where a run was resumed, what the killed
+    process wrote after its last checkpoint (a round it never finished) is left out; the file
+    itself keeps it. A line that is no record (cut short, or of no known kind) is passed over."""
+    live: list[tuple[int, AnyRecord]] = []
+    for pos, raw in _lines_at(path):
+        try:
+            rec = RECORD.validate_python(raw)
+        except ValidationError:
+            continue
+        if isinstance(rec, ResumeRecord):
+            live = [(p, r) for p, r in live if p < rec.metrics_bytes]
         live.append((pos, rec))
     return [rec for _pos, rec in live]
+
+
+R = TypeVar("R", bound=Record)
+
+
+def of_kind(records: list[AnyRecord], cls: type[R]) -> list[R]:
+    """The records of one model (e.g. ``TaskRecord``), in order."""
+    return [r for r in records if isinstance(r, cls)]

@@ -3,8 +3,8 @@
 - ``inline``: the adapter bytes ride inside the Globus Compute task and result (up to the
   inline limit: a submission is capped at 10 MB, a result at 10 MiB after serialization).
 - ``shared_fs``: the server writes the global adapter to a directory the site's workers read
-  (for local sites a directory in the run directory) and the task names the file; the client's
-  ``train_round_ref`` writes a large result beside it.
+  (for local sites a directory in the run directory) and the task names the file
+  (``adapter_path``); the site writes a large result beside it (``result_path``).
 - ``globus_transfer``: as shared_fs, with a Globus Transfer (globus-sdk ``TransferClient``)
   from the server's collection to the site's before the task, and back after it.
 - ``auto``: inline when the adapter fits the limit, else shared_fs for sites that have a shared
@@ -23,9 +23,10 @@ from typing import Any, Callable
 
 from crossfl.atomic import atomic_write_bytes
 from crossfl.client import tasks as client_tasks
-from crossfl.client import transport as client_transport
+from crossfl.client.contract import EvalTask, SiteTask, TrainResult, TrainTask
 from crossfl.errors import UserError
-from crossfl.server.experiment import Experiment, GlobusCollection, SiteEntry
+from crossfl.server.experiment import GlobusCollection, SiteEntry
+from crossfl.server.plan import RunPlan
 
 
 class TransferFailed(Exception):
@@ -34,18 +35,17 @@ class TransferFailed(Exception):
 
 @dataclass(frozen=True)
 class TaskFns:
-    """The functions a site runs (by reference); benchmarks and fault tests swap in probes."""
+    """The functions a site runs (by reference); benchmarks and fault tests swap in probes
+    (``crossfl.client.probes``)."""
 
     train: Callable[..., Any] = client_tasks.train_round
     evaluate: Callable[..., Any] = client_tasks.evaluate
-    train_ref: Callable[..., Any] = client_transport.train_round_ref
-    evaluate_ref: Callable[..., Any] = client_transport.evaluate_ref
 
 
 @dataclass
 class Outgoing:
     fn: Callable[..., Any]
-    payload: dict[str, Any]
+    payload: dict[str, Any]  # the task on the wire
     mode: str
     bytes_down: int
 
@@ -110,10 +110,15 @@ def transfer_client_from_env() -> Any:
     return globus_sdk.TransferClient(app=app)
 
 
+def on_the_wire(task: SiteTask, **changes: Any) -> dict[str, Any]:
+    """``task`` with ``changes``, checked against the contract, as plain data."""
+    return type(task).model_validate({**task.model_dump(), **changes}).to_wire()
+
+
 class Transport:
-    def __init__(self, experiment: Experiment, run_dir: Path, local_sites: set[str],
-                 transfer_client: Callable[[], Any] = transfer_client_from_env, fns: TaskFns = TaskFns()) -> None:
-        self.exp, self.run_dir, self.local_sites, self.fns = experiment, run_dir, local_sites, fns
+    def __init__(self, plan: RunPlan, run_dir: Path, transfer_client: Callable[[], Any] = transfer_client_from_env,
+                 fns: TaskFns = TaskFns()) -> None:
+        self.plan, self.exp, self.run_dir, self.fns = plan, plan.experiment, run_dir, fns
         self._client_factory = transfer_client
         self._mover: GlobusMover | None = None
         self._sent: dict[tuple[str, str], str] = {}  # (site, file) already at the site
@@ -121,9 +126,10 @@ class Transport:
 
     # -- choosing ----------------------------------------------------------------------------
     def shared_dir(self, entry: SiteEntry) -> Path | None:
-        if entry.transport.shared_dir:
-            return Path(entry.transport.shared_dir) / self.run_dir.name
-        if entry.name in self.local_sites:
+        site = self.plan.sites[entry.name]
+        if site.shared_dir:
+            return Path(site.shared_dir) / self.run_dir.name
+        if site.runs_here:
             return self.run_dir / "transport"
         return None
 
@@ -186,38 +192,35 @@ class Transport:
             self._sent[key] = self._site_path(entry, mode, rel)
         return self._sent[key]
 
-    def train(self, name: str, task: dict[str, Any], adapter: bytes | None, version: int) -> Outgoing:
+    def train(self, name: str, task: TrainTask, adapter: bytes | None, version: int) -> Outgoing:
         entry = self.exp.site_entry(name)
         size = len(adapter) if adapter else 0
         # the result has the global adapter's layout; before the first one its size is unknown
         expected = max(size, self.expected_result_bytes) or None
         mode = self.mode_for(name, expected)
         if mode == "inline":
-            return Outgoing(self.fns.train, {**task, "adapter": adapter}, mode, size)
-        payload = {**task, "adapter": None, "inline_limit_bytes": self.exp.inline_limit_bytes(entry),
-                   "result_path": self._site_path(entry, mode, f"results/{name}-{uuid.uuid4().hex[:12]}.safetensors")}
-        if adapter is not None:
-            payload["adapter_path"] = self._place(entry, mode, adapter, f"global-v{version}.safetensors")
-        return Outgoing(self.fns.train_ref, payload, mode, size)
+            return Outgoing(self.fns.train, on_the_wire(task, adapter=adapter), mode, size)
+        result_path = self._site_path(entry, mode, f"results/{name}-{uuid.uuid4().hex[:12]}.safetensors")
+        adapter_path = self._place(entry, mode, adapter, f"global-v{version}.safetensors") if adapter else None
+        payload = on_the_wire(task, adapter_path=adapter_path, result_path=result_path,
+                              inline_limit_bytes=self.exp.inline_limit_bytes(entry))
+        return Outgoing(self.fns.train, payload, mode, size)
 
-    def evaluate(self, name: str, task: dict[str, Any], adapter: bytes | None, version: int) -> Outgoing:
+    def evaluate(self, name: str, task: EvalTask, adapter: bytes | None, version: int) -> Outgoing:
         size = len(adapter) if adapter else 0
         mode = self.mode_for(name, size)
         if mode == "inline" or adapter is None:
-            return Outgoing(self.fns.evaluate, {**task, "adapter": adapter}, "inline", size)
+            return Outgoing(self.fns.evaluate, on_the_wire(task, adapter=adapter), "inline", size)
         entry = self.exp.site_entry(name)
-        payload = {**task, "adapter": None,
-                   "adapter_path": self._place(entry, mode, adapter, f"global-v{version}.safetensors")}
-        return Outgoing(self.fns.evaluate_ref, payload, mode, size)
+        adapter_path = self._place(entry, mode, adapter, f"global-v{version}.safetensors")
+        return Outgoing(self.fns.evaluate, on_the_wire(task, adapter_path=adapter_path), mode, size)
 
     # -- incoming ----------------------------------------------------------------------------
-    def receive(self, name: str, result: dict[str, Any], sent_mode: str) -> Incoming:
-        blob = result.get("adapter")
-        if blob is not None:
-            return Incoming(bytes(blob), "inline", len(blob), 0.0)
-        site_path = result.get("adapter_path")
-        if not site_path:
-            raise ValueError(f"site {name} returned neither adapter nor adapter_path")
+    def receive(self, name: str, result: TrainResult, sent_mode: str) -> Incoming:
+        if result.adapter is not None:
+            return Incoming(result.adapter, "inline", len(result.adapter), 0.0)
+        site_path = result.adapter_path
+        assert site_path is not None  # the contract: one of the two
         entry = self.exp.site_entry(name)
         t0 = time.perf_counter()
         if sent_mode == "globus_transfer":

@@ -24,6 +24,7 @@ from crossfl.sites.schema import (
                                   Deploy,
                                   Endpoint,
                                   ImageBuild,
+                                  ImageSource,
                                   Launcher,
                                   Node,
                                   Part,
@@ -36,6 +37,6 @@ from crossfl.sites.schema import (
 )
 
 __all__ = ["VISIBLE_DEVICES_ENV", "Accelerator", "Bin", "Container", "Deploy", "Endpoint",
-           "ImageBuild", "Launcher", "Node", "Part", "Proxy", "Queue", "RequestRefused", "Site",
-           "Source", "check_request", "cpu_list", "image_arch", "lint_script", "list_sites",
-           "load_site", "overrides_path", "parse_walltime"]
+           "ImageBuild", "ImageSource", "Launcher", "Node", "Part", "Proxy", "Queue",
+           "RequestRefused", "Site", "Source", "check_request", "cpu_list", "image_arch",
+           "lint_script", "list_sites", "load_site", "overrides_path", "parse_walltime"]

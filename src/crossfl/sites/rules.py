@@ -86,10 +86,9 @@ class RequestRefused(UserError):
 
     def __init__(self, site: str, problem: Problem) -> None:
         self.site = site
-        super().__init__(f"{site}: {problem.message}", field=problem.field, fix=problem.fix)
-
-    def render(self) -> str:
-        return f"{self.message} (fix: {self.fix})"
+        self.option = problem.field  # the user option it is about (walltime, queue, ...)
+        # No `field`: the line names the site and its rule itself, wherever it is reported.
+        super().__init__(f"{site}: {problem.message}", fix=problem.fix)
 
 
 def entries(site: Site, queue: str | None, qos: str | None) -> list[tuple[str, str, Queue]]:
@@ -265,8 +264,9 @@ def _check_limits(site: Site) -> None:
 
 
 def _check_sources(site: Site) -> None:
-    """A facility's published facts cite where they were read."""
-    if site.deploy.host is None:
+    """A facility's published facts (a site that lists its facility's `docs`) cite where they
+    were read."""
+    if not site.docs:
         return
     for _, _, table in _dimensions(site):
         field = "queues" if table is site.queues else "qos_limits"

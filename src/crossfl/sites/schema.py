@@ -26,7 +26,7 @@ from crossfl.sites import rules
 
 Vendor = Literal["cuda", "rocm", "xpu", "none"]
 Arch = Literal["cuda", "rocm", "xpu", "cpu"]
-Runtime = Literal["apptainer", "podman-hpc", "none"]
+Runtime = Literal["apptainer", "podman-hpc", "custom", "none"]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
@@ -281,9 +281,47 @@ class ImageBuild(StrictModel):
     queue: str | None = None
 
 
+# A registry reference pinned by digest: what `image_source.ref` must be (a tag can move).
+DIGEST_REF = re.compile(r"^(oras|docker)://[^\s@]+@sha256:[0-9a-f]{64}$")
+
+
+class ImageSource(StrictModel):
+    """Where `crossfl deploy` gets the site's image from (the image then lives at the path in
+    `images`, on the project filesystem). A 10-20 GB image is not uploaded from a laptop:
+    build: on the facility, on the login node, or as the batch build job (batch/build_image.sh)
+      where `build.on_compute_node` says the facility builds on compute nodes; verified by the
+      image's labels (git commit, pins) and its sha256 recorded;
+    pull: `apptainer pull` of `ref`, a registry reference pinned by digest
+      (oras://HOST/REPO@sha256:<64 hex> for a SIF, docker://HOST/REPO@sha256:<64 hex>);
+    upload: this checkout's build/images/crossfl-ARCH.sif, resumable and checksummed."""
+    method: Literal["build", "pull", "upload"] = "upload"
+    ref: str | None = None
+
+    @field_validator("ref")
+    @classmethod
+    def _by_digest(cls, v: str | None) -> str | None:
+        if v is not None and not DIGEST_REF.match(v):
+            head = v.split("://", 1)[0] if "://" in v else "oras"
+            raise ValueError(f"{v!r} is not pinned by digest: a tag can move, so give "
+                             f"{head}://HOST/REPO@sha256:<64 hex digest> (the digest your push "
+                             "printed; `oras manifest fetch --descriptor REF` or `skopeo "
+                             "inspect docker://REF` prints it)")
+        return v
+
+    @model_validator(mode="after")
+    def _pull_needs_ref(self) -> ImageSource:
+        if self.method == "pull" and self.ref is None:
+            raise ValueError("method pull needs ref: the image's registry reference by digest "
+                             "(oras://HOST/REPO@sha256:...), in your overrides file")
+        return self
+
+
 class Container(StrictModel):
-    # apptainer: a SIF file; podman-hpc (NERSC): an image name, e.g. crossfl-cuda:TAG.
+    # apptainer: a SIF file; podman-hpc (NERSC): an image name, e.g. crossfl-cuda:TAG;
+    # custom: Globus Compute's `container_type: custom`; `command` is the whole launch command,
+    # with {EXECUTOR_RUNDIR} and {EXECUTOR_LAUNCH_CMD} (e.g. make image-check's bubblewrap).
     runtime: Runtime = "none"
+    command: str = ""
     # Image per architecture (cuda, rocm, xpu, cpu). `{{remote_root}}`, `{{site}}` and
     # `{{project_root}}` (this checkout) are replaced when rendering, in images, binds,
     # worker_init and endpoint.worker_init_default; `$HOME` etc. stay for the job's shell.
@@ -294,6 +332,22 @@ class Container(StrictModel):
     # Apptainer, --gpu for podman-hpc) is added from the accelerator vendor.
     options: list[str] = Field(default_factory=list)
     build: ImageBuild | None = None
+    image_source: ImageSource = Field(default_factory=ImageSource)
+
+    @model_validator(mode="after")
+    def _custom_command(self) -> Container:
+        if self.runtime == "custom":
+            if "{EXECUTOR_LAUNCH_CMD}" not in self.command:
+                raise ValueError("runtime custom needs `command` with {EXECUTOR_LAUNCH_CMD} "
+                                 "(where the worker command goes)")
+            rest = self.command.replace("{EXECUTOR_LAUNCH_CMD}", "").replace(
+                "{EXECUTOR_RUNDIR}", "")
+            if "{" in rest or "}" in rest:
+                raise ValueError("`command` may hold no braces besides {EXECUTOR_RUNDIR} and "
+                                 "{EXECUTOR_LAUNCH_CMD}: Parsl formats the launch command")
+        elif self.command:
+            raise ValueError("`command` is for runtime custom only")
+        return self
 
 
 class Launcher(StrictModel):

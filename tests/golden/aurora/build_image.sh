@@ -27,6 +27,11 @@ cd "/lus/flare/projects/TestProject/$USER/crossfl"
 def="build/images/crossfl-xpu.def"
 image="/lus/flare/projects/TestProject/$USER/crossfl/images/crossfl-xpu.sif"
 mkdir -p "$(dirname "$image")"
-apptainer build --fakeroot "$image.tmp" "$def"
+# %post does not see this environment: the proxies go in as build arguments.
+apptainer build --fakeroot \
+  --build-arg "HTTP_PROXY=$HTTP_PROXY" \
+  --build-arg "HTTPS_PROXY=$HTTPS_PROXY" \
+  --build-arg "NO_PROXY=$NO_PROXY" \
+  "$image.tmp" "$def"
 mv "$image.tmp" "$image"
 apptainer inspect --labels "$image"

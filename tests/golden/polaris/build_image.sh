@@ -24,6 +24,8 @@ export no_proxy='admin,polaris-adminvm-01,localhost,*.cm.polaris.alcf.anl.gov,po
 export NO_PROXY='admin,polaris-adminvm-01,localhost,*.cm.polaris.alcf.anl.gov,polaris-*,*.polaris.alcf.anl.gov,*.alcf.anl.gov'
 export APPTAINER_TMPDIR=/local/scratch/apptainer-tmpdir
 export APPTAINER_CACHEDIR=/local/scratch/apptainer-cachedir
+mkdir -p "$APPTAINER_TMPDIR"
+mkdir -p "$APPTAINER_CACHEDIR"
 
 # The def file and the context it stages (build/images/ from `make image-def`) were copied to
 # $HOME/.crossfl/polaris/build/images/; its %files paths are relative to $HOME/.crossfl/polaris.
@@ -31,6 +33,11 @@ cd "$HOME/.crossfl/polaris"
 def="build/images/crossfl-cuda.def"
 image="$HOME/.crossfl/polaris/images/crossfl-cuda.sif"
 mkdir -p "$(dirname "$image")"
-apptainer build --fakeroot "$image.tmp" "$def"
+# %post does not see this environment: the proxies go in as build arguments.
+apptainer build --fakeroot \
+  --build-arg "HTTP_PROXY=$HTTP_PROXY" \
+  --build-arg "HTTPS_PROXY=$HTTPS_PROXY" \
+  --build-arg "NO_PROXY=$NO_PROXY" \
+  "$image.tmp" "$def"
 mv "$image.tmp" "$image"
 apptainer inspect --labels "$image"

@@ -38,4 +38,4 @@ export -f bind_rank
 
 echo "crossfl smoke test on $(hostname) at $(date -u +%FT%TZ)"
 # shellcheck disable=SC2016  # "$@" belongs to the rank's own bash
-mpiexec -n 4 --ppn 4 --cpu-bind list:24-31,56-63:16-23,48-55:8-15,40-47:0-7,32-39 bash -c 'bind_rank "$@"' bind_rank apptainer exec --nv --fakeroot -B /opt -B /var/run/palsd/ -B /eagle "$HOME/.crossfl/polaris/images/crossfl-cuda.sif" python -m crossfl.client devices --expect cuda
+mpiexec -n 4 --ppn 4 --cpu-bind list:24-31,56-63:16-23,48-55:8-15,40-47:0-7,32-39 bash -c 'bind_rank "$@"' bind_rank apptainer exec --nv --fakeroot -B /opt/cray/pe/pals -B /var/run/palsd/ -B /eagle "$HOME/.crossfl/polaris/images/crossfl-cuda.sif" python -m crossfl.client devices --expect cuda

@@ -1,7 +1,8 @@
 """``appfl:<ClassName>``: an APPFL aggregator driven through the flat-buffer interface.
 
-The wrapper turns flat buffers into the dict of tensors APPFL expects (keys from a
-:class:`FlatSpec` set with :meth:`AppflStrategy.set_layout`, else one key ``"params"``), tells
+The wrapper turns flat buffers into the dict of tensors APPFL expects (the adapter's own keys
+from the :class:`FlatSpec` the driver hands over with :meth:`Strategy.set_layout`; before that,
+as when a test calls it directly, one key ``"params"``), tells
 the aggregator the global model, versions and sample sizes we know, calls its ``aggregate``
 and flattens the result. :meth:`AppflStrategy.register_sites` does what APPFL's server does
 before training: it sets ``num_clients`` (overriding one given in the kwargs, as the server
@@ -80,7 +81,7 @@ class AppflStrategy(Strategy):
         self.layout: FlatSpec | None = None
 
     def set_layout(self, spec: FlatSpec) -> None:
-        """Use the adapter's real keys when talking to APPFL (else one key ``params``)."""
+        """Use the adapter's own keys when talking to APPFL (else one key ``params``)."""
         self.layout = spec
 
     def to_dict(self, vec: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -10,6 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from crossfl.errors import UserError
+from crossfl.server.flat import FlatSpec
 
 __all__ = ["ClientPlan", "Strategy", "StrategyParams", "Update", "sample_weights", "staleness_of",
            "update_from_state", "update_to_state"]
@@ -51,12 +52,17 @@ class Strategy(ABC):
     """A federated optimization algorithm over flat parameter buffers.
 
     Subclasses set ``name``, ``is_async`` and ``Params`` (a :class:`StrategyParams` model
-    validating the experiment file's kwargs) and implement :meth:`aggregate`.
+    validating the experiment file's kwargs) and implement :meth:`aggregate`. Everything a
+    driver asks of a strategy is declared here: ``configure``, ``aggregate``,
+    ``round_timeout_s``, ``merges_late_updates``, ``set_layout`` and the state for resuming.
     """
 
     name: ClassVar[str]
     is_async: ClassVar[bool]
     Params: ClassVar[type[StrategyParams]] = StrategyParams
+    merges_late_updates: ClassVar[bool] = False
+    """Whether a synchronous round's late update (it missed the deadline) is merged into the
+    next round's aggregation (strategies that discount staleness), rather than only recorded."""
 
     def __init__(self, **kwargs: Any) -> None:
         self.params = self.parse_kwargs(kwargs)
@@ -84,6 +90,15 @@ class Strategy(ABC):
     def configure(self, site: str, version: int, default: ClientPlan) -> ClientPlan:
         """Local steps and learning rate for ``site``'s next task (default: unchanged)."""
         return default
+
+    def round_timeout_s(self) -> float | None:
+        """How long a synchronous round waits before it aggregates what arrived (the quorum
+        deadline when the experiment sets none); None: it waits for every site."""
+        return None
+
+    def set_layout(self, spec: FlatSpec) -> None:
+        """The tensors behind the flat buffers (names, shapes), told once known: at the first
+        update, and after a resume. Strategies that work on the flat buffers ignore it."""
 
     @abstractmethod
     def aggregate(

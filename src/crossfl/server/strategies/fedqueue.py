@@ -47,6 +47,7 @@ class FedQueueParams(StrategyParams):
 class FedQueue(Strategy):
     name = "fedqueue"
     is_async = False
+    merges_late_updates = True  # a late update is discounted by its staleness, not dropped
     Params = FedQueueParams
     params: FedQueueParams
 

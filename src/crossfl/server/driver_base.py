@@ -1,27 +1,37 @@
-"""What the synchronous and the asynchronous driver share: the global adapter, task payloads,
-submission with retries, result screening, evaluation, checkpoints and the final adapter."""
+"""What the synchronous and the asynchronous driver share: the global adapter, submission with
+retries, result screening, evaluation, checkpoints and the final adapter.
+
+A driver is handed a checked ``RunPlan`` and the open sites; it builds every site task from the
+plan (the models of ``crossfl.client.contract``), asks the strategy only through the methods of
+its base class, and writes the records of ``crossfl.server.records``.
+"""
 
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import ClassVar, Literal
 
 import torch
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from crossfl.client.adapter_io import adapter_from_bytes, adapter_to_bytes
+from crossfl.client.contract import EvalResult, TrainResult
 from crossfl.endpoints import failure_summary
+from crossfl.errors import UserError
 from crossfl.server import checkpoint as ckpt
-from crossfl.server.experiment import Experiment, local_path
 from crossfl.server.faults import Parking, RetryingTask, RetryPolicy, call_with_retry
 from crossfl.server.flat import FlatSpec
+from crossfl.server.plan import RunPlan
+from crossfl.server.records import EvalRecord, ResumeRecord, TaskRecord
 from crossfl.server.screening import DistanceScreen, distance, finite_problem, layout_problem
 from crossfl.server.site_executors import OpenSite
 from crossfl.server.strategies import get_strategy
 from crossfl.server.strategies.base import ClientPlan, Update
-from crossfl.server.telemetry import MetricsLog
+from crossfl.server.telemetry import MetricsLog, live_records, of_kind
 from crossfl.server.transport import Outgoing, Transport
 
 
@@ -36,59 +46,21 @@ class RunStopped(Exception):
 @dataclass
 class RunState:
     run_dir: Path
-    experiment: Experiment
     started: float = field(default_factory=time.time)
     version: int = 0
     round: int = 0  # completed rounds (sync) or aggregations (async)
     updates: int = 0  # accepted client updates
     spec: FlatSpec | None = None
-    global_flat: Any = None  # torch.Tensor once known
+    global_flat: torch.Tensor | None = None
 
     def elapsed(self) -> float:
         return time.time() - self.started
 
 
-def model_path_for(experiment: Experiment, site: str | None = None) -> str:
-    """The site's own model_path, else model.path; relative paths are this machine's (local
-    sites), absolute ones are passed as they are (a facility's filesystem)."""
-    own = experiment.site_entry(site).model_path if site is not None else None
-    return str(local_path(own or experiment.model.path))
-
-
-def expect_device(experiment: Experiment, site: str | None) -> str | None:
-    """The device the site's catalog lists (crossfl.sites.Site.expect_device): the client
-    fails, naming what it saw, rather than train on the CPU of a GPU site."""
-    if site is None:
-        return None
-    from crossfl.sites import load_site
-    return load_site(experiment.site_entry(site).site).expect_device
-
-
-def train_task(experiment: Experiment, data_path: str, adapter: bytes | None, plan: ClientPlan,
-               rnd: int, site: str | None = None) -> dict[str, Any]:
-    t = experiment.training
-    o = experiment.site_entry(site).training if site is not None else None
-    return {
-        "model_path": model_path_for(experiment, site), "data_path": data_path, "adapter": adapter,
-        "local_steps": plan.local_steps, "batch_size": (o and o.batch_size) or t.batch_size, "lr": plan.lr,
-        "max_length": t.max_length, "lora": experiment.lora.model_dump(), "dtype": experiment.model.dtype,
-        "adapter_dtype": t.adapter_dtype, "seed": experiment.seed, "round": rnd,
-        "torch_threads": t.torch_threads, "max_samples": (o and o.max_samples) or t.max_samples,
-        "expect_device": expect_device(experiment, site),
-    }
-
-
-def eval_task(experiment: Experiment, adapter: bytes | None) -> dict[str, Any]:
-    e = experiment.evaluation
-    return {
-        "model_path": model_path_for(experiment, experiment.eval_site),
-        "data_path": str(local_path(experiment.data.validation)),
-        "adapter": adapter, "lora": experiment.lora.model_dump(), "batch_size": e.batch_size,
-        "max_length": experiment.training.max_length, "dtype": experiment.model.dtype,
-        "max_samples": e.max_samples, "generate_max_new_tokens": e.generate_max_new_tokens,
-        "torch_threads": experiment.training.torch_threads,
-        "expect_device": expect_device(experiment, experiment.eval_site),
-    }
+@dataclass
+class Outcome:
+    baseline: EvalRecord
+    final: EvalRecord
 
 
 @dataclass
@@ -112,69 +84,67 @@ class Pending:
 class Arrival:
     """A finished task: its record (not yet written) and, when usable, its update."""
 
-    record: dict[str, Any]
+    record: TaskRecord
     update: Update | None
     distance: float | None = None
 
 
-def task_record(p: Pending, received: float, started: float, result: dict[str, Any] | None,
-                error: str | None) -> dict[str, Any]:
+def task_record(p: Pending, received: float, started: float, result: TrainResult | None,
+                error: str | None) -> TaskRecord:
     submitted = p.task.submitted_at
-    record: dict[str, Any] = {
-        "kind": "task", "round": p.rnd, "site": p.site, "submitted_at": submitted, "received_at": received,
-        "submitted_rel_s": submitted - started, "bytes_down": p.out.bytes_down, "transport": p.out.mode,
-        "attempts": len(p.task.attempts), "base_version": p.base_version, "local_steps": p.plan.local_steps,
-        "status": "ok" if error is None else "failed"}
-    retried = [a.error for a in p.task.attempts[:-1] if a.error]
-    if retried:
-        record["retried_errors"] = retried
-    if error is not None:
-        record["error"] = error
+    record = TaskRecord(
+        round=p.rnd, site=p.site, status="ok" if error is None else "failed", submitted_at=submitted,
+        received_at=received, submitted_rel_s=submitted - started, bytes_down=p.out.bytes_down,
+        transport=p.out.mode, attempts=len(p.task.attempts), base_version=p.base_version,
+        local_steps=p.plan.local_steps, error=error,
+        retried_errors=[a.error for a in p.task.attempts[:-1] if a.error] or None)
+    if result is None:
         return record
-    assert result is not None
-    timings = result.get("timings", {})
-    load_s, train_s, ser_s = (float(timings.get(k, 0.0)) for k in ("load_s", "train_s", "serialize_s"))
-    ref_s = float(timings.get("fetch_s", 0.0)) + float(timings.get("store_s", 0.0))
+    t = result.timings
     last_submit = p.task.last_submitted_at
-    record.update({
-        "train_loss": result["train_loss"], "first_loss": result.get("first_loss"),
-        "num_samples": result["num_samples"], "steps": result.get("steps"),
-        "load_s": load_s, "train_s": train_s, "serialize_s": ser_s,
-        # queue/start: (last) submit -> the function began on a worker (queue wait + worker start)
-        "queue_s": max(0.0, result["started_at"] - last_submit),
-        "worker_s": max(0.0, result["finished_at"] - result["started_at"]),
-        # transfer: the worker finished -> the server holds the unpacked result
-        "transfer_s": max(0.0, received - result["finished_at"]) + ser_s + ref_s,
-        "task_wall_s": received - last_submit,
-        "cache_hit": result.get("cache_hit"), "device": result.get("device"), "host": result.get("host"),
-        "pid": result.get("pid"),
-    })
-    return record
+    return record.model_copy(update=dict(
+        train_loss=result.train_loss, first_loss=result.first_loss, num_samples=result.num_samples,
+        steps=result.steps, load_s=t.load_s, train_s=t.train_s, serialize_s=t.serialize_s,
+        queue_s=max(0.0, result.started_at - last_submit),
+        worker_s=max(0.0, result.finished_at - result.started_at),
+        transfer_s=max(0.0, received - result.finished_at) + t.serialize_s + t.fetch_s + t.store_s,
+        task_wall_s=received - last_submit, cache_hit=result.cache_hit, device=result.device,
+        host=result.host, pid=result.pid, python=result.python))
 
 
-class DriverBase:
-    def __init__(self, experiment: Experiment, run_dir: Path, handles: dict[str, OpenSite],
-                 data_paths: dict[str, str], console: Console, transport: Transport | None = None,
-                 stop_after: int | None = None) -> None:
-        self.exp = experiment
+class DriverBase(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, plan: RunPlan, run_dir: Path, handles: dict[str, OpenSite], data_paths: dict[str, str],
+                 console: Console, transport: Transport, stop_after: int | None = None) -> None:
+        self.plan = plan
+        self.exp = plan.experiment
         self.handles = handles
         self.data_paths = data_paths
         self.console = console
-        self.state = RunState(run_dir, experiment)
+        self.state = RunState(run_dir)
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
-        self.strategy = get_strategy(experiment.strategy.name, **experiment.strategy.kwargs)
-        self.eval_site = handles[experiment.eval_site]
-        local = {n for n, h in handles.items() if h.kind == "local engine"}
-        self.transport = transport or Transport(experiment, run_dir, local)
-        f = experiment.faults
+        self.strategy = get_strategy(self.exp.strategy.name, **self.exp.strategy.kwargs)
+        self.eval_site = handles[self.exp.eval_site]
+        self.transport = transport
+        f = self.exp.faults
         self.policy = RetryPolicy(f.retries, f.backoff_s, f.backoff_max_s)
         self.parking = Parking(f.park_after, f.park_rounds)
-        uc = experiment.update_checks
+        uc = self.exp.update_checks
         self.screen = DistanceScreen(uc.max_distance_factor, uc.min_updates_for_distance)
         self.stop_after = stop_after
         self.resumed = False
         self._bytes: tuple[int, bytes | None] = (-1, None)
         self.bytes_moved = 0  # adapter bytes to and from sites by this process, for the console
+
+    @abstractmethod
+    def run(self) -> Outcome:
+        """Drive the run to its end (or to ``stop_after``: RunStopped)."""
+
+    def progress(self) -> Progress:
+        """The live progress bars; transient, so nothing is left of them when the run ends."""
+        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=self.console, transient=True)
 
     # -- adapters ---------------------------------------------------------------------------
     def global_bytes(self) -> bytes | None:
@@ -195,16 +165,17 @@ class DriverBase:
         shapes = {k: tuple(shape) for k, shape in zip(spec.keys, spec.shapes)}
         return spec.flatten(fresh_adapter_from_shapes(shapes, self.exp.seed))
 
-    # -- tasks ------------------------------------------------------------------------------
-    def plan_for(self, site: str) -> ClientPlan:
-        t, o = self.exp.training, self.exp.site_entry(site).training
-        default = ClientPlan(local_steps=o.local_steps or t.local_steps, lr=o.lr or t.lr)
-        return self.strategy.configure(site, self.state.version, default)
+    def learn_layout(self, spec: FlatSpec) -> None:
+        """The adapter's tensor layout is known (first update, or a checkpoint): keep it, and
+        tell the strategy."""
+        self.state.spec = spec
+        self.strategy.set_layout(spec)
 
+    # -- tasks ------------------------------------------------------------------------------
     def submit_train(self, site: str, rnd: int) -> Pending:
-        plan = self.plan_for(site)
+        plan = self.strategy.configure(site, self.state.version, self.plan.client_plan(site))
         adapter = self.global_bytes()
-        task = train_task(self.exp, self.data_paths[site], None, plan, rnd, site)
+        task = self.plan.train_task(site, self.data_paths[site], plan, rnd)
         out = call_with_retry(lambda: self.transport.train(site, task, adapter, self.state.version), self.policy)
         running = RetryingTask(self.handles[site].executor, out.fn, out.payload, self.policy)
         return Pending(site, rnd, plan, out, running, self.state.version, self.exp.task_timeout_s)
@@ -217,31 +188,34 @@ class DriverBase:
             p.task.cancel()
         else:
             try:
-                result = p.task.future.result()
+                result = TrainResult.from_wire(p.task.future.result())
+            except UserError as exc:  # the site answered, but not with a TrainResult
+                error = f"malformed result: {exc}"
             except Exception as exc:  # a failed site is recorded; the run goes on without it
                 error = failure_summary(exc)
         record = task_record(p, received, self.state.started, result, error)
         handle = self.handles[p.site]
         # node-hours: the site's nodes x the task's wall time on its worker (a local site counts
         # 1 node); the pilot job's idle time around tasks is not visible from here
-        record.update(nodes=handle.nodes, node_hours=handle.nodes * float(record.get("worker_s") or 0.0) / 3600,
-                      node_hours_basis="local: task wall x 1 node" if handle.kind == "local engine"
-                      else "task wall x nodes_per_block")
-        if error is not None:
+        record.nodes = handle.site.nodes
+        record.node_hours = handle.site.nodes * (record.worker_s or 0.0) / 3600
+        record.node_hours_basis = ("local: task wall x 1 node" if handle.site.runs_here
+                                   else "task wall x nodes_per_block")
+        if result is None:
             return Arrival(record, None)
-        assert result is not None
         try:
             incoming = call_with_retry(lambda: self.transport.receive(p.site, result, p.out.mode), self.policy)
         except Exception as exc:  # the result could not be fetched (e.g. its transfer failed)
-            record.update(status="failed", error=f"fetching the result: {failure_summary(exc)}")
+            record.status, record.error = "failed", f"fetching the result: {failure_summary(exc)}"
             return Arrival(record, None)
         try:
             state_dict = adapter_from_bytes(incoming.adapter)
         except Exception as exc:
             return self.reject(record, f"unreadable adapter: {failure_summary(exc)}")
-        record.update(bytes_up=incoming.bytes_up, transport_up=incoming.mode)
+        record.bytes_up, record.transport_up = incoming.bytes_up, incoming.mode
         if self.state.spec is None:
-            self.state.spec = FlatSpec.from_state(state_dict)
+            self.learn_layout(FlatSpec.from_state(state_dict))
+        assert self.state.spec is not None
         problem = layout_problem(self.state.spec, state_dict)
         if problem:
             return self.reject(record, problem)
@@ -251,15 +225,14 @@ class DriverBase:
             return self.reject(record, problem)
         self.transport.expected_result_bytes = max(self.transport.expected_result_bytes, incoming.bytes_up)
         reference = self.state.global_flat if self.state.global_flat is not None else self.initial_global()
-        update = Update(site=p.site, params=params, num_samples=int(result["num_samples"]),
-                        base_version=p.base_version,
-                        local_steps=int(result.get("steps") or p.plan.local_steps),
-                        train_time_s=record["train_s"], queue_wait_s=record["queue_s"])
+        update = Update(site=p.site, params=params, num_samples=result.num_samples, base_version=p.base_version,
+                        local_steps=result.steps or p.plan.local_steps, train_time_s=record.train_s,
+                        queue_wait_s=record.queue_s)
         return Arrival(record, update, distance(params, reference))
 
     @staticmethod
-    def reject(record: dict[str, Any], reason: str) -> Arrival:
-        record.update(status="rejected", reason=reason)
+    def reject(record: TaskRecord, reason: str) -> Arrival:
+        record.status, record.reason = "rejected", reason
         return Arrival(record, None)
 
     def screen_distances(self, arrivals: list[Arrival]) -> None:
@@ -268,7 +241,7 @@ class DriverBase:
         far = self.screen.outliers({str(i): a.distance for i, a in candidates.items()})  # type: ignore[misc]
         for i, a in candidates.items():
             if str(i) in far:
-                a.record.update(status="rejected", reason=far[str(i)])
+                a.record.status, a.record.reason = "rejected", far[str(i)]
                 a.update = None
             else:
                 assert a.distance is not None
@@ -276,42 +249,50 @@ class DriverBase:
 
     def settle(self, a: Arrival, rnd: int) -> None:
         """Write the record; count the outcome for parking."""
-        site = a.record["site"]
+        record = a.record
         if a.distance is not None:
-            a.record["distance"] = a.distance
-        self.bytes_moved += int(a.record.get("bytes_up") or 0) + int(a.record.get("bytes_down") or 0)
-        ok = a.record["status"] == "ok"
-        if self.parking.record(site, ok, rnd):
-            until = self.parking.parked_until[site]
-            a.record["parked_until_round"] = until
-            self.console.print(f"  [yellow]site {site} parked after {self.exp.faults.park_after} failures "
-                               f"in a row; back in round {until}[/]")
-        self.metrics.write(a.record)
+            record.distance = a.distance
+        self.bytes_moved += (record.bytes_up or 0) + record.bytes_down
+        ok = record.status == "ok"
+        if self.parking.record(record.site, ok, rnd):
+            until = self.parking.parked_until[record.site]
+            record.parked_until_round = until
+            self.console.print(f"  [yellow]site {record.site} parked after {self.exp.faults.park_after} "
+                               f"failures in a row; back in round {until}[/]")
+        self.metrics.write(record)
         if not ok:
-            self.console.print(f"  [red]round {rnd}: site {site} {a.record['status']}:[/] "
-                               f"{a.record.get('error') or a.record.get('reason')}")
+            self.console.print(f"  [red]round {rnd}: site {record.site} {record.status}:[/] "
+                               f"{record.error or record.reason}")
 
     # -- evaluation ---------------------------------------------------------------------------
-    def evaluate(self, label: str, rnd: int) -> dict[str, Any]:
+    def evaluate(self, label: Literal["baseline", "round"], rnd: int) -> EvalRecord:
         adapter = self.global_bytes()
         name = self.exp.eval_site
-        out = call_with_retry(lambda: self.transport.evaluate(name, eval_task(self.exp, None), adapter,
+        out = call_with_retry(lambda: self.transport.evaluate(name, self.plan.eval_task(), adapter,
                                                               self.state.version), self.policy)
         running = RetryingTask(self.eval_site.executor, out.fn, out.payload, self.policy)
         try:
-            result = running.future.result(timeout=self.exp.task_timeout_s)
+            result = EvalResult.from_wire(running.future.result(timeout=self.exp.task_timeout_s))
         except Exception as exc:
             running.cancel()
             raise RunFailed(f"evaluation on site {name} failed: {failure_summary(exc)}") from exc
-        record = {"kind": label, "round": rnd, "val_loss": result["val_loss"],
-                  "exact_match": result.get("exact_match", {}), "num_samples": result.get("num_samples"),
-                  "elapsed_s": self.state.elapsed(), "strategy": self.exp.strategy.name,
-                  "version": self.state.version, "updates": self.state.updates, "bytes_down": out.bytes_down,
-                  "transport": out.mode, "driver": self.driver_name}
+        record = EvalRecord(
+            kind=label, round=rnd, val_loss=result.val_loss, exact_match=result.exact_match,
+            num_samples=result.num_samples, elapsed_s=self.state.elapsed(), strategy=self.exp.strategy.name,
+            version=self.state.version, updates=self.state.updates, bytes_down=out.bytes_down,
+            transport=out.mode, driver=self.name)
         self.metrics.write(record)
         return record
 
-    driver_name = "sync"
+    def baseline(self) -> EvalRecord:
+        """The untrained adapter's evaluation: the one a resumed run already has, or a new one."""
+        if self.resumed:
+            kept = [r for r in of_kind(live_records(self.metrics.path), EvalRecord) if r.kind == "baseline"]
+            if kept:
+                return kept[0]
+        base = self.evaluate("baseline", 0)
+        self.console.print(f"untrained adapter: validation loss {base.val_loss:.4f}")
+        return base
 
     # -- checkpoints ----------------------------------------------------------------------------
     def checkpoint(self, finished: bool = False) -> None:
@@ -327,18 +308,25 @@ class DriverBase:
             exact = adapter_to_bytes(s.spec.unflatten(s.global_flat), "float32")
         ckpt.save(s.run_dir / "checkpoint", c, exact)
 
-    def restore(self, c: ckpt.Checkpoint) -> None:
+    def restore(self, c: ckpt.Checkpoint | None) -> None:
+        """Continue from checkpoint ``c`` (None: nothing was aggregated; start over, leaving
+        the earlier records aside)."""
         s = self.state
+        self.resumed = True
+        if c is None:
+            self.metrics.write(ResumeRecord(round=0, version=0, metrics_bytes=0, at=time.time(), elapsed_s=0.0))
+            return
         s.round, s.version, s.updates = c.round, c.version, c.updates
-        s.global_flat, s.spec = c.global_flat, c.spec
+        s.global_flat = c.global_flat
+        if c.spec is not None:
+            self.learn_layout(c.spec)
         s.started = time.time() - c.elapsed_s
         self.strategy.load_state_dict(c.strategy_state)
         self.parking.load_state_dict(c.parking)
         self.screen.history.extend(c.screen_history)
         ckpt.restore_rng(c.rng)
-        self.resumed = True
-        self.metrics.write({"kind": "resume", "round": c.round, "version": c.version,
-                            "metrics_bytes": c.metrics_bytes, "at": time.time(), "elapsed_s": c.elapsed_s})
+        self.metrics.write(ResumeRecord(round=c.round, version=c.version, metrics_bytes=c.metrics_bytes,
+                                        at=time.time(), elapsed_s=c.elapsed_s))
 
     def after_checkpoint(self) -> None:
         if self.stop_after is not None and self.state.round >= self.stop_after:

@@ -31,7 +31,8 @@ def make_project(root: Path, source: Path | None = None, *, molecules: int = 120
 
 
 def write_experiment(root: Path, name: str, **changes: Any) -> Path:
-    """An experiment file with small settings (two local sites, 3 rounds of 2 steps)."""
+    """An experiment file with small settings (two local sites, 3 rounds of 2 steps), and a task
+    timeout no busy machine reaches."""
     exp: dict[str, Any] = {
         "name": name, "model": {"path": "model"},
         "data": {"train": "data/train.jsonl", "validation": "data/validation.jsonl"},
@@ -40,7 +41,7 @@ def write_experiment(root: Path, name: str, **changes: Any) -> Path:
         "training": {"local_steps": 2, "batch_size": 4, "lr": 0.005, "max_length": 96, "torch_threads": 1},
         "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
         "evaluation": {"max_samples": 8, "batch_size": 8, "generate_max_new_tokens": 4},
-        "task_timeout_s": 300,
+        "task_timeout_s": 3600,  # a busy machine is slow, not broken: no task may time out
     }
     exp.update(changes)
     path = root / f"{name}.yaml"

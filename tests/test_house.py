@@ -1,0 +1,113 @@
+"""House rules read from the source: no import circle in src/ (function-level imports
+included), drivers ask the strategy through its base class and never compare its name, and
+the server builds site tasks from the one client-side contract."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = SRC / "crossfl"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of ``tree`` except what sits under `if TYPE_CHECKING:` (imports for
+    annotations only: never executed, so no circle at run time)."""
+    found: list[ast.AST] = []
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        found.append(node)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
+    """crossfl modules ``name`` imports anywhere in its file (module or function level; not
+    the annotation-only imports under `if TYPE_CHECKING:`)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in _runtime_nodes(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1],
+                                 *([base] if base else [])])
+            for alias in node.names:  # `from pkg import submodule` names the submodule
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base)
+    return {m for m in found if m in known and m != name}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circle_in_src() -> None:
+    mods = modules()
+    graph = {name: imports_of(name, path, set(mods)) for name, path in mods.items()}
+    assert graph["crossfl.server.sync_driver"] >= {"crossfl.server.driver_base"}  # the check reads imports
+    assert cycles(graph) == []
+
+
+def test_drivers_never_compare_strategy_names() -> None:
+    pattern = re.compile(r"strateg\w*\.name\s*==|==\s*[\w.]*strateg\w*\.name")
+    offenders = [f"{p.relative_to(SRC)}:{n}" for p in PACKAGE.rglob("*.py")
+                 if "strategies" not in p.parts
+                 for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert offenders == []
+
+
+def test_site_tasks_are_built_from_the_contract_only() -> None:
+    """No hand-written task dicts on the server: the task fields appear in one definition."""
+    server = PACKAGE / "server"
+    offenders = [f"{p.relative_to(SRC)}:{n}" for p in server.rglob("*.py")
+                 for n, line in enumerate(p.read_text().splitlines(), 1)
+                 if re.search(r"[\"'](model_path|data_path|adapter_dtype|inline_limit_bytes)[\"']\s*:", line)]
+    assert offenders == []

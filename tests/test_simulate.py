@@ -1,0 +1,517 @@
+"""The simulation core: virtual clock, queue models, scenarios, pilot lifecycle,
+simulated executors, result cache and calibration. No timing assertions: every time
+checked here is virtual, and every draw is seeded."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from crossfl.errors import UserError
+from crossfl.simulate import calibrate
+from crossfl.simulate.cache import ResultCache, payload_digest
+from crossfl.simulate.clock import RealClock, SimulationStalled, VirtualClock, bind_strategy_clock
+from crossfl.simulate.executor import InstantExecutor, SimulatedSiteExecutor, simulated_sites
+from crossfl.simulate.queues import Z90, QueueModel
+from crossfl.simulate.scenario import Scenario, load_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+QUEUES = ROOT / "deploy" / "queues"
+
+CALLS: list[dict[str, Any]] = []
+
+
+def toy_train(task: dict[str, Any]) -> dict[str, Any]:
+    """A stand-in site function: records the call, returns a result shaped like
+    train_round's (real timings that the simulation must replace)."""
+    CALLS.append(task)
+    if task.get("fail"):
+        raise ValueError("bad task: fail was set")
+    return {"adapter": b"x" * 100, "num_samples": 10, "train_loss": 1.0, "first_loss": 2.0,
+            "steps": task["local_steps"], "started_at": 1e9, "finished_at": 1e9 + 5,
+            "timings": {"load_s": 3.0, "train_s": 4.0, "serialize_s": 0.5},
+            "device": "cpu", "host": "here", "pid": 1, "cache_hit": True}
+
+
+def scenario(wait: dict[str, Any] | None = None, **pilot: Any) -> Scenario:
+    return Scenario.model_validate({
+        "name": "test", "seed": 0,
+        "facilities": {"hpc": {"queues": {"q": {"wait": wait or {
+            "model": "fixed", "wait_s": 100.0, "assumption": "test"}}}}},
+        "sites": [{"name": "a", "facility": "hpc", "queue": "q",
+                   "pilot": {"walltime": "01:00:00", "assumption": "test", **pilot},
+                   "speed": {"seconds_per_step": 2.0, "load_cold_s": 30.0, "load_warm_s": 1.0,
+                             "assumption": "test"},
+                   "transfer": {"down_s": 1.0, "up_s": 2.0, "assumption": "test"}}]})
+
+
+def site(sc: Scenario, clock: VirtualClock, seed: int = 0, records: list | None = None,
+         cache: ResultCache | None = None) -> SimulatedSiteExecutor:
+    return SimulatedSiteExecutor("a", sc.sites[0], sc, clock, seed=seed, cache=cache,
+                                 on_record=None if records is None else records.append)
+
+
+def task(steps: int = 10, **extra: Any) -> dict[str, Any]:
+    return {"local_steps": steps, "round": 1, **extra}
+
+
+# ------------------------------------------------------------------ the clock
+
+
+def test_virtual_clock_runs_events_in_time_then_submission_order() -> None:
+    clock = VirtualClock()
+    seen: list[tuple[str, float]] = []
+    for name, at in (("c", 5.0), ("a", 1.0), ("b", 5.0)):
+        clock.call_at(at, lambda n=name: seen.append((n, clock.now())))
+    cancelled = clock.call_at(3.0, lambda: seen.append(("x", clock.now())))
+    cancelled.cancel()
+    clock.run_until(4.0)
+    assert seen == [("a", 1.0)] and clock.now() == 4.0
+    clock.sleep(10.0)
+    assert seen == [("a", 1.0), ("c", 5.0), ("b", 5.0)] and clock.now() == 14.0
+
+
+def test_virtual_wait_matches_concurrent_futures_semantics() -> None:
+    clock = VirtualClock()
+    f1, f2 = Future(), Future()
+    clock.call_at(10.0, lambda: f1.set_result(1))
+    clock.call_at(20.0, lambda: f2.set_exception(ValueError("x")))
+    done, not_done = clock.wait([f1, f2], timeout=5.0, return_when=FIRST_COMPLETED)
+    assert (done, not_done, clock.now()) == (set(), {f1, f2}, 5.0)  # timed out in virtual time
+    done, _ = clock.wait([f1, f2], return_when=FIRST_COMPLETED)
+    assert done == {f1} and clock.now() == 10.0
+    done, _ = clock.wait([f1, f2], return_when=FIRST_EXCEPTION)
+    assert done == {f1, f2} and clock.now() == 20.0
+    assert clock.wait([f1, f2], return_when=ALL_COMPLETED).not_done == set()
+    with pytest.raises(SimulationStalled):
+        clock.wait([Future()])
+    with pytest.raises(TimeoutError):
+        clock.result(Future(), timeout=3.0)
+    assert clock.now() == 23.0
+
+
+def test_real_clock_is_wall_time_and_concurrent_futures() -> None:
+    f: Future = Future()
+    f.set_result(7)
+    clock = RealClock()
+    assert clock.wait([f], timeout=0).done == {f} and clock.result(f) == 7
+    assert abs(clock.now() - __import__("time").time()) < 60
+
+
+def test_fedcompass_reads_the_virtual_clock() -> None:
+    from crossfl.server.strategies import get_strategy
+
+    clock = VirtualClock(start=1000.0)
+    strategy = get_strategy("fedcompass")
+    bind_strategy_clock(strategy, clock)
+    assert strategy.now() == 0.0
+    clock.sleep(3600.0)
+    assert strategy.now() == 3600.0
+    plain = get_strategy("fedavg")
+    bind_strategy_clock(plain, clock)  # no clock of its own: untouched
+    assert not hasattr(plain, "clock")
+
+
+# ------------------------------------------------------------------ queue models
+
+
+def test_appfl_lognormal_draws_exactly_what_appfl_draws() -> None:
+    from omegaconf import OmegaConf
+
+    from appfl.algorithm.scheduler import QueueScheduler
+
+    # a YAML list arrives as a ListConfig, which APPFL 1.12 cannot parse (it splits
+    # str(value) on commas): the comma string is the form it reads
+    configs = OmegaConf.create({"num_clients": 2, "simulate_queue": True, "queue_mode": "lognormal",
+                                "queue_means": "5.0,50.0", "queue_sigma": 0.8, "queue_seed": 3})
+    appfl = QueueScheduler(configs, None, None)
+    theirs = [appfl._sample_queue_delay(cid) for cid in ("1", "2", "1", "2", "1")]
+    models = [QueueModel.model_validate({"wait": {"model": "appfl_lognormal", "mean_s": m, "sigma": 0.8,
+                                                  "source": "APPFL"}}) for m in (5.0, 50.0)]
+    rng = random.Random(3)  # APPFL shares one stream over its clients, in call order
+    ours = [models[i].sample(rng, 1, 3600.0) for i in (0, 1, 0, 1, 0)]
+    assert ours == theirs
+    default = QueueModel.model_validate({"wait": {"model": "appfl_lognormal", "source": "APPFL"}})
+    assert (default.wait.mean_s, default.wait.sigma) == (2.0, 0.4)  # q_init, queue_sigma
+
+
+def test_lognormal_by_median_and_p90_and_shape_bins() -> None:
+    q = QueueModel.model_validate({
+        "wait": {"model": "lognormal", "median_s": 600.0, "p90_s": 3600.0, "assumption": "test"},
+        "shape_bins": [{"max_nodes": 2, "max_walltime": "01:00:00", "factor": 0.5, "assumption": "t"},
+                       {"max_nodes": 10, "factor": 2.0, "assumption": "t"}]})
+    assert q.wait.spread == pytest.approx(math.log(6.0) / Z90)
+    rng = random.Random(1)
+    draws = sorted(q.wait.sample(rng) for _ in range(20000))
+    assert draws[10000] == pytest.approx(600.0, rel=0.05)
+    assert draws[18000] == pytest.approx(3600.0, rel=0.08)
+    assert q.factor(1, 1800) == 0.5 and q.factor(2, 7200) == 2.0 and q.factor(64, 60) == 1.0
+    assert q.expected_wait_s(5, 60) == pytest.approx(2 * 600 * math.exp(q.wait.spread ** 2 / 2))
+
+
+@pytest.mark.parametrize("wait, message", [
+    ({"model": "fixed", "wait_s": 1.0}, "exactly one of `source:`"),
+    ({"model": "fixed", "wait_s": 1.0, "source": "s", "assumption": "a"}, "exactly one of `source:`"),
+    ({"model": "lognormal", "median_s": 10.0, "assumption": "a"}, "exactly one of sigma"),
+    ({"model": "gamma", "assumption": "a"}, "model: appfl_lognormal, lognormal or fixed"),
+    ({"model": "fixed", "wait_s": -1, "assumption": "a"}, "greater than or equal to 0"),
+])
+def test_bad_queue_models_name_file_field_and_fix(tmp_path: Path, wait: dict, message: str) -> None:
+    raw = yaml.safe_load((QUEUES / "calm.yaml").read_text())
+    first = next(iter(raw["facilities"]))
+    queue = next(iter(raw["facilities"][first]["queues"]))
+    raw["facilities"][first]["queues"][queue]["wait"] = wait
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError) as err:
+        load_scenario(bad)
+    text = str(err.value)
+    assert text.startswith(f"{bad}: facilities.{first}.queues.{queue}.wait")
+    assert message in text and "(fix: " in text
+
+
+def test_bad_site_profiles_are_named(tmp_path: Path) -> None:
+    raw = yaml.safe_load((QUEUES / "calm.yaml").read_text())
+    second = raw["sites"][1]["name"]
+    raw["sites"][1]["queue"] = "nowhere"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match=f"names queue 'nowhere'"):
+        load_scenario(bad)
+    raw["sites"][1]["queue"] = raw["sites"][0]["queue"]
+    raw["sites"][1]["facility"] = raw["sites"][0]["facility"]
+    raw["sites"][1]["speed"]["seconds_per_stepp"] = 1
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match=rf"sites\[{second}\]\.speed\.seconds_per_stepp: unknown field"):
+        load_scenario(bad)
+    bad.write_text("name: [unclosed")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_scenario(bad)
+    with pytest.raises(UserError, match="not found"):
+        load_scenario(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("path", sorted(QUEUES.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_scenarios_load(path: Path) -> None:
+    sc = load_scenario(path)
+    assert sc.sites
+    for profile in sc.sites:
+        assert sc.queue_of(profile).expected_wait_s(1, 3600.0) >= 0
+
+
+def test_shipped_high_variance_waits_vary_more_than_calm() -> None:
+    def spread(sc: Scenario) -> float:
+        rng = random.Random(0)
+        waits = [sc.queue_of(p).sample(rng, 1, 3600.0) for p in sc.sites for _ in range(2000)]
+        return statistics.pstdev(waits)
+
+    assert spread(load_scenario(QUEUES / "high-variance.yaml")) > 5 * spread(load_scenario(QUEUES / "calm.yaml"))
+
+
+def test_profiles_are_assigned_by_name_then_in_order() -> None:
+    sc = Scenario.model_validate({**scenario().model_dump(), "sites": [
+        {**scenario().sites[0].model_dump(), "name": n} for n in ("p1", "p2", "beta")]})
+    got = {k: v.name for k, v in sc.assign(["alpha", "beta", "gamma", "delta"]).items()}
+    assert got == {"alpha": "p1", "beta": "beta", "gamma": "p2", "delta": "p1"}
+
+
+# ------------------------------------------------------------------ the pilot lifecycle
+
+
+def run_one(ex: SimulatedSiteExecutor, clock: VirtualClock, payload: dict[str, Any]) -> Any:
+    future = ex.submit(toy_train, payload)
+    return clock.result(future)
+
+
+def test_first_task_pays_queue_and_cold_load_then_a_warm_pilot_is_reused() -> None:
+    clock, records = VirtualClock(), []
+    ex = site(scenario(), clock, records=records)
+    r1 = run_one(ex, clock, task(10))
+    # down 1 s; poll at 5 s submits the block; queue 100 s; cold load 30 + 10 x 2 s; up 2 s
+    assert r1["started_at"] == 105.0 and r1["finished_at"] == 155.0 and clock.now() == 157.0
+    assert r1["timings"] == {"load_s": 30.0, "train_s": 20.0, "serialize_s": 0.0}
+    assert r1["cache_hit"] is False and r1["simulated"]["cold"] is True
+    assert r1["adapter"] == b"x" * 100 and r1["steps"] == 10  # the real result, re-timed
+    r2 = run_one(ex, clock, task(5))  # the block is still up (idle < 120 s): no queue
+    assert r2["started_at"] == 158.0 and r2["timings"]["load_s"] == 1.0 and r2["cache_hit"] is True
+    assert r2["host"] == r1["host"] and records == []
+    ex.shutdown()
+    assert [r["end_reason"] for r in records] == ["shutdown"]
+    assert records[0]["node_hours"] == pytest.approx((clock.now() - 105.0) / 3600)
+
+
+def test_idle_pilot_is_released_and_the_next_task_queues_again() -> None:
+    clock, records = VirtualClock(), []
+    ex = site(scenario(), clock, records=records)
+    r1 = run_one(ex, clock, task(10))  # worker idle from 155 s
+    clock.sleep(500.0)
+    # the strategy notices at its poll at 155 s and releases at the first poll more than
+    # 120 s later: 280 s (Parsl: idle_duration > max_idletime, polled every 5 s)
+    assert [(r["end_reason"], r["ended_at"]) for r in records] == [("idle", 280.0)]
+    assert records[0]["node_hours"] == pytest.approx((280.0 - r1["started_at"]) / 3600)
+    r2 = run_one(ex, clock, task(10))
+    assert r2["simulated"]["block"] == 1 and r2["cache_hit"] is False
+    assert r2["started_at"] - (657.0 + 1.0) >= 100.0  # a new pilot, a new queue wait
+
+
+def test_min_blocks_keep_the_pilot_and_init_blocks_start_at_once() -> None:
+    clock, records = VirtualClock(), []
+    ex = site(scenario(init_blocks=1, min_blocks=1), clock, records=records)
+    clock.sleep(400.0)  # init block submitted at 0 s, up at 100 s, never released
+    r1 = run_one(ex, clock, task(10))
+    assert r1["started_at"] == 401.0 and r1["cache_hit"] is False and records == []
+
+
+def test_a_policy_can_keep_a_pilot_warm_from_now_on() -> None:
+    clock, records = VirtualClock(), []
+    ex = site(scenario(), clock, records=records)
+    run_one(ex, clock, task(10))  # idle from 155 s; release due at 280 s
+    clock.sleep(60.0)
+    ex.set_idle(max_idletime_s=3600.0)  # at 217 s: the timer restarts from the next poll
+    clock.sleep(600.0)
+    assert records == []
+    assert run_one(ex, clock, task(10))["cache_hit"] is True
+    ex.set_idle(max_idletime_s=0.0)
+    clock.sleep(10.0)
+    assert [r["end_reason"] for r in records] == ["idle"]
+    with pytest.raises(Exception, match="max_blocks 1 is below min_blocks 2"):
+        ex.set_idle(min_blocks=2)
+
+
+def test_walltime_kills_a_running_task_as_a_lost_manager_and_a_new_pilot_follows() -> None:
+    from crossfl.server.faults import is_system_failure
+
+    clock, records = VirtualClock(), []
+    ex = site(scenario(walltime="00:05:00"), clock, records=records)
+    future = ex.submit(toy_train, task(1000))  # 2000 s of training in a 300 s pilot
+    clock.wait([future])
+    exc = future.exception()
+    assert "ManagerLost" in str(exc) and is_system_failure(exc)
+    assert records[0]["end_reason"] == "walltime" and records[0]["ended_at"] == 405.0
+    assert clock.now() == 405.0 + 120.0  # reported after Parsl's heartbeat threshold
+    # the lost task was still outstanding at the next poll: a new block was asked for
+    assert len(ex.sim.blocks) == 2 and ex.sim.blocks[1].submitted_at == 405.0
+
+
+def test_preemption_ends_pilots_early_and_deterministically() -> None:
+    def lifetimes(seed: int) -> list[tuple[str, float]]:
+        clock, records = VirtualClock(), []
+        ex = site(scenario(preemption_per_hour=6.0, walltime="10:00:00"), clock, seed=seed, records=records)
+        for _ in range(3):
+            with pytest.raises(Exception):
+                run_one(ex, clock, task(100000))
+        return [(r["end_reason"], r["held_s"]) for r in records]
+
+    first = lifetimes(1)
+    assert [reason for reason, _ in first] == ["preempted"] * 3
+    assert first == lifetimes(1) and first != lifetimes(2)
+
+
+def test_per_task_mode_pays_a_wait_for_every_task() -> None:
+    sc = scenario({"model": "appfl_lognormal", "mean_s": 50.0, "sigma": 0.4, "source": "APPFL"},
+                  mode="per_task")
+    clock, records = VirtualClock(), []
+    ex = site(sc, clock, records=records)
+    results = [run_one(ex, clock, task(10)) for _ in range(3)]
+    assert all(r["cache_hit"] is False for r in results)
+    assert [r["end_reason"] for r in records] == ["done"] * 3
+    waits = [r["queue_wait_s"] for r in records]
+    assert len(set(waits)) == 3 and all(w > 0 for w in waits)
+    assert sum(r["node_hours"] for r in records) == pytest.approx(3 * (30 + 20) / 3600)
+
+
+def test_tasks_queue_first_come_first_served_on_one_block() -> None:
+    clock = VirtualClock()
+    ex = site(scenario(), clock)
+    futures = [ex.submit(toy_train, task(10, n=i)) for i in range(3)]
+    clock.wait(futures)
+    starts = [f.result()["started_at"] for f in futures]
+    assert starts == sorted(starts) and len({f.result()["host"] for f in futures}) == 1
+    assert [f.result()["cache_hit"] for f in futures] == [False, True, True]
+
+
+def test_a_failing_site_function_is_a_task_failure_not_retried() -> None:
+    from crossfl.endpoints import failure_summary
+    from crossfl.server.faults import is_system_failure
+
+    clock = VirtualClock()
+    ex = site(scenario(), clock)
+    future = ex.submit(toy_train, task(10, fail=True))
+    clock.wait([future])
+    exc = future.exception()
+    assert failure_summary(exc) == "ValueError: bad task: fail was set" and not is_system_failure(exc)
+
+
+def test_a_cancelled_queued_task_never_runs() -> None:
+    clock = VirtualClock()
+    ex = site(scenario(), clock)
+    CALLS.clear()
+    future = ex.submit(toy_train, task(10, tag="cancelled"))
+    clock.sleep(50.0)
+    assert future.cancel()
+    clock.sleep(1000.0)
+    assert CALLS == []
+
+
+def test_replays_are_deterministic_by_seed_and_paired_across_sites() -> None:
+    wait = {"model": "lognormal", "median_s": 300.0, "sigma": 1.0, "assumption": "test"}
+    sc = scenario(wait)
+
+    def waits(seed: int, names: list[str]) -> dict[str, list[float]]:
+        clock = VirtualClock()
+        exs = simulated_sites(sc, names, clock, seed=seed)
+        for _ in range(3):
+            fs = [ex.submit(toy_train, task(10)) for ex in exs.values()]
+            clock.wait(fs)
+            clock.sleep(1000.0)  # idle: every pilot is released, the next round queues again
+        return {n: [b.wait_s for b in ex.sim.blocks] for n, ex in exs.items()}
+
+    one = waits(0, ["alpha", "beta"])
+    assert one == waits(0, ["alpha", "beta"]) and one != waits(1, ["alpha", "beta"])
+    assert waits(0, ["alpha"])["alpha"] == one["alpha"]  # another site draws from its own stream
+    assert len(one["alpha"]) == 3
+
+
+def test_sync_rounds_release_a_fast_sites_pilot_while_a_straggler_queues() -> None:
+    """The first cheap check, in simulation: with the engine's 120 s max_idletime, a
+    site that finishes a round more than ~2 minutes before the slowest one (here a site
+    that queues 30 min for a fresh job every round) loses its pilot and queues again
+    next round; a long max_idletime keeps it."""
+    def rounds(max_idletime_s: float) -> list[bool]:
+        sc = Scenario.model_validate({
+            "name": "t", "facilities": {"hpc": {"queues": {
+                "fast": {"wait": {"model": "fixed", "wait_s": 60.0, "assumption": "t"}},
+                "slow": {"wait": {"model": "fixed", "wait_s": 1800.0, "assumption": "t"}}}}},
+            "sites": [{"name": n, "facility": "hpc", "queue": n,
+                       "pilot": {"max_idletime_s": max_idletime_s, "walltime": "12:00:00", "mode": mode,
+                                 "assumption": "t"},
+                       "speed": {"seconds_per_step": 1.0, "load_cold_s": 10.0, "assumption": "t"}}
+                      for n, mode in (("fast", "pilot"), ("slow", "per_task"))]})
+        clock = VirtualClock()
+        exs = simulated_sites(sc, ["fast", "slow"], clock, seed=0)
+        cold = []
+        for rnd in range(3):
+            fs = {n: ex.submit(toy_train, task(20, round=rnd)) for n, ex in exs.items()}
+            clock.wait(fs.values())
+            cold.append(not fs["fast"].result()["cache_hit"])
+        return cold
+
+    assert rounds(120.0) == [True, True, True]  # every round pays the fast site's queue again
+    assert rounds(7200.0) == [True, False, False]
+
+
+# ------------------------------------------------------------------ the result cache
+
+
+def test_payload_digest_is_canonical_and_covers_adapter_bytes(tmp_path: Path) -> None:
+    a = {"local_steps": 3, "adapter": b"\x00\x01", "lora": {"r": 4, "alpha": 8.0}}
+    b = {"lora": {"alpha": 8.0, "r": 4}, "adapter": b"\x00\x01", "local_steps": 3}
+    assert payload_digest(toy_train, a) == payload_digest(toy_train, b)
+    assert payload_digest(toy_train, a) != payload_digest(toy_train, {**a, "adapter": b"\x00\x02"})
+    assert payload_digest(toy_train, a) != payload_digest(toy_train, {**a, "local_steps": 4})
+    assert payload_digest(toy_train, {**a, "result_path": "/x"}) is None
+    data = tmp_path / "d.jsonl"
+    data.write_text("one")
+    before = payload_digest(toy_train, {**a, "data_path": str(data)})
+    data.write_text("other")  # same path, new content: a new key
+    assert payload_digest(toy_train, {**a, "data_path": str(data)}) != before
+
+
+def test_identical_tasks_train_once_across_replays_and_processes(tmp_path: Path) -> None:
+    CALLS.clear()
+    disk = tmp_path / "cache"
+    for seed in range(3):
+        clock = VirtualClock()
+        ex = site(scenario(), clock, seed=seed, cache=ResultCache(disk))
+        assert run_one(ex, clock, task(10, adapter=b"g"))["simulated"]["reused_result"] is (seed > 0)
+    assert len(CALLS) == 1 and len(list(disk.glob("*.pkl"))) == 1
+    instant = InstantExecutor(ResultCache(disk))
+    assert instant.submit(toy_train, task(10, adapter=b"g")).result()["steps"] == 10
+    assert len(CALLS) == 1
+
+
+# ------------------------------------------------------------------ calibration
+
+
+def write_run(run_dir: Path, tasks: list[dict[str, Any]], entries: list[dict[str, Any]]) -> Path:
+    run_dir.mkdir(parents=True)
+    (run_dir / "experiment.yaml").write_text(yaml.safe_dump({"name": "x", "sites": entries}))
+    lines = [{"kind": "baseline", "round": 0, "val_loss": 3.0}] + tasks
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return run_dir
+
+
+def record(site: str, queue_s: float, warm: bool, **extra: Any) -> dict[str, Any]:
+    """A task record as the driver writes it (crossfl.server.records.TaskRecord)."""
+    return {"kind": "task", "status": "ok", "site": site, "round": 1, "queue_s": queue_s,
+            "submitted_at": 0.0, "received_at": 60.0, "submitted_rel_s": 0.0, "bytes_down": 0,
+            "transport": "inline", "attempts": 1, "base_version": 0, "local_steps": 20,
+            "load_s": 2.0 if warm else 40.0, "train_s": 30.0, "steps": 20, "transfer_s": 3.0,
+            "cache_hit": warm, **extra}
+
+
+def test_calibration_fits_lognormal_per_site_with_a_minimum_sample_rule(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    cold = [rng.lognormvariate(math.log(900.0), 1.2) for _ in range(12)]
+    polaris = [record("pol", w, False) for w in cold] + [record("pol", 0.5, True) for _ in range(6)]
+    few = [record("loc", 4.0, False), record("loc", 6.0, False), record("loc", 0.2, True),
+           record("loc", 1.0, True, status="failed")]
+    run = write_run(tmp_path / "run-1", polaris + few, [
+        {"name": "pol", "site": "polaris", "user_options": {"queue": "debug", "walltime": "02:00:00"}},
+        {"name": "loc", "site": "local"}])
+    out = tmp_path / "queues.yaml"
+    notes = calibrate.write_scenario([run], out, min_samples=5)
+    sc = load_scenario(out)
+    by_name = {p.name: p for p in sc.sites}
+    wait = sc.queue_of(by_name["pol"]).wait
+    logs = [math.log(w) for w in cold]
+    assert wait.model == "lognormal" and "12 cold-task" in wait.source
+    assert wait.median_s == pytest.approx(math.exp(statistics.fmean(logs)), rel=1e-3)
+    assert wait.sigma == pytest.approx(statistics.stdev(logs), rel=1e-3)
+    assert (by_name["pol"].facility, by_name["pol"].queue, by_name["pol"].pilot.walltime) == \
+        ("polaris", "debug", "02:00:00")
+    assert by_name["pol"].speed.seconds_per_step == 1.5 and by_name["pol"].speed.load_cold_s == 40.0
+    assert by_name["pol"].transfer.down_s == 0.5 and by_name["pol"].transfer.up_s == 3.0
+    loc = sc.queue_of(by_name["loc"]).wait
+    assert loc.model == "fixed" and loc.wait_s == 5.0 and "only 2 cold task(s)" in loc.assumption
+    assert any("pol: lognormal" in n for n in notes) and any("loc: 2 cold" in n for n in notes)
+
+
+def test_calibration_refuses_directories_without_telemetry(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no metrics.jsonl"):
+        calibrate.fit([tmp_path])
+    run = write_run(tmp_path / "r", [record("a", 1.0, False, status="failed")], [])
+    with pytest.raises(UserError, match="no successful task records"):
+        calibrate.fit([run])
+
+
+def test_pilot_defaults_are_the_engines_and_the_kit_does_not_override_them() -> None:
+    """What the first cheap check rests on (README.md beside crossfl/simulate)."""
+    from globus_compute_endpoint.engines import GlobusComputeEngine
+
+    from crossfl.simulate.scenario import Pilot
+    from crossfl.sites import Site
+
+    engine = GlobusComputeEngine(address="127.0.0.1")
+    try:
+        kwargs = engine._job_status_kwargs
+    finally:
+        engine.executor = None  # never started: nothing to shut down
+    pilot = Pilot.engine_defaults()
+    assert (kwargs["max_idletime"], kwargs["strategy_period"], kwargs["strategy"]) == \
+        (pilot.max_idletime_s, pilot.strategy_period_s, "simple")
+    rendering = [p for d in ("site_templates", "src/crossfl/render", "src/crossfl/schedulers")
+                 for p in (ROOT / d).rglob("*") if p.is_file() and p.suffix in (".py", ".j2", ".yaml")]
+    assert rendering and not [p for p in rendering if "job_status" in p.read_text()
+                              or "max_idletime" in p.read_text()]
+    fields = Site.model_fields
+    assert (fields["init_blocks"].default, fields["min_blocks"].default, fields["max_blocks"].default) == \
+        (pilot.init_blocks, pilot.min_blocks, pilot.max_blocks)
