@@ -11,8 +11,6 @@ named in the result as `adapter_path`.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -43,13 +41,12 @@ def devices(expect: str | None) -> None:
     """Print one JSON line: the device this process gets, its CPUs and device environment
     (batch/smoke.sh runs it once per rank). Exits 1, still printing its line, when torch
     does not see the expected device."""
-    from crossfl.client.device import describe_devices, device_environment
+    from crossfl.client.device import describe_devices, device_environment, rank_identity
+    env = device_environment(expect or "")  # before select_device's HIP fix
     try:
         click.echo(json.dumps(describe_devices(expect)))
     except UserError as exc:
-        click.echo(json.dumps({"local_rank": os.environ.get("CROSSFL_LOCAL_RANK"),
-                               "host": platform.node(), "env": device_environment(expect or ""),
-                               "error": exc.render()}))
+        click.echo(json.dumps({**rank_identity(), "env": env, "error": exc.render()}))
         sys.exit(1)
 
 

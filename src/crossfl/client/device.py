@@ -167,9 +167,16 @@ def describe_devices(expect: str | None = None) -> dict[str, object]:
         "xpu": bool(_xpu_available()),
         "threads": torch.get_num_threads(),
         "override": os.environ.get(ENV_VAR) or None,
-        "host": platform.node(),
+        **rank_identity(),
+    }
+
+
+def rank_identity() -> dict[str, object]:
+    """Which rank this is and the device variables it runs with (every smoke.sh line)."""
+    return {
         "rank": _first_env(RANK_ENV),
         # smoke.sh's rank (what Parsl's worker of that index gets), else the launcher's
         "local_rank": os.environ.get("CROSSFL_LOCAL_RANK") or _first_env(LOCAL_RANK_ENV),
         "visible": {n: os.environ[n] for n in DEVICE_ENV if n in os.environ},
+        "host": platform.node(),
     }
