@@ -37,7 +37,7 @@ from typing import Literal
 
 from rich.console import Console
 
-from crossfl.deploy import jobs
+from crossfl.deploy import gce, jobs
 from crossfl.deploy.flow import target_of
 from crossfl.deploy.image import LABEL_PIN, LABEL_PYTHON, expected_labels, parse_inspect
 from crossfl.deploy.remote import Remote, q
@@ -148,8 +148,7 @@ class _Doctor:
         return "".join(f"{line} >/dev/null 2>&1\n" for line in lines)
 
     def resolve(self, path: str) -> str:
-        from crossfl.deploy.steps import resolve_path
-        return resolve_path(path, self.home, self.root, self.site.deploy.remote_root)
+        return gce.resolve_path(path, self.home, self.root, self.site.deploy.remote_root)
 
     def login(self) -> None:
         raw = self.site.deploy.remote_root

@@ -27,6 +27,22 @@ class LoginInfo:
     def endpoint_dir(self, name: str) -> str:
         return f"{self.gc_dir}/{name}"
 
+    def resolve(self, path: str, raw_root: str) -> str:
+        """A site path with $HOME/~ or the unresolved remote_root replaced by this login
+        node's values."""
+        return resolve_path(path, self.home, self.root, raw_root)
+
+
+def resolve_path(path: str, home: str, root: str, raw_root: str) -> str:
+    """`path` with the unresolved remote_root `raw_root` replaced by `root` and $HOME/~ by
+    `home` (the login node's answers)."""
+    root_expr = raw_root.replace("~/", "$HOME/", 1)
+    if root and path.startswith(root_expr):
+        path = root + path[len(root_expr):]
+    if path.startswith("~/"):
+        path = "$HOME/" + path[2:]
+    return path.replace("${HOME}", home).replace("$HOME", home)
+
 
 def _root_expr(remote_root: str) -> str:
     if remote_root.startswith("~/"):

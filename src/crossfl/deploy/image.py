@@ -105,8 +105,7 @@ def place(d: Deployment) -> None:
     raw = site.image()
     if raw is None:
         return
-    from crossfl.deploy.steps import resolve_remote
-    dest = resolve_remote(raw, d.info, site.deploy.remote_root)
+    dest = d.info.resolve(raw, site.deploy.remote_root)
     src = site.container.image_source
     if site.container.runtime != "apptainer":
         raise UserError(f"site {site.name} runs {site.container.runtime} images; `crossfl "

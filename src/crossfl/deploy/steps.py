@@ -79,22 +79,6 @@ class Deployment:
         self.out.state_file = save_state(self.state)
 
 
-def resolve_remote(path: str, info: gce.LoginInfo, raw_root: str) -> str:
-    """A site path with $HOME/~ or the unresolved remote_root replaced by login-node values."""
-    return resolve_path(path, info.home, info.root, raw_root)
-
-
-def resolve_path(path: str, home: str, root: str, raw_root: str) -> str:
-    """`path` with the unresolved remote_root `raw_root` replaced by `root` and $HOME/~ by
-    `home` (the login node's answers)."""
-    root_expr = raw_root.replace("~/", "$HOME/", 1)
-    if root and path.startswith(root_expr):
-        path = root + path[len(root_expr):]
-    if path.startswith("~/"):
-        path = "$HOME/" + path[2:]
-    return path.replace("${HOME}", home).replace("$HOME", home)
-
-
 def layout(d: Deployment) -> None:
     root = d.info.root
     d.remote.run(f"mkdir -p {q(root)}/bundle {q(root)}/images {q(root)}/data",
@@ -116,7 +100,7 @@ def data(d: Deployment) -> None:
     if d.data is None:
         return
     base = d.site.deploy.data_dir or f"{d.info.root}/data"
-    dest = resolve_remote(base, d.info, d.site.deploy.remote_root) + "/" + d.data.name
+    dest = d.info.resolve(base, d.site.deploy.remote_root) + "/" + d.data.name
     changed, digest, size = stage_tree(d.remote, d.data, dest)
     if changed:
         d.out.changed.append("data")
