@@ -20,7 +20,6 @@ from crossfl.render.shell import (
 from crossfl.schedulers import BatchJob, parse_walltime
 from crossfl.schedulers.launchers import LAUNCHERS
 from crossfl.sites import ImageBuild, Site, image_arch
-from crossfl.sites.rules import workers_per_node
 
 CLIENT_MODULE_CMD = "python -m crossfl.client run-task"
 # One JSON line per rank: its device as the client selects it (the site's expected device,
@@ -38,7 +37,7 @@ SHORT_WALLTIME = "00:10:00"  # the smoke test and the client job, inside any deb
 
 def batch_context(site: Site) -> dict[str, Any]:
     sched = site.sched
-    per_node = workers_per_node(site)  # one rank per worker, bound as the worker is
+    per_node = site.workers_per_node()  # one rank per worker, bound as the worker is
     nodes = 1
     limit = site.queue_limit()
     short = SHORT_WALLTIME

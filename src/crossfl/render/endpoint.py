@@ -14,7 +14,6 @@ from crossfl.render.options import jinja_literal, user_variables, var_expr
 from crossfl.render.shell import container_options, engine_container, host_env, setup_lines
 from crossfl.schedulers.launchers import LAUNCHERS
 from crossfl.sites import Site
-from crossfl.sites.rules import workers_per_node
 
 
 def check_passthrough(site: Site, values: list[str], what: str) -> None:
@@ -66,7 +65,7 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
     if "max_workers_per_node" in var:  # a user option where there are no pilot jobs
         mwpn = var["max_workers_per_node"]
     else:
-        mwpn = workers_per_node(site)
+        mwpn = site.workers_per_node()
     pilot = [f"{sched.directive_prefix} {d}" for d in sched.directives(site, for_pilot=True)]
     check_passthrough(site, pilot, "directives")
     check_container_mounts(site)

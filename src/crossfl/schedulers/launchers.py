@@ -38,8 +38,7 @@ class Srun(Launcher):
         return part.cpus if part is not None else site.cpus_per_node
 
     def check_site(self, site: Site) -> None:
-        from crossfl.sites.rules import workers_per_node
-        if workers_per_node(site) > 1 and self.pilot_cpus(site) is None:
+        if site.workers_per_node() > 1 and self.pilot_cpus(site) is None:
             raise FieldError("cpus_per_node", "srun gives the pilot's one task per node a "
                              "single CPU unless -c says more, so every worker would share it: "
                              "set cpus_per_node (the CPUs of a node as srun -c counts them)")

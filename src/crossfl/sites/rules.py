@@ -61,6 +61,21 @@ def _check_account(site: Site) -> None:
                          "of the right allocation")
 
 
+def cpu_list(text: str) -> list[int]:
+    """"1-7,9,12-13" -> [1, ..., 7, 9, 12, 13] (the cpu-list syntax of Linux, Parsl's
+    `list:` affinity and PALS `--cpu-bind list:`); ValueError on anything else."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise ValueError(f"{text!r} is not a CPU list: write it like 1-7,9-15")
+        a, b = int(lo), int(hi) if sep else int(lo)
+        if b < a:
+            raise ValueError(f"{part!r} runs backwards in CPU list {text!r}")
+        out.extend(range(a, b + 1))
+    return out
+
+
 # --- requests: a queue/QOS, walltime, nodes and blocks, against the published limits ----------
 
 @dataclass(frozen=True)
@@ -280,17 +295,6 @@ def _check_sources(site: Site) -> None:
                          "source: {url: <page>, checked: <YYYY-MM-DD>}")
 
 
-def workers_per_node(site: Site) -> int:
-    """How many workers Parsl's pool starts per node: one per accelerator id, else
-    max_workers_per_node."""
-    acc = site.accelerator
-    n = site.endpoint.max_workers_per_node or max(acc.devices_per_node, 1)
-    part = site.node_part()
-    if part is not None:
-        return part.devices
-    return min(n, acc.devices_per_node) if acc.devices_per_node else n
-
-
 def _check_affinity(site: Site) -> None:
     """Parsl's `list:` affinity names one CPU set per worker; with a node diagram, each
     worker's CPUs are ones a job may use and, with a device, the ones nearest its device."""
@@ -298,8 +302,8 @@ def _check_affinity(site: Site) -> None:
     field = "endpoint.cpu_affinity"
     if lists is None:
         return
-    if site.node_part() is None and len(lists) != workers_per_node(site):
-        raise FieldError(field, f"{len(lists)} CPU lists for {workers_per_node(site)} workers: "
+    if site.node_part() is None and len(lists) != site.workers_per_node():
+        raise FieldError(field, f"{len(lists)} CPU lists for {site.workers_per_node()} workers: "
                          "give one list per worker (Parsl refuses any other count)")
     node = site.node
     if node is None:
@@ -312,7 +316,6 @@ def _check_affinity(site: Site) -> None:
             raise FieldError(field, f"worker {i} is given CPUs {outside} that jobs may not "
                              f"use (node.cpus is {node.cpus}): leave them out")
         if i < len(ids) and ids[i] in node.nearest_cpus:
-            from crossfl.sites.schema import cpu_list
             near = set(cpu_list(node.nearest_cpus[ids[i]]))
             if not set(cpus) <= near:
                 raise FieldError(field, f"worker {i} has device {ids[i]} but CPUs "

@@ -23,6 +23,7 @@ from crossfl.errors import UserError
 from crossfl.schedulers import Scheduler, parse_walltime
 from crossfl.schema import FieldError, StrictModel
 from crossfl.sites import rules
+from crossfl.sites.rules import cpu_list
 
 Vendor = Literal["cuda", "rocm", "xpu", "none"]
 Arch = Literal["cuda", "rocm", "xpu", "cpu"]
@@ -36,21 +37,6 @@ VISIBLE_DEVICES_ENV: dict[str, str] = {
     "rocm": "ROCR_VISIBLE_DEVICES",
     "xpu": "ZE_AFFINITY_MASK",
 }
-
-
-def cpu_list(text: str) -> list[int]:
-    """"1-7,9,12-13" -> [1, ..., 7, 9, 12, 13] (the cpu-list syntax of Linux, Parsl's
-    `list:` affinity and PALS `--cpu-bind list:`); ValueError on anything else."""
-    out: list[int] = []
-    for part in text.split(","):
-        lo, sep, hi = part.strip().partition("-")
-        if not lo.isdigit() or (sep and not hi.isdigit()):
-            raise ValueError(f"{text!r} is not a CPU list: write it like 1-7,9-15")
-        a, b = int(lo), int(hi) if sep else int(lo)
-        if b < a:
-            raise ValueError(f"{part!r} runs backwards in CPU list {text!r}")
-        out.extend(range(a, b + 1))
-    return out
 
 
 def _walltime(v: str | None) -> str | None:
@@ -506,6 +492,16 @@ class Site(StrictModel):
             if entry.part is not None:
                 return entry.part
         return None
+
+    def workers_per_node(self) -> int:
+        """How many workers Parsl's pool starts per node: one per accelerator id (at most
+        max_workers_per_node), one per device of a node's part, else max_workers_per_node."""
+        acc = self.accelerator
+        part = self.node_part()
+        if part is not None:
+            return part.devices
+        n = self.endpoint.max_workers_per_node or max(acc.devices_per_node, 1)
+        return min(n, acc.devices_per_node) if acc.devices_per_node else n
 
     @property
     def local_rank_env(self) -> str | None:
