@@ -137,7 +137,8 @@ def test_project_directory_comes_from_a_variable(catalog, monkeypatch):
     with pytest.raises(UserError) as info:
         site.require_set("deploy")
     text = info.value.render()
-    assert "frontier: deploy.remote_root needs ${CROSSFL_FRONTIER_PROJECT}" in text
+    assert "frontier.yaml: deploy.remote_root: needs ${CROSSFL_FRONTIER_PROJECT}, which is " \
+           "not set (site frontier) (fix: " in text
     assert "export CROSSFL_FRONTIER_PROJECT=<your OLCF project ID" in text
     assert info.value.file.endswith("frontier.yaml") and "\n" not in text
     site.require_set("account")  # other fields are not held up

@@ -540,7 +540,7 @@ class Site(StrictModel):
         for field, (var, hint, file) in self._unset.items():
             if fields and not any(field == f or field.startswith(f + ".") for f in fields):
                 continue
-            raise UserError(f"{self.name}: {field} needs ${{{var}}}, which is not set",
+            raise UserError(f"needs ${{{var}}}, which is not set (site {self.name})",
                             file=file, field=field,
                             fix=f"export {var}=<{hint or 'value'}>, or set {field} in "
                                 f"deploy/sites/overrides/{self.name}.yaml")
