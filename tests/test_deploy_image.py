@@ -60,6 +60,9 @@ def fresh_clone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = make_project(tmp_path / "proj", ["frontier", "polaris", "aurora", "perlmutter"])
     monkeypatch.setenv("CROSSFL_ROOT", str(root))
     monkeypatch.setenv("CROSSFL_SITE_OVERRIDES", str(root / "overrides"))
+    # Frontier's and Aurora's images live on the project filesystem, named by these
+    monkeypatch.setenv("CROSSFL_FRONTIER_PROJECT", "abc123")
+    monkeypatch.setenv("CROSSFL_AURORA_PROJECT", "MyProject")
     return root
 
 
@@ -79,10 +82,10 @@ def test_frontier_dry_run_on_a_fresh_clone_prints_the_whole_plan(fresh_clone: Pa
     # node, its wait, the verification, then the endpoint
     order = [at("bundle/endpoint/config.yaml"), at("crossfl-rocm.build.tar.part"),
              at("tar -xf crossfl-rocm.build.tar"),
-             at("nohup bash -c 'bash \"$HOME\"/.crossfl/frontier/bundle/batch/"
-                "build_image.sh"), at("wait for the image build"),
-             at("apptainer inspect --labels --json"), at("sha256sum \"$HOME\"/.crossfl/frontier"
-                                                         "/images/crossfl-rocm.sif"),
+             at("nohup bash -c 'bash '\"'\"'/lustre/orion/abc123/scratch/$USER/crossfl/bundle/"
+                "batch/build_image.sh"), at("wait for the image build"),
+             at("apptainer inspect --labels --json"),
+             at("sha256sum '/lustre/orion/abc123/scratch/$USER/crossfl/images/crossfl-rocm.sif"),
              at("crossfl-rocm.sif.origin"), at("globus-compute-endpoint configure"),
              at("globus-compute-endpoint start")]
     assert order == sorted(order)
@@ -101,8 +104,8 @@ def test_batch_build_and_pull_dry_runs(fresh_clone: Path) -> None:
                                                                     "ref": REF}}})
     code, out = run_cli("deploy", "aurora", "--dry-run")
     assert code == 0, out
-    assert f"apptainer pull --disable-cache \"$HOME\"/.crossfl/aurora/images/crossfl-xpu.sif" \
-           f".part {REF}" in out.replace("'", "")
+    assert ("apptainer pull --disable-cache /lus/flare/projects/MyProject/$USER/crossfl/images/"
+            f"crossfl-xpu.sif.part {REF}") in out.replace("'", "")
     assert "qsub" not in out and "build.tar" not in out
 
 

@@ -39,8 +39,8 @@ VALID_OPTS = {
                  "qos": "normal"},
     "polaris": {"account": "P1", "queue": "debug-scaling", "walltime": "00:45:00",
                 "nodes_per_block": 4},
-    "aurora": {"account": "P1", "queue": "prod", "walltime": "02:00:00", "max_blocks": 2},
-    "perlmutter": {"account": "m1_g", "qos": "shared", "walltime": "04:00:00"},
+    "aurora": {"account": "P1", "queue": "capacity", "walltime": "02:00:00", "max_blocks": 2},
+    "perlmutter": {"account": "m1_g", "qos": "preempt", "walltime": "04:00:00"},
     "local-slurm": {"walltime": "00:05:00", "worker_init": "echo ready"},
     "local-slurm-ssh": {"walltime": "00:05:00", "worker_init": "echo ready"},
     "local": {"max_workers_per_node": 2, "worker_init": "export A=1"},
@@ -145,14 +145,25 @@ def test_example_builds_engine_provider_launcher(rendered, name, stub_interfaces
         # apptainer through `custom`, to bind the engine's run directory (test_site_containers)
         assert engine.container_type == "custom"
         assert engine.container_uri == site.image()
-        flag = {"cuda": "--nv", "rocm": "--rocm"}.get(acc.vendor)
         opts = engine.container_cmd_options.split()
         assert opts[:2] == ["apptainer", "run"] and opts[-1] == "{EXECUTOR_LAUNCH_CMD}"
         assert opts[-3:-1] == ["{EXECUTOR_RUNDIR}", f'"{site.image()}"']
+        flag = {"cuda": "--nv", "rocm": "--rocm"}.get(acc.vendor)
         if flag:
             assert flag in opts
         else:
             assert "--nv" not in opts and "--rocm" not in opts
+    elif site.container.runtime == "podman-hpc":  # Globus Compute's own podman-hpc type
+        assert engine.container_type == "podman-hpc"
+        assert engine.container_uri == site.image()
+        opts = engine.container_cmd_options.split()
+        assert ("--gpu" in opts) == (acc.vendor == "cuda")
+        engine.run_dir = "/run/dir"
+        launch = engine.containerized_launch_cmd()
+        assert launch.startswith(f"podman-hpc run {engine.container_cmd_options} -v "
+                                 f"/run/dir:/run/dir -t {site.image()} globus-compute-endpoint ")
+        # Parsl formats the command twice: no braces but its own placeholders
+        assert "{" not in launch.replace(engine.executor.launch_cmd, "")
     else:
         assert engine.container_type is None
 
@@ -162,21 +173,31 @@ def test_facility_specifics(rendered, stub_interfaces):
         text = (rendered[name] / "endpoint" / "user_config.example.yaml").read_text()
         return render.load_user_config(text).engine
     aurora = engine("aurora").executor
-    assert aurora.available_accelerators[:2] == ["0.0", "0.1"]
-    assert len(aurora.available_accelerators) == 12
+    assert aurora.available_accelerators == [str(i) for i in range(12)]  # FLAT tiles
+    assert aurora.cpu_affinity.startswith("list:1-8,105-112:9-16,113-120:")
     assert aurora.provider.cpus_per_node == 208
     assert "filesystems=home:flare" in aurora.provider.scheduler_options
     assert "-k doe" in aurora.provider.scheduler_options
     assert "proxy.alcf.anl.gov:3128" in aurora.provider.worker_init
-    assert "ZE_FLAT_DEVICE_HIERARCHY=COMPOSITE" in aurora.provider.worker_init
+    assert "export ZE_FLAT_DEVICE_HIERARCHY=FLAT" in aurora.provider.worker_init
+    assert "export TMPDIR=/tmp" in aurora.provider.worker_init
     polaris = engine("polaris")
     assert polaris.executor.provider.select_options.endswith("system=polaris")
     assert "--fakeroot" in polaris.container_cmd_options
     assert "/var/run/palsd/" in polaris.container_cmd_options
-    frontier = engine("frontier").executor.provider
-    assert (frontier.partition, frontier.qos, frontier.account) == ("batch", "debug", "ABC123")
-    perl = engine("perlmutter").executor.provider
-    assert perl.constraint == "gpu" and perl.account.endswith("_g") and perl.qos == "regular"
+    assert "export TMPDIR=/tmp" in polaris.executor.provider.worker_init
+    assert polaris.executor.cpu_affinity == "list:24-31,56-63:16-23,48-55:8-15,40-47:0-7,32-39"
+    frontier = engine("frontier").executor
+    provider = frontier.provider
+    assert (provider.partition, provider.qos, provider.account) == ("batch", "normal", "ABC123")
+    assert provider.launcher.overrides == "-c 56"  # the pool and its workers get 56 cores
+    assert "MIOPEN_CUSTOM_CACHE_DIR=/tmp/crossfl-miopen-cache" in provider.worker_init
+    perl = engine("perlmutter")
+    provider = perl.executor.provider
+    assert provider.constraint == "gpu" and provider.account.endswith("_g")
+    assert provider.qos == "regular" and provider.exclusive is True
+    assert provider.launcher.overrides == "-c 128"
+    assert perl.container_type == "podman-hpc" and perl.container_uri == "crossfl-cuda:latest"
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -232,17 +253,17 @@ def test_refuses_bad_options(rendered, name, bad, field):
 def test_refuses_bad_scheduler_options(rendered, name, key, value, fix):
     with pytest.raises(UserError) as info:
         render.render_user_config(rendered[name], {**VALID_OPTS[name], key: value})
-    assert info.value.field == key
-    assert fix in info.value.render()
+    assert info.value.option == key  # refused by check_request, before the endpoint
+    assert info.value.render().startswith(f"{name}: ") and fix in info.value.render()
 
 
 def test_refuses_unknown_queue(rendered):
     with pytest.raises(UserError) as info:
         render.render_user_config(rendered["polaris"], {"account": "P", "queue": "gpu"})
-    assert info.value.field == "queue" and "debug-scaling" in info.value.fix
+    assert info.value.option == "queue" and "debug-scaling" in info.value.fix
     with pytest.raises(UserError) as info:
         render.render_user_config(rendered["perlmutter"], {"account": "m_g", "qos": "fast"})
-    assert info.value.field == "qos" and "regular" in info.value.fix
+    assert info.value.option == "qos" and "regular" in info.value.fix
 
 
 def test_missing_account_names_option_and_fix(tmp_path, monkeypatch):
@@ -326,6 +347,9 @@ def test_pilot_job_golden(rendered, name, tmp_path, stub_interfaces):
     if site.container.runtime == "apptainer":
         assert (f"apptainer run {render.container_options_text(site)} -B <script_dir>/run "
                 f"{site.image()} globus-compute-endpoint python-exec ") in script
+    if site.container.runtime == "podman-hpc":  # the engine adds its run dir and -t
+        assert (f"podman-hpc run {render.container_options_text(site)} -v <script_dir>/run:"
+                f"<script_dir>/run -t {site.image()} globus-compute-endpoint ") in script
     launcher = {"srun": "srun", "mpiexec": "mpiexec"}[site.launcher.type]
     assert launcher in script
 
@@ -337,7 +361,8 @@ def test_batch_scripts_golden_and_shellcheck(rendered, name):
     names = sorted(p.name for p in batch.iterdir())
     expected = ["client.sh", "smoke.sh"]
     on_node = site.container.build is not None and site.container.build.on_compute_node
-    if on_node or site.container.image_source.method == "build":
+    builds = on_node or site.container.image_source.method == "build"
+    if builds and site.container.runtime == "apptainer":  # an Apptainer def, built on site
         expected = ["build_image.sh", *expected]
     assert names == expected
     for script in sorted(batch.iterdir()):
@@ -353,14 +378,23 @@ def test_batch_scripts_golden_and_shellcheck(rendered, name):
 
 
 def test_batch_smoke_runs_describe_devices(rendered):
+    """Rank i gets what worker i gets: device ids[i] in Parsl's variables, the expected device
+    checked by the client, and worker i's CPUs."""
     text = (rendered["frontier"] / "batch" / "smoke.sh").read_text()
-    assert "from crossfl.client.device import describe_devices" in text
-    assert "--gpus-per-task=1 --gpu-bind=closest" in text
+    assert "python -m crossfl.client devices --expect rocm" in text
+    assert 'rank=${SLURM_LOCALID:-0}' in text and 'ROCR_VISIBLE_DEVICES="$device"' in text
+    assert "--cpus-per-task=7 --cpu-bind=mask_cpu:0xfe000000000000," in text  # 49-55 first
+    assert "--gpus-per-task" not in text  # every rank sees the node's GCDs, as a worker does
     polaris = (rendered["polaris"] / "batch" / "smoke.sh").read_text()
-    assert "devices=(3 2 1 0)" in polaris and "PMI_LOCAL_RANK" in polaris
+    assert "devices=(0 1 2 3)" in polaris and "PMI_LOCAL_RANK" in polaris
+    assert "--cpu-bind list:24-31,56-63:16-23,48-55:8-15,40-47:0-7,32-39 " in polaris
     aurora = (rendered["aurora"] / "batch" / "smoke.sh").read_text()
-    assert "export ZE_AFFINITY_MASK=" in aurora
+    assert 'ZE_AFFINITY_MASK="$device"' in aurora and "PALS_LOCAL_RANKID" in aurora
+    assert "export ZE_FLAT_DEVICE_HIERARCHY=FLAT" in aurora
     assert "APPTAINERENV_ZE_FLAT_DEVICE_HIERARCHY=FLAT" in aurora
+    assert "devices=(0 1 2 3 4 5 6 7 8 9 10 11)" in aurora
+    perl = (rendered["perlmutter"] / "batch" / "smoke.sh").read_text()
+    assert "podman-hpc run --rm --gpu " in perl and " -e CUDA_VISIBLE_DEVICES " in perl
     build = (rendered["polaris"] / "batch" / "build_image.sh").read_text()
     assert "#PBS -l singularity_fakeroot=true" in build and "HTTPS_PROXY=" in build
     assert "build/images/crossfl-cuda.def" in build
@@ -512,3 +546,9 @@ def test_endpoint_cli_renders_and_refuses(rendered, tmp_path):
     assert yaml.safe_load(ok.stdout)["engine"]["provider"]["nodes_per_block"] == 8
     bad = run({"account": "P1", "queue": "debug", "nodes_per_block": 8})  # debug allows 2
     assert bad.returncode != 0 and "ValidationError" in bad.stdout + bad.stderr
+    bad = run({"account": "P1", "queue": "debug", "walltime": "02:00:00"})  # debug: 1 h
+    assert bad.returncode != 0 and "ValidationError" in bad.stdout + bad.stderr
+    ok = run({"account": "P1", "queue": "prod", "nodes_per_block": 10, "walltime": "03:00:00"})
+    assert ok.returncode == 0, ok.stderr
+    bad = run({"account": "P1", "queue": "prod", "nodes_per_block": 10, "walltime": "03:00:01"})
+    assert bad.returncode != 0  # the small bin: 10-24 nodes, 3 h

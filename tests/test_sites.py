@@ -63,7 +63,8 @@ def test_list_sites_has_the_catalog(catalog):
 def test_every_site_loads(catalog, name):
     site = sites.load_site(name)
     assert site.name == name
-    assert site.deploy.remote_root == f"~/.crossfl/{name}"
+    if name not in ("frontier", "aurora"):  # those two: the project filesystem (below)
+        assert site.deploy.remote_root == f"~/.crossfl/{name}"
     assert site.deploy.endpoint_name == f"crossfl-{name}"
     assert site.accelerator.vendor in ("cuda", "rocm", "xpu", "none")
     vendor = site.accelerator.vendor
@@ -72,27 +73,87 @@ def test_every_site_loads(catalog, name):
 
 def test_facility_facts():
     frontier = sites.load_site("frontier")
-    assert (frontier.scheduler, frontier.queue, frontier.qos) == ("slurm", "batch", "debug")
+    # normal is the default QOS; debug forbids production work (one job in any state)
+    assert (frontier.scheduler, frontier.queue, frontier.qos) == ("slurm", "batch", "normal")
+    assert frontier.qos_limits["debug"].production is False
+    assert frontier.qos_limits["debug"].jobs_per_user == 1
+    assert [(b.min_nodes, b.max_nodes, b.max_walltime) for b in frontier.queues["batch"].bins][:3] \
+        == [(1, 91, "02:00:00"), (92, 183, "06:00:00"), (184, 1881, "12:00:00")]
+    assert frontier.queues["batch"].max_walltime == "12:00:00"  # the overall maxima stay
+    assert frontier.queues["batch"].max_nodes == 9472
     assert (frontier.accelerator.vendor, frontier.accelerator.devices_per_node) == ("rocm", 8)
     assert frontier.accelerator.visible_devices_env == "ROCR_VISIBLE_DEVICES"
+    assert frontier.cpus_per_node == 56 and len(frontier.node.cpu_set()) == 56
+    assert frontier.env["MIOPEN_CUSTOM_CACHE_DIR"] == frontier.env["MIOPEN_USER_DB_PATH"]
+    assert frontier.deploy.remote_root.startswith("/lustre/orion/")
     polaris = sites.load_site("polaris")
     assert polaris.filesystems == ["home", "eagle"]
-    assert polaris.accelerator.rank_devices == ["3", "2", "1", "0"]
+    assert polaris.accelerator.rank_devices == ["0", "1", "2", "3"]  # the workers' convention
+    assert polaris.env["TMPDIR"] == "/tmp"
+    assert [(b.min_nodes, b.max_walltime) for b in polaris.queues["prod"].bins] == [
+        (10, "03:00:00"), (25, "06:00:00"), (100, "24:00:00")]
     assert polaris.container.build is not None and polaris.container.build.on_compute_node
     aurora = sites.load_site("aurora")
-    assert aurora.accelerator.device_ids[-1] == "5.1" and aurora.cpus_per_node == 208
+    assert aurora.accelerator.device_ids == [str(i) for i in range(12)]
+    assert aurora.cpus_per_node == 208
+    assert aurora.accelerator.env == {"ZE_FLAT_DEVICE_HIERARCHY": "FLAT"}
+    assert aurora.local_rank_env == "PALS_LOCAL_RANKID" and aurora.env["TMPDIR"] == "/tmp"
+    assert (aurora.queues["capacity"].max_nodes, aurora.queues["capacity"].max_walltime) == (
+        16, "168:00:00")
+    assert not {0, 52, 104, 156} & aurora.node.cpu_set()
     assert aurora.proxy.https == "http://proxy.alcf.anl.gov:3128" and "-k doe" in aurora.directives
     perl = sites.load_site("perlmutter")
     assert perl.constraint == "gpu" and perl.qos == "regular"
-    assert perl.container.runtime == "apptainer"
+    assert perl.container.runtime == "podman-hpc" and perl.image() == "crossfl-cuda:latest"
+    assert perl.queues["shared"].part is not None and "part" in perl.queues["shared"].unverified
     local = sites.load_site("local")
     assert local.scheduler == "local" and local.container.runtime == "none"
     assert sites.image_arch(local) == "cpu"
 
 
+@pytest.mark.parametrize("name", ["frontier", "aurora", "polaris", "perlmutter"])
+def test_every_facility_limit_cites_its_source(name):
+    site = sites.load_site(name)
+    entries = {**site.queues, **site.qos_limits}
+    assert entries
+    for entry in entries.values():
+        assert entry.source is not None and entry.source.url.startswith("https://")
+        assert str(entry.source.checked) == "2026-11-28"
+    assert site.node is not None and site.node.source is not None
+
+
 def test_image_path_fills_remote_root(catalog):
+    site = sites.load_site("polaris")
+    assert site.image() == "$HOME/.crossfl/polaris/images/crossfl-cuda.sif"
+
+
+def test_project_directory_comes_from_a_variable(catalog, monkeypatch):
+    """Frontier's images and run directories live on Orion, under the project a ${VAR} names.
+    Unset, the site still loads and renders; what needs the path stops with one line."""
+    monkeypatch.delenv("CROSSFL_FRONTIER_PROJECT", raising=False)
     site = sites.load_site("frontier")
-    assert site.image() == "$HOME/.crossfl/frontier/images/crossfl-rocm.sif"
+    assert "<CROSSFL_FRONTIER_PROJECT>" in site.deploy.remote_root
+    render.render_site(site, catalog.parents[1] / "out")
+    with pytest.raises(UserError) as info:
+        site.require_set("deploy")
+    text = info.value.render()
+    assert "frontier.yaml: deploy.remote_root: needs ${CROSSFL_FRONTIER_PROJECT}, which is " \
+           "not set (site frontier) (fix: " in text
+    assert "export CROSSFL_FRONTIER_PROJECT=<your OLCF project ID" in text
+    assert info.value.file.endswith("frontier.yaml") and "\n" not in text
+    site.require_set("account")  # other fields are not held up
+    from crossfl.deploy.flow import deployment
+    with pytest.raises(UserError, match="needs \\$\\{CROSSFL_FRONTIER_PROJECT\\}"):
+        with deployment("frontier"):  # stops before connecting to anything
+            pass
+    monkeypatch.setenv("CROSSFL_FRONTIER_PROJECT", "abc123")
+    site = sites.load_site("frontier")
+    site.require_set()
+    assert site.deploy.remote_root == "/lustre/orion/abc123/scratch/$USER/crossfl"
+    assert site.image() == "/lustre/orion/abc123/scratch/$USER/crossfl/images/crossfl-rocm.sif"
+    (catalog / "overrides" / "frontier.yaml").write_text("deploy: {remote_root: /x/y}\n")
+    monkeypatch.delenv("CROSSFL_FRONTIER_PROJECT")
+    sites.load_site("frontier").require_set()  # the overrides file set it: no variable needed
 
 
 # --- per-user values -------------------------------------------------------------------------
@@ -160,7 +221,15 @@ def test_unknown_site(catalog):
     ({"queue": "gpu"}, "queue", "debug-scaling"),
     ({"nodes_per_block": 3}, "nodes_per_block", "2"),
     ({"accelerator__devices_per_node": 0}, "accelerator", "devices_per_node"),
-    ({"accelerator__rank_order": ["0", "1"]}, "accelerator", "name 4 distinct"),
+    ({"accelerator__ids": ["0", "1", "1", "2"]}, "accelerator", "distinct"),
+    ({"endpoint__cpu_affinity": "list:0-7:8-15"}, "endpoint.cpu_affinity", "one list per worker"),
+    ({"endpoint__cpu_affinity": "list:0-7:8-15:16-23:24-31"}, "endpoint.cpu_affinity",
+     "not nearest"),
+    ({"queues__debug__source": None}, "queues.debug.source", "cite"),
+    ({"queues__prod__bins": [{"min_nodes": 10, "max_nodes": 30, "max_walltime": "03:00:00"},
+                             {"min_nodes": 25, "max_nodes": 99, "max_walltime": "06:00:00"}]},
+     "queues.prod", "overlap"),
+    ({"queues__debug__unverified": ["walltime"]}, "queues.debug.unverified", "max_walltime"),
     ({"container__images": {"rocm": "/x/crossfl-rocm.sif"}}, "container.images.cuda",
      "crossfl-cuda.sif"),
     ({"directives": ["-l place=scatter", "-Q fast"]}, "directives[1]", "qsub"),
@@ -180,13 +249,25 @@ def test_bad_polaris_variants(catalog, changes, field, fix_words):
 
 
 @pytest.mark.parametrize("base, changes, field, words", [
-    ("frontier", {"walltime": "30:00:00"}, "walltime", "12:00:00"),
+    ("frontier", {"walltime": "30:00:00"}, "walltime", "02:00:00 for 1-91 nodes"),
+    ("frontier", {"launcher__options": "-c 7"}, "launcher.options", "cpus_per_node"),
+    ("frontier", {"cpus_per_node": None}, "cpus_per_node", "share"),
+    ("frontier", {"endpoint__cpu_affinity": "list:48-55:56-63:16-23:24-31:0-7:8-15:32-39:40-47"},
+     "endpoint.cpu_affinity", "may not use"),
+    ("aurora", {"queue": "prod"}, "nodes_per_block", "256"),
+    ("aurora", {"queue": "debug", "max_blocks": 2}, "max_blocks", "any state"),
+    ("perlmutter", {"container__images": {"cuda": "/x/crossfl-cuda.sif"}}, "container.images.cuda",
+     "by name"),
+    ("perlmutter", {"env": {"A": "two words"}}, "env", "podman-hpc run -e"),
+    ("perlmutter", {"container__env": {"HF_HOME": "/x/{y}"}}, "container", "brace"),
+    ("polaris", {"queues__debug__part": {"cpus": 8}, "queues__debug__max_nodes": 1}, "queues",
+     "whole nodes"),
     ("frontier", {"directives": ["--gpus-per-nod=8"]}, "directives[0]", "sbatch has no option"),
     ("frontier", {"filesystems": ["home"]}, "filesystems", "PBS"),
     ("perlmutter", {"qos": "debug", "walltime": "01:00:00"}, "walltime", "00:30:00"),
     ("local", {"accelerator__devices_per_node": 2}, "accelerator", "vendor 'none'"),
     ("local", {"launcher__type": "srun"}, "launcher.type", "single"),
-    ("aurora", {"accelerator__ids": ["0.0"]}, "accelerator", "make them match"),
+    ("aurora", {"accelerator__ids": ["0"]}, "accelerator", "make them match"),
     ("aurora", {"filesystems": ["home", "eagle"]}, "filesystems", "flare"),
     ("aurora", {"min_blocks": 3}, "max_blocks", "raise it"),
     ("polaris", {"accelerator__bind": "scheduler"}, "accelerator.bind", "local-rank"),

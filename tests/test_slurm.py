@@ -35,9 +35,12 @@ def test_smoke_job_runs_one_rank_per_device(slurm_cluster, local_slurm, tmp_path
     out = _output(tmp_path, "crossfl-smoke-local-slurm-*.out")
     assert (state, code) == ("COMPLETED", "0:0"), out
     reports = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    assert len(reports) == 4, out  # one rank per (fake) GPU
+    assert len(reports) == 4, out  # one line per rank, one rank per (fake) GPU
     assert {r["host"] for r in reports} == {platform.node()}
     assert all(r["device"] == "cpu" for r in reports)  # the CPU build of torch here
+    # Rank i (SLURM_LOCALID) got what Parsl gives worker i: CUDA_VISIBLE_DEVICES=i.
+    seen = {r["rank"]: r["env"].split()[0] for r in reports}
+    assert seen == {str(i): f"CUDA_VISIBLE_DEVICES={i}" for i in range(4)}, out
 
 
 def test_client_job(slurm_cluster, local_slurm, tmp_path):

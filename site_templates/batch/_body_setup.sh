@@ -12,7 +12,8 @@ set -euo pipefail
 <% endfor %>
 <% if bind %>
 
-# Each rank takes one device by its local rank (the launcher does not bind devices here).
+# Rank i gets what Parsl's worker pool gives worker i: device i of the site's ids, in the same
+# variables (its CPUs come from the launcher's binding, the workers' cpu_affinity).
 bind_rank() {
 <% for line in bind %>
   << line >>

@@ -10,6 +10,7 @@ named in the result as `adapter_path`.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,22 @@ TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 @click.group()
 def main() -> None:
     """crossfl client: the code that runs at a facility."""
+
+
+@main.command("devices")
+@click.option("--expect", type=click.Choice(["cuda", "rocm", "xpu", "cpu"]), default=None,
+              help="the device the site's catalog lists; anything else is an error")
+def devices(expect: str | None) -> None:
+    """Print one JSON line: the device this process gets, its CPUs and device environment
+    (batch/smoke.sh runs it once per rank). Exits 1, still printing its line, when torch
+    does not see the expected device."""
+    from crossfl.client.device import describe_devices, device_environment, rank_identity
+    env = device_environment(expect or "")  # before select_device's HIP fix
+    try:
+        click.echo(json.dumps(describe_devices(expect)))
+    except UserError as exc:
+        click.echo(json.dumps({**rank_identity(), "env": env, "error": exc.render()}))
+        sys.exit(1)
 
 
 @main.command("run-task")

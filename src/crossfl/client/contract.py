@@ -82,6 +82,9 @@ class SiteTask(Message):
     dtype: ComputeDType = "float32"
     max_samples: int | None = Field(None, ge=1)
     torch_threads: int | None = Field(None, ge=1)
+    expect_device: Literal["cuda", "rocm", "xpu", "cpu"] | None = Field(
+        None, description="the device the site's catalog lists (crossfl.sites.Site."
+        "expect_device): the task fails, naming what it saw, rather than run elsewhere")
 
     @model_validator(mode="after")
     def _one_adapter(self) -> SiteTask:

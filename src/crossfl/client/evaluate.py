@@ -130,7 +130,8 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     spec = EvalTask.from_wire(task)
     adapter, _ = incoming_adapter(spec)
-    device, entry, hit = worker_model(spec.model_path, spec.dtype, spec.torch_threads)
+    device, entry, hit = worker_model(spec.model_path, spec.dtype, spec.torch_threads,
+                                      spec.expect_device)
     records = load_records(spec.data_path, spec.max_samples)
     tok = entry.tokenizer
     examples = [encode_example(tok, r.input, r.output, spec.max_length) for r in records]

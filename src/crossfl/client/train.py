@@ -190,12 +190,13 @@ def prepare_adapter(model: PeftModel, adapter: bytes | None, seed: int) -> None:
 # ---------------------------------------------------------------- the round
 
 
-def worker_model(model_path: str, dtype: str, threads: int | None
+def worker_model(model_path: str, dtype: str, threads: int | None, expect: str | None = None
                  ) -> tuple[torch.device, model_cache.CachedModel, bool]:
-    """Set torch's thread count, pick the device, and get the (cached) base model."""
+    """Set torch's thread count, pick the device (the site's `expect`ed one), and get the
+    (cached) base model."""
     if threads:
         torch.set_num_threads(threads)
-    device = select_device()
+    device = select_device(expect)
     entry, hit = model_cache.get_model(model_path, dtype, device)
     return device, entry, hit
 
@@ -262,7 +263,8 @@ def train_round(task: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     spec = TrainTask.from_wire(task)
     adapter, fetch_s = incoming_adapter(spec)
-    device, entry, hit = worker_model(spec.model_path, spec.dtype, spec.torch_threads)
+    device, entry, hit = worker_model(spec.model_path, spec.dtype, spec.torch_threads,
+                                      spec.expect_device)
     with entry.lock:
         examples = load_examples(spec.data_path, entry.tokenizer, spec.model_path,
                                  spec.max_length, spec.max_samples)

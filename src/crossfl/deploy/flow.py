@@ -71,6 +71,8 @@ def deployment(name: str, *, data: Path | None = None, start: bool = True,
     recorded state: what the steps work on. Nothing is changed at the site yet."""
     console = console or Console(stderr=True, soft_wrap=True)
     site = load_site(name)
+    if not dry_run:  # e.g. Frontier's project directory: a ${VAR:?} the site left unset
+        site.require_set("deploy")
     t = target_of(site)
     email = contact_email or os.environ.get(CONTACT_EMAIL_ENV) or None
     if data is not None and not data.exists():

@@ -11,7 +11,7 @@ from crossfl.images.buildenv import BUILD_SETTINGS
 from crossfl.render.shell import (
     bind_wrapper,
     command_line,
-    container_options,
+    container_words,
     setup_lines,
     shell_path,
     shell_word,
@@ -22,25 +22,28 @@ from crossfl.schedulers.launchers import LAUNCHERS
 from crossfl.sites import ImageBuild, Site, image_arch
 
 CLIENT_MODULE_CMD = "python -m crossfl.client run-task"
-DESCRIBE_DEVICES_CMD = ("python -c 'import json; from crossfl.client.device import "
-                        "describe_devices; print(json.dumps(describe_devices()))'")
+# One JSON line per rank: its device as the client selects it (the site's expected device,
+# `--expect`, or a one-line error naming the device environment it saw), CPUs and host.
+DESCRIBE_DEVICES_CMD = "python -m crossfl.client devices"
+
+
+def describe_devices_cmd(site: Site) -> str:
+    expect = site.expect_device
+    return DESCRIBE_DEVICES_CMD + (f" --expect {expect}" if expect else "")
+
+
 SHORT_WALLTIME = "00:10:00"  # the smoke test and the client job, inside any debug limit
 
 
 def batch_context(site: Site) -> dict[str, Any]:
     sched = site.sched
-    acc = site.accelerator
-    per_node = max(acc.devices_per_node, 1)
+    per_node = site.workers_per_node()  # one rank per worker, bound as the worker is
     nodes = 1
     limit = site.queue_limit()
     short = SHORT_WALLTIME
     if limit and limit.max_walltime and parse_walltime(limit.max_walltime) < parse_walltime(short):
         short = limit.max_walltime
-    image = site.image()
-    in_image = ""
-    if site.container.runtime == "apptainer":
-        words = ["apptainer", "exec", *container_options(site), image or ""]
-        in_image = " ".join(shell_word(w) for w in words)
+    in_image = " ".join(shell_word(w) for w in container_words(site))
     launcher = LAUNCHERS[site.launcher.type]
     launch_all = launcher.words(site, nodes, per_node)
     launch_one = launcher.words(site, 1, 1)
@@ -62,7 +65,7 @@ def batch_context(site: Site) -> dict[str, Any]:
             account_hint=True)),
         "setup": [{"text": line, "sources": sources_a_file(line)} for line in setup],
         "bind": bind,
-        "smoke_line": command_line(launch_all, prefix, in_image, DESCRIBE_DEVICES_CMD),
+        "smoke_line": command_line(launch_all, prefix, in_image, describe_devices_cmd(site)),
         "client_line": command_line(launch_one, prefix, in_image,
                                     CLIENT_MODULE_CMD + ' "$task" "$out"'),
         "build": build_context(site, directives),

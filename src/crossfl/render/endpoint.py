@@ -60,11 +60,12 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
     worker_init_expr = '"%s{{ (worker_init | default(%s))[1:-1] }}"' % (
         init_head, jinja_literal(props["worker_init"]["default"]))
     acc = site.accelerator
+    part = site.node_part()  # part of a shared node: the scheduler's GPU binding stands
     mwpn: Any
     if "max_workers_per_node" in var:  # a user option where there are no pilot jobs
         mwpn = var["max_workers_per_node"]
     else:
-        mwpn = site.endpoint.max_workers_per_node or max(acc.devices_per_node, 1)
+        mwpn = site.workers_per_node()
     pilot = [f"{sched.directive_prefix} {d}" for d in sched.directives(site, for_pilot=True)]
     check_passthrough(site, pilot, "directives")
     check_container_mounts(site)
@@ -82,8 +83,8 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
         "schema_path": str(endpoint_dir / "user_config_schema.json") if local else None,
         "worker_init_expr": worker_init_expr,
         "max_workers_per_node": mwpn,
-        "accelerators": acc.device_ids if acc.devices_per_node else [],
-        "cpu_affinity": site.endpoint.cpu_affinity,
+        "accelerators": acc.device_ids if acc.devices_per_node and part is None else [],
+        "cpu_affinity": site.endpoint.cpu_affinity if part is None else "none",
         "encrypted": site.endpoint.encrypted,
         "address_interface": site.endpoint.address_interface,
         "idle_soft": site.endpoint.idle_heartbeats_soft,

@@ -13,7 +13,6 @@ from typing import Any
 import jinja2
 
 from crossfl.errors import UserError
-from crossfl.render.options import check_queue_limits
 
 
 def load_core(config_path: Path, rewrite_from: Path | None = None, rewrite_to: Path | None = None):
@@ -109,9 +108,12 @@ def _option_fix(exc: Any, schema: dict[str, Any]) -> str:
     return f"give a {prop.get('type', 'valid value')}"
 
 
-def render_user_config(site_build_dir: Path, user_opts: dict | None = None) -> str:
+def render_user_config(site_build_dir: Path, user_opts: dict | None = None,
+                       site: Any = None) -> str:
     """Render a rendered site's endpoint template with user options, exactly as the endpoint
-    does (schema validation, JSON-quoting). Returns the user config YAML text."""
+    does (schema validation, JSON-quoting). Returns the user config YAML text. First, the
+    facility's published rules (`crossfl.sites.check_request`, for `site` or the catalog entry
+    the schema names) refuse an impossible request in one line."""
     ep = Path(site_build_dir) / "endpoint"
     cfg = ep / "config.yaml"
     if not cfg.is_file():
@@ -121,9 +123,14 @@ def render_user_config(site_build_dir: Path, user_opts: dict | None = None) -> s
     opts = dict(user_opts or {})
     schema_path = ep / "user_config_schema.json"
     schema = json.loads(schema_path.read_text())
-    text = render_with_endpoint(ep, core, opts)
-    check_queue_limits(schema, opts, schema_path)
-    return text
+    name = schema.get("x-crossfl-site")
+    if site is None and name:
+        from crossfl.sites import load_site
+        site = load_site(name)
+    if site is not None:
+        from crossfl.sites import check_request
+        check_request(site, opts)
+    return render_with_endpoint(ep, core, opts)
 
 
 def load_user_config(text: str) -> Any:

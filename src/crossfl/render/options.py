@@ -1,16 +1,15 @@
 """The options a user (or the server) may set per task group: the JSON schema the endpoint
-checks them against, the `{{ name | default(...) }}` expressions the endpoint template uses,
-and the published queue limits checked after the schema."""
+checks them against (with the published limits it can express, from crossfl.sites.rules) and
+the `{{ name | default(...) }}` expressions the endpoint template uses."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-from crossfl.errors import UserError
-from crossfl.schedulers.base import WALLTIME_JSON_PATTERN, parse_walltime
+from crossfl.schedulers.base import WALLTIME_JSON_PATTERN
 from crossfl.sites import Site
+from crossfl.sites.rules import request_schema_rules
 
 
 def jinja_literal(value: Any) -> str:
@@ -45,9 +44,12 @@ def user_variables(site: Site) -> dict[str, dict[str, Any]]:
         if sched.has_qos and site.qos:
             v["qos"] = {"type": "string", "minLength": 1, "default": site.qos,
                         "description": "quality of service"}
-        limited = v.get("queue" if site.limits_by == "queue" else "qos")
-        if limited is not None and site.queues:
-            limited["enum"] = sorted(site.queues)
+        part = site.node_part() is not None  # whole nodes or part of one: fixed at render
+        tables = ([("queue", site.queues), ("qos", site.qos_limits)] if site.limits_by == "queue"
+                  else [("qos", site.queues)])
+        for key, table in tables:
+            if key in v and table:
+                v[key]["enum"] = sorted(n for n, e in table.items() if (e.part is not None) == part)
         v["walltime"] = {"type": "string", "pattern": WALLTIME_JSON_PATTERN,
                          "default": site.walltime, "description": "pilot job walltime HH:MM:SS"}
         v["nodes_per_block"] = {"type": "integer", "minimum": 1, "default": site.nodes_per_block,
@@ -75,54 +77,13 @@ def user_config_schema(site: Site) -> dict[str, Any]:
     required = [k for k, p in props.items() if "default" not in p]
     if required:
         schema["required"] = required
-    limits = queue_limits(site)
-    if limits:
-        var = limits["option"]
-        rules = []
-        for q, lim in limits["queues"].items():
-            if lim.get("max_nodes") is None:
-                continue
-            then = {"properties": {"nodes_per_block": {"maximum": lim["max_nodes"]}}}
-            rules.append({"if": {"properties": {var: {"const": q}}, "required": [var]},
-                          "then": then})
-            if q == limits["default"]:
-                rules.append({"if": {"not": {"required": [var]}}, "then": then})
-        if rules:
-            schema["allOf"] = rules
-        # Read by render_user_config (walltime against the queue's maximum); the endpoint
-        # ignores unknown keywords.
-        schema["x-crossfl-queue-limits"] = limits
+    rules = request_schema_rules(site, set(props))
+    if rules:
+        schema["allOf"] = rules
+    # Names the catalog entry, for check_request in render_user_config (the endpoint ignores
+    # unknown keywords).
+    schema["x-crossfl-site"] = site.name
     return schema
-
-
-def queue_limits(site: Site) -> dict[str, Any] | None:
-    """The published limits per queue/QOS option value, or None."""
-    if not site.sched.batch or not site.queues:
-        return None
-    option = "queue" if site.limits_by == "queue" else "qos"
-    return {"option": option, "default": site.limited_by(),
-            "queues": {q: lim.model_dump() for q, lim in site.queues.items()}}
-
-
-def check_queue_limits(schema: dict[str, Any], opts: dict[str, Any], where: Path) -> None:
-    limits = schema.get("x-crossfl-queue-limits")
-    if not limits:
-        return
-    props = schema.get("properties", {})
-    queue = opts.get(limits["option"], limits["default"])
-    walltime = opts.get("walltime", props.get("walltime", {}).get("default"))
-    lim = limits["queues"].get(queue) or {}
-    if not isinstance(walltime, str) or not lim.get("max_walltime"):
-        return
-    try:
-        over = parse_walltime(walltime) > parse_walltime(lim["max_walltime"])
-    except ValueError:
-        return  # the schema's pattern reports the format
-    if over:
-        raise UserError(f"walltime {walltime} is over the {queue} {limits['option']}'s maximum "
-                        f"{lim['max_walltime']}", file=where, field="walltime",
-                        fix=f"ask for at most {lim['max_walltime']} or pick another "
-                            f"{limits['option']} ({', '.join(sorted(limits['queues']))})")
 
 
 def var_expr(name: str, prop: dict[str, Any]) -> str:

@@ -1,11 +1,19 @@
 """Shell pieces a compute node runs, computed from the site: modules, proxy and environment,
-Apptainer's options, quoting, and the wrapper that gives each rank its device."""
+the container runtime's options (Apptainer, podman-hpc), quoting, and the wrapper that gives
+each batch rank its device the way Parsl's worker pool gives a worker its accelerator."""
 
 from __future__ import annotations
 
 import shlex
 
 from crossfl.sites import Site
+
+# What Parsl's worker pool exports for a worker's accelerator `a` (all of them, whatever the
+# vendor: parsl/executors/high_throughput/process_worker_pool.py, `worker()`, "If desired, pin
+# to accelerator"); batch ranks get the same, so the smoke test sees what the workers see.
+PARSL_ACCELERATOR_ENV = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK")
+PARSL_FIXED_ENV = {"ZE_ENABLE_PCI_ID_DEVICE_ORDER": "1"}
+RANK_ENV = "CROSSFL_LOCAL_RANK"  # the batch rank's index on its node, for the smoke report
 
 
 def export(name: str, value: str) -> str:
@@ -17,14 +25,16 @@ def host_env(site: Site) -> dict[str, str]:
 
 
 def setup_lines(site: Site, *, batch: bool) -> list[str]:
-    """Shell lines that prepare a compute node: modules, proxy, environment, container env;
-    the accelerator's environment for batch ranks or for the endpoint's workers."""
+    """Shell lines that prepare a compute node: modules, proxy, environment and the
+    accelerator's device convention (the same for the endpoint's workers and batch ranks);
+    with Apptainer, the container's environment as APPTAINERENV_*. (podman-hpc takes the
+    environment as `-e` options instead: container_options.)"""
     lines: list[str] = []
     for d in site.module_use:
         lines.append(f"module use {shlex.quote(d)}")
     for m in site.modules:
         lines.append(f"module load {m}")
-    acc_env = site.accelerator.rank_env if batch else site.accelerator.worker_env
+    acc_env = site.accelerator.env
     for k, val in {**host_env(site), **acc_env}.items():
         lines.append(export(k, val))
     if site.container.runtime == "apptainer":
@@ -33,22 +43,51 @@ def setup_lines(site: Site, *, batch: bool) -> list[str]:
     return lines
 
 
+def container_env(site: Site) -> dict[str, str]:
+    """The environment a podman-hpc container needs from the host (podman passes none)."""
+    return {**host_env(site), **site.container.env, **site.accelerator.env}
+
+
 def container_options(site: Site) -> list[str]:
-    """Flags for `apptainer exec/run`: vendor GPU flag, site options, binds."""
+    """Options for the runtime's run/exec: GPU flag, site options, binds (and, for
+    podman-hpc, the environment)."""
     opts: list[str] = []
     vendor = site.accelerator.vendor
-    if vendor == "cuda":
-        opts.append("--nv")
-    elif vendor == "rocm":
-        opts.append("--rocm")
+    runtime = site.container.runtime
+    if runtime == "apptainer":
+        opts += {"cuda": ["--nv"], "rocm": ["--rocm"]}.get(vendor, [])
+    elif runtime == "podman-hpc":
+        # NERSC's podman-hpc module flag for NVIDIA GPUs (etc/modules.d/gpu.yaml).
+        opts += {"cuda": ["--gpu"]}.get(vendor, [])
     opts.extend(site.container.options)
     for b in site.container.binds:
-        opts.extend(["-B", site.fill(b)])
+        if runtime == "podman-hpc":
+            src, _, dst = site.fill(b).partition(":")
+            opts.extend(["-v", f"{src}:{dst or src}"])
+        else:
+            opts.extend(["-B", site.fill(b)])
+    if runtime == "podman-hpc":
+        for k, val in container_env(site).items():
+            opts.extend(["-e", f"{k}={val}"])
     return opts
 
 
 def container_options_text(site: Site) -> str:
     return " ".join(shlex.quote(o) for o in container_options(site))
+
+
+def container_words(site: Site) -> list[str]:
+    """A batch rank's command prefix that runs the rest inside the site's image."""
+    runtime = site.container.runtime
+    image = site.image() or ""
+    if runtime == "apptainer":
+        return ["apptainer", "exec", *container_options(site), image]
+    if runtime == "podman-hpc":
+        passed = [w for name in (*PARSL_ACCELERATOR_ENV, *PARSL_FIXED_ENV, RANK_ENV)
+                  for w in ("-e", name)]
+        return ["podman-hpc", "run", "--rm", *container_options(site), *passed,
+                "-v", "$PWD:$PWD", "-w", "$PWD", image]
+    return []
 
 
 # Globus Compute's placeholders for `container_type: custom` (engines/globus_compute.py,
@@ -70,22 +109,28 @@ def engine_container(site: Site) -> tuple[str | None, str]:
         words = ["apptainer", "run", container_options_text(site), "-B", EXECUTOR_RUNDIR,
                  shell_word(site.image() or ""), EXECUTOR_LAUNCH_CMD]
         return "custom", " ".join(w for w in words if w)
+    if site.container.runtime == "podman-hpc":  # the engine adds -v RUNDIR:RUNDIR and -t
+        return "podman-hpc", container_options_text(site)
     if site.container.runtime == "custom":
         return "custom", site.fill(site.container.command)
     return None, ""
 
 
 def bind_wrapper(site: Site) -> list[str]:
-    """Shell lines that pick this rank's device from its local rank, where the launcher does
-    not bind devices (PBS/PALS sites: `accelerator.bind: local-rank`)."""
+    """Shell lines that give this rank, from its local rank, what Parsl's worker pool gives
+    worker i (the device ids[i], in the same variables), where the launcher does not bind
+    devices (`accelerator.bind: local-rank`). Part of a shared node: the scheduler's own
+    binding stands, as it does for the single worker there."""
     acc = site.accelerator
-    if acc.bind != "local-rank" or not acc.devices_per_node:
+    if acc.bind != "local-rank" or not acc.devices_per_node or site.node_part() is not None:
         return []
-    var = acc.visible_devices_env
-    rank = site.sched.local_rank_env
     devs = " ".join(acc.rank_devices)
+    exports = " ".join([f'{v}="$device"' for v in PARSL_ACCELERATOR_ENV]
+                       + [f"{k}={v}" for k, v in PARSL_FIXED_ENV.items()])
     return [f"devices=({devs})",
-            f"export {var}=\"${{devices[$(( ${{{rank}:-0}} % {acc.devices_per_node} ))]}}\""]
+            f"rank=${{{site.local_rank_env}:-0}}",
+            f'device="${{devices[$(( rank % {len(acc.rank_devices)} ))]}}"',
+            f'export {RANK_ENV}="$rank" {exports}']
 
 
 def sources_a_file(line: str) -> bool:
@@ -104,7 +149,8 @@ def shell_path(p: str) -> str:
 
 
 def shell_word(w: str) -> str:
-    """Quote a word but let a leading $HOME/$VAR expand (image paths under the home directory)."""
-    if w.startswith("$") and all(c not in w for c in " '\"`;&|<>()"):
+    """Quote a word but let its $HOME/$VAR expand (image paths under the home directory or
+    $USER's directory of a project filesystem)."""
+    if "$" in w and all(c not in w for c in " '\"`;&|<>()\\"):
         return f'"{w}"'
     return shlex.quote(w)

@@ -35,6 +35,41 @@ def parse_walltime(text: str) -> int:
     return h * 3600 + mi * 60 + s
 
 
+def _digits_at_most(n: int, width: int) -> str | None:
+    """A regex for `width`-digit strings (leading zeros allowed) whose value is <= n."""
+    if n < 0:
+        return None
+    if n >= 10 ** width - 1:
+        return rf"\d{{{width}}}"
+    s = str(n).rjust(width, "0")
+    alts = []
+    for i, ch in enumerate(s):
+        rest = width - i - 1
+        if int(ch) > 0:
+            lower = "0" if ch == "1" else f"[0-{int(ch) - 1}]"
+            alts.append(s[:i] + lower + (rf"\d{{{rest}}}" if rest else ""))
+    alts.append(s)
+    return "(?:" + "|".join(alts) + ")"
+
+
+def walltime_at_most_pattern(seconds: int) -> str:
+    """A regex matching the kit's walltimes (WALLTIME_JSON_PATTERN) of at most `seconds`: what
+    JSON Schema, which cannot compare times, can say about a queue's limit."""
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    sec = r"[0-5]\d"
+    alts = []
+    below = [p for k in (1, 2, 3) if (p := _digits_at_most(min(h - 1, 10 ** k - 1), k))]
+    if below:
+        alts.append(f"(?:{'|'.join(below)}):{sec}:{sec}")
+    if h <= 999:
+        same = "(?:" + "|".join(str(h).rjust(k, "0") for k in range(len(str(h)), 4)) + ")"
+        if m > 0:
+            alts.append(f"{same}:{_digits_at_most(m - 1, 2)}:{sec}")
+        alts.append(f"{same}:{m:02d}:{_digits_at_most(s, 2)}")
+    return "^(?:" + "|".join(alts) + ")$"
+
+
 def yaml_value(value: object) -> str:
     """A YAML-safe scalar (JSON is YAML), for a provider or launcher field."""
     return json.dumps(value)
@@ -104,6 +139,7 @@ class Scheduler:
     local_rank_env: ClassVar[str | None] = None  # a rank's index on its node, in batch jobs
     launchers: ClassVar[tuple[str, ...]] = ("single",)  # launcher types it runs
     binds_gpus: ClassVar[bool] = True  # `accelerator.bind: scheduler` works here
+    shares_nodes: ClassVar[bool] = False  # a job may ask for part of a node
     filesystems_request: ClassVar[bool] = False  # jobs declare the filesystems they use
     job_start: ClassVar[tuple[str, ...]] = ()  # shell lines right after `set -euo pipefail`
 

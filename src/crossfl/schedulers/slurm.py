@@ -119,6 +119,7 @@ class Slurm(Scheduler):
     cancel = "scancel"
     local_rank_env = "SLURM_LOCALID"
     launchers = ("srun", "mpiexec", "single")
+    shares_nodes = True  # e.g. Perlmutter's shared QOS: part of a node, --exclusive off
 
     # -- asking Slurm ------------------------------------------------------------------------
 
@@ -237,7 +238,10 @@ class Slurm(Scheduler):
 
     def resource_directives(self, site: Site) -> list[str]:
         acc = site.accelerator
-        if acc.devices_per_node and acc.bind == "scheduler":  # srun --gpus-per-task needs it
+        part = site.node_part()
+        if part is not None:  # part of a shared node: its GPUs and CPUs, nothing exclusive
+            return [f"--gpus-per-node={part.devices}", f"--cpus-per-task={part.cpus}"]
+        if acc.devices_per_node:  # every GPU of the node, for the pilot's one task per node
             return [f"--gpus-per-node={acc.devices_per_node}"]
         return []
 
@@ -259,5 +263,6 @@ class Slurm(Scheduler):
             fields.append(("qos", var["qos"]))
         if site.constraint:
             fields.append(("constraint", yaml_value(site.constraint)))
-        fields.append(("exclusive", "true"))
+        # A pilot that gets part of a node must not ask for the whole node.
+        fields.append(("exclusive", "false" if site.node_part() is not None else "true"))
         return fields + self.block_fields(site, var)

@@ -81,7 +81,8 @@ class RunPlan:
             model_path=self.sites[name].model_path, data_path=data_path, local_steps=plan.local_steps,
             batch_size=o.batch_size or t.batch_size, lr=plan.lr, max_length=t.max_length, lora=self.lora,
             dtype=e.model.dtype, adapter_dtype=t.adapter_dtype, seed=e.seed, round=rnd,
-            torch_threads=t.torch_threads, max_samples=o.max_samples or t.max_samples)
+            torch_threads=t.torch_threads, max_samples=o.max_samples or t.max_samples,
+            expect_device=self.sites[name].catalog.expect_device)
 
     def eval_task(self) -> EvalTask:
         """The evaluating site's task, no adapter yet."""
@@ -91,7 +92,8 @@ class RunPlan:
             model_path=self.eval_site.model_path, data_path=self.validation_path, lora=self.lora,
             batch_size=v.batch_size, max_length=e.training.max_length, dtype=e.model.dtype,
             max_samples=v.max_samples, generate_max_new_tokens=v.generate_max_new_tokens,
-            torch_threads=e.training.torch_threads)
+            torch_threads=e.training.torch_threads,
+            expect_device=self.eval_site.catalog.expect_device)
 
 
 # ---------------------------------------------------------------------------- checks
@@ -174,7 +176,8 @@ def plan_site(experiment: Experiment, name: str) -> SitePlan:
                      "build the demo data with `make data`, or correct the path")
     # the user options are checked against the site's schema for facilities too
     site_dir = render_site(site)
-    text = render_user_config(site_dir, entry.user_options)
+    # ... and against its published limits (crossfl.sites.check_request), before any task
+    text = render_user_config(site_dir, entry.user_options, site=site)
     source = str(site_dir / "endpoint" / "user_config_template.yaml.j2")
     config = load_engine_config(text, source=source) if here else None
     return SitePlan(name=name, catalog=site, runs_here=here, model_path=model, data_path=data, shared_dir=shared,

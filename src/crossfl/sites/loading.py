@@ -17,7 +17,7 @@ from crossfl.schema import field_path, problems
 from crossfl.sites.schema import Site
 from crossfl.yamlio import load_mapping
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([-?])([^}]*))?\}")
 
 
 def list_sites() -> list[str]:
@@ -79,21 +79,28 @@ def _parse_loc(field: str) -> Loc:
                  for part in re.findall(r"\[\d+\]|[^.\[\]]+", field))
 
 
-def _expand(value: Any, origins: _Origins, loc: Loc = ()) -> Any:
+def _expand(value: Any, origins: _Origins, unset: dict[str, tuple[str, str, str]],
+            loc: Loc = ()) -> Any:
+    """Fill `${VAR}` / `${VAR:-default}` from the environment (an unset `${VAR}` is an error
+    naming the field); `${VAR:?hint}` left unset becomes `<VAR>` and is recorded in `unset`,
+    for `Site.require_set` to stop whatever needs it (the site still loads and renders)."""
     if isinstance(value, dict):
-        return {k: _expand(v, origins, (*loc, k)) for k, v in value.items()}
+        return {k: _expand(v, origins, unset, (*loc, k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v, origins, (*loc, i)) for i, v in enumerate(value)]
+        return [_expand(v, origins, unset, (*loc, i)) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
 
     def sub(m: re.Match[str]) -> str:
-        var, default = m.group(1), m.group(2)
+        var, kind, arg = m.group(1), m.group(2), m.group(3)
         if var in os.environ:
             return os.environ[var]
-        if default is not None:
-            return default
         where = field_path(loc)
+        if kind == "-":
+            return arg
+        if kind == "?":
+            unset[where] = (var, arg, str(origins.file_of(loc)))
+            return f"<{var}>"
         raise UserError(f"${{{var}}} is not set", file=origins.file_of(loc), field=where,
                         fix=f"export {var}=..., or set {where} in the site's overrides file")
     return _ENV_REF.sub(sub, value)
@@ -146,8 +153,11 @@ def load_site(name_or_path: str | Path, overrides: Path | None = None) -> Site:
         if not ov.is_file():
             raise UserError("overrides file not found", file=ov, fix="check the path")
         data = origins.merge(data, load_mapping(ov), ov)
-    data = _expand(data, origins)
+    unset: dict[str, tuple[str, str, str]] = {}
+    data = _expand(data, origins, unset)
     try:
-        return Site.model_validate(data)
+        site = Site.model_validate(data)
     except ValidationError as exc:
         raise _errors(exc, origins, ov) from None
+    site._unset = unset
+    return site

@@ -4,22 +4,30 @@ A site file holds facts about a facility; the checks that span several fields ar
 `crossfl.sites.rules`, loading (overrides, `${VAR}`s, error messages) in
 `crossfl.sites.loading`. What a scheduler allows is its own module's knowledge
 (`crossfl.schedulers`), reached through `Site.sched`.
+
+A published fact carries its citation as data beside it: `source: {url, checked}` on every
+queue/partition/QOS entry and on the node diagram, with `unverified` naming the facts the
+facility's own pages did not confirm (so `crossfl doctor` can compare them with the scheduler).
 """
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from crossfl import paths, schedulers
+from crossfl.errors import UserError
 from crossfl.schedulers import Scheduler, parse_walltime
 from crossfl.schema import FieldError, StrictModel
 from crossfl.sites import rules
+from crossfl.sites.rules import cpu_list
 
 Vendor = Literal["cuda", "rocm", "xpu", "none"]
 Arch = Literal["cuda", "rocm", "xpu", "cpu"]
+Runtime = Literal["apptainer", "podman-hpc", "custom", "none"]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
@@ -31,36 +39,172 @@ VISIBLE_DEVICES_ENV: dict[str, str] = {
 }
 
 
-class Queue(StrictModel):
-    """Limits of one queue/partition, as published by the facility."""
-    max_walltime: str | None = None
-    max_nodes: int | None = Field(default=None, ge=1)
+def _walltime(v: str | None) -> str | None:
+    if v is not None:
+        parse_walltime(v)
+    return v
+
+
+class Source(StrictModel):
+    """Where a fact was read and when: the citation, as data."""
+    url: str
+    checked: datetime.date
+    note: str = ""  # what the page says (quoted or summarised), or why a fact is unverified
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("https://", "http://")):
+            raise ValueError(f"source url {v!r} is not a web address: give the page's URL")
+        return v
+
+
+class Bin(StrictModel):
+    """The walltime a range of node counts may ask for (a job-size bin, or one of the execution
+    queues a routing queue sends jobs to)."""
+    min_nodes: int = Field(ge=1)
+    max_nodes: int = Field(ge=1)
+    max_walltime: str
+    name: str | None = None  # the execution queue, e.g. "small"
 
     @field_validator("max_walltime")
     @classmethod
-    def _wt(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_walltime(v)
+    def _wt(cls, v: str) -> str:
+        parse_walltime(v)
         return v
+
+    @model_validator(mode="after")
+    def _range(self) -> Bin:
+        if self.max_nodes < self.min_nodes:
+            raise ValueError(f"bin {self.min_nodes}-{self.max_nodes} nodes runs backwards: "
+                             "give min_nodes <= max_nodes")
+        return self
+
+
+class Part(StrictModel):
+    """What one job gets on a node shared with other jobs (e.g. Perlmutter's shared QOS)."""
+    devices: int = Field(1, ge=1, le=1)  # one GPU: Slurm's own CUDA_VISIBLE_DEVICES is kept
+    cpus: int = Field(ge=1)  # as the scheduler counts them (Slurm -c)
+
+
+# The facts a queue entry may hold; `unverified` names some of them.
+QUEUE_FACTS = ("min_nodes", "max_nodes", "min_walltime", "max_walltime", "bins",
+               "running_per_user", "jobs_per_user", "running_per_project", "jobs_per_project",
+               "production", "part", "by_request", "facility_default")
+
+
+class Queue(StrictModel):
+    """What the facility publishes for one queue, partition or QOS. `max_walltime` and
+    `max_nodes` are the entry's overall maxima (with bins: the largest bin's)."""
+    min_nodes: int = Field(1, ge=1)
+    max_nodes: int | None = Field(default=None, ge=1)
+    min_walltime: str | None = None
+    max_walltime: str | None = None
+    # Node-count bins with the walltime each allows (Frontier's job-size bins, ALCF's routing
+    # queues), in increasing node counts.
+    bins: list[Bin] = Field(default_factory=list)
+    running_per_user: int | None = Field(default=None, ge=1)
+    jobs_per_user: int | None = Field(default=None, ge=1)  # in any state (queued, held, running)
+    running_per_project: int | None = Field(default=None, ge=1)
+    jobs_per_project: int | None = Field(default=None, ge=1)
+    production: bool = True  # False: production work is not allowed (debug QOS)
+    part: Part | None = None  # a job gets part of one node, not whole nodes
+    by_request: bool = False  # the facility enables it per project on request
+    facility_default: bool = False  # what a job gets when it names none
+    note: str = ""
+    source: Source | None = None
+    see_also: list[Source] = Field(default_factory=list)
+    unverified: list[str] = Field(default_factory=list)
+
+    @field_validator("min_walltime", "max_walltime")
+    @classmethod
+    def _wt(cls, v: str | None) -> str | None:
+        return _walltime(v)
+
+    @field_validator("unverified")
+    @classmethod
+    def _facts(cls, v: list[str]) -> list[str]:
+        bad = [f for f in v if f not in QUEUE_FACTS]
+        if bad:
+            raise ValueError(f"unverified names {bad}, which are not facts of a queue entry: "
+                             f"use some of {', '.join(QUEUE_FACTS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Queue:
+        b = self.bins
+        for lo, hi in zip(b, b[1:], strict=False):
+            if hi.min_nodes <= lo.max_nodes:
+                raise ValueError(f"bins {lo.min_nodes}-{lo.max_nodes} and {hi.min_nodes}-"
+                                 f"{hi.max_nodes} overlap or are out of order: list them by "
+                                 "increasing node count")
+        if b:
+            longest = max((x.max_walltime for x in b), key=parse_walltime)
+            from_bins = {"min_nodes": b[0].min_nodes, "max_nodes": b[-1].max_nodes,
+                         "max_walltime": longest}
+            for name, want in from_bins.items():
+                have = getattr(self, name)
+                if name in self.model_fields_set and have != want:
+                    raise ValueError(f"{name} {have} disagrees with the bins ({want}): drop "
+                                     f"{name} or make it match")
+            self.min_nodes, self.max_nodes, self.max_walltime = from_bins.values()
+        if self.part is not None:
+            if self.max_nodes not in (None, 1):
+                raise ValueError("an entry whose jobs get part of a node runs on one node: "
+                                 "set max_nodes to 1")
+            self.max_nodes = 1
+        if self.max_nodes is not None and self.max_nodes < self.min_nodes:
+            raise ValueError(f"max_nodes {self.max_nodes} is below min_nodes {self.min_nodes}: "
+                             "fix one")
+        return self
+
+    def walltime_for(self, nodes: int) -> tuple[str | None, Bin | None]:
+        """The most walltime `nodes` nodes may ask for, and the bin that says so."""
+        for b in self.bins:
+            if b.min_nodes <= nodes <= b.max_nodes:
+                return b.max_walltime, b
+        return self.max_walltime, None
+
+
+class Node(StrictModel):
+    """One compute node, as the facility's node diagram shows it."""
+    # The CPUs a job may use (the facility's reserved cores left out), cpu-list syntax.
+    cpus: str
+    # Device id (as the vendor's visible-devices variable counts it) -> the CPUs nearest it.
+    nearest_cpus: dict[str, str] = Field(default_factory=dict)
+    source: Source | None = None
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus(cls, v: str) -> str:
+        cpu_list(v)
+        return v
+
+    @field_validator("nearest_cpus")
+    @classmethod
+    def _nearest(cls, v: dict[str, str]) -> dict[str, str]:
+        for cpus in v.values():
+            cpu_list(cpus)
+        return v
+
+    def cpu_set(self) -> set[int]:
+        return set(cpu_list(self.cpus))
 
 
 class Accelerator(StrictModel):
     vendor: Vendor = "none"
     devices_per_node: int = Field(default=0, ge=0)
-    # What Parsl's worker pool hands out, one per worker (e.g. Aurora tiles "0.0".."5.1").
-    # Default: "0".."N-1".
+    # What Parsl's worker pool hands out, one per worker, and batch rank i takes ids[i]: the
+    # same ids, variables and convention for both. Default: "0".."N-1".
     ids: list[str] | None = None
-    # How batch-job ranks reach their device: the scheduler does it (srun --gpus-per-task),
-    # a wrapper picks from the local rank (PALS mpiexec), or nothing (CPU / one process).
+    # How batch-job ranks reach their device: a wrapper sets what Parsl sets for a worker from
+    # the local rank (local-rank), srun --gpus-per-task does it (scheduler), or nothing.
     bind: Literal["scheduler", "local-rank", "none"] = "none"
-    # Device for local rank i in batch jobs (Polaris binds in reverse: ["3", "2", "1", "0"];
-    # Aurora addresses flat tiles "0".."11" there); default: the ids.
-    rank_order: list[str] | None = None
-    # Environment for the endpoint's workers (which get `ids`) and for batch-job ranks (which
-    # get `rank_order`): e.g. Aurora's tile ids "X.Y" need ZE_FLAT_DEVICE_HIERARCHY=COMPOSITE,
-    # flat indices need FLAT. Exported on the host and, with a container, into it.
-    worker_env: dict[str, str] = Field(default_factory=dict)
-    rank_env: dict[str, str] = Field(default_factory=dict)
+    # The device convention, for the endpoint's workers and batch ranks alike (e.g. Aurora:
+    # ZE_FLAT_DEVICE_HIERARCHY=FLAT, tiles 0-11). Exported on the host and into the container.
+    env: dict[str, str] = Field(default_factory=dict)
+    # Stand-in devices (the test cluster's): the catalog lists them but torch runs on CPU.
+    simulated: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> Accelerator:
@@ -71,14 +215,10 @@ class Accelerator(StrictModel):
         if self.vendor != "none" and not self.devices_per_node:
             raise ValueError(f"vendor {self.vendor!r} has no devices_per_node: give the "
                              "devices_per_node of one compute node (e.g. 4)")
-        if self.ids is not None and len(self.ids) != self.devices_per_node:
+        if self.ids is not None and (len(self.ids) != self.devices_per_node
+                                     or len(set(self.ids)) != len(self.ids)):
             raise ValueError(f"devices_per_node is {self.devices_per_node} but ids lists "
-                             f"{len(self.ids)} devices: make them match")
-        if self.rank_order is not None and (len(self.rank_order) != self.devices_per_node
-                                            or len(set(self.rank_order)) != len(self.rank_order)):
-            raise ValueError(f"rank_order has {len(self.rank_order)} entries for "
-                             f"{self.devices_per_node} devices: name {self.devices_per_node} "
-                             "distinct devices, one per local rank")
+                             f"{len(set(self.ids))} distinct devices: make them match")
         if self.vendor == "none" and self.bind != "none":
             raise ValueError("there are no devices to bind: set bind: none")
         return self
@@ -91,7 +231,8 @@ class Accelerator(StrictModel):
 
     @property
     def rank_devices(self) -> list[str]:
-        return list(self.rank_order) if self.rank_order is not None else self.device_ids
+        """The device of local rank i in batch jobs: the workers' ids (one convention)."""
+        return self.device_ids
 
     @property
     def visible_devices_env(self) -> str | None:
@@ -162,9 +303,10 @@ class ImageSource(StrictModel):
 
 
 class Container(StrictModel):
+    # apptainer: a SIF file; podman-hpc (NERSC): an image name, e.g. crossfl-cuda:TAG;
     # custom: Globus Compute's `container_type: custom`; `command` is the whole launch command,
     # with {EXECUTOR_RUNDIR} and {EXECUTOR_LAUNCH_CMD} (e.g. make image-check's bubblewrap).
-    runtime: Literal["apptainer", "custom", "none"] = "none"
+    runtime: Runtime = "none"
     command: str = ""
     # Image per architecture (cuda, rocm, xpu, cpu). `{{remote_root}}`, `{{site}}` and
     # `{{project_root}}` (this checkout) are replaced when rendering, in images, binds,
@@ -172,8 +314,8 @@ class Container(StrictModel):
     images: dict[Arch, str] = Field(default_factory=dict)
     binds: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
-    # Extra flags for `apptainer exec/run` (e.g. Polaris' --fakeroot). The GPU flag
-    # (--nv / --rocm) is added from the accelerator vendor.
+    # Extra flags for the runtime (e.g. Polaris' --fakeroot). The GPU flag (--nv / --rocm for
+    # Apptainer, --gpu for podman-hpc) is added from the accelerator vendor.
     options: list[str] = Field(default_factory=list)
     build: ImageBuild | None = None
     image_source: ImageSource = Field(default_factory=ImageSource)
@@ -196,8 +338,11 @@ class Container(StrictModel):
 
 class Launcher(StrictModel):
     type: Literal["srun", "mpiexec", "single"] = "single"
-    # Extra launcher options, e.g. "--cpu-bind=cores" or "--cpu-bind depth --depth=64".
+    # Extra options for the pilot's launcher (srun's -c is computed from cpus_per_node).
     options: str = ""
+    # A batch rank's index on its node, where the facility documents a variable other than the
+    # scheduler's default (Aurora's PALS: PALS_LOCAL_RANKID).
+    local_rank_env: str | None = None
 
 
 class Endpoint(StrictModel):
@@ -213,6 +358,8 @@ class Endpoint(StrictModel):
     # Network interface the workers use to reach the interchange (hsn0 on Slingshot).
     address_interface: str | None = None
     max_workers_per_node: int | None = Field(default=None, ge=1)
+    # Parsl's cpu_affinity: "none", "block", ... or "list:<worker 0 cpus>:<worker 1 cpus>..."
+    # (worker i has accelerator ids[i]); batch ranks are bound to the same CPUs.
     cpu_affinity: str = "none"
     # Default of the endpoint's `worker_init` option (the user's own lines, after the site's).
     worker_init_default: str = ""
@@ -225,6 +372,12 @@ class Endpoint(StrictModel):
             raise ValueError("a multi-user endpoint maps Globus identities to local accounts: "
                              "set endpoint.identity_domain (e.g. anl.gov)")
         return self
+
+    def affinity_lists(self) -> list[list[int]] | None:
+        """The CPUs of each worker when cpu_affinity is a `list:`, else None."""
+        if not self.cpu_affinity.startswith("list:"):
+            return None
+        return [cpu_list(x) for x in self.cpu_affinity.split(":")[1:]]
 
 
 class Deploy(StrictModel):
@@ -251,15 +404,20 @@ class Site(StrictModel):
     # Published limits per queue (PBS), partition or QOS (Slurm; see limits_by).
     queues: dict[str, Queue] = Field(default_factory=dict)
     limits_by: Literal["queue", "qos"] = "queue"
+    # Published limits per QOS where `queues` holds partitions (Frontier: batch/extended
+    # partitions, normal/debug QOS; both apply to a job).
+    qos_limits: dict[str, Queue] = Field(default_factory=dict)
     walltime: str = "01:00:00"
     nodes_per_block: int = Field(default=1, ge=1)
     init_blocks: int = Field(default=0, ge=0)
     min_blocks: int = Field(default=0, ge=0)
     max_blocks: int = Field(default=1, ge=1)
-    cpus_per_node: int | None = Field(default=None, ge=1)  # PBS select ncpus
+    # CPUs of one node as the scheduler counts them: PBS select ncpus; Slurm -c for the
+    # pilot's one task per node (Frontier 56 cores after -S 8; Perlmutter 128 threads).
+    cpus_per_node: int | None = Field(default=None, ge=1)
     select_options: str = ""  # PBS select chunk extras, e.g. "system=polaris"
     accelerator: Accelerator = Field(default_factory=Accelerator)
-    cpu_bind: str | None = None  # batch-job binding, e.g. "--cpu-bind=cores" / "list:1-8:..."
+    node: Node | None = None
     filesystems: list[str] = Field(default_factory=list)
     allowed_filesystems: list[str] | None = None
     directives: list[str] = Field(default_factory=list)
@@ -272,6 +430,10 @@ class Site(StrictModel):
     worker_init: list[str] = Field(default_factory=list)
     endpoint: Endpoint = Field(default_factory=Endpoint)
     deploy: Deploy = Field(default_factory=Deploy)
+
+    # `${VAR:?hint}` references left unset when loading: field -> (VAR, hint, file). The site
+    # still loads and renders (with `<VAR>` in place); `require_set()` stops what needs them.
+    _unset: dict[str, tuple[str, str, str]] = PrivateAttr(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -324,12 +486,43 @@ class Site(StrictModel):
         key = self.limited_by()
         return self.queues.get(key) if key else None
 
+    def node_part(self) -> Part | None:
+        """What one pilot job gets when the site's entries give it part of a node."""
+        for _, _, entry in rules.entries(self, self.queue, self.qos):
+            if entry.part is not None:
+                return entry.part
+        return None
+
+    def workers_per_node(self) -> int:
+        """How many workers Parsl's pool starts per node: one per accelerator id (at most
+        max_workers_per_node), one per device of a node's part, else max_workers_per_node."""
+        acc = self.accelerator
+        part = self.node_part()
+        if part is not None:
+            return part.devices
+        n = self.endpoint.max_workers_per_node or max(acc.devices_per_node, 1)
+        return min(n, acc.devices_per_node) if acc.devices_per_node else n
+
+    @property
+    def local_rank_env(self) -> str | None:
+        return self.launcher.local_rank_env or self.sched.local_rank_env
+
+    @property
+    def expect_device(self) -> Literal["cuda", "rocm", "xpu", "cpu"] | None:
+        """What the client must find: the catalog's accelerator (never silently the CPU);
+        "cpu" where the site has none; None for stand-in devices."""
+        acc = self.accelerator
+        if acc.simulated:
+            return None
+        return "cpu" if acc.vendor == "none" else acc.vendor
+
     @property
     def arch(self) -> str:
         return image_arch(self)
 
     def image(self) -> str | None:
-        """The image path for this site's architecture, placeholders filled."""
+        """The image (Apptainer: a path; podman-hpc: a name) for this site's architecture,
+        placeholders filled."""
         if self.container.runtime == "none":
             return None
         return self.fill(self.container.images[image_arch(self)])
@@ -341,10 +534,19 @@ class Site(StrictModel):
         return (text.replace("{{remote_root}}", root).replace("{{site}}", self.name)
                 .replace("{{project_root}}", str(paths.project_root())))
 
+    def require_set(self, *fields: str) -> None:
+        """Stop with one line when a `${VAR:?}` these fields need (all, if none named) was not
+        set when the site was loaded."""
+        for field, (var, hint, file) in self._unset.items():
+            if fields and not any(field == f or field.startswith(f + ".") for f in fields):
+                continue
+            raise UserError(f"needs ${{{var}}}, which is not set (site {self.name})",
+                            file=file, field=field,
+                            fix=f"export {var}=<{hint or 'value'}>, or set {field} in "
+                                f"deploy/sites/overrides/{self.name}.yaml")
+
 
 def image_arch(site: Site) -> str:
     """The image architecture the site's accelerator needs: cuda, rocm, xpu or cpu."""
     vendor = site.accelerator.vendor
     return "cpu" if vendor == "none" else vendor
-
-

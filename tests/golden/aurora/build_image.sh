@@ -10,7 +10,7 @@
 #PBS -q debug
 # crossfl image build for aurora: the facility builds images on a compute node (fakeroot
 # needs the node's user namespace; the proxy reaches the registries).
-# Submit: qsub build_image.sh   (image definition: $HOME/.crossfl/aurora/build/images/crossfl-xpu.def)
+# Submit: qsub build_image.sh   (image definition: /lus/flare/projects/TestProject/$USER/crossfl/build/images/crossfl-xpu.def)
 set -euo pipefail
 cd "${PBS_O_WORKDIR:-.}"
 module load apptainer
@@ -18,14 +18,14 @@ export http_proxy=http://proxy.alcf.anl.gov:3128
 export HTTP_PROXY=http://proxy.alcf.anl.gov:3128
 export https_proxy=http://proxy.alcf.anl.gov:3128
 export HTTPS_PROXY=http://proxy.alcf.anl.gov:3128
-export no_proxy=admin,127.0.0.1,localhost,.alcf.anl.gov
-export NO_PROXY=admin,127.0.0.1,localhost,.alcf.anl.gov
+export no_proxy='admin,*.hostmgmt.cm.aurora.alcf.anl.gov,*.alcf.anl.gov,localhost'
+export NO_PROXY='admin,*.hostmgmt.cm.aurora.alcf.anl.gov,*.alcf.anl.gov,localhost'
 
 # The def file and the context it stages (build/images/ from `make image-def`) were copied to
-# $HOME/.crossfl/aurora/build/images/; its %files paths are relative to $HOME/.crossfl/aurora.
-cd "$HOME/.crossfl/aurora"
+# /lus/flare/projects/TestProject/$USER/crossfl/build/images/; its %files paths are relative to /lus/flare/projects/TestProject/$USER/crossfl.
+cd "/lus/flare/projects/TestProject/$USER/crossfl"
 def="build/images/crossfl-xpu.def"
-image="$HOME/.crossfl/aurora/images/crossfl-xpu.sif"
+image="/lus/flare/projects/TestProject/$USER/crossfl/images/crossfl-xpu.sif"
 mkdir -p "$(dirname "$image")"
 # %post does not see this environment: the proxies go in as build arguments.
 apptainer build --fakeroot \

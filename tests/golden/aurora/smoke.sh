@@ -19,22 +19,26 @@ export http_proxy=http://proxy.alcf.anl.gov:3128
 export HTTP_PROXY=http://proxy.alcf.anl.gov:3128
 export https_proxy=http://proxy.alcf.anl.gov:3128
 export HTTPS_PROXY=http://proxy.alcf.anl.gov:3128
-export no_proxy=admin,127.0.0.1,localhost,.alcf.anl.gov
-export NO_PROXY=admin,127.0.0.1,localhost,.alcf.anl.gov
+export no_proxy='admin,*.hostmgmt.cm.aurora.alcf.anl.gov,*.alcf.anl.gov,localhost'
+export NO_PROXY='admin,*.hostmgmt.cm.aurora.alcf.anl.gov,*.alcf.anl.gov,localhost'
+export TMPDIR=/tmp
 export ZE_FLAT_DEVICE_HIERARCHY=FLAT
 export APPTAINERENV_ONEAPI_DEVICE_SELECTOR=level_zero:gpu
 export APPTAINERENV_CCL_ZE_IPC_EXCHANGE=sockets
 export APPTAINERENV_HF_HUB_OFFLINE=1
 export APPTAINERENV_ZE_FLAT_DEVICE_HIERARCHY=FLAT
 
-# Each rank takes one device by its local rank (the launcher does not bind devices here).
+# Rank i gets what Parsl's worker pool gives worker i: device i of the site's ids, in the same
+# variables (its CPUs come from the launcher's binding, the workers' cpu_affinity).
 bind_rank() {
   devices=(0 1 2 3 4 5 6 7 8 9 10 11)
-  export ZE_AFFINITY_MASK="${devices[$(( ${PMI_LOCAL_RANK:-0} % 12 ))]}"
+  rank=${PALS_LOCAL_RANKID:-0}
+  device="${devices[$(( rank % 12 ))]}"
+  export CROSSFL_LOCAL_RANK="$rank" CUDA_VISIBLE_DEVICES="$device" ROCR_VISIBLE_DEVICES="$device" ZE_AFFINITY_MASK="$device" ZE_ENABLE_PCI_ID_DEVICE_ORDER=1
   exec "$@"
 }
 export -f bind_rank
 
 echo "crossfl smoke test on $(hostname) at $(date -u +%FT%TZ)"
 # shellcheck disable=SC2016  # "$@" belongs to the rank's own bash
-mpiexec -n 12 --ppn 12 --cpu-bind list:1-8:9-16:17-24:25-32:33-40:41-48:53-60:61-68:69-76:77-84:85-92:93-100 bash -c 'bind_rank "$@"' bind_rank apptainer exec --fakeroot -B /lus/flare -B /usr/lib64:/hostlib64 "$HOME/.crossfl/aurora/images/crossfl-xpu.sif" python -c 'import json; from crossfl.client.device import describe_devices; print(json.dumps(describe_devices()))'
+mpiexec -n 12 --ppn 12 --cpu-bind list:1-8,105-112:9-16,113-120:17-24,121-128:25-32,129-136:33-40,137-144:41-48,145-152:53-60,157-164:61-68,165-172:69-76,173-180:77-84,181-188:85-92,189-196:93-100,197-204 bash -c 'bind_rank "$@"' bind_rank apptainer exec --fakeroot -B /lus/flare -B /usr/lib64:/hostlib64 "/lus/flare/projects/TestProject/$USER/crossfl/images/crossfl-xpu.sif" python -m crossfl.client devices --expect xpu

@@ -6,7 +6,7 @@
 #SBATCH -o crossfl-client-frontier-%j.out
 #SBATCH -A ABC123
 #SBATCH -p batch
-#SBATCH -q debug
+#SBATCH -q normal
 #SBATCH --gpus-per-node=8
 # crossfl direct client job for frontier: run one client round from a task file, without an
 # endpoint. Submit: sbatch client.sh TASK.json RESULT.json
@@ -16,15 +16,34 @@ set -euo pipefail
 module load olcf-container-tools
 module load apptainer-enable-mpi
 module load apptainer-enable-gpu
+export http_proxy=http://proxy.ccs.ornl.gov:3128/
+export HTTP_PROXY=http://proxy.ccs.ornl.gov:3128/
+export https_proxy=http://proxy.ccs.ornl.gov:3128/
+export HTTPS_PROXY=http://proxy.ccs.ornl.gov:3128/
+export no_proxy='localhost,127.0.0.0/8,*.ccs.ornl.gov'
+export NO_PROXY='localhost,127.0.0.0/8,*.ccs.ornl.gov'
 export MIOPEN_USER_DB_PATH=/tmp/crossfl-miopen-cache
-export NCCL_SOCKET_IFNAME=hsn0
+export MIOPEN_CUSTOM_CACHE_DIR=/tmp/crossfl-miopen-cache
+export NCCL_SOCKET_IFNAME=hsn0,hsn1,hsn2,hsn3
 export NCCL_CROSS_NIC=1
-export NCCL_NET_GDR_LEVEL=3
-export APPTAINERENV_MIOPEN_USER_DB_PATH=/tmp/crossfl-miopen-cache
+export NCCL_NET_GDR_LEVEL=PHB
 export APPTAINERENV_HF_HUB_OFFLINE=1
+mkdir -p /tmp/crossfl-miopen-cache
+
+# Rank i gets what Parsl's worker pool gives worker i: device i of the site's ids, in the same
+# variables (its CPUs come from the launcher's binding, the workers' cpu_affinity).
+bind_rank() {
+  devices=(0 1 2 3 4 5 6 7)
+  rank=${SLURM_LOCALID:-0}
+  device="${devices[$(( rank % 8 ))]}"
+  export CROSSFL_LOCAL_RANK="$rank" CUDA_VISIBLE_DEVICES="$device" ROCR_VISIBLE_DEVICES="$device" ZE_AFFINITY_MASK="$device" ZE_ENABLE_PCI_ID_DEVICE_ORDER=1
+  exec "$@"
+}
+export -f bind_rank
 
 task="$(realpath "${1:?usage: client.sh TASK.json RESULT.json}")"
 out="$(realpath -m "${2:?usage: client.sh TASK.json RESULT.json}")"
-srun --nodes=1 --ntasks-per-node=1 --gpus-per-task=1 --gpu-bind=closest -c7 apptainer exec --rocm -B /lustre/orion "$HOME/.crossfl/frontier/images/crossfl-rocm.sif" python -m crossfl.client run-task "$task" "$out"
+# shellcheck disable=SC2016  # "$@" belongs to the rank's own bash
+srun --nodes=1 --ntasks-per-node=1 --cpus-per-task=7 --cpu-bind=mask_cpu:0xfe000000000000 bash -c 'bind_rank "$@"' bind_rank apptainer exec --rocm -B /lustre/orion "/lustre/orion/abc123/scratch/$USER/crossfl/images/crossfl-rocm.sif" python -m crossfl.client run-task "$task" "$out"
 test -s "$out"
 echo "crossfl client result: $out"

@@ -6,7 +6,7 @@
 #SBATCH -o crossfl-smoke-frontier-%j.out
 #SBATCH -A ABC123
 #SBATCH -p batch
-#SBATCH -q debug
+#SBATCH -q normal
 #SBATCH --gpus-per-node=8
 # crossfl smoke test for frontier: start the image on a compute node and print, per rank,
 # what torch sees. Submit: sbatch smoke.sh
@@ -16,12 +16,31 @@ set -euo pipefail
 module load olcf-container-tools
 module load apptainer-enable-mpi
 module load apptainer-enable-gpu
+export http_proxy=http://proxy.ccs.ornl.gov:3128/
+export HTTP_PROXY=http://proxy.ccs.ornl.gov:3128/
+export https_proxy=http://proxy.ccs.ornl.gov:3128/
+export HTTPS_PROXY=http://proxy.ccs.ornl.gov:3128/
+export no_proxy='localhost,127.0.0.0/8,*.ccs.ornl.gov'
+export NO_PROXY='localhost,127.0.0.0/8,*.ccs.ornl.gov'
 export MIOPEN_USER_DB_PATH=/tmp/crossfl-miopen-cache
-export NCCL_SOCKET_IFNAME=hsn0
+export MIOPEN_CUSTOM_CACHE_DIR=/tmp/crossfl-miopen-cache
+export NCCL_SOCKET_IFNAME=hsn0,hsn1,hsn2,hsn3
 export NCCL_CROSS_NIC=1
-export NCCL_NET_GDR_LEVEL=3
-export APPTAINERENV_MIOPEN_USER_DB_PATH=/tmp/crossfl-miopen-cache
+export NCCL_NET_GDR_LEVEL=PHB
 export APPTAINERENV_HF_HUB_OFFLINE=1
+mkdir -p /tmp/crossfl-miopen-cache
+
+# Rank i gets what Parsl's worker pool gives worker i: device i of the site's ids, in the same
+# variables (its CPUs come from the launcher's binding, the workers' cpu_affinity).
+bind_rank() {
+  devices=(0 1 2 3 4 5 6 7)
+  rank=${SLURM_LOCALID:-0}
+  device="${devices[$(( rank % 8 ))]}"
+  export CROSSFL_LOCAL_RANK="$rank" CUDA_VISIBLE_DEVICES="$device" ROCR_VISIBLE_DEVICES="$device" ZE_AFFINITY_MASK="$device" ZE_ENABLE_PCI_ID_DEVICE_ORDER=1
+  exec "$@"
+}
+export -f bind_rank
 
 echo "crossfl smoke test on $(hostname) at $(date -u +%FT%TZ)"
-srun --nodes=1 --ntasks-per-node=8 --gpus-per-task=1 --gpu-bind=closest -c7 apptainer exec --rocm -B /lustre/orion "$HOME/.crossfl/frontier/images/crossfl-rocm.sif" python -c 'import json; from crossfl.client.device import describe_devices; print(json.dumps(describe_devices()))'
+# shellcheck disable=SC2016  # "$@" belongs to the rank's own bash
+srun --nodes=1 --ntasks-per-node=8 --cpus-per-task=7 --cpu-bind=mask_cpu:0xfe000000000000,0xfe00000000000000,0xfe0000,0xfe000000,0xfe,0xfe00,0xfe00000000,0xfe0000000000 bash -c 'bind_rank "$@"' bind_rank apptainer exec --rocm -B /lustre/orion "/lustre/orion/abc123/scratch/$USER/crossfl/images/crossfl-rocm.sif" python -m crossfl.client devices --expect rocm

@@ -33,7 +33,7 @@ globus-compute-endpoint python-exec parsl.executors.high_throughput.process_work
 SLURM_EOF
 chmod a+x ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$SLURM_JOB_NAME.sh
 
-srun --ntasks 1 -l  bash ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$SLURM_JOB_NAME.sh
+srun --ntasks 1 -l -c 8 bash ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$SLURM_JOB_NAME.sh
 
 [[ "1" == "1" ]] && echo "Done"
 

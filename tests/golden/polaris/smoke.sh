@@ -22,16 +22,20 @@ export https_proxy=http://proxy.alcf.anl.gov:3128
 export HTTPS_PROXY=http://proxy.alcf.anl.gov:3128
 export no_proxy='admin,polaris-adminvm-01,localhost,*.cm.polaris.alcf.anl.gov,polaris-*,*.polaris.alcf.anl.gov,*.alcf.anl.gov'
 export NO_PROXY='admin,polaris-adminvm-01,localhost,*.cm.polaris.alcf.anl.gov,polaris-*,*.polaris.alcf.anl.gov,*.alcf.anl.gov'
+export TMPDIR=/tmp
 export APPTAINERENV_HF_HUB_OFFLINE=1
 
-# Each rank takes one device by its local rank (the launcher does not bind devices here).
+# Rank i gets what Parsl's worker pool gives worker i: device i of the site's ids, in the same
+# variables (its CPUs come from the launcher's binding, the workers' cpu_affinity).
 bind_rank() {
-  devices=(3 2 1 0)
-  export CUDA_VISIBLE_DEVICES="${devices[$(( ${PMI_LOCAL_RANK:-0} % 4 ))]}"
+  devices=(0 1 2 3)
+  rank=${PMI_LOCAL_RANK:-0}
+  device="${devices[$(( rank % 4 ))]}"
+  export CROSSFL_LOCAL_RANK="$rank" CUDA_VISIBLE_DEVICES="$device" ROCR_VISIBLE_DEVICES="$device" ZE_AFFINITY_MASK="$device" ZE_ENABLE_PCI_ID_DEVICE_ORDER=1
   exec "$@"
 }
 export -f bind_rank
 
 echo "crossfl smoke test on $(hostname) at $(date -u +%FT%TZ)"
 # shellcheck disable=SC2016  # "$@" belongs to the rank's own bash
-mpiexec -n 4 --ppn 4 --depth=8 --cpu-bind depth bash -c 'bind_rank "$@"' bind_rank apptainer exec --nv --fakeroot -B /opt/cray/pe/pals -B /var/run/palsd/ -B /eagle "$HOME/.crossfl/polaris/images/crossfl-cuda.sif" python -c 'import json; from crossfl.client.device import describe_devices; print(json.dumps(describe_devices()))'
+mpiexec -n 4 --ppn 4 --cpu-bind list:24-31,56-63:16-23,48-55:8-15,40-47:0-7,32-39 bash -c 'bind_rank "$@"' bind_rank apptainer exec --nv --fakeroot -B /opt/cray/pe/pals -B /var/run/palsd/ -B /eagle "$HOME/.crossfl/polaris/images/crossfl-cuda.sif" python -m crossfl.client devices --expect cuda

@@ -1,0 +1,209 @@
+"""Facility rules as data: `crossfl.sites.check_request` refuses, in one line naming the site,
+the rule and the fix, what the published limits make impossible (node-count bins, minimum
+nodes and walltime, jobs per user, production on a debug QOS, part of a node); render's
+user-config path calls it first, and the endpoint's own JSON schema says what it can.
+Every experiment in deploy/experiments asks only for what its sites allow."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from crossfl import render, sites
+from crossfl.errors import UserError
+from crossfl.schedulers import parse_walltime
+from crossfl.schedulers.base import WALLTIME_JSON_PATTERN, walltime_at_most_pattern
+
+REPO = Path(__file__).resolve().parents[1]
+OVERRIDES = Path(__file__).parent / "golden" / "overrides"
+
+
+def site(name: str) -> sites.Site:
+    ov = OVERRIDES / f"{name}.yaml"
+    return sites.load_site(name, overrides=ov if ov.is_file() else None)
+
+
+def refusal(name: str, options: dict, **kw) -> sites.RequestRefused:
+    with pytest.raises(sites.RequestRefused) as info:
+        sites.check_request(site(name), options, **kw)
+    line = info.value.render()
+    assert "\n" not in line and line.startswith(f"{name}: ") and "(fix: " in line
+    return info.value
+
+
+@pytest.mark.parametrize("name, options, line", [
+    ("polaris", {"queue": "debug", "walltime": "02:00:00"},
+     "polaris: queue debug allows at most 01:00:00; asked 02:00:00 (fix: ask for at most "
+     "01:00:00, or use queue capacity or preemptable)"),
+    ("polaris", {"queue": "prod", "nodes_per_block": 10, "walltime": "04:00:00"},
+     "polaris: queue prod allows at most 03:00:00 for 10-24 nodes; asked 04:00:00 (fix: ask for "
+     "at most 03:00:00, or use queue preemptable)"),
+    ("polaris", {"queue": "prod"},
+     "polaris: queue prod needs at least 10 nodes; asked 1 (fix: nodes_per_block >= 10, or use "
+     "queue capacity or debug or debug-scaling or preemptable)"),
+    ("polaris", {"walltime": "00:01:00"},
+     "polaris: queue debug needs at least 00:05:00; asked 00:01:00 (fix: ask for at least "
+     "00:05:00)"),
+    ("frontier", {"walltime": "04:00:00"},
+     "frontier: partition batch allows at most 02:00:00 for 1-91 nodes; asked 04:00:00 (fix: "
+     "ask for at most 02:00:00, or use partition extended)"),
+    ("frontier", {"qos": "debug"},
+     "frontier: qos debug forbids production work, and a crossfl run is production work (fix: "
+     "use qos normal)"),
+    ("frontier", {"queue": "extended", "nodes_per_block": 65},
+     "frontier: partition extended allows at most 64 nodes; asked 65 (fix: nodes_per_block <= "
+     "64, or use partition batch)"),
+    ("aurora", {"max_blocks": 2},
+     "aurora: queue debug allows 1 job(s) per user in any state; asked max_blocks 2 (fix: "
+     "max_blocks <= 1)"),
+    ("aurora", {"queue": "prod", "nodes_per_block": 1100, "walltime": "20:00:00"},
+     "aurora: queue prod allows at most 18:00:00 for 1025-1999 nodes; asked 20:00:00 (fix: ask "
+     "for at most 18:00:00)"),
+    ("aurora", {"queue": "debug-scaling"},
+     "aurora: queue debug-scaling needs at least 2 nodes; asked 1 (fix: nodes_per_block >= 2, "
+     "or use queue capacity or debug)"),
+    ("perlmutter", {"qos": "shared"},
+     "perlmutter: qos shared gives a job part of a node (1 GPU, 32 CPUs) but this endpoint was "
+     "rendered for whole nodes (fix: set qos: shared in deploy/sites/overrides/perlmutter.yaml, "
+     "then render and deploy again)"),
+    ("polaris", {"queue": "gpu"},
+     "polaris: queue gpu is not one of capacity, debug, debug-scaling, demand, preemptable, prod "
+     "(fix: pick one of capacity, debug, debug-scaling, demand, preemptable, prod)"),
+])
+def test_impossible_requests_are_one_line(name, options, line):
+    assert refusal(name, options).render() == line
+
+
+@pytest.mark.parametrize("name, options", [
+    ("polaris", {"queue": "capacity", "walltime": "02:00:00"}),
+    ("polaris", {"queue": "prod", "nodes_per_block": 100, "walltime": "24:00:00"}),
+    ("frontier", {"walltime": "02:00:00"}),  # bin 5 allows exactly 2 h
+    ("frontier", {"nodes_per_block": 184, "walltime": "12:00:00"}),
+    ("frontier", {"queue": "extended", "walltime": "24:00:00", "nodes_per_block": 64}),
+    ("aurora", {"queue": "capacity", "walltime": "168:00:00", "nodes_per_block": 16,
+                "max_blocks": 5}),
+    ("perlmutter", {"qos": "regular", "walltime": "48:00:00"}),
+    ("local-slurm", {"walltime": "00:05:00"}),
+    ("local", {"max_workers_per_node": 3}),
+])
+def test_possible_requests_pass(name, options):
+    sites.check_request(site(name), options)
+
+
+def test_debug_qos_is_only_refused_for_production():
+    sites.check_request(site("frontier"), {"qos": "debug"}, production=False)
+    assert refusal("perlmutter", {"qos": "debug", "walltime": "00:10:00"}).option == "qos"
+
+
+def test_malformed_options_are_named():
+    err = refusal("polaris", {"walltime": "1h"})
+    assert err.option == "walltime" and "01:00:00" in err.fix
+    err = refusal("frontier", {"nodes_per_block": 0})
+    assert err.option == "nodes_per_block" and ">= 1" in err.fix
+
+
+def test_render_user_config_refuses_before_the_endpoint(tmp_path):
+    out = render.render_site(site("polaris"), tmp_path)
+    with pytest.raises(UserError) as info:
+        render.render_user_config(out, {"account": "P", "queue": "debug", "walltime": "02:00:00"})
+    assert info.value.render().startswith("polaris: queue debug allows at most 01:00:00; asked")
+    assert info.value.option == "walltime" and info.value.field is None
+
+
+def test_a_shared_pilot_asks_for_part_of_a_node(tmp_path, stub_interfaces):
+    """Perlmutter's shared QOS gives a job part of a node: the rendered pilot is not exclusive,
+    asks for one GPU and its CPUs, and leaves Slurm's GPU binding to the one worker."""
+    ov = tmp_path / "perlmutter.yaml"
+    ov.write_text("account: m1_g\nqos: shared\n")
+    shared = sites.load_site("perlmutter", overrides=ov)
+    out = render.render_site(shared, tmp_path / "sites")
+    engine = render.load_user_config(render.render_user_config(out, {}, site=shared)).engine
+    provider = engine.executor.provider
+    assert provider.exclusive is False and "--exclusive" not in provider.scheduler_options
+    assert "#SBATCH --gpus-per-node=1" in provider.scheduler_options
+    assert "#SBATCH --cpus-per-task=32" in provider.scheduler_options
+    assert provider.launcher.overrides == "-c 32"
+    assert engine.executor.available_accelerators == []
+    assert engine.executor.max_workers_per_node == 1 and engine.executor.cpu_affinity == "none"
+    with pytest.raises(UserError) as info:  # and no whole-node QOS at run time
+        render.render_user_config(out, {"qos": "regular"}, site=shared)
+    assert "rendered for part of a node" in info.value.render()
+    schema = json.loads((out / "endpoint" / "user_config_schema.json").read_text())
+    assert schema["properties"]["qos"]["enum"] == ["shared"]
+    smoke = (out / "batch" / "smoke.sh").read_text()
+    assert "--ntasks-per-node=1" in smoke and "--exclusive" not in smoke
+    assert "bind_rank" not in smoke  # Slurm's own CUDA_VISIBLE_DEVICES stands
+
+
+@pytest.mark.parametrize("seconds", [0, 59, 300, 3599, 3600, 7200, 10800, 86400, 604800])
+def test_walltime_patterns_compare_like_times(seconds):
+    pattern = re.compile(walltime_at_most_pattern(seconds))
+    base = re.compile(WALLTIME_JSON_PATTERN)
+    for h in (*range(0, 26), 99, 100, 167, 168, 169, 999):
+        for width in (1, 2, 3):
+            hours = str(h).rjust(width, "0")
+            if len(hours) > 3:
+                continue
+            for m, s in ((0, 0), (0, 1), (4, 59), (5, 0), (30, 0), (59, 59)):
+                text = f"{hours}:{m:02d}:{s:02d}"
+                assert base.match(text)
+                assert bool(pattern.match(text)) == (parse_walltime(text) <= seconds), text
+
+
+@pytest.mark.parametrize("name", ["frontier", "aurora", "polaris", "perlmutter", "local-slurm"])
+def test_endpoint_schema_agrees_with_check_request(name, tmp_path):
+    """The JSON-schema rules the endpoint checks refuse what check_request refuses (for the
+    limits schema can state), and accept what it accepts."""
+    s = site(name)
+    out = render.render_site(s, tmp_path)
+    schema = json.loads((out / "endpoint" / "user_config_schema.json").read_text())
+    props = schema["properties"]
+    walltimes = ["00:01:00", "00:05:00", "00:30:00", "01:00:00", "02:00:00", "03:00:01",
+                 "06:00:00", "12:00:00", "24:00:00", "48:00:00", "168:00:00"]
+    nodes = [1, 2, 3, 10, 24, 25, 64, 92, 256, 1100, 2000]
+    key = "qos" if s.limits_by == "qos" else "queue"
+    names = props[key]["enum"] if key in props else [None]
+    checked = 0
+    for q in [*names, "absent"]:
+        for wt in [*walltimes, None]:
+            for n in [*nodes, None]:
+                for blocks in (1, 2, None):
+                    opts = {"account": s.account or "x_g"}
+                    if q not in ("absent", None):
+                        opts[key] = q
+                    if wt is not None:
+                        opts["walltime"] = wt
+                    if n is not None:
+                        opts["nodes_per_block"] = n
+                    if blocks is not None:
+                        opts["max_blocks"] = blocks
+                    try:
+                        sites.check_request(s, opts, production=False)
+                        ok = True
+                    except sites.RequestRefused:
+                        ok = False
+                    valid = jsonschema.Draft202012Validator(schema).is_valid(opts)
+                    assert valid == ok, (opts, ok)
+                    checked += 1
+    assert checked > 100
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "deploy" / "experiments").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_experiment_asks_what_its_sites_allow(path):
+    exp = yaml.safe_load(path.read_text())
+    for entry in exp["sites"]:
+        sites.check_request(sites.load_site(entry["site"]), entry.get("user_options", {}))
+
+
+def test_chem_lora_no_longer_asks_two_hours_of_debug():
+    exp = yaml.safe_load((REPO / "deploy" / "experiments" / "chem-lora.yaml").read_text())
+    polaris = next(e for e in exp["sites"] if e["site"] == "polaris")
+    with pytest.raises(sites.RequestRefused, match="queue debug allows at most 01:00:00"):
+        sites.check_request(sites.load_site("polaris"),
+                            {**polaris["user_options"], "queue": "debug"})
