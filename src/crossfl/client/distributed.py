@@ -273,6 +273,10 @@ def process_group(place: RankEnv, kind: str) -> Iterator[World]:
                             world_size=place.size, **extra)
     try:
         yield World(place.rank, place.size, place.local_rank, place.local_size, device, backend)
+        # No rank leaves while a peer may still be sending: a rank that exits right after its
+        # last collective can close a socket its peer still writes to, and gloo aborts that
+        # peer (SIGABRT) on a busy machine.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -84,11 +84,13 @@ def train_on_local_devices(spec: TrainTask, ranks: int) -> dict[str, Any]:
         try:
             elastic_launch(config, sys.executable)(*rank_argv(str(task_file), str(out_file)))
         except ChildFailedError as exc:
-            if out_file.is_file():  # rank 0 wrote the bad input's message
-                raise UserError(json.loads(out_file.read_text())["error"]) from None
+            written = json.loads(out_file.read_text()) if out_file.is_file() else {}
+            if "error" in written:  # rank 0 wrote the bad input's message
+                raise UserError(written["error"]) from None
             rank, failure = exc.get_first_failure()
-            raise RuntimeError(f"training rank {rank} of {ranks} failed: {failure.message}"
-                               ) from None
+            why = failure.message if failure.message not in ("", "<NONE>") else (
+                f"exit code {failure.exitcode}")
+            raise RuntimeError(f"training rank {rank} of {ranks} failed: {why}") from None
         result = read_result(out_file)
     result.update(started_at=started_at, wall_s=time.perf_counter() - t0)
     return outgoing_adapter(spec, TrainResult.from_wire(result)).to_wire()
