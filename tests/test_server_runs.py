@@ -189,13 +189,19 @@ def test_faults_retry_reject_fail_and_park(here: Path) -> None:
 def test_deadline_aggregates_what_arrived_and_merges_late_updates(here: Path) -> None:
     data = here / "probe"
     data.mkdir(exist_ok=True)
-    for name in ("f-sleep1", "g-sleep6"):
+    # g's first update waits until f's second task has started: it misses round 1 whatever
+    # the machine's load. f's third waits until g's has returned, so it arrives late and
+    # rounds before the run ends (each round lasts at least the 2 s deadline), however slowly
+    # g's engine starts.
+    for name in ("gate", "arrived"):
+        (data / name).unlink(missing_ok=True)
+    for name in ("f-opens", "g-waits"):
         (data / f"{name}.jsonl").write_text('{"input": "x", "output": "y"}\n')
     exp, path = load_experiment(experiment_file(
         here, name="deadline", rounds=8, strategy={"name": "fedqueue"},
         quorum={"min_clients": 1, "deadline_s": 2}, transport={"mode": "inline"},
-        sites=[{"name": "f", "site": "local", "data_path": str(data / "f-sleep1.jsonl")},
-               {"name": "g", "site": "local", "data_path": str(data / "g-sleep6.jsonl")}]))
+        sites=[{"name": "f", "site": "local", "data_path": str(data / "f-opens.jsonl")},
+               {"name": "g", "site": "local", "data_path": str(data / "g-waits.jsonl")}]))
     run_dir = run_experiment(exp, path, Console(width=120), fns=PROBES)
     aggs = records(run_dir, "aggregation")
     assert aggs[0]["sites"] == ["f"]  # g missed the first deadline

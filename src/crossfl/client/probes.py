@@ -62,10 +62,20 @@ def noop_evaluate(task: dict[str, Any]) -> dict[str, Any]:
                       timings=EvalTimings(load_s=0.0, loss_s=0.0, generate_s=0.0)).to_wire()
 
 
+def wait_for_file(path: Path, give_up_s: float = 600.0) -> None:
+    """Return once ``path`` exists (or after ``give_up_s``, so a broken test cannot hang)."""
+    give_up = time.monotonic() + give_up_s
+    while not path.exists() and time.monotonic() < give_up:
+        time.sleep(0.05)
+
+
 def faulty_train(task: dict[str, Any]) -> dict[str, Any]:
     """Behaviour chosen by the site's data file name: '*dies*' kills its worker on the first
     call, '*sleepN*' sleeps N seconds, '*nan*' returns a NaN adapter, '*far*' one far from the
-    others, '*usererror*' raises a UserError; then (or otherwise) it is noop_train."""
+    others, '*usererror*' raises a UserError; '*waits*' waits until the file ``gate`` beside
+    its data exists and then creates ``arrived`` there, '*opens*' creates ``gate`` from round 2
+    on and from round 3 on waits for ``arrived`` (so a test orders two sites' updates without
+    racing a clock); then (or otherwise) it is noop_train."""
     started = time.time()
     spec = TrainTask.from_wire(task)
     name = Path(spec.data_path).name
@@ -74,6 +84,14 @@ def faulty_train(task: dict[str, Any]) -> dict[str, Any]:
         if not marker.exists():
             marker.write_text(str(os.getpid()))
             os._exit(1)
+    gate, arrived = (Path(spec.data_path).with_name(n) for n in ("gate", "arrived"))
+    if "opens" in name and spec.round >= 2:
+        gate.touch()
+    if "waits" in name:
+        wait_for_file(gate)
+        arrived.touch()
+    if "opens" in name and spec.round >= 3:
+        wait_for_file(arrived)
     nap = re.search(r"sleep(\d+(?:\.\d+)?)", name)
     if nap:
         time.sleep(float(nap.group(1)))
