@@ -45,14 +45,14 @@ def test_named_experiment_resolves(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("mutate", "field", "fix"),
     [
-        (lambda d: d.pop("model"), "model", "add it"),
+        (lambda d: d.pop("model"), "model", "add model"),
         (lambda d: d.update(rounds=0), "rounds", "correct the value"),
         (lambda d: d.update(colour="red"), "colour", "remove it"),
-        (lambda d: d["sites"][1].update(name="alpha"), "sites", "correct the value"),
+        (lambda d: d["sites"][1].update(name="alpha"), "sites", "rename one"),
         (lambda d: d["training"].update(lr=-1), "training.lr", "correct the value"),
         (lambda d: d["sites"][0].update(sitee="local"), "sites[alpha].sitee", "remove it"),
-        (lambda d: d["data"]["partition"].update(scheme="random"), "data.partition.scheme", "correct"),
-        (lambda d: d.update(evaluation={"site": "delta"}), "(top level)", "correct"),
+        (lambda d: d["data"]["partition"].update(scheme="random"), "data.partition.scheme", "use 'iid'"),
+        (lambda d: d.update(evaluation={"site": "delta"}), "evaluation.site", "use one of alpha"),
     ],
 )
 def test_bad_fields_name_file_field_fix(tmp_path: Path, mutate, field: str, fix: str) -> None:

@@ -291,13 +291,13 @@ def test_new_experiment_fields_validate(tmp_path: Path) -> None:
     assert exp.strategy.name == "fedasync" and len(exp.sites) == 3
     assert {s.training.local_steps for s in exp.sites} == {10, 30, 60}
     raw = yaml.safe_load((ROOT / "deploy" / "experiments" / "local-demo.yaml").read_text())
-    bad = [({"quorum": {"min_clients": 4}}, "(top level)"),
+    bad = [({"quorum": {"min_clients": 4}}, "quorum.min_clients"),
            ({"transport": {"mode": "ftp"}}, "transport.mode"),
            ({"transport": {"inline_limit_mb": 12}}, "transport.inline_limit_mb"),
            ({"faults": {"retries": -1}}, "faults.retries"),
            ({"driver": "sometimes"}, "driver"),
            ({"sites": [{"name": "a", "site": "local", "training": {"local_step": 3}}]}, "sites[a].training.local_step"),
-           ({"sites": [{"name": "a", "site": "local", "transport": {"mode": "globus_transfer"}}]}, "(top level)")]
+           ({"sites": [{"name": "a", "site": "local", "transport": {"mode": "globus_transfer"}}]}, "sites[a].transport.globus")]
     for change, field in bad:
         path = tmp_path / "exp.yaml"
         path.write_text(yaml.safe_dump({**raw, **change}))

@@ -13,9 +13,17 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    model_validator,
+)
 
 from crossfl.errors import UserError
+from crossfl.schema import StrictModel, user_error
 
 ComputeDType = Literal["float32", "bfloat16", "float16"]
 """The base model's dtype at the site."""
@@ -38,10 +46,8 @@ AbsolutePath = Annotated[str, Field(min_length=1), AfterValidator(_absolute)]
 M = TypeVar("M", bound="Message")
 
 
-class Message(BaseModel):
+class Message(StrictModel):
     """A task or a result: unknown fields are errors."""
-
-    model_config = ConfigDict(extra="forbid")
 
     def to_wire(self) -> dict[str, Any]:
         return self.model_dump()
@@ -54,10 +60,8 @@ class Message(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-            raise UserError(f"{first['msg']}{more}", field=f"{cls.__name__}.{where}") from None
+            raise user_error(exc, field_prefix=cls.__name__, raw=data,
+                             schema=f"crossfl.client.contract.{cls.__name__}") from None
 
 
 class LoraSpec(Message):

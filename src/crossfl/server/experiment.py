@@ -6,15 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from crossfl.errors import UserError
 from crossfl.paths import experiments_dir, project_root
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from crossfl.schema import StrictModel as Strict
+from crossfl.schema import FieldError, user_error
+from crossfl.yamlio import load_mapping
 
 
 class ModelSettings(Strict):
@@ -170,24 +168,28 @@ class Experiment(Strict):
         names = [s.name for s in sites]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"site names must be unique; repeated: {', '.join(dupes)}")
+            raise ValueError(f"site names must be unique ({', '.join(dupes)} repeated): "
+                             "rename one")
         return sites
 
     @model_validator(mode="after")
     def _check_refs(self) -> "Experiment":
         names = [s.name for s in self.sites]
         if self.evaluation.site is not None and self.evaluation.site not in names:
-            raise ValueError(f"evaluation.site {self.evaluation.site!r} is not one of the sites: {', '.join(names)}")
+            raise FieldError("evaluation.site", f"{self.evaluation.site!r} is not one of the sites: "
+                                                f"use one of {', '.join(names)}")
         if self.data.train is None and any(s.data_path is None for s in self.sites):
-            raise ValueError("data.train is required when a site has no data_path")
+            raise FieldError("data.train", "required when a site has no data_path: set it, or "
+                                           "give every site a data_path")
         if self.quorum.min_clients is not None and self.quorum.min_clients > len(self.sites):
-            raise ValueError(f"quorum.min_clients is {self.quorum.min_clients} but there are only "
-                             f"{len(self.sites)} sites")
+            raise FieldError("quorum.min_clients", f"{self.quorum.min_clients} but there are only "
+                                                   f"{len(self.sites)} sites: lower it")
         for s in self.sites:
             if self.transport_mode(s) == "globus_transfer" and (self.transport.globus is None
                                                                or s.transport.globus is None):
-                raise ValueError(f"site {s.name} uses globus_transfer: set transport.globus (the server's "
-                                 f"collection) and sites[{s.name}].transport.globus (the site's)")
+                raise FieldError(f"sites[{s.name}].transport.globus",
+                                 "globus_transfer needs both collections: set transport.globus "
+                                 f"(the server's) and sites[{s.name}].transport.globus (the site's)")
         return self
 
     def transport_mode(self, site: SiteEntry) -> str:
@@ -217,49 +219,17 @@ def resolve_experiment_path(ref: str | Path) -> Path:
                     fix=f"give a path or one of: {', '.join(known) or '(none in deploy/experiments/)'}")
 
 
-def _field_path(loc: tuple[Any, ...], raw: Any) -> str:
-    parts: list[str] = []
-    node = raw
-    for item in loc:
-        if isinstance(item, int) and isinstance(node, list) and item < len(node):
-            name = node[item].get("name") if isinstance(node[item], dict) else None
-            parts[-1] = f"{parts[-1]}[{name or item}]" if parts else f"[{item}]"
-            node = node[item]
-        else:
-            parts.append(str(item))
-            node = node.get(item) if isinstance(node, dict) else None
-    return ".".join(parts) or "(top level)"
+EXAMPLE = "deploy/experiments/local-demo.yaml"
 
 
 def validation_error(exc: ValidationError, file: Path, raw: Any) -> UserError:
-    """The first bad field as one UserError (the others are counted)."""
-    errors = exc.errors()
-    first = errors[0]
-    field = _field_path(tuple(first["loc"]), raw)
-    message = first["msg"]
-    if first["type"] == "extra_forbidden":
-        message = "unknown field"
-        fix = "remove it or check its spelling against deploy/experiments/local-demo.yaml"
-    elif first["type"] == "missing":
-        fix = "add it"
-    else:
-        fix = f"got {first.get('input')!r}; correct the value"
-    if len(errors) > 1:
-        message += f" (and {len(errors) - 1} more problem(s))"
-    return UserError(message, file=file, field=field, fix=fix)
+    """The first bad field of an experiment file as one UserError (the others are counted)."""
+    return user_error(exc, file=file, raw=raw, schema=EXAMPLE)
 
 
 def load_experiment(ref: str | Path) -> tuple[Experiment, Path]:
     path = resolve_experiment_path(ref)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else None
-        raise UserError(f"not valid YAML: {getattr(exc, 'problem', exc)}", file=path, field=where,
-                        fix="correct the YAML syntax") from None
-    if not isinstance(raw, dict):
-        raise UserError("expected a mapping of experiment fields", file=path, fix="see deploy/experiments/local-demo.yaml")
+    raw = load_mapping(path, fix=f"see {EXAMPLE}")
     try:
         return Experiment.model_validate(raw), path
     except ValidationError as exc:

@@ -49,6 +49,7 @@ from crossfl.server.report import print_report, write_plots
 from crossfl.server.site_executors import OpenSite, open_site
 from crossfl.server.sync_driver import RoundDriver
 from crossfl.server.transport import TaskFns, Transport, transfer_client_from_env
+from crossfl.yamlio import load_mapping
 
 __all__ = ["DRIVERS", "Interrupted", "Options", "RunFailed", "RunStopped", "resume_run", "run_experiment"]
 
@@ -201,8 +202,7 @@ def load_run_experiment(run_dir: Path) -> Experiment:
     path = run_dir / "experiment.yaml"
     if not path.is_file():
         raise UserError("not a run directory (no experiment.yaml)", file=run_dir, fix="give a directory under runs/")
-    raw = yaml.safe_load(path.read_text()) or {}
-    raw = {k: v for k, v in raw.items() if not str(k).startswith("_")}
+    raw = {k: v for k, v in load_mapping(path).items() if not str(k).startswith("_")}
     try:
         return Experiment.model_validate(raw)
     except ValidationError as exc:

@@ -27,6 +27,7 @@ import psutil
 from pydantic import BaseModel, ConfigDict
 
 from crossfl.atomic import atomic_write_text
+from crossfl.schema import StrictModel
 
 RECORD = "processes.json"
 GRACE_S = 10.0  # SIGTERM first; what is still there after this gets SIGKILL
@@ -62,9 +63,7 @@ class ProcessRef(BaseModel):
             return None
 
 
-class ProcessRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ProcessRecord(StrictModel):
     server: ProcessRef
     watchdog: ProcessRef | None = None
     engines: list[ProcessRef] = []

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import Field, TypeAdapter
+
+from crossfl.schema import StrictModel
 
 TaskStatus = Literal["ok", "failed", "rejected", "late"]
 
 
-class Record(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Record(StrictModel):
+    """What every kind of record shares: unknown fields are errors."""
 
 
 class TaskRecord(Record):

@@ -33,17 +33,16 @@ import random
 from statistics import NormalDist
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from crossfl.schedulers import parse_walltime
+from crossfl.schema import StrictModel
 
 Z90 = NormalDist().inv_cdf(0.9)  # 1.2816: the 90th percentile of a standard normal
 
 
-class Cited(BaseModel):
+class Cited(StrictModel):
     """A block of figures with its basis: a source, or an assumption said out loud."""
-
-    model_config = ConfigDict(extra="forbid")
 
     source: str | None = None
     assumption: str | None = None
@@ -146,10 +145,8 @@ class ShapeBin(Cited):
                 and (wall is None or walltime_s <= wall))
 
 
-class QueueModel(BaseModel):
+class QueueModel(StrictModel):
     """One queue of one facility."""
-
-    model_config = ConfigDict(extra="forbid")
 
     wait: WaitModel
     shape_bins: list[ShapeBin] = Field(default_factory=list)

@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from crossfl.errors import UserError
+from crossfl.schema import StrictModel, user_error
 from crossfl.simulate.queues import Cited, QueueModel, walltime_seconds
+from crossfl.yamlio import load_mapping
 
 # GlobusComputeEngine's JobStatusPoller defaults: max_idletime 120 s, strategy period
 # 5 s (globus_compute_endpoint/engines/globus_compute.py:165-169, version 4.19.0); a
@@ -86,10 +87,8 @@ class Transfer(Cited):
         return cls(assumption="no transfer time given: transfers are instantaneous")
 
 
-class SiteProfile(BaseModel):
+class SiteProfile(StrictModel):
     """What one experiment site behaves like."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1)
     facility: str
@@ -99,16 +98,12 @@ class SiteProfile(BaseModel):
     transfer: Transfer = Field(default_factory=Transfer.free)
 
 
-class Facility(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Facility(StrictModel):
     docs: list[str] = Field(default_factory=list)
     queues: dict[str, QueueModel] = Field(min_length=1)
 
 
-class Scenario(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Scenario(StrictModel):
     name: str
     description: str = ""
     seed: int = 0
@@ -150,64 +145,20 @@ class Scenario(BaseModel):
         return out
 
 
-def _field_path(loc: tuple[Any, ...], raw: Any) -> str:
-    """('sites', 1, 'speed') -> 'sites[beta].speed' (list items by their name)."""
-    parts: list[str] = []
-    node = raw
-    for item in loc:
-        if isinstance(item, int) and isinstance(node, list) and 0 <= item < len(node):
-            name = node[item].get("name") if isinstance(node[item], dict) else None
-            label = f"[{name if name is not None else item}]"
-            parts[-1:] = [(parts[-1] if parts else "") + label]
-            node = node[item]
-        else:
-            parts.append(str(item))
-            node = node.get(item) if isinstance(node, dict) else None
-    return ".".join(parts) or "(top level)"
-
-
-def _drop_union_tag(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Pydantic names the chosen union member in the location ('wait', 'lognormal',
-    'median_s'); the file has no such level."""
-    tags = {"appfl_lognormal", "lognormal", "fixed"}
-    return tuple(p for i, p in enumerate(loc) if not (p in tags and i > 0 and loc[i - 1] == "wait"))
+EXAMPLE = "deploy/queues/calm.yaml"
 
 
 def validation_error(exc: ValidationError, file: Path, raw: Any) -> UserError:
-    errors = exc.errors()
-    first = errors[0]
-    field = _field_path(_drop_union_tag(tuple(first["loc"])), raw)
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message, fix = "unknown field", "remove it or check its spelling against deploy/queues/calm.yaml"
-    elif first["type"] == "missing":
-        fix = "add it"
-    elif first["type"] == "union_tag_invalid":
-        fix = "use model: appfl_lognormal, lognormal or fixed"
-    elif first["type"] == "value_error":
-        fix = "see the message"
-    else:
-        fix = f"got {first.get('input')!r}; correct the value"
-    if len(errors) > 1:
-        message += f" (and {len(errors) - 1} more problem(s))"
-    return UserError(message, file=file, field=field, fix=fix)
+    """The first bad field of a scenario file as one UserError (the others are counted)."""
+    return user_error(exc, file=file, raw=raw, schema=EXAMPLE)
 
 
 def load_scenario(path: str | Path) -> Scenario:
     file = Path(path)
     if not file.is_file():
         raise UserError("queue scenario not found", file=file,
-                        fix="pass a file such as deploy/queues/calm.yaml")
-    try:
-        raw = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else None
-        raise UserError(f"not valid YAML: {getattr(exc, 'problem', exc)}", file=file, field=where,
-                        fix="correct the YAML syntax") from None
-    if not isinstance(raw, dict):
-        raise UserError("expected a mapping with name, facilities and sites", file=file,
-                        fix="see deploy/queues/calm.yaml")
+                        fix=f"pass a file such as {EXAMPLE}")
+    raw = load_mapping(file, fix=f"give name, facilities and sites as in {EXAMPLE}")
     try:
         return Scenario.model_validate(raw)
     except ValidationError as exc:

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Mapping
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from crossfl.errors import UserError
+from crossfl.schema import user_error
 from crossfl.server.flat import FlatSpec
 
 __all__ = ["ClientPlan", "Strategy", "StrategyParams", "Update", "sample_weights", "staleness_of",
@@ -73,19 +73,11 @@ class Strategy(ABC):
         try:
             return cls.Params(**kwargs)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err.get("loc", ())) or "kwargs"
-            if err.get("type") == "extra_forbidden":
-                allowed = ", ".join(sorted(cls.Params.model_fields)) or "none"
-                raise UserError(
-                    f"unknown argument for strategy {cls.name!r}",
-                    field=f"strategy.kwargs.{field}", fix=f"known arguments: {allowed}",
-                ) from None
-            raise UserError(
-                f"strategy {cls.name!r}: {err.get('msg', 'invalid value')} "
-                f"(got {err.get('input')!r})",
-                field=f"strategy.kwargs.{field}",
-            ) from None
+            allowed = ", ".join(sorted(cls.Params.model_fields)) or "none"
+            unknown = exc.errors()[0]["type"] == "extra_forbidden"
+            raise user_error(exc, field_prefix="strategy.kwargs",
+                             what=f"strategy {cls.name!r}",
+                             fix=f"known arguments: {allowed}" if unknown else None) from None
 
     def configure(self, site: str, version: int, default: ClientPlan) -> ClientPlan:
         """Local steps and learning rate for ``site``'s next task (default: unchanged)."""
