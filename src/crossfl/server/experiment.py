@@ -72,8 +72,19 @@ class SiteEntry(Strict):
     user_options: dict[str, Any] = Field(default_factory=dict)
     training: SiteTraining = SiteTraining()
     transport: SiteTransport = SiteTransport()
-    nodes: int | None = Field(None, ge=1, description="nodes charged per task (default: the site's "
-                                                      "nodes_per_block; local sites 1)")
+    nodes: int | None = Field(
+        None, ge=1, description="nodes one training task runs on: more than 1 through the MPI "
+        "engine (endpoint.tasks: mpi); default 1, or the mpi site's nodes_per_block")
+    ranks_per_node: int | Literal["auto"] | None = Field(
+        None, description="training ranks per node, one per device (default: every device of "
+        "the node; a CPU site 1); checked against the site (crossfl.sites.check_request)")
+
+    @field_validator("ranks_per_node")
+    @classmethod
+    def _ranks(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("ranks_per_node must be at least 1 (or auto)")
+        return v
 
 
 class StrategySettings(Strict):
