@@ -203,3 +203,22 @@ def test_a_run_through_the_mpi_engine_on_real_slurm(slurm_cluster, project: Path
                "cpu" in ln)
     assert row.split("│")[3].strip() == "2"  # ranks
     assert yaml.safe_load((run_dir / "experiment.yaml").read_text())["sites"][0]["ranks_per_node"] == 2
+
+
+def test_chem_lora_trains_on_every_device_of_every_node() -> None:
+    """The science experiment asks, at each facility, for one rank per accelerator of each node
+    its tasks hold, within the facility's rules, through the MPI engine."""
+    from crossfl.server.experiment import load_experiment
+    from crossfl.server.plan import task_shape
+    from crossfl.sites import check_request
+
+    exp, _ = load_experiment(ROOT / "deploy" / "experiments" / "chem-lora.yaml")
+    devices = {"frontier": 8, "aurora": 12, "polaris": 4, "perlmutter": 4}
+    assert sorted(s.site for s in exp.sites) == sorted(devices)
+    for entry in exp.sites:
+        site = golden_site(entry.site)
+        assert site.endpoint.tasks == "mpi" and site.devices_per_node() == devices[entry.site]
+        nodes, ranks, options = task_shape(site, entry)
+        assert (nodes, ranks) == (entry.nodes, devices[entry.site])
+        check_request(site, options, nodes=nodes, ranks_per_node=ranks)
+        assert resource_specification(site, nodes, ranks)["ranks_per_node"] == ranks

@@ -394,3 +394,14 @@ def test_the_watchdog_ends_the_engines_when_the_server_dies(tmp_path: Path) -> N
         for p in (server, engine):
             p.kill()
             p.wait()
+
+
+def test_shard_is_asked_for_per_experiment_and_per_site(tmp_path: Path) -> None:
+    """training.shard reaches every task; a site entry's own training.shard wins."""
+    raw = yaml.safe_load((ROOT / "deploy" / "experiments" / "local-demo.yaml").read_text())
+    raw["training"] = {**raw.get("training", {}), "shard": "always"}
+    raw["sites"][1]["training"] = {**raw["sites"][1].get("training", {}), "shard": "never"}
+    plan = plan_of(Experiment.model_validate(raw), {"alpha", "beta", "gamma"})
+    shards = {s.name: plan.train_task(s.name, "/d", plan.client_plan(s.name), 1).shard
+              for s in plan.experiment.sites}
+    assert shards == {"alpha": "always", "beta": "never", "gamma": "always"}

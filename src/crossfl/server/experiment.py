@@ -32,6 +32,11 @@ class DataSettings(Strict):
     partition: PartitionSettings = PartitionSettings()
 
 
+ShardMode = Literal["auto", "never", "always"]
+"""FSDP2-shard the frozen base model across a task's ranks (crossfl.client.sharding); auto:
+when it takes more than half of one rank's device memory."""
+
+
 class SiteTraining(Strict):
     """Per-site overrides of `training` (e.g. a slower site doing more local steps)."""
 
@@ -39,6 +44,7 @@ class SiteTraining(Strict):
     batch_size: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0)
     max_samples: int | None = Field(None, ge=1)
+    shard: ShardMode | None = None
 
 
 TransportMode = Literal["auto", "inline", "shared_fs", "globus_transfer"]
@@ -83,7 +89,7 @@ class SiteEntry(Strict):
     @classmethod
     def _ranks(cls, v: int | str | None) -> int | str | None:
         if isinstance(v, int) and v < 1:
-            raise ValueError("ranks_per_node must be at least 1 (or auto)")
+            raise ValueError("must be at least 1: give the ranks per node, or auto")
         return v
 
 
@@ -100,6 +106,7 @@ class TrainingSettings(Strict):
     adapter_dtype: Literal["float32", "bfloat16"] = "float32"
     torch_threads: int | None = Field(None, ge=1)
     max_samples: int | None = Field(None, ge=1)
+    shard: ShardMode = "auto"
 
 
 class LoraSettings(Strict):

@@ -99,7 +99,7 @@ class RunPlan:
             batch_size=o.batch_size or t.batch_size, lr=plan.lr, max_length=t.max_length, lora=self.lora,
             dtype=e.model.dtype, adapter_dtype=t.adapter_dtype, seed=e.seed, round=rnd,
             torch_threads=t.torch_threads, max_samples=o.max_samples or t.max_samples,
-            expect_device=self.sites[name].catalog.expect_device,
+            expect_device=self.sites[name].catalog.expect_device, shard=o.shard or t.shard,
             # per-node: the worker starts the ranks; mpi: the launcher does (its own count)
             ranks_per_node=self.sites[name].ranks_per_node if self.sites[name].tasks == "per-node"
             else 1)
