@@ -25,13 +25,15 @@ from crossfl.client import device, tasks
 from crossfl.errors import UserError
 from crossfl.render.shell import PARSL_ACCELERATOR_ENV, PARSL_FIXED_ENV, bind_wrapper
 from device_semantics import binding_problems, visible, worker_views
+from golden_sites import golden_site
 
-OVERRIDES = Path(__file__).parent / "golden" / "overrides"
 SITES = ["frontier", "aurora", "polaris", "perlmutter", "local-slurm"]
 
 
 def site(name: str) -> sites.Site:
-    return sites.load_site(name, overrides=OVERRIDES / f"{name}.yaml")
+    """The site with one worker pinned per device (the facilities' MPI engine has one worker
+    per pilot, whose ranks tests/test_rank_binding.py checks)."""
+    return golden_site(name, "per-device")
 
 
 def engine_of(s: sites.Site, tmp_path: Path):
@@ -95,10 +97,11 @@ def test_aurora_composite_with_flat_ids_would_fail(tmp_path, stub_interfaces):
     assert binding_problems(s, workers)
 
 
-@pytest.mark.parametrize("name", SITES)
+@pytest.mark.parametrize("name", [n for n in SITES if site(n).accelerator.bind == "local-rank"])
 def test_batch_ranks_get_what_the_workers_get(name, tmp_path, stub_interfaces):
-    """smoke.sh's bind_rank exports, for rank i, the variables Parsl's worker() set for worker
-    i (read from the real worker above), with the same values."""
+    """Where the kit binds ranks itself (`accelerator.bind: local-rank`), smoke.sh's bind_rank
+    exports, for rank i, the variables Parsl's worker() set for worker i (read from the real
+    worker above), with the same values."""
     s = site(name)
     workers = worker_views(s, engine_of(s, tmp_path), tmp_path, client_fix=False)
     lines = bind_wrapper(s)

@@ -18,6 +18,7 @@ from crossfl import render, sites
 from crossfl.errors import UserError
 from crossfl.schedulers import parse_walltime
 from crossfl.schedulers.base import WALLTIME_JSON_PATTERN, walltime_at_most_pattern
+from crossfl.schedulers.launchers import LAUNCHERS
 
 REPO = Path(__file__).resolve().parents[1]
 OVERRIDES = Path(__file__).parent / "golden" / "overrides"
@@ -117,9 +118,10 @@ def test_render_user_config_refuses_before_the_endpoint(tmp_path):
 
 def test_a_shared_pilot_asks_for_part_of_a_node(tmp_path, stub_interfaces):
     """Perlmutter's shared QOS gives a job part of a node: the rendered pilot is not exclusive,
-    asks for one GPU and its CPUs, and leaves Slurm's GPU binding to the one worker."""
+    asks for one GPU and its CPUs, and leaves Slurm's GPU binding to the one worker (per-device
+    workers here; the MPI engine's one rank asks srun for the same)."""
     ov = tmp_path / "perlmutter.yaml"
-    ov.write_text("account: m1_g\nqos: shared\n")
+    ov.write_text("account: m1_g\nqos: shared\nendpoint: {tasks: per-device}\n")
     shared = sites.load_site("perlmutter", overrides=ov)
     out = render.render_site(shared, tmp_path / "sites")
     engine = render.load_user_config(render.render_user_config(out, {}, site=shared)).engine
@@ -138,6 +140,11 @@ def test_a_shared_pilot_asks_for_part_of_a_node(tmp_path, stub_interfaces):
     smoke = (out / "batch" / "smoke.sh").read_text()
     assert "--ntasks-per-node=1" in smoke and "--exclusive" not in smoke
     assert "bind_rank" not in smoke  # Slurm's own CUDA_VISIBLE_DEVICES stands
+    ov.write_text("account: m1_g\nqos: shared\n")  # the catalog's MPI engine
+    mpi = sites.load_site("perlmutter", overrides=ov)
+    assert mpi.endpoint.tasks == "mpi" and mpi.ranks_per_node() == 1
+    assert LAUNCHERS["srun"].rank_options(mpi, 1) == [
+        "--cpus-per-task=32", "--gpus-per-task=1", "--gpu-bind=closest"]
 
 
 @pytest.mark.parametrize("seconds", [0, 59, 300, 3599, 3600, 7200, 10800, 86400, 604800])

@@ -95,3 +95,39 @@ def test_failing_sites_fail_the_run_but_keep_its_directory(project: Path, monkey
     failed = [r for r in records if r["kind"] == "task"]
     assert failed and failed[0]["status"] == "failed" and "line" in failed[0]["error"]
     assert (run_dir / "experiment.yaml").is_file()
+
+
+def test_a_site_whose_worker_holds_two_devices_trains_on_both(
+        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`local` hands its one worker the whole machine (endpoint.tasks: per-node); with
+    ranks_per_node 2 each of its tasks runs two CPU ranks (gloo) that return one adapter, which
+    FedAvg aggregates with the other site's, round after round; the report says so."""
+    from crossfl.server.report import summary_tables
+
+    monkeypatch.setenv("CROSSFL_ROOT", str(project))
+    exp, path = load_experiment(experiment_file(
+        project, name="two-ranks", sites=[{"name": "east", "site": "local", "ranks_per_node": 2},
+                                          {"name": "west", "site": "local"}]))
+    run_dir = run_experiment(exp, path, Console(width=120, record=True))
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    tasks = {(t["round"], t["site"]): t for t in records if t["kind"] == "task"}
+    assert sorted(tasks) == [(1, "east"), (1, "west"), (2, "east"), (2, "west")]
+    assert all(t["status"] == "ok" for t in tasks.values())
+    for rnd in (1, 2):
+        east, west = tasks[(rnd, "east")], tasks[(rnd, "west")]
+        assert (east["ranks"], east["dist_backend"], east["devices_held"]) == (2, "gloo", 2)
+        assert (west["ranks"], west.get("dist_backend"), west["devices_held"]) == (1, None, 1)
+        assert len(east["device_names"]) == 2 and 0 < east["device_busy"] <= 1
+        assert east["num_samples"] > 0 and east["node_hours"] > 0
+    aggregations = [r for r in records if r["kind"] == "aggregation"]
+    assert [sorted(a["sites"]) for a in aggregations] == [["east", "west"]] * 2
+    assert len([r for r in records if r["kind"] == "round"]) == 2
+    out = Console(width=80, record=True)
+    for table in summary_tables(run_dir):
+        out.print(table)
+    lines = out.export_text().splitlines()
+    start = next(i for i, ln in enumerate(lines) if "allocation" in ln)
+    rows = {ln.split("│")[1].strip(): [c.strip() for c in ln.split("│")[2:-1]]
+            for ln in lines[start:start + 8] if ln.startswith("│")}
+    assert rows["east"][:3] == ["1", "2", "2"] and rows["west"][:3] == ["1", "1", "1"]
+    assert max(len(ln) for ln in lines[start:]) <= 80

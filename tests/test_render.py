@@ -22,6 +22,7 @@ import yaml
 from conftest import run_on_engine
 from crossfl import paths, render, sites
 from crossfl.errors import UserError
+from golden_sites import golden_site
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden"
@@ -43,6 +44,7 @@ VALID_OPTS = {
     "perlmutter": {"account": "m1_g", "qos": "preempt", "walltime": "04:00:00"},
     "local-slurm": {"walltime": "00:05:00", "worker_init": "echo ready"},
     "local-slurm-ssh": {"walltime": "00:05:00", "worker_init": "echo ready"},
+    "local-slurm-mpi": {"walltime": "00:05:00", "worker_init": "echo ready"},
     "local": {"max_workers_per_node": 2, "worker_init": "export A=1"},
 }
 
@@ -55,15 +57,21 @@ def valid_opts(name: str) -> dict:
     return VALID_OPTS["local"]
 
 
-def site_for_test(name: str) -> sites.Site:
-    ov = OVERRIDES / f"{name}.yaml"
-    return sites.load_site(name, overrides=ov if ov.is_file() else None)
+def site_for_test(name: str, tasks: str | None = None) -> sites.Site:
+    return golden_site(name, tasks)
 
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("sites")
     return {name: render.render_site(site_for_test(name), out) for name in ALL}
+
+
+@pytest.fixture(scope="module")
+def per_device(tmp_path_factory) -> dict[str, Path]:
+    """The batch sites rendered with one pinned worker per device (endpoint.tasks)."""
+    out = tmp_path_factory.mktemp("per-device")
+    return {name: render.render_site(site_for_test(name, "per-device"), out) for name in HPC}
 
 
 def normalize(text: str, *extra: tuple[str, str]) -> str:
@@ -124,23 +132,48 @@ def test_allowed_functions_are_rendered(tmp_path):
     assert cfg.allowed_functions == (fid,)
 
 
+def check_engine(site: sites.Site, engine) -> None:
+    """The rendered engine hands the node's devices out as `endpoint.tasks` says."""
+    from globus_compute_endpoint.engines import GlobusComputeEngine, GlobusMPIEngine
+    htex = engine.executor
+    acc = site.accelerator
+    assert type(htex.provider).__name__ == PROVIDER[site.scheduler]
+    if site.endpoint.tasks == "mpi":  # one worker per pilot launches each task's ranks
+        assert isinstance(engine, GlobusMPIEngine) and htex.enable_mpi_mode
+        assert htex.mpi_launcher == site.launcher.type
+        assert type(htex.provider.launcher).__name__ == "SimpleLauncher"
+        assert htex.available_accelerators == [] and htex.max_workers_per_node == 1
+        assert engine.container_type is None and engine.run_in_sandbox
+        if site.deploy.python_activate:  # the worker runs the login node's Python
+            assert htex.provider.worker_init.rstrip().endswith(site.deploy.python_activate)
+        return
+    assert isinstance(engine, GlobusComputeEngine) and not isinstance(engine, GlobusMPIEngine)
+    assert type(htex.provider.launcher).__name__ == LAUNCHER[site.launcher.type]
+    if site.endpoint.tasks == "per-node":  # one worker holds the node
+        assert htex.available_accelerators == [] and htex.cpu_affinity == "none"
+        assert htex.max_workers_per_node == 1
+    elif acc.devices_per_node:
+        assert htex.available_accelerators == acc.device_ids
+        assert htex.max_workers_per_node == acc.devices_per_node
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_example_builds_engine_provider_launcher(rendered, name, stub_interfaces):
     from globus_compute_endpoint.endpoint.config import UserEndpointConfig
-    from globus_compute_endpoint.engines import GlobusComputeEngine
     site = site_for_test(name)
     example = rendered[name] / "endpoint" / "user_config.example.yaml"
     cfg = render.load_user_config(example.read_text())
     assert isinstance(cfg, UserEndpointConfig)
-    engine = cfg.engine
-    assert isinstance(engine, GlobusComputeEngine)
-    htex = engine.executor
-    assert type(htex.provider).__name__ == PROVIDER[site.scheduler]
-    assert type(htex.provider.launcher).__name__ == LAUNCHER[site.launcher.type]
+    check_engine(site, cfg.engine)
+
+
+@pytest.mark.parametrize("name", HPC)
+def test_per_device_workers_and_their_containers(per_device, name, stub_interfaces):
+    site = site_for_test(name, "per-device")
+    example = per_device[name] / "endpoint" / "user_config.example.yaml"
+    engine = render.load_user_config(example.read_text()).engine
+    check_engine(site, engine)
     acc = site.accelerator
-    if acc.devices_per_node:
-        assert htex.available_accelerators == acc.device_ids
-        assert htex.max_workers_per_node == acc.devices_per_node
     if site.container.runtime == "apptainer":
         # apptainer through `custom`, to bind the engine's run directory (test_site_containers)
         assert engine.container_type == "custom"
@@ -169,8 +202,31 @@ def test_example_builds_engine_provider_launcher(rendered, name, stub_interfaces
 
 
 def test_facility_specifics(rendered, stub_interfaces):
+    """The catalog's facilities run the MPI engine: the pilot's worker on the host, the ranks
+    in the image (crossfl.render.shell.mpi_task_line, tests/test_mpi_tasks.py)."""
     def engine(name):
         text = (rendered[name] / "endpoint" / "user_config.example.yaml").read_text()
+        return render.load_user_config(text).engine
+    aurora = engine("aurora").executor
+    assert aurora.mpi_launcher == "mpiexec" and aurora.provider.cpus_per_node == 208
+    assert "filesystems=home:flare" in aurora.provider.scheduler_options
+    assert "export ZE_FLAT_DEVICE_HIERARCHY=FLAT" in aurora.provider.worker_init
+    assert "module load frameworks; source ~/.crossfl/aurora/venv" in aurora.provider.worker_init
+    polaris = engine("polaris").executor
+    assert polaris.provider.select_options.endswith("system=polaris")
+    assert "export TMPDIR=/tmp" in polaris.provider.worker_init
+    frontier = engine("frontier").executor
+    provider = frontier.provider
+    assert (provider.partition, provider.qos, provider.account) == ("batch", "normal", "ABC123")
+    assert "#SBATCH --gpus-per-node=8" in provider.scheduler_options  # for the ranks' srun
+    assert frontier.mpi_launcher == "srun"
+    perl = engine("perlmutter").executor
+    assert perl.provider.constraint == "gpu" and perl.mpi_launcher == "srun"
+
+
+def test_facility_specifics_per_device(per_device, stub_interfaces):
+    def engine(name):
+        text = (per_device[name] / "endpoint" / "user_config.example.yaml").read_text()
         return render.load_user_config(text).engine
     aurora = engine("aurora").executor
     assert aurora.available_accelerators == [str(i) for i in range(12)]  # FLAT tiles
@@ -344,6 +400,19 @@ def test_pilot_job_golden(rendered, name, tmp_path, stub_interfaces):
     site = site_for_test(name)
     assert sites.lint_script(site, script) == []
     assert_golden(f"{name}/pilot.sh", script + f"\n# submitted with: {submit}\n")
+    if site.endpoint.tasks == "mpi":  # the worker on the first node, outside the image
+        assert "\nglobus-compute-endpoint python-exec parsl.executors.high_throughput." \
+            "process_worker_pool " in script  # SimpleLauncher: no srun / mpiexec around it
+        assert "apptainer exec" not in script and "apptainer run" not in script
+        assert "podman-hpc" not in script
+
+
+@pytest.mark.parametrize("name", HPC)
+def test_per_device_pilot_job_golden(per_device, name, tmp_path, stub_interfaces):
+    script, submit = pilot_script(per_device[name], tmp_path)
+    site = site_for_test(name, "per-device")
+    assert sites.lint_script(site, script) == []
+    assert_golden(f"{name}/pilot-per-device.sh", script + f"\n# submitted with: {submit}\n")
     if site.container.runtime == "apptainer":
         assert (f"apptainer run {render.container_options_text(site)} -B <script_dir>/run "
                 f"{site.image()} globus-compute-endpoint python-exec ") in script
@@ -382,9 +451,10 @@ def test_batch_smoke_runs_describe_devices(rendered):
     checked by the client, and worker i's CPUs."""
     text = (rendered["frontier"] / "batch" / "smoke.sh").read_text()
     assert "python -m crossfl.client devices --expect rocm" in text
-    assert 'rank=${SLURM_LOCALID:-0}' in text and 'ROCR_VISIBLE_DEVICES="$device"' in text
-    assert "--cpus-per-task=7 --cpu-bind=mask_cpu:0xfe000000000000," in text  # 49-55 first
-    assert "--gpus-per-task" not in text  # every rank sees the node's GCDs, as a worker does
+    # OLCF's line: "srun -N1 -n8 -c7 --gpus-per-task=1 --gpu-bind=closest"
+    assert "srun --nodes=1 --ntasks-per-node=8 --cpus-per-task=7 --gpus-per-task=1 " \
+        "--gpu-bind=closest apptainer exec --rocm" in text
+    assert "#SBATCH --cpus-per-task=7" in text and "bind_rank" not in text
     polaris = (rendered["polaris"] / "batch" / "smoke.sh").read_text()
     assert "devices=(0 1 2 3)" in polaris and "PMI_LOCAL_RANK" in polaris
     assert "--cpu-bind list:24-31,56-63:16-23,48-55:8-15,40-47:0-7,32-39 " in polaris
@@ -394,7 +464,8 @@ def test_batch_smoke_runs_describe_devices(rendered):
     assert "APPTAINERENV_ZE_FLAT_DEVICE_HIERARCHY=FLAT" in aurora
     assert "devices=(0 1 2 3 4 5 6 7 8 9 10 11)" in aurora
     perl = (rendered["perlmutter"] / "batch" / "smoke.sh").read_text()
-    assert "podman-hpc run --rm --gpu " in perl and " -e CUDA_VISIBLE_DEVICES " in perl
+    assert "--cpus-per-task=32 --gpus-per-task=1 --gpu-bind=closest podman-hpc shared-run " \
+        "--gpu " in perl and " -e CUDA_VISIBLE_DEVICES " in perl and " -e SLURM_PROCID " in perl
     build = (rendered["polaris"] / "batch" / "build_image.sh").read_text()
     assert "#PBS -l singularity_fakeroot=true" in build and "HTTPS_PROXY=" in build
     assert "build/images/crossfl-cuda.def" in build

@@ -33,6 +33,7 @@ from crossfl.server.plan import RunPlan, SitePlan, driver_kind
 from crossfl.server.records import AggregationRecord, ResumeRecord, TaskRecord
 from crossfl.server.telemetry import MetricsLog, live_records
 from crossfl.server.transport import GlobusMover, TransferFailed, Transport
+from crossfl.sites import load_site
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER_LOST = ("Traceback (most recent call last):\n  File \"x\", line 1\n"
@@ -203,7 +204,8 @@ def experiment(tmp_path: Path, **changes: Any) -> Experiment:
 
 def plan_of(exp: Experiment, here: set[str]) -> RunPlan:
     """A plan without the checks: sites in ``here`` run on this machine."""
-    sites = {s.name: SitePlan(name=s.name, catalog=None, runs_here=s.name in here, model_path="/m",  # type: ignore[arg-type]
+    local = load_site("local")
+    sites = {s.name: SitePlan(name=s.name, catalog=local, runs_here=s.name in here, model_path="/m",
                               data_path="/d", shared_dir=s.transport.shared_dir, nodes=1, user_options={})
              for s in exp.sites}
     return RunPlan(experiment=exp, source=Path("exp.yaml"), sites=sites, driver="sync", validation_path="/v",
@@ -392,3 +394,14 @@ def test_the_watchdog_ends_the_engines_when_the_server_dies(tmp_path: Path) -> N
         for p in (server, engine):
             p.kill()
             p.wait()
+
+
+def test_shard_is_asked_for_per_experiment_and_per_site(tmp_path: Path) -> None:
+    """training.shard reaches every task; a site entry's own training.shard wins."""
+    raw = yaml.safe_load((ROOT / "deploy" / "experiments" / "local-demo.yaml").read_text())
+    raw["training"] = {**raw.get("training", {}), "shard": "always"}
+    raw["sites"][1]["training"] = {**raw["sites"][1].get("training", {}), "shard": "never"}
+    plan = plan_of(Experiment.model_validate(raw), {"alpha", "beta", "gamma"})
+    shards = {s.name: plan.train_task(s.name, "/d", plan.client_plan(s.name), 1).shard
+              for s in plan.experiment.sites}
+    assert shards == {"alpha": "always", "beta": "never", "gamma": "always"}

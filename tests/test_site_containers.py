@@ -24,6 +24,8 @@ from crossfl.images.mounts import (
     host_path,
     shows_host_path,
 )
+from crossfl.render.shell import mpi_task_line
+from golden_sites import golden_site
 
 HOME = "/home/crossfl-user"
 ALL = sites.list_sites()
@@ -81,7 +83,7 @@ def site_env(site: sites.Site) -> dict[str, str]:
 @pytest.mark.parametrize("name", CONTAINER_SITES)
 def test_the_engines_launch_command_keeps_image_and_engine_dirs_visible(name, tmp_path,
                                                                         stub_interfaces):
-    site = sites.load_site(name)
+    site = golden_site(name, "per-device")  # the engine's workers in the image
     engine = engine_of(site, tmp_path)
     run_dir = f"{HOME}/.globus_compute/{site.deploy.endpoint_name}"
     cmd = exact_launch_command(engine, run_dir)
@@ -100,11 +102,14 @@ def test_the_engines_launch_command_keeps_image_and_engine_dirs_visible(name, tm
 
 @pytest.mark.parametrize("name", CONTAINER_SITES)
 def test_batch_jobs_apptainer_exec_keeps_the_image_visible(name, tmp_path):
+    """The ranks' `apptainer exec`: of the batch scripts, and of an MPI task's line."""
     site = sites.load_site(name)
     out = render.render_site(site, tmp_path)
-    for script in ("smoke.sh", "client.sh"):
-        line = next(ln for ln in (out / "batch" / script).read_text().splitlines()
-                    if "apptainer exec" in ln)
+    mpi = mpi_task_line(site, ["python", "-m", "crossfl.client", "run-task", "T", "O"])
+    for script in ("smoke.sh", "client.sh", "MPI task"):
+        text = mpi if script == "MPI task" else (out / "batch" / script).read_text()
+        line = next(ln for ln in text.splitlines() if "apptainer exec" in ln)
+        line = line.split("$PARSL_MPI_PREFIX ", 1)[-1]
         argv = shlex.split(line)
         at = argv.index("exec")
         image = next(w for w in argv[at:] if w.endswith(".sif"))

@@ -222,7 +222,7 @@ def test_unknown_site(catalog):
     ({"nodes_per_block": 3}, "nodes_per_block", "2"),
     ({"accelerator__devices_per_node": 0}, "accelerator", "devices_per_node"),
     ({"accelerator__ids": ["0", "1", "1", "2"]}, "accelerator", "distinct"),
-    ({"endpoint__cpu_affinity": "list:0-7:8-15"}, "endpoint.cpu_affinity", "one list per worker"),
+    ({"endpoint__cpu_affinity": "list:0-7:8-15"}, "endpoint.cpu_affinity", "one list per device"),
     ({"endpoint__cpu_affinity": "list:0-7:8-15:16-23:24-31"}, "endpoint.cpu_affinity",
      "not nearest"),
     ({"queues__debug__source": None}, "queues.debug.source", "cite"),

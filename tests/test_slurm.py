@@ -80,7 +80,7 @@ def test_facility_headers_pass_real_sbatch(slurm_cluster, name, tmp_path):
     for script in sorted((out / "batch").glob("*.sh")):
         proc = subprocess.run(
             ["sbatch", "--test-only", "--partition=debug", "--gpus-per-node=4",
-             "--ntasks-per-node=4", str(script)],
+             "--ntasks-per-node=4", "--cpus-per-task=2", str(script)],
             cwd=tmp_path, capture_output=True, text=True, env=slurm_cluster.env(), timeout=30)
         assert proc.returncode == 0, f"{script.name}: {proc.stderr}"
         assert "to start at" in proc.stderr, proc.stderr

@@ -88,6 +88,9 @@ class LocalEngineExecutor(Executor):
                  source: str = "user_config.yaml") -> None:
         self.site = site
         self.endpoint_id = uuid.uuid4()
+        # Sent with each task, as the SDK Executor's attribute of the same name is: the MPI
+        # engine's num_nodes / ranks_per_node / launcher_options (empty for other engines).
+        self.resource_specification: dict[str, t.Any] | None = None
         self._serializer = code_serializer()
         self._lock = threading.Lock()
         self._closed = False
@@ -125,7 +128,8 @@ class LocalEngineExecutor(Executor):
             outer: Future = Future()
             engine_future = GCFuture(task_id)
             engine_future.add_done_callback(lambda f: self._resolve(f, outer))
-            self._engine.submit(engine_future, packed, resource_specification={})
+            self._engine.submit(engine_future, packed,
+                                resource_specification=dict(self.resource_specification or {}))
             return outer
 
     def _resolve(self, engine_future: Future, outer: Future) -> None:

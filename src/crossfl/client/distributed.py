@@ -51,6 +51,7 @@ PORT_SPAN = 20_000
 T = TypeVar("T")
 
 
+
 @dataclass(frozen=True)
 class RankEnv:
     """A rank's place as its launcher states it (before any process group exists)."""
@@ -165,7 +166,8 @@ def _master_port(env: Mapping[str, str]) -> int:
 
 
 def rank_env(env: Mapping[str, str] | None = None) -> RankEnv | None:
-    """This process's place from its launcher's environment, or None when no launcher set one."""
+    """This process's place from its launcher's environment, or None when no launcher set one.
+    (Every variable read here is listed in ``crossfl.client.launcher_env.LAUNCHER_ENV``.)"""
     env = os.environ if env is None else env
     found: tuple[str, int | None, int | None, int | None, int | None] | None = None
     if env.get("TORCHELASTIC_RUN_ID") and env.get("RANK"):

@@ -18,12 +18,16 @@ which elastic_launch already does.
 ``GlobusMPIEngine`` does for an ``MPIFunction`` with ``$PARSL_MPI_PREFIX``): every rank runs
 ``python -m crossfl.client run-task --distributed TASK.json OUT.json`` (``rank_command``), finds
 its place in the launcher's environment (``crossfl.client.distributed.rank_env``), trains, and
-rank 0 writes the result. ``train_mpi_rank`` is the same as a function.
+rank 0 writes the result. ``train_mpi_rank`` is the same as a function. Where the line that
+starts the launcher exported ``CROSSFL_LAUNCHED_AT`` (seconds since the epoch; the MPI engine's
+task command does), the task's ``started_at`` and ``wall_s`` count from then: the launch and
+the image's start-up are part of what the task held its nodes for.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -35,12 +39,24 @@ from typing import Any
 from crossfl.client import distributed
 from crossfl.client.contract import TrainResult, TrainTask
 from crossfl.client.distributed import process_group, rank_env
+from crossfl.client.launcher_env import LAUNCHED_AT_ENV
 from crossfl.client.model_cache import check_model_path
 from crossfl.client.parallel import check_enough_samples, train_rank
 from crossfl.client.taskfile import read_result
 from crossfl.client.train import load_records
 from crossfl.client.transport import outgoing_adapter
 from crossfl.errors import UserError
+
+
+def launched_at() -> tuple[float, float]:
+    """(epoch seconds, perf_counter) of the moment the launcher line ran, where it said so
+    (``$CROSSFL_LAUNCHED_AT``), else of now."""
+    now, t = time.time(), time.perf_counter()
+    try:
+        then = float(os.environ.get(LAUNCHED_AT_ENV, ""))
+    except ValueError:
+        return now, t
+    return (then, t - (now - then)) if 0 <= now - then < 7 * 86400 else (now, t)
 
 
 def resolve_ranks(ranks_per_node: int | str) -> int:
@@ -123,8 +139,7 @@ def train_mpi_rank(task: dict[str, Any]) -> dict[str, Any] | None:
                         field="--distributed",
                         fix="start it under the launcher, e.g. `srun -n 2 python -m "
                             "crossfl.client run-task --distributed TASK OUT`")
-    started_at = time.time()
-    t0 = time.perf_counter()
+    started_at, t0 = launched_at()
     with process_group(place, distributed.device_kind()) as world:
         result = train_rank(spec, world)
     if result is None:

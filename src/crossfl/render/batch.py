@@ -37,7 +37,7 @@ SHORT_WALLTIME = "00:10:00"  # the smoke test and the client job, inside any deb
 
 def batch_context(site: Site) -> dict[str, Any]:
     sched = site.sched
-    per_node = site.workers_per_node()  # one rank per worker, bound as the worker is
+    per_node = site.ranks_per_node()  # one rank per device, bound as the facility documents
     nodes = 1
     limit = site.queue_limit()
     short = SHORT_WALLTIME
@@ -47,6 +47,7 @@ def batch_context(site: Site) -> dict[str, Any]:
     launcher = LAUNCHERS[site.launcher.type]
     launch_all = launcher.words(site, nodes, per_node)
     launch_one = launcher.words(site, 1, 1)
+    cpus = launcher.rank_cpus(site, per_node) if site.node_part() is None else None
     bind = bind_wrapper(site)
     # `bind_rank` (a shell function) picks the device; the launcher starts bash to call it.
     prefix = "bash -c 'bind_rank \"$@\"' bind_rank" if bind else ""
@@ -59,9 +60,11 @@ def batch_context(site: Site) -> dict[str, Any]:
         "submit": sched.submit,
         "job_start": list(sched.job_start),
         "smoke_header": sched.header(site, BatchJob(
-            f"crossfl-smoke-{site.name}", nodes, short, directives, per_node, account_hint=True)),
+            f"crossfl-smoke-{site.name}", nodes, short, directives, per_node, cpus,
+            account_hint=True)),
         "client_header": sched.header(site, BatchJob(
             f"crossfl-client-{site.name}", nodes, site.walltime, directives, 1,
+            launcher.rank_cpus(site, 1) if site.node_part() is None else None,
             account_hint=True)),
         "setup": [{"text": line, "sources": sources_a_file(line)} for line in setup],
         "bind": bind,

@@ -51,7 +51,12 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
     sched = site.sched
     props = user_variables(site)
     var = {k: var_expr(k, p) for k, p in props.items()}
+    mpi = site.endpoint.tasks == "mpi"
     facility_init = setup_lines(site, batch=False) + [site.fill(x) for x in site.worker_init]
+    if mpi and site.deploy.python_activate:
+        # The MPI engine's worker runs on the host (only its ranks run the image): the
+        # login node's Python, with the endpoint's own Parsl.
+        facility_init.append(site.deploy.python_activate)
     check_passthrough(site, facility_init, "worker_init")
     # One YAML double-quoted scalar: the facility's lines, then the user's worker_init. The
     # endpoint inserts the user string JSON-quoted; its escapes are valid YAML escapes, so the
@@ -71,7 +76,8 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
     check_container_mounts(site)
     launcher = LAUNCHERS[site.launcher.type]
     local = site.deploy.host is None  # an endpoint run from this checkout
-    container_type, container_cmd = engine_container(site)
+    container_type, container_cmd = (None, "") if mpi else engine_container(site)
+    per_device = site.endpoint.tasks == "per-device"
     return {
         "site": site.name,
         "docs": site.docs,
@@ -82,9 +88,15 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
         "template_path": str(endpoint_dir / "user_config_template.yaml.j2") if local else None,
         "schema_path": str(endpoint_dir / "user_config_schema.json") if local else None,
         "worker_init_expr": worker_init_expr,
+        "tasks": site.endpoint.tasks,
+        "mpi": mpi,
+        # GlobusMPIEngine: Parsl's MPI mode launches each task's ranks with this
+        "mpi_launcher": site.launcher.type if mpi else None,
         "max_workers_per_node": mwpn,
-        "accelerators": acc.device_ids if acc.devices_per_node and part is None else [],
-        "cpu_affinity": site.endpoint.cpu_affinity if part is None else "none",
+        # per-device: worker i pinned to device i; otherwise one worker holds the node
+        "accelerators": acc.device_ids if acc.devices_per_node and part is None
+        and per_device else [],
+        "cpu_affinity": site.endpoint.cpu_affinity if part is None and per_device else "none",
         "encrypted": site.endpoint.encrypted,
         "address_interface": site.endpoint.address_interface,
         "idle_soft": site.endpoint.idle_heartbeats_soft,
@@ -92,8 +104,10 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
         "provider": sched.provider,
         "provider_fields": sched.provider_fields(site, var),
         "scheduler_options": pilot,
-        "launcher": launcher.parsl_class,
-        "launcher_fields": launcher.fields(site),
+        # MPI mode: "The Provider _must_ use the SimpleLauncher" (Parsl's MPIExecutor): the
+        # worker starts on the pilot's first node and launches ranks itself
+        "launcher": "SimpleLauncher" if mpi else launcher.parsl_class,
+        "launcher_fields": [] if mpi else launcher.fields(site),
         "container": container_type is not None,
         "container_type": container_type,
         "container_uri": site.image(),

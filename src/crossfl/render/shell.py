@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shlex
 
+from crossfl.client.launcher_env import LAUNCHED_AT_ENV, rank_env_names
 from crossfl.sites import Site
 
 # What Parsl's worker pool exports for a worker's accelerator `a` (all of them, whatever the
@@ -77,17 +78,49 @@ def container_options_text(site: Site) -> str:
 
 
 def container_words(site: Site) -> list[str]:
-    """A batch rank's command prefix that runs the rest inside the site's image."""
+    """A rank's command prefix (batch scripts, MPI tasks) that runs the rest inside the site's
+    image. podman-hpc: `shared-run`, "the recommended way to launch a container from a
+    parallel launcher such as Slurm `srun`" (one container per node, each rank `exec`ed into
+    it: github.com/NERSC/podman-hpc, podman_hpc.py), given the device and rank variables by
+    name (podman passes no host environment)."""
     runtime = site.container.runtime
     image = site.image() or ""
     if runtime == "apptainer":
         return ["apptainer", "exec", *container_options(site), image]
     if runtime == "podman-hpc":
-        passed = [w for name in (*PARSL_ACCELERATOR_ENV, *PARSL_FIXED_ENV, RANK_ENV)
-                  for w in ("-e", name)]
-        return ["podman-hpc", "run", "--rm", *container_options(site), *passed,
+        names = (*PARSL_ACCELERATOR_ENV, *PARSL_FIXED_ENV, RANK_ENV, LAUNCHED_AT_ENV,
+                 *rank_env_names(site.launcher.type))
+        passed = [w for name in names for w in ("-e", name)]
+        return ["podman-hpc", "shared-run", *container_options(site), *passed,
                 "-v", "$PWD:$PWD", "-w", "$PWD", image]
     return []
+
+
+# Parsl's MPI mode sets this in the worker for each task: the site's srun / mpiexec with the
+# task's nodes and ranks (resource_specification) and its launcher_options.
+MPI_PREFIX = "$PARSL_MPI_PREFIX"
+
+
+def rank_line(site: Site, argv: list[str], *, bound_by: str) -> str:
+    """What each rank runs: its device binding (where `accelerator.bind: local-rank`: the
+    lines of `bind_wrapper`, in `bound_by`: "function" calls the exported `bind_rank` of a
+    batch script, "inline" carries the lines), then the image, then `argv`."""
+    bind = bind_wrapper(site)
+    words: list[str] = []
+    if bind and bound_by == "function":
+        words = ["bash", "-c", 'bind_rank "$@"', "bind_rank"]
+    elif bind:
+        words = ["bash", "-c", "; ".join([*bind, 'exec "$@"']), "bind_rank"]
+    image = " ".join(shell_word(w) for w in container_words(site))
+    return " ".join(p for p in (shlex.join(words), image, shlex.join(argv)) if p)
+
+
+def mpi_task_line(site: Site, argv: list[str]) -> str:
+    """The shell line of an MPI task (a ShellFunction on the site's GlobusMPIEngine): the launch
+    time (the task's wall counts from it), then the engine's launcher prefix, then each rank
+    bound to its device, inside the image, running `argv`."""
+    return (f'export {LAUNCHED_AT_ENV}="$(date +%s.%N)"; '
+            f"{MPI_PREFIX} {rank_line(site, argv, bound_by='inline')}")
 
 
 # Globus Compute's placeholders for `container_type: custom` (engines/globus_compute.py,

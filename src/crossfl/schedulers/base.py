@@ -114,6 +114,7 @@ class BatchJob:
     walltime: str
     directives: list[str]
     ranks_per_node: int | None = None
+    cpus_per_rank: int | None = None  # what the launcher line gives each rank (srun -c)
     account_hint: bool = False  # say how to pass an account when the site sets none
 
 

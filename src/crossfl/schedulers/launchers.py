@@ -21,8 +21,19 @@ class Launcher:
         """Fields under `launcher:` (after `type`)."""
         return []
 
+    def rank_options(self, site: Site, ranks_per_node: int) -> list[str]:
+        """The options that put rank i of a node on device i and its CPUs, as the facility
+        documents: what the MPI engine's `launcher_options` and batch lines add after the
+        launcher's own placement (ranks, nodes)."""
+        return []
+
+    def rank_cpus(self, site: Site, ranks_per_node: int) -> int | None:
+        """The CPUs each rank asks for, where the launcher counts them (srun -c)."""
+        return None
+
     def words(self, site: Site, nodes: int, ranks_per_node: int) -> list[str]:
-        """The launcher line of a batch job: one rank per device, bound as the workers are."""
+        """The launcher line of a batch job: one rank per device, bound as the facility
+        documents (rank_options)."""
         return []
 
     def check_site(self, site: Site) -> None:
@@ -38,10 +49,11 @@ class Srun(Launcher):
         return part.cpus if part is not None else site.cpus_per_node
 
     def check_site(self, site: Site) -> None:
-        if site.workers_per_node() > 1 and self.pilot_cpus(site) is None:
-            raise FieldError("cpus_per_node", "srun gives the pilot's one task per node a "
-                             "single CPU unless -c says more, so every worker would share it: "
-                             "set cpus_per_node (the CPUs of a node as srun -c counts them)")
+        if max(site.workers_per_node(), site.ranks_per_node()) > 1 and \
+                self.pilot_cpus(site) is None:
+            raise FieldError("cpus_per_node", "srun gives a task a single CPU unless -c says "
+                             "more, so every worker or rank would share it: set cpus_per_node "
+                             "(the CPUs of a node as srun -c counts them)")
         if "-c" in shlex.split(site.launcher.options) or "--cpus-per-task" in \
                 site.launcher.options:
             raise FieldError("launcher.options", "srun's -c comes from cpus_per_node: remove "
@@ -52,20 +64,32 @@ class Srun(Launcher):
         opts = " ".join(o for o in (f"-c {cpus}" if cpus else "", site.launcher.options) if o)
         return [("overrides", yaml_value(opts))] if opts else []
 
-    def words(self, site: Site, nodes: int, ranks_per_node: int) -> list[str]:
-        acc = site.accelerator
-        words = ["srun", f"--nodes={nodes}", f"--ntasks-per-node={ranks_per_node}"]
-        if acc.devices_per_node and acc.bind == "scheduler":  # Slurm binds one GPU per rank
-            words += ["--gpus-per-task=1", "--gpu-bind=closest"]
+    def rank_cpus(self, site: Site, ranks_per_node: int) -> int | None:
+        cpus = self.pilot_cpus(site)
         lists = site.endpoint.affinity_lists()
-        part = site.node_part()
-        if part is not None:
-            words.append(f"--cpus-per-task={part.cpus}")
-        elif lists is not None:  # rank i on worker i's CPUs, one bit mask per rank
-            words += [f"--cpus-per-task={max(len(c) for c in lists)}",
-                      "--cpu-bind=mask_cpu:" + ",".join(hex(sum(1 << c for c in cpus))
-                                                        for cpus in lists[:ranks_per_node])]
+        if site.accelerator.bind != "scheduler" and lists is not None:
+            return max(len(c) for c in lists[:ranks_per_node])
+        return cpus // ranks_per_node if cpus and cpus >= ranks_per_node else None
+
+    def rank_options(self, site: Site, ranks_per_node: int) -> list[str]:
+        acc = site.accelerator
+        cpus = self.rank_cpus(site, ranks_per_node)
+        words = [f"--cpus-per-task={cpus}"] if cpus else []
+        lists = site.endpoint.affinity_lists()
+        if acc.devices_per_node and acc.bind == "scheduler":
+            # Slurm binds one GPU per rank, the one nearest the rank's cores (OLCF: "-c7
+            # --gpus-per-task=1 --gpu-bind=closest"; NERSC: "--gpu-bind=closest ... only the
+            # closest GPUs are visible")
+            words += ["--gpus-per-task=1", "--gpu-bind=closest"]
+        elif lists is not None and site.node_part() is None:
+            # rank i on device i's CPUs, one bit mask per rank
+            words.append("--cpu-bind=mask_cpu:" + ",".join(
+                hex(sum(1 << c for c in cpus)) for cpus in lists[:ranks_per_node]))
         return words
+
+    def words(self, site: Site, nodes: int, ranks_per_node: int) -> list[str]:
+        return ["srun", f"--nodes={nodes}", f"--ntasks-per-node={ranks_per_node}",
+                *self.rank_options(site, ranks_per_node)]
 
 
 class MpiExec(Launcher):
@@ -76,13 +100,17 @@ class MpiExec(Launcher):
         return [("bind_cmd", yaml_value("--cpu-bind")),
                 ("overrides", yaml_value(site.launcher.options))]
 
-    def words(self, site: Site, nodes: int, ranks_per_node: int) -> list[str]:
-        words = ["mpiexec", "-n", str(nodes * ranks_per_node), "--ppn", str(ranks_per_node)]
+    def rank_options(self, site: Site, ranks_per_node: int) -> list[str]:
         lists = site.endpoint.affinity_lists()
-        if lists is not None:  # PALS takes Parsl's list form: rank i on worker i's CPUs
-            entries = site.endpoint.cpu_affinity.split(":")[1:ranks_per_node + 1]
-            words += ["--cpu-bind", "list:" + ":".join(entries)]
-        return words
+        if lists is None:
+            return []
+        # PALS takes Parsl's list form: rank i on device i's CPUs (ALCF: "--cpu-bind=list:...")
+        entries = site.endpoint.cpu_affinity.split(":")[1:ranks_per_node + 1]
+        return ["--cpu-bind", "list:" + ":".join(entries)]
+
+    def words(self, site: Site, nodes: int, ranks_per_node: int) -> list[str]:
+        return ["mpiexec", "-n", str(nodes * ranks_per_node), "--ppn", str(ranks_per_node),
+                *self.rank_options(site, ranks_per_node)]
 
 
 class Single(Launcher):

@@ -250,6 +250,8 @@ class Slurm(Scheduler):
         lines = ["#!/bin/bash", f"{p} -J {job.name}", f"{p} -N {job.nodes}"]
         if job.ranks_per_node is not None:
             lines.append(f"{p} --ntasks-per-node={job.ranks_per_node}")
+        if job.cpus_per_rank is not None:  # the job holds what its srun line asks for
+            lines.append(f"{p} --cpus-per-task={job.cpus_per_rank}")
         lines += [f"{p} -t {job.walltime}", f"{p} -o {job.name}-%j.out"]
         lines += [f"{p} {d}" for d in job.directives]
         return lines + self.account_hint(site, job)

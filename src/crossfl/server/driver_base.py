@@ -26,7 +26,7 @@ from crossfl.server import checkpoint as ckpt
 from crossfl.server.faults import Parking, RetryingTask, RetryPolicy, call_with_retry
 from crossfl.server.flat import FlatSpec
 from crossfl.server.plan import RunPlan
-from crossfl.server.records import EvalRecord, ResumeRecord, TaskRecord
+from crossfl.server.records import EvalRecord, ResumeRecord, TaskRecord, account
 from crossfl.server.screening import DistanceScreen, distance, finite_problem, layout_problem
 from crossfl.server.site_executors import OpenSite
 from crossfl.server.strategies import get_strategy
@@ -194,13 +194,9 @@ class DriverBase(ABC):
             except Exception as exc:  # a failed site is recorded; the run goes on without it
                 error = failure_summary(exc)
         record = task_record(p, received, self.state.started, result, error)
-        handle = self.handles[p.site]
-        # node-hours: the site's nodes x the task's wall time on its worker (a local site counts
-        # 1 node); the pilot job's idle time around tasks is not visible from here
-        record.nodes = handle.site.nodes
-        record.node_hours = handle.site.nodes * (record.worker_s or 0.0) / 3600
-        record.node_hours_basis = ("local: task wall x 1 node" if handle.site.runs_here
-                                   else "task wall x nodes_per_block")
+        site = self.handles[p.site].site
+        account(record, result, held_nodes=site.held_nodes,
+                devices_per_node=site.catalog.devices_per_node(), local=site.runs_here)
         if result is None:
             return Arrival(record, None)
         try:

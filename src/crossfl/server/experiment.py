@@ -32,6 +32,11 @@ class DataSettings(Strict):
     partition: PartitionSettings = PartitionSettings()
 
 
+ShardMode = Literal["auto", "never", "always"]
+"""FSDP2-shard the frozen base model across a task's ranks (crossfl.client.sharding); auto:
+when it takes more than half of one rank's device memory."""
+
+
 class SiteTraining(Strict):
     """Per-site overrides of `training` (e.g. a slower site doing more local steps)."""
 
@@ -39,6 +44,7 @@ class SiteTraining(Strict):
     batch_size: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0)
     max_samples: int | None = Field(None, ge=1)
+    shard: ShardMode | None = None
 
 
 TransportMode = Literal["auto", "inline", "shared_fs", "globus_transfer"]
@@ -72,8 +78,19 @@ class SiteEntry(Strict):
     user_options: dict[str, Any] = Field(default_factory=dict)
     training: SiteTraining = SiteTraining()
     transport: SiteTransport = SiteTransport()
-    nodes: int | None = Field(None, ge=1, description="nodes charged per task (default: the site's "
-                                                      "nodes_per_block; local sites 1)")
+    nodes: int | None = Field(
+        None, ge=1, description="nodes one training task runs on: more than 1 through the MPI "
+        "engine (endpoint.tasks: mpi); default 1, or the mpi site's nodes_per_block")
+    ranks_per_node: int | Literal["auto"] | None = Field(
+        None, description="training ranks per node, one per device (default: every device of "
+        "the node; a CPU site 1); checked against the site (crossfl.sites.check_request)")
+
+    @field_validator("ranks_per_node")
+    @classmethod
+    def _ranks(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be at least 1: give the ranks per node, or auto")
+        return v
 
 
 class StrategySettings(Strict):
@@ -89,6 +106,7 @@ class TrainingSettings(Strict):
     adapter_dtype: Literal["float32", "bfloat16"] = "float32"
     torch_threads: int | None = Field(None, ge=1)
     max_samples: int | None = Field(None, ge=1)
+    shard: ShardMode = "auto"
 
 
 class LoraSettings(Strict):

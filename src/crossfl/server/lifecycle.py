@@ -144,9 +144,10 @@ class RunProcesses:
         self._thread.start()
 
     def opened(self, handle: OpenSite) -> None:
-        if isinstance(handle.executor, LocalEngineExecutor):
+        engine = getattr(handle.executor, "inner", handle.executor)  # an MPI site's, wrapped
+        if isinstance(engine, LocalEngineExecutor):
             with self._lock:
-                self._engines.append(handle.executor)
+                self._engines.append(engine)
             self.refresh()
 
     def refresh(self) -> None:

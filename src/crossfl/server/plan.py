@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from crossfl.client.contract import EvalTask, LoraSpec, TrainTask
 from crossfl.errors import UserError
-from crossfl.server.experiment import Experiment, local_path
+from crossfl.server.experiment import Experiment, SiteEntry, local_path
 from crossfl.server.strategies import get_strategy, is_async
 from crossfl.server.strategies.base import ClientPlan
 from crossfl.sites import Site
@@ -37,16 +37,33 @@ class SitePlan:
     model_path: str  # absolute, on the site's filesystem
     data_path: str | None  # the site's own data (absolute); None: a partition of data.train
     shared_dir: str | None  # where adapters travel by reference on a shared filesystem (absolute)
-    nodes: int  # nodes charged while a task runs (a local site: 1)
+    nodes: int  # nodes one training task runs on (more than 1: tasks: mpi)
     user_options: dict[str, Any]  # the entry's options for the site's endpoint template
     engine_config: Any = None  # sites that run here: the loaded user endpoint config
     engine_source: str = ""  # ... and the template it came from
     endpoint_id: str | None = None  # facilities: the endpoint `crossfl deploy` registered
     image: dict[str, str | None] | None = None  # the image and digest the site runs
+    held_nodes: int = 1  # nodes the site's pilot job holds while a task runs: what is charged
+    ranks_per_node: int | Literal["auto"] = 1  # training ranks per node ("auto": all devices)
 
     @property
     def kind(self) -> str:
         return "local engine" if self.runs_here else "globus compute"
+
+    @property
+    def tasks(self) -> str:
+        """How the site hands its devices to a task (crossfl.sites.Endpoint.tasks)."""
+        return self.catalog.endpoint.tasks
+
+    @property
+    def mpi(self) -> bool:
+        return self.tasks == "mpi"
+
+    def devices_held(self, ranks: int) -> int:
+        """Devices the site's pilot job holds while a task of ``ranks`` ranks runs: its nodes'
+        devices; a site without accelerators, the task's ranks (its CPU "devices")."""
+        per_node = self.catalog.devices_per_node()
+        return per_node * self.held_nodes if per_node else ranks
 
 
 @dataclass(frozen=True)
@@ -82,7 +99,10 @@ class RunPlan:
             batch_size=o.batch_size or t.batch_size, lr=plan.lr, max_length=t.max_length, lora=self.lora,
             dtype=e.model.dtype, adapter_dtype=t.adapter_dtype, seed=e.seed, round=rnd,
             torch_threads=t.torch_threads, max_samples=o.max_samples or t.max_samples,
-            expect_device=self.sites[name].catalog.expect_device)
+            expect_device=self.sites[name].catalog.expect_device, shard=o.shard or t.shard,
+            # per-node: the worker starts the ranks; mpi: the launcher does (its own count)
+            ranks_per_node=self.sites[name].ranks_per_node if self.sites[name].tasks == "per-node"
+            else 1)
 
     def eval_task(self) -> EvalTask:
         """The evaluating site's task, no adapter yet."""
@@ -150,15 +170,58 @@ def image_record(site: Site, runs_here: bool) -> dict[str, str | None]:
     return record
 
 
+def task_shape(site: Site, entry: SiteEntry) -> tuple[int, int | Literal["auto"], dict[str, Any]]:
+    """A site entry's nodes and ranks per node for one training task, and its user options
+    with an MPI task's nodes as the pilot's nodes_per_block where the entry gives none.
+    Defaults: one node; every device of it (per-node: "auto", what the worker sees); a site
+    without accelerators 1 rank; one device per worker where workers are pinned."""
+    options = dict(entry.user_options)
+    mode = site.endpoint.tasks
+    nodes = entry.nodes or 1
+    if mode == "mpi":
+        nodes = entry.nodes or options.get("nodes_per_block") or site.nodes_per_block
+        if site.sched.batch and "nodes_per_block" not in options:
+            options["nodes_per_block"] = nodes
+    ranks: int | Literal["auto"]
+    if entry.ranks_per_node is not None:
+        ranks = entry.ranks_per_node
+    elif mode == "per-device" or not site.devices_per_node():
+        ranks = 1
+    else:
+        ranks = site.ranks_per_node() if mode == "mpi" else "auto"
+    if mode == "mpi" and ranks == "auto":
+        ranks = site.ranks_per_node()
+    return nodes, ranks, options
+
+
+def check_by_reference(experiment: Experiment, entry: SiteEntry, here: bool) -> None:
+    """An MPI site's task and result files travel by reference: a shared directory (a site
+    that runs here has one) or Globus Transfer."""
+    mode = experiment.transport_mode(entry)
+    shared = here or entry.transport.shared_dir
+    globus = entry.transport.globus is not None and experiment.transport.globus is not None
+    if mode == "inline" or (mode == "shared_fs" and not shared) or not (shared or globus):
+        raise UserError(f"site {entry.name} runs MPI tasks, whose task and result files "
+                        "travel by reference, and it has no way to send them",
+                        field=f"sites[{entry.name}].transport",
+                        fix="set transport.shared_dir (a directory on the facility the server "
+                            "reads too), or transport.globus here and at the top level")
+
+
 def plan_site(experiment: Experiment, name: str) -> SitePlan:
     from crossfl.endpoints import load_engine_config
     from crossfl.render import render_site, render_user_config
-    from crossfl.sites import load_site
+    from crossfl.sites import check_request, load_site
     from crossfl.state import require_endpoint_id
 
     entry = experiment.site_entry(name)
     site = load_site(entry.site)
+    nodes, ranks, options = task_shape(site, entry)
+    # the task's shape against the site's rules, before anything else is looked up
+    check_request(site, options, nodes=nodes, ranks_per_node=ranks)
     here = site.deploy.host is None
+    if site.endpoint.tasks == "mpi":
+        check_by_reference(experiment, entry, here)
     endpoint_id = None if here else require_endpoint_id(entry.site)
     own_model = f"sites[{name}].model_path"
     model_field = own_model if entry.model_path else "model.path"
@@ -177,13 +240,14 @@ def plan_site(experiment: Experiment, name: str) -> SitePlan:
     # the user options are checked against the site's schema for facilities too
     site_dir = render_site(site)
     # ... and against its published limits (crossfl.sites.check_request), before any task
-    text = render_user_config(site_dir, entry.user_options, site=site)
+    text = render_user_config(site_dir, options, site=site)
     source = str(site_dir / "endpoint" / "user_config_template.yaml.j2")
     config = load_engine_config(text, source=source) if here else None
+    held = int(options.get("nodes_per_block", site.nodes_per_block)) if site.sched.batch else 1
     return SitePlan(name=name, catalog=site, runs_here=here, model_path=model, data_path=data, shared_dir=shared,
-                    nodes=entry.nodes or (1 if here else site.nodes_per_block),
-                    user_options=dict(entry.user_options), engine_config=config,
-                    engine_source=source, endpoint_id=endpoint_id, image=image_record(site, here))
+                    nodes=nodes, user_options=options, engine_config=config,
+                    engine_source=source, endpoint_id=endpoint_id, image=image_record(site, here),
+                    held_nodes=held, ranks_per_node=ranks)
 
 
 def plan_run(experiment: Experiment, source: Path, kept_data: Path | None = None) -> RunPlan:

@@ -7,11 +7,14 @@ unset are left out), and every reader (report, resume, benchmarks) reads them ba
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, TypeAdapter
 
 from crossfl.schema import StrictModel
+
+if TYPE_CHECKING:
+    from crossfl.client.contract import TrainResult
 
 TaskStatus = Literal["ok", "failed", "rejected", "late"]
 
@@ -35,9 +38,20 @@ class TaskRecord(Record):
     attempts: int
     base_version: int
     local_steps: int
-    nodes: int = 1
+    nodes: int = 1  # nodes the site's pilot job held for the task: what is charged
     node_hours: float = 0.0
     node_hours_basis: str | None = None
+    # how the task used them (``account``; crossfl.client.telemetry defines the fields)
+    ranks: int | None = None
+    nodes_used: int | None = None  # distinct hosts among the ranks
+    devices_per_rank: int | None = None
+    device_type: str | None = None
+    device_names: list[str] | None = None
+    dist_backend: str | None = None
+    sharded: bool | None = None
+    accelerator_s: float | None = None  # sum over ranks of seconds inside training steps
+    devices_held: int | None = None  # the held nodes' devices (a CPU site: the ranks)
+    device_busy: float | None = None  # accelerator_s / (devices_held x the task's wall)
     error: str | None = None
     reason: str | None = None
     retried_errors: list[str] | None = None
@@ -67,6 +81,31 @@ class TaskRecord(Record):
     staleness: int | None = None
     arrived_version: int | None = None
     parked_until_round: int | None = None
+
+
+def account(record: TaskRecord, result: TrainResult | None, *, held_nodes: int,
+            devices_per_node: int, local: bool) -> None:
+    """Charge a finished task for what its site held, and say how busy it kept it.
+
+    node-hours = nodes held x the task's wall (``TrainResult.wall_s``: from the task's start on
+    its worker, or from the launch line of an MPI task, to its result; a failed task, with no
+    result, is charged nothing here: its pilot's time is not visible from the server).
+    device-busy = accelerator-seconds in training steps / (devices held x that wall), where the
+    devices held are the held nodes' devices, or on a site without accelerators the ranks."""
+    record.nodes = held_nodes
+    if result is None:
+        return
+    wall = result.wall_s or max(0.0, result.finished_at - result.started_at)
+    held = devices_per_node * held_nodes if devices_per_node else result.ranks
+    record.node_hours = held_nodes * wall / 3600
+    record.node_hours_basis = (f"{'this machine: ' if local else ''}nodes held x task wall "
+                               "(start or launch to result)")
+    record.ranks, record.nodes_used = result.ranks, result.nodes
+    record.devices_per_rank, record.device_type = result.devices_per_rank, result.device_type
+    record.device_names, record.dist_backend = list(result.device_names), result.dist_backend
+    record.sharded, record.accelerator_s = result.sharded, result.accelerator_s
+    record.devices_held = held
+    record.device_busy = result.accelerator_s / (held * wall) if held and wall > 0 else 0.0
 
 
 class AggregationRecord(Record):
@@ -116,6 +155,6 @@ class ResumeRecord(Record):
     elapsed_s: float
 
 
-AnyRecord = Annotated[Union[TaskRecord, AggregationRecord, EvalRecord, SkippedRecord, ResumeRecord],
+AnyRecord = Annotated[TaskRecord | AggregationRecord | EvalRecord | SkippedRecord | ResumeRecord,
                       Field(discriminator="kind")]
 RECORD = TypeAdapter(AnyRecord)

@@ -180,7 +180,39 @@ def summary_tables(run_dir: Path) -> list[Table]:
     for rnd, (down, up) in bytes_by_round(records).items():
         modes = sorted({t.transport_up or t.transport for t in tasks if t.round == rnd})
         moved.add_row(str(rnd), f"{down / 1e6:.3f}", f"{up / 1e6:.3f}", ",".join(modes))
-    return [loss, per_site, moved, summary_table(records)]
+    return [loss, per_site, allocation_table(tasks), moved, summary_table(records)]
+
+
+def _span(values: list[int]) -> str:
+    """`4`, or `2-4` where the tasks differed."""
+    if not values:
+        return "-"
+    lo, hi = min(values), max(values)
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def allocation_table(tasks: list[TaskRecord]) -> Table:
+    """Per site, what its finished tasks held and used: the nodes charged, the ranks and the
+    devices, the device-busy fraction (mean over its tasks) and node-hours (all its tasks)."""
+    table = Table(title="allocation: what each site held and used")
+    for col in ("site", "nodes", "ranks", "devices", "device type", "busy", "node-hours"):
+        table.add_column(col, justify="left" if col in ("site", "device type") else "right")
+    bases: set[str] = set()
+    for site in sorted({t.site for t in tasks}):
+        mine = [t for t in tasks if t.site == site]
+        done = [t for t in mine if t.ranks is not None]
+        busy = [t.device_busy for t in done if t.device_busy is not None]
+        kinds = sorted({t.device_type for t in done if t.device_type})
+        bases.update(t.node_hours_basis for t in mine if t.node_hours_basis)
+        table.add_row(site, _span([t.nodes for t in mine]),
+                      _span([t.ranks for t in done if t.ranks]),
+                      _span([t.devices_held for t in done if t.devices_held]),
+                      ",".join(kinds) or "-",
+                      f"{sum(busy) / len(busy):.0%}" if busy else "-",
+                      f"{sum(t.node_hours for t in mine):.4f}")
+    table.caption = ("busy: accelerator-s in training steps / (devices held x task wall)"
+                     + ("; node-hours: " + "; ".join(sorted(bases)) if bases else ""))
+    return table
 
 
 def summary_table(records: list[AnyRecord]) -> Table:

@@ -10,11 +10,16 @@
 - ``auto``: inline when the adapter fits the limit, else shared_fs for sites that have a shared
   directory (local sites always do), else globus_transfer when both collections are set.
 
+A site whose endpoint runs the MPI engine (``endpoint.tasks: mpi``) gets its task as a file
+too, whatever the adapter's size: shared_fs where it has a shared directory, else
+globus_transfer; its result comes back as a file (``crossfl.server.mpi_tasks``).
+
 Bytes moved are counted per task and per direction, whichever way they went.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -26,6 +31,13 @@ from crossfl.client import tasks as client_tasks
 from crossfl.client.contract import EvalTask, SiteTask, TrainResult, TrainTask
 from crossfl.errors import UserError
 from crossfl.server.experiment import GlobusCollection, SiteEntry
+from crossfl.server.mpi_tasks import (
+    MpiTask,
+    resource_specification,
+    result_of,
+    shell_function,
+    task_file_text,
+)
 from crossfl.server.plan import RunPlan
 
 
@@ -45,7 +57,7 @@ class TaskFns:
 @dataclass
 class Outgoing:
     fn: Callable[..., Any]
-    payload: dict[str, Any]  # the task on the wire
+    payload: Any  # the task on the wire (an MPI site: an MpiTask)
     mode: str
     bytes_down: int
 
@@ -193,6 +205,8 @@ class Transport:
         return self._sent[key]
 
     def train(self, name: str, task: TrainTask, adapter: bytes | None, version: int) -> Outgoing:
+        if self.plan.sites[name].mpi:
+            return self._mpi(name, "train_round", task, adapter, version, distributed=True)
         entry = self.exp.site_entry(name)
         size = len(adapter) if adapter else 0
         # the result has the global adapter's layout; before the first one its size is unknown
@@ -207,6 +221,8 @@ class Transport:
         return Outgoing(self.fns.train, payload, mode, size)
 
     def evaluate(self, name: str, task: EvalTask, adapter: bytes | None, version: int) -> Outgoing:
+        if self.plan.sites[name].mpi:
+            return self._mpi(name, "evaluate", task, adapter, version, distributed=False)
         size = len(adapter) if adapter else 0
         mode = self.mode_for(name, size)
         if mode == "inline" or adapter is None:
@@ -214,6 +230,52 @@ class Transport:
         entry = self.exp.site_entry(name)
         adapter_path = self._place(entry, mode, adapter, f"global-v{version}.safetensors")
         return Outgoing(self.fns.evaluate, on_the_wire(task, adapter_path=adapter_path), mode, size)
+
+    # -- MPI sites: the task as a file, the result read back -----------------------------------
+    def by_reference(self, name: str) -> str:
+        """How files reach an MPI site (the plan checked it has a way)."""
+        entry = self.exp.site_entry(name)
+        mode = self.exp.transport_mode(entry)
+        if mode in ("shared_fs", "globus_transfer"):
+            return mode
+        return "shared_fs" if self.shared_dir(entry) is not None else "globus_transfer"
+
+    def _mpi(self, name: str, task_name: str, task: SiteTask, adapter: bytes | None,
+             version: int, *, distributed: bool) -> Outgoing:
+        """A training task's ranks (``distributed``) or an evaluation's one rank, started by the
+        site's MPI engine; the task file, global adapter and result by reference."""
+        entry, site = self.exp.site_entry(name), self.plan.sites[name]
+        mode = self.by_reference(name)
+        key = f"{name}-{uuid.uuid4().hex[:12]}"
+        changes: dict[str, Any] = {"adapter": None}
+        if adapter:
+            changes["adapter_path"] = self._place(entry, mode, adapter,
+                                                  f"global-v{version}.safetensors")
+        if isinstance(task, TrainTask):  # rank 0 writes the adapter as a file, whatever its size
+            changes.update(result_path=self._site_path(entry, mode, f"results/{key}.safetensors"),
+                           inline_limit_bytes=0)
+        text = task_file_text(task_name, on_the_wire(task, **changes))
+        task_path = self._place(entry, mode, text.encode(), f"tasks/{key}.json")
+        out_rel = f"results/{key}.out.json"
+        nodes, ranks = (site.nodes, int(site.ranks_per_node)) if distributed else (1, 1)
+        fn = shell_function(site.catalog, task_path, self._site_path(entry, mode, out_rel),
+                            distributed=distributed)
+        payload = MpiTask(resource_specification(site.catalog, nodes, ranks),
+                          lambda shell: result_of(shell, lambda: self._read_back(entry, mode,
+                                                                                out_rel)))
+        return Outgoing(fn, payload, mode, len(adapter) if adapter else 0)
+
+    def _read_back(self, entry: SiteEntry, mode: str, rel: str) -> dict[str, Any] | None:
+        """A JSON file the site wrote by reference (fetched first with Globus Transfer)."""
+        if mode == "globus_transfer":
+            assert entry.transport.globus is not None
+            self.mover().fetch(entry.transport.globus, f"{self.run_dir.name}/{rel}",
+                               f"crossfl {self.run_dir.name} {rel} from {entry.name}")
+        path = self._server_file(entry, mode, rel)
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else None
 
     # -- incoming ----------------------------------------------------------------------------
     def receive(self, name: str, result: TrainResult, sent_mode: str) -> Incoming:

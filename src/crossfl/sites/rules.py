@@ -28,6 +28,7 @@ def check(site: Site) -> None:
     _check_account(site)
     _check_limits(site)
     _check_sources(site)
+    _check_tasks(site)
     _check_affinity(site)
     _check_container(site)
 
@@ -45,6 +46,32 @@ def _check_scheduler(site: Site) -> None:
         problem = site.sched.directive_problem(d)
         if problem:
             raise FieldError(f"directives[{i}]", problem)
+
+
+MPI_LAUNCHERS = ("srun", "mpiexec")  # what Parsl's MPI mode launches with (and aprun)
+
+
+def _check_tasks(site: Site) -> None:
+    """`endpoint.tasks`: what each way of handing out a node's devices needs."""
+    mode = site.endpoint.tasks
+    if mode == "mpi":
+        if not site.sched.batch:
+            raise FieldError("endpoint.tasks", f"the MPI engine takes its nodes from a pilot "
+                             f"job, and {site.sched.title} runs none: use tasks per-node")
+        if site.launcher.type not in MPI_LAUNCHERS:
+            raise FieldError("launcher.type", f"tasks: mpi starts ranks with the site's "
+                             f"launcher, and {site.launcher.type!r} is none: use "
+                             f"{' or '.join(MPI_LAUNCHERS)}")
+    if mode != "per-device":
+        if (site.endpoint.max_workers_per_node or 1) != 1:
+            raise FieldError("endpoint.max_workers_per_node", f"tasks: {mode} runs one worker "
+                             "per node (or per pilot job), which starts the ranks: remove "
+                             "max_workers_per_node")
+        if site.endpoint.cpu_affinity not in ("none",) and \
+                site.endpoint.affinity_lists() is None:
+            raise FieldError("endpoint.cpu_affinity", f"{site.endpoint.cpu_affinity!r} places "
+                             "per-device workers; with tasks: " + mode + " give one CPU list "
+                             "per device (list:...) or none")
 
 
 def _check_account(site: Site) -> None:
@@ -243,18 +270,58 @@ def request_problems(site: Site, req: Request, *, production: bool) -> list[Prob
     return out
 
 
+def task_problems(site: Site, req: Request, nodes: int | None,
+                  ranks_per_node: int | str | None) -> list[Problem]:
+    """What the site's way of handing out devices (`endpoint.tasks`) and its nodes allow one
+    training task: several nodes only through the MPI engine and within the pilot job, at most
+    one rank per device a node holds, one device per task where workers are pinned to one."""
+    out: list[Problem] = []
+    mode = site.endpoint.tasks
+    overrides = f"deploy/sites/overrides/{site.name}.yaml, then render and deploy again"
+    if nodes is not None and nodes > 1:
+        if mode != "mpi":
+            out.append(Problem("nodes", f"a task on {nodes} nodes runs through the MPI engine, "
+                               f"and this site's tasks are {mode}",
+                               f"set endpoint.tasks: mpi in {overrides}"))
+        elif nodes > req.nodes:
+            out.append(Problem("nodes", f"a task on {nodes} nodes needs a pilot job of as many; "
+                               f"nodes_per_block is {req.nodes}",
+                               f"set user_options.nodes_per_block: {nodes}"))
+    if not isinstance(ranks_per_node, int):
+        return out
+    devices = site.devices_per_node()
+    if mode == "per-device" and ranks_per_node > 1:
+        out.append(Problem("ranks_per_node", f"{ranks_per_node} ranks per node, but this "
+                           "site's workers hold one device each (tasks: per-device)",
+                           f"ranks_per_node: 1, or set endpoint.tasks: per-node or mpi in "
+                           f"{overrides}"))
+    elif devices and ranks_per_node > devices:
+        out.append(Problem("ranks_per_node", f"{ranks_per_node} ranks per node, but a node "
+                           f"holds {devices} {site.accelerator.vendor} devices (one rank each)",
+                           f"ranks_per_node <= {devices}"))
+    elif not devices and site.cpus_per_node and ranks_per_node > site.cpus_per_node:
+        out.append(Problem("ranks_per_node", f"{ranks_per_node} CPU ranks per node, but a node "
+                           f"has {site.cpus_per_node} CPUs", f"ranks_per_node <= "
+                           f"{site.cpus_per_node}"))
+    return out
+
+
 def check_request(site: Site, user_options: Mapping[str, Any], *,
-                  production: bool = True) -> None:
+                  production: bool = True, nodes: int | None = None,
+                  ranks_per_node: int | str | None = None) -> None:
     """Refuse, with one line naming the site, the rule and the fix, a task group's options
     that the facility's published rules make impossible: an unknown queue/QOS, too few or too
     many nodes, a walltime over the limit for that many nodes (job-size bins), more pilot jobs
     than a queue takes per user, production work on a debug QOS, part of a node on a
-    whole-node endpoint. Called before anything is submitted: by render's user-config path
-    and by the server for remote sites. Unknown options are the endpoint schema's to refuse."""
+    whole-node endpoint; and, given the experiment's `nodes` and `ranks_per_node` for one
+    task, what `task_problems` refuses. Called before anything is submitted: by render's
+    user-config path and by the server's plan. Unknown options are the endpoint schema's to
+    refuse."""
     req, bad = request_of(site, user_options)
     if bad is None:
         assert req is not None
         problems = request_problems(site, req, production=production)
+        problems += task_problems(site, req, nodes, ranks_per_node)
         bad = problems[0] if problems else None
     if bad is not None:
         raise RequestRefused(site.name, bad)
@@ -302,9 +369,14 @@ def _check_affinity(site: Site) -> None:
     field = "endpoint.cpu_affinity"
     if lists is None:
         return
-    if site.node_part() is None and len(lists) != site.workers_per_node():
-        raise FieldError(field, f"{len(lists)} CPU lists for {site.workers_per_node()} workers: "
-                         "give one list per worker (Parsl refuses any other count)")
+    if site.endpoint.tasks == "per-device":
+        want, what = site.workers_per_node(), "workers: give one list per worker (Parsl " \
+            "refuses any other count)"
+    else:
+        want, what = site.ranks_per_node(), "devices: give one list per device (rank i " \
+            "takes list i)"
+    if site.node_part() is None and len(lists) != want:
+        raise FieldError(field, f"{len(lists)} CPU lists for {want} {what}")
     node = site.node
     if node is None:
         return

@@ -358,8 +358,19 @@ class Endpoint(StrictModel):
     # Network interface the workers use to reach the interchange (hsn0 on Slingshot).
     address_interface: str | None = None
     max_workers_per_node: int | None = Field(default=None, ge=1)
-    # Parsl's cpu_affinity: "none", "block", ... or "list:<worker 0 cpus>:<worker 1 cpus>..."
-    # (worker i has accelerator ids[i]); batch ranks are bound to the same CPUs.
+    # How a node's devices reach the training tasks (the one place this is chosen):
+    #   per-device: one worker per device, pinned to it (Parsl's available_accelerators); a
+    #     task trains on one device, and a node runs as many tasks at once as it has devices.
+    #   per-node: one worker per node holding all its devices (and CPUs); a task starts one
+    #     rank per device itself (torch's elastic_launch, the experiment's ranks_per_node).
+    #   mpi: Globus Compute's GlobusMPIEngine; a task is ranks started by the site's srun /
+    #     mpiexec across one or more nodes of the pilot job (the experiment's nodes and
+    #     ranks_per_node), rank i bound to device i as the facility documents; the ranks run
+    #     the image, the engine's one worker per pilot runs on the host (deploy.python_activate).
+    tasks: Literal["per-device", "per-node", "mpi"] = "per-device"
+    # CPU sets per device: "list:<device 0's CPUs>:<device 1's CPUs>..." (ids[i]'s CPUs), the
+    # CPUs of worker i (per-device: Parsl's cpu_affinity) and of batch and MPI rank i; or one
+    # of Parsl's "none", "block", ... (per-device workers only).
     cpu_affinity: str = "none"
     # Default of the endpoint's `worker_init` option (the user's own lines, after the site's).
     worker_init_default: str = ""
@@ -494,14 +505,27 @@ class Site(StrictModel):
         return None
 
     def workers_per_node(self) -> int:
-        """How many workers Parsl's pool starts per node: one per accelerator id (at most
-        max_workers_per_node), one per device of a node's part, else max_workers_per_node."""
+        """How many workers Parsl's pool starts per node. per-device: one per accelerator id
+        (at most max_workers_per_node), one per device of a node's part, else
+        max_workers_per_node; per-node: one; mpi: one per pilot job (on its first node)."""
+        if self.endpoint.tasks != "per-device":
+            return 1
         acc = self.accelerator
         part = self.node_part()
         if part is not None:
             return part.devices
         n = self.endpoint.max_workers_per_node or max(acc.devices_per_node, 1)
         return min(n, acc.devices_per_node) if acc.devices_per_node else n
+
+    def devices_per_node(self) -> int:
+        """The devices one pilot job holds on a node: the node's, or its part's."""
+        part = self.node_part()
+        return part.devices if part is not None else self.accelerator.devices_per_node
+
+    def ranks_per_node(self) -> int:
+        """The most training ranks a node runs: one per device it holds; on a node without
+        accelerators, one per worker (CPU ranks: any number, the experiment's choice)."""
+        return self.devices_per_node() or self.workers_per_node()
 
     @property
     def local_rank_env(self) -> str | None:

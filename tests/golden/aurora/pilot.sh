@@ -25,34 +25,12 @@ export APPTAINERENV_ONEAPI_DEVICE_SELECTOR=level_zero:gpu
 export APPTAINERENV_CCL_ZE_IPC_EXCHANGE=sockets
 export APPTAINERENV_HF_HUB_OFFLINE=1
 export APPTAINERENV_ZE_FLAT_DEVICE_HIERARCHY=FLAT
+module load frameworks; source ~/.crossfl/aurora/venv/bin/activate
 
 
 export JOBNAME="x.<time>"
 
-set -e
-export CORES=$(getconf _NPROCESSORS_ONLN)
-[[ "1" == "1" ]] && echo "Found cores : $CORES"
-WORKERCOUNT=1
-SCRIPT_DIR="<script_dir>"
-[[ -d $SCRIPT_DIR ]] || SCRIPT_DIR=""
-
-# Deduplicate the nodefile
-HOSTFILE="$JOBNAME.nodes"
-if [ -z "$PBS_NODEFILE" ]; then
-    echo "localhost" > $HOSTFILE
-else
-    sort -u $PBS_NODEFILE > $HOSTFILE
-fi
-
-cat << MPIEXEC_EOF > ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$JOBNAME.sh
-apptainer run --fakeroot -B /lus/flare -B /usr/lib64:/hostlib64 -B <script_dir>/run /lus/flare/projects/TestProject/$USER/crossfl/images/crossfl-xpu.sif globus-compute-endpoint python-exec parsl.executors.high_throughput.process_worker_pool {debug} {max_workers_per_node} -a {addresses} -p {prefetch_capacity} -c {cores_per_worker} -m {mem_per_worker} --poll {poll_period} --port={worker_port} --cert_dir {cert_dir} --logdir={logdir} --logconf={logconf} --block_id={{block_id}} --hb_period={heartbeat_period} {address_probe_timeout_string} --hb_threshold={heartbeat_threshold} --drain_period={drain_period} --cpu-affinity {cpu_affinity} {enable_mpi_mode} --mpi-launcher={mpi_launcher} --available-accelerators {accelerators}
-MPIEXEC_EOF
-chmod u+x ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$JOBNAME.sh
-
-mpiexec --cpu-bind none --ppn 1 -n $WORKERCOUNT --hostfile $HOSTFILE /usr/bin/sh ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$JOBNAME.sh
-
-[[ "1" == "1" ]] && echo "All workers done"
-
+globus-compute-endpoint python-exec parsl.executors.high_throughput.process_worker_pool {debug} {max_workers_per_node} -a {addresses} -p {prefetch_capacity} -c {cores_per_worker} -m {mem_per_worker} --poll {poll_period} --port={worker_port} --cert_dir {cert_dir} --logdir={logdir} --logconf={logconf} --block_id={{block_id}} --hb_period={heartbeat_period} {address_probe_timeout_string} --hb_threshold={heartbeat_threshold} --drain_period={drain_period} --cpu-affinity {cpu_affinity} {enable_mpi_mode} --mpi-launcher={mpi_launcher} --available-accelerators {accelerators}
 
 
 # submitted with: qsub  -q debug -A TestProject <script_dir>/x.<time>

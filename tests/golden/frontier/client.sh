@@ -2,6 +2,7 @@
 #SBATCH -J crossfl-client-frontier
 #SBATCH -N 1
 #SBATCH --ntasks-per-node=1
+#SBATCH --cpus-per-task=56
 #SBATCH -t 01:00:00
 #SBATCH -o crossfl-client-frontier-%j.out
 #SBATCH -A ABC123
@@ -30,20 +31,8 @@ export NCCL_NET_GDR_LEVEL=PHB
 export APPTAINERENV_HF_HUB_OFFLINE=1
 mkdir -p /tmp/crossfl-miopen-cache
 
-# Rank i gets what Parsl's worker pool gives worker i: device i of the site's ids, in the same
-# variables (its CPUs come from the launcher's binding, the workers' cpu_affinity).
-bind_rank() {
-  devices=(0 1 2 3 4 5 6 7)
-  rank=${SLURM_LOCALID:-0}
-  device="${devices[$(( rank % 8 ))]}"
-  export CROSSFL_LOCAL_RANK="$rank" CUDA_VISIBLE_DEVICES="$device" ROCR_VISIBLE_DEVICES="$device" ZE_AFFINITY_MASK="$device" ZE_ENABLE_PCI_ID_DEVICE_ORDER=1
-  exec "$@"
-}
-export -f bind_rank
-
 task="$(realpath "${1:?usage: client.sh TASK.json RESULT.json}")"
 out="$(realpath -m "${2:?usage: client.sh TASK.json RESULT.json}")"
-# shellcheck disable=SC2016  # "$@" belongs to the rank's own bash
-srun --nodes=1 --ntasks-per-node=1 --cpus-per-task=7 --cpu-bind=mask_cpu:0xfe000000000000 bash -c 'bind_rank "$@"' bind_rank apptainer exec --rocm -B /lustre/orion "/lustre/orion/abc123/scratch/$USER/crossfl/images/crossfl-rocm.sif" python -m crossfl.client run-task "$task" "$out"
+srun --nodes=1 --ntasks-per-node=1 --cpus-per-task=56 --gpus-per-task=1 --gpu-bind=closest apptainer exec --rocm -B /lustre/orion "/lustre/orion/abc123/scratch/$USER/crossfl/images/crossfl-rocm.sif" python -m crossfl.client run-task "$task" "$out"
 test -s "$out"
 echo "crossfl client result: $out"

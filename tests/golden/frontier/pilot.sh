@@ -30,29 +30,12 @@ export NCCL_CROSS_NIC=1
 export NCCL_NET_GDR_LEVEL=PHB
 export APPTAINERENV_HF_HUB_OFFLINE=1
 mkdir -p /tmp/crossfl-miopen-cache
+module load cray-python; source ~/.crossfl/frontier/venv/bin/activate
 
 
 
 export JOBNAME="x.<time>"
 
-set -e
-export CORES=$SLURM_CPUS_ON_NODE
-export NODES=$SLURM_JOB_NUM_NODES
-
-[[ "1" == "1" ]] && echo "Found cores : $CORES"
-[[ "1" == "1" ]] && echo "Found nodes : $NODES"
-WORKERCOUNT=1
-SCRIPT_DIR="<script_dir>"
-[[ -d $SCRIPT_DIR ]] || SCRIPT_DIR=""
-
-cat << SLURM_EOF > ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$SLURM_JOB_NAME.sh
-apptainer run --rocm -B /lustre/orion -B <script_dir>/run /lustre/orion/abc123/scratch/$USER/crossfl/images/crossfl-rocm.sif globus-compute-endpoint python-exec parsl.executors.high_throughput.process_worker_pool {debug} {max_workers_per_node} -a {addresses} -p {prefetch_capacity} -c {cores_per_worker} -m {mem_per_worker} --poll {poll_period} --port={worker_port} --cert_dir {cert_dir} --logdir={logdir} --logconf={logconf} --block_id={{block_id}} --hb_period={heartbeat_period} {address_probe_timeout_string} --hb_threshold={heartbeat_threshold} --drain_period={drain_period} --cpu-affinity {cpu_affinity} {enable_mpi_mode} --mpi-launcher={mpi_launcher} --available-accelerators {accelerators}
-SLURM_EOF
-chmod a+x ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$SLURM_JOB_NAME.sh
-
-srun --ntasks 1 -l -c 56 bash ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$SLURM_JOB_NAME.sh
-
-[[ "1" == "1" ]] && echo "Done"
-
+globus-compute-endpoint python-exec parsl.executors.high_throughput.process_worker_pool {debug} {max_workers_per_node} -a {addresses} -p {prefetch_capacity} -c {cores_per_worker} -m {mem_per_worker} --poll {poll_period} --port={worker_port} --cert_dir {cert_dir} --logdir={logdir} --logconf={logconf} --block_id={{block_id}} --hb_period={heartbeat_period} {address_probe_timeout_string} --hb_threshold={heartbeat_threshold} --drain_period={drain_period} --cpu-affinity {cpu_affinity} {enable_mpi_mode} --mpi-launcher={mpi_launcher} --available-accelerators {accelerators}
 
 # submitted with: sbatch <script_dir>/x.<time>

@@ -2,6 +2,7 @@
 #SBATCH -J crossfl-smoke-local-slurm
 #SBATCH -N 1
 #SBATCH --ntasks-per-node=4
+#SBATCH --cpus-per-task=2
 #SBATCH -t 00:10:00
 #SBATCH -o crossfl-smoke-local-slurm-%j.out
 #SBATCH -A crossfl
@@ -28,4 +29,4 @@ export -f bind_rank
 
 echo "crossfl smoke test on $(hostname) at $(date -u +%FT%TZ)"
 # shellcheck disable=SC2016  # "$@" belongs to the rank's own bash
-srun --nodes=1 --ntasks-per-node=4 bash -c 'bind_rank "$@"' bind_rank python -m crossfl.client devices
+srun --nodes=1 --ntasks-per-node=4 --cpus-per-task=2 bash -c 'bind_rank "$@"' bind_rank python -m crossfl.client devices

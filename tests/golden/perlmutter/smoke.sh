@@ -2,6 +2,7 @@
 #SBATCH -J crossfl-smoke-perlmutter
 #SBATCH -N 1
 #SBATCH --ntasks-per-node=4
+#SBATCH --cpus-per-task=32
 #SBATCH -t 00:10:00
 #SBATCH -o crossfl-smoke-perlmutter-%j.out
 #SBATCH -A m0000_g
@@ -17,17 +18,5 @@ export FI_MR_CACHE_MONITOR=userfaultfd
 export NCCL_NET_GDR_LEVEL=PHB
 export NCCL_SOCKET_IFNAME=hsn
 
-# Rank i gets what Parsl's worker pool gives worker i: device i of the site's ids, in the same
-# variables (its CPUs come from the launcher's binding, the workers' cpu_affinity).
-bind_rank() {
-  devices=(0 1 2 3)
-  rank=${SLURM_LOCALID:-0}
-  device="${devices[$(( rank % 4 ))]}"
-  export CROSSFL_LOCAL_RANK="$rank" CUDA_VISIBLE_DEVICES="$device" ROCR_VISIBLE_DEVICES="$device" ZE_AFFINITY_MASK="$device" ZE_ENABLE_PCI_ID_DEVICE_ORDER=1
-  exec "$@"
-}
-export -f bind_rank
-
 echo "crossfl smoke test on $(hostname) at $(date -u +%FT%TZ)"
-# shellcheck disable=SC2016  # "$@" belongs to the rank's own bash
-srun --nodes=1 --ntasks-per-node=4 --cpus-per-task=32 --cpu-bind=mask_cpu:0xffff000000000000ffff000000000000,0xffff000000000000ffff00000000,0xffff000000000000ffff0000,0xffff000000000000ffff bash -c 'bind_rank "$@"' bind_rank podman-hpc run --rm --gpu -v /pscratch:/pscratch -v /global/cfs:/global/cfs -e FI_MR_CACHE_MONITOR=userfaultfd -e NCCL_NET_GDR_LEVEL=PHB -e NCCL_SOCKET_IFNAME=hsn -e HF_HUB_OFFLINE=1 -e CUDA_VISIBLE_DEVICES -e ROCR_VISIBLE_DEVICES -e ZE_AFFINITY_MASK -e ZE_ENABLE_PCI_ID_DEVICE_ORDER -e CROSSFL_LOCAL_RANK -v "$PWD:$PWD" -w "$PWD" crossfl-cuda:latest python -m crossfl.client devices --expect cuda
+srun --nodes=1 --ntasks-per-node=4 --cpus-per-task=32 --gpus-per-task=1 --gpu-bind=closest podman-hpc shared-run --gpu -v /pscratch:/pscratch -v /global/cfs:/global/cfs -e FI_MR_CACHE_MONITOR=userfaultfd -e NCCL_NET_GDR_LEVEL=PHB -e NCCL_SOCKET_IFNAME=hsn -e HF_HUB_OFFLINE=1 -e CUDA_VISIBLE_DEVICES -e ROCR_VISIBLE_DEVICES -e ZE_AFFINITY_MASK -e ZE_ENABLE_PCI_ID_DEVICE_ORDER -e CROSSFL_LOCAL_RANK -e CROSSFL_LAUNCHED_AT -e TORCHELASTIC_RUN_ID -e RANK -e WORLD_SIZE -e LOCAL_RANK -e LOCAL_WORLD_SIZE -e MASTER_ADDR -e MASTER_PORT -e PARSL_MPI_NODELIST -e SLURM_PROCID -e SLURM_STEP_ID -e SLURM_STEP_NUM_TASKS -e SLURM_NTASKS -e SLURM_NPROCS -e SLURM_LOCALID -e SLURM_STEP_TASKS_PER_NODE -e SLURM_TASKS_PER_NODE -e SLURM_STEP_NODELIST -e SLURM_JOB_NODELIST -e SLURM_JOB_ID -v "$PWD:$PWD" -w "$PWD" crossfl-cuda:latest python -m crossfl.client devices --expect cuda
