@@ -18,7 +18,7 @@ import yaml
 from crossfl.errors import UserError
 from crossfl.simulate import calibrate
 from crossfl.simulate.cache import ResultCache, payload_digest
-from crossfl.simulate.clock import RealClock, SimulationStalled, VirtualClock, bind_strategy_clock
+from crossfl.clock import RealClock, SimulationStalled, VirtualClock, bind_strategy_clock
 from crossfl.simulate.executor import InstantExecutor, SimulatedSiteExecutor, simulated_sites
 from crossfl.simulate.queues import Z90, QueueModel
 from crossfl.simulate.scenario import Scenario, load_scenario

@@ -12,7 +12,7 @@ import pytest
 
 from crossfl.client import tasks
 from crossfl.simulate.cache import ResultCache
-from crossfl.simulate.clock import VirtualClock
+from crossfl.clock import VirtualClock
 from crossfl.simulate.executor import InstantExecutor, SimulatedSiteExecutor
 from crossfl.simulate.scenario import Scenario
 from crossfl.tiny_model import TinyModelSpec, build_tiny

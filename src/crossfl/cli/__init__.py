@@ -16,7 +16,7 @@ from rich.console import Console
 
 from crossfl.errors import UserError
 
-AREAS = ("data", "model", "sites", "images", "deploy", "doctor", "run")
+AREAS = ("data", "model", "sites", "images", "deploy", "doctor", "run", "simulate")
 
 err = Console(stderr=True)
 

@@ -164,6 +164,8 @@ class TrainResult(Message):
     sharded: bool = False
     accelerator_s: float = Field(0.0, ge=0)  # sum over ranks of seconds inside training steps
     wall_s: float = Field(0.0, ge=0)  # the task's wall seconds on the worker
+    # A replay's site (crossfl.simulate) says which pilot ran the task and what was simulated.
+    simulated: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _has_adapter(self) -> TrainResult:

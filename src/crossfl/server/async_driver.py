@@ -11,8 +11,7 @@ after ``max_updates`` accepted updates when that is set. Evaluation follows ever
 
 from __future__ import annotations
 
-import time
-from concurrent.futures import FIRST_COMPLETED, wait
+from concurrent.futures import FIRST_COMPLETED
 from crossfl.server.driver_base import Arrival, DriverBase, Outcome, Pending, RunFailed
 from crossfl.server.records import AggregationRecord, EvalRecord
 
@@ -84,7 +83,7 @@ class AsyncDriver(DriverBase):
                         self.console.print("  [yellow]every site is parked; re-admitting them all[/]")
                         self.parking.parked_until.clear()
                         continue
-                    now = time.time()
+                    now = self.clock.now()
                     for site, p in list(inflight.items()):
                         if now >= p.expires_at and not p.task.future.done():
                             del inflight[site]
@@ -92,13 +91,13 @@ class AsyncDriver(DriverBase):
                     if not inflight:
                         continue
                     wake = min(p.expires_at for p in inflight.values())
-                    done, _ = wait([p.task.future for p in inflight.values()], timeout=max(0.05, wake - now),
+                    done, _ = self.clock.wait([p.task.future for p in inflight.values()], timeout=max(0.05, wake - now),
                                    return_when=FIRST_COMPLETED)
                     for site, p in sorted(inflight.items()):
                         if p.task.future not in done or self.done():
                             continue
                         del inflight[site]
-                        a = self.arrival(p, time.time())
+                        a = self.arrival(p, self.clock.now())
                         loss = a.record.train_loss
                         record = self.handle(a, p)
                         last = record or last

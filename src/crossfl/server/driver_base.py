@@ -20,6 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from crossfl.client.adapter_io import adapter_from_bytes, adapter_to_bytes
 from crossfl.client.contract import EvalResult, TrainResult
+from crossfl.clock import REAL_CLOCK, Clock, bind_strategy_clock
+from crossfl.client.train import load_records
 from crossfl.endpoints import failure_summary
 from crossfl.errors import UserError
 from crossfl.server import checkpoint as ckpt
@@ -46,6 +48,7 @@ class RunStopped(Exception):
 @dataclass
 class RunState:
     run_dir: Path
+    clock: Clock = REAL_CLOCK  # wall time, or a replay's virtual time
     started: float = field(default_factory=time.time)
     version: int = 0
     round: int = 0  # completed rounds (sync) or aggregations (async)
@@ -54,7 +57,7 @@ class RunState:
     global_flat: torch.Tensor | None = None
 
     def elapsed(self) -> float:
-        return time.time() - self.started
+        return self.clock.now() - self.started
 
 
 @dataclass
@@ -109,23 +112,27 @@ def task_record(p: Pending, received: float, started: float, result: TrainResult
         worker_s=max(0.0, result.finished_at - result.started_at),
         transfer_s=max(0.0, received - result.finished_at) + t.serialize_s + t.fetch_s + t.store_s,
         task_wall_s=received - last_submit, cache_hit=result.cache_hit, device=result.device,
-        host=result.host, pid=result.pid, python=result.python))
+        host=result.host, pid=result.pid, python=result.python, simulated=result.simulated))
 
 
 class DriverBase(ABC):
     name: ClassVar[str]
 
     def __init__(self, plan: RunPlan, run_dir: Path, handles: dict[str, OpenSite], data_paths: dict[str, str],
-                 console: Console, transport: Transport, stop_after: int | None = None) -> None:
+                 console: Console, transport: Transport, stop_after: int | None = None, *,
+                 clock: Clock = REAL_CLOCK, eval_site: OpenSite | None = None) -> None:
         self.plan = plan
+        self.clock = clock
         self.exp = plan.experiment
         self.handles = handles
         self.data_paths = data_paths
         self.console = console
-        self.state = RunState(run_dir)
+        self.state = RunState(run_dir, clock, clock.now())
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
         self.strategy = get_strategy(self.exp.strategy.name, **self.exp.strategy.kwargs)
-        self.eval_site = handles[self.exp.eval_site]
+        bind_strategy_clock(self.strategy, clock)
+        self.strategy.register_sites(self.sample_counts())
+        self.eval_site = eval_site or handles[self.exp.eval_site]
         self.transport = transport
         f = self.exp.faults
         self.policy = RetryPolicy(f.retries, f.backoff_s, f.backoff_max_s)
@@ -136,6 +143,20 @@ class DriverBase(ABC):
         self.resumed = False
         self._bytes: tuple[int, bytes | None] = (-1, None)
         self.bytes_moved = 0  # adapter bytes to and from sites by this process, for the console
+
+    def sample_counts(self) -> dict[str, int]:
+        """Every site's training-set size as its client will count it (its records, capped
+        by ``max_samples``): read here for data on this machine, 0 (unknown) elsewhere."""
+        counts: dict[str, int] = {}
+        for entry in self.exp.sites:
+            path = Path(self.data_paths.get(entry.name, ""))
+            cap = entry.training.max_samples or self.exp.training.max_samples
+            here = self.handles[entry.name].site.runs_here if entry.name in self.handles else False
+            try:
+                counts[entry.name] = len(load_records(str(path), cap)) if here and path.is_file() else 0
+            except UserError:  # the site's own task reports it, with the site's name
+                counts[entry.name] = 0
+        return counts
 
     @abstractmethod
     def run(self) -> Outcome:
@@ -176,8 +197,9 @@ class DriverBase(ABC):
         plan = self.strategy.configure(site, self.state.version, self.plan.client_plan(site))
         adapter = self.global_bytes()
         task = self.plan.train_task(site, self.data_paths[site], plan, rnd)
-        out = call_with_retry(lambda: self.transport.train(site, task, adapter, self.state.version), self.policy)
-        running = RetryingTask(self.handles[site].executor, out.fn, out.payload, self.policy)
+        out = call_with_retry(lambda: self.transport.train(site, task, adapter, self.state.version), self.policy,
+                              clock=self.clock)
+        running = RetryingTask(self.handles[site].executor, out.fn, out.payload, self.policy, clock=self.clock)
         return Pending(site, rnd, plan, out, running, self.state.version, self.exp.task_timeout_s)
 
     def arrival(self, p: Pending, received: float, timed_out: bool = False) -> Arrival:
@@ -200,7 +222,8 @@ class DriverBase(ABC):
         if result is None:
             return Arrival(record, None)
         try:
-            incoming = call_with_retry(lambda: self.transport.receive(p.site, result, p.out.mode), self.policy)
+            incoming = call_with_retry(lambda: self.transport.receive(p.site, result, p.out.mode), self.policy,
+                                       clock=self.clock)
         except Exception as exc:  # the result could not be fetched (e.g. its transfer failed)
             record.status, record.error = "failed", f"fetching the result: {failure_summary(exc)}"
             return Arrival(record, None)
@@ -265,10 +288,11 @@ class DriverBase(ABC):
         adapter = self.global_bytes()
         name = self.exp.eval_site
         out = call_with_retry(lambda: self.transport.evaluate(name, self.plan.eval_task(), adapter,
-                                                              self.state.version), self.policy)
-        running = RetryingTask(self.eval_site.executor, out.fn, out.payload, self.policy)
+                                                              self.state.version), self.policy,
+                              clock=self.clock)
+        running = RetryingTask(self.eval_site.executor, out.fn, out.payload, self.policy, clock=self.clock)
         try:
-            result = EvalResult.from_wire(running.future.result(timeout=self.exp.task_timeout_s))
+            result = EvalResult.from_wire(self.clock.result(running.future, timeout=self.exp.task_timeout_s))
         except Exception as exc:
             running.cancel()
             raise RunFailed(f"evaluation on site {name} failed: {failure_summary(exc)}") from exc
@@ -316,8 +340,9 @@ class DriverBase(ABC):
         s.global_flat = c.global_flat
         if c.spec is not None:
             self.learn_layout(c.spec)
-        s.started = time.time() - c.elapsed_s
+        s.started = self.clock.now() - c.elapsed_s
         self.strategy.load_state_dict(c.strategy_state)
+        bind_strategy_clock(self.strategy, self.clock)
         self.parking.load_state_dict(c.parking)
         self.screen.history.extend(c.screen_history)
         ckpt.restore_rng(c.rng)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-import time
 from concurrent.futures import Executor, Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
+
+from crossfl.clock import REAL_CLOCK, Clock, Handle
 
 from crossfl.endpoints import failure_summary
 
@@ -67,7 +68,8 @@ T = TypeVar("T")
 
 
 def call_with_retry(fn: Callable[[], T], policy: RetryPolicy,
-                    classify: Callable[[BaseException], bool] = is_system_failure) -> T:
+                    classify: Callable[[BaseException], bool] = is_system_failure,
+                    clock: Clock = REAL_CLOCK) -> T:
     """``fn()`` in this thread, again after a system failure (e.g. a Globus Transfer that did
     not succeed), with the policy's backoff; other errors and the last failure propagate."""
     attempt = 1
@@ -78,7 +80,7 @@ def call_with_retry(fn: Callable[[], T], policy: RetryPolicy,
             if attempt > policy.retries or not classify(exc):
                 raise
             attempt += 1
-            time.sleep(policy.delay(attempt))
+            clock.sleep(policy.delay(attempt))
 
 
 @dataclass
@@ -93,12 +95,14 @@ class RetryingTask:
     ``policy.retries`` times. ``future`` resolves to the last attempt's outcome."""
 
     def __init__(self, executor: Executor, fn: Callable[..., Any], payload: Any, policy: RetryPolicy,
-                 classify: Callable[[BaseException], bool] = is_system_failure) -> None:
+                 classify: Callable[[BaseException], bool] = is_system_failure,
+                 clock: Clock = REAL_CLOCK) -> None:
         self.executor, self.fn, self.payload, self.policy, self.classify = executor, fn, payload, policy, classify
+        self.clock = clock
         self.future: Future = Future()
         self.attempts: list[Attempt] = []
         self._lock = threading.Lock()
-        self._timer: threading.Timer | None = None
+        self._timer: Handle | None = None
         self._inner: Future | None = None
         self._submit()
 
@@ -114,7 +118,7 @@ class RetryingTask:
         with self._lock:
             if self.future.done():
                 return
-            self.attempts.append(Attempt(started=time.time()))
+            self.attempts.append(Attempt(started=self.clock.now()))
             try:
                 inner = self.executor.submit(self.fn, self.payload)
             except BaseException as exc:  # a shut-down executor, a payload too large, no connection
@@ -140,9 +144,7 @@ class RetryingTask:
         attempt.error, attempt.system = failure_summary(exc), self.classify(exc)
         if attempt.system and len(self.attempts) <= self.policy.retries and not self.future.done():
             delay = self.policy.delay(len(self.attempts) + 1)
-            self._timer = threading.Timer(delay, self._submit)
-            self._timer.daemon = True
-            self._timer.start()
+            self._timer = self.clock.call_later(delay, self._submit)
             return
         with contextlib.suppress(InvalidStateError):
             self.future.set_exception(exc)

@@ -7,7 +7,7 @@ unset are left out), and every reader (report, resume, benchmarks) reads them ba
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter
 
@@ -81,6 +81,8 @@ class TaskRecord(Record):
     staleness: int | None = None
     arrived_version: int | None = None
     parked_until_round: int | None = None
+    # a replay (crossfl simulate): the pilot that ran the task and what was simulated
+    simulated: dict[str, Any] | None = None
 
 
 def account(record: TaskRecord, result: TrainResult | None, *, held_nodes: int,
@@ -155,6 +157,44 @@ class ResumeRecord(Record):
     elapsed_s: float
 
 
-AnyRecord = Annotated[TaskRecord | AggregationRecord | EvalRecord | SkippedRecord | ResumeRecord,
-                      Field(discriminator="kind")]
+class PilotRecord(Record):
+    """A replay's pilot job (one block of a simulated endpoint), written when it ends: its
+    queue wait, the time it held its nodes (idle included) and why it ended."""
+
+    kind: Literal["pilot"] = "pilot"
+    site: str
+    profile: str
+    facility: str
+    queue: str
+    mode: str
+    block: int
+    nodes: int
+    walltime_s: float
+    submitted_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+    queue_wait_s: float | None = None
+    held_s: float
+    node_hours: float
+    end_reason: str | None = None
+    tasks: int
+
+
+class SimulationRecord(Record):
+    """A replay's last record: the scenario, the seed, and its virtual totals."""
+
+    kind: Literal["simulation"] = "simulation"
+    scenario: str
+    scenario_file: str
+    seed: int
+    profiles: dict[str, str]
+    virtual_s: float
+    node_hours: float
+    cache_hits: int
+    cache_misses: int
+    events: int
+
+
+AnyRecord = Annotated[TaskRecord | AggregationRecord | EvalRecord | SkippedRecord | ResumeRecord
+                      | PilotRecord | SimulationRecord, Field(discriminator="kind")]
 RECORD = TypeAdapter(AnyRecord)

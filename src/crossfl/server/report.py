@@ -14,7 +14,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from crossfl.server.records import AggregationRecord, AnyRecord, EvalRecord, ResumeRecord, TaskRecord
+from crossfl.server.records import (AggregationRecord, AnyRecord, EvalRecord, PilotRecord, ResumeRecord,
+                                    TaskRecord)
 from crossfl.server.telemetry import live_records, of_kind
 
 PHASES = (("queue/start", "queue_s", "#bbbbbb"), ("load", "load_s", "#f4a259"),
@@ -240,6 +241,12 @@ def summary_table(records: list[AnyRecord]) -> Table:
     if stale:
         table.add_row("staleness mean / max", f"{sum(stale) / len(stale):.2f} / {max(stale)}")
     table.add_row("node-hours", f"{sum(t.node_hours for t in tasks):.4f}")
+    pilots = of_kind(records, PilotRecord)
+    if pilots:  # a replay: what the pilots held, idle included, and what they waited
+        waits = [p.queue_wait_s for p in pilots if p.queue_wait_s is not None]
+        table.add_row("node-hours held (pilots)", f"{sum(p.node_hours for p in pilots):.2f}")
+        table.add_row("pilots / mean queue wait (s)",
+                      f"{len(pilots)} / {sum(waits) / len(waits):.0f}" if waits else str(len(pilots)))
     moved = sum((t.bytes_up or 0) + t.bytes_down for t in tasks)
     table.add_row("adapter MB moved", f"{moved / 1e6:.2f}")
     resumes = len(of_kind(records, ResumeRecord))

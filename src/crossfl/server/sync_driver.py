@@ -9,8 +9,7 @@ is written.
 
 from __future__ import annotations
 
-import time
-from concurrent.futures import FIRST_COMPLETED, wait
+from concurrent.futures import FIRST_COMPLETED
 from typing import Any
 
 from crossfl.server.driver_base import Arrival, DriverBase, Outcome, Pending, RunFailed
@@ -61,7 +60,7 @@ class RoundDriver(DriverBase):
         progress.update(bar, total=len(mine))
         pending: list[Pending] = [*mine, *self.late]
         need = min(self.exp.quorum.min_clients or 1, len(mine))
-        opened, deadline = time.time(), self.deadline_s()
+        opened, deadline = self.clock.now(), self.deadline_s()
         arrivals: list[Arrival] = []
 
         def accepted() -> int:
@@ -86,7 +85,7 @@ class RoundDriver(DriverBase):
             return any(p.rnd == rnd for p in pending) or bool(not mine and pending and not arrivals)
 
         while waiting():
-            now = time.time()
+            now = self.clock.now()
             if deadline is not None and now >= opened + deadline and accepted() >= need and (mine or arrivals):
                 break
             for p in [p for p in pending if now >= p.expires_at and not p.task.future.done()]:
@@ -98,10 +97,10 @@ class RoundDriver(DriverBase):
             futures = [p.task.future for p in pending]
             if not futures:
                 break
-            done, _ = wait(futures, timeout=max(0.05, min(wakes) - now), return_when=FIRST_COMPLETED)
+            done, _ = self.clock.wait(futures, timeout=max(0.05, min(wakes) - now), return_when=FIRST_COMPLETED)
             for p in [p for p in pending if p.task.future in done]:
                 pending.remove(p)
-                finish(p, self.arrival(p, time.time()))
+                finish(p, self.arrival(p, self.clock.now()))
         self.late = pending
         for p in pending:
             if p.rnd == rnd:
@@ -144,7 +143,7 @@ class RoundDriver(DriverBase):
             try:
                 for rnd in range(self.state.round + 1, exp.rounds + 1):
                     bar = progress.add_task(f"round {rnd}/{exp.rounds}", total=len(self.handles))
-                    t0 = time.time()
+                    t0 = self.clock.now()
                     updates = self.train_round(rnd, progress, bar)
                     self.aggregate(updates, rnd)
                     if rnd % exp.evaluate_every == 0 or rnd == exp.rounds:
@@ -154,7 +153,7 @@ class RoundDriver(DriverBase):
                     progress.advance(rounds_task)
                     loss = f"val loss {last.val_loss:.4f}, " if last and last.round == rnd else ""
                     self.console.print(f"round {rnd}/{exp.rounds}: {len(updates)}/{len(self.handles)} updates, "
-                                       f"{loss}{time.time() - t0:.1f} s, {self.bytes_moved / 1e6:.2f} MB moved so far")
+                                       f"{loss}{self.clock.now() - t0:.1f} s, {self.bytes_moved / 1e6:.2f} MB moved so far")
                     self.after_checkpoint()
             finally:
                 for p in self.late:

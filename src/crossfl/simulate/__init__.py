@@ -15,7 +15,7 @@ How the drivers and ``crossfl simulate`` use them: README.md beside this file.
 """
 
 from crossfl.simulate.cache import ResultCache
-from crossfl.simulate.clock import Clock, RealClock, SimulationStalled, VirtualClock, bind_strategy_clock
+from crossfl.clock import Clock, RealClock, SimulationStalled, VirtualClock, bind_strategy_clock
 from crossfl.simulate.executor import InstantExecutor, SimulatedSiteExecutor, simulated_sites
 from crossfl.simulate.scenario import Scenario, SiteProfile, load_scenario
 

@@ -20,7 +20,7 @@ from concurrent.futures import Executor, Future
 from typing import Any
 
 from crossfl.simulate.cache import ResultCache
-from crossfl.simulate.clock import VirtualClock
+from crossfl.clock import VirtualClock
 from crossfl.simulate.pilot import SiteSimulator, remote_failure
 from crossfl.simulate.queues import walltime_seconds
 from crossfl.simulate.scenario import Scenario, SiteProfile

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crossfl.simulate.cache import Outcome
-from crossfl.simulate.clock import VirtualClock
+from crossfl.clock import VirtualClock
 from crossfl.simulate.queues import QueueModel
 from crossfl.simulate.scenario import SiteProfile
 

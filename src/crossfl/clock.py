@@ -1,4 +1,5 @@
-"""The time the round drivers read: wall time, or a discrete-event virtual time.
+"""The time the round drivers read: wall time, or a discrete-event virtual time (the
+simulation's, crossfl.simulate).
 
 A driver that reads ``clock.now()`` and waits with ``clock.wait(...)`` instead of
 ``time.time()`` and ``concurrent.futures.wait`` runs unchanged against real sites
@@ -25,7 +26,7 @@ from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, 
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-__all__ = ["ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "Clock", "RealClock",
+__all__ = ["ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "REAL_CLOCK", "Clock", "RealClock",
            "SimulationStalled", "VirtualClock", "bind_strategy_clock"]
 
 
@@ -87,6 +88,10 @@ class RealClock:
 
     def result(self, future: Future, timeout: float | None = None) -> Any:
         return future.result(timeout=timeout)
+
+
+REAL_CLOCK = RealClock()
+"""The wall clock every driver reads unless it is given another."""
 
 
 class SimulationStalled(RuntimeError):

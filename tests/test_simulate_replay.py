@@ -1,0 +1,98 @@
+"""`crossfl simulate`: the real drivers and strategies, real training on a tiny model, each site
+an endpoint whose pilots wait in a simulated queue, in virtual time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from rich.console import Console
+
+from crossfl.server.experiment import load_experiment
+from crossfl.simulate.replay import replay_seeds
+from crossfl.simulate.scenario import load_scenario
+from testkit.scratch_project import make_project, write_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCENARIO = {
+    "name": "two-queues", "seed": 0,
+    "facilities": {
+        "fast": {"queues": {"q": {"wait": {"model": "fixed", "wait_s": 60, "assumption": "test"}}}},
+        "slow": {"queues": {"q": {"wait": {"model": "lognormal", "median_s": 3000, "p90_s": 9000,
+                                           "assumption": "test"}}}},
+    },
+    "sites": [
+        {"name": "east", "facility": "fast", "queue": "q",
+         "speed": {"seconds_per_step": 5, "load_cold_s": 30, "load_warm_s": 1,
+                   "assumption": "test"}},
+        {"name": "west", "facility": "slow", "queue": "q",
+         "speed": {"seconds_per_step": 5, "load_cold_s": 30, "load_warm_s": 1,
+                   "assumption": "test"}},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_project(tmp_path_factory.mktemp("replay"), ROOT, molecules=120, pretrain_steps=5)
+
+
+def records(run_dir: Path, kind: str) -> list[dict[str, Any]]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def test_replays_are_deterministic_and_pay_the_queue(project: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CROSSFL_ROOT", str(project))
+    exp, path = load_experiment(write_experiment(project, "replay", rounds=2))
+    scenario_file = project / "queues.yaml"
+    scenario_file.write_text(yaml.safe_dump(SCENARIO))
+    scenario = load_scenario(scenario_file)
+    first, second = (replay_seeds(exp, path, scenario, scenario_file, 1, Console(width=80))[0]
+                     for _ in range(2))
+    a, b = (records(r.run_dir, "task") for r in (first, second))
+    keys = ("round", "site", "status", "submitted_rel_s", "queue_s", "train_loss")
+    assert [[t.get(k) for k in keys] for t in a] == [[t.get(k) for k in keys] for t in b]
+    assert all(t["status"] == "ok" for t in a) and len(a) == 4
+    pilots = records(first.run_dir, "pilot")
+    waits = {p["site"]: p["queue_wait_s"] for p in pilots if p["block"] == 0}
+    assert waits["east"] == 60  # the fixed queue
+    # each site's first task waited for its pilot, then for its model to load (cold)
+    first_tasks = {t["site"]: t for t in a if t["round"] == 1}
+    for site, wait in waits.items():
+        assert first_tasks[site]["queue_s"] >= wait
+        assert first_tasks[site]["load_s"] == 30
+    # the round ended when the slower site's pilot had started and its task had run
+    aggregation = records(first.run_dir, "aggregation")[0]
+    assert aggregation["elapsed_s"] >= max(waits.values()) + 30 + 2 * 5
+    sim = records(first.run_dir, "simulation")[0]
+    assert sim["profiles"] == {"east": "east", "west": "west"}
+    assert sim["node_hours"] == pytest.approx(sum(p["node_hours"] for p in pilots))
+    assert second.virtual_s == first.virtual_s
+    # the second replay trained nothing: every task's inputs were identical
+    again = records(second.run_dir, "simulation")[0]
+    assert sim["cache_misses"] > 0 and again["cache_misses"] == 0 and again["cache_hits"] > 0
+    assert (first.run_dir / "loss_vs_time.png").is_file()
+
+
+def test_a_bad_scenario_is_one_line_before_anything_is_written(project: Path) -> None:
+    bad = project / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**SCENARIO, "sites": [{**SCENARIO["sites"][0],
+                                                           "queue": "nope"}]}))
+    before = set((project / "runs").glob("*")) if (project / "runs").exists() else set()
+    proc = subprocess.run([sys.executable, "-m", "crossfl", "simulate",
+                           str(write_experiment(project, "replay-bad")), "--queues", str(bad)],
+                          capture_output=True, text=True, cwd=project,
+                          env={**__import__("os").environ, "CROSSFL_ROOT": str(project)})
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and "nope" in lines[0] and "fix:" in lines[0]
+    after = set((project / "runs").glob("*")) if (project / "runs").exists() else set()
+    assert after == before
