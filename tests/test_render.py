@@ -351,7 +351,8 @@ def test_user_strings_cannot_break_out(rendered, stub_interfaces):
 
 def test_local_schema(rendered):
     schema = json.loads((rendered["local"] / "endpoint" / "user_config_schema.json").read_text())
-    assert set(schema["properties"]) == {"max_workers_per_node", "worker_init"}
+    assert set(schema["properties"]) == {"max_workers_per_node", "worker_init", "max_idletime",
+                                         "idle_heartbeats_soft"}
     assert schema["properties"]["max_workers_per_node"]["default"] == 1
     assert schema["properties"]["worker_init"]["default"] == ""
     assert "required" not in schema
@@ -623,3 +624,19 @@ def test_endpoint_cli_renders_and_refuses(rendered, tmp_path):
     assert ok.returncode == 0, ok.stderr
     bad = run({"account": "P1", "queue": "prod", "nodes_per_block": 10, "walltime": "03:00:01"})
     assert bad.returncode != 0  # the small bin: 10-24 nodes, 3 h
+
+
+def test_idle_settings_reach_the_real_engine(rendered):
+    """max_idletime and idle_heartbeats_soft are user options: what the dispatch policy sets
+    per site reaches the engine's job status poller and the endpoint, as the endpoint's own
+    loader reads them."""
+    from crossfl.endpoints import load_engine_config
+
+    default = load_engine_config(render.render_user_config(rendered["local"], {}), source="t")
+    assert default.engine._job_status_kwargs["max_idletime"] == 120.0
+    warm = load_engine_config(render.render_user_config(
+        rendered["local"], {"max_idletime": 3600, "idle_heartbeats_soft": 130}), source="t")
+    assert warm.engine._job_status_kwargs["max_idletime"] == 3600
+    assert warm.idle_heartbeats_soft == 130
+    with pytest.raises(UserError, match="max_idletime"):
+        render.render_user_config(rendered["local"], {"max_idletime": -1})

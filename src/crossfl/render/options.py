@@ -12,6 +12,11 @@ from crossfl.sites import Site
 from crossfl.sites.rules import request_schema_rules
 
 
+# GlobusComputeEngine's own default (globus_compute_endpoint/engines/globus_compute.py,
+# _job_status_kwargs, version 4.19.0): a pilot idle this long is released.
+ENGINE_MAX_IDLETIME_S = 120.0
+
+
 def jinja_literal(value: Any) -> str:
     """A Jinja literal equal to what the endpoint would insert for `value` (strings arrive
     JSON-quoted, so the default must be JSON-quoted too)."""
@@ -60,6 +65,16 @@ def user_variables(site: Site) -> dict[str, dict[str, Any]]:
         v["max_workers_per_node"] = {"type": "integer", "minimum": 1,
                                      "default": site.endpoint.max_workers_per_node or 1,
                                      "description": "worker processes"}
+    # How long an idle pilot is kept: the dispatch policy's lever (crossfl.server.dispatch).
+    # The endpoint must outlive the engine's idle time: its idle heartbeats are 30 s each.
+    v["max_idletime"] = {"type": "number", "minimum": 0, "default": ENGINE_MAX_IDLETIME_S,
+                         "description": "seconds an idle pilot job is kept before it is "
+                                        "released (engine job_status_kwargs.max_idletime)"}
+    v["idle_heartbeats_soft"] = {"type": "integer", "minimum": 0,
+                                 "default": site.endpoint.idle_heartbeats_soft,
+                                 "description": "idle 30 s heartbeats before the endpoint stops "
+                                                "(0: never); above max_idletime / 30 to keep a "
+                                                "warm pilot"}
     v["worker_init"] = {"type": "string", "default": site.fill(site.endpoint.worker_init_default),
                         "description": "extra shell lines run before the workers start"}
     return v
