@@ -131,3 +131,31 @@ def test_a_site_whose_worker_holds_two_devices_trains_on_both(
             for ln in lines[start:start + 8] if ln.startswith("│")}
     assert rows["east"][:3] == ["1", "2", "2"] and rows["west"][:3] == ["1", "1", "1"]
     assert max(len(ln) for ln in lines[start:]) <= 80
+
+
+def test_the_queue_aware_policy_runs_a_real_federation(project: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dispatch: queue-aware` in an experiment file, on real local engines: the run finishes,
+    every task ran the steps the policy allowed, and its decisions are in metrics.jsonl; for a
+    site with pilot jobs it renders the warm-pilot idle settings into the endpoint config."""
+    from crossfl.server.experiment import Experiment
+    from crossfl.server.plan import plan_site
+
+    monkeypatch.setenv("CROSSFL_ROOT", str(project))
+    dispatch = {"name": "queue-aware", "expected_wait_s": {"east": 900, "west": 60}}
+    exp, path = load_experiment(experiment_file(project, name="queue-aware", dispatch=dispatch))
+    run_dir = run_experiment(exp, path, Console(width=120))
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    decisions = {r["site"]: r for r in records if r["kind"] == "dispatch"}
+    assert set(decisions) == {"east", "west"}
+    assert decisions["east"]["detail"]["expected_wait_s"] == 900
+    tasks = [r for r in records if r["kind"] == "task"]
+    assert len(tasks) == 4 and all(t["status"] == "ok" and t["steps"] == 3 for t in tasks)
+    # a batch site: the warm pilot is in the config the endpoint would load
+    raw = yaml.safe_load(path.read_text())
+    raw["sites"] = [{"name": "east", "site": "local-slurm",
+                     "user_options": {"walltime": "00:20:00"}}, raw["sites"][1]]
+    plan = plan_site(Experiment.model_validate(raw), "east")
+    assert plan.user_options["max_idletime"] == 1200.0
+    assert plan.user_options["idle_heartbeats_soft"] == 42
+    assert plan.engine_config.engine._job_status_kwargs["max_idletime"] == 1200.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -26,6 +26,7 @@ from crossfl.endpoints import failure_summary
 from crossfl.errors import UserError
 from crossfl.server import checkpoint as ckpt
 from crossfl.server.faults import Parking, RetryingTask, RetryPolicy, call_with_retry
+from crossfl.server.dispatch import make_policy
 from crossfl.server.flat import FlatSpec
 from crossfl.server.plan import RunPlan
 from crossfl.server.records import EvalRecord, ResumeRecord, TaskRecord, account
@@ -133,6 +134,8 @@ class DriverBase(ABC):
         bind_strategy_clock(self.strategy, clock)
         self.strategy.register_sites(self.sample_counts())
         self.eval_site = eval_site or handles[self.exp.eval_site]
+        self.dispatch = make_policy(self.exp, clock, self.metrics.write)
+        self.dispatch.start(handles)
         self.transport = transport
         f = self.exp.faults
         self.policy = RetryPolicy(f.retries, f.backoff_s, f.backoff_max_s)
@@ -195,6 +198,7 @@ class DriverBase(ABC):
     # -- tasks ------------------------------------------------------------------------------
     def submit_train(self, site: str, rnd: int) -> Pending:
         plan = self.strategy.configure(site, self.state.version, self.plan.client_plan(site))
+        plan = replace(plan, local_steps=self.dispatch.local_steps(site, plan.local_steps))
         adapter = self.global_bytes()
         task = self.plan.train_task(site, self.data_paths[site], plan, rnd)
         out = call_with_retry(lambda: self.transport.train(site, task, adapter, self.state.version), self.policy,
@@ -219,6 +223,7 @@ class DriverBase(ABC):
         site = self.handles[p.site].site
         account(record, result, held_nodes=site.held_nodes,
                 devices_per_node=site.catalog.devices_per_node(), local=site.runs_here)
+        self.dispatch.observe(record)
         if result is None:
             return Arrival(record, None)
         try:

@@ -98,6 +98,22 @@ class StrategySettings(Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
+class DispatchSettings(Strict):
+    """When and how much each site works (crossfl.server.dispatch): ``eager`` as planned;
+    ``queue-aware`` keeps pilots warm where the queue is slow and sizes local work to the
+    walltime left."""
+
+    name: Literal["eager", "queue-aware"] = "eager"
+    warm_if_wait_over_s: float = Field(
+        600, ge=0, description="keep a site's pilot warm between tasks when a new one is "
+        "expected to wait longer than this")
+    walltime_margin_s: float = Field(
+        120, ge=0, description="a task must end this long before its pilot's walltime")
+    expected_wait_s: dict[str, float] = Field(
+        default_factory=dict, description="per site, a new pilot's expected queue wait (a "
+        "replay takes its scenario's)")
+
+
 class TrainingSettings(Strict):
     local_steps: int = Field(20, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -169,6 +185,7 @@ class Experiment(Strict):
     lora: LoraSettings = LoraSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     task_timeout_s: float = Field(1800, gt=0)
+    dispatch: DispatchSettings = DispatchSettings()
     seed: int = 0
     driver: Literal["auto", "sync", "async"] = Field(
         "auto", description="auto: async when the strategy is asynchronous")

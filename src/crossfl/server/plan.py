@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from crossfl.client.contract import EvalTask, LoraSpec, TrainTask
 from crossfl.errors import UserError
+from crossfl.schedulers.base import parse_walltime
+from crossfl.server.dispatch import POLICIES
 from crossfl.server.experiment import Experiment, SiteEntry, local_path
 from crossfl.server.strategies import get_strategy, is_async
 from crossfl.server.strategies.base import ClientPlan
@@ -217,6 +219,11 @@ def plan_site(experiment: Experiment, name: str) -> SitePlan:
     entry = experiment.site_entry(name)
     site = load_site(entry.site)
     nodes, ranks, options = task_shape(site, entry)
+    # the dispatch policy's idle settings (a warm pilot) where the site has pilot jobs
+    if site.sched.batch:
+        walltime = float(parse_walltime(str(options.get("walltime", site.walltime))))
+        policy = POLICIES[experiment.dispatch.name]
+        options = {**policy.endpoint_options_for(experiment, name, walltime), **options}
     # the task's shape against the site's rules, before anything else is looked up
     check_request(site, options, nodes=nodes, ranks_per_node=ranks)
     here = site.deploy.host is None

@@ -157,6 +157,16 @@ class ResumeRecord(Record):
     elapsed_s: float
 
 
+class DispatchRecord(Record):
+    """A decision of the run's dispatch policy (crossfl.server.dispatch) for one site."""
+
+    kind: Literal["dispatch"] = "dispatch"
+    site: str
+    at_s: float  # clock time of the decision
+    action: str  # keep-warm, release-idle, shorten
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
 class PilotRecord(Record):
     """A replay's pilot job (one block of a simulated endpoint), written when it ends: its
     queue wait, the time it held its nodes (idle included) and why it ended."""
@@ -196,5 +206,6 @@ class SimulationRecord(Record):
 
 
 AnyRecord = Annotated[TaskRecord | AggregationRecord | EvalRecord | SkippedRecord | ResumeRecord
-                      | PilotRecord | SimulationRecord, Field(discriminator="kind")]
+                      | DispatchRecord | PilotRecord | SimulationRecord,
+                      Field(discriminator="kind")]
 RECORD = TypeAdapter(AnyRecord)
