@@ -515,3 +515,39 @@ def test_pilot_defaults_are_the_engines_and_the_kit_does_not_override_them() -> 
     fields = Site.model_fields
     assert (fields["init_blocks"].default, fields["min_blocks"].default, fields["max_blocks"].default) == \
         (pilot.init_blocks, pilot.min_blocks, pilot.max_blocks)
+
+
+# ------------------------------------------------------------------ the comparison's arithmetic
+
+
+def test_time_and_node_hours_to_target_and_paired_ratios() -> None:
+    import math
+
+    import numpy as np
+
+    from crossfl.server.records import EvalRecord, PilotRecord
+    from crossfl.simulate.compare import node_hours_until, paired_ratio, time_to_target
+
+    def ev(t: float, loss: float, kind: str = "round") -> EvalRecord:
+        return EvalRecord(kind=kind, round=1, val_loss=loss, elapsed_s=t, strategy="s",
+                          version=1, updates=1, bytes_down=0, transport="inline", driver="sync")
+
+    evals = [ev(0, 0.5, "baseline"), ev(100, 2.0), ev(250, 1.0), ev(400, 0.9)]
+    assert time_to_target(evals, 1.0) == 250  # the baseline does not count
+    assert time_to_target(evals, 0.1) == math.inf
+
+    def pilot(start: float | None, end: float | None, nodes: int = 2) -> PilotRecord:
+        return PilotRecord(site="a", profile="a", facility="f", queue="q", mode="pilot", block=0,
+                           nodes=nodes, walltime_s=7200, submitted_at=0, started_at=start,
+                           ended_at=end, held_s=0, node_hours=0, tasks=1)
+
+    pilots = [pilot(0, 1800), pilot(1800, None), pilot(None, 3600), pilot(5000, 6000)]
+    assert node_hours_until(pilots, 3600) == 2 * 1800 / 3600 + 2 * 1800 / 3600
+    assert node_hours_until(pilots, math.inf) == math.inf
+
+    rng = np.random.default_rng(0)
+    ratio, low, high = paired_ratio([2.0, 4.0, 6.0], [1.0, 2.0, 3.0], rng)
+    assert (ratio, low, high) == (2.0, 2.0, 2.0)  # a constant ratio: no spread
+    ratio, low, high = paired_ratio([1.0, 3.0, 2.0, 5.0], [2.0, 2.0, 2.0, 2.0], rng)
+    assert ratio == 11 / 8 and low < ratio < high
+    assert math.isnan(paired_ratio([1.0, math.inf], [1.0, 1.0], rng)[0])

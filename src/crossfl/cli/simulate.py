@@ -20,6 +20,9 @@ def simulate_command(
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="replays, queue seeds 0..N-1")] = 1,
     calibrate: Annotated[list[Path] | None, typer.Option(
         "--calibrate", help="fit a scenario to these runs' metrics.jsonl instead")] = None,
+    compare: Annotated[bool, typer.Option(
+        "--compare", help="FedAvg, FedAsync, FedBuff, FedCompass, FedQueue and ours, paired by "
+        "seed: time and node-hours to a target loss, bootstrap intervals")] = False,
     task_timeout: Annotated[float, typer.Option(
         "--task-timeout", min=1, help="seconds a task may take from submission, its queue wait "
         "included (virtual time); replaces the experiment's")] = 12 * 3600,
@@ -47,6 +50,21 @@ def simulate_command(
 
     exp, path = load_experiment(experiment)
     scenario = load_scenario(queues)
+    if compare:
+        from datetime import datetime, timezone
+
+        from crossfl.paths import runs_dir
+        from crossfl.simulate.compare import run_comparison, tables
+
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        out_dir = runs_dir() / f"compare-{exp.name}-{scenario.name}-{stamp}"
+        result = run_comparison(exp, path, scenario, queues, seeds, console, out_dir,
+                                task_timeout)
+        for table in tables(result):
+            console.print(table)
+        console.print(result.verdict())
+        console.print(f"plot: {out_dir / 'loss_vs_time.png'}")
+        return
     done = replay_seeds(exp, path, scenario, queues, seeds, console, task_timeout)
     table = Table(title=f"{exp.name} against {scenario.name}: {len(done)} replay(s)")
     for col in ("seed", "virtual time (h)", "node-hours", "run directory"):

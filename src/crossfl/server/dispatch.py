@@ -121,7 +121,7 @@ class QueueAware(DispatchPolicy):
     # -- the work --------------------------------------------------------------------------
     def local_steps(self, site: str, steps: int) -> int:
         speed, ends = self.step_s.get(site), self.pilot_ends.get(site)
-        if speed is None or ends is None:
+        if not self.settings.fit_walltime or speed is None or ends is None:
             return steps
         left = ends - self.clock.now() - self.settings.walltime_margin_s
         if left <= 0:  # this pilot is done for: the task starts a new one, whole

@@ -107,6 +107,8 @@ class DispatchSettings(Strict):
     warm_if_wait_over_s: float = Field(
         600, ge=0, description="keep a site's pilot warm between tasks when a new one is "
         "expected to wait longer than this")
+    fit_walltime: bool = Field(True, description="size each task's local steps to the walltime "
+                                                 "left in its pilot")
     walltime_margin_s: float = Field(
         120, ge=0, description="a task must end this long before its pilot's walltime")
     expected_wait_s: dict[str, float] = Field(

@@ -163,3 +163,13 @@ def load_scenario(path: str | Path) -> Scenario:
         return Scenario.model_validate(raw)
     except ValidationError as exc:
         raise validation_error(exc, file, raw) from None
+
+def no_queue(scenario: Scenario) -> Scenario:
+    """``scenario`` with every queue wait 0: the same pilots, speeds and transfers."""
+    from crossfl.simulate.queues import Fixed, QueueModel
+
+    zero = QueueModel(wait=Fixed(model="fixed", wait_s=0, assumption="no queue: the reference"))
+    facilities = {name: f.model_copy(update={"queues": {q: zero for q in f.queues}})
+                  for name, f in scenario.facilities.items()}
+    return scenario.model_copy(update={"name": f"{scenario.name} without queues",
+                                       "facilities": facilities})
