@@ -39,15 +39,14 @@ demo: setup data model
 experiment: setup
 	$(CROSSFL) run $(EXP)
 
-## make test: the test suite (starts its own Slurm/sshd where it can, as root)
-test: setup
+## make test: lint, then the test suite (starts its own Slurm/sshd where it can, as root)
+test: lint
 	$(BIN)/python -m pytest -q
 
-## make lint: ruff's lint rules and its formatter's check (pyproject.toml [tool.ruff]); not yet
-## part of `make test`
+## make lint: ruff's lint rules and its formatter's check (pyproject.toml [tool.ruff])
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks testkit
+	$(BIN)/ruff format --check src tests benchmarks testkit
 
 ## make bench: measured ratios, side by side in one run
 bench: setup

@@ -11,8 +11,11 @@ from pathlib import Path
 def discover() -> list[str]:
     """Names of the benchmark modules beside this file, sorted (``aggregation``, ...)."""
     here = Path(__file__).resolve().parent
-    return sorted(m.name.removeprefix("bench_") for m in pkgutil.iter_modules([str(here)])
-                  if m.name.startswith("bench_"))
+    return sorted(
+        m.name.removeprefix("bench_")
+        for m in pkgutil.iter_modules([str(here)])
+        if m.name.startswith("bench_")
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -20,8 +23,7 @@ def main(argv: list[str]) -> int:
     chosen = argv or known
     unknown = [name for name in chosen if name not in known]
     if unknown:
-        print(f"unknown benchmark {', '.join(unknown)}; known: {', '.join(known)}",
-              file=sys.stderr)
+        print(f"unknown benchmark {', '.join(unknown)}; known: {', '.join(known)}", file=sys.stderr)
         return 2
     for name in chosen:
         module = importlib.import_module(f"benchmarks.bench_{name}")

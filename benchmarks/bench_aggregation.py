@@ -20,8 +20,9 @@ import gc
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -96,10 +97,15 @@ def main() -> None:
     ours = get_strategy("fedavg")
     updates = [Update(f"site{i}", stacked[i], samples[i], 0, 10) for i in range(CLIENTS)]
     ours_out = ours.aggregate(global_flat, updates, 0)
-    timed = measure({"ours": lambda: ours.aggregate(global_flat, updates, 0),
-                     "mean": lambda: torch.mean(stacked, dim=0),
-                     "flatten": lambda: spec.flatten(clients[0]),
-                     "flatten_out": lambda: spec.flatten(clients[0], out=flat_out)}, REPEATS)
+    timed = measure(
+        {
+            "ours": lambda: ours.aggregate(global_flat, updates, 0),
+            "mean": lambda: torch.mean(stacked, dim=0),
+            "flatten": lambda: spec.flatten(clients[0]),
+            "flatten_out": lambda: spec.flatten(clients[0], out=flat_out),
+        },
+        REPEATS,
+    )
     ours_t, mean_t, flatten_t = timed["ours"], timed["mean"], timed["flatten"]
 
     appfl_t: Timing | None = None
@@ -119,15 +125,21 @@ def main() -> None:
             return agg.aggregate(local_models)
 
         max_diff = float((spec.flatten(run_appfl()) - ours_out).abs().max())
-        pair = measure({"appfl": run_appfl,
-                        "ours": lambda: ours.aggregate(global_flat, updates, 0)}, APPFL_REPEATS)
+        pair = measure(
+            {"appfl": run_appfl, "ours": lambda: ours.aggregate(global_flat, updates, 0)},
+            APPFL_REPEATS,
+        )
         appfl_t, ours_beside_appfl = pair["appfl"], pair["ours"]
 
     mb = numel * 4 / 1e6
     load = ", load average %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
-    table = Table(title=(f"FedAvg of {CLIENTS} clients x LoRA r={RANK} on q,k,v,o of {LAYERS} "
-                         f"layers (hidden {HIDDEN}): {numel:,} params = {mb:.1f} MB fp32 each; "
-                         f"torch threads {torch.get_num_threads()}, {os.cpu_count()} cpus{load}"))
+    table = Table(
+        title=(
+            f"FedAvg of {CLIENTS} clients x LoRA r={RANK} on q,k,v,o of {LAYERS} "
+            f"layers (hidden {HIDDEN}): {numel:,} params = {mb:.1f} MB fp32 each; "
+            f"torch threads {torch.get_num_threads()}, {os.cpu_count()} cpus{load}"
+        )
+    )
     table.add_column("operation")
     table.add_column("median ms", justify="right")
     table.add_column("best ms", justify="right")
@@ -135,28 +147,58 @@ def main() -> None:
     table.add_column("goal")
     if appfl_t is not None:
         speedup = appfl_t.median_ms / ours_beside_appfl.median_ms
-        table.add_row("APPFL 1.12 FedAvgAggregator (dict of tensors)", f"{appfl_t.median_ms:.1f}",
-                      f"{appfl_t.best_ms:.1f}", f"{speedup:.1f}x crossfl",
-                      _verdict(speedup >= 10, "crossfl >= 10x faster"))
+        table.add_row(
+            "APPFL 1.12 FedAvgAggregator (dict of tensors)",
+            f"{appfl_t.median_ms:.1f}",
+            f"{appfl_t.best_ms:.1f}",
+            f"{speedup:.1f}x crossfl",
+            _verdict(speedup >= 10, "crossfl >= 10x faster"),
+        )
     else:
-        table.add_row("APPFL 1.12 FedAvgAggregator", "-", "-", "-",
-                      "skipped: pip install --no-deps -r requirements/appfl.txt")
-    table.add_row("crossfl fedavg (flat buffers)", f"{ours_t.median_ms:.1f}",
-                  f"{ours_t.best_ms:.1f}", "1.0x", "")
+        table.add_row(
+            "APPFL 1.12 FedAvgAggregator",
+            "-",
+            "-",
+            "-",
+            "skipped: pip install --no-deps -r requirements/appfl.txt",
+        )
+    table.add_row(
+        "crossfl fedavg (flat buffers)",
+        f"{ours_t.median_ms:.1f}",
+        f"{ours_t.best_ms:.1f}",
+        "1.0x",
+        "",
+    )
     within = ours_t.median_ms / mean_t.median_ms
-    table.add_row(f"torch.mean over one ({CLIENTS}, {numel}) buffer", f"{mean_t.median_ms:.1f}",
-                  f"{mean_t.best_ms:.1f}", f"crossfl {within:.2f}x",
-                  _verdict(within <= 2, "crossfl within 2x"))
-    table.add_row("FlatSpec.flatten, one client (new buffer)", f"{flatten_t.median_ms:.1f}",
-                  f"{flatten_t.best_ms:.1f}", "", "")
+    table.add_row(
+        f"torch.mean over one ({CLIENTS}, {numel}) buffer",
+        f"{mean_t.median_ms:.1f}",
+        f"{mean_t.best_ms:.1f}",
+        f"crossfl {within:.2f}x",
+        _verdict(within <= 2, "crossfl within 2x"),
+    )
+    table.add_row(
+        "FlatSpec.flatten, one client (new buffer)",
+        f"{flatten_t.median_ms:.1f}",
+        f"{flatten_t.best_ms:.1f}",
+        "",
+        "",
+    )
     reused = timed["flatten_out"]
-    table.add_row("FlatSpec.flatten, one client (out= reused)", f"{reused.median_ms:.1f}",
-                  f"{reused.best_ms:.1f}", "", "")
+    table.add_row(
+        "FlatSpec.flatten, one client (out= reused)",
+        f"{reused.median_ms:.1f}",
+        f"{reused.best_ms:.1f}",
+        "",
+        "",
+    )
     console.print(table)
     if max_diff is not None:
-        console.print(f"APPFL's ratio uses crossfl timed alternately with it "
-                      f"({ours_beside_appfl.median_ms:.1f} ms median); "
-                      f"max |crossfl - APPFL| over the averaged adapter: {max_diff:.2e}")
+        console.print(
+            f"APPFL's ratio uses crossfl timed alternately with it "
+            f"({ours_beside_appfl.median_ms:.1f} ms median); "
+            f"max |crossfl - APPFL| over the averaged adapter: {max_diff:.2e}"
+        )
 
 
 def _verdict(ok: bool, goal: str) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from testkit.scratch_project import make_project, write_experiment
 
 from crossfl.client import probes
 from crossfl.server.experiment import load_experiment
@@ -35,7 +36,6 @@ from crossfl.server.lifecycle import run_experiment
 from crossfl.server.records import AggregationRecord, TaskRecord
 from crossfl.server.telemetry import live_records, of_kind
 from crossfl.server.transport import TaskFns
-from testkit.scratch_project import make_project, write_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 NOOP_ROUNDS = 10
@@ -43,9 +43,21 @@ TINY_ROUNDS = 4
 
 
 def experiment(root: Path, name: str, sites: int, rounds: int, **changes: Any) -> Path:
-    training = {"local_steps": 5, "batch_size": 4, "lr": 0.005, "max_length": 96, "torch_threads": 1}
-    return write_experiment(root, name, sites=[{"name": f"site{i}", "site": "local"} for i in range(sites)],
-                            rounds=rounds, training=training, **changes)
+    training = {
+        "local_steps": 5,
+        "batch_size": 4,
+        "lr": 0.005,
+        "max_length": 96,
+        "torch_threads": 1,
+    }
+    return write_experiment(
+        root,
+        name,
+        sites=[{"name": f"site{i}", "site": "local"} for i in range(sites)],
+        rounds=rounds,
+        training=training,
+        **changes,
+    )
 
 
 def round_split(run_dir: Path) -> list[dict[str, float]]:
@@ -57,10 +69,17 @@ def round_split(run_dir: Path) -> list[dict[str, float]]:
         mine = [t for t in tasks if t.round == agg.round]
         wall = agg.elapsed_s - min(t.submitted_rel_s for t in mine)
         compute = max(t.worker_s or 0.0 for t in mine)
-        rows.append({"round": agg.round, "wall": wall, "compute": compute, "tasks": len(mine),
-                     "overhead": max(0.0, wall - compute),
-                     "load": statistics.mean(t.load_s or 0.0 for t in mine),
-                     "hits": sum(1 for t in mine if t.cache_hit) / len(mine)})
+        rows.append(
+            {
+                "round": agg.round,
+                "wall": wall,
+                "compute": compute,
+                "tasks": len(mine),
+                "overhead": max(0.0, wall - compute),
+                "load": statistics.mean(t.load_s or 0.0 for t in mine),
+                "hits": sum(1 for t in mine if t.cache_hit) / len(mine),
+            }
+        )
     return rows
 
 
@@ -78,8 +97,13 @@ def main() -> None:
         os.environ["CROSSFL_ROOT"] = str(root)
         try:
             make_project(root, ROOT)
-            noop = round_split(run(root, experiment(root, "noop", 3, NOOP_ROUNDS, transport={"mode": "inline"}),
-                                   TaskFns(train=probes.noop_train, evaluate=probes.noop_evaluate)))
+            noop = round_split(
+                run(
+                    root,
+                    experiment(root, "noop", 3, NOOP_ROUNDS, transport={"mode": "inline"}),
+                    TaskFns(train=probes.noop_train, evaluate=probes.noop_evaluate),
+                )
+            )
             tiny = round_split(run(root, experiment(root, "tiny", 2, TINY_ROUNDS)))
         finally:
             if before is None:
@@ -87,33 +111,66 @@ def main() -> None:
             else:
                 os.environ["CROSSFL_ROOT"] = before
 
-    table = Table(title="orchestration overhead per round (local engine; round = first submit -> aggregated)")
-    for col in ("client task", "rounds", "tasks/round", "median round (ms)", "median compute (ms)",
-                "overhead (ms/round)", "overhead (ms/task)", "overhead / round"):
+    table = Table(
+        title="orchestration overhead per round (local engine; round = first submit -> aggregated)"
+    )
+    for col in (
+        "client task",
+        "rounds",
+        "tasks/round",
+        "median round (ms)",
+        "median compute (ms)",
+        "overhead (ms/round)",
+        "overhead (ms/task)",
+        "overhead / round",
+    ):
         table.add_column(col, justify="right")
     for label, rows in (("no-op", noop[1:]), ("tiny Llama LoRA", tiny[1:])):  # round 1 is cold
         wall = statistics.median(r["wall"] for r in rows) * 1e3
         compute = statistics.median(r["compute"] for r in rows) * 1e3
         over = statistics.median(r["overhead"] for r in rows) * 1e3
         per_task = statistics.median(r["overhead"] / r["tasks"] for r in rows) * 1e3
-        table.add_row(label, f"2-{len(rows) + 1}", str(rows[0]["tasks"]), f"{wall:.1f}", f"{compute:.1f}",
-                      f"{over:.1f}", f"{per_task:.1f}", f"{over / wall:.1%}" if wall else "-")
+        table.add_row(
+            label,
+            f"2-{len(rows) + 1}",
+            str(rows[0]["tasks"]),
+            f"{wall:.1f}",
+            f"{compute:.1f}",
+            f"{over:.1f}",
+            f"{per_task:.1f}",
+            f"{over / wall:.1%}" if wall else "-",
+        )
     console.print(table)
 
     warm = Table(title="warm rounds: base-model load per round (tiny Llama, mean over sites)")
-    for col in ("round", "load (s)", "cache hits", "round (s)", "compute (s)", "beyond compute (s)"):
+    for col in (
+        "round",
+        "load (s)",
+        "cache hits",
+        "round (s)",
+        "compute (s)",
+        "beyond compute (s)",
+    ):
         warm.add_column(col, justify="right")
     for r in tiny:
-        warm.add_row(str(r["round"]), f"{r['load']:.3f}", f"{r['hits']:.0%}", f"{r['wall']:.2f}", f"{r['compute']:.2f}",
-                     f"{r['overhead']:.2f}")
+        warm.add_row(
+            str(r["round"]),
+            f"{r['load']:.3f}",
+            f"{r['hits']:.0%}",
+            f"{r['wall']:.2f}",
+            f"{r['compute']:.2f}",
+            f"{r['overhead']:.2f}",
+        )
     console.print(warm)
     later = [r["load"] for r in tiny[1:]]
     if tiny and later and tiny[0]["load"] > 0:
-        console.print(f"model load, rounds 2+ / round 1: {statistics.median(later) / tiny[0]['load']:.2f} "
-                      f"(round 1 {tiny[0]['load']:.3f} s, rounds 2+ median {statistics.median(later):.4f} s); "
-                      f"round 1 beyond compute {tiny[0]['overhead']:.2f} s (worker start: importing torch and "
-                      f"transformers, first model load) vs rounds 2+ median "
-                      f"{statistics.median(r['overhead'] for r in tiny[1:]):.3f} s")
+        console.print(
+            f"model load, rounds 2+ / round 1: {statistics.median(later) / tiny[0]['load']:.2f} "
+            f"(round 1 {tiny[0]['load']:.3f} s, rounds 2+ median {statistics.median(later):.4f} s); "
+            f"round 1 beyond compute {tiny[0]['overhead']:.2f} s (worker start: importing torch and "
+            f"transformers, first model load) vs rounds 2+ median "
+            f"{statistics.median(r['overhead'] for r in tiny[1:]):.3f} s"
+        )
     console.print(f"bench_orchestration took {time.time() - t0:.0f} s")
 
 

@@ -40,17 +40,32 @@ def build(root: Path) -> tuple[Path, Path]:
     from crossfl.tiny_model import TinyModelSpec, build_tiny
 
     build_chem(root / "data", seed=0, max_molecules=120)
-    spec = TinyModelSpec(vocab_size=400, hidden_size=128, num_layers=4, num_heads=4,
-                         intermediate_size=256, pretrain_steps=0, threads=1)
+    spec = TinyModelSpec(
+        vocab_size=400,
+        hidden_size=128,
+        num_layers=4,
+        num_heads=4,
+        intermediate_size=256,
+        pretrain_steps=0,
+        threads=1,
+    )
     build_tiny(root / "data" / "train.jsonl", root / "model", spec)
     return root / "model", root / "data" / "train.jsonl"
 
 
 def train(model: Path, data: Path, device: str, ranks: int | str) -> dict[str, Any]:
-    task = {"model_path": str(model), "data_path": str(data), "local_steps": STEPS,
-            "batch_size": BATCH, "lr": 5e-3, "max_length": 96, "torch_threads": 1,
-            "lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
-            "ranks_per_node": ranks, "shard": "never"}
+    task = {
+        "model_path": str(model),
+        "data_path": str(data),
+        "local_steps": STEPS,
+        "batch_size": BATCH,
+        "lr": 5e-3,
+        "max_length": 96,
+        "torch_threads": 1,
+        "lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
+        "ranks_per_node": ranks,
+        "shard": "never",
+    }
     before = os.environ.get("CROSSFL_DEVICE")
     os.environ["CROSSFL_DEVICE"] = device  # the ranks inherit it
     try:
@@ -82,20 +97,27 @@ def main() -> None:
                     best[(kind, ranks)] = r
     runs = [(kind, best[(kind, ranks)]) for kind, ranks in configs]
 
-    table = Table(title=f"One training task, {STEPS} steps, batch {BATCH} per rank (best of "
-                        f"{REPEATS})", title_justify="left")
-    for name in ("device", "ranks", "tokens", "train s", "tok/s", "tok/s/rank", "scaling",
-                 "busy"):
+    table = Table(
+        title=f"One training task, {STEPS} steps, batch {BATCH} per rank (best of {REPEATS})",
+        title_justify="left",
+    )
+    for name in ("device", "ranks", "tokens", "train s", "tok/s", "tok/s/rank", "scaling", "busy"):
         table.add_column(name, justify="left" if name == "device" else "right")
     base: dict[str, float] = {}
     for kind, r in runs:
         rate = r["train_tokens"] / r["timings"]["train_s"]
         base.setdefault(kind, rate)
         busy = device_busy_fraction(r["accelerator_s"], r["wall_s"], r["ranks"])
-        table.add_row(kind, str(r["ranks"]),
-                      f"{r['train_tokens']:,}", f"{r['timings']['train_s']:.2f}",
-                      f"{rate:,.0f}", f"{rate / r['ranks']:,.0f}",
-                      f"{rate / base[kind]:.2f}x", f"{busy:.0%}")
+        table.add_row(
+            kind,
+            str(r["ranks"]),
+            f"{r['train_tokens']:,}",
+            f"{r['timings']['train_s']:.2f}",
+            f"{rate:,.0f}",
+            f"{rate / r['ranks']:,.0f}",
+            f"{rate / base[kind]:.2f}x",
+            f"{busy:.0%}",
+        )
     console.print(table)
     backends = sorted({f"{kind}: {r['dist_backend']}" for kind, r in runs if r["dist_backend"]})
     console.print(f"Collectives {', '.join(backends)}.")
@@ -103,8 +125,9 @@ def main() -> None:
         console.print("No GPU visible: the 1 vs all GPUs rows are skipped.")
     elif sum(kind == "cuda" for kind, _ in runs) == 1:
         console.print("One GPU visible: 1 GPU is all GPUs.")
-    console.print(f"busy = accelerator-s in steps / (ranks x task wall s); "
-                  f"{time.time() - t0:.0f} s in all.")
+    console.print(
+        f"busy = accelerator-s in steps / (ranks x task wall s); {time.time() - t0:.0f} s in all."
+    )
 
 
 if __name__ == "__main__":

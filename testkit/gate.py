@@ -15,16 +15,20 @@ import errno
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 class GateTimeout(AssertionError):
     """A state the test waited for did not come within the (generous) safety limit."""
 
 
-def wait_for(what: str, check: Callable[[], bool], limit_s: float = 300.0,
-             alive: Callable[[], bool] = lambda: True) -> None:
+def wait_for(
+    what: str,
+    check: Callable[[], bool],
+    limit_s: float = 300.0,
+    alive: Callable[[], bool] = lambda: True,
+) -> None:
     """Poll ``check`` until it holds; fail after ``limit_s`` or when ``alive`` turns false."""
     deadline = time.monotonic() + limit_s
     while not check():
@@ -42,9 +46,13 @@ class FifoGate:
         path.parent.mkdir(parents=True, exist_ok=True)
         os.mkfifo(path)
         self.served = 0
-        self._draining = False  # served a reader that may still be reading: serve none until it is gone
+        self._draining = (
+            False  # served a reader that may still be reading: serve none until it is gone
+        )
         self._stop = threading.Event()
-        self._lock = threading.Lock()  # one writer at a time: the feeder, or the test holding a reader
+        self._lock = (
+            threading.Lock()
+        )  # one writer at a time: the feeder, or the test holding a reader
         self._thread = threading.Thread(target=self._feed, name=f"gate {path.name}", daemon=True)
         self._thread.start()
 
@@ -94,15 +102,19 @@ class FifoGate:
                 found.append(fd)
             return bool(found)
 
-        wait_for(f"a task reading {self.path.name}", lambda: self.held and not self._draining and reader_present(),
-                 limit_s, alive)
+        wait_for(
+            f"a task reading {self.path.name}",
+            lambda: self.held and not self._draining and reader_present(),
+            limit_s,
+            alive,
+        )
         return found[0]
 
     def _serve(self, fd: int) -> None:
         with contextlib.suppress(BrokenPipeError):  # the reader died mid-read (or was killed)
             view = memoryview(self.content)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         os.close(fd)
         self.served += 1
         self._draining = True

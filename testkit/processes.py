@@ -39,7 +39,9 @@ def started(mark: str, session: int | None = None) -> list[psutil.Process]:
         try:
             if proc.status() == psutil.STATUS_ZOMBIE:
                 continue
-            if (session is not None and _sid(proc.pid) == session) or proc.environ().get(MARK) == mark:
+            if (session is not None and _sid(proc.pid) == session) or proc.environ().get(
+                MARK
+            ) == mark:
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
@@ -51,7 +53,9 @@ def interchanges() -> list[psutil.Process]:
     out = []
     for child in psutil.Process().children(recursive=True):
         try:
-            if child.status() != psutil.STATUS_ZOMBIE and "interchange" in " ".join(child.cmdline()):
+            if child.status() != psutil.STATUS_ZOMBIE and "interchange" in " ".join(
+                child.cmdline()
+            ):
                 out.append(child)
         except psutil.Error:
             continue

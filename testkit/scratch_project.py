@@ -13,7 +13,9 @@ import yaml
 from crossfl.paths import project_root
 
 
-def make_project(root: Path, source: Path | None = None, *, molecules: int = 120, pretrain_steps: int = 5) -> Path:
+def make_project(
+    root: Path, source: Path | None = None, *, molecules: int = 120, pretrain_steps: int = 5
+) -> Path:
     """Fill ``root`` with deploy/sites (copied), site_templates (linked), data/ and model/."""
     from crossfl.data.chem import build_chem
     from crossfl.tiny_model import TinyModelSpec, build_tiny
@@ -24,8 +26,16 @@ def make_project(root: Path, source: Path | None = None, *, molecules: int = 120
     if not (root / "site_templates").exists():
         (root / "site_templates").symlink_to(source / "site_templates")
     build_chem(root / "data", seed=0, max_molecules=molecules)
-    spec = TinyModelSpec(vocab_size=400, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
-                         pretrain_steps=pretrain_steps, pretrain_batch=8, threads=1)
+    spec = TinyModelSpec(
+        vocab_size=400,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=128,
+        pretrain_steps=pretrain_steps,
+        pretrain_batch=8,
+        threads=1,
+    )
     build_tiny(root / "data" / "train.jsonl", root / "model", spec)
     return root
 
@@ -34,11 +44,18 @@ def write_experiment(root: Path, name: str, **changes: Any) -> Path:
     """An experiment file with small settings (two local sites, 3 rounds of 2 steps), and a task
     timeout no busy machine reaches."""
     exp: dict[str, Any] = {
-        "name": name, "model": {"path": "model"},
+        "name": name,
+        "model": {"path": "model"},
         "data": {"train": "data/train.jsonl", "validation": "data/validation.jsonl"},
         "sites": [{"name": "east", "site": "local"}, {"name": "west", "site": "local"}],
         "rounds": 3,
-        "training": {"local_steps": 2, "batch_size": 4, "lr": 0.005, "max_length": 96, "torch_threads": 1},
+        "training": {
+            "local_steps": 2,
+            "batch_size": 4,
+            "lr": 0.005,
+            "max_length": 96,
+            "torch_threads": 1,
+        },
         "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
         "evaluation": {"max_samples": 8, "batch_size": 8, "generate_max_new_tokens": 4},
         "task_timeout_s": 3600,  # a busy machine is slow, not broken: no task may time out

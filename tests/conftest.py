@@ -6,8 +6,9 @@ import os
 import sys
 import unittest.mock as mock
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -16,12 +17,14 @@ import pytest
 def stub_interfaces():
     """Loading a facility config resolves e.g. `hsn0`, absent here: answer 127.0.0.1."""
     import parsl.addresses
+
     with mock.patch.object(parsl.addresses, "address_by_interface", lambda ifname: "127.0.0.1"):
         yield
 
 
-def run_on_engine(engine: Any, run_dir: Path, fn: Callable, *args: Any,
-                  timeout: float = 60.0) -> Any:
+def run_on_engine(
+    engine: Any, run_dir: Path, fn: Callable, *args: Any, timeout: float = 60.0
+) -> Any:
     """Run one task on a GlobusComputeEngine the way an endpoint does: pack with the SDK's
     serializer, submit a messagepack Task, unpack the result. Shuts the engine down."""
     from globus_compute_common import messagepack
@@ -53,6 +56,7 @@ def slurm_cluster(tmp_path_factory):
     """A one-node Slurm cluster (tests/slurm_cluster.py) for the session; SLURM_CONF points at
     it. Skips, saying why, where it cannot run (not root, no slurm-wlm/munge)."""
     from slurm_cluster import SlurmCluster
+
     why = SlurmCluster.unavailable()
     if why:
         pytest.skip(why)

@@ -78,10 +78,10 @@ class Worker:
 def shell_env(worker_init: str, base: dict[str, str]) -> dict[str, str]:
     """The environment after the rendered worker_init, run by bash (modules and mkdir are
     the node's; here they do nothing)."""
-    script = ("module() { :; }; ml() { :; }; mkdir() { :; }\n" + worker_init
-              + "\nenv -0\n")
-    proc = subprocess.run(["bash", "-c", script], env=base, capture_output=True, timeout=60,
-                          check=True)
+    script = "module() { :; }; ml() { :; }; mkdir() { :; }\n" + worker_init + "\nenv -0\n"
+    proc = subprocess.run(
+        ["bash", "-c", script], env=base, capture_output=True, timeout=60, check=True
+    )
     pairs = (item.split("=", 1) for item in proc.stdout.decode().split("\0") if "=" in item)
     return {k: v for k, v in pairs if k not in ("PWD", "SHLVL", "_", "OLDPWD")}
 
@@ -99,10 +99,10 @@ def container_env(engine: Any, host: dict[str, str]) -> dict[str, str]:
         runtime = opts[0] if opts else ""
     if runtime in ("apptainer", "singularity"):
         clean = any(o in ("--cleanenv", "-e", "--containall", "-C") for o in opts)
-        env = {} if clean else {k: v for k, v in host.items()
-                                if not k.startswith("APPTAINERENV_")}
-        env.update({k[len("APPTAINERENV_"):]: v for k, v in host.items()
-                    if k.startswith("APPTAINERENV_")})
+        env = {} if clean else {k: v for k, v in host.items() if not k.startswith("APPTAINERENV_")}
+        env.update(
+            {k[len("APPTAINERENV_") :]: v for k, v in host.items() if k.startswith("APPTAINERENV_")}
+        )
         return env
     env = {}
     for flag, value in zip(opts, opts[1:], strict=False):
@@ -134,6 +134,7 @@ def pool_cpus(site: sites.Site, engine: Any) -> list[int]:
 
 def visible(vendor: str, env: dict[str, str], physical: list[str]) -> list[str] | None:
     """The node's devices (physical ids) the vendor's runtime shows, in order."""
+
     def pick(spec: str | None, among: list[str]) -> list[str]:
         if spec is None:
             return list(among)
@@ -174,8 +175,14 @@ def visible(vendor: str, env: dict[str, str], physical: list[str]) -> list[str] 
     return []
 
 
-def worker_views(site: sites.Site, engine: Any, tmp: Path, *, client_fix: bool = True,
-                 nvidia_smi: bool | None = None) -> list[Worker]:
+def worker_views(
+    site: sites.Site,
+    engine: Any,
+    tmp: Path,
+    *,
+    client_fix: bool = True,
+    nvidia_smi: bool | None = None,
+) -> list[Worker]:
     """What each worker of one node sees: real worker_init, real Parsl worker()."""
     from crossfl.client.device import hip_relative_visibility
 
@@ -188,18 +195,29 @@ def worker_views(site: sites.Site, engine: Any, tmp: Path, *, client_fix: bool =
     if nvidia_smi is None:  # the engine's GPU flag binds the node's nvidia-smi into the image
         nvidia_smi = acc.vendor == "cuda" and not acc.simulated
     if nvidia_smi:
-        lines = "".join(f"GPU {i}: NVIDIA A100 (UUID: GPU-{i})\\n"
-                        for i in range(acc.devices_per_node))
+        lines = "".join(
+            f"GPU {i}: NVIDIA A100 (UUID: GPU-{i})\\n" for i in range(acc.devices_per_node)
+        )
         (bin_dir / "nvidia-smi").write_text(f"#!/bin/sh\nprintf '{lines}'\n")
         (bin_dir / "nvidia-smi").chmod(0o755)
     env["PATH"] = f"{bin_dir}:/usr/bin:/bin"
     htex = engine.executor
     node_cpus = pool_cpus(site, engine) if site.node else sorted(os.sched_getaffinity(0))
-    cfg = {"env": env, "pool_cpus": node_cpus, "accelerators": list(htex.available_accelerators),
-           "cpu_affinity": htex.cpu_affinity, "pool_size": int(htex.workers_per_node),
-           "logdir": str(tmp / "logs")}
-    proc = subprocess.run([sys.executable, "-c", _DRIVER], input=json.dumps(cfg),
-                          capture_output=True, text=True, timeout=300)
+    cfg = {
+        "env": env,
+        "pool_cpus": node_cpus,
+        "accelerators": list(htex.available_accelerators),
+        "cpu_affinity": htex.cpu_affinity,
+        "pool_size": int(htex.workers_per_node),
+        "logdir": str(tmp / "logs"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _DRIVER],
+        input=json.dumps(cfg),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     physical = [str(i) for i in range(acc.devices_per_node)]
     out = []
@@ -231,8 +249,10 @@ def binding_problems(site: sites.Site, workers: list[Worker]) -> list[str]:
         cpus = set(w.cpus)
         near = set(sites.cpu_list(node.nearest_cpus[dev])) if dev in node.nearest_cpus else set()
         if not cpus or not cpus <= near or not cpus <= node.cpu_set():
-            problems.append(f"worker {w.index} (device {dev}) runs on CPUs {sorted(cpus)}, "
-                            f"not on those nearest its device ({node.nearest_cpus.get(dev)})")
+            problems.append(
+                f"worker {w.index} (device {dev}) runs on CPUs {sorted(cpus)}, "
+                f"not on those nearest its device ({node.nearest_cpus.get(dev)})"
+            )
         if cpus & used:
             problems.append(f"worker {w.index} shares CPUs {sorted(cpus & used)} with another")
         used |= cpus
@@ -240,6 +260,11 @@ def binding_problems(site: sites.Site, workers: list[Worker]) -> list[str]:
 
 
 def _env_text(env: dict[str, str]) -> str:
-    names = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
-             "ZE_AFFINITY_MASK", "ZE_FLAT_DEVICE_HIERARCHY")
+    names = (
+        "CUDA_VISIBLE_DEVICES",
+        "ROCR_VISIBLE_DEVICES",
+        "HIP_VISIBLE_DEVICES",
+        "ZE_AFFINITY_MASK",
+        "ZE_FLAT_DEVICE_HIERARCHY",
+    )
     return " ".join(f"{n}={env[n]}" for n in names if n in env)

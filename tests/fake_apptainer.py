@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-SCRIPT = '''#!{python}
+SCRIPT = """#!{python}
 import hashlib, json, sys
 from pathlib import Path
 HERE = Path(__file__).resolve().parent
@@ -55,7 +55,7 @@ elif cmd == "inspect":
     print(json.dumps({{"data": {{"attributes": {{"labels": labels}}}}}}))
 else:
     sys.exit("fake apptainer: unknown command " + cmd)
-'''
+"""
 
 
 def install(bindir: Path, registry: dict[str, dict[str, str]] | None = None) -> Path:
@@ -71,5 +71,8 @@ def install(bindir: Path, registry: dict[str, dict[str, str]] | None = None) -> 
 
 def calls(bindir: Path, command: str) -> int:
     """How many times `apptainer COMMAND` ran."""
-    return sum(1 for line in (bindir / "calls.log").read_text().splitlines()
-               if line.split(" ", 1)[0] == command)
+    return sum(
+        1
+        for line in (bindir / "calls.log").read_text().splitlines()
+        if line.split(" ", 1)[0] == command
+    )

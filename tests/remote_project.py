@@ -25,8 +25,11 @@ def make_project(root: Path, site_names: list[str]) -> Path:
     (root / ".venv").symlink_to(VENV_BIN.parent)
     shutil.copytree(REPO / "requirements", root / "requirements")
     shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
-    shutil.copytree(REPO / "src" / "crossfl", root / "src" / "crossfl",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "src" / "crossfl",
+        root / "src" / "crossfl",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     (root / ".gitignore").write_text("build/\ndeploy/state/\noverrides/\n.venv\n")
     git = ["git", "-c", "user.name=crossfl tests", "-c", "user.email=tests@example.org"]
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
@@ -36,8 +39,9 @@ def make_project(root: Path, site_names: list[str]) -> Path:
 
 
 def head(root: Path) -> str:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                          text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def override(root: Path, site: str, data: dict) -> None:

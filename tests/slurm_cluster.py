@@ -41,8 +41,10 @@ class SlurmCluster:
             return "the local Slurm cluster needs root (slurmd runs jobs as their user)"
         missing = [b for b in BINARIES if shutil.which(b) is None]
         if missing:
-            return (f"Slurm/munge binaries missing: {', '.join(missing)} "
-                    "(apt-get install slurm-wlm munge)")
+            return (
+                f"Slurm/munge binaries missing: {', '.join(missing)} "
+                "(apt-get install slurm-wlm munge)"
+            )
         return None
 
     # -----------------------------------------------------------------------------------------
@@ -55,22 +57,31 @@ class SlurmCluster:
         os.chmod(self.root, 0o755)
         self._start_munge()
         self._write_config()
-        self._run_daemon("slurmctld", ["slurmctld", "-f", str(self.conf)],
-                         self.root / "slurmctld.pid")
-        self._run_daemon("slurmd", ["slurmd", "-f", str(self.conf), "-N", "localhost"],
-                         self.root / "slurmd.pid")
+        self._run_daemon(
+            "slurmctld", ["slurmctld", "-f", str(self.conf)], self.root / "slurmctld.pid"
+        )
+        self._run_daemon(
+            "slurmd", ["slurmd", "-f", str(self.conf), "-N", "localhost"], self.root / "slurmd.pid"
+        )
         self._wait_idle(timeout)
 
     def _start_munge(self) -> None:
         key = self.root / "munge" / "munge.key"
         key.write_bytes(os.urandom(128))
         key.chmod(0o600)
-        self._run_daemon("munged", [
-            "munged", "--force", f"--socket={self.munge_socket}", f"--key-file={key}",
-            f"--pid-file={self.root / 'munge' / 'munged.pid'}",
-            f"--log-file={self.root / 'log' / 'munged.log'}",
-            f"--seed-file={self.root / 'munge' / 'munged.seed'}",
-        ], self.root / "munge" / "munged.pid")
+        self._run_daemon(
+            "munged",
+            [
+                "munged",
+                "--force",
+                f"--socket={self.munge_socket}",
+                f"--key-file={key}",
+                f"--pid-file={self.root / 'munge' / 'munged.pid'}",
+                f"--log-file={self.root / 'log' / 'munged.log'}",
+                f"--seed-file={self.root / 'munge' / 'munged.seed'}",
+            ],
+            self.root / "munge" / "munged.pid",
+        )
 
     def _write_config(self) -> None:
         gpus = []
@@ -102,25 +113,26 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 GresTypes=gpu
 SlurmdParameters=config_overrides
-StateSaveLocation={r / 'state'}
-SlurmdSpoolDir={r / 'spool'}
-SlurmctldPidFile={r / 'slurmctld.pid'}
-SlurmdPidFile={r / 'slurmd.pid'}
-SlurmctldLogFile={r / 'log' / 'slurmctld.log'}
-SlurmdLogFile={r / 'log' / 'slurmd.log'}
+StateSaveLocation={r / "state"}
+SlurmdSpoolDir={r / "spool"}
+SlurmctldPidFile={r / "slurmctld.pid"}
+SlurmdPidFile={r / "slurmd.pid"}
+SlurmctldLogFile={r / "log" / "slurmctld.log"}
+SlurmdLogFile={r / "log" / "slurmd.log"}
 MinJobAge=600
 NodeName=localhost CPUs={self.cpus} RealMemory=2000 Gres=gpu:{N_GPUS} Features=gpu State=UNKNOWN
 PartitionName={self.partition} Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """)
         (r / "gres.conf").write_text(
-            "AutoDetect=off\n" +
-            "".join(f"NodeName=localhost Name=gpu File={g}\n" for g in gpus))
+            "AutoDetect=off\n" + "".join(f"NodeName=localhost Name=gpu File={g}\n" for g in gpus)
+        )
 
     def _run_daemon(self, name: str, argv: list[str], pidfile: Path) -> None:
         proc = subprocess.run(argv, capture_output=True, text=True, env=self.env(), timeout=30)
         if proc.returncode != 0:
-            raise RuntimeError(f"{name} failed to start: {proc.stderr or proc.stdout}"
-                               f"{self._log_tail(name)}")
+            raise RuntimeError(
+                f"{name} failed to start: {proc.stderr or proc.stdout}{self._log_tail(name)}"
+            )
         self._procs.append((name, pidfile))
         deadline = time.monotonic() + 15
         while not pidfile.exists() and time.monotonic() < deadline:
@@ -136,19 +148,28 @@ PartitionName={self.partition} Nodes=localhost Default=YES MaxTime=INFINITE Stat
         deadline = time.monotonic() + timeout
         state = ""
         while time.monotonic() < deadline:
-            p = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True,
-                               text=True, env=self.env())
+            p = subprocess.run(
+                ["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, env=self.env()
+            )
             state = p.stdout.strip() or p.stderr.strip()
             if state == "idle":
                 return
             time.sleep(0.5)
-        raise RuntimeError(f"node not idle after {timeout:.0f}s (state {state!r})"
-                           f"{self._log_tail('slurmctld')}{self._log_tail('slurmd')}")
+        raise RuntimeError(
+            f"node not idle after {timeout:.0f}s (state {state!r})"
+            f"{self._log_tail('slurmctld')}{self._log_tail('slurmd')}"
+        )
 
     # -----------------------------------------------------------------------------------------
     def sbatch(self, script: Path, *args: str, cwd: Path) -> str:
-        p = subprocess.run(["sbatch", "--parsable", str(script), *args], cwd=cwd,
-                           capture_output=True, text=True, env=self.env(), timeout=30)
+        p = subprocess.run(
+            ["sbatch", "--parsable", str(script), *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            timeout=30,
+        )
         if p.returncode != 0:
             raise RuntimeError(f"sbatch {script.name}: {p.stderr.strip()}")
         return p.stdout.strip().split(";")[0]
@@ -162,12 +183,18 @@ PartitionName={self.partition} Nodes=localhost Default=YES MaxTime=INFINITE Stat
             if state and state not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"):
                 return state, info.get("ExitCode", "")
             time.sleep(0.5)
-        raise TimeoutError(f"job {job_id} still queued after {timeout:.0f}s: "
-                           f"{self.job_info(job_id)}")
+        raise TimeoutError(
+            f"job {job_id} still queued after {timeout:.0f}s: {self.job_info(job_id)}"
+        )
 
     def job_info(self, job_id: str) -> dict[str, str]:
-        p = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
-                           text=True, env=self.env(), timeout=30)
+        p = subprocess.run(
+            ["scontrol", "show", "job", "-o", job_id],
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            timeout=30,
+        )
         out: dict[str, str] = {}
         for word in p.stdout.split():
             k, sep, v = word.partition("=")

@@ -34,8 +34,14 @@ class SshServer:
     user: str = "root"
     env: dict[str, str] = field(default_factory=dict)
 
-    def client_config(self, *, key: Path | None = None, port: int | None = None,
-                      name: str = "ssh-config", extra: str = "") -> Path:
+    def client_config(
+        self,
+        *,
+        key: Path | None = None,
+        port: int | None = None,
+        name: str = "ssh-config",
+        extra: str = "",
+    ) -> Path:
         """An OpenSSH client config for Host 127.0.0.1 (what deploy.host names)."""
         path = self.root / name
         path.write_text(
@@ -45,7 +51,8 @@ class SshServer:
             f"  IdentityFile {key or self.client_key}\n"
             "  IdentitiesOnly yes\n"
             "  StrictHostKeyChecking no\n"
-            f"  UserKnownHostsFile {self.root / 'known_hosts'}\n" + extra)
+            f"  UserKnownHostsFile {self.root / 'known_hosts'}\n" + extra
+        )
         return path
 
     def logins(self) -> int:
@@ -75,8 +82,9 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None
     raise RuntimeError(f"sshd did not listen on {port}: {log.read_text()[-2000:]}")
 
 
-def start_sshd(tmp: Path, env: dict[str, str] | None = None
-               ) -> tuple[SshServer, subprocess.Popen[bytes]]:
+def start_sshd(
+    tmp: Path, env: dict[str, str] | None = None
+) -> tuple[SshServer, subprocess.Popen[bytes]]:
     tmp.mkdir(parents=True, exist_ok=True)
     home = tmp / "home"
     home.mkdir()
@@ -96,18 +104,32 @@ def start_sshd(tmp: Path, env: dict[str, str] | None = None
         "KbdInteractiveAuthentication no\nUsePAM no\nPrintMotd no\n"
         "Subsystem sftp internal-sftp\nLogLevel VERBOSE\nMaxStartups 50\n"
         # one SetEnv line: sshd keeps the first value of a keyword, so a second line is ignored
-        + "SetEnv " + " ".join(f"{k}={v}" for k, v in set_env.items()) + "\n")
+        + "SetEnv "
+        + " ".join(f"{k}={v}" for k, v in set_env.items())
+        + "\n"
+    )
     os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege-separation directory
     log = tmp / "sshd.log"
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(conf)], stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [SSHD, "-D", "-e", "-f", str(conf)],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         _wait_listening(port, proc, log)
     except BaseException:
         stop_sshd(proc)
         raise
-    server = SshServer(port=port, root=tmp, home=home, client_key=client_key,
-                       other_key=other_key, ssh_config=tmp / "ssh-config", env=set_env)
+    server = SshServer(
+        port=port,
+        root=tmp,
+        home=home,
+        client_key=client_key,
+        other_key=other_key,
+        ssh_config=tmp / "ssh-config",
+        env=set_env,
+    )
     server.client_config()
     return server, proc
 

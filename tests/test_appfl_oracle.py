@@ -32,7 +32,9 @@ TOL = dict(atol=1e-5, rtol=1e-5)
 SITES = ["alcf", "olcf", "nersc", "tacc"]
 SHAPES = {  # a tiny LoRA adapter: 2 layers x q,v x (A, B), r=4, hidden 24
     f"model.layers.{i}.self_attn.{p}_proj.lora_{ab}.weight": (4, 24) if ab == "A" else (24, 4)
-    for i in range(2) for p in ("q", "v") for ab in ("A", "B")
+    for i in range(2)
+    for p in ("q", "v")
+    for ab in ("A", "B")
 }
 
 
@@ -50,8 +52,7 @@ def local_model(gen: torch.Generator, base: dict[str, torch.Tensor]) -> dict[str
 
 
 def assert_same(ours: torch.Tensor, theirs: dict[str, torch.Tensor]) -> None:
-    torch.testing.assert_close(ours, SPEC.flatten({k: v.float() for k, v in theirs.items()}),
-                               **TOL)
+    torch.testing.assert_close(ours, SPEC.flatten({k: v.float() for k, v in theirs.items()}), **TOL)
 
 
 def appfl(cls_name: str, **configs: Any) -> Any:
@@ -66,35 +67,61 @@ def appfl(cls_name: str, **configs: Any) -> Any:
 
 SYNC_CASES = [
     ("fedavg", {}, "FedAvgAggregator", {"client_weights_mode": "sample_size"}),
-    ("fedavg", {}, "FedAvgAggregator",
-     {"client_weights_mode": "sample_size", "optimize_memory": True}),
+    (
+        "fedavg",
+        {},
+        "FedAvgAggregator",
+        {"client_weights_mode": "sample_size", "optimize_memory": True},
+    ),
     ("fedavg", {"weighting": "equal"}, "FedAvgAggregator", {}),
-    ("fedavgm", {"momentum": 0.7}, "FedAvgMAggregator",
-     {"client_weights_mode": "sample_size", "server_momentum_param_1": 0.7}),
-    ("fedadam", {"server_lr": 0.05, "beta1": 0.8, "beta2": 0.95, "tau": 0.01},
-     "FedAdamAggregator",
-     {"client_weights_mode": "sample_size", "server_learning_rate": 0.05,
-      "server_momentum_param_1": 0.8, "server_momentum_param_2": 0.95,
-      "server_adapt_param": 0.01}),
-    ("fedyogi", {"server_lr": 0.05, "beta1": 0.8, "beta2": 0.95, "tau": 0.01},
-     "FedYogiAggregator",
-     {"client_weights_mode": "sample_size", "server_learning_rate": 0.05,
-      "server_momentum_param_1": 0.8, "server_momentum_param_2": 0.95,
-      "server_adapt_param": 0.01}),
+    (
+        "fedavgm",
+        {"momentum": 0.7},
+        "FedAvgMAggregator",
+        {"client_weights_mode": "sample_size", "server_momentum_param_1": 0.7},
+    ),
+    (
+        "fedadam",
+        {"server_lr": 0.05, "beta1": 0.8, "beta2": 0.95, "tau": 0.01},
+        "FedAdamAggregator",
+        {
+            "client_weights_mode": "sample_size",
+            "server_learning_rate": 0.05,
+            "server_momentum_param_1": 0.8,
+            "server_momentum_param_2": 0.95,
+            "server_adapt_param": 0.01,
+        },
+    ),
+    (
+        "fedyogi",
+        {"server_lr": 0.05, "beta1": 0.8, "beta2": 0.95, "tau": 0.01},
+        "FedYogiAggregator",
+        {
+            "client_weights_mode": "sample_size",
+            "server_learning_rate": 0.05,
+            "server_momentum_param_1": 0.8,
+            "server_momentum_param_2": 0.95,
+            "server_adapt_param": 0.01,
+        },
+    ),
 ]
 
 
-@pytest.mark.parametrize(("ours_name", "ours_kwargs", "cls_name", "configs"), SYNC_CASES,
-                         ids=[f"{c[0]}-{c[2]}-{i}" for i, c in enumerate(SYNC_CASES)])
-def test_sync_strategies_match_appfl(ours_name: str, ours_kwargs: dict[str, Any],
-                                     cls_name: str, configs: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("ours_name", "ours_kwargs", "cls_name", "configs"),
+    SYNC_CASES,
+    ids=[f"{c[0]}-{c[2]}-{i}" for i, c in enumerate(SYNC_CASES)],
+)
+def test_sync_strategies_match_appfl(
+    ours_name: str, ours_kwargs: dict[str, Any], cls_name: str, configs: dict[str, Any]
+) -> None:
     gen = torch.Generator().manual_seed(1)
     ours = get_strategy(ours_name, **ours_kwargs)
     theirs = appfl(cls_name, **configs)
     init = adapter(gen)
     theirs.global_state = copy.deepcopy(init)  # both start from the same global model
     global_flat = SPEC.flatten(init)
-    samples = {s: n for s, n in zip(SITES, (120, 40, 300, 7))}
+    samples = {s: n for s, n in zip(SITES, (120, 40, 300, 7), strict=False)}
     for site, n in samples.items():
         theirs.set_client_sample_size(site, n)
     for version in range(4):
@@ -107,8 +134,11 @@ def test_sync_strategies_match_appfl(ours_name: str, ours_kwargs: dict[str, Any]
 
 @pytest.mark.parametrize("name", ["FedAvgAggregator", "FedAvgMAggregator"])
 def test_appfl_wrapper_matches_its_aggregator(name: str) -> None:
-    configs = {"client_weights_mode": "sample_size", "server_momentum_param_1": 0.5,
-               "optimize_memory": False}
+    configs = {
+        "client_weights_mode": "sample_size",
+        "server_momentum_param_1": 0.5,
+        "optimize_memory": False,
+    }
     gen = torch.Generator().manual_seed(2)
     wrapped = get_strategy(f"appfl:{name}", **configs)
     wrapped.set_layout(SPEC)  # type: ignore[attr-defined]
@@ -121,8 +151,10 @@ def test_appfl_wrapper_matches_its_aggregator(name: str) -> None:
         locals_ = {s: local_model(gen, base) for s in SITES[:3]}
         for i, s in enumerate(locals_):
             direct.set_client_sample_size(s, 10 * (i + 1))
-        updates = [Update(s, SPEC.flatten(m), 10 * (i + 1), version, 5)
-                   for i, (s, m) in enumerate(locals_.items())]
+        updates = [
+            Update(s, SPEC.flatten(m), 10 * (i + 1), version, 5)
+            for i, (s, m) in enumerate(locals_.items())
+        ]
         global_flat = wrapped.aggregate(global_flat, updates, version)
         assert_same(global_flat, direct.aggregate(copy.deepcopy(locals_)))
     # the wrapper's state (APPFL's momentum etc.) survives a weights_only checkpoint
@@ -132,16 +164,23 @@ def test_appfl_wrapper_matches_its_aggregator(name: str) -> None:
     resumed.set_layout(SPEC)  # type: ignore[attr-defined]
     resumed.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
     nxt = [Update("alcf", SPEC.flatten(local_model(gen, SPEC.unflatten(global_flat))), 3, 3, 5)]
-    torch.testing.assert_close(resumed.aggregate(global_flat, nxt, 3),
-                               wrapped.aggregate(global_flat, nxt, 3), **TOL)
+    torch.testing.assert_close(
+        resumed.aggregate(global_flat, nxt, 3), wrapped.aggregate(global_flat, nxt, 3), **TOL
+    )
 
 
 def test_appfl_wrapper_without_layout_and_unknown_class() -> None:
     from crossfl.errors import UserError
 
     wrapped = get_strategy("appfl:FedAvgAggregator", client_weights_mode="sample_size")
-    out = wrapped.aggregate(torch.zeros(2), [Update("a", torch.tensor([1.0, 2.0]), 1, 0, 1),
-                                             Update("b", torch.tensor([5.0, 6.0]), 3, 0, 1)], 0)
+    out = wrapped.aggregate(
+        torch.zeros(2),
+        [
+            Update("a", torch.tensor([1.0, 2.0]), 1, 0, 1),
+            Update("b", torch.tensor([5.0, 6.0]), 3, 0, 1),
+        ],
+        0,
+    )
     assert torch.allclose(out, torch.tensor([4.0, 5.0]))
     with pytest.raises(UserError, match="FedAvgAggregator"):
         get_strategy("appfl:NoSuchAggregator")
@@ -155,13 +194,17 @@ def staleness_configs(fn: str) -> tuple[dict[str, Any], dict[str, Any]]:
     if fn == "constant":
         return {"staleness_fn": "constant"}, {"staleness_fn": "constant"}
     if fn == "polynomial":
-        return ({"staleness_fn": "polynomial", "a": 0.5},
-                {"staleness_fn": "polynomial", "staleness_fn_kwargs": {"a": 0.5}})
-    return ({"staleness_fn": "hinge", "a": 10.0, "b": 2},
-            {"staleness_fn": "hinge", "staleness_fn_kwargs": {"a": 10.0, "b": 2}})
+        return (
+            {"staleness_fn": "polynomial", "a": 0.5},
+            {"staleness_fn": "polynomial", "staleness_fn_kwargs": {"a": 0.5}},
+        )
+    return (
+        {"staleness_fn": "hinge", "a": 10.0, "b": 2},
+        {"staleness_fn": "hinge", "staleness_fn_kwargs": {"a": 10.0, "b": 2}},
+    )
 
 
-SAMPLES = {s: n for s, n in zip(SITES, (10, 20, 30, 40))}
+SAMPLES = {s: n for s, n in zip(SITES, (10, 20, 30, 40), strict=False)}
 
 
 def appfl_server_side(cls_name: str, **configs: Any) -> Any:
@@ -218,15 +261,19 @@ def test_fedasync_matches_appfl(fn: str, weighting: str) -> None:
     ours_kw, configs = staleness_configs(fn)
     mode = "sample_size" if weighting == "num_samples" else "equal"
     ours = get_strategy("fedasync", alpha=0.6, weighting=weighting, **ours_kw)
-    theirs = appfl_server_side("FedAsyncAggregator", alpha=0.6, client_weights_mode=mode,
-                               **configs)
+    theirs = appfl_server_side("FedAsyncAggregator", alpha=0.6, client_weights_mode=mode, **configs)
     async_run(ours, theirs, seed=3)
 
 
 def test_fedasync_matches_appfl_default_memory_mode() -> None:
     ours = get_strategy("fedasync", alpha=0.5, staleness_fn="polynomial", a=1.0)
-    theirs = appfl_server_side("FedAsyncAggregator", alpha=0.5, staleness_fn="polynomial",
-                               staleness_fn_kwargs={"a": 1.0}, optimize_memory=True)
+    theirs = appfl_server_side(
+        "FedAsyncAggregator",
+        alpha=0.5,
+        staleness_fn="polynomial",
+        staleness_fn_kwargs={"a": 1.0},
+        optimize_memory=True,
+    )
     async_run(ours, theirs, seed=10, arrivals=3)
 
 
@@ -236,8 +283,9 @@ def test_fedbuff_matches_appfl(fn: str, weighting: str) -> None:
     ours_kw, configs = staleness_configs(fn)
     mode = "sample_size" if weighting == "num_samples" else "equal"
     ours = get_strategy("fedbuff", K=3, alpha=1.5, weighting=weighting, **ours_kw)
-    theirs = appfl_server_side("FedBuffAggregator", K=3, alpha=1.5, client_weights_mode=mode,
-                               **configs)
+    theirs = appfl_server_side(
+        "FedBuffAggregator", K=3, alpha=1.5, client_weights_mode=mode, **configs
+    )
     assert async_run(ours, theirs, seed=4, arrivals=13) == 13 // 3
 
 
@@ -245,8 +293,7 @@ def test_fedbuff_matches_appfl(fn: str, weighting: str) -> None:
 def test_appfl_wrapper_registers_sites_like_appfls_server(name: str) -> None:
     """``register_sites`` gives the wrapped aggregator ``num_clients`` and every sample count
     (a ``num_clients`` in the kwargs is overridden, as APPFL's server overrides it)."""
-    configs = {"K": 2, "alpha": 0.7, "client_weights_mode": "sample_size",
-               "optimize_memory": False}
+    configs = {"K": 2, "alpha": 0.7, "client_weights_mode": "sample_size", "optimize_memory": False}
     if name == "FedAsyncAggregator":
         configs = {"alpha": 0.7, "optimize_memory": False}  # equal weights: 1 / num_clients
     wrapped = get_strategy(f"appfl:{name}", num_clients=99, **configs)
@@ -296,8 +343,9 @@ def test_fedcompass_mixing_matches_appfl_aggregator(fn: str) -> None:
     bases = {"olcf": 6, "nersc": 3, "tacc": 0}
     updates = [Update(s, SPEC.flatten(m), 1, bases[s], 10) for s, m in group.items()]
     g = ours.mix(g, updates, version + 1)  # type: ignore[attr-defined]
-    expected = theirs.aggregate(local_models=copy.deepcopy(group),
-                                staleness={s: version + 1 - b for s, b in bases.items()})
+    expected = theirs.aggregate(
+        local_models=copy.deepcopy(group), staleness={s: version + 1 - b for s, b in bases.items()}
+    )
     assert_same(g, expected)
 
 
@@ -322,12 +370,17 @@ class NoTimer:
         pass
 
 
-COMPASS_CFG = {"max_local_steps": 20, "min_local_steps": 4, "speed_momentum": 0.5,
-               "latest_time_factor": 1.5}
+COMPASS_CFG = {
+    "max_local_steps": 20,
+    "min_local_steps": 4,
+    "speed_momentum": 0.5,
+    "latest_time_factor": 1.5,
+}
 
 
-def compass_pair(monkeypatch: pytest.MonkeyPatch, clock: FakeClock, alpha: float,
-                 sites: list[str]) -> tuple[Any, Any]:
+def compass_pair(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock, alpha: float, sites: list[str]
+) -> tuple[Any, Any]:
     """APPFL's CompassScheduler + FedCompassAggregator and ours, on the same fake clock, with
     ``num_clients`` set as APPFL's server sets it (the number of sites)."""
     import appfl.algorithm.scheduler.compass_scheduler as cs
@@ -347,8 +400,15 @@ def compass_pair(monkeypatch: pytest.MonkeyPatch, clock: FakeClock, alpha: float
     return sched, ours
 
 
-def replay_compass(sched: Any, ours: Any, clock: FakeClock, sites: list[str],
-                   duration: Any, arrivals: int, seed: int) -> int:
+def replay_compass(
+    sched: Any,
+    ours: Any,
+    clock: FakeClock,
+    sites: list[str],
+    duration: Any,
+    arrivals: int,
+    seed: int,
+) -> int:
     """Feed both the same arrivals at the same (fake) times; after every arrival both global
     models agree, and every site APPFL answers gets the same local steps from both.
 
@@ -374,8 +434,9 @@ def replay_compass(sched: Any, ours: Any, clock: FakeClock, sites: list[str],
         result = sched.schedule(site, copy.deepcopy(model))
         # the client's own training time (a part of the task's time) does not set its speed:
         # APPFL measures from dispatch to arrival
-        update = Update(site, SPEC.flatten(model), 1, base_version, steps,
-                        train_time_s=0.25 * steps)
+        update = Update(
+            site, SPEC.flatten(model), 1, base_version, steps, train_time_s=0.25 * steps
+        )
         new = ours.aggregate(g, [update], version)
         if new is not None:
             g, version = new, version + 1
@@ -384,15 +445,21 @@ def replay_compass(sched: Any, ours: Any, clock: FakeClock, sites: list[str],
             answered = [(site, result)]
         else:
             pending[site] = result
-            done = sorted((s for s, f in pending.items() if f.done()),
-                          key=lambda s: sched.client_info[s]["speed"])
+            done = sorted(
+                (s for s, f in pending.items() if f.done()),
+                key=lambda s: sched.client_info[s]["speed"],
+            )
             answered = [(s, pending.pop(s).result()) for s in done]
             group_aggregations += bool(done)
         for member, (_, meta) in answered:  # same order as APPFL assigned their groups
             ours_steps = ours.configure(member, version, plan).local_steps
             assert ours_steps == meta["local_steps"], member
-            running[member] = (arrival + duration(member, ours_steps), ours_steps, version,
-                               SPEC.unflatten(g, copy=True))
+            running[member] = (
+                arrival + duration(member, ours_steps),
+                ours_steps,
+                version,
+                SPEC.unflatten(g, copy=True),
+            )
     return group_aggregations
 
 
@@ -460,10 +527,12 @@ def test_fedqueue_factors_match_appfl_aggregator(fn: str) -> None:
         theirs.set_client_sample_size(s, n)
     updates = [Update(s, SPEC.flatten(m), samples[s], bases[s], 10) for s, m in models.items()]
     factors = ours.factors(updates, 4)  # type: ignore[attr-defined]
-    expected = theirs.aggregate(copy.deepcopy(models),
-                                staleness={s: 4 - b for s, b in bases.items()},
-                                local_steps={s: 10 for s in SITES})
-    mixed = sum(f * u.params for f, u in zip(factors, updates))
+    expected = theirs.aggregate(
+        copy.deepcopy(models),
+        staleness={s: 4 - b for s, b in bases.items()},
+        local_steps={s: 10 for s in SITES},
+    )
+    mixed = sum(f * u.params for f, u in zip(factors, updates, strict=False))
     assert_same(mixed, expected)
 
 
@@ -471,8 +540,15 @@ def test_fedqueue_rounds_match_appfl_queue_scheduler() -> None:
     """Admission, late carry-over, staleness, local steps and learning rates per round."""
     import appfl.algorithm.scheduler.queue_scheduler as qs
 
-    cfg = {"t_sync": 100.0, "theta": 5.0, "q_init": 2.0, "beta_queue": 0.5,
-           "alpha_compute": 0.5, "alpha_admission": 0.2, "warm_up_steps": 3}
+    cfg = {
+        "t_sync": 100.0,
+        "theta": 5.0,
+        "q_init": 2.0,
+        "beta_queue": 0.5,
+        "alpha_compute": 0.5,
+        "alpha_admission": 0.2,
+        "warm_up_steps": 3,
+    }
     sites = SITES[:3]
     sched = qs.QueueScheduler(
         DictConfig({**cfg, "num_clients": len(sites), "lr_base": 0.01}),
@@ -487,10 +563,12 @@ def test_fedqueue_rounds_match_appfl_queue_scheduler() -> None:
     for s, n in samples.items():
         sched.aggregator.set_client_sample_size(s, n)
     # queue waits per round; 45 s is past the 22 s admission deadline (q + 0.2 t_sync)
-    waits = [{"alcf": 1.0, "olcf": 45.0, "nersc": 3.0},
-             {"alcf": 2.0, "nersc": 4.0},  # olcf sits out: its update waits in APPFL
-             {"alcf": 30.0, "olcf": 5.0, "nersc": 1.0},
-             {"olcf": 2.0, "nersc": 2.0}]
+    waits = [
+        {"alcf": 1.0, "olcf": 45.0, "nersc": 3.0},
+        {"alcf": 2.0, "nersc": 4.0},  # olcf sits out: its update waits in APPFL
+        {"alcf": 30.0, "olcf": 5.0, "nersc": 1.0},
+        {"olcf": 2.0, "nersc": 2.0},
+    ]
     step_time = {"alcf": 0.5, "olcf": 2.0, "nersc": 1.0}
     g, version = SPEC.flatten(init), 0
     plan = ClientPlan(local_steps=3, lr=0.01)
@@ -503,12 +581,22 @@ def test_fedqueue_rounds_match_appfl_queue_scheduler() -> None:
                 base_version, model0, site_plan = base[site]
                 model = local_model(gen, model0)
                 pending[site] = sched.schedule(
-                    site, copy.deepcopy(model), queue_time=wait,
-                    compute_second_per_step=step_time[site])
-                updates.append(Update(site, SPEC.flatten(model), samples[site], base_version,
-                                      site_plan.local_steps,
-                                      train_time_s=step_time[site] * site_plan.local_steps,
-                                      queue_wait_s=wait))
+                    site,
+                    copy.deepcopy(model),
+                    queue_time=wait,
+                    compute_second_per_step=step_time[site],
+                )
+                updates.append(
+                    Update(
+                        site,
+                        SPEC.flatten(model),
+                        samples[site],
+                        base_version,
+                        site_plan.local_steps,
+                        train_time_s=step_time[site] * site_plan.local_steps,
+                        queue_wait_s=wait,
+                    )
+                )
             g = ours.aggregate(g, updates, version)
             version += 1
             assert_same(g, sched.aggregator.global_state)

@@ -14,11 +14,15 @@ import pytest
 import torch
 
 from crossfl.client import model_cache, tasks
-from crossfl.client.adapter_io import (LORA_METADATA_KEY, adapter_from_bytes, adapter_metadata,
-                                       adapter_to_bytes)
+from crossfl.client.adapter_io import (
+    LORA_METADATA_KEY,
+    adapter_from_bytes,
+    adapter_metadata,
+    adapter_to_bytes,
+)
+from crossfl.client.contract import LoraSpec, TrainResult
 from crossfl.client.device import describe_devices, select_device
 from crossfl.client.evaluate import answer_of, pick_for_generation
-from crossfl.client.contract import LoraSpec, TrainResult
 from crossfl.client.train import batch_indices, encode_example, lora_key
 from crossfl.errors import UserError
 from crossfl.tiny_model import TinyModelSpec, build_tiny
@@ -36,17 +40,31 @@ def chem_records(split: str) -> list[dict[str, str]]:
     """Linear alkanes, alcohols and amines: formula and carbon-count questions."""
     rows: list[dict[str, str]] = []
     for n in range(1, 13):
-        for smiles, formula in (("C" * n, _formula(n, 2 * n + 2)),
-                                ("C" * n + "O", _formula(n, 2 * n + 2, "O")),
-                                ("C" * n + "N", _formula(n, 2 * n + 3, "N"))):
-            rows.append({"input": f"What is the molecular formula of <SMILES> {smiles} </SMILES> ?",
-                         "output": f"<MOLFORMULA> {formula} </MOLFORMULA>",
-                         "raw_input": smiles, "raw_output": formula,
-                         "task": "name_conversion-s2f", "split": split})
-            rows.append({"input": f"How many carbons does <SMILES> {smiles} </SMILES> have?",
-                         "output": f"<NUMBER> {n} </NUMBER>", "raw_input": smiles,
-                         "raw_output": str(n), "task": "property_prediction-carbons",
-                         "split": split})
+        for smiles, formula in (
+            ("C" * n, _formula(n, 2 * n + 2)),
+            ("C" * n + "O", _formula(n, 2 * n + 2, "O")),
+            ("C" * n + "N", _formula(n, 2 * n + 3, "N")),
+        ):
+            rows.append(
+                {
+                    "input": f"What is the molecular formula of <SMILES> {smiles} </SMILES> ?",
+                    "output": f"<MOLFORMULA> {formula} </MOLFORMULA>",
+                    "raw_input": smiles,
+                    "raw_output": formula,
+                    "task": "name_conversion-s2f",
+                    "split": split,
+                }
+            )
+            rows.append(
+                {
+                    "input": f"How many carbons does <SMILES> {smiles} </SMILES> have?",
+                    "output": f"<NUMBER> {n} </NUMBER>",
+                    "raw_input": smiles,
+                    "raw_output": str(n),
+                    "task": "property_prediction-carbons",
+                    "split": split,
+                }
+            )
     return rows
 
 
@@ -67,27 +85,56 @@ def data(workdir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def model(workdir: Path, data: Path) -> Path:
-    spec = TinyModelSpec(vocab_size=300, hidden_size=HIDDEN, num_layers=LAYERS, num_heads=2,
-                         intermediate_size=64, max_position=128, pretrain_steps=150,
-                         pretrain_batch=8, pretrain_seq_len=32, seed=0, threads=1)
+    spec = TinyModelSpec(
+        vocab_size=300,
+        hidden_size=HIDDEN,
+        num_layers=LAYERS,
+        num_heads=2,
+        intermediate_size=64,
+        max_position=128,
+        pretrain_steps=150,
+        pretrain_batch=8,
+        pretrain_seq_len=32,
+        seed=0,
+        threads=1,
+    )
     return Path(build_tiny(data, workdir / "tiny", spec).out)
 
 
 def train_task(model: Path, data: Path, **changes: Any) -> dict[str, Any]:
     task: dict[str, Any] = {
-        "model_path": str(model), "data_path": str(data), "adapter": None, "local_steps": 3,
-        "batch_size": 4, "lr": 5e-3, "max_length": 64, "lora": dict(LORA), "dtype": "float32",
-        "adapter_dtype": "float32", "seed": 1, "round": 0, "torch_threads": None,
-        "max_samples": None}
+        "model_path": str(model),
+        "data_path": str(data),
+        "adapter": None,
+        "local_steps": 3,
+        "batch_size": 4,
+        "lr": 5e-3,
+        "max_length": 64,
+        "lora": dict(LORA),
+        "dtype": "float32",
+        "adapter_dtype": "float32",
+        "seed": 1,
+        "round": 0,
+        "torch_threads": None,
+        "max_samples": None,
+    }
     task.update(changes)
     return task
 
 
 def eval_task(model: Path, data: Path, **changes: Any) -> dict[str, Any]:
     task: dict[str, Any] = {
-        "model_path": str(model), "data_path": str(data), "adapter": None, "batch_size": 16,
-        "max_length": 64, "dtype": "float32", "max_samples": None,
-        "generate_max_new_tokens": 8, "generate_samples": 6, "torch_threads": None}
+        "model_path": str(model),
+        "data_path": str(data),
+        "adapter": None,
+        "batch_size": 16,
+        "max_length": 64,
+        "dtype": "float32",
+        "max_samples": None,
+        "generate_max_new_tokens": 8,
+        "generate_samples": 6,
+        "torch_threads": None,
+    }
     task.update(changes)
     return task
 
@@ -128,8 +175,10 @@ def test_rocm_build_reports_rocm(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_adapter_roundtrip_float32_and_bfloat16() -> None:
     gen = torch.Generator().manual_seed(0)
-    state = {"b.lora_B.weight": torch.randn(6, 2, generator=gen),
-             "a.lora_A.weight": torch.randn(2, 6, generator=gen)}
+    state = {
+        "b.lora_B.weight": torch.randn(6, 2, generator=gen),
+        "a.lora_A.weight": torch.randn(2, 6, generator=gen),
+    }
     back = adapter_from_bytes(adapter_to_bytes(state, "float32"))
     assert sorted(back) == sorted(state)
     for k in state:
@@ -178,13 +227,24 @@ def test_adapters_by_reference_both_ways(model: Path, data: Path, tmp_path: Path
     first = tasks.train_round(train_task(model, data, local_steps=1))
     incoming = tmp_path / "global-v1.safetensors"
     incoming.write_bytes(first["adapter"])
-    by_ref = train_task(model, data, local_steps=1, adapter_path=str(incoming),
-                        result_path=str(tmp_path / "results" / "east.safetensors"), inline_limit_bytes=10)
+    by_ref = train_task(
+        model,
+        data,
+        local_steps=1,
+        adapter_path=str(incoming),
+        result_path=str(tmp_path / "results" / "east.safetensors"),
+        inline_limit_bytes=10,
+    )
     out = TrainResult.from_wire(tasks.train_round(by_ref))
     assert out.adapter is None and out.adapter_path == by_ref["result_path"]
     assert out.adapter_nbytes == Path(out.adapter_path).stat().st_size and out.timings.store_s > 0
     inline = TrainResult.from_wire(tasks.train_round({**by_ref, "inline_limit_bytes": 10**9}))
-    assert inline.adapter == tasks.train_round(train_task(model, data, local_steps=1, adapter=first["adapter"]))["adapter"]
+    assert (
+        inline.adapter
+        == tasks.train_round(train_task(model, data, local_steps=1, adapter=first["adapter"]))[
+            "adapter"
+        ]
+    )
     with pytest.raises(UserError, match="adapter_path"):
         tasks.train_round({**by_ref, "adapter": first["adapter"]})
 
@@ -199,8 +259,11 @@ def test_bfloat16_base_trains_a_float32_adapter(model: Path, data: Path) -> None
     assert math.isfinite(out["train_loss"])
     state = adapter_from_bytes(out["adapter"])
     assert {t.dtype for t in state.values()} == {torch.float32}
-    res = tasks.evaluate(eval_task(model, data, adapter=out["adapter"], dtype="bfloat16",
-                                   max_samples=8, generate_samples=2))
+    res = tasks.evaluate(
+        eval_task(
+            model, data, adapter=out["adapter"], dtype="bfloat16", max_samples=8, generate_samples=2
+        )
+    )
     assert math.isfinite(res["val_loss"])
 
 
@@ -224,19 +287,20 @@ def test_cache_hit_gives_the_same_adapter_as_a_cold_cache(model: Path, data: Pat
 def test_loss_falls_on_a_fixed_batch(model: Path, data: Path) -> None:
     # 8 samples, batch 8: every step sees the same batch.
     fixed = {"max_samples": 8}
-    out = tasks.train_round(train_task(model, data, local_steps=10, batch_size=8, lr=1e-2,
-                                       **fixed))
+    out = tasks.train_round(train_task(model, data, local_steps=10, batch_size=8, lr=1e-2, **fixed))
     before = tasks.evaluate(eval_task(model, data, generate_samples=0, **fixed))
-    after = tasks.evaluate(eval_task(model, data, adapter=out["adapter"], generate_samples=0,
-                                     **fixed))
+    after = tasks.evaluate(
+        eval_task(model, data, adapter=out["adapter"], generate_samples=0, **fixed)
+    )
     assert before["val_loss"] == pytest.approx(out["first_loss"], rel=1e-4)
     assert after["val_loss"] < 0.8 * before["val_loss"]
 
 
 def test_global_adapter_is_loaded_before_training(model: Path, data: Path) -> None:
     first = tasks.train_round(train_task(model, data, local_steps=6, lr=2e-2))
-    second = tasks.train_round(train_task(model, data, local_steps=1, round=1,
-                                          adapter=first["adapter"]))
+    second = tasks.train_round(
+        train_task(model, data, local_steps=1, round=1, adapter=first["adapter"])
+    )
     fresh = tasks.train_round(train_task(model, data, local_steps=1, round=1))
     assert second["first_loss"] < fresh["first_loss"]
 
@@ -251,12 +315,21 @@ def test_server_rebuilds_the_fresh_adapter_from_shapes(model: Path, data: Path) 
     rebuilt = fresh_adapter_from_shapes(shapes, seed=1)
     assert rebuilt.keys() == on_site.keys()
     assert all(torch.equal(rebuilt[k], on_site[k]) for k in rebuilt)
-    assert not torch.equal(rebuilt[next(k for k in rebuilt if ".lora_A." in k)],
-                           fresh_adapter_from_shapes(shapes, seed=2)[next(
-                               k for k in rebuilt if ".lora_A." in k)])
+    assert not torch.equal(
+        rebuilt[next(k for k in rebuilt if ".lora_A." in k)],
+        fresh_adapter_from_shapes(shapes, seed=2)[next(k for k in rebuilt if ".lora_A." in k)],
+    )
     # B = 0: the fresh adapter leaves the base model's outputs unchanged.
-    fresh = tasks.evaluate(eval_task(model, data, adapter=adapter_to_bytes(rebuilt), lora=LORA,
-                                     max_samples=8, generate_samples=0))
+    fresh = tasks.evaluate(
+        eval_task(
+            model,
+            data,
+            adapter=adapter_to_bytes(rebuilt),
+            lora=LORA,
+            max_samples=8,
+            generate_samples=0,
+        )
+    )
     base = tasks.evaluate(eval_task(model, data, max_samples=8, generate_samples=0))
     assert fresh["val_loss"] == pytest.approx(base["val_loss"], abs=1e-6)
 
@@ -272,15 +345,18 @@ def test_labels_cover_only_the_answer(model: Path) -> None:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model)
-    ex = encode_example(tok, "What is <SMILES> CCO </SMILES> ?", "<MOLFORMULA> C2H6O </MOLFORMULA>",
-                        64)
-    answer = tok.decode(list(ex.ids[ex.prompt_len:]), skip_special_tokens=True)
+    ex = encode_example(
+        tok, "What is <SMILES> CCO </SMILES> ?", "<MOLFORMULA> C2H6O </MOLFORMULA>", 64
+    )
+    answer = tok.decode(list(ex.ids[ex.prompt_len :]), skip_special_tokens=True)
     assert answer == "<MOLFORMULA> C2H6O </MOLFORMULA>"
     assert ex.ids[0] == tok.bos_token_id and ex.ids[-1] == tok.eos_token_id
     short = encode_example(tok, "long prompt " * 40, "<NUMBER> 3 </NUMBER>", 24)
     assert len(short.ids) == 24 and short.ids[0] == tok.bos_token_id
-    assert tok.decode(list(short.ids[short.prompt_len:]), skip_special_tokens=True) == \
-        "<NUMBER> 3 </NUMBER>"
+    assert (
+        tok.decode(list(short.ids[short.prompt_len :]), skip_special_tokens=True)
+        == "<NUMBER> 3 </NUMBER>"
+    )
 
 
 # ------------------------------------------------------------------ evaluate
@@ -303,8 +379,9 @@ def test_evaluate_needs_the_lora_config_for_a_bare_adapter(model: Path, data: Pa
     bare = adapter_to_bytes(adapter_from_bytes(out["adapter"]), "float32")  # no metadata
     with pytest.raises(UserError, match="lora"):
         tasks.evaluate(eval_task(model, data, adapter=bare))
-    res = tasks.evaluate(eval_task(model, data, adapter=bare, lora=LORA, max_samples=8,
-                                   generate_samples=0))
+    res = tasks.evaluate(
+        eval_task(model, data, adapter=bare, lora=LORA, max_samples=8, generate_samples=0)
+    )
     assert math.isfinite(res["val_loss"])
 
 
@@ -325,8 +402,7 @@ def test_answer_extraction_and_generation_sample() -> None:
 # ------------------------------------------------------------------ errors
 
 
-def test_missing_paths_name_the_path_and_the_fix(model: Path, data: Path, tmp_path: Path
-                                                 ) -> None:
+def test_missing_paths_name_the_path_and_the_fix(model: Path, data: Path, tmp_path: Path) -> None:
     gone = tmp_path / "no-model"
     with pytest.raises(UserError) as err:
         tasks.train_round(train_task(gone, data))
@@ -338,17 +414,24 @@ def test_missing_paths_name_the_path_and_the_fix(model: Path, data: Path, tmp_pa
         tasks.evaluate(eval_task(model, tmp_path / "none.jsonl"))
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"local_steps": 0}, "local_steps"),
-    ({"data_path": "runs/r/data/east.jsonl"}, "data_path"),  # relative: a worker would look elsewhere
-    ({"result_path": "results/east.safetensors"}, "result_path"),
-    ({"dtype": "float8"}, "dtype"),
-    ({"adapter": "not bytes"}, "adapter"),
-    ({"lora": {**LORA, "r": 0}}, "lora.r"),
-    ({"unknown_key": 1}, "unknown_key"),
-])
-def test_bad_task_fields_are_user_errors(model: Path, data: Path, change: dict[str, Any],
-                                         field: str) -> None:
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"local_steps": 0}, "local_steps"),
+        (
+            {"data_path": "runs/r/data/east.jsonl"},
+            "data_path",
+        ),  # relative: a worker would look elsewhere
+        ({"result_path": "results/east.safetensors"}, "result_path"),
+        ({"dtype": "float8"}, "dtype"),
+        ({"adapter": "not bytes"}, "adapter"),
+        ({"lora": {**LORA, "r": 0}}, "lora.r"),
+        ({"unknown_key": 1}, "unknown_key"),
+    ],
+)
+def test_bad_task_fields_are_user_errors(
+    model: Path, data: Path, change: dict[str, Any], field: str
+) -> None:
     with pytest.raises(UserError, match=f"TrainTask.{field}"):
         tasks.train_round(train_task(model, data, **change))
 
@@ -373,11 +456,12 @@ def test_task_functions_travel_by_reference() -> None:
 
 
 def test_client_imports_no_server_side_code() -> None:
-    code = ("import sys, crossfl.client.tasks, crossfl.client.model_cache;"
-            "bad = [m for m in sys.modules if m.split('.')[:2] in "
-            "(['crossfl','server'], ['crossfl','deploy'], ['crossfl','render'], "
-            "['crossfl','sites'])];"
-            "print(bad); sys.exit(1 if bad else 0)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    code = (
+        "import sys, crossfl.client.tasks, crossfl.client.model_cache;"
+        "bad = [m for m in sys.modules if m.split('.')[:2] in "
+        "(['crossfl','server'], ['crossfl','deploy'], ['crossfl','render'], "
+        "['crossfl','sites'])];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr

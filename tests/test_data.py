@@ -31,6 +31,7 @@ SPLIT_NAMES = ("train", "validation", "test")
 
 # ---------------------------------------------------------------- fixtures and helpers
 
+
 @pytest.fixture(scope="module")
 def full_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, chem.BuildSummary]:
     """The whole built-in set, built once for this module (a few seconds)."""
@@ -50,9 +51,16 @@ def synthetic(per_task: dict[str, int]) -> list[Record]:
     for task, count in per_task.items():
         for i in range(count):
             smiles = f"C{task}{i}"
-            records.append(Record(input=f"q <SMILES> {smiles} </SMILES>",
-                                  output="<NUMBER> 1 </NUMBER>", raw_input=smiles,
-                                  raw_output="1", task=task, split="train"))
+            records.append(
+                Record(
+                    input=f"q <SMILES> {smiles} </SMILES>",
+                    output="<NUMBER> 1 </NUMBER>",
+                    raw_input=smiles,
+                    raw_output="1",
+                    task=task,
+                    split="train",
+                )
+            )
     return records
 
 
@@ -62,8 +70,9 @@ def ids(records: list[Record]) -> list[tuple[str, str]]:
 
 def own_share(parts: dict[str, list[Record]], owned: dict[str, set[str]]) -> dict[str, float]:
     """Fraction of each site's records that belong to the tasks it owns."""
-    return {site: sum(r.task in owned[site] for r in recs) / len(recs)
-            for site, recs in parts.items()}
+    return {
+        site: sum(r.task in owned[site] for r in recs) / len(recs) for site, recs in parts.items()
+    }
 
 
 def max_task_share(parts: dict[str, list[Record]]) -> float:
@@ -94,6 +103,7 @@ def run_like_main(args: list[str]) -> tuple[int, str]:
 
 # ---------------------------------------------------------------- building the chemistry set
 
+
 def test_build_uses_rdkit_nci_molecules(full_set: tuple[Path, chem.BuildSummary]) -> None:
     out, summary = full_set
     assert summary.source == "rdkit:NCI/first_5K.smi"
@@ -105,7 +115,11 @@ def test_build_uses_rdkit_nci_molecules(full_set: tuple[Path, chem.BuildSummary]
     assert summary.molecules["train"] == pytest.approx(0.8 * total, abs=2)
     assert summary.molecules["validation"] == pytest.approx(0.1 * total, abs=2)
     assert {p.name for p in out.iterdir()} == {
-        "train.jsonl", "validation.jsonl", "test.jsonl", "dataset_info.json"}
+        "train.jsonl",
+        "validation.jsonl",
+        "test.jsonl",
+        "dataset_info.json",
+    }
     info = json.loads((out / "dataset_info.json").read_text())
     assert info["records"] == summary.records
 
@@ -177,13 +191,18 @@ def test_build_is_deterministic_by_seed(tmp_path: Path) -> None:
     for split in SPLIT_NAMES:
         a = (tmp_path / "a" / f"{split}.jsonl").read_bytes()
         assert a == (tmp_path / "b" / f"{split}.jsonl").read_bytes()
-    assert (tmp_path / "a" / "train.jsonl").read_bytes() != \
-        (tmp_path / "c" / "train.jsonl").read_bytes()
+    assert (tmp_path / "a" / "train.jsonl").read_bytes() != (
+        tmp_path / "c" / "train.jsonl"
+    ).read_bytes()
 
 
 def test_max_molecules_and_task_choice(tmp_path: Path) -> None:
-    summary = build_chem(tmp_path, seed=0, max_molecules=30,
-                         tasks=["property_prediction-logp", "name_conversion-s2f"])
+    summary = build_chem(
+        tmp_path,
+        seed=0,
+        max_molecules=30,
+        tasks=["property_prediction-logp", "name_conversion-s2f"],
+    )
     assert summary.molecules == {"train": 24, "validation": 3, "test": 3}
     assert list(summary.records) == ["name_conversion-s2f", "property_prediction-logp"]
     assert len(load_jsonl(tmp_path)) == 60
@@ -211,8 +230,9 @@ def test_unparseable_and_duplicate_smiles_are_skipped(tmp_path: Path) -> None:
     assert summary.molecules["validation"] == summary.molecules["test"] == 1
 
 
-def test_failed_build_leaves_previous_dataset(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_build_leaves_previous_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     build_chem(tmp_path, seed=0, max_molecules=20)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     real_stage = smolinstruct.stage_jsonl
@@ -241,16 +261,25 @@ def test_failed_build_leaves_previous_dataset(tmp_path: Path,
 REAL_STYLE = {
     "input": "Given <SMILES> CCO </SMILES>, what is its molecular formula?",
     "output": "It is <MOLFORMULA> C2H6O </MOLFORMULA> .",
-    "raw_input": "CCO", "raw_output": "C2H6O", "split": "test",
-    "task": "name_conversion-s2f", "input_core_tag_left": "<SMILES>",
-    "input_core_tag_right": "</SMILES>", "output_core_tag_left": "<MOLFORMULA>",
-    "output_core_tag_right": "</MOLFORMULA>", "target": None,
+    "raw_input": "CCO",
+    "raw_output": "C2H6O",
+    "split": "test",
+    "task": "name_conversion-s2f",
+    "input_core_tag_left": "<SMILES>",
+    "input_core_tag_right": "</SMILES>",
+    "output_core_tag_left": "<MOLFORMULA>",
+    "output_core_tag_right": "</MOLFORMULA>",
+    "target": None,
 }
 
 
 def test_loader_reads_real_smolinstruct_records(tmp_path: Path) -> None:
-    esol = dict(REAL_STYLE, task="property_prediction-esol", raw_output=-0.77,
-                output="<NUMBER> -0.77 </NUMBER>")
+    esol = dict(
+        REAL_STYLE,
+        task="property_prediction-esol",
+        raw_output=-0.77,
+        output="<NUMBER> -0.77 </NUMBER>",
+    )
     path = tmp_path / "smol.jsonl"
     path.write_text(json.dumps(REAL_STYLE) + "\n\n" + json.dumps(esol) + "\n")
     records = load_jsonl(path)
@@ -276,7 +305,7 @@ def test_loader_reads_a_directory_in_name_order(tmp_path: Path) -> None:
 def test_malformed_line_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     good = json.dumps(REAL_STYLE)
-    path.write_text(f"{good}\n{good}\n{{\"input\": \"oops\"\n{good}\n")
+    path.write_text(f'{good}\n{good}\n{{"input": "oops"\n{good}\n')
     with pytest.raises(UserError) as info:
         load_jsonl(path)
     err = info.value
@@ -360,18 +389,22 @@ def test_by_task_with_more_sites_than_tasks() -> None:
     records = synthetic({"a": 100, "b": 100})
     sites = [f"s{i}" for i in range(5)]
     parts = partition(records, sites, "by_task", seed=0)
-    dominant = {site: Counter(r.task for r in recs).most_common(1)[0][0]
-                for site, recs in parts.items()}
+    dominant = {
+        site: Counter(r.task for r in recs).most_common(1)[0][0] for site, recs in parts.items()
+    }
     assert dominant == {"s0": "a", "s1": "b", "s2": "a", "s3": "b", "s4": "a"}
     assert sum(len(r) for r in parts.values()) == 200
 
 
 def test_dirichlet_alpha_controls_skew() -> None:
     records = synthetic(TASK_SIZES)
-    skewed = [max_task_share(partition(records, SITES, "dirichlet", seed=s, alpha=0.1))
-              for s in range(5)]
-    mixed = [max_task_share(partition(records, SITES, "dirichlet", seed=s, alpha=100.0))
-             for s in range(5)]
+    skewed = [
+        max_task_share(partition(records, SITES, "dirichlet", seed=s, alpha=0.1)) for s in range(5)
+    ]
+    mixed = [
+        max_task_share(partition(records, SITES, "dirichlet", seed=s, alpha=100.0))
+        for s in range(5)
+    ]
     assert sum(skewed) / 5 > sum(mixed) / 5 + 0.15
     assert max(mixed) < 0.35
     a = partition(records, SITES, "dirichlet", seed=0, alpha=0.5)
@@ -404,8 +437,9 @@ def test_partition_refuses_what_cannot_work() -> None:
         partition(records, ["a"], "iid", seed=-1)
 
 
-def test_write_partitions_uses_train_split_only(full_set: tuple[Path, chem.BuildSummary],
-                                                tmp_path: Path) -> None:
+def test_write_partitions_uses_train_split_only(
+    full_set: tuple[Path, chem.BuildSummary], tmp_path: Path
+) -> None:
     out, summary = full_set
     paths = write_partitions(out, SITES, tmp_path / "parts", "by_task", seed=0, alpha=0.5)
     assert list(paths) == SITES
@@ -421,25 +455,60 @@ def test_write_partitions_uses_train_split_only(full_set: tuple[Path, chem.Build
 
 # ---------------------------------------------------------------- the CLI
 
+
 def test_cli_build_and_partition(tmp_path: Path) -> None:
     runner = CliRunner()
     app = data_app()
-    result = runner.invoke(app, ["data", "build-chem", "--out", str(tmp_path / "chem"),
-                                 "--max-molecules", "40", "--seed", "2"])
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "build-chem",
+            "--out",
+            str(tmp_path / "chem"),
+            "--max-molecules",
+            "40",
+            "--seed",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "name_conversion-s2f" in result.output and "32" in result.output
-    result = runner.invoke(app, ["data", "partition", "--train",
-                                 str(tmp_path / "chem" / "train.jsonl"), "--sites", "a,b",
-                                 "--scheme", "dirichlet", "--alpha", "0.3",
-                                 "--out", str(tmp_path / "parts")])
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "partition",
+            "--train",
+            str(tmp_path / "chem" / "train.jsonl"),
+            "--sites",
+            "a,b",
+            "--scheme",
+            "dirichlet",
+            "--alpha",
+            "0.3",
+            "--out",
+            str(tmp_path / "parts"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "parts").glob("*.jsonl")) == ["a.jsonl", "b.jsonl"]
 
 
 def test_cli_bad_scheme_is_one_line_nonzero(tmp_path: Path) -> None:
     build_chem(tmp_path / "chem", max_molecules=10)
-    args = ["data", "partition", "--train", str(tmp_path / "chem" / "train.jsonl"),
-            "--sites", "a,b", "--scheme", "shuffled", "--out", str(tmp_path / "parts")]
+    args = [
+        "data",
+        "partition",
+        "--train",
+        str(tmp_path / "chem" / "train.jsonl"),
+        "--sites",
+        "a,b",
+        "--scheme",
+        "shuffled",
+        "--out",
+        str(tmp_path / "parts"),
+    ]
     result = CliRunner().invoke(data_app(), args)
     assert result.exit_code != 0
     assert isinstance(result.exception, UserError)
@@ -451,20 +520,44 @@ def test_cli_bad_scheme_is_one_line_nonzero(tmp_path: Path) -> None:
 
 
 def test_cli_missing_train_file_is_a_user_error(tmp_path: Path) -> None:
-    code, message = run_like_main(["data", "partition", "--train", str(tmp_path / "no.jsonl"),
-                                   "--sites", "a", "--out", str(tmp_path / "p")])
+    code, message = run_like_main(
+        [
+            "data",
+            "partition",
+            "--train",
+            str(tmp_path / "no.jsonl"),
+            "--sites",
+            "a",
+            "--out",
+            str(tmp_path / "p"),
+        ]
+    )
     assert code == 2 and "no.jsonl" in message and "build-chem" in message
 
 
-def test_main_cli_prints_one_line_and_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_cli_prints_one_line_and_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Through crossfl.cli.main itself, with only the data area registered."""
     from crossfl import cli
 
     monkeypatch.setattr(cli, "AREAS", ("data",))
-    monkeypatch.setattr("sys.argv", ["crossfl", "data", "partition", "--train",
-                                     str(tmp_path / "t.jsonl"), "--sites", "a",
-                                     "--scheme", "bogus", "--out", str(tmp_path / "p")])
+    monkeypatch.setattr(
+        "sys.argv",
+        [
+            "crossfl",
+            "data",
+            "partition",
+            "--train",
+            str(tmp_path / "t.jsonl"),
+            "--sites",
+            "a",
+            "--scheme",
+            "bogus",
+            "--out",
+            str(tmp_path / "p"),
+        ],
+    )
     with pytest.raises(SystemExit) as info:
         cli.main()
     assert info.value.code == 2

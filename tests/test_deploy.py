@@ -30,6 +30,7 @@ def run_cli(*args: str) -> tuple[int, str]:
     import typer
 
     from crossfl.cli import deploy as cli_deploy
+
     app = typer.Typer()
     cli_deploy.register(app)
     app.command("noop", hidden=True)(lambda: None)  # keep typer in multi-command mode
@@ -95,9 +96,12 @@ def override(project: Path, data: dict) -> None:
 
 # -- the state file ------------------------------------------------------------------------------
 
-def test_state_file_claims_only_what_happened(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+
+def test_state_file_claims_only_what_happened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from crossfl import state as st
+
     monkeypatch.setenv("CROSSFL_ROOT", str(tmp_path))
     with pytest.raises(UserError, match="never deployed"):
         st.require_endpoint_id("x")
@@ -123,8 +127,10 @@ def test_state_file_claims_only_what_happened(tmp_path: Path,
 
 # -- the deploy itself --------------------------------------------------------------------------
 
+
 def test_deploy_configures_is_idempotent_and_fails_start_clearly(
-        project: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    project: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     code, out = run_cli("deploy", SITE, "--no-start")
     print(out)
     assert code == 0, out
@@ -132,8 +138,13 @@ def test_deploy_configures_is_idempotent_and_fails_start_clearly(
     root = remote_root()
     for sub in ("bundle", "images", "data"):
         assert (root / sub).is_dir()
-    for f in ("config.yaml", "user_config_template.yaml.j2", "user_config_schema.json",
-              "user_environment.yaml", "user_config.example.yaml"):
+    for f in (
+        "config.yaml",
+        "user_config_template.yaml.j2",
+        "user_config_schema.json",
+        "user_environment.yaml",
+        "user_config.example.yaml",
+    ):
         assert (root / "bundle" / "endpoint" / f).read_bytes() == (rendered / f).read_bytes()
     # globus-compute-endpoint configure ran (real CLI) and our files replaced its defaults
     ep = ep_dir()
@@ -172,9 +183,14 @@ def test_deploy_configures_is_idempotent_and_fails_start_clearly(
     assert state(project)["endpoint"]["endpoint_id"] is None
 
     # with an email and (fake) client credentials, start reaches for the Globus service: offline
-    monkeypatch.setenv("CROSSFL_REMOTE_ACTIVATE", activate_line(
-        ep.parent, "; export GLOBUS_COMPUTE_CLIENT_ID=00000000-0000-4000-8000-000000000001"
-                   " GLOBUS_COMPUTE_CLIENT_SECRET=not-a-secret"))
+    monkeypatch.setenv(
+        "CROSSFL_REMOTE_ACTIVATE",
+        activate_line(
+            ep.parent,
+            "; export GLOBUS_COMPUTE_CLIENT_ID=00000000-0000-4000-8000-000000000001"
+            " GLOBUS_COMPUTE_CLIENT_SECRET=not-a-secret",
+        ),
+    )
     code, out = run_cli("deploy", SITE, "--contact-email", "ops@example.org")
     assert code == 2, out
     line = error_line(out)
@@ -201,8 +217,15 @@ def test_deploy_configures_is_idempotent_and_fails_start_clearly(
 def test_each_step_runs_on_its_own(project: Path) -> None:
     """The deploy steps, named and in order, each one runnable alone on a Deployment."""
     from crossfl.deploy import flow, steps
+
     assert [name for name, _ in steps.STEPS] == [
-        "layout", "bundle", "image", "data", "endpoint", "start"]
+        "layout",
+        "bundle",
+        "image",
+        "data",
+        "endpoint",
+        "start",
+    ]
     with flow.deployment(SITE, start=False) as d:
         assert not remote_root().exists()
         steps.layout(d)
@@ -235,8 +258,9 @@ def test_data_upload_only_when_asked(project: Path, tmp_path: Path) -> None:
     assert code == 0, out
     dest = remote_root() / "data" / "chem"
     assert (dest / "train.jsonl").read_bytes() == (data / "train.jsonl").read_bytes()
-    assert (dest / "split" / "val.jsonl").read_bytes() == \
-        (data / "split" / "val.jsonl").read_bytes()
+    assert (dest / "split" / "val.jsonl").read_bytes() == (
+        data / "split" / "val.jsonl"
+    ).read_bytes()
     assert [d["remote_path"] for d in state(project)["data"]] == [str(dest)]
     code, out = run_cli("deploy", SITE, "--no-start", "--data", str(data))
     assert code == 0 and "nothing changed" in out
@@ -245,16 +269,25 @@ def test_data_upload_only_when_asked(project: Path, tmp_path: Path) -> None:
 def test_cli_entry_point_prints_one_line(project: Path) -> None:
     """The installed `crossfl` command: a deploy fault is one line on stderr and exit 2."""
     shutil.copy(REPO / "deploy" / "sites" / "local.yaml", project / "deploy" / "sites")
-    res = subprocess.run([str(VENV_BIN / "crossfl"), "deploy", "local"], capture_output=True,
-                         text=True, cwd=project, timeout=120)
+    res = subprocess.run(
+        [str(VENV_BIN / "crossfl"), "deploy", "local"],
+        capture_output=True,
+        text=True,
+        cwd=project,
+        timeout=120,
+    )
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "site local has no deploy block" in lines[0], res.stderr
 
 
 def test_dry_run_prints_and_does_nothing(project: Path) -> None:
-    for args in (["deploy", SITE, "--data", str(project / "deploy")], ["status", SITE],
-                 ["logs", SITE], ["stop", SITE]):
+    for args in (
+        ["deploy", SITE, "--data", str(project / "deploy")],
+        ["status", SITE],
+        ["logs", SITE],
+        ["stop", SITE],
+    ):
         code, out = run_cli(*args, "--dry-run")
         assert code == 0, out
         assert "[dry-run]" in out and "127.0.0.1" in out
@@ -266,6 +299,7 @@ def test_dry_run_prints_and_does_nothing(project: Path) -> None:
 
 
 # -- faults: one line naming the site and the next step; no state claiming it happened ------
+
 
 def test_closed_port(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CROSSFL_SSH_PORT", str(free_port()))
@@ -284,12 +318,16 @@ def test_refused_key(project: Path, sshd: SshServer, monkeypatch: pytest.MonkeyP
     assert state(project) is None
 
 
-@pytest.mark.parametrize("activate, expect", [
-    ("source /nonexistent/venv/bin/activate", "deploy.python_activate failed"),
-    ("true", "globus-compute-endpoint is not on PATH"),
-])
-def test_missing_endpoint_cli(project: Path, monkeypatch: pytest.MonkeyPatch,
-                              activate: str, expect: str) -> None:
+@pytest.mark.parametrize(
+    "activate, expect",
+    [
+        ("source /nonexistent/venv/bin/activate", "deploy.python_activate failed"),
+        ("true", "globus-compute-endpoint is not on PATH"),
+    ],
+)
+def test_missing_endpoint_cli(
+    project: Path, monkeypatch: pytest.MonkeyPatch, activate: str, expect: str
+) -> None:
     monkeypatch.setenv("CROSSFL_REMOTE_ACTIVATE", activate)
     code, out = run_cli("deploy", SITE)
     line = error_line(out)
@@ -312,8 +350,15 @@ IMAGE_BYTES = 3 * (1 << 20) + 12345
 
 @pytest.fixture
 def image_site(project: Path) -> tuple[Path, Path]:
-    override(project, {"container": {"runtime": "apptainer",
-                                     "images": {"cpu": "{{remote_root}}/images/crossfl-cpu.sif"}}})
+    override(
+        project,
+        {
+            "container": {
+                "runtime": "apptainer",
+                "images": {"cpu": "{{remote_root}}/images/crossfl-cpu.sif"},
+            }
+        },
+    )
     img = project / "build" / "images" / "crossfl-cpu.sif"
     img.parent.mkdir(parents=True)
     img.write_bytes(os.urandom(IMAGE_BYTES))
@@ -354,11 +399,16 @@ def test_image_upload_killed_midway_resumes(project: Path, image_site: tuple[Pat
     never appears; the next deploy resumes from the partial file and verifies it."""
     import signal
     import time
+
     img, dest = image_site
     img.write_bytes(os.urandom(64 << 20))
     part = dest.with_name(dest.name + ".part")
-    proc = subprocess.Popen([str(VENV_BIN / "crossfl"), "deploy", SITE, "--no-start"],
-                            cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "crossfl"), "deploy", SITE, "--no-start"],
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and proc.poll() is None:
@@ -385,8 +435,11 @@ def test_image_upload_disk_full(project: Path, image_site: tuple[Path, Path]) ->
     directory (root can mount here); skipped, saying so, where mounting is not permitted."""
     img, dest = image_site
     dest.parent.mkdir(parents=True)
-    mnt = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(dest.parent)],
-                         capture_output=True, text=True)
+    mnt = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(dest.parent)],
+        capture_output=True,
+        text=True,
+    )
     if mnt.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs to fill the disk: {mnt.stderr.strip()}")
     try:
@@ -401,16 +454,19 @@ def test_image_upload_disk_full(project: Path, image_site: tuple[Path, Path]) ->
         subprocess.run(["umount", str(dest.parent)], check=False)
 
 
-def test_reuses_an_openssh_master_connection(project: Path, sshd: SshServer,
-                                             image_site: tuple[Path, Path],
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reuses_an_openssh_master_connection(
+    project: Path, sshd: SshServer, image_site: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A user of a one-time-password facility logs in once (`ssh -fN host` with ControlMaster
     in ~/.ssh/config); deploy then runs every command and upload through that master: the
     server sees no new login."""
     import tempfile
+
     sockdir = Path(tempfile.mkdtemp(prefix="cfl-", dir="/tmp"))  # unix socket paths are short
-    cfg = sshd.client_config(name="ssh-config-mux", extra=(
-        f"  ControlMaster auto\n  ControlPath {sockdir}/%C\n  ControlPersist 120\n"))
+    cfg = sshd.client_config(
+        name="ssh-config-mux",
+        extra=(f"  ControlMaster auto\n  ControlPath {sockdir}/%C\n  ControlPersist 120\n"),
+    )
     monkeypatch.setenv("CROSSFL_SSH_CONFIG", str(cfg))
     ssh = ["ssh", "-F", str(cfg), "-p", str(sshd.port)]
     subprocess.run([*ssh, "-fN", "127.0.0.1"], check=True, timeout=30)
@@ -418,7 +474,7 @@ def test_reuses_an_openssh_master_connection(project: Path, sshd: SshServer,
         img, dest = image_site
         part = dest.with_name(dest.name + ".part")
         part.parent.mkdir(parents=True)
-        part.write_bytes(img.read_bytes()[:(1 << 20) + 7])
+        part.write_bytes(img.read_bytes()[: (1 << 20) + 7])
         before = sshd.logins()
         code, out = run_cli("deploy", SITE, "--no-start")
         assert code == 0, out

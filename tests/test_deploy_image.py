@@ -29,6 +29,7 @@ def run_cli(*args: str) -> tuple[int, str]:
     import typer
 
     from crossfl.cli import deploy as cli_deploy
+
     app = typer.Typer()
     cli_deploy.register(app)
     app.command("noop", hidden=True)(lambda: None)
@@ -54,6 +55,7 @@ def state(project: Path, site: str = SITE) -> dict | None:
 
 # -- the dry run: no SSH, no image ----------------------------------------------------------------
 
+
 @pytest.fixture
 def fresh_clone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A checkout with the facility sites and no build/ at all (no image, no def file)."""
@@ -78,16 +80,24 @@ def test_frontier_dry_run_on_a_fresh_clone_prints_the_whole_plan(fresh_clone: Pa
     def at(needle: str) -> int:
         assert needle in text, needle
         return text.index(needle)
+
     # every remote command and transfer, in order: bundle, build inputs, the build on the login
     # node, its wait, the verification, then the endpoint
-    order = [at("bundle/endpoint/config.yaml"), at("crossfl-rocm.build.tar.part"),
-             at("tar -xf crossfl-rocm.build.tar"),
-             at("nohup bash -c 'bash '\"'\"'/lustre/orion/abc123/scratch/$USER/crossfl/bundle/"
-                "batch/build_image.sh"), at("wait for the image build"),
-             at("apptainer inspect --labels --json"),
-             at("sha256sum '/lustre/orion/abc123/scratch/$USER/crossfl/images/crossfl-rocm.sif"),
-             at("crossfl-rocm.sif.origin"), at("globus-compute-endpoint configure"),
-             at("globus-compute-endpoint start")]
+    order = [
+        at("bundle/endpoint/config.yaml"),
+        at("crossfl-rocm.build.tar.part"),
+        at("tar -xf crossfl-rocm.build.tar"),
+        at(
+            "nohup bash -c 'bash '\"'\"'/lustre/orion/abc123/scratch/$USER/crossfl/bundle/"
+            "batch/build_image.sh"
+        ),
+        at("wait for the image build"),
+        at("apptainer inspect --labels --json"),
+        at("sha256sum '/lustre/orion/abc123/scratch/$USER/crossfl/images/crossfl-rocm.sif"),
+        at("crossfl-rocm.sif.origin"),
+        at("globus-compute-endpoint configure"),
+        at("globus-compute-endpoint start"),
+    ]
     assert order == sorted(order)
     assert "not built here" not in out and "dry run: nothing was transferred or run" in out
     # the build inputs were rendered here (no Apptainer needed); nothing else was written
@@ -98,14 +108,15 @@ def test_frontier_dry_run_on_a_fresh_clone_prints_the_whole_plan(fresh_clone: Pa
 def test_batch_build_and_pull_dry_runs(fresh_clone: Path) -> None:
     code, out = run_cli("deploy", "polaris", "--dry-run")
     assert code == 0, out
-    assert "qsub \"$HOME\"/.crossfl/polaris/bundle/batch/build_image.sh" in out
+    assert 'qsub "$HOME"/.crossfl/polaris/bundle/batch/build_image.sh' in out
     assert "qstat -x -f '<job id>'" in out  # the scheduler's own query, for that job
-    override(fresh_clone, "aurora", {"container": {"image_source": {"method": "pull",
-                                                                    "ref": REF}}})
+    override(fresh_clone, "aurora", {"container": {"image_source": {"method": "pull", "ref": REF}}})
     code, out = run_cli("deploy", "aurora", "--dry-run")
     assert code == 0, out
-    assert ("apptainer pull --disable-cache /lus/flare/projects/MyProject/$USER/crossfl/images/"
-            f"crossfl-xpu.sif.part {REF}") in out.replace("'", "")
+    assert (
+        "apptainer pull --disable-cache /lus/flare/projects/MyProject/$USER/crossfl/images/"
+        f"crossfl-xpu.sif.part {REF}"
+    ) in out.replace("'", "")
     assert "qsub" not in out and "build.tar" not in out
 
 
@@ -117,14 +128,18 @@ def test_upload_needs_the_local_image(fresh_clone: Path) -> None:
     assert "image_source.method: build or pull" in line
 
 
-@pytest.mark.parametrize("ref, expect", [
-    ("oras://registry.example.org/crossfl/rocm:latest", "is not pinned by digest"),
-    ("docker://registry.example.org/crossfl/rocm:2.13", "docker://HOST/REPO@sha256:"),
-    ("oras://registry.example.org/crossfl/rocm@sha256:1234", "is not pinned by digest"),
-])
+@pytest.mark.parametrize(
+    "ref, expect",
+    [
+        ("oras://registry.example.org/crossfl/rocm:latest", "is not pinned by digest"),
+        ("docker://registry.example.org/crossfl/rocm:2.13", "docker://HOST/REPO@sha256:"),
+        ("oras://registry.example.org/crossfl/rocm@sha256:1234", "is not pinned by digest"),
+    ],
+)
 def test_a_tag_without_digest_is_refused(fresh_clone: Path, ref: str, expect: str) -> None:
-    override(fresh_clone, "frontier", {"container": {"image_source": {"method": "pull",
-                                                                      "ref": ref}}})
+    override(
+        fresh_clone, "frontier", {"container": {"image_source": {"method": "pull", "ref": ref}}}
+    )
     code, out = run_cli("deploy", "frontier", "--dry-run")
     line = error_line(out)
     assert code == 2 and expect in line and "container.image_source.ref" in line
@@ -139,6 +154,7 @@ def test_pull_needs_a_ref(fresh_clone: Path) -> None:
 
 # -- against the real sshd ---------------------------------------------------------------------
 
+
 @pytest.fixture
 def project(tmp_path: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch) -> Path:
     """localhost-ssh with a container, aimed at the test sshd; the login node's PATH starts
@@ -147,6 +163,7 @@ def project(tmp_path: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch) ->
     bindir = tmp_path / "fakebin"
     monkeypatch.setenv("CROSSFL_ROOT", str(root))
     from crossfl.deploy.image import expected_labels
+
     good = {**expected_labels(), "org.crossfl.git-commit": "0" * 40}
     bad = {**good, "org.crossfl.pin.parsl": "2020.1.1"}
     fake_apptainer.install(bindir, {REF: good, OTHER_REF: bad})
@@ -162,9 +179,18 @@ def project(tmp_path: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def with_container(root: Path, source: dict, site: str = SITE, **extra: object) -> None:
-    override(root, site, {"container": {
-        "runtime": "apptainer", "images": {"cpu": "{{remote_root}}/images/crossfl-cpu.sif"},
-        "image_source": source, **extra}})
+    override(
+        root,
+        site,
+        {
+            "container": {
+                "runtime": "apptainer",
+                "images": {"cpu": "{{remote_root}}/images/crossfl-cpu.sif"},
+                "image_source": source,
+                **extra,
+            }
+        },
+    )
 
 
 def image_path() -> Path:
@@ -224,8 +250,12 @@ def test_build_on_the_login_node_then_unchanged(project: Path, tmp_path: Path) -
     assert img["source"] == "build" and img["origin"].startswith("build ")
     assert img["labels"]["org.crossfl.git-commit"] == head(project)
     assert state(project)["image_build"] is None
-    log = Path(os.environ["CROSSFL_REMOTE_ROOT"]) / "build" / "images" / \
-        "crossfl-build-localhost-ssh.log"
+    log = (
+        Path(os.environ["CROSSFL_REMOTE_ROOT"])
+        / "build"
+        / "images"
+        / "crossfl-build-localhost-ssh.log"
+    )
     assert "org.crossfl.git-commit" in log.read_text()  # build_image.sh's own inspect
     code, out = run_cli("deploy", SITE, "--no-start")
     assert code == 0 and "nothing changed" in out, out
@@ -245,6 +275,7 @@ def test_build_on_the_login_node_then_unchanged(project: Path, tmp_path: Path) -
 
 def commit(root: Path, rel: str, text: str) -> None:
     import subprocess
+
     (root / rel).parent.mkdir(parents=True, exist_ok=True)
     (root / rel).write_text(text)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org"]
@@ -264,11 +295,13 @@ def test_failed_build_says_where_its_output_is(project: Path, tmp_path: Path) ->
 
 # -- the batch build job on the real one-node Slurm ---------------------------------------------
 
+
 @pytest.fixture
 def slurm_project(tmp_path: Path, slurm_cluster, monkeypatch: pytest.MonkeyPatch):
     """local-slurm-ssh with a container built by the batch build job: an sshd whose sessions
     reach the test Slurm (SLURM_CONF), the fake apptainer first on the login PATH."""
     from sshd import skip_reason
+
     why = skip_reason()
     if why:
         pytest.skip(why)
@@ -291,10 +324,18 @@ def slurm_project(tmp_path: Path, slurm_cluster, monkeypatch: pytest.MonkeyPatch
 
 def test_batch_build_job_on_real_slurm(slurm_project: Path, tmp_path: Path) -> None:
     site = "local-slurm-ssh"
-    override(slurm_project, site, {"container": {
-        "runtime": "apptainer", "images": {"cuda": "{{remote_root}}/images/crossfl-cuda.sif"},
-        "image_source": {"method": "build"},
-        "build": {"on_compute_node": True, "walltime": "00:05:00", "options": []}}})
+    override(
+        slurm_project,
+        site,
+        {
+            "container": {
+                "runtime": "apptainer",
+                "images": {"cuda": "{{remote_root}}/images/crossfl-cuda.sif"},
+                "image_source": {"method": "build"},
+                "build": {"on_compute_node": True, "walltime": "00:05:00", "options": []},
+            }
+        },
+    )
     code, out = run_cli("deploy", site, "--no-start")
     print(out)
     assert code == 0, out

@@ -38,8 +38,9 @@ def site(name: str) -> sites.Site:
 
 def engine_of(s: sites.Site, tmp_path: Path):
     out = render.render_site(s, tmp_path / "sites")
-    return render.load_user_config((out / "endpoint" / "user_config.example.yaml").read_text()
-                                   ).engine
+    return render.load_user_config(
+        (out / "endpoint" / "user_config.example.yaml").read_text()
+    ).engine
 
 
 @pytest.mark.parametrize("name", SITES)
@@ -81,8 +82,9 @@ def test_frontier_before_the_fix_fails(tmp_path, stub_interfaces):
     assert [w.devices for w in workers] == [["0"]] + [[]] * 7  # only worker 0 sees a GCD
     assert {tuple(w.cpus) for w in workers} == {(1,)}  # eight workers on one CPU
     problems = binding_problems(s, workers)
-    assert ("worker 1 sees [] (CUDA_VISIBLE_DEVICES=1 ROCR_VISIBLE_DEVICES=1 "
-            "ZE_AFFINITY_MASK=1)") in problems
+    assert (
+        "worker 1 sees [] (CUDA_VISIBLE_DEVICES=1 ROCR_VISIBLE_DEVICES=1 ZE_AFFINITY_MASK=1)"
+    ) in problems
     # The client's fix alone gives each worker its GCD; the CPUs still need -c and the list.
     fixed = worker_views(s, engine, tmp_path, client_fix=True)
     assert [w.devices for w in fixed] == [[str(i)] for i in range(8)]
@@ -109,8 +111,11 @@ def test_batch_ranks_get_what_the_workers_get(name, tmp_path, stub_interfaces):
     devices = lines[0].removeprefix("devices=(").removesuffix(")").split()
     assert lines[1] == f"rank=${{{s.local_rank_env}:-0}}"
     for i, w in enumerate(workers):
-        ours = {k: (devices[i] if v == "$device" else v) for k, v in exported.items()
-                if k != "CROSSFL_LOCAL_RANK"}
+        ours = {
+            k: (devices[i] if v == "$device" else v)
+            for k, v in exported.items()
+            if k != "CROSSFL_LOCAL_RANK"
+        }
         parsl = {k: w.env[k] for k in (*PARSL_ACCELERATOR_ENV, *PARSL_FIXED_ENV)}
         assert ours == parsl, i
     local_rank = {"aurora": "PALS_LOCAL_RANKID", "polaris": "PMI_LOCAL_RANK"}
@@ -119,9 +124,15 @@ def test_batch_ranks_get_what_the_workers_get(name, tmp_path, stub_interfaces):
 
 # --- the client: the site's device or one line naming what it saw -----------------------------
 
-GPU_ENV = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
-           "ZE_AFFINITY_MASK", "ZE_FLAT_DEVICE_HIERARCHY", "ONEAPI_DEVICE_SELECTOR",
-           device.ENV_VAR)
+GPU_ENV = (
+    "CUDA_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES",
+    "ZE_AFFINITY_MASK",
+    "ZE_FLAT_DEVICE_HIERARCHY",
+    "ONEAPI_DEVICE_SELECTOR",
+    device.ENV_VAR,
+)
 
 
 @pytest.fixture
@@ -137,24 +148,38 @@ def test_a_gpu_site_never_runs_on_the_cpu(clean_env):
     with pytest.raises(UserError) as info:
         device.select_device("rocm")
     line = info.value.render()
-    assert line.startswith("expected a rocm device; torch sees none (ROCR_VISIBLE_DEVICES=3 "
-                           "CUDA_VISIBLE_DEVICES=3 HIP_VISIBLE_DEVICES=unset; torch "
-                           f"{torch.__version__}) (fix: ")
+    assert line.startswith(
+        "expected a rocm device; torch sees none (ROCR_VISIBLE_DEVICES=3 "
+        "CUDA_VISIBLE_DEVICES=3 HIP_VISIBLE_DEVICES=unset; torch "
+        f"{torch.__version__}) (fix: "
+    )
     assert "\n" not in line
-    with pytest.raises(UserError, match="expected a cuda device; torch sees none "
-                       r"\(CUDA_VISIBLE_DEVICES=3; torch"):
+    with pytest.raises(
+        UserError,
+        match="expected a cuda device; torch sees none "
+        r"\(CUDA_VISIBLE_DEVICES=3; torch",
+    ):
         device.select_device("cuda")
     clean_env.setenv("ZE_AFFINITY_MASK", "5")
-    with pytest.raises(UserError, match="expected a xpu device; torch sees none "
-                       r"\(ZE_FLAT_DEVICE_HIERARCHY=unset ZE_AFFINITY_MASK=5 "):
+    with pytest.raises(
+        UserError,
+        match="expected a xpu device; torch sees none "
+        r"\(ZE_FLAT_DEVICE_HIERARCHY=unset ZE_AFFINITY_MASK=5 ",
+    ):
         device.select_device("xpu")
     assert device.select_device("cpu").type == "cpu"  # the catalog lists no accelerator
     assert device.select_device(None).type == "cpu"  # nothing expected: as before
 
 
 def test_the_training_task_fails_before_loading_anything(clean_env, tmp_path):
-    task = {"model_path": str(tmp_path / "no-model"), "data_path": str(tmp_path / "no-data"),
-            "local_steps": 1, "batch_size": 1, "lr": 0.1, "expect_device": "rocm"}
+    task = {
+        "model_path": str(tmp_path / "no-model"),
+        "data_path": str(tmp_path / "no-data"),
+        "local_steps": 1,
+        "batch_size": 1,
+        "lr": 0.1,
+        "expect_device": "rocm",
+    }
     with pytest.raises(UserError, match="^expected a rocm device; torch sees none"):
         tasks.train_round(task)
     with pytest.raises(UserError, match="expect_device"):
@@ -168,6 +193,7 @@ def test_the_hip_fix_gives_each_worker_its_gcd(clean_env):
 
     def hip_device_count() -> int:  # HIP's reading of the variables, at initialization
         return len(visible("rocm", dict(os.environ), gcds) or [])
+
     clean_env.setattr(torch.version, "hip", "7.2.0", raising=False)
     clean_env.setattr(torch.cuda, "is_available", lambda: hip_device_count() > 0)
     clean_env.setenv("ROCR_VISIBLE_DEVICES", "5")
@@ -183,23 +209,27 @@ def test_the_hip_fix_gives_each_worker_its_gcd(clean_env):
 def test_devices_command_prints_one_line_per_rank(clean_env, tmp_path):
     env = {**os.environ, "CROSSFL_LOCAL_RANK": "3", "ROCR_VISIBLE_DEVICES": "3"}
     cmd = [sys.executable, "-m", "crossfl.client", "devices"]
-    ok = subprocess.run([*cmd, "--expect", "cpu"], env=env, capture_output=True, text=True,
-                        timeout=120)
+    ok = subprocess.run(
+        [*cmd, "--expect", "cpu"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert ok.returncode == 0, ok.stderr
     (line,) = ok.stdout.splitlines()
     report = json.loads(line)
     assert report["local_rank"] == "3" and report["device"] == "cpu" and report["cpus"]
     assert report["visible"] == {"ROCR_VISIBLE_DEVICES": "3"}
-    bad = subprocess.run([*cmd, "--expect", "rocm"], env=env, capture_output=True, text=True,
-                         timeout=120)
+    bad = subprocess.run(
+        [*cmd, "--expect", "rocm"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert bad.returncode == 1
     (line,) = bad.stdout.splitlines()
     assert json.loads(line)["error"].startswith(
-        "expected a rocm device; torch sees none (ROCR_VISIBLE_DEVICES=3 ")
+        "expected a rocm device; torch sees none (ROCR_VISIBLE_DEVICES=3 "
+    )
 
 
 def chem_lora():
     from crossfl.server.experiment import Experiment
+
     path = Path(__file__).resolve().parents[1] / "deploy" / "experiments" / "chem-lora.yaml"
     return path, Experiment.model_validate(yaml.safe_load(path.read_text()))
 
@@ -207,12 +237,29 @@ def chem_lora():
 def test_the_server_tells_the_client_what_the_site_expects():
     from crossfl.server.plan import RunPlan, SitePlan
     from crossfl.server.strategies.base import ClientPlan
+
     path, exp = chem_lora()
-    plans = {e.name: SitePlan(name=e.name, catalog=sites.load_site(e.site), runs_here=False,
-                              model_path=e.model_path, data_path=e.data_path, shared_dir=None,
-                              nodes=1, user_options=e.user_options) for e in exp.sites}
-    plan = RunPlan(experiment=exp, source=path, sites=plans, driver="sync",
-                   validation_path=exp.data.validation, train_path=None)
+    plans = {
+        e.name: SitePlan(
+            name=e.name,
+            catalog=sites.load_site(e.site),
+            runs_here=False,
+            model_path=e.model_path,
+            data_path=e.data_path,
+            shared_dir=None,
+            nodes=1,
+            user_options=e.user_options,
+        )
+        for e in exp.sites
+    }
+    plan = RunPlan(
+        experiment=exp,
+        source=path,
+        sites=plans,
+        driver="sync",
+        validation_path=exp.data.validation,
+        train_path=None,
+    )
     expected = {"frontier": "rocm", "aurora": "xpu", "polaris": "cuda", "perlmutter": "cuda"}
     for name, kind in expected.items():
         task = plan.train_task(name, "/d.jsonl", ClientPlan(local_steps=1, lr=0.1), 0)
@@ -227,6 +274,7 @@ def test_a_run_refuses_a_facility_request_before_any_task(monkeypatch):
     there, in one line, before an executor opens or a task is sent."""
     import crossfl.state
     from crossfl.server import plan
+
     monkeypatch.setattr(crossfl.state, "require_endpoint_id", lambda site: "0" * 32)
     _, exp = chem_lora()
     entry = exp.site_entry("polaris")
@@ -234,4 +282,5 @@ def test_a_run_refuses_a_facility_request_before_any_task(monkeypatch):
     with pytest.raises(sites.RequestRefused) as info:
         plan.plan_site(exp, "polaris")
     assert info.value.render().startswith(
-        "polaris: queue debug allows at most 01:00:00; asked 02:00:00 (fix: ")
+        "polaris: queue debug allows at most 01:00:00; asked 02:00:00 (fix: "
+    )

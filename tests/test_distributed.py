@@ -16,7 +16,7 @@ import torch
 
 from crossfl.client import distributed, tasks
 from crossfl.client.adapter_io import adapter_from_bytes
-from crossfl.client.distributed import World, first_host, rank_env, rank_device, shard
+from crossfl.client.distributed import World, first_host, rank_device, rank_env, shard
 from crossfl.client.launch import rank_command, resolve_ranks
 from crossfl.client.sharding import should_shard
 from crossfl.client.telemetry import device_busy_fraction
@@ -43,17 +43,35 @@ def data(workdir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def model(workdir: Path, data: Path) -> Path:
-    spec = TinyModelSpec(vocab_size=300, hidden_size=32, num_layers=2, num_heads=2,
-                         intermediate_size=64, max_position=128, pretrain_steps=20,
-                         pretrain_batch=8, pretrain_seq_len=32, seed=0, threads=1)
+    spec = TinyModelSpec(
+        vocab_size=300,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=64,
+        max_position=128,
+        pretrain_steps=20,
+        pretrain_batch=8,
+        pretrain_seq_len=32,
+        seed=0,
+        threads=1,
+    )
     return Path(build_tiny(data, workdir / "tiny", spec).out)
 
 
 def train_task(model: Path, data: Path, **changes: Any) -> dict[str, Any]:
     task: dict[str, Any] = {
-        "model_path": str(model), "data_path": str(data), "local_steps": STEPS,
-        "batch_size": B, "lr": 1e-2, "max_length": 64, "lora": dict(LORA), "seed": 3,
-        "round": 1, "torch_threads": 1}
+        "model_path": str(model),
+        "data_path": str(data),
+        "local_steps": STEPS,
+        "batch_size": B,
+        "lr": 1e-2,
+        "max_length": 64,
+        "lora": dict(LORA),
+        "seed": 3,
+        "round": 1,
+        "torch_threads": 1,
+    }
     task.update(changes)
     return task
 
@@ -91,39 +109,95 @@ def test_first_host_of_a_hostlist() -> None:
     assert first_host("x1000c0s0b0n0,x1000c0s0b0n1") == "x1000c0s0b0n0"
 
 
-@pytest.mark.parametrize(("env", "want"), [
-    ({"TORCHELASTIC_RUN_ID": "r", "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1",
-      "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29400"},
-     ("torchelastic", 1, 2, 1, 2, "127.0.0.1", 29400)),
-    ({"SLURM_PROCID": "5", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "8",
-      "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_STEP_TASKS_PER_NODE": "4(x2)",
-      "SLURM_STEP_NODELIST": "frontier[00012-00013]", "SLURM_JOB_ID": "7"},
-     ("slurm", 5, 8, 1, 4, "frontier00012", None)),
-    ({"PMI_RANK": "13", "PMI_SIZE": "24", "PALS_LOCAL_RANKID": "1", "PALS_RANKID": "13",
-      "PMI_LOCAL_SIZE": "12", "PBS_NODEFILE": "NODEFILE", "PBS_JOBID": "1.aurora"},
-     ("pals", 13, 24, 1, 12, "x4000c0s0b0n0", None)),
-    ({"OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_SIZE": "4",
-      "OMPI_COMM_WORLD_LOCAL_RANK": "0", "OMPI_COMM_WORLD_LOCAL_SIZE": "2",
-      "MASTER_ADDR": "node1"}, ("openmpi", 2, 4, 0, 2, "node1", None)),
-    ({"PMI_RANK": "1", "PMI_SIZE": "2", "MPI_LOCALRANKID": "1", "MPI_LOCALNRANKS": "2"},
-     ("mpich", 1, 2, 1, 2, "localhost", None)),
-    ({"PMI_RANK": "3", "PMI_SIZE": "4", "PARSL_MPI_NODELIST": "n1,n2", "PMI_LOCAL_RANK": "1",
-      "PMI_LOCAL_SIZE": "2"}, ("mpich", 3, 4, 1, 2, "n1", None)),
-])
+@pytest.mark.parametrize(
+    ("env", "want"),
+    [
+        (
+            {
+                "TORCHELASTIC_RUN_ID": "r",
+                "RANK": "1",
+                "WORLD_SIZE": "2",
+                "LOCAL_RANK": "1",
+                "LOCAL_WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": "29400",
+            },
+            ("torchelastic", 1, 2, 1, 2, "127.0.0.1", 29400),
+        ),
+        (
+            {
+                "SLURM_PROCID": "5",
+                "SLURM_STEP_ID": "0",
+                "SLURM_STEP_NUM_TASKS": "8",
+                "SLURM_NTASKS": "16",
+                "SLURM_LOCALID": "1",
+                "SLURM_STEP_TASKS_PER_NODE": "4(x2)",
+                "SLURM_STEP_NODELIST": "frontier[00012-00013]",
+                "SLURM_JOB_ID": "7",
+            },
+            ("slurm", 5, 8, 1, 4, "frontier00012", None),
+        ),
+        (
+            {
+                "PMI_RANK": "13",
+                "PMI_SIZE": "24",
+                "PALS_LOCAL_RANKID": "1",
+                "PALS_RANKID": "13",
+                "PMI_LOCAL_SIZE": "12",
+                "PBS_NODEFILE": "NODEFILE",
+                "PBS_JOBID": "1.aurora",
+            },
+            ("pals", 13, 24, 1, 12, "x4000c0s0b0n0", None),
+        ),
+        (
+            {
+                "OMPI_COMM_WORLD_RANK": "2",
+                "OMPI_COMM_WORLD_SIZE": "4",
+                "OMPI_COMM_WORLD_LOCAL_RANK": "0",
+                "OMPI_COMM_WORLD_LOCAL_SIZE": "2",
+                "MASTER_ADDR": "node1",
+            },
+            ("openmpi", 2, 4, 0, 2, "node1", None),
+        ),
+        (
+            {"PMI_RANK": "1", "PMI_SIZE": "2", "MPI_LOCALRANKID": "1", "MPI_LOCALNRANKS": "2"},
+            ("mpich", 1, 2, 1, 2, "localhost", None),
+        ),
+        (
+            {
+                "PMI_RANK": "3",
+                "PMI_SIZE": "4",
+                "PARSL_MPI_NODELIST": "n1,n2",
+                "PMI_LOCAL_RANK": "1",
+                "PMI_LOCAL_SIZE": "2",
+            },
+            ("mpich", 3, 4, 1, 2, "n1", None),
+        ),
+    ],
+)
 def test_rank_env_of_each_launcher(tmp_path: Path, env: dict[str, str], want: tuple) -> None:
     if "PBS_NODEFILE" in env:
         (tmp_path / "nodes").write_text("x4000c0s0b0n0\nx4000c0s0b0n0\nx4000c0s1b0n0\n")
         env = {**env, "PBS_NODEFILE": str(tmp_path / "nodes")}
     place = rank_env(env)
     assert place is not None
-    got = (place.launcher, place.rank, place.size, place.local_rank, place.local_size,
-           place.master_addr)
+    got = (
+        place.launcher,
+        place.rank,
+        place.size,
+        place.local_rank,
+        place.local_size,
+        place.master_addr,
+    )
     assert got == want[:6]
     if want[6] is not None:
         assert place.master_port == want[6] and place.init_method == "env://"
     else:
-        assert distributed.PORT_BASE <= place.master_port < distributed.PORT_BASE + \
-            distributed.PORT_SPAN
+        assert (
+            distributed.PORT_BASE
+            <= place.master_port
+            < distributed.PORT_BASE + distributed.PORT_SPAN
+        )
         assert place.init_method == f"tcp://{place.master_addr}:{place.master_port}"
         assert rank_env(env) == place  # every rank of one launch computes the same port
 
@@ -134,8 +208,13 @@ def test_no_launcher_and_bad_launchers() -> None:
     with pytest.raises(UserError, match="rank 4 of 4"):
         rank_env({"PMI_RANK": "4", "PMI_SIZE": "4"})
     with pytest.raises(UserError, match="MASTER_ADDR"):
-        rank_env({"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "4",
-                  "OMPI_COMM_WORLD_LOCAL_SIZE": "2"})
+        rank_env(
+            {
+                "OMPI_COMM_WORLD_RANK": "0",
+                "OMPI_COMM_WORLD_SIZE": "4",
+                "OMPI_COMM_WORLD_LOCAL_SIZE": "2",
+            }
+        )
 
 
 def test_device_per_rank_and_backend() -> None:
@@ -165,8 +244,10 @@ def test_rank_count(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_busy_fraction_and_rank_command() -> None:
     assert device_busy_fraction(accelerator_s=300.0, wall_s=100.0, devices_held=4) == 0.75
     assert device_busy_fraction(1.0, 0.0, 4) == 0.0
-    assert rank_command("t.json", "o.json") == \
-        "python -m crossfl.client run-task --distributed t.json o.json"
+    assert (
+        rank_command("t.json", "o.json")
+        == "python -m crossfl.client run-task --distributed t.json o.json"
+    )
 
 
 def test_bad_ranks_field_is_a_user_error(model: Path, data: Path) -> None:
@@ -186,8 +267,10 @@ def test_answers_differ_in_length(model: Path) -> None:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model)
-    lengths = {len(e.ids) - e.prompt_len for e in
-               (encode_example(tok, r["input"], r["output"], 64) for r in chem_records("t"))}
+    lengths = {
+        len(e.ids) - e.prompt_len
+        for e in (encode_example(tok, r["input"], r["output"], 64) for r in chem_records("t"))
+    }
     assert len(lengths) > 3
 
 
@@ -198,10 +281,12 @@ def test_one_rank_result_carries_telemetry(one_rank: dict[str, Any]) -> None:
     assert 0 < one_rank["accelerator_s"] <= one_rank["wall_s"]
 
 
-def test_explicit_one_rank_is_todays_path(model: Path, data: Path,
-                                          one_rank: dict[str, Any]) -> None:
-    again = tasks.train_round(train_task(model, data, batch_size=2 * B, ranks_per_node=1,
-                                         shard="always"))
+def test_explicit_one_rank_is_todays_path(
+    model: Path, data: Path, one_rank: dict[str, Any]
+) -> None:
+    again = tasks.train_round(
+        train_task(model, data, batch_size=2 * B, ranks_per_node=1, shard="always")
+    )
     assert again["adapter"] == one_rank["adapter"]
 
 
@@ -210,9 +295,9 @@ def two_ranks(model: Path, data: Path) -> dict[str, Any]:
     return tasks.train_round(train_task(model, data, ranks_per_node=2, shard="never"))
 
 
-def test_two_ranks_equal_one_rank_with_the_doubled_batch(model: Path, data: Path,
-                                                         two_ranks: dict[str, Any],
-                                                         one_rank: dict[str, Any]) -> None:
+def test_two_ranks_equal_one_rank_with_the_doubled_batch(
+    model: Path, data: Path, two_ranks: dict[str, Any], one_rank: dict[str, Any]
+) -> None:
     assert two_ranks["steps"] == one_rank["steps"] == STEPS
     assert max_diff(two_ranks["adapter"], one_rank["adapter"]) < TOL
     assert two_ranks["train_loss"] == pytest.approx(one_rank["train_loss"], abs=TOL)
@@ -230,8 +315,9 @@ def test_two_ranks_report_one_adapter_and_their_devices(two_ranks: dict[str, Any
     assert 0 < two_ranks["accelerator_s"] and two_ranks["wall_s"] > 0
 
 
-def test_sharded_equals_unsharded_on_two_ranks(model: Path, data: Path,
-                                               two_ranks: dict[str, Any]) -> None:
+def test_sharded_equals_unsharded_on_two_ranks(
+    model: Path, data: Path, two_ranks: dict[str, Any]
+) -> None:
     sharded = tasks.train_round(train_task(model, data, ranks_per_node=2, shard="always"))
     assert sharded["sharded"] is True and sharded["ranks"] == 2
     assert max_diff(sharded["adapter"], two_ranks["adapter"]) < TOL
@@ -239,15 +325,17 @@ def test_sharded_equals_unsharded_on_two_ranks(model: Path, data: Path,
 
 def test_bad_input_met_in_the_ranks_is_one_user_error(model: Path, data: Path) -> None:
     with pytest.raises(UserError, match="target_modules"):
-        tasks.train_round(train_task(model, data, ranks_per_node=2,
-                                     lora={**LORA, "target_modules": ["nope"]}))
+        tasks.train_round(
+            train_task(model, data, ranks_per_node=2, lora={**LORA, "target_modules": ["nope"]})
+        )
 
 
 # ------------------------------------------------------------------ the real engine and Slurm
 
 
-def test_local_engine_worker_runs_two_ranks(model: Path, data: Path, one_rank: dict[str, Any],
-                                            tmp_path: Path) -> None:
+def test_local_engine_worker_runs_two_ranks(
+    model: Path, data: Path, one_rank: dict[str, Any], tmp_path: Path
+) -> None:
     """One worker of the `local` site's real GlobusComputeEngine holds two CPU "devices"."""
     from crossfl.endpoints import LocalEngineExecutor
     from crossfl.render import render_site, render_user_config
@@ -255,22 +343,35 @@ def test_local_engine_worker_runs_two_ranks(model: Path, data: Path, one_rank: d
     site_dir = render_site("local", out_root=tmp_path / "sites")
     executor = LocalEngineExecutor("ranks", render_user_config(site_dir, {}), tmp_path / "engine")
     try:
-        result = executor.submit(tasks.train_round,
-                                 train_task(model, data, ranks_per_node=2)).result(timeout=600)
+        result = executor.submit(
+            tasks.train_round, train_task(model, data, ranks_per_node=2)
+        ).result(timeout=600)
     finally:
         executor.shutdown()
     assert result["ranks"] == 2 and result["num_samples"] == len(chem_records("train"))
     assert max_diff(result["adapter"], one_rank["adapter"]) < TOL
 
 
-def test_srun_two_ranks_through_the_entry_point(slurm_cluster, model: Path, data: Path,
-                                                one_rank: dict[str, Any], tmp_path: Path) -> None:
+def test_srun_two_ranks_through_the_entry_point(
+    slurm_cluster, model: Path, data: Path, one_rank: dict[str, Any], tmp_path: Path
+) -> None:
     task = {"task": "train_round", **train_task(model, data)}
     (tmp_path / "task.json").write_text(json.dumps(task))
-    argv = ["srun", "-n", "2", sys.executable, "-m", "crossfl.client", "run-task",
-            "--distributed", "task.json", "out.json"]
-    proc = subprocess.run(argv, cwd=tmp_path, env=slurm_cluster.env(), capture_output=True,
-                          text=True, timeout=600)
+    argv = [
+        "srun",
+        "-n",
+        "2",
+        sys.executable,
+        "-m",
+        "crossfl.client",
+        "run-task",
+        "--distributed",
+        "task.json",
+        "out.json",
+    ]
+    proc = subprocess.run(
+        argv, cwd=tmp_path, env=slurm_cluster.env(), capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads((tmp_path / "out.json").read_text())
     assert result["ranks"] == 2 and result["dist_backend"] == "gloo"
@@ -279,15 +380,31 @@ def test_srun_two_ranks_through_the_entry_point(slurm_cluster, model: Path, data
     assert max_diff(adapter, one_rank["adapter"]) < TOL
 
 
-def test_distributed_entry_point_needs_a_launcher(model: Path, data: Path, tmp_path: Path
-                                                  ) -> None:
-    (tmp_path / "task.json").write_text(json.dumps({"task": "train_round",
-                                                    **train_task(model, data)}))
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "PMI_", "OMPI_", "PALS_", "TORCHELASTIC_"))}
-    proc = subprocess.run([sys.executable, "-m", "crossfl.client", "run-task", "--distributed",
-                           "task.json", "out.json"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+def test_distributed_entry_point_needs_a_launcher(model: Path, data: Path, tmp_path: Path) -> None:
+    (tmp_path / "task.json").write_text(
+        json.dumps({"task": "train_round", **train_task(model, data)})
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "PMI_", "OMPI_", "PALS_", "TORCHELASTIC_"))
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "crossfl.client",
+            "run-task",
+            "--distributed",
+            "task.json",
+            "out.json",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--distributed" in proc.stderr and "srun" in proc.stderr
     assert "error" in json.loads((tmp_path / "out.json").read_text())

@@ -27,8 +27,9 @@ def slurm_sshd(slurm_cluster, tmp_path_factory) -> Iterator[SshServer]:
     why = skip_reason()
     if why:
         pytest.skip(why)
-    server, proc = start_sshd(tmp_path_factory.mktemp("sshd"),
-                              env={"SLURM_CONF": str(slurm_cluster.conf)})
+    server, proc = start_sshd(
+        tmp_path_factory.mktemp("sshd"), env={"SLURM_CONF": str(slurm_cluster.conf)}
+    )
     try:
         yield server
     finally:
@@ -43,8 +44,9 @@ def project(tmp_path: Path, slurm_sshd: SshServer, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("CROSSFL_SSH_CONFIG", str(slurm_sshd.ssh_config))
     monkeypatch.setenv("CROSSFL_SSH_PORT", str(slurm_sshd.port))
     monkeypatch.setenv("CROSSFL_REMOTE_ROOT", str(slurm_sshd.home / tmp_path.name / "crossfl"))
-    monkeypatch.setenv("CROSSFL_REMOTE_ACTIVATE",
-                       activate_line(slurm_sshd.home / tmp_path.name / "gc"))
+    monkeypatch.setenv(
+        "CROSSFL_REMOTE_ACTIVATE", activate_line(slurm_sshd.home / tmp_path.name / "gc")
+    )
     return root
 
 
@@ -52,6 +54,7 @@ def doctor(*args: str) -> tuple[int, str]:
     import typer
 
     from crossfl.cli import doctor as cli_doctor
+
     app = typer.Typer()
     cli_doctor.register(app)
     app.command("noop", hidden=True)(lambda: None)
@@ -66,7 +69,7 @@ def doctor(*args: str) -> tuple[int, str]:
 def table(out: str) -> list[str]:
     """The report (stdout); the progress lines before it go to stderr."""
     lines = out.splitlines()
-    return lines[next(i for i, ln in enumerate(lines) if ln.startswith("check ")):]
+    return lines[next(i for i, ln in enumerate(lines) if ln.startswith("check ")) :]
 
 
 def rows(out: str) -> dict[str, tuple[str, str]]:
@@ -75,7 +78,7 @@ def rows(out: str) -> dict[str, tuple[str, str]]:
     last = None
     lines = out.splitlines()
     start = next(i for i, ln in enumerate(lines) if ln.startswith("check "))
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.strip():
             break
         if line.startswith(" ") and last:
@@ -110,8 +113,10 @@ def test_doctor_on_real_sshd_and_slurm(project: Path) -> None:
     assert "to be created in" in t["fs remote_root"][1] and "GB free" in t["fs remote_root"][1]
     # the catalog says 1 h and 1 node; the test partition has no limits: safe, but not equal
     assert t["queue debug"][0] == "warn"
-    assert "catalog says 01:00:00, 1 node; scheduler says MaxTime=UNLIMITED " \
-           "MaxNodes=UNLIMITED MinNodes=0" in t["queue debug"][1]
+    assert (
+        "catalog says 01:00:00, 1 node; scheduler says MaxTime=UNLIMITED "
+        "MaxNodes=UNLIMITED MinNodes=0" in t["queue debug"][1]
+    )
     # no network here (or there is): either way the HTTP answer or its absence is reported
     assert "compute.api.globus.org" in t["globus"][1]
     assert t["globus"][0] in ("ok", "FAIL")
@@ -125,13 +130,25 @@ def test_catalog_allowing_more_than_the_scheduler_fails(project: Path, slurm_clu
     """The partition's real limits made stricter than the catalog (scontrol update, as root):
     the catalog would let through what Slurm refuses -> FAIL, in Slurm's words."""
     env = slurm_cluster.env()
-    subprocess.run(["scontrol", "update", "PartitionName=debug", "MaxTime=00:30:00",
-                    "MaxNodes=1"], check=True, env=env)
+    subprocess.run(
+        ["scontrol", "update", "PartitionName=debug", "MaxTime=00:30:00", "MaxNodes=1"],
+        check=True,
+        env=env,
+    )
     try:
         code, out = doctor(SITE)
     finally:
-        subprocess.run(["scontrol", "update", "PartitionName=debug", "MaxTime=UNLIMITED",
-                        "MaxNodes=UNLIMITED"], check=True, env=env)
+        subprocess.run(
+            [
+                "scontrol",
+                "update",
+                "PartitionName=debug",
+                "MaxTime=UNLIMITED",
+                "MaxNodes=UNLIMITED",
+            ],
+            check=True,
+            env=env,
+        )
     print(out)
     status, detail = rows(out)["queue debug"]
     assert code == 1 and status == "FAIL"
@@ -149,6 +166,7 @@ def test_a_queue_the_scheduler_does_not_have(project: Path) -> None:
 
 class _Proxy(http.server.BaseHTTPRequestHandler):
     """An HTTP proxy that answers every absolute-URI GET with 200 and remembers it."""
+
     seen: list[str] = []
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
@@ -163,10 +181,12 @@ class _Proxy(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_globus_check_goes_through_the_site_proxy(project: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_globus_check_goes_through_the_site_proxy(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The service URL is one the login node cannot resolve; the site's proxy answers it."""
     from crossfl.deploy import doctor as doc
+
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -183,8 +203,9 @@ def test_globus_check_goes_through_the_site_proxy(project: Path,
     assert _Proxy.seen == ["http://compute.api.globus.invalid/v2/version"]
 
 
-def test_endpoint_against_the_image_labels(project: Path, slurm_sshd: SshServer,
-                                           tmp_path: Path) -> None:
+def test_endpoint_against_the_image_labels(
+    project: Path, slurm_sshd: SshServer, tmp_path: Path
+) -> None:
     """With an image, the login node's endpoint stack is compared with the image's labels
     (read with `apptainer inspect` there, a stand-in apptainer first on the login PATH): a
     differing parsl pin is a FAIL naming both."""
@@ -193,17 +214,27 @@ def test_endpoint_against_the_image_labels(project: Path, slurm_sshd: SshServer,
 
     import fake_apptainer
     from crossfl.deploy.image import expected_labels
+
     bindir = tmp_path / "fakebin"
     fake_apptainer.install(bindir)
     profile = slurm_sshd.home / ".bash_profile"
     profile.write_text(f"export PATH={bindir}:$PATH\n")
     try:
-        override(project, SITE, {"container": {"runtime": "apptainer", "images": {
-            "cuda": "{{remote_root}}/images/crossfl-cuda.sif"}}})
+        override(
+            project,
+            SITE,
+            {
+                "container": {
+                    "runtime": "apptainer",
+                    "images": {"cuda": "{{remote_root}}/images/crossfl-cuda.sif"},
+                }
+            },
+        )
         image = Path(os.environ["CROSSFL_REMOTE_ROOT"]) / "images" / "crossfl-cuda.sif"
         image.parent.mkdir(parents=True)
-        image.write_text(json.dumps({"labels": {**expected_labels(),
-                                                "org.crossfl.pin.parsl": "2020.1.1"}}))
+        image.write_text(
+            json.dumps({"labels": {**expected_labels(), "org.crossfl.pin.parsl": "2020.1.1"}})
+        )
         code, out = doctor(SITE)
     finally:
         profile.unlink()
@@ -239,10 +270,12 @@ def test_smoke_problems_of_bound_ranks() -> None:
     """The same judgement on ranks bound as at a facility: one device each, on the GPU."""
     from crossfl import sites
     from crossfl.deploy.doctor import smoke_problems
+
     site = sites.load_site("frontier")
     good = [{"device": "cuda", "visible": {"ROCR_VISIBLE_DEVICES": str(i)}} for i in range(8)]
     assert smoke_problems(site, good) == []
     parsl_3858 = [{**r, "visible": {"ROCR_VISIBLE_DEVICES": "0"}} for r in good]
     assert smoke_problems(site, parsl_3858) == [
-        "ranks are not bound to one device each (ROCR_VISIBLE_DEVICES: 0, 0, 0, 0, 0, 0, 0, 0)"]
+        "ranks are not bound to one device each (ROCR_VISIBLE_DEVICES: 0, 0, 0, 0, 0, 0, 0, 0)"
+    ]
     assert smoke_problems(site, good[:7]) == ["expected 8 ranks, one per device"]

@@ -11,14 +11,23 @@ import psutil
 import pytest
 from globus_compute_sdk.errors import TaskExecutionFailed
 
-from crossfl.endpoints import MAX_SUBMISSION_BYTES, LocalEngineExecutor, PayloadTooLarge, failure_summary
+from crossfl.endpoints import (
+    MAX_SUBMISSION_BYTES,
+    LocalEngineExecutor,
+    PayloadTooLarge,
+    failure_summary,
+)
 from crossfl.errors import UserError
 from crossfl.render import render_site, render_user_config
 
 
 def engine_processes() -> list[psutil.Process]:
     me = psutil.Process()
-    return [p for p in me.children(recursive=True) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    return [
+        p
+        for p in me.children(recursive=True)
+        if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    ]
 
 
 @pytest.fixture(scope="module")

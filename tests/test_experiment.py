@@ -51,7 +51,11 @@ def test_named_experiment_resolves(monkeypatch: pytest.MonkeyPatch) -> None:
         (lambda d: d["sites"][1].update(name="alpha"), "sites", "rename one"),
         (lambda d: d["training"].update(lr=-1), "training.lr", "correct the value"),
         (lambda d: d["sites"][0].update(sitee="local"), "sites[alpha].sitee", "remove it"),
-        (lambda d: d["data"]["partition"].update(scheme="random"), "data.partition.scheme", "use 'iid'"),
+        (
+            lambda d: d["data"]["partition"].update(scheme="random"),
+            "data.partition.scheme",
+            "use 'iid'",
+        ),
         (lambda d: d.update(evaluation={"site": "delta"}), "evaluation.site", "use one of alpha"),
     ],
 )
@@ -83,8 +87,14 @@ def test_unknown_experiment_lists_known(tmp_path: Path, monkeypatch: pytest.Monk
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, CROSSFL_ROOT=str(cwd))
-    return subprocess.run([sys.executable, "-m", "crossfl", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "crossfl", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_bad_experiment_is_one_line_exit_2(tmp_path: Path) -> None:
@@ -101,7 +111,9 @@ def test_cli_missing_model_is_reported_before_anything_starts(tmp_path: Path) ->
     """A missing model path: one line, on a line of its own, naming model.path and `make
     model`; exit 2; no engine started and no run directory left for `crossfl resume`."""
     (tmp_path / "deploy" / "sites").mkdir(parents=True)
-    (tmp_path / "deploy" / "sites" / "local.yaml").write_text((ROOT / "deploy" / "sites" / "local.yaml").read_text())
+    (tmp_path / "deploy" / "sites" / "local.yaml").write_text(
+        (ROOT / "deploy" / "sites" / "local.yaml").read_text()
+    )
     (tmp_path / "site_templates").symlink_to(ROOT / "site_templates")
     data = demo()
     data["model"]["path"] = "no/such/model"
@@ -115,7 +127,9 @@ def test_cli_missing_model_is_reported_before_anything_starts(tmp_path: Path) ->
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
 
-def test_four_facility_experiment_loads_with_per_site_models(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_four_facility_experiment_loads_with_per_site_models(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from crossfl.server.plan import site_path
 
     monkeypatch.setenv("CROSSFL_ROOT", str(ROOT))
@@ -130,4 +144,6 @@ def test_four_facility_experiment_loads_with_per_site_models(monkeypatch: pytest
     with pytest.raises(UserError, match="absolute") as info:
         site_path("models/llama", False, "sites[polaris].model_path")
     assert info.value.field == "sites[polaris].model_path"
-    assert site_path("build/models/tiny", True, "model.path") == str(ROOT / "build" / "models" / "tiny")
+    assert site_path("build/models/tiny", True, "model.path") == str(
+        ROOT / "build" / "models" / "tiny"
+    )

@@ -37,61 +37,105 @@ def refusal(name: str, options: dict, **kw) -> sites.RequestRefused:
     return info.value
 
 
-@pytest.mark.parametrize("name, options, line", [
-    ("polaris", {"queue": "debug", "walltime": "02:00:00"},
-     "polaris: queue debug allows at most 01:00:00; asked 02:00:00 (fix: ask for at most "
-     "01:00:00, or use queue capacity or preemptable)"),
-    ("polaris", {"queue": "prod", "nodes_per_block": 10, "walltime": "04:00:00"},
-     "polaris: queue prod allows at most 03:00:00 for 10-24 nodes; asked 04:00:00 (fix: ask for "
-     "at most 03:00:00, or use queue preemptable)"),
-    ("polaris", {"queue": "prod"},
-     "polaris: queue prod needs at least 10 nodes; asked 1 (fix: nodes_per_block >= 10, or use "
-     "queue capacity or debug or debug-scaling or preemptable)"),
-    ("polaris", {"walltime": "00:01:00"},
-     "polaris: queue debug needs at least 00:05:00; asked 00:01:00 (fix: ask for at least "
-     "00:05:00)"),
-    ("frontier", {"walltime": "04:00:00"},
-     "frontier: partition batch allows at most 02:00:00 for 1-91 nodes; asked 04:00:00 (fix: "
-     "ask for at most 02:00:00, or use partition extended)"),
-    ("frontier", {"qos": "debug"},
-     "frontier: qos debug forbids production work, and a crossfl run is production work (fix: "
-     "use qos normal)"),
-    ("frontier", {"queue": "extended", "nodes_per_block": 65},
-     "frontier: partition extended allows at most 64 nodes; asked 65 (fix: nodes_per_block <= "
-     "64, or use partition batch)"),
-    ("aurora", {"max_blocks": 2},
-     "aurora: queue debug allows 1 job(s) per user in any state; asked max_blocks 2 (fix: "
-     "max_blocks <= 1)"),
-    ("aurora", {"queue": "prod", "nodes_per_block": 1100, "walltime": "20:00:00"},
-     "aurora: queue prod allows at most 18:00:00 for 1025-1999 nodes; asked 20:00:00 (fix: ask "
-     "for at most 18:00:00)"),
-    ("aurora", {"queue": "debug-scaling"},
-     "aurora: queue debug-scaling needs at least 2 nodes; asked 1 (fix: nodes_per_block >= 2, "
-     "or use queue capacity or debug)"),
-    ("perlmutter", {"qos": "shared"},
-     "perlmutter: qos shared gives a job part of a node (1 GPU, 32 CPUs) but this endpoint was "
-     "rendered for whole nodes (fix: set qos: shared in deploy/sites/overrides/perlmutter.yaml, "
-     "then render and deploy again)"),
-    ("polaris", {"queue": "gpu"},
-     "polaris: queue gpu is not one of capacity, debug, debug-scaling, demand, preemptable, prod "
-     "(fix: pick one of capacity, debug, debug-scaling, demand, preemptable, prod)"),
-])
+@pytest.mark.parametrize(
+    "name, options, line",
+    [
+        (
+            "polaris",
+            {"queue": "debug", "walltime": "02:00:00"},
+            "polaris: queue debug allows at most 01:00:00; asked 02:00:00 (fix: ask for at most "
+            "01:00:00, or use queue capacity or preemptable)",
+        ),
+        (
+            "polaris",
+            {"queue": "prod", "nodes_per_block": 10, "walltime": "04:00:00"},
+            "polaris: queue prod allows at most 03:00:00 for 10-24 nodes; asked 04:00:00 (fix: ask for "
+            "at most 03:00:00, or use queue preemptable)",
+        ),
+        (
+            "polaris",
+            {"queue": "prod"},
+            "polaris: queue prod needs at least 10 nodes; asked 1 (fix: nodes_per_block >= 10, or use "
+            "queue capacity or debug or debug-scaling or preemptable)",
+        ),
+        (
+            "polaris",
+            {"walltime": "00:01:00"},
+            "polaris: queue debug needs at least 00:05:00; asked 00:01:00 (fix: ask for at least "
+            "00:05:00)",
+        ),
+        (
+            "frontier",
+            {"walltime": "04:00:00"},
+            "frontier: partition batch allows at most 02:00:00 for 1-91 nodes; asked 04:00:00 (fix: "
+            "ask for at most 02:00:00, or use partition extended)",
+        ),
+        (
+            "frontier",
+            {"qos": "debug"},
+            "frontier: qos debug forbids production work, and a crossfl run is production work (fix: "
+            "use qos normal)",
+        ),
+        (
+            "frontier",
+            {"queue": "extended", "nodes_per_block": 65},
+            "frontier: partition extended allows at most 64 nodes; asked 65 (fix: nodes_per_block <= "
+            "64, or use partition batch)",
+        ),
+        (
+            "aurora",
+            {"max_blocks": 2},
+            "aurora: queue debug allows 1 job(s) per user in any state; asked max_blocks 2 (fix: "
+            "max_blocks <= 1)",
+        ),
+        (
+            "aurora",
+            {"queue": "prod", "nodes_per_block": 1100, "walltime": "20:00:00"},
+            "aurora: queue prod allows at most 18:00:00 for 1025-1999 nodes; asked 20:00:00 (fix: ask "
+            "for at most 18:00:00)",
+        ),
+        (
+            "aurora",
+            {"queue": "debug-scaling"},
+            "aurora: queue debug-scaling needs at least 2 nodes; asked 1 (fix: nodes_per_block >= 2, "
+            "or use queue capacity or debug)",
+        ),
+        (
+            "perlmutter",
+            {"qos": "shared"},
+            "perlmutter: qos shared gives a job part of a node (1 GPU, 32 CPUs) but this endpoint was "
+            "rendered for whole nodes (fix: set qos: shared in deploy/sites/overrides/perlmutter.yaml, "
+            "then render and deploy again)",
+        ),
+        (
+            "polaris",
+            {"queue": "gpu"},
+            "polaris: queue gpu is not one of capacity, debug, debug-scaling, demand, preemptable, prod "
+            "(fix: pick one of capacity, debug, debug-scaling, demand, preemptable, prod)",
+        ),
+    ],
+)
 def test_impossible_requests_are_one_line(name, options, line):
     assert refusal(name, options).render() == line
 
 
-@pytest.mark.parametrize("name, options", [
-    ("polaris", {"queue": "capacity", "walltime": "02:00:00"}),
-    ("polaris", {"queue": "prod", "nodes_per_block": 100, "walltime": "24:00:00"}),
-    ("frontier", {"walltime": "02:00:00"}),  # bin 5 allows exactly 2 h
-    ("frontier", {"nodes_per_block": 184, "walltime": "12:00:00"}),
-    ("frontier", {"queue": "extended", "walltime": "24:00:00", "nodes_per_block": 64}),
-    ("aurora", {"queue": "capacity", "walltime": "168:00:00", "nodes_per_block": 16,
-                "max_blocks": 5}),
-    ("perlmutter", {"qos": "regular", "walltime": "48:00:00"}),
-    ("local-slurm", {"walltime": "00:05:00"}),
-    ("local", {"max_workers_per_node": 3}),
-])
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("polaris", {"queue": "capacity", "walltime": "02:00:00"}),
+        ("polaris", {"queue": "prod", "nodes_per_block": 100, "walltime": "24:00:00"}),
+        ("frontier", {"walltime": "02:00:00"}),  # bin 5 allows exactly 2 h
+        ("frontier", {"nodes_per_block": 184, "walltime": "12:00:00"}),
+        ("frontier", {"queue": "extended", "walltime": "24:00:00", "nodes_per_block": 64}),
+        (
+            "aurora",
+            {"queue": "capacity", "walltime": "168:00:00", "nodes_per_block": 16, "max_blocks": 5},
+        ),
+        ("perlmutter", {"qos": "regular", "walltime": "48:00:00"}),
+        ("local-slurm", {"walltime": "00:05:00"}),
+        ("local", {"max_workers_per_node": 3}),
+    ],
+)
 def test_possible_requests_pass(name, options):
     sites.check_request(site(name), options)
 
@@ -144,7 +188,10 @@ def test_a_shared_pilot_asks_for_part_of_a_node(tmp_path, stub_interfaces):
     mpi = sites.load_site("perlmutter", overrides=ov)
     assert mpi.endpoint.tasks == "mpi" and mpi.ranks_per_node() == 1
     assert LAUNCHERS["srun"].rank_options(mpi, 1) == [
-        "--cpus-per-task=32", "--gpus-per-task=1", "--gpu-bind=closest"]
+        "--cpus-per-task=32",
+        "--gpus-per-task=1",
+        "--gpu-bind=closest",
+    ]
 
 
 @pytest.mark.parametrize("seconds", [0, 59, 300, 3599, 3600, 7200, 10800, 86400, 604800])
@@ -170,8 +217,19 @@ def test_endpoint_schema_agrees_with_check_request(name, tmp_path):
     out = render.render_site(s, tmp_path)
     schema = json.loads((out / "endpoint" / "user_config_schema.json").read_text())
     props = schema["properties"]
-    walltimes = ["00:01:00", "00:05:00", "00:30:00", "01:00:00", "02:00:00", "03:00:01",
-                 "06:00:00", "12:00:00", "24:00:00", "48:00:00", "168:00:00"]
+    walltimes = [
+        "00:01:00",
+        "00:05:00",
+        "00:30:00",
+        "01:00:00",
+        "02:00:00",
+        "03:00:01",
+        "06:00:00",
+        "12:00:00",
+        "24:00:00",
+        "48:00:00",
+        "168:00:00",
+    ]
     nodes = [1, 2, 3, 10, 24, 25, 64, 92, 256, 1100, 2000]
     key = "qos" if s.limits_by == "qos" else "queue"
     names = props[key]["enum"] if key in props else [None]
@@ -200,8 +258,9 @@ def test_endpoint_schema_agrees_with_check_request(name, tmp_path):
     assert checked > 100
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "deploy" / "experiments").glob("*.yaml")),
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "deploy" / "experiments").glob("*.yaml")), ids=lambda p: p.stem
+)
 def test_every_experiment_asks_what_its_sites_allow(path):
     exp = yaml.safe_load(path.read_text())
     for entry in exp["sites"]:
@@ -212,5 +271,6 @@ def test_chem_lora_no_longer_asks_two_hours_of_debug():
     exp = yaml.safe_load((REPO / "deploy" / "experiments" / "chem-lora.yaml").read_text())
     polaris = next(e for e in exp["sites"] if e["site"] == "polaris")
     with pytest.raises(sites.RequestRefused, match="queue debug allows at most 01:00:00"):
-        sites.check_request(sites.load_site("polaris"),
-                            {**polaris["user_options"], "queue": "debug"})
+        sites.check_request(
+            sites.load_site("polaris"), {**polaris["user_options"], "queue": "debug"}
+        )

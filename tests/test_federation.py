@@ -10,10 +10,10 @@ import psutil
 import pytest
 import yaml
 from rich.console import Console
-
-from crossfl.server.lifecycle import RunFailed, run_experiment
-from crossfl.server.experiment import load_experiment
 from testkit.scratch_project import make_project, write_experiment
+
+from crossfl.server.experiment import load_experiment
+from crossfl.server.lifecycle import RunFailed, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,10 +26,20 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def experiment_file(root: Path, **changes: object) -> Path:
     base: dict[str, object] = {
-        "name": "two-sites", "rounds": 2,
-        "data": {"train": "data/train.jsonl", "validation": "data/validation.jsonl",
-                 "partition": {"scheme": "by_task", "seed": 0}},
-        "training": {"local_steps": 3, "batch_size": 4, "lr": 0.005, "max_length": 96, "torch_threads": 1},
+        "name": "two-sites",
+        "rounds": 2,
+        "data": {
+            "train": "data/train.jsonl",
+            "validation": "data/validation.jsonl",
+            "partition": {"scheme": "by_task", "seed": 0},
+        },
+        "training": {
+            "local_steps": 3,
+            "batch_size": 4,
+            "lr": 0.005,
+            "max_length": 96,
+            "torch_threads": 1,
+        },
         "evaluation": {"max_samples": 24, "batch_size": 8, "generate_max_new_tokens": 8},
     }
     base.update(changes)
@@ -51,21 +61,36 @@ def test_two_site_two_round_federation(project: Path, monkeypatch: pytest.Monkey
     rounds = [r for r in records if r["kind"] == "round"]
     baseline = [r for r in records if r["kind"] == "baseline"]
     assert len(baseline) == 1 and len(rounds) == 2
-    assert sorted((t["round"], t["site"]) for t in tasks) == [(1, "east"), (1, "west"), (2, "east"), (2, "west")]
+    assert sorted((t["round"], t["site"]) for t in tasks) == [
+        (1, "east"),
+        (1, "west"),
+        (2, "east"),
+        (2, "west"),
+    ]
     assert all(t["status"] == "ok" for t in tasks)
     # each site trained on its own partition (non-IID: different sample counts are fine, both non-empty)
     assert all(t["num_samples"] > 0 for t in tasks)
     # the base model stays loaded in each site's worker: round 2 is a cache hit
     assert all(t["cache_hit"] for t in tasks if t["round"] == 2)
-    assert all(t["bytes_up"] > 0 for t in tasks) and all(t["bytes_down"] > 0 for t in tasks if t["round"] == 2)
+    assert all(t["bytes_up"] > 0 for t in tasks) and all(
+        t["bytes_down"] > 0 for t in tasks if t["round"] == 2
+    )
     for r in rounds:
         assert r["val_loss"] == pytest.approx(r["val_loss"]) and r["val_loss"] > 0  # finite
     # run directory: resolved experiment, partitions, checkpoint, final adapter (peft layout), plots
     assert yaml.safe_load((run_dir / "experiment.yaml").read_text())["name"] == "two-sites"
-    assert (run_dir / "data" / "east.jsonl").is_file() and (run_dir / "data" / "west.jsonl").is_file()
+    assert (run_dir / "data" / "east.jsonl").is_file() and (
+        run_dir / "data" / "west.jsonl"
+    ).is_file()
     assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["round"] == 2
     images = json.loads((run_dir / "site_images.json").read_text())
-    assert images["east"] == {"site": "local", "runtime": "none", "arch": "cpu", "image": None, "digest": None}
+    assert images["east"] == {
+        "site": "local",
+        "runtime": "none",
+        "arch": "cpu",
+        "image": None,
+        "digest": None,
+    }
     assert (run_dir / "loss_vs_time.png").stat().st_size > 0
     assert (run_dir / "site_timeline.png").stat().st_size > 0
 
@@ -81,13 +106,20 @@ def test_two_site_two_round_federation(project: Path, monkeypatch: pytest.Monkey
     assert not alive, "engine processes left behind"
 
 
-def test_failing_sites_fail_the_run_but_keep_its_directory(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failing_sites_fail_the_run_but_keep_its_directory(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CROSSFL_ROOT", str(project))
     bad = project / "data" / "broken.jsonl"
     bad.write_text('{"input": "x"}\nnot json\n')
-    exp, path = load_experiment(experiment_file(
-        project, name="broken", rounds=1,
-        sites=[{"name": "east", "site": "local", "data_path": str(bad)}]))
+    exp, path = load_experiment(
+        experiment_file(
+            project,
+            name="broken",
+            rounds=1,
+            sites=[{"name": "east", "site": "local", "data_path": str(bad)}],
+        )
+    )
     with pytest.raises(RunFailed, match="no site returned an update"):
         run_experiment(exp, path, Console(width=120))
     run_dir = next((project / "runs").glob("broken-*"))
@@ -98,16 +130,24 @@ def test_failing_sites_fail_the_run_but_keep_its_directory(project: Path, monkey
 
 
 def test_a_site_whose_worker_holds_two_devices_trains_on_both(
-        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`local` hands its one worker the whole machine (endpoint.tasks: per-node); with
     ranks_per_node 2 each of its tasks runs two CPU ranks (gloo) that return one adapter, which
     FedAvg aggregates with the other site's, round after round; the report says so."""
     from crossfl.server.report import summary_tables
 
     monkeypatch.setenv("CROSSFL_ROOT", str(project))
-    exp, path = load_experiment(experiment_file(
-        project, name="two-ranks", sites=[{"name": "east", "site": "local", "ranks_per_node": 2},
-                                          {"name": "west", "site": "local"}]))
+    exp, path = load_experiment(
+        experiment_file(
+            project,
+            name="two-ranks",
+            sites=[
+                {"name": "east", "site": "local", "ranks_per_node": 2},
+                {"name": "west", "site": "local"},
+            ],
+        )
+    )
     run_dir = run_experiment(exp, path, Console(width=120, record=True))
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     tasks = {(t["round"], t["site"]): t for t in records if t["kind"] == "task"}
@@ -127,14 +167,18 @@ def test_a_site_whose_worker_holds_two_devices_trains_on_both(
         out.print(table)
     lines = out.export_text().splitlines()
     start = next(i for i, ln in enumerate(lines) if "allocation" in ln)
-    rows = {ln.split("│")[1].strip(): [c.strip() for c in ln.split("│")[2:-1]]
-            for ln in lines[start:start + 8] if ln.startswith("│")}
+    rows = {
+        ln.split("│")[1].strip(): [c.strip() for c in ln.split("│")[2:-1]]
+        for ln in lines[start : start + 8]
+        if ln.startswith("│")
+    }
     assert rows["east"][:3] == ["1", "2", "2"] and rows["west"][:3] == ["1", "1", "1"]
     assert max(len(ln) for ln in lines[start:]) <= 80
 
 
-def test_the_queue_aware_policy_runs_a_real_federation(project: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_queue_aware_policy_runs_a_real_federation(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`dispatch: queue-aware` in an experiment file, on real local engines: the run finishes,
     every task ran the steps the policy allowed, and its decisions are in metrics.jsonl; for a
     site with pilot jobs it renders the warm-pilot idle settings into the endpoint config."""
@@ -153,8 +197,10 @@ def test_the_queue_aware_policy_runs_a_real_federation(project: Path,
     assert len(tasks) == 4 and all(t["status"] == "ok" and t["steps"] == 3 for t in tasks)
     # a batch site: the warm pilot is in the config the endpoint would load
     raw = yaml.safe_load(path.read_text())
-    raw["sites"] = [{"name": "east", "site": "local-slurm",
-                     "user_options": {"walltime": "00:20:00"}}, raw["sites"][1]]
+    raw["sites"] = [
+        {"name": "east", "site": "local-slurm", "user_options": {"walltime": "00:20:00"}},
+        raw["sites"][1],
+    ]
     plan = plan_site(Experiment.model_validate(raw), "east")
     assert plan.user_options["max_idletime"] == 1200.0
     assert plan.user_options["idle_heartbeats_soft"] == 42

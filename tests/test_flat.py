@@ -32,7 +32,7 @@ def test_flatten_places_each_key_at_its_offset() -> None:
     spec = FlatSpec.from_state(state)
     vec = flatten(state, spec)
     assert vec.dtype == torch.float32 and vec.shape == (36,)
-    for key, start, stop in zip(spec.keys, spec.offsets, spec.offsets[1:]):
+    for key, start, stop in zip(spec.keys, spec.offsets, spec.offsets[1:], strict=False):
         assert torch.equal(vec[start:stop], state[key].float().reshape(-1)), key
 
 
@@ -57,7 +57,9 @@ def test_float32_entries_are_views_unless_copy() -> None:
     assert torch.equal(copies["layer.0.lora_A"], state["layer.0.lora_A"])
 
 
-def test_flatten_without_mixed_cat_support_gives_same_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_flatten_without_mixed_cat_support_gives_same_buffer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     state = _state()
     spec = FlatSpec.from_state(state)
     fast = spec.flatten(state)

@@ -8,6 +8,7 @@ import json
 import shutil
 import uuid
 from concurrent.futures import Future
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ from crossfl.data.chem import build_chem
 from crossfl.endpoints import LocalEngineExecutor
 from crossfl.errors import UserError
 from crossfl.render import render_site, render_user_config
-from crossfl.server.lifecycle import run_experiment
 from crossfl.server.experiment import load_experiment
+from crossfl.server.lifecycle import run_experiment
 from crossfl.state import DeployState, EndpointState, save_state
 from crossfl.tiny_model import TinyModelSpec, build_tiny
 
@@ -32,14 +33,25 @@ class ForwardingExecutor:
     """Stands in for globus_compute_sdk.Executor: same constructor keywords and Executor
     interface; the Globus service relay is replaced by a local GlobusComputeEngine."""
 
-    instances: list["ForwardingExecutor"] = []
+    instances: list[ForwardingExecutor] = []
     engine_root: Path
 
-    def __init__(self, endpoint_id: str | None = None, client: Any = None, task_group_id: Any = None,
-                 resource_specification: dict | None = None, user_endpoint_config: dict | None = None,
-                 label: str = "", batch_size: int = 128, amqp_port: int | None = None,
-                 api_burst_limit: int = 4, api_burst_window_s: int = 16, serializer: Any = None,
-                 result_serializers: Any = None, **_: Any) -> None:
+    def __init__(
+        self,
+        endpoint_id: str | None = None,
+        client: Any = None,
+        task_group_id: Any = None,
+        resource_specification: dict | None = None,
+        user_endpoint_config: dict | None = None,
+        label: str = "",
+        batch_size: int = 128,
+        amqp_port: int | None = None,
+        api_burst_limit: int = 4,
+        api_burst_window_s: int = 16,
+        serializer: Any = None,
+        result_serializers: Any = None,
+        **_: Any,
+    ) -> None:
         assert endpoint_id is not None
         self.endpoint_id = str(endpoint_id)
         self.user_endpoint_config = user_endpoint_config
@@ -48,7 +60,9 @@ class ForwardingExecutor:
         self.submitted = 0
         site_dir = render_site("local", out_root=self.engine_root / "sites")
         config = render_user_config(site_dir, {"max_workers_per_node": 1})
-        self._engine = LocalEngineExecutor(label, config, self.engine_root / f"engine-{len(self.instances)}")
+        self._engine = LocalEngineExecutor(
+            label, config, self.engine_root / f"engine-{len(self.instances)}"
+        )
         ForwardingExecutor.instances.append(self)
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future:
@@ -66,22 +80,42 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(ROOT / "deploy" / "sites", root / "deploy" / "sites")
     (root / "site_templates").symlink_to(ROOT / "site_templates")
     build_chem(root / "data", seed=0, max_molecules=120)
-    spec = TinyModelSpec(vocab_size=400, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
-                         pretrain_steps=5, pretrain_batch=8, threads=1)
+    spec = TinyModelSpec(
+        vocab_size=400,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=128,
+        pretrain_steps=5,
+        pretrain_batch=8,
+        threads=1,
+    )
     build_tiny(root / "data" / "train.jsonl", root / "model", spec)
     return root
 
 
 def experiment(root: Path, name: str) -> Path:
     exp = {
-        "name": name, "model": {"path": str(root / "model")},
+        "name": name,
+        "model": {"path": str(root / "model")},
         "data": {"train": "data/train.jsonl", "validation": "data/validation.jsonl"},
-        "sites": [{"name": "facility", "site": "localhost-ssh", "user_options": {"max_workers_per_node": 1}},
-                  {"name": "laptop", "site": "local"}],
+        "sites": [
+            {
+                "name": "facility",
+                "site": "localhost-ssh",
+                "user_options": {"max_workers_per_node": 1},
+            },
+            {"name": "laptop", "site": "local"},
+        ],
         "rounds": 1,
         "training": {"local_steps": 2, "batch_size": 4, "max_length": 96, "torch_threads": 1},
         "lora": {"r": 2, "alpha": 4, "target_modules": ["q_proj"]},
-        "evaluation": {"site": "laptop", "max_samples": 8, "batch_size": 8, "generate_max_new_tokens": 4},
+        "evaluation": {
+            "site": "laptop",
+            "max_samples": 8,
+            "batch_size": 8,
+            "generate_max_new_tokens": 4,
+        },
         "task_timeout_s": 300,
     }
     path = root / f"{name}.yaml"
@@ -89,12 +123,21 @@ def experiment(root: Path, name: str) -> Path:
     return path
 
 
-def test_deployed_site_runs_through_the_sdk_executor(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_deployed_site_runs_through_the_sdk_executor(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CROSSFL_ROOT", str(project))
     endpoint_id = str(uuid.uuid4())
-    save_state(DeployState(site="localhost-ssh", host="127.0.0.1", remote_root="/remote/root",
-                           endpoint=EndpointState(name="crossfl-localhost-ssh", configured=True,
-                                                  started=True, endpoint_id=endpoint_id)))
+    save_state(
+        DeployState(
+            site="localhost-ssh",
+            host="127.0.0.1",
+            remote_root="/remote/root",
+            endpoint=EndpointState(
+                name="crossfl-localhost-ssh", configured=True, started=True, endpoint_id=endpoint_id
+            ),
+        )
+    )
     ForwardingExecutor.instances = []
     ForwardingExecutor.engine_root = project / "forwarded"
     monkeypatch.setattr(globus_compute_sdk, "Executor", ForwardingExecutor)
@@ -113,29 +156,53 @@ def test_deployed_site_runs_through_the_sdk_executor(project: Path, monkeypatch:
     assert set(images) == {"facility", "laptop"} and images["laptop"]["runtime"] == "none"
 
 
-def test_undeployed_site_is_refused_before_any_engine_starts(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_undeployed_site_is_refused_before_any_engine_starts(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CROSSFL_ROOT", str(project))
     (project / "deploy" / "state" / "localhost-ssh.json").unlink(missing_ok=True)
     exp, path = load_experiment(experiment(project, "undeployed"))
     with pytest.raises(UserError) as info:
         run_experiment(exp, path, Console(width=120))
-    assert "localhost-ssh" in info.value.render() and "make deploy SITE=localhost-ssh" in info.value.render()
+    assert (
+        "localhost-ssh" in info.value.render()
+        and "make deploy SITE=localhost-ssh" in info.value.render()
+    )
     assert not list((project / "runs").glob("undeployed-*/engines/*"))
 
 
-def test_run_records_the_image_digest_deploy_staged(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from datetime import datetime, timezone
+def test_run_records_the_image_digest_deploy_staged(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import datetime
 
     from crossfl.server.plan import image_record
     from crossfl.sites import load_site
     from crossfl.state import ImageState
 
     monkeypatch.setenv("CROSSFL_ROOT", str(project))
-    staged = ImageState(arch="cuda", local_path="build/images/crossfl-cuda.sif",
-                        remote_path="/home/u/.crossfl/polaris/images/crossfl-cuda.sif",
-                        sha256="ab" * 32, size=10, staged_at=datetime.now(timezone.utc))
-    save_state(DeployState(site="polaris", host="polaris", remote_root="/home/u/.crossfl/polaris", image=staged,
-                           endpoint=EndpointState(name="crossfl-polaris")))
+    staged = ImageState(
+        arch="cuda",
+        local_path="build/images/crossfl-cuda.sif",
+        remote_path="/home/u/.crossfl/polaris/images/crossfl-cuda.sif",
+        sha256="ab" * 32,
+        size=10,
+        staged_at=datetime.now(UTC),
+    )
+    save_state(
+        DeployState(
+            site="polaris",
+            host="polaris",
+            remote_root="/home/u/.crossfl/polaris",
+            image=staged,
+            endpoint=EndpointState(name="crossfl-polaris"),
+        )
+    )
     record = image_record(load_site("polaris"), runs_here=False)
-    assert record == {"site": "polaris", "runtime": "apptainer", "arch": "cuda",
-                      "image": staged.remote_path, "digest": "sha256:" + "ab" * 32}
+    assert record == {
+        "site": "polaris",
+        "runtime": "apptainer",
+        "arch": "cuda",
+        "image": staged.remote_path,
+        "digest": "sha256:" + "ab" * 32,
+    }

@@ -47,8 +47,12 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1],
-                                 *([base] if base else [])])
+                base = ".".join(
+                    [
+                        *package.split(".")[: len(package.split(".")) - node.level + 1],
+                        *([base] if base else []),
+                    ]
+                )
             for alias in node.names:  # `from pkg import submodule` names the submodule
                 found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base)
     return {m for m in found if m in known and m != name}
@@ -92,22 +96,31 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_no_import_circle_in_src() -> None:
     mods = modules()
     graph = {name: imports_of(name, path, set(mods)) for name, path in mods.items()}
-    assert graph["crossfl.server.sync_driver"] >= {"crossfl.server.driver_base"}  # the check reads imports
+    assert graph["crossfl.server.sync_driver"] >= {
+        "crossfl.server.driver_base"
+    }  # the check reads imports
     assert cycles(graph) == []
 
 
 def test_drivers_never_compare_strategy_names() -> None:
     pattern = re.compile(r"strateg\w*\.name\s*==|==\s*[\w.]*strateg\w*\.name")
-    offenders = [f"{p.relative_to(SRC)}:{n}" for p in PACKAGE.rglob("*.py")
-                 if "strategies" not in p.parts
-                 for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    offenders = [
+        f"{p.relative_to(SRC)}:{n}"
+        for p in PACKAGE.rglob("*.py")
+        if "strategies" not in p.parts
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert offenders == []
 
 
 def test_site_tasks_are_built_from_the_contract_only() -> None:
     """No hand-written task dicts on the server: the task fields appear in one definition."""
     server = PACKAGE / "server"
-    offenders = [f"{p.relative_to(SRC)}:{n}" for p in server.rglob("*.py")
-                 for n, line in enumerate(p.read_text().splitlines(), 1)
-                 if re.search(r"[\"'](model_path|data_path|adapter_dtype|inline_limit_bytes)[\"']\s*:", line)]
+    offenders = [
+        f"{p.relative_to(SRC)}:{n}"
+        for p in server.rglob("*.py")
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if re.search(r"[\"'](model_path|data_path|adapter_dtype|inline_limit_bytes)[\"']\s*:", line)
+    ]
     assert offenders == []

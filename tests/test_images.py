@@ -28,12 +28,28 @@ from crossfl.errors import UserError
 CHECKER = images.CHECKER
 
 REPO = Path(__file__).resolve().parents[1]
-EXPECTED_SECTIONS = {"arguments", "files", "post", "environment", "labels", "test", "runscript",
-                     "help"}
+EXPECTED_SECTIONS = {
+    "arguments",
+    "files",
+    "post",
+    "environment",
+    "labels",
+    "test",
+    "runscript",
+    "help",
+}
 STACK_OF_VENDOR = {"cuda": "cuda", "rocm": "rocm", "xpu": "xpu", "none": "cpu"}
-PROJECT_FILES = ["containers", "requirements/constraints.txt", "requirements/worker.txt",
-                 "requirements/worker-pins.txt",
-                 "pyproject.toml", "README.md", "src/crossfl", "Makefile", "mk/images.mk"]
+PROJECT_FILES = [
+    "containers",
+    "requirements/constraints.txt",
+    "requirements/worker.txt",
+    "requirements/worker-pins.txt",
+    "pyproject.toml",
+    "README.md",
+    "src/crossfl",
+    "Makefile",
+    "mk/images.mk",
+]
 
 
 @pytest.fixture
@@ -124,6 +140,7 @@ def rendered(arch: str) -> images.Stage:
 
 # ------------------------------------------------------------------ rendering and structure
 
+
 def test_every_arch_renders_a_def_file_apptainer_can_read(project: Path) -> None:
     table = images.load_arches()
     assert set(table.arches) == {"cpu", "cpu-debian", "cuda", "rocm", "xpu"}
@@ -134,17 +151,23 @@ def test_every_arch_renders_a_def_file_apptainer_can_read(project: Path) -> None
         if spec.bootstrap == "docker":
             assert stage.header == {"bootstrap": "docker", "from": spec.base}
         else:
-            assert stage.header == {"bootstrap": "debootstrap", "osversion": spec.base,
-                                    "mirrorurl": spec.mirror, "include": " ".join(spec.include)}
+            assert stage.header == {
+                "bootstrap": "debootstrap",
+                "osversion": spec.base,
+                "mirrorurl": spec.mirror,
+                "include": " ".join(spec.include),
+            }
         assert set(stage.sections) == EXPECTED_SECTIONS
-        assert images.build_args(stage) == {"TORCH_INDEX_URL": spec.torch.index_url,
-                                            **{s.name: "none" for s in images.BUILD_SETTINGS}}
+        assert images.build_args(stage) == {
+            "TORCH_INDEX_URL": spec.torch.index_url,
+            **{s.name: "none" for s in images.BUILD_SETTINGS},
+        }
         # every %files source exists, relative to the project root apptainer build runs in
         for src, dst in images.files(stage):
             assert not Path(src).is_absolute() and (project / src).exists(), src
             assert dst.startswith(images.PREFIX + "/")
         post = stage.sections["post"].body
-        assert f"+{spec.torch.local}\"" in post
+        assert f'+{spec.torch.local}"' in post
         assert ("uv python install" in post) == (spec.python.source == "uv")
         assert "crossfl.client" in stage.sections["runscript"].body
         # the labels record what the issue asks for
@@ -158,8 +181,11 @@ def test_every_arch_renders_a_def_file_apptainer_can_read(project: Path) -> None
 def test_every_pip_install_is_constrained_and_torch_is_frozen_first(project: Path) -> None:
     for arch in images.arch_names():
         images.render_def(arch)
-        lines = [line.strip() for line in rendered(arch).sections["post"].body.splitlines()
-                 if " install " in line and "$PIP" in line]
+        lines = [
+            line.strip()
+            for line in rendered(arch).sections["post"].body.splitlines()
+            if " install " in line and "$PIP" in line
+        ]
         assert len(lines) == 3, lines
         torch_line, worker_line, crossfl_line = lines
         assert "--extra-index-url" in torch_line and "--index-url " not in torch_line
@@ -167,7 +193,7 @@ def test_every_pip_install_is_constrained_and_torch_is_frozen_first(project: Pat
         assert f"-c {images.PREFIX}/constraints.txt" in worker_line
         assert f"-c {images.PREFIX}/worker-pins.txt" in worker_line
         assert f"-c {images.PREFIX}/worker-pins.txt" in torch_line
-        assert f"-c {images.PREFIX}/torch-pin.txt" in worker_line   # torch cannot be swapped
+        assert f"-c {images.PREFIX}/torch-pin.txt" in worker_line  # torch cannot be swapped
         assert crossfl_line.endswith(f"--no-deps --no-build-isolation {images.PREFIX}/src")
         post = rendered(arch).sections["post"].body
         assert post.index("torch-pin.txt") < post.index(worker_line)
@@ -193,8 +219,9 @@ def test_pins_agree_between_login_node_and_every_image(project: Path) -> None:
         assert f"--python-minor {login_minor}" in stage.sections["test"].body
         # the image installs with the login node's very file, byte for byte
         context = project / "build" / "images" / f"crossfl-{arch}.context"
-        assert (context / "constraints.txt").read_bytes() == \
-            (REPO / "requirements" / "constraints.txt").read_bytes()
+        assert (context / "constraints.txt").read_bytes() == (
+            REPO / "requirements" / "constraints.txt"
+        ).read_bytes()
     table = images.load_arches()
     assert table.python_version.startswith(login_minor + ".")
     assert table.arches["cpu"].base.startswith(f"python:{login_minor}.")
@@ -236,8 +263,9 @@ def test_the_image_ships_the_committed_package(project: Path) -> None:
     assert (context / "src" / "crossfl" / "client" / "device.py").is_file()
     assert (context / "pyproject.toml").is_file() and (context / "README.md").is_file()
     assert not (context / "src" / "crossfl" / "uncommitted.py").exists()
-    head = subprocess.run(["git", "-C", str(project), "rev-parse", "HEAD"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(project), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert images.labels(rendered("cpu"))["org.crossfl.git-commit"] == head
 
 
@@ -263,8 +291,9 @@ def test_a_bad_arch_names_the_allowed_ones(project: Path) -> None:
 
 def test_a_drifted_python_minor_is_refused(project: Path) -> None:
     arches = project / "containers" / "arches.yaml"
-    arches.write_text(arches.read_text().replace('python_version: "3.11.14"',
-                                                 'python_version: "3.12.7"'))
+    arches.write_text(
+        arches.read_text().replace('python_version: "3.11.14"', 'python_version: "3.12.7"')
+    )
     with pytest.raises(UserError, match="python_version: 3.12.7 is not Python 3.11"):
         images.render_def("cuda")
 
@@ -288,6 +317,7 @@ def test_a_bad_arch_table_names_file_and_field(project: Path) -> None:
 
 # ------------------------------------------------------------------ the parser itself
 
+
 def test_parser_reads_stages_sections_and_rejects_what_apptainer_would() -> None:
     two = textwrap.dedent("""\
         Bootstrap: docker
@@ -306,50 +336,67 @@ def test_parser_reads_stages_sections_and_rejects_what_apptainer_would() -> None
     assert [s.header.get("stage") for s in parsed.stages] == ["devel", None]
     assert parsed.stages[1].sections["files"].args == "from devel"
     assert parsed.stages[0].sections["post"].body.strip() == "echo one"
-    for bad, why in [("From: x\n%post\n", "begin with Bootstrap"),
-                     ("Bootstrap: docker\n%post\n", "needs From"),
-                     ("Bootstrap: docker\nFrom: x\n%postt\n", "unknown section %postt"),
-                     ("Bootstrap: docker\nFrom: x\n%post\n%post\n", "a second %post"),
-                     ("Bootstrap: docker\nFrom: x\njunk\n", "not a `Keyword: value`")]:
+    for bad, why in [
+        ("From: x\n%post\n", "begin with Bootstrap"),
+        ("Bootstrap: docker\n%post\n", "needs From"),
+        ("Bootstrap: docker\nFrom: x\n%postt\n", "unknown section %postt"),
+        ("Bootstrap: docker\nFrom: x\n%post\n%post\n", "a second %post"),
+        ("Bootstrap: docker\nFrom: x\njunk\n", "not a `Keyword: value`"),
+    ]:
         with pytest.raises(ValueError, match=why):
             images.parse_def(bad)
-    assert images.apply_build_args("Bootstrap: docker\nFrom: x\n%arguments\n    A=1\n%post\n"
-                                   "    echo {{ A }} {{B}}\n", {"B": "2"}).endswith("echo 1 2\n")
+    assert images.apply_build_args(
+        "Bootstrap: docker\nFrom: x\n%arguments\n    A=1\n%post\n    echo {{ A }} {{B}}\n",
+        {"B": "2"},
+    ).endswith("echo 1 2\n")
     with pytest.raises(ValueError, match="C has no value"):
         images.apply_build_args("Bootstrap: docker\nFrom: x\n%post\n    echo {{ C }}\n")
 
 
 # ------------------------------------------------------------------ apptainer through a shim
 
+
 def build_args_here() -> list[str]:
     """The build arguments `crossfl image build` passes from this environment."""
     return [f"--build-arg={k}={v}" for k, v in images.build_arg_values(os.environ).items()]
 
 
-def test_build_calls_apptainer_and_records_the_digest(project: Path, fake_apptainer: Path
-                                                      ) -> None:
+def test_build_calls_apptainer_and_records_the_digest(project: Path, fake_apptainer: Path) -> None:
     manifest = project / "build" / "images" / "manifest.json"
     manifest.parent.mkdir(parents=True)
-    other = {"arch": "rocm", "image": "build/images/crossfl-rocm.sif",
-             "digest": "sha256:" + "0" * 64, "size_bytes": 1,
-             "built_at": "2026-01-01T00:00:00+00:00", "git_commit": "x"}
+    other = {
+        "arch": "rocm",
+        "image": "build/images/crossfl-rocm.sif",
+        "digest": "sha256:" + "0" * 64,
+        "size_bytes": 1,
+        "built_at": "2026-01-01T00:00:00+00:00",
+        "git_commit": "x",
+    }
     manifest.write_text(json.dumps({"schema_version": 1, "images": {"rocm": other}}))
 
     code, out = cli("image", "build", "cpu")
     assert code == 0, out
     fakeroot = ["--fakeroot"] if os.geteuid() != 0 else []
     assert calls(fake_apptainer)[0] == [
-        "build", *fakeroot, *build_args_here(), "build/images/crossfl-cpu.sif.partial",
-        "build/images/crossfl-cpu.def"]
-    assert calls(fake_apptainer)[1] == ["inspect", "--labels", "--json",
-                                        "build/images/crossfl-cpu.sif"]
+        "build",
+        *fakeroot,
+        *build_args_here(),
+        "build/images/crossfl-cpu.sif.partial",
+        "build/images/crossfl-cpu.def",
+    ]
+    assert calls(fake_apptainer)[1] == [
+        "inspect",
+        "--labels",
+        "--json",
+        "build/images/crossfl-cpu.sif",
+    ]
     sif = project / "build" / "images" / "crossfl-cpu.sif"
     digest = "sha256:" + hashlib.sha256(sif.read_bytes()).hexdigest()
     assert images.image_digest(sif) == digest and digest in out
     assert not sif.with_name(sif.name + ".partial").exists()
     data = images.read_manifest()
     assert data == json.loads(manifest.read_text())
-    assert data["images"]["rocm"]["digest"] == other["digest"]   # other archs' entries kept
+    assert data["images"]["rocm"]["digest"] == other["digest"]  # other archs' entries kept
     entry = data["images"]["cpu"]
     assert entry["digest"] == digest and entry["size_bytes"] == sif.stat().st_size
     assert entry["labels"]["org.crossfl.accelerator"] == "cpu"
@@ -363,9 +410,9 @@ def test_build_calls_apptainer_and_records_the_digest(project: Path, fake_apptai
     assert signed["signed"] and signed["digest"] == images.image_digest(sif) != digest
 
 
-def test_no_fakeroot_flag_and_failed_build_keeps_previous_image(project: Path,
-                                                                fake_apptainer: Path,
-                                                                tmp_path: Path) -> None:
+def test_no_fakeroot_flag_and_failed_build_keeps_previous_image(
+    project: Path, fake_apptainer: Path, tmp_path: Path
+) -> None:
     assert cli("image", "build", "cpu", "--no-fakeroot")[0] == 0
     assert "--fakeroot" not in calls(fake_apptainer)[0]
     sif = project / "build" / "images" / "crossfl-cpu.sif"
@@ -383,8 +430,12 @@ def test_make_image_runs_apptainer_build(project: Path, fake_apptainer: Path) ->
     assert done.returncode == 0, done.stdout + done.stderr
     fakeroot = ["--fakeroot"] if os.geteuid() != 0 else []
     assert calls(fake_apptainer)[0] == [
-        "build", *fakeroot, *build_args_here(), "build/images/crossfl-cpu.sif.partial",
-        "build/images/crossfl-cpu.def"]
+        "build",
+        *fakeroot,
+        *build_args_here(),
+        "build/images/crossfl-cpu.sif.partial",
+        "build/images/crossfl-cpu.def",
+    ]
     sif = project / "build" / "images" / "crossfl-cpu.sif"
     assert images.read_manifest()["images"]["cpu"]["digest"] == images.image_digest(sif)
     assert make(project, "image-sign", "ARCH=cpu").returncode == 0
@@ -395,10 +446,21 @@ def make(project: Path, *args: str, path: str | None = None) -> subprocess.Compl
     """The project's Makefile, with `setup` taken as done and CROSSFL=`python -m crossfl`
     (what the `crossfl` entry point runs)."""
     env = {**os.environ, "PATH": path or os.environ["PATH"], "CROSSFL_ROOT": str(project)}
-    return subprocess.run(["make", "--no-print-directory", "-C", str(project),
-                           "-o", ".venv/.installed-stamp", *args,
-                           f"CROSSFL={sys.executable} -m crossfl"],
-                          capture_output=True, text=True, env=env)
+    return subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "-C",
+            str(project),
+            "-o",
+            ".venv/.installed-stamp",
+            *args,
+            f"CROSSFL={sys.executable} -m crossfl",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
 
 
 def no_apptainer_path(tmp_path: Path) -> str:
@@ -411,9 +473,9 @@ def no_apptainer_path(tmp_path: Path) -> str:
     return str(bindir)
 
 
-def test_without_apptainer_one_line_and_the_def_is_still_rendered(project: Path, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch
-                                                                  ) -> None:
+def test_without_apptainer_one_line_and_the_def_is_still_rendered(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = no_apptainer_path(tmp_path)
     monkeypatch.setenv("PATH", path)
     code, out = cli("image", "build", "rocm")
@@ -445,9 +507,10 @@ def test_read_manifest_before_any_build_and_on_a_broken_file(project: Path) -> N
 
 # ------------------------------------------------------------------ what runs inside the image
 
-def test_runscript_hands_worker_commands_through_and_the_rest_to_the_client(project: Path,
-                                                                            tmp_path: Path
-                                                                            ) -> None:
+
+def test_runscript_hands_worker_commands_through_and_the_rest_to_the_client(
+    project: Path, tmp_path: Path
+) -> None:
     """Globus Compute runs `apptainer run IMAGE globus-compute-endpoint python-exec ...`."""
     images.render_def("cpu")
     stage = rendered("cpu")
@@ -457,39 +520,61 @@ def test_runscript_hands_worker_commands_through_and_the_rest_to_the_client(proj
     for name, says in [("python", "client"), ("globus-compute-endpoint", "endpoint")]:
         (venv_bin / name).write_text(f'#!/bin/sh\necho {says} "$@"\n')
         (venv_bin / name).chmod(0o755)
-    script = (stage.sections["environment"].body + stage.sections["runscript"].body) \
-        .replace(images.PREFIX, str(rootfs) + images.PREFIX)
+    script = (stage.sections["environment"].body + stage.sections["runscript"].body).replace(
+        images.PREFIX, str(rootfs) + images.PREFIX
+    )
 
     def run(*args: str) -> str:
-        return subprocess.run(["/bin/sh", "-c", script, "runscript", *args], check=True,
-                              capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}
-                              ).stdout.strip()
+        return subprocess.run(
+            ["/bin/sh", "-c", script, "runscript", *args],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={"PATH": "/usr/bin:/bin"},
+        ).stdout.strip()
 
-    assert run("globus-compute-endpoint", "python-exec", "parsl.x", "-a", "1") == \
-        "endpoint python-exec parsl.x -a 1"
+    assert (
+        run("globus-compute-endpoint", "python-exec", "parsl.x", "-a", "1")
+        == "endpoint python-exec parsl.x -a 1"
+    )
     assert run("--site", "x") == "client -m crossfl.client --site x"
     assert run() == "client -m crossfl.client"
 
 
 def checker(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "containers" / "check_image.py"), *args],
-                          capture_output=True, text=True,
-                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}"
-                                                     f"{os.pathsep}{os.environ['PATH']}"})
+    return subprocess.run(
+        [sys.executable, str(REPO / "containers" / "check_image.py"), *args],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        },
+    )
 
 
-def test_check_image_passes_here_and_fails_on_each_drift(repo_root: Path,
-                                                         capsys: pytest.CaptureFixture[str],
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_image_passes_here_and_fails_on_each_drift(
+    repo_root: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import importlib.util
 
     import torch
 
     constraints = images.read_constraints()
     minor = "%d.%d" % sys.version_info[:2]
-    good = ["--python-minor", minor, "--torch", torch.__version__, "--stack", "cpu",
-            "--pin", f"parsl=={constraints['parsl']}", "--pin", f"dill=={constraints['dill']}"]
-    done = checker(*good, "--devices")   # once as %test runs it: its own process
+    good = [
+        "--python-minor",
+        minor,
+        "--torch",
+        torch.__version__,
+        "--stack",
+        "cpu",
+        "--pin",
+        f"parsl=={constraints['parsl']}",
+        "--pin",
+        f"dill=={constraints['dill']}",
+    ]
+    done = checker(*good, "--devices")  # once as %test runs it: its own process
     assert done.returncode == 0, done.stderr
     devices = json.loads(done.stdout.splitlines()[0])
     assert devices["backend"] == "cpu" and devices["torch"] == torch.__version__
@@ -499,17 +584,19 @@ def test_check_image_passes_here_and_fails_on_each_drift(repo_root: Path,
     spec.loader.exec_module(module)
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     assert module.main(good) == 0
-    for change, says in [(["--python-minor", "3.12"], "the endpoint runs 3.12"),
-                         (["--torch", "2.13.0+cu128"], "the image pins 2.13.0+cu128"),
-                         (["--stack", "cuda"], "not a CUDA build"),
-                         (["--stack", "rocm"], "not a ROCm build"),
-                         (["--stack", "xpu"], "not an XPU build"),
-                         (["--pin", "dill==0.3.8"], "dill 0.3.9 here, 0.3.8 on the login node"),
-                         (["--pin", "no-such-dist==1"], "no-such-dist is not installed")]:
+    for change, says in [
+        (["--python-minor", "3.12"], "the endpoint runs 3.12"),
+        (["--torch", "2.13.0+cu128"], "the image pins 2.13.0+cu128"),
+        (["--stack", "cuda"], "not a CUDA build"),
+        (["--stack", "rocm"], "not a ROCm build"),
+        (["--stack", "xpu"], "not an XPU build"),
+        (["--pin", "dill==0.3.8"], "dill 0.3.9 here, 0.3.8 on the login node"),
+        (["--pin", "no-such-dist==1"], "no-such-dist is not installed"),
+    ]:
         capsys.readouterr()
         assert module.main([*good, *change]) == 1, change
         assert says in capsys.readouterr().err, change
-    monkeypatch.setenv("PATH", "/usr/bin:/bin")   # the worker commands are not what PATH finds
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # the worker commands are not what PATH finds
     capsys.readouterr()
     assert module.main([*good, "--devices"]) == 1
     assert "globus-compute-endpoint is not on PATH" in capsys.readouterr().err
@@ -527,6 +614,7 @@ def test_the_main_cli_has_the_image_commands(repo_root: Path) -> None:
 
 # ------------------------------------------------------------------ pins that exist
 
+
 def test_every_arch_pins_a_published_build_and_base(repo_root: Path) -> None:
     """containers/published.yaml: each entry has a source and a checked date; every arch's
     torch (the constraints' version + its local tag), channel and base are listed there."""
@@ -534,8 +622,12 @@ def test_every_arch_pins_a_published_build_and_base(repo_root: Path) -> None:
     torch_version = images.read_constraints()["torch"].split("+")[0]
     assert torch_version in table.torch
     release = table.torch[torch_version]
-    for build in [*release.published.values(), *release.not_published.values(),
-                  *table.base_images.values(), *table.distributions.values()]:
+    for build in [
+        *release.published.values(),
+        *release.not_published.values(),
+        *table.base_images.values(),
+        *table.distributions.values(),
+    ]:
         assert build.source and build.checked.isoformat() == "2026-11-28"
     assert not set(release.published) & set(release.not_published)
     for name, spec in images.load_arches().arches.items():
@@ -547,14 +639,23 @@ def test_every_arch_pins_a_published_build_and_base(repo_root: Path) -> None:
     assert {"cu128", "rocm6.4"} <= set(release.not_published)
 
 
-@pytest.mark.parametrize(("arch", "field", "value", "says"), [
-    ("cuda", "local", "cu128", "2.13.0+cu128 is not published (https://github.com/pytorch/FBGEMM"),
-    ("rocm", "local", "rocm6.4", "2.13.0+rocm6.4 is not published"),
-    ("cuda", "index_url", "https://download.pytorch.org/whl/cu130", "comes from"),
-    ("xpu", "base", "intel/oneapi-hpckit:2025.2.0-0-devel-ubuntu24.04", "is not listed"),
-])
-def test_an_unpublished_pin_is_refused_when_rendering(project: Path, arch: str, field: str,
-                                                      value: str, says: str) -> None:
+@pytest.mark.parametrize(
+    ("arch", "field", "value", "says"),
+    [
+        (
+            "cuda",
+            "local",
+            "cu128",
+            "2.13.0+cu128 is not published (https://github.com/pytorch/FBGEMM",
+        ),
+        ("rocm", "local", "rocm6.4", "2.13.0+rocm6.4 is not published"),
+        ("cuda", "index_url", "https://download.pytorch.org/whl/cu130", "comes from"),
+        ("xpu", "base", "intel/oneapi-hpckit:2025.2.0-0-devel-ubuntu24.04", "is not listed"),
+    ],
+)
+def test_an_unpublished_pin_is_refused_when_rendering(
+    project: Path, arch: str, field: str, value: str, says: str
+) -> None:
     path = project / "containers" / "arches.yaml"
     data = yaml.safe_load(path.read_text())
     target = data["arches"][arch] if field == "base" else data["arches"][arch]["torch"]
@@ -581,6 +682,7 @@ def test_no_stale_claim_that_the_endpoint_refuses_a_mismatched_worker(repo_root:
 
 # ------------------------------------------------------------------ environment, hosts, args
 
+
 def test_the_venv_libraries_lead_ld_library_path_in_every_image(project: Path) -> None:
     """%environment after a base image's baked LD_LIBRARY_PATH (Apptainer sources the base's
     10-docker2singularity.sh before 90-environment.sh): the venv's lib/ comes first, so the
@@ -590,9 +692,13 @@ def test_the_venv_libraries_lead_ld_library_path_in_every_image(project: Path) -
         images.render_def(arch)
         env = rendered(arch).sections["environment"].body
         for before in (f"export LD_LIBRARY_PATH={baked}\n", "unset LD_LIBRARY_PATH\n"):
-            out = subprocess.run(["/bin/sh", "-c", before + env + 'echo "$LD_LIBRARY_PATH"\n'
-                                  'echo "$PATH"'], capture_output=True, text=True,
-                                 env={"PATH": "/usr/bin:/bin"}, check=True).stdout.split("\n")
+            out = subprocess.run(
+                ["/bin/sh", "-c", before + env + 'echo "$LD_LIBRARY_PATH"\necho "$PATH"'],
+                capture_output=True,
+                text=True,
+                env={"PATH": "/usr/bin:/bin"},
+                check=True,
+            ).stdout.split("\n")
             lib, path = out[0].split(":"), out[1].split(":")
             assert lib[0] == f"{images.PREFIX}/venv/lib", (arch, out)
             assert lib[1:] == (baked.split(":") if "export" in before else []), (arch, out)
@@ -606,9 +712,11 @@ def test_check_image_finds_a_shadowed_sycl_runtime() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     venv = "/opt/crossfl/venv"
-    good = (f"7f00-7f01 r-xp 00000000 08:01 1 {venv}/lib/libsycl.so.9\n"
-            f"7f02-7f03 r-xp 00000000 08:01 2 {venv}/lib/libur_loader.so.0\n"
-            "7f04-7f05 r-xp 00000000 08:01 3 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
+    good = (
+        f"7f00-7f01 r-xp 00000000 08:01 1 {venv}/lib/libsycl.so.9\n"
+        f"7f02-7f03 r-xp 00000000 08:01 2 {venv}/lib/libur_loader.so.0\n"
+        "7f04-7f05 r-xp 00000000 08:01 3 /usr/lib/x86_64-linux-gnu/libc.so.6\n"
+    )
     assert module.check_loaded_libs(good, venv) == []
     oneapi = "/opt/intel/oneapi/compiler/2025.2/lib"
     bad = good + f"7f06-7f07 r-xp 0 08:01 4 {oneapi}/libur_loader.so.0\n"
@@ -630,8 +738,9 @@ def test_every_host_a_build_reaches_is_listed(project: Path) -> None:
         names = {h.split(" ", 1)[0] for h in listed}
         body = "".join(stage.sections[n].body for n in ("arguments", "post"))
         urls = {urlparse(u).hostname for u in re.findall(r"https?://[^\s\"']+", body)}
-        urls |= {urlparse(stage.header["mirrorurl"]).hostname} if "mirrorurl" in stage.header \
-            else set()
+        urls |= (
+            {urlparse(stage.header["mirrorurl"]).hostname} if "mirrorurl" in stage.header else set()
+        )
         assert urls <= names, (arch, urls - names)
         assert {"pypi.org", "files.pythonhosted.org"} <= names
         if spec.python.source == "uv":
@@ -650,31 +759,47 @@ def test_proxies_and_pip_settings_reach_post_only_as_build_arguments(project: Pa
     them unset."""
     images.render_def("cuda")
     text = images.def_path("cuda").read_text()
-    env_of = ('env | grep -E "^(https?_proxy|HTTPS?_PROXY|no_proxy|NO_PROXY|PIP_[A-Z_]+|'
-              'TORCH_INDEX_URL)=" | sort')
+    env_of = (
+        'env | grep -E "^(https?_proxy|HTTPS?_PROXY|no_proxy|NO_PROXY|PIP_[A-Z_]+|'
+        'TORCH_INDEX_URL)=" | sort'
+    )
 
     def post_env(overrides: dict[str, str]) -> list[str]:
         post = images.parse_def(images.apply_build_args(text, overrides)).only_stage()
         preamble = post.sections["post"].body.split("    set -eu\n")[0]
-        done = subprocess.run(["/bin/sh", "-c", preamble + env_of], capture_output=True,
-                              text=True, env={"PATH": "/usr/bin:/bin"}, check=True)
+        done = subprocess.run(
+            ["/bin/sh", "-c", preamble + env_of],
+            capture_output=True,
+            text=True,
+            env={"PATH": "/usr/bin:/bin"},
+            check=True,
+        )
         return done.stdout.splitlines()
 
     assert post_env({}) == ["TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126"]
     proxy = "http://proxy.alcf.anl.gov:3128"
-    got = post_env({"HTTPS_PROXY": proxy, "NO_PROXY": "localhost,*.alcf.anl.gov",
-                    "PIP_INDEX_URL": "https://mirror.example/simple"})
+    got = post_env(
+        {
+            "HTTPS_PROXY": proxy,
+            "NO_PROXY": "localhost,*.alcf.anl.gov",
+            "PIP_INDEX_URL": "https://mirror.example/simple",
+        }
+    )
     assert f"HTTPS_PROXY={proxy}" in got and f"https_proxy={proxy}" in got
     assert "no_proxy=localhost,*.alcf.anl.gov" in got and not any("HTTP_PROXY" in g for g in got)
     assert "PIP_INDEX_URL=https://mirror.example/simple" in got
-    assert images.build_arg_values({"https_proxy": proxy, "PIP_RETRIES": "1", "OTHER": "x"}) \
-        == {"HTTPS_PROXY": proxy, "PIP_RETRIES": "1"}
+    assert images.build_arg_values({"https_proxy": proxy, "PIP_RETRIES": "1", "OTHER": "x"}) == {
+        "HTTPS_PROXY": proxy,
+        "PIP_RETRIES": "1",
+    }
     with pytest.raises(ValueError, match="both parts"):  # Apptainer refuses empty values too
-        images.build_args(images.parse_def("Bootstrap: docker\nFrom: x\n%arguments\n    A=\n")
-                          .only_stage())
+        images.build_args(
+            images.parse_def("Bootstrap: docker\nFrom: x\n%arguments\n    A=\n").only_stage()
+        )
 
 
 # ------------------------------------------------------------------ the OCI Containerfile
+
 
 def test_containerfile_parses_and_shares_the_defs_steps(project: Path) -> None:
     """podman-hpc's Containerfile: same base, channel, labels, environment and %files as the
@@ -700,8 +825,9 @@ def test_containerfile_parses_and_shares_the_defs_steps(project: Path) -> None:
         context = project / "build" / "images" / f"crossfl-{arch}.context"
         for src, dst in copies:
             assert (project / src).exists() and dst.startswith(images.PREFIX + "/"), src
-        assert [c for c in copies if not c[0].endswith(("install.sh", "runscript", "test.sh"))] \
-            == [list(pair) for pair in images.files(stage)]
+        assert [c for c in copies if not c[0].endswith(("install.sh", "runscript", "test.sh"))] == [
+            list(pair) for pair in images.files(stage)
+        ]
         runs = [v for k, v in instructions if k == "RUN"]
         assert runs == [f'["/bin/sh", "-ex", "{images.PREFIX}/install.sh"]']
         assert ("ENTRYPOINT", f'["/bin/sh", "{images.PREFIX}/runscript"]') in instructions
@@ -713,10 +839,14 @@ def test_containerfile_parses_and_shares_the_defs_steps(project: Path) -> None:
         assert "$TORCH_INDEX_URL" in install and "{{" not in install
         runscript = (context / "runscript").read_text()
         assert runscript.startswith("#!/bin/sh\n")
-        assert textwrap.indent(runscript.split("\n", 1)[1], "    ").strip() == \
-            stage.sections["runscript"].body.strip()
-        assert textwrap.indent((context / "test.sh").read_text(), "    ").strip() == \
-            stage.sections["test"].body.strip()
+        assert (
+            textwrap.indent(runscript.split("\n", 1)[1], "    ").strip()
+            == stage.sections["runscript"].body.strip()
+        )
+        assert (
+            textwrap.indent((context / "test.sh").read_text(), "    ").strip()
+            == stage.sections["test"].body.strip()
+        )
         assert "podman-hpc migrate crossfl-" in path.read_text()
     code, out = cli("image", "containerfile", "rocm")
     assert code == 0 and out.strip() == "build/images/crossfl-rocm.Containerfile"
@@ -745,9 +875,12 @@ def test_cpu_and_cpu_debian_defs_differ_only_in_the_base(project: Path) -> None:
 
 # ------------------------------------------------------------------ a real build here
 
-@pytest.mark.skipif(os.environ.get("CROSSFL_IMAGE_CHECK") != "1",
-                    reason="slow (bootstraps Debian, installs torch + the worker stack, runs a "
-                           "federation inside): `make image-check` runs it")
+
+@pytest.mark.skipif(
+    os.environ.get("CROSSFL_IMAGE_CHECK") != "1",
+    reason="slow (bootstraps Debian, installs torch + the worker stack, runs a "
+    "federation inside): `make image-check` runs it",
+)
 def test_image_check_builds_the_rootfs_and_runs_a_federation_inside(repo_root: Path) -> None:
     from crossfl.server.image_check import run_federation
 
@@ -761,7 +894,11 @@ def test_image_check_builds_the_rootfs_and_runs_a_federation_inside(repo_root: P
     assert not Path("/opt/crossfl").exists()  # the host has no image prefix: only the rootfs
     tasks = result.federation["tasks"]
     assert {(t["round"], t["site"]) for t in tasks} == {
-        (1, "inside-a"), (1, "inside-b"), (2, "inside-a"), (2, "inside-b")}
+        (1, "inside-a"),
+        (1, "inside-b"),
+        (2, "inside-a"),
+        (2, "inside-b"),
+    }
     assert all(t["status"] == "ok" for t in tasks), tasks
     # every training task ran on the image's interpreter, which exists only in the rootfs
     assert {t["python"] for t in tasks} == {f"{images.PREFIX}/venv/bin/python"}

@@ -18,6 +18,7 @@ import yaml
 from globus_compute_sdk import ShellFunction
 from globus_compute_sdk.sdk.shell_function import ShellResult
 from rich.console import Console
+from testkit.scratch_project import make_project, write_experiment
 
 from crossfl.server.mpi_tasks import (
     MpiSiteExecutor,
@@ -29,7 +30,6 @@ from crossfl.server.mpi_tasks import (
     shell_function,
 )
 from golden_sites import golden_site
-from testkit.scratch_project import make_project, write_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,8 +42,8 @@ LAUNCHER_OPTIONS = {
     "perlmutter": "--cpus-per-task=32 --gpus-per-task=1 --gpu-bind=closest",
     "polaris": "--cpu-bind list:24-31,56-63:16-23,48-55:8-15,40-47:0-7,32-39",
     "aurora": "--cpu-bind list:1-8,105-112:9-16,113-120:17-24,121-128:25-32,129-136:33-40,"
-              "137-144:41-48,145-152:53-60,157-164:61-68,165-172:69-76,173-180:77-84,181-188:"
-              "85-92,189-196:93-100,197-204",
+    "137-144:41-48,145-152:53-60,157-164:61-68,165-172:69-76,173-180:77-84,181-188:"
+    "85-92,189-196:93-100,197-204",
 }
 
 
@@ -52,16 +52,25 @@ def test_each_facility_launches_its_ranks_as_documented(name: str) -> None:
     site = golden_site(name)
     ranks = site.ranks_per_node()
     spec = resource_specification(site, 2, ranks)
-    assert spec == {"num_nodes": 2, "ranks_per_node": ranks,
-                    "launcher_options": LAUNCHER_OPTIONS[name]}
+    assert spec == {
+        "num_nodes": 2,
+        "ranks_per_node": ranks,
+        "launcher_options": LAUNCHER_OPTIONS[name],
+    }
     fn = shell_function(site, "/fs/t.json", "/fs/o.json", distributed=True)
     assert isinstance(fn, ShellFunction)
     line = fn.cmd.format()  # what the ShellFunction runs: its braces were doubled
     head, _, ranks_line = line.partition("; $PARSL_MPI_PREFIX ")
     assert head == 'export CROSSFL_LAUNCHED_AT="$(date +%s.%N)"'
     words = shlex.split(ranks_line)
-    assert words[-6:] == ["-m", "crossfl.client", "run-task", "--distributed", "/fs/t.json",
-                          "/fs/o.json"]
+    assert words[-6:] == [
+        "-m",
+        "crossfl.client",
+        "run-task",
+        "--distributed",
+        "/fs/t.json",
+        "/fs/o.json",
+    ]
     runtime = {"apptainer": "apptainer", "podman-hpc": "podman-hpc"}[site.container.runtime]
     at = words.index(runtime)
     assert words[at + 1] == ("exec" if runtime == "apptainer" else "shared-run")
@@ -73,7 +82,8 @@ def test_each_facility_launches_its_ranks_as_documented(name: str) -> None:
         assert at == 0
     evaluation = shell_function(site, "/fs/t.json", "/fs/o.json", distributed=False)
     assert evaluation.cmd.format().endswith(
-        "python -m crossfl.client run-task /fs/t.json /fs/o.json")
+        "python -m crossfl.client run-task /fs/t.json /fs/o.json"
+    )
 
 
 def test_the_ranks_line_runs_in_bash_with_its_binding(tmp_path: Path) -> None:
@@ -86,20 +96,24 @@ def test_the_ranks_line_runs_in_bash_with_its_binding(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "mpiexec").write_text(  # one rank of the four: after -n 8 -ppn 4
-        '#!/bin/bash\nPMI_LOCAL_RANK=2 exec "${@:5}"\n')
+        '#!/bin/bash\nPMI_LOCAL_RANK=2 exec "${@:5}"\n'
+    )
     (bin_dir / "apptainer").write_text(
-        '#!/bin/bash\necho "CVD=$CUDA_VISIBLE_DEVICES at=$CROSSFL_LAUNCHED_AT args=$*"\n')
+        '#!/bin/bash\necho "CVD=$CUDA_VISIBLE_DEVICES at=$CROSSFL_LAUNCHED_AT args=$*"\n'
+    )
     for f in bin_dir.iterdir():
         f.chmod(0o755)
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PARSL_MPI_PREFIX": "mpiexec -n 8 -ppn 4",
-           "HOME": str(tmp_path)}
-    proc = subprocess.run(["bash", "-c", line], env=env, capture_output=True, text=True,
-                          timeout=60)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "PARSL_MPI_PREFIX": "mpiexec -n 8 -ppn 4",
+        "HOME": str(tmp_path),
+    }
+    proc = subprocess.run(["bash", "-c", line], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout.strip()
     assert out.startswith("CVD=2 at=1") and out.endswith(
-        "crossfl-cuda.sif python -m crossfl.client run-task --distributed /fs/t.json "
-        "/fs/o.json"), out
+        "crossfl-cuda.sif python -m crossfl.client run-task --distributed /fs/t.json /fs/o.json"
+    ), out
 
 
 class Recording:
@@ -125,13 +139,19 @@ def test_the_executor_sends_each_task_with_its_resources() -> None:
     inner = Recording(ok)
     ex = MpiSiteExecutor(inner)  # type: ignore[arg-type]
     fn = ShellFunction("true")
-    train = ex.submit(fn, MpiTask({"num_nodes": 2, "ranks_per_node": 4},
-                                  lambda shell: {"ranks": 8, "rc": shell.returncode}))
+    train = ex.submit(
+        fn,
+        MpiTask(
+            {"num_nodes": 2, "ranks_per_node": 4},
+            lambda shell: {"ranks": 8, "rc": shell.returncode},
+        ),
+    )
     evaluate = ex.submit(fn, MpiTask({"num_nodes": 1, "ranks_per_node": 1}, lambda s: {"e": 1}))
     assert train.result() == {"ranks": 8, "rc": 0} and evaluate.result() == {"e": 1}
     assert [(f, a, s) for f, a, s in inner.seen] == [
-        (fn, (), {"num_nodes": 2, "ranks_per_node": 4}), (fn, (), {"num_nodes": 1,
-                                                                  "ranks_per_node": 1})]
+        (fn, (), {"num_nodes": 2, "ranks_per_node": 4}),
+        (fn, (), {"num_nodes": 1, "ranks_per_node": 1}),
+    ]
     with pytest.raises(TypeError, match="MpiTask"):
         ex.submit(fn, {"num_nodes": 1})
 
@@ -145,6 +165,7 @@ def test_a_refused_or_failed_launch_is_one_line() -> None:
     with pytest.raises(MpiTaskFailed, match="wrote no result"):
         result_of(ShellResult("x", "", "", 0), lambda: None)
     from crossfl.server.faults import is_system_failure
+
     assert not is_system_failure(MpiTaskRefused("UserError: x"))  # never retried
 
 
@@ -156,8 +177,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_project(tmp_path_factory.mktemp("mpi-project"), ROOT, molecules=120)
 
 
-def test_a_run_through_the_mpi_engine_on_real_slurm(slurm_cluster, project: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_through_the_mpi_engine_on_real_slurm(
+    slurm_cluster, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """local-slurm-mpi: the rendered GlobusMPIEngine + SlurmProvider (SimpleLauncher) submits a
     real pilot job; each training task is `srun --ntasks 2 --ntasks-per-node 2 ...` CPU ranks
     (gloo) launched by the pilot's worker with $PARSL_MPI_PREFIX; rank 0 leaves the adapter in
@@ -167,13 +189,29 @@ def test_a_run_through_the_mpi_engine_on_real_slurm(slurm_cluster, project: Path
     from crossfl.server.report import summary_tables
 
     monkeypatch.setenv("CROSSFL_ROOT", str(project))
-    path = write_experiment(project, "mpi-run", rounds=1,
-                            sites=[{"name": "cluster", "site": "local-slurm-mpi",
-                                    "ranks_per_node": 2, "user_options": {
-                                        "walltime": "00:10:00",
-                                        "worker_init": f"source {ROOT}/.venv/bin/activate"}}],
-                            training={"local_steps": 2, "batch_size": 2, "lr": 0.005,
-                                      "max_length": 96, "torch_threads": 1})
+    path = write_experiment(
+        project,
+        "mpi-run",
+        rounds=1,
+        sites=[
+            {
+                "name": "cluster",
+                "site": "local-slurm-mpi",
+                "ranks_per_node": 2,
+                "user_options": {
+                    "walltime": "00:10:00",
+                    "worker_init": f"source {ROOT}/.venv/bin/activate",
+                },
+            }
+        ],
+        training={
+            "local_steps": 2,
+            "batch_size": 2,
+            "lr": 0.005,
+            "max_length": 96,
+            "torch_threads": 1,
+        },
+    )
     exp, path = load_experiment(path)
     run_dir = run_experiment(exp, path, Console(width=80, record=True))
     records = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -189,8 +227,11 @@ def test_a_run_through_the_mpi_engine_on_real_slurm(slurm_cluster, project: Path
     results = sorted((run_dir / "transport" / "results").glob("cluster-*"))
     assert any(p.name.endswith(".out.json") for p in results)
     assert any(p.suffix == ".safetensors" for p in results)
-    scripts = [p.read_text() for p in (run_dir / "engines").rglob("submit_scripts/*")
-               if p.suffix not in (".stdout", ".stderr") and "#SBATCH" in p.read_text()]
+    scripts = [
+        p.read_text()
+        for p in (run_dir / "engines").rglob("submit_scripts/*")
+        if p.suffix not in (".stdout", ".stderr") and "#SBATCH" in p.read_text()
+    ]
     assert len(scripts) == 1 and "--enable_mpi_mode" in scripts[0]
     assert "--mpi-launcher=srun" in scripts[0]  # the worker starts the ranks with srun
     assert "\nsrun " not in scripts[0]  # SimpleLauncher: the pilot itself runs the worker
@@ -199,10 +240,13 @@ def test_a_run_through_the_mpi_engine_on_real_slurm(slurm_cluster, project: Path
         out.print(table)
     text = out.export_text()
     assert "allocation" in text and max(len(ln) for ln in text.splitlines()) <= 80
-    row = next(ln for ln in text.splitlines() if ln.lstrip("│ ").startswith("cluster") and
-               "cpu" in ln)
+    row = next(
+        ln for ln in text.splitlines() if ln.lstrip("│ ").startswith("cluster") and "cpu" in ln
+    )
     assert row.split("│")[3].strip() == "2"  # ranks
-    assert yaml.safe_load((run_dir / "experiment.yaml").read_text())["sites"][0]["ranks_per_node"] == 2
+    assert (
+        yaml.safe_load((run_dir / "experiment.yaml").read_text())["sites"][0]["ranks_per_node"] == 2
+    )
 
 
 def test_chem_lora_trains_on_every_device_of_every_node() -> None:

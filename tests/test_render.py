@@ -36,10 +36,18 @@ LAUNCHER = {"srun": "SrunLauncher", "mpiexec": "MpiExecLauncher", "single": "Sin
 
 # Options a user could pass per task group: valid for the site's schema.
 VALID_OPTS = {
-    "frontier": {"account": "xyz789", "walltime": "00:30:00", "nodes_per_block": 2,
-                 "qos": "normal"},
-    "polaris": {"account": "P1", "queue": "debug-scaling", "walltime": "00:45:00",
-                "nodes_per_block": 4},
+    "frontier": {
+        "account": "xyz789",
+        "walltime": "00:30:00",
+        "nodes_per_block": 2,
+        "qos": "normal",
+    },
+    "polaris": {
+        "account": "P1",
+        "queue": "debug-scaling",
+        "walltime": "00:45:00",
+        "nodes_per_block": 4,
+    },
     "aurora": {"account": "P1", "queue": "capacity", "walltime": "02:00:00", "max_blocks": 2},
     "perlmutter": {"account": "m1_g", "qos": "preempt", "walltime": "04:00:00"},
     "local-slurm": {"walltime": "00:05:00", "worker_init": "echo ready"},
@@ -97,12 +105,17 @@ def test_catalog_has_the_sites():
 
 # --- the endpoint directory ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ALL)
 def test_endpoint_files(rendered, name):
     ep = rendered[name] / "endpoint"
     assert sorted(p.name for p in ep.iterdir()) == [
-        "config.yaml", "user_config.example.yaml", "user_config_schema.json",
-        "user_config_template.yaml.j2", "user_environment.yaml"]
+        "config.yaml",
+        "user_config.example.yaml",
+        "user_config_schema.json",
+        "user_config_template.yaml.j2",
+        "user_environment.yaml",
+    ]
     assert isinstance(yaml.safe_load((ep / "user_environment.yaml").read_text()) or {}, dict)
 
 
@@ -110,6 +123,7 @@ def test_endpoint_files(rendered, name):
 def test_core_config_loads(rendered, name):
     from globus_compute_endpoint.endpoint.config import CoreEndpointConfig
     from globus_compute_endpoint.endpoint.config.utils import load_config_yaml
+
     text = (rendered[name] / "endpoint" / "config.yaml").read_text()
     cfg = load_config_yaml(text)
     assert isinstance(cfg, CoreEndpointConfig)
@@ -128,6 +142,7 @@ def test_allowed_functions_are_rendered(tmp_path):
     site.endpoint.allowed_functions = [fid]
     out = render.render_site(site, tmp_path)
     from globus_compute_endpoint.endpoint.config.utils import load_config_yaml
+
     cfg = load_config_yaml((out / "endpoint" / "config.yaml").read_text())
     assert cfg.allowed_functions == (fid,)
 
@@ -135,6 +150,7 @@ def test_allowed_functions_are_rendered(tmp_path):
 def check_engine(site: sites.Site, engine) -> None:
     """The rendered engine hands the node's devices out as `endpoint.tasks` says."""
     from globus_compute_endpoint.engines import GlobusComputeEngine, GlobusMPIEngine
+
     htex = engine.executor
     acc = site.accelerator
     assert type(htex.provider).__name__ == PROVIDER[site.scheduler]
@@ -160,6 +176,7 @@ def check_engine(site: sites.Site, engine) -> None:
 @pytest.mark.parametrize("name", ALL)
 def test_example_builds_engine_provider_launcher(rendered, name, stub_interfaces):
     from globus_compute_endpoint.endpoint.config import UserEndpointConfig
+
     site = site_for_test(name)
     example = rendered[name] / "endpoint" / "user_config.example.yaml"
     cfg = render.load_user_config(example.read_text())
@@ -193,8 +210,10 @@ def test_per_device_workers_and_their_containers(per_device, name, stub_interfac
         assert ("--gpu" in opts) == (acc.vendor == "cuda")
         engine.run_dir = "/run/dir"
         launch = engine.containerized_launch_cmd()
-        assert launch.startswith(f"podman-hpc run {engine.container_cmd_options} -v "
-                                 f"/run/dir:/run/dir -t {site.image()} globus-compute-endpoint ")
+        assert launch.startswith(
+            f"podman-hpc run {engine.container_cmd_options} -v "
+            f"/run/dir:/run/dir -t {site.image()} globus-compute-endpoint "
+        )
         # Parsl formats the command twice: no braces but its own placeholders
         assert "{" not in launch.replace(engine.executor.launch_cmd, "")
     else:
@@ -204,9 +223,11 @@ def test_per_device_workers_and_their_containers(per_device, name, stub_interfac
 def test_facility_specifics(rendered, stub_interfaces):
     """The catalog's facilities run the MPI engine: the pilot's worker on the host, the ranks
     in the image (crossfl.render.shell.mpi_task_line, tests/test_mpi_tasks.py)."""
+
     def engine(name):
         text = (rendered[name] / "endpoint" / "user_config.example.yaml").read_text()
         return render.load_user_config(text).engine
+
     aurora = engine("aurora").executor
     assert aurora.mpi_launcher == "mpiexec" and aurora.provider.cpus_per_node == 208
     assert "filesystems=home:flare" in aurora.provider.scheduler_options
@@ -228,6 +249,7 @@ def test_facility_specifics_per_device(per_device, stub_interfaces):
     def engine(name):
         text = (per_device[name] / "endpoint" / "user_config.example.yaml").read_text()
         return render.load_user_config(text).engine
+
     aurora = engine("aurora").executor
     assert aurora.available_accelerators == [str(i) for i in range(12)]  # FLAT tiles
     assert aurora.cpu_affinity.startswith("list:1-8,105-112:9-16,113-120:")
@@ -288,10 +310,13 @@ def test_valid_options_render_and_load(rendered, name, stub_interfaces):
 
 
 @pytest.mark.parametrize("name", ALL)
-@pytest.mark.parametrize("bad, field", [
-    ({"no_such_option": 1}, "options"),
-    ({"worker_init": 7}, "worker_init"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"no_such_option": 1}, "options"),
+        ({"worker_init": 7}, "worker_init"),
+    ],
+)
 def test_refuses_bad_options(rendered, name, bad, field):
     opts = {**valid_opts(name), **bad}
     with pytest.raises(UserError) as info:
@@ -301,11 +326,14 @@ def test_refuses_bad_options(rendered, name, bad, field):
 
 
 @pytest.mark.parametrize("name", HPC)
-@pytest.mark.parametrize("key, value, fix", [
-    ("walltime", "1h", "01:00:00"),
-    ("walltime", "10:99:00", "01:00:00"),
-    ("nodes_per_block", 0, ">= 1"),
-])
+@pytest.mark.parametrize(
+    "key, value, fix",
+    [
+        ("walltime", "1h", "01:00:00"),
+        ("walltime", "10:99:00", "01:00:00"),
+        ("nodes_per_block", 0, ">= 1"),
+    ],
+)
 def test_refuses_bad_scheduler_options(rendered, name, key, value, fix):
     with pytest.raises(UserError) as info:
         render.render_user_config(rendered[name], {**VALID_OPTS[name], key: value})
@@ -341,8 +369,9 @@ def test_user_strings_cannot_break_out(rendered, stub_interfaces):
     data = yaml.safe_load(text)
     assert data["engine"]["provider"]["worker_init"] == nasty
     assert "key" not in data
-    text = render.render_user_config(rendered["frontier"],
-                                     {"worker_init": nasty, "account": 'a"\nb: c'})
+    text = render.render_user_config(
+        rendered["frontier"], {"worker_init": nasty, "account": 'a"\nb: c'}
+    )
     provider = yaml.safe_load(text)["engine"]["provider"]
     assert provider["worker_init"].startswith("module load olcf-container-tools\n")
     assert provider["worker_init"].endswith(nasty)
@@ -351,8 +380,12 @@ def test_user_strings_cannot_break_out(rendered, stub_interfaces):
 
 def test_local_schema(rendered):
     schema = json.loads((rendered["local"] / "endpoint" / "user_config_schema.json").read_text())
-    assert set(schema["properties"]) == {"max_workers_per_node", "worker_init", "max_idletime",
-                                         "idle_heartbeats_soft"}
+    assert set(schema["properties"]) == {
+        "max_workers_per_node",
+        "worker_init",
+        "max_idletime",
+        "idle_heartbeats_soft",
+    }
     assert schema["properties"]["max_workers_per_node"]["default"] == 1
     assert schema["properties"]["worker_init"]["default"] == ""
     assert "required" not in schema
@@ -373,6 +406,7 @@ def test_local_engine_runs_a_task(rendered, tmp_path):
 
 # --- pilot jobs and batch scripts ------------------------------------------------------------
 
+
 def pilot_script(site_dir: Path, tmp_path: Path) -> tuple[str, str]:
     """The job script and submit line the engine's provider would use, for real."""
     text = (site_dir / "endpoint" / "user_config.example.yaml").read_text()
@@ -386,6 +420,7 @@ def pilot_script(site_dir: Path, tmp_path: Path) -> tuple[str, str]:
     def execute_wait(command, timeout=None):
         calls.append(command)
         return 0, "Submitted batch job 1234" if "sbatch" in command else "1234.pbs", ""
+
     with mock.patch.object(provider, "execute_wait", execute_wait):
         job_id = provider.submit(cmd, 1, "x")
     assert job_id
@@ -402,8 +437,10 @@ def test_pilot_job_golden(rendered, name, tmp_path, stub_interfaces):
     assert sites.lint_script(site, script) == []
     assert_golden(f"{name}/pilot.sh", script + f"\n# submitted with: {submit}\n")
     if site.endpoint.tasks == "mpi":  # the worker on the first node, outside the image
-        assert "\nglobus-compute-endpoint python-exec parsl.executors.high_throughput." \
-            "process_worker_pool " in script  # SimpleLauncher: no srun / mpiexec around it
+        assert (
+            "\nglobus-compute-endpoint python-exec parsl.executors.high_throughput."
+            "process_worker_pool " in script
+        )  # SimpleLauncher: no srun / mpiexec around it
         assert "apptainer exec" not in script and "apptainer run" not in script
         assert "podman-hpc" not in script
 
@@ -415,11 +452,15 @@ def test_per_device_pilot_job_golden(per_device, name, tmp_path, stub_interfaces
     assert sites.lint_script(site, script) == []
     assert_golden(f"{name}/pilot-per-device.sh", script + f"\n# submitted with: {submit}\n")
     if site.container.runtime == "apptainer":
-        assert (f"apptainer run {render.container_options_text(site)} -B <script_dir>/run "
-                f"{site.image()} globus-compute-endpoint python-exec ") in script
+        assert (
+            f"apptainer run {render.container_options_text(site)} -B <script_dir>/run "
+            f"{site.image()} globus-compute-endpoint python-exec "
+        ) in script
     if site.container.runtime == "podman-hpc":  # the engine adds its run dir and -t
-        assert (f"podman-hpc run {render.container_options_text(site)} -v <script_dir>/run:"
-                f"<script_dir>/run -t {site.image()} globus-compute-endpoint ") in script
+        assert (
+            f"podman-hpc run {render.container_options_text(site)} -v <script_dir>/run:"
+            f"<script_dir>/run -t {site.image()} globus-compute-endpoint "
+        ) in script
     launcher = {"srun": "srun", "mpiexec": "mpiexec"}[site.launcher.type]
     assert launcher in script
 
@@ -442,8 +483,11 @@ def test_batch_scripts_golden_and_shellcheck(rendered, name):
         assert_golden(f"{name}/{script.name}", normalize(text))
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck not installed")
-    proc = subprocess.run(["shellcheck", "-s", "bash", *map(str, sorted(batch.iterdir()))],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["shellcheck", "-s", "bash", *map(str, sorted(batch.iterdir()))],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout
 
 
@@ -453,8 +497,10 @@ def test_batch_smoke_runs_describe_devices(rendered):
     text = (rendered["frontier"] / "batch" / "smoke.sh").read_text()
     assert "python -m crossfl.client devices --expect rocm" in text
     # OLCF's line: "srun -N1 -n8 -c7 --gpus-per-task=1 --gpu-bind=closest"
-    assert "srun --nodes=1 --ntasks-per-node=8 --cpus-per-task=7 --gpus-per-task=1 " \
+    assert (
+        "srun --nodes=1 --ntasks-per-node=8 --cpus-per-task=7 --gpus-per-task=1 "
         "--gpu-bind=closest apptainer exec --rocm" in text
+    )
     assert "#SBATCH --cpus-per-task=7" in text and "bind_rank" not in text
     polaris = (rendered["polaris"] / "batch" / "smoke.sh").read_text()
     assert "devices=(0 1 2 3)" in polaris and "PMI_LOCAL_RANK" in polaris
@@ -465,8 +511,12 @@ def test_batch_smoke_runs_describe_devices(rendered):
     assert "APPTAINERENV_ZE_FLAT_DEVICE_HIERARCHY=FLAT" in aurora
     assert "devices=(0 1 2 3 4 5 6 7 8 9 10 11)" in aurora
     perl = (rendered["perlmutter"] / "batch" / "smoke.sh").read_text()
-    assert "--cpus-per-task=32 --gpus-per-task=1 --gpu-bind=closest podman-hpc shared-run " \
-        "--gpu " in perl and " -e CUDA_VISIBLE_DEVICES " in perl and " -e SLURM_PROCID " in perl
+    assert (
+        "--cpus-per-task=32 --gpus-per-task=1 --gpu-bind=closest podman-hpc shared-run --gpu "
+        in perl
+        and " -e CUDA_VISIBLE_DEVICES " in perl
+        and " -e SLURM_PROCID " in perl
+    )
     build = (rendered["polaris"] / "batch" / "build_image.sh").read_text()
     assert "#PBS -l singularity_fakeroot=true" in build and "HTTPS_PROXY=" in build
     assert "build/images/crossfl-cuda.def" in build
@@ -474,8 +524,10 @@ def test_batch_smoke_runs_describe_devices(rendered):
 
 def test_linter_catches_bad_directives():
     polaris = site_for_test("polaris")
-    bad = ("#!/bin/bash\n#PBS -l filesystems=home:flare\n#PBS -l walltime=02:00:00\n#PBS -Z x\n"
-           "#SBATCH -N 1\n")
+    bad = (
+        "#!/bin/bash\n#PBS -l filesystems=home:flare\n#PBS -l walltime=02:00:00\n#PBS -Z x\n"
+        "#SBATCH -N 1\n"
+    )
     problems = sites.lint_script(polaris, bad)
     assert len(problems) == 4
     assert "flare" in problems[0] and "over the queue maximum" in problems[1]
@@ -485,6 +537,7 @@ def test_linter_catches_bad_directives():
 
 
 # --- atomic rendering ------------------------------------------------------------------------
+
 
 def test_default_out_root_is_build_sites(tmp_path, monkeypatch):
     monkeypatch.setenv("CROSSFL_ROOT", str(tmp_path))
@@ -502,6 +555,7 @@ def test_failed_render_keeps_previous(tmp_path, monkeypatch):
 
     def broken(*a, **k):
         raise UserError("boom")
+
     monkeypatch.setattr(render.engine, "render_with_endpoint", broken)
     with pytest.raises(UserError, match="boom"):
         render.render_site("local", tmp_path)
@@ -513,6 +567,7 @@ def test_failed_render_keeps_previous(tmp_path, monkeypatch):
 def test_failed_first_render_leaves_nothing(tmp_path, monkeypatch):
     def broken(*a, **k):
         raise UserError("boom")
+
     monkeypatch.setattr(render.engine, "render_with_endpoint", broken)
     with pytest.raises(UserError):
         render.render_site("local", tmp_path)
@@ -531,6 +586,7 @@ def test_template_error_is_a_user_error(tmp_path, monkeypatch):
 
 def test_multi_user_endpoint(tmp_path):
     from globus_compute_endpoint.endpoint.config.utils import load_config_yaml
+
     site = site_for_test("polaris").model_copy(deep=True)
     site.endpoint.mode = "multi-user"
     site.endpoint.identity_domain = "anl.gov"
@@ -556,6 +612,7 @@ def test_batch_without_account_says_how(tmp_path, monkeypatch):
 
 def test_concurrent_renders_leave_one_good_result(tmp_path):
     import threading
+
     errors: list[BaseException] = []
 
     def work():
@@ -564,6 +621,7 @@ def test_concurrent_renders_leave_one_good_result(tmp_path):
                 render.render_site("local", tmp_path)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
+
     threads = [threading.Thread(target=work) for _ in range(3)]
     for t in threads:
         t.start()
@@ -587,11 +645,17 @@ def test_swap_removes_its_old_copy_whatever_a_rival_does(tmp_path, monkeypatch):
     def hooked(kind):
         def call(src, dst, *a, **k):
             real[kind](src, dst, *a, **k)
-            if Path(dst) == tmp_path / "local" and Path(src).name.startswith(".local.") \
-                    and ".old." not in Path(src).name and not rival_done:
+            if (
+                Path(dst) == tmp_path / "local"
+                and Path(src).name.startswith(".local.")
+                and ".old." not in Path(src).name
+                and not rival_done
+            ):
                 rival_done.append(True)  # the rival moves the fresh result aside
                 real["rename"](tmp_path / "local", elsewhere / "local")
+
         return call
+
     monkeypatch.setattr(os, "rename", hooked("rename"))
     monkeypatch.setattr(os, "replace", hooked("replace"))
     render.render_site("local", tmp_path)
@@ -603,16 +667,28 @@ def test_swap_removes_its_old_copy_whatever_a_rival_does(tmp_path, monkeypatch):
 def test_endpoint_cli_renders_and_refuses(rendered, tmp_path):
     """The endpoint's own `render-user-config` command accepts the rendered directory."""
     import sys
+
     cli = Path(sys.executable).parent / "globus-compute-endpoint"
     ep = rendered["polaris"] / "endpoint"
 
     def run(opts):
         (tmp_path / "opts.json").write_text(json.dumps(opts))
-        return subprocess.run([str(cli), "render-user-config",
-                               "-t", str(ep / "user_config_template.yaml.j2"),
-                               "-s", str(ep / "user_config_schema.json"),
-                               "-o", str(tmp_path / "opts.json")],
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [
+                str(cli),
+                "render-user-config",
+                "-t",
+                str(ep / "user_config_template.yaml.j2"),
+                "-s",
+                str(ep / "user_config_schema.json"),
+                "-o",
+                str(tmp_path / "opts.json"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
     ok = run({"account": "P1", "queue": "debug-scaling", "nodes_per_block": 8})
     assert ok.returncode == 0, ok.stderr
     assert yaml.safe_load(ok.stdout)["engine"]["provider"]["nodes_per_block"] == 8
@@ -634,8 +710,12 @@ def test_idle_settings_reach_the_real_engine(rendered):
 
     default = load_engine_config(render.render_user_config(rendered["local"], {}), source="t")
     assert default.engine._job_status_kwargs["max_idletime"] == 120.0
-    warm = load_engine_config(render.render_user_config(
-        rendered["local"], {"max_idletime": 3600, "idle_heartbeats_soft": 130}), source="t")
+    warm = load_engine_config(
+        render.render_user_config(
+            rendered["local"], {"max_idletime": 3600, "idle_heartbeats_soft": 130}
+        ),
+        source="t",
+    )
     assert warm.engine._job_status_kwargs["max_idletime"] == 3600
     assert warm.idle_heartbeats_soft == 130
     with pytest.raises(UserError, match="max_idletime"):

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 class Lsf(Scheduler):
     """IBM LSF as Summit ran it: bsub/bjobs/bkill, `#BSUB`, -W [H:]M."""
+
     name = "lsf"
     title = "LSF"
     provider = "LSFProvider"
@@ -47,20 +48,30 @@ class Lsf(Scheduler):
 
     def header(self, site: sites.Site, job: BatchJob) -> list[str]:
         h, m, _ = job.walltime.split(":")
-        return ["#!/bin/bash", f"#BSUB -J {job.name}", f"#BSUB -nnodes {job.nodes}",
-                f"#BSUB -W {int(h)}:{m}", f"#BSUB -o {job.name}.%J",
-                *(f"#BSUB {d}" for d in job.directives), *self.account_hint(site, job)]
+        return [
+            "#!/bin/bash",
+            f"#BSUB -J {job.name}",
+            f"#BSUB -nnodes {job.nodes}",
+            f"#BSUB -W {int(h)}:{m}",
+            f"#BSUB -o {job.name}.%J",
+            *(f"#BSUB {d}" for d in job.directives),
+            *self.account_hint(site, job),
+        ]
 
     def provider_fields(self, site: sites.Site, var: dict[str, str]) -> Fields:
-        return [("project", var["account"]), ("queue", var["queue"]),
-                *self.block_fields(site, var)]
+        return [("project", var["account"]), ("queue", var["queue"]), *self.block_fields(site, var)]
 
 
 SUMMIT = {
-    "name": "summit", "scheduler": "lsf", "account": "abc123", "queue": "batch",
-    "walltime": "01:00:00", "queues": {"batch": {"max_walltime": "02:00:00"}},
+    "name": "summit",
+    "scheduler": "lsf",
+    "account": "abc123",
+    "queue": "batch",
+    "walltime": "01:00:00",
+    "queues": {"batch": {"max_walltime": "02:00:00"}},
     "accelerator": {"vendor": "cuda", "devices_per_node": 6, "bind": "local-rank"},
-    "directives": ["-alloc_flags gpumps"], "launcher": {"type": "mpiexec"},
+    "directives": ["-alloc_flags gpumps"],
+    "launcher": {"type": "mpiexec"},
 }
 
 
@@ -91,7 +102,8 @@ def test_a_scheduler_added_in_one_class_loads_renders_and_builds(lsf: Path, tmp_
     assert sites.lint_script(site, "#BSUB -W 3:00\n#SBATCH -N 1\n#BSUB -Z\n") == [
         "line 1: walltime 3:00 over the queue maximum 02:00:00",
         "line 2: #SBATCH directive in a lsf script",
-        "line 3: bsub has no option '-Z': check `man bsub` (e.g. -alloc_flags)"]
+        "line 3: bsub has no option '-Z': check `man bsub` (e.g. -alloc_flags)",
+    ]
 
     text = render.render_user_config(out, {"walltime": "00:30:00"})
     engine = render.load_user_config(text).engine
@@ -103,8 +115,7 @@ def test_a_scheduler_added_in_one_class_loads_renders_and_builds(lsf: Path, tmp_
 
 
 def test_a_site_file_may_name_only_known_schedulers(lsf: Path) -> None:
-    (lsf / "bad.yaml").write_text(yaml.safe_dump({**SUMMIT, "name": "bad",
-                                                 "directives": ["-Z x"]}))
+    (lsf / "bad.yaml").write_text(yaml.safe_dump({**SUMMIT, "name": "bad", "directives": ["-Z x"]}))
     with pytest.raises(UserError) as info:
         sites.load_site("bad")
     assert info.value.field == "directives[0]" and "bsub has no option '-Z'" in info.value.message
@@ -127,8 +138,9 @@ def test_every_scheduler_keeps_the_interface(name: str) -> None:
     assert s.directive_problem("--no-such-option") is not None
     for flag in s.named_flags.values():
         assert s.directive_problem(f"{flag} x") is None, flag
-    site = sites.load_site(next(n for n in sites.list_sites()
-                                if sites.load_site(n).scheduler == name))
+    site = sites.load_site(
+        next(n for n in sites.list_sites() if sites.load_site(n).scheduler == name)
+    )
     header = s.header(site, BatchJob("j", 2, "00:10:00", ["-A x"], 4, account_hint=True))
     assert header[0].startswith("#!/bin/bash")
     assert all(line.startswith((s.directive_prefix + " ", "#")) for line in header[1:])
@@ -138,7 +150,13 @@ def test_every_scheduler_keeps_the_interface(name: str) -> None:
 def test_walltimes() -> None:
     slurm = schedulers.get("slurm")
     assert [slurm.parse_time(t) for t in ("30", "1:30", "2:00:00", "1-0", "1-2:3", "1-0:0:5")] == [
-        1800, 90, 7200, 86400, 93780, 86405]
+        1800,
+        90,
+        7200,
+        86400,
+        93780,
+        86405,
+    ]
     assert schedulers.parse_walltime("01:02:03") == 3723
     with pytest.raises(ValueError, match="HH:MM:SS"):
         schedulers.parse_walltime("2h")

@@ -17,16 +17,16 @@ from typing import Any
 import pytest
 from rich.console import Console
 from safetensors.torch import load_file
-
-from crossfl.client import probes
-from crossfl.server.lifecycle import RunStopped, resume_run, run_experiment
-from crossfl.server.experiment import load_experiment
-from crossfl.server.report import compare_plot, summary_tables
-from crossfl.server.telemetry import live_records, read_metrics
-from crossfl.server.transport import TaskFns
 from testkit.gate import FifoGate, wait_for
 from testkit.processes import alive, describe, end, interchanges, marked_env, started
 from testkit.scratch_project import make_project, write_experiment
+
+from crossfl.client import probes
+from crossfl.server.experiment import load_experiment
+from crossfl.server.lifecycle import RunStopped, resume_run, run_experiment
+from crossfl.server.report import compare_plot, summary_tables
+from crossfl.server.telemetry import live_records, read_metrics
+from crossfl.server.transport import TaskFns
 from test_server_units import FakeTransferClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,13 +65,30 @@ def by_reference(root: Path) -> tuple[dict[str, Any], FakeTransferClient]:
     server_root, site_root = root / "server-collection", root / "site-collection"
     fake = FakeTransferClient({server_id: server_root, site_id: site_root})
     changes = {
-        "transport": {"inline_limit_mb": 0.001,
-                      "globus": {"collection": server_id, "path": "/srv", "local_path": str(server_root / "srv")}},
-        "sites": [{"name": "east", "site": "local"},
-                  {"name": "west", "site": "local",
-                   "transport": {"mode": "globus_transfer",
-                                 "globus": {"collection": site_id, "path": "/lus/w",
-                                            "local_path": str(site_root / "lus" / "w")}}}]}
+        "transport": {
+            "inline_limit_mb": 0.001,
+            "globus": {
+                "collection": server_id,
+                "path": "/srv",
+                "local_path": str(server_root / "srv"),
+            },
+        },
+        "sites": [
+            {"name": "east", "site": "local"},
+            {
+                "name": "west",
+                "site": "local",
+                "transport": {
+                    "mode": "globus_transfer",
+                    "globus": {
+                        "collection": site_id,
+                        "path": "/lus/w",
+                        "local_path": str(site_root / "lus" / "w"),
+                    },
+                },
+            },
+        ],
+    }
     return changes, fake
 
 
@@ -105,9 +122,13 @@ def test_killed_and_resumed_run_ends_with_the_same_adapter(here: Path) -> None:
 
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs from the uninterrupted one"
     tasks = records(killed, "task")
-    assert sorted((t["round"], t["site"]) for t in tasks) == [(r, s) for r in (1, 2) for s in ("east", "west")]
+    assert sorted((t["round"], t["site"]) for t in tasks) == [
+        (r, s) for r in (1, 2) for s in ("east", "west")
+    ]
     assert not any(t["error"] == "ghost" for t in tasks)
-    assert any(r.get("error") == "ghost" for r in read_metrics(killed / "metrics.jsonl"))  # kept in the file
+    assert any(
+        r.get("error") == "ghost" for r in read_metrics(killed / "metrics.jsonl")
+    )  # kept in the file
     assert len(records(killed, "baseline")) == 1 and len(records(killed, "resume")) == 1
     assert json.loads((killed / "checkpoint" / "state.json").read_text())["finished"] is True
 
@@ -117,9 +138,13 @@ def test_killed_and_resumed_run_ends_with_the_same_adapter(here: Path) -> None:
     assert all(t["transport_up"] == t["transport"] and t["bytes_up"] > 1000 for t in tasks)
     assert all(t["bytes_down"] > 1000 for t in tasks if t["round"] > 1)
     moved = [item["destination_path"] for d in fake.submitted for item in d["DATA"]]
-    assert any(p.startswith("/lus/w/killed-") for p in moved) and any(p.startswith("/srv/killed-") for p in moved)
+    assert any(p.startswith("/lus/w/killed-") for p in moved) and any(
+        p.startswith("/srv/killed-") for p in moved
+    )
     assert list((killed / "transport").glob("global-v*.safetensors"))
-    assert {t["transport_up"] for t in records(straight, "task")} == {"inline"}  # under the 7 MB limit
+    assert {t["transport_up"] for t in records(straight, "task")} == {
+        "inline"
+    }  # under the 7 MB limit
 
     again = Console(width=120, record=True)
     resume_run(killed, again)
@@ -131,11 +156,23 @@ def test_killed_and_resumed_run_ends_with_the_same_adapter(here: Path) -> None:
 
 
 def test_async_driver_keeps_sites_busy_and_resumes(here: Path) -> None:
-    exp, path = load_experiment(experiment_file(
-        here, name="async", rounds=4, evaluate_every=2,
-        strategy={"name": "fedasync", "kwargs": {"alpha": 0.5, "staleness_fn": "polynomial"}},
-        sites=[{"name": "east", "site": "local", "training": {"local_steps": 1}},
-               {"name": "west", "site": "local", "training": {"local_steps": 4, "max_samples": 40}}]))
+    exp, path = load_experiment(
+        experiment_file(
+            here,
+            name="async",
+            rounds=4,
+            evaluate_every=2,
+            strategy={"name": "fedasync", "kwargs": {"alpha": 0.5, "staleness_fn": "polynomial"}},
+            sites=[
+                {"name": "east", "site": "local", "training": {"local_steps": 1}},
+                {
+                    "name": "west",
+                    "site": "local",
+                    "training": {"local_steps": 4, "max_samples": 40},
+                },
+            ],
+        )
+    )
     with pytest.raises(RunStopped):
         run_experiment(exp, path, Console(width=120), stop_after=2)
     run_dir = run_dir_of(here, "async")
@@ -144,7 +181,9 @@ def test_async_driver_keeps_sites_busy_and_resumes(here: Path) -> None:
     assert len(records(run_dir, "resume")) == 1
 
     aggs = records(run_dir, "aggregation")
-    assert [a["version"] for a in aggs] == [1, 2, 3, 4] and all(a["driver"] == "async" for a in aggs)
+    assert [a["version"] for a in aggs] == [1, 2, 3, 4] and all(
+        a["driver"] == "async" for a in aggs
+    )
     assert all(len(a["sites"]) == 1 for a in aggs)  # one update per aggregation
     tasks = [t for t in records(run_dir, "task") if t["status"] == "ok"]
     assert len(tasks) == 4
@@ -166,17 +205,31 @@ def test_faults_retry_reject_fail_and_park(here: Path) -> None:
     names = {"a": "a-dies", "b": "b-ok", "c": "c-nan", "d": "d-far", "e": "e-usererror"}
     for name in names.values():
         (data / f"{name}.jsonl").write_text('{"input": "x", "output": "y"}\n')
-    exp, path = load_experiment(experiment_file(
-        here, name="faults", rounds=3,
-        sites=[{"name": k, "site": "local", "data_path": str(data / f"{v}.jsonl")} for k, v in names.items()],
-        faults={"retries": 1, "backoff_s": 0.1, "park_after": 2, "park_rounds": 5}, transport={"mode": "inline"}))
+    exp, path = load_experiment(
+        experiment_file(
+            here,
+            name="faults",
+            rounds=3,
+            sites=[
+                {"name": k, "site": "local", "data_path": str(data / f"{v}.jsonl")}
+                for k, v in names.items()
+            ],
+            faults={"retries": 1, "backoff_s": 0.1, "park_after": 2, "park_rounds": 5},
+            transport={"mode": "inline"},
+        )
+    )
     run_dir = run_experiment(exp, path, Console(width=120), fns=PROBES)
     tasks = records(run_dir, "task")
     by = {(t["site"], t["round"]): t for t in tasks}
     a1 = by[("a", 1)]
     assert a1["status"] == "ok" and a1["attempts"] == 2 and "WorkerLost" in a1["retried_errors"][0]
-    assert all(by[("c", r)]["status"] == "rejected" and "non-finite" in by[("c", r)]["reason"] for r in (1, 2))
-    assert all(by[("d", r)]["status"] == "rejected" and "too far" in by[("d", r)]["reason"] for r in (1, 2))
+    assert all(
+        by[("c", r)]["status"] == "rejected" and "non-finite" in by[("c", r)]["reason"]
+        for r in (1, 2)
+    )
+    assert all(
+        by[("d", r)]["status"] == "rejected" and "too far" in by[("d", r)]["reason"] for r in (1, 2)
+    )
     e1 = by[("e", 1)]
     assert e1["status"] == "failed" and e1["attempts"] == 1 and "UserError" in e1["error"]
     assert by[("e", 2)]["parked_until_round"] == 8 and ("e", 3) not in by
@@ -197,11 +250,20 @@ def test_deadline_aggregates_what_arrived_and_merges_late_updates(here: Path) ->
         (data / name).unlink(missing_ok=True)
     for name in ("f-opens", "g-waits"):
         (data / f"{name}.jsonl").write_text('{"input": "x", "output": "y"}\n')
-    exp, path = load_experiment(experiment_file(
-        here, name="deadline", rounds=8, strategy={"name": "fedqueue"},
-        quorum={"min_clients": 1, "deadline_s": 2}, transport={"mode": "inline"},
-        sites=[{"name": "f", "site": "local", "data_path": str(data / "f-opens.jsonl")},
-               {"name": "g", "site": "local", "data_path": str(data / "g-waits.jsonl")}]))
+    exp, path = load_experiment(
+        experiment_file(
+            here,
+            name="deadline",
+            rounds=8,
+            strategy={"name": "fedqueue"},
+            quorum={"min_clients": 1, "deadline_s": 2},
+            transport={"mode": "inline"},
+            sites=[
+                {"name": "f", "site": "local", "data_path": str(data / "f-opens.jsonl")},
+                {"name": "g", "site": "local", "data_path": str(data / "g-waits.jsonl")},
+            ],
+        )
+    )
     run_dir = run_experiment(exp, path, Console(width=120), fns=PROBES)
     aggs = records(run_dir, "aggregation")
     assert aggs[0]["sites"] == ["f"]  # g missed the first deadline
@@ -209,7 +271,9 @@ def test_deadline_aggregates_what_arrived_and_merges_late_updates(here: Path) ->
     assert late and late[0]["site"] == "g" and late[0]["status"] == "ok" and late[0]["round"] == 1
     merged = next(a for a in aggs if a["round"] == late[0]["arrived_in_round"])
     assert "g" in merged["sites"] and merged["staleness"]["g"] > 0
-    assert any(s["site"] == "g" and "still running" in s["reason"] for s in records(run_dir, "skipped"))
+    assert any(
+        s["site"] == "g" and "still running" in s["reason"] for s in records(run_dir, "skipped")
+    )
 
 
 # ------------------------------------------------------------------ `crossfl run` under signals
@@ -219,13 +283,25 @@ def test_deadline_aggregates_what_arrived_and_merges_late_updates(here: Path) ->
 
 def cli(*args: str, cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """`crossfl ARGS` in a session of its own: what it starts can be found by that session."""
-    return subprocess.Popen([sys.executable, "-m", "crossfl", *args], cwd=cwd, env=env,
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "crossfl", *args],
+        cwd=cwd,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def cli_done(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "crossfl", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "crossfl", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def final_adapters_equal(a: Path, b: Path) -> bool:
@@ -245,17 +321,30 @@ def gated_sites(here: Path, name: str) -> tuple[FifoGate, list[dict[str, Any]]]:
     """east reads its training data through a gate that serves round 1 and holds round 2;
     west trains on its partition of data.train."""
     gate = FifoGate(here / "gated" / f"{name}-east.jsonl", east_data(here), serve=1)
-    return gate, [{"name": "east", "site": "local", "data_path": str(gate.path)}, {"name": "west", "site": "local"}]
+    return gate, [
+        {"name": "east", "site": "local", "data_path": str(gate.path)},
+        {"name": "west", "site": "local"},
+    ]
 
 
-def test_run_killed_with_sigkill_takes_its_engines_along_and_resumes_by_relative_name(here: Path) -> None:
+def test_run_killed_with_sigkill_takes_its_engines_along_and_resumes_by_relative_name(
+    here: Path,
+) -> None:
     """kill -9 of `crossfl run` mid-round: the engines die with it; `crossfl resume runs/NAME`
     (relative) finishes the run with the adapter an uninterrupted run ends with, bit for bit."""
     plain = here / "gated" / "plain-east.jsonl"
     plain.parent.mkdir(exist_ok=True)
     plain.write_bytes(east_data(here))
-    exp, path = load_experiment(experiment_file(here, name="unkilled", sites=[
-        {"name": "east", "site": "local", "data_path": str(plain)}, {"name": "west", "site": "local"}]))
+    exp, path = load_experiment(
+        experiment_file(
+            here,
+            name="unkilled",
+            sites=[
+                {"name": "east", "site": "local", "data_path": str(plain)},
+                {"name": "west", "site": "local"},
+            ],
+        )
+    )
     straight = run_experiment(exp, path, Console(width=120))
 
     gate, sites = gated_sites(here, "sigkill")
@@ -268,7 +357,9 @@ def test_run_killed_with_sigkill_takes_its_engines_along_and_resumes_by_relative
         assert len(engines) >= 4, describe(engines)  # two interchanges, two worker pools
         proc.kill()
         proc.wait()
-        wait_for("the killed run's engine processes to end", lambda: not alive(engines), limit_s=120)
+        wait_for(
+            "the killed run's engine processes to end", lambda: not alive(engines), limit_s=120
+        )
         gate.release(held)
         run_dir = run_dir_of(here, "sigkill")
         assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["round"] == 1
@@ -279,7 +370,8 @@ def test_run_killed_with_sigkill_takes_its_engines_along_and_resumes_by_relative
         end(started(mark, proc.pid))
     assert final_adapters_equal(straight, run_dir), "resumed run differs from the uninterrupted one"
     assert sorted((t["round"], t["site"]) for t in records(run_dir, "task")) == [
-        (r, s) for r in (1, 2, 3) for s in ("east", "west")]
+        (r, s) for r in (1, 2, 3) for s in ("east", "west")
+    ]
 
 
 def test_engines_a_dead_run_left_are_reaped_by_the_next_run(here: Path) -> None:
@@ -302,9 +394,16 @@ def test_engines_a_dead_run_left_are_reaped_by_the_next_run(here: Path) -> None:
         assert len(engines) >= 4, "nothing else ends the engines of a run whose watchdog died too"
 
         _, other_env = marked_env()
-        nxt = cli_done("run", str(experiment_file(here, name="next", rounds=1,
-                                                  sites=[{"name": "east", "site": "local"}])),
-                       cwd=here, env=other_env)
+        nxt = cli_done(
+            "run",
+            str(
+                experiment_file(
+                    here, name="next", rounds=1, sites=[{"name": "east", "site": "local"}]
+                )
+            ),
+            cwd=here,
+            env=other_env,
+        )
         assert nxt.returncode == 0, nxt.stdout + nxt.stderr
         assert not alive(engines), describe(alive(engines))
 
@@ -328,14 +427,24 @@ def test_cli_run_stopped_by_sigterm_mid_round_resumes_to_the_end(here: Path, pha
         gate, sites = gated_sites(here, name)
         changes: dict[str, Any] = {"sites": sites}
     else:  # the baseline evaluation is served, round 1's is held
-        gate = FifoGate(here / "gated" / f"{name}-validation.jsonl",
-                        (here / "data" / "validation.jsonl").read_bytes(), serve=1)
-        changes = {"sites": [{"name": "east", "site": "local"}],
-                   "data": {"train": "data/train.jsonl", "validation": str(gate.path)}}
+        gate = FifoGate(
+            here / "gated" / f"{name}-validation.jsonl",
+            (here / "data" / "validation.jsonl").read_bytes(),
+            serve=1,
+        )
+        changes = {
+            "sites": [{"name": "east", "site": "local"}],
+            "data": {"train": "data/train.jsonl", "validation": str(gate.path)},
+        }
     mark, env = marked_env()
     try:
-        proc = cli("run", str(experiment_file(here, name=name, **changes)), cwd=here, env=env,
-                   log=here / f"{name}.log")
+        proc = cli(
+            "run",
+            str(experiment_file(here, name=name, **changes)),
+            cwd=here,
+            env=env,
+            log=here / f"{name}.log",
+        )
         held = gate.wait_for_reader(alive=lambda: proc.poll() is None)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=300) == 130, (here / f"{name}.log").read_text()
@@ -354,25 +463,57 @@ def test_cli_run_stopped_by_sigterm_mid_round_resumes_to_the_end(here: Path, pha
     assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["finished"] is True
     tasks = records(run_dir, "task")
     assert sorted({(t["round"], t["site"]) for t in tasks}) == sorted(
-        {(r, e["name"]) for r in (1, 2, 3) for e in changes["sites"]})
+        {(r, e["name"]) for r in (1, 2, 3) for e in changes["sites"]}
+    )
     assert [r["round"] for r in records(run_dir, "round")] == [1, 2, 3]
 
 
 # ------------------------------------------------------------------ checks before anything starts
 
-@pytest.mark.parametrize(("changes", "where"), [
-    ({"model": {"path": "no/such/model"}}, "model.path"),
-    ({"sites": [{"name": "east", "site": "local", "model_path": "no/model"}]}, "sites[east].model_path"),
-    ({"sites": [{"name": "east", "site": "local", "data_path": "no/such.jsonl"}]}, "sites[east].data_path"),
-    ({"data": {"train": "no/train.jsonl", "validation": "data/validation.jsonl"}}, "data.train"),
-    ({"data": {"train": "data/train.jsonl", "validation": "no/validation.jsonl"}}, "data.validation"),
-    ({"strategy": {"name": "fedavg", "kwargs": {"colour": 1}}}, "strategy.kwargs.colour"),
-    ({"strategy": {"name": "fedasync"}, "driver": "sync"}, "driver"),
-    ({"sites": [{"name": "east", "site": "nowhere"}]}, "nowhere"),
-    ({"sites": [{"name": "east", "site": "local", "user_options": {"colour": "red"}}]}, "colour"),
-], ids=["model", "site-model", "site-data", "train", "validation", "kwargs", "driver", "catalog", "options"])
+
+@pytest.mark.parametrize(
+    ("changes", "where"),
+    [
+        ({"model": {"path": "no/such/model"}}, "model.path"),
+        (
+            {"sites": [{"name": "east", "site": "local", "model_path": "no/model"}]},
+            "sites[east].model_path",
+        ),
+        (
+            {"sites": [{"name": "east", "site": "local", "data_path": "no/such.jsonl"}]},
+            "sites[east].data_path",
+        ),
+        (
+            {"data": {"train": "no/train.jsonl", "validation": "data/validation.jsonl"}},
+            "data.train",
+        ),
+        (
+            {"data": {"train": "data/train.jsonl", "validation": "no/validation.jsonl"}},
+            "data.validation",
+        ),
+        ({"strategy": {"name": "fedavg", "kwargs": {"colour": 1}}}, "strategy.kwargs.colour"),
+        ({"strategy": {"name": "fedasync"}, "driver": "sync"}, "driver"),
+        ({"sites": [{"name": "east", "site": "nowhere"}]}, "nowhere"),
+        (
+            {"sites": [{"name": "east", "site": "local", "user_options": {"colour": "red"}}]},
+            "colour",
+        ),
+    ],
+    ids=[
+        "model",
+        "site-model",
+        "site-data",
+        "train",
+        "validation",
+        "kwargs",
+        "driver",
+        "catalog",
+        "options",
+    ],
+)
 def test_a_run_that_fails_its_checks_starts_no_engine_and_leaves_no_run(
-        here: Path, monkeypatch: pytest.MonkeyPatch, changes: dict[str, Any], where: str) -> None:
+    here: Path, monkeypatch: pytest.MonkeyPatch, changes: dict[str, Any], where: str
+) -> None:
     from crossfl.endpoints import LocalEngineExecutor
     from crossfl.errors import UserError
 
@@ -385,14 +526,18 @@ def test_a_run_that_fails_its_checks_starts_no_engine_and_leaves_no_run(
     with pytest.raises(UserError) as info:
         run_experiment(exp, path, Console(width=120))
     assert where in info.value.render()
-    assert not list((here / "runs").glob(f"{name}-*")), "a run that failed its checks left a directory"
+    assert not list((here / "runs").glob(f"{name}-*")), (
+        "a run that failed its checks left a directory"
+    )
 
 
 # ------------------------------------------------------------------ signals at every phase
 
+
 @pytest.mark.parametrize("phase", ["startup", "shutdown"])
-def test_sigterm_while_engines_start_or_stop_ends_cleanly(here: Path, monkeypatch: pytest.MonkeyPatch,
-                                                          phase: str) -> None:
+def test_sigterm_while_engines_start_or_stop_ends_cleanly(
+    here: Path, monkeypatch: pytest.MonkeyPatch, phase: str
+) -> None:
     """SIGTERM while the second engine starts: the run stops with the resume hint and every
     engine it started is shut down; while the engines stop after the last round: the run is
     finished, and the signal does not cut the other engines' shutdown short."""
@@ -417,7 +562,9 @@ def test_sigterm_while_engines_start_or_stop_ends_cleanly(here: Path, monkeypatc
     monkeypatch.setattr(LocalEngineExecutor, "__init__", init)
     monkeypatch.setattr(LocalEngineExecutor, "shutdown", shutdown)
     name = f"signal-{phase}"
-    exp, path = load_experiment(experiment_file(here, name=name, rounds=2, transport={"mode": "inline"}))
+    exp, path = load_experiment(
+        experiment_file(here, name=name, rounds=2, transport={"mode": "inline"})
+    )
     console = Console(width=250, record=True)
     try:
         if phase == "startup":
@@ -437,6 +584,7 @@ def test_sigterm_while_engines_start_or_stop_ends_cleanly(here: Path, monkeypatc
 
 # ------------------------------------------------------------------ strategies the driver serves
 
+
 def test_an_appfl_strategy_sees_the_adapter_tensor_by_tensor(here: Path) -> None:
     """The driver hands the adapter's layout to the strategy: APPFL's FedAdam keeps its moments
     per LoRA tensor (not one flat "params" key), also after a resume."""
@@ -444,11 +592,22 @@ def test_an_appfl_strategy_sees_the_adapter_tensor_by_tensor(here: Path) -> None
 
     from crossfl.server import checkpoint as ckpt
 
-    kwargs = {"client_weights_mode": "sample_size", "server_learning_rate": 0.05,
-              "server_momentum_param_1": 0.8, "server_momentum_param_2": 0.95, "server_adapt_param": 0.01}
-    exp, path = load_experiment(experiment_file(
-        here, name="appfl", rounds=2, transport={"mode": "inline"},
-        strategy={"name": "appfl:FedAdamAggregator", "kwargs": kwargs}))
+    kwargs = {
+        "client_weights_mode": "sample_size",
+        "server_learning_rate": 0.05,
+        "server_momentum_param_1": 0.8,
+        "server_momentum_param_2": 0.95,
+        "server_adapt_param": 0.01,
+    }
+    exp, path = load_experiment(
+        experiment_file(
+            here,
+            name="appfl",
+            rounds=2,
+            transport={"mode": "inline"},
+            strategy={"name": "appfl:FedAdamAggregator", "kwargs": kwargs},
+        )
+    )
     with pytest.raises(RunStopped):
         run_experiment(exp, path, Console(width=120), fns=PROBES, stop_after=1)
     run_dir = run_dir_of(here, "appfl")
@@ -460,7 +619,9 @@ def test_an_appfl_strategy_sees_the_adapter_tensor_by_tensor(here: Path) -> None
     assert all(isinstance(v, torch.Tensor) for v in moments.values())
 
 
-def test_a_run_named_any_way_is_one_absolute_directory(here: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_named_any_way_is_one_absolute_directory(
+    here: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`crossfl resume` takes runs/NAME, NAME, /abs/path, a trailing slash or a symlink: each is
     the run's one absolute directory, so every path a site is handed from it is absolute."""
     from crossfl.cli.run import resolve_run_dir
@@ -473,8 +634,15 @@ def test_a_run_named_any_way_is_one_absolute_directory(here: Path, monkeypatch: 
     link.unlink(missing_ok=True)
     link.symlink_to(run_dir)
     monkeypatch.chdir(here)
-    for ref in ("runs/named-20260101-000000", "named-20260101-000000", str(run_dir), f"{run_dir}/",
-                "runs/named-20260101-000000/", "latest", "./runs/../runs/named-20260101-000000"):
+    for ref in (
+        "runs/named-20260101-000000",
+        "named-20260101-000000",
+        str(run_dir),
+        f"{run_dir}/",
+        "runs/named-20260101-000000/",
+        "latest",
+        "./runs/../runs/named-20260101-000000",
+    ):
         found = run_directory(resolve_run_dir(ref))
         assert found.is_absolute() and found == run_dir.resolve(), ref
 
@@ -502,6 +670,9 @@ def test_an_experiment_is_resolved_once(here: Path, monkeypatch: pytest.MonkeyPa
     exp, path = load_experiment(experiment_file(here, name="once"))
     plan = plan_run(exp, path)
     assert calls == {"load_site": 2, "render_site": 2}
-    assert all(Path(s.model_path).is_absolute() and s.engine_config is not None for s in plan.sites.values())
+    assert all(
+        Path(s.model_path).is_absolute() and s.engine_config is not None
+        for s in plan.sites.values()
+    )
     task = plan.train_task("east", "/data/east.jsonl", plan.client_plan("east"), 1)
     assert task.model_path == plan.sites["east"].model_path and task.lora == plan.lora

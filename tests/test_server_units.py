@@ -26,34 +26,45 @@ from crossfl.server import checkpoint as ckpt
 from crossfl.server.experiment import Experiment, load_experiment
 from crossfl.server.faults import Parking, RetryingTask, RetryPolicy, is_system_failure
 from crossfl.server.flat import FlatSpec
+from crossfl.server.plan import RunPlan, SitePlan, driver_kind
+from crossfl.server.records import AggregationRecord, ResumeRecord, TaskRecord
 from crossfl.server.screening import DistanceScreen, finite_problem, layout_problem
 from crossfl.server.strategies import get_strategy
 from crossfl.server.strategies.base import Update
-from crossfl.server.plan import RunPlan, SitePlan, driver_kind
-from crossfl.server.records import AggregationRecord, ResumeRecord, TaskRecord
 from crossfl.server.telemetry import MetricsLog, live_records
 from crossfl.server.transport import GlobusMover, TransferFailed, Transport
 from crossfl.sites import load_site
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKER_LOST = ("Traceback (most recent call last):\n  File \"x\", line 1\n"
-               "parsl.executors.high_throughput.errors.WorkerLost: Task failure due to loss of worker 3 on host n1")
-USER_ERROR = "Traceback (most recent call last):\n  File \"x\"\ncrossfl.errors.UserError: data_path: no records"
+WORKER_LOST = (
+    'Traceback (most recent call last):\n  File "x", line 1\n'
+    "parsl.executors.high_throughput.errors.WorkerLost: Task failure due to loss of worker 3 on host n1"
+)
+USER_ERROR = 'Traceback (most recent call last):\n  File "x"\ncrossfl.errors.UserError: data_path: no records'
 
 
 # ------------------------------------------------------------------------------ faults
 
-@pytest.mark.parametrize(("exc", "system"), [
-    (TaskExecutionFailed(WORKER_LOST), True),
-    (TaskExecutionFailed("parsl.executors.high_throughput.errors.ManagerLost: Task failure due to loss of "
-                         "manager abc on host n2"), True),
-    (TaskExecutionFailed(USER_ERROR), False),
-    (TaskExecutionFailed("Traceback\nValueError: bad shape"), False),
-    (TaskExecutionFailed("Traceback\nRuntimeError: training diverged"), False),
-    (ConnectionResetError("peer reset"), True),
-    (TimeoutError("timed out"), True),
-    (ValueError("x"), False),
-])
+
+@pytest.mark.parametrize(
+    ("exc", "system"),
+    [
+        (TaskExecutionFailed(WORKER_LOST), True),
+        (
+            TaskExecutionFailed(
+                "parsl.executors.high_throughput.errors.ManagerLost: Task failure due to loss of "
+                "manager abc on host n2"
+            ),
+            True,
+        ),
+        (TaskExecutionFailed(USER_ERROR), False),
+        (TaskExecutionFailed("Traceback\nValueError: bad shape"), False),
+        (TaskExecutionFailed("Traceback\nRuntimeError: training diverged"), False),
+        (ConnectionResetError("peer reset"), True),
+        (TimeoutError("timed out"), True),
+        (ValueError("x"), False),
+    ],
+)
 def test_system_failures_are_told_from_task_errors(exc: BaseException, system: bool) -> None:
     assert is_system_failure(exc) is system
 
@@ -79,12 +90,16 @@ def test_system_failures_are_retried_with_backoff() -> None:
         task = RetryingTask(pool, fn, {"x": 1}, RetryPolicy(retries=2, backoff_s=0.01))
         assert task.future.result(timeout=10) == {"x": 1}
     assert fn.calls == 3 and len(task.attempts) == 3
-    assert all(a.system for a in task.attempts[:2]) and "WorkerLost" in (task.attempts[0].error or "")
+    assert all(a.system for a in task.attempts[:2]) and "WorkerLost" in (
+        task.attempts[0].error or ""
+    )
 
 
 def test_retries_run_out_and_user_errors_are_not_retried() -> None:
     with ThreadPoolExecutor(2) as pool:
-        lost = RetryingTask(pool, Flaky(5, ConnectionError("down")), 1, RetryPolicy(retries=1, backoff_s=0.01))
+        lost = RetryingTask(
+            pool, Flaky(5, ConnectionError("down")), 1, RetryPolicy(retries=1, backoff_s=0.01)
+        )
         with pytest.raises(ConnectionError):
             lost.future.result(timeout=10)
         assert len(lost.attempts) == 2
@@ -100,7 +115,10 @@ def test_blocking_calls_retry_system_failures_only() -> None:
     from crossfl.server.transport import TransferFailed
 
     flaky = Flaky(1, TransferFailed("Globus Transfer t1 ended FAILED"))
-    assert call_with_retry(lambda: flaky(7), RetryPolicy(retries=1, backoff_s=0.01)) == 7 and flaky.calls == 2
+    assert (
+        call_with_retry(lambda: flaky(7), RetryPolicy(retries=1, backoff_s=0.01)) == 7
+        and flaky.calls == 2
+    )
     wrong = Flaky(1, ValueError("no"))
     with pytest.raises(ValueError):
         call_with_retry(lambda: wrong(7), RetryPolicy(retries=3, backoff_s=0.01))
@@ -126,13 +144,18 @@ def test_a_site_failing_in_a_row_is_parked_then_readmitted() -> None:
 
 # ------------------------------------------------------------------------------ screening
 
+
 def test_updates_are_screened_for_layout_nan_and_distance() -> None:
     state = {"l.lora_A.weight": torch.zeros(2, 3), "l.lora_B.weight": torch.zeros(3, 2)}
     spec = FlatSpec.from_state(state)
     assert layout_problem(spec, state) is None
-    assert "wrong shape" in (layout_problem(spec, {**state, "l.lora_A.weight": torch.zeros(4, 3)}) or "")
+    assert "wrong shape" in (
+        layout_problem(spec, {**state, "l.lora_A.weight": torch.zeros(4, 3)}) or ""
+    )
     assert "missing" in (layout_problem(spec, {"l.lora_A.weight": torch.zeros(2, 3)}) or "")
-    assert finite_problem(torch.tensor([0.0, float("nan"), float("inf")])).startswith("non-finite: 2 of 3")
+    assert finite_problem(torch.tensor([0.0, float("nan"), float("inf")])).startswith(
+        "non-finite: 2 of 3"
+    )
     screen = DistanceScreen(factor=5, min_count=3)
     assert screen.outliers({"a": 1.0, "b": 100.0}) == {}  # too few to judge
     far = screen.outliers({"a": 1.0, "b": 1.2, "c": 0.9, "d": 50.0})
@@ -144,6 +167,7 @@ def test_updates_are_screened_for_layout_nan_and_distance() -> None:
 
 # ------------------------------------------------------------------------------ checkpoints
 
+
 def test_checkpoint_round_trip_keeps_tensors_strategy_and_rng(tmp_path: Path) -> None:
     state = {"l.lora_A.weight": torch.randn(2, 3), "l.lora_B.weight": torch.randn(3, 2)}
     spec = FlatSpec.from_state(state)
@@ -151,14 +175,29 @@ def test_checkpoint_round_trip_keeps_tensors_strategy_and_rng(tmp_path: Path) ->
     buff = get_strategy("fedbuff", K=3)
     buff.aggregate(flat, [Update("a", flat + 1, 5, 0, 2)], 0)  # buffered: state worth keeping
     torch.manual_seed(3)
-    c = ckpt.Checkpoint(round=4, version=3, updates=9, elapsed_s=12.5, metrics_bytes=1234,
-                        strategy_name="fedbuff", strategy_state=buff.state_dict(), global_flat=flat, spec=spec,
-                        parking={"failures": {"a": 1}, "parked_until": {}}, screen_history=[0.5],
-                        rng=ckpt.rng_state())
+    c = ckpt.Checkpoint(
+        round=4,
+        version=3,
+        updates=9,
+        elapsed_s=12.5,
+        metrics_bytes=1234,
+        strategy_name="fedbuff",
+        strategy_state=buff.state_dict(),
+        global_flat=flat,
+        spec=spec,
+        parking={"failures": {"a": 1}, "parked_until": {}},
+        screen_history=[0.5],
+        rng=ckpt.rng_state(),
+    )
     expected_draw = torch.rand(3)
     ckpt.save(tmp_path, c, adapter_to_bytes(state))
     back = ckpt.load(tmp_path)
-    assert back is not None and (back.round, back.version, back.updates, back.metrics_bytes) == (4, 3, 9, 1234)
+    assert back is not None and (back.round, back.version, back.updates, back.metrics_bytes) == (
+        4,
+        3,
+        9,
+        1234,
+    )
     assert torch.equal(back.global_flat, flat) and back.spec == spec
     again = get_strategy("fedbuff", K=3)
     again.load_state_dict(back.strategy_state)
@@ -173,15 +212,31 @@ def test_checkpoint_round_trip_keeps_tensors_strategy_and_rng(tmp_path: Path) ->
 
 
 def task_record(rnd: int, site: str, **changes: Any) -> TaskRecord:
-    return TaskRecord(round=rnd, site=site, status="ok", submitted_at=1.0, received_at=2.0, submitted_rel_s=0.5,
-                      bytes_down=0, transport="inline", attempts=1, base_version=0, local_steps=1, **changes)
+    return TaskRecord(
+        round=rnd,
+        site=site,
+        status="ok",
+        submitted_at=1.0,
+        received_at=2.0,
+        submitted_rel_s=0.5,
+        bytes_down=0,
+        transport="inline",
+        attempts=1,
+        base_version=0,
+        local_steps=1,
+        **changes,
+    )
 
 
 def test_resumed_metrics_leave_out_the_unfinished_round(tmp_path: Path) -> None:
     path = tmp_path / "metrics.jsonl"
     log = MetricsLog(path)
     log.write(task_record(1, "a", train_loss=0.5))
-    log.write(AggregationRecord(round=1, version=1, driver="sync", sites=["a"], elapsed_s=1.0, staleness={"a": 0}))
+    log.write(
+        AggregationRecord(
+            round=1, version=1, driver="sync", sites=["a"], elapsed_s=1.0, staleness={"a": 0}
+        )
+    )
     position = log.position()
     log.write(task_record(2, "killed"))
     with path.open("a") as fh:
@@ -191,10 +246,13 @@ def test_resumed_metrics_leave_out_the_unfinished_round(tmp_path: Path) -> None:
     live = live_records(path)
     assert [r.site for r in live if isinstance(r, TaskRecord)] == ["a", "again"]
     assert live[0] == task_record(1, "a", train_loss=0.5)  # the record reads back as written
-    assert "killed" in path.read_text() and '"error"' not in path.read_text()  # unset fields stay out
+    assert (
+        "killed" in path.read_text() and '"error"' not in path.read_text()
+    )  # unset fields stay out
 
 
 # ------------------------------------------------------------------------------ transport
+
 
 def experiment(tmp_path: Path, **changes: Any) -> Experiment:
     raw = yaml.safe_load((ROOT / "deploy" / "experiments" / "local-demo.yaml").read_text())
@@ -205,11 +263,27 @@ def experiment(tmp_path: Path, **changes: Any) -> Experiment:
 def plan_of(exp: Experiment, here: set[str]) -> RunPlan:
     """A plan without the checks: sites in ``here`` run on this machine."""
     local = load_site("local")
-    sites = {s.name: SitePlan(name=s.name, catalog=local, runs_here=s.name in here, model_path="/m",
-                              data_path="/d", shared_dir=s.transport.shared_dir, nodes=1, user_options={})
-             for s in exp.sites}
-    return RunPlan(experiment=exp, source=Path("exp.yaml"), sites=sites, driver="sync", validation_path="/v",
-                   train_path=None)
+    sites = {
+        s.name: SitePlan(
+            name=s.name,
+            catalog=local,
+            runs_here=s.name in here,
+            model_path="/m",
+            data_path="/d",
+            shared_dir=s.transport.shared_dir,
+            nodes=1,
+            user_options={},
+        )
+        for s in exp.sites
+    }
+    return RunPlan(
+        experiment=exp,
+        source=Path("exp.yaml"),
+        sites=sites,
+        driver="sync",
+        validation_path="/v",
+        train_path=None,
+    )
 
 
 TASK = TrainTask(model_path="/m", data_path="/d", local_steps=1, batch_size=1, lr=0.1)
@@ -249,17 +323,37 @@ class FakeTransferClient:
         return self.tasks[task_id]
 
 
-def test_globus_transfer_moves_adapters_both_ways(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_globus_transfer_moves_adapters_both_ways(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server_id, site_id = str(uuid.uuid4()), str(uuid.uuid4())
     server_root, site_root = tmp_path / "server-coll", tmp_path / "site-coll"
     fake = FakeTransferClient({server_id: server_root, site_id: site_root})
-    exp = experiment(tmp_path, transport={"globus": {"collection": server_id, "path": "/crossfl",
-                                                     "local_path": str(server_root / "crossfl")}},
-                     sites=[{"name": "alpha", "site": "local"},
-                            {"name": "far", "site": "polaris", "transport": {
-                                "mode": "globus_transfer",
-                                "globus": {"collection": site_id, "path": "/eagle/x",
-                                           "local_path": str(site_root / "eagle" / "x")}}}])
+    exp = experiment(
+        tmp_path,
+        transport={
+            "globus": {
+                "collection": server_id,
+                "path": "/crossfl",
+                "local_path": str(server_root / "crossfl"),
+            }
+        },
+        sites=[
+            {"name": "alpha", "site": "local"},
+            {
+                "name": "far",
+                "site": "polaris",
+                "transport": {
+                    "mode": "globus_transfer",
+                    "globus": {
+                        "collection": site_id,
+                        "path": "/eagle/x",
+                        "local_path": str(site_root / "eagle" / "x"),
+                    },
+                },
+            },
+        ],
+    )
     t = Transport(plan_of(exp, {"alpha"}), tmp_path / "run-1", transfer_client=lambda: fake)
     adapter = adapter_to_bytes({"l.lora_A.weight": torch.ones(2, 2)})
     out = t.train("far", TASK, adapter, version=3)
@@ -275,8 +369,14 @@ def test_globus_transfer_moves_adapters_both_ways(tmp_path: Path, monkeypatch: p
     result_at_site = Path(out.payload["result_path"])
     result_at_site.parent.mkdir(parents=True, exist_ok=True)
     result_at_site.write_bytes(adapter + b"")
-    incoming = t.receive("far", TrainResult.model_construct(adapter=None, adapter_path=str(result_at_site)), out.mode)
-    assert incoming.adapter == adapter and incoming.bytes_up == len(adapter) and len(fake.submitted) == 2
+    incoming = t.receive(
+        "far", TrainResult.model_construct(adapter=None, adapter_path=str(result_at_site)), out.mode
+    )
+    assert (
+        incoming.adapter == adapter
+        and incoming.bytes_up == len(adapter)
+        and len(fake.submitted) == 2
+    )
     # the same global version goes to a site once
     t.train("far", TASK, adapter, version=3)
     assert len(fake.submitted) == 2
@@ -293,13 +393,21 @@ def test_new_experiment_fields_validate(tmp_path: Path) -> None:
     assert exp.strategy.name == "fedasync" and len(exp.sites) == 3
     assert {s.training.local_steps for s in exp.sites} == {10, 30, 60}
     raw = yaml.safe_load((ROOT / "deploy" / "experiments" / "local-demo.yaml").read_text())
-    bad = [({"quorum": {"min_clients": 4}}, "quorum.min_clients"),
-           ({"transport": {"mode": "ftp"}}, "transport.mode"),
-           ({"transport": {"inline_limit_mb": 12}}, "transport.inline_limit_mb"),
-           ({"faults": {"retries": -1}}, "faults.retries"),
-           ({"driver": "sometimes"}, "driver"),
-           ({"sites": [{"name": "a", "site": "local", "training": {"local_step": 3}}]}, "sites[a].training.local_step"),
-           ({"sites": [{"name": "a", "site": "local", "transport": {"mode": "globus_transfer"}}]}, "sites[a].transport.globus")]
+    bad = [
+        ({"quorum": {"min_clients": 4}}, "quorum.min_clients"),
+        ({"transport": {"mode": "ftp"}}, "transport.mode"),
+        ({"transport": {"inline_limit_mb": 12}}, "transport.inline_limit_mb"),
+        ({"faults": {"retries": -1}}, "faults.retries"),
+        ({"driver": "sometimes"}, "driver"),
+        (
+            {"sites": [{"name": "a", "site": "local", "training": {"local_step": 3}}]},
+            "sites[a].training.local_step",
+        ),
+        (
+            {"sites": [{"name": "a", "site": "local", "transport": {"mode": "globus_transfer"}}]},
+            "sites[a].transport.globus",
+        ),
+    ]
     for change, field in bad:
         path = tmp_path / "exp.yaml"
         path.write_text(yaml.safe_dump({**raw, **change}))
@@ -318,7 +426,9 @@ def test_driver_follows_the_strategy_unless_told(tmp_path: Path) -> None:
     with pytest.raises(UserError) as info:
         driver_kind(experiment(tmp_path, max_updates=10))
     assert info.value.field == "max_updates"
-    assert driver_kind(experiment(tmp_path, strategy={"name": "fedbuff"}, max_updates=10)) == "async"
+    assert (
+        driver_kind(experiment(tmp_path, strategy={"name": "fedbuff"}, max_updates=10)) == "async"
+    )
 
 
 def test_cli_resume_and_report_of_a_missing_run_are_one_line(tmp_path: Path) -> None:
@@ -328,13 +438,20 @@ def test_cli_resume_and_report_of_a_missing_run_are_one_line(tmp_path: Path) -> 
 
     env = dict(os.environ, CROSSFL_ROOT=str(tmp_path))
     for args in (["resume", "no-such-run"], ["report", "no-such-run", "other"]):
-        proc = subprocess.run([sys.executable, "-m", "crossfl", *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "crossfl", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr + proc.stdout and "no run directory" in proc.stderr
 
 
 # ------------------------------------------------------------------------------ engine processes
+
 
 def sleeper() -> subprocess.Popen[bytes]:
     """A process that runs until it is ended, in a session of its own (as a worker pool is)."""
@@ -378,12 +495,19 @@ def test_the_watchdog_ends_the_engines_when_the_server_dies(tmp_path: Path) -> N
         server_ref = reaper.ProcessRef.of(server.pid, "server")
         engine_ref = reaper.ProcessRef.of(engine.pid, "interchange", "east")
         assert server_ref and engine_ref
-        watchdog = subprocess.Popen([sys.executable, "-m", "crossfl.server.reaper", str(tmp_path), str(server.pid)],
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        watchdog = subprocess.Popen(
+            [sys.executable, "-m", "crossfl.server.reaper", str(tmp_path), str(server.pid)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         # the record names the watchdog too (a later run ends a dead run's watchdog; this one
         # must not end itself before it has done its work)
-        reaper.ProcessRecord(server=server_ref, watchdog=reaper.ProcessRef.of(watchdog.pid, "watchdog"),
-                             engines=[engine_ref]).save(tmp_path)
+        reaper.ProcessRecord(
+            server=server_ref,
+            watchdog=reaper.ProcessRef.of(watchdog.pid, "watchdog"),
+            engines=[engine_ref],
+        ).save(tmp_path)
         server.kill()  # kill -9: no shutdown of anything
         server.wait()
         out, _ = watchdog.communicate(timeout=120)
@@ -402,6 +526,8 @@ def test_shard_is_asked_for_per_experiment_and_per_site(tmp_path: Path) -> None:
     raw["training"] = {**raw.get("training", {}), "shard": "always"}
     raw["sites"][1]["training"] = {**raw["sites"][1].get("training", {}), "shard": "never"}
     plan = plan_of(Experiment.model_validate(raw), {"alpha", "beta", "gamma"})
-    shards = {s.name: plan.train_task(s.name, "/d", plan.client_plan(s.name), 1).shard
-              for s in plan.experiment.sites}
+    shards = {
+        s.name: plan.train_task(s.name, "/d", plan.client_plan(s.name), 1).shard
+        for s in plan.experiment.sites
+    }
     assert shards == {"alpha": "always", "beta": "never", "gamma": "always"}

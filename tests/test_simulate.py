@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 import yaml
+from globus_compute_sdk.errors import TaskExecutionFailed
 
+from crossfl.clock import RealClock, SimulationStalled, VirtualClock, bind_strategy_clock
 from crossfl.errors import UserError
 from crossfl.simulate import calibrate
 from crossfl.simulate.cache import ResultCache, payload_digest
-from crossfl.clock import RealClock, SimulationStalled, VirtualClock, bind_strategy_clock
 from crossfl.simulate.executor import InstantExecutor, SimulatedSiteExecutor, simulated_sites
 from crossfl.simulate.queues import Z90, QueueModel
 from crossfl.simulate.scenario import Scenario, load_scenario
@@ -35,28 +36,72 @@ def toy_train(task: dict[str, Any]) -> dict[str, Any]:
     CALLS.append(task)
     if task.get("fail"):
         raise ValueError("bad task: fail was set")
-    return {"adapter": b"x" * 100, "num_samples": 10, "train_loss": 1.0, "first_loss": 2.0,
-            "steps": task["local_steps"], "started_at": 1e9, "finished_at": 1e9 + 5,
-            "timings": {"load_s": 3.0, "train_s": 4.0, "serialize_s": 0.5},
-            "device": "cpu", "host": "here", "pid": 1, "cache_hit": True}
+    return {
+        "adapter": b"x" * 100,
+        "num_samples": 10,
+        "train_loss": 1.0,
+        "first_loss": 2.0,
+        "steps": task["local_steps"],
+        "started_at": 1e9,
+        "finished_at": 1e9 + 5,
+        "timings": {"load_s": 3.0, "train_s": 4.0, "serialize_s": 0.5},
+        "device": "cpu",
+        "host": "here",
+        "pid": 1,
+        "cache_hit": True,
+    }
 
 
 def scenario(wait: dict[str, Any] | None = None, **pilot: Any) -> Scenario:
-    return Scenario.model_validate({
-        "name": "test", "seed": 0,
-        "facilities": {"hpc": {"queues": {"q": {"wait": wait or {
-            "model": "fixed", "wait_s": 100.0, "assumption": "test"}}}}},
-        "sites": [{"name": "a", "facility": "hpc", "queue": "q",
-                   "pilot": {"walltime": "01:00:00", "assumption": "test", **pilot},
-                   "speed": {"seconds_per_step": 2.0, "load_cold_s": 30.0, "load_warm_s": 1.0,
-                             "assumption": "test"},
-                   "transfer": {"down_s": 1.0, "up_s": 2.0, "assumption": "test"}}]})
+    return Scenario.model_validate(
+        {
+            "name": "test",
+            "seed": 0,
+            "facilities": {
+                "hpc": {
+                    "queues": {
+                        "q": {
+                            "wait": wait
+                            or {"model": "fixed", "wait_s": 100.0, "assumption": "test"}
+                        }
+                    }
+                }
+            },
+            "sites": [
+                {
+                    "name": "a",
+                    "facility": "hpc",
+                    "queue": "q",
+                    "pilot": {"walltime": "01:00:00", "assumption": "test", **pilot},
+                    "speed": {
+                        "seconds_per_step": 2.0,
+                        "load_cold_s": 30.0,
+                        "load_warm_s": 1.0,
+                        "assumption": "test",
+                    },
+                    "transfer": {"down_s": 1.0, "up_s": 2.0, "assumption": "test"},
+                }
+            ],
+        }
+    )
 
 
-def site(sc: Scenario, clock: VirtualClock, seed: int = 0, records: list | None = None,
-         cache: ResultCache | None = None) -> SimulatedSiteExecutor:
-    return SimulatedSiteExecutor("a", sc.sites[0], sc, clock, seed=seed, cache=cache,
-                                 on_record=None if records is None else records.append)
+def site(
+    sc: Scenario,
+    clock: VirtualClock,
+    seed: int = 0,
+    records: list | None = None,
+    cache: ResultCache | None = None,
+) -> SimulatedSiteExecutor:
+    return SimulatedSiteExecutor(
+        "a",
+        sc.sites[0],
+        sc,
+        clock,
+        seed=seed,
+        cache=cache,
+        on_record=None if records is None else records.append,
+    )
 
 
 def task(steps: int = 10, **extra: Any) -> dict[str, Any]:
@@ -124,18 +169,29 @@ def test_fedcompass_reads_the_virtual_clock() -> None:
 
 
 def test_appfl_lognormal_draws_exactly_what_appfl_draws() -> None:
-    from omegaconf import OmegaConf
-
     from appfl.algorithm.scheduler import QueueScheduler
+    from omegaconf import OmegaConf
 
     # a YAML list arrives as a ListConfig, which APPFL 1.12 cannot parse (it splits
     # str(value) on commas): the comma string is the form it reads
-    configs = OmegaConf.create({"num_clients": 2, "simulate_queue": True, "queue_mode": "lognormal",
-                                "queue_means": "5.0,50.0", "queue_sigma": 0.8, "queue_seed": 3})
+    configs = OmegaConf.create(
+        {
+            "num_clients": 2,
+            "simulate_queue": True,
+            "queue_mode": "lognormal",
+            "queue_means": "5.0,50.0",
+            "queue_sigma": 0.8,
+            "queue_seed": 3,
+        }
+    )
     appfl = QueueScheduler(configs, None, None)
     theirs = [appfl._sample_queue_delay(cid) for cid in ("1", "2", "1", "2", "1")]
-    models = [QueueModel.model_validate({"wait": {"model": "appfl_lognormal", "mean_s": m, "sigma": 0.8,
-                                                  "source": "APPFL"}}) for m in (5.0, 50.0)]
+    models = [
+        QueueModel.model_validate(
+            {"wait": {"model": "appfl_lognormal", "mean_s": m, "sigma": 0.8, "source": "APPFL"}}
+        )
+        for m in (5.0, 50.0)
+    ]
     rng = random.Random(3)  # APPFL shares one stream over its clients, in call order
     ours = [models[i].sample(rng, 1, 3600.0) for i in (0, 1, 0, 1, 0)]
     assert ours == theirs
@@ -144,26 +200,42 @@ def test_appfl_lognormal_draws_exactly_what_appfl_draws() -> None:
 
 
 def test_lognormal_by_median_and_p90_and_shape_bins() -> None:
-    q = QueueModel.model_validate({
-        "wait": {"model": "lognormal", "median_s": 600.0, "p90_s": 3600.0, "assumption": "test"},
-        "shape_bins": [{"max_nodes": 2, "max_walltime": "01:00:00", "factor": 0.5, "assumption": "t"},
-                       {"max_nodes": 10, "factor": 2.0, "assumption": "t"}]})
+    q = QueueModel.model_validate(
+        {
+            "wait": {
+                "model": "lognormal",
+                "median_s": 600.0,
+                "p90_s": 3600.0,
+                "assumption": "test",
+            },
+            "shape_bins": [
+                {"max_nodes": 2, "max_walltime": "01:00:00", "factor": 0.5, "assumption": "t"},
+                {"max_nodes": 10, "factor": 2.0, "assumption": "t"},
+            ],
+        }
+    )
     assert q.wait.spread == pytest.approx(math.log(6.0) / Z90)
     rng = random.Random(1)
     draws = sorted(q.wait.sample(rng) for _ in range(20000))
     assert draws[10000] == pytest.approx(600.0, rel=0.05)
     assert draws[18000] == pytest.approx(3600.0, rel=0.08)
     assert q.factor(1, 1800) == 0.5 and q.factor(2, 7200) == 2.0 and q.factor(64, 60) == 1.0
-    assert q.expected_wait_s(5, 60) == pytest.approx(2 * 600 * math.exp(q.wait.spread ** 2 / 2))
+    assert q.expected_wait_s(5, 60) == pytest.approx(2 * 600 * math.exp(q.wait.spread**2 / 2))
 
 
-@pytest.mark.parametrize("wait, message", [
-    ({"model": "fixed", "wait_s": 1.0}, "exactly one of `source:`"),
-    ({"model": "fixed", "wait_s": 1.0, "source": "s", "assumption": "a"}, "exactly one of `source:`"),
-    ({"model": "lognormal", "median_s": 10.0, "assumption": "a"}, "exactly one of sigma"),
-    ({"model": "gamma", "assumption": "a"}, "model: appfl_lognormal, lognormal or fixed"),
-    ({"model": "fixed", "wait_s": -1, "assumption": "a"}, "greater than or equal to 0"),
-])
+@pytest.mark.parametrize(
+    "wait, message",
+    [
+        ({"model": "fixed", "wait_s": 1.0}, "exactly one of `source:`"),
+        (
+            {"model": "fixed", "wait_s": 1.0, "source": "s", "assumption": "a"},
+            "exactly one of `source:`",
+        ),
+        ({"model": "lognormal", "median_s": 10.0, "assumption": "a"}, "exactly one of sigma"),
+        ({"model": "gamma", "assumption": "a"}, "model: appfl_lognormal, lognormal or fixed"),
+        ({"model": "fixed", "wait_s": -1, "assumption": "a"}, "greater than or equal to 0"),
+    ],
+)
 def test_bad_queue_models_name_file_field_and_fix(tmp_path: Path, wait: dict, message: str) -> None:
     raw = yaml.safe_load((QUEUES / "calm.yaml").read_text())
     first = next(iter(raw["facilities"]))
@@ -184,13 +256,15 @@ def test_bad_site_profiles_are_named(tmp_path: Path) -> None:
     raw["sites"][1]["queue"] = "nowhere"
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(raw))
-    with pytest.raises(UserError, match=f"names queue 'nowhere'"):
+    with pytest.raises(UserError, match="names queue 'nowhere'"):
         load_scenario(bad)
     raw["sites"][1]["queue"] = raw["sites"][0]["queue"]
     raw["sites"][1]["facility"] = raw["sites"][0]["facility"]
     raw["sites"][1]["speed"]["seconds_per_stepp"] = 1
     bad.write_text(yaml.safe_dump(raw))
-    with pytest.raises(UserError, match=rf"sites\[{second}\]\.speed\.seconds_per_stepp: unknown field"):
+    with pytest.raises(
+        UserError, match=rf"sites\[{second}\]\.speed\.seconds_per_stepp: unknown field"
+    ):
         load_scenario(bad)
     bad.write_text("name: [unclosed")
     with pytest.raises(UserError, match="not valid YAML"):
@@ -213,12 +287,20 @@ def test_shipped_high_variance_waits_vary_more_than_calm() -> None:
         waits = [sc.queue_of(p).sample(rng, 1, 3600.0) for p in sc.sites for _ in range(2000)]
         return statistics.pstdev(waits)
 
-    assert spread(load_scenario(QUEUES / "high-variance.yaml")) > 5 * spread(load_scenario(QUEUES / "calm.yaml"))
+    assert spread(load_scenario(QUEUES / "high-variance.yaml")) > 5 * spread(
+        load_scenario(QUEUES / "calm.yaml")
+    )
 
 
 def test_profiles_are_assigned_by_name_then_in_order() -> None:
-    sc = Scenario.model_validate({**scenario().model_dump(), "sites": [
-        {**scenario().sites[0].model_dump(), "name": n} for n in ("p1", "p2", "beta")]})
+    sc = Scenario.model_validate(
+        {
+            **scenario().model_dump(),
+            "sites": [
+                {**scenario().sites[0].model_dump(), "name": n} for n in ("p1", "p2", "beta")
+            ],
+        }
+    )
     got = {k: v.name for k, v in sc.assign(["alpha", "beta", "gamma", "delta"]).items()}
     assert got == {"alpha": "p1", "beta": "beta", "gamma": "p2", "delta": "p1"}
 
@@ -304,9 +386,14 @@ def test_walltime_kills_a_running_task_as_a_lost_manager_and_a_new_pilot_follows
 def test_preemption_ends_pilots_early_and_deterministically() -> None:
     def lifetimes(seed: int) -> list[tuple[str, float]]:
         clock, records = VirtualClock(), []
-        ex = site(scenario(preemption_per_hour=6.0, walltime="10:00:00"), clock, seed=seed, records=records)
+        ex = site(
+            scenario(preemption_per_hour=6.0, walltime="10:00:00"),
+            clock,
+            seed=seed,
+            records=records,
+        )
         for _ in range(3):
-            with pytest.raises(Exception):
+            with pytest.raises(TaskExecutionFailed, match="ManagerLost"):
                 run_one(ex, clock, task(100000))
         return [(r["end_reason"], r["held_s"]) for r in records]
 
@@ -316,8 +403,10 @@ def test_preemption_ends_pilots_early_and_deterministically() -> None:
 
 
 def test_per_task_mode_pays_a_wait_for_every_task() -> None:
-    sc = scenario({"model": "appfl_lognormal", "mean_s": 50.0, "sigma": 0.4, "source": "APPFL"},
-                  mode="per_task")
+    sc = scenario(
+        {"model": "appfl_lognormal", "mean_s": 50.0, "sigma": 0.4, "source": "APPFL"},
+        mode="per_task",
+    )
     clock, records = VirtualClock(), []
     ex = site(sc, clock, records=records)
     results = [run_one(ex, clock, task(10)) for _ in range(3)]
@@ -347,7 +436,9 @@ def test_a_failing_site_function_is_a_task_failure_not_retried() -> None:
     future = ex.submit(toy_train, task(10, fail=True))
     clock.wait([future])
     exc = future.exception()
-    assert failure_summary(exc) == "ValueError: bad task: fail was set" and not is_system_failure(exc)
+    assert failure_summary(exc) == "ValueError: bad task: fail was set" and not is_system_failure(
+        exc
+    )
 
 
 def test_a_cancelled_queued_task_never_runs() -> None:
@@ -385,16 +476,38 @@ def test_sync_rounds_release_a_fast_sites_pilot_while_a_straggler_queues() -> No
     site that finishes a round more than ~2 minutes before the slowest one (here a site
     that queues 30 min for a fresh job every round) loses its pilot and queues again
     next round; a long max_idletime keeps it."""
+
     def rounds(max_idletime_s: float) -> list[bool]:
-        sc = Scenario.model_validate({
-            "name": "t", "facilities": {"hpc": {"queues": {
-                "fast": {"wait": {"model": "fixed", "wait_s": 60.0, "assumption": "t"}},
-                "slow": {"wait": {"model": "fixed", "wait_s": 1800.0, "assumption": "t"}}}}},
-            "sites": [{"name": n, "facility": "hpc", "queue": n,
-                       "pilot": {"max_idletime_s": max_idletime_s, "walltime": "12:00:00", "mode": mode,
-                                 "assumption": "t"},
-                       "speed": {"seconds_per_step": 1.0, "load_cold_s": 10.0, "assumption": "t"}}
-                      for n, mode in (("fast", "pilot"), ("slow", "per_task"))]})
+        sc = Scenario.model_validate(
+            {
+                "name": "t",
+                "facilities": {
+                    "hpc": {
+                        "queues": {
+                            "fast": {"wait": {"model": "fixed", "wait_s": 60.0, "assumption": "t"}},
+                            "slow": {
+                                "wait": {"model": "fixed", "wait_s": 1800.0, "assumption": "t"}
+                            },
+                        }
+                    }
+                },
+                "sites": [
+                    {
+                        "name": n,
+                        "facility": "hpc",
+                        "queue": n,
+                        "pilot": {
+                            "max_idletime_s": max_idletime_s,
+                            "walltime": "12:00:00",
+                            "mode": mode,
+                            "assumption": "t",
+                        },
+                        "speed": {"seconds_per_step": 1.0, "load_cold_s": 10.0, "assumption": "t"},
+                    }
+                    for n, mode in (("fast", "pilot"), ("slow", "per_task"))
+                ],
+            }
+        )
         clock = VirtualClock()
         exs = simulated_sites(sc, ["fast", "slow"], clock, seed=0)
         cold = []
@@ -431,7 +544,9 @@ def test_identical_tasks_train_once_across_replays_and_processes(tmp_path: Path)
     for seed in range(3):
         clock = VirtualClock()
         ex = site(scenario(), clock, seed=seed, cache=ResultCache(disk))
-        assert run_one(ex, clock, task(10, adapter=b"g"))["simulated"]["reused_result"] is (seed > 0)
+        assert run_one(ex, clock, task(10, adapter=b"g"))["simulated"]["reused_result"] is (
+            seed > 0
+        )
     assert len(CALLS) == 1 and len(list(disk.glob("*.pkl"))) == 1
     instant = InstantExecutor(ResultCache(disk))
     assert instant.submit(toy_train, task(10, adapter=b"g")).result()["steps"] == 10
@@ -451,22 +566,51 @@ def write_run(run_dir: Path, tasks: list[dict[str, Any]], entries: list[dict[str
 
 def record(site: str, queue_s: float, warm: bool, **extra: Any) -> dict[str, Any]:
     """A task record as the driver writes it (crossfl.server.records.TaskRecord)."""
-    return {"kind": "task", "status": "ok", "site": site, "round": 1, "queue_s": queue_s,
-            "submitted_at": 0.0, "received_at": 60.0, "submitted_rel_s": 0.0, "bytes_down": 0,
-            "transport": "inline", "attempts": 1, "base_version": 0, "local_steps": 20,
-            "load_s": 2.0 if warm else 40.0, "train_s": 30.0, "steps": 20, "transfer_s": 3.0,
-            "cache_hit": warm, **extra}
+    return {
+        "kind": "task",
+        "status": "ok",
+        "site": site,
+        "round": 1,
+        "queue_s": queue_s,
+        "submitted_at": 0.0,
+        "received_at": 60.0,
+        "submitted_rel_s": 0.0,
+        "bytes_down": 0,
+        "transport": "inline",
+        "attempts": 1,
+        "base_version": 0,
+        "local_steps": 20,
+        "load_s": 2.0 if warm else 40.0,
+        "train_s": 30.0,
+        "steps": 20,
+        "transfer_s": 3.0,
+        "cache_hit": warm,
+        **extra,
+    }
 
 
 def test_calibration_fits_lognormal_per_site_with_a_minimum_sample_rule(tmp_path: Path) -> None:
     rng = random.Random(5)
     cold = [rng.lognormvariate(math.log(900.0), 1.2) for _ in range(12)]
     polaris = [record("pol", w, False) for w in cold] + [record("pol", 0.5, True) for _ in range(6)]
-    few = [record("loc", 4.0, False), record("loc", 6.0, False), record("loc", 0.2, True),
-           record("loc", 1.0, True, status="failed")]
-    run = write_run(tmp_path / "run-1", polaris + few, [
-        {"name": "pol", "site": "polaris", "user_options": {"queue": "debug", "walltime": "02:00:00"}},
-        {"name": "loc", "site": "local"}])
+    few = [
+        record("loc", 4.0, False),
+        record("loc", 6.0, False),
+        record("loc", 0.2, True),
+        record("loc", 1.0, True, status="failed"),
+    ]
+    run = write_run(
+        tmp_path / "run-1",
+        polaris + few,
+        [
+            {
+                "name": "pol",
+                "site": "polaris",
+                "user_options": {"queue": "debug", "walltime": "02:00:00"},
+            },
+            {"name": "loc", "site": "local"},
+        ],
+    )
     out = tmp_path / "queues.yaml"
     notes = calibrate.write_scenario([run], out, min_samples=5)
     sc = load_scenario(out)
@@ -476,8 +620,11 @@ def test_calibration_fits_lognormal_per_site_with_a_minimum_sample_rule(tmp_path
     assert wait.model == "lognormal" and "12 cold-task" in wait.source
     assert wait.median_s == pytest.approx(math.exp(statistics.fmean(logs)), rel=1e-3)
     assert wait.sigma == pytest.approx(statistics.stdev(logs), rel=1e-3)
-    assert (by_name["pol"].facility, by_name["pol"].queue, by_name["pol"].pilot.walltime) == \
-        ("polaris", "debug", "02:00:00")
+    assert (by_name["pol"].facility, by_name["pol"].queue, by_name["pol"].pilot.walltime) == (
+        "polaris",
+        "debug",
+        "02:00:00",
+    )
     assert by_name["pol"].speed.seconds_per_step == 1.5 and by_name["pol"].speed.load_cold_s == 40.0
     assert by_name["pol"].transfer.down_s == 0.5 and by_name["pol"].transfer.up_s == 3.0
     loc = sc.queue_of(by_name["loc"]).wait
@@ -507,14 +654,20 @@ def test_pilot_defaults_are_the_engines_and_the_kit_renders_them_unchanged() -> 
     finally:
         engine.executor = None  # never started: nothing to shut down
     pilot = Pilot.engine_defaults()
-    assert (kwargs["max_idletime"], kwargs["strategy_period"], kwargs["strategy"]) == \
-        (pilot.max_idletime_s, pilot.strategy_period_s, "simple")
+    assert (kwargs["max_idletime"], kwargs["strategy_period"], kwargs["strategy"]) == (
+        pilot.max_idletime_s,
+        pilot.strategy_period_s,
+        "simple",
+    )
     from crossfl.render.options import ENGINE_MAX_IDLETIME_S
 
     assert ENGINE_MAX_IDLETIME_S == kwargs["max_idletime"]
     fields = Site.model_fields
-    assert (fields["init_blocks"].default, fields["min_blocks"].default, fields["max_blocks"].default) == \
-        (pilot.init_blocks, pilot.min_blocks, pilot.max_blocks)
+    assert (
+        fields["init_blocks"].default,
+        fields["min_blocks"].default,
+        fields["max_blocks"].default,
+    ) == (pilot.init_blocks, pilot.min_blocks, pilot.max_blocks)
 
 
 # ------------------------------------------------------------------ the comparison's arithmetic
@@ -529,17 +682,40 @@ def test_time_and_node_hours_to_target_and_paired_ratios() -> None:
     from crossfl.simulate.compare import node_hours_until, paired_ratio, time_to_target
 
     def ev(t: float, loss: float, kind: str = "round") -> EvalRecord:
-        return EvalRecord(kind=kind, round=1, val_loss=loss, elapsed_s=t, strategy="s",
-                          version=1, updates=1, bytes_down=0, transport="inline", driver="sync")
+        return EvalRecord(
+            kind=kind,
+            round=1,
+            val_loss=loss,
+            elapsed_s=t,
+            strategy="s",
+            version=1,
+            updates=1,
+            bytes_down=0,
+            transport="inline",
+            driver="sync",
+        )
 
     evals = [ev(0, 0.5, "baseline"), ev(100, 2.0), ev(250, 1.0), ev(400, 0.9)]
     assert time_to_target(evals, 1.0) == 250  # the baseline does not count
     assert time_to_target(evals, 0.1) == math.inf
 
     def pilot(start: float | None, end: float | None, nodes: int = 2) -> PilotRecord:
-        return PilotRecord(site="a", profile="a", facility="f", queue="q", mode="pilot", block=0,
-                           nodes=nodes, walltime_s=7200, submitted_at=0, started_at=start,
-                           ended_at=end, held_s=0, node_hours=0, tasks=1)
+        return PilotRecord(
+            site="a",
+            profile="a",
+            facility="f",
+            queue="q",
+            mode="pilot",
+            block=0,
+            nodes=nodes,
+            walltime_s=7200,
+            submitted_at=0,
+            started_at=start,
+            ended_at=end,
+            held_s=0,
+            node_hours=0,
+            tasks=1,
+        )
 
     pilots = [pilot(0, 1800), pilot(1800, None), pilot(None, 3600), pilot(5000, 6000)]
     assert node_hours_until(pilots, 3600) == 2 * 1800 / 3600 + 2 * 1800 / 3600

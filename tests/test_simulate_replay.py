@@ -12,28 +12,55 @@ from typing import Any
 import pytest
 import yaml
 from rich.console import Console
+from testkit.scratch_project import make_project, write_experiment
 
 from crossfl.server.experiment import load_experiment
 from crossfl.simulate.replay import replay_seeds
 from crossfl.simulate.scenario import load_scenario
-from testkit.scratch_project import make_project, write_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
 SCENARIO = {
-    "name": "two-queues", "seed": 0,
+    "name": "two-queues",
+    "seed": 0,
     "facilities": {
         "fast": {"queues": {"q": {"wait": {"model": "fixed", "wait_s": 60, "assumption": "test"}}}},
-        "slow": {"queues": {"q": {"wait": {"model": "lognormal", "median_s": 3000, "p90_s": 9000,
-                                           "assumption": "test"}}}},
+        "slow": {
+            "queues": {
+                "q": {
+                    "wait": {
+                        "model": "lognormal",
+                        "median_s": 3000,
+                        "p90_s": 9000,
+                        "assumption": "test",
+                    }
+                }
+            }
+        },
     },
     "sites": [
-        {"name": "east", "facility": "fast", "queue": "q",
-         "speed": {"seconds_per_step": 5, "load_cold_s": 30, "load_warm_s": 1,
-                   "assumption": "test"}},
-        {"name": "west", "facility": "slow", "queue": "q",
-         "speed": {"seconds_per_step": 5, "load_cold_s": 30, "load_warm_s": 1,
-                   "assumption": "test"}},
+        {
+            "name": "east",
+            "facility": "fast",
+            "queue": "q",
+            "speed": {
+                "seconds_per_step": 5,
+                "load_cold_s": 30,
+                "load_warm_s": 1,
+                "assumption": "test",
+            },
+        },
+        {
+            "name": "west",
+            "facility": "slow",
+            "queue": "q",
+            "speed": {
+                "seconds_per_step": 5,
+                "load_cold_s": 30,
+                "load_warm_s": 1,
+                "assumption": "test",
+            },
+        },
     ],
 }
 
@@ -48,15 +75,17 @@ def records(run_dir: Path, kind: str) -> list[dict[str, Any]]:
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
 
 
-def test_replays_are_deterministic_and_pay_the_queue(project: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_replays_are_deterministic_and_pay_the_queue(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CROSSFL_ROOT", str(project))
     exp, path = load_experiment(write_experiment(project, "replay", rounds=2))
     scenario_file = project / "queues.yaml"
     scenario_file.write_text(yaml.safe_dump(SCENARIO))
     scenario = load_scenario(scenario_file)
-    first, second = (replay_seeds(exp, path, scenario, scenario_file, 1, Console(width=80))[0]
-                     for _ in range(2))
+    first, second = (
+        replay_seeds(exp, path, scenario, scenario_file, 1, Console(width=80))[0] for _ in range(2)
+    )
     a, b = (records(r.run_dir, "task") for r in (first, second))
     keys = ("round", "site", "status", "submitted_rel_s", "queue_s", "train_loss")
     assert [[t.get(k) for k in keys] for t in a] == [[t.get(k) for k in keys] for t in b]
@@ -84,13 +113,25 @@ def test_replays_are_deterministic_and_pay_the_queue(project: Path,
 
 def test_a_bad_scenario_is_one_line_before_anything_is_written(project: Path) -> None:
     bad = project / "bad.yaml"
-    bad.write_text(yaml.safe_dump({**SCENARIO, "sites": [{**SCENARIO["sites"][0],
-                                                           "queue": "nope"}]}))
+    bad.write_text(
+        yaml.safe_dump({**SCENARIO, "sites": [{**SCENARIO["sites"][0], "queue": "nope"}]})
+    )
     before = set((project / "runs").glob("*")) if (project / "runs").exists() else set()
-    proc = subprocess.run([sys.executable, "-m", "crossfl", "simulate",
-                           str(write_experiment(project, "replay-bad")), "--queues", str(bad)],
-                          capture_output=True, text=True, cwd=project,
-                          env={**__import__("os").environ, "CROSSFL_ROOT": str(project)})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "crossfl",
+            "simulate",
+            str(write_experiment(project, "replay-bad")),
+            "--queues",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=project,
+        env={**__import__("os").environ, "CROSSFL_ROOT": str(project)},
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(bad) in lines[0] and "nope" in lines[0] and "fix:" in lines[0]
@@ -99,30 +140,57 @@ def test_a_bad_scenario_is_one_line_before_anything_is_written(project: Path) ->
 
 
 def short_pilots(walltime: str) -> dict[str, Any]:
-    site = {"facility": "fast", "queue": "q",
-            "pilot": {"walltime": walltime, "assumption": "test"},
-            "speed": {"seconds_per_step": 20, "load_cold_s": 30, "load_warm_s": 1,
-                      "assumption": "test"}}
-    return {**SCENARIO, "name": "short-pilots",
-            "facilities": {"fast": SCENARIO["facilities"]["fast"]},
-            "sites": [{"name": "east", **site}, {"name": "west", **site}]}
+    site = {
+        "facility": "fast",
+        "queue": "q",
+        "pilot": {"walltime": walltime, "assumption": "test"},
+        "speed": {
+            "seconds_per_step": 20,
+            "load_cold_s": 30,
+            "load_warm_s": 1,
+            "assumption": "test",
+        },
+    }
+    return {
+        **SCENARIO,
+        "name": "short-pilots",
+        "facilities": {"fast": SCENARIO["facilities"]["fast"]},
+        "sites": [{"name": "east", **site}, {"name": "west", **site}],
+    }
 
 
 @pytest.mark.parametrize("policy", ["eager", "queue-aware"])
-def test_queue_aware_fits_a_task_into_the_walltime_left(project: Path, policy: str,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_queue_aware_fits_a_task_into_the_walltime_left(
+    project: Path, policy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Pilots of 270 s, 20 s steps: the second round's 6 steps do not fit the first pilot.
     Eager loses that task to the walltime; queue-aware shortens it to what is left."""
     monkeypatch.setenv("CROSSFL_ROOT", str(project))
-    exp, path = load_experiment(write_experiment(
-        project, f"fit-{policy}", rounds=2,
-        training={"local_steps": 6, "batch_size": 4, "lr": 0.005, "max_length": 96,
-                  "torch_threads": 1},
-        dispatch={"name": policy, "walltime_margin_s": 0}))
+    exp, path = load_experiment(
+        write_experiment(
+            project,
+            f"fit-{policy}",
+            rounds=2,
+            training={
+                "local_steps": 6,
+                "batch_size": 4,
+                "lr": 0.005,
+                "max_length": 96,
+                "torch_threads": 1,
+            },
+            dispatch={"name": policy, "walltime_margin_s": 0},
+        )
+    )
     scenario_file = project / "short.yaml"
     scenario_file.write_text(yaml.safe_dump(short_pilots("00:04:30")))
-    run = replay_seeds(exp, path, scenario_file and load_scenario(scenario_file), scenario_file,
-                       1, Console(width=80))[0]
+    run = replay_seeds(
+        exp,
+        path,
+        scenario_file and load_scenario(scenario_file),
+        scenario_file,
+        1,
+        Console(width=80),
+    )[0]
     second = [t for t in records(run.run_dir, "task") if t["round"] == 2]
     ends = {p["site"]: p["end_reason"] for p in records(run.run_dir, "pilot") if p["block"] == 0}
     if policy == "eager":
@@ -135,25 +203,30 @@ def test_queue_aware_fits_a_task_into_the_walltime_left(project: Path, policy: s
 
 
 def test_queue_aware_keeps_pilots_warm_where_the_queue_is_slow(
-        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Both sites queue for about 50 min: under eager dispatch the site whose pilot starts first
     idles past the engine's 120 s while the other waits, loses its pilot and queues again next
     round; queue-aware keeps both warm, and reaches the same rounds sooner, for node-hours."""
     monkeypatch.setenv("CROSSFL_ROOT", str(project))
-    slow = {**SCENARIO, "name": "both-slow",
-            "sites": [{**s, "facility": "slow"} for s in SCENARIO["sites"]]}
+    slow = {
+        **SCENARIO,
+        "name": "both-slow",
+        "sites": [{**s, "facility": "slow"} for s in SCENARIO["sites"]],
+    }
     scenario_file = project / "slow.yaml"
     scenario_file.write_text(yaml.safe_dump(slow))
     runs = {}
     for policy in ("eager", "queue-aware"):
-        exp, path = load_experiment(write_experiment(project, f"warm-{policy}", rounds=3,
-                                                     dispatch={"name": policy}))
-        runs[policy] = replay_seeds(exp, path, load_scenario(scenario_file), scenario_file, 1,
-                                    Console(width=80))[0]
+        exp, path = load_experiment(
+            write_experiment(project, f"warm-{policy}", rounds=3, dispatch={"name": policy})
+        )
+        runs[policy] = replay_seeds(
+            exp, path, load_scenario(scenario_file), scenario_file, 1, Console(width=80)
+        )[0]
     ends = {k: [p["end_reason"] for p in records(r.run_dir, "pilot")] for k, r in runs.items()}
     assert "idle" in ends["eager"] and "idle" not in ends["queue-aware"]
     assert len(ends["queue-aware"]) < len(ends["eager"])
     decisions = records(runs["queue-aware"].run_dir, "dispatch")
-    assert {d["site"]: d["action"] for d in decisions} == {"east": "keep-warm",
-                                                         "west": "keep-warm"}
+    assert {d["site"]: d["action"] for d in decisions} == {"east": "keep-warm", "west": "keep-warm"}
     assert runs["queue-aware"].virtual_s < runs["eager"].virtual_s

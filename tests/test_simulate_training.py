@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from crossfl.client import tasks
-from crossfl.simulate.cache import ResultCache
 from crossfl.clock import VirtualClock
+from crossfl.simulate.cache import ResultCache
 from crossfl.simulate.executor import InstantExecutor, SimulatedSiteExecutor
 from crossfl.simulate.scenario import Scenario
 from crossfl.tiny_model import TinyModelSpec, build_tiny
@@ -24,9 +24,16 @@ def records() -> list[dict[str, str]]:
     rows = []
     for n in range(1, 13):
         smiles = "C" * n + "O"
-        rows.append({"input": f"How many carbons does <SMILES> {smiles} </SMILES> have?",
-                     "output": f"<NUMBER> {n} </NUMBER>", "raw_input": smiles, "raw_output": str(n),
-                     "task": "property_prediction-carbons", "split": "train"})
+        rows.append(
+            {
+                "input": f"How many carbons does <SMILES> {smiles} </SMILES> have?",
+                "output": f"<NUMBER> {n} </NUMBER>",
+                "raw_input": smiles,
+                "raw_output": str(n),
+                "task": "property_prediction-carbons",
+                "split": "train",
+            }
+        )
     return rows
 
 
@@ -35,24 +42,64 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     work = tmp_path_factory.mktemp("simtrain")
     data = work / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records()))
-    spec = TinyModelSpec(vocab_size=300, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                         max_position=96, pretrain_steps=40, pretrain_batch=8, pretrain_seq_len=32,
-                         seed=0, threads=1)
+    spec = TinyModelSpec(
+        vocab_size=300,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=64,
+        max_position=96,
+        pretrain_steps=40,
+        pretrain_batch=8,
+        pretrain_seq_len=32,
+        seed=0,
+        threads=1,
+    )
     return Path(build_tiny(data, work / "tiny", spec).out), data
 
 
 def train_payload(model: Path, data: Path, rnd: int) -> dict[str, Any]:
-    return {"model_path": str(model), "data_path": str(data), "adapter": None, "local_steps": 3,
-            "batch_size": 4, "lr": 5e-3, "max_length": 64, "lora": dict(LORA), "dtype": "float32",
-            "adapter_dtype": "float32", "seed": 1, "round": rnd, "torch_threads": 1, "max_samples": None}
+    return {
+        "model_path": str(model),
+        "data_path": str(data),
+        "adapter": None,
+        "local_steps": 3,
+        "batch_size": 4,
+        "lr": 5e-3,
+        "max_length": 64,
+        "lora": dict(LORA),
+        "dtype": "float32",
+        "adapter_dtype": "float32",
+        "seed": 1,
+        "round": rnd,
+        "torch_threads": 1,
+        "max_samples": None,
+    }
 
 
-SCENARIO = Scenario.model_validate({
-    "name": "t", "facilities": {"hpc": {"queues": {"q": {"wait": {
-        "model": "fixed", "wait_s": 600.0, "assumption": "test"}}}}},
-    "sites": [{"name": "a", "facility": "hpc", "queue": "q",
-               "speed": {"seconds_per_step": 40.0, "load_cold_s": 90.0, "load_warm_s": 1.0,
-                         "assumption": "test"}}]})
+SCENARIO = Scenario.model_validate(
+    {
+        "name": "t",
+        "facilities": {
+            "hpc": {
+                "queues": {"q": {"wait": {"model": "fixed", "wait_s": 600.0, "assumption": "test"}}}
+            }
+        },
+        "sites": [
+            {
+                "name": "a",
+                "facility": "hpc",
+                "queue": "q",
+                "speed": {
+                    "seconds_per_step": 40.0,
+                    "load_cold_s": 90.0,
+                    "load_warm_s": 1.0,
+                    "assumption": "test",
+                },
+            }
+        ],
+    }
+)
 
 
 def test_replay_runs_the_real_client_and_reports_virtual_times(tiny: tuple[Path, Path]) -> None:
@@ -76,9 +123,18 @@ def test_replay_runs_the_real_client_and_reports_virtual_times(tiny: tuple[Path,
 
 def test_evaluation_runs_for_real_at_no_virtual_cost(tiny: tuple[Path, Path]) -> None:
     model, data = tiny
-    payload = {"model_path": str(model), "data_path": str(data), "adapter": None, "batch_size": 8,
-               "max_length": 64, "dtype": "float32", "max_samples": 8, "generate_max_new_tokens": 4, "generate_samples": 0,
-               "torch_threads": 1}
+    payload = {
+        "model_path": str(model),
+        "data_path": str(data),
+        "adapter": None,
+        "batch_size": 8,
+        "max_length": 64,
+        "dtype": "float32",
+        "max_samples": 8,
+        "generate_max_new_tokens": 4,
+        "generate_samples": 0,
+        "torch_threads": 1,
+    }
     clock = VirtualClock()
     future = InstantExecutor().submit(tasks.evaluate, payload)
     assert future.done() and future.result()["val_loss"] > 0 and clock.now() == 0.0

@@ -49,8 +49,9 @@ def exact_launch_command(engine, run_dir: str) -> str:
     # parsl/curvezmq.py create_certificates(base_dir): os.path.join(base_dir, "certificates"),
     # called with the executor's logdir (HighThroughputExecutor.start)
     ex.cert_dir = os.path.join(ex.logdir, "certificates") if ex.encrypted else None
-    ex.logconf_path = (os.path.join(ex.logdir, "log_config", "log_config.pkl")
-                       if ex.log_config else None)
+    ex.logconf_path = (
+        os.path.join(ex.logdir, "log_config", "log_config.pkl") if ex.log_config else None
+    )
     ex.all_addresses = {"10.1.2.3"}
     ex.worker_port = 54321
     ex.initialize_scaling()
@@ -73,7 +74,7 @@ def split_apptainer(cmd: str, image: str) -> tuple[list[str], list[str]]:
     argv = shlex.split(cmd)
     assert argv[:2] == ["apptainer", "run"], cmd
     at = argv.index(image)
-    return argv[2:at], argv[at + 1:]
+    return argv[2:at], argv[at + 1 :]
 
 
 def site_env(site: sites.Site) -> dict[str, str]:
@@ -81,15 +82,19 @@ def site_env(site: sites.Site) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("name", CONTAINER_SITES)
-def test_the_engines_launch_command_keeps_image_and_engine_dirs_visible(name, tmp_path,
-                                                                        stub_interfaces):
+def test_the_engines_launch_command_keeps_image_and_engine_dirs_visible(
+    name, tmp_path, stub_interfaces
+):
     site = golden_site(name, "per-device")  # the engine's workers in the image
     engine = engine_of(site, tmp_path)
     run_dir = f"{HOME}/.globus_compute/{site.deploy.endpoint_name}"
     cmd = exact_launch_command(engine, run_dir)
     options, worker = split_apptainer(cmd, site.image())
-    assert worker[:3] == ["globus-compute-endpoint", "python-exec",
-                          "parsl.executors.high_throughput.process_worker_pool"]
+    assert worker[:3] == [
+        "globus-compute-endpoint",
+        "python-exec",
+        "parsl.executors.high_throughput.process_worker_pool",
+    ]
     mounts = apptainer_mounts(options, home=HOME, env=site_env(site))
     for path in image_paths(images.get_arch(site.arch)):
         assert hides_image_path(path, mounts) is None, (name, path, hides_image_path(path, mounts))
@@ -113,7 +118,7 @@ def test_batch_jobs_apptainer_exec_keeps_the_image_visible(name, tmp_path):
         argv = shlex.split(line)
         at = argv.index("exec")
         image = next(w for w in argv[at:] if w.endswith(".sif"))
-        options = argv[at + 1:argv.index(image)]
+        options = argv[at + 1 : argv.index(image)]
         mounts = apptainer_mounts(options, home=HOME, env=site_env(site))
         for path in image_paths(images.get_arch(site.arch)):
             assert hides_image_path(path, mounts) is None, (name, script, path)
@@ -123,8 +128,7 @@ def test_the_mount_rules_catch_what_they_are_for(tmp_path, stub_interfaces):
     """Polaris as it was (host /opt bound; the engine's own apptainer type under --fakeroot):
     the image prefix vanishes and the certificate directory is not where the command says."""
     site = sites.load_site("polaris")
-    old = apptainer_mounts(["--nv", "--fakeroot", "-B", "/opt", "-B", "/var/run/palsd/"],
-                           home=HOME)
+    old = apptainer_mounts(["--nv", "--fakeroot", "-B", "/opt", "-B", "/var/run/palsd/"], home=HOME)
     assert hides_image_path("/opt/crossfl/venv/bin/python", old).src == "/opt"
     engine = engine_of(site, tmp_path)
     engine.container_type, engine.container_uri = "apptainer", site.image()
@@ -133,7 +137,7 @@ def test_the_mount_rules_catch_what_they_are_for(tmp_path, stub_interfaces):
     options, worker = split_apptainer(exact_launch_command(engine, run_dir), site.image())
     mounts = apptainer_mounts(options, home=HOME)
     cert = worker_dirs(worker)["cert_dir"]
-    assert not shows_host_path(cert, mounts)          # home is at /root under --fakeroot
+    assert not shows_host_path(cert, mounts)  # home is at /root under --fakeroot
     assert host_path("/root/.globus_compute", mounts) == f"{HOME}/.globus_compute"
     # without --fakeroot the home directory is mounted at its own path
     assert shows_host_path(cert, apptainer_mounts(["--nv"], home=HOME))
@@ -143,8 +147,9 @@ def test_the_mount_rules_catch_what_they_are_for(tmp_path, stub_interfaces):
 
 
 def test_a_site_whose_binds_hide_the_image_is_refused(tmp_path):
-    data = yaml.safe_load((Path(sites.__file__).parents[3] / "deploy" / "sites" /
-                           "polaris.yaml").read_text())
+    data = yaml.safe_load(
+        (Path(sites.__file__).parents[3] / "deploy" / "sites" / "polaris.yaml").read_text()
+    )
     data["container"]["binds"] = ["/opt", "/eagle"]
     path = tmp_path / "polaris.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -156,27 +161,39 @@ def test_a_site_whose_binds_hide_the_image_is_refused(tmp_path):
 
 
 def test_a_custom_runtime_renders_its_command(tmp_path, stub_interfaces):
-    data = yaml.safe_load((Path(sites.__file__).parents[3] / "deploy" / "sites" /
-                           "local.yaml").read_text())
-    data["container"] = {"runtime": "custom", "images": {"cpu": "/img"},
-                         "command": "wrap --bind {EXECUTOR_RUNDIR} /img {EXECUTOR_LAUNCH_CMD}"}
+    data = yaml.safe_load(
+        (Path(sites.__file__).parents[3] / "deploy" / "sites" / "local.yaml").read_text()
+    )
+    data["container"] = {
+        "runtime": "custom",
+        "images": {"cpu": "/img"},
+        "command": "wrap --bind {EXECUTOR_RUNDIR} /img {EXECUTOR_LAUNCH_CMD}",
+    }
     path = tmp_path / "local-custom.yaml"
     path.write_text(yaml.safe_dump(data))
     engine = engine_of(sites.load_site(path), tmp_path / "out")
     assert engine.container_type == "custom"
     cmd = exact_launch_command(engine, "/runs/x")
     assert cmd.startswith("wrap --bind /runs/x /img globus-compute-endpoint python-exec ")
-    for bad, says in [("wrap /img", "{EXECUTOR_LAUNCH_CMD}"),
-                      ("wrap {rundir} {EXECUTOR_LAUNCH_CMD}", "no braces")]:
+    for bad, says in [
+        ("wrap /img", "{EXECUTOR_LAUNCH_CMD}"),
+        ("wrap {rundir} {EXECUTOR_LAUNCH_CMD}", "no braces"),
+    ]:
         data["container"]["command"] = bad
         path.write_text(yaml.safe_dump(data))
         with pytest.raises(UserError, match=re.escape(says)):
             sites.load_site(path)
 
 
-@pytest.mark.parametrize("name", [n for n in CONTAINER_SITES
-                                  if (sites.load_site(n).container.build or None) is not None
-                                  and sites.load_site(n).container.build.on_compute_node])
+@pytest.mark.parametrize(
+    "name",
+    [
+        n
+        for n in CONTAINER_SITES
+        if (sites.load_site(n).container.build or None) is not None
+        and sites.load_site(n).container.build.on_compute_node
+    ],
+)
 def test_the_site_image_build_creates_its_dirs_and_passes_the_proxies(name, tmp_path):
     site = sites.load_site(name)
     text = (render.render_site(site, tmp_path) / "batch" / "build_image.sh").read_text()

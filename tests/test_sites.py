@@ -20,8 +20,11 @@ CATALOG = ("frontier", "aurora", "polaris", "perlmutter", "local", "local-slurm"
 def catalog(tmp_path, monkeypatch) -> Path:
     """A private project root holding a copy of the catalog (so tests may add bad sites)."""
     root = tmp_path / "root"
-    shutil.copytree(REPO / "deploy" / "sites", root / "deploy" / "sites",
-                    ignore=shutil.ignore_patterns("overrides"))
+    shutil.copytree(
+        REPO / "deploy" / "sites",
+        root / "deploy" / "sites",
+        ignore=shutil.ignore_patterns("overrides"),
+    )
     (root / "deploy" / "sites" / "overrides").mkdir()
     monkeypatch.setenv("CROSSFL_ROOT", str(root))
     monkeypatch.delenv("CROSSFL_SITE_OVERRIDES", raising=False)
@@ -55,6 +58,7 @@ def refused(catalog: Path, name: str) -> UserError:
 
 # --- the catalog -----------------------------------------------------------------------------
 
+
 def test_list_sites_has_the_catalog(catalog):
     assert set(CATALOG) <= set(sites.list_sites())
 
@@ -77,8 +81,9 @@ def test_facility_facts():
     assert (frontier.scheduler, frontier.queue, frontier.qos) == ("slurm", "batch", "normal")
     assert frontier.qos_limits["debug"].production is False
     assert frontier.qos_limits["debug"].jobs_per_user == 1
-    assert [(b.min_nodes, b.max_nodes, b.max_walltime) for b in frontier.queues["batch"].bins][:3] \
-        == [(1, 91, "02:00:00"), (92, 183, "06:00:00"), (184, 1881, "12:00:00")]
+    assert [(b.min_nodes, b.max_nodes, b.max_walltime) for b in frontier.queues["batch"].bins][
+        :3
+    ] == [(1, 91, "02:00:00"), (92, 183, "06:00:00"), (184, 1881, "12:00:00")]
     assert frontier.queues["batch"].max_walltime == "12:00:00"  # the overall maxima stay
     assert frontier.queues["batch"].max_nodes == 9472
     assert (frontier.accelerator.vendor, frontier.accelerator.devices_per_node) == ("rocm", 8)
@@ -91,7 +96,10 @@ def test_facility_facts():
     assert polaris.accelerator.rank_devices == ["0", "1", "2", "3"]  # the workers' convention
     assert polaris.env["TMPDIR"] == "/tmp"
     assert [(b.min_nodes, b.max_walltime) for b in polaris.queues["prod"].bins] == [
-        (10, "03:00:00"), (25, "06:00:00"), (100, "24:00:00")]
+        (10, "03:00:00"),
+        (25, "06:00:00"),
+        (100, "24:00:00"),
+    ]
     assert polaris.container.build is not None and polaris.container.build.on_compute_node
     aurora = sites.load_site("aurora")
     assert aurora.accelerator.device_ids == [str(i) for i in range(12)]
@@ -99,7 +107,9 @@ def test_facility_facts():
     assert aurora.accelerator.env == {"ZE_FLAT_DEVICE_HIERARCHY": "FLAT"}
     assert aurora.local_rank_env == "PALS_LOCAL_RANKID" and aurora.env["TMPDIR"] == "/tmp"
     assert (aurora.queues["capacity"].max_nodes, aurora.queues["capacity"].max_walltime) == (
-        16, "168:00:00")
+        16,
+        "168:00:00",
+    )
     assert not {0, 52, 104, 156} & aurora.node.cpu_set()
     assert aurora.proxy.https == "http://proxy.alcf.anl.gov:3128" and "-k doe" in aurora.directives
     perl = sites.load_site("perlmutter")
@@ -137,12 +147,15 @@ def test_project_directory_comes_from_a_variable(catalog, monkeypatch):
     with pytest.raises(UserError) as info:
         site.require_set("deploy")
     text = info.value.render()
-    assert "frontier.yaml: deploy.remote_root: needs ${CROSSFL_FRONTIER_PROJECT}, which is " \
-           "not set (site frontier) (fix: " in text
+    assert (
+        "frontier.yaml: deploy.remote_root: needs ${CROSSFL_FRONTIER_PROJECT}, which is "
+        "not set (site frontier) (fix: " in text
+    )
     assert "export CROSSFL_FRONTIER_PROJECT=<your OLCF project ID" in text
     assert info.value.file.endswith("frontier.yaml") and "\n" not in text
     site.require_set("account")  # other fields are not held up
     from crossfl.deploy.flow import deployment
+
     with pytest.raises(UserError, match="needs \\$\\{CROSSFL_FRONTIER_PROJECT\\}"):
         with deployment("frontier"):  # stops before connecting to anything
             pass
@@ -158,9 +171,11 @@ def test_project_directory_comes_from_a_variable(catalog, monkeypatch):
 
 # --- per-user values -------------------------------------------------------------------------
 
+
 def test_overrides_file_in_catalog_dir(catalog):
     (catalog / "overrides" / "frontier.yaml").write_text(
-        "account: abc123\ndeploy: {host: myfrontier, data_dir: /lustre/orion/abc123/chem}\n")
+        "account: abc123\ndeploy: {host: myfrontier, data_dir: /lustre/orion/abc123/chem}\n"
+    )
     site = sites.load_site("frontier")
     assert site.account == "abc123"
     assert site.deploy.host == "myfrontier" and site.deploy.data_dir.endswith("/chem")
@@ -200,11 +215,14 @@ def test_unset_env_reference_names_field(catalog, monkeypatch):
 
 def test_project_root_placeholder():
     site = sites.load_site("local-slurm")
-    assert site.fill(site.endpoint.worker_init_default) == \
-        f"source {paths.project_root()}/.venv/bin/activate"
+    assert (
+        site.fill(site.endpoint.worker_init_default)
+        == f"source {paths.project_root()}/.venv/bin/activate"
+    )
 
 
 # --- bad input ---------------------------------------------------------------------------------
+
 
 def test_unknown_site(catalog):
     with pytest.raises(UserError) as info:
@@ -215,30 +233,50 @@ def test_unknown_site(catalog):
     assert "unknown site" in err.message
 
 
-@pytest.mark.parametrize("changes, field, fix_words", [
-    ({"walltime": "2h"}, "walltime", "01:00:00"),
-    ({"walltime": "02:00:00"}, "walltime", "01:00:00"),                 # over polaris debug
-    ({"queue": "gpu"}, "queue", "debug-scaling"),
-    ({"nodes_per_block": 3}, "nodes_per_block", "2"),
-    ({"accelerator__devices_per_node": 0}, "accelerator", "devices_per_node"),
-    ({"accelerator__ids": ["0", "1", "1", "2"]}, "accelerator", "distinct"),
-    ({"endpoint__cpu_affinity": "list:0-7:8-15"}, "endpoint.cpu_affinity", "one list per device"),
-    ({"endpoint__cpu_affinity": "list:0-7:8-15:16-23:24-31"}, "endpoint.cpu_affinity",
-     "not nearest"),
-    ({"queues__debug__source": None}, "queues.debug.source", "cite"),
-    ({"queues__prod__bins": [{"min_nodes": 10, "max_nodes": 30, "max_walltime": "03:00:00"},
-                             {"min_nodes": 25, "max_nodes": 99, "max_walltime": "06:00:00"}]},
-     "queues.prod", "overlap"),
-    ({"queues__debug__unverified": ["walltime"]}, "queues.debug.unverified", "max_walltime"),
-    ({"container__images": {"rocm": "/x/crossfl-rocm.sif"}}, "container.images.cuda",
-     "crossfl-cuda.sif"),
-    ({"directives": ["-l place=scatter", "-Q fast"]}, "directives[1]", "qsub"),
-    ({"directives": ["-l gpus_galore=4"]}, "directives[0]", "resource"),
-    ({"filesystems": ["home", "flare"]}, "filesystems", "eagle"),
-    ({"launcher__type": "srun"}, "launcher.type", "mpiexec"),
-    ({"acount": "typo"}, "acount", "unknown field"),
-    ({"scheduler": "lsf"}, "scheduler", "slurm"),
-])
+@pytest.mark.parametrize(
+    "changes, field, fix_words",
+    [
+        ({"walltime": "2h"}, "walltime", "01:00:00"),
+        ({"walltime": "02:00:00"}, "walltime", "01:00:00"),  # over polaris debug
+        ({"queue": "gpu"}, "queue", "debug-scaling"),
+        ({"nodes_per_block": 3}, "nodes_per_block", "2"),
+        ({"accelerator__devices_per_node": 0}, "accelerator", "devices_per_node"),
+        ({"accelerator__ids": ["0", "1", "1", "2"]}, "accelerator", "distinct"),
+        (
+            {"endpoint__cpu_affinity": "list:0-7:8-15"},
+            "endpoint.cpu_affinity",
+            "one list per device",
+        ),
+        (
+            {"endpoint__cpu_affinity": "list:0-7:8-15:16-23:24-31"},
+            "endpoint.cpu_affinity",
+            "not nearest",
+        ),
+        ({"queues__debug__source": None}, "queues.debug.source", "cite"),
+        (
+            {
+                "queues__prod__bins": [
+                    {"min_nodes": 10, "max_nodes": 30, "max_walltime": "03:00:00"},
+                    {"min_nodes": 25, "max_nodes": 99, "max_walltime": "06:00:00"},
+                ]
+            },
+            "queues.prod",
+            "overlap",
+        ),
+        ({"queues__debug__unverified": ["walltime"]}, "queues.debug.unverified", "max_walltime"),
+        (
+            {"container__images": {"rocm": "/x/crossfl-rocm.sif"}},
+            "container.images.cuda",
+            "crossfl-cuda.sif",
+        ),
+        ({"directives": ["-l place=scatter", "-Q fast"]}, "directives[1]", "qsub"),
+        ({"directives": ["-l gpus_galore=4"]}, "directives[0]", "resource"),
+        ({"filesystems": ["home", "flare"]}, "filesystems", "eagle"),
+        ({"launcher__type": "srun"}, "launcher.type", "mpiexec"),
+        ({"acount": "typo"}, "acount", "unknown field"),
+        ({"scheduler": "lsf"}, "scheduler", "slurm"),
+    ],
+)
 def test_bad_polaris_variants(catalog, changes, field, fix_words):
     write_site(catalog, "bad", "polaris", **changes)
     err = refused(catalog, "bad")
@@ -248,30 +286,45 @@ def test_bad_polaris_variants(catalog, changes, field, fix_words):
     assert "Traceback" not in err.render()
 
 
-@pytest.mark.parametrize("base, changes, field, words", [
-    ("frontier", {"walltime": "30:00:00"}, "walltime", "02:00:00 for 1-91 nodes"),
-    ("frontier", {"launcher__options": "-c 7"}, "launcher.options", "cpus_per_node"),
-    ("frontier", {"cpus_per_node": None}, "cpus_per_node", "share"),
-    ("frontier", {"endpoint__cpu_affinity": "list:48-55:56-63:16-23:24-31:0-7:8-15:32-39:40-47"},
-     "endpoint.cpu_affinity", "may not use"),
-    ("aurora", {"queue": "prod"}, "nodes_per_block", "256"),
-    ("aurora", {"queue": "debug", "max_blocks": 2}, "max_blocks", "any state"),
-    ("perlmutter", {"container__images": {"cuda": "/x/crossfl-cuda.sif"}}, "container.images.cuda",
-     "by name"),
-    ("perlmutter", {"env": {"A": "two words"}}, "env", "podman-hpc run -e"),
-    ("perlmutter", {"container__env": {"HF_HOME": "/x/{y}"}}, "container", "brace"),
-    ("polaris", {"queues__debug__part": {"cpus": 8}, "queues__debug__max_nodes": 1}, "queues",
-     "whole nodes"),
-    ("frontier", {"directives": ["--gpus-per-nod=8"]}, "directives[0]", "sbatch has no option"),
-    ("frontier", {"filesystems": ["home"]}, "filesystems", "PBS"),
-    ("perlmutter", {"qos": "debug", "walltime": "01:00:00"}, "walltime", "00:30:00"),
-    ("local", {"accelerator__devices_per_node": 2}, "accelerator", "vendor 'none'"),
-    ("local", {"launcher__type": "srun"}, "launcher.type", "single"),
-    ("aurora", {"accelerator__ids": ["0"]}, "accelerator", "make them match"),
-    ("aurora", {"filesystems": ["home", "eagle"]}, "filesystems", "flare"),
-    ("aurora", {"min_blocks": 3}, "max_blocks", "raise it"),
-    ("polaris", {"accelerator__bind": "scheduler"}, "accelerator.bind", "local-rank"),
-])
+@pytest.mark.parametrize(
+    "base, changes, field, words",
+    [
+        ("frontier", {"walltime": "30:00:00"}, "walltime", "02:00:00 for 1-91 nodes"),
+        ("frontier", {"launcher__options": "-c 7"}, "launcher.options", "cpus_per_node"),
+        ("frontier", {"cpus_per_node": None}, "cpus_per_node", "share"),
+        (
+            "frontier",
+            {"endpoint__cpu_affinity": "list:48-55:56-63:16-23:24-31:0-7:8-15:32-39:40-47"},
+            "endpoint.cpu_affinity",
+            "may not use",
+        ),
+        ("aurora", {"queue": "prod"}, "nodes_per_block", "256"),
+        ("aurora", {"queue": "debug", "max_blocks": 2}, "max_blocks", "any state"),
+        (
+            "perlmutter",
+            {"container__images": {"cuda": "/x/crossfl-cuda.sif"}},
+            "container.images.cuda",
+            "by name",
+        ),
+        ("perlmutter", {"env": {"A": "two words"}}, "env", "podman-hpc run -e"),
+        ("perlmutter", {"container__env": {"HF_HOME": "/x/{y}"}}, "container", "brace"),
+        (
+            "polaris",
+            {"queues__debug__part": {"cpus": 8}, "queues__debug__max_nodes": 1},
+            "queues",
+            "whole nodes",
+        ),
+        ("frontier", {"directives": ["--gpus-per-nod=8"]}, "directives[0]", "sbatch has no option"),
+        ("frontier", {"filesystems": ["home"]}, "filesystems", "PBS"),
+        ("perlmutter", {"qos": "debug", "walltime": "01:00:00"}, "walltime", "00:30:00"),
+        ("local", {"accelerator__devices_per_node": 2}, "accelerator", "vendor 'none'"),
+        ("local", {"launcher__type": "srun"}, "launcher.type", "single"),
+        ("aurora", {"accelerator__ids": ["0"]}, "accelerator", "make them match"),
+        ("aurora", {"filesystems": ["home", "eagle"]}, "filesystems", "flare"),
+        ("aurora", {"min_blocks": 3}, "max_blocks", "raise it"),
+        ("polaris", {"accelerator__bind": "scheduler"}, "accelerator.bind", "local-rank"),
+    ],
+)
 def test_bad_other_sites(catalog, base, changes, field, words):
     write_site(catalog, "bad", base, **changes)
     err = refused(catalog, "bad")
@@ -280,8 +333,14 @@ def test_bad_other_sites(catalog, base, changes, field, words):
 
 
 def test_several_bad_fields_one_message_each(catalog):
-    write_site(catalog, "bad", "frontier", walltime="forever", nodes_per_block=0,
-               accelerator__vendor="nvidia")
+    write_site(
+        catalog,
+        "bad",
+        "frontier",
+        walltime="forever",
+        nodes_per_block=0,
+        accelerator__vendor="nvidia",
+    )
     err = refused(catalog, "bad")
     lines = err.message.splitlines()
     assert lines[0] == "invalid site:"
@@ -344,11 +403,15 @@ def test_jinja_markup_in_a_passthrough_value_is_refused(catalog):
 def test_cli_reports_errors_without_traceback(catalog):
     import subprocess
     import sys
+
     write_site(catalog, "bad", "polaris", walltime="2h")
-    proc = subprocess.run([sys.executable, "-c", "from crossfl.cli import main; main()",
-                           "render", "bad"], capture_output=True, text=True,
-                          cwd=catalog.parents[1], env={**__import__("os").environ,
-                                                       "CROSSFL_ROOT": str(catalog.parents[1])})
+    proc = subprocess.run(
+        [sys.executable, "-c", "from crossfl.cli import main; main()", "render", "bad"],
+        capture_output=True,
+        text=True,
+        cwd=catalog.parents[1],
+        env={**__import__("os").environ, "CROSSFL_ROOT": str(catalog.parents[1])},
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "bad.yaml: walltime:" in " ".join(proc.stderr.split())
@@ -365,6 +428,7 @@ def test_cli_sites_table_and_render_all(catalog, tmp_path):
     from typer.testing import CliRunner
 
     from crossfl.cli import sites as cli_sites
+
     app = typer.Typer()
     cli_sites.register(app)
     runner = CliRunner()

@@ -48,8 +48,9 @@ def test_client_job(slurm_cluster, local_slurm, tmp_path):
         pytest.skip("crossfl.client has no `python -m crossfl.client run-task TASK OUT` entry yet")
     task = tmp_path / "task.json"
     task.write_text(json.dumps({"task": "describe"}))
-    job = slurm_cluster.sbatch(local_slurm / "batch" / "client.sh", str(task), "result.json",
-                               cwd=tmp_path)
+    job = slurm_cluster.sbatch(
+        local_slurm / "batch" / "client.sh", str(task), "result.json", cwd=tmp_path
+    )
     state, code = slurm_cluster.wait(job, timeout=150)
     out = _output(tmp_path, "crossfl-client-local-slurm-*.out")
     assert (state, code) == ("COMPLETED", "0:0"), out
@@ -64,8 +65,11 @@ def test_engine_runs_a_task_through_a_pilot_job(slurm_cluster, local_slurm, tmp_
     # One worker's device, as Parsl's worker pool set it from available_accelerators.
     visible = run_on_engine(engine, tmp_path, os.getenv, "CUDA_VISIBLE_DEVICES", timeout=150)
     assert visible in {"0", "1", "2", "3"}
-    pilots = [p.read_text() for p in (tmp_path / "submit_scripts").iterdir()
-              if p.is_file() and "#SBATCH" in p.read_text()]
+    pilots = [
+        p.read_text()
+        for p in (tmp_path / "submit_scripts").iterdir()
+        if p.is_file() and "#SBATCH" in p.read_text()
+    ]
     assert len(pilots) == 1, "expected one pilot job script"
     assert "#SBATCH --partition=debug" in pilots[0] and "--gpus-per-node=4" in pilots[0]
 
@@ -75,12 +79,25 @@ def test_facility_headers_pass_real_sbatch(slurm_cluster, name, tmp_path):
     """Real sbatch parses every #SBATCH line of the facility scripts (--test-only schedules
     nothing). The command line swaps in what this one-node cluster has: partition, GPU count."""
     import subprocess
+
     overrides = Path(__file__).parent / "golden" / "overrides" / f"{name}.yaml"
     out = render.render_site(sites.load_site(name, overrides=overrides), tmp_path / "sites")
     for script in sorted((out / "batch").glob("*.sh")):
         proc = subprocess.run(
-            ["sbatch", "--test-only", "--partition=debug", "--gpus-per-node=4",
-             "--ntasks-per-node=4", "--cpus-per-task=2", str(script)],
-            cwd=tmp_path, capture_output=True, text=True, env=slurm_cluster.env(), timeout=30)
+            [
+                "sbatch",
+                "--test-only",
+                "--partition=debug",
+                "--gpus-per-node=4",
+                "--ntasks-per-node=4",
+                "--cpus-per-task=2",
+                str(script),
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=slurm_cluster.env(),
+            timeout=30,
+        )
         assert proc.returncode == 0, f"{script.name}: {proc.stderr}"
         assert "to start at" in proc.stderr, proc.stderr

@@ -11,8 +11,15 @@ from crossfl.errors import UserError
 from crossfl.server.strategies import ClientPlan, Update, get_strategy, known_names
 
 
-def upd(site: str, values: list[float], n: int = 1, base: int = 0, steps: int = 10,
-        train: float | None = None, wait: float | None = None) -> Update:
+def upd(
+    site: str,
+    values: list[float],
+    n: int = 1,
+    base: int = 0,
+    steps: int = 10,
+    train: float | None = None,
+    wait: float | None = None,
+) -> Update:
     return Update(site, torch.tensor(values, dtype=torch.float32), n, base, steps, train, wait)
 
 
@@ -112,28 +119,37 @@ def test_fedadam_first_step_by_hand() -> None:
     out = s.aggregate(torch.zeros(1), [upd("a", [2.0])], 0)
     m = 0.5 * 2.0  # (1 - b1) delta
     v = 0.75 * 0.25 + 0.25 * 4.0  # b2 tau^2 + (1 - b2) delta^2
-    assert out.item() == pytest.approx(0.1 * m / (v ** 0.5 + 0.5))
+    assert out.item() == pytest.approx(0.1 * m / (v**0.5 + 0.5))
 
 
 def test_fedyogi_second_moment_by_hand() -> None:
     s = get_strategy("fedyogi", server_lr=0.1, beta1=0.5, beta2=0.75, tau=0.5)
     out = s.aggregate(torch.zeros(1), [upd("a", [2.0])], 0)
     v = 0.25 - 0.25 * 4.0 * -1.0  # v - (1-b2) d^2 sign(v - d^2), v - d^2 < 0
-    assert out.item() == pytest.approx(0.1 * 1.0 / (v ** 0.5 + 0.5))
+    assert out.item() == pytest.approx(0.1 * 1.0 / (v**0.5 + 0.5))
 
 
-@pytest.mark.parametrize(("name", "kwargs"), [
-    ("fedavgm", {"momentum": 0.9}),
-    ("fedadam", {"server_lr": 0.1}),
-    ("fedyogi", {"server_lr": 0.1}),
-])
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("fedavgm", {"momentum": 0.9}),
+        ("fedadam", {"server_lr": 0.1}),
+        ("fedyogi", {"server_lr": 0.1}),
+    ],
+)
 def test_server_optimizer_state_round_trip(name: str, kwargs: dict) -> None:
     gen = torch.Generator().manual_seed(0)
     a = get_strategy(name, **kwargs)
     g = torch.randn(16, generator=gen)
     for v in range(2):
-        g = a.aggregate(g, [upd("x", torch.randn(16, generator=gen).tolist(), n=3, base=v),
-                            upd("y", torch.randn(16, generator=gen).tolist(), n=1, base=v)], v)
+        g = a.aggregate(
+            g,
+            [
+                upd("x", torch.randn(16, generator=gen).tolist(), n=3, base=v),
+                upd("y", torch.randn(16, generator=gen).tolist(), n=1, base=v),
+            ],
+            v,
+        )
     b = get_strategy(name, **kwargs)
     b.load_state_dict(a.state_dict())
     nxt = [upd("x", torch.randn(16, generator=gen).tolist())]
@@ -147,14 +163,17 @@ def test_server_optimizer_state_round_trip(name: str, kwargs: dict) -> None:
 # ---------------------------------------------------------------- staleness
 
 
-@pytest.mark.parametrize(("kwargs", "u", "expected"), [
-    ({"staleness_fn": "constant"}, 7, 1.0),
-    ({"staleness_fn": "polynomial", "a": 0.5}, 3, 0.5),  # (3+1)^-0.5
-    ({"staleness_fn": "hinge", "a": 2.0, "b": 2}, 2, 1.0),
-    ({"staleness_fn": "hinge", "a": 2.0, "b": 2}, 4, 0.2),  # 1 / (2*2 + 1)
-    ({"staleness_fn": "harmonic", "a": 0.5}, 2, 0.5),
-    ({"staleness_fn": "exponential", "a": 0.5}, 2, 0.36787944117144233),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "u", "expected"),
+    [
+        ({"staleness_fn": "constant"}, 7, 1.0),
+        ({"staleness_fn": "polynomial", "a": 0.5}, 3, 0.5),  # (3+1)^-0.5
+        ({"staleness_fn": "hinge", "a": 2.0, "b": 2}, 2, 1.0),
+        ({"staleness_fn": "hinge", "a": 2.0, "b": 2}, 4, 0.2),  # 1 / (2*2 + 1)
+        ({"staleness_fn": "harmonic", "a": 0.5}, 2, 0.5),
+        ({"staleness_fn": "exponential", "a": 0.5}, 2, 0.36787944117144233),
+    ],
+)
 def test_staleness_functions(kwargs: dict, u: int, expected: float) -> None:
     s = get_strategy("fedasync", alpha=1.0, **kwargs)
     g = s.aggregate(torch.zeros(1), [upd("a", [1.0], base=0)], u)  # u versions behind
@@ -173,8 +192,9 @@ def test_fedasync_mixes_with_alpha_and_weights() -> None:
     s = get_strategy("fedasync", alpha=0.5)
     s.register_sites({"a": 1, "b": 3})
     # equal weights: 1 / num_sites, as APPFL's 1 / num_clients
-    assert torch.equal(s.aggregate(torch.tensor([0.0]), [upd("a", [4.0])], 0),
-                       torch.tensor([1.0]))  # 0.5 * 1/2 of the way to 4
+    assert torch.equal(
+        s.aggregate(torch.tensor([0.0]), [upd("a", [4.0])], 0), torch.tensor([1.0])
+    )  # 0.5 * 1/2 of the way to 4
     w = get_strategy("fedasync", alpha=1.0, weighting="num_samples")
     w.register_sites({"a": 1, "b": 3})
     out = w.aggregate(torch.tensor([0.0]), [upd("a", [4.0], n=1)], 0)  # a's share is 1/4
@@ -271,8 +291,9 @@ class Clock:
 
 
 def compass(sites: tuple[str, ...] = ("a", "b"), **kwargs: object):  # type: ignore[no-untyped-def]
-    s = get_strategy("fedcompass", min_local_steps=5, max_local_steps=50,
-                     speed_momentum=1.0, **kwargs)
+    s = get_strategy(
+        "fedcompass", min_local_steps=5, max_local_steps=50, speed_momentum=1.0, **kwargs
+    )
     s.register_sites({site: 1 for site in sites})
     clock = Clock()
     s.clock = clock  # type: ignore[attr-defined]
@@ -382,8 +403,17 @@ def test_fedcompass_bad_bounds() -> None:
 
 
 def queue(**kwargs: object):  # type: ignore[no-untyped-def]
-    return get_strategy("fedqueue", t_sync=100.0, theta=10.0, q_init=0.0, beta_queue=1.0,
-                        alpha_compute=1.0, alpha_admission=0.2, warm_up_steps=2, **kwargs)
+    return get_strategy(
+        "fedqueue",
+        t_sync=100.0,
+        theta=10.0,
+        q_init=0.0,
+        beta_queue=1.0,
+        alpha_compute=1.0,
+        alpha_admission=0.2,
+        warm_up_steps=2,
+        **kwargs,
+    )
 
 
 def test_fedqueue_sizes_steps_from_queue_and_step_time() -> None:
@@ -391,8 +421,14 @@ def test_fedqueue_sizes_steps_from_queue_and_step_time() -> None:
     plan = ClientPlan(local_steps=5, lr=0.1)
     assert s.configure("fast", 0, plan) == ClientPlan(2, 0.1)  # warm-up before measuring
     g = torch.zeros(1)
-    s.aggregate(g, [upd("fast", [1.0], steps=10, train=10.0, wait=10.0),
-                    upd("slow", [1.0], steps=10, train=40.0, wait=30.0)], 0)
+    s.aggregate(
+        g,
+        [
+            upd("fast", [1.0], steps=10, train=10.0, wait=10.0),
+            upd("slow", [1.0], steps=10, train=40.0, wait=30.0),
+        ],
+        0,
+    )
     fast, slow = s.configure("fast", 1, plan), s.configure("slow", 1, plan)
     assert fast.local_steps == 60  # floor((100 - 10 - 10) / 1) = 80, capped at 60
     assert slow.local_steps == 15  # floor((100 - 30 - 10) / 4)
@@ -416,16 +452,20 @@ def test_fedqueue_late_update_merges_into_next_round() -> None:
 def test_fedqueue_exponential_staleness_by_hand() -> None:
     """APPFL 1.12's exponential FedQueue staleness raises TypeError, so no oracle: by hand."""
     s = queue(staleness_fn="exponential", beta=0.5)
-    out = s.aggregate(torch.zeros(1), [upd("a", [2.0], n=1, base=3, wait=5.0),
-                                       upd("b", [8.0], n=1, base=1, wait=5.0)], 3)
+    out = s.aggregate(
+        torch.zeros(1),
+        [upd("a", [2.0], n=1, base=3, wait=5.0), upd("b", [8.0], n=1, base=1, wait=5.0)],
+        3,
+    )
     p = math.exp(-0.5 * 2)  # b is two versions behind
     assert out.item() == pytest.approx((2.0 + p * 8.0) / (1.0 + p))
 
 
 def test_fedqueue_uses_late_updates_when_nothing_was_admitted() -> None:
     s = queue()
-    out = s.aggregate(torch.zeros(1), [upd("a", [2.0], n=1, wait=50.0),
-                                       upd("b", [4.0], n=3, wait=60.0)], 0)
+    out = s.aggregate(
+        torch.zeros(1), [upd("a", [2.0], n=1, wait=50.0), upd("b", [4.0], n=3, wait=60.0)], 0
+    )
     assert torch.equal(out, torch.tensor([3.5]))
 
 
@@ -456,8 +496,9 @@ def test_is_async_by_name() -> None:
         is_async("fedprox")
 
 
-@pytest.mark.parametrize("name", ["fedavgm", "fedadam", "fedyogi", "fedasync", "fedbuff",
-                                  "fedcompass", "fedqueue"])
+@pytest.mark.parametrize(
+    "name", ["fedavgm", "fedadam", "fedyogi", "fedasync", "fedbuff", "fedcompass", "fedqueue"]
+)
 def test_state_survives_a_weights_only_checkpoint(name: str) -> None:
     """Checkpoints are torch.save'd and loaded with weights_only=True: plain types only."""
     import io

@@ -14,19 +14,45 @@ from typer.testing import CliRunner
 from crossfl.errors import UserError
 from crossfl.tiny_model import TinyModelSpec, build_tiny
 
-SMALL = TinyModelSpec(vocab_size=300, hidden_size=32, num_layers=1, num_heads=2,
-                      intermediate_size=64, max_position=64, pretrain_steps=4, pretrain_batch=2,
-                      pretrain_seq_len=16, seed=3, threads=1)
-MOLECULES = [("CCO", "C2H6O"), ("CC(=O)O", "C2H4O2"), ("c1ccccc1", "C6H6"), ("CCN", "C2H7N"),
-             ("CC(C)O", "C3H8O"), ("OCCO", "C2H6O2"), ("C1CCCCC1", "C6H12"), ("CCCl", "C2H5Cl")]
+SMALL = TinyModelSpec(
+    vocab_size=300,
+    hidden_size=32,
+    num_layers=1,
+    num_heads=2,
+    intermediate_size=64,
+    max_position=64,
+    pretrain_steps=4,
+    pretrain_batch=2,
+    pretrain_seq_len=16,
+    seed=3,
+    threads=1,
+)
+MOLECULES = [
+    ("CCO", "C2H6O"),
+    ("CC(=O)O", "C2H4O2"),
+    ("c1ccccc1", "C6H6"),
+    ("CCN", "C2H7N"),
+    ("CC(C)O", "C3H8O"),
+    ("OCCO", "C2H6O2"),
+    ("C1CCCCC1", "C6H12"),
+    ("CCCl", "C2H5Cl"),
+]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny") / "train.jsonl"
-    rows = [{"input": f"What is the molecular formula of <SMILES> {s} </SMILES> ?",
-             "output": f"<MOLFORMULA> {f} </MOLFORMULA>", "raw_input": s, "raw_output": f,
-             "task": "name_conversion-s2f", "split": "train"} for s, f in MOLECULES * 4]
+    rows = [
+        {
+            "input": f"What is the molecular formula of <SMILES> {s} </SMILES> ?",
+            "output": f"<MOLFORMULA> {f} </MOLFORMULA>",
+            "raw_input": s,
+            "raw_output": f,
+            "task": "name_conversion-s2f",
+            "split": "train",
+        }
+        for s, f in MOLECULES * 4
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
 
@@ -58,8 +84,9 @@ def test_build_is_deterministic(data: Path, tmp_path: Path) -> None:
     build_tiny(data, tmp_path / "b", SMALL)
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == \
-        (tmp_path / "b" / "tokenizer.json").read_bytes()
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (
+        tmp_path / "b" / "tokenizer.json"
+    ).read_bytes()
     c = _weights(Path(build_tiny(data, tmp_path / "c", SMALL.model_copy(update={"seed": 4})).out))
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
@@ -102,10 +129,29 @@ def test_cli_build_tiny(data: Path, tmp_path: Path) -> None:
     app = typer.Typer()
     register(app)
     out = tmp_path / "cli-model"
-    result = CliRunner().invoke(app, [
-        "model", "build-tiny", "--data", str(data), "--out", str(out), "--vocab-size", "300",
-        "--hidden-size", "32", "--layers", "1", "--heads", "2", "--intermediate-size", "64",
-        "--pretrain-steps", "2"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "model",
+            "build-tiny",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--vocab-size",
+            "300",
+            "--hidden-size",
+            "32",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--intermediate-size",
+            "64",
+            "--pretrain-steps",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "parameters" in result.output and "on disk" in result.output
     assert AutoTokenizer.from_pretrained(out).pad_token == "<pad>"

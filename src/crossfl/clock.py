@@ -26,8 +26,17 @@ from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, 
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-__all__ = ["ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "REAL_CLOCK", "Clock", "RealClock",
-           "SimulationStalled", "VirtualClock", "bind_strategy_clock"]
+__all__ = [
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "REAL_CLOCK",
+    "Clock",
+    "RealClock",
+    "SimulationStalled",
+    "VirtualClock",
+    "bind_strategy_clock",
+]
 
 
 class Waited(NamedTuple):
@@ -48,8 +57,9 @@ class Clock(Protocol):
         """Seconds since the epoch (real) or since the simulation began (virtual)."""
         ...
 
-    def wait(self, fs: Iterable[Future], timeout: float | None = None,
-             return_when: str = ALL_COMPLETED) -> Waited:
+    def wait(
+        self, fs: Iterable[Future], timeout: float | None = None, return_when: str = ALL_COMPLETED
+    ) -> Waited:
         """``concurrent.futures.wait``."""
         ...
 
@@ -72,8 +82,9 @@ class RealClock:
     def now(self) -> float:
         return time.time()
 
-    def wait(self, fs: Iterable[Future], timeout: float | None = None,
-             return_when: str = ALL_COMPLETED) -> Waited:
+    def wait(
+        self, fs: Iterable[Future], timeout: float | None = None, return_when: str = ALL_COMPLETED
+    ) -> Waited:
         done, not_done = cf.wait(fs, timeout=timeout, return_when=return_when)
         return Waited(done, not_done)
 
@@ -166,8 +177,9 @@ class VirtualClock:
         self.run_until(self._now + max(0.0, seconds))
 
     # -- waiting -------------------------------------------------------------------
-    def wait(self, fs: Iterable[Future], timeout: float | None = None,
-             return_when: str = ALL_COMPLETED) -> Waited:
+    def wait(
+        self, fs: Iterable[Future], timeout: float | None = None, return_when: str = ALL_COMPLETED
+    ) -> Waited:
         futures = list(fs)
         deadline = None if timeout is None else self._now + max(0.0, timeout)
         while not _satisfied(futures, return_when):
@@ -178,7 +190,8 @@ class VirtualClock:
                     raise SimulationStalled(
                         f"waiting without a timeout for {pending} future(s) that no "
                         f"scheduled event completes (were they made by a simulated "
-                        f"executor on this clock?)")
+                        f"executor on this clock?)"
+                    )
                 self._now = max(self._now, deadline)
                 break
             self._run_next()

@@ -61,11 +61,17 @@ def load_engine_config(user_config_yaml: str, *, source: str) -> t.Any:
     try:
         config = load_config_yaml(user_config_yaml)
     except click.ClickException as exc:
-        raise UserError(exc.format_message(), file=source,
-                        fix="fix the site's template or options and render again") from None
+        raise UserError(
+            exc.format_message(),
+            file=source,
+            fix="fix the site's template or options and render again",
+        ) from None
     if getattr(config, "engine", None) is None:
-        raise UserError("the config has no `engine:`; it is a core endpoint config", file=source,
-                        fix="pass the rendered user config, not config.yaml")
+        raise UserError(
+            "the config has no `engine:`; it is a core endpoint config",
+            file=source,
+            fix="pass the rendered user config, not config.yaml",
+        )
     return config
 
 
@@ -84,8 +90,14 @@ class LocalEngineExecutor(Executor):
     ``user_config``: the rendered user endpoint config (YAML), or that config already loaded
     with :func:`load_engine_config`."""
 
-    def __init__(self, site: str, user_config: str | t.Any, run_dir: pathlib.Path, *,
-                 source: str = "user_config.yaml") -> None:
+    def __init__(
+        self,
+        site: str,
+        user_config: str | t.Any,
+        run_dir: pathlib.Path,
+        *,
+        source: str = "user_config.yaml",
+    ) -> None:
         self.site = site
         self.endpoint_id = uuid.uuid4()
         # Sent with each task, as the SDK Executor's attribute of the same name is: the MPI
@@ -94,7 +106,11 @@ class LocalEngineExecutor(Executor):
         self._serializer = code_serializer()
         self._lock = threading.Lock()
         self._closed = False
-        config = load_engine_config(user_config, source=source) if isinstance(user_config, str) else user_config
+        config = (
+            load_engine_config(user_config, source=source)
+            if isinstance(user_config, str)
+            else user_config
+        )
         ensure_endpoint_tools_on_path()
         self._engine = config.engine
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -104,7 +120,9 @@ class LocalEngineExecutor(Executor):
             self._shutdown_engine()
             raise
 
-    def pack(self, fn: t.Callable[..., t.Any], args: tuple, kwargs: dict) -> tuple[uuid.UUID, bytes]:
+    def pack(
+        self, fn: t.Callable[..., t.Any], args: tuple, kwargs: dict
+    ) -> tuple[uuid.UUID, bytes]:
         from globus_compute_common import messagepack
         from globus_compute_common.messagepack.message_types import Task
 
@@ -115,7 +133,8 @@ class LocalEngineExecutor(Executor):
         if len(packed) > MAX_SUBMISSION_BYTES:
             raise PayloadTooLarge(
                 f"task for site {self.site} is {len(packed) / 1e6:.1f} MB packed; Globus Compute "
-                f"accepts at most {MAX_SUBMISSION_BYTES / 1e6:.0f} MB per submission")
+                f"accepts at most {MAX_SUBMISSION_BYTES / 1e6:.0f} MB per submission"
+            )
         return task_id, packed
 
     def submit(self, fn: t.Callable[..., t.Any], /, *args: t.Any, **kwargs: t.Any) -> Future:
@@ -128,8 +147,11 @@ class LocalEngineExecutor(Executor):
             outer: Future = Future()
             engine_future = GCFuture(task_id)
             engine_future.add_done_callback(lambda f: self._resolve(f, outer))
-            self._engine.submit(engine_future, packed,
-                                resource_specification=dict(self.resource_specification or {}))
+            self._engine.submit(
+                engine_future,
+                packed,
+                resource_specification=dict(self.resource_specification or {}),
+            )
             return outer
 
     def _resolve(self, engine_future: Future, outer: Future) -> None:
@@ -180,10 +202,15 @@ def sdk_executor_class() -> type[Executor]:
     return GlobusComputeExecutor
 
 
-def remote_executor(endpoint_id: str, user_endpoint_config: dict[str, t.Any] | None = None,
-                    label: str = "crossfl") -> Executor:
+def remote_executor(
+    endpoint_id: str, user_endpoint_config: dict[str, t.Any] | None = None, label: str = "crossfl"
+) -> Executor:
     """A deployed facility, through the Globus Compute SDK (interactive login once, or the
     GLOBUS_COMPUTE_CLIENT_ID / GLOBUS_COMPUTE_CLIENT_SECRET client credentials)."""
     cls = sdk_executor_class()
-    return cls(endpoint_id=endpoint_id, user_endpoint_config=user_endpoint_config or None,
-               label=label, serializer=code_serializer())
+    return cls(
+        endpoint_id=endpoint_id,
+        user_endpoint_config=user_endpoint_config or None,
+        label=label,
+        serializer=code_serializer(),
+    )

@@ -11,8 +11,14 @@ class UserError(Exception):
     The CLI prints it as one line and exits non-zero, with no traceback.
     """
 
-    def __init__(self, message: str, *, file: str | Path | None = None,
-                 field: str | None = None, fix: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | Path | None = None,
+        field: str | None = None,
+        fix: str | None = None,
+    ) -> None:
         self.message = message
         self.file = str(file) if file is not None else None
         self.field = field

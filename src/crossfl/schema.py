@@ -65,8 +65,7 @@ class Problem:
     input: Any = None
 
 
-def problems(exc: ValidationError, *, schema: str = "the schema",
-             raw: Any = None) -> list[Problem]:
+def problems(exc: ValidationError, *, schema: str = "the schema", raw: Any = None) -> list[Problem]:
     """Each error of `exc` as (field, message, fix). A ValueError raised as "what: fix" is
     split there; a FieldError moves to its own field. `schema` names where the fields are
     documented (for unknown fields); `raw`, the document validated, names list items."""
@@ -83,8 +82,10 @@ def problems(exc: ValidationError, *, schema: str = "the schema",
         elif kind == "missing":
             msg, fix = "required field is missing", f"add {field}"
         elif kind == "literal_error":
-            msg, fix = f"{e.get('input')!r} is not allowed", "use " + msg.removeprefix(
-                "Input should be ")
+            msg, fix = (
+                f"{e.get('input')!r} is not allowed",
+                "use " + msg.removeprefix("Input should be "),
+            )
         elif kind == "value_error" and ": " in msg:
             msg, _, fix = msg.rpartition(": ")
         elif kind == "union_tag_invalid":
@@ -92,15 +93,23 @@ def problems(exc: ValidationError, *, schema: str = "the schema",
             key = str(ctx.get("discriminator", "")).strip("'")
             tags = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",")]
             msg = f"unknown {key} {ctx.get('tag')!r}"
-            fix = f"use {key}: " + (", ".join(tags[:-1]) + " or " + tags[-1] if len(tags) > 1
-                                    else tags[0])
+            fix = f"use {key}: " + (
+                ", ".join(tags[:-1]) + " or " + tags[-1] if len(tags) > 1 else tags[0]
+            )
         out.append(Problem(field, msg, fix, kind, e.get("input")))
     return out
 
 
-def user_error(exc: ValidationError, *, file: str | Path | None = None, field_prefix: str = "",
-               schema: str = "the schema", what: str | None = None,
-               fix: str | None = None, raw: Any = None) -> UserError:
+def user_error(
+    exc: ValidationError,
+    *,
+    file: str | Path | None = None,
+    field_prefix: str = "",
+    schema: str = "the schema",
+    what: str | None = None,
+    fix: str | None = None,
+    raw: Any = None,
+) -> UserError:
     """The first problem of `exc` as one UserError (the others are counted). `field_prefix`
     places the model inside a larger document (e.g. "strategy.kwargs"); `what` says what the
     whole is, e.g. "deploy state is unreadable" -> "deploy state is unreadable (<problem>)".
@@ -113,5 +122,6 @@ def user_error(exc: ValidationError, *, file: str | Path | None = None, field_pr
     if what:
         message = f"{what} ({message})"
     got = "" if isinstance(first.input, dict | list) else f"got {first.input!r}; "
-    return UserError(message, file=file, field=field,
-                     fix=fix or first.fix or f"{got}correct the value")
+    return UserError(
+        message, file=file, field=field, fix=fix or first.fix or f"{got}correct the value"
+    )

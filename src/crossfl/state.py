@@ -28,6 +28,7 @@ def now() -> datetime:
 
 class ImageState(StrictModel):
     """The container image in place at the site (its sha256 taken there with sha256sum)."""
+
     arch: str
     source: Literal["upload", "build", "pull"] = "upload"
     # What it was placed from, as `<image>.origin` says there: "pull <ref>", "build <key of the
@@ -45,6 +46,7 @@ class ImageState(StrictModel):
 class BuildJob(StrictModel):
     """An image build started at the site and not yet verified: the next deploy waits for
     it instead of starting another."""
+
     where: Literal["login", "batch"]
     job_id: str  # the scheduler's job id, or the process id on the login node
     host: str | None = None  # the login node running it (login builds)
@@ -55,6 +57,7 @@ class BuildJob(StrictModel):
 
 class DataState(StrictModel):
     """Site-local data uploaded with `crossfl deploy SITE --data PATH`."""
+
     local_path: str
     remote_path: str
     sha256: str  # digest of the file, or of the sorted per-file digests of a directory
@@ -122,8 +125,12 @@ def load_state(site: str) -> DeployState | None:
     try:
         return DeployState.model_validate_json(text)
     except ValidationError as exc:
-        raise user_error(exc, file=path, what="deploy state is unreadable",
-                         fix=f"delete it and run `crossfl deploy {site}` again") from None
+        raise user_error(
+            exc,
+            file=path,
+            what="deploy state is unreadable",
+            fix=f"delete it and run `crossfl deploy {site}` again",
+        ) from None
 
 
 def save_state(state: DeployState) -> Path:
@@ -136,10 +143,15 @@ def require_endpoint_id(site: str) -> str:
     """The registered endpoint UUID of `site`; a UserError saying what to run otherwise."""
     state = load_state(site)
     if state is None:
-        raise UserError(f"site {site} was never deployed", file=state_path(site),
-                        fix=f"run `make deploy SITE={site}`")
+        raise UserError(
+            f"site {site} was never deployed",
+            file=state_path(site),
+            fix=f"run `make deploy SITE={site}`",
+        )
     if not state.endpoint.endpoint_id:
-        raise UserError(f"site {site} has no registered endpoint (phase: {state.phase})",
-                        file=state_path(site),
-                        fix=f"run `crossfl deploy {site}` where the Globus service is reachable")
+        raise UserError(
+            f"site {site} has no registered endpoint (phase: {state.phase})",
+            file=state_path(site),
+            fix=f"run `crossfl deploy {site}` where the Globus service is reachable",
+        )
     return state.endpoint.endpoint_id

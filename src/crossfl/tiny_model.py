@@ -56,8 +56,10 @@ class TinyModelSpec(StrictModel):
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> TinyModelSpec:
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden size {self.hidden_size} is not a multiple of the "
-                             f"number of heads {self.num_heads}")
+            raise ValueError(
+                f"hidden size {self.hidden_size} is not a multiple of the "
+                f"number of heads {self.num_heads}"
+            )
         return self
 
 
@@ -70,8 +72,11 @@ def make_spec(**values: object) -> TinyModelSpec:
         return TinyModelSpec.model_validate(values)
     except ValidationError as exc:
         first = problems(exc)[0]
-        name = _OPTION_NAMES.get(first.field, "--" + first.field.replace("_", "-")) \
-            if first.field else None
+        name = (
+            _OPTION_NAMES.get(first.field, "--" + first.field.replace("_", "-"))
+            if first.field
+            else None
+        )
         raise UserError(first.message, field=name) from None
 
 
@@ -89,38 +94,60 @@ class TinyModelSummary(BaseModel):
 def _corpus(data: Path, max_records: int | None) -> tuple[list[str], list[str]]:
     """Instructions and answers of the training file, as two lists of documents."""
     if not data.exists():
-        raise UserError("training data does not exist", file=data,
-                        fix="run `make data` (or `crossfl data build-chem --out DIR`) first")
+        raise UserError(
+            "training data does not exist",
+            file=data,
+            fix="run `make data` (or `crossfl data build-chem --out DIR`) first",
+        )
     records = load_jsonl(data, limit=max_records)
     if not records:
-        raise UserError("the training file holds no records", file=data,
-                        fix="rebuild it with `make data`")
+        raise UserError(
+            "the training file holds no records", file=data, fix="rebuild it with `make data`"
+        )
     return [r.input for r in records], [r.output for r in records]
 
 
-def train_tokenizer(texts: Sequence[str], vocab_size: int,
-                    max_length: int) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    texts: Sequence[str], vocab_size: int, max_length: int
+) -> PreTrainedTokenizerFast:
     """Byte-level BPE (every string encodes, decoding is exact) with pad/bos/eos specials."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, BOS, EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  min_frequency=2, show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, BOS, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        min_frequency=2,
+        show_progress=False,
+    )
     tok.train_from_iterator(list(texts), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS,
-                                   pad_token=PAD, model_max_length=max_length,
-                                   padding_side="right", clean_up_tokenization_spaces=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        model_max_length=max_length,
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def build_model(spec: TinyModelSpec, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=spec.hidden_size,
-        num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_heads, intermediate_size=spec.intermediate_size,
-        max_position_embeddings=spec.max_position, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, initializer_range=0.02)
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        intermediate_size=spec.intermediate_size,
+        max_position_embeddings=spec.max_position,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.02,
+    )
     torch.manual_seed(spec.seed)
     return LlamaForCausalLM(config)
 
@@ -134,20 +161,27 @@ def _token_stream(docs: Sequence[str], tokenizer: PreTrainedTokenizerFast) -> to
     return torch.tensor(ids, dtype=torch.long)
 
 
-def pretrain(model: LlamaForCausalLM, stream: torch.Tensor, spec: TinyModelSpec,
-             progress: Progress | None = None) -> list[float]:
+def pretrain(
+    model: LlamaForCausalLM,
+    stream: torch.Tensor,
+    spec: TinyModelSpec,
+    progress: Progress | None = None,
+) -> list[float]:
     """Plain next-token LM on random windows of the token stream; cosine-decayed AdamW."""
     steps, seq = spec.pretrain_steps, min(spec.pretrain_seq_len, spec.max_position)
     if steps == 0:
         return []
     if stream.numel() <= seq + 1:
-        raise UserError(f"the training text is too short to pre-train on ({stream.numel()} "
-                        "tokens)", fix="use a larger training file or --pretrain-steps 0")
+        raise UserError(
+            f"the training text is too short to pre-train on ({stream.numel()} tokens)",
+            fix="use a larger training file or --pretrain-steps 0",
+        )
     gen = torch.Generator().manual_seed(spec.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.pretrain_lr, weight_decay=0.01)
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))
+    )
     offsets = torch.arange(seq)
     losses: list[float] = []
     model.train()
@@ -178,8 +212,9 @@ def _make_readable(path: Path) -> None:
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
 
 
-def build_tiny(data: Path, out: Path, spec: TinyModelSpec | None = None,
-               progress: Progress | None = None) -> TinyModelSummary:
+def build_tiny(
+    data: Path, out: Path, spec: TinyModelSpec | None = None, progress: Progress | None = None
+) -> TinyModelSummary:
     """Train the tokenizer, build and pre-train the model, save both into ``out`` atomically."""
     spec = spec or TinyModelSpec()
     started = time.perf_counter()
@@ -204,8 +239,12 @@ def build_tiny(data: Path, out: Path, spec: TinyModelSpec | None = None,
         tokenizer.save_pretrained(tmp)
         _make_readable(tmp)
     return TinyModelSummary(
-        out=str(out), parameters=sum(p.numel() for p in model.parameters()),
-        vocab_size=len(tokenizer), bytes_on_disk=_dir_bytes(out), pretrain_steps=len(losses),
+        out=str(out),
+        parameters=sum(p.numel() for p in model.parameters()),
+        vocab_size=len(tokenizer),
+        bytes_on_disk=_dir_bytes(out),
+        pretrain_steps=len(losses),
         pretrain_first_loss=losses[0] if losses else None,
         pretrain_last_loss=losses[-1] if losses else None,
-        seconds=time.perf_counter() - started)
+        seconds=time.perf_counter() - started,
+    )

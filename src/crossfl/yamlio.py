@@ -22,9 +22,12 @@ def load_yaml(path: Path) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"not valid YAML: {problem}", file=path,
-                        field=f"line {mark.line + 1}" if mark else None,
-                        fix="fix the YAML syntax") from None
+        raise UserError(
+            f"not valid YAML: {problem}",
+            file=path,
+            field=f"line {mark.line + 1}" if mark else None,
+            fix="fix the YAML syntax",
+        ) from None
 
 
 def load_mapping(path: Path, *, fix: str | None = None) -> dict[str, Any]:

@@ -22,8 +22,12 @@ err = Console(stderr=True)
 
 
 def build_app() -> typer.Typer:
-    app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                      help="Federated LoRA fine-tuning across HPC facilities.")
+    app = typer.Typer(
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        help="Federated LoRA fine-tuning across HPC facilities.",
+    )
     for area in AREAS:
         importlib.import_module(f"crossfl.cli.{area}").register(app)
     return app

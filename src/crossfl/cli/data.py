@@ -28,19 +28,31 @@ def _csv(value: str | None) -> list[str] | None:
 def build_chem_command(
     out: Annotated[Path, typer.Option("--out", help="Directory for train/validation/test.jsonl.")],
     seed: Annotated[int, typer.Option(help="Seed of the molecule split.")] = 0,
-    max_molecules: Annotated[int | None, typer.Option(
-        "--max-molecules", help="Keep at most N molecules (a seeded sample).")] = None,
-    tasks: Annotated[str | None, typer.Option(
-        help="Comma-separated task names (default: all).")] = None,
-    max_smiles_length: Annotated[int | None, typer.Option(
-        "--max-smiles-length", help="Drop molecules whose canonical SMILES is longer.")] = None,
+    max_molecules: Annotated[
+        int | None,
+        typer.Option("--max-molecules", help="Keep at most N molecules (a seeded sample)."),
+    ] = None,
+    tasks: Annotated[
+        str | None, typer.Option(help="Comma-separated task names (default: all).")
+    ] = None,
+    max_smiles_length: Annotated[
+        int | None,
+        typer.Option(
+            "--max-smiles-length", help="Drop molecules whose canonical SMILES is longer."
+        ),
+    ] = None,
 ) -> None:
     """Build the SMolInstruct-format chemistry set from the NCI molecules RDKit ships."""
     from crossfl.data.chem import build_chem
 
     with console.status("building the chemistry set with RDKit ..."):
-        summary = build_chem(out, seed=seed, max_molecules=max_molecules, tasks=_csv(tasks),
-                             max_smiles_length=max_smiles_length)
+        summary = build_chem(
+            out,
+            seed=seed,
+            max_molecules=max_molecules,
+            tasks=_csv(tasks),
+            max_smiles_length=max_smiles_length,
+        )
     table = Table(title=f"{summary.out_dir} (seed {summary.seed}, source {summary.source})")
     table.add_column("task")
     for split in SPLITS:
@@ -49,9 +61,11 @@ def build_chem_command(
         table.add_row(task, *(str(counts[split]) for split in SPLITS))
     table.add_row("[bold]molecules[/]", *(str(summary.molecules[s]) for s in SPLITS))
     console.print(table)
-    console.print(f"read {summary.read} SMILES: {summary.unparseable} unparseable, "
-                  f"{summary.duplicates} duplicates, {summary.too_long} too long skipped; "
-                  f"built in {summary.seconds:.2f} s")
+    console.print(
+        f"read {summary.read} SMILES: {summary.unparseable} unparseable, "
+        f"{summary.duplicates} duplicates, {summary.too_long} too long skipped; "
+        f"built in {summary.seconds:.2f} s"
+    )
 
 
 def partition_command(
@@ -70,8 +84,10 @@ def partition_command(
     manifest = json.loads((Path(out) / MANIFEST).read_text(encoding="utf-8"))
     counts: dict[str, dict[str, int]] = manifest["tasks"]
     tasks = sorted({task for per_site in counts.values() for task in per_site})
-    table = Table(title=f"{out}: scheme {chosen}, seed {seed}"
-                  + (f", alpha {alpha}" if chosen == "dirichlet" else ""))
+    table = Table(
+        title=f"{out}: scheme {chosen}, seed {seed}"
+        + (f", alpha {alpha}" if chosen == "dirichlet" else "")
+    )
     table.add_column("task")
     for site in paths:
         table.add_column(site, justify="right")
@@ -83,8 +99,11 @@ def partition_command(
 
 def register(app: typer.Typer) -> None:
     """Add the `data` command group to the main app."""
-    data_app = typer.Typer(no_args_is_help=True, add_completion=False,
-                           help="Datasets: build the RDKit chemistry set, partition across sites.")
+    data_app = typer.Typer(
+        no_args_is_help=True,
+        add_completion=False,
+        help="Datasets: build the RDKit chemistry set, partition across sites.",
+    )
     data_app.command("build-chem")(build_chem_command)
     data_app.command("partition")(partition_command)
     app.add_typer(data_app, name="data")

@@ -9,14 +9,27 @@ import typer
 
 from crossfl import images
 
-Arch = Annotated[str, typer.Argument(
-    metavar="ARCH", help="accelerator stack: one of containers/arches.yaml (cpu, cuda, rocm, xpu)")]
-Fakeroot = Annotated[bool | None, typer.Option(
-    "--fakeroot/--no-fakeroot", help="default: --fakeroot unless running as root")]
-SigningKey = Annotated[Path | None, typer.Option(
-    "--key", help="PEM private key (default: the PGP key `apptainer key` holds)")]
-Federation = Annotated[bool, typer.Option(
-    "--federation/--no-federation", help="also run a federation inside the built rootfs")]
+Arch = Annotated[
+    str,
+    typer.Argument(
+        metavar="ARCH",
+        help="accelerator stack: one of containers/arches.yaml (cpu, cuda, rocm, xpu)",
+    ),
+]
+Fakeroot = Annotated[
+    bool | None,
+    typer.Option("--fakeroot/--no-fakeroot", help="default: --fakeroot unless running as root"),
+]
+SigningKey = Annotated[
+    Path | None,
+    typer.Option("--key", help="PEM private key (default: the PGP key `apptainer key` holds)"),
+]
+Federation = Annotated[
+    bool,
+    typer.Option(
+        "--federation/--no-federation", help="also run a federation inside the built rootfs"
+    ),
+]
 
 
 def def_command(arch: Arch) -> None:
@@ -55,16 +68,20 @@ def check_command(arch: Arch = "cpu-debian", federation: Federation = True) -> N
     result = images.check_image(arch, federation=run_federation if federation else None)
     steps = ", ".join(f"{name} {sec:.0f} s" for name, sec in result.seconds.items())
     inside = sorted({t["python"] for t in result.federation.get("tasks", [])})
-    typer.echo(f"{arch}: ok ({'cached rootfs; ' if result.cached else ''}{steps}); torch "
-               f"{result.torch}; workers ran {', '.join(inside) or 'not run'}; log "
-               f"{images.display_path(images.check_log(arch))}")
+    typer.echo(
+        f"{arch}: ok ({'cached rootfs; ' if result.cached else ''}{steps}); torch "
+        f"{result.torch}; workers ran {', '.join(inside) or 'not run'}; log "
+        f"{images.display_path(images.check_log(arch))}"
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Add the `image` command group to the main app."""
-    image = typer.Typer(no_args_is_help=True, add_completion=False,
-                        help="Worker images (Apptainer, and OCI for podman-hpc), one per "
-                             "accelerator stack.")
+    image = typer.Typer(
+        no_args_is_help=True,
+        add_completion=False,
+        help="Worker images (Apptainer, and OCI for podman-hpc), one per accelerator stack.",
+    )
     image.command("def")(def_command)
     image.command("containerfile")(containerfile_command)
     image.command("hosts")(hosts_command)

@@ -34,22 +34,39 @@ def build_tiny_command(
     layers: Annotated[int, typer.Option("--layers")] = 4,
     heads: Annotated[int, typer.Option("--heads")] = 4,
     intermediate_size: Annotated[int, typer.Option("--intermediate-size")] = 256,
-    pretrain_steps: Annotated[int, typer.Option(
-        "--pretrain-steps", help="Plain-LM steps on the dataset text (0: random init).")] = 200,
+    pretrain_steps: Annotated[
+        int,
+        typer.Option(
+            "--pretrain-steps", help="Plain-LM steps on the dataset text (0: random init)."
+        ),
+    ] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the init and the pre-training.")] = 0,
-    threads: Annotated[int, typer.Option(
-        help="torch threads; more than 1 only pays on otherwise idle cores.")] = 1,
+    threads: Annotated[
+        int, typer.Option(help="torch threads; more than 1 only pays on otherwise idle cores.")
+    ] = 1,
 ) -> None:
     """Build a small Llama-architecture model and a BPE tokenizer trained on DATA, saved with
     save_pretrained so AutoModelForCausalLM/AutoTokenizer load it like any checkpoint."""
     from crossfl.tiny_model import build_tiny, make_spec
 
-    spec = make_spec(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=layers,
-                     num_heads=heads, intermediate_size=intermediate_size,
-                     pretrain_steps=pretrain_steps, seed=seed, threads=threads)
-    with Progress(TextColumn("{task.description}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+    spec = make_spec(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_layers=layers,
+        num_heads=heads,
+        intermediate_size=intermediate_size,
+        pretrain_steps=pretrain_steps,
+        seed=seed,
+        threads=threads,
+    )
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         ids: dict[str, int] = {}
 
         def progress(stage: str, done: int, total: int) -> None:
@@ -60,16 +77,24 @@ def build_tiny_command(
         summary = build_tiny(data, out, spec, progress)
     loss = ""
     if summary.pretrain_first_loss is not None:
-        loss = (f", pre-train loss {summary.pretrain_first_loss:.2f} -> "
-                f"{summary.pretrain_last_loss:.2f} in {summary.pretrain_steps} steps")
-    console.print(f"[green]built[/] {summary.out}: {summary.parameters:,} parameters, "
-                  f"vocab {summary.vocab_size}, {_size(summary.bytes_on_disk)} on disk{loss}; "
-                  f"{summary.seconds:.1f} s", highlight=False)
+        loss = (
+            f", pre-train loss {summary.pretrain_first_loss:.2f} -> "
+            f"{summary.pretrain_last_loss:.2f} in {summary.pretrain_steps} steps"
+        )
+    console.print(
+        f"[green]built[/] {summary.out}: {summary.parameters:,} parameters, "
+        f"vocab {summary.vocab_size}, {_size(summary.bytes_on_disk)} on disk{loss}; "
+        f"{summary.seconds:.1f} s",
+        highlight=False,
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Add the `model` command group to the main app."""
-    model_app = typer.Typer(no_args_is_help=True, add_completion=False,
-                            help="Base models: build the offline tiny Llama for demos and tests.")
+    model_app = typer.Typer(
+        no_args_is_help=True,
+        add_completion=False,
+        help="Base models: build the offline tiny Llama for demos and tests.",
+    )
     model_app.command("build-tiny")(build_tiny_command)
     app.add_typer(model_app, name="model")

@@ -18,23 +18,31 @@ def resolve_run_dir(ref: str) -> Path:
         if (candidate / "metrics.jsonl").is_file() or (candidate / "experiment.yaml").is_file():
             return candidate
     known = sorted(p.name for p in runs_dir().glob("*") if p.is_dir())[-3:]
-    raise UserError(f"no run directory {ref!r}",
-                    fix=f"give a path under runs/ ({', '.join(known) or 'none yet'})")
+    raise UserError(
+        f"no run directory {ref!r}",
+        fix=f"give a path under runs/ ({', '.join(known) or 'none yet'})",
+    )
 
 
-StopAfter = Annotated[int | None, typer.Option(
-    "--stop-after", min=1,
-    help="stop once this round (async: aggregation) is checkpointed; `crossfl resume` continues")]
+StopAfter = Annotated[
+    int | None,
+    typer.Option(
+        "--stop-after",
+        min=1,
+        help="stop once this round (async: aggregation) is checkpointed; `crossfl resume` continues",
+    ),
+]
 
 
 def run_command(
-    experiment: Annotated[str, typer.Argument(
-        help="experiment file, or a name in deploy/experiments/")],
+    experiment: Annotated[
+        str, typer.Argument(help="experiment file, or a name in deploy/experiments/")
+    ],
     stop_after: StopAfter = None,
 ) -> None:
     """Run an experiment: federated rounds across its sites."""
-    from crossfl.server.lifecycle import RunFailed, RunStopped, run_experiment
     from crossfl.server.experiment import load_experiment
+    from crossfl.server.lifecycle import RunFailed, RunStopped, run_experiment
 
     exp, path = load_experiment(experiment)
     console = Console()
@@ -43,8 +51,9 @@ def run_command(
     except RunStopped as exc:
         console.print(str(exc))
     except RunFailed as exc:
-        raise UserError(str(exc), file=path, fix="see metrics.jsonl in the run directory for "
-                        "each site's error") from None
+        raise UserError(
+            str(exc), file=path, fix="see metrics.jsonl in the run directory for each site's error"
+        ) from None
 
 
 def resume_command(
@@ -61,8 +70,9 @@ def resume_command(
     except RunStopped as exc:
         console.print(str(exc))
     except RunFailed as exc:
-        raise UserError(str(exc), file=run_dir, fix="see metrics.jsonl in the run directory") \
-            from None
+        raise UserError(
+            str(exc), file=run_dir, fix="see metrics.jsonl in the run directory"
+        ) from None
 
 
 def report_command(

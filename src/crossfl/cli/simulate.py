@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from pathlib import Path
 from typing import Annotated
 
@@ -13,21 +14,38 @@ from crossfl.errors import UserError
 
 
 def simulate_command(
-    experiment: Annotated[str | None, typer.Argument(
-        help="experiment file, or a name in deploy/experiments/")] = None,
-    queues: Annotated[Path | None, typer.Option(
-        "--queues", help="queue scenario, e.g. deploy/queues/high-variance.yaml")] = None,
+    experiment: Annotated[
+        str | None, typer.Argument(help="experiment file, or a name in deploy/experiments/")
+    ] = None,
+    queues: Annotated[
+        Path | None,
+        typer.Option("--queues", help="queue scenario, e.g. deploy/queues/high-variance.yaml"),
+    ] = None,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="replays, queue seeds 0..N-1")] = 1,
-    calibrate: Annotated[list[Path] | None, typer.Option(
-        "--calibrate", help="fit a scenario to these runs' metrics.jsonl instead")] = None,
-    compare: Annotated[bool, typer.Option(
-        "--compare", help="FedAvg, FedAsync, FedBuff, FedCompass, FedQueue and ours, paired by "
-        "seed: time and node-hours to a target loss, bootstrap intervals")] = False,
-    task_timeout: Annotated[float, typer.Option(
-        "--task-timeout", min=1, help="seconds a task may take from submission, its queue wait "
-        "included (virtual time); replaces the experiment's")] = 12 * 3600,
-    out: Annotated[Path, typer.Option(
-        "--out", help="where --calibrate writes its scenario")] = Path("build/queues/calibrated.yaml"),
+    calibrate: Annotated[
+        list[Path] | None,
+        typer.Option("--calibrate", help="fit a scenario to these runs' metrics.jsonl instead"),
+    ] = None,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare",
+            help="FedAvg, FedAsync, FedBuff, FedCompass, FedQueue and ours, paired by "
+            "seed: time and node-hours to a target loss, bootstrap intervals",
+        ),
+    ] = False,
+    task_timeout: Annotated[
+        float,
+        typer.Option(
+            "--task-timeout",
+            min=1,
+            help="seconds a task may take from submission, its queue wait "
+            "included (virtual time); replaces the experiment's",
+        ),
+    ] = 12 * 3600,
+    out: Annotated[
+        Path, typer.Option("--out", help="where --calibrate writes its scenario")
+    ] = Path("build/queues/calibrated.yaml"),
 ) -> None:
     """Replay an experiment in virtual time against facility queues (real drivers, strategy
     and training; simulated queue waits, pilots, speeds and transfers)."""
@@ -40,10 +58,11 @@ def simulate_command(
         console.print(f"scenario written to {out}")
         return
     if experiment is None or queues is None:
-        raise UserError("give an experiment and --queues SCENARIO (or --calibrate RUN...)",
-                        field="crossfl simulate",
-                        fix="e.g. `crossfl simulate local-demo --queues "
-                            "deploy/queues/high-variance.yaml`")
+        raise UserError(
+            "give an experiment and --queues SCENARIO (or --calibrate RUN...)",
+            field="crossfl simulate",
+            fix="e.g. `crossfl simulate local-demo --queues deploy/queues/high-variance.yaml`",
+        )
     from crossfl.server.experiment import load_experiment
     from crossfl.simulate.replay import replay_seeds
     from crossfl.simulate.scenario import load_scenario
@@ -51,15 +70,14 @@ def simulate_command(
     exp, path = load_experiment(experiment)
     scenario = load_scenario(queues)
     if compare:
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         from crossfl.paths import runs_dir
         from crossfl.simulate.compare import run_comparison, tables
 
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         out_dir = runs_dir() / f"compare-{exp.name}-{scenario.name}-{stamp}"
-        result = run_comparison(exp, path, scenario, queues, seeds, console, out_dir,
-                                task_timeout)
+        result = run_comparison(exp, path, scenario, queues, seeds, console, out_dir, task_timeout)
         for table in tables(result):
             console.print(table)
         console.print(result.verdict())
@@ -70,8 +88,9 @@ def simulate_command(
     for col in ("seed", "virtual time (h)", "node-hours", "run directory"):
         table.add_column(col, justify="left" if col == "run directory" else "right")
     for r in done:
-        table.add_row(str(r.seed), f"{r.virtual_s / 3600:.2f}", f"{r.node_hours:.2f}",
-                      r.run_dir.name)
+        table.add_row(
+            str(r.seed), f"{r.virtual_s / 3600:.2f}", f"{r.node_hours:.2f}", r.run_dir.name
+        )
     console.print(table)
 
 

@@ -35,13 +35,18 @@ def main() -> None:
 
 
 @main.command("devices")
-@click.option("--expect", type=click.Choice(["cuda", "rocm", "xpu", "cpu"]), default=None,
-              help="the device the site's catalog lists; anything else is an error")
+@click.option(
+    "--expect",
+    type=click.Choice(["cuda", "rocm", "xpu", "cpu"]),
+    default=None,
+    help="the device the site's catalog lists; anything else is an error",
+)
 def devices(expect: str | None) -> None:
     """Print one JSON line: the device this process gets, its CPUs and device environment
     (batch/smoke.sh runs it once per rank). Exits 1, still printing its line, when torch
     does not see the expected device."""
     from crossfl.client.device import describe_devices, device_environment, rank_identity
+
     env = device_environment(expect or "")  # before select_device's HIP fix
     try:
         click.echo(json.dumps(describe_devices(expect)))
@@ -53,9 +58,12 @@ def devices(expect: str | None) -> None:
 @main.command("run-task")
 @click.argument("task_file", type=click.Path(path_type=Path))
 @click.argument("out_file", type=click.Path(path_type=Path))
-@click.option("--distributed", is_flag=True,
-              help="Run as one rank of a multi-rank train_round started by srun, mpiexec or "
-                   "torchrun; rank 0 writes OUT_FILE (on bad input: {\"error\": ...}).")
+@click.option(
+    "--distributed",
+    is_flag=True,
+    help="Run as one rank of a multi-rank train_round started by srun, mpiexec or "
+    'torchrun; rank 0 writes OUT_FILE (on bad input: {"error": ...}).',
+)
 def run_task(task_file: Path, out_file: Path, distributed: bool) -> None:
     """Run one client task from TASK_FILE and write its result to OUT_FILE."""
     try:
@@ -79,8 +87,11 @@ def _rank(name: str, spec: dict[str, Any]) -> dict[str, Any] | None:
     from torch.distributed.elastic.multiprocessing.errors import record
 
     if name != "train_round":
-        raise UserError(f"--distributed runs train_round tasks, not {name}", field="task",
-                        fix="run other tasks without --distributed")
+        raise UserError(
+            f"--distributed runs train_round tasks, not {name}",
+            field="task",
+            fix="run other tasks without --distributed",
+        )
     return record(launch.train_mpi_rank)(spec)  # a failing rank's traceback, for its launcher
 
 

@@ -19,29 +19,37 @@ from crossfl.errors import UserError
 LORA_METADATA_KEY = "crossfl.lora"
 """Header metadata key holding the LoRA config (JSON) that produced an adapter."""
 
-_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
-                                   "float16": torch.float16}
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
-def torch_dtype(name: str, *, allowed: tuple[str, ...] = WIRE_DTYPES,
-                field: str = "adapter_dtype") -> torch.dtype:
+def torch_dtype(
+    name: str, *, allowed: tuple[str, ...] = WIRE_DTYPES, field: str = "adapter_dtype"
+) -> torch.dtype:
     """Map a dtype name (one of ``allowed``) to the torch dtype."""
     if name not in allowed:
-        raise UserError(f"unknown dtype {name!r}", field=field,
-                        fix="use " + " or ".join(allowed))
+        raise UserError(f"unknown dtype {name!r}", field=field, fix="use " + " or ".join(allowed))
     return _DTYPES[name]
 
 
-def adapter_to_bytes(state_dict: dict[str, torch.Tensor], dtype: str = "float32",
-                     metadata: dict[str, str] | None = None) -> bytes:
+def adapter_to_bytes(
+    state_dict: dict[str, torch.Tensor],
+    dtype: str = "float32",
+    metadata: dict[str, str] | None = None,
+) -> bytes:
     """Serialize a LoRA state dict to safetensors bytes, every tensor cast to ``dtype``.
 
     ``metadata`` (string to string) travels in the safetensors header; train_round records the
     LoRA config there under ``crossfl.lora`` so evaluate can rebuild the wrapper from the bytes.
     """
     target = torch_dtype(dtype)
-    tensors = {name: t.detach().to(device="cpu", dtype=target).contiguous()
-               for name, t in sorted(state_dict.items())}
+    tensors = {
+        name: t.detach().to(device="cpu", dtype=target).contiguous()
+        for name, t in sorted(state_dict.items())
+    }
     return _st_save(tensors, metadata=metadata)
 
 
@@ -52,7 +60,7 @@ def adapter_metadata(data: bytes) -> dict[str, str]:
         return {}
     (size,) = struct.unpack("<Q", raw)
     try:
-        header = json.loads(bytes(data[8:8 + size]))
+        header = json.loads(bytes(data[8 : 8 + size]))
     except ValueError:
         return {}
     meta = header.get("__metadata__") if isinstance(header, dict) else None
@@ -66,5 +74,8 @@ def adapter_from_bytes(data: bytes) -> dict[str, torch.Tensor]:
     try:
         return dict(_st_load(bytes(data)))
     except Exception as exc:  # safetensors raises its own error types
-        raise UserError(f"adapter bytes are not a safetensors file: {exc}", field="adapter",
-                        fix="send the bytes returned by adapter_to_bytes / train_round") from exc
+        raise UserError(
+            f"adapter bytes are not a safetensors file: {exc}",
+            field="adapter",
+            fix="send the bytes returned by adapter_to_bytes / train_round",
+        ) from exc

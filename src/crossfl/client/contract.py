@@ -60,8 +60,12 @@ class Message(StrictModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise user_error(exc, field_prefix=cls.__name__, raw=data,
-                             schema=f"crossfl.client.contract.{cls.__name__}") from None
+            raise user_error(
+                exc,
+                field_prefix=cls.__name__,
+                raw=data,
+                schema=f"crossfl.client.contract.{cls.__name__}",
+            ) from None
 
 
 class LoraSpec(Message):
@@ -87,8 +91,10 @@ class SiteTask(Message):
     max_samples: int | None = Field(None, ge=1)
     torch_threads: int | None = Field(None, ge=1)
     expect_device: Literal["cuda", "rocm", "xpu", "cpu"] | None = Field(
-        None, description="the device the site's catalog lists (crossfl.sites.Site."
-        "expect_device): the task fails, naming what it saw, rather than run elsewhere")
+        None,
+        description="the device the site's catalog lists (crossfl.sites.Site."
+        "expect_device): the task fails, naming what it saw, rather than run elsewhere",
+    )
 
     @model_validator(mode="after")
     def _one_adapter(self) -> SiteTask:
@@ -108,16 +114,21 @@ class TrainTask(SiteTask):
     seed: int = 0
     round: int = Field(0, ge=0)
     result_path: AbsolutePath | None = Field(
-        None, description="write the trained adapter here when it is over inline_limit_bytes")
+        None, description="write the trained adapter here when it is over inline_limit_bytes"
+    )
     inline_limit_bytes: int | None = Field(None, ge=0)
     ranks_per_node: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
-        1, description="processes this task starts on its worker, one per device (\"auto\": "
+        1,
+        description='processes this task starts on its worker, one per device ("auto": '
         "every device the worker sees, 1 on cpu); 1 is the single-process path. batch_size is "
         "per rank: a global batch holds batch_size x ranks examples. A task started by an MPI "
-        "launcher (`run-task --distributed`) takes its ranks from the launcher instead")
+        "launcher (`run-task --distributed`) takes its ranks from the launcher instead",
+    )
     shard: Literal["auto", "never", "always"] = Field(
-        "auto", description="FSDP2-shard the frozen base model across the ranks; auto: when it "
-        "takes more than half of one rank's device memory (crossfl.client.sharding)")
+        "auto",
+        description="FSDP2-shard the frozen base model across the ranks; auto: when it "
+        "takes more than half of one rank's device memory (crossfl.client.sharding)",
+    )
 
 
 class EvalTask(SiteTask):

@@ -19,10 +19,19 @@ ENV_VAR = "CROSSFL_DEVICE"
 # Where a batch rank learns its index, and the variables that decide which devices it sees
 # (Slurm srun; PALS mpiexec on Aurora/Polaris; PMI; Open MPI).
 RANK_ENV = ("SLURM_PROCID", "PALS_RANKID", "PMI_RANK", "OMPI_COMM_WORLD_RANK")
-LOCAL_RANK_ENV = ("SLURM_LOCALID", "PALS_LOCAL_RANKID", "PMI_LOCAL_RANK",
-                  "OMPI_COMM_WORLD_LOCAL_RANK")
-DEVICE_ENV = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
-              "ZE_AFFINITY_MASK", "ZE_FLAT_DEVICE_HIERARCHY")
+LOCAL_RANK_ENV = (
+    "SLURM_LOCALID",
+    "PALS_LOCAL_RANKID",
+    "PMI_LOCAL_RANK",
+    "OMPI_COMM_WORLD_LOCAL_RANK",
+)
+DEVICE_ENV = (
+    "CUDA_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES",
+    "ZE_AFFINITY_MASK",
+    "ZE_FLAT_DEVICE_HIERARCHY",
+)
 
 
 # The variables that decide what each vendor's runtime shows, in the order they apply.
@@ -72,10 +81,11 @@ def hip_relative_visibility(env: MutableMapping[str, str]) -> list[str]:
 
 
 def device_environment(kind: str, env: MutableMapping[str, str] | None = None) -> str:
-    """"ROCR_VISIBLE_DEVICES=3 CUDA_VISIBLE_DEVICES=3 HIP_VISIBLE_DEVICES=unset"."""
+    """ "ROCR_VISIBLE_DEVICES=3 CUDA_VISIBLE_DEVICES=3 HIP_VISIBLE_DEVICES=unset"."""
     env = os.environ if env is None else env
     names = VENDOR_DEVICE_ENV.get(kind) or tuple(
-        dict.fromkeys(n for v in VENDOR_DEVICE_ENV.values() for n in v))
+        dict.fromkeys(n for v in VENDOR_DEVICE_ENV.values() for n in v)
+    )
     return " ".join(f"{n}={env.get(n, 'unset')}" for n in names)
 
 
@@ -101,22 +111,28 @@ def select_device(expect: str | None = None) -> torch.device:
         try:
             device = torch.device(override)
         except RuntimeError:
-            raise UserError(f"{ENV_VAR}={override!r} is not a torch device", field=ENV_VAR,
-                            fix="use cpu, cuda, cuda:N or xpu") from None
+            raise UserError(
+                f"{ENV_VAR}={override!r} is not a torch device",
+                field=ENV_VAR,
+                fix="use cpu, cuda, cuda:N or xpu",
+            ) from None
         if not _backend_available(device.type):
-            raise UserError(f"{ENV_VAR}={override!r} but this torch build sees no {device.type} "
-                            "device", field=ENV_VAR,
-                            fix=f"unset {ENV_VAR} or run where a {device.type} device is visible")
+            raise UserError(
+                f"{ENV_VAR}={override!r} but this torch build sees no {device.type} device",
+                field=ENV_VAR,
+                fix=f"unset {ENV_VAR} or run where a {device.type} device is visible",
+            )
     elif expect == "cpu":
         return torch.device("cpu")
     else:
         device = _auto_device()
     if expect in VENDOR_DEVICE_ENV and backend_name(device) != expect:
         sees = "none" if device.type == "cpu" else backend_name(device)
-        raise UserError(f"expected a {expect} device; torch sees {sees} ({seen}; torch "
-                        f"{torch.__version__})",
-                        fix=f"run the {expect} image on a node with its devices, and check the "
-                            "variables above (batch/smoke.sh prints what each rank sees)")
+        raise UserError(
+            f"expected a {expect} device; torch sees {sees} ({seen}; torch {torch.__version__})",
+            fix=f"run the {expect} image on a node with its devices, and check the "
+            "variables above (batch/smoke.sh prints what each rank sees)",
+        )
     return device
 
 

@@ -51,7 +51,6 @@ PORT_SPAN = 20_000
 T = TypeVar("T")
 
 
-
 @dataclass(frozen=True)
 class RankEnv:
     """A rank's place as its launcher states it (before any process group exists)."""
@@ -121,8 +120,11 @@ def _int(env: Mapping[str, str], *names: str) -> int | None:
             try:
                 return int(value)
             except ValueError:
-                raise UserError(f"{name}={value!r} is not an integer", field=name,
-                                fix="start the ranks with srun, mpiexec or torchrun") from None
+                raise UserError(
+                    f"{name}={value!r} is not an integer",
+                    field=name,
+                    fix="start the ranks with srun, mpiexec or torchrun",
+                ) from None
     return None
 
 
@@ -160,8 +162,18 @@ def _master_addr(env: Mapping[str, str], single_node: bool) -> str | None:
 def _master_port(env: Mapping[str, str]) -> int:
     if env.get("MASTER_PORT"):
         return int(env["MASTER_PORT"])
-    ids = [env.get(k, "") for k in ("SLURM_JOB_ID", "SLURM_STEP_ID", "PBS_JOBID", "PALS_APID",
-                                    "OMPI_MCA_ess_base_jobid", "PMI_ID", "PARSL_MPI_NODELIST")]
+    ids = [
+        env.get(k, "")
+        for k in (
+            "SLURM_JOB_ID",
+            "SLURM_STEP_ID",
+            "PBS_JOBID",
+            "PALS_APID",
+            "OMPI_MCA_ess_base_jobid",
+            "PMI_ID",
+            "PARSL_MPI_NODELIST",
+        )
+    ]
     return PORT_BASE + zlib.crc32(":".join(ids).encode()) % PORT_SPAN
 
 
@@ -171,39 +183,66 @@ def rank_env(env: Mapping[str, str] | None = None) -> RankEnv | None:
     env = os.environ if env is None else env
     found: tuple[str, int | None, int | None, int | None, int | None] | None = None
     if env.get("TORCHELASTIC_RUN_ID") and env.get("RANK"):
-        found = ("torchelastic", _int(env, "RANK"), _int(env, "WORLD_SIZE"),
-                 _int(env, "LOCAL_RANK"), _int(env, "LOCAL_WORLD_SIZE"))
+        found = (
+            "torchelastic",
+            _int(env, "RANK"),
+            _int(env, "WORLD_SIZE"),
+            _int(env, "LOCAL_RANK"),
+            _int(env, "LOCAL_WORLD_SIZE"),
+        )
     elif env.get("SLURM_PROCID") and env.get("SLURM_STEP_ID"):
         per_node = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", "")
-        found = ("slurm", _int(env, "SLURM_PROCID"),
-                 _int(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "SLURM_NPROCS"),
-                 _int(env, "SLURM_LOCALID"), _tasks_per_node(per_node))
+        found = (
+            "slurm",
+            _int(env, "SLURM_PROCID"),
+            _int(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "SLURM_NPROCS"),
+            _int(env, "SLURM_LOCALID"),
+            _tasks_per_node(per_node),
+        )
     elif env.get("OMPI_COMM_WORLD_RANK"):
-        found = ("openmpi", _int(env, "OMPI_COMM_WORLD_RANK"), _int(env, "OMPI_COMM_WORLD_SIZE"),
-                 _int(env, "OMPI_COMM_WORLD_LOCAL_RANK"), _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE"))
+        found = (
+            "openmpi",
+            _int(env, "OMPI_COMM_WORLD_RANK"),
+            _int(env, "OMPI_COMM_WORLD_SIZE"),
+            _int(env, "OMPI_COMM_WORLD_LOCAL_RANK"),
+            _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE"),
+        )
     elif env.get("PMI_RANK") and (env.get("PALS_LOCAL_RANKID") or env.get("PALS_RANKID")):
-        found = ("pals", _int(env, "PMI_RANK"), _int(env, "PMI_SIZE"),
-                 _int(env, "PALS_LOCAL_RANKID", "PMI_LOCAL_RANK"),
-                 _int(env, "PALS_LOCAL_SIZE", "PMI_LOCAL_SIZE"))
+        found = (
+            "pals",
+            _int(env, "PMI_RANK"),
+            _int(env, "PMI_SIZE"),
+            _int(env, "PALS_LOCAL_RANKID", "PMI_LOCAL_RANK"),
+            _int(env, "PALS_LOCAL_SIZE", "PMI_LOCAL_SIZE"),
+        )
     elif env.get("PMI_RANK"):
-        found = ("mpich", _int(env, "PMI_RANK"), _int(env, "PMI_SIZE"),
-                 _int(env, "MPI_LOCALRANKID", "PMI_LOCAL_RANK"),
-                 _int(env, "MPI_LOCALNRANKS", "PMI_LOCAL_SIZE"))
+        found = (
+            "mpich",
+            _int(env, "PMI_RANK"),
+            _int(env, "PMI_SIZE"),
+            _int(env, "MPI_LOCALRANKID", "PMI_LOCAL_RANK"),
+            _int(env, "MPI_LOCALNRANKS", "PMI_LOCAL_SIZE"),
+        )
     if found is None:
         return None
     launcher, rank, size, local_rank, local_size = found
     if rank is None or size is None or not 0 <= rank < size:
-        raise UserError(f"the {launcher} environment gives rank {rank} of {size} ranks",
-                        field="environment", fix="start every rank with the same launcher line")
+        raise UserError(
+            f"the {launcher} environment gives rank {rank} of {size} ranks",
+            field="environment",
+            fix="start every rank with the same launcher line",
+        )
     if local_rank is None:
         local_rank = rank if local_size in (None, size) else 0
     local_size = local_size or size
     single_node = local_size >= size
     addr = _master_addr(env, single_node)
     if addr is None:
-        raise UserError(f"cannot tell rank 0's host from the {launcher} environment",
-                        field="MASTER_ADDR", fix="export MASTER_ADDR=<rank 0's host> before "
-                        "the launcher line")
+        raise UserError(
+            f"cannot tell rank 0's host from the {launcher} environment",
+            field="MASTER_ADDR",
+            fix="export MASTER_ADDR=<rank 0's host> before the launcher line",
+        )
     return RankEnv(launcher, rank, size, local_rank, local_size, addr, _master_port(env))
 
 
@@ -224,9 +263,12 @@ def device_kind() -> str:
     one device, which several ranks cannot share."""
     device = select_device()
     if device.index is not None:
-        raise UserError(f"{DEVICE_ENV_VAR}={os.environ.get(DEVICE_ENV_VAR)!r} pins one device; "
-                        "a multi-rank task binds one device per rank", field=DEVICE_ENV_VAR,
-                        fix=f"set {DEVICE_ENV_VAR} to a type (cuda, xpu, cpu) or run one rank")
+        raise UserError(
+            f"{DEVICE_ENV_VAR}={os.environ.get(DEVICE_ENV_VAR)!r} pins one device; "
+            "a multi-rank task binds one device per rank",
+            field=DEVICE_ENV_VAR,
+            fix=f"set {DEVICE_ENV_VAR} to a type (cuda, xpu, cpu) or run one rank",
+        )
     return device.type
 
 
@@ -236,13 +278,19 @@ def rank_device(kind: str, local_rank: int, visible: int) -> torch.device:
     if kind == "cpu":
         return torch.device("cpu")
     if visible < 1:
-        raise UserError(f"this rank sees no {kind} device", field=DEVICE_ENV_VAR,
-                        fix="bind a device to every rank, or run on cpu")
+        raise UserError(
+            f"this rank sees no {kind} device",
+            field=DEVICE_ENV_VAR,
+            fix="bind a device to every rank, or run on cpu",
+        )
     if visible == 1:
         return torch.device(kind, 0)
     if local_rank >= visible:
-        raise UserError(f"local rank {local_rank} but this node shows {visible} {kind} devices",
-                        field="ranks_per_node", fix=f"start at most {visible} ranks per node")
+        raise UserError(
+            f"local rank {local_rank} but this node shows {visible} {kind} devices",
+            field="ranks_per_node",
+            fix=f"start at most {visible} ranks per node",
+        )
     return torch.device(kind, local_rank)
 
 
@@ -271,8 +319,9 @@ def process_group(place: RankEnv, kind: str) -> Iterator[World]:
     _set_device(device)
     backend = backend_for(kind)
     extra: dict[str, Any] = {"device_id": device} if device.type != "cpu" else {}
-    dist.init_process_group(backend, init_method=place.init_method, rank=place.rank,
-                            world_size=place.size, **extra)
+    dist.init_process_group(
+        backend, init_method=place.init_method, rank=place.rank, world_size=place.size, **extra
+    )
     try:
         yield World(place.rank, place.size, place.local_rank, place.local_size, device, backend)
         # No rank leaves while a peer may still be sending: a rank that exits right after its
@@ -294,7 +343,7 @@ def single(device: torch.device) -> World:
 def shard(indices: list[int], world: World) -> list[int]:
     """This rank's contiguous slice of one global batch: near-equal parts in rank order."""
     n = len(indices)
-    return indices[n * world.rank // world.size: n * (world.rank + 1) // world.size]
+    return indices[n * world.rank // world.size : n * (world.rank + 1) // world.size]
 
 
 def all_reduce(value: float | int, world: World, op: Any = None) -> float:

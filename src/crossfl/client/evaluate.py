@@ -17,9 +17,17 @@ from peft import PeftModel
 from crossfl.client import model_cache
 from crossfl.client.adapter_io import LORA_METADATA_KEY, adapter_from_bytes, adapter_metadata
 from crossfl.client.contract import EvalResult, EvalTask, EvalTimings, LoraSpec, Prediction
-from crossfl.client.train import (Example, collate, encode_example, encode_prompt,
-                                  load_adapter_state, load_records, lora_key, pad_id,
-                                  worker_model)
+from crossfl.client.train import (
+    Example,
+    collate,
+    encode_example,
+    encode_prompt,
+    load_adapter_state,
+    load_records,
+    lora_key,
+    pad_id,
+    worker_model,
+)
 from crossfl.client.transport import incoming_adapter
 from crossfl.data.smolinstruct import Record
 from crossfl.errors import UserError
@@ -40,10 +48,12 @@ def lora_for(spec: EvalTask, adapter: bytes) -> LoraSpec:
         return spec.lora
     meta = adapter_metadata(adapter).get(LORA_METADATA_KEY)
     if meta is None:
-        raise UserError("the adapter carries no LoRA config and the task names none",
-                        field="EvalTask.lora",
-                        fix="pass the experiment's lora settings (r, alpha, dropout, "
-                            "target_modules) as task['lora']")
+        raise UserError(
+            "the adapter carries no LoRA config and the task names none",
+            field="EvalTask.lora",
+            fix="pass the experiment's lora settings (r, alpha, dropout, "
+            "target_modules) as task['lora']",
+        )
     try:
         return LoraSpec.model_validate(json.loads(meta))
     except ValueError as exc:
@@ -51,8 +61,9 @@ def lora_for(spec: EvalTask, adapter: bytes) -> LoraSpec:
 
 
 @contextlib.contextmanager
-def active_model(entry: model_cache.CachedModel, spec: EvalTask, adapter: bytes | None
-                 ) -> Iterator[torch.nn.Module]:
+def active_model(
+    entry: model_cache.CachedModel, spec: EvalTask, adapter: bytes | None
+) -> Iterator[torch.nn.Module]:
     """The model to evaluate: the peft wrapper with ``adapter`` loaded, or the base alone
     (adapters disabled if the cached base carries a wrapper) when there is no adapter."""
     if adapter is None:
@@ -68,18 +79,23 @@ def active_model(entry: model_cache.CachedModel, spec: EvalTask, adapter: bytes 
 
 
 @torch.no_grad()
-def validation_loss(model: torch.nn.Module, examples: list[Example], batch_size: int,
-                    pad: int, device: torch.device) -> tuple[float, int]:
+def validation_loss(
+    model: torch.nn.Module, examples: list[Example], batch_size: int, pad: int, device: torch.device
+) -> tuple[float, int]:
     """Token-mean cross entropy over answer tokens, and the number of such tokens."""
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start:start + batch_size], pad, device)
-        logits = model(input_ids=batch["input_ids"],
-                       attention_mask=batch["attention_mask"]).logits.float()
+        batch = collate(examples[start : start + batch_size], pad, device)
+        logits = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits.float()
         labels = batch["labels"][:, 1:]
         loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1),
-            ignore_index=-100, reduction="sum")
+            logits[:, :-1].reshape(-1, logits.size(-1)),
+            labels.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+        )
         total += float(loss)
         count += int((labels != -100).sum())
     return (total / count if count else math.nan), count
@@ -102,24 +118,37 @@ def pick_for_generation(records: list[Record], cap: int) -> list[Record]:
 
 
 @torch.no_grad()
-def generate_answers(model: torch.nn.Module, tokenizer: Any, records: list[Record],
-                     spec: EvalTask, device: torch.device) -> list[str]:
+def generate_answers(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    records: list[Record],
+    spec: EvalTask,
+    device: torch.device,
+) -> list[str]:
     """Greedy, batched, left-padded generation; returns the decoded new text per record."""
     pad = pad_id(tokenizer)
     eos = getattr(tokenizer, "eos_token_id", None)
     room = max(1, spec.max_length - spec.generate_max_new_tokens)
     out: list[str] = []
     for start in range(0, len(records), spec.batch_size):
-        prompts = [encode_prompt(tokenizer, r.input)[-room:] for r in records[start:start + spec.batch_size]]
+        prompts = [
+            encode_prompt(tokenizer, r.input)[-room:]
+            for r in records[start : start + spec.batch_size]
+        ]
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), pad, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
-        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                             max_new_tokens=spec.generate_max_new_tokens, do_sample=False,
-                             pad_token_id=pad, eos_token_id=eos)
+            ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
+        gen = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=spec.generate_max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=eos,
+        )
         for row in gen[:, width:].tolist():
             out.append(tokenizer.decode(row, skip_special_tokens=True))
     return out
@@ -130,8 +159,9 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     spec = EvalTask.from_wire(task)
     adapter, _ = incoming_adapter(spec)
-    device, entry, hit = worker_model(spec.model_path, spec.dtype, spec.torch_threads,
-                                      spec.expect_device)
+    device, entry, hit = worker_model(
+        spec.model_path, spec.dtype, spec.torch_threads, spec.expect_device
+    )
     records = load_records(spec.data_path, spec.max_samples)
     tok = entry.tokenizer
     examples = [encode_example(tok, r.input, r.output, spec.max_length) for r in records]
@@ -147,10 +177,18 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
     for r, text in zip(sample, predicted, strict=True):
         hits.setdefault(r.task, []).append(answer_of(text) == r.raw_output.strip())
     return EvalResult(
-        val_loss=val_loss, num_samples=len(examples), num_tokens=tokens,
-        exact_match={t: sum(v) / len(v) for t, v in sorted(hits.items())}, generated=len(sample),
-        predictions=[Prediction(task=r.task, raw_input=r.raw_input, expected=r.raw_output,
-                                predicted=answer_of(text))
-                     for r, text in list(zip(sample, predicted, strict=True))[:3]],
+        val_loss=val_loss,
+        num_samples=len(examples),
+        num_tokens=tokens,
+        exact_match={t: sum(v) / len(v) for t, v in sorted(hits.items())},
+        generated=len(sample),
+        predictions=[
+            Prediction(
+                task=r.task, raw_input=r.raw_input, expected=r.raw_output, predicted=answer_of(text)
+            )
+            for r, text in list(zip(sample, predicted, strict=True))[:3]
+        ],
         timings=EvalTimings(load_s=t1 - t0, loss_s=t2 - t1, generate_s=t3 - t2),
-        cache_hit=hit, device=str(device)).to_wire()
+        cache_hit=hit,
+        device=str(device),
+    ).to_wire()

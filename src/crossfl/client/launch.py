@@ -68,9 +68,11 @@ def resolve_ranks(ranks_per_node: int | str) -> int:
         return visible
     ranks = int(ranks_per_node)
     if kind != "cpu" and ranks > visible:
-        raise UserError(f"ranks_per_node is {ranks} but this worker sees {visible} {kind} "
-                        "devices", field="TrainTask.ranks_per_node",
-                        fix=f"use at most {visible}, or \"auto\"")
+        raise UserError(
+            f"ranks_per_node is {ranks} but this worker sees {visible} {kind} devices",
+            field="TrainTask.ranks_per_node",
+            fix=f'use at most {visible}, or "auto"',
+        )
     return ranks
 
 
@@ -92,11 +94,17 @@ def train_on_local_devices(spec: TrainTask, ranks: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="crossfl-ranks-") as tmp:
         task_file, out_file = write_task_file(spec, Path(tmp))
         config = LaunchConfig(
-            min_nodes=1, max_nodes=1, nproc_per_node=ranks, run_id=uuid.uuid4().hex,
-            rdzv_backend="c10d", rdzv_endpoint="localhost:0", local_addr="localhost",
+            min_nodes=1,
+            max_nodes=1,
+            nproc_per_node=ranks,
+            run_id=uuid.uuid4().hex,
+            rdzv_backend="c10d",
+            rdzv_endpoint="localhost:0",
+            local_addr="localhost",
             max_restarts=0,
             # stdout ("wrote OUT") stays in the private directory; stderr reaches the worker
-            logs_specs=DefaultLogsSpecs(log_dir=str(Path(tmp) / "logs"), redirects=Std.OUT))
+            logs_specs=DefaultLogsSpecs(log_dir=str(Path(tmp) / "logs"), redirects=Std.OUT),
+        )
         try:
             elastic_launch(config, sys.executable)(*rank_argv(str(task_file), str(out_file)))
         except ChildFailedError as exc:
@@ -104,8 +112,11 @@ def train_on_local_devices(spec: TrainTask, ranks: int) -> dict[str, Any]:
             if "error" in written:  # rank 0 wrote the bad input's message
                 raise UserError(written["error"]) from None
             rank, failure = exc.get_first_failure()
-            why = failure.message if failure.message not in ("", "<NONE>") else (
-                f"exit code {failure.exitcode}")
+            why = (
+                failure.message
+                if failure.message not in ("", "<NONE>")
+                else (f"exit code {failure.exitcode}")
+            )
             raise RuntimeError(f"training rank {rank} of {ranks} failed: {why}") from None
         result = read_result(out_file)
     result.update(started_at=started_at, wall_s=time.perf_counter() - t0)
@@ -116,8 +127,7 @@ def write_task_file(spec: TrainTask, folder: Path) -> tuple[Path, Path]:
     """``spec`` as a TASK.json (adapter beside it) for ``run-task``; and the OUT.json path.
     The ranks return the adapter inline (rank 0 writes it beside OUT.json): where it goes from
     there (``result_path``) is the launching worker's to decide."""
-    fields = spec.model_dump(mode="json", exclude={"adapter", "result_path",
-                                                    "inline_limit_bytes"})
+    fields = spec.model_dump(mode="json", exclude={"adapter", "result_path", "inline_limit_bytes"})
     if spec.adapter is not None:
         (folder / "adapter.safetensors").write_bytes(spec.adapter)
         fields["adapter_path"] = "adapter.safetensors"
@@ -135,17 +145,20 @@ def train_mpi_rank(task: dict[str, Any]) -> dict[str, Any] | None:
     spec = TrainTask.from_wire(task)
     place = rank_env()
     if place is None:
-        raise UserError("no rank in this environment (no srun, mpiexec or torchrun variables)",
-                        field="--distributed",
-                        fix="start it under the launcher, e.g. `srun -n 2 python -m "
-                            "crossfl.client run-task --distributed TASK OUT`")
+        raise UserError(
+            "no rank in this environment (no srun, mpiexec or torchrun variables)",
+            field="--distributed",
+            fix="start it under the launcher, e.g. `srun -n 2 python -m "
+            "crossfl.client run-task --distributed TASK OUT`",
+        )
     started_at, t0 = launched_at()
     with process_group(place, distributed.device_kind()) as world:
         result = train_rank(spec, world)
     if result is None:
         return None
-    result = result.model_copy(update={"started_at": started_at,
-                                       "wall_s": time.perf_counter() - t0})
+    result = result.model_copy(
+        update={"started_at": started_at, "wall_s": time.perf_counter() - t0}
+    )
     return outgoing_adapter(spec, result).to_wire()
 
 

@@ -28,7 +28,6 @@ from crossfl.errors import UserError
 MODEL_FIX = "run `make model` (or `crossfl model build-tiny --data TRAIN.jsonl --out DIR`)"
 
 
-
 def compute_dtype(name: str) -> torch.dtype:
     """The base model's compute dtype: float32, bfloat16 or float16."""
     return torch_dtype(name, allowed=COMPUTE_DTYPES, field="dtype")
@@ -42,9 +41,14 @@ class LoraKey:
     target_modules: tuple[str, ...]
 
     def config(self) -> LoraConfig:
-        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=list(self.target_modules), bias="none",
-                          task_type="CAUSAL_LM")
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
 
 
 @dataclass
@@ -68,9 +72,11 @@ class CachedModel:
             self.peft = get_peft_model(self.base, lora.config())
         except ValueError as exc:
             self.lora = None
-            raise UserError(f"LoRA config does not fit this model: {exc}", field="lora",
-                            fix="name modules the model has in lora.target_modules, "
-                                "e.g. q_proj, v_proj") from exc
+            raise UserError(
+                f"LoRA config does not fit this model: {exc}",
+                field="lora",
+                fix="name modules the model has in lora.target_modules, e.g. q_proj, v_proj",
+            ) from exc
         self.lora = lora
         return self.peft
 
@@ -101,8 +107,9 @@ def get_model(model_path: str, dtype: str, device: torch.device) -> tuple[Cached
             return entry, True
         base, tokenizer = load_base(model_path, dtype)
         base.to(device)
-        entry = CachedModel(base=base, tokenizer=tokenizer, device=device,
-                            dtype=compute_dtype(dtype))
+        entry = CachedModel(
+            base=base, tokenizer=tokenizer, device=device, dtype=compute_dtype(dtype)
+        )
         # One base model per worker: drop other checkpoints/dtypes this worker held.
         _models.clear()
         _memo.clear()
@@ -120,8 +127,9 @@ def load_base(model_path: str, dtype: str) -> tuple[PreTrainedModel, Any]:
         tokenizer = AutoTokenizer.from_pretrained(path)
         base = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load the base model from {path}: {exc}",
-                        field="model_path", fix=MODEL_FIX) from exc
+        raise UserError(
+            f"cannot load the base model from {path}: {exc}", field="model_path", fix=MODEL_FIX
+        ) from exc
     base.eval()
     for p in base.parameters():
         p.requires_grad_(False)

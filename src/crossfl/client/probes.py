@@ -23,8 +23,10 @@ from crossfl.client.contract import EvalResult, EvalTimings, TrainResult, TrainT
 from crossfl.client.transport import incoming_adapter, outgoing_adapter
 from crossfl.errors import UserError
 
-KEYS = ("base_model.model.layers.0.self_attn.q_proj.lora_A.weight",
-        "base_model.model.layers.0.self_attn.q_proj.lora_B.weight")
+KEYS = (
+    "base_model.model.layers.0.self_attn.q_proj.lora_A.weight",
+    "base_model.model.layers.0.self_attn.q_proj.lora_B.weight",
+)
 
 
 def _adapter(task: TrainTask, fill: float | None = None) -> bytes:
@@ -43,10 +45,19 @@ def _adapter(task: TrainTask, fill: float | None = None) -> bytes:
 
 def _result(task: TrainTask, adapter: bytes, started: float) -> dict[str, Any]:
     result = TrainResult(
-        adapter=adapter, num_samples=10, train_loss=1.0, first_loss=1.0, steps=task.local_steps,
+        adapter=adapter,
+        num_samples=10,
+        train_loss=1.0,
+        first_loss=1.0,
+        steps=task.local_steps,
         timings=TrainTimings(load_s=0.0, train_s=time.time() - started, serialize_s=0.0),
-        started_at=started, finished_at=time.time(), device="cpu", host=socket.gethostname(),
-        pid=os.getpid(), cache_hit=True)
+        started_at=started,
+        finished_at=time.time(),
+        device="cpu",
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        cache_hit=True,
+    )
     return outgoing_adapter(task, result).to_wire()
 
 
@@ -58,8 +69,9 @@ def noop_train(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def noop_evaluate(task: dict[str, Any]) -> dict[str, Any]:
-    return EvalResult(val_loss=1.0, num_samples=0,
-                      timings=EvalTimings(load_s=0.0, loss_s=0.0, generate_s=0.0)).to_wire()
+    return EvalResult(
+        val_loss=1.0, num_samples=0, timings=EvalTimings(load_s=0.0, loss_s=0.0, generate_s=0.0)
+    ).to_wire()
 
 
 def wait_for_file(path: Path, give_up_s: float = 600.0) -> None:

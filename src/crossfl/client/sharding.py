@@ -38,8 +38,13 @@ AUTO_FRACTION = 0.5
 """``shard: auto`` shards when the base model takes more than this share of a rank's memory."""
 
 
-def should_shard(policy: ShardPolicy, param_bytes: int, device_bytes: int, ranks: int,
-                 fraction: float = AUTO_FRACTION) -> bool:
+def should_shard(
+    policy: ShardPolicy,
+    param_bytes: int,
+    device_bytes: int,
+    ranks: int,
+    fraction: float = AUTO_FRACTION,
+) -> bool:
     """Whether to shard the base model: never for one rank; ``always`` / ``never`` as said;
     ``auto`` when ``param_bytes > fraction * device_bytes``."""
     if ranks <= 1 or policy == "never":

@@ -24,21 +24,35 @@ def read_task(path: Path, known: Collection[str]) -> tuple[str, dict[str, Any]]:
     try:
         spec = json.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError("task file not found", file=path, fix="give the path of a TASK.json") from None
+        raise UserError(
+            "task file not found", file=path, fix="give the path of a TASK.json"
+        ) from None
     except json.JSONDecodeError as exc:
-        raise UserError(f"not valid JSON ({exc.msg})", file=path, field=f"line {exc.lineno}",
-                        fix="correct the JSON") from None
+        raise UserError(
+            f"not valid JSON ({exc.msg})",
+            file=path,
+            field=f"line {exc.lineno}",
+            fix="correct the JSON",
+        ) from None
     if not isinstance(spec, dict) or spec.get("task") not in known:
-        raise UserError(f"`task` must be one of {', '.join(known)}", file=path, field="task",
-                        fix='e.g. {"task": "describe"}')
+        raise UserError(
+            f"`task` must be one of {', '.join(known)}",
+            file=path,
+            field="task",
+            fix='e.g. {"task": "describe"}',
+        )
     name = spec.pop("task")
     for key in PATH_KEYS:  # relative paths are the task file's neighbours
         if isinstance(spec.get(key), str):
             spec[key] = str((path.parent / spec[key]).resolve())
     adapter_path = spec.get("adapter_path")
     if adapter_path is not None and not Path(adapter_path).is_file():
-        raise UserError(f"no adapter file at {adapter_path}", file=path, field="adapter_path",
-                        fix="point adapter_path at a safetensors adapter, relative to the task file")
+        raise UserError(
+            f"no adapter file at {adapter_path}",
+            file=path,
+            field="adapter_path",
+            fix="point adapter_path at a safetensors adapter, relative to the task file",
+        )
     return name, spec
 
 

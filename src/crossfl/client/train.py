@@ -37,8 +37,9 @@ PROMPT_SUFFIX = "\n"
 
 def lora_key(spec: LoraSpec) -> model_cache.LoraKey:
     """The model cache's key for a LoRA config."""
-    return model_cache.LoraKey(spec.r, float(spec.alpha), float(spec.dropout),
-                               tuple(sorted(spec.target_modules)))
+    return model_cache.LoraKey(
+        spec.r, float(spec.alpha), float(spec.dropout), tuple(sorted(spec.target_modules))
+    )
 
 
 # ---------------------------------------------------------------- data
@@ -71,11 +72,13 @@ def encode_prompt(tokenizer: Any, text: str) -> list[int]:
 def encode_example(tokenizer: Any, prompt: str, answer: str, max_length: int) -> Example:
     p = encode_prompt(tokenizer, prompt)
     eos = _special(tokenizer, "eos")
-    a = list(tokenizer.encode(answer, add_special_tokens=False)) + ([eos] if eos is not None else [])
+    a = list(tokenizer.encode(answer, add_special_tokens=False)) + (
+        [eos] if eos is not None else []
+    )
     a = a[: max_length - 1]
     if len(p) + len(a) > max_length:  # keep the answer; cut the prompt's start (after bos)
         keep = max_length - len(a)
-        p = p[:1] + p[len(p) - keep + 1:] if keep > 1 else p[:keep]
+        p = p[:1] + p[len(p) - keep + 1 :] if keep > 1 else p[:keep]
     return Example(tuple(p + a), len(p))
 
 
@@ -89,25 +92,33 @@ def load_records(data_path: str, max_samples: int | None) -> list[Record]:
     return records
 
 
-def load_examples(data_path: str, tokenizer: Any, model_key: str, max_length: int,
-                  max_samples: int | None) -> list[Example]:
+def load_examples(
+    data_path: str, tokenizer: Any, model_key: str, max_length: int, max_samples: int | None
+) -> list[Example]:
     """Tokenized examples of a site's file, memoized per worker while the file is unchanged."""
     path = Path(data_path)
     stat = path.stat() if path.is_file() else None
-    key = ("train-examples", str(path.resolve()), stat and (stat.st_mtime_ns, stat.st_size),
-           model_key, max_length, max_samples)
+    key = (
+        "train-examples",
+        str(path.resolve()),
+        stat and (stat.st_mtime_ns, stat.st_size),
+        model_key,
+        max_length,
+        max_samples,
+    )
 
     def build() -> list[Example]:
-        return [encode_example(tokenizer, r.input, r.output, max_length)
-                for r in load_records(data_path, max_samples)]
+        return [
+            encode_example(tokenizer, r.input, r.output, max_length)
+            for r in load_records(data_path, max_samples)
+        ]
 
     if stat is None:
         return build()  # raises the UserError
     return model_cache.memo(key, build)
 
 
-def collate(examples: list[Example], pad: int, device: torch.device
-            ) -> dict[str, torch.Tensor]:
+def collate(examples: list[Example], pad: int, device: torch.device) -> dict[str, torch.Tensor]:
     """Right-padded batch; labels are -100 on the prompt and on padding."""
     width = max(len(e.ids) for e in examples)
     ids = torch.full((len(examples), width), pad, dtype=torch.long)
@@ -117,9 +128,12 @@ def collate(examples: list[Example], pad: int, device: torch.device
         n = len(e.ids)
         ids[i, :n] = torch.tensor(e.ids)
         mask[i, :n] = 1
-        labels[i, e.prompt_len:n] = ids[i, e.prompt_len:n]
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
-            "labels": labels.to(device)}
+        labels[i, e.prompt_len : n] = ids[i, e.prompt_len : n]
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": mask.to(device),
+        "labels": labels.to(device),
+    }
 
 
 def batch_indices(n: int, batch_size: int, steps: int, gen: torch.Generator) -> list[list[int]]:
@@ -129,7 +143,7 @@ def batch_indices(n: int, batch_size: int, steps: int, gen: torch.Generator) -> 
     while len(order) < need:
         order.extend(torch.randperm(n, generator=gen).tolist())
     size = min(batch_size, n)
-    return [order[i * size:(i + 1) * size] for i in range(steps)]
+    return [order[i * size : (i + 1) * size] for i in range(steps)]
 
 
 def round_seed(seed: int, rnd: int) -> int:
@@ -139,8 +153,9 @@ def round_seed(seed: int, rnd: int) -> int:
 # ---------------------------------------------------------------- adapter state
 
 
-def fresh_adapter_from_shapes(shapes: dict[str, tuple[int, ...]], seed: int
-                              ) -> dict[str, torch.Tensor]:
+def fresh_adapter_from_shapes(
+    shapes: dict[str, tuple[int, ...]], seed: int
+) -> dict[str, torch.Tensor]:
     """peft's default LoRA init (A: Kaiming-uniform, B: zeros), drawn from a generator seeded
     with ``seed`` in sorted key order: the same tensors in every process, whatever its RNG
     history. Sites start round 1 from this when no adapter is sent; the server rebuilds the same
@@ -172,13 +187,19 @@ def load_adapter_state(model: PeftModel, state: dict[str, torch.Tensor]) -> None
     extra = sorted(set(state) - set(expected))
     if missing or extra:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
-        raise UserError(f"the adapter does not match the LoRA config: {detail}",
-                        field="adapter", fix="train and evaluate with the same lora settings")
+        raise UserError(
+            f"the adapter does not match the LoRA config: {detail}",
+            field="adapter",
+            fix="train and evaluate with the same lora settings",
+        )
     for name, t in state.items():
         if tuple(t.shape) != tuple(expected[name].shape):
-            raise UserError(f"adapter tensor {name} has shape {tuple(t.shape)}, the LoRA config "
-                            f"gives {tuple(expected[name].shape)}", field="adapter",
-                            fix="train and evaluate with the same lora.r and target_modules")
+            raise UserError(
+                f"adapter tensor {name} has shape {tuple(t.shape)}, the LoRA config "
+                f"gives {tuple(expected[name].shape)}",
+                field="adapter",
+                fix="train and evaluate with the same lora.r and target_modules",
+            )
     set_peft_model_state_dict(model, state)
 
 
@@ -190,8 +211,9 @@ def prepare_adapter(model: PeftModel, adapter: bytes | None, seed: int) -> None:
 # ---------------------------------------------------------------- the round
 
 
-def worker_model(model_path: str, dtype: str, threads: int | None, expect: str | None = None
-                 ) -> tuple[torch.device, model_cache.CachedModel, bool]:
+def worker_model(
+    model_path: str, dtype: str, threads: int | None, expect: str | None = None
+) -> tuple[torch.device, model_cache.CachedModel, bool]:
     """Set torch's thread count, pick the device (the site's `expect`ed one), and get the
     (cached) base model."""
     if threads:
@@ -201,7 +223,6 @@ def worker_model(model_path: str, dtype: str, threads: int | None, expect: str |
     return device, entry, hit
 
 
-
 @dataclass
 class Steps:
     losses: list[float]  # each step's mean loss over the global batch's target tokens
@@ -209,8 +230,14 @@ class Steps:
     tokens: int  # tokens (prompt and answer, no padding) of the global batches
 
 
-def run_training(model: torch.nn.Module, examples: list[Example], task: TrainTask, pad: int,
-                 device: torch.device, world: World | None = None) -> Steps:
+def run_training(
+    model: torch.nn.Module,
+    examples: list[Example],
+    task: TrainTask,
+    pad: int,
+    device: torch.device,
+    world: World | None = None,
+) -> Steps:
     """``task.local_steps`` AdamW steps on seeded global batches of ``batch_size x ranks``
     examples; with several ranks (``model`` wrapped in DDP or sharded with FSDP2) each rank
     runs its slice of every global batch (``distributed_step``)."""
@@ -228,8 +255,9 @@ def run_training(model: torch.nn.Module, examples: list[Example], task: TrainTas
         tokens += sum(len(examples[i].ids) for i in idx)
         start = time.perf_counter()
         if world.distributed:
-            losses.append(distributed_step(model, opt, [examples[i] for i in shard(idx, world)],
-                                           pad, world))
+            losses.append(
+                distributed_step(model, opt, [examples[i] for i in shard(idx, world)], pad, world)
+            )
         else:
             loss = model(**collate([examples[i] for i in idx], pad, device)).loss
             loss.backward()
@@ -241,8 +269,13 @@ def run_training(model: torch.nn.Module, examples: list[Example], task: TrainTas
     return Steps(losses, busy, tokens)
 
 
-def distributed_step(model: torch.nn.Module, opt: torch.optim.Optimizer,
-                     examples: list[Example], pad: int, world: World) -> float:
+def distributed_step(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    examples: list[Example],
+    pad: int,
+    world: World,
+) -> float:
     """One step on this rank's slice. Its loss is the sum over its target tokens divided by
     the global batch's target-token count (all-reduced), times the ranks because DDP and FSDP
     average gradients: the gradient is the single-process gradient of the global batch's mean
@@ -263,11 +296,13 @@ def train_round(task: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     spec = TrainTask.from_wire(task)
     adapter, fetch_s = incoming_adapter(spec)
-    device, entry, hit = worker_model(spec.model_path, spec.dtype, spec.torch_threads,
-                                      spec.expect_device)
+    device, entry, hit = worker_model(
+        spec.model_path, spec.dtype, spec.torch_threads, spec.expect_device
+    )
     with entry.lock:
-        examples = load_examples(spec.data_path, entry.tokenizer, spec.model_path,
-                                 spec.max_length, spec.max_samples)
+        examples = load_examples(
+            spec.data_path, entry.tokenizer, spec.model_path, spec.max_length, spec.max_samples
+        )
         model = entry.wrapped(lora_key(spec.lora))
         prepare_adapter(model, adapter, spec.seed)
         t1 = time.perf_counter()
@@ -275,24 +310,42 @@ def train_round(task: dict[str, Any]) -> dict[str, Any]:
         losses = steps.losses
         t2 = time.perf_counter()
         state = get_peft_model_state_dict(model)
-        blob = adapter_to_bytes(state, spec.adapter_dtype,
-                                metadata={LORA_METADATA_KEY: spec.lora.model_dump_json()})
+        blob = adapter_to_bytes(
+            state, spec.adapter_dtype, metadata={LORA_METADATA_KEY: spec.lora.model_dump_json()}
+        )
     t3 = time.perf_counter()
     if not all(math.isfinite(x) for x in losses):
         raise RuntimeError(f"training diverged (loss {losses[-1]}); lower lr or use float32")
     result = TrainResult(
-        adapter=blob, num_samples=len(examples), train_loss=float(sum(losses) / len(losses)),
-        first_loss=float(losses[0]), steps=len(losses), train_tokens=steps.tokens,
+        adapter=blob,
+        num_samples=len(examples),
+        train_loss=float(sum(losses) / len(losses)),
+        first_loss=float(losses[0]),
+        steps=len(losses),
+        train_tokens=steps.tokens,
         timings=TrainTimings(load_s=t1 - t0, train_s=t2 - t1, serialize_s=t3 - t2, fetch_s=fetch_s),
-        started_at=started_at, finished_at=time.time(), device=str(device),
-        host=socket.gethostname(), pid=os.getpid(), python=sys.executable, cache_hit=hit,
-        **single_rank_telemetry(device, steps.busy_s, time.perf_counter() - t0))
+        started_at=started_at,
+        finished_at=time.time(),
+        device=str(device),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        python=sys.executable,
+        cache_hit=hit,
+        **single_rank_telemetry(device, steps.busy_s, time.perf_counter() - t0),
+    )
     return outgoing_adapter(spec, result).to_wire()
 
 
-def single_rank_telemetry(device: torch.device, busy_s: float, wall_s: float
-                          ) -> dict[str, Any]:
+def single_rank_telemetry(device: torch.device, busy_s: float, wall_s: float) -> dict[str, Any]:
     """The telemetry fields (crossfl.client.telemetry) of a one-process task."""
-    return {"ranks": 1, "nodes": 1, "devices_per_rank": 1, "device_type": device.type,
-            "device_names": [device_name(device)], "dist_backend": None, "sharded": False,
-            "accelerator_s": busy_s, "wall_s": wall_s}
+    return {
+        "ranks": 1,
+        "nodes": 1,
+        "devices_per_rank": 1,
+        "device_type": device.type,
+        "device_names": [device_name(device)],
+        "dist_backend": None,
+        "sharded": False,
+        "accelerator_s": busy_s,
+        "wall_s": wall_s,
+    }

@@ -24,8 +24,11 @@ def incoming_adapter(task: SiteTask) -> tuple[bytes | None, float]:
     t0 = time.perf_counter()
     path = Path(task.adapter_path)
     if not path.is_file():
-        raise UserError(f"adapter file {path} is not readable at this site", field="adapter_path",
-                        fix="set the site's transport.shared_dir to a directory its workers can read")
+        raise UserError(
+            f"adapter file {path} is not readable at this site",
+            field="adapter_path",
+            fix="set the site's transport.shared_dir to a directory its workers can read",
+        )
     return path.read_bytes(), time.perf_counter() - t0
 
 
@@ -39,5 +42,11 @@ def outgoing_adapter(task: TrainTask, result: TrainResult) -> TrainResult:
     t0 = time.perf_counter()
     atomic_write_bytes(Path(task.result_path), blob)
     timings = result.timings.model_copy(update={"store_s": time.perf_counter() - t0})
-    return result.model_copy(update={"adapter": None, "adapter_path": task.result_path,
-                                     "adapter_nbytes": len(blob), "timings": timings})
+    return result.model_copy(
+        update={
+            "adapter": None,
+            "adapter_path": task.result_path,
+            "adapter_nbytes": len(blob),
+            "timings": timings,
+        }
+    )

@@ -21,6 +21,7 @@ _LAZY = {"TASKS", "BuildSummary", "build_chem"}
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         from crossfl.data import chem
+
         return getattr(chem, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -56,22 +56,48 @@ class ChemTask:
         return Record(
             input=self.question.format(smiles=f"<SMILES> {smiles} </SMILES>"),
             output=f"<{self.tag}> {answer} </{self.tag}>",
-            raw_input=smiles, raw_output=answer, task=self.name, split=split,
+            raw_input=smiles,
+            raw_output=answer,
+            task=self.name,
+            split=split,
         )
 
 
-TASKS: dict[str, ChemTask] = {task.name: task for task in (
-    ChemTask("name_conversion-s2f", "What is the molecular formula of {smiles} ?", "MOLFORMULA",
-             rdMolDescriptors.CalcMolFormula),
-    ChemTask("property_prediction-mw", "What is the molecular weight of {smiles} ?", "NUMBER",
-             lambda mol: _number(Descriptors.MolWt(mol), 2)),
-    ChemTask("property_prediction-logp", "What is the Crippen logP of {smiles} ?", "NUMBER",
-             lambda mol: _number(Crippen.MolLogP(mol), 2)),
-    ChemTask("property_prediction-tpsa", "What is the TPSA of {smiles} ?", "NUMBER",
-             lambda mol: _number(rdMolDescriptors.CalcTPSA(mol), 2)),
-    ChemTask("property_prediction-rings", "How many rings does {smiles} have?", "NUMBER",
-             lambda mol: str(rdMolDescriptors.CalcNumRings(mol))),
-)}
+TASKS: dict[str, ChemTask] = {
+    task.name: task
+    for task in (
+        ChemTask(
+            "name_conversion-s2f",
+            "What is the molecular formula of {smiles} ?",
+            "MOLFORMULA",
+            rdMolDescriptors.CalcMolFormula,
+        ),
+        ChemTask(
+            "property_prediction-mw",
+            "What is the molecular weight of {smiles} ?",
+            "NUMBER",
+            lambda mol: _number(Descriptors.MolWt(mol), 2),
+        ),
+        ChemTask(
+            "property_prediction-logp",
+            "What is the Crippen logP of {smiles} ?",
+            "NUMBER",
+            lambda mol: _number(Crippen.MolLogP(mol), 2),
+        ),
+        ChemTask(
+            "property_prediction-tpsa",
+            "What is the TPSA of {smiles} ?",
+            "NUMBER",
+            lambda mol: _number(rdMolDescriptors.CalcTPSA(mol), 2),
+        ),
+        ChemTask(
+            "property_prediction-rings",
+            "How many rings does {smiles} have?",
+            "NUMBER",
+            lambda mol: str(rdMolDescriptors.CalcNumRings(mol)),
+        ),
+    )
+}
 
 
 class BuildSummary(BaseModel):
@@ -103,8 +129,11 @@ def nci_smiles_path() -> Path:
     found = sorted(data_dir.glob("NCI/*.smi"))
     if found:
         return found[0]
-    raise UserError("RDKit's NCI SMILES file is missing", file=path,
-                    fix="reinstall rdkit (`pip install -c requirements/constraints.txt rdkit`)")
+    raise UserError(
+        "RDKit's NCI SMILES file is missing",
+        file=path,
+        fix="reinstall rdkit (`pip install -c requirements/constraints.txt rdkit`)",
+    )
 
 
 def read_smiles_file(path: Path) -> list[str]:
@@ -112,11 +141,15 @@ def read_smiles_file(path: Path) -> list[str]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        raise UserError(f"cannot read SMILES file: {exc.strerror}", file=path,
-                        fix="check the path") from None
+        raise UserError(
+            f"cannot read SMILES file: {exc.strerror}", file=path, fix="check the path"
+        ) from None
     except UnicodeDecodeError:
-        raise UserError("SMILES file is not UTF-8 text", file=path,
-                        fix="one SMILES per line, optionally followed by an id") from None
+        raise UserError(
+            "SMILES file is not UTF-8 text",
+            file=path,
+            fix="one SMILES per line, optionally followed by an id",
+        ) from None
     return [line.split()[0] for line in lines if line.strip() and not line.startswith("#")]
 
 
@@ -129,8 +162,9 @@ class ParsedMolecules:
     too_long: int = 0
 
 
-def parse_molecules(smiles: Iterable[str], *, max_smiles_length: int | None = None,
-                    limit: int | None = None) -> ParsedMolecules:
+def parse_molecules(
+    smiles: Iterable[str], *, max_smiles_length: int | None = None, limit: int | None = None
+) -> ParsedMolecules:
     """Canonical SMILES + molecule for every parseable, new input, in input order, stopping
     once `limit` molecules are kept; counts what was examined and dropped."""
     parsed = ParsedMolecules(molecules=[])
@@ -166,8 +200,11 @@ def parse_molecules(smiles: Iterable[str], *, max_smiles_length: int | None = No
 def split_sizes(total: int) -> dict[Split, int]:
     """80/10/10 by default; validation and test get at least one molecule once total >= 3."""
     if total < 1:
-        raise UserError("no molecules left to split", field="max-molecules",
-                        fix="allow more molecules (a larger --max-molecules/--max-smiles-length)")
+        raise UserError(
+            "no molecules left to split",
+            field="max-molecules",
+            fix="allow more molecules (a larger --max-molecules/--max-smiles-length)",
+        )
     held = {s: round(total * SPLIT_FRACTIONS[s]) for s in ("validation", "test")}
     if total >= 3:
         held = {s: max(1, n) for s, n in held.items()}
@@ -183,14 +220,15 @@ def shuffled(items: Sequence[str], seed: int) -> list[str]:
     return order
 
 
-def split_molecules(molecules: Sequence[tuple[str, Chem.Mol]]
-                    ) -> dict[Split, list[tuple[str, Chem.Mol]]]:
+def split_molecules(
+    molecules: Sequence[tuple[str, Chem.Mol]],
+) -> dict[Split, list[tuple[str, Chem.Mol]]]:
     """Cut (already shuffled) molecules into train/validation/test: disjoint by molecule."""
     sizes = split_sizes(len(molecules))
     result: dict[Split, list[tuple[str, Chem.Mol]]] = {}
     start = 0
     for split in SPLITS:
-        result[split] = list(molecules[start:start + sizes[split]])
+        result[split] = list(molecules[start : start + sizes[split]])
         start += sizes[split]
     return result
 
@@ -202,20 +240,30 @@ def resolve_tasks(names: Iterable[str] | None) -> list[ChemTask]:
     wanted = [name.strip() for name in names if name.strip()]
     unknown = sorted(set(wanted) - set(TASKS))
     if unknown or not wanted:
-        raise UserError(f"unknown task(s): {', '.join(unknown) or '(none given)'}",
-                        field="tasks", fix="choose from " + ", ".join(TASKS))
+        raise UserError(
+            f"unknown task(s): {', '.join(unknown) or '(none given)'}",
+            field="tasks",
+            fix="choose from " + ", ".join(TASKS),
+        )
     return [task for name, task in TASKS.items() if name in wanted]
 
 
-def make_records(molecules: Sequence[tuple[str, Chem.Mol]], split: Split,
-                 tasks: Sequence[ChemTask]) -> list[Record]:
+def make_records(
+    molecules: Sequence[tuple[str, Chem.Mol]], split: Split, tasks: Sequence[ChemTask]
+) -> list[Record]:
     """One record per molecule and task, molecule by molecule (tasks interleaved)."""
     return [task.record(smiles, mol, split) for smiles, mol in molecules for task in tasks]
 
 
-def build_chem(out_dir: Path, *, seed: int = 0, max_molecules: int | None = None,
-               tasks: Iterable[str] | None = None, max_smiles_length: int | None = None,
-               source: Path | None = None) -> BuildSummary:
+def build_chem(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    max_molecules: int | None = None,
+    tasks: Iterable[str] | None = None,
+    max_smiles_length: int | None = None,
+    source: Path | None = None,
+) -> BuildSummary:
     """Build the chemistry set into out_dir/{train,validation,test}.jsonl (+ dataset_info.json).
 
     All files are staged as temp files in out_dir and moved into place only once every one is
@@ -233,11 +281,16 @@ def build_chem(out_dir: Path, *, seed: int = 0, max_molecules: int | None = None
     out_dir = Path(out_dir)
     files = _write_dataset(out_dir, records)
     summary = BuildSummary(
-        out_dir=out_dir, files=dict(files),
-        source=_source_label(source), seed=seed,
+        out_dir=out_dir,
+        files=dict(files),
+        source=_source_label(source),
+        seed=seed,
         molecules={split: len(mols) for split, mols in splits.items()},
-        records=_count(records, chosen), read=parsed.examined, unparseable=parsed.unparseable,
-        duplicates=parsed.duplicates, too_long=parsed.too_long,
+        records=_count(records, chosen),
+        read=parsed.examined,
+        unparseable=parsed.unparseable,
+        duplicates=parsed.duplicates,
+        too_long=parsed.too_long,
         seconds=round(time.perf_counter() - started, 3),
     )
     _write_info(out_dir, summary)
@@ -246,11 +299,17 @@ def build_chem(out_dir: Path, *, seed: int = 0, max_molecules: int | None = None
 
 def _check_limits(max_molecules: int | None, max_smiles_length: int | None) -> None:
     if max_molecules is not None and max_molecules < 1:
-        raise UserError(f"must be at least 1, got {max_molecules}", field="max-molecules",
-                        fix="pass a positive number or leave it out for all molecules")
+        raise UserError(
+            f"must be at least 1, got {max_molecules}",
+            field="max-molecules",
+            fix="pass a positive number or leave it out for all molecules",
+        )
     if max_smiles_length is not None and max_smiles_length < 1:
-        raise UserError(f"must be at least 1, got {max_smiles_length}",
-                        field="max-smiles-length", fix="pass a positive number or leave it out")
+        raise UserError(
+            f"must be at least 1, got {max_smiles_length}",
+            field="max-smiles-length",
+            fix="pass a positive number or leave it out",
+        )
 
 
 def _write_dataset(out_dir: Path, records: dict[Split, list[Record]]) -> dict[Split, Path]:
@@ -260,8 +319,9 @@ def _write_dataset(out_dir: Path, records: dict[Split, list[Record]]) -> dict[Sp
     return {split: out_dir / f"{split}.jsonl" for split in SPLITS}
 
 
-def _count(records: dict[Split, list[Record]], tasks: Sequence[ChemTask]
-           ) -> dict[str, dict[str, int]]:
+def _count(
+    records: dict[Split, list[Record]], tasks: Sequence[ChemTask]
+) -> dict[str, dict[str, int]]:
     counts = {task.name: {split: 0 for split in SPLITS} for task in tasks}
     for split, items in records.items():
         for record in items:
@@ -271,7 +331,9 @@ def _count(records: dict[Split, list[Record]], tasks: Sequence[ChemTask]
 
 def _source_label(source: Path) -> str:
     try:
-        return "rdkit:" + source.resolve().relative_to(Path(RDConfig.RDDataDir).resolve()).as_posix()
+        return (
+            "rdkit:" + source.resolve().relative_to(Path(RDConfig.RDDataDir).resolve()).as_posix()
+        )
     except ValueError:
         return source.name
 
@@ -285,7 +347,9 @@ def _write_info(out_dir: Path, summary: BuildSummary) -> None:
         "split_fractions": SPLIT_FRACTIONS,
         "molecules": summary.molecules,
         "records": summary.records,
-        "tasks": {name: {"question": TASKS[name].question, "tag": TASKS[name].tag}
-                  for name in summary.records},
+        "tasks": {
+            name: {"question": TASKS[name].question, "tag": TASKS[name].tag}
+            for name in summary.records
+        },
     }
     write_json(info, out_dir / INFO_FILE)

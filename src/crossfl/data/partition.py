@@ -48,48 +48,74 @@ def parse_scheme(value: str) -> Scheme:
     try:
         return _SCHEME_ADAPTER.validate_python(value)
     except ValidationError:
-        raise UserError(f"unknown partition scheme {value!r}", field="scheme",
-                        fix="use one of " + ", ".join(SCHEMES)) from None
+        raise UserError(
+            f"unknown partition scheme {value!r}",
+            field="scheme",
+            fix="use one of " + ", ".join(SCHEMES),
+        ) from None
 
 
 def check_sites(sites: Sequence[str]) -> list[str]:
     """Site names: at least one, unique, usable as file names."""
     names = [str(site).strip() for site in sites]
     if not names or not all(names):
-        raise UserError("no site names given (or an empty one)", field="sites",
-                        fix="pass comma-separated names, e.g. --sites alpha,beta,gamma")
+        raise UserError(
+            "no site names given (or an empty one)",
+            field="sites",
+            fix="pass comma-separated names, e.g. --sites alpha,beta,gamma",
+        )
     bad = [name for name in names if not _SITE_NAME.match(name)]
     if bad:
-        raise UserError(f"site name(s) not usable as file names: {', '.join(bad)}",
-                        field="sites", fix="use letters, digits, '.', '_' and '-'")
+        raise UserError(
+            f"site name(s) not usable as file names: {', '.join(bad)}",
+            field="sites",
+            fix="use letters, digits, '.', '_' and '-'",
+        )
     duplicated = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicated:
-        raise UserError(f"site name(s) repeated: {', '.join(duplicated)}", field="sites",
-                        fix="give every site once")
+        raise UserError(
+            f"site name(s) repeated: {', '.join(duplicated)}",
+            field="sites",
+            fix="give every site once",
+        )
     return names
 
 
 def _check_alpha(alpha: float) -> None:
     if not (math.isfinite(alpha) and alpha > 0):
-        raise UserError(f"alpha must be a positive number, got {alpha}", field="alpha",
-                        fix="e.g. --alpha 0.5 (smaller = more skewed)")
+        raise UserError(
+            f"alpha must be a positive number, got {alpha}",
+            field="alpha",
+            fix="e.g. --alpha 0.5 (smaller = more skewed)",
+        )
 
 
-def partition(records: list[Record], sites: list[str], scheme: Scheme, *, seed: int = 0,
-              alpha: float = 0.5, own_fraction: float = BY_TASK_OWN_FRACTION
-              ) -> dict[str, list[Record]]:
+def partition(
+    records: list[Record],
+    sites: list[str],
+    scheme: Scheme,
+    *,
+    seed: int = 0,
+    alpha: float = 0.5,
+    own_fraction: float = BY_TASK_OWN_FRACTION,
+) -> dict[str, list[Record]]:
     """Assign every record to exactly one site; returns site -> its records (in input order)."""
     scheme = parse_scheme(scheme)
     names = check_sites(sites)
     if len(records) < len(names):
-        raise UserError(f"{len(records)} record(s) cannot give each of {len(names)} sites one",
-                        field="sites", fix="use fewer sites or a larger training set")
+        raise UserError(
+            f"{len(records)} record(s) cannot give each of {len(names)} sites one",
+            field="sites",
+            fix="use fewer sites or a larger training set",
+        )
     if seed < 0:
-        raise UserError(f"seed must be a non-negative integer, got {seed}", field="seed",
-                        fix="e.g. --seed 0")
+        raise UserError(
+            f"seed must be a non-negative integer, got {seed}", field="seed", fix="e.g. --seed 0"
+        )
     if not 0.0 <= own_fraction <= 1.0:
-        raise UserError(f"own_fraction must be within [0, 1], got {own_fraction}",
-                        field="own_fraction")
+        raise UserError(
+            f"own_fraction must be within [0, 1], got {own_fraction}", field="own_fraction"
+        )
     rng = np.random.default_rng(seed)
     if scheme == "iid":
         buckets = _iid(len(records), len(names), rng)
@@ -99,7 +125,10 @@ def partition(records: list[Record], sites: list[str], scheme: Scheme, *, seed: 
         _check_alpha(alpha)
         buckets = _dirichlet(records, len(names), rng, alpha)
     _fill_empty(buckets)
-    return {name: [records[i] for i in sorted(bucket)] for name, bucket in zip(names, buckets)}
+    return {
+        name: [records[i] for i in sorted(bucket)]
+        for name, bucket in zip(names, buckets, strict=False)
+    }
 
 
 def _task_groups(records: Sequence[Record]) -> dict[str, list[int]]:
@@ -118,12 +147,14 @@ def task_owners(tasks: Sequence[str], n_sites: int) -> dict[str, list[int]]:
     """Which site indices own each task under `by_task` (see the module docstring)."""
     if n_sites <= len(tasks):
         return {task: [j % n_sites] for j, task in enumerate(tasks)}
-    return {task: [i for i in range(n_sites) if i % len(tasks) == j]
-            for j, task in enumerate(tasks)}
+    return {
+        task: [i for i in range(n_sites) if i % len(tasks) == j] for j, task in enumerate(tasks)
+    }
 
 
-def _by_task(records: Sequence[Record], n_sites: int, rng: np.random.Generator,
-             own_fraction: float) -> list[list[int]]:
+def _by_task(
+    records: Sequence[Record], n_sites: int, rng: np.random.Generator, own_fraction: float
+) -> list[list[int]]:
     buckets: list[list[int]] = [[] for _ in range(n_sites)]
     groups = _task_groups(records)
     owners = task_owners(list(groups), n_sites)
@@ -139,8 +170,9 @@ def _by_task(records: Sequence[Record], n_sites: int, rng: np.random.Generator,
     return buckets
 
 
-def _dirichlet(records: Sequence[Record], n_sites: int, rng: np.random.Generator,
-               alpha: float) -> list[list[int]]:
+def _dirichlet(
+    records: Sequence[Record], n_sites: int, rng: np.random.Generator, alpha: float
+) -> list[list[int]]:
     buckets: list[list[int]] = [[] for _ in range(n_sites)]
     for indices in _task_groups(records).values():
         shares = rng.dirichlet(np.full(n_sites, alpha))
@@ -162,12 +194,19 @@ def _fill_empty(buckets: list[list[int]]) -> None:
 
 def task_counts(parts: dict[str, list[Record]]) -> dict[str, dict[str, int]]:
     """site -> task -> number of records (tasks sorted by name)."""
-    return {site: dict(sorted(Counter(r.task for r in recs).items()))
-            for site, recs in parts.items()}
+    return {
+        site: dict(sorted(Counter(r.task for r in recs).items())) for site, recs in parts.items()
+    }
 
 
-def write_partitions(train_path: Path, sites: list[str], out_dir: Path, scheme: Scheme | str,
-                     seed: int = 0, alpha: float = 0.5) -> dict[str, Path]:
+def write_partitions(
+    train_path: Path,
+    sites: list[str],
+    out_dir: Path,
+    scheme: Scheme | str,
+    seed: int = 0,
+    alpha: float = 0.5,
+) -> dict[str, Path]:
     """Partition `train_path` and write out_dir/<site>.jsonl (+ partition.json), atomically.
 
     Only records of split `train` are used, so pointing at a whole dataset directory never
@@ -188,8 +227,14 @@ def write_partitions(train_path: Path, sites: list[str], out_dir: Path, scheme: 
     return paths
 
 
-def _write_manifest(out_dir: Path, train_path: Path, scheme: Scheme, seed: int, alpha: float,
-                    parts: dict[str, list[Record]]) -> None:
+def _write_manifest(
+    out_dir: Path,
+    train_path: Path,
+    scheme: Scheme,
+    seed: int,
+    alpha: float,
+    parts: dict[str, list[Record]],
+) -> None:
     manifest = {
         "source": train_path.name,
         "scheme": scheme,

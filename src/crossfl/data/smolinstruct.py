@@ -31,7 +31,9 @@ from crossfl.schema import problems
 Split = Literal["train", "validation", "test"]
 SPLITS: tuple[Split, ...] = ("train", "validation", "test")
 RECORD_FIELDS: tuple[str, ...] = ("input", "output", "raw_input", "raw_output", "task", "split")
-BUILD_HINT = "build the demo set with `crossfl data build-chem --out build/data/chem` (or `make data`)"
+BUILD_HINT = (
+    "build the demo set with `crossfl data build-chem --out build/data/chem` (or `make data`)"
+)
 
 _TAGGED = re.compile(r"<(?P<tag>[A-Z_]+)>\s*(?P<body>.*?)\s*</(?P=tag)>", re.DOTALL)
 
@@ -81,8 +83,11 @@ def jsonl_files(path: Path) -> list[Path]:
         return [path]
     files = sorted(p for p in path.glob("*.jsonl") if p.is_file())
     if not files:
-        raise UserError("directory holds no *.jsonl files", file=path,
-                        fix=f"point at a SMolInstruct JSONL file or directory; {BUILD_HINT}")
+        raise UserError(
+            "directory holds no *.jsonl files",
+            file=path,
+            fix=f"point at a SMolInstruct JSONL file or directory; {BUILD_HINT}",
+        )
     return files
 
 
@@ -100,16 +105,22 @@ def _parse_line(path: Path, number: int, text: str) -> Record:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UserError(f"not valid JSON ({exc.msg} at column {exc.colno})",
-                        file=path, field=field, fix=fix) from None
+        raise UserError(
+            f"not valid JSON ({exc.msg} at column {exc.colno})", file=path, field=field, fix=fix
+        ) from None
     if not isinstance(data, dict):
-        raise UserError(f"expected a JSON object, found {type(data).__name__}",
-                        file=path, field=field, fix=fix) from None
+        raise UserError(
+            f"expected a JSON object, found {type(data).__name__}", file=path, field=field, fix=fix
+        ) from None
     try:
         return Record.model_validate(data)
     except ValidationError as exc:
-        raise UserError(_field_problem(exc), file=path, field=field,
-                        fix=fix + "; split is one of " + ", ".join(SPLITS)) from None
+        raise UserError(
+            _field_problem(exc),
+            file=path,
+            field=field,
+            fix=fix + "; split is one of " + ", ".join(SPLITS),
+        ) from None
 
 
 def iter_jsonl(path: Path) -> Iterator[Record]:
@@ -120,15 +131,22 @@ def iter_jsonl(path: Path) -> Iterator[Record]:
                 if line.strip():
                     yield _parse_line(path, number, line)
     except UnicodeDecodeError:
-        raise UserError("file is not UTF-8 text", file=path,
-                        fix="save the dataset as UTF-8 JSON Lines") from None
+        raise UserError(
+            "file is not UTF-8 text", file=path, fix="save the dataset as UTF-8 JSON Lines"
+        ) from None
     except OSError as exc:
-        raise UserError(f"cannot read file: {exc.strerror}", file=path,
-                        fix="check the path and its permissions") from None
+        raise UserError(
+            f"cannot read file: {exc.strerror}", file=path, fix="check the path and its permissions"
+        ) from None
 
 
-def load_jsonl(path: Path, *, tasks: set[str] | None = None, limit: int | None = None,
-               splits: set[str] | None = None) -> list[Record]:
+def load_jsonl(
+    path: Path,
+    *,
+    tasks: set[str] | None = None,
+    limit: int | None = None,
+    splits: set[str] | None = None,
+) -> list[Record]:
     """Load SMolInstruct records from a JSONL file or a directory of them.
 
     `tasks` / `splits` keep only those task / split names; `limit` caps the total number of
@@ -150,8 +168,7 @@ def load_jsonl(path: Path, *, tasks: set[str] | None = None, limit: int | None =
             if limit is not None and len(records) >= limit:
                 return records
     if not records:
-        raise UserError(_empty_message(tasks, splits), file=path,
-                        fix=_empty_fix(seen_tasks))
+        raise UserError(_empty_message(tasks, splits), file=path, fix=_empty_fix(seen_tasks))
     return records
 
 

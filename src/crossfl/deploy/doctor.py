@@ -78,6 +78,7 @@ class Report:
 
 # -- the table ------------------------------------------------------------------------------------
 
+
 def table_lines(report: Report) -> Iterator[str]:
     """The checks as a table of at most WIDTH columns: check, status, detail (wrapped)."""
     indent = " " * (NAME_W + STATUS_W + 2)
@@ -85,13 +86,17 @@ def table_lines(report: Report) -> Iterator[str]:
     yield f"{'-' * NAME_W} {'-' * STATUS_W} {'-' * (WIDTH - NAME_W - STATUS_W - 2)}"
     for c in report.checks:
         head = f"{c.name[:NAME_W]:<{NAME_W}} {c.status:<{STATUS_W}} "
-        yield from textwrap.wrap(c.detail or "-", WIDTH, initial_indent=head,
-                                 subsequent_indent=indent, break_on_hyphens=False) or [head]
+        yield from textwrap.wrap(
+            c.detail or "-",
+            WIDTH,
+            initial_indent=head,
+            subsequent_indent=indent,
+            break_on_hyphens=False,
+        ) or [head]
     if report.ranks:
         yield ""
         for line in report.ranks:
-            yield from textwrap.wrap(line, WIDTH, subsequent_indent="    ",
-                                     break_on_hyphens=False)
+            yield from textwrap.wrap(line, WIDTH, subsequent_indent="    ", break_on_hyphens=False)
     fails = sum(c.status == "FAIL" for c in report.checks)
     warns = sum(c.status == "warn" for c in report.checks)
     yield ""
@@ -106,8 +111,10 @@ def print_report(report: Report, console: Console | None = None) -> None:
 
 # -- the checks -----------------------------------------------------------------------------------
 
-def run_doctor(name: str, *, smoke: bool = False, smoke_wait_s: float = 1800.0,
-               console: Console | None = None) -> Report:
+
+def run_doctor(
+    name: str, *, smoke: bool = False, smoke_wait_s: float = 1800.0, console: Console | None = None
+) -> Report:
     site = load_site(name)
     t = target_of(site)
     log = console or Console(stderr=True, soft_wrap=True)
@@ -153,15 +160,20 @@ class _Doctor:
     def login(self) -> None:
         raw = self.site.deploy.remote_root
         root = "$HOME/" + raw[2:] if raw.startswith("~/") else raw
-        res = self.r.run(f'echo CROSSFL_HOST=$(hostname); echo CROSSFL_USER=${{USER:-$(id -un)}}; '
-                         f'echo CROSSFL_HOME=$HOME; echo CROSSFL_ROOT="{root}"')
+        res = self.r.run(
+            f"echo CROSSFL_HOST=$(hostname); echo CROSSFL_USER=${{USER:-$(id -un)}}; "
+            f'echo CROSSFL_HOME=$HOME; echo CROSSFL_ROOT="{root}"'
+        )
         m = res.markers()
         if not res.ok or "HOME" not in m:
             self.add("login", "FAIL", f"the login shell on {self.r.t.label} failed: {res.tail()}")
             return
         self.home, self.root = m["HOME"], m["ROOT"]
-        self.add("login", "ok", f"{m.get('USER')} on {m.get('HOST')} (via {self.r.t.label}); "
-                                f"remote root {self.root}")
+        self.add(
+            "login",
+            "ok",
+            f"{m.get('USER')} on {m.get('HOST')} (via {self.r.t.label}); remote root {self.root}",
+        )
 
     def scheduler(self) -> None:
         sched = self.site.sched
@@ -194,18 +206,26 @@ class _Doctor:
         if not site.modules and not site.module_use:
             self.add("modules", "ok", "the site loads no modules")
             return
-        uses = "".join(f"module use {q(u)} 2>\"$e\" || echo \"CROSSFL_BAD=use {u}: "
-                       f"$(tail -1 \"$e\")\"\n" for u in site.module_use)
-        loads = "".join(f"module load {m} 2>\"$e\" || echo \"CROSSFL_BAD={m}: "
-                        f"$(tail -1 \"$e\")\"\n" for m in site.modules)
-        res = self.r.run("type module >/dev/null 2>&1 || { echo CROSSFL_NOMODULE=1; exit 0; }\n"
-                         f"e=$(mktemp)\n{uses}{loads}rm -f \"$e\"")
-        bad = [ln.split("=", 1)[1] for ln in res.stdout.splitlines()
-               if ln.startswith("CROSSFL_BAD=")]
+        uses = "".join(
+            f'module use {q(u)} 2>"$e" || echo "CROSSFL_BAD=use {u}: $(tail -1 "$e")"\n'
+            for u in site.module_use
+        )
+        loads = "".join(
+            f'module load {m} 2>"$e" || echo "CROSSFL_BAD={m}: $(tail -1 "$e")"\n'
+            for m in site.modules
+        )
+        res = self.r.run(
+            "type module >/dev/null 2>&1 || { echo CROSSFL_NOMODULE=1; exit 0; }\n"
+            f'e=$(mktemp)\n{uses}{loads}rm -f "$e"'
+        )
+        bad = [
+            ln.split("=", 1)[1] for ln in res.stdout.splitlines() if ln.startswith("CROSSFL_BAD=")
+        ]
         names = " ".join(site.modules)
         if res.markers().get("NOMODULE"):
-            self.add("modules", "FAIL", f"no `module` command in a login shell; the site loads "
-                                        f"{names}")
+            self.add(
+                "modules", "FAIL", f"no `module` command in a login shell; the site loads {names}"
+            )
         elif bad or not res.ok:
             self.add("modules", "FAIL", "; ".join(bad) or res.tail())
         else:
@@ -220,8 +240,11 @@ class _Doctor:
         if res.ok and res.stdout.strip():
             self.add("runtime", "ok", res.stdout.strip().splitlines()[-1])
         else:
-            self.add("runtime", "FAIL", f"`{rt} --version` failed with the site's modules "
-                                        f"loaded: {res.tail()}")
+            self.add(
+                "runtime",
+                "FAIL",
+                f"`{rt} --version` failed with the site's modules loaded: {res.tail()}",
+            )
 
     def image(self) -> dict[str, str] | None:
         """The image check; returns the image's labels when they could be read."""
@@ -233,32 +256,49 @@ class _Doctor:
         state = load_state(site.name)
         rec = state.image if state else None
         path = rec.remote_path if rec else self.resolve(raw)
-        res = self.r.run(f"p={q(path)}; [ -f \"$p\" ] && echo CROSSFL_SIZE=$(stat -c %s \"$p\"); "
-                         f"echo CROSSFL_SHA=$(cat \"$p.sha256\" 2>/dev/null); "
-                         f"echo CROSSFL_ORIGIN=$(cat \"$p.origin\" 2>/dev/null); true")
+        res = self.r.run(
+            f'p={q(path)}; [ -f "$p" ] && echo CROSSFL_SIZE=$(stat -c %s "$p"); '
+            f'echo CROSSFL_SHA=$(cat "$p.sha256" 2>/dev/null); '
+            f'echo CROSSFL_ORIGIN=$(cat "$p.origin" 2>/dev/null); true'
+        )
         m = res.markers()
         method = site.container.image_source.method
         if not m.get("SIZE"):
             if rec is None:
-                self.add("image", "warn", f"not at {path} yet: `crossfl deploy {site.name}` "
-                                          f"places it (image_source: {method})")
+                self.add(
+                    "image",
+                    "warn",
+                    f"not at {path} yet: `crossfl deploy {site.name}` "
+                    f"places it (image_source: {method})",
+                )
             else:
-                self.add("image", "FAIL", f"missing at {path}; the state file records "
-                                          f"sha256:{rec.sha256[:12]} ({rec.source})")
+                self.add(
+                    "image",
+                    "FAIL",
+                    f"missing at {path}; the state file records "
+                    f"sha256:{rec.sha256[:12]} ({rec.source})",
+                )
             return None
         sha = m.get("SHA", "").split(" ")[0]
         size = int(m["SIZE"])
         gb = f"{size / 1e9:.1f} GB" if size >= 1e8 else f"{size:,} bytes"
         if rec is None:
-            self.add("image", "warn", f"{path} is there ({gb}, sha256:{sha[:12] or '?'}) but "
-                                      f"not recorded here: deploy records it")
+            self.add(
+                "image",
+                "warn",
+                f"{path} is there ({gb}, sha256:{sha[:12] or '?'}) but "
+                f"not recorded here: deploy records it",
+            )
         elif rec.sha256 != sha or rec.size != size:
-            self.add("image", "FAIL", f"{path} is sha256:{sha[:12] or '?'} ({gb}); the state "
-                                      f"file records sha256:{rec.sha256[:12]} ({rec.size:,} "
-                                      "bytes): replaced since deploy placed it")
+            self.add(
+                "image",
+                "FAIL",
+                f"{path} is sha256:{sha[:12] or '?'} ({gb}); the state "
+                f"file records sha256:{rec.sha256[:12]} ({rec.size:,} "
+                "bytes): replaced since deploy placed it",
+            )
         else:
-            self.add("image", "ok", f"{path} sha256:{sha[:12]} as recorded ({rec.source}, "
-                                    f"{gb})")
+            self.add("image", "ok", f"{path} sha256:{sha[:12]} as recorded ({rec.source}, {gb})")
         if site.container.runtime != "apptainer":
             return rec.labels if rec else None
         res = self.r.run(f"{self.modules_lines}apptainer inspect --labels --json {q(path)}")
@@ -279,29 +319,39 @@ class _Doctor:
             self.add("endpoint", "FAIL", f"deploy.python_activate failed: {res.tail()}")
             return
         if m.get("NOGCE") or not res.ok:
-            self.add("endpoint", "FAIL", "globus-compute-endpoint is not on PATH after "
-                                         "deploy.python_activate" + (f": {res.tail()}"
-                                                                     if not res.ok else ""))
+            self.add(
+                "endpoint",
+                "FAIL",
+                "globus-compute-endpoint is not on PATH after "
+                "deploy.python_activate" + (f": {res.tail()}" if not res.ok else ""),
+            )
             return
         try:
             have = json.loads(m.get("VERSIONS", "{}"))
         except ValueError:
             have = {}
-        have["globus-compute-endpoint"] = (m.get("GCE_VERSION", "").rsplit(" ", 1)[-1]
-                                           or have.get("globus-compute-endpoint"))
+        have["globus-compute-endpoint"] = m.get("GCE_VERSION", "").rsplit(" ", 1)[-1] or have.get(
+            "globus-compute-endpoint"
+        )
         if labels and LABEL_PYTHON in labels:
             want, against = _wanted(labels), "the image's labels"
         else:
             want = _wanted(expected_labels())
             against = "this checkout's pins" + (" (no image read)" if self.site.image() else "")
-        bad = [f"{k} {have.get(k) or 'missing'} (want {v})" for k, v in want.items()
-               if have.get(k) != v]
+        bad = [
+            f"{k} {have.get(k) or 'missing'} (want {v})"
+            for k, v in want.items()
+            if have.get(k) != v
+        ]
         shown = ", ".join(f"{k} {have.get(k)}" for k in ("python", *VERSIONED) if have.get(k))
         if bad:
             self.add("endpoint", "FAIL", f"differs from {against}: {'; '.join(bad)}")
         elif not m.get("CONFIGURED"):
-            self.add("endpoint", "warn", f"{shown} match {against}; endpoint {ep} not "
-                                         f"configured yet (crossfl deploy)")
+            self.add(
+                "endpoint",
+                "warn",
+                f"{shown} match {against}; endpoint {ep} not configured yet (crossfl deploy)",
+            )
         else:
             self.add("endpoint", "ok", f"{ep} configured; {shown} match {against}")
 
@@ -314,11 +364,12 @@ class _Doctor:
             paths["fs data_dir"] = self.resolve(site.deploy.data_dir)
         for name, path in paths.items():
             res = self.r.run(
-                f"p={q(path)}; while [ ! -d \"$p\" ] && [ \"$p\" != / ]; do p=$(dirname \"$p\");"
+                f'p={q(path)}; while [ ! -d "$p" ] && [ "$p" != / ]; do p=$(dirname "$p");'
                 f" done; echo CROSSFL_AT=$p; "
-                f"if t=$(mktemp -p \"$p\" .crossfl-doctor.XXXXXX 2>&1); then rm -f \"$t\"; "
-                f"echo CROSSFL_W=1; else echo \"CROSSFL_ERR=$t\"; fi; "
-                f"echo CROSSFL_FREE=$(df -Pk \"$p\" | tail -1 | awk '{{print $4}}')")
+                f'if t=$(mktemp -p "$p" .crossfl-doctor.XXXXXX 2>&1); then rm -f "$t"; '
+                f'echo CROSSFL_W=1; else echo "CROSSFL_ERR=$t"; fi; '
+                f"echo CROSSFL_FREE=$(df -Pk \"$p\" | tail -1 | awk '{{print $4}}')"
+            )
             m = res.markers()
             at = m.get("AT", path)
             free = m.get("FREE", "")
@@ -332,9 +383,11 @@ class _Doctor:
     def globus(self) -> None:
         probe = f"$py -c {shlex.quote(_HTTP_PY)} {shlex.quote(GLOBUS_URL)}"
         direct, via = f"{probe} DIRECT", f"{probe} VIA"
-        find_py = ("py=$(command -v python3 || command -v python); "
-                   "g=$(command -v globus-compute-endpoint) && "
-                   "p=$(sed -n '1s/^#!//p' \"$g\") && case \"$p\" in */python*) py=$p;; esac\n")
+        find_py = (
+            "py=$(command -v python3 || command -v python); "
+            "g=$(command -v globus-compute-endpoint) && "
+            'p=$(sed -n \'1s/^#!//p\' "$g") && case "$p" in */python*) py=$p;; esac\n'
+        )
         proxy_env = self.site.proxy.env()
         script = find_py + "echo CROSSFL_PROXY=${https_proxy:-${HTTPS_PROXY:-}}\n" + direct + "\n"
         if proxy_env:
@@ -368,8 +421,12 @@ class _Doctor:
                 continue
             res = self.r.run(line)
             got = sched.parse_limits(name, res.stdout + res.stderr, res.rc, by)
-            status, detail = compare_limits(site.queues.get(name), got, sched.queue_word
-                                            if by == "queue" else "QOS", name == mine)
+            status, detail = compare_limits(
+                site.queues.get(name),
+                got,
+                sched.queue_word if by == "queue" else "QOS",
+                name == mine,
+            )
             self.add(f"queue {name}", status, detail)
 
     def smoke(self, wait_s: float) -> None:
@@ -394,8 +451,12 @@ class _Doctor:
         expected = max(site.accelerator.devices_per_node, 1)  # smoke.sh: one node
         where_txt = f"job {job.job_id} {st.state} {st.detail}".strip()
         if not st.done:
-            self.add("smoke", "FAIL", f"{where_txt} after {wait_s / 60:.0f} min; it keeps "
-                                      f"its place in the queue (output: {job.output})")
+            self.add(
+                "smoke",
+                "FAIL",
+                f"{where_txt} after {wait_s / 60:.0f} min; it keeps "
+                f"its place in the queue (output: {job.output})",
+            )
         elif not st.ok or not reports:
             self.add("smoke", "FAIL", f"{where_txt}: {out.tail(2)} (output: {job.output})")
         else:
@@ -442,26 +503,34 @@ def _fmt_time(seconds: int | None) -> str:
     return f"{h:02d}:{rest // 60:02d}:{rest % 60:02d}"
 
 
-def compare_limits(cat: Queue | None, got: QueueLimits, word: str,
-                   selected: bool) -> tuple[Status, str]:
+def compare_limits(
+    cat: Queue | None, got: QueueLimits, word: str, selected: bool
+) -> tuple[Status, str]:
     """The catalog's limits of one queue against the scheduler's: FAIL where the catalog allows
     more than the scheduler (a request the kit lets through would be refused), warn where
     they differ the safe way or the scheduler cannot be asked."""
     cat_wt = parse_walltime(cat.max_walltime) if cat and cat.max_walltime else None
     cat_nodes = cat.max_nodes if cat else None
-    nodes = "any number of nodes" if cat_nodes is None else \
-        f"{cat_nodes} node{'s' if cat_nodes != 1 else ''}"
+    nodes = (
+        "any number of nodes"
+        if cat_nodes is None
+        else f"{cat_nodes} node{'s' if cat_nodes != 1 else ''}"
+    )
     said = f"catalog says {_fmt_time(cat_wt)}, {nodes}" if cat else "not in the catalog"
     if got.found is None:
         return "warn", f"{said}; the scheduler cannot be asked ({got.shown})"
     if got.found is False:
-        return ("FAIL" if selected else "warn"), f"{said}; the scheduler has no {word} " \
-                                                 f"{got.name} ({got.shown})"
+        return (
+            "FAIL" if selected else "warn"
+        ), f"{said}; the scheduler has no {word} {got.name} ({got.shown})"
     detail = f"{said}; scheduler says {got.shown}"
     if cat is None:
         return "warn", detail
-    worse = [(c, s) for c, s in ((cat_wt, got.max_walltime), (cat_nodes, got.max_nodes))
-             if s is not None and (c is None or c > s)]
+    worse = [
+        (c, s)
+        for c, s in ((cat_wt, got.max_walltime), (cat_nodes, got.max_nodes))
+        if s is not None and (c is None or c > s)
+    ]
     if worse:
         return "FAIL", detail
     same = cat_wt == got.max_walltime and cat_nodes == got.max_nodes
@@ -486,9 +555,12 @@ def _rank_line(x: dict) -> str:
     rank = x.get("rank")
     local = x.get("local_rank")
     who = f"rank {rank if rank is not None else '?'}" + (
-        f" (local {local})" if local is not None else "")
-    return (f"{who} on {x.get('host')}: {x.get('device')} ({x.get('backend')}), "
-            f"{x.get('count')} device(s): {names}" + (f"; {env}" if env else ""))
+        f" (local {local})" if local is not None else ""
+    )
+    return (
+        f"{who} on {x.get('host')}: {x.get('device')} ({x.get('backend')}), "
+        f"{x.get('count')} device(s): {names}" + (f"; {env}" if env else "")
+    )
 
 
 _VERSIONS_PY = """\

@@ -39,12 +39,22 @@ def site_file(site: Site) -> str:
 def target_of(site: Site) -> Target:
     d = site.deploy
     if not d.host:
-        raise UserError(f"site {site.name} has no deploy block (deploy.host is not set), so it "
-                        f"cannot be deployed over SSH", file=site_file(site), field="deploy.host",
-                        fix="add `deploy: {host: <login host or ~/.ssh/config alias>}` to the "
-                            "site file or its overrides; local sites run with `crossfl run`")
-    return Target(site=site.name, host=d.host, user=d.user, port=d.port,
-                  activate=d.python_activate, site_file=site_file(site))
+        raise UserError(
+            f"site {site.name} has no deploy block (deploy.host is not set), so it "
+            f"cannot be deployed over SSH",
+            file=site_file(site),
+            field="deploy.host",
+            fix="add `deploy: {host: <login host or ~/.ssh/config alias>}` to the "
+            "site file or its overrides; local sites run with `crossfl run`",
+        )
+    return Target(
+        site=site.name,
+        host=d.host,
+        user=d.user,
+        port=d.port,
+        activate=d.python_activate,
+        site_file=site_file(site),
+    )
 
 
 def local_image(site: Site) -> Path | None:
@@ -56,17 +66,29 @@ def local_image(site: Site) -> Path | None:
 
 
 def _new_state(site: Site, t: Target, info: gce.LoginInfo) -> DeployState:
-    return DeployState(site=site.name, host=t.host, user=t.user, port=t.port,
-                       remote_root=info.root,
-                       endpoint=EndpointState(name=site.deploy.endpoint_name,
-                                              dir=info.endpoint_dir(site.deploy.endpoint_name)))
+    return DeployState(
+        site=site.name,
+        host=t.host,
+        user=t.user,
+        port=t.port,
+        remote_root=info.root,
+        endpoint=EndpointState(
+            name=site.deploy.endpoint_name, dir=info.endpoint_dir(site.deploy.endpoint_name)
+        ),
+    )
 
 
 @contextmanager
-def deployment(name: str, *, data: Path | None = None, start: bool = True,
-               dry_run: bool = False, contact_email: str | None = None,
-               console: Console | None = None,
-               build_wait_s: float = BUILD_WAIT_S) -> Iterator[Deployment]:
+def deployment(
+    name: str,
+    *,
+    data: Path | None = None,
+    start: bool = True,
+    dry_run: bool = False,
+    contact_email: str | None = None,
+    console: Console | None = None,
+    build_wait_s: float = BUILD_WAIT_S,
+) -> Iterator[Deployment]:
     """Check the inputs, render the site, connect and probe the login node, and load the
     recorded state: what the steps work on. Nothing is changed at the site yet."""
     console = console or Console(stderr=True, soft_wrap=True)
@@ -76,15 +98,20 @@ def deployment(name: str, *, data: Path | None = None, start: bool = True,
     t = target_of(site)
     email = contact_email or os.environ.get(CONTACT_EMAIL_ENV) or None
     if data is not None and not data.exists():
-        raise UserError(f"no such file or directory: {data}", field="--data",
-                        fix="give the path of the site-local data to upload")
+        raise UserError(
+            f"no such file or directory: {data}",
+            field="--data",
+            fix="give the path of the site-local data to upload",
+        )
     image = local_image(site)
     if image is not None and not image.is_file():
-        raise UserError(f"site {site.name} uploads the image {image.name}, which is not built "
-                        "here", file=image,
-                        fix=f"build it first (`make image ARCH={site.arch}`), or set "
-                            "container.image_source.method: build or pull in "
-                            f"deploy/sites/overrides/{site.name}.yaml")
+        raise UserError(
+            f"site {site.name} uploads the image {image.name}, which is not built here",
+            file=image,
+            fix=f"build it first (`make image ARCH={site.arch}`), or set "
+            "container.image_source.method: build or pull in "
+            f"deploy/sites/overrides/{site.name}.yaml",
+        )
     bundle = render_site(site)
     digest = tree_digest(bundle)
     console.print(f"rendered {bundle} (bundle {digest[:12]})", highlight=False)
@@ -95,18 +122,43 @@ def deployment(name: str, *, data: Path | None = None, start: bool = True,
         if prev is not None and prev.host == t.host and prev.remote_root == info.root:
             state = prev.model_copy(deep=True)
             state.endpoint.dir = info.endpoint_dir(site.deploy.endpoint_name)
-        yield Deployment(site=site, target=t, remote=r, info=info, state=state, bundle=bundle,
-                         digest=digest, image=image, data=data, start=start, email=email,
-                         console=console, build_wait_s=build_wait_s)
+        yield Deployment(
+            site=site,
+            target=t,
+            remote=r,
+            info=info,
+            state=state,
+            bundle=bundle,
+            digest=digest,
+            image=image,
+            data=data,
+            start=start,
+            email=email,
+            console=console,
+            build_wait_s=build_wait_s,
+        )
 
 
-def deploy_site(name: str, *, data: Path | None = None, start: bool = True,
-                dry_run: bool = False, contact_email: str | None = None,
-                console: Console | None = None, build_wait_s: float = BUILD_WAIT_S) -> Outcome:
+def deploy_site(
+    name: str,
+    *,
+    data: Path | None = None,
+    start: bool = True,
+    dry_run: bool = False,
+    contact_email: str | None = None,
+    console: Console | None = None,
+    build_wait_s: float = BUILD_WAIT_S,
+) -> Outcome:
     console = console or Console(stderr=True, soft_wrap=True)
-    with deployment(name, data=data, start=start, dry_run=dry_run,
-                    contact_email=contact_email, console=console,
-                    build_wait_s=build_wait_s) as d:
+    with deployment(
+        name,
+        data=data,
+        start=start,
+        dry_run=dry_run,
+        contact_email=contact_email,
+        console=console,
+        build_wait_s=build_wait_s,
+    ) as d:
         try:
             for _name, step in STEPS:
                 step(d)
@@ -123,16 +175,21 @@ def deploy_site(name: str, *, data: Path | None = None, start: bool = True,
         eid = f", endpoint {out.endpoint_id}" if out.endpoint_id else ""
         console.print(f"site {site.name} deployed: {'; '.join(out.changed)}{eid}")
     else:
-        running = (f"endpoint {out.endpoint_id} running" if d.state.endpoint.started
-                   else f"endpoint {site.deploy.endpoint_name} configured, not started")
+        running = (
+            f"endpoint {out.endpoint_id} running"
+            if d.state.endpoint.started
+            else f"endpoint {site.deploy.endpoint_name} configured, not started"
+        )
         console.print(f"site {site.name}: nothing changed ({running}, bundle {d.digest[:12]})")
     return out
 
 
 # -- status / logs / stop -----------------------------------------------------------------------
 
-def site_status(name: str, *, dry_run: bool = False,
-                console: Console | None = None) -> dict[str, str]:
+
+def site_status(
+    name: str, *, dry_run: bool = False, console: Console | None = None
+) -> dict[str, str]:
     """What the state file records, then what the login node says (endpoint, pilot jobs)."""
     console = console or Console(soft_wrap=True)
     site = load_site(name)
@@ -145,11 +202,16 @@ def site_status(name: str, *, dry_run: bool = False,
         if state.last_error:
             rows["last error"] = state.last_error
         rows["bundle"] = (state.bundle_sha256 or "-")[:12]
-        rows["image"] = (f"{state.image.remote_path} sha256:{state.image.sha256[:12]} "
-                         f"({state.image.source})" if state.image else "-")
+        rows["image"] = (
+            f"{state.image.remote_path} sha256:{state.image.sha256[:12]} ({state.image.source})"
+            if state.image
+            else "-"
+        )
         if state.image_build:
-            rows["image build"] = (f"{state.image_build.where} job {state.image_build.job_id} "
-                                   f"not verified yet; output: {state.image_build.output}")
+            rows["image build"] = (
+                f"{state.image_build.where} job {state.image_build.job_id} "
+                f"not verified yet; output: {state.image_build.output}"
+            )
     else:
         rows["phase (recorded)"] = "never deployed"
     _print_rows(console, rows)
@@ -159,8 +221,11 @@ def site_status(name: str, *, dry_run: bool = False,
         rt = gce.runtime(r, info, site.deploy.endpoint_name)
         live["endpoint"] = site.deploy.endpoint_name
         live["endpoint id"] = rt.endpoint_id or "-"
-        live["endpoint process"] = (f"running (pid {rt.pid})" if rt.running else
-                                    "not running" + ("" if rt.configured else ", not configured"))
+        live["endpoint process"] = (
+            f"running (pid {rt.pid})"
+            if rt.running
+            else "not running" + ("" if rt.configured else ", not configured")
+        )
         live["globus-compute-endpoint"] = info.gce_version
         jobs = gce.queue(r, site.sched.query)
         if jobs is not None:
@@ -177,8 +242,9 @@ def _print_rows(console: Console, rows: dict[str, str]) -> None:
         console.print(f"[bold]{k:>24}[/] {v}", highlight=False)
 
 
-def site_logs(name: str, *, lines: int = 50, dry_run: bool = False,
-              console: Console | None = None) -> str:
+def site_logs(
+    name: str, *, lines: int = 50, dry_run: bool = False, console: Console | None = None
+) -> str:
     console = console or Console(soft_wrap=True)
     site = load_site(name)
     t = target_of(site)
@@ -186,8 +252,10 @@ def site_logs(name: str, *, lines: int = 50, dry_run: bool = False,
         info = gce.probe(r, site.deploy.remote_root, t.site_file or "")
         res = gce.logs(r, info, site.deploy.endpoint_name, lines)
     if not dry_run and not res.ok:
-        raise UserError(f"site {site.name}: no endpoint log on {t.label} ({res.tail()})",
-                        fix=f"deploy first: `crossfl deploy {site.name}`")
+        raise UserError(
+            f"site {site.name}: no endpoint log on {t.label} ({res.tail()})",
+            fix=f"deploy first: `crossfl deploy {site.name}`",
+        )
     console.print(res.stdout, end="", highlight=False, markup=False)
     return res.stdout
 
@@ -206,9 +274,11 @@ def stop_site(name: str, *, dry_run: bool = False, console: Console | None = Non
         else:
             res = gce.stop(r, ep)
             if not dry_run and not res.ok:
-                raise UserError(f"site {site.name}: `globus-compute-endpoint stop {ep}` failed "
-                                f"on {t.label}: {res.tail()}",
-                                fix=f"see `crossfl logs {site.name}`")
+                raise UserError(
+                    f"site {site.name}: `globus-compute-endpoint stop {ep}` failed "
+                    f"on {t.label}: {res.tail()}",
+                    fix=f"see `crossfl logs {site.name}`",
+                )
             stopped = True
     state = load_state(site.name)
     if state is not None and not dry_run:

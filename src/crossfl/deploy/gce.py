@@ -10,8 +10,12 @@ from dataclasses import dataclass
 from crossfl.deploy.remote import Remote, Result, q
 from crossfl.errors import UserError
 
-ENDPOINT_FILES = ("config.yaml", "user_config_template.yaml.j2", "user_config_schema.json",
-                  "user_environment.yaml")
+ENDPOINT_FILES = (
+    "config.yaml",
+    "user_config_template.yaml.j2",
+    "user_config_schema.json",
+    "user_environment.yaml",
+)
 GCE = "globus-compute-endpoint"
 
 
@@ -38,7 +42,7 @@ def resolve_path(path: str, home: str, root: str, raw_root: str) -> str:
     `home` (the login node's answers)."""
     root_expr = raw_root.replace("~/", "$HOME/", 1)
     if root and path.startswith(root_expr):
-        path = root + path[len(root_expr):]
+        path = root + path[len(root_expr) :]
     if path.startswith("~/"):
         path = "$HOME/" + path[2:]
     return path.replace("${HOME}", home).replace("$HOME", home)
@@ -53,13 +57,14 @@ def _root_expr(remote_root: str) -> str:
 def probe(remote: Remote, remote_root: str, site_file: str, *, version: bool = False) -> LoginInfo:
     """Where things are on the login node, and whether the endpoint CLI is there
     (and, with `version`, which version it is: one more Python start there)."""
-    script = (f"echo CROSSFL_HOME=$HOME; echo CROSSFL_UID=$(id -u); "
-              f"echo CROSSFL_ROOT={_root_expr(remote_root)}; "
-              "echo CROSSFL_GCDIR=${GLOBUS_COMPUTE_USER_DIR:-$HOME/.globus_compute}; "
-              f"g=$(command -v {GCE}); echo CROSSFL_GCE=$g; ")
+    script = (
+        f"echo CROSSFL_HOME=$HOME; echo CROSSFL_UID=$(id -u); "
+        f"echo CROSSFL_ROOT={_root_expr(remote_root)}; "
+        "echo CROSSFL_GCDIR=${GLOBUS_COMPUTE_USER_DIR:-$HOME/.globus_compute}; "
+        f"g=$(command -v {GCE}); echo CROSSFL_GCE=$g; "
+    )
     if version:
-        script += (f"[ -z \"$g\" ] || "
-                   f"echo CROSSFL_GCE_VERSION=$({GCE} version 2>/dev/null | tail -1)")
+        script += f'[ -z "$g" ] || echo CROSSFL_GCE_VERSION=$({GCE} version 2>/dev/null | tail -1)'
     if remote.dry_run:
         remote.run(script, activate=True)
         root = remote_root.replace("~/", "$HOME/", 1)
@@ -68,27 +73,47 @@ def probe(remote: Remote, remote_root: str, site_file: str, *, version: bool = F
     m = r.markers()
     t = remote.t
     if m.get("ACTIVATE_FAILED"):
-        raise UserError(f"site {t.site}: deploy.python_activate failed on {t.label} "
-                        f"({r.tail()})", file=site_file, field="deploy.python_activate",
-                        fix="make it a shell line that puts globus-compute-endpoint on PATH "
-                            "there (e.g. `source ~/venvs/gc/bin/activate`)")
+        raise UserError(
+            f"site {t.site}: deploy.python_activate failed on {t.label} ({r.tail()})",
+            file=site_file,
+            field="deploy.python_activate",
+            fix="make it a shell line that puts globus-compute-endpoint on PATH "
+            "there (e.g. `source ~/venvs/gc/bin/activate`)",
+        )
     if not r.ok or "HOME" not in m:
-        raise UserError(f"site {t.site}: the login shell on {t.label} failed ({r.tail()})",
-                        fix=f"check that `ssh {t.host} bash -lc true` works")
+        raise UserError(
+            f"site {t.site}: the login shell on {t.label} failed ({r.tail()})",
+            fix=f"check that `ssh {t.host} bash -lc true` works",
+        )
     if not m.get("GCE"):
         how = f"after `{t.activate}`" if t.activate else "(deploy.python_activate is unset)"
-        raise UserError(f"site {t.site}: {GCE} is not on PATH on {t.label} {how}",
-                        file=site_file, field="deploy.python_activate",
-                        fix="install it there (pip install globus-compute-endpoint==4.19.0) and "
-                            "set deploy.python_activate to the line that activates it")
-    return LoginInfo(home=m["HOME"], uid=int(m.get("UID") or -1), root=m["ROOT"],
-                     gc_dir=m["GCDIR"], gce=m["GCE"],
-                     gce_version=m.get("GCE_VERSION", "").removeprefix(
-                         "Globus Compute endpoint version: ").strip())
+        raise UserError(
+            f"site {t.site}: {GCE} is not on PATH on {t.label} {how}",
+            file=site_file,
+            field="deploy.python_activate",
+            fix="install it there (pip install globus-compute-endpoint==4.19.0) and "
+            "set deploy.python_activate to the line that activates it",
+        )
+    return LoginInfo(
+        home=m["HOME"],
+        uid=int(m.get("UID") or -1),
+        root=m["ROOT"],
+        gc_dir=m["GCDIR"],
+        gce=m["GCE"],
+        gce_version=m.get("GCE_VERSION", "")
+        .removeprefix("Globus Compute endpoint version: ")
+        .strip(),
+    )
 
 
-def configure(remote: Remote, info: LoginInfo, name: str, *, multi_user: bool,
-              contact_email: str | None = None) -> bool:
+def configure(
+    remote: Remote,
+    info: LoginInfo,
+    name: str,
+    *,
+    multi_user: bool,
+    contact_email: str | None = None,
+) -> bool:
     """`globus-compute-endpoint configure NAME` unless the endpoint directory exists."""
     ep = info.endpoint_dir(name)
     if not remote.dry_run:
@@ -97,24 +122,37 @@ def configure(remote: Remote, info: LoginInfo, name: str, *, multi_user: bool,
             return False
     flag = "true" if multi_user else "false"
     email = f" --contact-email {shlex.quote(contact_email)}" if contact_email else ""
-    r = remote.run(f"{GCE} configure --multi-user {flag}{email} {shlex.quote(name)}",
-                   activate=True, label=f"{GCE} configure {name}")
+    r = remote.run(
+        f"{GCE} configure --multi-user {flag}{email} {shlex.quote(name)}",
+        activate=True,
+        label=f"{GCE} configure {name}",
+    )
     if not r.ok:
-        raise UserError(f"site {remote.t.site}: `{GCE} configure {name}` failed on "
-                        f"{remote.t.label}: {r.tail()}",
-                        fix="run it there by hand to see the whole message, then deploy again")
+        raise UserError(
+            f"site {remote.t.site}: `{GCE} configure {name}` failed on "
+            f"{remote.t.label}: {r.tail()}",
+            fix="run it there by hand to see the whole message, then deploy again",
+        )
     return True
 
 
-def install(remote: Remote, info: LoginInfo, name: str, bundle_dir: str,
-            extra_core: str = "", rendered_dir: str | None = None) -> list[str]:
+def install(
+    remote: Remote,
+    info: LoginInfo,
+    name: str,
+    bundle_dir: str,
+    extra_core: str = "",
+    rendered_dir: str | None = None,
+) -> list[str]:
     """Copy the rendered endpoint files into the endpoint directory where they differ.
     `extra_core` is appended to config.yaml (e.g. `email: ...`); paths that point into the
     local `rendered_dir` are rewritten to the endpoint directory. Returns the changed files."""
     ep = info.endpoint_dir(name)
-    lines = ['inst() { n="$2.new"; cat > "$n"; chmod 600 "$n"; '
-             'if cmp -s "$n" "$2"; then rm -f "$n"; '
-             'else mv -f "$n" "$2"; echo CROSSFL_CHANGED=$1; fi; }']
+    lines = [
+        'inst() { n="$2.new"; cat > "$n"; chmod 600 "$n"; '
+        'if cmp -s "$n" "$2"; then rm -f "$n"; '
+        'else mv -f "$n" "$2"; echo CROSSFL_CHANGED=$1; fi; }'
+    ]
     for f in ENDPOINT_FILES:
         src, dst = f"{bundle_dir}/endpoint/{f}", f"{ep}/{f}"
         cat = f"cat {q(src)}"
@@ -124,14 +162,18 @@ def install(remote: Remote, info: LoginInfo, name: str, bundle_dir: str,
         if extra_core and f == "config.yaml":
             cat = f"{{ {cat}; printf '%s\\n' {shlex.quote(extra_core)}; }}"
         lines.append(f"{cat} | inst {f} {q(dst)}")
-    r = remote.run("set -eo pipefail\n" + "\n".join(lines),
-                   label=f"install endpoint files into {ep}")
+    r = remote.run(
+        "set -eo pipefail\n" + "\n".join(lines), label=f"install endpoint files into {ep}"
+    )
     if not r.ok:
-        raise UserError(f"site {remote.t.site}: installing the endpoint files into {ep} on "
-                        f"{remote.t.label} failed: {r.tail()}",
-                        fix="check permissions and space there, then deploy again")
-    return [ln.split("=", 1)[1] for ln in r.stdout.splitlines()
-            if ln.startswith("CROSSFL_CHANGED=")]
+        raise UserError(
+            f"site {remote.t.site}: installing the endpoint files into {ep} on "
+            f"{remote.t.label} failed: {r.tail()}",
+            fix="check permissions and space there, then deploy again",
+        )
+    return [
+        ln.split("=", 1)[1] for ln in r.stdout.splitlines() if ln.startswith("CROSSFL_CHANGED=")
+    ]
 
 
 def _sed_escape(text: str, pattern: bool) -> str:
@@ -151,11 +193,13 @@ def runtime(remote: Remote, info: LoginInfo, name: str) -> Runtime:
     """Read the endpoint directory: endpoint.json (written after registration) and daemon.pid.
     (`globus-compute-endpoint list` is not used: with texttable 1.7 it crashes.)"""
     ep = info.endpoint_dir(name)
-    script = (f"d={q(ep)}; [ -f \"$d/config.yaml\" ] && echo CROSSFL_CONFIGURED=1; "
-              f"[ -f \"$d/endpoint.json\" ] && "
-              f"echo CROSSFL_JSON=$(tr -d '\\n' < \"$d/endpoint.json\"); "
-              f"p=$(cat \"$d/daemon.pid\" 2>/dev/null); "
-              f"[ -n \"$p\" ] && kill -0 \"$p\" 2>/dev/null && echo CROSSFL_PID=$p; true")
+    script = (
+        f'd={q(ep)}; [ -f "$d/config.yaml" ] && echo CROSSFL_CONFIGURED=1; '
+        f'[ -f "$d/endpoint.json" ] && '
+        f"echo CROSSFL_JSON=$(tr -d '\\n' < \"$d/endpoint.json\"); "
+        f'p=$(cat "$d/daemon.pid" 2>/dev/null); '
+        f'[ -n "$p" ] && kill -0 "$p" 2>/dev/null && echo CROSSFL_PID=$p; true'
+    )
     if remote.dry_run:
         remote.run(script)
         return Runtime(False, None, None, False)
@@ -177,16 +221,28 @@ class StartFailed(Exception):
         super().__init__(f"{kind}: {detail}")
 
 
-_NETWORK = ("ConnectionError", "Network failure", "NameResolutionError", "Failed to resolve",
-            "Max retries exceeded", "Connection refused", "timed out", "NetworkError",
-            "GlobusConnectionError", "Temporary failure in name resolution")
+_NETWORK = (
+    "ConnectionError",
+    "Network failure",
+    "NameResolutionError",
+    "Failed to resolve",
+    "Max retries exceeded",
+    "Connection refused",
+    "timed out",
+    "NetworkError",
+    "GlobusConnectionError",
+    "Temporary failure in name resolution",
+)
 
 
 def classify(r: Result) -> StartFailed:
     text = r.stdout + "\n" + r.stderr
     if "require a contact email" in text or "--contact-email" in text:
-        return StartFailed("email", "the endpoint runs as root, so Globus Compute makes it "
-                                    "multi-user, which needs a contact email")
+        return StartFailed(
+            "email",
+            "the endpoint runs as root, so Globus Compute makes it "
+            "multi-user, which needs a contact email",
+        )
     if "Please authenticate" in text or "Authorization Code" in text or "login_required" in text:
         return StartFailed("login", "the login node has no Globus credentials for the endpoint")
     if any(s in text for s in _NETWORK):
@@ -197,15 +253,23 @@ def classify(r: Result) -> StartFailed:
 
 
 def start(remote: Remote, name: str) -> None:
-    r = remote.run(f"{GCE} start --detach {shlex.quote(name)} </dev/null", activate=True,
-                   timeout=300, label=f"{GCE} start --detach {name}")
+    r = remote.run(
+        f"{GCE} start --detach {shlex.quote(name)} </dev/null",
+        activate=True,
+        timeout=300,
+        label=f"{GCE} start --detach {name}",
+    )
     if not r.ok:
         raise classify(r)
 
 
 def stop(remote: Remote, name: str) -> Result:
-    return remote.run(f"{GCE} stop {shlex.quote(name)} </dev/null", activate=True, timeout=120,
-                      label=f"{GCE} stop {name}")
+    return remote.run(
+        f"{GCE} stop {shlex.quote(name)} </dev/null",
+        activate=True,
+        timeout=120,
+        label=f"{GCE} stop {name}",
+    )
 
 
 def logs(remote: Remote, info: LoginInfo, name: str, lines: int) -> Result:

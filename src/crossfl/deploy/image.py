@@ -68,9 +68,12 @@ def expected_labels(*, commit: str | None = None) -> dict[str, str]:
 
 
 def label_mismatches(labels: dict[str, str], want: dict[str, str]) -> list[str]:
-    return [f"{k.removeprefix('org.crossfl.').removeprefix('pin.')} "
-            f"{labels.get(k, 'missing')} (want {v})"
-            for k, v in want.items() if labels.get(k) != v]
+    return [
+        f"{k.removeprefix('org.crossfl.').removeprefix('pin.')} "
+        f"{labels.get(k, 'missing')} (want {v})"
+        for k, v in want.items()
+        if labels.get(k) != v
+    ]
 
 
 def parse_inspect(text: str) -> dict[str, str] | None:
@@ -86,19 +89,24 @@ def parse_inspect(text: str) -> dict[str, str] | None:
 
 
 def inspect(d: Deployment, path: str) -> dict[str, str]:
-    res = d.remote.run(f"{image_env(d.site)}apptainer inspect --labels --json {q(path)}",
-                       label=f"read the labels of {path} (apptainer inspect)")
+    res = d.remote.run(
+        f"{image_env(d.site)}apptainer inspect --labels --json {q(path)}",
+        label=f"read the labels of {path} (apptainer inspect)",
+    )
     if d.dry_run:
         return {}
     labels = parse_inspect(res.stdout) if res.ok else None
     if labels is None:
-        raise UserError(f"site {d.site.name}: `apptainer inspect --labels --json {path}` "
-                        f"failed on {d.target.label}: {res.tail()}",
-                        fix="check the image there (`apptainer inspect` it by hand)")
+        raise UserError(
+            f"site {d.site.name}: `apptainer inspect --labels --json {path}` "
+            f"failed on {d.target.label}: {res.tail()}",
+            fix="check the image there (`apptainer inspect` it by hand)",
+        )
     return labels
 
 
 # -- the step -----------------------------------------------------------------------------------
+
 
 def place(d: Deployment) -> None:
     site = d.site
@@ -108,11 +116,13 @@ def place(d: Deployment) -> None:
     dest = d.info.resolve(raw, site.deploy.remote_root)
     src = site.container.image_source
     if site.container.runtime != "apptainer":
-        raise UserError(f"site {site.name} runs {site.container.runtime} images; `crossfl "
-                        f"deploy` places Apptainer images only so far",
-                        field="container.runtime",
-                        fix=f"put the image in place there by hand ({raw}), or use "
-                            "container.runtime: apptainer")
+        raise UserError(
+            f"site {site.name} runs {site.container.runtime} images; `crossfl "
+            f"deploy` places Apptainer images only so far",
+            field="container.runtime",
+            fix=f"put the image in place there by hand ({raw}), or use "
+            "container.runtime: apptainer",
+        )
     d.remote.run(f"mkdir -p {q(dest.rsplit('/', 1)[0])}")
     if src.method == "upload":
         _upload(d, dest)
@@ -125,9 +135,10 @@ def place(d: Deployment) -> None:
 def _there(d: Deployment, dest: str) -> dict[str, str]:
     """What sits at `dest`: SIZE, SHA (`.sha256`), ORIGIN (`.origin`)."""
     return d.remote.run(
-        f"p={q(dest)}; [ -f \"$p\" ] && echo CROSSFL_SIZE=$(stat -c %s \"$p\"); "
-        f"echo CROSSFL_SHA=$(cat \"$p.sha256\" 2>/dev/null); "
-        f"echo CROSSFL_ORIGIN=$(cat \"$p.origin\" 2>/dev/null); true").markers()
+        f'p={q(dest)}; [ -f "$p" ] && echo CROSSFL_SIZE=$(stat -c %s "$p"); '
+        f'echo CROSSFL_SHA=$(cat "$p.sha256" 2>/dev/null); '
+        f'echo CROSSFL_ORIGIN=$(cat "$p.origin" 2>/dev/null); true'
+    ).markers()
 
 
 def _unchanged(d: Deployment, dest: str, origin: str, source: str) -> bool:
@@ -145,77 +156,115 @@ def _unchanged(d: Deployment, dest: str, origin: str, source: str) -> bool:
     if prev and prev.remote_path == dest and prev.sha256 != sha:
         return False  # replaced there since it was recorded: place it again
     labels = inspect(d, dest)  # in place, but not (or differently) recorded here
-    d.state.image = ImageState(arch=d.site.arch, source=source, origin=origin, remote_path=dest,
-                               sha256=sha, size=int(have["SIZE"]), labels=labels,
-                               staged_at=now())
+    d.state.image = ImageState(
+        arch=d.site.arch,
+        source=source,
+        origin=origin,
+        remote_path=dest,
+        sha256=sha,
+        size=int(have["SIZE"]),
+        labels=labels,
+        staged_at=now(),
+    )
     d.remote.say(f"image already in place at {dest} (recorded now)")
     return True
 
 
-def _record(d: Deployment, path: str, dest: str, origin: str, source: str,
-            labels: dict[str, str]) -> None:
+def _record(
+    d: Deployment, path: str, dest: str, origin: str, source: str, labels: dict[str, str]
+) -> None:
     """sha256 of the verified image at `path`, moved to `dest` with its sidecar files."""
-    res = d.remote.run(f"sha256sum {q(path)}", timeout=3600,
-                       label=f"sha256 of the image there ({path})")
+    res = d.remote.run(
+        f"sha256sum {q(path)}", timeout=3600, label=f"sha256 of the image there ({path})"
+    )
     sha = res.stdout.split()[0] if res.ok and res.stdout.split() else ""
     if not d.dry_run and len(sha) != 64:
-        raise UserError(f"site {d.site.name}: sha256sum of {path} failed: {res.tail()}",
-                        fix="check the image there, then deploy again")
+        raise UserError(
+            f"site {d.site.name}: sha256sum of {path} failed: {res.tail()}",
+            fix="check the image there, then deploy again",
+        )
     move = f"mv -f {q(path)} {q(dest)} && " if path != dest else ""
-    res = d.remote.run(f"{move}echo {sha or '<sha256>'} > {q(dest + '.sha256')} && "
-                       f"printf '%s\\n' {q(origin)} > {q(dest + '.origin')} && "
-                       f"stat -c %s {q(dest)}")
+    res = d.remote.run(
+        f"{move}echo {sha or '<sha256>'} > {q(dest + '.sha256')} && "
+        f"printf '%s\\n' {q(origin)} > {q(dest + '.origin')} && "
+        f"stat -c %s {q(dest)}"
+    )
     if d.dry_run:
         return
     if not res.ok:
-        raise UserError(f"site {d.site.name}: could not put the image in place at {dest}: "
-                        f"{res.tail()}", fix="check permissions there, then deploy again")
-    d.state.image = ImageState(arch=d.site.arch, source=source, origin=origin, remote_path=dest,
-                               sha256=sha, size=int(res.stdout.split()[-1]), labels=labels,
-                               staged_at=now())
+        raise UserError(
+            f"site {d.site.name}: could not put the image in place at {dest}: {res.tail()}",
+            fix="check permissions there, then deploy again",
+        )
+    d.state.image = ImageState(
+        arch=d.site.arch,
+        source=source,
+        origin=origin,
+        remote_path=dest,
+        sha256=sha,
+        size=int(res.stdout.split()[-1]),
+        labels=labels,
+        staged_at=now(),
+    )
     d.out.changed.append(f"image ({source})")
 
 
-def _check_labels(d: Deployment, path: str, labels: dict[str, str], what: str,
-                  commit: str | None) -> None:
+def _check_labels(
+    d: Deployment, path: str, labels: dict[str, str], what: str, commit: str | None
+) -> None:
     if d.dry_run:
         return
     bad = label_mismatches(labels, expected_labels(commit=commit))
     if bad:
         d.remote.run(f"mv -f {q(path)} {q(path + '.rejected')}")
-        raise UserError(f"site {d.site.name}: the {what} image does not match this checkout: "
-                        f"{'; '.join(bad)}; it was moved aside to {path}.rejected",
-                        fix="pull or build an image of this checkout's pins "
-                            "(requirements/constraints.txt), then deploy again")
+        raise UserError(
+            f"site {d.site.name}: the {what} image does not match this checkout: "
+            f"{'; '.join(bad)}; it was moved aside to {path}.rejected",
+            fix="pull or build an image of this checkout's pins "
+            "(requirements/constraints.txt), then deploy again",
+        )
 
 
 # -- upload ---------------------------------------------------------------------------------------
+
 
 def _upload(d: Deployment, dest: str) -> None:
     local = d.image
     if local is None:  # deployment() checked that the file exists
         raise UserError(f"site {d.site.name}: no local image to upload")
-    staged = stage_file(d.remote, local, dest, sha256=_known_sha(d.state.image, local),
-                        what="image")
+    staged = stage_file(
+        d.remote, local, dest, sha256=_known_sha(d.state.image, local), what="image"
+    )
     d.remote.run(f"printf '%s\\n' {q('upload sha256:' + staged.sha256)} > {q(dest + '.origin')}")
     if staged.changed:
         d.out.changed.append("image")
-    d.state.image = ImageState(arch=d.site.arch, source="upload", local_path=str(local),
-                               remote_path=staged.remote_path, sha256=staged.sha256,
-                               size=staged.size, staged_at=now(),
-                               local_mtime_ns=local.stat().st_mtime_ns)
+    d.state.image = ImageState(
+        arch=d.site.arch,
+        source="upload",
+        local_path=str(local),
+        remote_path=staged.remote_path,
+        sha256=staged.sha256,
+        size=staged.size,
+        staged_at=now(),
+        local_mtime_ns=local.stat().st_mtime_ns,
+    )
 
 
 def _known_sha(prev: ImageState | None, image: Path) -> str | None:
     """The recorded sha256 of the local image if the file is the one staged last time."""
     st = image.stat()
-    if prev and prev.local_path == str(image) and prev.size == st.st_size \
-            and prev.local_mtime_ns == st.st_mtime_ns:
+    if (
+        prev
+        and prev.local_path == str(image)
+        and prev.size == st.st_size
+        and prev.local_mtime_ns == st.st_mtime_ns
+    ):
         return prev.sha256
     return None
 
 
 # -- pull -----------------------------------------------------------------------------------------
+
 
 def _pull(d: Deployment, dest: str, ref: str) -> None:
     origin = f"pull {ref}"
@@ -224,25 +273,32 @@ def _pull(d: Deployment, dest: str, ref: str) -> None:
     part = dest + ".part"
     # --disable-cache: no copy in ~/.apptainer/cache (home quotas), and no stale cached ORAS
     # blob (OLCF: "try passing the flag --disable-cache", containers_on_frontier.html)
-    res = d.remote.run(f"{image_env(d.site)}rm -f {q(part)} && "
-                       f"apptainer pull --disable-cache {q(part)} {shell_word(ref)}",
-                       timeout=4 * 3600, label=f"apptainer pull {ref} (on {d.target.label})")
+    res = d.remote.run(
+        f"{image_env(d.site)}rm -f {q(part)} && "
+        f"apptainer pull --disable-cache {q(part)} {shell_word(ref)}",
+        timeout=4 * 3600,
+        label=f"apptainer pull {ref} (on {d.target.label})",
+    )
     if not d.dry_run and not res.ok:
         d.remote.run(f"rm -f {q(part)}")
-        raise UserError(f"site {d.site.name}: `apptainer pull {ref}` failed on "
-                        f"{d.target.label}: {res.tail(2)}",
-                        fix="check the reference and that the login node reaches the registry "
-                            "(`apptainer registry login` for a private one), then deploy again")
+        raise UserError(
+            f"site {d.site.name}: `apptainer pull {ref}` failed on {d.target.label}: {res.tail(2)}",
+            fix="check the reference and that the login node reaches the registry "
+            "(`apptainer registry login` for a private one), then deploy again",
+        )
     labels = inspect(d, part)
     _check_labels(d, part, labels, "pulled", commit=None)
     here = git_commit() if not d.dry_run else ""
     if labels.get(LABEL_COMMIT) and labels[LABEL_COMMIT] != here:
-        d.remote.say(f"note: the pulled image was built from commit "
-                     f"{labels[LABEL_COMMIT][:12]}, this checkout is {here[:12]} (pins agree)")
+        d.remote.say(
+            f"note: the pulled image was built from commit "
+            f"{labels[LABEL_COMMIT][:12]}, this checkout is {here[:12]} (pins agree)"
+        )
     _record(d, part, dest, origin, "pull", labels)
 
 
 # -- build ----------------------------------------------------------------------------------------
+
 
 def build_inputs(arch: str) -> tuple[Path, str]:
     """Render the def file and its context here; pack both into one tar file for the site.
@@ -250,10 +306,14 @@ def build_inputs(arch: str) -> tuple[Path, str]:
     git-commit label and of the context's manifest: what the image is made of, so a commit
     that changes neither (docs, tests) does not rebuild a 10-20 GB image."""
     from crossfl.images import render_def
+
     definition = render_def(arch)
     context = definition.with_suffix(".context")
-    recipe = "".join(line for line in definition.read_text().splitlines(keepends=True)
-                     if LABEL_COMMIT not in line)
+    recipe = "".join(
+        line
+        for line in definition.read_text().splitlines(keepends=True)
+        if LABEL_COMMIT not in line
+    )
     key = hashlib.sha256(recipe.encode() + tree_manifest(context).encode()).hexdigest()
     tar = definition.with_suffix(".build.tar")
     with tarfile.open(tar, "w") as out:
@@ -280,8 +340,10 @@ def _build(d: Deployment, dest: str) -> None:
             raise UserError(
                 f"site {site.name}: an image build of another version is still running "
                 f"({pending.where} job {pending.job_id}, {st.state}); its output: "
-                f"{pending.output}", fix=f"wait for it, or stop it (`{sched.cancel or 'kill'} "
-                f"{pending.job_id}` there), then deploy again")
+                f"{pending.output}",
+                fix=f"wait for it, or stop it (`{sched.cancel or 'kill'} "
+                f"{pending.job_id}` there), then deploy again",
+            )
         pending = None
     if pending is not None and not d.dry_run:
         remote.say(f"waiting for the image build started earlier ({pending.job_id})")
@@ -290,20 +352,26 @@ def _build(d: Deployment, dest: str) -> None:
         job = _start_build(d, tar, key)
     st = jobs.wait(remote, sched, job, timeout_s=d.build_wait_s, what="image build")
     if not st.done:
-        raise UserError(f"site {site.name}: the image build ({job.where} job {job.job_id}) is "
-                        f"still {st.state} after {d.build_wait_s / 60:.0f} min; it keeps "
-                        f"running, and its output goes to {job.output}",
-                        fix=f"run `crossfl deploy {site.name}` again later: it waits for "
-                            "this build instead of starting another")
+        raise UserError(
+            f"site {site.name}: the image build ({job.where} job {job.job_id}) is "
+            f"still {st.state} after {d.build_wait_s / 60:.0f} min; it keeps "
+            f"running, and its output goes to {job.output}",
+            fix=f"run `crossfl deploy {site.name}` again later: it waits for "
+            "this build instead of starting another",
+        )
     d.state.image_build = None
     if not st.ok:
-        raise UserError(f"site {site.name}: the image build ({job.where} job {job.job_id}) "
-                        f"ended {st.state} ({st.detail}): {jobs.output_tail(remote, job, 3)}",
-                        fix=f"read {job.output} there, fix the cause, then deploy again")
+        raise UserError(
+            f"site {site.name}: the image build ({job.where} job {job.job_id}) "
+            f"ended {st.state} ({st.detail}): {jobs.output_tail(remote, job, 3)}",
+            fix=f"read {job.output} there, fix the cause, then deploy again",
+        )
     if not d.dry_run and not _there(d, dest).get("SIZE"):
-        raise UserError(f"site {site.name}: the image build ended but left no image at {dest}: "
-                        f"{jobs.output_tail(remote, job, 3)}",
-                        fix=f"read {job.output} there, then deploy again")
+        raise UserError(
+            f"site {site.name}: the image build ended but left no image at {dest}: "
+            f"{jobs.output_tail(remote, job, 3)}",
+            fix=f"read {job.output} there, then deploy again",
+        )
     labels = inspect(d, dest)
     _check_labels(d, dest, labels, "built", commit=None if d.dry_run else git_commit())
     _record(d, dest, dest, origin, "build", labels)
@@ -319,11 +387,15 @@ def _start_build(d: Deployment, tar: Path, key: str) -> jobs.Job:
     remote.run(f"mkdir -p {q(where)}")
     staged = stage_file(remote, tar, f"{where}/{tar.name}", what="image build inputs")
     context = def_path(site.arch).with_suffix(".context").name
-    res = remote.run(f"cd {q(where)} && rm -rf {q(context)} && tar -xf {q(tar.name)}",
-                     label=f"unpack the def file and its context in {where}")
+    res = remote.run(
+        f"cd {q(where)} && rm -rf {q(context)} && tar -xf {q(tar.name)}",
+        label=f"unpack the def file and its context in {where}",
+    )
     if not remote.dry_run and not res.ok:
-        raise UserError(f"site {site.name}: unpacking {staged.remote_path} failed: {res.tail()}",
-                        fix="check space and permissions there, then deploy again")
+        raise UserError(
+            f"site {site.name}: unpacking {staged.remote_path} failed: {res.tail()}",
+            fix="check space and permissions there, then deploy again",
+        )
     script = f"{root}/bundle/batch/build_image.sh"
     build = site.container.build
     name = f"crossfl-build-{site.name}"
@@ -332,7 +404,13 @@ def _start_build(d: Deployment, tar: Path, key: str) -> jobs.Job:
     else:
         job = jobs.start_login(remote, script, where, name, "image build")
     if not remote.dry_run:
-        d.state.image_build = BuildJob(where=job.where, job_id=job.job_id, host=job.host,
-                                       key=key, output=job.output, started_at=now())
+        d.state.image_build = BuildJob(
+            where=job.where,
+            job_id=job.job_id,
+            host=job.host,
+            key=key,
+            output=job.output,
+            started_at=now(),
+        )
         d.record()
     return job

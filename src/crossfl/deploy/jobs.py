@@ -35,22 +35,29 @@ class Job:
     host: str | None = None  # the login node a process runs on
 
 
-def submit(remote: Remote, sched: Scheduler, script: str, cwd: str, job_name: str,
-           what: str) -> Job:
+def submit(
+    remote: Remote, sched: Scheduler, script: str, cwd: str, job_name: str, what: str
+) -> Job:
     """Submit `script` (a path on the login node) from `cwd` with the scheduler's submit
     command; the job's output lands in `cwd` (our batch headers name it)."""
     line = sched.submit_command(q(script))
     if line is None:
-        raise UserError(f"site {remote.t.site}: {sched.title} cannot submit the {what} job "
-                        "from here", fix="run it by hand on the login node")
-    res = remote.run(f"mkdir -p {q(cwd)} && cd {q(cwd)} && {line}",
-                     label=f"submit the {what} job ({sched.submit} {script})")
+        raise UserError(
+            f"site {remote.t.site}: {sched.title} cannot submit the {what} job from here",
+            fix="run it by hand on the login node",
+        )
+    res = remote.run(
+        f"mkdir -p {q(cwd)} && cd {q(cwd)} && {line}",
+        label=f"submit the {what} job ({sched.submit} {script})",
+    )
     job_id = DRY_JOB_ID if remote.dry_run else sched.parse_job_id(res.stdout + res.stderr)
     if job_id is None or not res.ok:
-        raise UserError(f"site {remote.t.site}: `{sched.submit}` refused the {what} job on "
-                        f"{remote.t.label}: {res.tail(2)}",
-                        fix="check the account, queue and walltime the script asks for "
-                            f"(`crossfl doctor {remote.t.site}` checks them)")
+        raise UserError(
+            f"site {remote.t.site}: `{sched.submit}` refused the {what} job on "
+            f"{remote.t.label}: {res.tail(2)}",
+            fix="check the account, queue and walltime the script asks for "
+            f"(`crossfl doctor {remote.t.site}` checks them)",
+        )
     output = sched.job_output(job_name, job_id) or f"{job_name}.out"
     remote.say(f"{what} job {job_id} submitted; its output: {cwd}/{output}")
     return Job("batch", job_id, f"{cwd}/{output}")
@@ -66,14 +73,16 @@ def start_login(remote: Remote, script: str, cwd: str, name: str, what: str) -> 
         f"mkdir -p {q(cwd)} && cd {q(cwd)} && rm -f {q(rc)} && "
         f"{{ nohup bash -c {shlex.quote(inner)} > {q(log)} 2>&1 < /dev/null & }} && "
         f"echo CROSSFL_PID=$! && echo CROSSFL_HOST=$(hostname)",
-        label=f"start the {what} on the login node (bash {script})")
+        label=f"start the {what} on the login node (bash {script})",
+    )
     m = res.markers()
     if remote.dry_run:
         return Job("login", "<pid>", log, "<login node>")
     if not res.ok or not m.get("PID"):
-        raise UserError(f"site {remote.t.site}: could not start the {what} on "
-                        f"{remote.t.label}: {res.tail(2)}",
-                        fix="check that the remote root is writable, then deploy again")
+        raise UserError(
+            f"site {remote.t.site}: could not start the {what} on {remote.t.label}: {res.tail(2)}",
+            fix="check that the remote root is writable, then deploy again",
+        )
     remote.say(f"{what} running on {m.get('HOST')} as process {m['PID']}; its output: {log}")
     return Job("login", m["PID"], log, m.get("HOST"))
 
@@ -87,9 +96,11 @@ def status(remote: Remote, sched: Scheduler, job: Job) -> JobStatus:
         return sched.parse_job(job.job_id, res.stdout + res.stderr, res.rc)
     rc = job.output.removesuffix(".log") + ".rc"
     pid = job.job_id if job.job_id.isdigit() else "$pid"
-    res = remote.run(f"if kill -0 {pid} 2>/dev/null; then echo CROSSFL_RUN=1; "
-                     f"elif [ -f {q(rc)} ]; then echo CROSSFL_RC=$(cat {q(rc)}); fi; "
-                     "echo CROSSFL_HOST=$(hostname)")
+    res = remote.run(
+        f"if kill -0 {pid} 2>/dev/null; then echo CROSSFL_RUN=1; "
+        f"elif [ -f {q(rc)} ]; then echo CROSSFL_RC=$(cat {q(rc)}); fi; "
+        "echo CROSSFL_HOST=$(hostname)"
+    )
     m = res.markers()
     if m.get("RC", "").strip().lstrip("-").isdigit():
         code = int(m["RC"])
@@ -97,18 +108,29 @@ def status(remote: Remote, sched: Scheduler, job: Job) -> JobStatus:
     if m.get("RUN"):
         return JobStatus("RUNNING", done=False)
     if job.host and m.get("HOST") and m["HOST"] != job.host:
-        return JobStatus("ELSEWHERE", done=False,
-                         detail=f"it runs on {job.host}; this connection reached {m['HOST']}")
+        return JobStatus(
+            "ELSEWHERE",
+            done=False,
+            detail=f"it runs on {job.host}; this connection reached {m['HOST']}",
+        )
     return JobStatus("DIED", done=True, ok=False, detail="ended without an exit status")
 
 
-def wait(remote: Remote, sched: Scheduler, job: Job, *, timeout_s: float, what: str,
-         say: Callable[[str], None] | None = None) -> JobStatus:
+def wait(
+    remote: Remote,
+    sched: Scheduler,
+    job: Job,
+    *,
+    timeout_s: float,
+    what: str,
+    say: Callable[[str], None] | None = None,
+) -> JobStatus:
     """Poll the job until it ended or `timeout_s` passed (then its last status, not done)."""
     say = say or remote.say
     if remote.dry_run:
-        remote.say(f"wait for the {what}: poll, until it ended (at most {timeout_s / 60:.0f} "
-                   "min), with")
+        remote.say(
+            f"wait for the {what}: poll, until it ended (at most {timeout_s / 60:.0f} min), with"
+        )
         status(remote, sched, job)
         return JobStatus("COMPLETED", done=True, ok=True)
     deadline = time.monotonic() + timeout_s

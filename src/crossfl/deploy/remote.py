@@ -84,44 +84,58 @@ class Channel(Protocol):
 
     def run(self, command: str, timeout: int | None) -> Result: ...
     def write(self, path: str, data: bytes, mode: int) -> None: ...
-    def append(self, src: BinaryIO, path: str, offset: int,
-               progress: Callable[[int], None]) -> None: ...
+    def append(
+        self, src: BinaryIO, path: str, offset: int, progress: Callable[[int], None]
+    ) -> None: ...
     def close(self) -> None: ...
 
 
 def ssh_config_path() -> str | None:
     path = os.environ.get(SSH_CONFIG_ENV)
     if path and not Path(path).is_file():
-        raise UserError(f"${SSH_CONFIG_ENV} names no file", file=path,
-                        fix=f"point {SSH_CONFIG_ENV} at an OpenSSH client config, or unset it")
+        raise UserError(
+            f"${SSH_CONFIG_ENV} names no file",
+            file=path,
+            fix=f"point {SSH_CONFIG_ENV} at an OpenSSH client config, or unset it",
+        )
     return path or None
 
 
 def _connect_error(exc: BaseException | str, t: Target) -> UserError:
     where = f"site {t.site}: cannot open SSH to {t.label}"
-    hint = (f"check deploy.host/user/port in {t.site_file or 'the site file'} and that "
-            f"`ssh {t.host}` works")
+    hint = (
+        f"check deploy.host/user/port in {t.site_file or 'the site file'} and that "
+        f"`ssh {t.host}` works"
+    )
     text = str(exc).strip() or type(exc).__name__
     low = text.lower()
-    if isinstance(exc, paramiko.AuthenticationException) or "authentication" in low \
-            or "permission denied" in low:
-        return UserError(f"{where}: the server refused the key ({text})",
-                         fix=f"add your public key at the facility, or set IdentityFile for "
-                             f"{t.host} in ~/.ssh/config; {hint}")
+    if (
+        isinstance(exc, paramiko.AuthenticationException)
+        or "authentication" in low
+        or "permission denied" in low
+    ):
+        return UserError(
+            f"{where}: the server refused the key ({text})",
+            fix=f"add your public key at the facility, or set IdentityFile for "
+            f"{t.host} in ~/.ssh/config; {hint}",
+        )
     refused = isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError)
     if refused or "connection refused" in low:
         return UserError(f"{where}: connection refused (nothing listens on the port)", fix=hint)
     if isinstance(exc, socket.gaierror) or "could not resolve" in low:
         return UserError(f"{where}: unknown host ({text})", fix=hint)
     if isinstance(exc, (socket.timeout, TimeoutError)) or "timed out" in low:
-        return UserError(f"{where}: timed out after {CONNECT_TIMEOUT_S}s",
-                         fix=f"check VPN/firewall and ProxyJump; {hint}")
+        return UserError(
+            f"{where}: timed out after {CONNECT_TIMEOUT_S}s",
+            fix=f"check VPN/firewall and ProxyJump; {hint}",
+        )
     if isinstance(exc, paramiko.ssh_exception.ProxyCommandFailure):
         return UserError(f"{where}: ProxyCommand/ProxyJump failed ({text})", fix=hint)
     return UserError(f"{where}: {text}", fix=hint)
 
 
 # -- fabric / paramiko ----------------------------------------------------------------------------
+
 
 class FabricChannel:
     name = "fabric"
@@ -130,8 +144,9 @@ class FabricChannel:
         path = ssh_config_path()
         config = Config(runtime_ssh_path=path) if path else Config()  # ~/.ssh/config otherwise
         self.t = t
-        self.conn = Connection(t.host, user=t.user, port=t.port, config=config,
-                               connect_timeout=CONNECT_TIMEOUT_S)
+        self.conn = Connection(
+            t.host, user=t.user, port=t.port, config=config, connect_timeout=CONNECT_TIMEOUT_S
+        )
         try:
             self.conn.open()
         except Exception as exc:  # noqa: BLE001 - every failure here becomes one line
@@ -158,8 +173,9 @@ class FabricChannel:
             fh.write(data)
         self.sftp().chmod(path, mode)
 
-    def append(self, src: BinaryIO, path: str, offset: int,
-               progress: Callable[[int], None]) -> None:
+    def append(
+        self, src: BinaryIO, path: str, offset: int, progress: Callable[[int], None]
+    ) -> None:
         sftp = self.sftp()
         with sftp.open(path, "r+b" if offset else "wb") as dst:
             dst.set_pipelined(True)
@@ -177,6 +193,7 @@ class FabricChannel:
 
 
 # -- the system ssh, through a running ControlMaster ------------------------------------------
+
 
 class OpenSshChannel:
     name = "openssh"
@@ -197,26 +214,40 @@ class OpenSshChannel:
     def master_running(cls, t: Target) -> bool:
         """True when `ssh -O check` finds a live ControlMaster for the host."""
         try:
-            r = subprocess.run([*cls(t).base, "-O", "check", t.host], capture_output=True,
-                               timeout=15, stdin=subprocess.DEVNULL)
+            r = subprocess.run(
+                [*cls(t).base, "-O", "check", t.host],
+                capture_output=True,
+                timeout=15,
+                stdin=subprocess.DEVNULL,
+            )
         except (OSError, subprocess.TimeoutExpired):
             return False
         return r.returncode == 0
 
     def run(self, command: str, timeout: int | None) -> Result:
         try:
-            r = subprocess.run([*self.base, self.t.host, command], capture_output=True,
-                               text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+            r = subprocess.run(
+                [*self.base, self.t.host, command],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+            )
         except subprocess.TimeoutExpired as exc:
             raise CommandTimedOut(None, timeout) from exc  # type: ignore[arg-type]
         if r.returncode == 255:  # ssh's own failure, not the command's
-            raise _connect_error(r.stderr.strip().splitlines()[-1] if r.stderr.strip()
-                                 else "ssh exited 255", self.t)
+            raise _connect_error(
+                r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "ssh exited 255", self.t
+            )
         return Result(r.stdout, r.stderr, r.returncode)
 
     def _pipe(self, command: str, feed: Callable[[BinaryIO], None]) -> None:
-        proc = subprocess.Popen([*self.base, self.t.host, command], stdin=subprocess.PIPE,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [*self.base, self.t.host, command],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         assert proc.stdin is not None and proc.stderr is not None
         try:
             feed(proc.stdin)
@@ -231,8 +262,9 @@ class OpenSshChannel:
         p = shlex.quote(path)
         self._pipe(f"cat > {p} && chmod {mode:o} {p}", lambda w: w.write(data))
 
-    def append(self, src: BinaryIO, path: str, offset: int,
-               progress: Callable[[int], None]) -> None:
+    def append(
+        self, src: BinaryIO, path: str, offset: int, progress: Callable[[int], None]
+    ) -> None:
         p = shlex.quote(path)
         cmd = f"truncate -s {offset} {p} && cat >> {p}" if offset else f"cat > {p}"
 
@@ -240,6 +272,7 @@ class OpenSshChannel:
             for block in iter(lambda: src.read(CHUNK), b""):
                 w.write(block)
                 progress(len(block))
+
         self._pipe(cmd, feed)
 
     def close(self) -> None:
@@ -249,8 +282,10 @@ class OpenSshChannel:
 def open_channel(t: Target) -> Channel:
     want = os.environ.get(CHANNEL_ENV, "auto").lower()
     if want not in ("auto", "fabric", "openssh"):
-        raise UserError(f"${CHANNEL_ENV}={want!r} is not one of auto, fabric, openssh",
-                        fix=f"unset {CHANNEL_ENV} or pick one of those")
+        raise UserError(
+            f"${CHANNEL_ENV}={want!r} is not one of auto, fabric, openssh",
+            fix=f"unset {CHANNEL_ENV} or pick one of those",
+        )
     if want == "openssh" or (want == "auto" and OpenSshChannel.master_running(t)):
         return OpenSshChannel(t)
     return FabricChannel(t)
@@ -258,11 +293,13 @@ def open_channel(t: Target) -> Channel:
 
 # -- what the deploy steps use ------------------------------------------------------------------
 
+
 class Remote:
     """Runs shell snippets and moves files on a login node; in dry-run, only prints them."""
 
-    def __init__(self, target: Target, *, dry_run: bool = False,
-                 console: Console | None = None) -> None:
+    def __init__(
+        self, target: Target, *, dry_run: bool = False, console: Console | None = None
+    ) -> None:
         self.t = target
         self.dry_run = dry_run
         self.console = console or Console(stderr=True, soft_wrap=True)
@@ -277,8 +314,9 @@ class Remote:
             self.say(f"using your OpenSSH master connection to {self.t.host}")
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
@@ -295,12 +333,20 @@ class Remote:
 
     def command_line(self, script: str, *, activate: bool = False) -> str:
         if activate and self.t.activate:
-            script = (f"{{ {self.t.activate} ; }} || {{ echo CROSSFL_ACTIVATE_FAILED=1; exit 97; }}"
-                      f"\n{script}")
+            script = (
+                f"{{ {self.t.activate} ; }} || {{ echo CROSSFL_ACTIVATE_FAILED=1; exit 97; }}"
+                f"\n{script}"
+            )
         return "bash -lc " + shlex.quote(script)
 
-    def run(self, script: str, *, activate: bool = False, timeout: int | None = 120,
-            label: str | None = None) -> Result:
+    def run(
+        self,
+        script: str,
+        *,
+        activate: bool = False,
+        timeout: int | None = 120,
+        label: str | None = None,
+    ) -> Result:
         """Run `script` with bash on the login node; never raises on a non-zero exit.
         Dry-run prints the command (and returns an empty success); a real run prints `label`."""
         if self.dry_run:
@@ -312,15 +358,18 @@ class Remote:
         try:
             return self.channel.run(self.command_line(script, activate=activate), timeout)
         except CommandTimedOut:
-            raise UserError(f"site {self.t.site}: `{_one_line(script)[:80]}` on {self.t.label} "
-                            f"did not finish within {timeout}s",
-                            fix="check the login node's load, then run the command again") from None
+            raise UserError(
+                f"site {self.t.site}: `{_one_line(script)[:80]}` on {self.t.label} "
+                f"did not finish within {timeout}s",
+                fix="check the login node's load, then run the command again",
+            ) from None
 
     def write(self, path: str, data: bytes, mode: int = 0o644) -> None:
         self.channel.write(path, data, mode)
 
-    def append(self, src: BinaryIO, path: str, offset: int,
-               progress: Callable[[int], None]) -> None:
+    def append(
+        self, src: BinaryIO, path: str, offset: int, progress: Callable[[int], None]
+    ) -> None:
         self.channel.append(src, path, offset, progress)
 
     def transfer_note(self, local: Path | str, remote: str, size: int, extra: str = "") -> None:

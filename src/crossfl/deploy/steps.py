@@ -44,6 +44,7 @@ class Outcome:
 class Deployment:
     """What the steps share: the site and its rendered bundle, the open connection and what
     the login node said, the state being recorded, and what changed so far."""
+
     site: Site
     target: Target
     remote: Remote
@@ -81,8 +82,10 @@ class Deployment:
 
 def layout(d: Deployment) -> None:
     root = d.info.root
-    d.remote.run(f"mkdir -p {q(root)}/bundle {q(root)}/images {q(root)}/data",
-                 label=f"remote layout {root}/{{bundle,images,data}}")
+    d.remote.run(
+        f"mkdir -p {q(root)}/bundle {q(root)}/images {q(root)}/data",
+        label=f"remote layout {root}/{{bundle,images,data}}",
+    )
 
 
 def bundle(d: Deployment) -> None:
@@ -105,8 +108,14 @@ def data(d: Deployment) -> None:
     if changed:
         d.out.changed.append("data")
     d.state.data = [x for x in d.state.data if x.remote_path != dest] + [
-        DataState(local_path=str(d.data.resolve()), remote_path=dest, sha256=digest, size=size,
-                  uploaded_at=now())]
+        DataState(
+            local_path=str(d.data.resolve()),
+            remote_path=dest,
+            sha256=digest,
+            size=size,
+            uploaded_at=now(),
+        )
+    ]
 
 
 def endpoint(d: Deployment) -> None:
@@ -115,8 +124,14 @@ def endpoint(d: Deployment) -> None:
     if gce.configure(d.remote, d.info, name, multi_user=multi, contact_email=d.email):
         d.out.changed.append("endpoint configured")
     extra = f"email: {d.email}" if d.email else ""
-    d.changed_files = gce.install(d.remote, d.info, name, f"{d.info.root}/bundle",
-                                  extra_core=extra, rendered_dir=str(d.bundle / "endpoint"))
+    d.changed_files = gce.install(
+        d.remote,
+        d.info,
+        name,
+        f"{d.info.root}/bundle",
+        extra_core=extra,
+        rendered_dir=str(d.bundle / "endpoint"),
+    )
     if d.changed_files:
         d.out.changed.append("endpoint files: " + ", ".join(d.changed_files))
     d.state.endpoint.configured = True
@@ -132,8 +147,10 @@ def start(d: Deployment) -> None:
         rt = d.runtime = gce.runtime(d.remote, d.info, name)
     if not d.start:
         if rt.running and d.changed_files:
-            d.console.print(f"[yellow]endpoint {name} is running with the previous files; "
-                            f"`crossfl deploy {site.name}` (without --no-start) restarts it[/]")
+            d.console.print(
+                f"[yellow]endpoint {name} is running with the previous files; "
+                f"`crossfl deploy {site.name}` (without --no-start) restarts it[/]"
+            )
         return
     if rt.running and d.changed_files:
         d.console.print(f"endpoint files changed: restarting {name}")
@@ -150,16 +167,19 @@ def start(d: Deployment) -> None:
             f"treats an endpoint started by root as multi-user, which needs a contact "
             f"email; done so far: bundle uploaded, endpoint {name} configured",
             fix="deploy as your own user (deploy.user), or pass --contact-email ADDR "
-                f"(or ${CONTACT_EMAIL_ENV})")
+            f"(or ${CONTACT_EMAIL_ENV})",
+        )
     try:
         gce.start(d.remote, name)
     except gce.StartFailed as exc:
         raise _start_error(d, exc) from None
     rt = d.runtime = gce.runtime(d.remote, d.info, name)
     if not d.dry_run and not rt.endpoint_id:
-        raise UserError(f"site {site.name}: `globus-compute-endpoint start` returned but "
-                        f"{name} has no endpoint.json",
-                        fix=f"run `crossfl logs {site.name}` to see why")
+        raise UserError(
+            f"site {site.name}: `globus-compute-endpoint start` returned but "
+            f"{name} has no endpoint.json",
+            fix=f"run `crossfl logs {site.name}` to see why",
+        )
     d.out.changed.append("endpoint started")
     d.state.endpoint.endpoint_id = rt.endpoint_id
     d.state.endpoint.started = rt.endpoint_id is not None
@@ -168,8 +188,13 @@ def start(d: Deployment) -> None:
 
 Step = Callable[[Deployment], None]
 STEPS: tuple[tuple[str, Step], ...] = (
-    ("layout", layout), ("bundle", bundle), ("image", image), ("data", data),
-    ("endpoint", endpoint), ("start", start))
+    ("layout", layout),
+    ("bundle", bundle),
+    ("image", image),
+    ("data", data),
+    ("endpoint", endpoint),
+    ("start", start),
+)
 
 
 def _start_error(d: Deployment, exc: gce.StartFailed) -> UserError:
@@ -181,13 +206,16 @@ def _start_error(d: Deployment, exc: gce.StartFailed) -> UserError:
     done += f" (registered earlier as {eid})" if eid else ", no endpoint id"
     fixes = {
         "network": f"check that {t.host} reaches the Globus service over HTTPS (proxy?), "
-                   f"then run `crossfl deploy {site.name}` again",
+        f"then run `crossfl deploy {site.name}` again",
         "login": f"log in once there: `ssh -t {t.host} globus-compute-endpoint login` (or "
-                 "export GLOBUS_COMPUTE_CLIENT_ID/SECRET in deploy.python_activate), then "
-                 "deploy again",
+        "export GLOBUS_COMPUTE_CLIENT_ID/SECRET in deploy.python_activate), then "
+        "deploy again",
         "email": "deploy as your own user (deploy.user), or pass --contact-email ADDR",
         "running": f"run `crossfl stop {site.name}` then deploy again",
         "other": f"run `crossfl logs {site.name}` for the endpoint's log, then deploy again",
     }
-    return UserError(f"site {site.name}: `globus-compute-endpoint start {ep}` on {t.label} "
-                     f"failed: {exc.detail}; done: {done}", fix=fixes[exc.kind])
+    return UserError(
+        f"site {site.name}: `globus-compute-endpoint start {ep}` on {t.label} "
+        f"failed: {exc.detail}; done: {done}",
+        fix=fixes[exc.kind],
+    )

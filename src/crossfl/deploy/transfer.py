@@ -36,8 +36,9 @@ def tree_files(root: Path) -> list[Path]:
 
 def tree_manifest(root: Path) -> str:
     """`sha256sum`-format lines for every file under root, sorted by relative path."""
-    return "".join(f"{sha256_file(p)}  {p.relative_to(root).as_posix()}\n"
-                   for p in tree_files(root))
+    return "".join(
+        f"{sha256_file(p)}  {p.relative_to(root).as_posix()}\n" for p in tree_files(root)
+    )
 
 
 def tree_digest(root: Path) -> str:
@@ -45,12 +46,19 @@ def tree_digest(root: Path) -> str:
 
 
 def _progress(remote: Remote) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                    TransferSpeedColumn(), TimeRemainingColumn(), console=remote.console,
-                    transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=remote.console,
+        transient=False,
+    )
 
 
 # -- the bundle ---------------------------------------------------------------------------------
+
 
 def upload_bundle(remote: Remote, bundle: Path, digest: str, root: str) -> bool:
     """Put the rendered bundle at `root/bundle`, replacing the old one in one `mv`.
@@ -76,18 +84,23 @@ def upload_bundle(remote: Remote, bundle: Path, digest: str, root: str) -> bool:
     if not remote.dry_run:
         remote.write(f"{staging}/{BUNDLE_DIGEST_FILE}", (digest + "\n").encode())
         remote.write(f"{staging}/MANIFEST.sha256", tree_manifest(bundle).encode())
-    r = remote.run(f"cd {q(staging)} && sha256sum --quiet -c MANIFEST.sha256 && cd .. && "
-                   f"rm -rf bundle.old && {{ [ ! -e bundle ] || mv bundle bundle.old; }} && "
-                   f"mv bundle.new bundle && rm -rf bundle.old",
-                   label=f"verify the bundle with sha256sum and swap it in at {dest}")
+    r = remote.run(
+        f"cd {q(staging)} && sha256sum --quiet -c MANIFEST.sha256 && cd .. && "
+        f"rm -rf bundle.old && {{ [ ! -e bundle ] || mv bundle bundle.old; }} && "
+        f"mv bundle.new bundle && rm -rf bundle.old",
+        label=f"verify the bundle with sha256sum and swap it in at {dest}",
+    )
     if not r.ok:
-        raise UserError(f"site {remote.t.site}: the bundle uploaded to {remote.t.label}:{staging} "
-                        f"does not verify ({r.tail()})",
-                        fix=f"run `crossfl deploy {remote.t.site}` again")
+        raise UserError(
+            f"site {remote.t.site}: the bundle uploaded to {remote.t.label}:{staging} "
+            f"does not verify ({r.tail()})",
+            fix=f"run `crossfl deploy {remote.t.site}` again",
+        )
     return True
 
 
 # -- large files --------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Staged:
@@ -106,8 +119,9 @@ def remote_free(remote: Remote, directory: str) -> str:
     return "free space unknown"
 
 
-def stage_file(remote: Remote, local: Path, dest: str, *, sha256: str | None = None,
-               what: str = "file") -> Staged:
+def stage_file(
+    remote: Remote, local: Path, dest: str, *, sha256: str | None = None, what: str = "file"
+) -> Staged:
     """Upload `local` to `dest` on the login node, resumably and verified (see module doc)."""
     size = local.stat().st_size
     digest = sha256 or sha256_file(local)
@@ -119,9 +133,10 @@ def stage_file(remote: Remote, local: Path, dest: str, *, sha256: str | None = N
         remote.run(f"mv -f {q(part)} {q(dest)} && echo {digest} > {q(dest + '.sha256')}")
         return Staged(dest, digest, size, True)
     probe = remote.run(
-        f"d={q(dest)}; s=$(stat -c %s \"$d\" 2>/dev/null || echo -); "
-        f"echo CROSSFL_SIZE=$s; echo CROSSFL_SHA=$(cat \"$d.sha256\" 2>/dev/null); "
-        f"echo CROSSFL_PART=$(stat -c %s \"$d.part\" 2>/dev/null || echo 0)").markers()
+        f'd={q(dest)}; s=$(stat -c %s "$d" 2>/dev/null || echo -); '
+        f'echo CROSSFL_SIZE=$s; echo CROSSFL_SHA=$(cat "$d.sha256" 2>/dev/null); '
+        f'echo CROSSFL_PART=$(stat -c %s "$d.part" 2>/dev/null || echo 0)'
+    ).markers()
     if probe.get("SIZE") == str(size) and probe.get("SHA", "").split(" ")[0] == digest:
         remote.say(f"{what} unchanged at {dest} ({digest[:12]})")
         return Staged(dest, digest, size, False)
@@ -130,24 +145,31 @@ def stage_file(remote: Remote, local: Path, dest: str, *, sha256: str | None = N
         offset = 0
     for attempt in (1, 2):
         _send(remote, local, part, offset, size, what)
-        check = remote.run(f"sha256sum {q(part)}", timeout=3600,
-                           label=f"verify {os.path.basename(part)} with sha256sum there")
+        check = remote.run(
+            f"sha256sum {q(part)}",
+            timeout=3600,
+            label=f"verify {os.path.basename(part)} with sha256sum there",
+        )
         got = check.stdout.split()[0] if check.ok and check.stdout.split() else ""
         if got == digest:
             break
         remote.run(f"rm -f {q(part)}")
         if attempt == 2 or offset == 0:
-            raise UserError(f"site {site}: {what} {local.name} arrived at {remote.t.label} with "
-                            f"sha256 {got[:12] or '?'} instead of {digest[:12]}; the partial file "
-                            f"was removed",
-                            fix=f"run `crossfl deploy {site}` again; if it repeats, "
-                                f"check the local file with sha256sum")
+            raise UserError(
+                f"site {site}: {what} {local.name} arrived at {remote.t.label} with "
+                f"sha256 {got[:12] or '?'} instead of {digest[:12]}; the partial file "
+                f"was removed",
+                fix=f"run `crossfl deploy {site}` again; if it repeats, "
+                f"check the local file with sha256sum",
+            )
         remote.say(f"resumed {part} did not verify; uploading it again from the start")
         offset = 0
     mv = remote.run(f"mv -f {q(part)} {q(dest)} && echo {digest} > {q(dest + '.sha256')}")
     if not mv.ok:
-        raise UserError(f"site {site}: could not move {part} into place ({mv.tail()})",
-                        fix=f"check permissions of {dest.rsplit('/', 1)[0]}, then deploy again")
+        raise UserError(
+            f"site {site}: could not move {part} into place ({mv.tail()})",
+            fix=f"check permissions of {dest.rsplit('/', 1)[0]}, then deploy again",
+        )
     return Staged(dest, digest, size, True, resumed_from=offset)
 
 
@@ -169,13 +191,15 @@ def _send(remote: Remote, local: Path, part: str, offset: int, size: int, what: 
         reason = exc.strerror or str(exc) or type(exc).__name__
         free = remote_free(remote, directory)
         kept = _remote_size(remote, part)
-        raise UserError(f"site {remote.t.site}: upload of {what} {local.name} to "
-                        f"{remote.t.label}:{directory} failed after {kept:,} of "
-                        f"{size:,} bytes: remote write error '{reason}' ({free}; disk quota or "
-                        f"space?); the partial file {os.path.basename(part)} is kept and the "
-                        f"next deploy resumes it",
-                        fix=f"free space or raise the quota there (or move deploy.remote_root), "
-                            f"then run `crossfl deploy {remote.t.site}` again") from None
+        raise UserError(
+            f"site {remote.t.site}: upload of {what} {local.name} to "
+            f"{remote.t.label}:{directory} failed after {kept:,} of "
+            f"{size:,} bytes: remote write error '{reason}' ({free}; disk quota or "
+            f"space?); the partial file {os.path.basename(part)} is kept and the "
+            f"next deploy resumes it",
+            fix=f"free space or raise the quota there (or move deploy.remote_root), "
+            f"then run `crossfl deploy {remote.t.site}` again",
+        ) from None
 
 
 def _remote_size(remote: Remote, path: str) -> int:
@@ -188,13 +212,18 @@ def stage_tree(remote: Remote, local: Path, dest: str, what: str = "data") -> tu
     Returns (changed, digest, total bytes)."""
     files = [local] if local.is_file() else tree_files(local)
     if not files:
-        raise UserError(f"nothing to upload under {local}", field="--data",
-                        fix="give a file or a non-empty directory")
+        raise UserError(
+            f"nothing to upload under {local}",
+            field="--data",
+            fix="give a file or a non-empty directory",
+        )
     if local.is_file():
         targets = [(local, dest, local.name)]
     else:
-        targets = [(p, f"{dest}/{p.relative_to(local).as_posix()}", p.relative_to(local).as_posix())
-                   for p in files]
+        targets = [
+            (p, f"{dest}/{p.relative_to(local).as_posix()}", p.relative_to(local).as_posix())
+            for p in files
+        ]
     dirs = sorted({t.rsplit("/", 1)[0] for _, t, _ in targets})
     remote.run("mkdir -p " + " ".join(q(d) for d in dirs))
     changed = False

@@ -18,8 +18,10 @@ from crossfl.images.definition import render_def
 from crossfl.images.layout import display_path, sif_path
 from crossfl.images.manifest import ManifestEntry, image_digest, record_image
 
-GET_APPTAINER = ("install Apptainer (apptainer.org/docs/admin/main/installation.html) "
-                 "or `module load apptainer` on a facility login node")
+GET_APPTAINER = (
+    "install Apptainer (apptainer.org/docs/admin/main/installation.html) "
+    "or `module load apptainer` on a facility login node"
+)
 
 
 def apptainer() -> str:
@@ -30,8 +32,12 @@ def apptainer() -> str:
 
 
 def inspect_labels(exe: str, sif: Path) -> dict[str, str]:
-    out = subprocess.run([exe, "inspect", "--labels", "--json", display_path(sif)],
-                         cwd=paths.project_root(), capture_output=True, text=True)
+    out = subprocess.run(
+        [exe, "inspect", "--labels", "--json", display_path(sif)],
+        cwd=paths.project_root(),
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0:
         raise UserError(f"apptainer inspect failed: {out.stderr.strip()}", file=display_path(sif))
     data = json.loads(out.stdout or "{}")
@@ -58,8 +64,14 @@ def build_image(arch: str, *, fakeroot: bool | None = None) -> ManifestEntry:
     partial = sif.with_name(sif.name + ".partial")
     partial.unlink(missing_ok=True)
     build_args = [f"--build-arg={k}={v}" for k, v in build_arg_values(os.environ).items()]
-    argv = [exe, "build", *(["--fakeroot"] if fakeroot else []), *build_args,
-            display_path(partial), display_path(definition)]
+    argv = [
+        exe,
+        "build",
+        *(["--fakeroot"] if fakeroot else []),
+        *build_args,
+        display_path(partial),
+        display_path(definition),
+    ]
     try:
         _run(argv, "apptainer build")
         if not partial.is_file():
@@ -74,17 +86,25 @@ def apptainer_or_explain(definition: Path) -> str:
     try:
         return apptainer()
     except UserError:
-        raise UserError(f"apptainer is not on PATH, so no image was built: {GET_APPTAINER}; "
-                        f"the def file is ready at {display_path(definition)}") from None
+        raise UserError(
+            f"apptainer is not on PATH, so no image was built: {GET_APPTAINER}; "
+            f"the def file is ready at {display_path(definition)}"
+        ) from None
 
 
 def _record(arch: str, exe: str, *, signed: bool) -> ManifestEntry:
     sif = sif_path(arch)
     found = inspect_labels(exe, sif)
     entry = ManifestEntry(
-        arch=arch, image=display_path(sif), digest=image_digest(sif), size_bytes=sif.stat().st_size,
+        arch=arch,
+        image=display_path(sif),
+        digest=image_digest(sif),
+        size_bytes=sif.stat().st_size,
         built_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        git_commit=found.get("org.crossfl.git-commit", ""), signed=signed, labels=found)
+        git_commit=found.get("org.crossfl.git-commit", ""),
+        signed=signed,
+        labels=found,
+    )
     record_image(entry)
     return entry
 

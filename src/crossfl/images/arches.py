@@ -61,8 +61,10 @@ class ArchSpec(StrictModel):
             if not self.mirror:
                 raise ValueError("bootstrap debootstrap needs `mirror` (Apptainer's MirrorURL)")
             if self.python.source != "base":
-                raise ValueError("bootstrap debootstrap takes Python from the release: "
-                                 "python.source must be base")
+                raise ValueError(
+                    "bootstrap debootstrap takes Python from the release: "
+                    "python.source must be base"
+                )
         elif self.mirror or self.include:
             raise ValueError("`mirror` and `include` are for bootstrap debootstrap only")
         return self
@@ -89,6 +91,7 @@ def arch_names() -> list[str]:
 def get_arch(name: str, table: ArchTable | None = None) -> ArchSpec:
     table = table or load_arches()
     if name not in table.arches:
-        raise UserError(f"unknown ARCH {name!r}; allowed: {', '.join(sorted(table.arches))}",
-                        field="ARCH")
+        raise UserError(
+            f"unknown ARCH {name!r}; allowed: {', '.join(sorted(table.arches))}", field="ARCH"
+        )
     return table.arches[name]

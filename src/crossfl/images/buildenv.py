@@ -22,8 +22,8 @@ UNSET = "none"  # a build argument's default: Apptainer refuses empty values ("m
 
 @dataclass(frozen=True)
 class BuildSetting:
-    name: str                  # the build argument
-    exports: tuple[str, ...]   # the variables %post sets from it
+    name: str  # the build argument
+    exports: tuple[str, ...]  # the variables %post sets from it
 
     @property
     def placeholder(self) -> str:
@@ -75,8 +75,10 @@ def build_hosts(spec: ArchSpec) -> list[str]:
         hosts.append(registry_host(spec.base))
     if spec.python.source == "uv":
         hosts += [f"{h} (apt, only if the base has no curl)" for h in spec.apt_hosts]
-        hosts += ["github.com (uv release tarball)",
-                  "releases.astral.sh (CPython build; github.com if unreachable)"]
+        hosts += [
+            "github.com (uv release tarball)",
+            "releases.astral.sh (CPython build; github.com if unreachable)",
+        ]
     hosts.append(urlparse(spec.torch.index_url).hostname or "")
     hosts += list(PYPI_HOSTS)
     return hosts

@@ -65,22 +65,31 @@ def site_command(rootfs: Path, binds: list[str]) -> str:
     `binds` (the project's run directories, the model and the data) and the engine's run
     directory bound in."""
     mount_points(rootfs, binds)
-    return (f"{shlex.join(bwrap_run(rootfs, binds))} --bind {{EXECUTOR_RUNDIR}} "
-            f"{{EXECUTOR_RUNDIR}} /.singularity.d/actions/run {{EXECUTOR_LAUNCH_CMD}}")
+    return (
+        f"{shlex.join(bwrap_run(rootfs, binds))} --bind {{EXECUTOR_RUNDIR}} "
+        f"{{EXECUTOR_RUNDIR}} /.singularity.d/actions/run {{EXECUTOR_LAUNCH_CMD}}"
+    )
 
 
 def write_site(project: Path, rootfs: Path, binds: list[str]) -> Path:
     site = {
         "name": SITE,
         "description": "this machine; the engine's workers start inside the cpu-debian root "
-                       "filesystem (bubblewrap in the place of apptainer run)",
+        "filesystem (bubblewrap in the place of apptainer run)",
         "scheduler": "local",
         "accelerator": {"vendor": "none", "devices_per_node": 0},
-        "container": {"runtime": "custom", "images": {"cpu": str(rootfs)},
-                      "command": site_command(rootfs, binds)},
+        "container": {
+            "runtime": "custom",
+            "images": {"cpu": str(rootfs)},
+            "command": site_command(rootfs, binds),
+        },
         "launcher": {"type": "single"},
-        "endpoint": {"mode": "single-user", "display_name": f"crossfl {SITE}",
-                     "encrypted": True, "max_workers_per_node": 1},
+        "endpoint": {
+            "mode": "single-user",
+            "display_name": f"crossfl {SITE}",
+            "encrypted": True,
+            "max_workers_per_node": 1,
+        },
     }
     path = project / "deploy" / "sites" / f"{SITE}.yaml"
     path.write_text(yaml.safe_dump(site, sort_keys=False))
@@ -101,14 +110,25 @@ def check_image(arch: str = ARCH, *, federation: Federation | None = None) -> Im
     seconds = dict(rootfs.seconds) if not rootfs.cached else {}
     seconds["test"], out = run_action(rootfs, "test", [], log)
     devices = next((json.loads(line) for line in out.splitlines() if line.startswith("{")), {})
-    seconds["runscript"], out = run_action(rootfs, "run", ["globus-compute-endpoint", "version"],
-                                           log)
+    seconds["runscript"], out = run_action(
+        rootfs, "run", ["globus-compute-endpoint", "version"], log
+    )
     want = image_pins(arch).shared["globus-compute-endpoint"]
     if want not in out:
-        raise UserError(f"%runscript did not hand `globus-compute-endpoint version` to the worker "
-                        f"command (expected {want} in its output)", file=log)
+        raise UserError(
+            f"%runscript did not hand `globus-compute-endpoint version` to the worker "
+            f"command (expected {want} in its output)",
+            file=log,
+        )
     result = federation(rootfs.path, log) if federation is not None else {}
     if federation is not None:
         seconds["federation"] = result["seconds"]
-    return ImageCheck(arch=arch, rootfs=str(rootfs.path), cached=rootfs.cached, seconds=seconds,
-                      torch=str(devices.get("torch", "")), devices=devices, federation=result)
+    return ImageCheck(
+        arch=arch,
+        rootfs=str(rootfs.path),
+        cached=rootfs.cached,
+        seconds=seconds,
+        torch=str(devices.get("torch", "")),
+        devices=devices,
+        federation=result,
+    )

@@ -45,15 +45,24 @@ def git_commit() -> str:
     root = paths.project_root()
     out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
     if out.returncode != 0:
-        raise UserError("not a git checkout with a commit: an image records the commit its "
-                        "crossfl package comes from", file=root, fix="build from a clone")
+        raise UserError(
+            "not a git checkout with a commit: an image records the commit its "
+            "crossfl package comes from",
+            file=root,
+            fix="build from a clone",
+        )
     return out.stdout.strip()
 
 
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(paths.containers_dir()),
-                             undefined=jinja2.StrictUndefined, trim_blocks=True,
-                             lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(paths.containers_dir()),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
     env.filters["sh"] = shlex.quote
     return env
 
@@ -73,18 +82,25 @@ def image_environment(arch: str, spec: ArchSpec) -> list[tuple[str, str]]:
     quotes; `$NAME` expands. The venv's lib/ leads LD_LIBRARY_PATH: a base image's baked path
     (oneAPI's, for one) must not shadow the runtime libraries the torch wheel installs there
     (torch XPU: intel-sycl-rt and friends)."""
-    return [("PATH", f"{PREFIX}/venv/bin:$PATH"),
-            ("LD_LIBRARY_PATH", f"{PREFIX}/venv/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}"),
-            ("PYTHONNOUSERSITE", "1"),
-            ("LC_ALL", "C.UTF-8"),
-            ("CROSSFL_IMAGE_ARCH", arch),
-            *spec.env.items()]
+    return [
+        ("PATH", f"{PREFIX}/venv/bin:$PATH"),
+        ("LD_LIBRARY_PATH", f"{PREFIX}/venv/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}"),
+        ("PYTHONNOUSERSITE", "1"),
+        ("LC_ALL", "C.UTF-8"),
+        ("CROSSFL_IMAGE_ARCH", arch),
+        *spec.env.items(),
+    ]
 
 
 def image_labels(arch: str, spec: ArchSpec, pins: ImagePins, commit: str) -> dict[str, str]:
-    labels = {"org.crossfl.version": __version__, "org.crossfl.git-commit": commit,
-              "org.crossfl.accelerator": arch, "org.crossfl.base-image": spec.base,
-              "org.crossfl.torch": pins.torch, "org.crossfl.python": pins.python_minor}
+    labels = {
+        "org.crossfl.version": __version__,
+        "org.crossfl.git-commit": commit,
+        "org.crossfl.accelerator": arch,
+        "org.crossfl.base-image": spec.base,
+        "org.crossfl.torch": pins.torch,
+        "org.crossfl.python": pins.python_minor,
+    }
     labels.update({f"org.crossfl.pin.{pkg}": version for pkg, version in pins.shared.items()})
     return labels
 
@@ -96,14 +112,21 @@ def image_values(arch: str, *, context: str, commit: str) -> dict[str, Any]:
     pins = image_pins(arch, table)
     check_pins(arch, spec, pins.torch.split("+", 1)[0])
     values: dict[str, Any] = {
-        "name": arch, "arch": spec, "prefix": PREFIX, "python_version": table.python_version,
-        "uv_version": table.uv_version, "python_minor": pins.python_minor,
-        "torch_version": pins.torch, "check_args": check_args(spec, pins),
+        "name": arch,
+        "arch": spec,
+        "prefix": PREFIX,
+        "python_version": table.python_version,
+        "uv_version": table.uv_version,
+        "python_minor": pins.python_minor,
+        "torch_version": pins.torch,
+        "check_args": check_args(spec, pins),
         "environment": image_environment(arch, spec),
         "labels": image_labels(arch, spec, pins, commit),
-        "hosts": build_hosts(spec), "build_settings": BUILD_SETTINGS,
+        "hosts": build_hosts(spec),
+        "build_settings": BUILD_SETTINGS,
         "files": [(f"{context}/{name}", f"{PREFIX}/{name}") for name in CONTEXT_FILES],
-        "def_path": display_path(def_path(arch)), "sif_path": display_path(sif_path(arch)),
+        "def_path": display_path(def_path(arch)),
+        "sif_path": display_path(sif_path(arch)),
         "containerfile_path": display_path(containerfile_path(arch)),
         "tag": f"crossfl-{arch}:{commit[:12]}",
     }
@@ -115,8 +138,11 @@ def image_values(arch: str, *, context: str, commit: str) -> dict[str, Any]:
 
 def render_text(arch: str, *, context: str, commit: str) -> str:
     """The Apptainer definition file's text."""
-    text = _environment().get_template(TEMPLATE).render(
-        image_values(arch, context=context, commit=commit))
+    text = (
+        _environment()
+        .get_template(TEMPLATE)
+        .render(image_values(arch, context=context, commit=commit))
+    )
     parse_def(text)  # the template must yield a def file this parser (and Apptainer) accepts
     return text
 
@@ -125,12 +151,16 @@ def render_containerfile_text(arch: str, *, context: str, commit: str) -> str:
     """The OCI Containerfile's text: the def's install steps, environment, labels, runscript."""
     values = image_values(arch, context=context, commit=commit)
     if values["arch"].bootstrap != "docker":
-        raise UserError(f"{arch} bootstraps with {values['arch'].bootstrap}; a Containerfile "
-                        "starts FROM a registry image", field="ARCH",
-                        file=paths.containers_dir() / ARCHES_FILE,
-                        fix="use an arch with bootstrap: docker (cpu, cuda, rocm, xpu)")
-    values["files"] = values["files"] + [(f"{context}/{name}", f"{PREFIX}/{name}")
-                                         for name in STEP_FILES.values()]
+        raise UserError(
+            f"{arch} bootstraps with {values['arch'].bootstrap}; a Containerfile "
+            "starts FROM a registry image",
+            field="ARCH",
+            file=paths.containers_dir() / ARCHES_FILE,
+            fix="use an arch with bootstrap: docker (cpu, cuda, rocm, xpu)",
+        )
+    values["files"] = values["files"] + [
+        (f"{context}/{name}", f"{PREFIX}/{name}") for name in STEP_FILES.values()
+    ]
     return _environment().get_template(CONTAINERFILE_TEMPLATE).render(values)
 
 
@@ -145,14 +175,18 @@ def _stage_context(context: Path, commit: str, steps: dict[str, str]) -> None:
         shutil.copy2(root / "requirements" / "worker-pins.txt", tmp / "worker-pins.txt")
         shutil.copy2(paths.containers_dir() / CHECKER, tmp / CHECKER)
         for macro, name in STEP_FILES.items():
-            (tmp / name).write_text(("#!/bin/sh\n" if macro == "runscript" else "")
-                                    + steps[macro])
+            (tmp / name).write_text(("#!/bin/sh\n" if macro == "runscript" else "") + steps[macro])
         members = ["pyproject.toml", "src/crossfl"]
-        listed = subprocess.run(["git", "ls-tree", "--name-only", commit, "README.md"],
-                                cwd=root, capture_output=True, text=True).stdout.strip()
+        listed = subprocess.run(
+            ["git", "ls-tree", "--name-only", commit, "README.md"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         members += [listed] if listed else []
-        archive = subprocess.run(["git", "archive", "--format=tar", commit, *members],
-                                 cwd=root, capture_output=True)
+        archive = subprocess.run(
+            ["git", "archive", "--format=tar", commit, *members], cwd=root, capture_output=True
+        )
         if archive.returncode != 0:
             raise UserError(f"git archive failed: {archive.stderr.decode().strip()}", file=root)
         (tmp / "src").mkdir()

@@ -8,8 +8,20 @@ import shlex
 
 from pydantic import BaseModel
 
-SECTIONS = frozenset({"arguments", "setup", "files", "post", "environment", "runscript",
-                      "startscript", "test", "labels", "help"})
+SECTIONS = frozenset(
+    {
+        "arguments",
+        "setup",
+        "files",
+        "post",
+        "environment",
+        "runscript",
+        "startscript",
+        "test",
+        "labels",
+        "help",
+    }
+)
 
 
 class Section(BaseModel):
@@ -115,8 +127,10 @@ def apply_build_args(text: str, overrides: dict[str, str] | None = None) -> str:
             raise ValueError(f"build argument {match.group(1)} has no value")
         return values[match.group(1)]
 
-    return "".join(line if line.lstrip().startswith("#") else _BUILD_ARG.sub(sub, line)
-                   for line in text.splitlines(keepends=True))
+    return "".join(
+        line if line.lstrip().startswith("#") else _BUILD_ARG.sub(sub, line)
+        for line in text.splitlines(keepends=True)
+    )
 
 
 _BUILD_ARG = re.compile(r"\{\{\s*(\w+)\s*\}\}")

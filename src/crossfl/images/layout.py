@@ -51,5 +51,11 @@ def image_paths(spec: ArchSpec) -> list[str]:
     """What a worker needs to see from the image itself: the prefix, the venv, its Python and
     globus-compute-endpoint, the interpreter the venv was made from, Apptainer's metadata."""
     python = spec.python.path if spec.python.source == "base" else f"{PREFIX}/python"
-    return [PREFIX, f"{PREFIX}/venv", f"{PREFIX}/venv/bin/python",
-            f"{PREFIX}/venv/bin/globus-compute-endpoint", python, "/.singularity.d"]
+    return [
+        PREFIX,
+        f"{PREFIX}/venv",
+        f"{PREFIX}/venv/bin/python",
+        f"{PREFIX}/venv/bin/globus-compute-endpoint",
+        python,
+        "/.singularity.d",
+    ]

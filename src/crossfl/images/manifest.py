@@ -50,8 +50,12 @@ def _load_manifest(path: Path) -> Manifest:
     try:
         return Manifest.model_validate_json(path.read_text())
     except ValidationError as exc:
-        raise user_error(exc, file=path, what="not a crossfl image manifest",
-                         fix="delete it and rebuild the images") from None
+        raise user_error(
+            exc,
+            file=path,
+            what="not a crossfl image manifest",
+            fix="delete it and rebuild the images",
+        ) from None
 
 
 @contextmanager

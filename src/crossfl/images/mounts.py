@@ -25,9 +25,9 @@ BIND_ENV = ("APPTAINER_BIND", "APPTAINER_BINDPATH", "SINGULARITY_BIND", "SINGULA
 
 @dataclass(frozen=True)
 class Mount:
-    src: str   # host path
-    dst: str   # path inside the container
-    why: str   # where the mount comes from (an option, a default)
+    src: str  # host path
+    dst: str  # path inside the container
+    why: str  # where the mount comes from (an option, a default)
 
 
 def _norm(path: str) -> str:
@@ -50,8 +50,9 @@ def bind_specs(value: str, why: str) -> list[Mount]:
     return mounts
 
 
-def apptainer_mounts(options: list[str], *, home: str, cwd: str | None = None,
-                     env: Mapping[str, str] | None = None) -> list[Mount]:
+def apptainer_mounts(
+    options: list[str], *, home: str, cwd: str | None = None, env: Mapping[str, str] | None = None
+) -> list[Mount]:
     """The mounts of `apptainer run|exec OPTIONS IMAGE`, in the order Apptainer applies them
     (defaults first; a later mount at or over a path wins)."""
     flags = set()
@@ -63,17 +64,16 @@ def apptainer_mounts(options: list[str], *, home: str, cwd: str | None = None,
         if name in ("-B", "--bind"):
             user += bind_specs(inline if eq else next(words, ""), word if eq else name)
         elif name == "--mount":
-            fields = dict(f.partition("=")[::2] for f in (inline if eq else next(words, ""))
-                          .split(","))
+            fields = dict(
+                f.partition("=")[::2] for f in (inline if eq else next(words, "")).split(",")
+            )
             src = fields.get("src") or fields.get("source", "")
             dst = fields.get("dst") or fields.get("destination") or fields.get("target") or src
             user.append(Mount(_norm(src), _norm(dst), "--mount"))
         elif name in ("-H", "--home"):
             home_spec = inline if eq else next(words, "")
-        elif name in ("--fakeroot", "-f", "--no-home", "--contain", "-c", "--containall",
-                      "-C"):
-            flags.add({"-f": "--fakeroot", "-c": "--contain", "-C": "--containall"}.get(
-                name, name))
+        elif name in ("--fakeroot", "-f", "--no-home", "--contain", "-c", "--containall", "-C"):
+            flags.add({"-f": "--fakeroot", "-c": "--contain", "-C": "--containall"}.get(name, name))
     contained = bool(flags & {"--contain", "--containall"})
     mounts: list[Mount] = []
     if not contained:
@@ -107,7 +107,7 @@ def host_path(path: str, mounts: list[Mount]) -> str | None:
     mount = provider(path, mounts)
     if mount is None:
         return None
-    rest = _norm(path)[len(mount.dst.rstrip("/")):]
+    rest = _norm(path)[len(mount.dst.rstrip("/")) :]
     return _norm(mount.src.rstrip("/") + rest) if rest else mount.src
 
 

@@ -46,8 +46,9 @@ def worker_requirements(path: Path | None = None) -> list[str]:
         if not line:
             continue
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", line):
-            raise UserError(f"{line!r}: names only here, versions live in constraints.txt",
-                            file=path)
+            raise UserError(
+                f"{line!r}: names only here, versions live in constraints.txt", file=path
+            )
         names.append(canonicalize_name(line))
     return names
 
@@ -62,15 +63,18 @@ def python_minor(pyproject: Path | None = None) -> str:
         raise UserError(f"requires-python {text!r} is not a specifier", file=pyproject) from None
     minors = [f"3.{m}" for m in range(6, 30) if spec.contains(f"3.{m}.0")]
     if len(minors) != 1:
-        raise UserError(f"requires-python {text!r} must allow exactly one minor (it allows "
-                        f"{', '.join(minors) or 'none'}): workers must run the endpoint's",
-                        file=pyproject, field="project.requires-python")
+        raise UserError(
+            f"requires-python {text!r} must allow exactly one minor (it allows "
+            f"{', '.join(minors) or 'none'}): workers must run the endpoint's",
+            file=pyproject,
+            field="project.requires-python",
+        )
     return minors[0]
 
 
 class ImagePins(BaseModel):
     python_minor: str
-    torch: str            # with the vendor's local tag, e.g. 2.13.0+cu128
+    torch: str  # with the vendor's local tag, e.g. 2.13.0+cu128
     shared: dict[str, str]  # distribution -> version, equal to the login node's
 
 
@@ -83,22 +87,34 @@ def image_pins(arch: str, table: ArchTable | None = None) -> ImagePins:
     minor = python_minor()
     arches_path = paths.containers_dir() / ARCHES_FILE
     if not table.python_version.startswith(minor + "."):
-        raise UserError(f"{table.python_version} is not Python {minor}, the endpoint's minor",
-                        file=arches_path, field="python_version")
+        raise UserError(
+            f"{table.python_version} is not Python {minor}, the endpoint's minor",
+            file=arches_path,
+            field="python_version",
+        )
     if spec.python.source == "base" and not spec.python.path.endswith(f"python{minor}"):
-        raise UserError(f"{spec.python.path} is not a python{minor} interpreter",
-                        file=arches_path, field=f"arches.{arch}.python.path")
+        raise UserError(
+            f"{spec.python.path} is not a python{minor} interpreter",
+            file=arches_path,
+            field=f"arches.{arch}.python.path",
+        )
     extra_path = root / "requirements" / "worker-pins.txt"
     extra = read_constraints(extra_path)
     twice = sorted(set(extra) & set(constraints))
     if twice:
-        raise UserError(f"{', '.join(twice)} pinned here and in constraints.txt", file=extra_path,
-                        fix="keep shared pins in constraints.txt only")
+        raise UserError(
+            f"{', '.join(twice)} pinned here and in constraints.txt",
+            file=extra_path,
+            fix="keep shared pins in constraints.txt only",
+        )
     wanted = list(dict.fromkeys([*worker_requirements(), *MUST_AGREE, "torch"]))
     missing = [name for name in wanted if name not in constraints]
     if missing:
-        raise UserError(f"no pin for {', '.join(missing)}", file=constraints_path,
-                        fix="pin them there (name==version): images install with -c that file")
+        raise UserError(
+            f"no pin for {', '.join(missing)}",
+            file=constraints_path,
+            fix="pin them there (name==version): images install with -c that file",
+        )
     shared = {name: constraints[name] for name in wanted if name != "torch"}
     torch = constraints["torch"].split("+", 1)[0] + "+" + spec.torch.local
     return ImagePins(python_minor=minor, torch=torch, shared=shared)

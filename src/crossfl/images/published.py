@@ -58,8 +58,9 @@ def load_published(path: Path | None = None) -> Published:
         raise user_error(exc, file=path, schema="src/crossfl/images/published.py") from None
 
 
-def pin_problems(name: str, spec: ArchSpec, torch_version: str,
-                 table: Published | None = None) -> list[str]:
+def pin_problems(
+    name: str, spec: ArchSpec, torch_version: str, table: Published | None = None
+) -> list[str]:
     """Why arch `name` (torch `torch_version` + its local tag, its base) is not a published
     combination; empty when it is."""
     table = table or load_published()
@@ -67,20 +68,29 @@ def pin_problems(name: str, spec: ArchSpec, torch_version: str,
     release = table.torch.get(torch_version)
     local = spec.torch.local
     if release is None:
-        problems.append(f"torch {torch_version} has no block in {PUBLISHED_FILE}: add what it "
-                        "publishes (with sources) before pinning it")
+        problems.append(
+            f"torch {torch_version} has no block in {PUBLISHED_FILE}: add what it "
+            "publishes (with sources) before pinning it"
+        )
     elif local in release.not_published:
-        problems.append(f"torch {torch_version}+{local} is not published "
-                        f"({release.not_published[local].source}); published: "
-                        f"{', '.join(sorted(release.published))}")
+        problems.append(
+            f"torch {torch_version}+{local} is not published "
+            f"({release.not_published[local].source}); published: "
+            f"{', '.join(sorted(release.published))}"
+        )
     elif local not in release.published:
-        problems.append(f"torch {torch_version}+{local} is not listed as published; "
-                        f"published: {', '.join(sorted(release.published))}")
+        problems.append(
+            f"torch {torch_version}+{local} is not listed as published; "
+            f"published: {', '.join(sorted(release.published))}"
+        )
     elif release.published[local].index_url != spec.torch.index_url:
-        problems.append(f"torch +{local} comes from {release.published[local].index_url}, not "
-                        f"{spec.torch.index_url}")
+        problems.append(
+            f"torch +{local} comes from {release.published[local].index_url}, not "
+            f"{spec.torch.index_url}"
+        )
     if spec.stack_version and not local.replace("cu", "").replace("rocm", "").replace(
-            ".", "").startswith(spec.stack_version.replace(".", "")):
+        ".", ""
+    ).startswith(spec.stack_version.replace(".", "")):
         problems.append(f"stack_version {spec.stack_version} does not match the tag +{local}")
     if spec.bootstrap == "docker" and spec.base not in table.base_images:
         problems.append(f"base image {spec.base} is not listed in {PUBLISHED_FILE}")
@@ -97,6 +107,9 @@ def check_pins(name: str, spec: ArchSpec, torch_version: str) -> None:
     """One UserError naming arches.yaml, the arch and the fix when a pin is not published."""
     problems = pin_problems(name, spec, torch_version)
     if problems:
-        raise UserError("; ".join(problems), file=paths.containers_dir() / ARCHES_FILE,
-                        field=f"arches.{name}",
-                        fix=f"pick a build and base that {PUBLISHED_FILE} lists as published")
+        raise UserError(
+            "; ".join(problems),
+            file=paths.containers_dir() / ARCHES_FILE,
+            field=f"arches.{name}",
+            fix=f"pick a build and base that {PUBLISHED_FILE} lists as published",
+        )

@@ -66,9 +66,11 @@ class Rootfs:
 def require_tools() -> None:
     missing = [tool for tool in ("mmdebstrap", "bwrap") if shutil.which(tool) is None]
     if missing:
-        raise UserError(f"{' and '.join(missing)} not on PATH: the image check builds the root "
-                        f"filesystem with mmdebstrap and runs it with bubblewrap",
-                        fix=GET_TOOLS)
+        raise UserError(
+            f"{' and '.join(missing)} not on PATH: the image check builds the root "
+            f"filesystem with mmdebstrap and runs it with bubblewrap",
+            fix=GET_TOOLS,
+        )
 
 
 def cache_dir() -> Path:
@@ -91,15 +93,24 @@ def _tree_digest(root: Path) -> str:
     return h.hexdigest()
 
 
-def _run(argv: list[str], log: Path, what: str, *, env: dict[str, str] | None = None,
-         cwd: Path | None = None) -> tuple[float, str]:
+def _run(
+    argv: list[str],
+    log: Path,
+    what: str,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> tuple[float, str]:
     start = time.monotonic()
-    done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=env, cwd=cwd)
+    done = subprocess.run(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd
+    )
     seconds = time.monotonic() - start
     with log.open("a") as handle:
-        handle.write(f"==== {what} ({seconds:.1f} s, exit {done.returncode})\n$ "
-                     f"{' '.join(argv)}\n{done.stdout}\n")
+        handle.write(
+            f"==== {what} ({seconds:.1f} s, exit {done.returncode})\n$ "
+            f"{' '.join(argv)}\n{done.stdout}\n"
+        )
     if done.returncode != 0:
         tail = " | ".join(done.stdout.strip().splitlines()[-3:])
         raise UserError(f"{what} failed with exit {done.returncode}: {tail}", file=log)
@@ -110,8 +121,14 @@ def bootstrap_argv(stage: Stage, target: Path) -> list[str]:
     """mmdebstrap in the place of Apptainer's `debootstrap --variant=minbase --include=apt,...`."""
     header = stage.header
     include = ",".join(["apt", *header.get("include", "").split()])
-    return ["mmdebstrap", "--variant=minbase", f"--include={include}", header["osversion"],
-            str(target), header["mirrorurl"]]
+    return [
+        "mmdebstrap",
+        "--variant=minbase",
+        f"--include={include}",
+        header["osversion"],
+        str(target),
+        header["mirrorurl"],
+    ]
 
 
 def _bootstrap(stage: Stage, log: Path) -> tuple[Path, float, bool]:
@@ -141,27 +158,82 @@ def _copy_like_cp_r(src: Path, dst: Path) -> None:
 
 def bwrap_build(rootfs: Path, ro_binds: list[str]) -> list[str]:
     """bubblewrap as Apptainer runs %post: writable rootfs, clean environment, host DNS."""
-    argv = ["bwrap", "--bind", str(rootfs), "/", "--dev", "/dev", "--proc", "/proc",
-            "--tmpfs", "/tmp", "--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf",
-            "--ro-bind", "/etc/hosts", "/etc/hosts"]
+    argv = [
+        "bwrap",
+        "--bind",
+        str(rootfs),
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--tmpfs",
+        "/tmp",
+        "--ro-bind",
+        "/etc/resolv.conf",
+        "/etc/resolv.conf",
+        "--ro-bind",
+        "/etc/hosts",
+        "/etc/hosts",
+    ]
     for path in ro_binds:
         argv += ["--ro-bind", path, path]
-    return argv + ["--chdir", "/", "--clearenv", "--setenv", "PATH", DEFAULT_PATH,
-                   "--setenv", "HOME", "/root", "--setenv", "LANG", "C", "--die-with-parent"]
+    return argv + [
+        "--chdir",
+        "/",
+        "--clearenv",
+        "--setenv",
+        "PATH",
+        DEFAULT_PATH,
+        "--setenv",
+        "HOME",
+        "/root",
+        "--setenv",
+        "LANG",
+        "C",
+        "--die-with-parent",
+    ]
 
 
 def bwrap_run(rootfs: Path, binds: list[str], *, home: str | None = None) -> list[str]:
     """bubblewrap as `apptainer run IMAGE` mounts: read-only image, Apptainer's default mounts,
     then `binds` (each at its own path); LD_LIBRARY_PATH and PATH as Apptainer sets them."""
     home = home or os.path.expanduser("~")
-    argv = ["bwrap", "--ro-bind", str(rootfs), "/", "--dev", "/dev", "--proc", "/proc",
-            "--ro-bind", "/sys", "/sys", "--bind", "/tmp", "/tmp", "--bind", "/var/tmp", "/var/tmp",
-            "--ro-bind", "/etc/hosts", "/etc/hosts", "--ro-bind", "/etc/resolv.conf",
-            "/etc/resolv.conf"]
+    argv = [
+        "bwrap",
+        "--ro-bind",
+        str(rootfs),
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--ro-bind",
+        "/sys",
+        "/sys",
+        "--bind",
+        "/tmp",
+        "/tmp",
+        "--bind",
+        "/var/tmp",
+        "/var/tmp",
+        "--ro-bind",
+        "/etc/hosts",
+        "/etc/hosts",
+        "--ro-bind",
+        "/etc/resolv.conf",
+        "/etc/resolv.conf",
+    ]
     for path in ([home] if home not in ("", "/") else []) + binds:
         argv += ["--bind", path, path]
-    return argv + ["--unsetenv", "LD_LIBRARY_PATH", "--setenv", "PATH", DEFAULT_PATH,
-                   "--die-with-parent"]
+    return argv + [
+        "--unsetenv",
+        "LD_LIBRARY_PATH",
+        "--setenv",
+        "PATH",
+        DEFAULT_PATH,
+        "--die-with-parent",
+    ]
 
 
 def mount_points(rootfs: Path, paths_: list[str]) -> None:
@@ -179,31 +251,43 @@ def _write(path: Path, text: str, mode: int = 0o775) -> None:
 
 def _singularity_files(rootfs: Path, stage: Stage) -> None:
     meta = rootfs / SINGULARITY_D
-    for section, target in (("environment", "env/90-environment.sh"),
-                            ("runscript", "runscript"), ("test", "test")):
+    for section, target in (
+        ("environment", "env/90-environment.sh"),
+        ("runscript", "runscript"),
+        ("test", "test"),
+    ):
         _write(meta / target, "#!/bin/sh\n\n" + stage.sections[section].body + "\n")
     for action, what in (("run", "runscript"), ("test", "test")):
         _write(meta / "actions" / action, ACTION.format(what=what), 0o755)
 
 
-def build_rootfs(arch: str, build_args: dict[str, str], log: Path,
-                 ro_binds: list[str] | None = None) -> Rootfs:
+def build_rootfs(
+    arch: str, build_args: dict[str, str], log: Path, ro_binds: list[str] | None = None
+) -> Rootfs:
     """The arch's rootfs under build/images/rootfs/ARCH-KEY/rootfs, built unless cached."""
     require_tools()
     definition = render_def(arch)
     text = apply_build_args(definition.read_text(), build_args)
     stage = parse_def(text).only_stage()
     if stage.header.get("bootstrap") != "debootstrap":
-        raise UserError(f"{arch} bootstraps from {stage.header.get('bootstrap')}: only a "
-                        "debootstrap arch builds here (its base image cannot be pulled)",
-                        field="ARCH", fix="use cpu-debian")
+        raise UserError(
+            f"{arch} bootstraps from {stage.header.get('bootstrap')}: only a "
+            "debootstrap arch builds here (its base image cannot be pulled)",
+            field="ARCH",
+            fix="use cpu-debian",
+        )
     root = paths.project_root()
     sources = [(root / src, dst) for src, dst in files(stage)]
     key = _digest(text, *(_tree_digest(src) for src, _ in sources))
     final = cache_dir() / f"{arch}-{key}"
     if (final / "built.json").is_file():
-        return Rootfs(arch, final / "rootfs", key, True,
-                      json.loads((final / "built.json").read_text())["seconds"])
+        return Rootfs(
+            arch,
+            final / "rootfs",
+            key,
+            True,
+            json.loads((final / "built.json").read_text())["seconds"],
+        )
     log.parent.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     base, seconds["bootstrap"], _ = _bootstrap(stage, log)
@@ -217,26 +301,26 @@ def build_rootfs(arch: str, build_args: dict[str, str], log: Path,
         _copy_like_cp_r(src, rootfs / dst.lstrip("/"))
     seconds["files"] = time.monotonic() - start
     (rootfs / ".post.script").write_text(stage.sections["post"].body)
-    seconds["post"], _ = _run([*bwrap_build(rootfs, ro_binds or []), "/bin/sh", "-ex",
-                               "/.post.script"], log, "%post")
+    seconds["post"], _ = _run(
+        [*bwrap_build(rootfs, ro_binds or []), "/bin/sh", "-ex", "/.post.script"], log, "%post"
+    )
     (rootfs / ".post.script").unlink()
     for path in ro_binds or []:  # the empty mount points bubblewrap left
         with_parents = rootfs / path.lstrip("/")
-        while with_parents != rootfs and with_parents.is_dir() and not any(
-                with_parents.iterdir()):
+        while with_parents != rootfs and with_parents.is_dir() and not any(with_parents.iterdir()):
             with_parents.rmdir()
             with_parents = with_parents.parent
     _singularity_files(rootfs, stage)
-    (partial / "built.json").write_text(json.dumps({"arch": arch, "key": key,
-                                                    "seconds": seconds}))
+    (partial / "built.json").write_text(json.dumps({"arch": arch, "key": key, "seconds": seconds}))
     for old in cache_dir().glob(f"{arch}-*"):  # one built rootfs per arch is kept
         shutil.rmtree(old, ignore_errors=True)
     os.replace(partial, final)
     return Rootfs(arch, final / "rootfs", key, False, seconds)
 
 
-def run_action(rootfs: Rootfs, action: str, args: list[str], log: Path,
-               binds: list[str] | None = None) -> tuple[float, str]:
+def run_action(
+    rootfs: Rootfs, action: str, args: list[str], log: Path, binds: list[str] | None = None
+) -> tuple[float, str]:
     """`apptainer ACTION IMAGE ARGS` (run, test) in the rootfs, with a clean environment."""
     mount_points(rootfs.path, binds or [])
     argv = [*bwrap_run(rootfs.path, binds or []), f"/{SINGULARITY_D}/actions/{action}", *args]

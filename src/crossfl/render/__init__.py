@@ -21,7 +21,19 @@ from crossfl.render.shell import (
     setup_lines,
 )
 
-__all__ = ["CLIENT_MODULE_CMD", "DESCRIBE_DEVICES_CMD", "batch_context", "container_options",
-           "container_options_text", "endpoint_context", "engine_container", "identity_mapping",
-           "load_user_config", "render_site", "render_user_config", "setup_lines",
-           "user_config_schema", "user_variables"]
+__all__ = [
+    "CLIENT_MODULE_CMD",
+    "DESCRIBE_DEVICES_CMD",
+    "batch_context",
+    "container_options",
+    "container_options_text",
+    "endpoint_context",
+    "engine_container",
+    "identity_mapping",
+    "load_user_config",
+    "render_site",
+    "render_user_config",
+    "setup_lines",
+    "user_config_schema",
+    "user_variables",
+]

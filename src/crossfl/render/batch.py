@@ -52,33 +52,56 @@ def batch_context(site: Site) -> dict[str, Any]:
     # `bind_rank` (a shell function) picks the device; the launcher starts bash to call it.
     prefix = "bash -c 'bind_rank \"$@\"' bind_rank" if bind else ""
     directives = sched.directives(site, for_pilot=False)
-    setup = (setup_lines(site, batch=True) + [site.fill(x) for x in site.worker_init]
-             + ([site.fill(site.endpoint.worker_init_default)]
-                if site.endpoint.worker_init_default else []))
+    setup = (
+        setup_lines(site, batch=True)
+        + [site.fill(x) for x in site.worker_init]
+        + (
+            [site.fill(site.endpoint.worker_init_default)]
+            if site.endpoint.worker_init_default
+            else []
+        )
+    )
     return {
         "site": site.name,
         "submit": sched.submit,
         "job_start": list(sched.job_start),
-        "smoke_header": sched.header(site, BatchJob(
-            f"crossfl-smoke-{site.name}", nodes, short, directives, per_node, cpus,
-            account_hint=True)),
-        "client_header": sched.header(site, BatchJob(
-            f"crossfl-client-{site.name}", nodes, site.walltime, directives, 1,
-            launcher.rank_cpus(site, 1) if site.node_part() is None else None,
-            account_hint=True)),
+        "smoke_header": sched.header(
+            site,
+            BatchJob(
+                f"crossfl-smoke-{site.name}",
+                nodes,
+                short,
+                directives,
+                per_node,
+                cpus,
+                account_hint=True,
+            ),
+        ),
+        "client_header": sched.header(
+            site,
+            BatchJob(
+                f"crossfl-client-{site.name}",
+                nodes,
+                site.walltime,
+                directives,
+                1,
+                launcher.rank_cpus(site, 1) if site.node_part() is None else None,
+                account_hint=True,
+            ),
+        ),
         "setup": [{"text": line, "sources": sources_a_file(line)} for line in setup],
         "bind": bind,
         "smoke_line": command_line(launch_all, prefix, in_image, describe_devices_cmd(site)),
-        "client_line": command_line(launch_one, prefix, in_image,
-                                    CLIENT_MODULE_CMD + ' "$task" "$out"'),
+        "client_line": command_line(
+            launch_one, prefix, in_image, CLIENT_MODULE_CMD + ' "$task" "$out"'
+        ),
         "build": build_context(site, directives),
     }
 
 
 def build_only_context(site: Site) -> dict[str, Any]:
     """What build_image.sh needs on a site without batch jobs (a login-node build only)."""
-    return {"site": site.name, "submit": None, "job_start": [],
-            "build": build_context(site, [])}
+    return {"site": site.name, "submit": None, "job_start": [], "build": build_context(site, [])}
 
 
 def build_context(site: Site, directives: list[str]) -> dict[str, Any] | None:
@@ -87,22 +110,26 @@ def build_context(site: Site, directives: list[str]) -> dict[str, Any] | None:
     build = site.container.build
     on_site = site.container.image_source.method == "build"
     if site.container.runtime != "apptainer" or not (
-            on_site or (build is not None and build.on_compute_node)):
+        on_site or (build is not None and build.on_compute_node)
+    ):
         return None
     build = build or ImageBuild()
     sched = site.sched
     queue_flag = sched.named_flags.get("queue")
     queue = build.queue or site.queue
-    build_directives = [d for d in directives
-                        if not (queue_flag and d.startswith(queue_flag + " "))]
+    build_directives = [
+        d for d in directives if not (queue_flag and d.startswith(queue_flag + " "))
+    ]
     if queue_flag and queue:
         build_directives.append(f"{queue_flag} {queue}")
     build_directives += build.directives
     env = {**site.proxy.env(), **build.env}
     return {
-        "header": sched.header(site, BatchJob(f"crossfl-build-{site.name}", 1, build.walltime,
-                                              build_directives))
-        if sched.batch else ["#!/bin/bash"],
+        "header": sched.header(
+            site, BatchJob(f"crossfl-build-{site.name}", 1, build.walltime, build_directives)
+        )
+        if sched.batch
+        else ["#!/bin/bash"],
         "on_compute_node": build.on_compute_node,
         "module_use": build.module_use,
         "modules": build.modules,

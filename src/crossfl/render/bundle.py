@@ -30,10 +30,15 @@ def _env() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(paths.templates_dir())),
         undefined=jinja2.StrictUndefined,
-        variable_start_string="<<", variable_end_string=">>",
-        block_start_string="<%", block_end_string="%>",
-        comment_start_string="<#", comment_end_string="#>",
-        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+        variable_start_string="<<",
+        variable_end_string=">>",
+        block_start_string="<%",
+        block_end_string="%>",
+        comment_start_string="<#",
+        comment_end_string="#>",
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
         autoescape=False,
     )
     env.filters["yq"] = lambda v: json.dumps(v)  # a YAML-safe scalar (JSON is YAML)
@@ -68,18 +73,26 @@ def _render_into(env: jinja2.Environment, site: Site, tmp: Path, *, final: Path)
         schema_text = json.dumps(user_config_schema(site), indent=2) + "\n"
         _write(ep / "user_config_schema.json", schema_text)
         if site.endpoint.mode == "multi-user":
-            _write(ep / "identity_mapping.example.json",
-                   json.dumps(identity_mapping(site), indent=2) + "\n")
+            _write(
+                ep / "identity_mapping.example.json",
+                json.dumps(identity_mapping(site), indent=2) + "\n",
+            )
         bctx = batch_context(site) if site.sched.batch else build_only_context(site)
         if site.sched.batch:
             for name in ("smoke.sh", "client.sh"):
                 _write(tmp / "batch" / name, env.get_template(f"batch/{name}").render(bctx), 0o755)
         if bctx["build"] is not None:
-            _write(tmp / "batch" / "build_image.sh",
-                   env.get_template("batch/build_image.sh").render(bctx), 0o755)
+            _write(
+                tmp / "batch" / "build_image.sh",
+                env.get_template("batch/build_image.sh").render(bctx),
+                0o755,
+            )
     except jinja2.TemplateError as exc:
-        raise UserError(f"template error: {exc}", file=getattr(exc, "filename", None)
-                        or paths.templates_dir(), fix="fix the template") from None
+        raise UserError(
+            f"template error: {exc}",
+            file=getattr(exc, "filename", None) or paths.templates_dir(),
+            fix="fix the template",
+        ) from None
     # The example: the site's defaults, and a visible placeholder for each required option
     # (exempt from its pattern). Rendered by the endpoint's own code, after its core config
     # loaded, before anything becomes visible.
@@ -91,7 +104,9 @@ def _render_into(env: jinja2.Environment, site: Site, tmp: Path, *, final: Path)
     schema.pop("required", None)
     core = engine.load_core(ep / "config.yaml", rewrite_from=ep_final, rewrite_to=ep)
     text = engine.render_with_endpoint(ep, core, example_opts, schema)
-    header = ("# The user config the endpoint renders from user_config_template.yaml.j2 with the\n"
-              f"# site's defaults: {json.dumps(example_opts, sort_keys=True)}\n"
-              "# Each task group may override them (Executor(user_endpoint_config={...})).\n")
+    header = (
+        "# The user config the endpoint renders from user_config_template.yaml.j2 with the\n"
+        f"# site's defaults: {json.dumps(example_opts, sort_keys=True)}\n"
+        "# Each task group may override them (Executor(user_endpoint_config={...})).\n"
+    )
     _write(ep / "user_config.example.yaml", header + text)

@@ -19,9 +19,12 @@ from crossfl.sites import Site
 def check_passthrough(site: Site, values: list[str], what: str) -> None:
     for v in values:
         if "{{" in v or "{%" in v or "{#" in v:
-            raise UserError(f"{what} contains Jinja markup {v!r}, which the endpoint would "
-                            "evaluate", file=paths.sites_dir() / f"{site.name}.yaml", field=what,
-                            fix="remove the braces (use ${VAR} for environment values)")
+            raise UserError(
+                f"{what} contains Jinja markup {v!r}, which the endpoint would evaluate",
+                file=paths.sites_dir() / f"{site.name}.yaml",
+                field=what,
+                fix="remove the braces (use ${VAR} for environment values)",
+            )
 
 
 def check_container_mounts(site: Site) -> None:
@@ -33,18 +36,21 @@ def check_container_mounts(site: Site) -> None:
 
     if site.container.runtime != "apptainer":
         return
-    mounts = apptainer_mounts(container_options(site), home="/home/user",
-                              env={**host_env(site), **site.container.env})
+    mounts = apptainer_mounts(
+        container_options(site), home="/home/user", env={**host_env(site), **site.container.env}
+    )
     known = (paths.containers_dir() / ARCHES_FILE).is_file()  # a bare catalog has no arch table
     for path in image_paths(get_arch(site.arch)) if known else [PREFIX]:
         mount = hides_image_path(path, mounts)
         if mount is not None:
-            raise UserError(f"{mount.why} {mount.src} (mounted at {mount.dst}) hides the image's "
-                            f"{path}: the workers' venv, Python or globus-compute-endpoint "
-                            "vanish inside the container",
-                            file=paths.sites_dir() / f"{site.name}.yaml", field="container.binds",
-                            fix="bind only the directories the job needs (e.g. /opt/cray/pe/pals,"
-                                " not /opt)")
+            raise UserError(
+                f"{mount.why} {mount.src} (mounted at {mount.dst}) hides the image's "
+                f"{path}: the workers' venv, Python or globus-compute-endpoint "
+                "vanish inside the container",
+                file=paths.sites_dir() / f"{site.name}.yaml",
+                field="container.binds",
+                fix="bind only the directories the job needs (e.g. /opt/cray/pe/pals, not /opt)",
+            )
 
 
 def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
@@ -63,7 +69,9 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
     # inner text is spliced in without a way to break out of the quotes.
     init_head = json.dumps("".join(line + "\n" for line in facility_init))[1:-1]
     worker_init_expr = '"%s{{ (worker_init | default(%s))[1:-1] }}"' % (
-        init_head, jinja_literal(props["worker_init"]["default"]))
+        init_head,
+        jinja_literal(props["worker_init"]["default"]),
+    )
     acc = site.accelerator
     part = site.node_part()  # part of a shared node: the scheduler's GPU binding stands
     mwpn: Any
@@ -94,8 +102,9 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
         "mpi_launcher": site.launcher.type if mpi else None,
         "max_workers_per_node": mwpn,
         # per-device: worker i pinned to device i; otherwise one worker holds the node
-        "accelerators": acc.device_ids if acc.devices_per_node and part is None
-        and per_device else [],
+        "accelerators": acc.device_ids
+        if acc.devices_per_node and part is None and per_device
+        else [],
         "cpu_affinity": site.endpoint.cpu_affinity if part is None and per_device else "none",
         "encrypted": site.endpoint.encrypted,
         "address_interface": site.endpoint.address_interface,
@@ -120,7 +129,11 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
 def identity_mapping(site: Site) -> list[dict[str, Any]]:
     """A Globus Connect-style expression mapping: user@DOMAIN -> local account `user`."""
     domain = (site.endpoint.identity_domain or "").replace(".", r"\.")
-    return [{"comment": f"crossfl {site.name}: Globus identities of "
-                        f"{site.endpoint.identity_domain} to local accounts of the same name",
-             "DATA_TYPE": "expression_identity_mapping#1.0.0",
-             "mappings": [{"source": "{username}", "match": f"(.*)@{domain}", "output": "{0}"}]}]
+    return [
+        {
+            "comment": f"crossfl {site.name}: Globus identities of "
+            f"{site.endpoint.identity_domain} to local accounts of the same name",
+            "DATA_TYPE": "expression_identity_mapping#1.0.0",
+            "mappings": [{"source": "{username}", "match": f"(.*)@{domain}", "output": "{0}"}],
+        }
+    ]

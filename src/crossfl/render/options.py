@@ -11,7 +11,6 @@ from crossfl.schedulers.base import WALLTIME_JSON_PATTERN
 from crossfl.sites import Site
 from crossfl.sites.rules import request_schema_rules
 
-
 # GlobusComputeEngine's own default (globus_compute_endpoint/engines/globus_compute.py,
 # _job_status_kwargs, version 4.19.0): a pilot idle this long is released.
 ENGINE_MAX_IDLETIME_S = 120.0
@@ -33,50 +32,84 @@ def user_variables(site: Site) -> dict[str, dict[str, Any]]:
     v: dict[str, dict[str, Any]] = {}
     sched = site.sched
     if sched.batch:
-        acct: dict[str, Any] = {"type": "string", "minLength": 1,
-                                "description": "allocation/project charged for the pilot jobs"}
+        acct: dict[str, Any] = {
+            "type": "string",
+            "minLength": 1,
+            "description": "allocation/project charged for the pilot jobs",
+        }
         if site.account:
             acct["default"] = site.account
         if site.account_pattern:
             acct["pattern"] = site.account_pattern
         v["account"] = acct
         if site.queue or sched.queue_required:
-            q: dict[str, Any] = {"type": "string", "minLength": 1,
-                                 "description": sched.queue_word}
+            q: dict[str, Any] = {"type": "string", "minLength": 1, "description": sched.queue_word}
             if site.queue:
                 q["default"] = site.queue
             v["queue"] = q
         if sched.has_qos and site.qos:
-            v["qos"] = {"type": "string", "minLength": 1, "default": site.qos,
-                        "description": "quality of service"}
+            v["qos"] = {
+                "type": "string",
+                "minLength": 1,
+                "default": site.qos,
+                "description": "quality of service",
+            }
         part = site.node_part() is not None  # whole nodes or part of one: fixed at render
-        tables = ([("queue", site.queues), ("qos", site.qos_limits)] if site.limits_by == "queue"
-                  else [("qos", site.queues)])
+        tables = (
+            [("queue", site.queues), ("qos", site.qos_limits)]
+            if site.limits_by == "queue"
+            else [("qos", site.queues)]
+        )
         for key, table in tables:
             if key in v and table:
                 v[key]["enum"] = sorted(n for n, e in table.items() if (e.part is not None) == part)
-        v["walltime"] = {"type": "string", "pattern": WALLTIME_JSON_PATTERN,
-                         "default": site.walltime, "description": "pilot job walltime HH:MM:SS"}
-        v["nodes_per_block"] = {"type": "integer", "minimum": 1, "default": site.nodes_per_block,
-                                "description": "nodes per pilot job"}
-        v["max_blocks"] = {"type": "integer", "minimum": 1, "default": site.max_blocks,
-                           "description": "most pilot jobs at once"}
+        v["walltime"] = {
+            "type": "string",
+            "pattern": WALLTIME_JSON_PATTERN,
+            "default": site.walltime,
+            "description": "pilot job walltime HH:MM:SS",
+        }
+        v["nodes_per_block"] = {
+            "type": "integer",
+            "minimum": 1,
+            "default": site.nodes_per_block,
+            "description": "nodes per pilot job",
+        }
+        v["max_blocks"] = {
+            "type": "integer",
+            "minimum": 1,
+            "default": site.max_blocks,
+            "description": "most pilot jobs at once",
+        }
     else:
-        v["max_workers_per_node"] = {"type": "integer", "minimum": 1,
-                                     "default": site.endpoint.max_workers_per_node or 1,
-                                     "description": "worker processes"}
+        v["max_workers_per_node"] = {
+            "type": "integer",
+            "minimum": 1,
+            "default": site.endpoint.max_workers_per_node or 1,
+            "description": "worker processes",
+        }
     # How long an idle pilot is kept: the dispatch policy's lever (crossfl.server.dispatch).
     # The endpoint must outlive the engine's idle time: its idle heartbeats are 30 s each.
-    v["max_idletime"] = {"type": "number", "minimum": 0, "default": ENGINE_MAX_IDLETIME_S,
-                         "description": "seconds an idle pilot job is kept before it is "
-                                        "released (engine job_status_kwargs.max_idletime)"}
-    v["idle_heartbeats_soft"] = {"type": "integer", "minimum": 0,
-                                 "default": site.endpoint.idle_heartbeats_soft,
-                                 "description": "idle 30 s heartbeats before the endpoint stops "
-                                                "(0: never); above max_idletime / 30 to keep a "
-                                                "warm pilot"}
-    v["worker_init"] = {"type": "string", "default": site.fill(site.endpoint.worker_init_default),
-                        "description": "extra shell lines run before the workers start"}
+    v["max_idletime"] = {
+        "type": "number",
+        "minimum": 0,
+        "default": ENGINE_MAX_IDLETIME_S,
+        "description": "seconds an idle pilot job is kept before it is "
+        "released (engine job_status_kwargs.max_idletime)",
+    }
+    v["idle_heartbeats_soft"] = {
+        "type": "integer",
+        "minimum": 0,
+        "default": site.endpoint.idle_heartbeats_soft,
+        "description": "idle 30 s heartbeats before the endpoint stops "
+        "(0: never); above max_idletime / 30 to keep a "
+        "warm pilot",
+    }
+    v["worker_init"] = {
+        "type": "string",
+        "default": site.fill(site.endpoint.worker_init_default),
+        "description": "extra shell lines run before the workers start",
+    }
     return v
 
 

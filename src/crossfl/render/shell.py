@@ -88,11 +88,25 @@ def container_words(site: Site) -> list[str]:
     if runtime == "apptainer":
         return ["apptainer", "exec", *container_options(site), image]
     if runtime == "podman-hpc":
-        names = (*PARSL_ACCELERATOR_ENV, *PARSL_FIXED_ENV, RANK_ENV, LAUNCHED_AT_ENV,
-                 *rank_env_names(site.launcher.type))
+        names = (
+            *PARSL_ACCELERATOR_ENV,
+            *PARSL_FIXED_ENV,
+            RANK_ENV,
+            LAUNCHED_AT_ENV,
+            *rank_env_names(site.launcher.type),
+        )
         passed = [w for name in names for w in ("-e", name)]
-        return ["podman-hpc", "shared-run", *container_options(site), *passed,
-                "-v", "$PWD:$PWD", "-w", "$PWD", image]
+        return [
+            "podman-hpc",
+            "shared-run",
+            *container_options(site),
+            *passed,
+            "-v",
+            "$PWD:$PWD",
+            "-w",
+            "$PWD",
+            image,
+        ]
     return []
 
 
@@ -119,8 +133,10 @@ def mpi_task_line(site: Site, argv: list[str]) -> str:
     """The shell line of an MPI task (a ShellFunction on the site's GlobusMPIEngine): the launch
     time (the task's wall counts from it), then the engine's launcher prefix, then each rank
     bound to its device, inside the image, running `argv`."""
-    return (f'export {LAUNCHED_AT_ENV}="$(date +%s.%N)"; '
-            f"{MPI_PREFIX} {rank_line(site, argv, bound_by='inline')}")
+    return (
+        f'export {LAUNCHED_AT_ENV}="$(date +%s.%N)"; '
+        f"{MPI_PREFIX} {rank_line(site, argv, bound_by='inline')}"
+    )
 
 
 # Globus Compute's placeholders for `container_type: custom` (engines/globus_compute.py,
@@ -139,8 +155,15 @@ def engine_container(site: Site) -> tuple[str | None, str]:
     the home directory to /root). Binding the run directory itself keeps them where the command
     says, whatever the home directory and runtime options."""
     if site.container.runtime == "apptainer":
-        words = ["apptainer", "run", container_options_text(site), "-B", EXECUTOR_RUNDIR,
-                 shell_word(site.image() or ""), EXECUTOR_LAUNCH_CMD]
+        words = [
+            "apptainer",
+            "run",
+            container_options_text(site),
+            "-B",
+            EXECUTOR_RUNDIR,
+            shell_word(site.image() or ""),
+            EXECUTOR_LAUNCH_CMD,
+        ]
         return "custom", " ".join(w for w in words if w)
     if site.container.runtime == "podman-hpc":  # the engine adds -v RUNDIR:RUNDIR and -t
         return "podman-hpc", container_options_text(site)
@@ -158,12 +181,16 @@ def bind_wrapper(site: Site) -> list[str]:
     if acc.bind != "local-rank" or not acc.devices_per_node or site.node_part() is not None:
         return []
     devs = " ".join(acc.rank_devices)
-    exports = " ".join([f'{v}="$device"' for v in PARSL_ACCELERATOR_ENV]
-                       + [f"{k}={v}" for k, v in PARSL_FIXED_ENV.items()])
-    return [f"devices=({devs})",
-            f"rank=${{{site.local_rank_env}:-0}}",
-            f'device="${{devices[$(( rank % {len(acc.rank_devices)} ))]}}"',
-            f'export {RANK_ENV}="$rank" {exports}']
+    exports = " ".join(
+        [f'{v}="$device"' for v in PARSL_ACCELERATOR_ENV]
+        + [f"{k}={v}" for k, v in PARSL_FIXED_ENV.items()]
+    )
+    return [
+        f"devices=({devs})",
+        f"rank=${{{site.local_rank_env}:-0}}",
+        f'device="${{devices[$(( rank % {len(acc.rank_devices)} ))]}}"',
+        f'export {RANK_ENV}="$rank" {exports}',
+    ]
 
 
 def sources_a_file(line: str) -> bool:

@@ -24,8 +24,18 @@ from crossfl.schedulers.base import (
     parse_walltime,
 )
 
-__all__ = ["AccountCheck", "BatchJob", "JobStatus", "QueueLimits", "Scheduler", "get", "names",
-           "parse_walltime", "register", "unregister"]
+__all__ = [
+    "AccountCheck",
+    "BatchJob",
+    "JobStatus",
+    "QueueLimits",
+    "Scheduler",
+    "get",
+    "names",
+    "parse_walltime",
+    "register",
+    "unregister",
+]
 
 _REGISTRY: dict[str, Scheduler] = {}
 S = TypeVar("S", bound=type[Scheduler])

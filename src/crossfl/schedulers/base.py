@@ -39,7 +39,7 @@ def _digits_at_most(n: int, width: int) -> str | None:
     """A regex for `width`-digit strings (leading zeros allowed) whose value is <= n."""
     if n < 0:
         return None
-    if n >= 10 ** width - 1:
+    if n >= 10**width - 1:
         return rf"\d{{{width}}}"
     s = str(n).rjust(width, "0")
     alts = []
@@ -59,7 +59,7 @@ def walltime_at_most_pattern(seconds: int) -> str:
     m, s = divmod(rem, 60)
     sec = r"[0-5]\d"
     alts = []
-    below = [p for k in (1, 2, 3) if (p := _digits_at_most(min(h - 1, 10 ** k - 1), k))]
+    below = [p for k in (1, 2, 3) if (p := _digits_at_most(min(h - 1, 10**k - 1), k))]
     if below:
         alts.append(f"(?:{'|'.join(below)}):{sec}:{sec}")
     if h <= 999:
@@ -82,6 +82,7 @@ Fields = list[tuple[str, str]]
 @dataclass(frozen=True)
 class QueueLimits:
     """One queue (partition, QOS) as the scheduler itself reports it; None: no limit set."""
+
     name: str
     found: bool
     max_walltime: int | None = None  # seconds
@@ -93,6 +94,7 @@ class QueueLimits:
 @dataclass(frozen=True)
 class AccountCheck:
     """Whether the scheduler's accounting knows the account; valid None: it cannot tell."""
+
     valid: bool | None
     detail: str
 
@@ -100,6 +102,7 @@ class AccountCheck:
 @dataclass(frozen=True)
 class JobStatus:
     """One job as the scheduler's query shows it."""
+
     state: str  # the scheduler's own word: PENDING, RUNNING, COMPLETED; Q, R, F
     done: bool
     ok: bool | None = None  # once done: finished with exit status 0 (None: unknown)
@@ -109,6 +112,7 @@ class JobStatus:
 @dataclass(frozen=True)
 class BatchJob:
     """One batch script's header: job name, size, walltime and extra directives."""
+
     name: str
     nodes: int
     walltime: str
@@ -153,17 +157,26 @@ class Scheduler:
     def check_site(self, site: Site) -> None:
         """Raise FieldError for what this scheduler cannot do with the site."""
         if site.launcher.type not in self.launchers:
-            raise FieldError("launcher.type", f"launcher {site.launcher.type!r} does not run "
-                             f"{self._under}: use launcher.type {' or '.join(self.launchers)}")
+            raise FieldError(
+                "launcher.type",
+                f"launcher {site.launcher.type!r} does not run "
+                f"{self._under}: use launcher.type {' or '.join(self.launchers)}",
+            )
         if not self.batch and (site.directives or site.filesystems):
-            raise FieldError("directives", "a local site has no scheduler directives: "
-                             "remove directives and filesystems")
+            raise FieldError(
+                "directives",
+                "a local site has no scheduler directives: remove directives and filesystems",
+            )
         if site.accelerator.bind == "scheduler" and not self.binds_gpus:
-            raise FieldError("accelerator.bind", f"{self.title}'s launcher does not bind "
-                             "GPUs: use bind: local-rank")
+            raise FieldError(
+                "accelerator.bind",
+                f"{self.title}'s launcher does not bind GPUs: use bind: local-rank",
+            )
         if site.filesystems and not self.filesystems_request:
-            raise FieldError("filesystems", f"filesystems is a PBS request (-l filesystems=); "
-                             f"{self.title} has none: remove it")
+            raise FieldError(
+                "filesystems",
+                f"filesystems is a PBS request (-l filesystems=); {self.title} has none: remove it",
+            )
         if site.limits_by == "qos" and not self.has_qos:
             raise FieldError("limits_by", f"{self.title} has no QOS: use limits_by: queue")
 
@@ -180,8 +193,10 @@ class Scheduler:
             return "empty directive"
         opt = words[0].split("=", 1)[0]
         if opt not in self.options:
-            return (f"{self.submit} has no option {opt!r}: check `man {self.submit}` "
-                    f"({self.option_examples})")
+            return (
+                f"{self.submit} has no option {opt!r}: check `man {self.submit}` "
+                f"({self.option_examples})"
+            )
         return None
 
     def lint_directive(self, site: Site, directive: str) -> list[str]:
@@ -216,8 +231,11 @@ class Scheduler:
         writes nodes/walltime and the provider's own fields; batch scripts get everything."""
         d: list[str] = []
         if not for_pilot:
-            d += [f"{flag} {getattr(site, field)}" for field, flag in self.named_flags.items()
-                  if getattr(site, field)]
+            d += [
+                f"{flag} {getattr(site, field)}"
+                for field, flag in self.named_flags.items()
+                if getattr(site, field)
+            ]
         d += self.resource_directives(site)
         return d + list(site.directives)
 
@@ -233,10 +251,11 @@ class Scheduler:
         if not job.account_hint or site.account:
             return []
         flag = self.named_flags.get("account", "-A")
-        return [f"# No account in the catalog or your overrides: submit with `{self.submit} "
-                f"{flag} <{self.account_word}>`, or set `account` in",
-                f"# deploy/sites/overrides/{site.name}.yaml (or the site's ${{VAR}}) and render "
-                "again."]
+        return [
+            f"# No account in the catalog or your overrides: submit with `{self.submit} "
+            f"{flag} <{self.account_word}>`, or set `account` in",
+            f"# deploy/sites/overrides/{site.name}.yaml (or the site's ${{VAR}}) and render again.",
+        ]
 
     # -- asking the scheduler on the login node (crossfl doctor, on-site builds) -------------
     # Each `*_command` is a shell line for the login node (None: this scheduler has none);
@@ -292,6 +311,10 @@ class Scheduler:
         return self.block_fields(site, var)
 
     def block_fields(self, site: Site, var: dict[str, str]) -> Fields:
-        return [("walltime", var["walltime"]), ("nodes_per_block", var["nodes_per_block"]),
-                ("init_blocks", str(site.init_blocks)), ("min_blocks", str(site.min_blocks)),
-                ("max_blocks", var["max_blocks"])]
+        return [
+            ("walltime", var["walltime"]),
+            ("nodes_per_block", var["nodes_per_block"]),
+            ("init_blocks", str(site.init_blocks)),
+            ("min_blocks", str(site.min_blocks)),
+            ("max_blocks", var["max_blocks"]),
+        ]

@@ -49,15 +49,21 @@ class Srun(Launcher):
         return part.cpus if part is not None else site.cpus_per_node
 
     def check_site(self, site: Site) -> None:
-        if max(site.workers_per_node(), site.ranks_per_node()) > 1 and \
-                self.pilot_cpus(site) is None:
-            raise FieldError("cpus_per_node", "srun gives a task a single CPU unless -c says "
-                             "more, so every worker or rank would share it: set cpus_per_node "
-                             "(the CPUs of a node as srun -c counts them)")
-        if "-c" in shlex.split(site.launcher.options) or "--cpus-per-task" in \
-                site.launcher.options:
-            raise FieldError("launcher.options", "srun's -c comes from cpus_per_node: remove "
-                             "it from launcher.options")
+        if (
+            max(site.workers_per_node(), site.ranks_per_node()) > 1
+            and self.pilot_cpus(site) is None
+        ):
+            raise FieldError(
+                "cpus_per_node",
+                "srun gives a task a single CPU unless -c says "
+                "more, so every worker or rank would share it: set cpus_per_node "
+                "(the CPUs of a node as srun -c counts them)",
+            )
+        if "-c" in shlex.split(site.launcher.options) or "--cpus-per-task" in site.launcher.options:
+            raise FieldError(
+                "launcher.options",
+                "srun's -c comes from cpus_per_node: remove it from launcher.options",
+            )
 
     def fields(self, site: Site) -> Fields:
         cpus = self.pilot_cpus(site)
@@ -83,13 +89,19 @@ class Srun(Launcher):
             words += ["--gpus-per-task=1", "--gpu-bind=closest"]
         elif lists is not None and site.node_part() is None:
             # rank i on device i's CPUs, one bit mask per rank
-            words.append("--cpu-bind=mask_cpu:" + ",".join(
-                hex(sum(1 << c for c in cpus)) for cpus in lists[:ranks_per_node]))
+            words.append(
+                "--cpu-bind=mask_cpu:"
+                + ",".join(hex(sum(1 << c for c in cpus)) for cpus in lists[:ranks_per_node])
+            )
         return words
 
     def words(self, site: Site, nodes: int, ranks_per_node: int) -> list[str]:
-        return ["srun", f"--nodes={nodes}", f"--ntasks-per-node={ranks_per_node}",
-                *self.rank_options(site, ranks_per_node)]
+        return [
+            "srun",
+            f"--nodes={nodes}",
+            f"--ntasks-per-node={ranks_per_node}",
+            *self.rank_options(site, ranks_per_node),
+        ]
 
 
 class MpiExec(Launcher):
@@ -97,20 +109,28 @@ class MpiExec(Launcher):
     parsl_class = "MpiExecLauncher"
 
     def fields(self, site: Site) -> Fields:
-        return [("bind_cmd", yaml_value("--cpu-bind")),
-                ("overrides", yaml_value(site.launcher.options))]
+        return [
+            ("bind_cmd", yaml_value("--cpu-bind")),
+            ("overrides", yaml_value(site.launcher.options)),
+        ]
 
     def rank_options(self, site: Site, ranks_per_node: int) -> list[str]:
         lists = site.endpoint.affinity_lists()
         if lists is None:
             return []
         # PALS takes Parsl's list form: rank i on device i's CPUs (ALCF: "--cpu-bind=list:...")
-        entries = site.endpoint.cpu_affinity.split(":")[1:ranks_per_node + 1]
+        entries = site.endpoint.cpu_affinity.split(":")[1 : ranks_per_node + 1]
         return ["--cpu-bind", "list:" + ":".join(entries)]
 
     def words(self, site: Site, nodes: int, ranks_per_node: int) -> list[str]:
-        return ["mpiexec", "-n", str(nodes * ranks_per_node), "--ppn", str(ranks_per_node),
-                *self.rank_options(site, ranks_per_node)]
+        return [
+            "mpiexec",
+            "-n",
+            str(nodes * ranks_per_node),
+            "--ppn",
+            str(ranks_per_node),
+            *self.rank_options(site, ranks_per_node),
+        ]
 
 
 class Single(Launcher):

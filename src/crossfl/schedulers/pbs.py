@@ -91,16 +91,19 @@ def _columns(lines: list[str]) -> list[dict[str, str]]:
                     spans.append((start, j))
                     start = None
             # a column runs from its dashes to the start of the next one (values overhang)
-            cuts = [(a, spans[k + 1][0] if k + 1 < len(spans) else None)
-                    for k, (a, _) in enumerate(spans)]
+            cuts = [
+                (a, spans[k + 1][0] if k + 1 < len(spans) else None)
+                for k, (a, _) in enumerate(spans)
+            ]
             names = [lines[i - 1][a:b].strip() for a, b in cuts]
             rows = []
-            for line in lines[i + 1:]:
+            for line in lines[i + 1 :]:
                 if not line.strip():
                     break
                 rows.append({n: line[a:b].strip() for n, (a, b) in zip(names, cuts, strict=True)})
             return rows
     return []
+
 
 if TYPE_CHECKING:
     from crossfl.sites import Site
@@ -112,21 +115,58 @@ class PbsPro(Scheduler):
     title = "PBS Pro"
     provider = "PBSProProvider"
     directive_prefix = "#PBS"
-    options = frozenset({
-        "-A", "-N", "-q", "-l", "-k", "-j", "-o", "-e", "-m", "-M", "-W", "-V", "-v", "-r",
-        "-p", "-a", "-c", "-S", "-J", "-P", "-h", "-u",
-    })
+    options = frozenset(
+        {
+            "-A",
+            "-N",
+            "-q",
+            "-l",
+            "-k",
+            "-j",
+            "-o",
+            "-e",
+            "-m",
+            "-M",
+            "-W",
+            "-V",
+            "-v",
+            "-r",
+            "-p",
+            "-a",
+            "-c",
+            "-S",
+            "-J",
+            "-P",
+            "-h",
+            "-u",
+        }
+    )
     option_examples = "e.g. -l, -k, -q"
     # Resources a `-l` directive may request.
-    resources: ClassVar[frozenset[str]] = frozenset({
-        "select", "walltime", "filesystems", "place", "singularity_fakeroot", "ncpus", "ngpus",
-        "mem", "nodes", "debug", "daos", "mpiprocs", "ompthreads", "system", "host",
-    })
+    resources: ClassVar[frozenset[str]] = frozenset(
+        {
+            "select",
+            "walltime",
+            "filesystems",
+            "place",
+            "singularity_fakeroot",
+            "ncpus",
+            "ngpus",
+            "mem",
+            "nodes",
+            "debug",
+            "daos",
+            "mpiprocs",
+            "ompthreads",
+            "system",
+            "host",
+        }
+    )
     named_flags = {"account": "-A", "queue": "-q"}
     account_word = "project"
     queue_required = True
     submit = "qsub"
-    query = "qstat -u \"$USER\" 2>&1"
+    query = 'qstat -u "$USER" 2>&1'
     cancel = "qdel"
     local_rank_env = "PMI_LOCAL_RANK"
     launchers = ("mpiexec", "single")
@@ -152,25 +192,33 @@ class PbsPro(Scheduler):
     def account_command(self, account: str | None) -> str | None:
         if not account:
             return None
-        return (f"if command -v {SBANK} >/dev/null 2>&1; then {SBANK} -p {shlex.quote(account)} "
-                f"-r all 2>&1; else echo {NO_SBANK}; fi")
+        return (
+            f"if command -v {SBANK} >/dev/null 2>&1; then {SBANK} -p {shlex.quote(account)} "
+            f"-r all 2>&1; else echo {NO_SBANK}; fi"
+        )
 
     def parse_account(self, account: str | None, text: str, rc: int) -> AccountCheck:
         if not account:
             return AccountCheck(None, "the site sets no project (account); PBS lists none")
         if NO_SBANK in text:
-            return AccountCheck(None, f"PBS has no command listing your projects, and ALCF's "
-                                      f"{SBANK} is not here: {account} not checked")
+            return AccountCheck(
+                None,
+                f"PBS has no command listing your projects, and ALCF's "
+                f"{SBANK} is not here: {account} not checked",
+            )
         lines = text.splitlines()
         rows = [r for r in _columns(lines) if r.get("Project") == account]
         if rc != 0 and not rows:
             return AccountCheck(None, f"{SBANK} failed: {_last_line(text) or rc}")
         if not rows:
             return AccountCheck(False, f"{SBANK} lists no allocation of project {account}")
-        balance = [f"{r.get('Resource', '?')} {r.get('Available Balance') or r.get('Quota', '?')}"
-                   for r in rows]
-        return AccountCheck(True, f"{SBANK}: {account} has {', '.join(balance)} (node hours "
-                                  "available)")
+        balance = [
+            f"{r.get('Resource', '?')} {r.get('Available Balance') or r.get('Quota', '?')}"
+            for r in rows
+        ]
+        return AccountCheck(
+            True, f"{SBANK}: {account} has {', '.join(balance)} (node hours available)"
+        )
 
     def limits_command(self, name: str, by: str = "queue") -> str | None:
         return f"qstat -Qf {shlex.quote(name)} 2>&1"
@@ -187,10 +235,14 @@ class PbsPro(Scheduler):
         if attrs.get("queue_type", "").lower().startswith("route"):
             routes = ", ".join(attrs.get("route_destinations", "?").split(","))
             shown += f" (routes to {routes})"
-        return QueueLimits(name, found=True,
-                           max_walltime=parse_pbs_time(attrs.get("resources_max.walltime", "")),
-                           max_nodes=_int(attrs.get("resources_max.nodect")),
-                           min_nodes=_int(attrs.get("resources_min.nodect")), shown=shown)
+        return QueueLimits(
+            name,
+            found=True,
+            max_walltime=parse_pbs_time(attrs.get("resources_max.walltime", "")),
+            max_nodes=_int(attrs.get("resources_max.nodect")),
+            min_nodes=_int(attrs.get("resources_min.nodect")),
+            shown=shown,
+        )
 
     def submit_command(self, script: str) -> str | None:
         return f"qsub {script} 2>&1"
@@ -205,10 +257,15 @@ class PbsPro(Scheduler):
     def parse_job(self, job_id: str, text: str, rc: int) -> JobStatus:
         jobs = parse_full(text)
         attrs = jobs.get(job_id) or next(
-            (a for j, a in jobs.items() if j.split(".")[0] == job_id.split(".")[0]), None)
+            (a for j, a in jobs.items() if j.split(".")[0] == job_id.split(".")[0]), None
+        )
         if attrs is None or "job_state" not in attrs:
-            return JobStatus("UNKNOWN", done=True, ok=None,
-                             detail=f"qstat does not know job {job_id}: {_last_line(text)}")
+            return JobStatus(
+                "UNKNOWN",
+                done=True,
+                ok=None,
+                detail=f"qstat does not know job {job_id}: {_last_line(text)}",
+            )
         state = attrs["job_state"]
         comment = attrs.get("comment", "")
         if state not in ENDED_STATES:
@@ -243,8 +300,9 @@ class PbsPro(Scheduler):
             res, _, value = part.partition("=")
             bad = [f for f in value.split(":") if f not in site.allowed_filesystems]
             if res == "filesystems" and bad:
-                problems.append(f"filesystems {bad} not offered; "
-                                f"choose from {site.allowed_filesystems}")
+                problems.append(
+                    f"filesystems {bad} not offered; choose from {site.allowed_filesystems}"
+                )
         return problems
 
     def directive_walltime(self, directive: str) -> str | None:
@@ -268,8 +326,13 @@ class PbsPro(Scheduler):
 
     def header(self, site: Site, job: BatchJob) -> list[str]:
         p = self.directive_prefix
-        lines = ["#!/bin/bash -l", f"{p} -N {job.name}", f"{p} -l {self.select(site, job.nodes)}",
-                 f"{p} -l walltime={job.walltime}", f"{p} -j oe"]
+        lines = [
+            "#!/bin/bash -l",
+            f"{p} -N {job.name}",
+            f"{p} -l {self.select(site, job.nodes)}",
+            f"{p} -l walltime={job.walltime}",
+            f"{p} -j oe",
+        ]
         lines += [f"{p} {d}" for d in job.directives]
         return lines + self.account_hint(site, job)
 

@@ -29,10 +29,25 @@ if TYPE_CHECKING:
     from crossfl.sites import Site
 
 # Job states of squeue(1)/scontrol(1) in which a job has not ended yet.
-ACTIVE_STATES = frozenset({
-    "PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED",
-    "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD",
-    "SPECIAL_EXIT", "PREEMPTED_REQUEUE"})
+ACTIVE_STATES = frozenset(
+    {
+        "PENDING",
+        "RUNNING",
+        "CONFIGURING",
+        "COMPLETING",
+        "SUSPENDED",
+        "REQUEUED",
+        "REQUEUE_FED",
+        "REQUEUE_HOLD",
+        "RESIZING",
+        "SIGNALING",
+        "STAGE_OUT",
+        "STOPPED",
+        "RESV_DEL_HOLD",
+        "SPECIAL_EXIT",
+        "PREEMPTED_REQUEUE",
+    }
+)
 _USER = '"${USER:-$(id -un)}"'
 _QOS_FORMAT = "Name,MaxWall,MaxTRES,MinTRES,MaxJobsPU,MaxSubmitPU"
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
@@ -99,18 +114,70 @@ class Slurm(Scheduler):
     directive_prefix = "#SBATCH"
     # sbatch options a directive may use; anything else is refused at load time (a typo in a
     # directive otherwise surfaces only as a rejected job at the facility).
-    options = frozenset({
-        "-A", "--account", "-p", "--partition", "-q", "--qos", "-t", "--time", "-N", "--nodes",
-        "-n", "--ntasks", "--ntasks-per-node", "-c", "--cpus-per-task", "-C", "--constraint",
-        "-G", "--gpus", "--gpus-per-node", "--gpus-per-task", "--gpu-bind", "--gres",
-        "--gres-flags", "--exclusive", "--mem", "--mem-per-cpu", "--mem-per-gpu", "-J",
-        "--job-name", "-o", "--output", "-e", "--error", "--network", "-S", "--core-spec",
-        "--threads-per-core", "--hint", "--signal", "--mail-type", "--mail-user", "--licenses",
-        "-L", "--reservation", "--exclude", "-x", "--nodelist", "-w", "--requeue",
-        "--no-requeue", "--switches", "--time-min", "--cpu-freq", "--comment", "--export",
-        "--get-user-env",
-        "--image", "--module", "--volume",  # Shifter (NERSC) adds these to sbatch
-    })
+    options = frozenset(
+        {
+            "-A",
+            "--account",
+            "-p",
+            "--partition",
+            "-q",
+            "--qos",
+            "-t",
+            "--time",
+            "-N",
+            "--nodes",
+            "-n",
+            "--ntasks",
+            "--ntasks-per-node",
+            "-c",
+            "--cpus-per-task",
+            "-C",
+            "--constraint",
+            "-G",
+            "--gpus",
+            "--gpus-per-node",
+            "--gpus-per-task",
+            "--gpu-bind",
+            "--gres",
+            "--gres-flags",
+            "--exclusive",
+            "--mem",
+            "--mem-per-cpu",
+            "--mem-per-gpu",
+            "-J",
+            "--job-name",
+            "-o",
+            "--output",
+            "-e",
+            "--error",
+            "--network",
+            "-S",
+            "--core-spec",
+            "--threads-per-core",
+            "--hint",
+            "--signal",
+            "--mail-type",
+            "--mail-user",
+            "--licenses",
+            "-L",
+            "--reservation",
+            "--exclude",
+            "-x",
+            "--nodelist",
+            "-w",
+            "--requeue",
+            "--no-requeue",
+            "--switches",
+            "--time-min",
+            "--cpu-freq",
+            "--comment",
+            "--export",
+            "--get-user-env",
+            "--image",
+            "--module",
+            "--volume",  # Shifter (NERSC) adds these to sbatch
+        }
+    )
     option_examples = "e.g. --qos, --constraint"
     named_flags = {"account": "-A", "queue": "-p", "qos": "-q", "constraint": "-C"}
     queue_word = "partition"
@@ -134,8 +201,7 @@ class Slurm(Scheduler):
         parts: dict[str, list[str]] = {}
         for words in lines[1:]:
             if len(words) == 4:
-                parts.setdefault(f"{words[0]} ({words[1]})", []).append(
-                    f"{words[2]} {words[3]}")
+                parts.setdefault(f"{words[0]} ({words[1]})", []).append(f"{words[2]} {words[3]}")
         shown = "; ".join(f"{p}: {', '.join(v)}" for p, v in parts.items())
         return f"{version}; partitions {shown or 'none listed'}"
 
@@ -144,8 +210,10 @@ class Slurm(Scheduler):
 
     def parse_account(self, account: str | None, text: str, rc: int) -> AccountCheck:
         if rc != 0:
-            return AccountCheck(None, f"sacctmgr cannot tell (no accounting here?): "
-                                      f"{_said(text) or f'exit status {rc}'}")
+            return AccountCheck(
+                None,
+                f"sacctmgr cannot tell (no accounting here?): {_said(text) or f'exit status {rc}'}",
+            )
         mine = sorted({ln.strip() for ln in text.splitlines() if ln.strip()})
         if not mine:
             return AccountCheck(None, "sacctmgr lists no account for you")
@@ -155,8 +223,9 @@ class Slurm(Scheduler):
             others = [a for a in mine if a != account]
             also = f" (also {', '.join(others)})" if others else ""
             return AccountCheck(True, f"sacctmgr: you may charge {account}{also}")
-        return AccountCheck(False, f"{account} is not one of your accounts "
-                                   f"({', '.join(mine)}) per sacctmgr")
+        return AccountCheck(
+            False, f"{account} is not one of your accounts ({', '.join(mine)}) per sacctmgr"
+        )
 
     def limits_command(self, name: str, by: str = "queue") -> str | None:
         if by == "qos":
@@ -173,23 +242,32 @@ class Slurm(Scheduler):
             return QueueLimits(name, found=None, shown=_last_line(text) or f"exit status {rc}")
         shown = " ".join(f"{k}={w.get(k, '?')}" for k in ("MaxTime", "MaxNodes", "MinNodes"))
         min_nodes = _limit_int(w.get("MinNodes", ""))
-        return QueueLimits(name, found=True, max_walltime=_limit_time(w.get("MaxTime", "")),
-                           max_nodes=_limit_int(w.get("MaxNodes", "")),
-                           min_nodes=min_nodes if min_nodes else None, shown=shown)
+        return QueueLimits(
+            name,
+            found=True,
+            max_walltime=_limit_time(w.get("MaxTime", "")),
+            max_nodes=_limit_int(w.get("MaxNodes", "")),
+            min_nodes=min_nodes if min_nodes else None,
+            shown=shown,
+        )
 
     def _parse_qos(self, name: str, text: str, rc: int) -> QueueLimits:
         if rc != 0:
-            return QueueLimits(name, found=None, shown=f"sacctmgr cannot tell: "
-                                                       f"{_said(text) or rc}")
+            return QueueLimits(name, found=None, shown=f"sacctmgr cannot tell: {_said(text) or rc}")
         rows = [ln.split("|") for ln in text.strip().splitlines() if "|" in ln]
         row = next((r for r in rows if r[0] == name), None)
         if row is None or len(row) < 4:
             return QueueLimits(name, found=False, shown=f"sacctmgr: no QOS {name}")
         fields = dict(zip(_QOS_FORMAT.split(","), row, strict=False))
         shown = " ".join(f"{k}={fields.get(k) or '-'}" for k in ("MaxWall", "MaxTRES", "MinTRES"))
-        return QueueLimits(name, found=True, max_walltime=_limit_time(fields.get("MaxWall", "")),
-                           max_nodes=_tres_nodes(fields.get("MaxTRES", "")),
-                           min_nodes=_tres_nodes(fields.get("MinTRES", "")), shown=shown)
+        return QueueLimits(
+            name,
+            found=True,
+            max_walltime=_limit_time(fields.get("MaxWall", "")),
+            max_nodes=_tres_nodes(fields.get("MaxTRES", "")),
+            min_nodes=_tres_nodes(fields.get("MinTRES", "")),
+            shown=shown,
+        )
 
     def submit_command(self, script: str) -> str | None:
         return f"sbatch --parsable {script} 2>&1"
@@ -201,8 +279,7 @@ class Slurm(Scheduler):
 
     def job_command(self, job_id: str) -> str | None:
         j = shlex.quote(job_id)
-        return (f"scontrol show job -o {j} 2>&1 || "
-                f"sacct -n -P -X -j {j} -o State,ExitCode 2>&1")
+        return f"scontrol show job -o {j} 2>&1 || sacct -n -P -X -j {j} -o State,ExitCode 2>&1"
 
     def parse_job(self, job_id: str, text: str, rc: int) -> JobStatus:
         w = _words(text)
@@ -213,18 +290,26 @@ class Slurm(Scheduler):
             if state not in ACTIVE_STATES:
                 detail = f"ExitCode={code}" + (f" {detail}" if detail else "")
         else:
-            row = next((ln.strip().split("|") for ln in text.splitlines()
-                        if re.fullmatch(r"[A-Z_]+( by \d+)?\|\d+:\d+", ln.strip())), None)
+            row = next(
+                (
+                    ln.strip().split("|")
+                    for ln in text.splitlines()
+                    if re.fullmatch(r"[A-Z_]+( by \d+)?\|\d+:\d+", ln.strip())
+                ),
+                None,
+            )
             if row is None:
-                return JobStatus("UNKNOWN", done=True, ok=None,
-                                 detail=f"neither scontrol nor sacct knows job {job_id}: "
-                                        f"{_last_line(text)}")
+                return JobStatus(
+                    "UNKNOWN",
+                    done=True,
+                    ok=None,
+                    detail=f"neither scontrol nor sacct knows job {job_id}: {_last_line(text)}",
+                )
             state, code = row[0].split()[0], row[1]
             detail = f"ExitCode={code}"
         if state in ACTIVE_STATES:
             return JobStatus(state, done=False, detail=detail)
-        return JobStatus(state, done=True, ok=state == "COMPLETED" and code == "0:0",
-                         detail=detail)
+        return JobStatus(state, done=True, ok=state == "COMPLETED" and code == "0:0", detail=detail)
 
     def job_output(self, job_name: str, job_id: str) -> str | None:
         return f"{job_name}-{job_id}.out"  # the header's `-o NAME-%j.out`

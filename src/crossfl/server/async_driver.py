@@ -12,6 +12,7 @@ after ``max_updates`` accepted updates when that is set. Evaluation follows ever
 from __future__ import annotations
 
 from concurrent.futures import FIRST_COMPLETED
+
 from crossfl.server.driver_base import Arrival, DriverBase, Outcome, Pending, RunFailed
 from crossfl.server.records import AggregationRecord, EvalRecord
 
@@ -57,9 +58,17 @@ class AsyncDriver(DriverBase):
         s.global_flat = new
         s.version += 1
         s.round += 1
-        self.metrics.write(AggregationRecord(
-            round=s.round, version=s.version, driver=self.name, sites=[a.update.site], elapsed_s=s.elapsed(),
-            updates=s.updates, staleness={a.update.site: s.version - 1 - p.base_version}))  # as in the record
+        self.metrics.write(
+            AggregationRecord(
+                round=s.round,
+                version=s.version,
+                driver=self.name,
+                sites=[a.update.site],
+                elapsed_s=s.elapsed(),
+                updates=s.updates,
+                staleness={a.update.site: s.version - 1 - p.base_version},
+            )
+        )  # as in the record
         record = None
         if s.round % self.exp.evaluate_every == 0 or self.done():
             record = self.evaluate("round", s.round)
@@ -77,10 +86,14 @@ class AsyncDriver(DriverBase):
             try:
                 while not self.done():
                     for site in self.handles:
-                        if site not in inflight and not self.parking.is_parked(site, self.state.round + 1):
+                        if site not in inflight and not self.parking.is_parked(
+                            site, self.state.round + 1
+                        ):
                             self.launch(site, inflight)
                     if not inflight:  # every site parked: re-admit them rather than stall
-                        self.console.print("  [yellow]every site is parked; re-admitting them all[/]")
+                        self.console.print(
+                            "  [yellow]every site is parked; re-admitting them all[/]"
+                        )
                         self.parking.parked_until.clear()
                         continue
                     now = self.clock.now()
@@ -91,8 +104,11 @@ class AsyncDriver(DriverBase):
                     if not inflight:
                         continue
                     wake = min(p.expires_at for p in inflight.values())
-                    done, _ = self.clock.wait([p.task.future for p in inflight.values()], timeout=max(0.05, wake - now),
-                                   return_when=FIRST_COMPLETED)
+                    done, _ = self.clock.wait(
+                        [p.task.future for p in inflight.values()],
+                        timeout=max(0.05, wake - now),
+                        return_when=FIRST_COMPLETED,
+                    )
                     for site, p in sorted(inflight.items()):
                         if p.task.future not in done or self.done():
                             continue
@@ -101,13 +117,18 @@ class AsyncDriver(DriverBase):
                         loss = a.record.train_loss
                         record = self.handle(a, p)
                         last = record or last
-                        progress.update(bar, completed=self.progress_value(),
-                                        description=f"{unit} (v{self.state.version}, {site} "
-                                                    f"{'loss %.3f' % loss if loss is not None else a.record.status})")
+                        progress.update(
+                            bar,
+                            completed=self.progress_value(),
+                            description=f"{unit} (v{self.state.version}, {site} "
+                            f"{'loss %.3f' % loss if loss is not None else a.record.status})",
+                        )
                         if record is not None:
-                            self.console.print(f"version {self.state.version}: val loss {record.val_loss:.4f} "
-                                               f"after {self.state.updates} updates, {self.state.elapsed():.1f} s, "
-                                               f"{self.bytes_moved / 1e6:.2f} MB moved")
+                            self.console.print(
+                                f"version {self.state.version}: val loss {record.val_loss:.4f} "
+                                f"after {self.state.updates} updates, {self.state.elapsed():.1f} s, "
+                                f"{self.bytes_moved / 1e6:.2f} MB moved"
+                            )
                         if self.stop_after is not None and self.state.round >= self.stop_after:
                             self.after_checkpoint()
                     self.check_progress()
@@ -126,5 +147,7 @@ class AsyncDriver(DriverBase):
     def check_progress(self) -> None:
         """Fail (rather than spin) when no update was usable for a long streak of tasks."""
         if self.fail_streak >= 2 * self.exp.faults.park_after * len(self.handles):
-            raise RunFailed(f"no usable update in the last {self.fail_streak} tasks; "
-                            f"see metrics.jsonl for each site's error")
+            raise RunFailed(
+                f"no usable update in the last {self.fail_streak} tasks; "
+                f"see metrics.jsonl for each site's error"
+            )

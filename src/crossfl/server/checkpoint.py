@@ -46,8 +46,12 @@ class Checkpoint:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-            "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
+    return {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+    }
 
 
 def restore_rng(state: dict[str, Any]) -> None:
@@ -58,31 +62,51 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def _spec_to_plain(spec: FlatSpec) -> dict[str, Any]:
-    return {"keys": list(spec.keys), "shapes": [list(s) for s in spec.shapes],
-            "dtypes": [str(d).removeprefix("torch.") for d in spec.dtypes]}
+    return {
+        "keys": list(spec.keys),
+        "shapes": [list(s) for s in spec.shapes],
+        "dtypes": [str(d).removeprefix("torch.") for d in spec.dtypes],
+    }
 
 
 def _spec_from_plain(plain: dict[str, Any]) -> FlatSpec:
-    state = {k: torch.empty(shape, dtype=getattr(torch, dt))
-             for k, shape, dt in zip(plain["keys"], plain["shapes"], plain["dtypes"])}
+    state = {
+        k: torch.empty(shape, dtype=getattr(torch, dt))
+        for k, shape, dt in zip(plain["keys"], plain["shapes"], plain["dtypes"], strict=False)
+    }
     return FlatSpec.from_state(state)
 
 
 def save(ckpt_dir: Path, c: Checkpoint, adapter_bytes: bytes | None) -> None:
     payload = {
-        "format": FORMAT, "round": c.round, "version": c.version, "updates": c.updates,
-        "elapsed_s": c.elapsed_s, "metrics_bytes": c.metrics_bytes, "strategy_name": c.strategy_name,
-        "strategy_state": c.strategy_state, "global_flat": c.global_flat,
-        "spec": _spec_to_plain(c.spec) if c.spec is not None else None, "parking": c.parking,
-        "screen_history": list(c.screen_history), "rng": c.rng, "finished": c.finished,
+        "format": FORMAT,
+        "round": c.round,
+        "version": c.version,
+        "updates": c.updates,
+        "elapsed_s": c.elapsed_s,
+        "metrics_bytes": c.metrics_bytes,
+        "strategy_name": c.strategy_name,
+        "strategy_state": c.strategy_state,
+        "global_flat": c.global_flat,
+        "spec": _spec_to_plain(c.spec) if c.spec is not None else None,
+        "parking": c.parking,
+        "screen_history": list(c.screen_history),
+        "rng": c.rng,
+        "finished": c.finished,
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
     atomic_write_bytes(ckpt_dir / "state.pt", buf.getvalue())
     if adapter_bytes is not None:
         atomic_write_bytes(ckpt_dir / "global_adapter.safetensors", adapter_bytes)
-    meta = {"round": c.round, "version": c.version, "updates": c.updates, "elapsed_s": c.elapsed_s,
-            "strategy": c.strategy_name, "finished": c.finished}
+    meta = {
+        "round": c.round,
+        "version": c.version,
+        "updates": c.updates,
+        "elapsed_s": c.elapsed_s,
+        "strategy": c.strategy_name,
+        "finished": c.finished,
+    }
     atomic_write_text(ckpt_dir / "state.json", json.dumps(meta, indent=2))
 
 
@@ -94,18 +118,32 @@ def load(ckpt_dir: Path) -> Checkpoint | None:
     try:
         raw = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
     except Exception as exc:
-        raise UserError(f"checkpoint {path} cannot be read: {exc}", file=path,
-                        fix="it is left as it is; start a new run with `crossfl run`") from None
+        raise UserError(
+            f"checkpoint {path} cannot be read: {exc}",
+            file=path,
+            fix="it is left as it is; start a new run with `crossfl run`",
+        ) from None
     if raw.get("format") != FORMAT:
-        raise UserError(f"checkpoint format {raw.get('format')!r} is not {FORMAT}", file=path,
-                        fix="resume it with the crossfl version that wrote it")
+        raise UserError(
+            f"checkpoint format {raw.get('format')!r} is not {FORMAT}",
+            file=path,
+            fix="resume it with the crossfl version that wrote it",
+        )
     return Checkpoint(
-        round=int(raw["round"]), version=int(raw["version"]), updates=int(raw["updates"]),
-        elapsed_s=float(raw["elapsed_s"]), metrics_bytes=int(raw["metrics_bytes"]),
-        strategy_name=str(raw["strategy_name"]), strategy_state=raw["strategy_state"],
-        global_flat=raw["global_flat"], spec=_spec_from_plain(raw["spec"]) if raw["spec"] else None,
-        parking=raw.get("parking") or {}, screen_history=list(raw.get("screen_history") or []),
-        rng=raw.get("rng") or {}, finished=bool(raw.get("finished")))
+        round=int(raw["round"]),
+        version=int(raw["version"]),
+        updates=int(raw["updates"]),
+        elapsed_s=float(raw["elapsed_s"]),
+        metrics_bytes=int(raw["metrics_bytes"]),
+        strategy_name=str(raw["strategy_name"]),
+        strategy_state=raw["strategy_state"],
+        global_flat=raw["global_flat"],
+        spec=_spec_from_plain(raw["spec"]) if raw["spec"] else None,
+        parking=raw.get("parking") or {},
+        screen_history=list(raw.get("screen_history") or []),
+        rng=raw.get("rng") or {},
+        finished=bool(raw.get("finished")),
+    )
 
 
 def load_meta(ckpt_dir: Path) -> dict[str, Any] | None:

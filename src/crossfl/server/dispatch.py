@@ -41,8 +41,12 @@ class DispatchPolicy:
 
     name = "eager"
 
-    def __init__(self, experiment: Experiment, clock: Clock,
-                 write: Callable[[DispatchRecord], None] = lambda r: None) -> None:
+    def __init__(
+        self,
+        experiment: Experiment,
+        clock: Clock,
+        write: Callable[[DispatchRecord], None] = lambda r: None,
+    ) -> None:
         self.exp, self.clock, self.write = experiment, clock, write
         self.settings: DispatchSettings = experiment.dispatch
 
@@ -51,8 +55,9 @@ class DispatchPolicy:
         return {}
 
     @classmethod
-    def endpoint_options_for(cls, experiment: Experiment, site: str,
-                             walltime_s: float | None) -> dict[str, Any]:
+    def endpoint_options_for(
+        cls, experiment: Experiment, site: str, walltime_s: float | None
+    ) -> dict[str, Any]:
         """``endpoint_options`` before a run has a clock (the plan renders the configs)."""
         from crossfl.clock import REAL_CLOCK
 
@@ -73,8 +78,12 @@ class QueueAware(DispatchPolicy):
 
     name = "queue-aware"
 
-    def __init__(self, experiment: Experiment, clock: Clock,
-                 write: Callable[[DispatchRecord], None] = lambda r: None) -> None:
+    def __init__(
+        self,
+        experiment: Experiment,
+        clock: Clock,
+        write: Callable[[DispatchRecord], None] = lambda r: None,
+    ) -> None:
         super().__init__(experiment, clock, write)
         self.step_s: dict[str, float] = {}  # measured seconds per local step (moving average)
         self.load_s: dict[str, float] = {}  # the last task's model load (a cold one at first)
@@ -88,8 +97,10 @@ class QueueAware(DispatchPolicy):
 
     def idle_settings(self, walltime_s: float) -> dict[str, Any]:
         """Keep an idle pilot until its walltime; the endpoint outlives it."""
-        return {"max_idletime": float(walltime_s),
-                "idle_heartbeats_soft": math.ceil(walltime_s / HEARTBEAT_S) + 2}
+        return {
+            "max_idletime": float(walltime_s),
+            "idle_heartbeats_soft": math.ceil(walltime_s / HEARTBEAT_S) + 2,
+        }
 
     def endpoint_options(self, site: str, walltime_s: float | None) -> dict[str, Any]:
         wait = self.settings.expected_wait_s.get(site)
@@ -103,15 +114,26 @@ class QueueAware(DispatchPolicy):
             walltime = getattr(ex, "walltime_s", None) or self._walltime(name)
             if walltime is not None:
                 self.walltime_s[name] = walltime
-            expected = (ex.expected_wait_s() if hasattr(ex, "expected_wait_s")
-                        else self.settings.expected_wait_s.get(name))
+            expected = (
+                ex.expected_wait_s()
+                if hasattr(ex, "expected_wait_s")
+                else self.settings.expected_wait_s.get(name)
+            )
             keep = self.warm(expected) and walltime is not None
             if keep and hasattr(ex, "set_idle"):  # a replay's endpoint: at once
                 ex.set_idle(max_idletime_s=self.idle_settings(walltime)["max_idletime"])
-            self.write(DispatchRecord(
-                site=name, at_s=self.clock.now(), action="keep-warm" if keep else "release-idle",
-                detail={"expected_wait_s": expected, "walltime_s": walltime,
-                        "max_idletime_s": walltime if keep else ENGINE_MAX_IDLETIME_S}))
+            self.write(
+                DispatchRecord(
+                    site=name,
+                    at_s=self.clock.now(),
+                    action="keep-warm" if keep else "release-idle",
+                    detail={
+                        "expected_wait_s": expected,
+                        "walltime_s": walltime,
+                        "max_idletime_s": walltime if keep else ENGINE_MAX_IDLETIME_S,
+                    },
+                )
+            )
 
     def _walltime(self, site: str) -> float | None:
         entry = self.exp.site_entry(site)
@@ -128,9 +150,19 @@ class QueueAware(DispatchPolicy):
             return steps
         fit = max(1, int((left - self.load_s.get(site, 0.0)) // speed))
         if fit < steps:
-            self.write(DispatchRecord(site=site, at_s=self.clock.now(), action="shorten",
-                                      detail={"planned_steps": steps, "steps": fit,
-                                              "walltime_left_s": left, "step_s": speed}))
+            self.write(
+                DispatchRecord(
+                    site=site,
+                    at_s=self.clock.now(),
+                    action="shorten",
+                    detail={
+                        "planned_steps": steps,
+                        "steps": fit,
+                        "walltime_left_s": left,
+                        "step_s": speed,
+                    },
+                )
+            )
             return fit
         return steps
 
@@ -155,6 +187,7 @@ def _average(old: float | None, new: float, weight: float = 0.5) -> float:
 POLICIES: dict[str, type[DispatchPolicy]] = {p.name: p for p in (DispatchPolicy, QueueAware)}
 
 
-def make_policy(experiment: Experiment, clock: Clock,
-                write: Callable[[DispatchRecord], None] = lambda r: None) -> DispatchPolicy:
+def make_policy(
+    experiment: Experiment, clock: Clock, write: Callable[[DispatchRecord], None] = lambda r: None
+) -> DispatchPolicy:
     return POLICIES[experiment.dispatch.name](experiment, clock, write)

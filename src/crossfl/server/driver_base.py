@@ -20,13 +20,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from crossfl.client.adapter_io import adapter_from_bytes, adapter_to_bytes
 from crossfl.client.contract import EvalResult, TrainResult
-from crossfl.clock import REAL_CLOCK, Clock, bind_strategy_clock
 from crossfl.client.train import load_records
+from crossfl.clock import REAL_CLOCK, Clock, bind_strategy_clock
 from crossfl.endpoints import failure_summary
 from crossfl.errors import UserError
 from crossfl.server import checkpoint as ckpt
-from crossfl.server.faults import Parking, RetryingTask, RetryPolicy, call_with_retry
 from crossfl.server.dispatch import make_policy
+from crossfl.server.faults import Parking, RetryingTask, RetryPolicy, call_with_retry
 from crossfl.server.flat import FlatSpec
 from crossfl.server.plan import RunPlan
 from crossfl.server.records import EvalRecord, ResumeRecord, TaskRecord, account
@@ -93,35 +93,71 @@ class Arrival:
     distance: float | None = None
 
 
-def task_record(p: Pending, received: float, started: float, result: TrainResult | None,
-                error: str | None) -> TaskRecord:
+def task_record(
+    p: Pending, received: float, started: float, result: TrainResult | None, error: str | None
+) -> TaskRecord:
     submitted = p.task.submitted_at
     record = TaskRecord(
-        round=p.rnd, site=p.site, status="ok" if error is None else "failed", submitted_at=submitted,
-        received_at=received, submitted_rel_s=submitted - started, bytes_down=p.out.bytes_down,
-        transport=p.out.mode, attempts=len(p.task.attempts), base_version=p.base_version,
-        local_steps=p.plan.local_steps, error=error,
-        retried_errors=[a.error for a in p.task.attempts[:-1] if a.error] or None)
+        round=p.rnd,
+        site=p.site,
+        status="ok" if error is None else "failed",
+        submitted_at=submitted,
+        received_at=received,
+        submitted_rel_s=submitted - started,
+        bytes_down=p.out.bytes_down,
+        transport=p.out.mode,
+        attempts=len(p.task.attempts),
+        base_version=p.base_version,
+        local_steps=p.plan.local_steps,
+        error=error,
+        retried_errors=[a.error for a in p.task.attempts[:-1] if a.error] or None,
+    )
     if result is None:
         return record
     t = result.timings
     last_submit = p.task.last_submitted_at
-    return record.model_copy(update=dict(
-        train_loss=result.train_loss, first_loss=result.first_loss, num_samples=result.num_samples,
-        steps=result.steps, load_s=t.load_s, train_s=t.train_s, serialize_s=t.serialize_s,
-        queue_s=max(0.0, result.started_at - last_submit),
-        worker_s=max(0.0, result.finished_at - result.started_at),
-        transfer_s=max(0.0, received - result.finished_at) + t.serialize_s + t.fetch_s + t.store_s,
-        task_wall_s=received - last_submit, cache_hit=result.cache_hit, device=result.device,
-        host=result.host, pid=result.pid, python=result.python, simulated=result.simulated))
+    return record.model_copy(
+        update=dict(
+            train_loss=result.train_loss,
+            first_loss=result.first_loss,
+            num_samples=result.num_samples,
+            steps=result.steps,
+            load_s=t.load_s,
+            train_s=t.train_s,
+            serialize_s=t.serialize_s,
+            queue_s=max(0.0, result.started_at - last_submit),
+            worker_s=max(0.0, result.finished_at - result.started_at),
+            transfer_s=max(0.0, received - result.finished_at)
+            + t.serialize_s
+            + t.fetch_s
+            + t.store_s,
+            task_wall_s=received - last_submit,
+            cache_hit=result.cache_hit,
+            device=result.device,
+            host=result.host,
+            pid=result.pid,
+            python=result.python,
+            simulated=result.simulated,
+        )
+    )
 
 
 class DriverBase(ABC):
     name: ClassVar[str]
 
-    def __init__(self, plan: RunPlan, run_dir: Path, handles: dict[str, OpenSite], data_paths: dict[str, str],
-                 console: Console, transport: Transport, stop_after: int | None = None, *,
-                 clock: Clock = REAL_CLOCK, eval_site: OpenSite | None = None) -> None:
+    def __init__(
+        self,
+        plan: RunPlan,
+        run_dir: Path,
+        handles: dict[str, OpenSite],
+        data_paths: dict[str, str],
+        console: Console,
+        transport: Transport,
+        stop_after: int | None = None,
+        *,
+        clock: Clock = REAL_CLOCK,
+        eval_site: OpenSite | None = None,
+    ) -> None:
         self.plan = plan
         self.clock = clock
         self.exp = plan.experiment
@@ -156,7 +192,9 @@ class DriverBase(ABC):
             cap = entry.training.max_samples or self.exp.training.max_samples
             here = self.handles[entry.name].site.runs_here if entry.name in self.handles else False
             try:
-                counts[entry.name] = len(load_records(str(path), cap)) if here and path.is_file() else 0
+                counts[entry.name] = (
+                    len(load_records(str(path), cap)) if here and path.is_file() else 0
+                )
             except UserError:  # the site's own task reports it, with the site's name
                 counts[entry.name] = 0
         return counts
@@ -167,8 +205,14 @@ class DriverBase(ABC):
 
     def progress(self) -> Progress:
         """The live progress bars; transient, so nothing is left of them when the run ends."""
-        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=self.console, transient=True)
+        return Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
 
     # -- adapters ---------------------------------------------------------------------------
     def global_bytes(self) -> bytes | None:
@@ -176,8 +220,10 @@ class DriverBase(ABC):
         if s.global_flat is None or s.spec is None:
             return None
         if self._bytes[0] != s.version:
-            self._bytes = (s.version, adapter_to_bytes(s.spec.unflatten(s.global_flat),
-                                                       self.exp.training.adapter_dtype))
+            self._bytes = (
+                s.version,
+                adapter_to_bytes(s.spec.unflatten(s.global_flat), self.exp.training.adapter_dtype),
+            )
         return self._bytes[1]
 
     def initial_global(self) -> torch.Tensor:
@@ -186,7 +232,7 @@ class DriverBase(ABC):
 
         spec = self.state.spec
         assert spec is not None
-        shapes = {k: tuple(shape) for k, shape in zip(spec.keys, spec.shapes)}
+        shapes = {k: tuple(shape) for k, shape in zip(spec.keys, spec.shapes, strict=False)}
         return spec.flatten(fresh_adapter_from_shapes(shapes, self.exp.seed))
 
     def learn_layout(self, spec: FlatSpec) -> None:
@@ -201,9 +247,14 @@ class DriverBase(ABC):
         plan = replace(plan, local_steps=self.dispatch.local_steps(site, plan.local_steps))
         adapter = self.global_bytes()
         task = self.plan.train_task(site, self.data_paths[site], plan, rnd)
-        out = call_with_retry(lambda: self.transport.train(site, task, adapter, self.state.version), self.policy,
-                              clock=self.clock)
-        running = RetryingTask(self.handles[site].executor, out.fn, out.payload, self.policy, clock=self.clock)
+        out = call_with_retry(
+            lambda: self.transport.train(site, task, adapter, self.state.version),
+            self.policy,
+            clock=self.clock,
+        )
+        running = RetryingTask(
+            self.handles[site].executor, out.fn, out.payload, self.policy, clock=self.clock
+        )
         return Pending(site, rnd, plan, out, running, self.state.version, self.exp.task_timeout_s)
 
     def arrival(self, p: Pending, received: float, timed_out: bool = False) -> Arrival:
@@ -221,14 +272,22 @@ class DriverBase(ABC):
                 error = failure_summary(exc)
         record = task_record(p, received, self.state.started, result, error)
         site = self.handles[p.site].site
-        account(record, result, held_nodes=site.held_nodes,
-                devices_per_node=site.catalog.devices_per_node(), local=site.runs_here)
+        account(
+            record,
+            result,
+            held_nodes=site.held_nodes,
+            devices_per_node=site.catalog.devices_per_node(),
+            local=site.runs_here,
+        )
         self.dispatch.observe(record)
         if result is None:
             return Arrival(record, None)
         try:
-            incoming = call_with_retry(lambda: self.transport.receive(p.site, result, p.out.mode), self.policy,
-                                       clock=self.clock)
+            incoming = call_with_retry(
+                lambda: self.transport.receive(p.site, result, p.out.mode),
+                self.policy,
+                clock=self.clock,
+            )
         except Exception as exc:  # the result could not be fetched (e.g. its transfer failed)
             record.status, record.error = "failed", f"fetching the result: {failure_summary(exc)}"
             return Arrival(record, None)
@@ -247,11 +306,21 @@ class DriverBase(ABC):
         problem = finite_problem(params)
         if problem:
             return self.reject(record, problem)
-        self.transport.expected_result_bytes = max(self.transport.expected_result_bytes, incoming.bytes_up)
-        reference = self.state.global_flat if self.state.global_flat is not None else self.initial_global()
-        update = Update(site=p.site, params=params, num_samples=result.num_samples, base_version=p.base_version,
-                        local_steps=result.steps or p.plan.local_steps, train_time_s=record.train_s,
-                        queue_wait_s=record.queue_s)
+        self.transport.expected_result_bytes = max(
+            self.transport.expected_result_bytes, incoming.bytes_up
+        )
+        reference = (
+            self.state.global_flat if self.state.global_flat is not None else self.initial_global()
+        )
+        update = Update(
+            site=p.site,
+            params=params,
+            num_samples=result.num_samples,
+            base_version=p.base_version,
+            local_steps=result.steps or p.plan.local_steps,
+            train_time_s=record.train_s,
+            queue_wait_s=record.queue_s,
+        )
         return Arrival(record, update, distance(params, reference))
 
     @staticmethod
@@ -261,7 +330,9 @@ class DriverBase(ABC):
 
     def screen_distances(self, arrivals: list[Arrival]) -> None:
         """Reject norm outliers among ``arrivals`` (and the recent history) in place."""
-        candidates = {i: a for i, a in enumerate(arrivals) if a.update is not None and a.distance is not None}
+        candidates = {
+            i: a for i, a in enumerate(arrivals) if a.update is not None and a.distance is not None
+        }
         far = self.screen.outliers({str(i): a.distance for i, a in candidates.items()})  # type: ignore[misc]
         for i, a in candidates.items():
             if str(i) in far:
@@ -281,38 +352,63 @@ class DriverBase(ABC):
         if self.parking.record(record.site, ok, rnd):
             until = self.parking.parked_until[record.site]
             record.parked_until_round = until
-            self.console.print(f"  [yellow]site {record.site} parked after {self.exp.faults.park_after} "
-                               f"failures in a row; back in round {until}[/]")
+            self.console.print(
+                f"  [yellow]site {record.site} parked after {self.exp.faults.park_after} "
+                f"failures in a row; back in round {until}[/]"
+            )
         self.metrics.write(record)
         if not ok:
-            self.console.print(f"  [red]round {rnd}: site {record.site} {record.status}:[/] "
-                               f"{record.error or record.reason}")
+            self.console.print(
+                f"  [red]round {rnd}: site {record.site} {record.status}:[/] "
+                f"{record.error or record.reason}"
+            )
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self, label: Literal["baseline", "round"], rnd: int) -> EvalRecord:
         adapter = self.global_bytes()
         name = self.exp.eval_site
-        out = call_with_retry(lambda: self.transport.evaluate(name, self.plan.eval_task(), adapter,
-                                                              self.state.version), self.policy,
-                              clock=self.clock)
-        running = RetryingTask(self.eval_site.executor, out.fn, out.payload, self.policy, clock=self.clock)
+        out = call_with_retry(
+            lambda: self.transport.evaluate(
+                name, self.plan.eval_task(), adapter, self.state.version
+            ),
+            self.policy,
+            clock=self.clock,
+        )
+        running = RetryingTask(
+            self.eval_site.executor, out.fn, out.payload, self.policy, clock=self.clock
+        )
         try:
-            result = EvalResult.from_wire(self.clock.result(running.future, timeout=self.exp.task_timeout_s))
+            result = EvalResult.from_wire(
+                self.clock.result(running.future, timeout=self.exp.task_timeout_s)
+            )
         except Exception as exc:
             running.cancel()
             raise RunFailed(f"evaluation on site {name} failed: {failure_summary(exc)}") from exc
         record = EvalRecord(
-            kind=label, round=rnd, val_loss=result.val_loss, exact_match=result.exact_match,
-            num_samples=result.num_samples, elapsed_s=self.state.elapsed(), strategy=self.exp.strategy.name,
-            version=self.state.version, updates=self.state.updates, bytes_down=out.bytes_down,
-            transport=out.mode, driver=self.name)
+            kind=label,
+            round=rnd,
+            val_loss=result.val_loss,
+            exact_match=result.exact_match,
+            num_samples=result.num_samples,
+            elapsed_s=self.state.elapsed(),
+            strategy=self.exp.strategy.name,
+            version=self.state.version,
+            updates=self.state.updates,
+            bytes_down=out.bytes_down,
+            transport=out.mode,
+            driver=self.name,
+        )
         self.metrics.write(record)
         return record
 
     def baseline(self) -> EvalRecord:
         """The untrained adapter's evaluation: the one a resumed run already has, or a new one."""
         if self.resumed:
-            kept = [r for r in of_kind(live_records(self.metrics.path), EvalRecord) if r.kind == "baseline"]
+            kept = [
+                r
+                for r in of_kind(live_records(self.metrics.path), EvalRecord)
+                if r.kind == "baseline"
+            ]
             if kept:
                 return kept[0]
         base = self.evaluate("baseline", 0)
@@ -323,11 +419,20 @@ class DriverBase(ABC):
     def checkpoint(self, finished: bool = False) -> None:
         s = self.state
         c = ckpt.Checkpoint(
-            round=s.round, version=s.version, updates=s.updates, elapsed_s=s.elapsed(),
-            metrics_bytes=self.metrics.position(), strategy_name=self.exp.strategy.name,
-            strategy_state=self.strategy.state_dict(), global_flat=s.global_flat, spec=s.spec,
-            parking=self.parking.state_dict(), screen_history=list(self.screen.history),
-            rng=ckpt.rng_state(), finished=finished)
+            round=s.round,
+            version=s.version,
+            updates=s.updates,
+            elapsed_s=s.elapsed(),
+            metrics_bytes=self.metrics.position(),
+            strategy_name=self.exp.strategy.name,
+            strategy_state=self.strategy.state_dict(),
+            global_flat=s.global_flat,
+            spec=s.spec,
+            parking=self.parking.state_dict(),
+            screen_history=list(self.screen.history),
+            rng=ckpt.rng_state(),
+            finished=finished,
+        )
         exact = None
         if s.global_flat is not None and s.spec is not None:
             exact = adapter_to_bytes(s.spec.unflatten(s.global_flat), "float32")
@@ -339,7 +444,9 @@ class DriverBase(ABC):
         s = self.state
         self.resumed = True
         if c is None:
-            self.metrics.write(ResumeRecord(round=0, version=0, metrics_bytes=0, at=time.time(), elapsed_s=0.0))
+            self.metrics.write(
+                ResumeRecord(round=0, version=0, metrics_bytes=0, at=time.time(), elapsed_s=0.0)
+            )
             return
         s.round, s.version, s.updates = c.round, c.version, c.updates
         s.global_flat = c.global_flat
@@ -351,12 +458,21 @@ class DriverBase(ABC):
         self.parking.load_state_dict(c.parking)
         self.screen.history.extend(c.screen_history)
         ckpt.restore_rng(c.rng)
-        self.metrics.write(ResumeRecord(round=c.round, version=c.version, metrics_bytes=c.metrics_bytes,
-                                        at=time.time(), elapsed_s=c.elapsed_s))
+        self.metrics.write(
+            ResumeRecord(
+                round=c.round,
+                version=c.version,
+                metrics_bytes=c.metrics_bytes,
+                at=time.time(),
+                elapsed_s=c.elapsed_s,
+            )
+        )
 
     def after_checkpoint(self) -> None:
         if self.stop_after is not None and self.state.round >= self.stop_after:
-            raise RunStopped(f"stopped after round {self.state.round} as asked; `crossfl resume` continues")
+            raise RunStopped(
+                f"stopped after round {self.state.round} as asked; `crossfl resume` continues"
+            )
 
     def save_final(self) -> Path:
         from peft import LoraConfig
@@ -369,9 +485,14 @@ class DriverBase(ABC):
         # peft's own on-disk layout, so PeftModel.from_pretrained(base, out) loads it.
         atomic_write_bytes(out / "adapter_model.safetensors", adapter)
         lora = self.exp.lora
-        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
-                            base_model_name_or_path=self.exp.model.path)
+        config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            task_type="CAUSAL_LM",
+            base_model_name_or_path=self.exp.model.path,
+        )
         config.save_pretrained(str(out))
         self.checkpoint(finished=True)
         return out

@@ -10,13 +10,15 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from crossfl.errors import UserError
 from crossfl.paths import experiments_dir, project_root
-from crossfl.schema import StrictModel as Strict
 from crossfl.schema import FieldError, user_error
+from crossfl.schema import StrictModel as Strict
 from crossfl.yamlio import load_mapping
 
 
 class ModelSettings(Strict):
-    path: str = Field(description="base model directory, loaded with from_pretrained(path) at each site")
+    path: str = Field(
+        description="base model directory, loaded with from_pretrained(path) at each site"
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
@@ -27,7 +29,9 @@ class PartitionSettings(Strict):
 
 
 class DataSettings(Strict):
-    train: str | None = Field(None, description="training JSONL the server partitions for sites without data_path")
+    train: str | None = Field(
+        None, description="training JSONL the server partitions for sites without data_path"
+    )
     validation: str = Field(description="validation JSONL, read where evaluation runs")
     partition: PartitionSettings = PartitionSettings()
 
@@ -55,8 +59,9 @@ class GlobusCollection(Strict):
 
     collection: str = Field(pattern=r"^[0-9a-fA-F-]{36}$", description="collection UUID")
     path: str = Field(min_length=1, description="directory on the collection (collection path)")
-    local_path: str | None = Field(None, description="the same directory as the worker or server sees it "
-                                                     "(default: path)")
+    local_path: str | None = Field(
+        None, description="the same directory as the worker or server sees it (default: path)"
+    )
 
 
 class SiteTransport(Strict):
@@ -64,8 +69,11 @@ class SiteTransport(Strict):
 
     mode: TransportMode | None = None
     inline_limit_mb: float | None = Field(None, gt=0, le=7.5)
-    shared_dir: str | None = Field(None, description="a directory both server and site workers read "
-                                                     "(default for local sites: <run>/transport)")
+    shared_dir: str | None = Field(
+        None,
+        description="a directory both server and site workers read "
+        "(default for local sites: <run>/transport)",
+    )
     globus: GlobusCollection | None = None
 
 
@@ -73,17 +81,23 @@ class SiteEntry(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     site: str = Field(description="catalog name in deploy/sites/")
     data_path: str | None = Field(None, description="site-local training JSONL (at the facility)")
-    model_path: str | None = Field(None, description="the base model on this site's filesystem "
-                                                     "(default: model.path)")
+    model_path: str | None = Field(
+        None, description="the base model on this site's filesystem (default: model.path)"
+    )
     user_options: dict[str, Any] = Field(default_factory=dict)
     training: SiteTraining = SiteTraining()
     transport: SiteTransport = SiteTransport()
     nodes: int | None = Field(
-        None, ge=1, description="nodes one training task runs on: more than 1 through the MPI "
-        "engine (endpoint.tasks: mpi); default 1, or the mpi site's nodes_per_block")
+        None,
+        ge=1,
+        description="nodes one training task runs on: more than 1 through the MPI "
+        "engine (endpoint.tasks: mpi); default 1, or the mpi site's nodes_per_block",
+    )
     ranks_per_node: int | Literal["auto"] | None = Field(
-        None, description="training ranks per node, one per device (default: every device of "
-        "the node; a CPU site 1); checked against the site (crossfl.sites.check_request)")
+        None,
+        description="training ranks per node, one per device (default: every device of "
+        "the node; a CPU site 1); checked against the site (crossfl.sites.check_request)",
+    )
 
     @field_validator("ranks_per_node")
     @classmethod
@@ -105,15 +119,21 @@ class DispatchSettings(Strict):
 
     name: Literal["eager", "queue-aware"] = "eager"
     warm_if_wait_over_s: float = Field(
-        600, ge=0, description="keep a site's pilot warm between tasks when a new one is "
-        "expected to wait longer than this")
-    fit_walltime: bool = Field(True, description="size each task's local steps to the walltime "
-                                                 "left in its pilot")
+        600,
+        ge=0,
+        description="keep a site's pilot warm between tasks when a new one is "
+        "expected to wait longer than this",
+    )
+    fit_walltime: bool = Field(
+        True, description="size each task's local steps to the walltime left in its pilot"
+    )
     walltime_margin_s: float = Field(
-        120, ge=0, description="a task must end this long before its pilot's walltime")
+        120, ge=0, description="a task must end this long before its pilot's walltime"
+    )
     expected_wait_s: dict[str, float] = Field(
-        default_factory=dict, description="per site, a new pilot's expected queue wait (a "
-        "replay takes its scenario's)")
+        default_factory=dict,
+        description="per site, a new pilot's expected queue wait (a replay takes its scenario's)",
+    )
 
 
 class TrainingSettings(Strict):
@@ -145,34 +165,59 @@ class TransportSettings(Strict):
     """How adapters travel: inside the task up to inline_limit_mb, else by reference."""
 
     mode: TransportMode = "auto"
-    inline_limit_mb: float = Field(7.0, gt=0, le=7.5,
-                                   description="Globus Compute results are capped at 10 MiB after serialization")
-    globus: GlobusCollection | None = Field(None, description="the server's own collection (globus_transfer)")
+    inline_limit_mb: float = Field(
+        7.0,
+        gt=0,
+        le=7.5,
+        description="Globus Compute results are capped at 10 MiB after serialization",
+    )
+    globus: GlobusCollection | None = Field(
+        None, description="the server's own collection (globus_transfer)"
+    )
     transfer_timeout_s: float = Field(3600, gt=0)
 
 
 class FaultSettings(Strict):
-    retries: int = Field(2, ge=0, description="resubmissions after a system failure (lost worker/manager, "
-                                              "connection error); user errors are never retried")
+    retries: int = Field(
+        2,
+        ge=0,
+        description="resubmissions after a system failure (lost worker/manager, "
+        "connection error); user errors are never retried",
+    )
     backoff_s: float = Field(2.0, ge=0)
     backoff_max_s: float = Field(120.0, ge=0)
     park_after: int = Field(3, ge=1, description="consecutive failed tasks before a site is parked")
-    park_rounds: int = Field(2, ge=1, description="rounds (aggregations when async) a parked site sits out")
+    park_rounds: int = Field(
+        2, ge=1, description="rounds (aggregations when async) a parked site sits out"
+    )
 
 
 class QuorumSettings(Strict):
-    min_clients: int | None = Field(None, ge=1, description="aggregate once this many updates arrived "
-                                                            "and the deadline passed (default: all sites)")
-    deadline_s: float | None = Field(None, gt=0, description="round deadline (default for fedqueue: its "
-                                                             "round timeout); late updates are recorded")
+    min_clients: int | None = Field(
+        None,
+        ge=1,
+        description="aggregate once this many updates arrived "
+        "and the deadline passed (default: all sites)",
+    )
+    deadline_s: float | None = Field(
+        None,
+        gt=0,
+        description="round deadline (default for fedqueue: its "
+        "round timeout); late updates are recorded",
+    )
     late_updates: Literal["auto", "next_round", "drop"] = Field(
-        "auto", description="what a late update does: merged into the next round's aggregation "
-                            "(auto: for strategies that discount staleness, fedqueue) or only recorded")
+        "auto",
+        description="what a late update does: merged into the next round's aggregation "
+        "(auto: for strategies that discount staleness, fedqueue) or only recorded",
+    )
 
 
 class UpdateChecks(Strict):
     max_distance_factor: float | None = Field(
-        10.0, gt=1, description="reject an update further from the global than this x the median distance")
+        10.0,
+        gt=1,
+        description="reject an update further from the global than this x the median distance",
+    )
     min_updates_for_distance: int = Field(3, ge=2)
 
 
@@ -190,9 +235,14 @@ class Experiment(Strict):
     dispatch: DispatchSettings = DispatchSettings()
     seed: int = 0
     driver: Literal["auto", "sync", "async"] = Field(
-        "auto", description="auto: async when the strategy is asynchronous")
-    max_updates: int | None = Field(None, ge=1, description="async: stop after this many client updates "
-                                                            "(default: when `rounds` versions exist)")
+        "auto", description="auto: async when the strategy is asynchronous"
+    )
+    max_updates: int | None = Field(
+        None,
+        ge=1,
+        description="async: stop after this many client updates "
+        "(default: when `rounds` versions exist)",
+    )
     evaluate_every: int = Field(1, ge=1, description="evaluate after every k-th aggregation")
     faults: FaultSettings = FaultSettings()
     quorum: QuorumSettings = QuorumSettings()
@@ -205,28 +255,36 @@ class Experiment(Strict):
         names = [s.name for s in sites]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"site names must be unique ({', '.join(dupes)} repeated): "
-                             "rename one")
+            raise ValueError(f"site names must be unique ({', '.join(dupes)} repeated): rename one")
         return sites
 
     @model_validator(mode="after")
-    def _check_refs(self) -> "Experiment":
+    def _check_refs(self) -> Experiment:
         names = [s.name for s in self.sites]
         if self.evaluation.site is not None and self.evaluation.site not in names:
-            raise FieldError("evaluation.site", f"{self.evaluation.site!r} is not one of the sites: "
-                                                f"use one of {', '.join(names)}")
+            raise FieldError(
+                "evaluation.site",
+                f"{self.evaluation.site!r} is not one of the sites: use one of {', '.join(names)}",
+            )
         if self.data.train is None and any(s.data_path is None for s in self.sites):
-            raise FieldError("data.train", "required when a site has no data_path: set it, or "
-                                           "give every site a data_path")
+            raise FieldError(
+                "data.train",
+                "required when a site has no data_path: set it, or give every site a data_path",
+            )
         if self.quorum.min_clients is not None and self.quorum.min_clients > len(self.sites):
-            raise FieldError("quorum.min_clients", f"{self.quorum.min_clients} but there are only "
-                                                   f"{len(self.sites)} sites: lower it")
+            raise FieldError(
+                "quorum.min_clients",
+                f"{self.quorum.min_clients} but there are only {len(self.sites)} sites: lower it",
+            )
         for s in self.sites:
-            if self.transport_mode(s) == "globus_transfer" and (self.transport.globus is None
-                                                               or s.transport.globus is None):
-                raise FieldError(f"sites[{s.name}].transport.globus",
-                                 "globus_transfer needs both collections: set transport.globus "
-                                 f"(the server's) and sites[{s.name}].transport.globus (the site's)")
+            if self.transport_mode(s) == "globus_transfer" and (
+                self.transport.globus is None or s.transport.globus is None
+            ):
+                raise FieldError(
+                    f"sites[{s.name}].transport.globus",
+                    "globus_transfer needs both collections: set transport.globus "
+                    f"(the server's) and sites[{s.name}].transport.globus (the site's)",
+                )
         return self
 
     def transport_mode(self, site: SiteEntry) -> str:
@@ -252,8 +310,11 @@ def resolve_experiment_path(ref: str | Path) -> Path:
         if candidate.is_file():
             return candidate
     known = sorted(p.stem for p in experiments_dir().glob("*.yaml"))
-    raise UserError(f"no experiment file {str(ref)!r}", file=str(ref),
-                    fix=f"give a path or one of: {', '.join(known) or '(none in deploy/experiments/)'}")
+    raise UserError(
+        f"no experiment file {str(ref)!r}",
+        file=str(ref),
+        fix=f"give a path or one of: {', '.join(known) or '(none in deploy/experiments/)'}",
+    )
 
 
 EXAMPLE = "deploy/experiments/local-demo.yaml"

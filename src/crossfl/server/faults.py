@@ -13,12 +13,12 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from crossfl.clock import REAL_CLOCK, Clock, Handle
-
 from crossfl.endpoints import failure_summary
 
 # parsl.executors.high_throughput.errors: "WorkerLost: Task failure due to loss of worker ..."
@@ -27,7 +27,8 @@ from crossfl.endpoints import failure_summary
 SYSTEM_PATTERNS = re.compile(
     r"WorkerLost|ManagerLost|loss of (worker|manager)|BadStateException|executor is in a bad state"
     r"|endpoint (is )?offline|ConnectionError|ConnectionResetError|ConnectionRefusedError|TransferFailed",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 # A task the client rejected: retrying sends the same bad input again.
 USER_PATTERNS = re.compile(r"(UserError|ValueError|MaxResultSizeExceeded)\b")
 
@@ -67,9 +68,12 @@ class RetryPolicy:
 T = TypeVar("T")
 
 
-def call_with_retry(fn: Callable[[], T], policy: RetryPolicy,
-                    classify: Callable[[BaseException], bool] = is_system_failure,
-                    clock: Clock = REAL_CLOCK) -> T:
+def call_with_retry(
+    fn: Callable[[], T],
+    policy: RetryPolicy,
+    classify: Callable[[BaseException], bool] = is_system_failure,
+    clock: Clock = REAL_CLOCK,
+) -> T:
     """``fn()`` in this thread, again after a system failure (e.g. a Globus Transfer that did
     not succeed), with the policy's backoff; other errors and the last failure propagate."""
     attempt = 1
@@ -94,10 +98,22 @@ class RetryingTask:
     """One logical task: submitted, and resubmitted after a system failure up to
     ``policy.retries`` times. ``future`` resolves to the last attempt's outcome."""
 
-    def __init__(self, executor: Executor, fn: Callable[..., Any], payload: Any, policy: RetryPolicy,
-                 classify: Callable[[BaseException], bool] = is_system_failure,
-                 clock: Clock = REAL_CLOCK) -> None:
-        self.executor, self.fn, self.payload, self.policy, self.classify = executor, fn, payload, policy, classify
+    def __init__(
+        self,
+        executor: Executor,
+        fn: Callable[..., Any],
+        payload: Any,
+        policy: RetryPolicy,
+        classify: Callable[[BaseException], bool] = is_system_failure,
+        clock: Clock = REAL_CLOCK,
+    ) -> None:
+        self.executor, self.fn, self.payload, self.policy, self.classify = (
+            executor,
+            fn,
+            payload,
+            policy,
+            classify,
+        )
         self.clock = clock
         self.future: Future = Future()
         self.attempts: list[Attempt] = []
@@ -167,7 +183,9 @@ class Parking:
     park_after: int = 3
     park_rounds: int = 2
     failures: dict[str, int] = field(default_factory=dict)
-    parked_until: dict[str, int] = field(default_factory=dict)  # site -> first round it may run again
+    parked_until: dict[str, int] = field(
+        default_factory=dict
+    )  # site -> first round it may run again
 
     def record(self, site: str, ok: bool, rnd: int) -> bool:
         """Count a task outcome; True when this failure parks the site."""

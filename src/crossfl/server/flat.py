@@ -8,8 +8,8 @@ per tensor. ``FlatSpec`` remembers the layout (sorted keys, shapes, dtypes, offs
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 
@@ -45,7 +45,7 @@ class FlatSpec:
 
     @property
     def sizes(self) -> list[int]:
-        return [b - a for a, b in zip(self.offsets[:-1], self.offsets[1:])]
+        return [b - a for a, b in zip(self.offsets[:-1], self.offsets[1:], strict=False)]
 
     @property
     def nbytes(self) -> int:
@@ -60,7 +60,7 @@ class FlatSpec:
             if missing:
                 raise ValueError(f"{missing[0]}: key missing from state dict")
             raise ValueError(f"{extra[0]}: key not in the flat layout")
-        for key, shape in zip(self.keys, self.shapes):
+        for key, shape in zip(self.keys, self.shapes, strict=False):
             if state[key].shape != shape:
                 raise ValueError(
                     f"{key}: shape {tuple(state[key].shape)} does not match layout {tuple(shape)}"
@@ -77,8 +77,9 @@ class FlatSpec:
         self.check(state)
         parts = [state[k].detach().reshape(-1) for k in self.keys]
         if out is not None and (out.dtype != torch.float32 or out.shape != (self.numel,)):
-            raise ValueError(f"out must be float32 of shape ({self.numel},), "
-                             f"got {out.dtype} {tuple(out.shape)}")
+            raise ValueError(
+                f"out must be float32 of shape ({self.numel},), got {out.dtype} {tuple(out.shape)}"
+            )
         if not all(p.dtype == torch.float32 for p in parts) and not _cat_casts():
             parts = [p.to(torch.float32) for p in parts]
         if out is None:
@@ -98,7 +99,9 @@ class FlatSpec:
             )
         pieces = torch.split(vec, self.sizes)
         out: dict[str, torch.Tensor] = {}
-        for key, piece, shape, dtype in zip(self.keys, pieces, self.shapes, self.dtypes):
+        for key, piece, shape, dtype in zip(
+            self.keys, pieces, self.shapes, self.dtypes, strict=False
+        ):
             t = piece.view(shape)
             if dtype != vec.dtype:
                 t = t.to(dtype)
@@ -125,7 +128,9 @@ def _cat_casts() -> bool:
 
 
 def flatten(
-    state: Mapping[str, torch.Tensor], spec: FlatSpec | None = None, *,
+    state: Mapping[str, torch.Tensor],
+    spec: FlatSpec | None = None,
+    *,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Flatten ``state`` into a 1-D float32 tensor (layout from ``spec`` or built from it)."""
@@ -157,6 +162,6 @@ def weighted_sum(
     if out is None:
         out = torch.empty(n, dtype=torch.float32, device=vectors[0].device)
     torch.mul(vectors[0], ws[0], out=out)
-    for v, w in zip(vectors[1:], ws[1:]):
+    for v, w in zip(vectors[1:], ws[1:], strict=False):
         out.add_(v, alpha=w)
     return out

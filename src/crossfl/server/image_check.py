@@ -33,9 +33,11 @@ def federation_project(rootfs: Path) -> tuple[Path, Path]:
     source = paths.project_root()
     data, model = source / DATA_DIR, source / MODEL_DIR
     if not (data / "train.jsonl").is_file() or not (model / "config.json").is_file():
-        raise UserError(f"the image check trains the demo model on the demo data: "
-                        f"{DATA_DIR}/train.jsonl or {MODEL_DIR}/config.json is missing",
-                        fix="run `make data model` first (`make image-check` does)")
+        raise UserError(
+            f"the image check trains the demo model on the demo data: "
+            f"{DATA_DIR}/train.jsonl or {MODEL_DIR}/config.json is missing",
+            fix="run `make data model` first (`make image-check` does)",
+        )
     project = images_dir() / "image-check-project"
     shutil.rmtree(project / "runs", ignore_errors=True)  # the previous check's runs
     (project / "deploy" / "sites").mkdir(parents=True, exist_ok=True)
@@ -44,12 +46,19 @@ def federation_project(rootfs: Path) -> tuple[Path, Path]:
         templates.symlink_to(source / "site_templates")
     write_site(project, rootfs, [str(project), str(data), str(model)])
     experiment = {
-        "name": "image-check", "model": {"path": str(model)},
+        "name": "image-check",
+        "model": {"path": str(model)},
         "data": {"train": str(data / "train.jsonl"), "validation": str(data / "validation.jsonl")},
         "sites": [{"name": "inside-a", "site": SITE}, {"name": "inside-b", "site": SITE}],
         "rounds": 2,
-        "training": {"local_steps": 2, "batch_size": 4, "lr": 0.005, "max_length": 96,
-                     "max_samples": 64, "torch_threads": 1},
+        "training": {
+            "local_steps": 2,
+            "batch_size": 4,
+            "lr": 0.005,
+            "max_length": 96,
+            "max_samples": 64,
+            "torch_threads": 1,
+        },
         "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
         "evaluation": {"max_samples": 8, "batch_size": 8, "generate_max_new_tokens": 4},
         "task_timeout_s": 3600,  # a busy machine is slow, not broken
@@ -80,7 +89,11 @@ def run_federation(rootfs: Path, log: Path) -> dict:
     seconds = time.monotonic() - start
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     tasks = [r for r in records if r.get("kind") == "task"]
-    return {"run_dir": str(run_dir), "seconds": seconds,
-            "tasks": [{k: t.get(k) for k in ("round", "site", "status", "python", "host")}
-                      for t in tasks],
-            "rounds": [r for r in records if r.get("kind") == "round"]}
+    return {
+        "run_dir": str(run_dir),
+        "seconds": seconds,
+        "tasks": [
+            {k: t.get(k) for k in ("round", "site", "status", "python", "host")} for t in tasks
+        ],
+        "rounds": [r for r in records if r.get("kind") == "round"],
+    }

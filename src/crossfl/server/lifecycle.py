@@ -25,11 +25,12 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -51,7 +52,15 @@ from crossfl.server.sync_driver import RoundDriver
 from crossfl.server.transport import TaskFns, Transport, transfer_client_from_env
 from crossfl.yamlio import load_mapping
 
-__all__ = ["DRIVERS", "Interrupted", "Options", "RunFailed", "RunStopped", "resume_run", "run_experiment"]
+__all__ = [
+    "DRIVERS",
+    "Interrupted",
+    "Options",
+    "RunFailed",
+    "RunStopped",
+    "resume_run",
+    "run_experiment",
+]
 
 DRIVERS: dict[str, type[DriverBase]] = {"sync": RoundDriver, "async": AsyncDriver}
 
@@ -66,6 +75,7 @@ class Options:
 
 
 # ---------------------------------------------------------------------------- signals
+
 
 class Interrupted(KeyboardInterrupt):
     """SIGTERM or SIGINT arrived while the run was starting or running."""
@@ -124,6 +134,7 @@ class Signals:
 
 # ---------------------------------------------------------------------------- processes
 
+
 class RunProcesses:
     """The run's process record (``reaper``), kept current while the run lives, and its
     watchdog. ``close`` ends what is left of the engines and removes the record."""
@@ -155,8 +166,12 @@ class RunProcesses:
         moment after its engine)."""
         with self._lock:
             known = {ref.pid for ref in self.record.engines}
-            new = [reaper.ProcessRef.of(pid, role, engine.site) for engine in self._engines
-                   for role, pid in engine.processes() if pid not in known]
+            new = [
+                reaper.ProcessRef.of(pid, role, engine.site)
+                for engine in self._engines
+                for role, pid in engine.processes()
+                if pid not in known
+            ]
             if any(new):
                 self.record.engines.extend(ref for ref in new if ref is not None)
                 self.record.save(self.run_dir)
@@ -177,8 +192,9 @@ class RunProcesses:
 
 # ---------------------------------------------------------------------------- the run directory
 
+
 def new_run_dir(experiment: Experiment, source: Path) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     suffix = 1
     while True:
         run_dir = runs_dir() / (f"{experiment.name}-{stamp}" + (f"-{suffix}" if suffix > 1 else ""))
@@ -202,7 +218,11 @@ def run_directory(ref: Path) -> Path:
 def load_run_experiment(run_dir: Path) -> Experiment:
     path = run_dir / "experiment.yaml"
     if not path.is_file():
-        raise UserError("not a run directory (no experiment.yaml)", file=run_dir, fix="give a directory under runs/")
+        raise UserError(
+            "not a run directory (no experiment.yaml)",
+            file=run_dir,
+            fix="give a directory under runs/",
+        )
     raw = {k: v for k, v in load_mapping(path).items() if not str(k).startswith("_")}
     try:
         return Experiment.model_validate(raw)
@@ -227,16 +247,25 @@ def site_data_paths(plan: RunPlan, run_dir: Path) -> dict[str, str]:
 
         assert plan.train_path is not None  # checked by the plan
         p = plan.experiment.data.partition
-        written = write_partitions(plan.train_path, need, run_dir / "data", p.scheme, p.seed, p.alpha)
+        written = write_partitions(
+            plan.train_path, need, run_dir / "data", p.scheme, p.seed, p.alpha
+        )
         paths.update({name: str(path) for name, path in written.items()})
     return paths
 
 
 # ---------------------------------------------------------------------------- start, resume
 
-def run_experiment(experiment: Experiment, source: Path, console: Console | None = None, *,
-                   stop_after: int | None = None, fns: TaskFns | None = None,
-                   transfer_client: Callable[[], Any] | None = None) -> Path:
+
+def run_experiment(
+    experiment: Experiment,
+    source: Path,
+    console: Console | None = None,
+    *,
+    stop_after: int | None = None,
+    fns: TaskFns | None = None,
+    transfer_client: Callable[[], Any] | None = None,
+) -> Path:
     """Start a run in a new run directory. ``stop_after``: stop (RunStopped) once round (or
     aggregation) k is checkpointed, e.g. to fit a server job's walltime; resume continues."""
     console = console or Console()
@@ -246,12 +275,25 @@ def run_experiment(experiment: Experiment, source: Path, console: Console | None
             plan = plan_run(experiment, source)
             run_dir = new_run_dir(experiment, source)
         console.print(f"run directory: {run_dir}")
-        _drive(plan, run_dir, console, None, Options(stop_after, fns or TaskFns(), transfer_client), signals)
+        _drive(
+            plan,
+            run_dir,
+            console,
+            None,
+            Options(stop_after, fns or TaskFns(), transfer_client),
+            signals,
+        )
     return run_dir
 
 
-def resume_run(run_dir: Path, console: Console | None = None, *, stop_after: int | None = None,
-               fns: TaskFns | None = None, transfer_client: Callable[[], Any] | None = None) -> Path:
+def resume_run(
+    run_dir: Path,
+    console: Console | None = None,
+    *,
+    stop_after: int | None = None,
+    fns: TaskFns | None = None,
+    transfer_client: Callable[[], Any] | None = None,
+) -> Path:
     """Continue a killed or stopped run in its own directory, from its last checkpoint."""
     console = console or Console()
     run_dir = run_directory(run_dir)
@@ -260,30 +302,56 @@ def resume_run(run_dir: Path, console: Console | None = None, *, stop_after: int
             reap_dead_runs(console)
             ckpt_dir = run_dir / "checkpoint"
             if ckpt.is_finished(ckpt_dir):
-                console.print(f"run {run_dir.name} already finished; nothing to resume "
-                              f"(final adapter in {run_dir / 'final_adapter'})")
+                console.print(
+                    f"run {run_dir.name} already finished; nothing to resume "
+                    f"(final adapter in {run_dir / 'final_adapter'})"
+                )
                 return run_dir
             experiment = load_run_experiment(run_dir)
             checkpoint = ckpt.load(ckpt_dir)
             if checkpoint is not None and checkpoint.strategy_name != experiment.strategy.name:
-                raise UserError(f"checkpoint was written by strategy {checkpoint.strategy_name}", file=run_dir,
-                                field="strategy.name", fix="resume with the run's own experiment.yaml unchanged")
+                raise UserError(
+                    f"checkpoint was written by strategy {checkpoint.strategy_name}",
+                    file=run_dir,
+                    field="strategy.name",
+                    fix="resume with the run's own experiment.yaml unchanged",
+                )
             plan = plan_run(experiment, run_dir / "experiment.yaml", kept_data=run_dir / "data")
-        where = f"after round {checkpoint.round}" if checkpoint else "from the start (no aggregation was checkpointed)"
+        where = (
+            f"after round {checkpoint.round}"
+            if checkpoint
+            else "from the start (no aggregation was checkpointed)"
+        )
         console.print(f"resuming {run_dir.name} {where}")
-        _drive(plan, run_dir, console, checkpoint, Options(stop_after, fns or TaskFns(), transfer_client), signals,
-               resuming=True)
+        _drive(
+            plan,
+            run_dir,
+            console,
+            checkpoint,
+            Options(stop_after, fns or TaskFns(), transfer_client),
+            signals,
+            resuming=True,
+        )
     return run_dir
 
 
 def reap_dead_runs(console: Console) -> None:
     for name, count in reaper.reap_dead_runs(runs_dir()).items():
-        console.print(f"[yellow]run {name} had ended without shutting its engines down; "
-                      f"ended {count} of its processes[/]")
+        console.print(
+            f"[yellow]run {name} had ended without shutting its engines down; "
+            f"ended {count} of its processes[/]"
+        )
 
 
-def _drive(plan: RunPlan, run_dir: Path, console: Console, checkpoint: ckpt.Checkpoint | None,
-           options: Options, signals: Signals, resuming: bool = False) -> None:
+def _drive(
+    plan: RunPlan,
+    run_dir: Path,
+    console: Console,
+    checkpoint: ckpt.Checkpoint | None,
+    options: Options,
+    signals: Signals,
+    resuming: bool = False,
+) -> None:
     outcome: Outcome | None = None
     try:
         with contextlib.ExitStack() as stack:  # unwound with the signals disarmed
@@ -297,12 +365,22 @@ def _drive(plan: RunPlan, run_dir: Path, console: Console, checkpoint: ckpt.Chec
                         stack.callback(h.executor.shutdown, wait=True, cancel_futures=True)
                         processes.opened(h)
                     console.print(f"site {name}: {h.site.catalog.name} via {h.kind} ({h.endpoint})")
-                atomic_write_text(run_dir / "site_images.json",
-                                  json.dumps({n: s.image for n, s in plan.sites.items()}, indent=2))
-                transport = Transport(plan, run_dir, options.transfer_client or transfer_client_from_env,
-                                      options.fns)
-                driver = DRIVERS[plan.driver](plan, run_dir, handles, site_data_paths(plan, run_dir), console,
-                                              transport=transport, stop_after=options.stop_after)
+                atomic_write_text(
+                    run_dir / "site_images.json",
+                    json.dumps({n: s.image for n, s in plan.sites.items()}, indent=2),
+                )
+                transport = Transport(
+                    plan, run_dir, options.transfer_client or transfer_client_from_env, options.fns
+                )
+                driver = DRIVERS[plan.driver](
+                    plan,
+                    run_dir,
+                    handles,
+                    site_data_paths(plan, run_dir),
+                    console,
+                    transport=transport,
+                    stop_after=options.stop_after,
+                )
                 if resuming:
                     driver.restore(checkpoint)
                 outcome = driver.run()
@@ -317,12 +395,16 @@ def _drive(plan: RunPlan, run_dir: Path, console: Console, checkpoint: ckpt.Chec
     print_report(run_dir, console)
     if outcome is not None and outcome.baseline.val_loss:
         base, final = outcome.baseline.val_loss, outcome.final.val_loss
-        console.print(f"validation loss: untrained {base:.4f} -> final {final:.4f} "
-                      f"({(base - final) / base:+.1%} lower)")
+        console.print(
+            f"validation loss: untrained {base:.4f} -> final {final:.4f} "
+            f"({(base - final) / base:+.1%} lower)"
+        )
     console.print(f"plots, metrics and final adapter in {run_dir}  (host {socket.gethostname()})")
     if signals.received is not None:
-        console.print(f"[yellow]{signal.Signals(signals.received).name} came after the run had finished; "
-                      f"it finished all the same[/]")
+        console.print(
+            f"[yellow]{signal.Signals(signals.received).name} came after the run had finished; "
+            f"it finished all the same[/]"
+        )
 
 
 def _resume_hint(run_dir: Path) -> str:

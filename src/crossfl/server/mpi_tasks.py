@@ -66,8 +66,11 @@ def shell_function(site: Site, task_file: str, out_file: str, *, distributed: bo
     the braces of the shell line are doubled."""
     from globus_compute_sdk import ShellFunction
 
-    argv = ([CLIENT_ARGV[0], *rank_argv(task_file, out_file)] if distributed
-            else [*CLIENT_ARGV, task_file, out_file])
+    argv = (
+        [CLIENT_ARGV[0], *rank_argv(task_file, out_file)]
+        if distributed
+        else [*CLIENT_ARGV, task_file, out_file]
+    )
     line = mpi_task_line(site, argv)
     name = "crossfl_train_ranks" if distributed else "crossfl_evaluate_rank"
     return ShellFunction(line.replace("{", "{{").replace("}", "}}"), name=name)

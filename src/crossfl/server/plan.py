@@ -84,8 +84,12 @@ class RunPlan:
     @property
     def lora(self) -> LoraSpec:
         lora = self.experiment.lora
-        return LoraSpec(r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
-                        target_modules=tuple(lora.target_modules))
+        return LoraSpec(
+            r=lora.r,
+            alpha=lora.alpha,
+            dropout=lora.dropout,
+            target_modules=tuple(lora.target_modules),
+        )
 
     def client_plan(self, name: str) -> ClientPlan:
         """The experiment's local steps and learning rate for site ``name``."""
@@ -97,28 +101,47 @@ class RunPlan:
         e = self.experiment
         t, o = e.training, e.site_entry(name).training
         return TrainTask(
-            model_path=self.sites[name].model_path, data_path=data_path, local_steps=plan.local_steps,
-            batch_size=o.batch_size or t.batch_size, lr=plan.lr, max_length=t.max_length, lora=self.lora,
-            dtype=e.model.dtype, adapter_dtype=t.adapter_dtype, seed=e.seed, round=rnd,
-            torch_threads=t.torch_threads, max_samples=o.max_samples or t.max_samples,
-            expect_device=self.sites[name].catalog.expect_device, shard=o.shard or t.shard,
+            model_path=self.sites[name].model_path,
+            data_path=data_path,
+            local_steps=plan.local_steps,
+            batch_size=o.batch_size or t.batch_size,
+            lr=plan.lr,
+            max_length=t.max_length,
+            lora=self.lora,
+            dtype=e.model.dtype,
+            adapter_dtype=t.adapter_dtype,
+            seed=e.seed,
+            round=rnd,
+            torch_threads=t.torch_threads,
+            max_samples=o.max_samples or t.max_samples,
+            expect_device=self.sites[name].catalog.expect_device,
+            shard=o.shard or t.shard,
             # per-node: the worker starts the ranks; mpi: the launcher does (its own count)
-            ranks_per_node=self.sites[name].ranks_per_node if self.sites[name].tasks == "per-node"
-            else 1)
+            ranks_per_node=self.sites[name].ranks_per_node
+            if self.sites[name].tasks == "per-node"
+            else 1,
+        )
 
     def eval_task(self) -> EvalTask:
         """The evaluating site's task, no adapter yet."""
         e = self.experiment
         v = e.evaluation
         return EvalTask(
-            model_path=self.eval_site.model_path, data_path=self.validation_path, lora=self.lora,
-            batch_size=v.batch_size, max_length=e.training.max_length, dtype=e.model.dtype,
-            max_samples=v.max_samples, generate_max_new_tokens=v.generate_max_new_tokens,
+            model_path=self.eval_site.model_path,
+            data_path=self.validation_path,
+            lora=self.lora,
+            batch_size=v.batch_size,
+            max_length=e.training.max_length,
+            dtype=e.model.dtype,
+            max_samples=v.max_samples,
+            generate_max_new_tokens=v.generate_max_new_tokens,
             torch_threads=e.training.torch_threads,
-            expect_device=self.eval_site.catalog.expect_device)
+            expect_device=self.eval_site.catalog.expect_device,
+        )
 
 
 # ---------------------------------------------------------------------------- checks
+
 
 def site_path(value: str, runs_here: bool, field: str) -> str:
     """A path as a site reads it: this machine's are made absolute from the project root; a
@@ -126,8 +149,11 @@ def site_path(value: str, runs_here: bool, field: str) -> str:
     if runs_here:
         return str(local_path(value))
     if not os.path.isabs(value):
-        raise UserError(f"{value!r} is relative, but this site is a facility", field=field,
-                        fix="give the absolute path on the facility's filesystem")
+        raise UserError(
+            f"{value!r} is relative, but this site is a facility",
+            field=field,
+            fix="give the absolute path on the facility's filesystem",
+        )
     return value
 
 
@@ -136,13 +162,19 @@ def driver_kind(experiment: Experiment) -> DriverKind:
     name = experiment.strategy.name.strip()
     asynchronous = is_async(name)  # appfl:<Name> included
     if experiment.driver == "sync" and asynchronous:
-        raise UserError(f"strategy {name} is asynchronous (one update per aggregation)", field="driver",
-                        fix="use driver: async or auto, or a synchronous strategy")
+        raise UserError(
+            f"strategy {name} is asynchronous (one update per aggregation)",
+            field="driver",
+            fix="use driver: async or auto, or a synchronous strategy",
+        )
     if experiment.driver == "async" or (experiment.driver == "auto" and asynchronous):
         return "async"
     if experiment.max_updates is not None:
-        raise UserError(f"max_updates ends asynchronous runs; strategy {name} runs synchronous rounds",
-                        field="max_updates", fix="set rounds instead, or driver: async")
+        raise UserError(
+            f"max_updates ends asynchronous runs; strategy {name} runs synchronous rounds",
+            field="max_updates",
+            fix="set rounds instead, or driver: async",
+        )
     return "sync"
 
 
@@ -158,8 +190,13 @@ def image_record(site: Site, runs_here: bool) -> dict[str, str | None]:
     from crossfl.sites import image_arch
     from crossfl.state import load_state
 
-    record: dict[str, str | None] = {"site": site.name, "runtime": site.container.runtime,
-                                     "arch": image_arch(site), "image": None, "digest": None}
+    record: dict[str, str | None] = {
+        "site": site.name,
+        "runtime": site.container.runtime,
+        "arch": image_arch(site),
+        "image": None,
+        "digest": None,
+    }
     if site.container.runtime == "none":
         return record
     state = load_state(site.name) if not runs_here else None
@@ -203,11 +240,13 @@ def check_by_reference(experiment: Experiment, entry: SiteEntry, here: bool) -> 
     shared = here or entry.transport.shared_dir
     globus = entry.transport.globus is not None and experiment.transport.globus is not None
     if mode == "inline" or (mode == "shared_fs" and not shared) or not (shared or globus):
-        raise UserError(f"site {entry.name} runs MPI tasks, whose task and result files "
-                        "travel by reference, and it has no way to send them",
-                        field=f"sites[{entry.name}].transport",
-                        fix="set transport.shared_dir (a directory on the facility the server "
-                            "reads too), or transport.globus here and at the top level")
+        raise UserError(
+            f"site {entry.name} runs MPI tasks, whose task and result files "
+            "travel by reference, and it has no way to send them",
+            field=f"sites[{entry.name}].transport",
+            fix="set transport.shared_dir (a directory on the facility the server "
+            "reads too), or transport.globus here and at the top level",
+        )
 
 
 def plan_site(experiment: Experiment, name: str) -> SitePlan:
@@ -238,12 +277,19 @@ def plan_site(experiment: Experiment, name: str) -> SitePlan:
     shared = site_path(shared, here, f"sites[{name}].transport.shared_dir") if shared else None
     if here:
         if not (Path(model) / "config.json").is_file():
-            raise UserError(f"no model at {entry.model_path or experiment.model.path} (config.json missing)",
-                            field=model_field, fix=f"build the demo model with `make model`, or point "
-                                                   f"{model_field} at a checkpoint directory")
+            raise UserError(
+                f"no model at {entry.model_path or experiment.model.path} (config.json missing)",
+                field=model_field,
+                fix=f"build the demo model with `make model`, or point "
+                f"{model_field} at a checkpoint directory",
+            )
         if data is not None:
-            _require(data, "site data", f"sites[{name}].data_path",
-                     "build the demo data with `make data`, or correct the path")
+            _require(
+                data,
+                "site data",
+                f"sites[{name}].data_path",
+                "build the demo data with `make data`, or correct the path",
+            )
     # the user options are checked against the site's schema for facilities too
     site_dir = render_site(site)
     # ... and against its published limits (crossfl.sites.check_request), before any task
@@ -251,10 +297,22 @@ def plan_site(experiment: Experiment, name: str) -> SitePlan:
     source = str(site_dir / "endpoint" / "user_config_template.yaml.j2")
     config = load_engine_config(text, source=source) if here else None
     held = int(options.get("nodes_per_block", site.nodes_per_block)) if site.sched.batch else 1
-    return SitePlan(name=name, catalog=site, runs_here=here, model_path=model, data_path=data, shared_dir=shared,
-                    nodes=nodes, user_options=options, engine_config=config,
-                    engine_source=source, endpoint_id=endpoint_id, image=image_record(site, here),
-                    held_nodes=held, ranks_per_node=ranks)
+    return SitePlan(
+        name=name,
+        catalog=site,
+        runs_here=here,
+        model_path=model,
+        data_path=data,
+        shared_dir=shared,
+        nodes=nodes,
+        user_options=options,
+        engine_config=config,
+        engine_source=source,
+        endpoint_id=endpoint_id,
+        image=image_record(site, here),
+        held_nodes=held,
+        ranks_per_node=ranks,
+    )
 
 
 def plan_run(experiment: Experiment, source: Path, kept_data: Path | None = None) -> RunPlan:
@@ -276,14 +334,28 @@ def _plan(experiment: Experiment, source: Path, kept_data: Path | None) -> RunPl
     evaluator = sites[experiment.eval_site]
     validation = site_path(experiment.data.validation, evaluator.runs_here, "data.validation")
     if evaluator.runs_here:
-        _require(validation, "validation data", "data.validation",
-                 "build the demo data with `make data`, or correct the path")
+        _require(
+            validation,
+            "validation data",
+            "data.validation",
+            "build the demo data with `make data`, or correct the path",
+        )
     train = None
     kept = {p.stem for p in kept_data.glob("*.jsonl")} if kept_data is not None else set()
     if any(s.data_path is None and name not in kept for name, s in sites.items()):
         assert experiment.data.train is not None  # enforced by the schema
         train = local_path(experiment.data.train)
-        _require(str(train), "training data", "data.train",
-                 "build the demo data with `make data`, or correct the path")
-    return RunPlan(experiment=experiment, source=source, sites=sites, driver=driver,
-                   validation_path=validation, train_path=train)
+        _require(
+            str(train),
+            "training data",
+            "data.train",
+            "build the demo data with `make data`, or correct the path",
+        )
+    return RunPlan(
+        experiment=experiment,
+        source=source,
+        sites=sites,
+        driver=driver,
+        validation_path=validation,
+        train_path=train,
+    )

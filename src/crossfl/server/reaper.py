@@ -47,8 +47,14 @@ class ProcessRef(BaseModel):
     def of(cls, pid: int, role: str, site: str | None = None) -> ProcessRef | None:
         try:
             proc = psutil.Process(pid)
-            return cls(pid=pid, started=proc.create_time(), exe=proc.exe(), cmdline=tuple(proc.cmdline()),
-                       role=role, site=site)
+            return cls(
+                pid=pid,
+                started=proc.create_time(),
+                exe=proc.exe(),
+                cmdline=tuple(proc.cmdline()),
+                role=role,
+                site=site,
+            )
         except psutil.Error:
             return None
 
@@ -134,11 +140,16 @@ def reap_dead_runs(runs_root: Path) -> dict[str, int]:
 def start_watchdog(run_dir: Path) -> subprocess.Popen[bytes]:
     """The watchdog of this process's run, in a session of its own (a signal to the server's
     process group must not end it before it has done its work)."""
-    log = (run_dir / "engines" / "watchdog.log")
+    log = run_dir / "engines" / "watchdog.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "crossfl.server.reaper", str(run_dir), str(os.getpid())],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "crossfl.server.reaper", str(run_dir), str(os.getpid())],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
 
 
 def watch(run_dir: Path, server_pid: int) -> None:
@@ -152,8 +163,10 @@ def watch(run_dir: Path, server_pid: int) -> None:
     if record is not None and record.server.pid == server_pid:
         count = reap(run_dir)
         if count:
-            print(f"server {server_pid} ended without shutting its engines down; ended {count} process(es)",
-                  flush=True)
+            print(
+                f"server {server_pid} ended without shutting its engines down; ended {count} process(es)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

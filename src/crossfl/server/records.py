@@ -85,8 +85,14 @@ class TaskRecord(Record):
     simulated: dict[str, Any] | None = None
 
 
-def account(record: TaskRecord, result: TrainResult | None, *, held_nodes: int,
-            devices_per_node: int, local: bool) -> None:
+def account(
+    record: TaskRecord,
+    result: TrainResult | None,
+    *,
+    held_nodes: int,
+    devices_per_node: int,
+    local: bool,
+) -> None:
     """Charge a finished task for what its site held, and say how busy it kept it.
 
     node-hours = nodes held x the task's wall (``TrainResult.wall_s``: from the task's start on
@@ -100,8 +106,9 @@ def account(record: TaskRecord, result: TrainResult | None, *, held_nodes: int,
     wall = result.wall_s or max(0.0, result.finished_at - result.started_at)
     held = devices_per_node * held_nodes if devices_per_node else result.ranks
     record.node_hours = held_nodes * wall / 3600
-    record.node_hours_basis = (f"{'this machine: ' if local else ''}nodes held x task wall "
-                               "(start or launch to result)")
+    record.node_hours_basis = (
+        f"{'this machine: ' if local else ''}nodes held x task wall (start or launch to result)"
+    )
     record.ranks, record.nodes_used = result.ranks, result.nodes
     record.devices_per_rank, record.device_type = result.devices_per_rank, result.device_type
     record.device_names, record.dist_backend = list(result.device_names), result.dist_backend
@@ -205,7 +212,15 @@ class SimulationRecord(Record):
     events: int
 
 
-AnyRecord = Annotated[TaskRecord | AggregationRecord | EvalRecord | SkippedRecord | ResumeRecord
-                      | DispatchRecord | PilotRecord | SimulationRecord,
-                      Field(discriminator="kind")]
+AnyRecord = Annotated[
+    TaskRecord
+    | AggregationRecord
+    | EvalRecord
+    | SkippedRecord
+    | ResumeRecord
+    | DispatchRecord
+    | PilotRecord
+    | SimulationRecord,
+    Field(discriminator="kind"),
+]
 RECORD = TypeAdapter(AnyRecord)

@@ -14,12 +14,22 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from crossfl.server.records import (AggregationRecord, AnyRecord, EvalRecord, PilotRecord, ResumeRecord,
-                                    TaskRecord)
+from crossfl.server.records import (
+    AggregationRecord,
+    AnyRecord,
+    EvalRecord,
+    PilotRecord,
+    ResumeRecord,
+    TaskRecord,
+)
 from crossfl.server.telemetry import live_records, of_kind
 
-PHASES = (("queue/start", "queue_s", "#bbbbbb"), ("load", "load_s", "#f4a259"),
-          ("train", "train_s", "#5b8e7d"), ("transfer", "transfer_s", "#4f6d7a"))
+PHASES = (
+    ("queue/start", "queue_s", "#bbbbbb"),
+    ("load", "load_s", "#f4a259"),
+    ("train", "train_s", "#5b8e7d"),
+    ("transfer", "transfer_s", "#4f6d7a"),
+)
 
 
 def baseline_of(records: list[AnyRecord]) -> EvalRecord | None:
@@ -30,8 +40,9 @@ def rounds_of(records: list[AnyRecord]) -> list[EvalRecord]:
     return [r for r in of_kind(records, EvalRecord) if r.kind == "round"]
 
 
-def plot_loss_vs_time(records: list[AnyRecord], out: Path,
-                      labelled: list[tuple[str, list[AnyRecord]]] | None = None) -> Path:
+def plot_loss_vs_time(
+    records: list[AnyRecord], out: Path, labelled: list[tuple[str, list[AnyRecord]]] | None = None
+) -> Path:
     """Validation loss against wall-clock time, one line per strategy (or per run given in
     ``labelled``), starting from the untrained baseline at t=0."""
     import matplotlib
@@ -82,8 +93,13 @@ def plot_site_timeline(records: list[AnyRecord], out: Path) -> Path:
     ax.set_yticks(range(len(sites)), sites)
     ax.set_xlabel("time since start (s)")
     ax.set_title("per-site timeline: where the time went")
-    ax.legend(handles=[Patch(color=c, label=lbl) for lbl, _k, c in PHASES], loc="upper center",
-              bbox_to_anchor=(0.5, -0.25), ncol=len(PHASES), frameon=False)
+    ax.legend(
+        handles=[Patch(color=c, label=lbl) for lbl, _k, c in PHASES],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.25),
+        ncol=len(PHASES),
+        frameon=False,
+    )
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -108,8 +124,12 @@ def plot_bytes(records: list[AnyRecord], out: Path) -> Path:
     rows = bytes_by_round(records)
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     xs = list(rows)
-    ax.bar([x - 0.2 for x in xs], [rows[x][0] / 1e6 for x in xs], width=0.4, label="down (to sites)")
-    ax.bar([x + 0.2 for x in xs], [rows[x][1] / 1e6 for x in xs], width=0.4, label="up (from sites)")
+    ax.bar(
+        [x - 0.2 for x in xs], [rows[x][0] / 1e6 for x in xs], width=0.4, label="down (to sites)"
+    )
+    ax.bar(
+        [x + 0.2 for x in xs], [rows[x][1] / 1e6 for x in xs], width=0.4, label="up (from sites)"
+    )
     ax.set_xlabel("round (async: task number)")
     ax.set_ylabel("adapter MB moved")
     ax.set_title("bytes per round")
@@ -124,15 +144,19 @@ def write_plots(run_dir: Path) -> list[Path]:
     records = live_records(run_dir / "metrics.jsonl")
     if not rounds_of(records):
         return []
-    return [plot_loss_vs_time(records, run_dir / "loss_vs_time.png"),
-            plot_site_timeline(records, run_dir / "site_timeline.png"),
-            plot_bytes(records, run_dir / "bytes_per_round.png")]
+    return [
+        plot_loss_vs_time(records, run_dir / "loss_vs_time.png"),
+        plot_site_timeline(records, run_dir / "site_timeline.png"),
+        plot_bytes(records, run_dir / "bytes_per_round.png"),
+    ]
 
 
 def compare_plot(run_dirs: list[Path], out: Path) -> Path:
     """One loss-vs-time plot overlaying several runs (e.g. fedavg against fedasync)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    return plot_loss_vs_time([], out, [(d.name, live_records(d / "metrics.jsonl")) for d in run_dirs])
+    return plot_loss_vs_time(
+        [], out, [(d.name, live_records(d / "metrics.jsonl")) for d in run_dirs]
+    )
 
 
 def summary_tables(run_dir: Path) -> list[Table]:
@@ -150,8 +174,20 @@ def summary_tables(run_dir: Path) -> list[Table]:
         loss.add_row(str(r.round), f"{r.val_loss:.4f}", _em(r), f"{r.elapsed_s:.1f}")
 
     per_site = Table(title="sites")
-    for col in ("site", "tasks ok", "failed", "rejected", "late", "retries", "mean queue/start (s)",
-                "mean load (s)", "mean train (s)", "MB up+down", "node-hours", "samples"):
+    for col in (
+        "site",
+        "tasks ok",
+        "failed",
+        "rejected",
+        "late",
+        "retries",
+        "mean queue/start (s)",
+        "mean load (s)",
+        "mean train (s)",
+        "MB up+down",
+        "node-hours",
+        "samples",
+    ):
         per_site.add_column(col, justify="right")
     bases = set()
     for site in sorted({t.site for t in tasks}):
@@ -159,19 +195,32 @@ def summary_tables(run_dir: Path) -> list[Table]:
         ok = [t for t in mine if t.status == "ok"]
 
         def mean(key: str, rows: list[TaskRecord] = ok) -> str:
-            return f"{sum(float(getattr(t, key) or 0) for t in rows) / len(rows):.2f}" if rows else "-"
+            return (
+                f"{sum(float(getattr(t, key) or 0) for t in rows) / len(rows):.2f}" if rows else "-"
+            )
 
-        def count(status: str) -> str:
-            return str(sum(1 for t in mine if t.status == status))
+        def count(status: str, rows: list[TaskRecord] = mine) -> str:
+            return str(sum(1 for t in rows if t.status == status))
 
         moved = sum((t.bytes_up or 0) + t.bytes_down for t in mine) / 1e6
         node_hours = sum(t.node_hours for t in mine)
         bases.update(t.node_hours_basis for t in mine if t.node_hours_basis)
         retries = sum(max(0, t.attempts - 1) for t in mine)
         samples = str(ok[-1].num_samples) if ok else "-"
-        per_site.add_row(site, str(len(ok)), count("failed"), count("rejected"), count("late"), str(retries),
-                         mean("queue_s"), mean("load_s"), mean("train_s"), f"{moved:.2f}", f"{node_hours:.4f}",
-                         samples)
+        per_site.add_row(
+            site,
+            str(len(ok)),
+            count("failed"),
+            count("rejected"),
+            count("late"),
+            str(retries),
+            mean("queue_s"),
+            mean("load_s"),
+            mean("train_s"),
+            f"{moved:.2f}",
+            f"{node_hours:.4f}",
+            samples,
+        )
     if bases:
         per_site.caption = "node-hours: " + "; ".join(sorted(bases))
 
@@ -205,14 +254,18 @@ def allocation_table(tasks: list[TaskRecord]) -> Table:
         busy = [t.device_busy for t in done if t.device_busy is not None]
         kinds = sorted({t.device_type for t in done if t.device_type})
         bases.update(t.node_hours_basis for t in mine if t.node_hours_basis)
-        table.add_row(site, _span([t.nodes for t in mine]),
-                      _span([t.ranks for t in done if t.ranks]),
-                      _span([t.devices_held for t in done if t.devices_held]),
-                      ",".join(kinds) or "-",
-                      f"{sum(busy) / len(busy):.0%}" if busy else "-",
-                      f"{sum(t.node_hours for t in mine):.4f}")
-    table.caption = ("busy: accelerator-s in training steps / (devices held x task wall)"
-                     + ("; node-hours: " + "; ".join(sorted(bases)) if bases else ""))
+        table.add_row(
+            site,
+            _span([t.nodes for t in mine]),
+            _span([t.ranks for t in done if t.ranks]),
+            _span([t.devices_held for t in done if t.devices_held]),
+            ",".join(kinds) or "-",
+            f"{sum(busy) / len(busy):.0%}" if busy else "-",
+            f"{sum(t.node_hours for t in mine):.4f}",
+        )
+    table.caption = "busy: accelerator-s in training steps / (devices held x task wall)" + (
+        "; node-hours: " + "; ".join(sorted(bases)) if bases else ""
+    )
     return table
 
 
@@ -229,10 +282,14 @@ def summary_table(records: list[AnyRecord]) -> Table:
     driver = last[0].driver if last[0] else "sync"
     table.add_row("strategy / driver", f"{strategy} / {driver}")
     table.add_row("aggregations", str(len(aggs) or len(rounds)))
-    table.add_row("client tasks (ok / all)", f"{sum(t.status == 'ok' for t in tasks)} / {len(tasks)}")
+    table.add_row(
+        "client tasks (ok / all)", f"{sum(t.status == 'ok' for t in tasks)} / {len(tasks)}"
+    )
     if base and rounds:
         b, f = base.val_loss, rounds[-1].val_loss
-        table.add_row("validation loss", f"{b:.4f} -> {f:.4f} ({(b - f) / b:+.1%} lower)" if b else f"{f:.4f}")
+        table.add_row(
+            "validation loss", f"{b:.4f} -> {f:.4f} ({(b - f) / b:+.1%} lower)" if b else f"{f:.4f}"
+        )
     wall = max((r.elapsed_s for r in [*rounds, *aggs]), default=0.0)
     table.add_row("wall-clock (s)", f"{wall:.1f}")
     busy = sum(t.worker_s or 0.0 for t in tasks)
@@ -245,8 +302,10 @@ def summary_table(records: list[AnyRecord]) -> Table:
     if pilots:  # a replay: what the pilots held, idle included, and what they waited
         waits = [p.queue_wait_s for p in pilots if p.queue_wait_s is not None]
         table.add_row("node-hours held (pilots)", f"{sum(p.node_hours for p in pilots):.2f}")
-        table.add_row("pilots / mean queue wait (s)",
-                      f"{len(pilots)} / {sum(waits) / len(waits):.0f}" if waits else str(len(pilots)))
+        table.add_row(
+            "pilots / mean queue wait (s)",
+            f"{len(pilots)} / {sum(waits) / len(waits):.0f}" if waits else str(len(pilots)),
+        )
     moved = sum((t.bytes_up or 0) + t.bytes_down for t in tasks)
     table.add_row("adapter MB moved", f"{moved / 1e6:.2f}")
     resumes = len(of_kind(records, ResumeRecord))

@@ -56,8 +56,12 @@ class DistanceScreen:
         if median <= 0:
             return {}
         limit = self.factor * median
-        return {site: f"too far from the global adapter: L2 distance {d:.4g} > {self.factor:g} x median "
-                      f"{median:.4g}" for site, d in distances.items() if d > limit}
+        return {
+            site: f"too far from the global adapter: L2 distance {d:.4g} > {self.factor:g} x median "
+            f"{median:.4g}"
+            for site, d in distances.items()
+            if d > limit
+        }
 
     def accepted(self, d: float) -> None:
         self.history.append(d)

@@ -32,11 +32,13 @@ class OpenSite:
 def open_site(site: SitePlan, engines_dir: Path) -> OpenSite:
     if not site.runs_here:
         assert site.endpoint_id is not None  # found by the plan
-        executor: Executor = remote_executor(site.endpoint_id, site.user_options,
-                                             label=f"crossfl-{site.name}")
+        executor: Executor = remote_executor(
+            site.endpoint_id, site.user_options, label=f"crossfl-{site.name}"
+        )
         endpoint = site.endpoint_id
     else:
-        local = LocalEngineExecutor(site.name, site.engine_config, engines_dir / site.name,
-                                    source=site.engine_source)
+        local = LocalEngineExecutor(
+            site.name, site.engine_config, engines_dir / site.name, source=site.engine_source
+        )
         executor, endpoint = local, str(local.endpoint_id)
     return OpenSite(site, MpiSiteExecutor(executor) if site.mpi else executor, endpoint)

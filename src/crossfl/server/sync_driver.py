@@ -36,7 +36,9 @@ class RoundDriver(DriverBase):
         return self.strategy.round_timeout_s()
 
     def skip(self, rnd: int, site: str, reason: str) -> None:
-        self.metrics.write(SkippedRecord(round=rnd, site=site, reason=reason, at_rel_s=self.state.elapsed()))
+        self.metrics.write(
+            SkippedRecord(round=rnd, site=site, reason=reason, at_rel_s=self.state.elapsed())
+        )
 
     def choose_sites(self, rnd: int) -> list[str]:
         busy = {p.site: p.rnd for p in self.late}
@@ -49,7 +51,9 @@ class RoundDriver(DriverBase):
             else:
                 active.append(name)
         if not active and not self.late:  # every site parked: nothing else can make progress
-            self.console.print(f"  [yellow]round {rnd}: every site is parked; re-admitting them all[/]")
+            self.console.print(
+                f"  [yellow]round {rnd}: every site is parked; re-admitting them all[/]"
+            )
             self.parking.parked_until.clear()
             active = list(self.handles)
         return active
@@ -70,14 +74,20 @@ class RoundDriver(DriverBase):
             if p.rnd != rnd:
                 a.record.late, a.record.arrived_in_round = True, rnd
                 if a.update is not None and not self.merge_late():
-                    a.record.status, a.record.reason = "late", f"arrived after round {p.rnd} was aggregated"
+                    a.record.status, a.record.reason = (
+                        "late",
+                        f"arrived after round {p.rnd} was aggregated",
+                    )
                     a.update = None
             if a.update is None:
                 self.settle(a, rnd)
             else:
                 arrivals.append(a)
-                progress.update(bar, description=f"round {rnd}/{self.exp.rounds} {p.site} "
-                                                 f"loss {a.record.train_loss:.3f}")
+                progress.update(
+                    bar,
+                    description=f"round {rnd}/{self.exp.rounds} {p.site} "
+                    f"loss {a.record.train_loss:.3f}",
+                )
             if p.rnd == rnd:
                 progress.advance(bar)
 
@@ -86,7 +96,12 @@ class RoundDriver(DriverBase):
 
         while waiting():
             now = self.clock.now()
-            if deadline is not None and now >= opened + deadline and accepted() >= need and (mine or arrivals):
+            if (
+                deadline is not None
+                and now >= opened + deadline
+                and accepted() >= need
+                and (mine or arrivals)
+            ):
                 break
             for p in [p for p in pending if now >= p.expires_at and not p.task.future.done()]:
                 pending.remove(p)
@@ -97,15 +112,19 @@ class RoundDriver(DriverBase):
             futures = [p.task.future for p in pending]
             if not futures:
                 break
-            done, _ = self.clock.wait(futures, timeout=max(0.05, min(wakes) - now), return_when=FIRST_COMPLETED)
+            done, _ = self.clock.wait(
+                futures, timeout=max(0.05, min(wakes) - now), return_when=FIRST_COMPLETED
+            )
             for p in [p for p in pending if p.task.future in done]:
                 pending.remove(p)
                 finish(p, self.arrival(p, self.clock.now()))
         self.late = pending
         for p in pending:
             if p.rnd == rnd:
-                self.console.print(f"  [yellow]round {rnd}: site {p.site} missed the "
-                                   f"{deadline:.0f} s deadline; its update will be late[/]")
+                self.console.print(
+                    f"  [yellow]round {rnd}: site {p.site} missed the "
+                    f"{deadline:.0f} s deadline; its update will be late[/]"
+                )
         self.screen_distances(arrivals)
         for a in arrivals:
             self.settle(a, rnd)
@@ -114,7 +133,9 @@ class RoundDriver(DriverBase):
         if not updates:
             raise RunFailed(f"round {rnd}: no site returned an update")
         if current < need:
-            raise RunFailed(f"round {rnd}: {current} usable update(s) of this round, quorum.min_clients is {need}")
+            raise RunFailed(
+                f"round {rnd}: {current} usable update(s) of this round, quorum.min_clients is {need}"
+            )
         return updates
 
     def aggregate(self, updates: list[Update], rnd: int) -> None:
@@ -122,16 +143,24 @@ class RoundDriver(DriverBase):
         if s.global_flat is None:
             # Every site started from the same seeded fresh adapter: that is version 0.
             s.global_flat = self.initial_global()
-        new = self.strategy.aggregate(s.global_flat, sorted(updates, key=lambda u: (u.site, u.base_version)),
-                                      s.version)
+        new = self.strategy.aggregate(
+            s.global_flat, sorted(updates, key=lambda u: (u.site, u.base_version)), s.version
+        )
         if new is not None:
             s.global_flat = new
             s.version += 1
         s.round = rnd
         s.updates += len(updates)
-        self.metrics.write(AggregationRecord(
-            round=rnd, version=s.version, driver=self.name, sites=sorted(u.site for u in updates),
-            elapsed_s=s.elapsed(), staleness={u.site: s.version - 1 - u.base_version for u in updates}))
+        self.metrics.write(
+            AggregationRecord(
+                round=rnd,
+                version=s.version,
+                driver=self.name,
+                sites=sorted(u.site for u in updates),
+                elapsed_s=s.elapsed(),
+                staleness={u.site: s.version - 1 - u.base_version for u in updates},
+            )
+        )
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> Outcome:
@@ -152,8 +181,10 @@ class RoundDriver(DriverBase):
                     progress.remove_task(bar)
                     progress.advance(rounds_task)
                     loss = f"val loss {last.val_loss:.4f}, " if last and last.round == rnd else ""
-                    self.console.print(f"round {rnd}/{exp.rounds}: {len(updates)}/{len(self.handles)} updates, "
-                                       f"{loss}{self.clock.now() - t0:.1f} s, {self.bytes_moved / 1e6:.2f} MB moved so far")
+                    self.console.print(
+                        f"round {rnd}/{exp.rounds}: {len(updates)}/{len(self.handles)} updates, "
+                        f"{loss}{self.clock.now() - t0:.1f} s, {self.bytes_moved / 1e6:.2f} MB moved so far"
+                    )
                     self.after_checkpoint()
             finally:
                 for p in self.late:

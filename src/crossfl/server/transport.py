@@ -22,9 +22,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from crossfl.atomic import atomic_write_bytes
 from crossfl.client import tasks as client_tasks
@@ -75,22 +76,40 @@ class GlobusMover:
     ``client`` is a ``globus_sdk.TransferClient`` (or anything with its submit_transfer,
     task_wait and get_task)."""
 
-    def __init__(self, client: Any, server: GlobusCollection, timeout_s: float, poll_s: int = 5) -> None:
+    def __init__(
+        self, client: Any, server: GlobusCollection, timeout_s: float, poll_s: int = 5
+    ) -> None:
         self.client, self.server, self.timeout_s, self.poll_s = client, server, timeout_s, poll_s
 
-    def copy(self, source: GlobusCollection, source_rel: str, dest: GlobusCollection, dest_rel: str,
-             label: str) -> str:
+    def copy(
+        self,
+        source: GlobusCollection,
+        source_rel: str,
+        dest: GlobusCollection,
+        dest_rel: str,
+        label: str,
+    ) -> str:
         import globus_sdk
 
-        data = globus_sdk.TransferData(source_endpoint=source.collection, destination_endpoint=dest.collection,
-                                       label=label[:128], sync_level="checksum", verify_checksum=True)
+        data = globus_sdk.TransferData(
+            source_endpoint=source.collection,
+            destination_endpoint=dest.collection,
+            label=label[:128],
+            sync_level="checksum",
+            verify_checksum=True,
+        )
         data.add_item(_join(source.path, source_rel), _join(dest.path, dest_rel))
         task_id = str(self.client.submit_transfer(data)["task_id"])
         deadline = time.time() + self.timeout_s
-        while not self.client.task_wait(task_id, timeout=max(1, int(min(60, deadline - time.time()))),
-                                        polling_interval=self.poll_s):
+        while not self.client.task_wait(
+            task_id,
+            timeout=max(1, int(min(60, deadline - time.time()))),
+            polling_interval=self.poll_s,
+        ):
             if time.time() >= deadline:
-                raise TransferFailed(f"Globus Transfer {task_id} ({label}) not done after {self.timeout_s:.0f} s")
+                raise TransferFailed(
+                    f"Globus Transfer {task_id} ({label}) not done after {self.timeout_s:.0f} s"
+                )
         status = self.client.get_task(task_id)["status"]
         if status != "SUCCEEDED":
             raise TransferFailed(f"Globus Transfer {task_id} ({label}) ended {status}")
@@ -114,10 +133,16 @@ def transfer_client_from_env() -> Any:
 
     import globus_sdk
 
-    cid, secret = os.environ.get("GLOBUS_COMPUTE_CLIENT_ID"), os.environ.get("GLOBUS_COMPUTE_CLIENT_SECRET")
+    cid, secret = (
+        os.environ.get("GLOBUS_COMPUTE_CLIENT_ID"),
+        os.environ.get("GLOBUS_COMPUTE_CLIENT_SECRET"),
+    )
     if not cid or not secret:
-        raise UserError("globus_transfer needs client credentials", field="transport.mode",
-                        fix="export GLOBUS_COMPUTE_CLIENT_ID and GLOBUS_COMPUTE_CLIENT_SECRET")
+        raise UserError(
+            "globus_transfer needs client credentials",
+            field="transport.mode",
+            fix="export GLOBUS_COMPUTE_CLIENT_ID and GLOBUS_COMPUTE_CLIENT_SECRET",
+        )
     app = globus_sdk.ClientApp("crossfl", client_id=cid, client_secret=secret)
     return globus_sdk.TransferClient(app=app)
 
@@ -128,8 +153,13 @@ def on_the_wire(task: SiteTask, **changes: Any) -> dict[str, Any]:
 
 
 class Transport:
-    def __init__(self, plan: RunPlan, run_dir: Path, transfer_client: Callable[[], Any] = transfer_client_from_env,
-                 fns: TaskFns = TaskFns()) -> None:
+    def __init__(
+        self,
+        plan: RunPlan,
+        run_dir: Path,
+        transfer_client: Callable[[], Any] = transfer_client_from_env,
+        fns: TaskFns = TaskFns(),
+    ) -> None:
         self.plan, self.exp, self.run_dir, self.fns = plan, plan.experiment, run_dir, fns
         self._client_factory = transfer_client
         self._mover: GlobusMover | None = None
@@ -151,8 +181,11 @@ class Transport:
         mode = self.exp.transport_mode(entry)
         if mode != "auto":
             if mode == "shared_fs" and self.shared_dir(entry) is None:
-                raise UserError(f"site {name} uses shared_fs but has no shared directory",
-                                field=f"sites[{name}].transport.shared_dir", fix="set it, or use mode auto")
+                raise UserError(
+                    f"site {name} uses shared_fs but has no shared directory",
+                    field=f"sites[{name}].transport.shared_dir",
+                    fix="set it, or use mode auto",
+                )
             return mode
         if nbytes is not None and nbytes <= self.exp.inline_limit_bytes(entry):
             return "inline"
@@ -162,17 +195,22 @@ class Transport:
             return "globus_transfer"
         if nbytes is None:
             return "inline"  # no route by reference: hope the result fits
-        raise UserError(f"the adapter ({nbytes / 1e6:.1f} MB) is over site {name}'s inline limit and the "
-                        f"site has no shared directory or Globus collection",
-                        field=f"sites[{name}].transport",
-                        fix="set transport.shared_dir, or transport.globus here and at the top level, "
-                            "or use adapter_dtype bfloat16")
+        raise UserError(
+            f"the adapter ({nbytes / 1e6:.1f} MB) is over site {name}'s inline limit and the "
+            f"site has no shared directory or Globus collection",
+            field=f"sites[{name}].transport",
+            fix="set transport.shared_dir, or transport.globus here and at the top level, "
+            "or use adapter_dtype bfloat16",
+        )
 
     def mover(self) -> GlobusMover:
         if self._mover is None:
             assert self.exp.transport.globus is not None  # checked by the schema
-            self._mover = GlobusMover(self._client_factory(), self.exp.transport.globus,
-                                      self.exp.transport.transfer_timeout_s)
+            self._mover = GlobusMover(
+                self._client_factory(),
+                self.exp.transport.globus,
+                self.exp.transport.transfer_timeout_s,
+            )
         return self._mover
 
     # -- outgoing ----------------------------------------------------------------------------
@@ -199,8 +237,11 @@ class Transport:
             atomic_write_bytes(self._server_file(entry, mode, rel), adapter)
             if mode == "globus_transfer":
                 assert entry.transport.globus is not None
-                self.mover().send(entry.transport.globus, f"{self.run_dir.name}/{rel}",
-                                  f"crossfl {self.run_dir.name} {rel} to {entry.name}")
+                self.mover().send(
+                    entry.transport.globus,
+                    f"{self.run_dir.name}/{rel}",
+                    f"crossfl {self.run_dir.name} {rel} to {entry.name}",
+                )
             self._sent[key] = self._site_path(entry, mode, rel)
         return self._sent[key]
 
@@ -214,10 +255,18 @@ class Transport:
         mode = self.mode_for(name, expected)
         if mode == "inline":
             return Outgoing(self.fns.train, on_the_wire(task, adapter=adapter), mode, size)
-        result_path = self._site_path(entry, mode, f"results/{name}-{uuid.uuid4().hex[:12]}.safetensors")
-        adapter_path = self._place(entry, mode, adapter, f"global-v{version}.safetensors") if adapter else None
-        payload = on_the_wire(task, adapter_path=adapter_path, result_path=result_path,
-                              inline_limit_bytes=self.exp.inline_limit_bytes(entry))
+        result_path = self._site_path(
+            entry, mode, f"results/{name}-{uuid.uuid4().hex[:12]}.safetensors"
+        )
+        adapter_path = (
+            self._place(entry, mode, adapter, f"global-v{version}.safetensors") if adapter else None
+        )
+        payload = on_the_wire(
+            task,
+            adapter_path=adapter_path,
+            result_path=result_path,
+            inline_limit_bytes=self.exp.inline_limit_bytes(entry),
+        )
         return Outgoing(self.fns.train, payload, mode, size)
 
     def evaluate(self, name: str, task: EvalTask, adapter: bytes | None, version: int) -> Outgoing:
@@ -240,8 +289,16 @@ class Transport:
             return mode
         return "shared_fs" if self.shared_dir(entry) is not None else "globus_transfer"
 
-    def _mpi(self, name: str, task_name: str, task: SiteTask, adapter: bytes | None,
-             version: int, *, distributed: bool) -> Outgoing:
+    def _mpi(
+        self,
+        name: str,
+        task_name: str,
+        task: SiteTask,
+        adapter: bytes | None,
+        version: int,
+        *,
+        distributed: bool,
+    ) -> Outgoing:
         """A training task's ranks (``distributed``) or an evaluation's one rank, started by the
         site's MPI engine; the task file, global adapter and result by reference."""
         entry, site = self.exp.site_entry(name), self.plan.sites[name]
@@ -249,28 +306,36 @@ class Transport:
         key = f"{name}-{uuid.uuid4().hex[:12]}"
         changes: dict[str, Any] = {"adapter": None}
         if adapter:
-            changes["adapter_path"] = self._place(entry, mode, adapter,
-                                                  f"global-v{version}.safetensors")
+            changes["adapter_path"] = self._place(
+                entry, mode, adapter, f"global-v{version}.safetensors"
+            )
         if isinstance(task, TrainTask):  # rank 0 writes the adapter as a file, whatever its size
-            changes.update(result_path=self._site_path(entry, mode, f"results/{key}.safetensors"),
-                           inline_limit_bytes=0)
+            changes.update(
+                result_path=self._site_path(entry, mode, f"results/{key}.safetensors"),
+                inline_limit_bytes=0,
+            )
         text = task_file_text(task_name, on_the_wire(task, **changes))
         task_path = self._place(entry, mode, text.encode(), f"tasks/{key}.json")
         out_rel = f"results/{key}.out.json"
         nodes, ranks = (site.nodes, int(site.ranks_per_node)) if distributed else (1, 1)
-        fn = shell_function(site.catalog, task_path, self._site_path(entry, mode, out_rel),
-                            distributed=distributed)
-        payload = MpiTask(resource_specification(site.catalog, nodes, ranks),
-                          lambda shell: result_of(shell, lambda: self._read_back(entry, mode,
-                                                                                out_rel)))
+        fn = shell_function(
+            site.catalog, task_path, self._site_path(entry, mode, out_rel), distributed=distributed
+        )
+        payload = MpiTask(
+            resource_specification(site.catalog, nodes, ranks),
+            lambda shell: result_of(shell, lambda: self._read_back(entry, mode, out_rel)),
+        )
         return Outgoing(fn, payload, mode, len(adapter) if adapter else 0)
 
     def _read_back(self, entry: SiteEntry, mode: str, rel: str) -> dict[str, Any] | None:
         """A JSON file the site wrote by reference (fetched first with Globus Transfer)."""
         if mode == "globus_transfer":
             assert entry.transport.globus is not None
-            self.mover().fetch(entry.transport.globus, f"{self.run_dir.name}/{rel}",
-                               f"crossfl {self.run_dir.name} {rel} from {entry.name}")
+            self.mover().fetch(
+                entry.transport.globus,
+                f"{self.run_dir.name}/{rel}",
+                f"crossfl {self.run_dir.name} {rel} from {entry.name}",
+            )
         path = self._server_file(entry, mode, rel)
         if not path.is_file():
             return None
@@ -289,10 +354,16 @@ class Transport:
             assert entry.transport.globus is not None
             g = entry.transport.globus
             root = _join(g.local_path or g.path, self.run_dir.name)
-            rel = str(site_path)[len(root):].lstrip("/") if str(site_path).startswith(root) else None
+            rel = (
+                str(site_path)[len(root) :].lstrip("/") if str(site_path).startswith(root) else None
+            )
             if rel is None:
-                raise ValueError(f"site {name} wrote its result outside its transfer directory: {site_path}")
-            self.mover().fetch(g, f"{self.run_dir.name}/{rel}", f"crossfl {self.run_dir.name} {rel} from {name}")
+                raise ValueError(
+                    f"site {name} wrote its result outside its transfer directory: {site_path}"
+                )
+            self.mover().fetch(
+                g, f"{self.run_dir.name}/{rel}", f"crossfl {self.run_dir.name} {rel} from {name}"
+            )
             local = self._server_file(entry, sent_mode, rel)
         else:
             local = Path(site_path)

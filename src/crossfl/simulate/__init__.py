@@ -14,11 +14,22 @@ walltimes, idle release, device speeds and transfers. The modules, one job each:
 How the drivers and ``crossfl simulate`` use them: README.md beside this file.
 """
 
-from crossfl.simulate.cache import ResultCache
 from crossfl.clock import Clock, RealClock, SimulationStalled, VirtualClock, bind_strategy_clock
+from crossfl.simulate.cache import ResultCache
 from crossfl.simulate.executor import InstantExecutor, SimulatedSiteExecutor, simulated_sites
 from crossfl.simulate.scenario import Scenario, SiteProfile, load_scenario
 
-__all__ = ["Clock", "InstantExecutor", "RealClock", "ResultCache", "Scenario", "SimulatedSiteExecutor",
-           "SimulationStalled", "SiteProfile", "VirtualClock", "bind_strategy_clock", "load_scenario",
-           "simulated_sites"]
+__all__ = [
+    "Clock",
+    "InstantExecutor",
+    "RealClock",
+    "ResultCache",
+    "Scenario",
+    "SimulatedSiteExecutor",
+    "SimulationStalled",
+    "SiteProfile",
+    "VirtualClock",
+    "bind_strategy_clock",
+    "load_scenario",
+    "simulated_sites",
+]

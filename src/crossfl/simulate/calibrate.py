@@ -82,8 +82,11 @@ def collect(run_dirs: list[Path]) -> dict[str, SiteSamples]:
     for run_dir in run_dirs:
         metrics = run_dir / "metrics.jsonl"
         if not metrics.is_file():
-            raise UserError("no metrics.jsonl in this directory", file=run_dir,
-                            fix="pass run directories made by `crossfl run` (runs/NAME-STAMP)")
+            raise UserError(
+                "no metrics.jsonl in this directory",
+                file=run_dir,
+                fix="pass run directories made by `crossfl run` (runs/NAME-STAMP)",
+            )
         entries = _entries(run_dir)
         for rec in of_kind(live_records(metrics), TaskRecord):
             if rec.status != "ok":
@@ -91,8 +94,14 @@ def collect(run_dirs: list[Path]) -> dict[str, SiteSamples]:
             site = rec.site
             entry = entries.get(site, {})
             opts = entry.get("user_options") or {}
-            s = samples.setdefault(site, SiteSamples(
-                site, str(entry.get("site") or site), str(opts.get("queue") or opts.get("qos") or "default")))
+            s = samples.setdefault(
+                site,
+                SiteSamples(
+                    site,
+                    str(entry.get("site") or site),
+                    str(opts.get("queue") or opts.get("qos") or "default"),
+                ),
+            )
             s.runs.add(run_dir.name)
             s.walltime = s.walltime or opts.get("walltime")
             s.nodes = s.nodes or entry.get("nodes") or opts.get("nodes_per_block")
@@ -117,8 +126,11 @@ def fit(run_dirs: list[Path], min_samples: int = MIN_SAMPLES) -> tuple[dict[str,
     was fitted."""
     samples = collect(run_dirs)
     if not samples:
-        raise UserError("no successful task records in these runs", file=", ".join(map(str, run_dirs)),
-                        fix="calibrate from runs that trained at least one round")
+        raise UserError(
+            "no successful task records in these runs",
+            file=", ".join(map(str, run_dirs)),
+            fix="calibrate from runs that trained at least one round",
+        )
     where = f"metrics.jsonl of {', '.join(sorted({r for s in samples.values() for r in s.runs}))}"
     facilities: dict[str, dict[str, Any]] = {}
     sites: list[dict[str, Any]] = []
@@ -128,36 +140,66 @@ def fit(run_dirs: list[Path], min_samples: int = MIN_SAMPLES) -> tuple[dict[str,
         cold = len(s.cold_queue_s)
         if cold >= min_samples:
             median, sigma = lognormal_by_log_moments(s.cold_queue_s)
-            wait: dict[str, Any] = {"model": "lognormal", "median_s": round(median, 3), "sigma": round(sigma, 4),
-                                    "source": f"fitted by log-moments to {cold} cold-task queue_s of {where}"}
-            notes.append(f"{name}: lognormal wait, median {median:.1f} s, sigma {sigma:.2f} ({cold} cold tasks)")
+            wait: dict[str, Any] = {
+                "model": "lognormal",
+                "median_s": round(median, 3),
+                "sigma": round(sigma, 4),
+                "source": f"fitted by log-moments to {cold} cold-task queue_s of {where}",
+            }
+            notes.append(
+                f"{name}: lognormal wait, median {median:.1f} s, sigma {sigma:.2f} ({cold} cold tasks)"
+            )
         else:
             fixed = _median(s.cold_queue_s)
-            wait = {"model": "fixed", "wait_s": round(fixed, 3),
-                    "assumption": f"only {cold} cold task(s) in {where}; a distribution needs "
-                                  f"{min_samples}: their median wait is used as a fixed wait"}
+            wait = {
+                "model": "fixed",
+                "wait_s": round(fixed, 3),
+                "assumption": f"only {cold} cold task(s) in {where}; a distribution needs "
+                f"{min_samples}: their median wait is used as a fixed wait",
+            }
             notes.append(f"{name}: {cold} cold task(s) (< {min_samples}): fixed wait {fixed:.1f} s")
-        queue_key = s.queue if s.queue not in facilities.get(s.facility, {}).get("queues", {}) else f"{s.queue}-{name}"
+        queue_key = (
+            s.queue
+            if s.queue not in facilities.get(s.facility, {}).get("queues", {})
+            else f"{s.queue}-{name}"
+        )
         facilities.setdefault(s.facility, {"queues": {}})["queues"][queue_key] = {"wait": wait}
         basis = f"medians of {s.tasks} ok task records in {where}"
         profile: dict[str, Any] = {
-            "name": name, "facility": s.facility, "queue": queue_key,
-            "speed": {"seconds_per_step": round(_median(s.step_s, 1.0), 6),
-                      "load_cold_s": round(_median(s.cold_load_s) if s.cold_load_s
-                                           else max(s.warm_load_s, default=0.0), 3),
-                      "load_warm_s": round(_median(s.warm_load_s), 3), "source": basis},
-            "transfer": {"down_s": round(_median(s.warm_queue_s), 3), "up_s": round(_median(s.transfer_s), 3),
-                         "source": basis}}
+            "name": name,
+            "facility": s.facility,
+            "queue": queue_key,
+            "speed": {
+                "seconds_per_step": round(_median(s.step_s, 1.0), 6),
+                "load_cold_s": round(
+                    _median(s.cold_load_s) if s.cold_load_s else max(s.warm_load_s, default=0.0), 3
+                ),
+                "load_warm_s": round(_median(s.warm_load_s), 3),
+                "source": basis,
+            },
+            "transfer": {
+                "down_s": round(_median(s.warm_queue_s), 3),
+                "up_s": round(_median(s.transfer_s), 3),
+                "source": basis,
+            },
+        }
         if s.walltime or s.nodes:
-            profile["pilot"] = {"source": "walltime and nodes from the runs' experiment.yaml; the rest "
-                                          "GlobusComputeEngine defaults"}
+            profile["pilot"] = {
+                "source": "walltime and nodes from the runs' experiment.yaml; the rest "
+                "GlobusComputeEngine defaults"
+            }
             if s.walltime:
                 profile["pilot"]["walltime"] = str(s.walltime)
             if s.nodes:
                 profile["pilot"]["nodes"] = int(s.nodes)
         sites.append(profile)
-    data = {"name": "calibrated", "description": f"calibrated from {where} (crossfl simulate --calibrate)",
-            "seed": 0, "facilities": facilities, "sites": sites}
+    data = {
+        "name": "calibrated",
+        "description": f"calibrated from {where} (crossfl simulate --calibrate)",
+        "seed": 0,
+        "facilities": facilities,
+        "sites": sites,
+    }
     Scenario.model_validate(data)  # what we write must load
     return data, notes
 

@@ -54,8 +54,12 @@ VARIANTS = (
     Variant("fedqueue+warm", "fedqueue", {"name": "queue-aware", "fit_walltime": False}),
     Variant("ours", "fedqueue", {"name": "queue-aware"}),
 )
-PAIRS = (("fedqueue", "fedavg"), ("fedqueue", "fedasync"), ("ours", "fedqueue"),
-         ("ours", "fedqueue+warm"))
+PAIRS = (
+    ("fedqueue", "fedavg"),
+    ("fedqueue", "fedasync"),
+    ("ours", "fedqueue"),
+    ("ours", "fedqueue+warm"),
+)
 
 
 @dataclass(frozen=True)
@@ -91,12 +95,19 @@ def outcome(variant: str, seed: int, run_dir: Path, target: float) -> RunOutcome
     evals = of_kind(records, EvalRecord)
     t = time_to_target(evals, target)
     finals = [e.val_loss for e in evals if e.kind == "round"]
-    return RunOutcome(variant, seed, run_dir, t, node_hours_until(of_kind(records, PilotRecord), t),
-                      finals[-1] if finals else math.nan)
+    return RunOutcome(
+        variant,
+        seed,
+        run_dir,
+        t,
+        node_hours_until(of_kind(records, PilotRecord), t),
+        finals[-1] if finals else math.nan,
+    )
 
 
-def paired_ratio(a: list[float], b: list[float], rng: np.random.Generator,
-                 resamples: int = RESAMPLES) -> tuple[float, float, float]:
+def paired_ratio(
+    a: list[float], b: list[float], rng: np.random.Generator, resamples: int = RESAMPLES
+) -> tuple[float, float, float]:
     """mean(a) / mean(b) over paired seeds, and its 95% bootstrap interval (seeds resampled
     together). Any run that never reached the target makes the ratio undefined (nan)."""
     x, y = np.asarray(a, float), np.asarray(b, float)
@@ -126,10 +137,15 @@ class Comparison:
         for other in ("fedqueue", "fedqueue+warm"):
             t, nh = self.ratios[("ours", other)]["time"], self.ratios[("ours", other)]["node_hours"]
             ok = t[2] < 1 - gain and nh[2] <= 1.0
-            lines.append(f"ours vs {other}: time x{t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}], node-hours "
-                         f"x{nh[0]:.2f} [{nh[1]:.2f}, {nh[2]:.2f}]: "
-                         + (f"{gain:.0%} sooner at no more node-hours: claimed" if ok
-                            else f"{gain:.0%} sooner at no more node-hours: not shown"))
+            lines.append(
+                f"ours vs {other}: time x{t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}], node-hours "
+                f"x{nh[0]:.2f} [{nh[1]:.2f}, {nh[2]:.2f}]: "
+                + (
+                    f"{gain:.0%} sooner at no more node-hours: claimed"
+                    if ok
+                    else f"{gain:.0%} sooner at no more node-hours: not shown"
+                )
+            )
         return "\n".join(lines)
 
 
@@ -149,32 +165,50 @@ def variant_experiment(experiment: Experiment, v: Variant, t_sync: float) -> Exp
     update: dict[str, Any] = {
         "name": f"{experiment.name}-{v.label.replace('+', '-')}",
         "strategy": StrategySettings(name=v.strategy, kwargs=kwargs),
-        "dispatch": DispatchSettings(**v.dispatch), "driver": "auto"}
+        "dispatch": DispatchSettings(**v.dispatch),
+        "driver": "auto",
+    }
     if is_async(v.strategy):  # as many client updates as the synchronous rounds take
         update["max_updates"] = experiment.rounds * len(experiment.sites)
     return experiment.model_copy(update=update)
 
 
-def run_comparison(experiment: Experiment, source: Path, scenario: Scenario,
-                   scenario_file: Path, seeds: int, console: Console, out_dir: Path,
-                   task_timeout_s: float | None = None,
-                   variants: tuple[Variant, ...] = VARIANTS) -> Comparison:
+def run_comparison(
+    experiment: Experiment,
+    source: Path,
+    scenario: Scenario,
+    scenario_file: Path,
+    seeds: int,
+    console: Console,
+    out_dir: Path,
+    task_timeout_s: float | None = None,
+    variants: tuple[Variant, ...] = VARIANTS,
+) -> Comparison:
     from crossfl.paths import runs_dir
 
     cache = ResultCache(runs_dir() / CACHE_DIR / "results")
     quiet = Console(quiet=True)  # the replays' own output
     t_sync = fedqueue_t_sync(experiment, scenario)
-    console.print(f"FedQueue t_sync {t_sync:.0f} s (the local steps at the slowest site's "
-                  "speed, theta and q_init)")
-    plans = {v.label: check_replayable(variant_experiment(experiment, v, t_sync), source,
-                                       task_timeout_s) for v in variants}
+    console.print(
+        f"FedQueue t_sync {t_sync:.0f} s (the local steps at the slowest site's "
+        "speed, theta and q_init)"
+    )
+    plans = {
+        v.label: check_replayable(variant_experiment(experiment, v, t_sync), source, task_timeout_s)
+        for v in variants
+    }
     # the target, fixed before any variant runs: FedAvg with no queue
     calm = replay(plans["fedavg"], source, no_queue(scenario), scenario_file, 0, quiet, cache)
-    finals = [e.val_loss for e in of_kind(live_records(calm.run_dir / "metrics.jsonl"),
-                                          EvalRecord) if e.kind == "round"]
+    finals = [
+        e.val_loss
+        for e in of_kind(live_records(calm.run_dir / "metrics.jsonl"), EvalRecord)
+        if e.kind == "round"
+    ]
     target = TARGET_FACTOR * finals[-1]
-    console.print(f"target validation loss {target:.4f} ({TARGET_FACTOR} x FedAvg's final "
-                  f"{finals[-1]:.4f} with no queue)")
+    console.print(
+        f"target validation loss {target:.4f} ({TARGET_FACTOR} x FedAvg's final "
+        f"{finals[-1]:.4f} with no queue)"
+    )
     outcomes: dict[str, list[RunOutcome]] = {v.label: [] for v in variants}
     total = len(variants) * seeds
     done = 0
@@ -183,18 +217,27 @@ def run_comparison(experiment: Experiment, source: Path, scenario: Scenario,
             r = replay(plans[v.label], source, scenario, scenario_file, seed, quiet, cache)
             outcomes[v.label].append(outcome(v.label, seed, r.run_dir, target))
             done += 1
-            console.print(f"  [{done}/{total}] seed {seed} {v.label}: "
-                          f"{_fmt_h(outcomes[v.label][-1].time_to_target_s)} to target",
-                          highlight=False)
+            console.print(
+                f"  [{done}/{total}] seed {seed} {v.label}: "
+                f"{_fmt_h(outcomes[v.label][-1].time_to_target_s)} to target",
+                highlight=False,
+            )
     rng = np.random.default_rng(0)
     ratios = {}
     for a, b in PAIRS:
         if a in outcomes and b in outcomes:
             ratios[(a, b)] = {
-                "time": paired_ratio([o.time_to_target_s for o in outcomes[a]],
-                                     [o.time_to_target_s for o in outcomes[b]], rng),
-                "node_hours": paired_ratio([o.node_hours_to_target for o in outcomes[a]],
-                                           [o.node_hours_to_target for o in outcomes[b]], rng)}
+                "time": paired_ratio(
+                    [o.time_to_target_s for o in outcomes[a]],
+                    [o.time_to_target_s for o in outcomes[b]],
+                    rng,
+                ),
+                "node_hours": paired_ratio(
+                    [o.node_hours_to_target for o in outcomes[a]],
+                    [o.node_hours_to_target for o in outcomes[b]],
+                    rng,
+                ),
+            }
     out_dir.mkdir(parents=True, exist_ok=True)
     compare_plot([outcomes[v.label][0].run_dir for v in variants], out_dir / "loss_vs_time.png")
     return Comparison(target, seeds, outcomes, ratios)
@@ -210,9 +253,12 @@ def tables(c: Comparison) -> list[Table]:
         per.add_column(col, justify="left" if col == "variant" else "right")
     for label, runs in c.outcomes.items():
         ok = [o for o in runs if math.isfinite(o.time_to_target_s)]
-        per.add_row(label, f"{len(ok)}/{len(runs)}",
-                    f"{np.mean([o.time_to_target_s for o in ok]) / 3600:.2f}" if ok else "-",
-                    f"{np.mean([o.node_hours_to_target for o in ok]):.2f}" if ok else "-")
+        per.add_row(
+            label,
+            f"{len(ok)}/{len(runs)}",
+            f"{np.mean([o.time_to_target_s for o in ok]) / 3600:.2f}" if ok else "-",
+            f"{np.mean([o.node_hours_to_target for o in ok]):.2f}" if ok else "-",
+        )
     pairs = Table(title="paired ratios, 95% bootstrap interval")
     for col in ("A / B", "time", "node-hours"):
         pairs.add_column(col, justify="left" if col == "A / B" else "right")

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any
 
-from crossfl.simulate.cache import ResultCache
 from crossfl.clock import VirtualClock
+from crossfl.simulate.cache import ResultCache
 from crossfl.simulate.pilot import SiteSimulator, remote_failure
 from crossfl.simulate.queues import walltime_seconds
 from crossfl.simulate.scenario import Scenario, SiteProfile
@@ -37,17 +37,34 @@ def _payload(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
 class SimulatedSiteExecutor(Executor):
     """One site of a replay: an endpoint whose pilots live in virtual time."""
 
-    def __init__(self, site: str, profile: SiteProfile, scenario: Scenario, clock: VirtualClock, *,
-                 seed: int, cache: ResultCache | None = None, nodes: int | None = None,
-                 walltime: str | None = None,
-                 on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self,
+        site: str,
+        profile: SiteProfile,
+        scenario: Scenario,
+        clock: VirtualClock,
+        *,
+        seed: int,
+        cache: ResultCache | None = None,
+        nodes: int | None = None,
+        walltime: str | None = None,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.site, self.profile, self.clock = site, profile, clock
         self.cache = cache or ResultCache()
         self.nodes, self.walltime_s = job_shape(profile, nodes, walltime)
         self.queue = scenario.queue_of(profile)
-        self.sim = SiteSimulator(site, profile, self.queue, clock, self.cache.run,
-                                 seed=f"{scenario.seed}:{seed}", nodes=self.nodes,
-                                 walltime_s=self.walltime_s, on_record=on_record)
+        self.sim = SiteSimulator(
+            site,
+            profile,
+            self.queue,
+            clock,
+            self.cache.run,
+            seed=f"{scenario.seed}:{seed}",
+            nodes=self.nodes,
+            walltime_s=self.walltime_s,
+            on_record=on_record,
+        )
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         return self.sim.submit(fn, _payload(args, kwargs))
@@ -56,7 +73,9 @@ class SimulatedSiteExecutor(Executor):
         """Mean queue wait of a pilot of this site's job shape (for a dispatch policy)."""
         return self.queue.expected_wait_s(self.nodes, self.walltime_s)
 
-    def set_idle(self, *, max_idletime_s: float | None = None, min_blocks: int | None = None) -> None:
+    def set_idle(
+        self, *, max_idletime_s: float | None = None, min_blocks: int | None = None
+    ) -> None:
         """What a dispatch policy sets per site (on a real endpoint: the engine's
         ``job_status_kwargs.max_idletime`` and the provider's ``min_blocks``)."""
         self.sim.set_idle(max_idletime_s=max_idletime_s, min_blocks=min_blocks)
@@ -88,21 +107,38 @@ def job_shape(profile: SiteProfile, nodes: int | None, walltime: str | None) -> 
     """Nodes and walltime of a pilot: what the experiment asks for, else the scenario's,
     else one node for an hour."""
     n = nodes or profile.pilot.nodes or 1
-    wall = walltime_seconds(walltime) or walltime_seconds(profile.pilot.walltime) or DEFAULT_WALLTIME_S
+    wall = (
+        walltime_seconds(walltime) or walltime_seconds(profile.pilot.walltime) or DEFAULT_WALLTIME_S
+    )
     return n, wall
 
 
-def simulated_sites(scenario: Scenario, site_names: list[str], clock: VirtualClock, *, seed: int,
-                    cache: ResultCache | None = None,
-                    shapes: dict[str, tuple[int | None, str | None]] | None = None,
-                    on_record: Callable[[dict[str, Any]], None] | None = None,
-                    ) -> dict[str, SimulatedSiteExecutor]:
+def simulated_sites(
+    scenario: Scenario,
+    site_names: list[str],
+    clock: VirtualClock,
+    *,
+    seed: int,
+    cache: ResultCache | None = None,
+    shapes: dict[str, tuple[int | None, str | None]] | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, SimulatedSiteExecutor]:
     """One executor per experiment site, profiles assigned by ``Scenario.assign``;
     ``shapes``: (nodes, walltime) the experiment asks of each site, where it does."""
     cache = cache or ResultCache()
     shapes = shapes or {}
     profiles = scenario.assign(site_names)
-    return {name: SimulatedSiteExecutor(name, profiles[name], scenario, clock, seed=seed, cache=cache,
-                                        nodes=shapes.get(name, (None, None))[0],
-                                        walltime=shapes.get(name, (None, None))[1], on_record=on_record)
-            for name in site_names}
+    return {
+        name: SimulatedSiteExecutor(
+            name,
+            profiles[name],
+            scenario,
+            clock,
+            seed=seed,
+            cache=cache,
+            nodes=shapes.get(name, (None, None))[0],
+            walltime=shapes.get(name, (None, None))[1],
+            on_record=on_record,
+        )
+        for name in site_names
+    }

@@ -42,8 +42,8 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
-from crossfl.simulate.cache import Outcome
 from crossfl.clock import VirtualClock
+from crossfl.simulate.cache import Outcome
 from crossfl.simulate.queues import QueueModel
 from crossfl.simulate.scenario import SiteProfile
 
@@ -109,15 +109,26 @@ def manager_lost(site: str, block: Block, reason: str) -> BaseException:
     return TaskExecutionFailed(
         "parsl.executors.high_throughput.errors.ManagerLost: Task failure due to loss of "
         f"manager {site}-block{block.id:04d} on host {site}-block{block.id} "
-        f"(simulated: the pilot job ended at {reason})")
+        f"(simulated: the pilot job ended at {reason})"
+    )
 
 
 class SiteSimulator:
     """The endpoint of one site: its blocks, its task queue, its node-hours."""
 
-    def __init__(self, site: str, profile: SiteProfile, queue: QueueModel, clock: VirtualClock,
-                 run: Runner, *, seed: int | str, nodes: int, walltime_s: float,
-                 on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self,
+        site: str,
+        profile: SiteProfile,
+        queue: QueueModel,
+        clock: VirtualClock,
+        run: Runner,
+        *,
+        seed: int | str,
+        nodes: int,
+        walltime_s: float,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.site, self.profile, self.queue, self.clock, self.run = site, profile, queue, clock, run
         self.pilot, self.speed, self.transfer = profile.pilot, profile.speed, profile.transfer
         self.nodes, self.walltime_s = nodes, walltime_s
@@ -144,8 +155,9 @@ class SiteSimulator:
         future: Future = Future()
         adapter = payload.get("adapter") if isinstance(payload, dict) else None
         task = SimTask(future, fn, payload, self.clock.now(), len(adapter or b""))
-        self.clock.call_later(self.transfer.seconds(self.transfer.down_s, task.bytes_down),
-                              lambda: self._arrive(task))
+        self.clock.call_later(
+            self.transfer.seconds(self.transfer.down_s, task.bytes_down), lambda: self._arrive(task)
+        )
         return future
 
     def _arrive(self, task: SimTask) -> None:
@@ -177,7 +189,9 @@ class SiteSimulator:
             return
         active = len(self._active())
         if self.outstanding > active and active < self.pilot.max_blocks:
-            self._scale_event = self.clock.call_at(self.next_poll(self.clock.now()), self._scale_out)
+            self._scale_event = self.clock.call_at(
+                self.next_poll(self.clock.now()), self._scale_out
+            )
 
     def _scale_out(self) -> None:
         self._scale_event = None
@@ -200,7 +214,9 @@ class SiteSimulator:
             lifetime = self.rng_preempt.expovariate(rate / 3600.0)
             if lifetime < self.walltime_s:
                 block.ends_at, block.planned_end = now + lifetime, "preempted"
-        block.events.append(self.clock.call_at(block.ends_at, lambda: self._end_block(block, block.planned_end)))
+        block.events.append(
+            self.clock.call_at(block.ends_at, lambda: self._end_block(block, block.planned_end))
+        )
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -215,7 +231,12 @@ class SiteSimulator:
             self._start_task(task, free)
         if self.pilot.mode == "per_task":  # a job whose task went away ends at once
             for block in self.blocks:
-                if block.running and block.task is None and block.tasks_run == 0 and not self.waiting:
+                if (
+                    block.running
+                    and block.task is None
+                    and block.tasks_run == 0
+                    and not self.waiting
+                ):
                     self._end_block(block, "done")
         self._maybe_idle()
 
@@ -233,7 +254,9 @@ class SiteSimulator:
             task.train_s = int(steps or 0) * self.speed.seconds_per_step
         assert block.ends_at is not None
         if task.finishes_at <= block.ends_at:
-            task.finish_event = self.clock.call_at(task.finishes_at, lambda: self._finish_task(task))
+            task.finish_event = self.clock.call_at(
+                task.finishes_at, lambda: self._finish_task(task)
+            )
         # else: the block ends first and takes the task with it (_end_block)
 
     def _finish_task(self, task: SimTask) -> None:
@@ -247,7 +270,9 @@ class SiteSimulator:
         else:
             result = self.virtual_result(task)
             blob = result.get("adapter")
-            up = self.transfer.seconds(self.transfer.up_s, len(blob) if isinstance(blob, bytes) else 0)
+            up = self.transfer.seconds(
+                self.transfer.up_s, len(blob) if isinstance(blob, bytes) else 0
+            )
             self.clock.call_later(up, lambda: self._settle(task, result, None))
         if self.pilot.mode == "per_task":
             self._end_block(block, "done")
@@ -266,11 +291,22 @@ class SiteSimulator:
                 timings[key] = 0.0
         block = task.block
         result.update(
-            timings=timings, started_at=task.started_at, finished_at=task.finishes_at,
-            cache_hit=not task.cold, host=f"{self.site}-block{block.id}", pid=block.id,
-            simulated={"site": self.site, "profile": self.profile.name, "block": block.id,
-                       "cold": task.cold, "block_queue_wait_s": block.wait_s,
-                       "reused_result": task.outcome.reused, "real_train_s": real_train_s})
+            timings=timings,
+            started_at=task.started_at,
+            finished_at=task.finishes_at,
+            cache_hit=not task.cold,
+            host=f"{self.site}-block{block.id}",
+            pid=block.id,
+            simulated={
+                "site": self.site,
+                "profile": self.profile.name,
+                "block": block.id,
+                "cold": task.cold,
+                "block_queue_wait_s": block.wait_s,
+                "reused_result": task.outcome.reused,
+                "real_train_s": real_train_s,
+            },
+        )
         return result
 
     @staticmethod
@@ -305,11 +341,16 @@ class SiteSimulator:
         self._want_blocks()
 
     # -- idle release --------------------------------------------------------------------
-    def set_idle(self, *, max_idletime_s: float | None = None, min_blocks: int | None = None) -> None:
+    def set_idle(
+        self, *, max_idletime_s: float | None = None, min_blocks: int | None = None
+    ) -> None:
         """Change the idle settings from now on (a dispatch policy's two levers); an idle
         timer already running is recomputed from now."""
-        changes = {k: v for k, v in (("max_idletime_s", max_idletime_s), ("min_blocks", min_blocks))
-                   if v is not None}
+        changes = {
+            k: v
+            for k, v in (("max_idletime_s", max_idletime_s), ("min_blocks", min_blocks))
+            if v is not None
+        }
         self.pilot = type(self.pilot).model_validate({**self.pilot.model_dump(), **changes})
         if self._release_event is not None:
             self._release_event.cancel()
@@ -317,8 +358,13 @@ class SiteSimulator:
         self._maybe_idle()
 
     def _maybe_idle(self) -> None:
-        if (self.closed or self.pilot.mode != "pilot" or self.outstanding > 0 or self._release_event is not None
-                or len(self._active()) <= self.pilot.min_blocks):
+        if (
+            self.closed
+            or self.pilot.mode != "pilot"
+            or self.outstanding > 0
+            or self._release_event is not None
+            or len(self._active()) <= self.pilot.min_blocks
+        ):
             return
         period, idle = self.pilot.strategy_period_s, self.pilot.max_idletime_s
         idle_since = self.next_poll(self.clock.now())
@@ -334,21 +380,33 @@ class SiteSimulator:
         surplus = len(active) - self.pilot.min_blocks
         # Parsl cancels queued blocks before running ones, newest first
         order = sorted(active, key=lambda b: (b.started_at is not None, -b.id))
-        for block in order[:max(0, surplus)]:
+        for block in order[: max(0, surplus)]:
             self._end_block(block, "idle" if block.started_at is not None else "cancelled")
 
     # -- accounting ----------------------------------------------------------------------
     def _record(self, block: Block) -> None:
         held = 0.0 if block.started_at is None else (block.ended_at or 0.0) - block.started_at
         record = {
-            "kind": "pilot", "site": self.site, "profile": self.profile.name,
-            "facility": self.profile.facility, "queue": self.profile.queue,
-            "mode": self.pilot.mode, "block": block.id, "nodes": self.nodes,
-            "walltime_s": self.walltime_s, "submitted_at": block.submitted_at,
-            "started_at": block.started_at, "ended_at": block.ended_at,
-            "queue_wait_s": None if block.started_at is None else block.started_at - block.submitted_at,
-            "held_s": held, "node_hours": self.nodes * held / 3600.0,
-            "end_reason": block.end_reason, "tasks": block.tasks_run}
+            "kind": "pilot",
+            "site": self.site,
+            "profile": self.profile.name,
+            "facility": self.profile.facility,
+            "queue": self.profile.queue,
+            "mode": self.pilot.mode,
+            "block": block.id,
+            "nodes": self.nodes,
+            "walltime_s": self.walltime_s,
+            "submitted_at": block.submitted_at,
+            "started_at": block.started_at,
+            "ended_at": block.ended_at,
+            "queue_wait_s": None
+            if block.started_at is None
+            else block.started_at - block.submitted_at,
+            "held_s": held,
+            "node_hours": self.nodes * held / 3600.0,
+            "end_reason": block.end_reason,
+            "tasks": block.tasks_run,
+        }
         self.records.append(record)
         if self.on_record is not None:
             self.on_record(record)
@@ -359,7 +417,9 @@ class SiteSimulator:
         total = 0.0
         for b in self.blocks:
             if b.started_at is not None:
-                total += self.nodes * ((b.ended_at if b.ended_at is not None else now) - b.started_at)
+                total += self.nodes * (
+                    (b.ended_at if b.ended_at is not None else now) - b.started_at
+                )
         return total / 3600.0
 
     def shutdown(self) -> None:

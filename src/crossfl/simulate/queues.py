@@ -49,9 +49,13 @@ class Cited(StrictModel):
 
     @model_validator(mode="after")
     def _basis(self) -> Cited:
-        if bool(self.source and self.source.strip()) == bool(self.assumption and self.assumption.strip()):
-            raise ValueError("give exactly one of `source:` (where these figures come from) "
-                             "or `assumption:` (why they are assumed)")
+        if bool(self.source and self.source.strip()) == bool(
+            self.assumption and self.assumption.strip()
+        ):
+            raise ValueError(
+                "give exactly one of `source:` (where these figures come from) "
+                "or `assumption:` (why they are assumed)"
+            )
         return self
 
 
@@ -84,8 +88,9 @@ class Lognormal(Cited):
     @model_validator(mode="after")
     def _spread(self) -> Lognormal:
         if (self.sigma is None) == (self.p90_s is None):
-            raise ValueError("give exactly one of sigma (spread of ln wait) or p90_s "
-                             "(90th percentile, seconds)")
+            raise ValueError(
+                "give exactly one of sigma (spread of ln wait) or p90_s (90th percentile, seconds)"
+            )
         if self.p90_s is not None and self.p90_s <= self.median_s:
             raise ValueError(f"p90_s {self.p90_s} must be above median_s {self.median_s}")
         return self
@@ -105,7 +110,7 @@ class Lognormal(Cited):
         return rng.lognormvariate(self.mu, self.spread)
 
     def mean(self) -> float:
-        return math.exp(self.mu + 0.5 * self.spread ** 2)
+        return math.exp(self.mu + 0.5 * self.spread**2)
 
 
 class Fixed(Cited):
@@ -141,8 +146,9 @@ class ShapeBin(Cited):
 
     def fits(self, nodes: int, walltime_s: float) -> bool:
         wall = walltime_seconds(self.max_walltime)
-        return ((self.max_nodes is None or nodes <= self.max_nodes)
-                and (wall is None or walltime_s <= wall))
+        return (self.max_nodes is None or nodes <= self.max_nodes) and (
+            wall is None or walltime_s <= wall
+        )
 
 
 class QueueModel(StrictModel):

@@ -46,8 +46,9 @@ class Replay:
     node_hours: float
 
 
-def check_replayable(experiment: Experiment, source: Path,
-                     task_timeout_s: float | None = None) -> RunPlan:
+def check_replayable(
+    experiment: Experiment, source: Path, task_timeout_s: float | None = None
+) -> RunPlan:
     """The experiment's plan, if it can be replayed here: every site trains on this machine
     (training is real) and adapters travel inside the tasks (a result by reference names a
     file of one run, which no other replay could reuse). A task's timeout counts its queue
@@ -55,27 +56,41 @@ def check_replayable(experiment: Experiment, source: Path,
     for entry in experiment.sites:
         mode = experiment.transport_mode(entry)
         if mode in ("shared_fs", "globus_transfer"):
-            raise UserError(f"adapters travel by reference ({mode})", file=source,
-                            field=f"sites[{entry.name}].transport.mode",
-                            fix="use transport.mode auto or inline in a replay")
-    update: dict[str, object] = {"transport": experiment.transport.model_copy(
-        update={"mode": "inline"})}
+            raise UserError(
+                f"adapters travel by reference ({mode})",
+                file=source,
+                field=f"sites[{entry.name}].transport.mode",
+                fix="use transport.mode auto or inline in a replay",
+            )
+    update: dict[str, object] = {
+        "transport": experiment.transport.model_copy(update={"mode": "inline"})
+    }
     if task_timeout_s is not None:
         update["task_timeout_s"] = task_timeout_s
     experiment = experiment.model_copy(update=update)
     plan = plan_run(experiment, source)
     for name, site in plan.sites.items():
         if not site.runs_here:
-            raise UserError(f"site {name} ({site.catalog.name}) trains at a facility; a replay "
-                            "trains every site on this machine", file=source,
-                            field=f"sites[{name}].site",
-                            fix="replay an experiment of local sites (e.g. local-demo) whose "
-                                "names match the scenario's site profiles")
+            raise UserError(
+                f"site {name} ({site.catalog.name}) trains at a facility; a replay "
+                "trains every site on this machine",
+                file=source,
+                field=f"sites[{name}].site",
+                fix="replay an experiment of local sites (e.g. local-demo) whose "
+                "names match the scenario's site profiles",
+            )
     return plan
 
 
-def replay(plan: RunPlan, source: Path, scenario: Scenario, scenario_file: Path, seed: int,
-           console: Console, cache: ResultCache | None = None) -> Replay:
+def replay(
+    plan: RunPlan,
+    source: Path,
+    scenario: Scenario,
+    scenario_file: Path,
+    seed: int,
+    console: Console,
+    cache: ResultCache | None = None,
+) -> Replay:
     """Replay ``plan`` once with queue draws seeded by ``seed``; the run directory it left."""
     experiment = plan.experiment
     cache = cache or ResultCache(runs_dir() / CACHE_DIR / "results")
@@ -84,44 +99,79 @@ def replay(plan: RunPlan, source: Path, scenario: Scenario, scenario_file: Path,
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     # One copy of the partitioned data for every replay: identical tasks name identical files.
     data_paths = site_data_paths(plan, runs_dir() / CACHE_DIR / f"data-{experiment.name}")
-    shapes = {e.name: (e.nodes or e.user_options.get("nodes_per_block"),
-                       e.user_options.get("walltime")) for e in experiment.sites}
-    executors = simulated_sites(scenario, [e.name for e in experiment.sites], clock, seed=seed,
-                                cache=cache, shapes=shapes,
-                                on_record=lambda r: metrics.write(PilotRecord(**r)))
-    handles = {name: OpenSite(plan.sites[name], ex, f"simulated:{ex.profile.name}")
-               for name, ex in executors.items()}
+    shapes = {
+        e.name: (e.nodes or e.user_options.get("nodes_per_block"), e.user_options.get("walltime"))
+        for e in experiment.sites
+    }
+    executors = simulated_sites(
+        scenario,
+        [e.name for e in experiment.sites],
+        clock,
+        seed=seed,
+        cache=cache,
+        shapes=shapes,
+        on_record=lambda r: metrics.write(PilotRecord(**r)),
+    )
+    handles = {
+        name: OpenSite(plan.sites[name], ex, f"simulated:{ex.profile.name}")
+        for name, ex in executors.items()
+    }
     evaluation = OpenSite(plan.sites[experiment.eval_site], InstantExecutor(cache), "evaluation")
-    driver = DRIVERS[plan.driver](plan, run_dir, handles, data_paths, console,
-                                  transport=Transport(plan, run_dir), clock=clock,
-                                  eval_site=evaluation)
+    driver = DRIVERS[plan.driver](
+        plan,
+        run_dir,
+        handles,
+        data_paths,
+        console,
+        transport=Transport(plan, run_dir),
+        clock=clock,
+        eval_site=evaluation,
+    )
     try:
         driver.run()
     finally:
         for ex in executors.values():
             ex.shutdown()  # writes the pilots still held
     node_hours = sum(ex.node_hours() for ex in executors.values())
-    metrics.write(SimulationRecord(
-        scenario=scenario.name, scenario_file=str(scenario_file), seed=seed,
-        profiles={name: ex.profile.name for name, ex in executors.items()},
-        virtual_s=clock.now(), node_hours=node_hours, cache_hits=cache.hits,
-        cache_misses=cache.misses, events=clock.events_run))
-    atomic_write_text(run_dir / "site_images.json",
-                      json.dumps({n: "simulated" for n in plan.sites}, indent=2))
+    metrics.write(
+        SimulationRecord(
+            scenario=scenario.name,
+            scenario_file=str(scenario_file),
+            seed=seed,
+            profiles={name: ex.profile.name for name, ex in executors.items()},
+            virtual_s=clock.now(),
+            node_hours=node_hours,
+            cache_hits=cache.hits,
+            cache_misses=cache.misses,
+            events=clock.events_run,
+        )
+    )
+    atomic_write_text(
+        run_dir / "site_images.json", json.dumps({n: "simulated" for n in plan.sites}, indent=2)
+    )
     write_plots(run_dir)
     return Replay(run_dir, seed, clock.now(), node_hours)
 
 
-def replay_seeds(experiment: Experiment, source: Path, scenario: Scenario, scenario_file: Path,
-                 seeds: int, console: Console, task_timeout_s: float | None = None) -> list[Replay]:
+def replay_seeds(
+    experiment: Experiment,
+    source: Path,
+    scenario: Scenario,
+    scenario_file: Path,
+    seeds: int,
+    console: Console,
+    task_timeout_s: float | None = None,
+) -> list[Replay]:
     """``seeds`` replays (queue seeds 0..N-1), one result cache for all; the last one's
     report is printed."""
     plan = check_replayable(experiment, source, task_timeout_s)
     cache = ResultCache(runs_dir() / CACHE_DIR / "results")
     done = []
     for seed in range(seeds):
-        console.print(f"[bold]replay {seed + 1}/{seeds}[/] (queue seed {seed}) of "
-                      f"{experiment.name} against {scenario.name}")
+        console.print(
+            f"[bold]replay {seed + 1}/{seeds}[/] (queue seed {seed}) of "
+            f"{experiment.name} against {scenario.name}"
+        )
         done.append(replay(plan, source, scenario, scenario_file, seed, console, cache))
     print_report(done[-1].run_dir, console)
     return done

@@ -24,9 +24,11 @@ from crossfl.yamlio import load_mapping
 ENGINE_MAX_IDLETIME_S = 120.0
 ENGINE_STRATEGY_PERIOD_S = 5.0
 HTEX_HEARTBEAT_THRESHOLD_S = 120.0
-ENGINE_SOURCE = ("GlobusComputeEngine 4.19.0 defaults (engines/globus_compute.py:165-169: "
-                 "max_idletime 120 s, strategy_period 5 s) and the kit's rendered providers "
-                 "(init_blocks 0, min_blocks 0, max_blocks 1)")
+ENGINE_SOURCE = (
+    "GlobusComputeEngine 4.19.0 defaults (engines/globus_compute.py:165-169: "
+    "max_idletime 120 s, strategy_period 5 s) and the kit's rendered providers "
+    "(init_blocks 0, min_blocks 0, max_blocks 1)"
+)
 
 
 class Pilot(Cited):
@@ -53,8 +55,10 @@ class Pilot(Cited):
     @model_validator(mode="after")
     def _blocks(self) -> Pilot:
         if self.min_blocks > self.max_blocks or self.init_blocks > self.max_blocks:
-            raise ValueError(f"max_blocks {self.max_blocks} is below min_blocks {self.min_blocks} "
-                             f"or init_blocks {self.init_blocks}: raise it")
+            raise ValueError(
+                f"max_blocks {self.max_blocks} is below min_blocks {self.min_blocks} "
+                f"or init_blocks {self.init_blocks}: raise it"
+            )
         return self
 
     @classmethod
@@ -118,12 +122,16 @@ class Scenario(StrictModel):
                 raise ValueError(f"site profile {p.name!r} appears twice: rename one")
             seen.add(p.name)
             if p.facility not in self.facilities:
-                raise ValueError(f"site profile {p.name!r} names facility {p.facility!r}, not in "
-                                 f"facilities ({', '.join(sorted(self.facilities))}): add it or fix the name")
+                raise ValueError(
+                    f"site profile {p.name!r} names facility {p.facility!r}, not in "
+                    f"facilities ({', '.join(sorted(self.facilities))}): add it or fix the name"
+                )
             queues = self.facilities[p.facility].queues
             if p.queue not in queues:
-                raise ValueError(f"site profile {p.name!r} names queue {p.queue!r}, not a queue of "
-                                 f"{p.facility} ({', '.join(sorted(queues))}): add it or fix the name")
+                raise ValueError(
+                    f"site profile {p.name!r} names queue {p.queue!r}, not a queue of "
+                    f"{p.facility} ({', '.join(sorted(queues))}): add it or fix the name"
+                )
         return self
 
     def queue_of(self, profile: SiteProfile) -> QueueModel:
@@ -156,20 +164,23 @@ def validation_error(exc: ValidationError, file: Path, raw: Any) -> UserError:
 def load_scenario(path: str | Path) -> Scenario:
     file = Path(path)
     if not file.is_file():
-        raise UserError("queue scenario not found", file=file,
-                        fix=f"pass a file such as {EXAMPLE}")
+        raise UserError("queue scenario not found", file=file, fix=f"pass a file such as {EXAMPLE}")
     raw = load_mapping(file, fix=f"give name, facilities and sites as in {EXAMPLE}")
     try:
         return Scenario.model_validate(raw)
     except ValidationError as exc:
         raise validation_error(exc, file, raw) from None
 
+
 def no_queue(scenario: Scenario) -> Scenario:
     """``scenario`` with every queue wait 0: the same pilots, speeds and transfers."""
     from crossfl.simulate.queues import Fixed, QueueModel
 
     zero = QueueModel(wait=Fixed(model="fixed", wait_s=0, assumption="no queue: the reference"))
-    facilities = {name: f.model_copy(update={"queues": {q: zero for q in f.queues}})
-                  for name, f in scenario.facilities.items()}
-    return scenario.model_copy(update={"name": f"{scenario.name} without queues",
-                                       "facilities": facilities})
+    facilities = {
+        name: f.model_copy(update={"queues": {q: zero for q in f.queues}})
+        for name, f in scenario.facilities.items()
+    }
+    return scenario.model_copy(
+        update={"name": f"{scenario.name} without queues", "facilities": facilities}
+    )

@@ -31,14 +31,20 @@ def _resolve(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.parent != Path("."):
         if not p.is_file():
-            raise UserError("site file not found", file=p,
-                            fix="check the path, or give a site name from `crossfl sites`")
+            raise UserError(
+                "site file not found",
+                file=p,
+                fix="check the path, or give a site name from `crossfl sites`",
+            )
         return p
     f = paths.sites_dir() / f"{name_or_path}.yaml"
     if not f.is_file():
         known = ", ".join(list_sites()) or "none"
-        raise UserError(f"unknown site {str(name_or_path)!r}", file=f,
-                        fix=f"use one of: {known}, or add deploy/sites/{name_or_path}.yaml")
+        raise UserError(
+            f"unknown site {str(name_or_path)!r}",
+            file=f,
+            fix=f"use one of: {known}, or add deploy/sites/{name_or_path}.yaml",
+        )
     return f
 
 
@@ -53,8 +59,9 @@ class _Origins:
         self.catalog = catalog
         self.set_by: dict[Loc, Path] = {}
 
-    def merge(self, base: dict[str, Any], over: dict[str, Any], file: Path,
-              at: Loc = ()) -> dict[str, Any]:
+    def merge(
+        self, base: dict[str, Any], over: dict[str, Any], file: Path, at: Loc = ()
+    ) -> dict[str, Any]:
         out = dict(base)
         for k, v in over.items():
             if isinstance(v, dict) and isinstance(out.get(k), dict):
@@ -69,18 +76,21 @@ class _Origins:
         for n in range(len(loc), 0, -1):
             if loc[:n] in self.set_by:
                 return self.set_by[loc[:n]]
-        below = [f for key, f in self.set_by.items() if loc and key[:len(loc)] == loc]
+        below = [f for key, f in self.set_by.items() if loc and key[: len(loc)] == loc]
         return below[0] if below else self.catalog
 
 
 def _parse_loc(field: str) -> Loc:
-    """"container.images.cuda" / "directives[1]" -> ("container", "images", "cuda") / (.., 1)."""
-    return tuple(int(part[1:-1]) if part.startswith("[") else part
-                 for part in re.findall(r"\[\d+\]|[^.\[\]]+", field))
+    """ "container.images.cuda" / "directives[1]" -> ("container", "images", "cuda") / (.., 1)."""
+    return tuple(
+        int(part[1:-1]) if part.startswith("[") else part
+        for part in re.findall(r"\[\d+\]|[^.\[\]]+", field)
+    )
 
 
-def _expand(value: Any, origins: _Origins, unset: dict[str, tuple[str, str, str]],
-            loc: Loc = ()) -> Any:
+def _expand(
+    value: Any, origins: _Origins, unset: dict[str, tuple[str, str, str]], loc: Loc = ()
+) -> Any:
     """Fill `${VAR}` / `${VAR:-default}` from the environment (an unset `${VAR}` is an error
     naming the field); `${VAR:?hint}` left unset becomes `<VAR>` and is recorded in `unset`,
     for `Site.require_set` to stop whatever needs it (the site still loads and renders)."""
@@ -101,8 +111,13 @@ def _expand(value: Any, origins: _Origins, unset: dict[str, tuple[str, str, str]
         if kind == "?":
             unset[where] = (var, arg, str(origins.file_of(loc)))
             return f"<{var}>"
-        raise UserError(f"${{{var}}} is not set", file=origins.file_of(loc), field=where,
-                        fix=f"export {var}=..., or set {where} in the site's overrides file")
+        raise UserError(
+            f"${{{var}}} is not set",
+            file=origins.file_of(loc),
+            field=where,
+            fix=f"export {var}=..., or set {where} in the site's overrides file",
+        )
+
     return _ENV_REF.sub(sub, value)
 
 
@@ -118,14 +133,17 @@ def overrides_path(name: str) -> Path | None:
     return cand if cand.is_file() else None
 
 
-_GENERIC_FIX = ("see the comment at the top of the site file and the schema in "
-                "src/crossfl/sites/schema.py")
+_GENERIC_FIX = (
+    "see the comment at the top of the site file and the schema in src/crossfl/sites/schema.py"
+)
 
 
 def _errors(exc: ValidationError, origins: _Origins, overrides: Path | None) -> UserError:
     """One UserError naming, for each bad value, the file it came from."""
-    found = [(p.field, p.message, p.fix or _GENERIC_FIX)
-             for p in problems(exc, schema="src/crossfl/sites/schema.py")]
+    found = [
+        (p.field, p.message, p.fix or _GENERIC_FIX)
+        for p in problems(exc, schema="src/crossfl/sites/schema.py")
+    ]
     files = [origins.file_of(_parse_loc(field)) for field, _, _ in found]
     if len(found) == 1:
         (field, msg, fix), file = found[0], files[0]
@@ -133,11 +151,15 @@ def _errors(exc: ValidationError, origins: _Origins, overrides: Path | None) -> 
             msg += f" (with overrides from {overrides})"
         return UserError(msg, file=file, field=field or None, fix=fix)
     main = files[0] if len(set(files)) == 1 else origins.catalog
-    lines = [f"{field or '(top level)'}: {msg}" + ("" if fix == _GENERIC_FIX else f" (fix: {fix})")
-             + ("" if file == main else f" (in {file})")
-             for (field, msg, fix), file in zip(found, files, strict=True)]
-    return UserError("invalid site:\n  " + "\n  ".join(lines), file=main,
-                     fix="correct each field listed")
+    lines = [
+        f"{field or '(top level)'}: {msg}"
+        + ("" if fix == _GENERIC_FIX else f" (fix: {fix})")
+        + ("" if file == main else f" (in {file})")
+        for (field, msg, fix), file in zip(found, files, strict=True)
+    ]
+    return UserError(
+        "invalid site:\n  " + "\n  ".join(lines), file=main, fix="correct each field listed"
+    )
 
 
 def load_site(name_or_path: str | Path, overrides: Path | None = None) -> Site:

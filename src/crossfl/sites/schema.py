@@ -47,6 +47,7 @@ def _walltime(v: str | None) -> str | None:
 
 class Source(StrictModel):
     """Where a fact was read and when: the citation, as data."""
+
     url: str
     checked: datetime.date
     note: str = ""  # what the page says (quoted or summarised), or why a fact is unverified
@@ -62,6 +63,7 @@ class Source(StrictModel):
 class Bin(StrictModel):
     """The walltime a range of node counts may ask for (a job-size bin, or one of the execution
     queues a routing queue sends jobs to)."""
+
     min_nodes: int = Field(ge=1)
     max_nodes: int = Field(ge=1)
     max_walltime: str
@@ -76,26 +78,42 @@ class Bin(StrictModel):
     @model_validator(mode="after")
     def _range(self) -> Bin:
         if self.max_nodes < self.min_nodes:
-            raise ValueError(f"bin {self.min_nodes}-{self.max_nodes} nodes runs backwards: "
-                             "give min_nodes <= max_nodes")
+            raise ValueError(
+                f"bin {self.min_nodes}-{self.max_nodes} nodes runs backwards: "
+                "give min_nodes <= max_nodes"
+            )
         return self
 
 
 class Part(StrictModel):
     """What one job gets on a node shared with other jobs (e.g. Perlmutter's shared QOS)."""
+
     devices: int = Field(1, ge=1, le=1)  # one GPU: Slurm's own CUDA_VISIBLE_DEVICES is kept
     cpus: int = Field(ge=1)  # as the scheduler counts them (Slurm -c)
 
 
 # The facts a queue entry may hold; `unverified` names some of them.
-QUEUE_FACTS = ("min_nodes", "max_nodes", "min_walltime", "max_walltime", "bins",
-               "running_per_user", "jobs_per_user", "running_per_project", "jobs_per_project",
-               "production", "part", "by_request", "facility_default")
+QUEUE_FACTS = (
+    "min_nodes",
+    "max_nodes",
+    "min_walltime",
+    "max_walltime",
+    "bins",
+    "running_per_user",
+    "jobs_per_user",
+    "running_per_project",
+    "jobs_per_project",
+    "production",
+    "part",
+    "by_request",
+    "facility_default",
+)
 
 
 class Queue(StrictModel):
     """What the facility publishes for one queue, partition or QOS. `max_walltime` and
     `max_nodes` are the entry's overall maxima (with bins: the largest bin's)."""
+
     min_nodes: int = Field(1, ge=1)
     max_nodes: int | None = Field(default=None, ge=1)
     min_walltime: str | None = None
@@ -126,8 +144,10 @@ class Queue(StrictModel):
     def _facts(cls, v: list[str]) -> list[str]:
         bad = [f for f in v if f not in QUEUE_FACTS]
         if bad:
-            raise ValueError(f"unverified names {bad}, which are not facts of a queue entry: "
-                             f"use some of {', '.join(QUEUE_FACTS)}")
+            raise ValueError(
+                f"unverified names {bad}, which are not facts of a queue entry: "
+                f"use some of {', '.join(QUEUE_FACTS)}"
+            )
         return v
 
     @model_validator(mode="after")
@@ -135,27 +155,36 @@ class Queue(StrictModel):
         b = self.bins
         for lo, hi in zip(b, b[1:], strict=False):
             if hi.min_nodes <= lo.max_nodes:
-                raise ValueError(f"bins {lo.min_nodes}-{lo.max_nodes} and {hi.min_nodes}-"
-                                 f"{hi.max_nodes} overlap or are out of order: list them by "
-                                 "increasing node count")
+                raise ValueError(
+                    f"bins {lo.min_nodes}-{lo.max_nodes} and {hi.min_nodes}-"
+                    f"{hi.max_nodes} overlap or are out of order: list them by "
+                    "increasing node count"
+                )
         if b:
             longest = max((x.max_walltime for x in b), key=parse_walltime)
-            from_bins = {"min_nodes": b[0].min_nodes, "max_nodes": b[-1].max_nodes,
-                         "max_walltime": longest}
+            from_bins = {
+                "min_nodes": b[0].min_nodes,
+                "max_nodes": b[-1].max_nodes,
+                "max_walltime": longest,
+            }
             for name, want in from_bins.items():
                 have = getattr(self, name)
                 if name in self.model_fields_set and have != want:
-                    raise ValueError(f"{name} {have} disagrees with the bins ({want}): drop "
-                                     f"{name} or make it match")
+                    raise ValueError(
+                        f"{name} {have} disagrees with the bins ({want}): drop "
+                        f"{name} or make it match"
+                    )
             self.min_nodes, self.max_nodes, self.max_walltime = from_bins.values()
         if self.part is not None:
             if self.max_nodes not in (None, 1):
-                raise ValueError("an entry whose jobs get part of a node runs on one node: "
-                                 "set max_nodes to 1")
+                raise ValueError(
+                    "an entry whose jobs get part of a node runs on one node: set max_nodes to 1"
+                )
             self.max_nodes = 1
         if self.max_nodes is not None and self.max_nodes < self.min_nodes:
-            raise ValueError(f"max_nodes {self.max_nodes} is below min_nodes {self.min_nodes}: "
-                             "fix one")
+            raise ValueError(
+                f"max_nodes {self.max_nodes} is below min_nodes {self.min_nodes}: fix one"
+            )
         return self
 
     def walltime_for(self, nodes: int) -> tuple[str | None, Bin | None]:
@@ -168,6 +197,7 @@ class Queue(StrictModel):
 
 class Node(StrictModel):
     """One compute node, as the facility's node diagram shows it."""
+
     # The CPUs a job may use (the facility's reserved cores left out), cpu-list syntax.
     cpus: str
     # Device id (as the vendor's visible-devices variable counts it) -> the CPUs nearest it.
@@ -209,16 +239,23 @@ class Accelerator(StrictModel):
     @model_validator(mode="after")
     def _consistent(self) -> Accelerator:
         if self.vendor == "none" and self.devices_per_node:
-            raise ValueError(f"vendor 'none' has no devices but devices_per_node is "
-                             f"{self.devices_per_node}: set devices_per_node: 0 or name the "
-                             "vendor (cuda, rocm, xpu)")
+            raise ValueError(
+                f"vendor 'none' has no devices but devices_per_node is "
+                f"{self.devices_per_node}: set devices_per_node: 0 or name the "
+                "vendor (cuda, rocm, xpu)"
+            )
         if self.vendor != "none" and not self.devices_per_node:
-            raise ValueError(f"vendor {self.vendor!r} has no devices_per_node: give the "
-                             "devices_per_node of one compute node (e.g. 4)")
-        if self.ids is not None and (len(self.ids) != self.devices_per_node
-                                     or len(set(self.ids)) != len(self.ids)):
-            raise ValueError(f"devices_per_node is {self.devices_per_node} but ids lists "
-                             f"{len(set(self.ids))} distinct devices: make them match")
+            raise ValueError(
+                f"vendor {self.vendor!r} has no devices_per_node: give the "
+                "devices_per_node of one compute node (e.g. 4)"
+            )
+        if self.ids is not None and (
+            len(self.ids) != self.devices_per_node or len(set(self.ids)) != len(self.ids)
+        ):
+            raise ValueError(
+                f"devices_per_node is {self.devices_per_node} but ids lists "
+                f"{len(set(self.ids))} distinct devices: make them match"
+            )
         if self.vendor == "none" and self.bind != "none":
             raise ValueError("there are no devices to bind: set bind: none")
         return self
@@ -257,6 +294,7 @@ class Proxy(StrictModel):
 
 class ImageBuild(StrictModel):
     """How an image is built at the facility (Polaris: on a compute node with fakeroot)."""
+
     on_compute_node: bool = False
     directives: list[str] = Field(default_factory=list)
     modules: list[str] = Field(default_factory=list)
@@ -280,6 +318,7 @@ class ImageSource(StrictModel):
     pull: `apptainer pull` of `ref`, a registry reference pinned by digest
       (oras://HOST/REPO@sha256:<64 hex> for a SIF, docker://HOST/REPO@sha256:<64 hex>);
     upload: this checkout's build/images/crossfl-ARCH.sif, resumable and checksummed."""
+
     method: Literal["build", "pull", "upload"] = "upload"
     ref: str | None = None
 
@@ -288,17 +327,21 @@ class ImageSource(StrictModel):
     def _by_digest(cls, v: str | None) -> str | None:
         if v is not None and not DIGEST_REF.match(v):
             head = v.split("://", 1)[0] if "://" in v else "oras"
-            raise ValueError(f"{v!r} is not pinned by digest: a tag can move, so give "
-                             f"{head}://HOST/REPO@sha256:<64 hex digest> (the digest your push "
-                             "printed; `oras manifest fetch --descriptor REF` or `skopeo "
-                             "inspect docker://REF` prints it)")
+            raise ValueError(
+                f"{v!r} is not pinned by digest: a tag can move, so give "
+                f"{head}://HOST/REPO@sha256:<64 hex digest> (the digest your push "
+                "printed; `oras manifest fetch --descriptor REF` or `skopeo "
+                "inspect docker://REF` prints it)"
+            )
         return v
 
     @model_validator(mode="after")
     def _pull_needs_ref(self) -> ImageSource:
         if self.method == "pull" and self.ref is None:
-            raise ValueError("method pull needs ref: the image's registry reference by digest "
-                             "(oras://HOST/REPO@sha256:...), in your overrides file")
+            raise ValueError(
+                "method pull needs ref: the image's registry reference by digest "
+                "(oras://HOST/REPO@sha256:...), in your overrides file"
+            )
         return self
 
 
@@ -324,13 +367,18 @@ class Container(StrictModel):
     def _custom_command(self) -> Container:
         if self.runtime == "custom":
             if "{EXECUTOR_LAUNCH_CMD}" not in self.command:
-                raise ValueError("runtime custom needs `command` with {EXECUTOR_LAUNCH_CMD} "
-                                 "(where the worker command goes)")
+                raise ValueError(
+                    "runtime custom needs `command` with {EXECUTOR_LAUNCH_CMD} "
+                    "(where the worker command goes)"
+                )
             rest = self.command.replace("{EXECUTOR_LAUNCH_CMD}", "").replace(
-                "{EXECUTOR_RUNDIR}", "")
+                "{EXECUTOR_RUNDIR}", ""
+            )
             if "{" in rest or "}" in rest:
-                raise ValueError("`command` may hold no braces besides {EXECUTOR_RUNDIR} and "
-                                 "{EXECUTOR_LAUNCH_CMD}: Parsl formats the launch command")
+                raise ValueError(
+                    "`command` may hold no braces besides {EXECUTOR_RUNDIR} and "
+                    "{EXECUTOR_LAUNCH_CMD}: Parsl formats the launch command"
+                )
         elif self.command:
             raise ValueError("`command` is for runtime custom only")
         return self
@@ -380,8 +428,10 @@ class Endpoint(StrictModel):
     @model_validator(mode="after")
     def _mode(self) -> Endpoint:
         if self.mode == "multi-user" and not self.identity_domain:
-            raise ValueError("a multi-user endpoint maps Globus identities to local accounts: "
-                             "set endpoint.identity_domain (e.g. anl.gov)")
+            raise ValueError(
+                "a multi-user endpoint maps Globus identities to local accounts: "
+                "set endpoint.identity_domain (e.g. anl.gov)"
+            )
         return self
 
     def affinity_lists(self) -> list[list[int]] | None:
@@ -457,8 +507,9 @@ class Site(StrictModel):
     @classmethod
     def _scheduler(cls, v: str) -> str:
         if v not in schedulers.names():
-            raise ValueError(f"unknown scheduler {v!r}: use one of "
-                             f"{', '.join(sorted(schedulers.names()))}")
+            raise ValueError(
+                f"unknown scheduler {v!r}: use one of {', '.join(sorted(schedulers.names()))}"
+            )
         return v
 
     @field_validator("walltime")
@@ -475,8 +526,11 @@ class Site(StrictModel):
     @model_validator(mode="after")
     def _checks(self) -> Site:
         if self.min_blocks > self.max_blocks or self.init_blocks > self.max_blocks:
-            raise FieldError("max_blocks", f"max_blocks {self.max_blocks} is below min_blocks "
-                              f"{self.min_blocks} or init_blocks {self.init_blocks}: raise it")
+            raise FieldError(
+                "max_blocks",
+                f"max_blocks {self.max_blocks} is below min_blocks "
+                f"{self.min_blocks} or init_blocks {self.init_blocks}: raise it",
+            )
         if not self.deploy.remote_root:
             self.deploy.remote_root = f"~/.crossfl/{self.name}"
         if not self.deploy.endpoint_name:
@@ -555,8 +609,11 @@ class Site(StrictModel):
         root = self.deploy.remote_root
         if root.startswith("~/"):
             root = "$HOME/" + root[2:]
-        return (text.replace("{{remote_root}}", root).replace("{{site}}", self.name)
-                .replace("{{project_root}}", str(paths.project_root())))
+        return (
+            text.replace("{{remote_root}}", root)
+            .replace("{{site}}", self.name)
+            .replace("{{project_root}}", str(paths.project_root()))
+        )
 
     def require_set(self, *fields: str) -> None:
         """Stop with one line when a `${VAR:?}` these fields need (all, if none named) was not
@@ -564,10 +621,13 @@ class Site(StrictModel):
         for field, (var, hint, file) in self._unset.items():
             if fields and not any(field == f or field.startswith(f + ".") for f in fields):
                 continue
-            raise UserError(f"needs ${{{var}}}, which is not set (site {self.name})",
-                            file=file, field=field,
-                            fix=f"export {var}=<{hint or 'value'}>, or set {field} in "
-                                f"deploy/sites/overrides/{self.name}.yaml")
+            raise UserError(
+                f"needs ${{{var}}}, which is not set (site {self.name})",
+                file=file,
+                field=field,
+                fix=f"export {var}=<{hint or 'value'}>, or set {field} in "
+                f"deploy/sites/overrides/{self.name}.yaml",
+            )
 
 
 def image_arch(site: Site) -> str:

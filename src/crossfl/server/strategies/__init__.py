@@ -13,8 +13,15 @@ from crossfl.server.strategies.fedqueue import FedQueue
 from crossfl.server.strategies.server_opt import FedAdam, FedAvgM, FedYogi
 
 __all__ = [
-    "APPFL_PREFIX", "STRATEGIES", "ClientPlan", "Strategy", "StrategyParams", "Update",
-    "get_strategy", "is_async", "known_names",
+    "APPFL_PREFIX",
+    "STRATEGIES",
+    "ClientPlan",
+    "Strategy",
+    "StrategyParams",
+    "Update",
+    "get_strategy",
+    "is_async",
+    "known_names",
 ]
 
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -39,15 +46,18 @@ def get_strategy(name: str, **kwargs: Any) -> Strategy:
     if key.lower().startswith(APPFL_PREFIX):
         from crossfl.server.strategies.appfl_wrap import make_appfl_strategy
 
-        return make_appfl_strategy(key[len(APPFL_PREFIX):], **kwargs)
+        return make_appfl_strategy(key[len(APPFL_PREFIX) :], **kwargs)
     return _builtin(name)(**kwargs)
 
 
 def _builtin(name: str) -> type[Strategy]:
     cls = STRATEGIES.get(name.strip().lower())
     if cls is None:
-        raise UserError(f"unknown strategy {name!r}", field="strategy.name",
-                        fix=f"use one of: {', '.join(known_names())}")
+        raise UserError(
+            f"unknown strategy {name!r}",
+            field="strategy.name",
+            fix=f"use one of: {', '.join(known_names())}",
+        )
     return cls
 
 
@@ -61,5 +71,5 @@ def is_async(name: str) -> bool:
     if key.lower().startswith(APPFL_PREFIX):
         from crossfl.server.strategies.appfl_wrap import appfl_class
 
-        return appfl_class(key[len(APPFL_PREFIX):]).is_async
+        return appfl_class(key[len(APPFL_PREFIX) :]).is_async
     return _builtin(name).is_async

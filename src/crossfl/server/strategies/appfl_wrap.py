@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 
@@ -27,8 +28,15 @@ from crossfl.server.strategies.sites import checked_counts
 INSTALL_HINT = "pip install --no-deps -r requirements/appfl.txt"
 
 # Aggregator attributes that carry state between calls (moments, buffers, clocks).
-_STATE_ATTRS = ("m_vector", "v_vector", "step", "buff_size", "global_step", "client_step",
-                "client_sample_size")
+_STATE_ATTRS = (
+    "m_vector",
+    "v_vector",
+    "step",
+    "buff_size",
+    "global_step",
+    "client_step",
+    "client_sample_size",
+)
 
 
 def appfl_aggregators() -> dict[str, type]:
@@ -36,11 +44,17 @@ def appfl_aggregators() -> dict[str, type]:
     try:
         import appfl.algorithm.aggregator as agg_mod
     except ImportError as exc:
-        raise UserError(f"APPFL aggregators are not importable here ({exc})",
-                        field="strategy.name", fix=INSTALL_HINT) from None
+        raise UserError(
+            f"APPFL aggregators are not importable here ({exc})",
+            field="strategy.name",
+            fix=INSTALL_HINT,
+        ) from None
     base = agg_mod.BaseAggregator
-    return {name: obj for name, obj in vars(agg_mod).items()
-            if isinstance(obj, type) and issubclass(obj, base) and obj is not base}
+    return {
+        name: obj
+        for name, obj in vars(agg_mod).items()
+        if isinstance(obj, type) and issubclass(obj, base) and obj is not base
+    }
 
 
 def appfl_class(class_name: str) -> type[AppflStrategy]:
@@ -48,12 +62,16 @@ def appfl_class(class_name: str) -> type[AppflStrategy]:
     classes = appfl_aggregators()
     cls = classes.get(class_name)
     if cls is None:
-        raise UserError(f"APPFL has no aggregator {class_name!r}", field="strategy.name",
-                        fix=f"use appfl:<one of {', '.join(sorted(classes))}>")
+        raise UserError(
+            f"APPFL has no aggregator {class_name!r}",
+            field="strategy.name",
+            fix=f"use appfl:<one of {', '.join(sorted(classes))}>",
+        )
     params = inspect.signature(cls.aggregate).parameters
     wrapper = AppflAsync if "client_id" in params else AppflSync
-    return type(f"Appfl{class_name}", (wrapper,), {"aggregator_cls": cls,
-                                                    "name": f"appfl:{class_name}"})
+    return type(
+        f"Appfl{class_name}", (wrapper,), {"aggregator_cls": cls, "name": f"appfl:{class_name}"}
+    )
 
 
 def make_appfl_strategy(class_name: str, **configs: Any) -> AppflStrategy:
@@ -75,8 +93,9 @@ class AppflStrategy(Strategy):
         try:
             self.aggregator = cls(aggregator_configs=DictConfig(dict(configs)))
         except Exception as exc:  # APPFL reads required configs in __init__
-            raise UserError(f"{cls.__name__} rejected its configuration: {exc!r}",
-                            field="strategy.kwargs") from None
+            raise UserError(
+                f"{cls.__name__} rejected its configuration: {exc!r}", field="strategy.kwargs"
+            ) from None
         self._accepts = set(inspect.signature(self.aggregator.aggregate).parameters)
         self.layout: FlatSpec | None = None
 
@@ -107,8 +126,11 @@ class AppflStrategy(Strategy):
             self.aggregator.set_client_sample_size(site, n)
 
     def state_dict(self) -> dict[str, Any]:
-        state = {a: copy.deepcopy(getattr(self.aggregator, a)) for a in _STATE_ATTRS
-                 if hasattr(self.aggregator, a)}
+        state = {
+            a: copy.deepcopy(getattr(self.aggregator, a))
+            for a in _STATE_ATTRS
+            if hasattr(self.aggregator, a)
+        }
         num_clients = self.aggregator.aggregator_configs.get("num_clients")
         if num_clients is not None:
             state["num_clients"] = int(num_clients)
@@ -137,8 +159,9 @@ class AppflSync(AppflStrategy):
             kwargs["staleness"] = {u.site: staleness_of(u, version) for u in updates}
         if "local_steps" in self._accepts:
             kwargs["local_steps"] = {u.site: u.local_steps for u in updates}
-        result = self.aggregator.aggregate({u.site: self.to_dict(u.params) for u in updates},
-                                           **kwargs)
+        result = self.aggregator.aggregate(
+            {u.site: self.to_dict(u.params) for u in updates}, **kwargs
+        )
         return self.to_flat(result)
 
 

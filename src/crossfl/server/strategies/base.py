@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -12,8 +13,16 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from crossfl.schema import user_error
 from crossfl.server.flat import FlatSpec
 
-__all__ = ["ClientPlan", "Strategy", "StrategyParams", "Update", "sample_weights", "staleness_of",
-           "update_from_state", "update_to_state"]
+__all__ = [
+    "ClientPlan",
+    "Strategy",
+    "StrategyParams",
+    "Update",
+    "sample_weights",
+    "staleness_of",
+    "update_from_state",
+    "update_to_state",
+]
 
 
 @dataclass
@@ -75,9 +84,12 @@ class Strategy(ABC):
         except ValidationError as exc:
             allowed = ", ".join(sorted(cls.Params.model_fields)) or "none"
             unknown = exc.errors()[0]["type"] == "extra_forbidden"
-            raise user_error(exc, field_prefix="strategy.kwargs",
-                             what=f"strategy {cls.name!r}",
-                             fix=f"known arguments: {allowed}" if unknown else None) from None
+            raise user_error(
+                exc,
+                field_prefix="strategy.kwargs",
+                what=f"strategy {cls.name!r}",
+                fix=f"known arguments: {allowed}" if unknown else None,
+            ) from None
 
     def configure(self, site: str, version: int, default: ClientPlan) -> ClientPlan:
         """Local steps and learning rate for ``site``'s next task (default: unchanged)."""
@@ -88,7 +100,7 @@ class Strategy(ABC):
         deadline when the experiment sets none); None: it waits for every site."""
         return None
 
-    def set_layout(self, spec: FlatSpec) -> None:
+    def set_layout(self, spec: FlatSpec) -> None:  # noqa: B027 (an optional hook)
         """The tensors behind the flat buffers (names, shapes), told once known: at the first
         update, and after a resume. Strategies that work on the flat buffers ignore it."""
 
@@ -136,7 +148,7 @@ class Strategy(ABC):
 
     # ------------------------------------------------------------ driver hook: the sites
 
-    def register_sites(self, sample_counts: Mapping[str, int]) -> None:
+    def register_sites(self, sample_counts: Mapping[str, int]) -> None:  # noqa: B027 (optional)
         """Every site of the experiment with its training-set size, before training starts.
 
         Contract for drivers: call it once at the start of every run, after building the
@@ -171,14 +183,25 @@ def sample_weights(updates: list[Update], mode: str = "num_samples") -> list[flo
 
 def update_to_state(u: Update) -> dict[str, Any]:
     """A buffered update as plain data for a checkpoint."""
-    return {"site": u.site, "params": u.params, "num_samples": u.num_samples,
-            "base_version": u.base_version, "local_steps": u.local_steps,
-            "train_time_s": u.train_time_s, "queue_wait_s": u.queue_wait_s}
+    return {
+        "site": u.site,
+        "params": u.params,
+        "num_samples": u.num_samples,
+        "base_version": u.base_version,
+        "local_steps": u.local_steps,
+        "train_time_s": u.train_time_s,
+        "queue_wait_s": u.queue_wait_s,
+    }
 
 
 def update_from_state(d: Mapping[str, Any]) -> Update:
     """Inverse of :func:`update_to_state` (params copied to float32)."""
-    return Update(site=str(d["site"]), params=d["params"].detach().to(torch.float32).clone(),
-                  num_samples=int(d["num_samples"]), base_version=int(d["base_version"]),
-                  local_steps=int(d["local_steps"]), train_time_s=d.get("train_time_s"),
-                  queue_wait_s=d.get("queue_wait_s"))
+    return Update(
+        site=str(d["site"]),
+        params=d["params"].detach().to(torch.float32).clone(),
+        num_samples=int(d["num_samples"]),
+        base_version=int(d["base_version"]),
+        local_steps=int(d["local_steps"]),
+        train_time_s=d.get("train_time_s"),
+        queue_wait_s=d.get("queue_wait_s"),
+    )

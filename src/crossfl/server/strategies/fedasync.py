@@ -12,7 +12,8 @@ FedBuff accumulates ``s(staleness) * p * (x - w)`` over K arrivals, then applies
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from pydantic import Field

@@ -19,15 +19,21 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from pydantic import Field, model_validator
 
 from crossfl.server.flat import weighted_sum
 from crossfl.server.strategies.base import (
-    ClientPlan, Strategy, Update, staleness_of, update_from_state, update_to_state,
+    ClientPlan,
+    Strategy,
+    Update,
+    staleness_of,
+    update_from_state,
+    update_to_state,
 )
 from crossfl.server.strategies.sites import SiteCounts
 from crossfl.server.strategies.staleness import StalenessParams
@@ -128,8 +134,7 @@ class FedCompass(Strategy):
         for group in self.groups.values():
             if now < group.latest:
                 members = group.pending + list(group.arrived)
-                fastest = min((self.speed[s] for s in members if s in self.speed),
-                              default=speed)
+                fastest = min((self.speed[s] for s in members if s in self.speed), default=speed)
                 arrival = group.latest + fastest * p.max_local_steps
                 candidate = math.floor((arrival - now) / speed)
                 if candidate <= p.max_local_steps:
@@ -155,8 +160,9 @@ class FedCompass(Strategy):
     def mix(self, global_params: torch.Tensor, updates: list[Update], version: int) -> torch.Tensor:
         """``(1 - sum a_i) w + sum a_i x_i`` in one fused weighted sum."""
         alphas = [self.mixing(u, version) for u in updates]
-        return weighted_sum([global_params, *[u.params for u in updates]],
-                            [1.0 - sum(alphas), *alphas])
+        return weighted_sum(
+            [global_params, *[u.params for u in updates]], [1.0 - sum(alphas), *alphas]
+        )
 
     def aggregate(
         self, global_params: torch.Tensor, updates: list[Update], version: int
@@ -215,8 +221,10 @@ class FedCompass(Strategy):
 
     def state_dict(self) -> dict[str, Any]:
         """Speeds, sites and every buffered update; groups are re-formed after a resume."""
-        buffered = [*self.general.values(),
-                    *(u for g in self.groups.values() for u in g.arrived.values())]
+        buffered = [
+            *self.general.values(),
+            *(u for g in self.groups.values() for u in g.arrived.values()),
+        ]
         return {
             "speed": dict(self.speed),
             "sites": self.site_counts.state_dict(),
@@ -231,4 +239,3 @@ class FedCompass(Strategy):
             u = update_from_state(d)
             self.general[u.site] = u
         self.groups, self.site_group, self._dispatched = {}, {}, {}
-

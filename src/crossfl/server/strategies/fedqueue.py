@@ -24,8 +24,14 @@ from pydantic import Field
 
 from crossfl.server.flat import weighted_sum
 from crossfl.server.strategies.base import (
-    ClientPlan, Strategy, StrategyParams, Update, sample_weights, staleness_of,
-    update_from_state, update_to_state,
+    ClientPlan,
+    Strategy,
+    StrategyParams,
+    Update,
+    sample_weights,
+    staleness_of,
+    update_from_state,
+    update_to_state,
 )
 
 
@@ -69,8 +75,10 @@ class FedQueue(Strategy):
 
     def deadline(self, site: str) -> float:
         """Longest queue wait still admitted for the site's next update."""
-        return (self.queue_est.get(site, self.params.q_init)
-                + self.params.alpha_admission * self.params.t_sync)
+        return (
+            self.queue_est.get(site, self.params.q_init)
+            + self.params.alpha_admission * self.params.t_sync
+        )
 
     def planned_steps(self, site: str) -> int:
         p = self.params
@@ -135,15 +143,21 @@ class FedQueue(Strategy):
     def factors(self, updates: list[Update], version: int) -> list[float]:
         """Normalized ``p_k``: staleness discount times sample share."""
         share = sample_weights(updates, self.params.weighting)
-        raw = [self.discount(staleness_of(u, version)) * w for u, w in zip(updates, share)]
+        raw = [
+            self.discount(staleness_of(u, version)) * w
+            for u, w in zip(updates, share, strict=False)
+        ]
         norm = sum(raw)
         return [r / norm for r in raw]
 
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        return {"queue_est": dict(self.queue_est), "step_time_est": dict(self.step_time_est),
-                "late": [update_to_state(u) for u in self.late]}
+        return {
+            "queue_est": dict(self.queue_est),
+            "step_time_est": dict(self.step_time_est),
+            "late": [update_to_state(u) for u in self.late],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.queue_est = {str(k): float(v) for k, v in state.get("queue_est", {}).items()}

@@ -48,8 +48,9 @@ class ServerOptimizer(Strategy):
         self, global_params: torch.Tensor, updates: list[Update], version: int
     ) -> torch.Tensor:
         self.check_updates(global_params, updates)
-        delta = weighted_sum([u.params for u in updates],
-                             sample_weights(updates, self.params.weighting))
+        delta = weighted_sum(
+            [u.params for u in updates], sample_weights(updates, self.params.weighting)
+        )
         delta.sub_(global_params)
         return global_params + self.step(delta)
 
@@ -58,8 +59,9 @@ class ServerOptimizer(Strategy):
         """The server update added to the global params (updates moments in place)."""
 
     def state_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._moments
-                if getattr(self, name) is not None}
+        return {
+            name: getattr(self, name) for name in self._moments if getattr(self, name) is not None
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         unknown = set(state) - set(self._moments)
@@ -106,7 +108,7 @@ class _AdaptiveServerOpt(ServerOptimizer):
         p = self.params
         if self.m is None or self.v is None:
             self.m = torch.zeros_like(delta)
-            self.v = torch.full_like(delta, p.tau ** 2)
+            self.v = torch.full_like(delta, p.tau**2)
         self.m.mul_(p.beta1).add_(delta, alpha=1.0 - p.beta1)
         self.update_second_moment(self.v, delta.square())
         return (self.m * p.server_lr).div_(self.v.sqrt().add_(p.tau))

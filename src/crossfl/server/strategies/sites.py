@@ -8,7 +8,8 @@ back to the sites whose updates it has seen so far.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 Weighting = Literal["equal", "num_samples"]
 
