@@ -10,7 +10,7 @@ DATA_DIR := build/data/chem
 MODEL_DIR := build/models/tiny-llama
 EXP ?= deploy/experiments/local-demo.yaml
 
-.PHONY: setup demo test lint data model experiment bench clean
+.PHONY: setup demo test lint data model experiment simulate bench clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,12 @@ demo: setup data model
 ## make experiment EXP=deploy/experiments/NAME.yaml
 experiment: setup
 	$(CROSSFL) run $(EXP)
+
+## make simulate EXP=local-demo QUEUES=deploy/queues/high-variance.yaml [SEEDS=N] [COMPARE=1]
+## replay an experiment in virtual time against facility queues (crossfl simulate)
+QUEUES ?= deploy/queues/high-variance.yaml
+simulate: setup data model
+	$(CROSSFL) simulate $(or $(EXP),local-demo) --queues $(QUEUES) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(COMPARE),--compare)
 
 ## make test: lint, then the test suite (starts its own Slurm/sshd where it can, as root)
 test: lint
