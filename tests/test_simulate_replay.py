@@ -230,3 +230,23 @@ def test_queue_aware_keeps_pilots_warm_where_the_queue_is_slow(
     decisions = records(runs["queue-aware"].run_dir, "dispatch")
     assert {d["site"]: d["action"] for d in decisions} == {"east": "keep-warm", "west": "keep-warm"}
     assert runs["queue-aware"].virtual_s < runs["eager"].virtual_s
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedasync"])
+def test_a_run_ends_at_its_target_loss(
+    project: Path, strategy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stop_at_loss: the first evaluation at or under it ends the run (both drivers)."""
+    monkeypatch.setenv("CROSSFL_ROOT", str(project))
+    exp, path = load_experiment(
+        write_experiment(
+            project, f"stop-{strategy}", rounds=4, strategy={"name": strategy}, stop_at_loss=1000.0
+        )
+    )
+    scenario_file = project / "queues.yaml"
+    scenario_file.write_text(yaml.safe_dump(SCENARIO))
+    run = replay_seeds(
+        exp, path, load_scenario(scenario_file), scenario_file, 1, Console(width=80)
+    )[0]
+    evals = records(run.run_dir, "round")
+    assert len(evals) == 1 and evals[0]["val_loss"] <= 1000.0

@@ -19,8 +19,11 @@ from crossfl.server.records import AggregationRecord, EvalRecord
 
 class AsyncDriver(DriverBase):
     name = "async"
+    target_met = False  # stop_at_loss reached
 
     def done(self) -> bool:
+        if self.target_met:
+            return True
         if self.exp.max_updates is not None:
             return self.state.updates >= self.exp.max_updates
         return self.state.round >= self.exp.rounds
@@ -72,6 +75,7 @@ class AsyncDriver(DriverBase):
         record = None
         if s.round % self.exp.evaluate_every == 0 or self.done():
             record = self.evaluate("round", s.round)
+            self.target_met = self.reached_target(record)
         self.checkpoint()
         return record
 

@@ -401,6 +401,11 @@ class DriverBase(ABC):
         self.metrics.write(record)
         return record
 
+    def reached_target(self, record: EvalRecord | None) -> bool:
+        """The run's stop_at_loss is met by this evaluation."""
+        target = self.exp.stop_at_loss
+        return target is not None and record is not None and record.val_loss <= target
+
     def baseline(self) -> EvalRecord:
         """The untrained adapter's evaluation: the one a resumed run already has, or a new one."""
         if self.resumed:

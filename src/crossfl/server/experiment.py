@@ -233,6 +233,12 @@ class Experiment(Strict):
     evaluation: EvaluationSettings = EvaluationSettings()
     task_timeout_s: float = Field(1800, gt=0)
     dispatch: DispatchSettings = DispatchSettings()
+    stop_at_loss: float | None = Field(
+        None,
+        gt=0,
+        description="end the run at the first evaluation at or under this "
+        "validation loss (e.g. a time-to-target comparison)",
+    )
     seed: int = 0
     driver: Literal["auto", "sync", "async"] = Field(
         "auto", description="auto: async when the strategy is asynchronous"

@@ -186,6 +186,9 @@ class RoundDriver(DriverBase):
                         f"{loss}{self.clock.now() - t0:.1f} s, {self.bytes_moved / 1e6:.2f} MB moved so far"
                     )
                     self.after_checkpoint()
+                    if self.reached_target(last if last and last.round == rnd else None):
+                        self.console.print(f"validation loss at or under {exp.stop_at_loss}: done")
+                        break
             finally:
                 for p in self.late:
                     p.task.cancel()

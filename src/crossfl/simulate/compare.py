@@ -33,6 +33,7 @@ from crossfl.simulate.scenario import Scenario, no_queue
 
 TARGET_FACTOR = 1.02
 RESAMPLES = 2000
+BUDGET = 3  # each variant may take this many times the experiment's rounds (or updates)
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,9 @@ def fedqueue_t_sync(experiment: Experiment, scenario: Scenario) -> float:
     return experiment.training.local_steps * slowest + 60.0 + 2.0
 
 
-def variant_experiment(experiment: Experiment, v: Variant, t_sync: float) -> Experiment:
+def variant_experiment(
+    experiment: Experiment, v: Variant, t_sync: float, target: float | None = None
+) -> Experiment:
     kwargs = {"t_sync": t_sync} if v.strategy == "fedqueue" else {}
     update: dict[str, Any] = {
         "name": f"{experiment.name}-{v.label.replace('+', '-')}",
@@ -168,8 +171,11 @@ def variant_experiment(experiment: Experiment, v: Variant, t_sync: float) -> Exp
         "dispatch": DispatchSettings(**v.dispatch),
         "driver": "auto",
     }
+    budget = 1 if target is None else BUDGET  # the reference run: the experiment as it is
+    if target is not None:
+        update.update(stop_at_loss=target, rounds=budget * experiment.rounds)
     if is_async(v.strategy):  # as many client updates as the synchronous rounds take
-        update["max_updates"] = experiment.rounds * len(experiment.sites)
+        update["max_updates"] = budget * experiment.rounds * len(experiment.sites)
     return experiment.model_copy(update=update)
 
 
@@ -193,12 +199,11 @@ def run_comparison(
         f"FedQueue t_sync {t_sync:.0f} s (the local steps at the slowest site's "
         "speed, theta and q_init)"
     )
-    plans = {
-        v.label: check_replayable(variant_experiment(experiment, v, t_sync), source, task_timeout_s)
-        for v in variants
-    }
     # the target, fixed before any variant runs: FedAvg with no queue
-    calm = replay(plans["fedavg"], source, no_queue(scenario), scenario_file, 0, quiet, cache)
+    reference = check_replayable(
+        variant_experiment(experiment, VARIANTS[0], t_sync), source, task_timeout_s
+    )
+    calm = replay(reference, source, no_queue(scenario), scenario_file, 0, quiet, cache)
     finals = [
         e.val_loss
         for e in of_kind(live_records(calm.run_dir / "metrics.jsonl"), EvalRecord)
@@ -209,6 +214,12 @@ def run_comparison(
         f"target validation loss {target:.4f} ({TARGET_FACTOR} x FedAvg's final "
         f"{finals[-1]:.4f} with no queue)"
     )
+    plans = {
+        v.label: check_replayable(
+            variant_experiment(experiment, v, t_sync, target), source, task_timeout_s
+        )
+        for v in variants
+    }
     outcomes: dict[str, list[RunOutcome]] = {v.label: [] for v in variants}
     total = len(variants) * seeds
     done = 0
