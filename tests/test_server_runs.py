@@ -196,7 +196,7 @@ def test_async_driver_keeps_sites_busy_and_resumes(here: Path) -> None:
     assert [r["round"] for r in records(run_dir, "round")] == [2, 4]
     assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["finished"] is True
     assert (run_dir / "final_adapter" / "adapter_model.safetensors").is_file()
-    assert len(summary_tables(run_dir)) == 5  # loss, sites, allocation, bytes, summary
+    assert len(summary_tables(run_dir)) == 6  # loss, sites (2), allocation, bytes, summary
 
 
 def test_faults_retry_reject_fail_and_park(here: Path) -> None:

@@ -173,23 +173,12 @@ def summary_tables(run_dir: Path) -> list[Table]:
     for r in rounds:
         loss.add_row(str(r.round), f"{r.val_loss:.4f}", _em(r), f"{r.elapsed_s:.1f}")
 
-    per_site = Table(title="sites")
-    for col in (
-        "site",
-        "tasks ok",
-        "failed",
-        "rejected",
-        "late",
-        "retries",
-        "mean queue/start (s)",
-        "mean load (s)",
-        "mean train (s)",
-        "MB up+down",
-        "node-hours",
-        "samples",
-    ):
-        per_site.add_column(col, justify="right")
-    bases = set()
+    per_site = Table(title="sites: tasks")
+    for col in ("site", "ok", "failed", "rejected", "late", "retries", "samples"):
+        per_site.add_column(col, justify="left" if col == "site" else "right")
+    times = Table(title="sites: mean seconds per finished task, MB moved")
+    for col in ("site", "queue/start", "load", "train", "MB up+down"):
+        times.add_column(col, justify="left" if col == "site" else "right")
     for site in sorted({t.site for t in tasks}):
         mine = [t for t in tasks if t.site == site]
         ok = [t for t in mine if t.status == "ok"]
@@ -203,8 +192,6 @@ def summary_tables(run_dir: Path) -> list[Table]:
             return str(sum(1 for t in rows if t.status == status))
 
         moved = sum((t.bytes_up or 0) + t.bytes_down for t in mine) / 1e6
-        node_hours = sum(t.node_hours for t in mine)
-        bases.update(t.node_hours_basis for t in mine if t.node_hours_basis)
         retries = sum(max(0, t.attempts - 1) for t in mine)
         samples = str(ok[-1].num_samples) if ok else "-"
         per_site.add_row(
@@ -214,15 +201,9 @@ def summary_tables(run_dir: Path) -> list[Table]:
             count("rejected"),
             count("late"),
             str(retries),
-            mean("queue_s"),
-            mean("load_s"),
-            mean("train_s"),
-            f"{moved:.2f}",
-            f"{node_hours:.4f}",
             samples,
         )
-    if bases:
-        per_site.caption = "node-hours: " + "; ".join(sorted(bases))
+        times.add_row(site, mean("queue_s"), mean("load_s"), mean("train_s"), f"{moved:.2f}")
 
     moved = Table(title="adapter bytes per round (async runs: per task number), training tasks")
     for col in ("round", "MB down", "MB up", "transport"):
@@ -230,7 +211,7 @@ def summary_tables(run_dir: Path) -> list[Table]:
     for rnd, (down, up) in bytes_by_round(records).items():
         modes = sorted({t.transport_up or t.transport for t in tasks if t.round == rnd})
         moved.add_row(str(rnd), f"{down / 1e6:.3f}", f"{up / 1e6:.3f}", ",".join(modes))
-    return [loss, per_site, allocation_table(tasks), moved, summary_table(records)]
+    return [loss, per_site, times, allocation_table(tasks), moved, summary_table(records)]
 
 
 def _span(values: list[int]) -> str:
