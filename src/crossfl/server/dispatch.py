@@ -29,6 +29,7 @@ from crossfl.render.options import ENGINE_MAX_IDLETIME_S
 from crossfl.schedulers.base import parse_walltime
 from crossfl.server.experiment import DispatchSettings, Experiment
 from crossfl.server.records import DispatchRecord, TaskRecord
+from crossfl.sites import Site
 
 if TYPE_CHECKING:
     from crossfl.server.site_executors import OpenSite
@@ -53,15 +54,6 @@ class DispatchPolicy:
     def endpoint_options(self, site: str, walltime_s: float | None) -> dict[str, Any]:
         """User options for a facility endpoint's config (the site entry's own win)."""
         return {}
-
-    @classmethod
-    def endpoint_options_for(
-        cls, experiment: Experiment, site: str, walltime_s: float | None
-    ) -> dict[str, Any]:
-        """``endpoint_options`` before a run has a clock (the plan renders the configs)."""
-        from crossfl.clock import REAL_CLOCK
-
-        return cls(experiment, REAL_CLOCK).endpoint_options(site, walltime_s)
 
     def start(self, handles: Mapping[str, OpenSite]) -> None:
         """Once, before the first task."""
@@ -111,7 +103,9 @@ class QueueAware(DispatchPolicy):
     def start(self, handles: Mapping[str, OpenSite]) -> None:
         for name, handle in handles.items():
             ex: Any = handle.executor
-            walltime = getattr(ex, "walltime_s", None) or self._walltime(name)
+            walltime = getattr(ex, "walltime_s", None) or pilot_walltime_s(
+                handle.site.catalog, handle.site.user_options
+            )
             if walltime is not None:
                 self.walltime_s[name] = walltime
             expected = (
@@ -134,11 +128,6 @@ class QueueAware(DispatchPolicy):
                     },
                 )
             )
-
-    def _walltime(self, site: str) -> float | None:
-        entry = self.exp.site_entry(site)
-        value = entry.user_options.get("walltime")
-        return float(parse_walltime(value)) if isinstance(value, str) else None
 
     # -- the work --------------------------------------------------------------------------
     def local_steps(self, site: str, steps: int) -> int:
@@ -178,6 +167,14 @@ class QueueAware(DispatchPolicy):
             if walltime is not None:
                 started = record.submitted_at + record.queue_s
                 self.pilot_ends[site] = started + walltime
+
+
+def pilot_walltime_s(site: Site, options: Mapping[str, Any]) -> float | None:
+    """The walltime of a site's pilot jobs as its options ask (else the site's own); None
+    where a site has no pilot jobs."""
+    if not site.sched.batch:
+        return None
+    return float(parse_walltime(str(options.get("walltime", site.walltime))))
 
 
 def _average(old: float | None, new: float, weight: float = 0.5) -> float:

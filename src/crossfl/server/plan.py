@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from crossfl.client.contract import EvalTask, LoraSpec, TrainTask
+from crossfl.clock import REAL_CLOCK
 from crossfl.errors import UserError
-from crossfl.schedulers.base import parse_walltime
-from crossfl.server.dispatch import POLICIES
+from crossfl.server.dispatch import make_policy, pilot_walltime_s
 from crossfl.server.experiment import Experiment, SiteEntry, local_path
 from crossfl.server.strategies import get_strategy, is_async
 from crossfl.server.strategies.base import ClientPlan
@@ -259,10 +259,10 @@ def plan_site(experiment: Experiment, name: str) -> SitePlan:
     site = load_site(entry.site)
     nodes, ranks, options = task_shape(site, entry)
     # the dispatch policy's idle settings (a warm pilot) where the site has pilot jobs
-    if site.sched.batch:
-        walltime = float(parse_walltime(str(options.get("walltime", site.walltime))))
-        policy = POLICIES[experiment.dispatch.name]
-        options = {**policy.endpoint_options_for(experiment, name, walltime), **options}
+    warm = make_policy(experiment, REAL_CLOCK).endpoint_options(
+        name, pilot_walltime_s(site, options)
+    )
+    options = {**warm, **options}
     # the task's shape against the site's rules, before anything else is looked up
     check_request(site, options, nodes=nodes, ranks_per_node=ranks)
     here = site.deploy.host is None

@@ -204,15 +204,11 @@ def run_comparison(
         variant_experiment(experiment, VARIANTS[0], t_sync), source, task_timeout_s
     )
     calm = replay(reference, source, no_queue(scenario), scenario_file, 0, quiet, cache)
-    finals = [
-        e.val_loss
-        for e in of_kind(live_records(calm.run_dir / "metrics.jsonl"), EvalRecord)
-        if e.kind == "round"
-    ]
-    target = TARGET_FACTOR * finals[-1]
+    final = outcome("reference", 0, calm.run_dir, 0.0).final_loss
+    target = TARGET_FACTOR * final
     console.print(
         f"target validation loss {target:.4f} ({TARGET_FACTOR} x FedAvg's final "
-        f"{finals[-1]:.4f} with no queue)"
+        f"{final:.4f} with no queue)"
     )
     plans = {
         v.label: check_replayable(
