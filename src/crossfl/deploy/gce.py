@@ -7,8 +7,9 @@ import json
 import shlex
 from dataclasses import dataclass
 
-from crossfl.deploy.remote import Remote, Result, q
+from crossfl.deploy.remote import Remote, Result
 from crossfl.errors import UserError
+from crossfl.render.shell import quote
 
 ENDPOINT_FILES = (
     "config.yaml",
@@ -48,18 +49,12 @@ def resolve_path(path: str, home: str, root: str, raw_root: str) -> str:
     return path.replace("${HOME}", home).replace("$HOME", home)
 
 
-def _root_expr(remote_root: str) -> str:
-    if remote_root.startswith("~/"):
-        remote_root = "$HOME/" + remote_root[2:]
-    return '"' + remote_root.replace('"', '\\"') + '"'
-
-
 def probe(remote: Remote, remote_root: str, site_file: str, *, version: bool = False) -> LoginInfo:
     """Where things are on the login node, and whether the endpoint CLI is there
     (and, with `version`, which version it is: one more Python start there)."""
     script = (
         f"echo CROSSFL_HOME=$HOME; echo CROSSFL_UID=$(id -u); "
-        f"echo CROSSFL_ROOT={_root_expr(remote_root)}; "
+        f"echo CROSSFL_ROOT={quote(remote_root)}; "
         "echo CROSSFL_GCDIR=${GLOBUS_COMPUTE_USER_DIR:-$HOME/.globus_compute}; "
         f"g=$(command -v {GCE}); echo CROSSFL_GCE=$g; "
     )
@@ -117,13 +112,13 @@ def configure(
     """`globus-compute-endpoint configure NAME` unless the endpoint directory exists."""
     ep = info.endpoint_dir(name)
     if not remote.dry_run:
-        have = remote.run(f"test -f {q(ep)}/config.yaml && echo yes || true")
+        have = remote.run(f"test -f {quote(ep)}/config.yaml && echo yes || true")
         if have.stdout.strip() == "yes":
             return False
     flag = "true" if multi_user else "false"
-    email = f" --contact-email {shlex.quote(contact_email)}" if contact_email else ""
+    email = f" --contact-email {quote(contact_email)}" if contact_email else ""
     r = remote.run(
-        f"{GCE} configure --multi-user {flag}{email} {shlex.quote(name)}",
+        f"{GCE} configure --multi-user {flag}{email} {quote(name)}",
         activate=True,
         label=f"{GCE} configure {name}",
     )
@@ -155,13 +150,13 @@ def install(
     ]
     for f in ENDPOINT_FILES:
         src, dst = f"{bundle_dir}/endpoint/{f}", f"{ep}/{f}"
-        cat = f"cat {q(src)}"
+        cat = f"cat {quote(src)}"
         if rendered_dir and f == "config.yaml":
             expr = f"s|{_sed_escape(rendered_dir, True)}/|{_sed_escape(ep, False)}/|g"
-            cat = f"sed {shlex.quote(expr)} {q(src)}"
+            cat = f"sed {shlex.quote(expr)} {quote(src)}"
         if extra_core and f == "config.yaml":
             cat = f"{{ {cat}; printf '%s\\n' {shlex.quote(extra_core)}; }}"
-        lines.append(f"{cat} | inst {f} {q(dst)}")
+        lines.append(f"{cat} | inst {f} {quote(dst)}")
     r = remote.run(
         "set -eo pipefail\n" + "\n".join(lines), label=f"install endpoint files into {ep}"
     )
@@ -194,7 +189,7 @@ def runtime(remote: Remote, info: LoginInfo, name: str) -> Runtime:
     (`globus-compute-endpoint list` is not used: with texttable 1.7 it crashes.)"""
     ep = info.endpoint_dir(name)
     script = (
-        f'd={q(ep)}; [ -f "$d/config.yaml" ] && echo CROSSFL_CONFIGURED=1; '
+        f'd={quote(ep)}; [ -f "$d/config.yaml" ] && echo CROSSFL_CONFIGURED=1; '
         f'[ -f "$d/endpoint.json" ] && '
         f"echo CROSSFL_JSON=$(tr -d '\\n' < \"$d/endpoint.json\"); "
         f'p=$(cat "$d/daemon.pid" 2>/dev/null); '
@@ -254,7 +249,7 @@ def classify(r: Result) -> StartFailed:
 
 def start(remote: Remote, name: str) -> None:
     r = remote.run(
-        f"{GCE} start --detach {shlex.quote(name)} </dev/null",
+        f"{GCE} start --detach {quote(name)} </dev/null",
         activate=True,
         timeout=300,
         label=f"{GCE} start --detach {name}",
@@ -265,7 +260,7 @@ def start(remote: Remote, name: str) -> None:
 
 def stop(remote: Remote, name: str) -> Result:
     return remote.run(
-        f"{GCE} stop {shlex.quote(name)} </dev/null",
+        f"{GCE} stop {quote(name)} </dev/null",
         activate=True,
         timeout=120,
         label=f"{GCE} stop {name}",
@@ -273,7 +268,7 @@ def stop(remote: Remote, name: str) -> Result:
 
 
 def logs(remote: Remote, info: LoginInfo, name: str, lines: int) -> Result:
-    return remote.run(f"tail -n {int(lines)} {q(info.endpoint_dir(name))}/endpoint.log")
+    return remote.run(f"tail -n {int(lines)} {quote(info.endpoint_dir(name))}/endpoint.log")
 
 
 def queue(remote: Remote, query: str | None) -> Result | None:

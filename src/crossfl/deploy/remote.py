@@ -31,6 +31,7 @@ from invoke.exceptions import CommandTimedOut
 from rich.console import Console
 
 from crossfl.errors import UserError
+from crossfl.render.shell import quote
 
 SSH_CONFIG_ENV = "CROSSFL_SSH_CONFIG"
 CHANNEL_ENV = "CROSSFL_SSH_CHANNEL"
@@ -259,13 +260,13 @@ class OpenSshChannel:
             raise OSError(err.splitlines()[-1] if err else f"remote exit {proc.returncode}")
 
     def write(self, path: str, data: bytes, mode: int) -> None:
-        p = shlex.quote(path)
+        p = quote(path)
         self._pipe(f"cat > {p} && chmod {mode:o} {p}", lambda w: w.write(data))
 
     def append(
         self, src: BinaryIO, path: str, offset: int, progress: Callable[[int], None]
     ) -> None:
-        p = shlex.quote(path)
+        p = quote(path)
         cmd = f"truncate -s {offset} {p} && cat >> {p}" if offset else f"cat > {p}"
 
         def feed(w: BinaryIO) -> None:
@@ -378,13 +379,3 @@ class Remote:
 
 def _one_line(script: str) -> str:
     return " ; ".join(ln.strip() for ln in script.strip().splitlines() if ln.strip())
-
-
-def q(path: str) -> str:
-    """Quote a remote path for bash, keeping a leading `$HOME`/`~` expandable."""
-    if path.startswith("~/"):
-        path = "$HOME/" + path[2:]
-    if path.startswith("$"):
-        head, sep, rest = path.partition("/")
-        return f'"{head}"{sep}{shlex.quote(rest) if rest else ""}' if sep else f'"{head}"'
-    return shlex.quote(path)

@@ -23,9 +23,10 @@ from rich.console import Console
 
 from crossfl.deploy import gce
 from crossfl.deploy import image as image_step
-from crossfl.deploy.remote import Remote, Target, q
+from crossfl.deploy.remote import Remote, Target
 from crossfl.deploy.transfer import stage_tree, upload_bundle
 from crossfl.errors import UserError
+from crossfl.render.shell import quote
 from crossfl.sites import Site
 from crossfl.state import DataState, DeployState, now, save_state
 
@@ -83,7 +84,7 @@ class Deployment:
 def layout(d: Deployment) -> None:
     root = d.info.root
     d.remote.run(
-        f"mkdir -p {q(root)}/bundle {q(root)}/images {q(root)}/data",
+        f"mkdir -p {quote(root)}/bundle {quote(root)}/images {quote(root)}/data",
         label=f"remote layout {root}/{{bundle,images,data}}",
     )
 

@@ -11,7 +11,6 @@ Rendering is atomic: a temporary directory beside the target is filled, then swa
 from __future__ import annotations
 
 import json
-import shlex
 from pathlib import Path
 
 import jinja2
@@ -23,6 +22,7 @@ from crossfl.render import engine
 from crossfl.render.batch import batch_context, build_only_context
 from crossfl.render.endpoint import endpoint_context, identity_mapping
 from crossfl.render.options import user_config_schema
+from crossfl.render.shell import quote
 from crossfl.sites import Site, load_site
 
 
@@ -42,7 +42,7 @@ def _env() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["yq"] = lambda v: json.dumps(v)  # a YAML-safe scalar (JSON is YAML)
-    env.filters["sq"] = lambda v: shlex.quote(str(v))  # a shell word
+    env.filters["sq"] = lambda v: quote(str(v))  # a shell word (crossfl.render.shell.quote)
     return env
 
 
