@@ -318,6 +318,130 @@ def test_refused_key(project: Path, sshd: SshServer, monkeypatch: pytest.MonkeyP
     assert state(project) is None
 
 
+# -- host keys: known works (every test above), unknown or changed stops deploy and doctor ------
+
+
+def doctor_cli(*args: str) -> tuple[int, str]:
+    import typer
+
+    from crossfl.cli import doctor as cli_doctor
+
+    app = typer.Typer()
+    cli_doctor.register(app)
+    app.command("noop", hidden=True)(lambda: None)
+    res = CliRunner().invoke(app, ["doctor", *args])
+    if isinstance(res.exception, UserError):
+        return 2, res.output + "error: " + res.exception.render() + "\n"
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return res.exit_code, res.output
+
+
+def test_unknown_host_key_stops_deploy_and_doctor(
+    project: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = sshd.root / "known_hosts_empty"
+    empty.write_text("")
+    cfg = sshd.client_config(name="ssh-config-unknown", known_hosts=empty)
+    monkeypatch.setenv("CROSSFL_SSH_CONFIG", str(cfg))
+    before = sshd.logins()
+    for cli in (lambda: run_cli("deploy", SITE), lambda: doctor_cli(SITE)):
+        code, out = cli()
+        line = error_line(out)
+        assert code == 2 and SITE in line and f"[127.0.0.1]:{sshd.port}" in line, line
+        assert "not in your known_hosts" in line and str(empty) in line
+        assert "ssh-keyscan -p" in line and "fingerprint" in line
+    assert sshd.logins() == before  # refused before authenticating: no key, no bundle sent
+    assert state(project) is None and not remote_root().exists()
+
+
+def test_changed_host_key_stops_deploy_and_doctor(
+    project: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # known_hosts names another key for this host and port: what a machine in the path shows
+    wrong = sshd.known_hosts_with(sshd.root / "other_key.pub", "known_hosts_wrong")
+    monkeypatch.setenv(
+        "CROSSFL_SSH_CONFIG",
+        str(sshd.client_config(name="ssh-config-changed", known_hosts=wrong)),
+    )
+    for cli in (lambda: run_cli("deploy", SITE), lambda: doctor_cli(SITE)):
+        code, out = cli()
+        line = error_line(out)
+        assert code == 2 and SITE in line and "has changed" in line, line
+        assert "SHA256:" in line and f"ssh-keygen -R '[127.0.0.1]:{sshd.port}'" in line
+    assert state(project) is None and not remote_root().exists()
+
+
+def test_openssh_channel_checks_host_keys_too(
+    project: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The system ssh (no master running, channel forced) is told StrictHostKeyChecking=yes,
+    whatever the user's config says."""
+    empty = sshd.root / "known_hosts_empty2"
+    empty.write_text("")
+    cfg = sshd.client_config(
+        name="ssh-config-openssh-unknown", known_hosts=empty, extra="  StrictHostKeyChecking no\n"
+    )
+    monkeypatch.setenv("CROSSFL_SSH_CONFIG", str(cfg))
+    monkeypatch.setenv("CROSSFL_SSH_CHANNEL", "openssh")
+    code, out = run_cli("deploy", SITE, "--no-start")
+    line = error_line(out)
+    assert code == 2 and "host key" in line, line
+    assert state(project) is None and not remote_root().exists()
+
+
+# -- secrets: not in output, remote command lines, state or world-readable files -----------------
+
+
+def test_secrets_stay_out_of_output_argv_and_state(
+    project: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "s3cr3t-" + hashlib.sha256(str(project).encode()).hexdigest()[:16]
+    token = "tok-" + secret[::-1]
+    monkeypatch.setenv("CROSSFL_TEST_TOKEN", token)  # a secret of this environment
+    argv = remote_root().parent / "argv.txt"
+    gc_dir = ep_dir().parent
+    # The activate line exports a client secret and records the command lines of the remote
+    # shell and of its parent: what any user of the login node sees in `ps`.
+    record = (
+        f"tr '\\0' ' ' </proc/$$/cmdline >>{argv}; echo >>{argv}; "
+        f"tr '\\0' ' ' </proc/$PPID/cmdline >>{argv}; echo >>{argv}"
+    )
+    monkeypatch.setenv(
+        "CROSSFL_REMOTE_ACTIVATE",
+        activate_line(gc_dir, f"; export GLOBUS_COMPUTE_CLIENT_SECRET={secret}; {record}"),
+    )
+    override(project, {"endpoint": {"display_name": "crossfl ${CROSSFL_TEST_TOKEN}"}})
+    code, out = run_cli("deploy", SITE, "--dry-run")
+    assert code == 0, out
+    assert "GLOBUS_COMPUTE_CLIENT_SECRET=***" in out
+    assert secret not in out and token not in out
+    # the rendered file that carries the token is the user's alone; the others as the umask says
+    rendered = project / "build" / "sites" / SITE / "endpoint"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (rendered / "config.yaml").stat().st_mode & 0o777 == 0o600
+    assert (rendered / "user_config_schema.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+    code, out = run_cli("deploy", SITE, "--no-start")
+    assert code == 0, out
+    assert secret not in out and token not in out
+    seen = argv.read_text()
+    print(seen)
+    assert "bash -l -s" in seen and secret not in seen and "CLIENT_SECRET" not in seen
+    assert (remote_root() / "bundle" / "endpoint" / "config.yaml").stat().st_mode & 0o77 == 0
+    assert secret not in (project / "deploy" / "state" / f"{SITE}.json").read_text()
+
+    # a failure that quotes the activate line: redacted in the message and the state file
+    monkeypatch.setenv(
+        "CROSSFL_REMOTE_ACTIVATE",
+        f"export GLOBUS_COMPUTE_CLIENT_SECRET={secret}; source /nonexistent/bin/activate",
+    )
+    code, out = run_cli("deploy", SITE)
+    line = error_line(out)
+    assert "python_activate failed" in line and secret not in out
+
+
 @pytest.mark.parametrize(
     "activate, expect",
     [

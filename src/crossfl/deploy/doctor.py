@@ -42,6 +42,7 @@ from crossfl.deploy.flow import target_of
 from crossfl.deploy.image import LABEL_PIN, LABEL_PYTHON, expected_labels, parse_inspect
 from crossfl.deploy.remote import Remote
 from crossfl.errors import UserError
+from crossfl.redact import redact
 from crossfl.render import render_site
 from crossfl.render.shell import quote
 from crossfl.schedulers import QueueLimits, parse_walltime
@@ -74,7 +75,7 @@ class Report:
         return any(c.status == "FAIL" for c in self.checks)
 
     def add(self, name: str, status: Status, detail: str) -> None:
-        self.checks.append(Check(name, status, detail))
+        self.checks.append(Check(name, status, redact(detail)))
 
 
 # -- the table ------------------------------------------------------------------------------------

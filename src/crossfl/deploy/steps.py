@@ -208,9 +208,9 @@ def _start_error(d: Deployment, exc: gce.StartFailed) -> UserError:
     fixes = {
         "network": f"check that {t.host} reaches the Globus service over HTTPS (proxy?), "
         f"then run `crossfl deploy {site.name}` again",
-        "login": f"log in once there: `ssh -t {t.host} globus-compute-endpoint login` (or "
-        "export GLOBUS_COMPUTE_CLIENT_ID/SECRET in deploy.python_activate), then "
-        "deploy again",
+        "login": f"log in once there: `ssh -t {t.host} globus-compute-endpoint login`, or "
+        "keep GLOBUS_COMPUTE_CLIENT_ID/SECRET exports in a file only you can read there "
+        "(chmod 600) that deploy.python_activate sources; then deploy again",
         "email": "deploy as your own user (deploy.user), or pass --contact-email ADDR",
         "running": f"run `crossfl stop {site.name}` then deploy again",
         "other": f"run `crossfl logs {site.name}` for the endpoint's log, then deploy again",
