@@ -17,6 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from crossfl.errors import UserError
+from sdk_client import RecordingClient, sdk_client  # noqa: F401  (fixture)
 from sshd import SshServer, free_port, sshd  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +52,9 @@ def error_line(out: str) -> str:
 
 
 @pytest.fixture
-def project(tmp_path: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch) -> Path:
+def project(
+    tmp_path: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch, sdk_client: type
+) -> Path:
     """A project root with the localhost-ssh site, aimed at the test sshd; one remote root
     and one Globus Compute directory per test."""
     root = tmp_path / "proj"
@@ -223,6 +226,7 @@ def test_each_step_runs_on_its_own(project: Path) -> None:
         "bundle",
         "image",
         "data",
+        "functions",
         "endpoint",
         "start",
     ]
@@ -241,6 +245,8 @@ def test_each_step_runs_on_its_own(project: Path) -> None:
         steps.image(d)  # no container: nothing to stage
         steps.data(d)  # no --data
         assert d.out.changed == ["bundle"] and not ep_dir().exists()
+        steps.functions(d)
+        assert set(d.state.functions) == {"train", "evaluate"}
         steps.endpoint(d)
         assert (ep_dir() / "user_config_schema.json").is_file() and d.state.endpoint.configured
         steps.start(d)  # --no-start
@@ -316,6 +322,83 @@ def test_refused_key(project: Path, sshd: SshServer, monkeypatch: pytest.MonkeyP
     line = error_line(out)
     assert code == 2 and SITE in line and "refused the key" in line and "IdentityFile" in line
     assert state(project) is None
+
+
+# -- the kit's functions only; the admin's config kept -------------------------------------------
+
+
+def test_functions_registered_once_and_an_admins_keys_kept(
+    project: Path, sdk_client: type[RecordingClient]
+) -> None:
+    import uuid
+
+    code, out = run_cli("deploy", SITE, "--no-start")
+    assert code == 0, out
+    st = state(project)
+    ids = {kind: rec["function_id"] for kind, rec in st["functions"].items()}
+    assert set(ids) == {"train", "evaluate"}
+    # registered by reference: the SDK's payload names the client's functions, no source text
+    assert [r["function_name"] for r in sdk_client.registered] == ["train_round", "evaluate"]
+    assert all(r["meta"]["serde_identifier"] == "01" for r in sdk_client.registered)  # DillCode
+    cfg = ep_dir() / "config.yaml"
+    core = yaml.safe_load(cfg.read_text())
+    assert core["allowed_functions"] == [ids["train"], ids["evaluate"]]
+    assert cfg.stat().st_mode & 0o777 == 0o600
+    example = remote_root() / "bundle" / "endpoint" / "user_config.example.yaml"
+    assert yaml.safe_load(example.read_text())["engine"]["allowed_serializers"] == [
+        "globus_compute_sdk.serialize.DillCode",
+        "globus_compute_sdk.serialize.DillDataBase64",
+    ]
+
+    # what a facility admin adds: identity mapping, a policy, admins, a function of their own
+    theirs, policy, admin = (str(uuid.uuid4()) for _ in range(3))
+    text = cfg.read_text().replace(f"- {ids['evaluate']}\n", f"- {ids['evaluate']}\n- {theirs}\n")
+    text += (
+        "# added by the facility\n"
+        "identity_mapping_config_path: /etc/globus/idmap.json\n"
+        f"authentication_policy: {policy}\n"
+        "admins:\n  # Samir (sysadmin, HPC services)\n"
+        f"  - {admin}\n"
+    )
+    cfg.write_text(text)
+    override(project, {"endpoint": {"display_name": "crossfl renamed"}})
+    code, out = run_cli("deploy", SITE, "--no-start")
+    assert code == 0, out
+    kept = cfg.read_text()
+    core = yaml.safe_load(kept)
+    assert core["display_name"] == "crossfl renamed"
+    assert core["identity_mapping_config_path"] == "/etc/globus/idmap.json"
+    assert core["authentication_policy"] == policy and core["admins"] == [admin]
+    assert core["allowed_functions"] == [ids["train"], ids["evaluate"], theirs]
+    assert "# Samir (sysadmin, HPC services)" in kept and "# added by the facility" in kept
+    assert len(sdk_client.registered) == 2  # registered once: the ids stay
+
+    code, out = run_cli("deploy", SITE, "--no-start")  # nothing changed: nothing moves
+    assert code == 0 and "nothing changed" in out and cfg.read_text() == kept
+
+    # the site's own policy and admins (schema: endpoint.authentication_policy, admins) win
+    # over the policy there; the admins there are kept beside the site's
+    ours_policy, ours_admin = str(uuid.uuid4()), str(uuid.uuid4())
+    override(
+        project,
+        {
+            "endpoint": {
+                "display_name": "crossfl renamed",
+                "authentication_policy": ours_policy,
+                "admins": [ours_admin],
+            }
+        },
+    )
+    code, out = run_cli("deploy", SITE, "--no-start")
+    assert code == 0, out
+    core = yaml.safe_load(cfg.read_text())
+    assert core["authentication_policy"] == ours_policy
+    assert core["admins"] == [ours_admin, admin]
+    assert core["identity_mapping_config_path"] == "/etc/globus/idmap.json"
+    override(project, {"endpoint": {"display_name": "crossfl renamed"}})  # the site drops them
+    code, out = run_cli("deploy", SITE, "--no-start")
+    core = yaml.safe_load(cfg.read_text())
+    assert core["admins"] == [admin] and "authentication_policy" not in core
 
 
 # -- host keys: known works (every test above), unknown or changed stops deploy and doctor ------

@@ -4,9 +4,12 @@ stop, status, logs. Its failures are read and turned into one line with the next
 from __future__ import annotations
 
 import json
-import shlex
 from dataclasses import dataclass
+from typing import Any
 
+import yaml
+
+from crossfl.deploy import coreconfig
 from crossfl.deploy.remote import Remote, Result
 from crossfl.errors import UserError
 from crossfl.render.shell import quote
@@ -136,12 +139,13 @@ def install(
     info: LoginInfo,
     name: str,
     bundle_dir: str,
-    extra_core: str = "",
-    rendered_dir: str | None = None,
+    *,
+    core: dict[str, Any],
+    previous: dict[str, Any],
 ) -> list[str]:
-    """Copy the rendered endpoint files into the endpoint directory where they differ.
-    `extra_core` is appended to config.yaml (e.g. `email: ...`); paths that point into the
-    local `rendered_dir` are rewritten to the endpoint directory. Returns the changed files."""
+    """Copy the rendered endpoint files into the endpoint directory where they differ, and
+    merge crossfl's keys (`core`) into its config.yaml, keeping the rest (coreconfig.py;
+    `previous`: the list entries deploy put there last time). Returns the changed files."""
     ep = info.endpoint_dir(name)
     lines = [
         'inst() { n="$2.new"; cat > "$n"; chmod 600 "$n"; '
@@ -149,14 +153,9 @@ def install(
         'else mv -f "$n" "$2"; echo CROSSFL_CHANGED=$1; fi; }'
     ]
     for f in ENDPOINT_FILES:
-        src, dst = f"{bundle_dir}/endpoint/{f}", f"{ep}/{f}"
-        cat = f"cat {quote(src)}"
-        if rendered_dir and f == "config.yaml":
-            expr = f"s|{_sed_escape(rendered_dir, True)}/|{_sed_escape(ep, False)}/|g"
-            cat = f"sed {shlex.quote(expr)} {quote(src)}"
-        if extra_core and f == "config.yaml":
-            cat = f"{{ {cat}; printf '%s\\n' {shlex.quote(extra_core)}; }}"
-        lines.append(f"{cat} | inst {f} {quote(dst)}")
+        if f != "config.yaml":
+            src, dst = f"{bundle_dir}/endpoint/{f}", f"{ep}/{f}"
+            lines.append(f"cat {quote(src)} | inst {f} {quote(dst)}")
     r = remote.run(
         "set -eo pipefail\n" + "\n".join(lines), label=f"install endpoint files into {ep}"
     )
@@ -166,14 +165,42 @@ def install(
             f"{remote.t.label} failed: {r.tail()}",
             fix="check permissions and space there, then deploy again",
         )
-    return [
+    changed = [
         ln.split("=", 1)[1] for ln in r.stdout.splitlines() if ln.startswith("CROSSFL_CHANGED=")
     ]
+    if install_core(remote, ep, core, previous):
+        changed.insert(0, "config.yaml")
+    return changed
 
 
-def _sed_escape(text: str, pattern: bool) -> str:
-    special = "\\|.*[]^$" if pattern else "\\|&"
-    return "".join("\\" + c if c in special else c for c in text)
+def install_core(remote: Remote, ep: str, core: dict[str, Any], previous: dict[str, Any]) -> bool:
+    """Merge `core` into ep/config.yaml (0600, swapped in whole); True when it changed."""
+    path = f"{ep}/config.yaml"
+    keys = ", ".join(core)
+    if remote.dry_run:
+        remote.say(f"merge crossfl's keys ({keys}) into {path}, keeping the others")
+        return True
+    have = remote.run(f"cat {quote(path)} 2>/dev/null || true")
+    site = remote.t.site
+    try:
+        text = coreconfig.merge(have.stdout, core, previous)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise UserError(
+            f"site {site}: {path} on {remote.t.label} is not a YAML mapping ({exc})",
+            fix="repair it there (or move it aside for `globus-compute-endpoint configure` "
+            "to write a new one), then deploy again",
+        ) from None
+    if text == have.stdout:
+        return False
+    remote.say(f"merge crossfl's keys ({keys}) into {path}")
+    remote.write(path + ".new", text.encode(), 0o600)
+    r = remote.run(f"mv -f {quote(path + '.new')} {quote(path)}")
+    if not r.ok:
+        raise UserError(
+            f"site {site}: could not replace {path} on {remote.t.label}: {r.tail()}",
+            fix="check permissions there, then deploy again",
+        )
+    return True
 
 
 @dataclass(frozen=True)

@@ -167,6 +167,34 @@ def mpi_task_line(site: Site, argv: list[str]) -> str:
     )
 
 
+# The only argument of an MPI site's registered task function (crossfl.functions): the path of
+# a task file, `/DIR/tasks/NAME.json`; rank 0 writes its result to `/DIR/results/NAME.out.json`.
+TASK_KEY_RULE = r"^'(/[A-Za-z0-9_.,@+=/-]+)/tasks/([A-Za-z0-9_.-]+)\.json'$"
+
+
+def mpi_task_script(site: Site, argv: list[str], key_placeholder: str) -> str:
+    """The shell text of an MPI site's task function: `key_placeholder` (where the function's
+    caller puts the task key, as Python's repr writes it: one line, quoted) is read from a
+    quoted here-document, so nothing in it is ever run; a key that is not a task file's
+    path (TASK_KEY_RULE, no `.`/`..` parts) stops it with exit status 2 before anything
+    starts; then `mpi_task_line` with the task file and its result file after `argv`."""
+    return "\n".join(
+        [
+            "read -r key <<'CROSSFL_TASK_KEY'",
+            key_placeholder,
+            "CROSSFL_TASK_KEY",
+            f"rule={quote(TASK_KEY_RULE)}",
+            'if [[ $key == *"/../"* || $key == *"/./"* || ! $key =~ $rule ]]; then',
+            "  echo \"crossfl: refused task key $key (want '/DIR/tasks/NAME.json')\" >&2",
+            "  exit 2",
+            "fi",
+            'task="${BASH_REMATCH[1]}/tasks/${BASH_REMATCH[2]}.json"',
+            'out="${BASH_REMATCH[1]}/results/${BASH_REMATCH[2]}.out.json"',
+            mpi_task_line(site, [*argv, "$task", "$out"]),
+        ]
+    )
+
+
 # Globus Compute's placeholders for `container_type: custom` (engines/globus_compute.py,
 # containerized_launch_cmd): the engine's run directory and the worker command.
 EXECUTOR_RUNDIR = "{EXECUTOR_RUNDIR}"

@@ -402,7 +402,13 @@ class Endpoint(StrictModel):
     # Environment of the user endpoint processes (user_environment.yaml).
     environment: dict[v.Ident, v.Line] = Field(default_factory=dict)
     display_name: v.Line | None = None
-    allowed_functions: list[str] = Field(default_factory=list)
+    # Functions the endpoint runs besides the kit's own (which deploy registers and adds).
+    allowed_functions: list[v.Uuid] = Field(default_factory=list)
+    # A Globus authentication policy every identity sending tasks must satisfy (e.g. a
+    # domain, recent login), and the Globus identities that may administer the endpoint
+    # besides its owner (needs a subscription): Globus Compute's own config.yaml keys.
+    authentication_policy: v.Uuid | None = None
+    admins: list[v.Uuid] = Field(default_factory=list)
     encrypted: bool = True
     # Network interface the workers use to reach the interchange (hsn0 on Slingshot).
     address_interface: v.Word | None = None

@@ -16,6 +16,7 @@ command after a `#SBATCH` line). Then, by kind:
   Word     a scheduler value written into a batch header only (constraint, select options)
   Url      a URL or host list (proxies, docs): no quotes, `$`, backticks or spaces
   Ident    an environment variable's name
+  Uuid     a Globus identifier (policy, identity, function)
 
 An unset `${VAR:?hint}` loads as `<VAR>` (crossfl.sites.loading) and passes every kind, so a
 site still renders for a dry run; whatever needs the value stops first (Site.require_set).
@@ -103,6 +104,14 @@ Url = Annotated[
         "URL or host list",
         r"[A-Za-z0-9_.,:/?#@=+%~*-]+",
         "a URL or comma-separated hosts, without spaces, quotes, $ or backticks",
+    ),
+]
+Uuid = Annotated[
+    str,
+    _kind(
+        "UUID",
+        r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+        "a UUID as Globus shows it (8-4-4-4-12 hex digits)",
     ),
 ]
 Ident = Annotated[
