@@ -455,6 +455,34 @@ def test_changed_host_key_stops_deploy_and_doctor(
     assert state(project) is None and not remote_root().exists()
 
 
+def test_every_proxyjump_hop_is_verified(
+    project: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The login node reached through a jump host (ProxyJump, here the same sshd under
+    another name): the hop's own known_hosts must hold its key too."""
+    empty = sshd.root / "known_hosts_jump_empty"
+    empty.write_text("")
+
+    def config(name: str, jump_known: Path) -> Path:
+        key = f"  User {sshd.user}\n  IdentityFile {sshd.client_key}\n  IdentitiesOnly yes\n"
+        path = sshd.root / name
+        path.write_text(
+            f"Host jumphost\n  HostName 127.0.0.1\n  Port {sshd.port}\n{key}"
+            f"  UserKnownHostsFile {jump_known}\n"
+            f"Host 127.0.0.1\n  Port {sshd.port}\n{key}  ProxyJump jumphost\n"
+            f"  UserKnownHostsFile {sshd.known_hosts}\n"
+        )
+        return path
+
+    monkeypatch.setenv("CROSSFL_SSH_CONFIG", str(config("ssh-config-jump-unknown", empty)))
+    code, out = run_cli("status", SITE)
+    line = error_line(out)
+    assert code == 2 and "not in your known_hosts" in line and f":{sshd.port}" in line, line
+    monkeypatch.setenv("CROSSFL_SSH_CONFIG", str(config("ssh-config-jump", sshd.known_hosts)))
+    code, out = run_cli("status", SITE)
+    assert code == 0 and "endpoint process" in out, out
+
+
 def test_openssh_channel_checks_host_keys_too(
     project: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

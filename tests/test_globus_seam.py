@@ -194,6 +194,40 @@ def test_undeployed_site_is_refused_before_any_engine_starts(
     assert not list((project / "runs").glob("undeployed-*/engines/*"))
 
 
+def test_a_function_changed_since_deploy_is_refused_before_the_run(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The endpoint's allowed_functions name what deploy registered; a task function that
+    differs now (its site file changed) would be refused there: the plan says so first."""
+    from crossfl.state import FunctionState, now
+
+    monkeypatch.setenv("CROSSFL_ROOT", str(project))
+    stale = FunctionState(
+        function_id=str(uuid.uuid4()), name="train_round", digest="0" * 64, registered_at=now()
+    )
+    save_state(
+        DeployState(
+            site="localhost-ssh",
+            host="127.0.0.1",
+            remote_root="/remote/root",
+            functions={"train": stale},
+            endpoint=EndpointState(
+                name="crossfl-localhost-ssh",
+                configured=True,
+                started=True,
+                endpoint_id=str(uuid.uuid4()),
+            ),
+        )
+    )
+    exp, path = load_experiment(experiment(project, "stale"))
+    with pytest.raises(UserError) as info:
+        run_experiment(exp, path, Console(width=120))
+    text = info.value.render()
+    assert "train function changed since `crossfl deploy`" in text
+    assert "crossfl deploy localhost-ssh" in text
+    assert not list((project / "runs").glob("stale-*/engines/*"))
+
+
 def test_run_records_the_image_digest_deploy_staged(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

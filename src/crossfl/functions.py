@@ -71,6 +71,31 @@ def kit_functions(site: Site) -> dict[str, KitFunction]:
     return out
 
 
+def registered_functions(site: Site) -> list[tuple[Callable[..., Any], str]]:
+    """The site's functions with the ids `crossfl deploy` registered them under
+    (deploy/state): what the server submits, by id. A function that changed since (the site
+    file, image or launcher did) is refused in one line: the endpoint would refuse it."""
+    from crossfl.errors import UserError
+    from crossfl.state import load_state, state_path
+
+    state = load_state(site.name)
+    recorded = state.functions if state is not None else {}
+    out = []
+    for kind, f in kit_functions(site).items():
+        if kind not in recorded:
+            continue  # deployed before the kit registered its functions: the SDK does
+        if recorded[kind].digest != f.digest:
+            raise UserError(
+                f"site {site.name}: its {kind} function changed since `crossfl deploy` "
+                "registered it (the site file, image or launcher changed), so the endpoint "
+                "would refuse it",
+                file=state_path(site.name),
+                fix=f"run `crossfl deploy {site.name}` again, then start the run",
+            )
+        out.append((f.fn, recorded[kind].function_id))
+    return out
+
+
 _SHELL: dict[tuple[str, str, str], KitFunction] = {}
 
 

@@ -9,17 +9,14 @@ lifecycle registers it on its ExitStack at once)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from crossfl.endpoints import LocalEngineExecutor, remote_executor
-from crossfl.functions import kit_functions
+from crossfl.functions import registered_functions
 from crossfl.server.mpi_tasks import MpiSiteExecutor
 from crossfl.server.plan import SitePlan
-from crossfl.state import load_state
 
 
 @dataclass
@@ -33,18 +30,6 @@ class OpenSite:
         return self.site.kind
 
 
-def registered_functions(site: SitePlan) -> list[tuple[Callable[..., Any], str]]:
-    """The kit's functions of a deployed site with the ids `crossfl deploy` registered them
-    under (deploy/state): what the server submits, by id."""
-    state = load_state(site.catalog.name)
-    recorded = state.functions if state is not None else {}
-    return [
-        (f.fn, recorded[kind].function_id)
-        for kind, f in kit_functions(site.catalog).items()
-        if kind in recorded and recorded[kind].digest == f.digest
-    ]
-
-
 def open_site(site: SitePlan, engines_dir: Path) -> OpenSite:
     if not site.runs_here:
         assert site.endpoint_id is not None  # found by the plan
@@ -53,7 +38,7 @@ def open_site(site: SitePlan, engines_dir: Path) -> OpenSite:
             site.user_options,
             label=f"crossfl-{site.name}",
             json_data=site.mpi,
-            function_ids=registered_functions(site),
+            function_ids=registered_functions(site.catalog),
         )
         endpoint = site.endpoint_id
     else:
