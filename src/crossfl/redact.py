@@ -25,7 +25,7 @@ _SECRET_NAME = re.compile(
 _ASSIGN = re.compile(
     r"(?P<name>\b[A-Za-z_][A-Za-z0-9_]*)=(?P<value>'[^']*'|\"(?:[^\"\\]|\\.)*\"|[^\s;&|'\"]+)"
 )
-_MIN_LEN = 4  # shorter environment values are too common to mask everywhere
+_MIN_LEN = 8  # shorter environment values ("true", "/tmp") are too common to mask everywhere
 
 
 def secret_name(name: str) -> bool:
