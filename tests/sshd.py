@@ -1,5 +1,6 @@
 """A real OpenSSH server for tests: Debian's /usr/sbin/sshd on 127.0.0.1, a free port, a
-throwaway host key and client key, everything in a temporary directory.
+throwaway host key and client key, everything in a temporary directory. Its host key is in
+the known_hosts file the client config names (crossfl refuses a host it cannot verify).
 
 Use the `sshd` fixture (re-exported by the test modules that need it). It needs root (sshd
 changes user for the session) and openssh-server; otherwise the test is skipped, saying why.
@@ -41,8 +42,10 @@ class SshServer:
         port: int | None = None,
         name: str = "ssh-config",
         extra: str = "",
+        known_hosts: Path | None = None,
     ) -> Path:
-        """An OpenSSH client config for Host 127.0.0.1 (what deploy.host names)."""
+        """An OpenSSH client config for Host 127.0.0.1 (what deploy.host names), trusting
+        the keys in `known_hosts` (default: this server's own host key)."""
         path = self.root / name
         path.write_text(
             "Host 127.0.0.1\n"
@@ -50,9 +53,20 @@ class SshServer:
             f"  User {self.user}\n"
             f"  IdentityFile {key or self.client_key}\n"
             "  IdentitiesOnly yes\n"
-            "  StrictHostKeyChecking no\n"
-            f"  UserKnownHostsFile {self.root / 'known_hosts'}\n" + extra
+            "  StrictHostKeyChecking yes\n"
+            f"  UserKnownHostsFile {known_hosts or self.known_hosts}\n" + extra
         )
+        return path
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.root / "known_hosts"
+
+    def known_hosts_with(self, public_key: Path, name: str) -> Path:
+        """A known_hosts file saying this server's key is the one in `public_key`."""
+        path = self.root / name
+        kind, blob = public_key.read_text().split()[:2]
+        path.write_text(f"[127.0.0.1]:{self.port} {kind} {blob}\n")
         return path
 
     def logins(self) -> int:
@@ -130,6 +144,7 @@ def start_sshd(
         ssh_config=tmp / "ssh-config",
         env=set_env,
     )
+    server.known_hosts_with(tmp / "host_key.pub", "known_hosts")
     server.client_config()
     return server, proc
 

@@ -17,6 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from crossfl.errors import UserError
+from sdk_client import RecordingClient, sdk_client  # noqa: F401  (fixture)
 from sshd import SshServer, free_port, sshd  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +52,9 @@ def error_line(out: str) -> str:
 
 
 @pytest.fixture
-def project(tmp_path: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch) -> Path:
+def project(
+    tmp_path: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch, sdk_client: type
+) -> Path:
     """A project root with the localhost-ssh site, aimed at the test sshd; one remote root
     and one Globus Compute directory per test."""
     root = tmp_path / "proj"
@@ -223,6 +226,7 @@ def test_each_step_runs_on_its_own(project: Path) -> None:
         "bundle",
         "image",
         "data",
+        "functions",
         "endpoint",
         "start",
     ]
@@ -241,6 +245,8 @@ def test_each_step_runs_on_its_own(project: Path) -> None:
         steps.image(d)  # no container: nothing to stage
         steps.data(d)  # no --data
         assert d.out.changed == ["bundle"] and not ep_dir().exists()
+        steps.functions(d)
+        assert set(d.state.functions) == {"train", "evaluate"}
         steps.endpoint(d)
         assert (ep_dir() / "user_config_schema.json").is_file() and d.state.endpoint.configured
         steps.start(d)  # --no-start
@@ -316,6 +322,235 @@ def test_refused_key(project: Path, sshd: SshServer, monkeypatch: pytest.MonkeyP
     line = error_line(out)
     assert code == 2 and SITE in line and "refused the key" in line and "IdentityFile" in line
     assert state(project) is None
+
+
+# -- the kit's functions only; the admin's config kept -------------------------------------------
+
+
+def test_functions_registered_once_and_an_admins_keys_kept(
+    project: Path, sdk_client: type[RecordingClient]
+) -> None:
+    import uuid
+
+    code, out = run_cli("deploy", SITE, "--no-start")
+    assert code == 0, out
+    st = state(project)
+    ids = {kind: rec["function_id"] for kind, rec in st["functions"].items()}
+    assert set(ids) == {"train", "evaluate"}
+    # registered by reference: the SDK's payload names the client's functions, no source text
+    assert [r["function_name"] for r in sdk_client.registered] == ["train_round", "evaluate"]
+    assert all(r["meta"]["serde_identifier"] == "01" for r in sdk_client.registered)  # DillCode
+    cfg = ep_dir() / "config.yaml"
+    core = yaml.safe_load(cfg.read_text())
+    assert core["allowed_functions"] == [ids["train"], ids["evaluate"]]
+    assert cfg.stat().st_mode & 0o777 == 0o600
+    example = remote_root() / "bundle" / "endpoint" / "user_config.example.yaml"
+    assert yaml.safe_load(example.read_text())["engine"]["allowed_serializers"] == [
+        "globus_compute_sdk.serialize.DillCode",
+        "globus_compute_sdk.serialize.DillDataBase64",
+    ]
+
+    # what a facility admin adds: identity mapping, a policy, admins, a function of their own
+    theirs, policy, admin = (str(uuid.uuid4()) for _ in range(3))
+    text = cfg.read_text().replace(f"- {ids['evaluate']}\n", f"- {ids['evaluate']}\n- {theirs}\n")
+    text += (
+        "# added by the facility\n"
+        "identity_mapping_config_path: /etc/globus/idmap.json\n"
+        f"authentication_policy: {policy}\n"
+        "admins:\n  # Samir (sysadmin, HPC services)\n"
+        f"  - {admin}\n"
+    )
+    cfg.write_text(text)
+    override(project, {"endpoint": {"display_name": "crossfl renamed"}})
+    code, out = run_cli("deploy", SITE, "--no-start")
+    assert code == 0, out
+    kept = cfg.read_text()
+    core = yaml.safe_load(kept)
+    assert core["display_name"] == "crossfl renamed"
+    assert core["identity_mapping_config_path"] == "/etc/globus/idmap.json"
+    assert core["authentication_policy"] == policy and core["admins"] == [admin]
+    assert core["allowed_functions"] == [ids["train"], ids["evaluate"], theirs]
+    assert "# Samir (sysadmin, HPC services)" in kept and "# added by the facility" in kept
+    assert len(sdk_client.registered) == 2  # registered once: the ids stay
+
+    code, out = run_cli("deploy", SITE, "--no-start")  # nothing changed: nothing moves
+    assert code == 0 and "nothing changed" in out and cfg.read_text() == kept
+
+    # the site's own policy and admins (schema: endpoint.authentication_policy, admins) win
+    # over the policy there; the admins there are kept beside the site's
+    ours_policy, ours_admin = str(uuid.uuid4()), str(uuid.uuid4())
+    override(
+        project,
+        {
+            "endpoint": {
+                "display_name": "crossfl renamed",
+                "authentication_policy": ours_policy,
+                "admins": [ours_admin],
+            }
+        },
+    )
+    code, out = run_cli("deploy", SITE, "--no-start")
+    assert code == 0, out
+    core = yaml.safe_load(cfg.read_text())
+    assert core["authentication_policy"] == ours_policy
+    assert core["admins"] == [ours_admin, admin]
+    assert core["identity_mapping_config_path"] == "/etc/globus/idmap.json"
+    override(project, {"endpoint": {"display_name": "crossfl renamed"}})  # the site drops them
+    code, out = run_cli("deploy", SITE, "--no-start")
+    core = yaml.safe_load(cfg.read_text())
+    assert core["admins"] == [admin] and "authentication_policy" not in core
+
+
+# -- host keys: known works (every test above), unknown or changed stops deploy and doctor ------
+
+
+def doctor_cli(*args: str) -> tuple[int, str]:
+    import typer
+
+    from crossfl.cli import doctor as cli_doctor
+
+    app = typer.Typer()
+    cli_doctor.register(app)
+    app.command("noop", hidden=True)(lambda: None)
+    res = CliRunner().invoke(app, ["doctor", *args])
+    if isinstance(res.exception, UserError):
+        return 2, res.output + "error: " + res.exception.render() + "\n"
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return res.exit_code, res.output
+
+
+def test_unknown_host_key_stops_deploy_and_doctor(
+    project: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = sshd.root / "known_hosts_empty"
+    empty.write_text("")
+    cfg = sshd.client_config(name="ssh-config-unknown", known_hosts=empty)
+    monkeypatch.setenv("CROSSFL_SSH_CONFIG", str(cfg))
+    before = sshd.logins()
+    for cli in (lambda: run_cli("deploy", SITE), lambda: doctor_cli(SITE)):
+        code, out = cli()
+        line = error_line(out)
+        assert code == 2 and SITE in line and f"[127.0.0.1]:{sshd.port}" in line, line
+        assert "not in your known_hosts" in line and str(empty) in line
+        assert "ssh-keyscan -p" in line and "fingerprint" in line
+    assert sshd.logins() == before  # refused before authenticating: no key, no bundle sent
+    assert state(project) is None and not remote_root().exists()
+
+
+def test_changed_host_key_stops_deploy_and_doctor(
+    project: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # known_hosts names another key for this host and port: what a machine in the path shows
+    wrong = sshd.known_hosts_with(sshd.root / "other_key.pub", "known_hosts_wrong")
+    monkeypatch.setenv(
+        "CROSSFL_SSH_CONFIG",
+        str(sshd.client_config(name="ssh-config-changed", known_hosts=wrong)),
+    )
+    for cli in (lambda: run_cli("deploy", SITE), lambda: doctor_cli(SITE)):
+        code, out = cli()
+        line = error_line(out)
+        assert code == 2 and SITE in line and "has changed" in line, line
+        assert "SHA256:" in line and f"ssh-keygen -R '[127.0.0.1]:{sshd.port}'" in line
+    assert state(project) is None and not remote_root().exists()
+
+
+def test_every_proxyjump_hop_is_verified(
+    project: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The login node reached through a jump host (ProxyJump, here the same sshd under
+    another name): the hop's own known_hosts must hold its key too."""
+    empty = sshd.root / "known_hosts_jump_empty"
+    empty.write_text("")
+
+    def config(name: str, jump_known: Path) -> Path:
+        key = f"  User {sshd.user}\n  IdentityFile {sshd.client_key}\n  IdentitiesOnly yes\n"
+        path = sshd.root / name
+        path.write_text(
+            f"Host jumphost\n  HostName 127.0.0.1\n  Port {sshd.port}\n{key}"
+            f"  UserKnownHostsFile {jump_known}\n"
+            f"Host 127.0.0.1\n  Port {sshd.port}\n{key}  ProxyJump jumphost\n"
+            f"  UserKnownHostsFile {sshd.known_hosts}\n"
+        )
+        return path
+
+    monkeypatch.setenv("CROSSFL_SSH_CONFIG", str(config("ssh-config-jump-unknown", empty)))
+    code, out = run_cli("status", SITE)
+    line = error_line(out)
+    assert code == 2 and "not in your known_hosts" in line and f":{sshd.port}" in line, line
+    monkeypatch.setenv("CROSSFL_SSH_CONFIG", str(config("ssh-config-jump", sshd.known_hosts)))
+    code, out = run_cli("status", SITE)
+    assert code == 0 and "endpoint process" in out, out
+
+
+def test_openssh_channel_checks_host_keys_too(
+    project: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The system ssh (no master running, channel forced) is told StrictHostKeyChecking=yes,
+    whatever the user's config says."""
+    empty = sshd.root / "known_hosts_empty2"
+    empty.write_text("")
+    cfg = sshd.client_config(
+        name="ssh-config-openssh-unknown", known_hosts=empty, extra="  StrictHostKeyChecking no\n"
+    )
+    monkeypatch.setenv("CROSSFL_SSH_CONFIG", str(cfg))
+    monkeypatch.setenv("CROSSFL_SSH_CHANNEL", "openssh")
+    code, out = run_cli("deploy", SITE, "--no-start")
+    line = error_line(out)
+    assert code == 2 and "host key" in line, line
+    assert state(project) is None and not remote_root().exists()
+
+
+# -- secrets: not in output, remote command lines, state or world-readable files -----------------
+
+
+def test_secrets_stay_out_of_output_argv_and_state(
+    project: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "s3cr3t-" + hashlib.sha256(str(project).encode()).hexdigest()[:16]
+    token = "tok-" + secret[::-1]
+    monkeypatch.setenv("CROSSFL_TEST_TOKEN", token)  # a secret of this environment
+    argv = remote_root().parent / "argv.txt"
+    gc_dir = ep_dir().parent
+    # The activate line exports a client secret and records the command lines of the remote
+    # shell and of its parent: what any user of the login node sees in `ps`.
+    record = (
+        f"tr '\\0' ' ' </proc/$$/cmdline >>{argv}; echo >>{argv}; "
+        f"tr '\\0' ' ' </proc/$PPID/cmdline >>{argv}; echo >>{argv}"
+    )
+    monkeypatch.setenv(
+        "CROSSFL_REMOTE_ACTIVATE",
+        activate_line(gc_dir, f"; export GLOBUS_COMPUTE_CLIENT_SECRET={secret}; {record}"),
+    )
+    override(project, {"endpoint": {"display_name": "crossfl ${CROSSFL_TEST_TOKEN}"}})
+    code, out = run_cli("deploy", SITE, "--dry-run")
+    assert code == 0, out
+    assert "GLOBUS_COMPUTE_CLIENT_SECRET=***" in out
+    assert secret not in out and token not in out
+    # the rendered file that carries the token is the user's alone; the others as the umask says
+    rendered = project / "build" / "sites" / SITE / "endpoint"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (rendered / "config.yaml").stat().st_mode & 0o777 == 0o600
+    assert (rendered / "user_config_schema.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+    code, out = run_cli("deploy", SITE, "--no-start")
+    assert code == 0, out
+    assert secret not in out and token not in out
+    seen = argv.read_text()
+    print(seen)
+    assert "bash -l -s" in seen and secret not in seen and "CLIENT_SECRET" not in seen
+    assert (remote_root() / "bundle" / "endpoint" / "config.yaml").stat().st_mode & 0o77 == 0
+    assert secret not in (project / "deploy" / "state" / f"{SITE}.json").read_text()
+
+    # a failure that quotes the activate line: redacted in the message and the state file
+    monkeypatch.setenv(
+        "CROSSFL_REMOTE_ACTIVATE",
+        f"export GLOBUS_COMPUTE_CLIENT_SECRET={secret}; source /nonexistent/bin/activate",
+    )
+    code, out = run_cli("deploy", SITE)
+    line = error_line(out)
+    assert "python_activate failed" in line and secret not in out
 
 
 @pytest.mark.parametrize(

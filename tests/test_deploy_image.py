@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 import fake_apptainer
 from crossfl.errors import UserError
 from remote_project import activate_line, head, make_project, override
+from sdk_client import RecordingClient, sdk_client  # noqa: F401  (fixture)
 from sshd import SshServer, sshd, start_sshd, stop_sshd  # noqa: F401  (fixture)
 
 SITE = "localhost-ssh"
@@ -88,12 +89,12 @@ def test_frontier_dry_run_on_a_fresh_clone_prints_the_whole_plan(fresh_clone: Pa
         at("crossfl-rocm.build.tar.part"),
         at("tar -xf crossfl-rocm.build.tar"),
         at(
-            "nohup bash -c 'bash '\"'\"'/lustre/orion/abc123/scratch/$USER/crossfl/bundle/"
-            "batch/build_image.sh"
+            "nohup bash -c 'bash \"/lustre/orion/abc123/scratch/$USER/crossfl/bundle/"
+            'batch/build_image.sh"'
         ),
         at("wait for the image build"),
         at("apptainer inspect --labels --json"),
-        at("sha256sum '/lustre/orion/abc123/scratch/$USER/crossfl/images/crossfl-rocm.sif"),
+        at('sha256sum "/lustre/orion/abc123/scratch/$USER/crossfl/images/crossfl-rocm.sif"'),
         at("crossfl-rocm.sif.origin"),
         at("globus-compute-endpoint configure"),
         at("globus-compute-endpoint start"),
@@ -108,7 +109,7 @@ def test_frontier_dry_run_on_a_fresh_clone_prints_the_whole_plan(fresh_clone: Pa
 def test_batch_build_and_pull_dry_runs(fresh_clone: Path) -> None:
     code, out = run_cli("deploy", "polaris", "--dry-run")
     assert code == 0, out
-    assert 'qsub "$HOME"/.crossfl/polaris/bundle/batch/build_image.sh' in out
+    assert 'qsub "$HOME/.crossfl/polaris/bundle/batch/build_image.sh"' in out
     assert "qstat -x -f '<job id>'" in out  # the scheduler's own query, for that job
     override(fresh_clone, "aurora", {"container": {"image_source": {"method": "pull", "ref": REF}}})
     code, out = run_cli("deploy", "aurora", "--dry-run")
@@ -116,7 +117,7 @@ def test_batch_build_and_pull_dry_runs(fresh_clone: Path) -> None:
     assert (
         "apptainer pull --disable-cache /lus/flare/projects/MyProject/$USER/crossfl/images/"
         f"crossfl-xpu.sif.part {REF}"
-    ) in out.replace("'", "")
+    ) in out.replace("'", "").replace('"', "")
     assert "qsub" not in out and "build.tar" not in out
 
 
@@ -156,7 +157,9 @@ def test_pull_needs_a_ref(fresh_clone: Path) -> None:
 
 
 @pytest.fixture
-def project(tmp_path: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch) -> Path:
+def project(
+    tmp_path: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch, sdk_client: type
+) -> Path:
     """localhost-ssh with a container, aimed at the test sshd; the login node's PATH starts
     with the fake apptainer (its ~/.bash_profile, as a facility user would set it)."""
     root = make_project(tmp_path / "proj", [SITE])
@@ -297,7 +300,7 @@ def test_failed_build_says_where_its_output_is(project: Path, tmp_path: Path) ->
 
 
 @pytest.fixture
-def slurm_project(tmp_path: Path, slurm_cluster, monkeypatch: pytest.MonkeyPatch):
+def slurm_project(tmp_path: Path, slurm_cluster, monkeypatch: pytest.MonkeyPatch, sdk_client):
     """local-slurm-ssh with a container built by the batch build job: an sshd whose sessions
     reach the test Slurm (SLURM_CONF), the fake apptainer first on the login PATH."""
     from sshd import skip_reason

@@ -58,6 +58,8 @@ class ForwardingExecutor:
         self.label = label
         self.serializer = serializer
         self.submitted = 0
+        self.registry: dict[Any, str] = {}  # as the SDK's: function -> id
+        self.by_id: list[str | None] = []  # the id each submission went by (None: none)
         site_dir = render_site("local", out_root=self.engine_root / "sites")
         config = render_user_config(site_dir, {"max_workers_per_node": 1})
         self._engine = LocalEngineExecutor(
@@ -65,8 +67,16 @@ class ForwardingExecutor:
         )
         ForwardingExecutor.instances.append(self)
 
+    def register_function(self, fn: Any, function_id: str | None = None, **_: Any) -> str:
+        # without an id the SDK would register the function anew: an endpoint whose
+        # allowed_functions name the deploy's ids refuses that one
+        assert function_id, "the server names the ids deploy registered"
+        self.registry[fn] = function_id
+        return function_id
+
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future:
         self.submitted += 1
+        self.by_id.append(self.registry.get(fn))
         return self._engine.submit(fn, *args, **kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -126,13 +136,24 @@ def experiment(root: Path, name: str) -> Path:
 def test_deployed_site_runs_through_the_sdk_executor(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from crossfl.functions import kit_functions
+    from crossfl.sites import load_site
+    from crossfl.state import FunctionState, now
+
     monkeypatch.setenv("CROSSFL_ROOT", str(project))
     endpoint_id = str(uuid.uuid4())
+    functions = {  # as `crossfl deploy` registered them
+        kind: FunctionState(
+            function_id=str(uuid.uuid4()), name=f.name, digest=f.digest, registered_at=now()
+        )
+        for kind, f in kit_functions(load_site("localhost-ssh")).items()
+    }
     save_state(
         DeployState(
             site="localhost-ssh",
             host="127.0.0.1",
             remote_root="/remote/root",
+            functions=functions,
             endpoint=EndpointState(
                 name="crossfl-localhost-ssh", configured=True, started=True, endpoint_id=endpoint_id
             ),
@@ -149,6 +170,8 @@ def test_deployed_site_runs_through_the_sdk_executor(
     assert sdk.endpoint_id == endpoint_id
     assert sdk.user_endpoint_config == {"max_workers_per_node": 1}
     assert sdk.serializer is not None and sdk.submitted >= 1
+    # every task went by the id deploy registered for its function: nothing new registered
+    assert sdk.by_id and set(sdk.by_id) <= {f.function_id for f in functions.values()}
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     tasks = {r["site"]: r for r in records if r["kind"] == "task"}
     assert tasks["facility"]["status"] == "ok" and tasks["laptop"]["status"] == "ok"
@@ -169,6 +192,40 @@ def test_undeployed_site_is_refused_before_any_engine_starts(
         and "make deploy SITE=localhost-ssh" in info.value.render()
     )
     assert not list((project / "runs").glob("undeployed-*/engines/*"))
+
+
+def test_a_function_changed_since_deploy_is_refused_before_the_run(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The endpoint's allowed_functions name what deploy registered; a task function that
+    differs now (its site file changed) would be refused there: the plan says so first."""
+    from crossfl.state import FunctionState, now
+
+    monkeypatch.setenv("CROSSFL_ROOT", str(project))
+    stale = FunctionState(
+        function_id=str(uuid.uuid4()), name="train_round", digest="0" * 64, registered_at=now()
+    )
+    save_state(
+        DeployState(
+            site="localhost-ssh",
+            host="127.0.0.1",
+            remote_root="/remote/root",
+            functions={"train": stale},
+            endpoint=EndpointState(
+                name="crossfl-localhost-ssh",
+                configured=True,
+                started=True,
+                endpoint_id=str(uuid.uuid4()),
+            ),
+        )
+    )
+    exp, path = load_experiment(experiment(project, "stale"))
+    with pytest.raises(UserError) as info:
+        run_experiment(exp, path, Console(width=120))
+    text = info.value.render()
+    assert "train function changed since `crossfl deploy`" in text
+    assert "crossfl deploy localhost-ssh" in text
+    assert not list((project / "runs").glob("stale-*/engines/*"))
 
 
 def test_run_records_the_image_digest_deploy_staged(

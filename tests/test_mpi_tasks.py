@@ -20,6 +20,7 @@ from globus_compute_sdk.sdk.shell_function import ShellResult
 from rich.console import Console
 from testkit.scratch_project import make_project, write_experiment
 
+from crossfl.functions import KEY_ARG, allowed_serializers, kit_functions
 from crossfl.server.mpi_tasks import (
     MpiSiteExecutor,
     MpiTask,
@@ -27,7 +28,6 @@ from crossfl.server.mpi_tasks import (
     MpiTaskRefused,
     resource_specification,
     result_of,
-    shell_function,
 )
 from golden_sites import golden_site
 
@@ -57,9 +57,12 @@ def test_each_facility_launches_its_ranks_as_documented(name: str) -> None:
         "ranks_per_node": ranks,
         "launcher_options": LAUNCHER_OPTIONS[name],
     }
-    fn = shell_function(site, "/fs/t.json", "/fs/o.json", distributed=True)
+    fn = kit_functions(site)["train"].fn
     assert isinstance(fn, ShellFunction)
-    line = fn.cmd.format()  # what the ShellFunction runs: its braces were doubled
+    # what the ShellFunction runs: its braces were doubled, the task key goes in as repr
+    script = fn.cmd.format(**{KEY_ARG: "/fs/tasks/t.json"})
+    assert "\n'/fs/tasks/t.json'\n" in script
+    line = script.splitlines()[-1]
     head, _, ranks_line = line.partition("; $PARSL_MPI_PREFIX ")
     assert head == 'export CROSSFL_LAUNCHED_AT="$(date +%s.%N)"'
     words = shlex.split(ranks_line)
@@ -68,9 +71,10 @@ def test_each_facility_launches_its_ranks_as_documented(name: str) -> None:
         "crossfl.client",
         "run-task",
         "--distributed",
-        "/fs/t.json",
-        "/fs/o.json",
+        "$task",
+        "$out",
     ]
+    assert ranks_line.endswith('"$task" "$out"')
     runtime = {"apptainer": "apptainer", "podman-hpc": "podman-hpc"}[site.container.runtime]
     at = words.index(runtime)
     assert words[at + 1] == ("exec" if runtime == "apptainer" else "shared-run")
@@ -80,10 +84,11 @@ def test_each_facility_launches_its_ranks_as_documented(name: str) -> None:
         assert f"rank=${{{local}:-0}}" in words[2] and words[2].endswith('exec "$@"')
     else:  # srun --gpus-per-task=1 bound it
         assert at == 0
-    evaluation = shell_function(site, "/fs/t.json", "/fs/o.json", distributed=False)
-    assert evaluation.cmd.format().endswith(
-        "python -m crossfl.client run-task /fs/t.json /fs/o.json"
+    evaluation = kit_functions(site)["evaluate"].fn
+    assert evaluation.cmd.format(**{KEY_ARG: "/x/tasks/k.json"}).endswith(
+        'python -m crossfl.client run-task "$task" "$out"'
     )
+    assert kit_functions(site)["train"].fn is fn  # one object per (site, kind)
 
 
 def test_the_ranks_line_runs_in_bash_with_its_binding(tmp_path: Path) -> None:
@@ -92,7 +97,7 @@ def test_the_ranks_line_runs_in_bash_with_its_binding(tmp_path: Path) -> None:
     import subprocess
 
     site = golden_site("polaris")
-    line = shell_function(site, "/fs/t.json", "/fs/o.json", distributed=True).cmd.format()
+    line = kit_functions(site)["train"].fn.cmd.format(**{KEY_ARG: "/fs/tasks/t.json"})
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "mpiexec").write_text(  # one rank of the four: after -n 8 -ppn 4
@@ -112,8 +117,147 @@ def test_the_ranks_line_runs_in_bash_with_its_binding(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout.strip()
     assert out.startswith("CVD=2 at=1") and out.endswith(
-        "crossfl-cuda.sif python -m crossfl.client run-task --distributed /fs/t.json /fs/o.json"
+        "crossfl-cuda.sif python -m crossfl.client run-task --distributed /fs/tasks/t.json "
+        "/fs/results/t.out.json"
     ), out
+
+
+HOSTILE_KEYS = [
+    "/fs/tasks/t.json'; touch PWNED; '",
+    "/fs/tasks/$(touch PWNED).json",
+    "/fs/tasks/`touch PWNED`.json",
+    "/fs/tasks/t.json\ntouch PWNED",
+    "/fs/tasks/t.json\nCROSSFL_TASK_KEY\ntouch PWNED",
+    "/fs/../etc/tasks/t.json",
+    "/fs/./tasks/t.json",
+    "relative/tasks/t.json",
+    "/fs/tasks/t.sh",
+    "/fs/t.json",
+    'it\'s/"both"/tasks/t.json',
+    7,
+    ["/fs/tasks/t.json"],
+    {"k": "/fs/tasks/t.json"},
+]
+
+
+@pytest.mark.parametrize("key", HOSTILE_KEYS, ids=range(len(HOSTILE_KEYS)))
+def test_the_task_function_refuses_any_other_argument(tmp_path: Path, key: Any) -> None:
+    """The registered ShellFunction, run as the endpoint's worker runs it (its own __call__ with
+    the submitted keyword argument, bash): a key that is not a task file's path stops it with
+    exit status 2 before the launcher starts, and nothing in the key runs."""
+    import os
+
+    site = golden_site("polaris")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    launched = tmp_path / "launched"
+    (bin_dir / "mpiexec").write_text(f"#!/bin/bash\ntouch {launched}\n")
+    (bin_dir / "mpiexec").chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "PARSL_MPI_PREFIX": "mpiexec -n 1",
+        "GC_TASK_SANDBOX_DIR": str(tmp_path / "sandbox"),
+        "HOME": str(tmp_path),
+    }
+    fn = kit_functions(site)["train"].fn
+    saved = dict(os.environ)
+    cwd = os.getcwd()
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(tmp_path)
+        result = fn(**{KEY_ARG: key})
+        launched_by_key = launched.exists()
+        good = fn(**{KEY_ARG: "/fs/tasks/t.json"})
+    finally:
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(saved)
+    assert result.returncode == 2, result
+    assert "refused task key" in result.stderr
+    assert not list(tmp_path.rglob("PWNED")) and not launched_by_key
+    assert good.returncode == 0 and launched.exists()  # a well-formed key does launch
+
+
+class Pwn:
+    """A pickled argument that runs a command when it is unpickled."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):  # noqa: ANN204
+        import os
+
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_engines_deserialize_only_what_the_kit_sends(tmp_path: Path, stub_interfaces) -> None:
+    """allowed_serializers as the endpoint's own engine holds them and its worker applies them
+    (globus_compute_endpoint's execute_task): an MPI site's engine takes the task key as JSON
+    and refuses a pickled argument before unpickling it; a worker site's engine refuses a
+    function sent as source text; what the kit itself sends runs."""
+    import os
+    import uuid as _uuid
+
+    from globus_compute_common import messagepack
+    from globus_compute_common.messagepack.message_types import Task
+    from globus_compute_endpoint.engines.helper import execute_task
+    from globus_compute_sdk.serialize import ComputeSerializer
+    from globus_compute_sdk.serialize.concretes import (
+        DillCode,
+        DillCodeSource,
+        DillDataBase64,
+        JSONData,
+    )
+
+    from crossfl import render
+    from crossfl.sites import load_site
+
+    def engine(name: str, opts: dict) -> Any:
+        out = render.render_site(load_site(name), tmp_path / "sites")
+        return render.load_user_config(render.render_user_config(out, opts)).engine
+
+    def run(eng: Any, fn: Any, kwargs: dict, code: Any, data: Any) -> Any:
+        ser = ComputeSerializer(strategy_code=code(), strategy_data=data())
+        buf = ser.pack_buffers([ser.serialize(fn), ser.serialize(()), ser.serialize(kwargs)])
+        packed = messagepack.pack(Task(task_id=_uuid.uuid4(), task_buffer=buf))
+        allowed = [f"{c.__module__}.{c.__name__}" for c in eng.serde.allowed_deserializer_types]
+        cwd, env = os.getcwd(), dict(os.environ)
+        try:
+            result = execute_task(
+                packed, _uuid.uuid4(), run_dir=str(tmp_path / "run"), task_deserializers=allowed
+            )
+        finally:
+            os.chdir(cwd)
+            os.environ.clear()
+            os.environ.update(env)
+        return messagepack.unpack(result)
+
+    pwned = tmp_path / "pwned"
+    mpi = engine("local-slurm-mpi", {"walltime": "00:05:00"})
+    key = {KEY_ARG: "/x/tasks/a.json"}
+    ok = run(mpi, dict, key, DillCode, JSONData)
+    assert not ok.is_error, ok.data
+    refused = run(mpi, dict, {KEY_ARG: Pwn(pwned)}, DillCode, DillDataBase64)
+    assert refused.is_error and "DillDataBase64 disabled" in refused.data
+    assert not pwned.exists()
+
+    local = engine("local", {})
+    assert not run(local, dict, key, DillCode, DillDataBase64).is_error
+    source = run(local, _source_fn, {}, DillCodeSource, DillDataBase64)
+    assert source.is_error and "DillCodeSource disabled" in source.data
+
+
+def _source_fn() -> int:
+    return 1
+
+
+def test_mpi_engines_take_json_arguments_only() -> None:
+    for name in ("frontier", "aurora", "polaris", "perlmutter"):
+        assert allowed_serializers(golden_site(name)) == [
+            "globus_compute_sdk.serialize.DillCode",
+            "globus_compute_sdk.serialize.JSONData",
+        ]
 
 
 class Recording:
@@ -124,8 +268,8 @@ class Recording:
         self.shell, self.seen = shell, []
         self.resource_specification: dict[str, Any] | None = None
 
-    def submit(self, fn: Any, *args: Any) -> Future:
-        self.seen.append((fn, args, self.resource_specification))
+    def submit(self, fn: Any, *args: Any, **kwargs: Any) -> Future:
+        self.seen.append((fn, args, kwargs, self.resource_specification))
         fut: Future = Future()
         fut.set_result(self.shell)
         return fut
@@ -142,15 +286,18 @@ def test_the_executor_sends_each_task_with_its_resources() -> None:
     train = ex.submit(
         fn,
         MpiTask(
+            "/d/tasks/a.json",
             {"num_nodes": 2, "ranks_per_node": 4},
             lambda shell: {"ranks": 8, "rc": shell.returncode},
         ),
     )
-    evaluate = ex.submit(fn, MpiTask({"num_nodes": 1, "ranks_per_node": 1}, lambda s: {"e": 1}))
+    evaluate = ex.submit(
+        fn, MpiTask("/d/tasks/b.json", {"num_nodes": 1, "ranks_per_node": 1}, lambda s: {"e": 1})
+    )
     assert train.result() == {"ranks": 8, "rc": 0} and evaluate.result() == {"e": 1}
-    assert [(f, a, s) for f, a, s in inner.seen] == [
-        (fn, (), {"num_nodes": 2, "ranks_per_node": 4}),
-        (fn, (), {"num_nodes": 1, "ranks_per_node": 1}),
+    assert inner.seen == [  # the function, its one argument (the task key), the resources
+        (fn, (), {KEY_ARG: "/d/tasks/a.json"}, {"num_nodes": 2, "ranks_per_node": 4}),
+        (fn, (), {KEY_ARG: "/d/tasks/b.json"}, {"num_nodes": 1, "ranks_per_node": 1}),
     ]
     with pytest.raises(TypeError, match="MpiTask"):
         ex.submit(fn, {"num_nodes": 1})

@@ -369,13 +369,14 @@ def test_user_strings_cannot_break_out(rendered, stub_interfaces):
     data = yaml.safe_load(text)
     assert data["engine"]["provider"]["worker_init"] == nasty
     assert "key" not in data
-    text = render.render_user_config(
-        rendered["frontier"], {"worker_init": nasty, "account": 'a"\nb: c'}
-    )
+    text = render.render_user_config(rendered["frontier"], {"worker_init": nasty, "account": "a1"})
     provider = yaml.safe_load(text)["engine"]["provider"]
     assert provider["worker_init"].startswith("module load olcf-container-tools\n")
     assert provider["worker_init"].endswith(nasty)
-    assert provider["account"] == 'a"\nb: c'
+    # a name Parsl writes into #SBATCH lines (or hands qsub) is refused, not quoted
+    with pytest.raises(UserError) as info:
+        render.render_user_config(rendered["frontier"], {"account": 'a"\nb: c'})
+    assert info.value.field == "account" and "match the pattern" in info.value.render()
 
 
 def test_local_schema(rendered):

@@ -2,7 +2,7 @@
 module use << d | sq >>
 <% endfor %>
 <% for m in build.modules %>
-module load << m >>
+module load << m | sq >>
 <% endfor %>
 <% for k, v in build.env.items() %>
 export << k >>=<< v | sq >>
@@ -13,12 +13,12 @@ mkdir -p "$<< d >>"
 
 # The def file and the context it stages (build/images/ from `make image-def`) were copied to
 # << build.root >>/build/images/; its %files paths are relative to << build.root >>.
-cd "<< build.root >>"
-def="<< build.def_file >>"
-image="<< build.image >>"
+cd << build.root | sq >>
+def=<< build.def_file | sq >>
+image=<< build.image | sq >>
 mkdir -p "$(dirname "$image")"
 # %post does not see this environment: the proxies go in as build arguments.
-apptainer build << build.options | join(" ") >> \
+apptainer build<% for o in build.options %> << o | sq >><% endfor %> \
 <% for a in build.build_args %>
   --build-arg "<< a >>=$<< a >>" \
 <% endfor %>

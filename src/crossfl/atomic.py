@@ -11,11 +11,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
+def current_umask() -> int:
+    """This process's umask, read without changing it (os.umask would, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> Path:
+    """`mode` None: as a file the user creates (0666 less the umask); 0o600 for a secret."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the file from the job's other users
+        os.fchmod(fd, 0o666 & ~current_umask() if mode is None else mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -27,8 +39,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     return path
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode())
+def atomic_write_text(path: Path, text: str, mode: int | None = None) -> Path:
+    return atomic_write_bytes(path, text.encode(), mode)
 
 
 @contextmanager
@@ -73,6 +85,7 @@ def new_dir(target: Path) -> Iterator[Path]:
     block ends, removed when it raises (the previous `target` stays)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 is not what the user asked for
     try:
         yield tmp
         replace_dir(tmp, target)

@@ -38,12 +38,24 @@ class PayloadTooLarge(Exception):
     """A task's packed submission is larger than the Globus Compute service accepts."""
 
 
-def code_serializer() -> t.Any:
-    """The serializer both seams use: functions by reference, data with the SDK defaults."""
+def code_serializer(*, json_data: bool = False) -> t.Any:
+    """The serializer both seams use: functions by reference (DillCode), data with the SDK's
+    default (dill), or as JSON for an engine that accepts nothing else (an MPI site's task key:
+    crossfl.functions.allowed_serializers)."""
     from globus_compute_sdk.serialize import ComputeSerializer
-    from globus_compute_sdk.serialize.concretes import DillCode
+    from globus_compute_sdk.serialize.concretes import DillCode, JSONData
 
-    return ComputeSerializer(strategy_code=DillCode())
+    return ComputeSerializer(
+        strategy_code=DillCode(), strategy_data=JSONData() if json_data else None
+    )
+
+
+def takes_json_only(engine: t.Any) -> bool:
+    """Whether the engine's allowed_serializers admit JSON arguments and not dill ones."""
+    from globus_compute_sdk.serialize.concretes import DillDataBase64, JSONData
+
+    allowed = getattr(getattr(engine, "serde", None), "allowed_deserializer_types", None) or ()
+    return JSONData in allowed and DillDataBase64 not in allowed
 
 
 def failure_summary(exc: BaseException) -> str:
@@ -103,7 +115,6 @@ class LocalEngineExecutor(Executor):
         # Sent with each task, as the SDK Executor's attribute of the same name is: the MPI
         # engine's num_nodes / ranks_per_node / launcher_options (empty for other engines).
         self.resource_specification: dict[str, t.Any] | None = None
-        self._serializer = code_serializer()
         self._lock = threading.Lock()
         self._closed = False
         config = (
@@ -113,6 +124,8 @@ class LocalEngineExecutor(Executor):
         )
         ensure_endpoint_tools_on_path()
         self._engine = config.engine
+        # pack as the engine accepts (its allowed_serializers), as the SDK Executor is told to
+        self._serializer = code_serializer(json_data=takes_json_only(self._engine))
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._engine.start(endpoint_id=self.endpoint_id, run_dir=str(run_dir))
@@ -202,15 +215,34 @@ def sdk_executor_class() -> type[Executor]:
     return GlobusComputeExecutor
 
 
+def sdk_client_class() -> type:
+    """The Globus Compute SDK Client (function registration, at deploy): substituted by tests
+    at its interface, as the Executor is."""
+    from globus_compute_sdk import Client
+
+    return Client
+
+
 def remote_executor(
-    endpoint_id: str, user_endpoint_config: dict[str, t.Any] | None = None, label: str = "crossfl"
+    endpoint_id: str,
+    user_endpoint_config: dict[str, t.Any] | None = None,
+    label: str = "crossfl",
+    *,
+    json_data: bool = False,
+    function_ids: t.Iterable[tuple[t.Callable[..., t.Any], str]] = (),
 ) -> Executor:
     """A deployed facility, through the Globus Compute SDK (interactive login once, or the
-    GLOBUS_COMPUTE_CLIENT_ID / GLOBUS_COMPUTE_CLIENT_SECRET client credentials)."""
+    GLOBUS_COMPUTE_CLIENT_ID / GLOBUS_COMPUTE_CLIENT_SECRET client credentials). Each
+    (function, id) of `function_ids` (the kit's functions as deploy registered them) is
+    submitted by that id: the SDK registers nothing new, which the endpoint's allowed_functions
+    would refuse. `json_data`: arguments as JSON (the endpoint accepts nothing else)."""
     cls = sdk_executor_class()
-    return cls(
+    executor = cls(
         endpoint_id=endpoint_id,
         user_endpoint_config=user_endpoint_config or None,
         label=label,
-        serializer=code_serializer(),
+        serializer=code_serializer(json_data=json_data),
     )
+    for fn, function_id in function_ids:
+        executor.register_function(fn, function_id=function_id)  # type: ignore[attr-defined]
+    return executor

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from crossfl.redact import redact
+
 
 class UserError(Exception):
     """A mistake in the user's input (file, field, flag, path).
@@ -19,10 +21,12 @@ class UserError(Exception):
         field: str | None = None,
         fix: str | None = None,
     ) -> None:
-        self.message = message
+        # A secret (a client secret in an activate line, a token from the environment) never
+        # reaches the terminal or a state file through an error (crossfl.redact).
+        self.message = redact(message)
         self.file = str(file) if file is not None else None
         self.field = field
-        self.fix = fix
+        self.fix = redact(fix) if fix else fix
         super().__init__(self.render())
 
     def render(self) -> str:

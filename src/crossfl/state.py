@@ -65,6 +65,15 @@ class DataState(StrictModel):
     uploaded_at: datetime
 
 
+class FunctionState(StrictModel):
+    """One of the kit's functions (crossfl.functions) as registered with Globus Compute."""
+
+    function_id: str
+    name: str
+    digest: str  # what was registered: a new digest registers again, under a new id
+    registered_at: datetime
+
+
 class EndpointState(StrictModel):
     name: str
     dir: str | None = None  # ~/.globus_compute/<name> on the login node, resolved
@@ -73,6 +82,10 @@ class EndpointState(StrictModel):
     started: bool = False
     endpoint_id: str | None = None  # only from endpoint.json, written after registration
     started_at: datetime | None = None
+    # What deploy itself put in config.yaml's lists last time (the rest is an admin's: kept)
+    allowed_functions: list[str] = Field(default_factory=list)
+    admins: list[str] = Field(default_factory=list)
+    authentication_policy: str | None = None
 
     @model_validator(mode="after")
     def _honest(self) -> EndpointState:
@@ -95,6 +108,7 @@ class DeployState(StrictModel):
     image: ImageState | None = None
     image_build: BuildJob | None = None
     data: list[DataState] = Field(default_factory=list)
+    functions: dict[str, FunctionState] = Field(default_factory=dict)  # task kind -> function
     endpoint: EndpointState
     last_deploy: datetime | None = None
     last_result: Literal["ok", "unchanged", "failed"] | None = None

@@ -40,9 +40,11 @@ from rich.console import Console
 from crossfl.deploy import gce, jobs
 from crossfl.deploy.flow import target_of
 from crossfl.deploy.image import LABEL_PIN, LABEL_PYTHON, expected_labels, parse_inspect
-from crossfl.deploy.remote import Remote, q
+from crossfl.deploy.remote import Remote
 from crossfl.errors import UserError
+from crossfl.redact import redact
 from crossfl.render import render_site
+from crossfl.render.shell import quote
 from crossfl.schedulers import QueueLimits, parse_walltime
 from crossfl.sites import Queue, Site, load_site
 from crossfl.state import load_state
@@ -73,7 +75,7 @@ class Report:
         return any(c.status == "FAIL" for c in self.checks)
 
     def add(self, name: str, status: Status, detail: str) -> None:
-        self.checks.append(Check(name, status, detail))
+        self.checks.append(Check(name, status, redact(detail)))
 
 
 # -- the table ------------------------------------------------------------------------------------
@@ -150,19 +152,18 @@ class _Doctor:
     @property
     def modules_lines(self) -> str:
         """`module use/load` of the site's modules, as the batch jobs load them."""
-        lines = [f"module use {q(u)}" for u in self.site.module_use]
-        lines += [f"module load {m}" for m in self.site.modules]
+        lines = [f"module use {quote(u)}" for u in self.site.module_use]
+        lines += [f"module load {quote(m)}" for m in self.site.modules]
         return "".join(f"{line} >/dev/null 2>&1\n" for line in lines)
 
     def resolve(self, path: str) -> str:
         return gce.resolve_path(path, self.home, self.root, self.site.deploy.remote_root)
 
     def login(self) -> None:
-        raw = self.site.deploy.remote_root
-        root = "$HOME/" + raw[2:] if raw.startswith("~/") else raw
+        root = quote(self.site.deploy.remote_root)
         res = self.r.run(
             f"echo CROSSFL_HOST=$(hostname); echo CROSSFL_USER=${{USER:-$(id -un)}}; "
-            f'echo CROSSFL_HOME=$HOME; echo CROSSFL_ROOT="{root}"'
+            f"echo CROSSFL_HOME=$HOME; echo CROSSFL_ROOT={root}"
         )
         m = res.markers()
         if not res.ok or "HOME" not in m:
@@ -207,11 +208,11 @@ class _Doctor:
             self.add("modules", "ok", "the site loads no modules")
             return
         uses = "".join(
-            f'module use {q(u)} 2>"$e" || echo "CROSSFL_BAD=use {u}: $(tail -1 "$e")"\n'
+            f'module use {quote(u)} 2>"$e" || echo CROSSFL_BAD={quote("use " + u)}": $(tail -1 "$e")"\n'
             for u in site.module_use
         )
         loads = "".join(
-            f'module load {m} 2>"$e" || echo "CROSSFL_BAD={m}: $(tail -1 "$e")"\n'
+            f'module load {quote(m)} 2>"$e" || echo CROSSFL_BAD={quote(m)}": $(tail -1 "$e")"\n'
             for m in site.modules
         )
         res = self.r.run(
@@ -236,7 +237,7 @@ class _Doctor:
         if rt == "none":
             self.add("runtime", "ok", "no container (container.runtime: none)")
             return
-        res = self.r.run(f"{self.modules_lines}{shlex.quote(rt)} --version 2>&1")
+        res = self.r.run(f"{self.modules_lines}{quote(rt)} --version 2>&1")
         if res.ok and res.stdout.strip():
             self.add("runtime", "ok", res.stdout.strip().splitlines()[-1])
         else:
@@ -257,7 +258,7 @@ class _Doctor:
         rec = state.image if state else None
         path = rec.remote_path if rec else self.resolve(raw)
         res = self.r.run(
-            f'p={q(path)}; [ -f "$p" ] && echo CROSSFL_SIZE=$(stat -c %s "$p"); '
+            f'p={quote(path)}; [ -f "$p" ] && echo CROSSFL_SIZE=$(stat -c %s "$p"); '
             f'echo CROSSFL_SHA=$(cat "$p.sha256" 2>/dev/null); '
             f'echo CROSSFL_ORIGIN=$(cat "$p.origin" 2>/dev/null); true'
         )
@@ -301,7 +302,7 @@ class _Doctor:
             self.add("image", "ok", f"{path} sha256:{sha[:12]} as recorded ({rec.source}, {gb})")
         if site.container.runtime != "apptainer":
             return rec.labels if rec else None
-        res = self.r.run(f"{self.modules_lines}apptainer inspect --labels --json {q(path)}")
+        res = self.r.run(f"{self.modules_lines}apptainer inspect --labels --json {quote(path)}")
         return (parse_inspect(res.stdout) if res.ok else None) or (rec.labels if rec else None)
 
     def endpoint(self, labels: dict[str, str] | None) -> None:
@@ -311,7 +312,7 @@ class _Doctor:
             echo CROSSFL_GCE_VERSION=$(globus-compute-endpoint version 2>/dev/null | tail -1)
             py=$(sed -n '1s/^#!//p' "$g"); case "$py" in */python*) ;; *) py=python3;; esac
             $py -c {shlex.quote(_VERSIONS_PY)}
-            d=${{GLOBUS_COMPUTE_USER_DIR:-$HOME/.globus_compute}}/{shlex.quote(ep)}
+            d=${{GLOBUS_COMPUTE_USER_DIR:-$HOME/.globus_compute}}/{quote(ep)}
             [ -f "$d/config.yaml" ] && echo CROSSFL_CONFIGURED=1; true""")
         res = self.r.run(script, activate=True)
         m = res.markers()
@@ -364,7 +365,7 @@ class _Doctor:
             paths["fs data_dir"] = self.resolve(site.deploy.data_dir)
         for name, path in paths.items():
             res = self.r.run(
-                f'p={q(path)}; while [ ! -d "$p" ] && [ "$p" != / ]; do p=$(dirname "$p");'
+                f'p={quote(path)}; while [ ! -d "$p" ] && [ "$p" != / ]; do p=$(dirname "$p");'
                 f" done; echo CROSSFL_AT=$p; "
                 f'if t=$(mktemp -p "$p" .crossfl-doctor.XXXXXX 2>&1); then rm -f "$t"; '
                 f'echo CROSSFL_W=1; else echo "CROSSFL_ERR=$t"; fi; '
@@ -391,7 +392,7 @@ class _Doctor:
         proxy_env = self.site.proxy.env()
         script = find_py + "echo CROSSFL_PROXY=${https_proxy:-${HTTPS_PROXY:-}}\n" + direct + "\n"
         if proxy_env:
-            exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in proxy_env.items())
+            exports = " ".join(f"{k}={quote(v)}" for k, v in proxy_env.items())
             script += f"( export {exports}; {via} )\n"
         res = self.r.run(script, activate=True, timeout=120)
         m = res.markers()
@@ -437,7 +438,7 @@ class _Doctor:
         rendered = render_site(site) / "batch" / "smoke.sh"
         where = f"{self.root}/doctor"
         script = f"{where}/smoke.sh"
-        r.run(f"mkdir -p {q(where)}")
+        r.run(f"mkdir -p {quote(where)}")
         r.write(script, rendered.read_bytes(), 0o755)
         try:
             job = jobs.submit(r, sched, script, where, f"crossfl-smoke-{site.name}", "smoke")
@@ -445,7 +446,7 @@ class _Doctor:
             self.add("smoke", "FAIL", exc.message)
             return
         st = jobs.wait(r, sched, job, timeout_s=wait_s, what="smoke job")
-        out = r.run(f"cat {q(job.output)} 2>&1")
+        out = r.run(f"cat {quote(job.output)} 2>&1")
         reports = _rank_reports(out.stdout)
         self.report.ranks = [_rank_line(x) for x in reports]
         expected = max(site.accelerator.devices_per_node, 1)  # smoke.sh: one node

@@ -207,6 +207,9 @@ def site_status(
             if state.image
             else "-"
         )
+        rows["functions"] = (
+            ", ".join(f"{k} {f.function_id}" for k, f in state.functions.items()) or "-"
+        )
         if state.image_build:
             rows["image build"] = (
                 f"{state.image_build.where} job {state.image_build.job_id} "

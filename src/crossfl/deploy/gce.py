@@ -4,11 +4,15 @@ stop, status, logs. Its failures are read and turned into one line with the next
 from __future__ import annotations
 
 import json
-import shlex
 from dataclasses import dataclass
+from typing import Any
 
-from crossfl.deploy.remote import Remote, Result, q
+import yaml
+
+from crossfl.deploy import coreconfig
+from crossfl.deploy.remote import Remote, Result
 from crossfl.errors import UserError
+from crossfl.render.shell import quote
 
 ENDPOINT_FILES = (
     "config.yaml",
@@ -48,18 +52,12 @@ def resolve_path(path: str, home: str, root: str, raw_root: str) -> str:
     return path.replace("${HOME}", home).replace("$HOME", home)
 
 
-def _root_expr(remote_root: str) -> str:
-    if remote_root.startswith("~/"):
-        remote_root = "$HOME/" + remote_root[2:]
-    return '"' + remote_root.replace('"', '\\"') + '"'
-
-
 def probe(remote: Remote, remote_root: str, site_file: str, *, version: bool = False) -> LoginInfo:
     """Where things are on the login node, and whether the endpoint CLI is there
     (and, with `version`, which version it is: one more Python start there)."""
     script = (
         f"echo CROSSFL_HOME=$HOME; echo CROSSFL_UID=$(id -u); "
-        f"echo CROSSFL_ROOT={_root_expr(remote_root)}; "
+        f"echo CROSSFL_ROOT={quote(remote_root)}; "
         "echo CROSSFL_GCDIR=${GLOBUS_COMPUTE_USER_DIR:-$HOME/.globus_compute}; "
         f"g=$(command -v {GCE}); echo CROSSFL_GCE=$g; "
     )
@@ -117,13 +115,13 @@ def configure(
     """`globus-compute-endpoint configure NAME` unless the endpoint directory exists."""
     ep = info.endpoint_dir(name)
     if not remote.dry_run:
-        have = remote.run(f"test -f {q(ep)}/config.yaml && echo yes || true")
+        have = remote.run(f"test -f {quote(ep)}/config.yaml && echo yes || true")
         if have.stdout.strip() == "yes":
             return False
     flag = "true" if multi_user else "false"
-    email = f" --contact-email {shlex.quote(contact_email)}" if contact_email else ""
+    email = f" --contact-email {quote(contact_email)}" if contact_email else ""
     r = remote.run(
-        f"{GCE} configure --multi-user {flag}{email} {shlex.quote(name)}",
+        f"{GCE} configure --multi-user {flag}{email} {quote(name)}",
         activate=True,
         label=f"{GCE} configure {name}",
     )
@@ -141,12 +139,13 @@ def install(
     info: LoginInfo,
     name: str,
     bundle_dir: str,
-    extra_core: str = "",
-    rendered_dir: str | None = None,
+    *,
+    core: dict[str, Any],
+    previous: dict[str, Any],
 ) -> list[str]:
-    """Copy the rendered endpoint files into the endpoint directory where they differ.
-    `extra_core` is appended to config.yaml (e.g. `email: ...`); paths that point into the
-    local `rendered_dir` are rewritten to the endpoint directory. Returns the changed files."""
+    """Copy the rendered endpoint files into the endpoint directory where they differ, and
+    merge crossfl's keys (`core`) into its config.yaml, keeping the rest (coreconfig.py;
+    `previous`: the list entries deploy put there last time). Returns the changed files."""
     ep = info.endpoint_dir(name)
     lines = [
         'inst() { n="$2.new"; cat > "$n"; chmod 600 "$n"; '
@@ -154,14 +153,9 @@ def install(
         'else mv -f "$n" "$2"; echo CROSSFL_CHANGED=$1; fi; }'
     ]
     for f in ENDPOINT_FILES:
-        src, dst = f"{bundle_dir}/endpoint/{f}", f"{ep}/{f}"
-        cat = f"cat {q(src)}"
-        if rendered_dir and f == "config.yaml":
-            expr = f"s|{_sed_escape(rendered_dir, True)}/|{_sed_escape(ep, False)}/|g"
-            cat = f"sed {shlex.quote(expr)} {q(src)}"
-        if extra_core and f == "config.yaml":
-            cat = f"{{ {cat}; printf '%s\\n' {shlex.quote(extra_core)}; }}"
-        lines.append(f"{cat} | inst {f} {q(dst)}")
+        if f != "config.yaml":
+            src, dst = f"{bundle_dir}/endpoint/{f}", f"{ep}/{f}"
+            lines.append(f"cat {quote(src)} | inst {f} {quote(dst)}")
     r = remote.run(
         "set -eo pipefail\n" + "\n".join(lines), label=f"install endpoint files into {ep}"
     )
@@ -171,14 +165,42 @@ def install(
             f"{remote.t.label} failed: {r.tail()}",
             fix="check permissions and space there, then deploy again",
         )
-    return [
+    changed = [
         ln.split("=", 1)[1] for ln in r.stdout.splitlines() if ln.startswith("CROSSFL_CHANGED=")
     ]
+    if install_core(remote, ep, core, previous):
+        changed.insert(0, "config.yaml")
+    return changed
 
 
-def _sed_escape(text: str, pattern: bool) -> str:
-    special = "\\|.*[]^$" if pattern else "\\|&"
-    return "".join("\\" + c if c in special else c for c in text)
+def install_core(remote: Remote, ep: str, core: dict[str, Any], previous: dict[str, Any]) -> bool:
+    """Merge `core` into ep/config.yaml (0600, swapped in whole); True when it changed."""
+    path = f"{ep}/config.yaml"
+    keys = ", ".join(core)
+    if remote.dry_run:
+        remote.say(f"merge crossfl's keys ({keys}) into {path}, keeping the others")
+        return True
+    have = remote.run(f"cat {quote(path)} 2>/dev/null || true")
+    site = remote.t.site
+    try:
+        text = coreconfig.merge(have.stdout, core, previous)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise UserError(
+            f"site {site}: {path} on {remote.t.label} is not a YAML mapping ({exc})",
+            fix="repair it there (or move it aside for `globus-compute-endpoint configure` "
+            "to write a new one), then deploy again",
+        ) from None
+    if text == have.stdout:
+        return False
+    remote.say(f"merge crossfl's keys ({keys}) into {path}")
+    remote.write(path + ".new", text.encode(), 0o600)
+    r = remote.run(f"mv -f {quote(path + '.new')} {quote(path)}")
+    if not r.ok:
+        raise UserError(
+            f"site {site}: could not replace {path} on {remote.t.label}: {r.tail()}",
+            fix="check permissions there, then deploy again",
+        )
+    return True
 
 
 @dataclass(frozen=True)
@@ -194,7 +216,7 @@ def runtime(remote: Remote, info: LoginInfo, name: str) -> Runtime:
     (`globus-compute-endpoint list` is not used: with texttable 1.7 it crashes.)"""
     ep = info.endpoint_dir(name)
     script = (
-        f'd={q(ep)}; [ -f "$d/config.yaml" ] && echo CROSSFL_CONFIGURED=1; '
+        f'd={quote(ep)}; [ -f "$d/config.yaml" ] && echo CROSSFL_CONFIGURED=1; '
         f'[ -f "$d/endpoint.json" ] && '
         f"echo CROSSFL_JSON=$(tr -d '\\n' < \"$d/endpoint.json\"); "
         f'p=$(cat "$d/daemon.pid" 2>/dev/null); '
@@ -254,7 +276,7 @@ def classify(r: Result) -> StartFailed:
 
 def start(remote: Remote, name: str) -> None:
     r = remote.run(
-        f"{GCE} start --detach {shlex.quote(name)} </dev/null",
+        f"{GCE} start --detach {quote(name)} </dev/null",
         activate=True,
         timeout=300,
         label=f"{GCE} start --detach {name}",
@@ -265,7 +287,7 @@ def start(remote: Remote, name: str) -> None:
 
 def stop(remote: Remote, name: str) -> Result:
     return remote.run(
-        f"{GCE} stop {shlex.quote(name)} </dev/null",
+        f"{GCE} stop {quote(name)} </dev/null",
         activate=True,
         timeout=120,
         label=f"{GCE} stop {name}",
@@ -273,7 +295,7 @@ def stop(remote: Remote, name: str) -> Result:
 
 
 def logs(remote: Remote, info: LoginInfo, name: str, lines: int) -> Result:
-    return remote.run(f"tail -n {int(lines)} {q(info.endpoint_dir(name))}/endpoint.log")
+    return remote.run(f"tail -n {int(lines)} {quote(info.endpoint_dir(name))}/endpoint.log")
 
 
 def queue(remote: Remote, query: str | None) -> Result | None:

@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from crossfl.deploy import jobs
-from crossfl.deploy.remote import q
 from crossfl.deploy.transfer import stage_file, tree_manifest
 from crossfl.errors import UserError
 from crossfl.images import MUST_AGREE, def_path, git_commit, python_minor, read_constraints
-from crossfl.render.shell import shell_word
+from crossfl.render.shell import quote
 from crossfl.state import BuildJob, ImageState, now
 
 if TYPE_CHECKING:
@@ -52,8 +51,8 @@ def image_env(site: Site) -> str:
     build = site.container.build
     if build is None:
         return ""
-    lines = [f"module use {q(u)}" for u in build.module_use]
-    lines += [f"module load {m}" for m in build.modules]
+    lines = [f"module use {quote(u)}" for u in build.module_use]
+    lines += [f"module load {quote(m)}" for m in build.modules]
     return "".join(line + "\n" for line in lines)
 
 
@@ -90,7 +89,7 @@ def parse_inspect(text: str) -> dict[str, str] | None:
 
 def inspect(d: Deployment, path: str) -> dict[str, str]:
     res = d.remote.run(
-        f"{image_env(d.site)}apptainer inspect --labels --json {q(path)}",
+        f"{image_env(d.site)}apptainer inspect --labels --json {quote(path)}",
         label=f"read the labels of {path} (apptainer inspect)",
     )
     if d.dry_run:
@@ -123,7 +122,7 @@ def place(d: Deployment) -> None:
             fix=f"put the image in place there by hand ({raw}), or use "
             "container.runtime: apptainer",
         )
-    d.remote.run(f"mkdir -p {q(dest.rsplit('/', 1)[0])}")
+    d.remote.run(f"mkdir -p {quote(dest.rsplit('/', 1)[0])}")
     if src.method == "upload":
         _upload(d, dest)
     elif src.method == "pull":
@@ -135,7 +134,7 @@ def place(d: Deployment) -> None:
 def _there(d: Deployment, dest: str) -> dict[str, str]:
     """What sits at `dest`: SIZE, SHA (`.sha256`), ORIGIN (`.origin`)."""
     return d.remote.run(
-        f'p={q(dest)}; [ -f "$p" ] && echo CROSSFL_SIZE=$(stat -c %s "$p"); '
+        f'p={quote(dest)}; [ -f "$p" ] && echo CROSSFL_SIZE=$(stat -c %s "$p"); '
         f'echo CROSSFL_SHA=$(cat "$p.sha256" 2>/dev/null); '
         f'echo CROSSFL_ORIGIN=$(cat "$p.origin" 2>/dev/null); true'
     ).markers()
@@ -175,7 +174,7 @@ def _record(
 ) -> None:
     """sha256 of the verified image at `path`, moved to `dest` with its sidecar files."""
     res = d.remote.run(
-        f"sha256sum {q(path)}", timeout=3600, label=f"sha256 of the image there ({path})"
+        f"sha256sum {quote(path)}", timeout=3600, label=f"sha256 of the image there ({path})"
     )
     sha = res.stdout.split()[0] if res.ok and res.stdout.split() else ""
     if not d.dry_run and len(sha) != 64:
@@ -183,11 +182,11 @@ def _record(
             f"site {d.site.name}: sha256sum of {path} failed: {res.tail()}",
             fix="check the image there, then deploy again",
         )
-    move = f"mv -f {q(path)} {q(dest)} && " if path != dest else ""
+    move = f"mv -f {quote(path)} {quote(dest)} && " if path != dest else ""
     res = d.remote.run(
-        f"{move}echo {sha or '<sha256>'} > {q(dest + '.sha256')} && "
-        f"printf '%s\\n' {q(origin)} > {q(dest + '.origin')} && "
-        f"stat -c %s {q(dest)}"
+        f"{move}echo {sha or '<sha256>'} > {quote(dest + '.sha256')} && "
+        f"printf '%s\\n' {quote(origin)} > {quote(dest + '.origin')} && "
+        f"stat -c %s {quote(dest)}"
     )
     if d.dry_run:
         return
@@ -216,7 +215,7 @@ def _check_labels(
         return
     bad = label_mismatches(labels, expected_labels(commit=commit))
     if bad:
-        d.remote.run(f"mv -f {q(path)} {q(path + '.rejected')}")
+        d.remote.run(f"mv -f {quote(path)} {quote(path + '.rejected')}")
         raise UserError(
             f"site {d.site.name}: the {what} image does not match this checkout: "
             f"{'; '.join(bad)}; it was moved aside to {path}.rejected",
@@ -235,7 +234,9 @@ def _upload(d: Deployment, dest: str) -> None:
     staged = stage_file(
         d.remote, local, dest, sha256=_known_sha(d.state.image, local), what="image"
     )
-    d.remote.run(f"printf '%s\\n' {q('upload sha256:' + staged.sha256)} > {q(dest + '.origin')}")
+    d.remote.run(
+        f"printf '%s\\n' {quote('upload sha256:' + staged.sha256)} > {quote(dest + '.origin')}"
+    )
     if staged.changed:
         d.out.changed.append("image")
     d.state.image = ImageState(
@@ -274,13 +275,13 @@ def _pull(d: Deployment, dest: str, ref: str) -> None:
     # --disable-cache: no copy in ~/.apptainer/cache (home quotas), and no stale cached ORAS
     # blob (OLCF: "try passing the flag --disable-cache", containers_on_frontier.html)
     res = d.remote.run(
-        f"{image_env(d.site)}rm -f {q(part)} && "
-        f"apptainer pull --disable-cache {q(part)} {shell_word(ref)}",
+        f"{image_env(d.site)}rm -f {quote(part)} && "
+        f"apptainer pull --disable-cache {quote(part)} {quote(ref)}",
         timeout=4 * 3600,
         label=f"apptainer pull {ref} (on {d.target.label})",
     )
     if not d.dry_run and not res.ok:
-        d.remote.run(f"rm -f {q(part)}")
+        d.remote.run(f"rm -f {quote(part)}")
         raise UserError(
             f"site {d.site.name}: `apptainer pull {ref}` failed on {d.target.label}: {res.tail(2)}",
             fix="check the reference and that the login node reaches the registry "
@@ -384,11 +385,11 @@ def _job(pending: BuildJob) -> jobs.Job:
 def _start_build(d: Deployment, tar: Path, key: str) -> jobs.Job:
     site, remote, root = d.site, d.remote, d.info.root
     where = f"{root}/build/images"
-    remote.run(f"mkdir -p {q(where)}")
+    remote.run(f"mkdir -p {quote(where)}")
     staged = stage_file(remote, tar, f"{where}/{tar.name}", what="image build inputs")
     context = def_path(site.arch).with_suffix(".context").name
     res = remote.run(
-        f"cd {q(where)} && rm -rf {q(context)} && tar -xf {q(tar.name)}",
+        f"cd {quote(where)} && rm -rf {quote(context)} && tar -xf {quote(tar.name)}",
         label=f"unpack the def file and its context in {where}",
     )
     if not remote.dry_run and not res.ok:

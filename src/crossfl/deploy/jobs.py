@@ -18,8 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from crossfl.deploy.remote import Remote, q
+from crossfl.deploy.remote import Remote
 from crossfl.errors import UserError
+from crossfl.render.shell import quote
 from crossfl.schedulers import JobStatus, Scheduler
 
 DRY_JOB_ID = "<job id>"
@@ -40,14 +41,14 @@ def submit(
 ) -> Job:
     """Submit `script` (a path on the login node) from `cwd` with the scheduler's submit
     command; the job's output lands in `cwd` (our batch headers name it)."""
-    line = sched.submit_command(q(script))
+    line = sched.submit_command(quote(script))
     if line is None:
         raise UserError(
             f"site {remote.t.site}: {sched.title} cannot submit the {what} job from here",
             fix="run it by hand on the login node",
         )
     res = remote.run(
-        f"mkdir -p {q(cwd)} && cd {q(cwd)} && {line}",
+        f"mkdir -p {quote(cwd)} && cd {quote(cwd)} && {line}",
         label=f"submit the {what} job ({sched.submit} {script})",
     )
     job_id = DRY_JOB_ID if remote.dry_run else sched.parse_job_id(res.stdout + res.stderr)
@@ -68,10 +69,10 @@ def start_login(remote: Remote, script: str, cwd: str, name: str, what: str) -> 
     session's end does not stop it); its output goes to `cwd/name.log` and its exit status to
     `cwd/name.rc`. `$!` is the process to follow (nohup execs bash in place)."""
     log, rc = f"{cwd}/{name}.log", f"{cwd}/{name}.rc"
-    inner = f"bash {q(script)}; echo $? > {q(rc)}"
+    inner = f"bash {quote(script)}; echo $? > {quote(rc)}"
     res = remote.run(
-        f"mkdir -p {q(cwd)} && cd {q(cwd)} && rm -f {q(rc)} && "
-        f"{{ nohup bash -c {shlex.quote(inner)} > {q(log)} 2>&1 < /dev/null & }} && "
+        f"mkdir -p {quote(cwd)} && cd {quote(cwd)} && rm -f {quote(rc)} && "
+        f"{{ nohup bash -c {shlex.quote(inner)} > {quote(log)} 2>&1 < /dev/null & }} && "
         f"echo CROSSFL_PID=$! && echo CROSSFL_HOST=$(hostname)",
         label=f"start the {what} on the login node (bash {script})",
     )
@@ -98,7 +99,7 @@ def status(remote: Remote, sched: Scheduler, job: Job) -> JobStatus:
     pid = job.job_id if job.job_id.isdigit() else "$pid"
     res = remote.run(
         f"if kill -0 {pid} 2>/dev/null; then echo CROSSFL_RUN=1; "
-        f"elif [ -f {q(rc)} ]; then echo CROSSFL_RC=$(cat {q(rc)}); fi; "
+        f"elif [ -f {quote(rc)} ]; then echo CROSSFL_RC=$(cat {quote(rc)}); fi; "
         "echo CROSSFL_HOST=$(hostname)"
     )
     m = res.markers()
@@ -148,5 +149,5 @@ def wait(
 
 
 def output_tail(remote: Remote, job: Job, lines: int = 5) -> str:
-    res = remote.run(f"tail -n {int(lines)} {q(job.output)} 2>&1")
+    res = remote.run(f"tail -n {int(lines)} {quote(job.output)} 2>&1")
     return res.tail(lines) if res.stdout.strip() else "(no output)"

@@ -11,14 +11,24 @@ snippet, write a file, append to a file from an offset):
   passwords the user authenticates once (`ssh -fN HOST`) and deploy, status, logs and stop
   reuse that login. $CROSSFL_SSH_CHANNEL=fabric|openssh|auto (default auto) forces a choice.
 Every failure to connect becomes one `UserError` naming the site, the host and the next step.
+
+The login node is who it says it is: its host key must be in the user's known_hosts (the files
+~/.ssh/config's UserKnownHostsFile names, else ~/.ssh/known_hosts, and the system's), for the
+login host and every ProxyJump hop; an unknown or changed key stops the command in one line
+saying how to accept it (paramiko's RejectPolicy; `ssh -o StrictHostKeyChecking=yes`).
+
+A script runs as `bash -l -s` with its text on stdin, never in the command line, where any
+user of a shared login node could read it (`ps`); the activate line and whatever it exports
+travel the same way. What deploy prints of a script is redacted (crossfl.redact).
 """
 
 from __future__ import annotations
 
 import os
-import shlex
 import socket
 import subprocess
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +41,17 @@ from invoke.exceptions import CommandTimedOut
 from rich.console import Console
 
 from crossfl.errors import UserError
+from crossfl.redact import redact
+from crossfl.render.shell import quote
 
 SSH_CONFIG_ENV = "CROSSFL_SSH_CONFIG"
 CHANNEL_ENV = "CROSSFL_SSH_CHANNEL"
 CONNECT_TIMEOUT_S = 20
 CHUNK = 1 << 20
+# What the login node's sshd runs: a login shell reading the script from stdin.
+REMOTE_SHELL = "bash -l -s"
+DEFAULT_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
+GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 
 
 @dataclass(frozen=True)
@@ -82,7 +98,10 @@ class Result:
 class Channel(Protocol):
     name: str
 
-    def run(self, command: str, timeout: int | None) -> Result: ...
+    def run(self, script: str, timeout: int | None) -> Result:
+        """Run `script` with REMOTE_SHELL, the text on its stdin."""
+        ...
+
     def write(self, path: str, data: bytes, mode: int) -> None: ...
     def append(
         self, src: BinaryIO, path: str, offset: int, progress: Callable[[int], None]
@@ -101,7 +120,84 @@ def ssh_config_path() -> str | None:
     return path or None
 
 
-def _connect_error(exc: BaseException | str, t: Target) -> UserError:
+def known_hosts_files(ssh_config: dict) -> list[str]:
+    """The known_hosts files OpenSSH would read for a host: UserKnownHostsFile (else
+    ~/.ssh/known_hosts{,2}) and GlobalKnownHostsFile (else /etc/ssh/ssh_known_hosts{,2})."""
+    home = os.path.expanduser("~")
+    user = ssh_config.get("user") or os.environ.get("USER", "")
+
+    def paths(value: str | None, default: tuple[str, ...]) -> list[str]:
+        words = value.split() if value else list(default)
+        out = []
+        for w in words:
+            w = w.replace("%d", home).replace("%u", user).replace("%%", "%")
+            out.append(os.path.expanduser(w))
+        return out
+
+    return paths(ssh_config.get("userknownhostsfile"), DEFAULT_KNOWN_HOSTS) + paths(
+        ssh_config.get("globalknownhostsfile"), GLOBAL_KNOWN_HOSTS
+    )
+
+
+def _verify_host_keys(conn: Connection) -> list[str]:
+    """Refuse unknown host keys on the connection and on each ProxyJump hop before it; load
+    the known_hosts files each one's configuration names. Returns the login host's files."""
+    files: list[str] = []
+    hop: object = conn
+    while isinstance(hop, Connection):
+        hop_files = known_hosts_files(hop.ssh_config)
+        hop.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        for path in hop_files:
+            if os.path.isfile(path):
+                hop.client.load_system_host_keys(path)
+        files = files or hop_files
+        hop = hop.gateway
+    return files
+
+
+def _host_key_error(
+    exc: BaseException, t: Target, files: list[str], port: int | None
+) -> UserError | None:
+    """One line for an unknown or changed host key, naming the host and how to accept it."""
+    port = port or t.port
+    opt = f"-p {port} " if port and port != 22 else ""
+    where = f"site {t.site}"
+    if isinstance(exc, paramiko.BadHostKeyException):
+        name = f"[{exc.hostname}]:{port}" if opt else exc.hostname
+        return UserError(
+            f"{where}: the host key of {name} has changed (known_hosts has "
+            f"{exc.expected_key.get_name()} {exc.expected_key.fingerprint}, the host sent "
+            f"{exc.key.get_name()} {exc.key.fingerprint}): someone may be in the path, or "
+            "the facility replaced its key; nothing was sent",
+            fix=f"only if the facility announced this key (compare the fingerprint with its "
+            f"page), remove the old one (`ssh-keygen -R '{name}'`) and connect once with "
+            f"`ssh {opt}{t.host}`, then run the command again",
+        )
+    text = str(exc)
+    if "not found in known_hosts" in text:
+        name = text.split("'")[1] if text.count("'") >= 2 else t.host
+        searched = ", ".join(files[:2]) or "~/.ssh/known_hosts"
+        return UserError(
+            f"{where}: the host key of {name} is not in your known_hosts ({searched}); "
+            "crossfl connects only to a host it can verify",
+            fix=f"check the key's fingerprint against the one the facility publishes, then "
+            f"accept it once with `ssh {opt}{t.host}` (answer yes), or append "
+            f"`ssh-keyscan {opt}{t.host}` to your known_hosts after comparing "
+            "`ssh-keygen -lf` of it",
+        )
+    return None
+
+
+def _connect_error(
+    exc: BaseException | str,
+    t: Target,
+    known_hosts: list[str] | None = None,
+    port: int | None = None,
+) -> UserError:
+    if isinstance(exc, BaseException):
+        hostkey = _host_key_error(exc, t, known_hosts or [], port)
+        if hostkey is not None:
+            return hostkey
     where = f"site {t.site}: cannot open SSH to {t.label}"
     hint = (
         f"check deploy.host/user/port in {t.site_file or 'the site file'} and that "
@@ -129,6 +225,13 @@ def _connect_error(exc: BaseException | str, t: Target) -> UserError:
             f"{where}: timed out after {CONNECT_TIMEOUT_S}s",
             fix=f"check VPN/firewall and ProxyJump; {hint}",
         )
+    if "host key verification failed" in low or "host identification has changed" in low:
+        return UserError(
+            f"site {t.site}: the host key of {t.host} is unknown or has changed ({text}); "
+            "crossfl connects only to a host it can verify",
+            fix=f"check the fingerprint the facility publishes, then `ssh {t.host}` once "
+            "(accept it, or after `ssh-keygen -R` where the facility replaced its key)",
+        )
     if isinstance(exc, paramiko.ssh_exception.ProxyCommandFailure):
         return UserError(f"{where}: ProxyCommand/ProxyJump failed ({text})", fix=hint)
     return UserError(f"{where}: {text}", fix=hint)
@@ -147,11 +250,12 @@ class FabricChannel:
         self.conn = Connection(
             t.host, user=t.user, port=t.port, config=config, connect_timeout=CONNECT_TIMEOUT_S
         )
+        files = _verify_host_keys(self.conn)
         try:
             self.conn.open()
         except Exception as exc:  # noqa: BLE001 - every failure here becomes one line
             self.conn.close()
-            raise _connect_error(exc, t) from None
+            raise _connect_error(exc, t, files, self.conn.port) from None
         self._sftp: paramiko.SFTPClient | None = None
 
     def sftp(self) -> paramiko.SFTPClient:
@@ -159,14 +263,20 @@ class FabricChannel:
             self._sftp = self.conn.sftp()
         return self._sftp
 
-    def run(self, command: str, timeout: int | None) -> Result:
+    def run(self, script: str, timeout: int | None) -> Result:
         try:
-            r = self.conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
+            transport = self.conn.client.get_transport()
+            if transport is None or not transport.is_active():
+                raise EOFError("the SSH connection closed")
+            chan = transport.open_session(timeout=CONNECT_TIMEOUT_S)
+            try:
+                return _exec(chan, script, timeout)
+            finally:
+                chan.close()
         except CommandTimedOut:
             raise
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise _connect_error(exc, self.t) from None
-        return Result(r.stdout, r.stderr, int(r.exited if r.exited is not None else -1))
 
     def write(self, path: str, data: bytes, mode: int) -> None:
         with self.sftp().open(path, "wb") as fh:
@@ -192,6 +302,36 @@ class FabricChannel:
         self.conn.close()
 
 
+def _exec(chan: paramiko.Channel, script: str, timeout: int | None) -> Result:
+    """REMOTE_SHELL on an open session, `script` on its stdin; stdout and stderr read to
+    their ends at once (neither can fill its window and stall the other)."""
+    chan.exec_command(REMOTE_SHELL)
+    chan.sendall(script.encode())
+    chan.shutdown_write()
+    out: dict[str, bytes] = {}
+
+    def drain(key: str, stream: Callable[[int], bytes]) -> None:
+        parts = []
+        for block in iter(lambda: stream(CHUNK), b""):
+            parts.append(block)
+        out[key] = b"".join(parts)
+
+    readers = [
+        threading.Thread(target=drain, args=("out", chan.recv), daemon=True),
+        threading.Thread(target=drain, args=("err", chan.recv_stderr), daemon=True),
+    ]
+    for th in readers:
+        th.start()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for th in readers:
+        th.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if th.is_alive():
+            chan.close()
+            raise CommandTimedOut(None, timeout)  # type: ignore[arg-type]
+    rc = chan.recv_exit_status()
+    return Result(out["out"].decode(errors="replace"), out["err"].decode(errors="replace"), rc)
+
+
 # -- the system ssh, through a running ControlMaster ------------------------------------------
 
 
@@ -200,7 +340,14 @@ class OpenSshChannel:
 
     def __init__(self, t: Target) -> None:
         self.t = t
-        opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}"]
+        opts = [
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"ConnectTimeout={CONNECT_TIMEOUT_S}",
+        ]
         path = ssh_config_path()
         if path:
             opts += ["-F", path]
@@ -224,14 +371,14 @@ class OpenSshChannel:
             return False
         return r.returncode == 0
 
-    def run(self, command: str, timeout: int | None) -> Result:
+    def run(self, script: str, timeout: int | None) -> Result:
         try:
             r = subprocess.run(
-                [*self.base, self.t.host, command],
+                [*self.base, self.t.host, REMOTE_SHELL],
                 capture_output=True,
                 text=True,
                 timeout=timeout,
-                stdin=subprocess.DEVNULL,
+                input=script,
             )
         except subprocess.TimeoutExpired as exc:
             raise CommandTimedOut(None, timeout) from exc  # type: ignore[arg-type]
@@ -259,13 +406,13 @@ class OpenSshChannel:
             raise OSError(err.splitlines()[-1] if err else f"remote exit {proc.returncode}")
 
     def write(self, path: str, data: bytes, mode: int) -> None:
-        p = shlex.quote(path)
+        p = quote(path)
         self._pipe(f"cat > {p} && chmod {mode:o} {p}", lambda w: w.write(data))
 
     def append(
         self, src: BinaryIO, path: str, offset: int, progress: Callable[[int], None]
     ) -> None:
-        p = shlex.quote(path)
+        p = quote(path)
         cmd = f"truncate -s {offset} {p} && cat >> {p}" if offset else f"cat > {p}"
 
         def feed(w: BinaryIO) -> None:
@@ -329,15 +476,17 @@ class Remote:
 
     def say(self, text: str) -> None:
         prefix = "[dim]\\[dry-run][/] " if self.dry_run else ""
-        self.console.print(f"{prefix}{text}", highlight=False, soft_wrap=True)
+        self.console.print(f"{prefix}{redact(text)}", highlight=False, soft_wrap=True)
 
-    def command_line(self, script: str, *, activate: bool = False) -> str:
+    def script(self, script: str, *, activate: bool = False) -> str:
+        """The text REMOTE_SHELL reads: the activate line (where asked), then `script`, in one
+        group whose stdin is /dev/null, so no command in it can read the rest of the text."""
         if activate and self.t.activate:
             script = (
-                f"{{ {self.t.activate} ; }} || {{ echo CROSSFL_ACTIVATE_FAILED=1; exit 97; }}"
+                f"{{ {self.t.activate}\n}} || {{ echo CROSSFL_ACTIVATE_FAILED=1; exit 97; }}"
                 f"\n{script}"
             )
-        return "bash -lc " + shlex.quote(script)
+        return f"{{\n{script}\n}} </dev/null\n"
 
     def run(
         self,
@@ -356,7 +505,7 @@ class Remote:
         if label:
             self.say(label)
         try:
-            return self.channel.run(self.command_line(script, activate=activate), timeout)
+            return self.channel.run(self.script(script, activate=activate), timeout)
         except CommandTimedOut:
             raise UserError(
                 f"site {self.t.site}: `{_one_line(script)[:80]}` on {self.t.label} "
@@ -378,13 +527,3 @@ class Remote:
 
 def _one_line(script: str) -> str:
     return " ; ".join(ln.strip() for ln in script.strip().splitlines() if ln.strip())
-
-
-def q(path: str) -> str:
-    """Quote a remote path for bash, keeping a leading `$HOME`/`~` expandable."""
-    if path.startswith("~/"):
-        path = "$HOME/" + path[2:]
-    if path.startswith("$"):
-        head, sep, rest = path.partition("/")
-        return f'"{head}"{sep}{shlex.quote(rest) if rest else ""}' if sep else f'"{head}"'
-    return shlex.quote(path)

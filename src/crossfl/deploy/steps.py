@@ -6,7 +6,10 @@ it works on, so it can run (and be tested) on its own:
   image     the site's image in place: uploaded, pulled by digest or built at the site, as
             container.image_source says; verified, unchanged digests skipped (image.py)
   data      site-local data (`--data`)
-  endpoint  `globus-compute-endpoint configure`, then our endpoint files where they differ
+  functions the kit's functions registered with Globus Compute, once (crossfl.functions);
+            their ids recorded here and named in the endpoint's allowed_functions
+  endpoint  `globus-compute-endpoint configure`, then our endpoint files where they differ;
+            crossfl's keys merged into config.yaml, an admin's kept (coreconfig.py)
   start     start, or restart when the files changed (`--no-start`: only say so)
 
 `deploy_site` (flow.py) saves the state file (`crossfl.state`) after every step, so a failure
@@ -18,16 +21,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import yaml
 from rich.console import Console
 
 from crossfl.deploy import gce
 from crossfl.deploy import image as image_step
-from crossfl.deploy.remote import Remote, Target, q
+from crossfl.deploy.remote import Remote, Target
 from crossfl.deploy.transfer import stage_tree, upload_bundle
+from crossfl.endpoints import sdk_client_class
 from crossfl.errors import UserError
+from crossfl.functions import kit_functions
+from crossfl.render.shell import quote
 from crossfl.sites import Site
-from crossfl.state import DataState, DeployState, now, save_state
+from crossfl.state import DataState, DeployState, FunctionState, now, save_state
 
 CONTACT_EMAIL_ENV = "CROSSFL_CONTACT_EMAIL"
 
@@ -83,7 +91,7 @@ class Deployment:
 def layout(d: Deployment) -> None:
     root = d.info.root
     d.remote.run(
-        f"mkdir -p {q(root)}/bundle {q(root)}/images {q(root)}/data",
+        f"mkdir -p {quote(root)}/bundle {quote(root)}/images {quote(root)}/data",
         label=f"remote layout {root}/{{bundle,images,data}}",
     )
 
@@ -118,20 +126,87 @@ def data(d: Deployment) -> None:
     ]
 
 
+def functions(d: Deployment) -> None:
+    """Register the kit's functions with Globus Compute (the SDK's Client.register_function),
+    each once: one whose digest the state records keeps its id."""
+    todo = [
+        f
+        for kind, f in kit_functions(d.site).items()
+        if (rec := d.state.functions.get(kind)) is None or rec.digest != f.digest
+    ]
+    if not todo:
+        return
+    if d.dry_run:
+        for f in todo:
+            d.remote.say(
+                f"register the {f.kind} function {f.name} with Globus Compute "
+                "(Client.register_function); its id goes into allowed_functions"
+            )
+        return
+    site = d.site.name
+    fix = (
+        "run deploy where you can log in to Globus (the SDK asks once), or export "
+        "GLOBUS_COMPUTE_CLIENT_ID and GLOBUS_COMPUTE_CLIENT_SECRET here; then deploy again"
+    )
+    try:
+        client = sdk_client_class()()
+    except Exception as exc:  # noqa: BLE001 - the SDK's login and network errors: one line
+        raise UserError(
+            f"site {site}: cannot reach Globus Compute to register the kit's functions "
+            f"({type(exc).__name__}: {exc})",
+            fix=fix,
+        ) from None
+    for f in todo:
+        d.console.print(f"register the {f.kind} function {f.name} with Globus Compute")
+        try:
+            function_id = str(client.register_function(f.fn, description=f.description))
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(
+                f"site {site}: registering the {f.kind} function failed "
+                f"({type(exc).__name__}: {exc})",
+                fix=fix,
+            ) from None
+        d.state.functions[f.kind] = FunctionState(
+            function_id=function_id, name=f.name, digest=f.digest, registered_at=now()
+        )
+        d.out.changed.append(f"function {f.kind} registered")
+
+
+def core_keys(d: Deployment, ep: str) -> dict[str, Any]:
+    """crossfl's keys of the endpoint's config.yaml: the rendered file's (its local paths
+    moved to the endpoint directory), the registered functions, the contact email if given."""
+    rendered_dir = str(d.bundle / "endpoint")
+    text = (d.bundle / "endpoint" / "config.yaml").read_text().replace(rendered_dir, ep)
+    core: dict[str, Any] = yaml.safe_load(text) or {}
+    ids = [rec.function_id for rec in d.state.functions.values()]
+    listed = [str(x) for x in core.get("allowed_functions") or []]
+    core["allowed_functions"] = listed + [i for i in ids if i not in listed]
+    core.setdefault("authentication_policy", None)  # the site's, or else an admin's, stands
+    core.setdefault("admins", [])
+    if d.email:
+        core["email"] = d.email
+    return core
+
+
 def endpoint(d: Deployment) -> None:
     name = d.site.deploy.endpoint_name
     multi = d.site.endpoint.mode == "multi-user"
     if gce.configure(d.remote, d.info, name, multi_user=multi, contact_email=d.email):
         d.out.changed.append("endpoint configured")
-    extra = f"email: {d.email}" if d.email else ""
+    ep = d.info.endpoint_dir(name)
+    core = core_keys(d, ep)
+    ours = d.state.endpoint
+    previous = {
+        "allowed_functions": ours.allowed_functions,
+        "admins": ours.admins,
+        "authentication_policy": ours.authentication_policy,
+    }
     d.changed_files = gce.install(
-        d.remote,
-        d.info,
-        name,
-        f"{d.info.root}/bundle",
-        extra_core=extra,
-        rendered_dir=str(d.bundle / "endpoint"),
+        d.remote, d.info, name, f"{d.info.root}/bundle", core=core, previous=previous
     )
+    ours.allowed_functions = list(core["allowed_functions"])
+    ours.admins = list(core["admins"])
+    ours.authentication_policy = core["authentication_policy"]
     if d.changed_files:
         d.out.changed.append("endpoint files: " + ", ".join(d.changed_files))
     d.state.endpoint.configured = True
@@ -192,6 +267,7 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("bundle", bundle),
     ("image", image),
     ("data", data),
+    ("functions", functions),
     ("endpoint", endpoint),
     ("start", start),
 )
@@ -207,9 +283,9 @@ def _start_error(d: Deployment, exc: gce.StartFailed) -> UserError:
     fixes = {
         "network": f"check that {t.host} reaches the Globus service over HTTPS (proxy?), "
         f"then run `crossfl deploy {site.name}` again",
-        "login": f"log in once there: `ssh -t {t.host} globus-compute-endpoint login` (or "
-        "export GLOBUS_COMPUTE_CLIENT_ID/SECRET in deploy.python_activate), then "
-        "deploy again",
+        "login": f"log in once there: `ssh -t {t.host} globus-compute-endpoint login`, or "
+        "keep GLOBUS_COMPUTE_CLIENT_ID/SECRET exports in a file only you can read there "
+        "(chmod 600) that deploy.python_activate sources; then deploy again",
         "email": "deploy as your own user (deploy.user), or pass --contact-email ADDR",
         "running": f"run `crossfl stop {site.name}` then deploy again",
         "other": f"run `crossfl logs {site.name}` for the endpoint's log, then deploy again",

@@ -23,9 +23,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from crossfl.deploy.remote import Remote, q
+from crossfl.deploy.remote import Remote
 from crossfl.errors import UserError
 from crossfl.hashing import sha256_file
+from crossfl.render.shell import quote
 
 BUNDLE_DIGEST_FILE = ".crossfl-bundle.sha256"
 
@@ -65,16 +66,16 @@ def upload_bundle(remote: Remote, bundle: Path, digest: str, root: str) -> bool:
     Returns False (and moves nothing) when the bundle there already has this digest."""
     dest = f"{root}/bundle"
     if not remote.dry_run:
-        have = remote.run(f"cat {q(dest)}/{BUNDLE_DIGEST_FILE} 2>/dev/null || true")
+        have = remote.run(f"cat {quote(dest)}/{BUNDLE_DIGEST_FILE} 2>/dev/null || true")
         if have.stdout.strip() == digest:
             remote.say(f"bundle unchanged ({digest[:12]})")
             return False
     staging = f"{root}/bundle.new"
-    remote.run(f"rm -rf {q(staging)} && mkdir -p {q(staging)}")
+    remote.run(f"rm -rf {quote(staging)} && mkdir -p {quote(staging)}")
     files = tree_files(bundle)
     dirs = sorted({p.parent.relative_to(bundle).as_posix() for p in files} - {"."})
     if dirs:
-        remote.run("mkdir -p " + " ".join(q(f"{staging}/{d}") for d in dirs))
+        remote.run("mkdir -p " + " ".join(quote(f"{staging}/{d}") for d in dirs))
     for p in files:
         rel = p.relative_to(bundle).as_posix()
         remote.transfer_note(p, f"{dest}/{rel}", p.stat().st_size)
@@ -85,7 +86,7 @@ def upload_bundle(remote: Remote, bundle: Path, digest: str, root: str) -> bool:
         remote.write(f"{staging}/{BUNDLE_DIGEST_FILE}", (digest + "\n").encode())
         remote.write(f"{staging}/MANIFEST.sha256", tree_manifest(bundle).encode())
     r = remote.run(
-        f"cd {q(staging)} && sha256sum --quiet -c MANIFEST.sha256 && cd .. && "
+        f"cd {quote(staging)} && sha256sum --quiet -c MANIFEST.sha256 && cd .. && "
         f"rm -rf bundle.old && {{ [ ! -e bundle ] || mv bundle bundle.old; }} && "
         f"mv bundle.new bundle && rm -rf bundle.old",
         label=f"verify the bundle with sha256sum and swap it in at {dest}",
@@ -112,7 +113,7 @@ class Staged:
 
 
 def remote_free(remote: Remote, directory: str) -> str:
-    r = remote.run(f"df -Pk {q(directory)} | tail -1")
+    r = remote.run(f"df -Pk {quote(directory)} | tail -1")
     parts = r.stdout.split()
     if r.ok and len(parts) >= 4 and parts[3].isdigit():
         return f"{int(parts[3]) * 1024:,} bytes free"
@@ -129,11 +130,13 @@ def stage_file(
     site = remote.t.site
     if remote.dry_run:
         remote.transfer_note(local, part, size, ", resumable")
-        remote.run(f"sha256sum {q(part)}  # expect {digest[:12]}")
-        remote.run(f"mv -f {q(part)} {q(dest)} && echo {digest} > {q(dest + '.sha256')}")
+        remote.run(f"sha256sum {quote(part)}  # expect {digest[:12]}")
+        remote.run(
+            f"mv -f {quote(part)} {quote(dest)} && echo {digest} > {quote(dest + '.sha256')}"
+        )
         return Staged(dest, digest, size, True)
     probe = remote.run(
-        f'd={q(dest)}; s=$(stat -c %s "$d" 2>/dev/null || echo -); '
+        f'd={quote(dest)}; s=$(stat -c %s "$d" 2>/dev/null || echo -); '
         f'echo CROSSFL_SIZE=$s; echo CROSSFL_SHA=$(cat "$d.sha256" 2>/dev/null); '
         f'echo CROSSFL_PART=$(stat -c %s "$d.part" 2>/dev/null || echo 0)'
     ).markers()
@@ -146,14 +149,14 @@ def stage_file(
     for attempt in (1, 2):
         _send(remote, local, part, offset, size, what)
         check = remote.run(
-            f"sha256sum {q(part)}",
+            f"sha256sum {quote(part)}",
             timeout=3600,
             label=f"verify {os.path.basename(part)} with sha256sum there",
         )
         got = check.stdout.split()[0] if check.ok and check.stdout.split() else ""
         if got == digest:
             break
-        remote.run(f"rm -f {q(part)}")
+        remote.run(f"rm -f {quote(part)}")
         if attempt == 2 or offset == 0:
             raise UserError(
                 f"site {site}: {what} {local.name} arrived at {remote.t.label} with "
@@ -164,7 +167,9 @@ def stage_file(
             )
         remote.say(f"resumed {part} did not verify; uploading it again from the start")
         offset = 0
-    mv = remote.run(f"mv -f {q(part)} {q(dest)} && echo {digest} > {q(dest + '.sha256')}")
+    mv = remote.run(
+        f"mv -f {quote(part)} {quote(dest)} && echo {digest} > {quote(dest + '.sha256')}"
+    )
     if not mv.ok:
         raise UserError(
             f"site {site}: could not move {part} into place ({mv.tail()})",
@@ -203,7 +208,7 @@ def _send(remote: Remote, local: Path, part: str, offset: int, size: int, what: 
 
 
 def _remote_size(remote: Remote, path: str) -> int:
-    out = remote.run(f"stat -c %s {q(path)} 2>/dev/null || echo 0").stdout.strip()
+    out = remote.run(f"stat -c %s {quote(path)} 2>/dev/null || echo 0").stdout.strip()
     return int(out) if out.isdigit() else 0
 
 
@@ -225,7 +230,7 @@ def stage_tree(remote: Remote, local: Path, dest: str, what: str = "data") -> tu
             for p in files
         ]
     dirs = sorted({t.rsplit("/", 1)[0] for _, t, _ in targets})
-    remote.run("mkdir -p " + " ".join(q(d) for d in dirs))
+    remote.run("mkdir -p " + " ".join(quote(d) for d in dirs))
     changed = False
     lines = []
     total = 0

@@ -12,9 +12,8 @@ from crossfl.render.shell import (
     bind_wrapper,
     command_line,
     container_words,
+    quote,
     setup_lines,
-    shell_path,
-    shell_word,
     sources_a_file,
 )
 from crossfl.schedulers import BatchJob, parse_walltime
@@ -43,7 +42,7 @@ def batch_context(site: Site) -> dict[str, Any]:
     short = SHORT_WALLTIME
     if limit and limit.max_walltime and parse_walltime(limit.max_walltime) < parse_walltime(short):
         short = limit.max_walltime
-    in_image = " ".join(shell_word(w) for w in container_words(site))
+    in_image = " ".join(quote(w) for w in container_words(site))
     launcher = LAUNCHERS[site.launcher.type]
     launch_all = launcher.words(site, nodes, per_node)
     launch_one = launcher.words(site, 1, 1)
@@ -141,7 +140,7 @@ def build_context(site: Site, directives: list[str]) -> dict[str, Any] | None:
         "build_args": [s.name for s in BUILD_SETTINGS if s.name in env],
         # crossfl.images writes the def with %files paths relative to the project root:
         # build from the directory that holds build/images/ (the site's remote root).
-        "root": shell_path(site.deploy.remote_root),
+        "root": site.fill("{{remote_root}}"),  # ~/ as $HOME/, for the comments too
         "def_file": f"build/images/crossfl-{image_arch(site)}.def",
         "image": site.image(),
     }

@@ -11,18 +11,19 @@ Rendering is atomic: a temporary directory beside the target is filled, then swa
 from __future__ import annotations
 
 import json
-import shlex
 from pathlib import Path
 
 import jinja2
 
 from crossfl import paths
-from crossfl.atomic import new_dir
+from crossfl.atomic import current_umask, new_dir
 from crossfl.errors import UserError
+from crossfl.redact import carries_secret
 from crossfl.render import engine
 from crossfl.render.batch import batch_context, build_only_context
 from crossfl.render.endpoint import endpoint_context, identity_mapping
 from crossfl.render.options import user_config_schema
+from crossfl.render.shell import quote
 from crossfl.sites import Site, load_site
 
 
@@ -42,14 +43,18 @@ def _env() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["yq"] = lambda v: json.dumps(v)  # a YAML-safe scalar (JSON is YAML)
-    env.filters["sq"] = lambda v: shlex.quote(str(v))  # a shell word
+    env.filters["sq"] = lambda v: quote(str(v))  # a shell word (crossfl.render.shell.quote)
     return env
 
 
-def _write(path: Path, text: str, mode: int = 0o644) -> None:
+def _write(path: Path, text: str, *, executable: bool = False) -> None:
+    """Write a rendered file: 0600 where it carries a secret (an activate line exporting a
+    client secret, a token from the environment: crossfl.redact), else as the user's umask
+    says (scripts executable)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
-    path.chmod(mode)
+    full = 0o777 if executable else 0o666
+    path.chmod(full & 0o700 if carries_secret(text) else full & ~current_umask())
 
 
 def render_site(site: str | Site, out_root: Path | None = None) -> Path:
@@ -80,12 +85,16 @@ def _render_into(env: jinja2.Environment, site: Site, tmp: Path, *, final: Path)
         bctx = batch_context(site) if site.sched.batch else build_only_context(site)
         if site.sched.batch:
             for name in ("smoke.sh", "client.sh"):
-                _write(tmp / "batch" / name, env.get_template(f"batch/{name}").render(bctx), 0o755)
+                _write(
+                    tmp / "batch" / name,
+                    env.get_template(f"batch/{name}").render(bctx),
+                    executable=True,
+                )
         if bctx["build"] is not None:
             _write(
                 tmp / "batch" / "build_image.sh",
                 env.get_template("batch/build_image.sh").render(bctx),
-                0o755,
+                executable=True,
             )
     except jinja2.TemplateError as exc:
         raise UserError(

@@ -10,6 +10,7 @@ from typing import Any
 
 from crossfl import paths
 from crossfl.errors import UserError
+from crossfl.functions import allowed_serializers
 from crossfl.render.options import jinja_literal, user_variables, var_expr
 from crossfl.render.shell import container_options, engine_container, host_env, setup_lines
 from crossfl.schedulers.launchers import LAUNCHERS
@@ -107,6 +108,9 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
         else [],
         "cpu_affinity": site.endpoint.cpu_affinity if part is None and per_device else "none",
         "encrypted": site.endpoint.encrypted,
+        "allowed_serializers": allowed_serializers(site),
+        "authentication_policy": site.endpoint.authentication_policy,
+        "admins": site.endpoint.admins,
         "address_interface": site.endpoint.address_interface,
         "idle_soft": var["idle_heartbeats_soft"],
         "max_idletime": var["max_idletime"],

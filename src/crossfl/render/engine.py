@@ -118,9 +118,9 @@ def _option_fix(exc: Any, schema: dict[str, Any]) -> str:
         return f"at most {exc.validator_value} here (the queue's limit)"
     if "enum" in prop:
         return f"use one of {prop['enum']}"
-    if "pattern" in prop:
+    if exc.validator == "pattern":
         example = " (e.g. 01:00:00)" if name == "walltime" else ""
-        return f"match the pattern {prop['pattern']}{example}"
+        return f"match the pattern {exc.validator_value}{example}"
     if prop.get("type") == "integer":
         lo, hi = prop.get("minimum"), prop.get("maximum")
         bounds = (f" >= {lo}" if lo is not None else "") + (f" <= {hi}" if hi is not None else "")

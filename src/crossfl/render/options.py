@@ -10,6 +10,12 @@ from typing import Any
 from crossfl.schedulers.base import WALLTIME_JSON_PATTERN
 from crossfl.sites import Site
 from crossfl.sites.rules import request_schema_rules
+from crossfl.sites.values import TOKEN
+
+# What a name the endpoint passes on to the scheduler may hold (Parsl writes account, queue and
+# QOS into #SBATCH lines, and hands PBS Pro's to `qsub` through a shell): the site files' own
+# rule (crossfl.sites.values), checked again by the endpoint for each task group's options.
+NAME_RULE = {"pattern": f"^{TOKEN}$"}
 
 # GlobusComputeEngine's own default (globus_compute_endpoint/engines/globus_compute.py,
 # _job_status_kwargs, version 4.19.0): a pilot idle this long is released.
@@ -35,6 +41,7 @@ def user_variables(site: Site) -> dict[str, dict[str, Any]]:
         acct: dict[str, Any] = {
             "type": "string",
             "minLength": 1,
+            "allOf": [NAME_RULE],
             "description": "allocation/project charged for the pilot jobs",
         }
         if site.account:
@@ -43,7 +50,12 @@ def user_variables(site: Site) -> dict[str, dict[str, Any]]:
             acct["pattern"] = site.account_pattern
         v["account"] = acct
         if site.queue or sched.queue_required:
-            q: dict[str, Any] = {"type": "string", "minLength": 1, "description": sched.queue_word}
+            q: dict[str, Any] = {
+                "type": "string",
+                "minLength": 1,
+                "allOf": [NAME_RULE],
+                "description": sched.queue_word,
+            }
             if site.queue:
                 q["default"] = site.queue
             v["queue"] = q
@@ -51,6 +63,7 @@ def user_variables(site: Site) -> dict[str, dict[str, Any]]:
             v["qos"] = {
                 "type": "string",
                 "minLength": 1,
+                "allOf": [NAME_RULE],
                 "default": site.qos,
                 "description": "quality of service",
             }

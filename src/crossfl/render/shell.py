@@ -4,6 +4,7 @@ each batch rank its device the way Parsl's worker pool gives a worker its accele
 
 from __future__ import annotations
 
+import re
 import shlex
 
 from crossfl.client.launcher_env import LAUNCHED_AT_ENV, rank_env_names
@@ -17,8 +18,34 @@ PARSL_FIXED_ENV = {"ZE_ENABLE_PCI_ID_DEVICE_ORDER": "1"}
 RANK_ENV = "CROSSFL_LOCAL_RANK"  # the batch rank's index on its node, for the smoke report
 
 
+_NAME_REF = r"\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})"
+_LEADING_REF = re.compile(rf"^{_NAME_REF}")
+# Characters that mean nothing to a shell inside double quotes, and $NAME / ${NAME}
+_EXPANDABLE = re.compile(rf"(?:[A-Za-z0-9_.,:@%+=~/<>-]|{_NAME_REF})*")
+
+
+def quote(word: str) -> str:
+    """The one way a value becomes a shell word (templates use it as the `sq` filter; deploy,
+    doctor and the renderer call it). shlex.quote, except that `$NAME` references in a path
+    stay expandable where the word runs (the image under $HOME, `$USER`'s directory of a
+    project filesystem): a word of path characters and `$NAME`s only is double-quoted, and a
+    leading `~/` becomes `$HOME/`. Anything else a shell would read (quotes, `$(...)`,
+    backticks, `;`, spaces) stays inert inside single quotes."""
+    if word == "~" or word.startswith("~/"):
+        word = "$HOME" + word[1:]
+    if "$" not in word:
+        return shlex.quote(word)
+    if _EXPANDABLE.fullmatch(word):
+        return f'"{word}"'
+    lead = _LEADING_REF.match(word)
+    if lead:  # e.g. "$HOME/a b": the home expands, the rest is literal
+        rest = word[lead.end() :]
+        return f'"{lead.group()}"' + (shlex.quote(rest) if rest else "")
+    return shlex.quote(word)
+
+
 def export(name: str, value: str) -> str:
-    return f"export {name}={shlex.quote(value)}"
+    return f"export {name}={quote(value)}"
 
 
 def host_env(site: Site) -> dict[str, str]:
@@ -32,9 +59,9 @@ def setup_lines(site: Site, *, batch: bool) -> list[str]:
     environment as `-e` options instead: container_options.)"""
     lines: list[str] = []
     for d in site.module_use:
-        lines.append(f"module use {shlex.quote(d)}")
+        lines.append(f"module use {quote(d)}")
     for m in site.modules:
-        lines.append(f"module load {m}")
+        lines.append(f"module load {quote(m)}")
     acc_env = site.accelerator.env
     for k, val in {**host_env(site), **acc_env}.items():
         lines.append(export(k, val))
@@ -74,7 +101,7 @@ def container_options(site: Site) -> list[str]:
 
 
 def container_options_text(site: Site) -> str:
-    return " ".join(shlex.quote(o) for o in container_options(site))
+    return " ".join(quote(o) for o in container_options(site))
 
 
 def container_words(site: Site) -> list[str]:
@@ -125,8 +152,9 @@ def rank_line(site: Site, argv: list[str], *, bound_by: str) -> str:
         words = ["bash", "-c", 'bind_rank "$@"', "bind_rank"]
     elif bind:
         words = ["bash", "-c", "; ".join([*bind, 'exec "$@"']), "bind_rank"]
-    image = " ".join(shell_word(w) for w in container_words(site))
-    return " ".join(p for p in (shlex.join(words), image, shlex.join(argv)) if p)
+    image = " ".join(quote(w) for w in container_words(site))
+    joined = (" ".join(quote(w) for w in ws) for ws in (words, argv))
+    return " ".join(p for p in (next(joined), image, next(joined)) if p)
 
 
 def mpi_task_line(site: Site, argv: list[str]) -> str:
@@ -136,6 +164,34 @@ def mpi_task_line(site: Site, argv: list[str]) -> str:
     return (
         f'export {LAUNCHED_AT_ENV}="$(date +%s.%N)"; '
         f"{MPI_PREFIX} {rank_line(site, argv, bound_by='inline')}"
+    )
+
+
+# The only argument of an MPI site's registered task function (crossfl.functions): the path of
+# a task file, `/DIR/tasks/NAME.json`; rank 0 writes its result to `/DIR/results/NAME.out.json`.
+TASK_KEY_RULE = r"^'(/[A-Za-z0-9_.,@+=/-]+)/tasks/([A-Za-z0-9_.-]+)\.json'$"
+
+
+def mpi_task_script(site: Site, argv: list[str], key_placeholder: str) -> str:
+    """The shell text of an MPI site's task function: `key_placeholder` (where the function's
+    caller puts the task key, as Python's repr writes it: one line, quoted) is read from a
+    quoted here-document, so nothing in it is ever run; a key that is not a task file's
+    path (TASK_KEY_RULE, no `.`/`..` parts) stops it with exit status 2 before anything
+    starts; then `mpi_task_line` with the task file and its result file after `argv`."""
+    return "\n".join(
+        [
+            "read -r key <<'CROSSFL_TASK_KEY'",
+            key_placeholder,
+            "CROSSFL_TASK_KEY",
+            f"rule={quote(TASK_KEY_RULE)}",
+            'if [[ $key == *"/../"* || $key == *"/./"* || ! $key =~ $rule ]]; then',
+            "  echo \"crossfl: refused task key $key (want '/DIR/tasks/NAME.json')\" >&2",
+            "  exit 2",
+            "fi",
+            'task="${BASH_REMATCH[1]}/tasks/${BASH_REMATCH[2]}.json"',
+            'out="${BASH_REMATCH[1]}/results/${BASH_REMATCH[2]}.out.json"',
+            mpi_task_line(site, [*argv, "$task", "$out"]),
+        ]
     )
 
 
@@ -161,7 +217,7 @@ def engine_container(site: Site) -> tuple[str | None, str]:
             container_options_text(site),
             "-B",
             EXECUTOR_RUNDIR,
-            shell_word(site.image() or ""),
+            quote(site.image() or ""),
             EXECUTOR_LAUNCH_CMD,
         ]
         return "custom", " ".join(w for w in words if w)
@@ -180,7 +236,7 @@ def bind_wrapper(site: Site) -> list[str]:
     acc = site.accelerator
     if acc.bind != "local-rank" or not acc.devices_per_node or site.node_part() is not None:
         return []
-    devs = " ".join(acc.rank_devices)
+    devs = " ".join(quote(d) for d in acc.rank_devices)
     exports = " ".join(
         [f'{v}="$device"' for v in PARSL_ACCELERATOR_ENV]
         + [f"{k}={v}" for k, v in PARSL_FIXED_ENV.items()]
@@ -199,18 +255,5 @@ def sources_a_file(line: str) -> bool:
 
 
 def command_line(launch: list[str], *parts: str) -> str:
-    words = [" ".join(shlex.quote(w) for w in launch), *parts]
+    words = [" ".join(quote(w) for w in launch), *parts]
     return " ".join(w for w in words if w)
-
-
-def shell_path(p: str) -> str:
-    """A path for a shell line: ~ becomes $HOME (so it expands inside quotes)."""
-    return "$HOME/" + p[2:] if p.startswith("~/") else p
-
-
-def shell_word(w: str) -> str:
-    """Quote a word but let its $HOME/$VAR expand (image paths under the home directory or
-    $USER's directory of a project filesystem)."""
-    if "$" in w and all(c not in w for c in " '\"`;&|<>()\\"):
-        return f'"{w}"'
-    return shlex.quote(w)

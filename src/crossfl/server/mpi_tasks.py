@@ -2,12 +2,13 @@
 
 Such an endpoint's one worker per pilot job runs on the pilot's first node, outside the image,
 with the Globus Compute SDK and nothing of crossfl. What it runs is therefore the SDK's own
-``ShellFunction``: a shell line that starts the task's ranks with ``$PARSL_MPI_PREFIX`` (the
-site's srun or mpiexec for the nodes and ranks of the task's ``resource_specification``, plus
-the rank binding the facility documents as ``launcher_options``), each rank bound to its device
-and inside the image, running ``python -m crossfl.client run-task [--distributed] TASK OUT``
-(``crossfl.render.shell.mpi_task_line``). As ``MPIFunction`` does, with the launch time
-exported first (the task's wall, and its node-hours, count from it).
+``ShellFunction``, one per task kind, registered once by deploy (``crossfl.functions``): its
+text starts the task's ranks with ``$PARSL_MPI_PREFIX`` (the site's srun or mpiexec for the
+nodes and ranks of the task's ``resource_specification``, plus the rank binding the facility
+documents as ``launcher_options``), each rank bound to its device and inside the image, running
+``python -m crossfl.client run-task [--distributed] TASK OUT``; its only argument is the task
+key, TASK's path, from which OUT follows. As ``MPIFunction`` does, with the launch time exported
+first (the task's wall, and its node-hours, count from it).
 
 The task file and the global adapter go where the site reads them by reference (the
 transport's shared directory or Globus Transfer); rank 0 writes OUT there (and a trained
@@ -25,12 +26,9 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any
 
-from crossfl.client.launch import rank_argv
-from crossfl.render.shell import mpi_task_line
+from crossfl.functions import KEY_ARG
 from crossfl.schedulers.launchers import LAUNCHERS
 from crossfl.sites import Site
-
-CLIENT_ARGV = ["python", "-m", "crossfl.client", "run-task"]
 
 
 class MpiTaskFailed(Exception):
@@ -44,9 +42,11 @@ class MpiTaskRefused(Exception):
 
 @dataclass(frozen=True)
 class MpiTask:
-    """What an MPI site's executor submits with the ShellFunction: the resource specification
-    it runs with, and how its ShellResult becomes the task's result (OUT, read back)."""
+    """What an MPI site's executor submits with the task function: the task key (the task
+    file's path at the site), the resource specification it runs with, and how its
+    ShellResult becomes the task's result (OUT, read back)."""
 
+    key: str
     resource_specification: dict[str, Any]
     collect: Callable[[Any], dict[str, Any]]  # ShellResult -> the task's result
 
@@ -59,21 +59,6 @@ def resource_specification(site: Site, nodes: int, ranks_per_node: int) -> dict[
     if options:
         spec["launcher_options"] = " ".join(options)
     return spec
-
-
-def shell_function(site: Site, task_file: str, out_file: str, *, distributed: bool) -> Any:
-    """The SDK ShellFunction of one task. Its command is `str.format`ted before it runs, so
-    the braces of the shell line are doubled."""
-    from globus_compute_sdk import ShellFunction
-
-    argv = (
-        [CLIENT_ARGV[0], *rank_argv(task_file, out_file)]
-        if distributed
-        else [*CLIENT_ARGV, task_file, out_file]
-    )
-    line = mpi_task_line(site, argv)
-    name = "crossfl_train_ranks" if distributed else "crossfl_evaluate_rank"
-    return ShellFunction(line.replace("{", "{{").replace("}", "}}"), name=name)
 
 
 def task_file_text(name: str, wire: dict[str, Any]) -> str:
@@ -103,10 +88,11 @@ def result_of(shell: Any, read_out: Callable[[], dict[str, Any] | None]) -> dict
 
 
 class MpiSiteExecutor(Executor):
-    """The executor of an MPI site: ``submit(shell_function, MpiTask)`` sends the function with
-    the task's resource_specification (set on the inner executor, the SDK's ``Executor`` or a
-    local engine's, for that one submission: both read it at submit time) and resolves to the
-    task's result (``MpiTask.collect`` of the ShellResult)."""
+    """The executor of an MPI site: ``submit(task_function, MpiTask)`` sends the function with
+    the task key as its one argument and the task's resource_specification (set on the inner
+    executor, the SDK's ``Executor`` or a local engine's, for that one submission: both read
+    it at submit time) and resolves to the task's result (``MpiTask.collect`` of the
+    ShellResult)."""
 
     def __init__(self, inner: Executor) -> None:
         self.inner = inner
@@ -114,11 +100,11 @@ class MpiSiteExecutor(Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         if kwargs or len(args) != 1 or not isinstance(args[0], MpiTask):
-            raise TypeError("an MPI site runs submit(shell_function, MpiTask)")
+            raise TypeError("an MPI site runs submit(task_function, MpiTask)")
         task: MpiTask = args[0]
         with self._lock:
             self.inner.resource_specification = task.resource_specification  # type: ignore[attr-defined]
-            inner = self.inner.submit(fn)
+            inner = self.inner.submit(fn, **{KEY_ARG: task.key})
         outer: Future = Future()
         outer.add_done_callback(lambda f: inner.cancel() if f.cancelled() else None)
         inner.add_done_callback(lambda f: _finish(f, outer, task))

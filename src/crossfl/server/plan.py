@@ -251,6 +251,7 @@ def check_by_reference(experiment: Experiment, entry: SiteEntry, here: bool) -> 
 
 def plan_site(experiment: Experiment, name: str) -> SitePlan:
     from crossfl.endpoints import load_engine_config
+    from crossfl.functions import registered_functions
     from crossfl.render import render_site, render_user_config
     from crossfl.sites import check_request, load_site
     from crossfl.state import require_endpoint_id
@@ -269,6 +270,8 @@ def plan_site(experiment: Experiment, name: str) -> SitePlan:
     if site.endpoint.tasks == "mpi":
         check_by_reference(experiment, entry, here)
     endpoint_id = None if here else require_endpoint_id(entry.site)
+    if not here:
+        registered_functions(site)  # the deploy's function ids still name these functions
     own_model = f"sites[{name}].model_path"
     model_field = own_model if entry.model_path else "model.path"
     model = site_path(entry.model_path or experiment.model.path, here, model_field)

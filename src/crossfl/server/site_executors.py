@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crossfl.endpoints import LocalEngineExecutor, remote_executor
+from crossfl.functions import registered_functions
 from crossfl.server.mpi_tasks import MpiSiteExecutor
 from crossfl.server.plan import SitePlan
 
@@ -33,7 +34,11 @@ def open_site(site: SitePlan, engines_dir: Path) -> OpenSite:
     if not site.runs_here:
         assert site.endpoint_id is not None  # found by the plan
         executor: Executor = remote_executor(
-            site.endpoint_id, site.user_options, label=f"crossfl-{site.name}"
+            site.endpoint_id,
+            site.user_options,
+            label=f"crossfl-{site.name}",
+            json_data=site.mpi,
+            function_ids=registered_functions(site.catalog),
         )
         endpoint = site.endpoint_id
     else:

@@ -31,12 +31,12 @@ from crossfl.atomic import atomic_write_bytes
 from crossfl.client import tasks as client_tasks
 from crossfl.client.contract import EvalTask, SiteTask, TrainResult, TrainTask
 from crossfl.errors import UserError
+from crossfl.functions import kit_functions
 from crossfl.server.experiment import GlobusCollection, SiteEntry
 from crossfl.server.mpi_tasks import (
     MpiTask,
     resource_specification,
     result_of,
-    shell_function,
     task_file_text,
 )
 from crossfl.server.plan import RunPlan
@@ -315,13 +315,13 @@ class Transport:
                 inline_limit_bytes=0,
             )
         text = task_file_text(task_name, on_the_wire(task, **changes))
+        # the task key: the task file's path at the site (its result: results/<key>.out.json)
         task_path = self._place(entry, mode, text.encode(), f"tasks/{key}.json")
         out_rel = f"results/{key}.out.json"
         nodes, ranks = (site.nodes, int(site.ranks_per_node)) if distributed else (1, 1)
-        fn = shell_function(
-            site.catalog, task_path, self._site_path(entry, mode, out_rel), distributed=distributed
-        )
+        fn = kit_functions(site.catalog)["train" if distributed else "evaluate"].fn
         payload = MpiTask(
+            task_path,
             resource_specification(site.catalog, nodes, ranks),
             lambda shell: result_of(shell, lambda: self._read_back(entry, mode, out_rel)),
         )

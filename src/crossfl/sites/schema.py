@@ -23,6 +23,7 @@ from crossfl.errors import UserError
 from crossfl.schedulers import Scheduler, parse_walltime
 from crossfl.schema import FieldError, StrictModel
 from crossfl.sites import rules
+from crossfl.sites import values as v
 from crossfl.sites.rules import cpu_list
 
 Vendor = Literal["cuda", "rocm", "xpu", "none"]
@@ -226,13 +227,13 @@ class Accelerator(StrictModel):
     devices_per_node: int = Field(default=0, ge=0)
     # What Parsl's worker pool hands out, one per worker, and batch rank i takes ids[i]: the
     # same ids, variables and convention for both. Default: "0".."N-1".
-    ids: list[str] | None = None
+    ids: list[v.Token] | None = None
     # How batch-job ranks reach their device: a wrapper sets what Parsl sets for a worker from
     # the local rank (local-rank), srun --gpus-per-task does it (scheduler), or nothing.
     bind: Literal["scheduler", "local-rank", "none"] = "none"
     # The device convention, for the endpoint's workers and batch ranks alike (e.g. Aurora:
     # ZE_FLAT_DEVICE_HIERARCHY=FLAT, tiles 0-11). Exported on the host and into the container.
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[v.Ident, v.Line] = Field(default_factory=dict)
     # Stand-in devices (the test cluster's): the catalog lists them but torch runs on CPU.
     simulated: bool = False
 
@@ -277,9 +278,9 @@ class Accelerator(StrictModel):
 
 
 class Proxy(StrictModel):
-    http: str | None = None
-    https: str | None = None
-    no_proxy: str | None = None
+    http: v.Url | None = None
+    https: v.Url | None = None
+    no_proxy: v.Url | None = None
 
     def env(self) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -296,13 +297,13 @@ class ImageBuild(StrictModel):
     """How an image is built at the facility (Polaris: on a compute node with fakeroot)."""
 
     on_compute_node: bool = False
-    directives: list[str] = Field(default_factory=list)
-    modules: list[str] = Field(default_factory=list)
-    module_use: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
-    options: list[str] = Field(default_factory=lambda: ["--fakeroot"])
+    directives: list[v.Line] = Field(default_factory=list)
+    modules: list[v.Module] = Field(default_factory=list)
+    module_use: list[v.Path] = Field(default_factory=list)
+    env: dict[v.Ident, v.Line] = Field(default_factory=dict)
+    options: list[v.Option] = Field(default_factory=lambda: ["--fakeroot"])
     walltime: str = "01:00:00"
-    queue: str | None = None
+    queue: v.Token | None = None
 
 
 # A registry reference pinned by digest: what `image_source.ref` must be (a tag can move).
@@ -350,16 +351,16 @@ class Container(StrictModel):
     # custom: Globus Compute's `container_type: custom`; `command` is the whole launch command,
     # with {EXECUTOR_RUNDIR} and {EXECUTOR_LAUNCH_CMD} (e.g. make image-check's bubblewrap).
     runtime: Runtime = "none"
-    command: str = ""
+    command: v.Line = ""
     # Image per architecture (cuda, rocm, xpu, cpu). `{{remote_root}}`, `{{site}}` and
     # `{{project_root}}` (this checkout) are replaced when rendering, in images, binds,
     # worker_init and endpoint.worker_init_default; `$HOME` etc. stay for the job's shell.
-    images: dict[Arch, str] = Field(default_factory=dict)
-    binds: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
+    images: dict[Arch, v.Path] = Field(default_factory=dict)
+    binds: list[v.Path] = Field(default_factory=list)
+    env: dict[v.Ident, v.Line] = Field(default_factory=dict)
     # Extra flags for the runtime (e.g. Polaris' --fakeroot). The GPU flag (--nv / --rocm for
     # Apptainer, --gpu for podman-hpc) is added from the accelerator vendor.
-    options: list[str] = Field(default_factory=list)
+    options: list[v.Option] = Field(default_factory=list)
     build: ImageBuild | None = None
     image_source: ImageSource = Field(default_factory=ImageSource)
 
@@ -387,24 +388,30 @@ class Container(StrictModel):
 class Launcher(StrictModel):
     type: Literal["srun", "mpiexec", "single"] = "single"
     # Extra options for the pilot's launcher (srun's -c is computed from cpus_per_node).
-    options: str = ""
+    options: v.Options = ""
     # A batch rank's index on its node, where the facility documents a variable other than the
     # scheduler's default (Aurora's PALS: PALS_LOCAL_RANKID).
-    local_rank_env: str | None = None
+    local_rank_env: v.Ident | None = None
 
 
 class Endpoint(StrictModel):
     # single-user: your own endpoint. multi-user: started by root (an admin), mapping Globus
     # identities of `identity_domain` to local accounts of the same name.
     mode: Literal["single-user", "multi-user"] = "single-user"
-    identity_domain: str | None = None
+    identity_domain: v.Word | None = None
     # Environment of the user endpoint processes (user_environment.yaml).
-    environment: dict[str, str] = Field(default_factory=dict)
-    display_name: str | None = None
-    allowed_functions: list[str] = Field(default_factory=list)
+    environment: dict[v.Ident, v.Line] = Field(default_factory=dict)
+    display_name: v.Line | None = None
+    # Functions the endpoint runs besides the kit's own (which deploy registers and adds).
+    allowed_functions: list[v.Uuid] = Field(default_factory=list)
+    # A Globus authentication policy every identity sending tasks must satisfy (e.g. a
+    # domain, recent login), and the Globus identities that may administer the endpoint
+    # besides its owner (needs a subscription): Globus Compute's own config.yaml keys.
+    authentication_policy: v.Uuid | None = None
+    admins: list[v.Uuid] = Field(default_factory=list)
     encrypted: bool = True
     # Network interface the workers use to reach the interchange (hsn0 on Slingshot).
-    address_interface: str | None = None
+    address_interface: v.Word | None = None
     max_workers_per_node: int | None = Field(default=None, ge=1)
     # How a node's devices reach the training tasks (the one place this is chosen):
     #   per-device: one worker per device, pinned to it (Parsl's available_accelerators); a
@@ -421,7 +428,7 @@ class Endpoint(StrictModel):
     # of Parsl's "none", "block", ... (per-device workers only).
     cpu_affinity: str = "none"
     # Default of the endpoint's `worker_init` option (the user's own lines, after the site's).
-    worker_init_default: str = ""
+    worker_init_default: v.Line = ""
     idle_heartbeats_soft: int = 10
     idle_heartbeats_hard: int = 5760
 
@@ -442,26 +449,29 @@ class Endpoint(StrictModel):
 
 
 class Deploy(StrictModel):
-    host: str | None = None
-    user: str | None = None
+    host: v.Token | None = None
+    user: v.Token | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
-    remote_root: str = ""
-    endpoint_name: str = ""
-    python_activate: str | None = None
-    data_dir: str | None = None
+    remote_root: v.Path = ""
+    endpoint_name: v.Token = ""
+    # A shell line on the login node that puts globus-compute-endpoint on PATH. Runs there
+    # through stdin (never in a command line); a secret it exports (a client secret) is kept
+    # out of output, and a rendered file holding it is 0600.
+    python_activate: v.Line | None = None
+    data_dir: v.Path | None = None
 
 
 class Site(StrictModel):
     name: str
     description: str = ""
-    docs: list[str] = Field(default_factory=list)
+    docs: list[v.Url] = Field(default_factory=list)
     scheduler: str  # a name from crossfl.schedulers (slurm, pbs, local)
-    account: str | None = None
+    account: v.Token | None = None
     # A rule the facility sets on account names (regex), e.g. Perlmutter GPU jobs: "_g$".
     account_pattern: str | None = None
-    queue: str | None = None  # the partition on Slurm
-    qos: str | None = None
-    constraint: str | None = None  # Slurm -C
+    queue: v.Token | None = None  # the partition on Slurm
+    qos: v.Token | None = None
+    constraint: v.Word | None = None  # Slurm -C
     # Published limits per queue (PBS), partition or QOS (Slurm; see limits_by).
     queues: dict[str, Queue] = Field(default_factory=dict)
     limits_by: Literal["queue", "qos"] = "queue"
@@ -476,19 +486,19 @@ class Site(StrictModel):
     # CPUs of one node as the scheduler counts them: PBS select ncpus; Slurm -c for the
     # pilot's one task per node (Frontier 56 cores after -S 8; Perlmutter 128 threads).
     cpus_per_node: int | None = Field(default=None, ge=1)
-    select_options: str = ""  # PBS select chunk extras, e.g. "system=polaris"
+    select_options: v.Word = ""  # PBS select chunk extras, e.g. "system=polaris"
     accelerator: Accelerator = Field(default_factory=Accelerator)
     node: Node | None = None
-    filesystems: list[str] = Field(default_factory=list)
+    filesystems: list[v.Token] = Field(default_factory=list)
     allowed_filesystems: list[str] | None = None
-    directives: list[str] = Field(default_factory=list)
-    modules: list[str] = Field(default_factory=list)
-    module_use: list[str] = Field(default_factory=list)
+    directives: list[v.Line] = Field(default_factory=list)
+    modules: list[v.Module] = Field(default_factory=list)
+    module_use: list[v.Path] = Field(default_factory=list)
     proxy: Proxy = Field(default_factory=Proxy)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[v.Ident, v.Line] = Field(default_factory=dict)
     container: Container = Field(default_factory=Container)
     launcher: Launcher = Field(default_factory=Launcher)
-    worker_init: list[str] = Field(default_factory=list)
+    worker_init: list[v.Line] = Field(default_factory=list)
     endpoint: Endpoint = Field(default_factory=Endpoint)
     deploy: Deploy = Field(default_factory=Deploy)
 

@@ -24,7 +24,7 @@ export NO_PROXY='admin,*.hostmgmt.cm.aurora.alcf.anl.gov,*.alcf.anl.gov,localhos
 # The def file and the context it stages (build/images/ from `make image-def`) were copied to
 # /lus/flare/projects/TestProject/$USER/crossfl/build/images/; its %files paths are relative to /lus/flare/projects/TestProject/$USER/crossfl.
 cd "/lus/flare/projects/TestProject/$USER/crossfl"
-def="build/images/crossfl-xpu.def"
+def=build/images/crossfl-xpu.def
 image="/lus/flare/projects/TestProject/$USER/crossfl/images/crossfl-xpu.sif"
 mkdir -p "$(dirname "$image")"
 # %post does not see this environment: the proxies go in as build arguments.

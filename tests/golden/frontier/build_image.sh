@@ -21,7 +21,7 @@ export NO_PROXY='localhost,127.0.0.0/8,*.ccs.ornl.gov'
 # The def file and the context it stages (build/images/ from `make image-def`) were copied to
 # /lustre/orion/abc123/scratch/$USER/crossfl/build/images/; its %files paths are relative to /lustre/orion/abc123/scratch/$USER/crossfl.
 cd "/lustre/orion/abc123/scratch/$USER/crossfl"
-def="build/images/crossfl-rocm.def"
+def=build/images/crossfl-rocm.def
 image="/lustre/orion/abc123/scratch/$USER/crossfl/images/crossfl-rocm.sif"
 mkdir -p "$(dirname "$image")"
 # %post does not see this environment: the proxies go in as build arguments.

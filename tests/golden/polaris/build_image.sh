@@ -30,7 +30,7 @@ mkdir -p "$APPTAINER_CACHEDIR"
 # The def file and the context it stages (build/images/ from `make image-def`) were copied to
 # $HOME/.crossfl/polaris/build/images/; its %files paths are relative to $HOME/.crossfl/polaris.
 cd "$HOME/.crossfl/polaris"
-def="build/images/crossfl-cuda.def"
+def=build/images/crossfl-cuda.def
 image="$HOME/.crossfl/polaris/images/crossfl-cuda.sif"
 mkdir -p "$(dirname "$image")"
 # %post does not see this environment: the proxies go in as build arguments.
