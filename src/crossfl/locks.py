@@ -4,16 +4,18 @@ A lock is a file opened for writing and locked with ``flock`` (``filelock.FileLo
 a read-only descriptor: on NFS, Linux emulates ``flock`` with a POSIX lock over the whole file,
 and an exclusive POSIX lock needs a descriptor open for writing (a read-only one, such as a
 directory's, gets EBADF). On Lustre mounted without ``flock``, the call fails with ENOSYS;
-filelock then falls back to an exclusive-create lock file that names its holder (PID, host,
-process start time) and is taken over only once that process is provably gone (same host, PID
-dead or reused). A kernel lock ends with its process, so a ``kill -9`` leaves nothing to
-take over. Lock files stay in place after release: removing one while another process waits
-on it would split the waiters across two files.
+the lock is then ``filelock.SoftFileLock`` at ``NAME.soft``: an exclusive-create file that
+names its holder (PID, host, process start time) and is taken over only once that process
+is provably gone (same host, PID dead or reused). (Not filelock's own automatic fallback: its
+switch removes the file it had opened, which can be a peer's fresh marker, so two processes
+racing their first lock could both get it.) A kernel lock ends with its process, so a
+``kill -9`` leaves nothing to take over. The ``flock`` lock files stay in place after release:
+removing one while another process waits on it would split the waiters across two files.
 """
 
 from __future__ import annotations
 
-import warnings
+import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,29 +26,34 @@ from crossfl.errors import UserError
 
 DIR_LOCK = ".crossfl.lock"  # beside the directories that atomic.replace_dir swaps
 DIR_LOCK_WAIT_S = 600.0  # how long a swap waits for another one before it says so
+SOFT_TRY_S = 1.0
 
 
-def file_lock(path: Path) -> filelock.BaseFileLock:
-    """The lock of ``path`` (created when first taken), held by the object that takes it."""
-    return filelock.FileLock(path, thread_local=False)
-
-
-def acquire(lock: filelock.BaseFileLock, timeout: float) -> None:
-    """Take ``lock``, waiting up to ``timeout`` seconds (0: one try; -1: no limit); raises
-    ``filelock.Timeout``. The fallback on a filesystem without flock is the intended one, so
-    filelock's warning about it is not shown."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="flock not supported", category=UserWarning)
-        lock.acquire(timeout=timeout, blocking=timeout != 0)
+def take(path: Path, timeout: float) -> filelock.BaseFileLock:
+    """The lock ``path``, taken: waiting up to ``timeout`` seconds (0: one try; -1: no limit),
+    else ``filelock.Timeout``. The caller releases it."""
+    blocking = timeout != 0
+    native = filelock.FileLock(path, thread_local=False, fallback_to_soft=False)
+    try:
+        native.acquire(timeout=timeout, blocking=blocking)
+        return native
+    except filelock.Timeout:
+        raise
+    except OSError as exc:
+        if exc.errno != errno.ENOSYS:
+            raise
+    soft = filelock.SoftFileLock(path.with_name(path.name + ".soft"), thread_local=False)
+    # a try that finds a dead holder's file only removes it: "one try" is a short wait here
+    soft.acquire(timeout=timeout if timeout != 0 else SOFT_TRY_S)
+    return soft
 
 
 @contextmanager
 def dir_lock(directory: Path, timeout: float = DIR_LOCK_WAIT_S) -> Iterator[None]:
     """Exclusive among threads and processes, on any host that shares ``directory``."""
     path = directory / DIR_LOCK
-    lock = file_lock(path)
     try:
-        acquire(lock, timeout)
+        lock = take(path, timeout)
     except filelock.Timeout:
         raise UserError(
             f"another process has held {path} for {timeout:.0f} s",

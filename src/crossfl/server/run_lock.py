@@ -24,7 +24,7 @@ import psutil
 
 from crossfl.atomic import atomic_write_text
 from crossfl.errors import UserError
-from crossfl.locks import acquire, file_lock
+from crossfl.locks import take
 from crossfl.schema import StrictModel
 
 LOCK = "run.lock"
@@ -75,11 +75,11 @@ class RunLock:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.previous: Owner | None = None
-        self._lock = file_lock(run_dir / LOCK)
+        self._lock: filelock.BaseFileLock | None = None
 
     def __enter__(self) -> RunLock:
         try:
-            acquire(self._lock, timeout=0)
+            self._lock = take(self.run_dir / LOCK, timeout=0)
         except filelock.Timeout:
             owner = Owner.read(self.run_dir)
             who = owner.describe() if owner else "another process"
@@ -103,4 +103,6 @@ class RunLock:
     def __exit__(self, *exc: object) -> None:
         with contextlib.suppress(OSError):
             (self.run_dir / OWNER).unlink()
-        self._lock.release()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
