@@ -79,7 +79,9 @@ def straight(project: Path) -> Path:
         return run_experiment(exp, path, Console(width=120))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM], ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM], ids=lambda s: s.name
+)
 def test_a_signal_to_the_process_group_ends_the_run_and_it_resumes_bit_exact(
     here: Path, straight: Path, sig: signal.Signals
 ) -> None:
@@ -93,7 +95,9 @@ def test_a_signal_to_the_process_group_ends_the_run_and_it_resumes_bit_exact(
     mark, env = marked_env()
     log = here / f"{name}.log"
     try:
-        proc = cli("run", str(experiment_file(here, name=name, sites=sites)), cwd=here, env=env, log=log)
+        proc = cli(
+            "run", str(experiment_file(here, name=name, sites=sites)), cwd=here, env=env, log=log
+        )
         held = gate.wait_for_reader(alive=lambda: proc.poll() is None)  # east is in round 2
         run_dir = run_dir_of(here, name)
         if sig == signal.SIGINT:  # while it runs, a resume of it is refused, naming it
@@ -141,7 +145,11 @@ def test_a_run_rewinds_to_a_kept_checkpoint_and_ends_where_it_did(here: Path) ->
     text = console.export_text()
     assert "resuming" in text and "after round 2" in text, text
     (aside,) = (run_dir / "checkpoint").glob("superseded-*")
-    assert sorted(p.name for p in aside.iterdir()) == ["final_adapter", "round-00003", "round-00004"]
+    assert sorted(p.name for p in aside.iterdir()) == [
+        "final_adapter",
+        "round-00003",
+        "round-00004",
+    ]
     again = load_file(run_dir / "final_adapter" / "adapter_model.safetensors")
     assert first.keys() == again.keys() and all((first[k] == again[k]).all() for k in first)
     assert [r["round"] for r in records(run_dir, "round")] == [1, 2, 3, 4]

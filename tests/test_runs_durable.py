@@ -335,3 +335,36 @@ def test_a_failing_globus_call_is_retried_by_globus_sdk_alone() -> None:
         assert len(Always503.calls) == 1 + client.retry_config.max_retries == 6, Always503.calls
     finally:
         server.shutdown()
+
+
+# ------------------------------------------------------------------ a warm pilot without its server
+
+
+def test_a_warm_pilot_is_released_within_its_idle_limit_without_the_server() -> None:
+    """`queue-aware` keeps a pilot idle only as long as a new one is expected to wait, under
+    its walltime: the endpoint enforces that limit itself (the engine's max_idletime, the
+    endpoint's idle_heartbeats_soft), so a server that died leaves it held no longer (at
+    963bc67: the whole walltime)."""
+    from crossfl.clock import REAL_CLOCK
+    from crossfl.server.dispatch import make_policy
+    from crossfl.server.experiment import Experiment
+
+    exp = Experiment.model_validate(
+        {
+            "name": "warm",
+            "model": {"path": "model"},
+            "data": {"train": "t.jsonl", "validation": "v.jsonl"},
+            "sites": [{"name": n, "site": "local"} for n in ("slow", "glacial", "quick")],
+            "dispatch": {
+                "name": "queue-aware",
+                "expected_wait_s": {"slow": 900, "glacial": 30000, "quick": 60},
+            },
+        }
+    )
+    policy = make_policy(exp, REAL_CLOCK)
+    assert policy.endpoint_options("slow", 7200.0) == {
+        "max_idletime": 900.0,
+        "idle_heartbeats_soft": 32,  # 30 s heartbeats, and two to spare
+    }
+    assert policy.endpoint_options("glacial", 7200.0)["max_idletime"] == 7200.0  # walltime
+    assert policy.endpoint_options("quick", 7200.0) == {}  # not kept warm at all

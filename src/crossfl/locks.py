@@ -1,9 +1,11 @@
 """Locks that hold on the filesystems HPC users have: local disks, NFS homes, Lustre projects.
 
-A lock is a file opened for writing and locked with ``flock`` (``filelock.FileLock``), never
-a read-only descriptor: on NFS, Linux emulates ``flock`` with a POSIX lock over the whole file,
-and an exclusive POSIX lock needs a descriptor open for writing (a read-only one, such as a
-directory's, gets EBADF). On Lustre mounted without ``flock``, the call fails with ENOSYS;
+A lock is a regular file opened for writing and locked with ``flock`` (``filelock.FileLock``),
+never a directory or a read-only descriptor: on NFS, Linux emulates ``flock`` on a file with a
+POSIX lock held by the server, and an exclusive POSIX lock needs a descriptor open for writing
+(a read-only one gets EBADF); a directory's ``flock`` is not sent to the server at all (NFS
+directories have no lock operation: fs/nfs/dir.c), so it excludes only processes on the same
+host. On Lustre mounted without ``flock``, the call fails with ENOSYS;
 the lock is then ``filelock.SoftFileLock`` at ``NAME.soft``: an exclusive-create file that
 names its holder (PID, host, process start time) and is taken over only once that process
 is provably gone (same host, PID dead or reused). (Not filelock's own automatic fallback: its
