@@ -400,9 +400,10 @@ def close_site(name: str, executor: Any, processes: RunProcesses, console: Conso
     threading.Thread(target=close, name=f"crossfl shutdown {name}", daemon=True).start()
     if not done.wait(ENGINE_SHUTDOWN_S):
         ended = processes.end_site(name)
+        what = f"ended its {ended} process(es)" if ended else "left it behind"
         console.print(
             f"[yellow]site {name}: its engine did not shut down within "
-            f"{ENGINE_SHUTDOWN_S:.0f} s; ended its {ended} process(es)[/]"
+            f"{ENGINE_SHUTDOWN_S:.0f} s; {what}[/]"
         )
         done.wait(reaper.GRACE_S)
     if failed:
