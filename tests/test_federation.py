@@ -202,6 +202,7 @@ def test_the_queue_aware_policy_runs_a_real_federation(
         raw["sites"][1],
     ]
     plan = plan_site(Experiment.model_validate(raw), "east")
-    assert plan.user_options["max_idletime"] == 1200.0
-    assert plan.user_options["idle_heartbeats_soft"] == 42
-    assert plan.engine_config.engine._job_status_kwargs["max_idletime"] == 1200.0
+    # kept idle as long as a new pilot would wait (900 s), under the 20 min walltime
+    assert plan.user_options["max_idletime"] == 900.0
+    assert plan.user_options["idle_heartbeats_soft"] == 32
+    assert plan.engine_config.engine._job_status_kwargs["max_idletime"] == 900.0

@@ -22,6 +22,7 @@ import yaml
 from conftest import run_on_engine
 from crossfl import paths, render, sites
 from crossfl.errors import UserError
+from crossfl.locks import DIR_LOCK
 from golden_sites import golden_site
 
 REPO = Path(__file__).resolve().parents[1]
@@ -562,7 +563,7 @@ def test_failed_render_keeps_previous(tmp_path, monkeypatch):
         render.render_site("local", tmp_path)
     after = {p.name: p.read_bytes() for p in (good / "endpoint").iterdir()}
     assert before == after
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["local"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [DIR_LOCK, "local"]
 
 
 def test_failed_first_render_leaves_nothing(tmp_path, monkeypatch):
@@ -629,7 +630,7 @@ def test_concurrent_renders_leave_one_good_result(tmp_path):
     for t in threads:
         t.join()
     assert errors == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["local"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [DIR_LOCK, "local"]
     assert render.render_user_config(tmp_path / "local", {})
 
 
@@ -662,7 +663,7 @@ def test_swap_removes_its_old_copy_whatever_a_rival_does(tmp_path, monkeypatch):
     render.render_site("local", tmp_path)
     monkeypatch.undo()
     assert rival_done, "the swap never put a fresh directory in place"
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [DIR_LOCK]
 
 
 def test_endpoint_cli_renders_and_refuses(rendered, tmp_path):

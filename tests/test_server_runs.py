@@ -363,8 +363,11 @@ def test_run_killed_with_sigkill_takes_its_engines_along_and_resumes_by_relative
         gate.release(held)
         run_dir = run_dir_of(here, "sigkill")
         assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["round"] == 1
+        # the killed server's lock: its owner record stays; the resume takes it over
+        assert json.loads((run_dir / "run.owner.json").read_text())["pid"] == proc.pid
         resumed = cli_done("resume", str(run_dir.relative_to(here)), cwd=here, env=env)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert f"process {proc.pid} on " in resumed.stdout and "taken over" in resumed.stdout
     finally:
         gate.close()
         end(started(mark, proc.pid))

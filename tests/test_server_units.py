@@ -206,7 +206,7 @@ def test_checkpoint_round_trip_keeps_tensors_strategy_and_rng(tmp_path: Path) ->
     assert torch.equal(torch.rand(3), expected_draw)
     assert not ckpt.is_finished(tmp_path)
     assert ckpt.load(tmp_path / "none") is None
-    (tmp_path / "state.pt").write_bytes(b"garbage")
+    (tmp_path / "round-00004" / "state.pt").write_bytes(b"garbage")
     with pytest.raises(UserError, match="cannot be read"):
         ckpt.load(tmp_path)
 

@@ -97,6 +97,25 @@ def ensure_endpoint_tools_on_path() -> None:
         os.environ["PATH"] = os.pathsep.join([scripts, *parts])
 
 
+# Parsl starts a local engine's worker pools in process groups of their own; its interchange
+# stays in the server's, so Ctrl-C in a terminal (SIGINT to the whole foreground group) killed
+# it, and the engine's shutdown then waited for its reply forever. It gets its own group too,
+# and the server shuts it down.
+OWN_PROCESS_GROUP = (
+    sys.executable,
+    "-c",
+    "import os, sys; os.setpgid(0, 0); os.execvp(sys.argv[1], sys.argv[1:])",
+)
+
+
+def in_own_process_group(engine: t.Any) -> None:
+    """Have ``engine`` start its interchange in a process group of its own."""
+    executor = getattr(engine, "executor", None)
+    cmd = tuple(getattr(executor, "interchange_launch_cmd", None) or ())
+    if cmd and cmd[: len(OWN_PROCESS_GROUP)] != OWN_PROCESS_GROUP:
+        executor.interchange_launch_cmd = [*OWN_PROCESS_GROUP, *cmd]
+
+
 class LocalEngineExecutor(Executor):
     """A local site: its own GlobusComputeEngine, fed the way an endpoint feeds it.
     ``user_config``: the rendered user endpoint config (YAML), or that config already loaded
@@ -126,6 +145,7 @@ class LocalEngineExecutor(Executor):
         self._engine = config.engine
         # pack as the engine accepts (its allowed_serializers), as the SDK Executor is told to
         self._serializer = code_serializer(json_data=takes_json_only(self._engine))
+        in_own_process_group(self._engine)
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._engine.start(endpoint_id=self.endpoint_id, run_dir=str(run_dir))

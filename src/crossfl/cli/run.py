@@ -59,6 +59,15 @@ def run_command(
 def resume_command(
     run: Annotated[str, typer.Argument(help="run directory (runs/NAME-TIMESTAMP)")],
     stop_after: StopAfter = None,
+    from_round: Annotated[
+        int | None,
+        typer.Option(
+            "--from-round",
+            min=0,
+            help="continue from the kept checkpoint of this round (async: aggregation); "
+            "what came after it is set aside in checkpoint/superseded-*",
+        ),
+    ] = None,
 ) -> None:
     """Continue a killed or stopped run in its own directory from its last checkpoint."""
     from crossfl.server.lifecycle import RunFailed, RunStopped, resume_run
@@ -66,7 +75,7 @@ def resume_command(
     run_dir = resolve_run_dir(run)
     console = Console()
     try:
-        resume_run(run_dir, console, stop_after=stop_after)
+        resume_run(run_dir, console, stop_after=stop_after, from_round=from_round)
     except RunStopped as exc:
         console.print(str(exc))
     except RunFailed as exc:

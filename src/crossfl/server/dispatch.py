@@ -13,7 +13,8 @@ same in a real run and a replay (``crossfl simulate``):
 
 ``eager`` (the default) changes nothing: today's behaviour. ``queue-aware`` keeps a pilot
 warm where a new one is expected to wait longer than ``warm_if_wait_over_s`` (at the cost of
-idle node-hours, shown in the run's records), and sizes a task's local steps to the site's
+idle node-hours, shown in the run's records; idle no longer than that wait, nor past its
+walltime: a limit the endpoint enforces, with or without the server), and sizes a task's local steps to the site's
 measured speed and the walltime left in its pilot, so a task is not lost to the walltime.
 Each decision is written as a ``dispatch`` record.
 """
@@ -87,18 +88,22 @@ class QueueAware(DispatchPolicy):
     def warm(self, expected_wait_s: float | None) -> bool:
         return expected_wait_s is not None and expected_wait_s > self.settings.warm_if_wait_over_s
 
-    def idle_settings(self, walltime_s: float) -> dict[str, Any]:
-        """Keep an idle pilot until its walltime; the endpoint outlives it."""
+    def idle_settings(self, walltime_s: float, expected_wait_s: float) -> dict[str, Any]:
+        """Keep an idle pilot as long as a new one is expected to wait, never past its
+        walltime: idling longer costs more than queueing again would (rent-or-buy). The
+        limit is the endpoint's own (the engine's ``max_idletime``, the endpoint's
+        ``idle_heartbeats_soft``), so a pilot whose server died is released within it."""
+        idle = min(float(walltime_s), float(expected_wait_s))
         return {
-            "max_idletime": float(walltime_s),
-            "idle_heartbeats_soft": math.ceil(walltime_s / HEARTBEAT_S) + 2,
+            "max_idletime": idle,
+            "idle_heartbeats_soft": math.ceil(idle / HEARTBEAT_S) + 2,
         }
 
     def endpoint_options(self, site: str, walltime_s: float | None) -> dict[str, Any]:
         wait = self.settings.expected_wait_s.get(site)
-        if walltime_s is None or not self.warm(wait):
+        if walltime_s is None or wait is None or not self.warm(wait):
             return {}
-        return self.idle_settings(walltime_s)
+        return self.idle_settings(walltime_s, wait)
 
     def start(self, handles: Mapping[str, OpenSite]) -> None:
         for name, handle in handles.items():
@@ -113,9 +118,14 @@ class QueueAware(DispatchPolicy):
                 if hasattr(ex, "expected_wait_s")
                 else self.settings.expected_wait_s.get(name)
             )
-            keep = self.warm(expected) and walltime is not None
+            keep = self.warm(expected) and walltime is not None and expected is not None
+            idle = (
+                self.idle_settings(walltime, expected)["max_idletime"]
+                if keep and walltime is not None and expected is not None
+                else ENGINE_MAX_IDLETIME_S
+            )
             if keep and hasattr(ex, "set_idle"):  # a replay's endpoint: at once
-                ex.set_idle(max_idletime_s=self.idle_settings(walltime)["max_idletime"])
+                ex.set_idle(max_idletime_s=idle)
             self.write(
                 DispatchRecord(
                     site=name,
@@ -124,7 +134,7 @@ class QueueAware(DispatchPolicy):
                     detail={
                         "expected_wait_s": expected,
                         "walltime_s": walltime,
-                        "max_idletime_s": walltime if keep else ENGINE_MAX_IDLETIME_S,
+                        "max_idletime_s": idle,
                     },
                 )
             )

@@ -441,7 +441,7 @@ class DriverBase(ABC):
         exact = None
         if s.global_flat is not None and s.spec is not None:
             exact = adapter_to_bytes(s.spec.unflatten(s.global_flat), "float32")
-        ckpt.save(s.run_dir / "checkpoint", c, exact)
+        ckpt.save(s.run_dir / "checkpoint", c, exact, keep=self.exp.keep_checkpoints)
 
     def restore(self, c: ckpt.Checkpoint | None) -> None:
         """Continue from checkpoint ``c`` (None: nothing was aggregated; start over, leaving

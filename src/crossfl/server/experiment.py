@@ -254,6 +254,9 @@ class Experiment(Strict):
     quorum: QuorumSettings = QuorumSettings()
     update_checks: UpdateChecks = UpdateChecks()
     transport: TransportSettings = TransportSettings()
+    keep_checkpoints: int = Field(
+        3, ge=1, description="checkpoint generations kept (`crossfl resume RUN --from-round N`)"
+    )
 
     @field_validator("sites")
     @classmethod

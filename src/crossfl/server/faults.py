@@ -2,10 +2,16 @@
 parking a site that keeps failing.
 
 A *system* failure is the facility's, not the task's: parsl lost the worker or the manager (the
-node died, the pilot job hit its walltime), the connection to the Globus service dropped, or the
-endpoint is offline. Those are retried with exponential backoff. A *task* failure (the client
-raised UserError/ValueError, training diverged, the result was too large) would fail again the
-same way and is never retried.
+node died, the pilot job hit its walltime), a Globus Transfer did not succeed, or the endpoint
+is offline. Those are retried with exponential backoff. A *task* failure (the client raised
+UserError/ValueError, training diverged, the result was too large) would fail again the same
+way and is never retried.
+
+Retries live in one layer per kind of failure. An HTTP call to a Globus service (Compute
+submission, Transfer submit/wait/status) is retried by globus-sdk itself (``RetryConfig``:
+5 retries, exponential backoff, ``Retry-After`` honoured, on connection errors, 429 and 5xx);
+when it still fails, the kit does not call it again (that made up to 18 calls of one failing
+request), it reports the failure.
 """
 
 from __future__ import annotations
@@ -47,10 +53,10 @@ def is_system_failure(exc: BaseException) -> bool:
         import globus_sdk
     except ImportError:  # pragma: no cover - globus-sdk is a dependency of the SDK
         return False
-    if isinstance(exc, globus_sdk.NetworkError):  # GlobusConnectionError, timeouts
-        return True
-    if isinstance(exc, globus_sdk.GlobusAPIError):
-        return exc.http_status in (429, 502, 503, 504) or "offline" in str(exc).lower()
+    if isinstance(exc, globus_sdk.NetworkError):  # globus-sdk retried it already
+        return False
+    if isinstance(exc, globus_sdk.GlobusAPIError):  # transient statuses: retried already
+        return "offline" in str(exc).lower()
     return bool(SYSTEM_PATTERNS.search(f"{type(exc).__name__}: {exc}"))
 
 

@@ -5,21 +5,29 @@
 1. reap what dead runs left running (``reaper``);
 2. plan the experiment (``plan``): every check passes before anything is written or started;
 3. the run directory, absolute whatever way the run was named: ``runs/<name>-<timestamp>/``
-   holds experiment.yaml (resolved), metrics.jsonl (``records``), checkpoint/ (after every
-   aggregation), final_adapter/ (peft format), data/ (partitions for sites without their own
-   data), transport/ (adapters by reference for local sites), engines/ (the local engines'
-   files), processes.json (while it runs), site_images.json and plots;
+   holds experiment.yaml (resolved), metrics.jsonl (``records``), checkpoint/ (generations
+   after every aggregation: ``checkpoint``), final_adapter/ (peft format), data/ (partitions
+   for sites without their own data), transport/ (adapters by reference for local sites),
+   engines/ (the local engines' files), run.lock + run.owner.json and processes.json (while
+   it runs), site_images.json and plots. One process holds it at a time (``run_lock``); a
+   resume first clears what a killed writer left half-written (``atomic.sweep_tmp``);
 4. the run's processes recorded and watched, the sites opened, the driver run;
-5. engines shut down, whatever is left of them ended, plots and the report.
+5. engines shut down, each within ``ENGINE_SHUTDOWN_S`` (one that does not answer is ended
+   with its processes), whatever is left of them ended, plots and the report.
 
-SIGTERM (a batch job at its walltime) and SIGINT stop a run once: while it starts or runs, it
-stops where it is and exits 130 with the `crossfl resume` hint (its last checkpoint is kept);
-once the run has finished, or while it shuts down, a signal is noted and nothing is cut short.
+SIGINT (Ctrl-C: the terminal sends it to the whole foreground process group; the local
+engines run in process groups of their own, so only the server gets it), SIGTERM (a batch job
+at its walltime) and SIGHUP (the terminal closed) stop a run the same way, once: while it
+starts or runs, it stops where it is, shuts its sites down and exits 130 with the `crossfl
+resume` hint (its last checkpoint is kept); once the run has finished, or while it shuts down,
+a signal is noted and nothing is cut short. A full disk ends the run in one line with the
+last good checkpoint kept and the resume command.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -36,7 +44,7 @@ import yaml
 from pydantic import ValidationError
 from rich.console import Console
 
-from crossfl.atomic import atomic_write_text
+from crossfl.atomic import atomic_write_text, sweep_tmp
 from crossfl.endpoints import LocalEngineExecutor
 from crossfl.errors import UserError
 from crossfl.paths import runs_dir
@@ -47,6 +55,7 @@ from crossfl.server.driver_base import DriverBase, Outcome, RunFailed, RunStoppe
 from crossfl.server.experiment import Experiment, validation_error
 from crossfl.server.plan import RunPlan, plan_run
 from crossfl.server.report import print_report, write_plots
+from crossfl.server.run_lock import RunLock
 from crossfl.server.site_executors import OpenSite, open_site
 from crossfl.server.sync_driver import RoundDriver
 from crossfl.server.transport import TaskFns, Transport, transfer_client_from_env
@@ -63,6 +72,8 @@ __all__ = [
 ]
 
 DRIVERS: dict[str, type[DriverBase]] = {"sync": RoundDriver, "async": AsyncDriver}
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+ENGINE_SHUTDOWN_S = 60.0  # a site whose shutdown has not returned by then: its processes ended
 
 
 @dataclass
@@ -78,12 +89,13 @@ class Options:
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGTERM or SIGINT arrived while the run was starting or running."""
+    """SIGINT, SIGTERM or SIGHUP arrived while the run was starting or running."""
 
 
 class Signals:
-    """SIGTERM and SIGINT for the length of a run. While ``armed`` a signal interrupts the run
-    (once); otherwise it is only noted, so a shutdown in progress is never cut short."""
+    """SIGINT, SIGTERM and SIGHUP for the length of a run. While ``armed`` a signal interrupts
+    the run (once); otherwise it is only noted, so a shutdown in progress is never cut short
+    (it is bounded instead: ``ENGINE_SHUTDOWN_S``)."""
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -98,7 +110,7 @@ class Signals:
 
     def __enter__(self) -> Signals:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -175,6 +187,16 @@ class RunProcesses:
             if any(new):
                 self.record.engines.extend(ref for ref in new if ref is not None)
                 self.record.save(self.run_dir)
+
+    def end_site(self, site: str) -> int:
+        """End the recorded processes of one site's engine (and their descendants)."""
+        with contextlib.suppress(Exception):
+            self.refresh()
+        with self._lock:
+            refs = [ref for ref in self.record.engines if ref.site == site]
+        live = [p for p in (ref.find() for ref in refs) if p is not None]
+        reaper.end_processes(live)
+        return len(live)
 
     def _follow(self) -> None:
         while not self._stop.wait(0.5):
@@ -269,11 +291,12 @@ def run_experiment(
     """Start a run in a new run directory. ``stop_after``: stop (RunStopped) once round (or
     aggregation) k is checkpointed, e.g. to fit a server job's walltime; resume continues."""
     console = console or Console()
-    with Signals() as signals:
+    with Signals() as signals, contextlib.ExitStack() as held:
         with signals.armed():
             reap_dead_runs(console)
             plan = plan_run(experiment, source)
             run_dir = new_run_dir(experiment, source)
+            held.enter_context(RunLock(run_dir))
         console.print(f"run directory: {run_dir}")
         _drive(
             plan,
@@ -291,23 +314,37 @@ def resume_run(
     console: Console | None = None,
     *,
     stop_after: int | None = None,
+    from_round: int | None = None,
     fns: TaskFns | None = None,
     transfer_client: Callable[[], Any] | None = None,
 ) -> Path:
-    """Continue a killed or stopped run in its own directory, from its last checkpoint."""
+    """Continue a killed or stopped run in its own directory, from its last checkpoint (or
+    the kept generation of round ``from_round``: what came after it is set aside)."""
     console = console or Console()
     run_dir = run_directory(run_dir)
-    with Signals() as signals:
+    with Signals() as signals, contextlib.ExitStack() as held:
         with signals.armed():
             reap_dead_runs(console)
+            experiment = load_run_experiment(run_dir)  # a run directory, before it is locked
+            lock = held.enter_context(RunLock(run_dir))
+            if lock.previous is not None:
+                console.print(
+                    f"[yellow]run {run_dir.name}: {lock.previous.describe()} had ended "
+                    f"without releasing it; taken over[/]"
+                )
+            for leftover in sweep_tmp(run_dir):
+                console.print(f"removed {leftover.relative_to(run_dir)} (left half-written)")
             ckpt_dir = run_dir / "checkpoint"
-            if ckpt.is_finished(ckpt_dir):
+            if from_round is not None:
+                moved = ckpt.rewind(ckpt_dir, from_round, aside=[run_dir / "final_adapter"])
+                if moved is not None:
+                    console.print(f"what came after round {from_round} is kept in {moved}")
+            elif ckpt.is_finished(ckpt_dir):
                 console.print(
                     f"run {run_dir.name} already finished; nothing to resume "
                     f"(final adapter in {run_dir / 'final_adapter'})"
                 )
                 return run_dir
-            experiment = load_run_experiment(run_dir)
             checkpoint = ckpt.load(ckpt_dir)
             if checkpoint is not None and checkpoint.strategy_name != experiment.strategy.name:
                 raise UserError(
@@ -343,6 +380,36 @@ def reap_dead_runs(console: Console) -> None:
         )
 
 
+def close_site(name: str, executor: Any, processes: RunProcesses, console: Console) -> None:
+    """Shut a site down within ``ENGINE_SHUTDOWN_S``. Tasks not yet sent are cancelled; the
+    server does not wait for remote tasks already registered (the Globus Compute service
+    cannot cancel them; their results are dropped). A local engine that does not answer its
+    shutdown (its interchange gone, say: Parsl's scale-in then waits for a reply forever) is
+    ended with its processes, and the shutdown left behind."""
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            executor.shutdown(wait=False, cancel_futures=True)
+        except Exception as exc:
+            failed.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=close, name=f"crossfl shutdown {name}", daemon=True).start()
+    if not done.wait(ENGINE_SHUTDOWN_S):
+        ended = processes.end_site(name)
+        what = f"ended its {ended} process(es)" if ended else "left it behind"
+        console.print(
+            f"[yellow]site {name}: its engine did not shut down within "
+            f"{ENGINE_SHUTDOWN_S:.0f} s; {what}[/]"
+        )
+        done.wait(reaper.GRACE_S)
+    if failed:
+        console.print(f"[yellow]site {name}: shutting down: {failed[0]}[/]")
+
+
 def _drive(
     plan: RunPlan,
     run_dir: Path,
@@ -362,7 +429,7 @@ def _drive(
                 for name, site in plan.sites.items():
                     with signals.deferred():  # started and registered for shutdown, or neither
                         handles[name] = h = open_site(site, run_dir / "engines")
-                        stack.callback(h.executor.shutdown, wait=True, cancel_futures=True)
+                        stack.callback(close_site, name, h.executor, processes, console)
                         processes.opened(h)
                     console.print(f"site {name}: {h.site.catalog.name} via {h.kind} ({h.endpoint})")
                 atomic_write_text(
@@ -386,9 +453,18 @@ def _drive(
                 outcome = driver.run()
     except (Interrupted, RunStopped) as exc:
         if not (isinstance(exc, Interrupted) and ckpt.is_finished(run_dir / "checkpoint")):
-            console.print(_resume_hint(run_dir))
+            with contextlib.suppress(OSError):  # a terminal that hung up takes no more lines
+                console.print(_resume_hint(run_dir))
             raise
         # else the run had finished: the signal came as it returned
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UserError(
+            f"disk full ({exc.strerror}: {exc.filename or 'a file of the run'}); "
+            f"{_resume_hint(run_dir)} once there is space",
+            file=run_dir,
+        ) from None
     finally:
         with contextlib.suppress(Exception):
             write_plots(run_dir)
