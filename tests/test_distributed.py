@@ -489,3 +489,30 @@ def test_run_record_uses_the_training_window() -> None:
     old = result.model_copy(update={"train_window_s": 0.0})  # an older client: over its wall
     account(record, old, held_nodes=1, devices_per_node=0, local=True)
     assert record.device_busy == pytest.approx(3.0 / 40.0)
+
+
+# ------------------------------------------------------------------ make gpu-check, its CPU path
+
+
+def test_gpu_check_runs_its_cpu_fallback() -> None:
+    """`make gpu-check` has not run on a GPU here (none was lent): its CPU fallback runs the
+    same steps (device selection, a LoRA round, the collective smoke on 2 gloo ranks, a round
+    over all ranks) and prints each figure; the GPU path differs only in the device."""
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check", "--cpu", "--steps", "2"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert out.splitlines()[0].startswith("gpu-check: CPU fallback (no NVIDIA GPU used: --cpu)")
+    assert "1. device the client selects: cpu" in out
+    assert "2. one LoRA round: 1 rank(s) on cpu" in out and "steps/s" in out
+    ranks = [ln for ln in out.splitlines() if ln.startswith("3. rank ")]
+    assert len(ranks) == 2 and all("(gloo)" in r and "all-reduce 16 MB ok" in r for r in ranks)
+    assert all("GB/s bus" in r and "DDP step ok" in r for r in ranks)
+    assert "4. one LoRA round over all: 2 rank(s) on cpu (gloo)" in out and "device-busy" in out
+    assert out.rstrip().splitlines()[-1].startswith("gpu-check: ok in ")
