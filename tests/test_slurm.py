@@ -35,13 +35,20 @@ def test_smoke_job_runs_one_rank_per_device(slurm_cluster, local_slurm, tmp_path
     state, code = slurm_cluster.wait(job, timeout=150)
     out = _output(tmp_path, "crossfl-smoke-local-slurm-*.out")
     assert (state, code) == ("COMPLETED", "0:0"), out
-    reports = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    every = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    reports = [r for r in every if not r.get("collective")]
     assert len(reports) == 4, out  # one line per rank, one rank per (fake) GPU
     assert {r["host"] for r in reports} == {platform.node()}
     assert all(r["device"] == "cpu" for r in reports)  # the CPU build of torch here
     # Rank i (SLURM_LOCALID) got what Parsl gives worker i: CUDA_VISIBLE_DEVICES=i.
     seen = {r["rank"]: r["env"].split()[0] for r in reports}
     assert seen == {str(i): f"CUDA_VISIBLE_DEVICES={i}" for i in range(4)}, out
+    # then the collective smoke: 2 ranks, gloo, a right all-reduce and equal DDP parameters
+    coll = sorted((r for r in every if r.get("collective")), key=lambda r: r["rank"])
+    assert [(r["rank"], r["world"], r["backend"]) for r in coll] == [(0, 2, "gloo"), (1, 2, "gloo")]
+    assert all(r["all_reduce"]["ok"] and r["ddp"]["ok"] for r in coll), out
+    assert all(r["all_reduce"]["busbw_gbs"] > 0 for r in coll), out
+    assert len({r["ddp"]["params_sha256"] for r in coll}) == 1
 
 
 def test_client_job(slurm_cluster, local_slurm, tmp_path):
@@ -89,6 +96,7 @@ def test_facility_headers_pass_real_sbatch(slurm_cluster, name, tmp_path):
                 "sbatch",
                 "--test-only",
                 "--partition=debug",
+                "--nodes=1",  # the smoke job's collective asks 2 nodes of the facility
                 "--gpus-per-node=4",
                 "--ntasks-per-node=4",
                 "--cpus-per-task=2",
@@ -172,7 +180,8 @@ def test_pilot_gpus_and_per_task_gpus_bind_one_each(bound_cluster, tmp_path):
     state, code = bound_cluster.wait(job, timeout=150)
     text = _output(tmp_path, "crossfl-smoke-local-slurm-*.out")
     assert (state, code) == ("COMPLETED", "0:0"), text
-    reports = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    every = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    reports = [r for r in every if not r.get("collective")]
     seen = sorted(r["visible"]["CUDA_VISIBLE_DEVICES"] for r in reports)
     assert seen == [str(i) for i in range(bound_cluster.gpus)], text
     # the doctor's own judgement: bound one device each (torch here is the CPU build, which it

@@ -11,6 +11,16 @@ export << k >>=<< v | sq >>
 mkdir -p "$<< d >>"
 <% endfor %>
 
+<% if build.runtime == "podman-hpc" %>
+# The Containerfile and its context (build/images/ from `make image-containerfile`) were
+# unpacked in << build.root >>: the build's whole context, its COPY paths relative to it.
+cd "<< build.root >>"
+image="${1:?usage: build_image.sh << build.image >>:TAG (crossfl deploy gives its build key)}"
+podman-hpc build << (build.options + ["-f"]) | join(" ") >> "<< build.def_file >>" -t "$image" .
+# squashed into $SCRATCH/storage, where the compute nodes find it
+podman-hpc migrate "$image"
+podman-hpc image inspect "$image"
+<% else %>
 # The def file and the context it stages (build/images/ from `make image-def`) were copied to
 # << build.root >>/build/images/; its %files paths are relative to << build.root >>.
 cd "<< build.root >>"
@@ -25,3 +35,4 @@ apptainer build << build.options | join(" ") >> \
   "$image.tmp" "$def"
 mv "$image.tmp" "$image"
 apptainer inspect --labels "$image"
+<% endif %>

@@ -41,6 +41,9 @@ class ImageState(StrictModel):
     local_mtime_ns: int | None = None  # lets the next deploy skip re-hashing an unchanged file
     labels: dict[str, str] = Field(default_factory=dict)  # `apptainer inspect --labels` there
     staged_at: datetime
+    # podman-hpc: `sha256` is the image's ID (what the endpoint and the ranks run it by) and
+    # `remote_path` its name:tag; `digest` its manifest digest (`podman image inspect`'s Digest)
+    digest: str | None = None
 
 
 class BuildJob(StrictModel):
@@ -65,6 +68,17 @@ class DataState(StrictModel):
     uploaded_at: datetime
 
 
+class EndpointEnvState(StrictModel):
+    """The login node's endpoint venv as deploy made it (crossfl.deploy.endpoint_env)."""
+
+    venv: str  # as the site names it (~ for the home directory)
+    interpreter: str  # the interpreter it was made with, resolved on the login node
+    source: str  # the site's deploy.python: module ..., standalone URL sha256:..., path ...
+    key: str  # sha256 of that source and the requirement files
+    versions: dict[str, str]  # python and the version rule's packages, as installed there
+    made_at: datetime
+
+
 class EndpointState(StrictModel):
     name: str
     dir: str | None = None  # ~/.globus_compute/<name> on the login node, resolved
@@ -73,6 +87,9 @@ class EndpointState(StrictModel):
     started: bool = False
     endpoint_id: str | None = None  # only from endpoint.json, written after registration
     started_at: datetime | None = None
+    # The login node the endpoint process runs on (`hostname -f` there when it started): where
+    # status, logs, stop and the next deploy look for it (login hosts are load-balanced).
+    login_host: str | None = None
 
     @model_validator(mode="after")
     def _honest(self) -> EndpointState:
@@ -94,6 +111,7 @@ class DeployState(StrictModel):
     bundle_uploaded_at: datetime | None = None
     image: ImageState | None = None
     image_build: BuildJob | None = None
+    endpoint_env: EndpointEnvState | None = None
     data: list[DataState] = Field(default_factory=list)
     endpoint: EndpointState
     last_deploy: datetime | None = None

@@ -54,9 +54,18 @@ def _root_expr(remote_root: str) -> str:
     return '"' + remote_root.replace('"', '\\"') + '"'
 
 
-def probe(remote: Remote, remote_root: str, site_file: str, *, version: bool = False) -> LoginInfo:
+def probe(
+    remote: Remote,
+    remote_root: str,
+    site_file: str,
+    *,
+    version: bool = False,
+    activate: bool = True,
+) -> LoginInfo:
     """Where things are on the login node, and whether the endpoint CLI is there
-    (and, with `version`, which version it is: one more Python start there)."""
+    (and, with `version`, which version it is: one more Python start there). Without
+    `activate` (the endpoint's venv is still to be made: crossfl.deploy.endpoint_env) the
+    endpoint CLI is neither activated nor required."""
     script = (
         f"echo CROSSFL_HOME=$HOME; echo CROSSFL_UID=$(id -u); "
         f"echo CROSSFL_ROOT={_root_expr(remote_root)}; "
@@ -66,10 +75,10 @@ def probe(remote: Remote, remote_root: str, site_file: str, *, version: bool = F
     if version:
         script += f'[ -z "$g" ] || echo CROSSFL_GCE_VERSION=$({GCE} version 2>/dev/null | tail -1)'
     if remote.dry_run:
-        remote.run(script, activate=True)
+        remote.run(script, activate=activate)
         root = remote_root.replace("~/", "$HOME/", 1)
         return LoginInfo("$HOME", -1, root, "$HOME/.globus_compute", GCE, "?")
-    r = remote.run(script, activate=True)
+    r = remote.run(script, activate=activate)
     m = r.markers()
     t = remote.t
     if m.get("ACTIVATE_FAILED"):
@@ -85,7 +94,7 @@ def probe(remote: Remote, remote_root: str, site_file: str, *, version: bool = F
             f"site {t.site}: the login shell on {t.label} failed ({r.tail()})",
             fix=f"check that `ssh {t.host} bash -lc true` works",
         )
-    if not m.get("GCE"):
+    if not m.get("GCE") and activate:
         how = f"after `{t.activate}`" if t.activate else "(deploy.python_activate is unset)"
         raise UserError(
             f"site {t.site}: {GCE} is not on PATH on {t.label} {how}",
@@ -99,7 +108,7 @@ def probe(remote: Remote, remote_root: str, site_file: str, *, version: bool = F
         uid=int(m.get("UID") or -1),
         root=m["ROOT"],
         gc_dir=m["GCDIR"],
-        gce=m["GCE"],
+        gce=m.get("GCE", ""),
         gce_version=m.get("GCE_VERSION", "")
         .removeprefix("Globus Compute endpoint version: ")
         .strip(),
@@ -200,10 +209,11 @@ def runtime(remote: Remote, info: LoginInfo, name: str) -> Runtime:
         f'p=$(cat "$d/daemon.pid" 2>/dev/null); '
         f'[ -n "$p" ] && kill -0 "$p" 2>/dev/null && echo CROSSFL_PID=$p; true'
     )
+    # the pid is only meaningful on the login node the endpoint was started on (pinned)
     if remote.dry_run:
-        remote.run(script)
+        remote.run(script, pinned=True)
         return Runtime(False, None, None, False)
-    m = remote.run(script).markers()
+    m = remote.run(script, pinned=True).markers()
     eid = None
     if m.get("JSON"):
         try:
@@ -258,6 +268,7 @@ def start(remote: Remote, name: str) -> None:
         activate=True,
         timeout=300,
         label=f"{GCE} start --detach {name}",
+        pinned=True,
     )
     if not r.ok:
         raise classify(r)
@@ -269,7 +280,15 @@ def stop(remote: Remote, name: str) -> Result:
         activate=True,
         timeout=120,
         label=f"{GCE} stop {name}",
+        pinned=True,
     )
+
+
+def login_host(remote: Remote) -> str:
+    """The login node a pinned command runs on: the recorded one, else the one reached."""
+    if remote.dry_run:
+        return remote.pinned_host or "<login node>"
+    return remote.pinned_host or remote.landed()
 
 
 def logs(remote: Remote, info: LoginInfo, name: str, lines: int) -> Result:

@@ -115,13 +115,18 @@ def place(d: Deployment) -> None:
         return
     dest = d.info.resolve(raw, site.deploy.remote_root)
     src = site.container.image_source
+    if site.container.runtime == "podman-hpc":
+        from crossfl.deploy import podman
+
+        podman.place(d)
+        return
     if site.container.runtime != "apptainer":
         raise UserError(
             f"site {site.name} runs {site.container.runtime} images; `crossfl "
-            f"deploy` places Apptainer images only so far",
+            f"deploy` places Apptainer and podman-hpc images",
             field="container.runtime",
             fix=f"put the image in place there by hand ({raw}), or use "
-            "container.runtime: apptainer",
+            "container.runtime: apptainer or podman-hpc",
         )
     d.remote.run(f"mkdir -p {q(dest.rsplit('/', 1)[0])}")
     if src.method == "upload":

@@ -36,6 +36,10 @@ SSH_CONFIG_ENV = "CROSSFL_SSH_CONFIG"
 CHANNEL_ENV = "CROSSFL_SSH_CHANNEL"
 CONNECT_TIMEOUT_S = 20
 CHUNK = 1 << 20
+# How a command reaches another login node of the same facility (login nodes trust each other
+# for SSH at OLCF, ALCF and NERSC); a site may name another line (deploy.login_hop).
+HOP_SSH = f"ssh -o BatchMode=yes -o ConnectTimeout={CONNECT_TIMEOUT_S}"
+LANDED = "hostname -f 2>/dev/null || hostname"
 
 
 @dataclass(frozen=True)
@@ -304,6 +308,11 @@ class Remote:
         self.dry_run = dry_run
         self.console = console or Console(stderr=True, soft_wrap=True)
         self._channel: Channel | None = None
+        # The login node the endpoint runs on (deploy/state/): `run(..., pinned=True)` goes
+        # there with `hop` (an ssh line) when the load-balanced host put us on another one.
+        self.pinned_host: str | None = None
+        self.hop = HOP_SSH
+        self._landed: str | None = None
 
     def __enter__(self) -> Remote:
         if self.dry_run:
@@ -339,6 +348,20 @@ class Remote:
             )
         return "bash -lc " + shlex.quote(script)
 
+    def pin_to(self, host: str | None, hop: str | None = None) -> None:
+        """Send `run(..., pinned=True)` commands to the login node `host` (None: wherever the
+        connection landed)."""
+        self.pinned_host = host
+        if hop:
+            self.hop = hop
+
+    def landed(self) -> str:
+        """The login node this connection reached (`hostname -f` there), once."""
+        if self._landed is None:
+            lines = self.run(LANDED).stdout.strip().splitlines()
+            self._landed = lines[-1].strip() if lines else ""
+        return self._landed
+
     def run(
         self,
         script: str,
@@ -346,17 +369,44 @@ class Remote:
         activate: bool = False,
         timeout: int | None = 120,
         label: str | None = None,
+        pinned: bool = False,
     ) -> Result:
         """Run `script` with bash on the login node; never raises on a non-zero exit.
-        Dry-run prints the command (and returns an empty success); a real run prints `label`."""
+        Dry-run prints the command (and returns an empty success); a real run prints `label`.
+        `pinned`: on the login node the endpoint runs on (`pin_to`), through `hop` from the
+        one the connection reached when they differ."""
+        hop = pinned and self.pinned_host is not None
         if self.dry_run:
             shown = f"{self.t.activate} ; {script}" if (activate and self.t.activate) else script
-            self.say(f"[cyan]{self.t.label}$[/] {_one_line(shown)}")
+            where = f"{self.t.label} -> {self.pinned_host}" if hop else self.t.label
+            self.say(f"[cyan]{where}$[/] {_one_line(shown)}")
             return Result("", "", 0)
         if label:
             self.say(label)
+        line = self.command_line(script, activate=activate)
+        if hop and self.pinned_host != self.landed():
+            # ssh's own failure (255) told apart from the command's, whichever channel
+            line = (
+                f"{self.hop} {shlex.quote(self.pinned_host or '')} {shlex.quote(line)}; rc=$?; "
+                'if [ "$rc" -eq 255 ]; then echo CROSSFL_HOP_FAILED=1; exit 97; fi; exit "$rc"'
+            )
+            res = self._run_line("bash -c " + shlex.quote(line), script, timeout)
+            if res.markers().get("HOP_FAILED"):
+                raise UserError(
+                    f"site {self.t.site}: the endpoint runs on the login node "
+                    f"{self.pinned_host}; this connection reached {self.landed()}, and "
+                    f"`{self.hop} {self.pinned_host}` from there failed: {res.tail()}",
+                    fix=f"set deploy.host to {self.pinned_host} (or an ~/.ssh/config alias for "
+                    "it), or deploy.login_hop to a line that reaches it; if that node is gone, "
+                    "its endpoint is too: remove endpoint.login_host from "
+                    f"deploy/state/{self.t.site}.json",
+                )
+            return res
+        return self._run_line(line, script, timeout)
+
+    def _run_line(self, line: str, script: str, timeout: int | None) -> Result:
         try:
-            return self.channel.run(self.command_line(script, activate=activate), timeout)
+            return self.channel.run(line, timeout)
         except CommandTimedOut:
             raise UserError(
                 f"site {self.t.site}: `{_one_line(script)[:80]}` on {self.t.label} "
