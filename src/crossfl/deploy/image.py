@@ -115,12 +115,7 @@ def place(d: Deployment) -> None:
         return
     dest = d.info.resolve(raw, site.deploy.remote_root)
     src = site.container.image_source
-    if site.container.runtime == "podman-hpc":
-        from crossfl.deploy import podman
-
-        podman.place(d)
-        return
-    if site.container.runtime != "apptainer":
+    if site.container.runtime != "apptainer":  # podman-hpc: crossfl.deploy.podman
         raise UserError(
             f"site {site.name} runs {site.container.runtime} images; `crossfl "
             f"deploy` places Apptainer and podman-hpc images",

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from crossfl.deploy import endpoint_env, gce
+from crossfl.deploy import endpoint_env, gce, podman
 from crossfl.deploy import image as image_step
 from crossfl.deploy.remote import Remote, Target, q
 from crossfl.deploy.transfer import stage_tree, tree_digest, upload_bundle
@@ -111,7 +111,10 @@ def bundle(d: Deployment) -> None:
 
 
 def image(d: Deployment) -> None:
-    image_step.place(d)
+    if d.site.container.runtime == "podman-hpc":
+        podman.place(d)
+    else:
+        image_step.place(d)
 
 
 def pin(d: Deployment) -> None:
