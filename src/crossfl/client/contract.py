@@ -173,7 +173,8 @@ class TrainResult(Message):
     device_names: list[str] = Field(default_factory=list)  # one per rank, in rank order
     dist_backend: str | None = None
     sharded: bool = False
-    accelerator_s: float = Field(0.0, ge=0)  # sum over ranks of seconds inside training steps
+    accelerator_s: float = Field(0.0, ge=0)  # sum over ranks of device-seconds in steps
+    train_window_s: float = Field(0.0, ge=0)  # the training loop's wall (the slowest rank's)
     wall_s: float = Field(0.0, ge=0)  # the task's wall seconds on the worker
     # A replay's site (crossfl.simulate) says which pilot ran the task and what was simulated.
     simulated: dict[str, Any] | None = None

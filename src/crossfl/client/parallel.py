@@ -85,7 +85,13 @@ def train_rank(spec: TrainTask, world: World) -> TrainResult | None:
     else:
         state = get_peft_model_state_dict(model) if world.is_main else {}
     ranks = gather(
-        {"host": hostname(), "device": device_name(world.device), "busy_s": steps.busy_s}, world
+        {
+            "host": hostname(),
+            "device": device_name(world.device),
+            "busy_s": steps.busy_s,
+            "window_s": steps.window_s,
+        },
+        world,
     )
     if not world.is_main:
         return None
@@ -119,5 +125,6 @@ def train_rank(spec: TrainTask, world: World) -> TrainResult | None:
         dist_backend=world.backend,
         sharded=sharded,
         accelerator_s=sum(r["busy_s"] for r in ranks),
+        train_window_s=max(r["window_s"] for r in ranks),
         wall_s=time.perf_counter() - t0,
     )

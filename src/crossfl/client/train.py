@@ -24,8 +24,8 @@ from crossfl.client import model_cache
 from crossfl.client.adapter_io import LORA_METADATA_KEY, adapter_from_bytes, adapter_to_bytes
 from crossfl.client.contract import LoraSpec, TrainResult, TrainTask, TrainTimings
 from crossfl.client.device import select_device
-from crossfl.client.distributed import World, all_reduce, shard, single
-from crossfl.client.telemetry import device_name
+from crossfl.client.distributed import World, shard, single, sum_over_ranks
+from crossfl.client.telemetry import BusyMeter, device_name
 from crossfl.client.transport import incoming_adapter, outgoing_adapter
 from crossfl.data.smolinstruct import Record, load_jsonl
 from crossfl.errors import UserError
@@ -226,8 +226,16 @@ def worker_model(
 @dataclass
 class Steps:
     losses: list[float]  # each step's mean loss over the global batch's target tokens
-    busy_s: float  # this rank's seconds inside the steps (telemetry.accelerator_s)
+    busy_s: float  # this rank's device-seconds inside the steps (telemetry.BusyMeter)
     tokens: int  # tokens (prompt and answer, no padding) of the global batches
+    window_s: float  # the loop's wall on this rank (telemetry.train_window_s)
+
+
+def target_tokens(examples: list[Example], pad: int) -> int:
+    """The tokens the loss counts in a batch of ``examples``: labels after the first position
+    that are not -100 (``collate``'s labels, shifted as the causal loss shifts them)."""
+    labels = collate(examples, pad, torch.device("cpu"))["labels"]
+    return int((labels[:, 1:] != -100).sum())
 
 
 def run_training(
@@ -248,25 +256,30 @@ def run_training(
     torch.manual_seed(seed + world.rank)  # LoRA dropout
     gen = torch.Generator().manual_seed(seed)
     losses: list[float] = []
-    busy = 0.0
+    meter = BusyMeter(device)
     tokens = 0
     model.train()
+    start = time.perf_counter()
     for idx in batch_indices(len(examples), task.batch_size * world.size, task.local_steps, gen):
         tokens += sum(len(examples[i].ids) for i in idx)
-        start = time.perf_counter()
-        if world.distributed:
-            losses.append(
-                distributed_step(model, opt, [examples[i] for i in shard(idx, world)], pad, world)
-            )
-        else:
-            loss = model(**collate([examples[i] for i in idx], pad, device)).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
-        busy += time.perf_counter() - start
+        with meter.step():
+            if world.distributed:
+                # every rank holds every example: the global batch's target count needs no
+                # collective, and the losses are summed once, after the loop
+                count = target_tokens([examples[i] for i in idx], pad)
+                mine = [examples[i] for i in shard(idx, world)]
+                losses.append(distributed_step(model, opt, mine, pad, world, count))
+            else:
+                loss = model(**collate([examples[i] for i in idx], pad, device)).loss
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+    window = time.perf_counter() - start
+    if world.distributed:
+        losses = sum_over_ranks(losses, world)
     model.eval()
-    return Steps(losses, busy, tokens)
+    return Steps(losses, meter.busy_s, tokens, window)
 
 
 def distributed_step(
@@ -275,19 +288,20 @@ def distributed_step(
     examples: list[Example],
     pad: int,
     world: World,
+    targets: int,
 ) -> float:
     """One step on this rank's slice. Its loss is the sum over its target tokens divided by
-    the global batch's target-token count (all-reduced), times the ranks because DDP and FSDP
+    ``targets``, the global batch's target-token count, times the ranks because DDP and FSDP
     average gradients: the gradient is the single-process gradient of the global batch's mean
-    loss, however the answers' lengths split between ranks. Returns that mean loss."""
+    loss, however the answers' lengths split between ranks. Returns this rank's share of that
+    mean loss (the shares of all ranks sum to it: ``sum_over_ranks``)."""
     batch = collate(examples, pad, world.device)
-    targets = all_reduce(int((batch["labels"][:, 1:] != -100).sum()), world)
-    count = torch.tensor(max(targets, 1.0), device=world.device)
+    count = torch.tensor(float(max(targets, 1)), device=world.device)
     loss = model(**batch, num_items_in_batch=count).loss * world.size
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return all_reduce(float(loss.detach()), world) / world.size
+    return float(loss.detach()) / world.size
 
 
 def train_round(task: dict[str, Any]) -> dict[str, Any]:
@@ -331,12 +345,12 @@ def train_round(task: dict[str, Any]) -> dict[str, Any]:
         pid=os.getpid(),
         python=sys.executable,
         cache_hit=hit,
-        **single_rank_telemetry(device, steps.busy_s, time.perf_counter() - t0),
+        **single_rank_telemetry(device, steps, time.perf_counter() - t0),
     )
     return outgoing_adapter(spec, result).to_wire()
 
 
-def single_rank_telemetry(device: torch.device, busy_s: float, wall_s: float) -> dict[str, Any]:
+def single_rank_telemetry(device: torch.device, steps: Steps, wall_s: float) -> dict[str, Any]:
     """The telemetry fields (crossfl.client.telemetry) of a one-process task."""
     return {
         "ranks": 1,
@@ -346,6 +360,7 @@ def single_rank_telemetry(device: torch.device, busy_s: float, wall_s: float) ->
         "device_names": [device_name(device)],
         "dist_backend": None,
         "sharded": False,
-        "accelerator_s": busy_s,
+        "accelerator_s": steps.busy_s,
+        "train_window_s": steps.window_s,
         "wall_s": wall_s,
     }
