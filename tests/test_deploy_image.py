@@ -455,6 +455,59 @@ def test_podman_pull_by_digest(podman_project: Path, tmp_path: Path) -> None:
     assert f'container_uri: "{img["sha256"]}"' in template.read_text()
 
 
+def test_podman_mpi_site_registers_the_functions_the_server_submits(
+    sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sdk_client: type
+) -> None:
+    """Perlmutter's shape: podman-hpc and the MPI engine. Each task function's shell text
+    names the image, and the server submits it with the image deploy placed, by its ID
+    (with_deployed_image): deploy registers those functions, not the ones naming the tag, so
+    a run's plan finds the registered ids unchanged."""
+    import fake_podman
+    from crossfl.functions import kit_functions, registered_functions, shell_text
+    from crossfl.sites import load_site, with_deployed_image
+
+    site = "local-slurm-ssh"
+    root = make_project(tmp_path / "proj", [site])
+    bindir = tmp_path / "podmanbin"
+    good = {**__import__("crossfl.deploy.image").deploy.image.expected_labels()}
+    fake_podman.install(bindir, {PODMAN_REF.removeprefix("docker://"): good})
+    (sshd.home / ".bash_profile").write_text(f"export PATH={bindir}:$PATH\n")
+    monkeypatch.setenv("CROSSFL_ROOT", str(root))
+    monkeypatch.setenv("CROSSFL_SITE_OVERRIDES", str(root / "overrides"))
+    monkeypatch.setenv("CROSSFL_SSH_CONFIG", str(sshd.ssh_config))
+    monkeypatch.setenv("CROSSFL_SSH_PORT", str(sshd.port))
+    monkeypatch.setenv("CROSSFL_REMOTE_ROOT", str(sshd.home / tmp_path.name / "crossfl"))
+    monkeypatch.setenv("CROSSFL_REMOTE_ACTIVATE", activate_line(sshd.home / tmp_path.name / "gc"))
+    override(
+        root,
+        site,
+        {
+            "container": {
+                "runtime": "podman-hpc",
+                "images": {"cuda": "crossfl-cuda"},
+                "image_source": {"method": "pull", "ref": PODMAN_REF},
+            },
+            "endpoint": {"tasks": "mpi", "max_workers_per_node": 1},
+        },
+    )
+    try:
+        code, out = run_cli("deploy", site, "--no-start")
+        assert code == 0, out
+    finally:
+        (sshd.home / ".bash_profile").unlink(missing_ok=True)
+    st = state(root, site)
+    image_id = st["image"]["sha256"]
+    pinned = with_deployed_image(load_site(site))
+    assert image_id in shell_text(pinned, "train") and "crossfl-cuda" not in shell_text(
+        pinned, "train"
+    )
+    for kind, f in kit_functions(pinned).items():
+        assert st["functions"][kind]["digest"] == f.digest, kind
+    ids = [fid for _, fid in registered_functions(pinned)]  # the plan's check: no refusal
+    assert ids == [st["functions"][k]["function_id"] for k in ("train", "evaluate")]
+    assert len(RecordingClient.registered) == 2
+
+
 def test_podman_upload_is_refused_before_anything(podman_project: Path) -> None:
     with_podman(podman_project, {"method": "upload"})
     code, out = run_cli("deploy", SITE, "--no-start")

@@ -127,10 +127,13 @@ def image(d: Deployment) -> None:
 
 def pin(d: Deployment) -> None:
     """podman-hpc: the bundle names the image by the ID the image step placed; rendered and
-    uploaded again when that ID is not the one it was rendered with."""
+    uploaded again when that ID is not the one it was rendered with. The steps after this one
+    see the site so pinned: an MPI site's task functions carry the image's name, and the
+    functions registered must be the ones the server submits (with_deployed_image)."""
     if d.site.container.runtime != "podman-hpc" or d.state.image is None or d.dry_run:
         return
     pinned = d.site.with_image(d.state.image.sha256)
+    d.site = pinned
     rendered = render_site(pinned)
     digest = tree_digest(rendered)
     if digest == d.digest:
