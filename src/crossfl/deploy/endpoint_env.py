@@ -239,8 +239,9 @@ def _interpreter(d: Deployment, py: EndpointPython) -> tuple[str, str]:
     if py.module:
         uses = "".join(f"module use {quote(u)} && " for u in py.module_use)
         find = (
-            f'{uses}module load {quote(py.module)} 2>"$e" || {{ echo "CROSSFL_BAD=$(tail -1 "$e")"; '
-            f"exit 0; }}; py=$(command -v {quote(py.command)})"
+            f'{uses}module load {quote(py.module)} 2>"$e" || '
+            '{ echo "CROSSFL_BAD=$(tail -1 "$e")"; exit 0; }; '
+            f"py=$(command -v {quote(py.command)})"
         )
         what, field = f"module {py.module}", "module"
     elif py.standalone:
@@ -307,7 +308,9 @@ def _standalone_script(py: EndpointPython) -> str:
         f'  curl -fsSL --retry 3 -o "$p" {quote(sa.url)} 2>"$e" || '
         '{ echo "CROSSFL_BAD=download: $(tail -1 "$e")"; exit 0; }\n'
         "  got=$(sha256sum \"$p\" | cut -d' ' -f1)\n"
-        f'  if [ "$got" != {quote(sa.sha256)} ]; then rm -f "$p"; echo CROSSFL_SHA=$got; exit 0; fi\n'
+        f'  if [ "$got" != {quote(sa.sha256)} ]; then\n'
+        '    rm -f "$p"; echo CROSSFL_SHA=$got; exit 0\n'
+        "  fi\n"
         '  rm -rf "$d.tmp" && mkdir -p "$d.tmp" && tar -xzf "$p" -C "$d.tmp" && rm -f "$p" '
         '&& mv "$d.tmp" "$d"\n'
         "fi\n"
