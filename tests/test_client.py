@@ -22,8 +22,9 @@ from crossfl.client.adapter_io import (
 )
 from crossfl.client.contract import LoraSpec, TrainResult
 from crossfl.client.device import describe_devices, select_device
+from crossfl.client.encoding import batch_indices, encode_example
 from crossfl.client.evaluate import answer_of, pick_for_generation
-from crossfl.client.train import batch_indices, encode_example, lora_key
+from crossfl.client.train import lora_key
 from crossfl.errors import UserError
 from crossfl.tiny_model import TinyModelSpec, build_tiny
 
@@ -306,7 +307,8 @@ def test_global_adapter_is_loaded_before_training(model: Path, data: Path) -> No
 
 
 def test_server_rebuilds_the_fresh_adapter_from_shapes(model: Path, data: Path) -> None:
-    from crossfl.client.train import fresh_adapter_from_shapes, fresh_adapter_state
+    from crossfl.client.adapter_io import fresh_adapter_from_shapes
+    from crossfl.client.train import fresh_adapter_state
 
     out = tasks.train_round(train_task(model, data, local_steps=1))
     shapes = {k: tuple(t.shape) for k, t in adapter_from_bytes(out["adapter"]).items()}
@@ -457,7 +459,7 @@ def test_task_functions_travel_by_reference() -> None:
 
 def test_client_imports_no_server_side_code() -> None:
     code = (
-        "import sys, crossfl.client.tasks, crossfl.client.model_cache;"
+        "import sys, crossfl.client.tasks, crossfl.client.model_cache, crossfl.client.train;"
         "bad = [m for m in sys.modules if m.split('.')[:2] in "
         "(['crossfl','server'], ['crossfl','deploy'], ['crossfl','render'], "
         "['crossfl','sites'])];"

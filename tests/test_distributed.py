@@ -17,10 +17,11 @@ import torch
 from crossfl.client import distributed, tasks
 from crossfl.client.adapter_io import adapter_from_bytes
 from crossfl.client.distributed import World, first_host, rank_device, rank_env, shard
-from crossfl.client.launch import rank_command, resolve_ranks
+from crossfl.client.encoding import encode_example
+from crossfl.client.launch import resolve_ranks
+from crossfl.client.launcher_env import rank_command
 from crossfl.client.sharding import should_shard
 from crossfl.client.telemetry import device_busy_fraction
-from crossfl.client.train import encode_example
 from crossfl.errors import UserError
 from crossfl.tiny_model import TinyModelSpec, build_tiny
 from test_client import chem_records, write_jsonl

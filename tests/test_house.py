@@ -124,3 +124,64 @@ def test_site_tasks_are_built_from_the_contract_only() -> None:
         if re.search(r"[\"'](model_path|data_path|adapter_dtype|inline_limit_bytes)[\"']\s*:", line)
     ]
     assert offenders == []
+
+
+# What the server process may load: the training stack (peft, transformers) runs at the sites.
+SERVER_PROBE = """
+import json, sys
+from crossfl.cli import build_app
+build_app()
+from crossfl.client.encoding import load_records
+from crossfl.server.experiment import load_experiment
+from crossfl.server.lifecycle import resume_run, run_experiment
+from crossfl.server.plan import plan_run
+from crossfl.server.report import print_report
+from crossfl.server.transport import TaskFns
+from crossfl.simulate.replay import replay
+exp, path = load_experiment(sys.argv[1])
+plan = plan_run(exp, path)
+TaskFns()
+load_records(sys.argv[2], None)
+print(json.dumps(sorted(m for m in ("peft", "transformers") if m in sys.modules)))
+"""
+
+
+def test_the_server_imports_no_training_stack(tmp_path: Path) -> None:
+    """The server's entry points, and a plan resolved for a local experiment, leave peft and
+    transformers unloaded: counting a site's records and naming the site functions need
+    neither (tests/test_federation.py checks a whole run the same way)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    row = {"input": "q", "output": "a", "raw_input": "q", "raw_output": "a", "task": "t"}
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({**row, "split": "train"}) + "\n")
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(
+        yaml.safe_dump(
+            {
+                "name": "probe",
+                "model": {"path": str(tmp_path / "model")},
+                "data": {"train": str(data), "validation": str(data)},
+                "sites": [{"name": "east", "site": "local"}],
+                "rounds": 1,
+            }
+        )
+    )
+    env = {**os.environ, "CROSSFL_ROOT": str(SRC.parent)}
+    proc = subprocess.run(
+        [sys.executable, "-c", SERVER_PROBE, str(exp), str(data)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == []

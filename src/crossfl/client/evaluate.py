@@ -17,17 +17,15 @@ from peft import PeftModel
 from crossfl.client import model_cache
 from crossfl.client.adapter_io import LORA_METADATA_KEY, adapter_from_bytes, adapter_metadata
 from crossfl.client.contract import EvalResult, EvalTask, EvalTimings, LoraSpec, Prediction
-from crossfl.client.train import (
+from crossfl.client.encoding import (
     Example,
     collate,
     encode_example,
     encode_prompt,
-    load_adapter_state,
     load_records,
-    lora_key,
     pad_id,
-    worker_model,
 )
+from crossfl.client.train import load_adapter_state, lora_key, worker_model
 from crossfl.client.transport import incoming_adapter
 from crossfl.data.smolinstruct import Record
 from crossfl.errors import UserError

@@ -25,7 +25,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any
 
-from crossfl.client.launch import rank_argv
+from crossfl.client.launcher_env import rank_argv
 from crossfl.render.shell import mpi_task_line
 from crossfl.schedulers.launchers import LAUNCHERS
 from crossfl.sites import Site
