@@ -19,7 +19,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/appfl.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[test]'
+	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[train,data,test]'
 	$(BIN)/pip install -q --no-deps -r requirements/appfl.txt
 	@touch $@
 
@@ -49,10 +49,12 @@ simulate: setup data model
 test: lint
 	$(BIN)/python -m pytest -q
 
-## make lint: ruff's lint rules and its formatter's check (pyproject.toml [tool.ruff])
+## make lint: ruff's lint rules and its formatter's check (pyproject.toml [tool.ruff]), and
+## deptry: every import declared in pyproject.toml, nothing declared unused ([tool.deptry])
 lint: setup
 	$(BIN)/ruff check src tests benchmarks testkit
 	$(BIN)/ruff format --check src tests benchmarks testkit
+	$(BIN)/deptry src benchmarks testkit containers
 
 ## make bench: measured ratios, side by side in one run
 bench: setup

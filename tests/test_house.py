@@ -185,3 +185,66 @@ def test_the_server_imports_no_training_stack(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1]) == []
+
+
+def _imports_in(path: Path, module_level_only: bool) -> set[str]:
+    """Absolute module names imported in ``path`` (at run time: not under TYPE_CHECKING);
+    with ``module_level_only``, only what importing the module runs (no function bodies)."""
+    tree = ast.parse(path.read_text())
+    nodes = _runtime_nodes(tree)
+    if module_level_only:
+        inside = {
+            id(n)
+            for f in nodes
+            if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
+            for n in ast.walk(f)
+        }
+        nodes = [n for n in nodes if id(n) not in inside]
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return found
+
+
+def test_the_worker_image_installs_what_the_client_imports() -> None:
+    """requirements/worker.txt, after the endpoint's own packages, names exactly the
+    distributions the client package imports (its functions run in the image), with the crossfl
+    modules it loads; torch is installed first, from the vendor's channel."""
+    import importlib.metadata
+    import sys
+
+    mods = modules()
+    seen: set[str] = set()
+    third: set[str] = set()
+    todo = [m for m in mods if m.startswith("crossfl.client")]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        found = _imports_in(mods[name], module_level_only=not name.startswith("crossfl.client"))
+        found |= {".".join(parts[:i]) for i in range(1, len(parts))}  # parent packages run too
+        for imp in found:
+            if imp.split(".")[0] == "crossfl":
+                todo.extend(m for m in (imp, imp.rpartition(".")[0]) if m in mods)
+            elif imp.split(".")[0] not in sys.stdlib_module_names:
+                third.add(imp.split(".")[0])
+    assert "crossfl.data.chem" not in seen  # RDKit's builder stays out of the image
+    dists = importlib.metadata.packages_distributions()
+    imported = {
+        dist.lower()
+        for top in third - {"oneccl_bindings_for_pytorch"}  # Intel's XPU images carry it
+        for dist in dists.get(top, [top])
+    }
+    worker = {
+        line.strip().lower()
+        for line in (SRC.parent / "requirements" / "worker.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    endpoint = {"globus-compute-endpoint", "parsl", "dill"}
+    assert worker - endpoint == imported - {"torch"}

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from crossfl.client.contract import EvalTask, LoraSpec, TrainTask
 from crossfl.clock import REAL_CLOCK
 from crossfl.errors import UserError
+from crossfl.extras import require
 from crossfl.server.dispatch import make_policy, pilot_walltime_s
 from crossfl.server.experiment import Experiment, SiteEntry, local_path
 from crossfl.server.strategies import get_strategy, is_async
@@ -276,6 +277,7 @@ def plan_site(experiment: Experiment, name: str) -> SitePlan:
     shared = entry.transport.shared_dir
     shared = site_path(shared, here, f"sites[{name}].transport.shared_dir") if shared else None
     if here:
+        require("train", f"site {name} trains on this machine and")
         if not (Path(model) / "config.json").is_file():
             raise UserError(
                 f"no model at {entry.model_path or experiment.model.path} (config.json missing)",
