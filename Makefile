@@ -10,7 +10,7 @@ DATA_DIR := build/data/chem
 MODEL_DIR := build/models/tiny-llama
 EXP ?= deploy/experiments/local-demo.yaml
 
-.PHONY: setup demo test lint data model experiment simulate bench clean
+.PHONY: setup demo test test-fast lint data model experiment simulate bench clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,11 @@ simulate: setup data model
 ## make test: lint, then the test suite (starts its own Slurm/sshd where it can, as root)
 test: lint
 	$(BIN)/python -m pytest -q
+
+## make test-fast: the unit tier, for everyday work: every test not marked slow (no Slurm,
+## sshd, engines, federations or multi-rank training; pyproject.toml [tool.pytest] markers)
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 ## make lint: ruff's lint rules and its formatter's check (pyproject.toml [tool.ruff]), and
 ## deptry: every import declared in pyproject.toml, nothing declared unused ([tool.deptry])

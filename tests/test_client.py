@@ -457,6 +457,7 @@ def test_task_functions_travel_by_reference() -> None:
         assert fn.__module__ == "crossfl.client.tasks"
 
 
+@pytest.mark.slow
 def test_client_imports_no_server_side_code() -> None:
     code = (
         "import sys, crossfl.client.tasks, crossfl.client.model_cache, crossfl.client.train;"

@@ -15,6 +15,10 @@ from testkit.scratch_project import make_project, write_experiment
 from crossfl.server.experiment import load_experiment
 from crossfl.server.lifecycle import RunFailed, run_experiment
 
+pytestmark = (
+    pytest.mark.slow
+)  # federations on real engines, real training (`make test-fast` leaves them out)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

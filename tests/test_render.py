@@ -398,6 +398,7 @@ def test_local_slurm_worker_init_defaults_to_this_venv(rendered):
     assert provider["partition"] == "debug" and provider["type"] == "SlurmProvider"
 
 
+@pytest.mark.slow
 def test_local_engine_runs_a_task(rendered, tmp_path):
     text = render.render_user_config(rendered["local"], {"max_workers_per_node": 1})
     cfg = render.load_user_config(text)
