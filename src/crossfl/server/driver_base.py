@@ -369,6 +369,7 @@ class DriverBase(ABC):
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self, label: Literal["baseline", "round"], rnd: int) -> EvalRecord:
+        started = self.state.elapsed()
         adapter = self.global_bytes()
         name = self.exp.eval_site
         out = call_with_retry(
@@ -392,8 +393,10 @@ class DriverBase(ABC):
             kind=label,
             round=rnd,
             val_loss=result.val_loss,
+            answer_tokens=result.answer_tokens,
             exact_match=result.exact_match,
             num_samples=result.num_samples,
+            started_s=started,
             elapsed_s=self.state.elapsed(),
             strategy=self.exp.strategy.name,
             version=self.state.version,

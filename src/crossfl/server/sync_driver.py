@@ -140,6 +140,7 @@ class RoundDriver(DriverBase):
 
     def aggregate(self, updates: list[Update], rnd: int) -> None:
         s = self.state
+        started = s.elapsed()
         if s.global_flat is None:
             # Every site started from the same seeded fresh adapter: that is version 0.
             s.global_flat = self.initial_global()
@@ -157,6 +158,7 @@ class RoundDriver(DriverBase):
                 version=s.version,
                 driver=self.name,
                 sites=sorted(u.site for u in updates),
+                started_s=started,
                 elapsed_s=s.elapsed(),
                 staleness={u.site: s.version - 1 - u.base_version for u in updates},
             )
