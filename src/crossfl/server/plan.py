@@ -258,6 +258,9 @@ def plan_site(experiment: Experiment, name: str) -> SitePlan:
 
     entry = experiment.site_entry(name)
     site = load_site(entry.site)
+    here = site.deploy.host is None
+    # a facility that was never deployed says so before anything about the entry's settings
+    endpoint_id = None if here else require_endpoint_id(entry.site)
     nodes, ranks, options = task_shape(site, entry)
     # the dispatch policy's idle settings (a warm pilot) where the site has pilot jobs
     warm = make_policy(experiment, REAL_CLOCK).endpoint_options(
@@ -266,10 +269,8 @@ def plan_site(experiment: Experiment, name: str) -> SitePlan:
     options = {**warm, **options}
     # the task's shape against the site's rules, before anything else is looked up
     check_request(site, options, nodes=nodes, ranks_per_node=ranks)
-    here = site.deploy.host is None
     if site.endpoint.tasks == "mpi":
         check_by_reference(experiment, entry, here)
-    endpoint_id = None if here else require_endpoint_id(entry.site)
     own_model = f"sites[{name}].model_path"
     model_field = own_model if entry.model_path else "model.path"
     model = site_path(entry.model_path or experiment.model.path, here, model_field)
