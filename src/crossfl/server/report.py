@@ -137,13 +137,12 @@ def plot_site_timeline(records: list[AnyRecord], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.6 * max(1, len(lanes))))
     for row, site in enumerate(lanes):
         if site == SERVER_LANE:
-            colors = dict(SERVER_PHASES)
-            # an aggregation takes milliseconds: drawn at least 0.3% of the axis wide
-            floor = 0.003 * max((s + w for _, s, w in server), default=1.0)
-            for phase, start, width in server:
-                ax.broken_barh(
-                    [(start, max(width, floor))], (row - 0.35, 0.7), facecolors=colors[phase]
-                )
+            # an aggregation takes milliseconds: drawn at least 0.5% of the axis wide, and over
+            # the evaluation that follows it
+            floor = 0.005 * max((s + w for _, s, w in server), default=1.0)
+            for name, color in SERVER_PHASES:
+                spans = [(s, max(w, floor)) for phase, s, w in server if phase == name]
+                ax.broken_barh(spans, (row - 0.35, 0.7), facecolors=color)
             continue
         for task in (t for t in tasks if t.site == site):
             start = task.submitted_rel_s
@@ -236,7 +235,7 @@ def summary_tables(run_dir: Path) -> list[Table]:
     base = baseline_of(records)
 
     loss = Table(title=f"run {run_dir.name}", caption=EVAL_CAPTION)
-    for col in ("round", "val loss", "answer tokens", "formula tokens", "formula exact", "at (s)"):
+    for col in ("round", "val loss", "answer tokens", "formula tokens", "exact", "at (s)"):
         loss.add_column(col, justify="right")
     for r in [*([base] if base else []), *rounds]:
         loss.add_row(
@@ -292,12 +291,12 @@ def summary_tables(run_dir: Path) -> list[Table]:
 
 EVAL_CAPTION = (
     "answer tokens (formula tokens): the share of the tokens of every answer's value (of "
-    "every molecular formula) predicted right given the ones before; formula exact: whole "
-    "formulas generated right; at: seconds since the run started"
+    "every molecular formula) predicted right given the ones before; exact: whole formulas "
+    "generated right; at: seconds since the run started"
 )
 
 
-LOW_VALUE = ("device type", "late", "rejected", "retries", "transport", "formula exact")
+LOW_VALUE = ("device type", "late", "rejected", "retries", "transport", "exact")
 """Columns the console leaves out, in this order, of a table too wide for 80 columns (long
 site names); report.txt keeps them."""
 
@@ -410,11 +409,9 @@ def learned_line(records: list[AnyRecord]) -> str | None:
         parts.append(
             f"answer tokens right {before:.0%} -> {after:.0%} ({100 * (after - before):+.0f} points)"
         )
-    b, f = base.val_loss, last.val_loss
-    change = f" ({(f - b) / b:+.0%})" if b else ""
-    parts.append(f"loss {b:.2f} -> {f:.2f}{change}")
+    parts.append(f"loss {base.val_loss:.2f} -> {last.val_loss:.2f}")
     rounds_done = "round" if last.round == 1 else "rounds"
-    return f"after {last.round} {rounds_done}: " + "; ".join(parts)
+    return f"after {last.round} {rounds_done}: " + ", ".join(parts)
 
 
 def progress_of(run_dir: Path) -> tuple[int, int, bool]:
