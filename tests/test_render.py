@@ -665,6 +665,7 @@ def test_swap_removes_its_old_copy_whatever_a_rival_does(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.slow  # five runs of the endpoint's own CLI
 def test_endpoint_cli_renders_and_refuses(rendered, tmp_path):
     """The endpoint's own `render-user-config` command accepts the rendered directory."""
     import sys
