@@ -374,6 +374,30 @@ def test_evaluate_reports_loss_and_exact_match(model: Path, data: Path) -> None:
     assert res["generated"] == 6
     base = tasks.evaluate(eval_task(model, data, max_samples=20, generate_samples=0))
     assert math.isfinite(base["val_loss"]) and base["exact_match"] == {}
+    # the answers' value tokens, per task: counted whatever was generated
+    assert set(base["answer_tokens"]) == set(res["answer_tokens"]) == set(res["exact_match"])
+    for right, total in [*base["answer_tokens"].values(), *res["answer_tokens"].values()]:
+        assert 0 <= right <= total and total > 0
+
+
+def test_answer_tokens_are_the_value_inside_the_tags(model: Path) -> None:
+    """What the answer-token figure counts: the tokens of the formula or number, not the tags
+    around it, at their places in the encoded example."""
+    from transformers import AutoTokenizer
+
+    from crossfl.client.evaluate import value_positions
+    from crossfl.data.smolinstruct import Record
+
+    tok = AutoTokenizer.from_pretrained(model)
+    for row in chem_records("validation")[:6]:
+        record = Record.model_validate(row)
+        example = encode_example(tok, record.input, record.output, 64)
+        positions = value_positions(tok, record, example)
+        assert positions and all(p >= example.prompt_len for p in positions)
+        text = tok.decode([example.ids[p] for p in positions])
+        assert text.strip() == record.raw_output, (text, record.raw_output)
+    cut = encode_example(tok, record.input, record.output, 8)  # answer cut short: count less
+    assert len(value_positions(tok, record, cut)) <= len(positions)
 
 
 def test_evaluate_needs_the_lora_config_for_a_bare_adapter(model: Path, data: Path) -> None:

@@ -209,3 +209,14 @@ def test_the_bench_tables_fit_80_columns(bench: Any) -> None:
     }
     text = render(scaling.scaling_table([("cpu", {**run, "ranks": 1}), ("cpu", run)]))
     assert_fits(text, ["tok/s/rank", "scaling", "busy"])
+
+
+def test_each_evaluation_line_says_what_a_chemist_reads() -> None:
+    """The console line of the untrained evaluation and of each round's: loss and answer
+    tokens right (short enough for the round line to fit 80 columns)."""
+    r = evaluation("round", 1, 1.0, 30, 5.0)
+    assert r.headline() == "val loss 1.0000, answer tokens 33%"
+    line = f"round 5/5: 3/3 updates, {r.headline()}, 115.0 s, 3.65 MB in all"
+    assert len(line) <= 80
+    bare = r.model_copy(update={"answer_tokens": {}})
+    assert bare.headline() == "val loss 1.0000" and bare.answer_accuracy() is None

@@ -131,7 +131,7 @@ class AsyncDriver(DriverBase):
                         )
                         if record is not None:
                             self.console.print(
-                                f"version {self.state.version}: val loss {record.val_loss:.4f} "
+                                f"version {self.state.version}: {record.headline()} "
                                 f"after {self.state.updates} updates, {self.state.elapsed():.1f} s, "
                                 f"{self.bytes_moved / 1e6:.2f} MB moved"
                             )

@@ -424,7 +424,7 @@ class DriverBase(ABC):
             if kept:
                 return kept[0]
         base = self.evaluate("baseline", 0)
-        self.console.print(f"untrained adapter: validation loss {base.val_loss:.4f}")
+        self.console.print(f"untrained adapter: {base.headline()}")
         return base
 
     # -- checkpoints ----------------------------------------------------------------------------

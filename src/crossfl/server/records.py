@@ -148,6 +148,13 @@ class EvalRecord(Record):
         total = sum(n for _, n in rows)
         return sum(right for right, _ in rows) / total if total else None
 
+    def headline(self) -> str:
+        """``val loss 0.9189, answer tokens 41%``: what the console says of an evaluation."""
+        acc = self.answer_accuracy()
+        return f"val loss {self.val_loss:.4f}" + (
+            f", answer tokens {acc:.0%}" if acc is not None else ""
+        )
+
     strategy: str
     version: int
     updates: int

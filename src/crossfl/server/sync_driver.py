@@ -182,10 +182,10 @@ class RoundDriver(DriverBase):
                     self.checkpoint()
                     progress.remove_task(bar)
                     progress.advance(rounds_task)
-                    loss = f"val loss {last.val_loss:.4f}, " if last and last.round == rnd else ""
+                    loss = f"{last.headline()}, " if last and last.round == rnd else ""
                     self.console.print(
                         f"round {rnd}/{exp.rounds}: {len(updates)}/{len(self.handles)} updates, "
-                        f"{loss}{self.clock.now() - t0:.1f} s, {self.bytes_moved / 1e6:.2f} MB moved so far"
+                        f"{loss}{self.clock.now() - t0:.1f} s, {self.bytes_moved / 1e6:.2f} MB in all"
                     )
                     self.after_checkpoint()
                     if self.reached_target(last if last and last.round == rnd else None):
