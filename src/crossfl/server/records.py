@@ -149,7 +149,8 @@ class EvalRecord(Record):
         return sum(right for right, _ in rows) / total if total else None
 
     def headline(self) -> str:
-        """``val loss 0.9189, answer tokens 41%``: what the console says of an evaluation."""
+        """``val loss 0.9189, answer tokens 41%``: what the console says of an evaluation (a
+        round's line, with it, fits 80 columns)."""
         acc = self.answer_accuracy()
         return f"val loss {self.val_loss:.4f}" + (
             f", answer tokens {acc:.0%}" if acc is not None else ""
