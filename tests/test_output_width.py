@@ -216,7 +216,7 @@ def test_each_evaluation_line_says_what_a_chemist_reads() -> None:
     tokens right (short enough for the round line to fit 80 columns)."""
     r = evaluation("round", 1, 1.0, 30, 5.0)
     assert r.headline() == "val loss 1.0000, answer tokens 33%"
-    line = f"round 5/5: 3/3 updates, {r.headline()}, 115 s, 3.65 MB so far"
+    line = f"round 5/5: 3/3 updates, {r.headline()}, 115 s, 3.65 MB moved"
     assert len(line) <= 80
     bare = r.model_copy(update={"answer_tokens": {}})
     assert bare.headline() == "val loss 1.0000" and bare.answer_accuracy() is None

@@ -185,7 +185,7 @@ class RoundDriver(DriverBase):
                     loss = f"{last.headline()}, " if last and last.round == rnd else ""
                     self.console.print(
                         f"round {rnd}/{exp.rounds}: {len(updates)}/{len(self.handles)} updates, "
-                        f"{loss}{self.clock.now() - t0:.0f} s, {self.bytes_moved / 1e6:.2f} MB so far"
+                        f"{loss}{self.clock.now() - t0:.0f} s, {self.bytes_moved / 1e6:.2f} MB moved"
                     )
                     self.after_checkpoint()
                     if self.reached_target(last if last and last.round == rnd else None):
