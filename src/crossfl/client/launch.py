@@ -16,8 +16,9 @@ which elastic_launch already does.
 
 **Ranks started by the site's launcher** (``srun`` / ``mpiexec``, as Globus Compute's
 ``GlobusMPIEngine`` does for an ``MPIFunction`` with ``$PARSL_MPI_PREFIX``): every rank runs
-``python -m crossfl.client run-task --distributed TASK.json OUT.json`` (``crossfl.client.launcher_env.rank_command``), finds
-its place in the launcher's environment (``crossfl.client.distributed.rank_env``), trains, and
+``python -m crossfl.client run-task --distributed TASK.json OUT.json``
+(``crossfl.client.launcher_env.rank_command``), finds its place in the launcher's environment
+(``crossfl.client.distributed.rank_env``), trains (``crossfl.client.train.train_rank``), and
 rank 0 writes the result. ``train_mpi_rank`` is the same as a function. Where the line that
 starts the launcher exported ``CROSSFL_LAUNCHED_AT`` (seconds since the epoch; the MPI engine's
 task command does), the task's ``started_at`` and ``wall_s`` count from then: the launch and
