@@ -58,7 +58,13 @@ def test_two_site_two_round_federation(project: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("CROSSFL_ROOT", str(project))
     before = children()
     exp, path = load_experiment(experiment_file(project))
-    run_dir = run_experiment(exp, path, Console(width=120, record=True))
+    console = Console(width=80, record=True)
+    run_dir = run_experiment(exp, path, console)
+    # at 80 columns: paths whole on their lines (copyable), the learning said in one line
+    printed = console.export_text().splitlines()
+    assert f"run directory: {run_dir}" in printed
+    assert any(ln.startswith(f"plots, metrics and final adapter in {run_dir}") for ln in printed)
+    assert any(ln.startswith("after 2 rounds: answer tokens right") for ln in printed)
 
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     tasks = [r for r in records if r["kind"] == "task"]
