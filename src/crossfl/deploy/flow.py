@@ -216,10 +216,12 @@ def site_status(
             )
     else:
         rows["phase (recorded)"] = "never deployed"
-        rows["next"] = f"crossfl deploy {site.name}  (nothing to ask the login node yet)"
+        rows["next"] = f"crossfl deploy {site.name}"
+        if not dry_run:
+            rows["login node"] = "not asked: nothing was deployed there"
     _print_rows(console, rows)
     live: dict[str, str] = {}
-    if state is None:
+    if state is None and not dry_run:
         return rows
     with Remote(t, dry_run=dry_run, console=Console(stderr=True, soft_wrap=True)) as r:
         info = gce.probe(r, site.deploy.remote_root, t.site_file or "", version=True)
