@@ -29,6 +29,7 @@ from rich.table import Table
 
 from crossfl.client import tasks
 from crossfl.client.telemetry import device_busy_fraction
+from crossfl.tables import fit
 
 STEPS = 12
 BATCH = 8
@@ -77,26 +78,9 @@ def train(model: Path, data: Path, device: str, ranks: int | str) -> dict[str, A
             os.environ["CROSSFL_DEVICE"] = before
 
 
-def main() -> None:
-    console = Console(width=80)
-    t0 = time.time()
-    configs: list[tuple[str, int | str]] = [("cpu", 1), ("cpu", 2)]
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if gpus:
-        configs.append(("cuda", 1))
-        if gpus > 1:
-            configs.append(("cuda", "auto"))
-    best: dict[tuple[str, int | str], dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp:
-        model, data = build(Path(tmp))
-        for _ in range(REPEATS):  # interleaved, so background load hits every config alike
-            for kind, ranks in configs:
-                r = train(model, data, kind, ranks)
-                old = best.get((kind, ranks))
-                if old is None or r["timings"]["train_s"] < old["timings"]["train_s"]:
-                    best[(kind, ranks)] = r
-    runs = [(kind, best[(kind, ranks)]) for kind, ranks in configs]
-
+def scaling_table(runs: list[tuple[str, dict[str, Any]]]) -> Table:
+    """Per device kind and rank count: tokens per second, per rank, the scaling over one
+    rank and the device-busy fraction. Fits 80 columns."""
     table = Table(
         title=f"One training task, {STEPS} steps, batch {BATCH} per rank (best of {REPEATS})",
         title_justify="left",
@@ -118,6 +102,30 @@ def main() -> None:
             f"{rate / base[kind]:.2f}x",
             f"{busy:.0%}",
         )
+    return fit(table)
+
+
+def main() -> None:
+    console = Console(width=80)
+    t0 = time.time()
+    configs: list[tuple[str, int | str]] = [("cpu", 1), ("cpu", 2)]
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus:
+        configs.append(("cuda", 1))
+        if gpus > 1:
+            configs.append(("cuda", "auto"))
+    best: dict[tuple[str, int | str], dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp:
+        model, data = build(Path(tmp))
+        for _ in range(REPEATS):  # interleaved, so background load hits every config alike
+            for kind, ranks in configs:
+                r = train(model, data, kind, ranks)
+                old = best.get((kind, ranks))
+                if old is None or r["timings"]["train_s"] < old["timings"]["train_s"]:
+                    best[(kind, ranks)] = r
+    runs = [(kind, best[(kind, ranks)]) for kind, ranks in configs]
+
+    table = scaling_table(runs)
     console.print(table)
     backends = sorted({f"{kind}: {r['dist_backend']}" for kind, r in runs if r["dist_backend"]})
     console.print(f"Collectives {', '.join(backends)}.")

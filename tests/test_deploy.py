@@ -59,6 +59,7 @@ def project(
     and one Globus Compute directory per test."""
     root = tmp_path / "proj"
     (root / "deploy" / "sites").mkdir(parents=True)
+    (root / "overrides").mkdir()  # $CROSSFL_SITE_OVERRIDES below: it must exist
     shutil.copy(REPO / "deploy" / "sites" / f"{SITE}.yaml", root / "deploy" / "sites")
     (root / "site_templates").symlink_to(REPO / "site_templates")
     remote_root = sshd.home / tmp_path.name / "crossfl"
