@@ -10,7 +10,7 @@ DATA_DIR := build/data/chem
 MODEL_DIR := build/models/tiny-llama
 EXP ?= deploy/experiments/local-demo.yaml
 
-.PHONY: setup demo test lint data model experiment simulate bench clean
+.PHONY: setup demo test test-fast lint data model experiment simulate bench clean
 
 setup: $(STAMP)
 
@@ -19,7 +19,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/appfl.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[test]'
+	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[train,data,test]'
 	$(BIN)/pip install -q --no-deps -r requirements/appfl.txt
 	@touch $@
 
@@ -49,10 +49,17 @@ simulate: setup data model
 test: lint
 	$(BIN)/python -m pytest -q
 
-## make lint: ruff's lint rules and its formatter's check (pyproject.toml [tool.ruff])
+## make test-fast: the unit tier, for everyday work: every test not marked slow (no Slurm,
+## sshd, engines, federations or multi-rank training; pyproject.toml [tool.pytest] markers)
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+## make lint: ruff's lint rules and its formatter's check (pyproject.toml [tool.ruff]), and
+## deptry: every import declared in pyproject.toml, nothing declared unused ([tool.deptry])
 lint: setup
 	$(BIN)/ruff check src tests benchmarks testkit
 	$(BIN)/ruff format --check src tests benchmarks testkit
+	$(BIN)/deptry src benchmarks testkit containers
 
 ## make bench: measured ratios, side by side in one run
 bench: setup

@@ -30,6 +30,7 @@ from rich.table import Table
 
 from crossfl.server.flat import FlatSpec
 from crossfl.server.strategies import Update, get_strategy
+from crossfl.tables import fit
 
 CLIENTS = 8
 LAYERS = 32
@@ -133,72 +134,65 @@ def main() -> None:
 
     mb = numel * 4 / 1e6
     load = ", load average %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
-    table = Table(
-        title=(
-            f"FedAvg of {CLIENTS} clients x LoRA r={RANK} on q,k,v,o of {LAYERS} "
-            f"layers (hidden {HIDDEN}): {numel:,} params = {mb:.1f} MB fp32 each; "
-            f"torch threads {torch.get_num_threads()}, {os.cpu_count()} cpus{load}"
-        )
+    title = (
+        f"FedAvg of {CLIENTS} clients x LoRA r={RANK} on q,k,v,o of {LAYERS} "
+        f"layers (hidden {HIDDEN}): {numel:,} params = {mb:.1f} MB fp32 each; "
+        f"torch threads {torch.get_num_threads()}, {os.cpu_count()} cpus{load}"
     )
-    table.add_column("operation")
-    table.add_column("median ms", justify="right")
-    table.add_column("best ms", justify="right")
-    table.add_column("ratio (median)", justify="right")
-    table.add_column("goal")
+    rows: list[tuple[str, Timing | None, str, str]] = []
     if appfl_t is not None:
         speedup = appfl_t.median_ms / ours_beside_appfl.median_ms
-        table.add_row(
-            "APPFL 1.12 FedAvgAggregator (dict of tensors)",
-            f"{appfl_t.median_ms:.1f}",
-            f"{appfl_t.best_ms:.1f}",
-            f"{speedup:.1f}x crossfl",
-            _verdict(speedup >= 10, "crossfl >= 10x faster"),
+        rows.append(
+            (
+                "APPFL 1.12 FedAvgAggregator (dict of tensors)",
+                appfl_t,
+                f"{speedup:.1f}x crossfl",
+                _verdict(speedup >= 10, "crossfl >= 10x faster"),
+            )
         )
     else:
-        table.add_row(
-            "APPFL 1.12 FedAvgAggregator",
-            "-",
-            "-",
-            "-",
-            "skipped: pip install --no-deps -r requirements/appfl.txt",
-        )
-    table.add_row(
-        "crossfl fedavg (flat buffers)",
-        f"{ours_t.median_ms:.1f}",
-        f"{ours_t.best_ms:.1f}",
-        "1.0x",
-        "",
-    )
+        rows.append(("APPFL 1.12 FedAvgAggregator", None, "-", "skipped: not installed"))
+    rows.append(("crossfl fedavg (flat buffers)", ours_t, "1.0x", ""))
     within = ours_t.median_ms / mean_t.median_ms
-    table.add_row(
-        f"torch.mean over one ({CLIENTS}, {numel}) buffer",
-        f"{mean_t.median_ms:.1f}",
-        f"{mean_t.best_ms:.1f}",
-        f"crossfl {within:.2f}x",
-        _verdict(within <= 2, "crossfl within 2x"),
+    rows.append(
+        (
+            f"torch.mean over one ({CLIENTS}, {numel}) buffer",
+            mean_t,
+            f"crossfl {within:.2f}x",
+            _verdict(within <= 2, "crossfl within 2x"),
+        )
     )
-    table.add_row(
-        "FlatSpec.flatten, one client (new buffer)",
-        f"{flatten_t.median_ms:.1f}",
-        f"{flatten_t.best_ms:.1f}",
-        "",
-        "",
-    )
-    reused = timed["flatten_out"]
-    table.add_row(
-        "FlatSpec.flatten, one client (out= reused)",
-        f"{reused.median_ms:.1f}",
-        f"{reused.best_ms:.1f}",
-        "",
-        "",
-    )
+    rows.append(("FlatSpec.flatten, one client (new buffer)", flatten_t, "", ""))
+    rows.append(("FlatSpec.flatten, one client (out= reused)", timed["flatten_out"], "", ""))
+    table = results_table(title, rows)
     console.print(table)
+    if appfl_t is None:
+        console.print(
+            "APPFL is optional: .venv/bin/pip install --no-deps -r requirements/appfl.txt",
+            soft_wrap=True,
+        )
     if max_diff is not None:
         console.print(
             f"APPFL's ratio uses crossfl timed alternately with it "
             f"({ours_beside_appfl.median_ms:.1f} ms median); "
             f"max |crossfl - APPFL| over the averaged adapter: {max_diff:.2e}"
         )
+
+
+def results_table(title: str, rows: list[tuple[str, Timing | None, str, str]]) -> Table:
+    """One row per operation: its median and best time, its ratio and the goal it meets.
+    Fits 80 columns: the operation and goal wrap at spaces."""
+    table = Table(title=title)
+    table.add_column("operation")
+    table.add_column("median ms", justify="right")
+    table.add_column("best ms", justify="right")
+    table.add_column("ratio", justify="right")
+    table.add_column("goal")
+    for name, timing, ratio, goal in rows:
+        median = f"{timing.median_ms:.1f}" if timing else "-"
+        best = f"{timing.best_ms:.1f}" if timing else "-"
+        table.add_row(name, median, best, ratio, goal)
+    return fit(table)
 
 
 def _verdict(ok: bool, goal: str) -> str:

@@ -36,6 +36,7 @@ from crossfl.server.lifecycle import run_experiment
 from crossfl.server.records import AggregationRecord, TaskRecord
 from crossfl.server.telemetry import live_records, of_kind
 from crossfl.server.transport import TaskFns
+from crossfl.tables import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 NOOP_ROUNDS = 10
@@ -88,6 +89,58 @@ def run(root: Path, path: Path, fns: TaskFns | None = None) -> Path:
     return run_experiment(exp, exp_path, Console(file=io.StringIO(), width=120), fns=fns)
 
 
+def overhead_table(runs: dict[str, list[dict[str, Any]]]) -> Table:
+    """What the server and the engine add per round, one column per client task (its warm
+    rounds: round 1 is cold), one row per measure: fits 80 columns."""
+    table = Table(
+        title="orchestration overhead per round (local engine; round = first submit -> "
+        "aggregated; medians over the warm rounds)"
+    )
+    table.add_column("measure")
+    for label in runs:
+        table.add_column(label, justify="right")
+
+    def median(key: str, rows: list[dict[str, Any]], scale: float = 1e3) -> float:
+        return statistics.median(r[key] for r in rows) * scale
+
+    measures = {
+        "rounds": lambda rows: f"2-{len(rows) + 1}",
+        "tasks per round": lambda rows: str(rows[0]["tasks"]),
+        "round (ms)": lambda rows: f"{median('wall', rows):.1f}",
+        "site compute (ms)": lambda rows: f"{median('compute', rows):.1f}",
+        "overhead (ms per round)": lambda rows: f"{median('overhead', rows):.1f}",
+        "overhead (ms per task)": lambda rows: (
+            f"{statistics.median(r['overhead'] / r['tasks'] for r in rows) * 1e3:.1f}"
+        ),
+        "overhead / round": lambda rows: (
+            f"{median('overhead', rows) / median('wall', rows):.1%}"
+            if median("wall", rows)
+            else "-"
+        ),
+    }
+    for name, cell in measures.items():
+        table.add_row(name, *(cell(rows) if rows else "-" for rows in runs.values()))
+    return fit(table)
+
+
+def warm_table(tiny: list[dict[str, Any]]) -> Table:
+    """Per round of the tiny-model run: the base-model load (a cache hit from round 2)."""
+    warm = Table(title="warm rounds: base-model load per round (tiny Llama, mean over sites)")
+    for col in ("round", "load (s)", "cache hits", "round (s)", "compute (s)", "beyond (s)"):
+        warm.add_column(col, justify="right")
+    for r in tiny:
+        warm.add_row(
+            str(r["round"]),
+            f"{r['load']:.3f}",
+            f"{r['hits']:.0%}",
+            f"{r['wall']:.2f}",
+            f"{r['compute']:.2f}",
+            f"{r['overhead']:.2f}",
+        )
+    warm.caption = "beyond: the round's time beyond the sites' compute"
+    return fit(warm)
+
+
 def main() -> None:
     console = Console()
     t0 = time.time()
@@ -111,57 +164,8 @@ def main() -> None:
             else:
                 os.environ["CROSSFL_ROOT"] = before
 
-    table = Table(
-        title="orchestration overhead per round (local engine; round = first submit -> aggregated)"
-    )
-    for col in (
-        "client task",
-        "rounds",
-        "tasks/round",
-        "median round (ms)",
-        "median compute (ms)",
-        "overhead (ms/round)",
-        "overhead (ms/task)",
-        "overhead / round",
-    ):
-        table.add_column(col, justify="right")
-    for label, rows in (("no-op", noop[1:]), ("tiny Llama LoRA", tiny[1:])):  # round 1 is cold
-        wall = statistics.median(r["wall"] for r in rows) * 1e3
-        compute = statistics.median(r["compute"] for r in rows) * 1e3
-        over = statistics.median(r["overhead"] for r in rows) * 1e3
-        per_task = statistics.median(r["overhead"] / r["tasks"] for r in rows) * 1e3
-        table.add_row(
-            label,
-            f"2-{len(rows) + 1}",
-            str(rows[0]["tasks"]),
-            f"{wall:.1f}",
-            f"{compute:.1f}",
-            f"{over:.1f}",
-            f"{per_task:.1f}",
-            f"{over / wall:.1%}" if wall else "-",
-        )
-    console.print(table)
-
-    warm = Table(title="warm rounds: base-model load per round (tiny Llama, mean over sites)")
-    for col in (
-        "round",
-        "load (s)",
-        "cache hits",
-        "round (s)",
-        "compute (s)",
-        "beyond compute (s)",
-    ):
-        warm.add_column(col, justify="right")
-    for r in tiny:
-        warm.add_row(
-            str(r["round"]),
-            f"{r['load']:.3f}",
-            f"{r['hits']:.0%}",
-            f"{r['wall']:.2f}",
-            f"{r['compute']:.2f}",
-            f"{r['overhead']:.2f}",
-        )
-    console.print(warm)
+    console.print(overhead_table({"no-op": noop[1:], "tiny Llama LoRA": tiny[1:]}))
+    console.print(warm_table(tiny))
     later = [r["load"] for r in tiny[1:]]
     if tiny and later and tiny[0]["load"] > 0:
         console.print(

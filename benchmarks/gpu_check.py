@@ -30,9 +30,10 @@ from typing import Any
 
 import torch
 
-from benchmarks.bench_scaling import BATCH, build
 from crossfl.client import tasks
 from crossfl.client.telemetry import device_busy_fraction
+
+from .bench_scaling import BATCH, build
 
 ALL_REDUCE_MB = 256
 

@@ -12,6 +12,16 @@ from typing import Any
 
 import pytest
 
+REAL_SERVICES = {"slurm_cluster", "sshd"}
+"""Fixtures that start a real Slurm or sshd: a test that needs one (directly or through
+another fixture) is marked slow."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if REAL_SERVICES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 def stub_interfaces():

@@ -18,6 +18,7 @@ VENV_BIN = Path(sys.executable).parent
 
 def make_project(root: Path, site_names: list[str]) -> Path:
     (root / "deploy" / "sites").mkdir(parents=True)
+    (root / "overrides").mkdir()  # $CROSSFL_SITE_OVERRIDES in the tests: it must exist
     for name in site_names:
         shutil.copy(REPO / "deploy" / "sites" / f"{name}.yaml", root / "deploy" / "sites")
     for link in ("site_templates", "containers"):

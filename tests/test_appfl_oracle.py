@@ -265,6 +265,7 @@ def test_fedasync_matches_appfl(fn: str, weighting: str) -> None:
     async_run(ours, theirs, seed=3)
 
 
+@pytest.mark.slow
 def test_fedasync_matches_appfl_default_memory_mode() -> None:
     ours = get_strategy("fedasync", alpha=0.5, staleness_fn="polynomial", a=1.0)
     theirs = appfl_server_side(
@@ -536,6 +537,7 @@ def test_fedqueue_factors_match_appfl_aggregator(fn: str) -> None:
     assert_same(mixed, expected)
 
 
+@pytest.mark.slow
 def test_fedqueue_rounds_match_appfl_queue_scheduler() -> None:
     """Admission, late carry-over, staleness, local steps and learning rates per round."""
     import appfl.algorithm.scheduler.queue_scheduler as qs

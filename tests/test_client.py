@@ -22,8 +22,9 @@ from crossfl.client.adapter_io import (
 )
 from crossfl.client.contract import LoraSpec, TrainResult
 from crossfl.client.device import describe_devices, select_device
+from crossfl.client.encoding import batch_indices, encode_example
 from crossfl.client.evaluate import answer_of, pick_for_generation
-from crossfl.client.train import batch_indices, encode_example, lora_key
+from crossfl.client.train import lora_key
 from crossfl.errors import UserError
 from crossfl.tiny_model import TinyModelSpec, build_tiny
 
@@ -306,7 +307,8 @@ def test_global_adapter_is_loaded_before_training(model: Path, data: Path) -> No
 
 
 def test_server_rebuilds_the_fresh_adapter_from_shapes(model: Path, data: Path) -> None:
-    from crossfl.client.train import fresh_adapter_from_shapes, fresh_adapter_state
+    from crossfl.client.adapter_io import fresh_adapter_from_shapes
+    from crossfl.client.train import fresh_adapter_state
 
     out = tasks.train_round(train_task(model, data, local_steps=1))
     shapes = {k: tuple(t.shape) for k, t in adapter_from_bytes(out["adapter"]).items()}
@@ -372,6 +374,30 @@ def test_evaluate_reports_loss_and_exact_match(model: Path, data: Path) -> None:
     assert res["generated"] == 6
     base = tasks.evaluate(eval_task(model, data, max_samples=20, generate_samples=0))
     assert math.isfinite(base["val_loss"]) and base["exact_match"] == {}
+    # the answers' value tokens, per task: counted whatever was generated
+    assert set(base["answer_tokens"]) == set(res["answer_tokens"]) == set(res["exact_match"])
+    for right, total in [*base["answer_tokens"].values(), *res["answer_tokens"].values()]:
+        assert 0 <= right <= total and total > 0
+
+
+def test_answer_tokens_are_the_value_inside_the_tags(model: Path) -> None:
+    """What the answer-token figure counts: the tokens of the formula or number, not the tags
+    around it, at their places in the encoded example."""
+    from transformers import AutoTokenizer
+
+    from crossfl.client.evaluate import value_positions
+    from crossfl.data.smolinstruct import Record
+
+    tok = AutoTokenizer.from_pretrained(model)
+    for row in chem_records("validation")[:6]:
+        record = Record.model_validate(row)
+        example = encode_example(tok, record.input, record.output, 64)
+        positions = value_positions(tok, record, example)
+        assert positions and all(p >= example.prompt_len for p in positions)
+        text = tok.decode([example.ids[p] for p in positions])
+        assert text.strip() == record.raw_output, (text, record.raw_output)
+    cut = encode_example(tok, record.input, record.output, 8)  # answer cut short: count less
+    assert len(value_positions(tok, record, cut)) <= len(positions)
 
 
 def test_evaluate_needs_the_lora_config_for_a_bare_adapter(model: Path, data: Path) -> None:
@@ -455,9 +481,10 @@ def test_task_functions_travel_by_reference() -> None:
         assert fn.__module__ == "crossfl.client.tasks"
 
 
+@pytest.mark.slow
 def test_client_imports_no_server_side_code() -> None:
     code = (
-        "import sys, crossfl.client.tasks, crossfl.client.model_cache;"
+        "import sys, crossfl.client.tasks, crossfl.client.model_cache, crossfl.client.train;"
         "bad = [m for m in sys.modules if m.split('.')[:2] in "
         "(['crossfl','server'], ['crossfl','deploy'], ['crossfl','render'], "
         "['crossfl','sites'])];"

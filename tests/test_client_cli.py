@@ -12,6 +12,8 @@ import pytest
 from crossfl.data.chem import build_chem
 from crossfl.tiny_model import TinyModelSpec, build_tiny
 
+pytestmark = pytest.mark.slow  # a client process per test (`make test-fast` leaves them out)
+
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

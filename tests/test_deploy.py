@@ -59,6 +59,7 @@ def project(
     and one Globus Compute directory per test."""
     root = tmp_path / "proj"
     (root / "deploy" / "sites").mkdir(parents=True)
+    (root / "overrides").mkdir()  # $CROSSFL_SITE_OVERRIDES below: it must exist
     shutil.copy(REPO / "deploy" / "sites" / f"{SITE}.yaml", root / "deploy" / "sites")
     for link in ("site_templates", "requirements", "pyproject.toml"):  # the version rule's
         (root / link).symlink_to(REPO / link)

@@ -206,6 +206,7 @@ def test_the_hip_fix_gives_each_worker_its_gcd(clean_env):
     assert device.hip_relative_visibility(env) == [] and env["HIP_VISIBLE_DEVICES"] == "1"
 
 
+@pytest.mark.slow
 def test_devices_command_prints_one_line_per_rank(clean_env, tmp_path):
     env = {**os.environ, "CROSSFL_LOCAL_RANK": "3", "ROCR_VISIBLE_DEVICES": "3"}
     cmd = [sys.executable, "-m", "crossfl.client", "devices"]

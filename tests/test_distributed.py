@@ -17,10 +17,11 @@ import torch
 from crossfl.client import distributed, tasks
 from crossfl.client.adapter_io import adapter_from_bytes
 from crossfl.client.distributed import World, first_host, rank_device, rank_env, shard
-from crossfl.client.launch import rank_command, resolve_ranks
+from crossfl.client.encoding import encode_example
+from crossfl.client.launch import resolve_ranks
+from crossfl.client.launcher_env import rank_command
 from crossfl.client.sharding import should_shard
 from crossfl.client.telemetry import device_busy_fraction
-from crossfl.client.train import encode_example
 from crossfl.errors import UserError
 from crossfl.tiny_model import TinyModelSpec, build_tiny
 from test_client import chem_records, write_jsonl
@@ -295,6 +296,7 @@ def two_ranks(model: Path, data: Path) -> dict[str, Any]:
     return tasks.train_round(train_task(model, data, ranks_per_node=2, shard="never"))
 
 
+@pytest.mark.slow
 def test_two_ranks_equal_one_rank_with_the_doubled_batch(
     model: Path, data: Path, two_ranks: dict[str, Any], one_rank: dict[str, Any]
 ) -> None:
@@ -306,6 +308,7 @@ def test_two_ranks_equal_one_rank_with_the_doubled_batch(
     assert max_diff(shorter["adapter"], one_rank["adapter"]) > 100 * TOL
 
 
+@pytest.mark.slow
 def test_two_ranks_report_one_adapter_and_their_devices(two_ranks: dict[str, Any]) -> None:
     assert two_ranks["num_samples"] == len(chem_records("train"))
     assert two_ranks["ranks"] == 2 and two_ranks["nodes"] == 1
@@ -316,6 +319,7 @@ def test_two_ranks_report_one_adapter_and_their_devices(two_ranks: dict[str, Any
     assert 0 < two_ranks["accelerator_s"] <= 2 * two_ranks["train_window_s"]
 
 
+@pytest.mark.slow
 def test_sharded_equals_unsharded_on_two_ranks(
     model: Path, data: Path, two_ranks: dict[str, Any]
 ) -> None:
@@ -324,6 +328,7 @@ def test_sharded_equals_unsharded_on_two_ranks(
     assert max_diff(sharded["adapter"], two_ranks["adapter"]) < TOL
 
 
+@pytest.mark.slow
 def test_bad_input_met_in_the_ranks_is_one_user_error(model: Path, data: Path) -> None:
     with pytest.raises(UserError, match="target_modules"):
         tasks.train_round(
@@ -334,6 +339,7 @@ def test_bad_input_met_in_the_ranks_is_one_user_error(model: Path, data: Path) -
 # ------------------------------------------------------------------ the real engine and Slurm
 
 
+@pytest.mark.slow
 def test_local_engine_worker_runs_two_ranks(
     model: Path, data: Path, one_rank: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -381,6 +387,7 @@ def test_srun_two_ranks_through_the_entry_point(
     assert max_diff(adapter, one_rank["adapter"]) < TOL
 
 
+@pytest.mark.slow
 def test_distributed_entry_point_needs_a_launcher(model: Path, data: Path, tmp_path: Path) -> None:
     (tmp_path / "task.json").write_text(
         json.dumps({"task": "train_round", **train_task(model, data)})
@@ -448,7 +455,8 @@ def test_busy_counts_what_the_device_did_not_the_waits(model: Path, data: Path) 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the rank's device: one core
     try:
-        done = run_training(_KnownBusy(cpu_s, idle_s), examples, spec, 0, torch.device("cpu"))
+        world = distributed.single(torch.device("cpu"))
+        done = run_training(_KnownBusy(cpu_s, idle_s), examples, spec, 0, world)
     finally:
         torch.set_num_threads(threads)
     assert len(done.losses) == steps
@@ -456,6 +464,15 @@ def test_busy_counts_what_the_device_did_not_the_waits(model: Path, data: Path) 
     assert done.window_s >= steps * (cpu_s + idle_s)  # the waits are in the window
     busy = device_busy_fraction(done.busy_s, done.window_s, devices_held=1)
     assert busy <= 0.6  # 0.5 when the machine is idle; less when other work takes the core
+
+
+def test_the_collective_smoke_builds_the_tiny_models_shape() -> None:
+    """The collective's DDP step runs the tiny model's shape without importing its builder
+    (not in the worker image): the two stay equal."""
+    from crossfl.client.collective import TINY_SHAPE
+
+    spec = TinyModelSpec()
+    assert TINY_SHAPE == {k: getattr(spec, k) for k in TINY_SHAPE}
 
 
 def test_run_record_uses_the_training_window() -> None:

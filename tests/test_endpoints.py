@@ -20,6 +20,8 @@ from crossfl.endpoints import (
 from crossfl.errors import UserError
 from crossfl.render import render_site, render_user_config
 
+pytestmark = pytest.mark.slow  # a real engine per module (`make test-fast` leaves them out)
+
 
 def engine_processes() -> list[psutil.Process]:
     me = psutil.Process()

@@ -15,6 +15,10 @@ from testkit.scratch_project import make_project, write_experiment
 from crossfl.server.experiment import load_experiment
 from crossfl.server.lifecycle import RunFailed, run_experiment
 
+pytestmark = (
+    pytest.mark.slow
+)  # federations on real engines, real training (`make test-fast` leaves them out)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -54,7 +58,13 @@ def test_two_site_two_round_federation(project: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("CROSSFL_ROOT", str(project))
     before = children()
     exp, path = load_experiment(experiment_file(project))
-    run_dir = run_experiment(exp, path, Console(width=120, record=True))
+    console = Console(width=80, record=True)
+    run_dir = run_experiment(exp, path, console)
+    # at 80 columns: paths whole on their lines (copyable), the learning said in one line
+    printed = console.export_text().splitlines()
+    assert f"run directory: {run_dir}" in printed
+    assert any(ln.startswith(f"plots, metrics and final adapter in {run_dir}") for ln in printed)
+    assert any(ln.startswith("after 2 rounds: answer tokens right") for ln in printed)
 
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     tasks = [r for r in records if r["kind"] == "task"]
@@ -206,3 +216,36 @@ def test_the_queue_aware_policy_runs_a_real_federation(
     assert plan.user_options["max_idletime"] == 900.0
     assert plan.user_options["idle_heartbeats_soft"] == 32
     assert plan.engine_config.engine._job_status_kwargs["max_idletime"] == 900.0
+
+
+def test_the_server_process_never_loads_the_training_stack(project: Path) -> None:
+    """A whole run (baseline, a round, the final adapter in peft's layout) in a process of its
+    own: the sites' workers train with peft and transformers; the server imports neither."""
+    import os
+    import subprocess
+    import sys
+
+    path = experiment_file(
+        project, name="lean-server", rounds=1, sites=[{"name": "east", "site": "local"}]
+    )
+    code = (
+        "import json, sys\n"
+        "from crossfl.server.experiment import load_experiment\n"
+        "from crossfl.server.lifecycle import run_experiment\n"
+        "exp, path = load_experiment(sys.argv[1])\n"
+        "run_dir = run_experiment(exp, path)\n"
+        "print(json.dumps([str(run_dir), sorted(m for m in ('peft', 'transformers') "
+        "if m in sys.modules)]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CROSSFL_ROOT": str(project)},
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    run_dir, heavy = json.loads(proc.stdout.splitlines()[-1])
+    assert heavy == []
+    config = json.loads((Path(run_dir) / "final_adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 4

@@ -26,6 +26,8 @@ from crossfl.server.lifecycle import run_experiment
 from crossfl.state import DeployState, EndpointState, save_state
 from crossfl.tiny_model import TinyModelSpec, build_tiny
 
+pytestmark = pytest.mark.slow  # federations on real engines (`make test-fast` leaves them out)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

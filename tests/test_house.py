@@ -124,3 +124,127 @@ def test_site_tasks_are_built_from_the_contract_only() -> None:
         if re.search(r"[\"'](model_path|data_path|adapter_dtype|inline_limit_bytes)[\"']\s*:", line)
     ]
     assert offenders == []
+
+
+# What the server process may load: the training stack (peft, transformers) runs at the sites.
+SERVER_PROBE = """
+import json, sys
+from crossfl.cli import build_app
+build_app()
+from crossfl.client.encoding import load_records
+from crossfl.server.experiment import load_experiment
+from crossfl.server.lifecycle import resume_run, run_experiment
+from crossfl.server.plan import plan_run
+from crossfl.server.report import print_report
+from crossfl.server.transport import TaskFns
+from crossfl.simulate.replay import replay
+exp, path = load_experiment(sys.argv[1])
+plan = plan_run(exp, path)
+TaskFns()
+load_records(sys.argv[2], None)
+print(json.dumps(sorted(m for m in ("peft", "transformers") if m in sys.modules)))
+"""
+
+
+def test_the_server_imports_no_training_stack(tmp_path: Path) -> None:
+    """The server's entry points, and a plan resolved for a local experiment, leave peft and
+    transformers unloaded: counting a site's records and naming the site functions need
+    neither (tests/test_federation.py checks a whole run the same way)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    row = {"input": "q", "output": "a", "raw_input": "q", "raw_output": "a", "task": "t"}
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({**row, "split": "train"}) + "\n")
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(
+        yaml.safe_dump(
+            {
+                "name": "probe",
+                "model": {"path": str(tmp_path / "model")},
+                "data": {"train": str(data), "validation": str(data)},
+                "sites": [{"name": "east", "site": "local"}],
+                "rounds": 1,
+            }
+        )
+    )
+    env = {**os.environ, "CROSSFL_ROOT": str(SRC.parent)}
+    proc = subprocess.run(
+        [sys.executable, "-c", SERVER_PROBE, str(exp), str(data)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == []
+
+
+def _imports_in(path: Path, module_level_only: bool) -> set[str]:
+    """Absolute module names imported in ``path`` (at run time: not under TYPE_CHECKING);
+    with ``module_level_only``, only what importing the module runs (no function bodies)."""
+    tree = ast.parse(path.read_text())
+    nodes = _runtime_nodes(tree)
+    if module_level_only:
+        inside = {
+            id(n)
+            for f in nodes
+            if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
+            for n in ast.walk(f)
+        }
+        nodes = [n for n in nodes if id(n) not in inside]
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return found
+
+
+def test_the_worker_image_installs_what_the_client_imports() -> None:
+    """requirements/worker.txt, after the endpoint's own packages, names exactly the
+    distributions the client package imports (its functions run in the image), with the crossfl
+    modules it loads; torch is installed first, from the vendor's channel."""
+    import importlib.metadata
+    import sys
+
+    mods = modules()
+    seen: set[str] = set()
+    third: set[str] = set()
+    todo = [m for m in mods if m.startswith("crossfl.client")]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        found = _imports_in(mods[name], module_level_only=not name.startswith("crossfl.client"))
+        found |= {".".join(parts[:i]) for i in range(1, len(parts))}  # parent packages run too
+        for imp in found:
+            if imp.split(".")[0] == "crossfl":
+                todo.extend(m for m in (imp, imp.rpartition(".")[0]) if m in mods)
+            elif imp.split(".")[0] not in sys.stdlib_module_names:
+                third.add(imp.split(".")[0])
+    assert "crossfl.data.chem" not in seen  # RDKit's builder stays out of the image
+    dists = importlib.metadata.packages_distributions()
+    imported = {
+        dist.lower()
+        for top in third - {"oneccl_bindings_for_pytorch"}  # Intel's XPU images carry it
+        for dist in dists.get(top, [top])
+    }
+    worker = {
+        line.strip().lower()
+        for line in (SRC.parent / "requirements" / "worker.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    endpoint = {"globus-compute-endpoint", "parsl", "dill"}
+    assert worker - endpoint == imported - {"torch"}

@@ -403,6 +403,7 @@ def test_local_slurm_worker_init_defaults_to_this_venv(rendered):
     assert provider["partition"] == "debug" and provider["type"] == "SlurmProvider"
 
 
+@pytest.mark.slow
 def test_local_engine_runs_a_task(rendered, tmp_path):
     text = render.render_user_config(rendered["local"], {"max_workers_per_node": 1})
     cfg = render.load_user_config(text)
@@ -671,6 +672,7 @@ def test_swap_removes_its_old_copy_whatever_a_rival_does(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [DIR_LOCK]
 
 
+@pytest.mark.slow  # five runs of the endpoint's own CLI
 def test_endpoint_cli_renders_and_refuses(rendered, tmp_path):
     """The endpoint's own `render-user-config` command accepts the rendered directory."""
     import sys

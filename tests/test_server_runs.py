@@ -29,6 +29,8 @@ from crossfl.server.telemetry import live_records, read_metrics
 from crossfl.server.transport import TaskFns
 from test_server_units import FakeTransferClient
 
+pytestmark = pytest.mark.slow  # runs on real engines (`make test-fast` leaves them out)
+
 ROOT = Path(__file__).resolve().parents[1]
 PROBES = TaskFns(train=probes.faulty_train, evaluate=probes.noop_evaluate)
 

@@ -486,6 +486,7 @@ def test_a_dead_runs_processes_are_reaped_and_a_recycled_pid_is_spared(tmp_path:
             p.wait()
 
 
+@pytest.mark.slow
 def test_the_watchdog_ends_the_engines_when_the_server_dies(tmp_path: Path) -> None:
     from crossfl.server import reaper
 

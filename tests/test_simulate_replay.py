@@ -18,6 +18,8 @@ from crossfl.server.experiment import load_experiment
 from crossfl.simulate.replay import replay_seeds
 from crossfl.simulate.scenario import load_scenario
 
+pytestmark = pytest.mark.slow  # replays with real training (`make test-fast` leaves them out)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SCENARIO = {

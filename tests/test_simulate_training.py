@@ -17,6 +17,8 @@ from crossfl.simulate.executor import InstantExecutor, SimulatedSiteExecutor
 from crossfl.simulate.scenario import Scenario
 from crossfl.tiny_model import TinyModelSpec, build_tiny
 
+pytestmark = pytest.mark.slow  # real training in replays (`make test-fast` leaves them out)
+
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
 
 

@@ -426,7 +426,7 @@ def test_multi_user_needs_identity_domain(catalog):
     assert err.field == "endpoint" and "identity_domain" in err.fix
 
 
-def test_cli_sites_table_and_render_all(catalog, tmp_path):
+def test_cli_sites_table_and_render_all(catalog, tmp_path, monkeypatch):
     import typer
     from typer.testing import CliRunner
 
@@ -440,6 +440,8 @@ def test_cli_sites_table_and_render_all(catalog, tmp_path):
     row = next(line for line in result.output.splitlines() if " frontier " in line)
     assert "slurm" in row and "rocm" in row and " 8 " in row and "apptainer" in row
     out = tmp_path / "out"
+    monkeypatch.setenv("CROSSFL_FRONTIER_PROJECT", "abc123")  # ${VAR:?}s render refuses unset
+    monkeypatch.setenv("CROSSFL_AURORA_PROJECT", "MyProject")
     result = runner.invoke(app, ["render", "--all", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert set(CATALOG) <= {p.name for p in out.iterdir()}

@@ -102,7 +102,7 @@ _SHELL: dict[tuple[str, str, str], KitFunction] = {}
 def shell_text(site: Site, kind: str) -> str:
     """The ShellFunction's command: `str.format`ted with the task key before it runs, so the
     shell's own braces are doubled and the key goes in as Python's repr (one quoted line)."""
-    from crossfl.client.launch import rank_argv
+    from crossfl.client.launcher_env import rank_argv
     from crossfl.render.shell import mpi_task_script
 
     argv = [CLIENT_ARGV[0], *rank_argv("", "")[:-2]] if kind == "train" else CLIENT_ARGV

@@ -43,6 +43,9 @@ def build_chem_command(
     ] = None,
 ) -> None:
     """Build the SMolInstruct-format chemistry set from the NCI molecules RDKit ships."""
+    from crossfl.extras import require
+
+    require("data", "crossfl data build-chem")
     from crossfl.data.chem import build_chem
 
     with console.status("building the chemistry set with RDKit ..."):

@@ -68,9 +68,10 @@ def status_command(
     from crossfl import paths
     from crossfl.deploy import site_status
 
+    paths.require_project()
     names = [site] if site else sorted(p.stem for p in paths.state_dir().glob("*.json"))
     if not names:
-        typer.echo("no site deployed yet (deploy/state/ is empty)")
+        typer.echo(f"no site deployed yet ({paths.state_dir()} holds no state)")
     for name in names:
         site_status(name, dry_run=dry_run)
 

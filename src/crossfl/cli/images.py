@@ -62,10 +62,19 @@ def sign_command(arch: Arch, key: SigningKey = None) -> None:
 
 def check_command(arch: Arch = "cpu-debian", federation: Federation = True) -> None:
     """Build ARCH's root filesystem here (mmdebstrap + bubblewrap; debootstrap arches), run its
-    %test and %runscript, then a federation whose workers start inside it."""
-    from crossfl.server.image_check import run_federation
+    %test and %runscript, then a federation whose workers start inside it. Each step is
+    announced as it starts (the first at once): an uncached build takes minutes."""
 
-    result = images.check_image(arch, federation=run_federation if federation else None)
+    def run_federation(rootfs: Path, log: Path) -> dict:
+        from crossfl.server.image_check import run_federation as run
+
+        return run(rootfs, log)
+
+    result = images.check_image(
+        arch,
+        federation=run_federation if federation else None,
+        progress=lambda step: typer.echo(f"... {step}"),
+    )
     steps = ", ".join(f"{name} {sec:.0f} s" for name, sec in result.seconds.items())
     inside = sorted({t["python"] for t in result.federation.get("tasks", [])})
     typer.echo(

@@ -47,6 +47,9 @@ def build_tiny_command(
 ) -> None:
     """Build a small Llama-architecture model and a BPE tokenizer trained on DATA, saved with
     save_pretrained so AutoModelForCausalLM/AutoTokenizer load it like any checkpoint."""
+    from crossfl.extras import require
+
+    require("train", "crossfl model build-tiny")
     from crossfl.tiny_model import build_tiny, make_spec
 
     spec = make_spec(

@@ -9,18 +9,28 @@ import typer
 from rich.console import Console
 
 from crossfl.errors import UserError
-from crossfl.paths import runs_dir
+from crossfl.paths import project_root, runs_dir
+
+
+def latest_runs(count: int = 3) -> list[str]:
+    """The names of the newest run directories, newest first (by when each was created: its
+    experiment.yaml is written once, when the run starts)."""
+    runs = [p for p in runs_dir().glob("*") if (p / "experiment.yaml").is_file()]
+    runs.sort(key=lambda p: (p / "experiment.yaml").stat().st_mtime, reverse=True)
+    return [p.name for p in runs[:count]]
 
 
 def resolve_run_dir(ref: str) -> Path:
     path = Path(ref)
-    for candidate in (path, runs_dir() / ref):
+    for candidate in (path, project_root() / path, runs_dir() / ref):
         if (candidate / "metrics.jsonl").is_file() or (candidate / "experiment.yaml").is_file():
             return candidate
-    known = sorted(p.name for p in runs_dir().glob("*") if p.is_dir())[-3:]
+    known = latest_runs()
     raise UserError(
         f"no run directory {ref!r}",
-        fix=f"give a path under runs/ ({', '.join(known) or 'none yet'})",
+        fix=f"give a path under {runs_dir()}; the latest: {', '.join(known)}"
+        if known
+        else f"no run under {runs_dir()} yet",
     )
 
 

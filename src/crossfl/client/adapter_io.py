@@ -7,6 +7,7 @@ the server agree on them; the server flattens the dict in sorted-key order for a
 from __future__ import annotations
 
 import json
+import math
 import struct
 
 import torch
@@ -79,3 +80,24 @@ def adapter_from_bytes(data: bytes) -> dict[str, torch.Tensor]:
             field="adapter",
             fix="send the bytes returned by adapter_to_bytes / train_round",
         ) from exc
+
+
+def fresh_adapter_from_shapes(
+    shapes: dict[str, tuple[int, ...]], seed: int
+) -> dict[str, torch.Tensor]:
+    """peft's default LoRA init (A: Kaiming-uniform, B: zeros), drawn from a generator seeded
+    with ``seed`` in sorted key order: the same tensors in every process, whatever its RNG
+    history. Sites start round 1 from this when no adapter is sent; the server rebuilds the same
+    global version 0 from the key names and shapes alone."""
+    gen = torch.Generator().manual_seed(seed)
+    fresh: dict[str, torch.Tensor] = {}
+    for name in sorted(shapes):
+        t = torch.empty(tuple(shapes[name]), dtype=torch.float32)
+        if ".lora_A." in name:
+            torch.nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=gen)
+        elif ".lora_embedding_B." in name:
+            torch.nn.init.normal_(t, generator=gen)
+        else:  # lora_B, lora_embedding_A
+            torch.nn.init.zeros_(t)
+        fresh[name] = t
+    return fresh

@@ -31,9 +31,18 @@ from crossfl.client import distributed
 from crossfl.client.device import device_environment, select_device
 from crossfl.client.distributed import World, hostname, rank_env
 from crossfl.client.telemetry import device_name
-from crossfl.tiny_model import TinyModelSpec
 
 VOCAB = 512
+# The tiny model's shape: crossfl.tiny_model.TinyModelSpec's defaults (a test holds them equal),
+# written here because the image does not carry crossfl.tiny_model's builder and what it
+# imports (tokenizers, the data code): the client imports only what the worker image installs.
+TINY_SHAPE = {
+    "hidden_size": 128,
+    "num_layers": 4,
+    "num_heads": 4,
+    "intermediate_size": 256,
+    "max_position": 256,
+}
 
 
 def _sync(device: torch.device) -> None:
@@ -74,15 +83,15 @@ def tiny_model(seed: int = 0) -> torch.nn.Module:
     """The tiny model's architecture (crossfl.tiny_model defaults), random weights from `seed`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    spec = TinyModelSpec()
+    shape = TINY_SHAPE
     config = LlamaConfig(
         vocab_size=VOCAB,
-        hidden_size=spec.hidden_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_heads,
-        intermediate_size=spec.intermediate_size,
-        max_position_embeddings=spec.max_position,
+        hidden_size=shape["hidden_size"],
+        num_hidden_layers=shape["num_layers"],
+        num_attention_heads=shape["num_heads"],
+        num_key_value_heads=shape["num_heads"],
+        intermediate_size=shape["intermediate_size"],
+        max_position_embeddings=shape["max_position"],
         tie_word_embeddings=True,
     )
     torch.manual_seed(seed)

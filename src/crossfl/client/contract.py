@@ -203,6 +203,9 @@ class EvalResult(Message):
     val_loss: float
     num_samples: int = Field(ge=0)
     num_tokens: int = Field(0, ge=0)
+    # per task: [tokens of the answer's value (the formula or number inside its tags) the model
+    # predicts right given the ones before them, greedy; all such tokens]
+    answer_tokens: dict[str, tuple[int, int]] = Field(default_factory=dict)
     exact_match: dict[str, float] = Field(default_factory=dict)
     generated: int = 0
     predictions: list[Prediction] = Field(default_factory=list)

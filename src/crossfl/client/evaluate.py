@@ -1,5 +1,8 @@
-"""Validation of a (global) adapter on site-local data: token-mean loss over answer tokens, and
-exact match of greedily generated answers on a small capped sample."""
+"""Validation of a (global) adapter on site-local data: token-mean loss over answer tokens;
+per task, how many tokens of the answer's value (the formula or the number inside the answer's
+tags, not the tags) the model predicts right given the tokens before them, a figure that moves
+with training long before whole answers come out right; and exact match of greedily generated
+answers on a small capped sample."""
 
 from __future__ import annotations
 
@@ -17,17 +20,15 @@ from peft import PeftModel
 from crossfl.client import model_cache
 from crossfl.client.adapter_io import LORA_METADATA_KEY, adapter_from_bytes, adapter_metadata
 from crossfl.client.contract import EvalResult, EvalTask, EvalTimings, LoraSpec, Prediction
-from crossfl.client.train import (
+from crossfl.client.encoding import (
     Example,
     collate,
     encode_example,
     encode_prompt,
-    load_adapter_state,
     load_records,
-    lora_key,
     pad_id,
-    worker_model,
 )
+from crossfl.client.train import load_adapter_state, lora_key, worker_model
 from crossfl.client.transport import incoming_adapter
 from crossfl.data.smolinstruct import Record
 from crossfl.errors import UserError
@@ -78,14 +79,46 @@ def active_model(
     yield model
 
 
+def value_positions(tokenizer: Any, record: Record, example: Example) -> list[int]:
+    """Where, in ``example.ids``, the tokens of the record's value (``raw_output``, the text
+    inside the answer's tags) lie: the answer tokens whose characters overlap it. Empty when
+    the tokenizer gives no character offsets (a slow tokenizer) or the value is not found."""
+    start = record.output.find(record.raw_output)
+    if start < 0 or not record.raw_output:
+        return []
+    end = start + len(record.raw_output)
+    try:
+        enc = tokenizer(record.output, add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, TypeError, ValueError):
+        return []
+    ids, spans = list(enc["input_ids"]), enc["offset_mapping"]
+    answer = example.ids[example.prompt_len :]
+    if tuple(ids[: len(answer)]) != tuple(answer[: len(ids)]):
+        return []  # not the tokens encode_example used (or cut): count nothing
+    return [
+        example.prompt_len + i
+        for i, (a, b) in enumerate(spans[: len(answer)])
+        if a < end and b > start
+    ]
+
+
 @torch.no_grad()
 def validation_loss(
-    model: torch.nn.Module, examples: list[Example], batch_size: int, pad: int, device: torch.device
-) -> tuple[float, int]:
-    """Token-mean cross entropy over answer tokens, and the number of such tokens."""
+    model: torch.nn.Module,
+    examples: list[Example],
+    batch_size: int,
+    pad: int,
+    device: torch.device,
+    values: list[list[int]] | None = None,
+) -> tuple[float, int, list[tuple[int, int]]]:
+    """Token-mean cross entropy over answer tokens, and the number of such tokens; per
+    example, of the token positions in ``values``, how many the model predicts right (greedy,
+    given the tokens before) and how many there are."""
     total, count = 0.0, 0
+    hits: list[tuple[int, int]] = []
     for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start : start + batch_size], pad, device)
+        chunk = examples[start : start + batch_size]
+        batch = collate(chunk, pad, device)
         logits = model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
         ).logits.float()
@@ -98,7 +131,12 @@ def validation_loss(
         )
         total += float(loss)
         count += int((labels != -100).sum())
-    return (total / count if count else math.nan), count
+        predicted = logits[:, :-1].argmax(-1).cpu()  # position t predicts token t + 1
+        ids = batch["input_ids"].cpu()
+        for row, positions in enumerate((values or [])[start : start + len(chunk)]):
+            right = sum(int(predicted[row, p - 1] == ids[row, p]) for p in positions)
+            hits.append((right, len(positions)))
+    return (total / count if count else math.nan), count, hits
 
 
 def pick_for_generation(records: list[Record], cap: int) -> list[Record]:
@@ -165,10 +203,13 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
     records = load_records(spec.data_path, spec.max_samples)
     tok = entry.tokenizer
     examples = [encode_example(tok, r.input, r.output, spec.max_length) for r in records]
+    values = [value_positions(tok, r, e) for r, e in zip(records, examples, strict=True)]
     with entry.lock, active_model(entry, spec, adapter) as model:
         model.eval()
         t1 = time.perf_counter()
-        val_loss, tokens = validation_loss(model, examples, spec.batch_size, pad_id(tok), device)
+        val_loss, tokens, value_hits = validation_loss(
+            model, examples, spec.batch_size, pad_id(tok), device, values
+        )
         t2 = time.perf_counter()
         sample = pick_for_generation(records, spec.generate_samples)
         predicted = generate_answers(model, tok, sample, spec, device) if sample else []
@@ -176,10 +217,15 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
     hits: dict[str, list[bool]] = {}
     for r, text in zip(sample, predicted, strict=True):
         hits.setdefault(r.task, []).append(answer_of(text) == r.raw_output.strip())
+    answer_tokens: dict[str, tuple[int, int]] = {}
+    for r, (right, n) in zip(records, value_hits, strict=True):
+        was = answer_tokens.get(r.task, (0, 0))
+        answer_tokens[r.task] = (was[0] + right, was[1] + n)
     return EvalResult(
         val_loss=val_loss,
         num_samples=len(examples),
         num_tokens=tokens,
+        answer_tokens={t: answer_tokens[t] for t in sorted(answer_tokens) if answer_tokens[t][1]},
         exact_match={t: sum(v) / len(v) for t, v in sorted(hits.items())},
         generated=len(sample),
         predictions=[

@@ -16,8 +16,9 @@ which elastic_launch already does.
 
 **Ranks started by the site's launcher** (``srun`` / ``mpiexec``, as Globus Compute's
 ``GlobusMPIEngine`` does for an ``MPIFunction`` with ``$PARSL_MPI_PREFIX``): every rank runs
-``python -m crossfl.client run-task --distributed TASK.json OUT.json`` (``rank_command``), finds
-its place in the launcher's environment (``crossfl.client.distributed.rank_env``), trains, and
+``python -m crossfl.client run-task --distributed TASK.json OUT.json``
+(``crossfl.client.launcher_env.rank_command``), finds its place in the launcher's environment
+(``crossfl.client.distributed.rank_env``), trains (``crossfl.client.train.train_rank``), and
 rank 0 writes the result. ``train_mpi_rank`` is the same as a function. Where the line that
 starts the launcher exported ``CROSSFL_LAUNCHED_AT`` (seconds since the epoch; the MPI engine's
 task command does), the task's ``started_at`` and ``wall_s`` count from then: the launch and
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -39,11 +39,11 @@ from typing import Any
 from crossfl.client import distributed
 from crossfl.client.contract import TrainResult, TrainTask
 from crossfl.client.distributed import process_group, rank_env
-from crossfl.client.launcher_env import LAUNCHED_AT_ENV
+from crossfl.client.encoding import load_records
+from crossfl.client.launcher_env import LAUNCHED_AT_ENV, rank_argv
 from crossfl.client.model_cache import check_model_path
-from crossfl.client.parallel import check_enough_samples, train_rank
 from crossfl.client.taskfile import read_result
-from crossfl.client.train import load_records
+from crossfl.client.train import check_enough_samples, train_rank
 from crossfl.client.transport import outgoing_adapter
 from crossfl.errors import UserError
 
@@ -160,16 +160,6 @@ def train_mpi_rank(task: dict[str, Any]) -> dict[str, Any] | None:
         update={"started_at": started_at, "wall_s": time.perf_counter() - t0}
     )
     return outgoing_adapter(spec, result).to_wire()
-
-
-def rank_command(task_file: str, out_file: str, python: str = "python") -> str:
-    """The command every rank runs: the body of an ``MPIFunction`` (which prefixes
-    ``$PARSL_MPI_PREFIX``) or of a batch script's ``srun`` / ``mpiexec`` line."""
-    return shlex.join([python, *rank_argv(task_file, out_file)])
-
-
-def rank_argv(task_file: str, out_file: str) -> list[str]:
-    return ["-m", "crossfl.client", "run-task", "--distributed", task_file, out_file]
 
 
 def is_rank0() -> bool:

@@ -3,10 +3,12 @@
 Every variable ``crossfl.client.distributed.rank_env`` reads to find a rank's place, by the
 launcher that sets it: a container that passes no host environment (podman-hpc) must be given
 them by name. ``LAUNCHED_AT_ENV``: when the launcher line ran
-(``crossfl.client.launch.launched_at``).
+(``crossfl.client.launch.launched_at``). ``rank_command``: what each rank runs.
 """
 
 from __future__ import annotations
+
+import shlex
 
 # torch's launcher, and what any launch may set for rank 0's address
 TORCH_ENV = (
@@ -62,3 +64,14 @@ def rank_env_names(launcher: str) -> tuple[str, ...]:
     """The variables a rank started by ``launcher`` (srun, mpiexec) reads."""
     by = {"srun": SLURM_ENV, "mpiexec": MPIEXEC_ENV}
     return (*TORCH_ENV, *by.get(launcher, ()))
+
+
+def rank_argv(task_file: str, out_file: str) -> list[str]:
+    """The arguments after ``python`` that every rank of a multi-rank task runs."""
+    return ["-m", "crossfl.client", "run-task", "--distributed", task_file, out_file]
+
+
+def rank_command(task_file: str, out_file: str, python: str = "python") -> str:
+    """The command every rank runs: the body of an ``MPIFunction`` (which prefixes
+    ``$PARSL_MPI_PREFIX``) or of a batch script's ``srun`` / ``mpiexec`` line."""
+    return shlex.join([python, *rank_argv(task_file, out_file)])

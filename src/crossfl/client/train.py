@@ -1,38 +1,62 @@
-"""One site's share of a federated round: LoRA fine-tuning on site-local SMolInstruct data.
+"""One site's share of a federated round: LoRA fine-tuning on site-local SMolInstruct data,
+on one rank or many: one path, where a one-rank task is the case of a world of size one.
 
-The prompt is the record's ``input``, the target its ``output``; the loss counts only target
-tokens. Everything that could vary between runs is seeded from (seed, round), and the adapter
-weights are set from the incoming global adapter (or a seeded fresh init) on every call, so a
-warm worker and a cold one return the same adapter for the same task.
+The records and their tokens come from ``crossfl.client.encoding``. Everything that could vary
+between runs is seeded from (seed, round), and the adapter weights are set from the incoming
+global adapter (or a seeded fresh init) on every call, so a warm worker and a cold one return
+the same adapter for the same task.
+
+A one-rank task (``train_round``) trains the worker's cached base model (``model_cache``) on
+its device, under the cache entry's lock. A rank of a multi-rank task (``train_rank`` with a
+``World`` of several ranks, started by ``crossfl.client.launch``) loads its own base model into
+host memory, wraps it with the task's LoRA config and sets the same adapter as every rank, then
+either places it on its device and wraps it in DDP, or shards it with FSDP2
+(``crossfl.client.sharding``). The ranks walk the same seeded global batches, each on its
+slice; rank 0 gathers the adapter and returns the one result of the task, with the site's
+total sample count and the telemetry of all ranks. Ranks are fresh processes per task: the
+worker's model cache does not carry over, so every multi-rank task pays for loading the base
+model (``cache_hit`` is False).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from torch.nn.parallel import DistributedDataParallel
 
-from crossfl.client import model_cache
-from crossfl.client.adapter_io import LORA_METADATA_KEY, adapter_from_bytes, adapter_to_bytes
+from crossfl.client import model_cache, sharding
+from crossfl.client.adapter_io import (
+    LORA_METADATA_KEY,
+    adapter_from_bytes,
+    adapter_to_bytes,
+    fresh_adapter_from_shapes,
+)
 from crossfl.client.contract import LoraSpec, TrainResult, TrainTask, TrainTimings
 from crossfl.client.device import select_device
-from crossfl.client.distributed import World, shard, single, sum_over_ranks
+from crossfl.client.distributed import World, gather, shard, single, sum_over_ranks
+from crossfl.client.encoding import (
+    Example,
+    batch_indices,
+    collate,
+    encode_example,
+    load_records,
+    pad_id,
+    round_seed,
+)
 from crossfl.client.telemetry import BusyMeter, device_name
 from crossfl.client.transport import incoming_adapter, outgoing_adapter
-from crossfl.data.smolinstruct import Record, load_jsonl
 from crossfl.errors import UserError
-
-DATA_FIX = "run `make data` (or `crossfl data build-chem --out DIR`) and point data_path at it"
-PROMPT_SUFFIX = "\n"
-"""Appended to the instruction; the answer follows it."""
 
 
 def lora_key(spec: LoraSpec) -> model_cache.LoraKey:
@@ -43,53 +67,6 @@ def lora_key(spec: LoraSpec) -> model_cache.LoraKey:
 
 
 # ---------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class Example:
-    ids: tuple[int, ...]
-    prompt_len: int  # tokens before the answer; labels are -100 there
-
-
-def _special(tokenizer: Any, name: str) -> int | None:
-    value = getattr(tokenizer, f"{name}_token_id", None)
-    return int(value) if value is not None else None
-
-
-def pad_id(tokenizer: Any) -> int:
-    pid = _special(tokenizer, "pad")
-    if pid is None:
-        pid = _special(tokenizer, "eos")
-    return pid if pid is not None else 0
-
-
-def encode_prompt(tokenizer: Any, text: str) -> list[int]:
-    bos = _special(tokenizer, "bos")
-    ids = tokenizer.encode(text + PROMPT_SUFFIX, add_special_tokens=False)
-    return ([bos] if bos is not None else []) + list(ids)
-
-
-def encode_example(tokenizer: Any, prompt: str, answer: str, max_length: int) -> Example:
-    p = encode_prompt(tokenizer, prompt)
-    eos = _special(tokenizer, "eos")
-    a = list(tokenizer.encode(answer, add_special_tokens=False)) + (
-        [eos] if eos is not None else []
-    )
-    a = a[: max_length - 1]
-    if len(p) + len(a) > max_length:  # keep the answer; cut the prompt's start (after bos)
-        keep = max_length - len(a)
-        p = p[:1] + p[len(p) - keep + 1 :] if keep > 1 else p[:keep]
-    return Example(tuple(p + a), len(p))
-
-
-def load_records(data_path: str, max_samples: int | None) -> list[Record]:
-    path = Path(data_path)
-    if not path.exists():
-        raise UserError(f"site data {path} does not exist", field="data_path", fix=DATA_FIX)
-    records = load_jsonl(path, limit=max_samples)
-    if not records:
-        raise UserError(f"site data {path} holds no records", field="data_path", fix=DATA_FIX)
-    return records
 
 
 def load_examples(
@@ -118,60 +95,7 @@ def load_examples(
     return model_cache.memo(key, build)
 
 
-def collate(examples: list[Example], pad: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Right-padded batch; labels are -100 on the prompt and on padding."""
-    width = max(len(e.ids) for e in examples)
-    ids = torch.full((len(examples), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e.ids)
-        ids[i, :n] = torch.tensor(e.ids)
-        mask[i, :n] = 1
-        labels[i, e.prompt_len : n] = ids[i, e.prompt_len : n]
-    return {
-        "input_ids": ids.to(device),
-        "attention_mask": mask.to(device),
-        "labels": labels.to(device),
-    }
-
-
-def batch_indices(n: int, batch_size: int, steps: int, gen: torch.Generator) -> list[list[int]]:
-    """``steps`` batches drawn epoch by epoch from seeded permutations of range(n)."""
-    need = batch_size * steps
-    order: list[int] = []
-    while len(order) < need:
-        order.extend(torch.randperm(n, generator=gen).tolist())
-    size = min(batch_size, n)
-    return [order[i * size : (i + 1) * size] for i in range(steps)]
-
-
-def round_seed(seed: int, rnd: int) -> int:
-    return (seed * 1_000_003 + rnd * 7_919 + 17) % (2**63 - 1)
-
-
 # ---------------------------------------------------------------- adapter state
-
-
-def fresh_adapter_from_shapes(
-    shapes: dict[str, tuple[int, ...]], seed: int
-) -> dict[str, torch.Tensor]:
-    """peft's default LoRA init (A: Kaiming-uniform, B: zeros), drawn from a generator seeded
-    with ``seed`` in sorted key order: the same tensors in every process, whatever its RNG
-    history. Sites start round 1 from this when no adapter is sent; the server rebuilds the same
-    global version 0 from the key names and shapes alone."""
-    gen = torch.Generator().manual_seed(seed)
-    fresh: dict[str, torch.Tensor] = {}
-    for name in sorted(shapes):
-        t = torch.empty(tuple(shapes[name]), dtype=torch.float32)
-        if ".lora_A." in name:
-            torch.nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=gen)
-        elif ".lora_embedding_B." in name:
-            torch.nn.init.normal_(t, generator=gen)
-        else:  # lora_B, lora_embedding_A
-            torch.nn.init.zeros_(t)
-        fresh[name] = t
-    return fresh
 
 
 def fresh_adapter_state(model: PeftModel, seed: int) -> dict[str, torch.Tensor]:
@@ -223,6 +147,64 @@ def worker_model(
     return device, entry, hit
 
 
+def rank_threads(spec: TrainTask, world: World) -> int | None:
+    """``torch_threads`` when set; else, for one of several ranks, this process's CPUs shared
+    among the node's ranks; else None (torch's own default)."""
+    if spec.torch_threads:
+        return spec.torch_threads
+    if world.distributed:
+        return max(1, len(os.sched_getaffinity(0)) // world.local_size)
+    return None
+
+
+def check_enough_samples(samples: int, ranks: int) -> None:
+    if samples < ranks:
+        raise UserError(
+            f"the site's data holds {samples} samples, fewer than its {ranks} ranks",
+            field="ranks_per_node",
+            fix="use fewer ranks (or nodes), or give the site more data",
+        )
+
+
+@contextlib.contextmanager
+def base_model(spec: TrainTask, world: World) -> Iterator[tuple[model_cache.CachedModel, bool]]:
+    """The base model a rank trains and whether it was a cache hit: the worker's cached one
+    on its device (held under its lock) for one rank; a fresh one in host memory for a rank of
+    several, placed or sharded later."""
+    if not world.distributed:
+        entry, hit = model_cache.get_model(spec.model_path, spec.dtype, world.device)
+        with entry.lock:
+            yield entry, hit
+        return
+    base, tokenizer = model_cache.load_base(spec.model_path, spec.dtype)
+    yield (
+        model_cache.CachedModel(
+            base=base, tokenizer=tokenizer, device=torch.device("cpu"), dtype=base.dtype
+        ),
+        False,
+    )
+
+
+def runner_for(
+    model: PeftModel, holder: model_cache.CachedModel, spec: TrainTask, world: World
+) -> tuple[torch.nn.Module, bool]:
+    """What runs the steps, and whether the base model is sharded: the model itself for one
+    rank; for several, the model sharded with FSDP2 or placed on the rank's device in DDP."""
+    if not world.distributed:
+        return model, False
+    if sharding.decide(spec.shard, holder.base, world):
+        sharding.shard_model(model, world)
+        return model, True
+    model.to(world.device)
+    ids = [world.device.index] if world.device.type != "cpu" else None
+    # Every rank loaded the same weights and adapter: no initial broadcast of the model
+    # (buffers are still synced once), and no buffer sync before each forward.
+    return (
+        DistributedDataParallel(model, device_ids=ids, init_sync=False, forward_sync_buffers=False),
+        False,
+    )
+
+
 @dataclass
 class Steps:
     losses: list[float]  # each step's mean loss over the global batch's target tokens
@@ -243,38 +225,28 @@ def run_training(
     examples: list[Example],
     task: TrainTask,
     pad: int,
-    device: torch.device,
-    world: World | None = None,
+    world: World,
 ) -> Steps:
     """``task.local_steps`` AdamW steps on seeded global batches of ``batch_size x ranks``
-    examples; with several ranks (``model`` wrapped in DDP or sharded with FSDP2) each rank
-    runs its slice of every global batch (``distributed_step``)."""
-    world = world or single(device)
+    examples; each rank runs its slice of every global batch (``step``)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=task.lr, weight_decay=0.0)
     seed = round_seed(task.seed, task.round)
     torch.manual_seed(seed + world.rank)  # LoRA dropout
     gen = torch.Generator().manual_seed(seed)
     losses: list[float] = []
-    meter = BusyMeter(device)
+    meter = BusyMeter(world.device)
     tokens = 0
     model.train()
     start = time.perf_counter()
     for idx in batch_indices(len(examples), task.batch_size * world.size, task.local_steps, gen):
         tokens += sum(len(examples[i].ids) for i in idx)
         with meter.step():
-            if world.distributed:
-                # every rank holds every example: the global batch's target count needs no
-                # collective, and the losses are summed once, after the loop
-                count = target_tokens([examples[i] for i in idx], pad)
-                mine = [examples[i] for i in shard(idx, world)]
-                losses.append(distributed_step(model, opt, mine, pad, world, count))
-            else:
-                loss = model(**collate([examples[i] for i in idx], pad, device)).loss
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                losses.append(float(loss.detach()))
+            # every rank holds every example: the global batch's target count needs no
+            # collective, and the losses are summed once, after the loop
+            count = target_tokens([examples[i] for i in idx], pad) if world.distributed else None
+            mine = [examples[i] for i in shard(idx, world)]
+            losses.append(step(model, opt, mine, pad, world, count))
     window = time.perf_counter() - start
     if world.distributed:
         losses = sum_over_ranks(losses, world)
@@ -282,20 +254,23 @@ def run_training(
     return Steps(losses, meter.busy_s, tokens, window)
 
 
-def distributed_step(
+def step(
     model: torch.nn.Module,
     opt: torch.optim.Optimizer,
     examples: list[Example],
     pad: int,
     world: World,
-    targets: int,
+    targets: int | None,
 ) -> float:
     """One step on this rank's slice. Its loss is the sum over its target tokens divided by
     ``targets``, the global batch's target-token count, times the ranks because DDP and FSDP
     average gradients: the gradient is the single-process gradient of the global batch's mean
     loss, however the answers' lengths split between ranks. Returns this rank's share of that
-    mean loss (the shares of all ranks sum to it: ``sum_over_ranks``)."""
+    mean loss (the shares of all ranks sum to it: ``sum_over_ranks``). One rank (``targets``
+    None): the batch's mean loss over its own target tokens."""
     batch = collate(examples, pad, world.device)
+    if targets is None:
+        targets = int((batch["labels"][:, 1:] != -100).sum())
     count = torch.tensor(float(max(targets, 1)), device=world.device)
     loss = model(**batch, num_items_in_batch=count).loss * world.size
     loss.backward()
@@ -304,33 +279,53 @@ def distributed_step(
     return float(loss.detach()) / world.size
 
 
-def train_round(task: dict[str, Any]) -> dict[str, Any]:
-    """One round of local training: a ``TrainTask`` in, a ``TrainResult`` out (as plain data)."""
+def train_rank(spec: TrainTask, world: World) -> TrainResult | None:
+    """Train this rank's share of ``spec``: rank 0 returns the task's result (``wall_s`` from
+    here), other ranks None. Every rank must call it (the adapter and telemetry are gathered)."""
     started_at = time.time()
     t0 = time.perf_counter()
-    spec = TrainTask.from_wire(task)
-    adapter, fetch_s = incoming_adapter(spec)
-    device, entry, hit = worker_model(
-        spec.model_path, spec.dtype, spec.torch_threads, spec.expect_device
-    )
-    with entry.lock:
+    threads = rank_threads(spec, world)
+    if threads:
+        torch.set_num_threads(threads)
+    with base_model(spec, world) as (holder, hit):
         examples = load_examples(
-            spec.data_path, entry.tokenizer, spec.model_path, spec.max_length, spec.max_samples
+            spec.data_path, holder.tokenizer, spec.model_path, spec.max_length, spec.max_samples
         )
-        model = entry.wrapped(lora_key(spec.lora))
+        check_enough_samples(len(examples), world.size)
+        model = holder.wrapped(lora_key(spec.lora))
+        adapter, fetch_s = incoming_adapter(spec)
         prepare_adapter(model, adapter, spec.seed)
+        runner, sharded = runner_for(model, holder, spec, world)
         t1 = time.perf_counter()
-        steps = run_training(model, examples, spec, pad_id(entry.tokenizer), device)
-        losses = steps.losses
+        steps = run_training(runner, examples, spec, pad_id(holder.tokenizer), world)
         t2 = time.perf_counter()
-        state = get_peft_model_state_dict(model)
-        blob = adapter_to_bytes(
-            state, spec.adapter_dtype, metadata={LORA_METADATA_KEY: spec.lora.model_dump_json()}
+        if sharded:
+            state = sharding.full_adapter_state(model, world)
+        else:
+            state = get_peft_model_state_dict(model) if world.is_main else {}
+        blob = (
+            adapter_to_bytes(
+                state, spec.adapter_dtype, metadata={LORA_METADATA_KEY: spec.lora.model_dump_json()}
+            )
+            if world.is_main
+            else b""
         )
+    ranks = gather(
+        {
+            "host": socket.gethostname(),
+            "device": device_name(world.device),
+            "busy_s": steps.busy_s,
+            "window_s": steps.window_s,
+        },
+        world,
+    )
+    if not world.is_main:
+        return None
     t3 = time.perf_counter()
+    losses = steps.losses
     if not all(math.isfinite(x) for x in losses):
         raise RuntimeError(f"training diverged (loss {losses[-1]}); lower lr or use float32")
-    result = TrainResult(
+    return TrainResult(
         adapter=blob,
         num_samples=len(examples),
         train_loss=float(sum(losses) / len(losses)),
@@ -340,27 +335,28 @@ def train_round(task: dict[str, Any]) -> dict[str, Any]:
         timings=TrainTimings(load_s=t1 - t0, train_s=t2 - t1, serialize_s=t3 - t2, fetch_s=fetch_s),
         started_at=started_at,
         finished_at=time.time(),
-        device=str(device),
+        device=str(world.device),
         host=socket.gethostname(),
         pid=os.getpid(),
         python=sys.executable,
         cache_hit=hit,
-        **single_rank_telemetry(device, steps, time.perf_counter() - t0),
+        ranks=world.size,
+        nodes=len({r["host"] for r in ranks}),
+        devices_per_rank=1,
+        device_type=world.device.type,
+        device_names=[r["device"] for r in ranks],
+        dist_backend=world.backend,
+        sharded=sharded,
+        accelerator_s=sum(r["busy_s"] for r in ranks),
+        train_window_s=max(r["window_s"] for r in ranks),
+        wall_s=time.perf_counter() - t0,
     )
+
+
+def train_round(task: dict[str, Any]) -> dict[str, Any]:
+    """One round of local training on one rank: a ``TrainTask`` in, a ``TrainResult`` out (as
+    plain data). The rank is this process, on the device the site expects."""
+    spec = TrainTask.from_wire(task)
+    result = train_rank(spec, single(select_device(spec.expect_device)))
+    assert result is not None  # the one rank is rank 0
     return outgoing_adapter(spec, result).to_wire()
-
-
-def single_rank_telemetry(device: torch.device, steps: Steps, wall_s: float) -> dict[str, Any]:
-    """The telemetry fields (crossfl.client.telemetry) of a one-process task."""
-    return {
-        "ranks": 1,
-        "nodes": 1,
-        "devices_per_rank": 1,
-        "device_type": device.type,
-        "device_names": [device_name(device)],
-        "dist_backend": None,
-        "sharded": False,
-        "accelerator_s": steps.busy_s,
-        "train_window_s": steps.window_s,
-        "wall_s": wall_s,
-    }

@@ -13,11 +13,13 @@ Only an `upload` image source needs the image built here (make image ARCH=...).
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from crossfl import paths
 from crossfl.deploy import endpoint_env, gce, podman
@@ -232,8 +234,13 @@ def site_status(
             )
     else:
         rows["phase (recorded)"] = "never deployed"
+        rows["next"] = f"crossfl deploy {site.name}"
+        if not dry_run:
+            rows["login node"] = "not asked: nothing was deployed there"
     _print_rows(console, rows)
     live: dict[str, str] = {}
+    if state is None and not dry_run:
+        return rows
     with Remote(t, dry_run=dry_run, console=Console(stderr=True, soft_wrap=True)) as r:
         pin_login_node(r, site, state)
         info = gce.probe(r, site.deploy.remote_root, t.site_file or "", version=True)
@@ -258,9 +265,26 @@ def site_status(
     return {**rows, **live}
 
 
-def _print_rows(console: Console, rows: dict[str, str]) -> None:
+KEY_WIDTH = 24
+
+
+def _print_rows(console: Console, rows: dict[str, str], width: int = 80) -> None:
+    """One ``key value`` line per row, the keys right-aligned; a value too long for the line
+    goes below its key, wrapped between words only (a path stays whole and copyable), and a
+    multi-line value (a scheduler's answer) below its key as it is. The console must not wrap
+    (``soft_wrap``)."""
     for k, v in rows.items():
-        console.print(f"[bold]{k:>24}[/] {v}", highlight=False)
+        if KEY_WIDTH + 1 + len(v) <= width and "\n" not in v:
+            console.print(f"[bold]{k:>{KEY_WIDTH}}[/] {escape(v)}", highlight=False)
+            continue
+        console.print(f"[bold]{k:>{KEY_WIDTH}}[/]", highlight=False)
+        lines = (
+            v.splitlines()
+            if "\n" in v
+            else textwrap.wrap(v, width - 2, break_long_words=False, break_on_hyphens=False)
+        )
+        for line in lines:
+            console.print(f"  {escape(line)}", highlight=False)
 
 
 def site_logs(

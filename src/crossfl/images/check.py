@@ -101,15 +101,25 @@ Federation = Callable[[Path, Path], dict]
 (crossfl.server.image_check.run_federation; the server package imports this one)."""
 
 
-def check_image(arch: str = ARCH, *, federation: Federation | None = None) -> ImageCheck:
+def check_image(
+    arch: str = ARCH,
+    *,
+    federation: Federation | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> ImageCheck:
+    """Build (or reuse) ARCH's root filesystem, run its %test and %runscript, then the
+    federation; ``progress`` hears of each step as it starts, the log's path first."""
     log = check_log(arch)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
+    progress(f"{arch}: every step's output goes to {log}")
     args, local_dirs = build_settings()
-    rootfs: Rootfs = build_rootfs(arch, args, log, ro_binds=local_dirs)
+    rootfs: Rootfs = build_rootfs(arch, args, log, ro_binds=local_dirs, progress=progress)
     seconds = dict(rootfs.seconds) if not rootfs.cached else {}
+    progress("%test (apptainer test, under bubblewrap)")
     seconds["test"], out = run_action(rootfs, "test", [], log)
     devices = next((json.loads(line) for line in out.splitlines() if line.startswith("{")), {})
+    progress("%runscript: globus-compute-endpoint version")
     seconds["runscript"], out = run_action(
         rootfs, "run", ["globus-compute-endpoint", "version"], log
     )
@@ -120,6 +130,8 @@ def check_image(arch: str = ARCH, *, federation: Federation | None = None) -> Im
             f"command (expected {want} in its output)",
             file=log,
         )
+    if federation is not None:
+        progress("a two-round federation whose workers start inside the root filesystem")
     result = federation(rootfs.path, log) if federation is not None else {}
     if federation is not None:
         seconds["federation"] = result["seconds"]

@@ -31,6 +31,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -262,9 +263,14 @@ def _singularity_files(rootfs: Path, stage: Stage) -> None:
 
 
 def build_rootfs(
-    arch: str, build_args: dict[str, str], log: Path, ro_binds: list[str] | None = None
+    arch: str,
+    build_args: dict[str, str],
+    log: Path,
+    ro_binds: list[str] | None = None,
+    progress: Callable[[str], None] = lambda _: None,
 ) -> Rootfs:
-    """The arch's rootfs under build/images/rootfs/ARCH-KEY/rootfs, built unless cached."""
+    """The arch's rootfs under build/images/rootfs/ARCH-KEY/rootfs, built unless cached;
+    ``progress`` hears of each step as it starts."""
     require_tools()
     definition = render_def(arch)
     text = apply_build_args(definition.read_text(), build_args)
@@ -281,6 +287,7 @@ def build_rootfs(
     key = _digest(text, *(_tree_digest(src) for src, _ in sources))
     final = cache_dir() / f"{arch}-{key}"
     if (final / "built.json").is_file():
+        progress("root filesystem: cached, reused")
         return Rootfs(
             arch,
             final / "rootfs",
@@ -290,7 +297,9 @@ def build_rootfs(
         )
     log.parent.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
+    progress("root filesystem: Debian packages (mmdebstrap; minutes when uncached)")
     base, seconds["bootstrap"], _ = _bootstrap(stage, log)
+    progress("root filesystem: %files")
     partial = cache_dir() / f".{arch}-{key}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -301,6 +310,7 @@ def build_rootfs(
         _copy_like_cp_r(src, rootfs / dst.lstrip("/"))
     seconds["files"] = time.monotonic() - start
     (rootfs / ".post.script").write_text(stage.sections["post"].body)
+    progress("root filesystem: %post (the image's Python stack; minutes)")
     seconds["post"], _ = _run(
         [*bwrap_build(rootfs, ro_binds or []), "/bin/sh", "-ex", "/.post.script"], log, "%post"
     )

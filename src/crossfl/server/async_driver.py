@@ -52,6 +52,7 @@ class AsyncDriver(DriverBase):
             self.fail_streak += 1
             return None
         self.fail_streak = 0
+        started = s.elapsed()
         if s.global_flat is None:
             s.global_flat = self.initial_global()
         new = self.strategy.aggregate(s.global_flat, [a.update], s.version)
@@ -67,6 +68,7 @@ class AsyncDriver(DriverBase):
                 version=s.version,
                 driver=self.name,
                 sites=[a.update.site],
+                started_s=started,
                 elapsed_s=s.elapsed(),
                 updates=s.updates,
                 staleness={a.update.site: s.version - 1 - p.base_version},
@@ -129,7 +131,7 @@ class AsyncDriver(DriverBase):
                         )
                         if record is not None:
                             self.console.print(
-                                f"version {self.state.version}: val loss {record.val_loss:.4f} "
+                                f"version {self.state.version}: {record.headline()} "
                                 f"after {self.state.updates} updates, {self.state.elapsed():.1f} s, "
                                 f"{self.bytes_moved / 1e6:.2f} MB moved"
                             )

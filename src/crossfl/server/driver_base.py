@@ -8,6 +8,8 @@ its base class, and writes the records of ``crossfl.server.records``.
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
@@ -18,9 +20,13 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from crossfl.client.adapter_io import adapter_from_bytes, adapter_to_bytes
+from crossfl.client.adapter_io import (
+    adapter_from_bytes,
+    adapter_to_bytes,
+    fresh_adapter_from_shapes,
+)
 from crossfl.client.contract import EvalResult, TrainResult
-from crossfl.client.train import load_records
+from crossfl.client.encoding import load_records
 from crossfl.clock import REAL_CLOCK, Clock, bind_strategy_clock
 from crossfl.endpoints import failure_summary
 from crossfl.errors import UserError
@@ -228,8 +234,6 @@ class DriverBase(ABC):
 
     def initial_global(self) -> torch.Tensor:
         """Global version 0: the seeded fresh adapter every site started from."""
-        from crossfl.client.train import fresh_adapter_from_shapes
-
         spec = self.state.spec
         assert spec is not None
         shapes = {k: tuple(shape) for k, shape in zip(spec.keys, spec.shapes, strict=False)}
@@ -365,6 +369,7 @@ class DriverBase(ABC):
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self, label: Literal["baseline", "round"], rnd: int) -> EvalRecord:
+        started = self.state.elapsed()
         adapter = self.global_bytes()
         name = self.exp.eval_site
         out = call_with_retry(
@@ -388,8 +393,10 @@ class DriverBase(ABC):
             kind=label,
             round=rnd,
             val_loss=result.val_loss,
+            answer_tokens=result.answer_tokens,
             exact_match=result.exact_match,
             num_samples=result.num_samples,
+            started_s=started,
             elapsed_s=self.state.elapsed(),
             strategy=self.exp.strategy.name,
             version=self.state.version,
@@ -417,7 +424,7 @@ class DriverBase(ABC):
             if kept:
                 return kept[0]
         base = self.evaluate("baseline", 0)
-        self.console.print(f"untrained adapter: validation loss {base.val_loss:.4f}")
+        self.console.print(f"untrained adapter: {base.headline()}")
         return base
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -480,24 +487,28 @@ class DriverBase(ABC):
             )
 
     def save_final(self) -> Path:
-        from peft import LoraConfig
-
-        from crossfl.atomic import atomic_write_bytes
+        """The final adapter in peft's own on-disk layout (adapter_model.safetensors and
+        adapter_config.json), so ``PeftModel.from_pretrained(base, out)`` loads it. The config
+        is written as data: the server never imports peft."""
+        from crossfl.atomic import atomic_write_bytes, atomic_write_text
 
         out = self.state.run_dir / "final_adapter"
         adapter = self.global_bytes()
         assert adapter is not None
-        # peft's own on-disk layout, so PeftModel.from_pretrained(base, out) loads it.
         atomic_write_bytes(out / "adapter_model.safetensors", adapter)
         lora = self.exp.lora
-        config = LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=list(lora.target_modules),
-            task_type="CAUSAL_LM",
-            base_model_name_or_path=self.exp.model.path,
-        )
-        config.save_pretrained(str(out))
+        config = {
+            "peft_type": "LORA",
+            "peft_version": importlib.metadata.version("peft"),
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": self.exp.model.path,
+            "r": lora.r,
+            "lora_alpha": lora.alpha,
+            "lora_dropout": lora.dropout,
+            "target_modules": sorted(lora.target_modules),
+            "bias": "none",
+            "inference_mode": False,
+        }
+        atomic_write_text(out / "adapter_config.json", json.dumps(config, indent=2) + "\n")
         self.checkpoint(finished=True)
         return out

@@ -311,11 +311,16 @@ class Experiment(Strict):
 
 
 def resolve_experiment_path(ref: str | Path) -> Path:
-    """A path, or a bare name looked up in deploy/experiments/."""
+    """A path (from here, or from the project root), or a bare name looked up in
+    deploy/experiments/."""
     path = Path(ref)
     if path.is_file():
         return path
-    for candidate in (experiments_dir() / f"{ref}.yaml", experiments_dir() / str(ref)):
+    for candidate in (
+        project_root() / path,
+        experiments_dir() / f"{ref}.yaml",
+        experiments_dir() / str(ref),
+    ):
         if candidate.is_file():
             return candidate
     known = sorted(p.stem for p in experiments_dir().glob("*.yaml"))

@@ -51,10 +51,10 @@ from crossfl.paths import runs_dir
 from crossfl.server import checkpoint as ckpt
 from crossfl.server import reaper
 from crossfl.server.async_driver import AsyncDriver
-from crossfl.server.driver_base import DriverBase, Outcome, RunFailed, RunStopped
+from crossfl.server.driver_base import DriverBase, RunFailed, RunStopped
 from crossfl.server.experiment import Experiment, validation_error
 from crossfl.server.plan import RunPlan, plan_run
-from crossfl.server.report import print_report, write_plots
+from crossfl.server.report import print_report, resume_hint, write_plots
 from crossfl.server.run_lock import RunLock
 from crossfl.server.site_executors import OpenSite, open_site
 from crossfl.server.sync_driver import RoundDriver
@@ -297,7 +297,7 @@ def run_experiment(
             plan = plan_run(experiment, source)
             run_dir = new_run_dir(experiment, source)
             held.enter_context(RunLock(run_dir))
-        console.print(f"run directory: {run_dir}")
+        console.print(f"run directory: {run_dir}", soft_wrap=True)
         _drive(
             plan,
             run_dir,
@@ -419,7 +419,6 @@ def _drive(
     signals: Signals,
     resuming: bool = False,
 ) -> None:
-    outcome: Outcome | None = None
     try:
         with contextlib.ExitStack() as stack:  # unwound with the signals disarmed
             processes = RunProcesses(run_dir)
@@ -450,11 +449,11 @@ def _drive(
                 )
                 if resuming:
                     driver.restore(checkpoint)
-                outcome = driver.run()
+                driver.run()
     except (Interrupted, RunStopped) as exc:
         if not (isinstance(exc, Interrupted) and ckpt.is_finished(run_dir / "checkpoint")):
             with contextlib.suppress(OSError):  # a terminal that hung up takes no more lines
-                console.print(_resume_hint(run_dir))
+                console.print(resume_hint(run_dir), soft_wrap=True)
             raise
         # else the run had finished: the signal came as it returned
     except OSError as exc:
@@ -462,28 +461,19 @@ def _drive(
             raise
         raise UserError(
             f"disk full ({exc.strerror}: {exc.filename or 'a file of the run'}); "
-            f"{_resume_hint(run_dir)} once there is space",
+            f"{resume_hint(run_dir)} once there is space",
             file=run_dir,
         ) from None
     finally:
         with contextlib.suppress(Exception):
             write_plots(run_dir)
-    print_report(run_dir, console)
-    if outcome is not None and outcome.baseline.val_loss:
-        base, final = outcome.baseline.val_loss, outcome.final.val_loss
-        console.print(
-            f"validation loss: untrained {base:.4f} -> final {final:.4f} "
-            f"({(base - final) / base:+.1%} lower)"
-        )
-    console.print(f"plots, metrics and final adapter in {run_dir}  (host {socket.gethostname()})")
+    print_report(run_dir, console)  # its last line: what the run learned, and by how much
+    console.print(
+        f"plots, metrics and final adapter in {run_dir}  (host {socket.gethostname()})",
+        soft_wrap=True,
+    )
     if signals.received is not None:
         console.print(
             f"[yellow]{signal.Signals(signals.received).name} came after the run had finished; "
             f"it finished all the same[/]"
         )
-
-
-def _resume_hint(run_dir: Path) -> str:
-    saved = ckpt.load_meta(run_dir / "checkpoint")
-    kept = f"checkpoint after round {saved['round']} kept" if saved else "no round was checkpointed"
-    return f"{kept}; continue with `crossfl resume {run_dir}`"

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from crossfl.client.contract import EvalTask, LoraSpec, TrainTask
 from crossfl.clock import REAL_CLOCK
 from crossfl.errors import UserError
+from crossfl.extras import require
 from crossfl.server.dispatch import make_policy, pilot_walltime_s
 from crossfl.server.experiment import Experiment, SiteEntry, local_path
 from crossfl.server.strategies import get_strategy, is_async
@@ -261,6 +262,9 @@ def plan_site(experiment: Experiment, name: str) -> SitePlan:
 
     entry = experiment.site_entry(name)
     site = load_site(entry.site)
+    here = site.deploy.host is None
+    # a facility that was never deployed says so before anything about the entry's settings
+    endpoint_id = None if here else require_endpoint_id(entry.site)
     nodes, ranks, options = task_shape(site, entry)
     # the dispatch policy's idle settings (a warm pilot) where the site has pilot jobs
     warm = make_policy(experiment, REAL_CLOCK).endpoint_options(
@@ -269,12 +273,10 @@ def plan_site(experiment: Experiment, name: str) -> SitePlan:
     options = {**warm, **options}
     # the task's shape against the site's rules, before anything else is looked up
     check_request(site, options, nodes=nodes, ranks_per_node=ranks)
-    here = site.deploy.host is None
     if not here:  # podman-hpc: tasks name the image deploy placed by its ID, not a tag
         site = with_deployed_image(site)
     if site.endpoint.tasks == "mpi":
         check_by_reference(experiment, entry, here)
-    endpoint_id = None if here else require_endpoint_id(entry.site)
     if not here:
         registered_functions(site)  # the deploy's function ids still name these functions
     own_model = f"sites[{name}].model_path"
@@ -284,6 +286,7 @@ def plan_site(experiment: Experiment, name: str) -> SitePlan:
     shared = entry.transport.shared_dir
     shared = site_path(shared, here, f"sites[{name}].transport.shared_dir") if shared else None
     if here:
+        require("train", f"site {name} trains on this machine and")
         if not (Path(model) / "config.json").is_file():
             raise UserError(
                 f"no model at {entry.model_path or experiment.model.path} (config.json missing)",

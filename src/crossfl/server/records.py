@@ -129,7 +129,8 @@ class AggregationRecord(Record):
     version: int
     driver: str
     sites: list[str]
-    elapsed_s: float
+    started_s: float | None = None  # run time when it began (runs before it: None)
+    elapsed_s: float  # run time when it ended
     staleness: dict[str, int]
     updates: int | None = None  # async: accepted updates so far
 
@@ -140,9 +141,27 @@ class EvalRecord(Record):
     kind: Literal["baseline", "round"]
     round: int
     val_loss: float
+    # per task: [value tokens predicted right, value tokens] (crossfl.client.evaluate)
+    answer_tokens: dict[str, tuple[int, int]] = Field(default_factory=dict)
     exact_match: dict[str, float] = Field(default_factory=dict)
     num_samples: int | None = None
-    elapsed_s: float
+    started_s: float | None = None  # run time when the evaluation was sent (runs before it: None)
+    elapsed_s: float  # run time when its result came back
+
+    def answer_accuracy(self, task: str | None = None) -> float | None:
+        """The share of the answers' value tokens predicted right: of ``task``, or of all."""
+        rows = [v for t, v in self.answer_tokens.items() if task is None or t == task]
+        total = sum(n for _, n in rows)
+        return sum(right for right, _ in rows) / total if total else None
+
+    def headline(self) -> str:
+        """``val loss 0.9189, answer tokens 41%``: what the console says of an evaluation (a
+        round's line, with it, fits 80 columns)."""
+        acc = self.answer_accuracy()
+        return f"val loss {self.val_loss:.4f}" + (
+            f", answer tokens {acc:.0%}" if acc is not None else ""
+        )
+
     strategy: str
     version: int
     updates: int

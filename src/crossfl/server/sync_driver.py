@@ -140,6 +140,7 @@ class RoundDriver(DriverBase):
 
     def aggregate(self, updates: list[Update], rnd: int) -> None:
         s = self.state
+        started = s.elapsed()
         if s.global_flat is None:
             # Every site started from the same seeded fresh adapter: that is version 0.
             s.global_flat = self.initial_global()
@@ -157,6 +158,7 @@ class RoundDriver(DriverBase):
                 version=s.version,
                 driver=self.name,
                 sites=sorted(u.site for u in updates),
+                started_s=started,
                 elapsed_s=s.elapsed(),
                 staleness={u.site: s.version - 1 - u.base_version for u in updates},
             )
@@ -180,10 +182,10 @@ class RoundDriver(DriverBase):
                     self.checkpoint()
                     progress.remove_task(bar)
                     progress.advance(rounds_task)
-                    loss = f"val loss {last.val_loss:.4f}, " if last and last.round == rnd else ""
+                    loss = f"{last.headline()}, " if last and last.round == rnd else ""
                     self.console.print(
                         f"round {rnd}/{exp.rounds}: {len(updates)}/{len(self.handles)} updates, "
-                        f"{loss}{self.clock.now() - t0:.1f} s, {self.bytes_moved / 1e6:.2f} MB moved so far"
+                        f"{loss}{self.clock.now() - t0:.0f} s, {self.bytes_moved / 1e6:.2f} MB moved"
                     )
                     self.after_checkpoint()
                     if self.reached_target(last if last and last.round == rnd else None):

@@ -123,11 +123,21 @@ def _expand(
 
 def overrides_path(name: str) -> Path | None:
     """The user's overrides for a site: $CROSSFL_SITE_OVERRIDES/<name>.yaml (a directory), or
-    $CROSSFL_SITE_OVERRIDES itself when it names a file, else deploy/sites/overrides/<name>.yaml."""
+    $CROSSFL_SITE_OVERRIDES itself when it names a file, else deploy/sites/overrides/<name>.yaml.
+    A $CROSSFL_SITE_OVERRIDES that names nothing is an error, not a silent "no overrides"."""
     env = os.environ.get("CROSSFL_SITE_OVERRIDES")
     if env:
         p = Path(env)
-        cand = p if p.suffix in (".yaml", ".yml") else p / f"{name}.yaml"
+        is_file = p.suffix in (".yaml", ".yml")
+        if not (p.is_file() if is_file else p.is_dir()):
+            raise UserError(
+                f"CROSSFL_SITE_OVERRIDES names {'a file' if is_file else 'a directory'} "
+                "that does not exist",
+                file=p,
+                fix="point it at your overrides file (or a directory of <site>.yaml files), "
+                "or unset it",
+            )
+        cand = p if is_file else p / f"{name}.yaml"
         return cand if cand.is_file() else None
     cand = paths.sites_dir() / "overrides" / f"{name}.yaml"
     return cand if cand.is_file() else None
