@@ -442,6 +442,7 @@ def test_cli_sites_table_and_render_all(catalog, tmp_path, monkeypatch):
     out = tmp_path / "out"
     monkeypatch.setenv("CROSSFL_FRONTIER_PROJECT", "abc123")  # ${VAR:?}s render refuses unset
     monkeypatch.setenv("CROSSFL_AURORA_PROJECT", "MyProject")
+    monkeypatch.setenv("CROSSFL_POLARIS_PROJECT", "MyProject")  # Polaris' root is on Eagle too
     result = runner.invoke(app, ["render", "--all", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert set(CATALOG) <= {p.name for p in out.iterdir()}
