@@ -481,6 +481,10 @@ def test_every_proxyjump_hop_is_verified(
         )
         return path
 
+    # deployed through the hop first: status asks no login node of a never-deployed site
+    monkeypatch.setenv("CROSSFL_SSH_CONFIG", str(config("ssh-config-jump", sshd.known_hosts)))
+    code, out = run_cli("deploy", SITE, "--no-start")
+    assert code == 0, out
     monkeypatch.setenv("CROSSFL_SSH_CONFIG", str(config("ssh-config-jump-unknown", empty)))
     code, out = run_cli("status", SITE)
     line = error_line(out)
