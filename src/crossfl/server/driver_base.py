@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -157,6 +157,7 @@ class DriverBase(ABC):
         *,
         clock: Clock = REAL_CLOCK,
         eval_site: OpenSite | None = None,
+        keep_files: bool = True,
     ) -> None:
         self.plan = plan
         self.clock = clock
@@ -170,7 +171,10 @@ class DriverBase(ABC):
         bind_strategy_clock(self.strategy, clock)
         self.strategy.register_sites(self.sample_counts())
         self.eval_site = eval_site or handles[self.exp.eval_site]
-        self.dispatch = make_policy(self.exp, clock, self.metrics.write)
+        self.keep_files = keep_files  # checkpoints and the final adapter (not in comparisons)
+        self.dispatch = make_policy(
+            self.exp, clock, self.metrics.write, self.strategy, synchronous=plan.driver == "sync"
+        )
         self.dispatch.start(handles)
         self.transport = transport
         f = self.exp.faults
@@ -243,8 +247,7 @@ class DriverBase(ABC):
 
     # -- tasks ------------------------------------------------------------------------------
     def submit_train(self, site: str, rnd: int) -> Pending:
-        plan = self.strategy.configure(site, self.state.version, self.plan.client_plan(site))
-        plan = replace(plan, local_steps=self.dispatch.local_steps(site, plan.local_steps))
+        plan = self.dispatch.plan(site, self.state.version, self.plan.client_plan(site))
         adapter = self.global_bytes()
         task = self.plan.train_task(site, self.data_paths[site], plan, rnd)
         out = call_with_retry(
@@ -321,6 +324,7 @@ class DriverBase(ABC):
             train_time_s=record.train_s,
             queue_wait_s=record.queue_s,
         )
+        update.weight = self.dispatch.weight(update, self.state.version)
         return Arrival(record, update, distance(params, reference))
 
     @staticmethod
@@ -422,6 +426,8 @@ class DriverBase(ABC):
 
     # -- checkpoints ----------------------------------------------------------------------------
     def checkpoint(self, finished: bool = False) -> None:
+        if not self.keep_files:
+            return
         s = self.state
         c = ckpt.Checkpoint(
             round=s.round,
@@ -485,6 +491,8 @@ class DriverBase(ABC):
         from crossfl.atomic import atomic_write_bytes
 
         out = self.state.run_dir / "final_adapter"
+        if not self.keep_files:
+            return out
         adapter = self.global_bytes()
         assert adapter is not None
         # peft's own on-disk layout, so PeftModel.from_pretrained(base, out) loads it.

@@ -12,10 +12,14 @@ from __future__ import annotations
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crossfl.endpoints import LocalEngineExecutor, remote_executor
 from crossfl.server.mpi_tasks import MpiSiteExecutor
 from crossfl.server.plan import SitePlan
+
+if TYPE_CHECKING:
+    from crossfl.server.dispatch import SiteControl
 
 
 @dataclass
@@ -23,6 +27,7 @@ class OpenSite:
     site: SitePlan
     executor: Executor
     endpoint: str
+    control: SiteControl | None = None  # the levers on its pilots (crossfl.server.dispatch)
 
     @property
     def kind(self) -> str:
