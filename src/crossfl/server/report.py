@@ -20,10 +20,12 @@ from crossfl.server.records import (
     EvalRecord,
     PilotRecord,
     ResumeRecord,
+    SimulationRecord,
     TaskRecord,
 )
 from crossfl.server.telemetry import live_records, of_kind
 
+FAILED_COLOR = "#c0392b"  # a task that failed or timed out: submitted -> given up
 PHASES = (
     ("queue/start", "queue_s", "#bbbbbb"),
     ("load", "load_s", "#f4a259"),
@@ -38,6 +40,16 @@ def baseline_of(records: list[AnyRecord]) -> EvalRecord | None:
 
 def rounds_of(records: list[AnyRecord]) -> list[EvalRecord]:
     return [r for r in of_kind(records, EvalRecord) if r.kind == "round"]
+
+
+def time_axis(records: list[AnyRecord], longest_s: float) -> tuple[str, float]:
+    """The x label and the divisor: virtual time for a replay (crossfl simulate), in hours
+    when it runs past three."""
+    virtual = bool(of_kind(records, SimulationRecord) or of_kind(records, PilotRecord))
+    what = "virtual time (replay)" if virtual else "wall-clock time"
+    if longest_s > 3 * 3600:
+        return f"{what} since start (h)", 3600.0
+    return f"{what} since start (s)", 1.0
 
 
 def plot_loss_vs_time(
@@ -59,17 +71,26 @@ def plot_loss_vs_time(
             if base is not None and not series[key]:
                 series[key].append((0.0, base.val_loss))
             series[key].append((r.elapsed_s, r.val_loss))
+    everything = [r for _l, recs in (labelled or [("", records)]) for r in recs]
+    longest = max((t for rows in series.values() for t, _ in rows), default=0.0)
+    xlabel, unit = time_axis(everything, longest)
     for key, rows in series.items():
-        ax.plot([t for t, _ in rows], [v for _, v in rows], marker="o", label=key)
-    ax.set_xlabel("wall-clock time since start (s)")
+        ax.plot([t / unit for t, _ in rows], [v for _, v in rows], marker="o", label=key)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("validation loss")
-    ax.set_title("validation loss vs wall-clock time")
+    ax.set_title(f"validation loss vs {xlabel.split(' since')[0]}")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def timeline_sites(records: list[AnyRecord]) -> list[str]:
+    """The timeline's lanes: every site with a task, a site whose tasks all failed or timed
+    out included."""
+    return sorted({t.site for t in of_kind(records, TaskRecord)})
 
 
 def plot_site_timeline(records: list[AnyRecord], out: Path) -> Path:
@@ -79,25 +100,40 @@ def plot_site_timeline(records: list[AnyRecord], out: Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    tasks = [t for t in of_kind(records, TaskRecord) if t.status == "ok"]
-    sites = sorted({t.site for t in tasks})
-    t0 = min((t.submitted_rel_s for t in tasks), default=0.0)
+    every = of_kind(records, TaskRecord)
+    tasks = [t for t in every if t.status == "ok"]
+    sites = timeline_sites(records)
+    t0 = min((t.submitted_rel_s for t in every), default=0.0)
+    longest = max(
+        (t.submitted_rel_s - t0 + (t.received_at - t.submitted_at) for t in every), default=0.0
+    )
+    xlabel, unit = time_axis(records, longest)
     fig, ax = plt.subplots(figsize=(8, 1.0 + 0.6 * max(1, len(sites))))
     for row, site in enumerate(sites):
         for task in (t for t in tasks if t.site == site):
             start = task.submitted_rel_s - t0
             for _label, key, color in PHASES:
                 width = max(0.0, float(getattr(task, key) or 0.0))
-                ax.broken_barh([(start, width)], (row - 0.35, 0.7), facecolors=color)
+                ax.broken_barh([(start / unit, width / unit)], (row - 0.35, 0.7), facecolors=color)
                 start += width
+        for task in (t for t in every if t.site == site and t.status != "ok"):
+            start, width = task.submitted_rel_s - t0, task.received_at - task.submitted_at
+            ax.broken_barh(
+                [(start / unit, width / unit)],
+                (row - 0.35, 0.7),
+                facecolors="none",
+                edgecolors=FAILED_COLOR,
+                hatch="//",
+            )
     ax.set_yticks(range(len(sites)), sites)
-    ax.set_xlabel("time since start (s)")
+    ax.set_xlabel(xlabel)
     ax.set_title("per-site timeline: where the time went")
     ax.legend(
-        handles=[Patch(color=c, label=lbl) for lbl, _k, c in PHASES],
+        handles=[Patch(color=c, label=lbl) for lbl, _k, c in PHASES]
+        + [Patch(facecolor="none", edgecolor=FAILED_COLOR, hatch="//", label="failed")],
         loc="upper center",
         bbox_to_anchor=(0.5, -0.25),
-        ncol=len(PHASES),
+        ncol=len(PHASES) + 1,
         frameon=False,
     )
     fig.tight_layout()
