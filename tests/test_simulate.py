@@ -1063,3 +1063,62 @@ def test_experiment_copies_are_validated() -> None:
         variant_experiment(
             base, Path("x.yaml"), Variant("q", "fedqueue", dispatch={"name": "x"}), {}, 1.0
         )
+
+
+def test_the_policy_takes_the_schedulers_estimate_and_never_the_scenarios() -> None:
+    """A live site's scheduler estimate wins; a replay's endpoint gives none (it never hands
+    out the scenario's wait model), so the policy starts from its prior and learns from the
+    waits its pilots had."""
+    from types import SimpleNamespace
+
+    policy, clock = policy_for(prior_wait_s=900)
+    policy.controls["a"] = SimpleNamespace(start_estimate_s=lambda: 1234.0, pilots=lambda: None)
+    assert policy.expected_wait_s("a") == 1234.0
+    slow = scenario({"model": "fixed", "wait_s": 5000.0, "assumption": "test"})
+    ex = site(slow, clock)
+    assert ex.start_estimate_s() is None and not hasattr(ex, "expected_wait_s")
+    policy.controls["b"] = ex
+    assert policy.expected_wait_s("b") == pytest.approx(900.0)  # the prior, not 5000
+    run_one(ex, clock, task(10))  # its pilot waited 5000 s
+    policy.learn_waits("b")
+    assert policy.expected_wait_s("b") > 1500.0
+
+
+def test_replay_plots_say_virtual_time_and_keep_a_lane_for_a_site_that_only_failed(
+    tmp_path: Path,
+) -> None:
+    from crossfl.server.records import PilotRecord
+    from crossfl.server.report import plot_site_timeline, time_axis, timeline_sites
+
+    ok = task_done("a", submitted=0, received=200, wall=200, queue=100, cold=True)
+    lost = task_done(
+        "b",
+        submitted=0,
+        received=43200,
+        wall=0,
+        queue=0,
+        cold=True,
+        status="failed",
+        error="timed out after 43200 s",
+    )
+    pilot = PilotRecord(
+        site="a",
+        profile="a",
+        facility="f",
+        queue="q",
+        mode="pilot",
+        block=0,
+        nodes=1,
+        walltime_s=3600,
+        submitted_at=0,
+        started_at=100,
+        ended_at=400,
+        held_s=300,
+        node_hours=300 / 3600,
+        tasks=1,
+    )
+    records = [ok, lost, pilot]
+    assert timeline_sites(records) == ["a", "b"]
+    assert time_axis(records, 160000.0) == ("virtual time (replay) since start (h)", 3600.0)
+    assert time_axis([ok], 100.0) == ("wall-clock time since start (s)", 1.0)
+    assert plot_site_timeline(records, tmp_path / "t.png").stat().st_size > 0

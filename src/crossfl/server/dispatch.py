@@ -116,6 +116,8 @@ class WaitEstimator:
         self.logs.append(math.log(max(1.0, wait_s)))
 
     def expected_s(self, waiting_for_s: float = 0.0) -> float:
+        if not self.logs:
+            return max(self.prior_s, waiting_for_s)
         k, n = PRIOR_SAMPLES, len(self.logs)
         m0 = math.log(self.prior_s) - PRIOR_SIGMA**2 / 2
         mean = (k * m0 + sum(self.logs)) / (k + n)
@@ -331,6 +333,7 @@ class QueueAware(DispatchPolicy):
                 st.walltime_s is not None
                 and expected * others > st.nodes * self.settings.warm_if_wait_over_s
             )
+            self.choose_shape(name, self.settings.prior_task_s)
             if control is not None and st.keep and st.walltime_s is not None:
                 control.set_idle(max_idletime_s=st.walltime_s)
             self.record(
@@ -492,11 +495,12 @@ class QueueAware(DispatchPolicy):
                 idle_gap_s=gap,
             )
 
-    def choose_shape(self, site: str) -> None:
+    def choose_shape(self, site: str, task_s: float | None = None) -> None:
         """The shortest walltime bin that holds ``pilot_tasks`` tasks of the measured length
-        (and a margin) for the pilots submitted from now on."""
+        (before one is measured: ``task_s``) and a margin, for the pilots submitted from now
+        on."""
         control, st = self.controls.get(site), self.state(site)
-        task = st.task_s(st.planned_steps or self.exp.training.local_steps)
+        task = task_s or st.task_s(st.planned_steps or self.exp.training.local_steps)
         if control is None or task is None or not self.settings.fit_shape:
             return
         need = self.settings.pilot_tasks * task + self.settings.walltime_margin_s

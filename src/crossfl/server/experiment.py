@@ -140,6 +140,12 @@ class DispatchSettings(Strict):
         "that holds pilot_tasks tasks",
     )
     pilot_tasks: int = Field(4, ge=1, description="tasks a pilot's walltime should hold")
+    prior_task_s: float = Field(
+        600,
+        gt=0,
+        description="a task's expected length before one is measured (the first pilots' "
+        "walltime is chosen for pilot_tasks of them)",
+    )
     next_pilot: bool = Field(
         True,
         description="ask for a site's next pilot before its current one ends, and drain a "

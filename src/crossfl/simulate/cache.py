@@ -100,6 +100,22 @@ def file_facts(path: str) -> list[tuple[str, int, int]]:
     return sorted(facts)
 
 
+@functools.cache
+def replay_version() -> str:
+    """What a replay's outcome depends on beyond the training: the round server, the
+    strategies, the dispatch policy and the simulator (their source), and the training."""
+    import crossfl
+
+    h = hashlib.sha256(code_version().encode())
+    root = Path(crossfl.__file__).parent
+    for part in ("server", "simulate", "clock.py"):
+        for file in (
+            sorted((root / part).rglob("*.py")) if (root / part).is_dir() else [root / part]
+        ):
+            _feed(h, [str(file.relative_to(root)), file.read_bytes()])
+    return h.hexdigest()
+
+
 def payload_digest(fn: Callable[..., Any], payload: Any) -> str | None:
     """The cache key of ``fn(payload)``, or None when it must not be cached."""
     if not isinstance(payload, dict) or any(payload.get(k) is not None for k in BY_REFERENCE):

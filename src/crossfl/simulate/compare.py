@@ -57,7 +57,7 @@ from crossfl.server.experiment import Experiment, with_changes
 from crossfl.server.records import EvalRecord, PilotRecord, SimulationRecord
 from crossfl.server.strategies import is_async
 from crossfl.server.telemetry import live_records, of_kind
-from crossfl.simulate.cache import code_version
+from crossfl.simulate.cache import replay_version
 from crossfl.simulate.scenario import Scenario, no_queue
 
 COMPARE_VERSION = 1  # raise when what an outcome means changes
@@ -68,6 +68,7 @@ RESAMPLES = 4999
 CONFIDENCE = 0.95
 GUARD = 4  # compute guard: at most this many times the experiment's client updates
 HORIZON_H = 96.0
+HORIZON_H_REPRODUCE = 1.0  # APPFL's example: rounds of seconds
 TUNING_SEEDS = (1000, 1001)  # evaluation seeds are 0..N-1, N <= 1000
 WORK_UNIT = 60  # facility steps one replayed step stands for (virtual time)
 
@@ -255,7 +256,7 @@ class Job:
     def key(self) -> str:
         facts = {
             "v": COMPARE_VERSION,
-            "code": code_version(),
+            "code": replay_version(),
             "experiment": self.experiment,
             "scenario": self.scenario,
             "seed": self.seed,
@@ -349,8 +350,13 @@ class Runner:
             o = results[i]
             spent = time.monotonic() - start
             eta = spent / k * (n - k)
+            said = (
+                f"final loss {o.final_loss:.4f}"
+                if jobs[i].phase == "reference"
+                else _fmt_outcome(o)
+            )
             self.console.print(
-                f"  [{k}/{n}] {what} {o.variant} seed {o.seed}: {_fmt_outcome(o)}"
+                f"  [{k}/{n}] {what} {o.variant} seed {o.seed}: {said}"
                 f"  ({_clock(spent)} so far, about {_clock(eta)} left)",
                 highlight=False,
             )
@@ -556,6 +562,8 @@ def variant_experiment(
     stops there or at the compute guard (``GUARD`` x the experiment's updates)."""
     changes: dict[str, Any] = {
         "name": f"{experiment.name}-{v.label.replace('+', '-')}",
+        # the target is a loss: no generation for exact match in a comparison's evaluations
+        "evaluation": {**experiment.evaluation.model_dump(), "generate_samples": 0},
         "strategy": {"name": v.strategy, "kwargs": kwargs},
         "dispatch": dict(v.dispatch),
         "driver": "auto",
@@ -590,7 +598,8 @@ def run_comparison(
 
     t0 = time.monotonic()
     unit = work_unit if work_unit is not None else (1 if reproduce else WORK_UNIT)
-    horizon_s = 3600.0 * (horizon_h if horizon_h is not None else HORIZON_H)
+    default_h = HORIZON_H_REPRODUCE if reproduce else HORIZON_H
+    horizon_s = 3600.0 * (horizon_h if horizon_h is not None else default_h)
     scaled = work_scaled(scenario, unit)
     scale = scale_of(experiment, scaled)
     chosen_variants = variants or (reproduce_variants if reproduce else compare_variants)(scale)
@@ -797,8 +806,9 @@ def write_summary(c: Comparison, out: Path) -> Path:
 
 
 def comparison_plot(c: Comparison, out: Path) -> Path:
-    """Validation loss against virtual hours, one line per variant (its median-time seed),
-    and the time to target per seed and variant; log axes where the spread needs them."""
+    """Validation loss against virtual hours, one line per variant (its median-time seed,
+    from its first evaluation after training), and the time to target per seed and
+    variant; log axes where the spread needs them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -810,7 +820,7 @@ def comparison_plot(c: Comparison, out: Path) -> Path:
             continue
         times = [o.time_or(c.horizon_s) for o in runs]
         median_run = runs[int(np.argsort(times)[len(times) // 2])]
-        pts = [(max(t, 1.0) / 3600, v) for t, v in median_run.curve]
+        pts = [(t / 3600, v) for t, v in median_run.curve if t > 0]  # from the first round
         left.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label)
         right.scatter([label] * len(times), np.array(times) / 3600, s=12, alpha=0.7)
     left.axhline(c.target, color="k", lw=0.8, ls="--", label="target")
