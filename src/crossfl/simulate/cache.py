@@ -103,16 +103,18 @@ def file_facts(path: str) -> list[tuple[str, int, int]]:
 @functools.cache
 def replay_version() -> str:
     """What a replay's outcome depends on beyond the training: the round server, the
-    strategies, the dispatch policy and the simulator (their source), and the training."""
+    strategies, the dispatch policy and the simulator (their source), and the training.
+    Not the comparison that asks for replays (``compare.py``: its jobs name everything a
+    replay is given; ``COMPARE_VERSION`` covers how it reads them) nor calibration."""
     import crossfl
 
     h = hashlib.sha256(code_version().encode())
     root = Path(crossfl.__file__).parent
-    for part in ("server", "simulate", "clock.py"):
-        for file in (
-            sorted((root / part).rglob("*.py")) if (root / part).is_dir() else [root / part]
-        ):
-            _feed(h, [str(file.relative_to(root)), file.read_bytes()])
+    files = [*(root / "server").rglob("*.py"), *(root / "simulate").rglob("*.py")]
+    for file in sorted([*files, root / "clock.py"]):
+        if file.parent.name == "simulate" and file.name in ("compare.py", "calibrate.py"):
+            continue
+        _feed(h, [str(file.relative_to(root)), file.read_bytes()])
     return h.hexdigest()
 
 

@@ -16,7 +16,7 @@ The rules, fixed before any run and the same for every variant:
   [L/2, 2L]. One replayed step stands for ``work_unit`` steps at the facility (virtual time
   only: the scenario's seconds per step times the unit), so tasks last as long, against
   the queue waits, as real fine-tuning tasks would.
-- *Tuning*: each strategy's parameters (FedQueue ``t_sync`` and ``warm_up_steps``,
+- *Tuning*: each strategy's parameters (FedQueue ``t_sync``, ``theta`` and ``warm_up_steps``,
   FedCompass' step range, FedBuff's K, FedAsync's alpha) are chosen among a few candidates
   by the geometric mean time to target on ``TUNING_SEEDS``, which are not evaluation seeds;
   the candidates and the choice are reported.
@@ -101,11 +101,12 @@ class Scale:
 
 def compare_variants(s: Scale) -> tuple[Variant, ...]:
     """The comparison: five strategies as published, FedQueue with our warm pilots only, and
-    ours (FedQueue with the queue-aware policy)."""
+    ours (FedQueue with the queue-aware policy); four candidates for each tuned strategy."""
     L, lo, hi = s.steps, s.lo, s.hi
     fedqueue = tuple(
-        {"t_sync": round(k * s.task_s), "warm_up_steps": w, "max_local_steps": hi}
-        for k, w in ((2, L), (4, L), (8, lo))
+        {"t_sync": round(k * s.task_s), "theta": round(t), "warm_up_steps": w}
+        | {"max_local_steps": hi}
+        for k, t, w in ((2, 60, L), (4, 60, L), (4, s.task_s / 2, L), (8, s.task_s / 2, lo))
     )
     warm = {
         "name": "queue-aware",
@@ -116,14 +117,18 @@ def compare_variants(s: Scale) -> tuple[Variant, ...]:
     }
     return (
         Variant("fedavg", "fedavg"),
-        Variant("fedasync", "fedasync", tuple({"alpha": a} for a in (0.3, 0.6, 0.9))),
-        Variant("fedbuff", "fedbuff", tuple({"K": k} for k in (1, 2, 3))),
+        Variant("fedasync", "fedasync", tuple({"alpha": a} for a in (0.3, 0.5, 0.7, 0.9))),
+        Variant(
+            "fedbuff",
+            "fedbuff",
+            tuple({"K": k, "alpha": a} for k, a in ((1, 0.9), (2, 0.9), (3, 0.9), (2, 0.5))),
+        ),
         Variant(
             "fedcompass",
             "fedcompass",
             tuple(
                 {"min_local_steps": a, "max_local_steps": b}
-                for a, b in ((lo, L), (lo, hi), (L, hi))
+                for a, b in ((lo, L), (lo, hi), (L, hi), (L, L))
             ),
         ),
         Variant("fedqueue", "fedqueue", fedqueue),
@@ -767,6 +772,7 @@ def _nh_cell(r: Ratio, flip: bool = False) -> str:
 def _kw(kw: dict[str, Any]) -> str:
     short = {
         "t_sync": "t",
+        "theta": "th",
         "warm_up_steps": "w",
         "max_local_steps": "max",
         "min_local_steps": "min",
