@@ -1122,3 +1122,29 @@ def test_replay_plots_say_virtual_time_and_keep_a_lane_for_a_site_that_only_fail
     assert time_axis(records, 160000.0) == ("virtual time (replay) since start (h)", 3600.0)
     assert time_axis([ok], 100.0) == ("wall-clock time since start (s)", 1.0)
     assert plot_site_timeline(records, tmp_path / "t.png").stat().st_size > 0
+
+
+def test_the_reproduction_says_whether_fedqueue_came_sooner() -> None:
+    from crossfl.simulate.compare import MIN_SEEDS, Comparison, Outcome, paired_ratio
+
+    def run(label: str, seed: int, t: float) -> Outcome:
+        return Outcome(label, seed, {}, True, t, t, "target", 1.0, 1.0, [], 1.0)
+
+    n = MIN_SEEDS
+    outcomes = {
+        "fedqueue": [run("fedqueue", i, 100.0 + i) for i in range(n)],
+        "fedavg": [run("fedavg", i, 200.0 + 5 * i) for i in range(n)],
+        "fedasync": [run("fedasync", i, 90.0 + 3 * (i % 4)) for i in range(n)],
+    }
+    c = Comparison("reproduce", 1.0, 1.0, n, 3600.0, 1, outcomes, {}, {}, {})
+    for other in ("fedavg", "fedasync"):
+        c.ratios[(other, "fedqueue")] = {
+            "time": paired_ratio(c.times(other), c.times("fedqueue")),
+            "node_hours": paired_ratio([1.0] * n, [1.0] * n),
+        }
+    said = c.verdict().splitlines()
+    assert (
+        said[0].startswith("fedavg vs fedqueue: time x2.1")
+        and "reproduced (FedQueue sooner)" in said[0]
+    )
+    assert "NOT reproduced (FedQueue later)" in said[1]

@@ -276,8 +276,8 @@ class QueueAware(DispatchPolicy):
         return control.pilots() if control is not None else None
 
     def learn_waits(self, site: str) -> None:
-        """Count the wait of every pilot that started since the last look (the scheduler's
-        view: submitted, and started = walltime end - walltime)."""
+        """Count the wait of every pilot that started since the last look (as the scheduler
+        lists its jobs: submitted and started)."""
         st, control = self.state(site), self.controls.get(site)
         if control is None:
             return

@@ -100,20 +100,38 @@ def file_facts(path: str) -> list[tuple[str, int, int]]:
     return sorted(facts)
 
 
+# What a replay runs: the round server, strategies and dispatch policy, the clock, and the
+# simulator's own modules (not the comparison that asks for replays: its jobs name all a
+# replay is given, and jobs.COMPARE_VERSION covers how it reads them; not calibration).
+REPLAY_MODULES = (
+    "server",
+    "clock.py",
+    *(
+        f"simulate/{m}.py"
+        for m in (
+            "cache",
+            "executor",
+            "pilot",
+            "queues",
+            "replay",
+            "scenario",
+        )
+    ),
+)
+
+
 @functools.cache
 def replay_version() -> str:
-    """What a replay's outcome depends on beyond the training: the round server, the
-    strategies, the dispatch policy and the simulator (their source), and the training.
-    Not the comparison that asks for replays (``compare.py``: its jobs name everything a
-    replay is given; ``COMPARE_VERSION`` covers how it reads them) nor calibration."""
+    """The training's version (``code_version``) and the source of ``REPLAY_MODULES``."""
     import crossfl
 
     h = hashlib.sha256(code_version().encode())
     root = Path(crossfl.__file__).parent
-    files = [*(root / "server").rglob("*.py"), *(root / "simulate").rglob("*.py")]
-    for file in sorted([*files, root / "clock.py"]):
-        if file.parent.name == "simulate" and file.name in ("compare.py", "calibrate.py"):
-            continue
+    files: list[Path] = []
+    for part in REPLAY_MODULES:
+        path = root / part
+        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    for file in files:
         _feed(h, [str(file.relative_to(root)), file.read_bytes()])
     return h.hexdigest()
 
