@@ -3,6 +3,7 @@ holding everything it depends on (``Job.key``), so an interrupted comparison res
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import time
@@ -65,7 +66,17 @@ def run_job(job: Job) -> dict[str, Any]:
     experiment = Experiment.model_validate(job.experiment)
     plan_key = json.dumps(job.experiment, sort_keys=True, default=str)
     if plan_key not in _PLANS:
-        _PLANS[plan_key] = check_replayable(experiment, Path(job.source), job.task_timeout_s)
+        # planning renders the sites into build/sites: one worker at a time
+        lock = runs_dir() / CACHE_DIR / "plan.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with lock.open("a") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            try:
+                _PLANS[plan_key] = check_replayable(
+                    experiment, Path(job.source), job.task_timeout_s
+                )
+            finally:
+                fcntl.flock(held, fcntl.LOCK_UN)
     cache = ResultCache(runs_dir() / CACHE_DIR / "results")
     run_dir = runs_dir() / CACHE_DIR / "replays" / job.key[:20]
     replay(
