@@ -109,7 +109,9 @@ def test_a_signal_to_the_process_group_ends_the_run_and_it_resumes_bit_exact(
         os.killpg(proc.pid, sig)
         assert proc.wait(timeout=LIMIT_S) == 130, log.read_text()
         out = log.read_text()
-        assert f"crossfl resume {run_dir}" in out and "checkpoint after round 1 of 3 kept" in out, out
+        assert f"crossfl resume {run_dir}" in out and "checkpoint after round 1 of 3 kept" in out, (
+            out
+        )
         assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
         assert not started(mark, proc.pid), "a stopped run leaves no engine process"
         assert not (run_dir / "run.owner.json").exists()
