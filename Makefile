@@ -19,7 +19,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/appfl.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[train,data,test]'
+	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[train,data,sim,test]'
 	$(BIN)/pip install -q --no-deps -r requirements/appfl.txt
 	@touch $@
 
@@ -40,10 +40,11 @@ experiment: setup
 	$(CROSSFL) run $(EXP)
 
 ## make simulate EXP=local-demo QUEUES=deploy/queues/high-variance.yaml [SEEDS=N] [COMPARE=1]
-## replay an experiment in virtual time against facility queues (crossfl simulate)
+## [REPRODUCE=1] [WORKERS=N]: replay an experiment in virtual time against facility queues
+## (crossfl simulate); COMPARE=1: the comparison, REPRODUCE=1: APPFL's FedQueue setting
 QUEUES ?= deploy/queues/high-variance.yaml
 simulate: setup data model
-	$(CROSSFL) simulate $(or $(EXP),local-demo) --queues $(QUEUES) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(COMPARE),--compare)
+	$(CROSSFL) simulate $(or $(EXP),local-demo) --queues $(QUEUES) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(COMPARE),--compare) $(if $(REPRODUCE),--reproduce) $(if $(WORKERS),--workers $(WORKERS))
 
 ## make test: lint, then the test suite (starts its own Slurm/sshd where it can, as root)
 test: lint

@@ -508,6 +508,125 @@ def test_fedcompass_late_update_superseded_by_the_sites_newer_one(
     assert groups == 1 and scripted == {"alcf": [], "olcf": []}  # every scripted task ran
 
 
+class FakeTimers:
+    """Stands in for threading.Timer on the fake clock: the test fires each timer when the
+    clock reaches it, as APPFL's threads would."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.armed: list[Any] = []
+
+    def __call__(self, interval: float, fn: Any, args: Any = (), kwargs: Any = None) -> Any:
+        timers = self
+
+        class Timer:
+            def __init__(self) -> None:
+                self.due, self.cancelled = timers.clock.t + interval, False
+
+            def start(self) -> None:
+                timers.armed.append(self)
+
+            def cancel(self) -> None:
+                self.cancelled = True
+
+            def fire(self) -> None:
+                timers.armed.remove(self)
+                if not self.cancelled:
+                    fn(*args, **(kwargs or {}))
+
+        return Timer()
+
+    def next(self) -> Any:
+        live = [t for t in self.armed if not t.cancelled]
+        return min(live, key=lambda t: t.due) if live else None
+
+
+def test_fedcompass_matches_appfl_with_its_group_timers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """High jitter (a task takes 0.3x to 2.5x its site's usual time), APPFL's group timers
+    firing at each window's end: arrivals after a window, general-buffered updates taken in
+    by a timer, groups aggregated without an arrival. Our FedCompass is given the same
+    moments (``flush_due`` when APPFL's timer fires); both global models agree after every
+    event, and every site APPFL releases gets the same local steps from both."""
+    import appfl.algorithm.scheduler.compass_scheduler as cs
+
+    clock = FakeClock()
+    timers = FakeTimers(clock)
+    monkeypatch.setattr(cs.time, "time", clock)
+    monkeypatch.setattr(cs.threading, "Timer", timers)
+    n, alpha = len(SITES), 0.8
+    sched = cs.CompassScheduler(
+        DictConfig({**COMPASS_CFG, "num_clients": n, "optimize_memory": False}),
+        appfl("FedCompassAggregator", alpha=alpha, num_clients=n),
+        logging.getLogger("appfl-oracle"),
+    )
+    ours = get_strategy("fedcompass", alpha=alpha, **COMPASS_CFG)
+    ours.register_sites({site: 1 for site in SITES})
+    ours.clock = clock  # type: ignore[attr-defined]
+    ours.reset_clock()  # type: ignore[attr-defined]
+    speeds = {"alcf": 1.0, "olcf": 2.3, "nersc": 4.1, "tacc": 9.0}
+    jitter = random.Random(3)
+    gen = torch.Generator().manual_seed(21)
+    init = adapter(gen)
+    sched.aggregator.global_state = copy.deepcopy(init)
+    g, version = SPEC.flatten(init), 0
+    plan = ClientPlan(local_steps=COMPASS_CFG["max_local_steps"], lr=1e-4)
+    running: dict[str, tuple[float, int, int, dict[str, torch.Tensor]]] = {}
+
+    def start(site: str, steps: int) -> None:
+        took = steps * speeds[site] * jitter.uniform(0.3, 2.5)
+        running[site] = (clock.t + took, steps, version, SPEC.unflatten(g, copy=True))
+
+    for site in SITES:
+        start(site, ours.configure(site, version, plan).local_steps)
+    pending: dict[str, Any] = {}
+    events, timer_aggregations, late = 0, 0, 0
+    try:
+        while events < 60:
+            site = min(running, key=lambda s: running[s][0]) if running else None
+            timer = timers.next()
+            if timer is not None and (site is None or timer.due < running[site][0]):
+                clock.t = timer.due
+                before = sched.global_timestamp
+                timer.fire()
+                new = ours.flush_due(g, version)  # type: ignore[attr-defined]
+                assert (new is not None) == (sched.global_timestamp > before)
+                if new is not None:
+                    g, version = new, version + 1
+                    timer_aggregations += 1
+                answered = []
+            else:
+                assert site is not None
+                arrival, steps, base_version, base = running.pop(site)
+                clock.t = arrival
+                model = local_model(gen, base)
+                gid = sched.client_info.get(site, {}).get("goa", -1)
+                group = sched.arrival_group.get(gid)
+                late += group is not None and arrival > group["latest_arrival_time"]
+                result = sched.schedule(site, copy.deepcopy(model))
+                update = Update(site, SPEC.flatten(model), 1, base_version, steps)
+                new = ours.aggregate(g, [update], version)
+                if new is not None:
+                    g, version = new, version + 1
+                answered = [(site, result)] if isinstance(result, tuple) else []
+                if not answered:
+                    pending[site] = result
+            assert_same(g, sched.aggregator.global_state)
+            done = sorted(
+                (s for s, f in pending.items() if f.done()),
+                key=lambda s: sched.client_info[s]["speed"],
+            )
+            answered += [(s, pending.pop(s).result()) for s in done]
+            assert ours.held_sites() == set(pending)  # type: ignore[attr-defined]
+            for member, (_, meta) in answered:
+                steps = ours.configure(member, version, plan).local_steps
+                assert steps == meta["local_steps"], member
+                start(member, steps)
+            events += 1
+    finally:
+        sched.clean_up()
+    assert timer_aggregations >= 2 and late >= 3, (timer_aggregations, late)
+
+
 # ---------------------------------------------------------------- FedQueue
 
 

@@ -109,7 +109,9 @@ def test_a_signal_to_the_process_group_ends_the_run_and_it_resumes_bit_exact(
         os.killpg(proc.pid, sig)
         assert proc.wait(timeout=LIMIT_S) == 130, log.read_text()
         out = log.read_text()
-        assert f"crossfl resume {run_dir}" in out and "checkpoint after round 1 kept" in out, out
+        assert f"crossfl resume {run_dir}" in out and "checkpoint after round 1 of 3 kept" in out, (
+            out
+        )
         assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
         assert not started(mark, proc.pid), "a stopped run leaves no engine process"
         assert not (run_dir / "run.owner.json").exists()
@@ -224,7 +226,7 @@ def test_a_full_disk_ends_the_run_in_one_line_and_it_resumes(
         (run_dir,) = runs.glob("full-*")
         line = full.value.render()
         assert "\n" not in line and "disk full" in line, line
-        assert "checkpoint after round 1 kept" in line, line
+        assert "checkpoint after round 1 of 2 kept" in line, line
         assert f"crossfl resume {run_dir}" in line, line
         assert (c := ckpt.load(run_dir / "checkpoint")) is not None and c.round == 1
         filler[0].unlink()

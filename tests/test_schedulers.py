@@ -162,3 +162,36 @@ def test_walltimes() -> None:
         schedulers.parse_walltime("2h")
     with pytest.raises(ValueError, match="Slurm time"):
         slurm.parse_time("2h")
+
+
+def test_start_estimates_are_read_as_each_scheduler_prints_them() -> None:
+    """Slurm: `sbatch --test-only` and `squeue --start`; PBS Pro: a queued job's
+    `estimated.start_time` in `qstat -f` (ctime form). What the dispatch policy reads."""
+    from datetime import datetime
+
+    from crossfl.schedulers.pbs import PbsPro
+    from crossfl.schedulers.slurm import Slurm
+
+    slurm, pbs = Slurm(), PbsPro()
+    line = slurm.start_test_command(nodes=2, walltime_s=5400, queue="batch", account="abc 1")
+    assert line == (
+        "sbatch --test-only --nodes=2 --time=90:00 --partition=batch '--account=abc 1' "
+        "--wrap=true 2>&1"
+    )
+    said = "sbatch: Job 4242 to start at 2026-12-07T18:05:11 using 64 processors on nodes x"
+    assert slurm.parse_start(said, 0) == datetime(2026, 12, 7, 18, 5, 11)
+    assert slurm.parse_start("sbatch: error: invalid partition", 1) is None
+    assert slurm.pending_start_command("77") == "squeue --start -h -j 77 -o %S 2>&1"
+    assert slurm.parse_start("2026-12-08T01:00:00\n", 0) == datetime(2026, 12, 8, 1, 0, 0)
+    assert slurm.parse_start("N/A\n", 0) is None
+    assert pbs.start_test_command(nodes=1, walltime_s=60, queue="prod", account=None) is None
+    qstat = (
+        "Job Id: 123.polaris-pbs-01\n"
+        "    job_state = Q\n"
+        "    queue = prod\n"
+        "    estimated.start_time = Fri Oct  4 15:30:00 2024\n"
+        "    estimated.exec_vnode = (x3001c0s1b0n0:ncpus=64)\n"
+    )
+    assert pbs.pending_start_command("123.polaris-pbs-01") == "qstat -f 123.polaris-pbs-01 2>&1"
+    assert pbs.parse_start(qstat, 0) == datetime(2024, 10, 4, 15, 30, 0)
+    assert pbs.parse_start("Job Id: 1.x\n    job_state = Q\n", 0) is None

@@ -441,15 +441,57 @@ def test_a_failing_site_function_is_a_task_failure_not_retried() -> None:
     )
 
 
-def test_a_cancelled_queued_task_never_runs() -> None:
+def test_a_cancelled_task_still_holds_its_worker_as_at_globus_compute() -> None:
+    """A task registered with the web service cannot be cancelled there (the SDK's
+    Executor.shutdown: "Tasks cannot be cancelled once they are registered"): the server
+    gives up on its future, but the endpoint runs it, and the next task waits for it."""
     clock = VirtualClock()
     ex = site(scenario(), clock)
     CALLS.clear()
-    future = ex.submit(toy_train, task(10, tag="cancelled"))
+    future = ex.submit(toy_train, task(100, tag="abandoned"))  # 200 s of steps
     clock.sleep(50.0)
     assert future.cancel()
-    clock.sleep(1000.0)
-    assert CALLS == []
+    after = ex.submit(toy_train, task(10, tag="next"))
+    clock.wait([after])
+    # block up at 105 s: the abandoned task holds it (cold load 30 + 200 s) until 335 s
+    assert after.result()["started_at"] == pytest.approx(335.0)
+    assert after.result()["cache_hit"] is True  # the same worker, warm
+    assert [c["tag"] for c in CALLS] == ["next"]  # nobody reads it: not trained for real
+
+
+def test_a_pilot_asked_for_ahead_starts_while_the_current_one_runs_and_drains() -> None:
+    """The dispatch policy's levers on a simulated endpoint: the next pilot submitted before
+    the current one's walltime ends, and a drain time (HTEX drain_period) so no task is
+    started that its pilot cannot finish."""
+    clock, records = VirtualClock(), []
+    ex = site(scenario(walltime="00:10:00"), clock, records=records)
+    ex.set_idle(max_idletime_s=3600.0)  # kept warm
+    ex.set_drain(100.0)  # blocks started from now on take no task in their last 100 s
+    run_one(ex, clock, task(10))  # block 0 up at 105 s, walltime end 705 s
+    assert ex.pilots() == [(5.0, 105.0, 705.0)]
+    assert ex.request_pilot() and not ex.request_pilot()  # one ahead at most, none queued twice
+    clock.sleep(200.0)  # block 1 queued 100 s: up at 257 s
+    assert [p[1] for p in ex.pilots()] == [105.0, 257.0]
+    clock.sleep(400.0 - clock.now())
+    late = ex.submit(toy_train, task(10))
+    clock.wait([late])
+    assert late.result()["simulated"]["block"] == 1  # the block with most walltime left
+    clock.sleep(700.0 - clock.now())
+    assert ("drained", 605.0) in [(r["end_reason"], r["ended_at"]) for r in records]
+
+
+def test_the_clock_stops_at_its_horizon() -> None:
+    from crossfl.clock import HorizonReached
+
+    clock = VirtualClock(horizon=100.0)
+    ran: list[float] = []
+    clock.call_at(50.0, lambda: ran.append(clock.now()))
+    clock.call_at(150.0, lambda: ran.append(clock.now()))
+    with pytest.raises(HorizonReached):
+        clock.wait([Future()])
+    assert ran == [50.0] and clock.now() == 100.0
+    with pytest.raises(HorizonReached):
+        VirtualClock(horizon=10.0).sleep(11.0)
 
 
 def test_replays_are_deterministic_by_seed_and_paired_across_sites() -> None:
@@ -616,10 +658,12 @@ def test_calibration_fits_lognormal_per_site_with_a_minimum_sample_rule(tmp_path
     sc = load_scenario(out)
     by_name = {p.name: p for p in sc.sites}
     wait = sc.queue_of(by_name["pol"]).wait
-    logs = [math.log(w) for w in cold]
-    assert wait.model == "lognormal" and "12 cold-task" in wait.source
+    # the wait is the cold tasks' queue_s less the dispatch latency every task pays (the
+    # warm tasks' 0.5 s), which the scenario adds back as transfer.down_s
+    logs = [math.log(w - 0.5) for w in cold]
+    assert wait.model == "lognormal" and "12 cold task(s)" in wait.source
     assert wait.median_s == pytest.approx(math.exp(statistics.fmean(logs)), rel=1e-3)
-    assert wait.sigma == pytest.approx(statistics.stdev(logs), rel=1e-3)
+    assert wait.sigma == pytest.approx(statistics.pstdev(logs), rel=1e-3)  # maximum likelihood
     assert (by_name["pol"].facility, by_name["pol"].queue, by_name["pol"].pilot.walltime) == (
         "polaris",
         "debug",
@@ -628,8 +672,37 @@ def test_calibration_fits_lognormal_per_site_with_a_minimum_sample_rule(tmp_path
     assert by_name["pol"].speed.seconds_per_step == 1.5 and by_name["pol"].speed.load_cold_s == 40.0
     assert by_name["pol"].transfer.down_s == 0.5 and by_name["pol"].transfer.up_s == 3.0
     loc = sc.queue_of(by_name["loc"]).wait
-    assert loc.model == "fixed" and loc.wait_s == 5.0 and "only 2 cold task(s)" in loc.assumption
+    assert loc.model == "fixed" and loc.wait_s == pytest.approx(4.8)
+    assert "only 2 cold task(s)" in loc.assumption
     assert any("pol: lognormal" in n for n in notes) and any("loc: 2 cold" in n for n in notes)
+
+
+def test_calibration_takes_timed_out_tasks_as_censored_waits(tmp_path: Path) -> None:
+    """A task that timed out waited at least its timeout: dropping it (as a complete fit of
+    the rest would) makes the queue look faster than it is."""
+    from scipy import stats
+
+    done = [300.0, 600.0, 900.0, 1200.0, 2400.0]
+    cut = [
+        record("pol", 0.0, False, status="failed", error="timed out after 43200 s")
+        for _ in range(3)
+    ]
+    warm = [record("pol", 20.0, True) for _ in range(4)]
+    run = write_run(
+        tmp_path / "run-c",
+        [record("pol", w + 20.0, False) for w in done] + cut + warm,
+        [{"name": "pol", "site": "polaris"}],
+    )
+    data, notes = calibrate.fit([run], min_samples=5)
+    wait = data["facilities"]["polaris"]["queues"]["default"]["wait"]
+    expected = stats.lognorm.fit(
+        stats.CensoredData(uncensored=done, right=[43200.0 - 20.0] * 3), floc=0
+    )
+    complete = math.exp(statistics.fmean(math.log(w) for w in done))
+    assert wait["median_s"] == pytest.approx(expected[2], rel=1e-3)
+    assert wait["sigma"] == pytest.approx(expected[0], rel=1e-3)
+    assert wait["median_s"] > 1.5 * complete  # the censored waits pull it up
+    assert "3 timed out (censored)" in wait["source"] and "censored" in notes[0]
 
 
 def test_calibration_refuses_directories_without_telemetry(tmp_path: Path) -> None:
@@ -721,9 +794,357 @@ def test_time_and_node_hours_to_target_and_paired_ratios() -> None:
     assert node_hours_until(pilots, 3600) == 2 * 1800 / 3600 + 2 * 1800 / 3600
     assert node_hours_until(pilots, math.inf) == math.inf
 
-    rng = np.random.default_rng(0)
-    ratio, low, high = paired_ratio([2.0, 4.0, 6.0], [1.0, 2.0, 3.0], rng)
-    assert (ratio, low, high) == (2.0, 2.0, 2.0)  # a constant ratio: no spread
-    ratio, low, high = paired_ratio([1.0, 3.0, 2.0, 5.0], [2.0, 2.0, 2.0, 2.0], rng)
-    assert ratio == 11 / 8 and low < ratio < high
-    assert math.isnan(paired_ratio([1.0, math.inf], [1.0, 1.0], rng)[0])
+    one = paired_ratio([2.0], [1.0])
+    assert one.gmean == 2.0 and math.isnan(one.low) and math.isnan(one.high)
+    const = paired_ratio([2.0, 4.0, 6.0], [1.0, 2.0, 3.0])
+    assert (const.gmean, const.low, const.high) == pytest.approx((2.0, 2.0, 2.0))  # no spread
+    a, b = [1.0, 3.0, 2.0, 5.0, 4.0, 2.5], [2.0, 2.0, 2.5, 2.0, 3.0, 2.0]
+    r = paired_ratio(a, b)
+    ratios = np.array(a) / np.array(b)
+    assert r.gmean == pytest.approx(float(np.exp(np.mean(np.log(ratios)))))
+    assert r.of_means == pytest.approx(sum(a) / sum(b))
+    assert r.low < r.gmean < r.high and r.of_means_low < r.of_means < r.of_means_high
+    assert math.isnan(paired_ratio([1.0, math.inf], [1.0, 1.0]).gmean)
+
+
+def test_one_seed_gives_no_verdict_and_the_claim_needs_every_seed_of_ours() -> None:
+    from crossfl.simulate.compare import MIN_SEEDS, Comparison, Outcome, paired_ratio
+
+    def run(label: str, seed: int, t: float | None) -> Outcome:
+        return Outcome(label, seed, {}, t is not None, t, t or 3600.0, "target", 1.0, 1.0, [], 1.0)
+
+    def comparison(n: int, ours: list[float | None]) -> Comparison:
+        outcomes = {
+            "ours": [run("ours", i, t) for i, t in enumerate(ours)],
+            "fedqueue": [run("fedqueue", i, 1000.0 + 10 * i) for i in range(n)],
+        }
+        c = Comparison("compare", 1.0, 1.0, n, 3600.0, 60, outcomes, {}, {}, {})
+        nh = paired_ratio([0.5] * n, [1.0] * n)
+        c.ratios[("ours", "fedqueue")] = {
+            "time": paired_ratio(c.times("ours"), c.times("fedqueue")),
+            "node_hours": nh,
+        }
+        return c
+
+    assert comparison(1, [100.0]).verdict().startswith("no verdict: 1 seed")
+    fast = [100.0 + 7 * i for i in range(MIN_SEEDS)]
+    assert "claimed" in comparison(MIN_SEEDS, fast).verdict()
+    missed = comparison(MIN_SEEDS, [*fast[:-1], None])
+    assert "no claim (ours missed the target on 1 seed(s))" in missed.verdict()
+
+
+# ------------------------------------------------------------------ the dispatch policy
+
+
+def policy_for(**dispatch: Any) -> Any:
+    """A queue-aware policy over a FedAvg experiment of sites a and b, on a virtual clock,
+    with no scheduler to ask (as a live site without a control)."""
+    from crossfl.server.dispatch import make_policy
+    from crossfl.server.experiment import Experiment
+    from crossfl.server.strategies import get_strategy
+
+    exp = Experiment.model_validate(
+        {
+            "name": "p",
+            "model": {"path": "m"},
+            "data": {"train": "t.jsonl", "validation": "v.jsonl"},
+            "sites": [{"name": "a", "site": "local"}, {"name": "b", "site": "local"}],
+            "training": {"local_steps": 20},
+            "dispatch": {"name": "queue-aware", **dispatch},
+        }
+    )
+    clock = VirtualClock()
+    policy = make_policy(exp, clock, strategy=get_strategy("fedavg"))
+    for site in ("a", "b"):
+        policy.state(site).walltime_s = 3600.0
+    return policy, clock
+
+
+def task_done(
+    site: str,
+    *,
+    submitted: float,
+    received: float,
+    wall: float,
+    queue: float,
+    cold: bool,
+    status: str = "ok",
+    attempts: int = 1,
+    error: str | None = None,
+) -> Any:
+    from crossfl.server.records import TaskRecord
+
+    ok = status == "ok"
+    return TaskRecord(
+        round=1,
+        site=site,
+        status=status,
+        submitted_at=submitted,
+        received_at=received,
+        submitted_rel_s=submitted,
+        bytes_down=0,
+        transport="inline",
+        attempts=attempts,
+        base_version=0,
+        local_steps=10,
+        error=error,
+        steps=10 if ok else None,
+        train_s=50.0 if ok else None,
+        load_s=0.0 if ok else None,
+        queue_s=queue if ok else None,
+        task_wall_s=wall if ok else None,
+        transfer_s=0.0 if ok else None,
+        cache_hit=not cold if ok else None,
+    )
+
+
+def steps_at(policy: Any, clock: VirtualClock, t: float) -> int:
+    from crossfl.server.strategies import ClientPlan
+
+    clock.sleep(t - clock.now())
+    return policy.plan("a", 1, ClientPlan(20, 1e-3)).local_steps
+
+
+def test_a_released_pilot_does_not_shorten_the_next_task() -> None:
+    """The pilot that ran a's task (started at 100 s, walltime 1 h) was released idle long
+    before 3500 s: the next task goes to a new pilot, whole. (Before: it was fitted into the
+    old pilot's last 80 s: 16 steps, down to 1.)"""
+    policy, clock = policy_for(walltime_margin_s=120)
+    policy.observe(task_done("a", submitted=0, received=200, wall=200, queue=100, cold=True))
+    assert steps_at(policy, clock, 3500.0) == 20
+
+
+def test_a_lost_pilot_does_not_shorten_the_next_task() -> None:
+    policy, clock = policy_for(walltime_margin_s=120)
+    policy.state("a").keep = True  # kept warm: idle does not end it
+    policy.observe(task_done("a", submitted=0, received=200, wall=200, queue=100, cold=True))
+    assert steps_at(policy, clock, 3500.0) == 16  # 80 s left at 5 s a step
+    lost = "ManagerLost: Task failure due to loss of manager (the pilot job ended at preempted)"
+    clock.sleep(10.0)
+    policy.observe(
+        task_done(
+            "a",
+            submitted=3500,
+            received=3510,
+            wall=10,
+            queue=0,
+            cold=False,
+            status="failed",
+            error=lost,
+        )
+    )
+    assert steps_at(policy, clock, 3520.0) == 20
+
+
+def test_a_retried_tasks_pilot_starts_at_its_last_submission() -> None:
+    """The first attempt failed; the retry was submitted at 500 s and waited 100 s for a new
+    pilot: that pilot started at 600 s (not at first submission + queue, 100 s)."""
+    policy, clock = policy_for(walltime_margin_s=120)
+    policy.state("a").keep = True
+    policy.observe(
+        task_done("a", submitted=0, received=1000, wall=500, queue=100, cold=True, attempts=2)
+    )
+    assert policy.current_pilot("a") == (600.0, 4200.0)
+    assert steps_at(policy, clock, 4000.0) == 16  # 80 s left in the pilot started at 600 s
+
+
+def test_warm_or_release_weighs_the_others_waiting_against_the_idle_hold() -> None:
+    from crossfl.server.dispatch import WaitEstimator
+
+    policy, _ = policy_for(prior_wait_s=900)
+    # one other site of one node waits ~900 s for a new pilot of a: keep a for a 600 s gap,
+    # not for a 1200 s one
+    assert policy.keep_warm("a", 600.0) and not policy.keep_warm("a", 1200.0)
+    est = WaitEstimator(900.0)
+    before = est.expected_s()
+    for w in (3000.0, 5000.0, 4000.0, 6000.0):
+        est.add(w)
+    assert est.expected_s() > 3 * before  # learned from what the pilots waited
+    assert est.expected_s(waiting_for_s=50000.0) == 50000.0  # at least what one waits now
+
+
+def test_weights_count_staleness_and_participation() -> None:
+    import torch
+
+    from crossfl.server.strategies import Update
+
+    policy, _ = policy_for()
+    for _ in range(3):
+        policy.observe(task_done("a", submitted=0, received=10, wall=10, queue=0, cold=False))
+    policy.observe(task_done("b", submitted=0, received=10, wall=10, queue=0, cold=False))
+    fresh_b = Update("b", torch.zeros(1), 1, base_version=5, local_steps=1)
+    stale_a = Update("a", torch.zeros(1), 1, base_version=3, local_steps=1)
+    assert policy.weight(fresh_b, 5) == 2.0  # a quarter of the updates, half expected
+    assert policy.weight(stale_a, 5) == pytest.approx((0.5 / 0.75) / (1 + 0.5 * 2))
+    off, _ = policy_for(weighting=False)
+    assert off.weight(stale_a, 5) == 1.0
+
+
+# ------------------------------------------------------------------ keys, data, copies
+
+
+def test_cache_keys_change_with_the_code_and_library_versions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from importlib import metadata
+
+    from crossfl.simulate import cache
+
+    payload = task(10, adapter=b"g")
+    before = payload_digest(toy_train, payload)
+    real = metadata.version
+    monkeypatch.setattr(
+        cache.metadata, "version", lambda lib: "9.9" if lib == "torch" else real(lib)
+    )
+    cache.code_version.cache_clear()
+    try:
+        assert payload_digest(toy_train, payload) != before  # another torch: trained anew
+    finally:
+        monkeypatch.undo()
+        cache.code_version.cache_clear()
+    assert payload_digest(toy_train, payload) == before
+    monkeypatch.setattr(cache, "CACHE_VERSION", cache.CACHE_VERSION + 1)
+    cache.code_version.cache_clear()
+    try:
+        assert payload_digest(toy_train, payload) != before
+    finally:
+        monkeypatch.undo()
+        cache.code_version.cache_clear()
+
+
+def test_every_variant_of_an_experiment_shares_one_data_directory(tmp_path: Path) -> None:
+    """The partition depends on the data and its settings, not on the experiment's name or
+    strategy: variants then name the same files, and identical tasks are reused."""
+    from types import SimpleNamespace
+
+    from crossfl.server.experiment import Experiment, with_changes
+    from crossfl.simulate.replay import data_dir
+
+    train = tmp_path / "train.jsonl"
+    train.write_text("{}\n")
+    base = Experiment.model_validate(
+        {
+            "name": "base",
+            "model": {"path": "m"},
+            "data": {"train": str(train), "validation": "v.jsonl"},
+            "sites": [{"name": "a", "site": "local"}, {"name": "b", "site": "local"}],
+        }
+    )
+    sites = {"a": SimpleNamespace(data_path=None), "b": SimpleNamespace(data_path=None)}
+
+    def plan(e: Experiment) -> Any:
+        return SimpleNamespace(experiment=e, train_path=train, sites=sites)
+
+    variant = with_changes(base, name="base-fedqueue-warm", strategy={"name": "fedqueue"})
+    assert data_dir(plan(variant)) == data_dir(plan(base))
+    other = with_changes(base, data={**base.data.model_dump(), "partition": {"seed": 1}})
+    assert data_dir(plan(other)) != data_dir(plan(base))
+
+
+def test_experiment_copies_are_validated() -> None:
+    """A variant's experiment is checked like a file (model_copy(update=...) accepted
+    rounds=0 and any strategy argument)."""
+    from crossfl.server.experiment import Experiment, with_changes
+    from crossfl.simulate.compare import Variant, variant_experiment
+
+    base = Experiment.model_validate(
+        {
+            "name": "base",
+            "model": {"path": "m"},
+            "data": {"train": "t.jsonl", "validation": "v.jsonl"},
+            "sites": [{"name": "a", "site": "local"}],
+        }
+    )
+    with pytest.raises(UserError, match="rounds"):
+        with_changes(base, rounds=0)
+    v = variant_experiment(base, Path("x.yaml"), Variant("q", "fedqueue"), {"t_sync": 60}, 1.0)
+    assert v.rounds == 4 * base.rounds and v.stop_at_loss == 1.0
+    with pytest.raises(UserError, match="dispatch"):
+        variant_experiment(
+            base, Path("x.yaml"), Variant("q", "fedqueue", dispatch={"name": "x"}), {}, 1.0
+        )
+
+
+def test_the_policy_takes_the_schedulers_estimate_and_never_the_scenarios() -> None:
+    """A live site's scheduler estimate wins; a replay's endpoint gives none (it never hands
+    out the scenario's wait model), so the policy starts from its prior and learns from the
+    waits its pilots had."""
+    from types import SimpleNamespace
+
+    policy, clock = policy_for(prior_wait_s=900)
+    policy.controls["a"] = SimpleNamespace(start_estimate_s=lambda: 1234.0, pilots=lambda: None)
+    assert policy.expected_wait_s("a") == 1234.0
+    slow = scenario({"model": "fixed", "wait_s": 5000.0, "assumption": "test"})
+    ex = site(slow, clock)
+    assert ex.start_estimate_s() is None and not hasattr(ex, "expected_wait_s")
+    policy.controls["b"] = ex
+    assert policy.expected_wait_s("b") == pytest.approx(900.0)  # the prior, not 5000
+    run_one(ex, clock, task(10))  # its pilot waited 5000 s
+    policy.learn_waits("b")
+    assert policy.expected_wait_s("b") > 1500.0
+
+
+def test_replay_plots_say_virtual_time_and_keep_a_lane_for_a_site_that_only_failed(
+    tmp_path: Path,
+) -> None:
+    from crossfl.server.records import PilotRecord
+    from crossfl.server.report import plot_site_timeline, time_axis, timeline_sites
+
+    ok = task_done("a", submitted=0, received=200, wall=200, queue=100, cold=True)
+    lost = task_done(
+        "b",
+        submitted=0,
+        received=43200,
+        wall=0,
+        queue=0,
+        cold=True,
+        status="failed",
+        error="timed out after 43200 s",
+    )
+    pilot = PilotRecord(
+        site="a",
+        profile="a",
+        facility="f",
+        queue="q",
+        mode="pilot",
+        block=0,
+        nodes=1,
+        walltime_s=3600,
+        submitted_at=0,
+        started_at=100,
+        ended_at=400,
+        held_s=300,
+        node_hours=300 / 3600,
+        tasks=1,
+    )
+    records = [ok, lost, pilot]
+    assert timeline_sites(records) == ["a", "b"]
+    assert time_axis(records, 160000.0) == ("virtual time (replay) since start (h)", 3600.0)
+    assert time_axis([ok], 100.0) == ("wall-clock time since start (s)", 1.0)
+    assert plot_site_timeline(records, tmp_path / "t.png").stat().st_size > 0
+
+
+def test_the_reproduction_says_whether_fedqueue_came_sooner() -> None:
+    from crossfl.simulate.compare import MIN_SEEDS, Comparison, Outcome, paired_ratio
+
+    def run(label: str, seed: int, t: float) -> Outcome:
+        return Outcome(label, seed, {}, True, t, t, "target", 1.0, 1.0, [], 1.0)
+
+    n = MIN_SEEDS
+    outcomes = {
+        "fedqueue": [run("fedqueue", i, 100.0 + i) for i in range(n)],
+        "fedavg": [run("fedavg", i, 200.0 + 5 * i) for i in range(n)],
+        "fedasync": [run("fedasync", i, 90.0 + 3 * (i % 4)) for i in range(n)],
+    }
+    c = Comparison("reproduce", 1.0, 1.0, n, 3600.0, 1, outcomes, {}, {}, {})
+    for other in ("fedavg", "fedasync"):
+        c.ratios[(other, "fedqueue")] = {
+            "time": paired_ratio(c.times(other), c.times("fedqueue")),
+            "node_hours": paired_ratio([1.0] * n, [1.0] * n),
+        }
+    said = c.verdict().splitlines()
+    assert (
+        said[0].startswith("fedavg vs fedqueue: time x2.1")
+        and "reproduced (FedQueue sooner)" in said[0]
+    )
+    assert "NOT reproduced (FedQueue later)" in said[1]

@@ -252,3 +252,94 @@ def test_a_run_ends_at_its_target_loss(
     )[0]
     evals = records(run.run_dir, "round")
     assert len(evals) == 1 and evals[0]["val_loss"] <= 1000.0
+
+
+def test_fedqueue_rounds_close_on_its_timer_while_a_site_is_still_out(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """APPFL's FedQueue scheduler aggregates when every client's update is in, or on its timer
+    ((1 + admission_tolerance) t_sync after the last aggregation). west's pilot waits 50 min,
+    so every round closes on the timer: 230 s apart, not as soon as east alone is back (the
+    rule for every strategy before: about 1.5x APPFL's round rate)."""
+    monkeypatch.setenv("CROSSFL_ROOT", str(project))
+    slow = {
+        **SCENARIO,
+        "name": "one-late",
+        "facilities": {
+            **SCENARIO["facilities"],
+            "slow": {
+                "queues": {"q": {"wait": {"model": "fixed", "wait_s": 3000, "assumption": "t"}}}
+            },
+        },
+    }
+    scenario_file = project / "one-late.yaml"
+    scenario_file.write_text(yaml.safe_dump(slow))
+    exp, path = load_experiment(
+        write_experiment(
+            project,
+            "fedqueue-timer",
+            rounds=4,
+            strategy={
+                "name": "fedqueue",
+                "kwargs": {"t_sync": 200, "theta": 10, "warm_up_steps": 2, "max_local_steps": 3},
+            },
+        )
+    )
+    run = replay_seeds(
+        exp, path, load_scenario(scenario_file), scenario_file, 1, Console(width=80), 43200
+    )[0]
+    aggs = records(run.run_dir, "aggregation")
+    assert [a["sites"] for a in aggs] == [["east"]] * 4
+    gaps = [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(aggs, aggs[1:], strict=False)]
+    assert gaps == [pytest.approx(230.0)] * 3
+    first = next(t for t in records(run.run_dir, "task") if t["site"] == "east")
+    assert aggs[0]["elapsed_s"] == pytest.approx(first["received_at"] + 230.0)
+
+
+def test_a_comparison_tunes_apart_runs_over_workers_and_resumes(
+    project: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The comparison end to end on the tiny model: the target from FedAvg with no queue,
+    FedQueue's candidates tried on the tuning seeds only, evaluation seeds over two worker
+    processes, every outcome kept: run again, nothing is replayed."""
+    from crossfl.simulate.compare import TUNING_SEEDS, Variant, run_comparison
+
+    monkeypatch.setenv("CROSSFL_ROOT", str(project))
+    exp, path = load_experiment(write_experiment(project, "cmp", rounds=2))
+    scenario_file = project / "queues.yaml"
+    scenario_file.write_text(yaml.safe_dump(SCENARIO))
+    variants = (
+        Variant("fedavg", "fedavg"),
+        Variant("fedqueue", "fedqueue", ({"t_sync": 400}, {"t_sync": 1200})),
+    )
+
+    def compare(out: str) -> Any:
+        return run_comparison(
+            exp,
+            path,
+            load_scenario(scenario_file),
+            scenario_file,
+            2,
+            Console(width=80, quiet=True),
+            tmp_path / out,
+            43200,
+            workers=2,
+            horizon_h=24,
+            work_unit=1,
+            variants=variants,
+        )
+
+    first = compare("one")
+    assert first.replays == 1 + 2 * len(TUNING_SEEDS) + 2 * 2  # reference, tuning, seeds
+    assert [o.seed for o in first.outcomes["fedqueue"]] == [0, 1]
+    assert first.chosen["fedqueue"] in variants[1].grid
+    assert {kw["t_sync"] for kw, _ in first.tuning["fedqueue"]} == {400, 1200}
+    assert first.verdict().startswith("no verdict")
+    saved = json.loads((tmp_path / "one" / "comparison.json").read_text())
+    assert set(saved["outcomes"]) == {"fedavg", "fedqueue"}
+    assert (tmp_path / "one" / "loss_vs_time.png").is_file()
+    again = compare("two")
+    assert again.replays == 0
+    assert [o.time_s for o in again.outcomes["fedqueue"]] == [
+        o.time_s for o in first.outcomes["fedqueue"]
+    ]

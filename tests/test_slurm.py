@@ -112,6 +112,63 @@ def test_facility_headers_pass_real_sbatch(slurm_cluster, name, tmp_path):
         assert "to start at" in proc.stderr, proc.stderr
 
 
+def test_slurm_start_estimate_from_sbatch_test_only(slurm_cluster, tmp_path):
+    """The dispatch policy's start estimate, asked of real Slurm with a pilot's shape:
+    `sbatch --test-only` schedules nothing (no node is held) and says when it would start."""
+    import subprocess
+    from datetime import datetime, timedelta
+
+    from crossfl.schedulers.slurm import Slurm
+
+    slurm = Slurm()
+    line = slurm.start_test_command(
+        nodes=1, walltime_s=3600, queue=slurm_cluster.partition, account=None
+    )
+    before = datetime.now()
+    proc = subprocess.run(
+        ["bash", "-c", line], capture_output=True, text=True, env=slurm_cluster.env(), timeout=30
+    )
+    start = slurm.parse_start(proc.stdout + proc.stderr, proc.returncode)
+    assert start is not None, proc.stdout + proc.stderr
+    # an idle cluster: now, give or take the clock's second and the controller's rounding
+    assert abs(start - before) < timedelta(minutes=5)
+    queue = subprocess.run(
+        ["squeue", "-h", "-o", "%i"], capture_output=True, text=True, env=slurm_cluster.env()
+    )
+    assert queue.stdout.strip() == ""  # nothing was submitted
+    bad = slurm.start_test_command(nodes=99, walltime_s=60, queue="nope", account=None)
+    proc = subprocess.run(
+        ["bash", "-c", bad], capture_output=True, text=True, env=slurm_cluster.env(), timeout=30
+    )
+    assert slurm.parse_start(proc.stdout + proc.stderr, proc.returncode) is None
+
+
+def test_a_live_site_asks_slurm_when_its_next_pilot_would_start(slurm_cluster):
+    """The dispatch policy's SiteControl of a batch site that runs here: Slurm's own
+    estimate for a pilot of the site's shape, asked at most every few minutes."""
+    import subprocess
+    from types import SimpleNamespace
+
+    from crossfl.server.site_executors import SchedulerControl
+
+    site = sites.load_site("local-slurm", overrides=OVERRIDES)
+    asked: list[str] = []
+
+    def run(line: str) -> tuple[str, int]:
+        asked.append(line)
+        proc = subprocess.run(
+            ["bash", "-c", line], capture_output=True, text=True, env=slurm_cluster.env()
+        )
+        return proc.stdout + proc.stderr, proc.returncode
+
+    plan = SimpleNamespace(catalog=site, user_options={"walltime": "00:20:00"}, held_nodes=1)
+    control = SchedulerControl(plan, run=run)  # type: ignore[arg-type]
+    estimate = control.start_estimate_s()
+    assert estimate is not None and 0 <= estimate < 300, asked
+    assert control.start_estimate_s() == estimate and len(asked) == 1
+    assert "--test-only" in asked[0] and "--time=20:00" in asked[0]
+
+
 # -- GPU requests on a Slurm whose tasks are bound as a facility's are -----------------------------
 
 

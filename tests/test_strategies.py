@@ -380,6 +380,48 @@ def test_fedcompass_newer_update_replaces_the_sites_buffered_one() -> None:
     torch.testing.assert_close(out2, 0.75 * out + 0.25 * 6.0)
 
 
+def late_b_then_group_of_a_and_b(s, clock, g):  # type: ignore[no-untyped-def]
+    """b misses group 0 (its update waits in the general buffer); a and b then share group 1
+    (expected at t=180, window to t=205), where a arrives in time and waits for b."""
+    plan = ClientPlan(local_steps=10, lr=1e-3)
+    clock.t = 100.0
+    assert s.aggregate(g, [upd("a", [2.0], base=1, steps=50)], 2) is None
+    clock.t = 130.0  # b after group 0's window (125): group 0 flushes with a alone
+    out1 = s.aggregate(g, [upd("b", [6.0], base=2, steps=40)], 2)
+    torch.testing.assert_close(out1, 0.75 * g + 0.25 * 2.0)
+    assert s.configure("a", 3, plan).local_steps == 50  # group 1: a at 1 s/step, t=180
+    assert s.configure("b", 3, plan).local_steps == 26  # b (1.875 s/step) joins it
+    clock.t = 180.0
+    assert s.aggregate(out1, [upd("a", [4.0], base=3, steps=50)], 3) is None
+    return out1
+
+
+def test_fedcompass_closed_group_takes_the_general_buffer_before_a_newer_update() -> None:
+    """b arrives again after group 1's window closed, while its late update from group 0 is
+    still in the general buffer: APPFL's timer aggregated group 1 at its deadline with that
+    update; ours must too (before b's newer update supersedes it), not drop it first."""
+    s, clock = compass(alpha=0.5)
+    out1 = late_b_then_group_of_a_and_b(s, clock, two_site_group(s, clock))
+    clock.t = 210.0
+    out2 = s.aggregate(out1, [upd("b", [8.0], base=3, steps=26)], 3)
+    torch.testing.assert_close(out2, 0.5 * out1 + 0.25 * 6.0 + 0.25 * 4.0)
+    assert [u["site"] for u in s.state_dict()["buffered"]] == ["b"]  # the newer one waits
+
+
+def test_fedcompass_aggregates_a_closed_window_on_its_timer() -> None:
+    """APPFL's group timer: at the window's end the group aggregates with what arrived (and
+    the general buffer), and its members are free again; no arrival is needed."""
+    s, clock = compass(alpha=0.5)
+    out1 = late_b_then_group_of_a_and_b(s, clock, two_site_group(s, clock))
+    assert s.held_sites() == {"a"} and s.due_in() == pytest.approx(25.0)  # a waits for b
+    clock.t = 205.5
+    assert s.due_in() == 0.0
+    out2 = s.flush_due(out1, 3)
+    torch.testing.assert_close(out2, 0.5 * out1 + 0.25 * 6.0 + 0.25 * 4.0)
+    assert s.held_sites() == set() and s.due_in() is None
+    assert s.flush_due(out2, 4) is None  # nothing more owed
+
+
 def test_fedcompass_state_round_trip_keeps_buffered_updates() -> None:
     s, clock = compass(alpha=0.5)
     g = two_site_group(s, clock)

@@ -31,6 +31,7 @@ __all__ = [
     "FIRST_COMPLETED",
     "FIRST_EXCEPTION",
     "REAL_CLOCK",
+    "HorizonReached",
     "Clock",
     "RealClock",
     "SimulationStalled",
@@ -109,6 +110,10 @@ class SimulationStalled(RuntimeError):
     """``wait`` without a timeout on futures that no scheduled event will complete."""
 
 
+class HorizonReached(Exception):
+    """Virtual time reached the replay's horizon: the run is cut there (censored)."""
+
+
 @dataclass(order=True)
 class _Event:
     at: float
@@ -135,11 +140,18 @@ def _satisfied(fs: list[Future], return_when: str) -> bool:
 class VirtualClock:
     """Discrete-event time. ``now()`` moves only when events run or a wait times out."""
 
-    def __init__(self, start: float = 0.0) -> None:
+    def __init__(self, start: float = 0.0, horizon: float | None = None) -> None:
         self._now = float(start)
         self._events: list[_Event] = []
         self._seq = itertools.count()
         self.events_run = 0
+        self.horizon = horizon  # HorizonReached rather than run past it
+
+    def _stop_at(self, when: float) -> None:
+        """Raise HorizonReached (standing at the horizon) if ``when`` is past it."""
+        if self.horizon is not None and when > self.horizon:
+            self._now = max(self._now, self.horizon)
+            raise HorizonReached(f"virtual time reached the horizon, {self.horizon:.0f} s")
 
     def now(self) -> float:
         return self._now
@@ -161,6 +173,7 @@ class VirtualClock:
         return self._events[0].at if self._events else None
 
     def _run_next(self) -> None:
+        self._stop_at(self._events[0].at)
         event = heapq.heappop(self._events)
         self._now = max(self._now, event.at)
         if not event.cancelled:
@@ -171,6 +184,7 @@ class VirtualClock:
         """Run every event up to ``when``, then stand at ``when``."""
         while (at := self.next_event_at()) is not None and at <= when:
             self._run_next()
+        self._stop_at(when)
         self._now = max(self._now, when)
 
     def sleep(self, seconds: float) -> None:
@@ -192,6 +206,7 @@ class VirtualClock:
                         f"scheduled event completes (were they made by a simulated "
                         f"executor on this clock?)"
                     )
+                self._stop_at(deadline)
                 self._now = max(self._now, deadline)
                 break
             self._run_next()

@@ -11,6 +11,7 @@ from crossfl.errors import UserError
 EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("transformers", "peft", "tokenizers"),
     "data": ("rdkit",),
+    "sim": ("scipy",),
 }
 
 

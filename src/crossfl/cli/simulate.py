@@ -30,10 +30,34 @@ def simulate_command(
         bool,
         typer.Option(
             "--compare",
-            help="FedAvg, FedAsync, FedBuff, FedCompass, FedQueue and ours, paired by "
-            "seed: time and node-hours to a target loss, bootstrap intervals",
+            help="FedAvg, FedAsync, FedBuff, FedCompass, FedQueue and ours, tuned on "
+            "seeds apart, paired by seed: time and node-hours to a target loss, BCa intervals",
         ),
     ] = False,
+    reproduce: Annotated[
+        bool,
+        typer.Option(
+            "--reproduce",
+            help="with --compare: FedAvg, FedAsync and FedQueue at APPFL's own queue-example "
+            "parameters (FedQueue reproduced first)",
+        ),
+    ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, help="worker processes for --compare (default: CPUs)"),
+    ] = None,
+    horizon_h: Annotated[
+        float | None,
+        typer.Option("--horizon-h", min=0.01, help="virtual hours every --compare run may take"),
+    ] = None,
+    work_unit: Annotated[
+        int | None,
+        typer.Option(
+            "--work-unit",
+            min=1,
+            help="facility steps one replayed step stands for (default 60; --reproduce 1)",
+        ),
+    ] = None,
     task_timeout: Annotated[
         float,
         typer.Option(
@@ -50,6 +74,10 @@ def simulate_command(
     """Replay an experiment in virtual time against facility queues (real drivers, strategy
     and training; simulated queue waits, pilots, speeds and transfers)."""
     console = Console()
+    if calibrate or compare:  # a censored fit and the paired bootstrap: scipy
+        from crossfl.extras import require
+
+        require("sim", "crossfl simulate --calibrate / --compare")
     if calibrate:
         from crossfl.simulate.calibrate import write_scenario
 
@@ -77,11 +105,29 @@ def simulate_command(
 
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         out_dir = runs_dir() / f"compare-{exp.name}-{scenario.name}-{stamp}"
-        result = run_comparison(exp, path, scenario, queues, seeds, console, out_dir, task_timeout)
+        result = run_comparison(
+            exp,
+            path,
+            scenario,
+            queues,
+            seeds,
+            console,
+            out_dir,
+            task_timeout,
+            reproduce=reproduce,
+            workers=workers,
+            horizon_h=horizon_h,
+            work_unit=work_unit,
+        )
         for table in tables(result):
             console.print(table)
-        console.print(result.verdict())
-        console.print(f"plot: {out_dir / 'loss_vs_time.png'}")
+        console.print(result.verdict(), highlight=False)
+        console.print(
+            f"{result.replays} replays run here in {result.wall_s / 60:.1f} min "
+            f"({result.replay_wall_s / max(1, result.replays):.1f} s of one worker each)",
+            highlight=False,
+        )
+        console.print(f"plot and figures: {out_dir}")
         return
     done = replay_seeds(exp, path, scenario, queues, seeds, console, task_timeout)
     table = Table(title=f"{exp.name} against {scenario.name}: {len(done)} replay(s)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
 from crossfl.schema import FieldError
@@ -301,6 +302,23 @@ class Scheduler:
     def job_output(self, job_name: str, job_id: str) -> str | None:
         """The name of the output file a job of our batch headers writes in its submit
         directory."""
+        return None
+
+    # -- when a pilot would start (crossfl.server.dispatch: the policy's start estimates) -----
+
+    def start_test_command(
+        self, *, nodes: int, walltime_s: int, queue: str | None, account: str | None
+    ) -> str | None:
+        """A line asking when a job of this shape would start if submitted now, without
+        submitting it (None: this scheduler cannot; ask about a queued job instead)."""
+        return None
+
+    def pending_start_command(self, job_id: str) -> str | None:
+        """A line asking when a queued job is expected to start."""
+        return None
+
+    def parse_start(self, text: str, rc: int) -> datetime | None:
+        """The start time (local, naive) a start query printed; None when it gave none."""
         return None
 
     # -- the endpoint ----------------------------------------------------------------------

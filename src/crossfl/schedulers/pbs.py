@@ -18,6 +18,7 @@ allocation-management/allocation-management/), used where it is installed.
 from __future__ import annotations
 
 import shlex
+from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
 from crossfl.schedulers import register
@@ -277,6 +278,24 @@ class PbsPro(Scheduler):
     def job_output(self, job_name: str, job_id: str) -> str | None:
         # qsub's default output name, NAME.oSEQ (stderr joined by the header's -j oe)
         return f"{job_name}.o{job_id.split('.', 1)[0]}"
+
+    # PBS Pro has no test submission: the scheduler's estimate is an attribute of a queued
+    # job, `estimated.start_time` in `qstat -f`, set when the scheduler calendars it (top jobs
+    # under backfilling), in ctime form, e.g. `Fri Oct  4 15:30:00 2024` (OpenPBS's own tests
+    # read it with "%a %b %d %H:%M:%S %Y": openpbs/openpbs
+    # test/tests/functional/pbs_calendaring.py, checked 2026-12-07).
+    def pending_start_command(self, job_id: str) -> str | None:
+        return f"qstat -f {shlex.quote(job_id)} 2>&1"
+
+    def parse_start(self, text: str, rc: int) -> datetime | None:
+        for attrs in parse_full(text).values():
+            value = " ".join(attrs.get("estimated.start_time", "").split())
+            if value:
+                try:
+                    return datetime.strptime(value, "%a %b %d %H:%M:%S %Y")
+                except ValueError:
+                    return None
+        return None
 
     def directive_problem(self, directive: str) -> str | None:
         problem = super().directive_problem(directive)

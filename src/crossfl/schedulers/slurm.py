@@ -6,12 +6,20 @@ for the user's accounts; `scontrol show partition -o NAME` (MaxTime, MaxNodes, M
 `sacctmgr -n -P show qos NAME format=...` (MaxWall, MaxTRES node=, MinTRES node=) for a
 queue's limits; `scontrol show job -o ID`, then `sacct` once the job left slurmctld's
 memory, for one job. Where accounting is off (no slurmdbd), sacctmgr and sacct say so.
+
+When a pilot would start (the dispatch policy's start estimate): `sbatch --test-only` with the
+pilot's shape, which "return[s] an estimate of when a job would be scheduled to run given the
+current job queue ... No job is actually submitted" and prints `sbatch: Job N to start at
+YYYY-MM-DDTHH:MM:SS using ...`; for a job already queued, `squeue --start -h -j ID -o %S`
+(its expected start, or N/A). https://slurm.schedmd.com/sbatch.html (--test-only),
+https://slurm.schedmd.com/squeue.html (--start, %S), checked 2026-12-07.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from crossfl.schedulers import register
@@ -51,6 +59,7 @@ ACTIVE_STATES = frozenset(
 _USER = '"${USER:-$(id -un)}"'
 _QOS_FORMAT = "Name,MaxWall,MaxTRES,MinTRES,MaxJobsPU,MaxSubmitPU"
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+_START = re.compile(r"(?:to start at|^)\s*(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)", re.M)
 
 
 def parse_slurm_time(text: str) -> int:
@@ -313,6 +322,24 @@ class Slurm(Scheduler):
 
     def job_output(self, job_name: str, job_id: str) -> str | None:
         return f"{job_name}-{job_id}.out"  # the header's `-o NAME-%j.out`
+
+    def start_test_command(
+        self, *, nodes: int, walltime_s: int, queue: str | None, account: str | None
+    ) -> str | None:
+        m, sec = divmod(int(walltime_s), 60)
+        words = ["sbatch", "--test-only", f"--nodes={int(nodes)}", f"--time={m}:{sec:02d}"]
+        if queue:
+            words.append(f"--partition={queue}")
+        if account:
+            words.append(f"--account={account}")
+        return " ".join(shlex.quote(w) for w in [*words, "--wrap=true"]) + " 2>&1"
+
+    def pending_start_command(self, job_id: str) -> str | None:
+        return f"squeue --start -h -j {shlex.quote(job_id)} -o %S 2>&1"
+
+    def parse_start(self, text: str, rc: int) -> datetime | None:
+        m = _START.search(text) if rc == 0 else None
+        return datetime.fromisoformat(m.group(1)) if m else None
 
     def directive_walltime(self, directive: str) -> str | None:
         words = directive.replace("=", " ", 1).split()

@@ -2,7 +2,10 @@
 
 When a site's update arrives it is screened and handed to the strategy alone
 (``aggregate(global, [update], version)``; None means buffered, e.g. FedBuff), and the site at
-once gets its next task from the current global adapter, sized by ``strategy.configure``.
+once gets its next task from the current global adapter, sized by the dispatch policy (the
+strategy's ``configure``, fitted to the site's pilot), unless the strategy holds it until its
+buffered update is aggregated (FedCompass' arrival groups, as APPFL holds a client). An
+aggregation the strategy owes at a time (FedCompass' group deadline: APPFL's timer) runs then.
 Staleness is the number of versions the global adapter moved since the task was submitted
 (``Update.base_version``). The run ends after ``rounds`` aggregations (global versions), or
 after ``max_updates`` accepted updates when that is set. Evaluation follows every
@@ -12,6 +15,8 @@ after ``max_updates`` accepted updates when that is set. Evaluation follows ever
 from __future__ import annotations
 
 from concurrent.futures import FIRST_COMPLETED
+
+import torch
 
 from crossfl.server.driver_base import Arrival, DriverBase, Outcome, Pending, RunFailed
 from crossfl.server.records import AggregationRecord, EvalRecord
@@ -40,6 +45,44 @@ class AsyncDriver(DriverBase):
         self.submitted += 1
         inflight[site] = self.submit_train(site, self.submitted)
 
+    def aggregated(
+        self, new: torch.Tensor, sites: list[str], staleness: dict[str, int], started_s: float
+    ) -> EvalRecord | None:
+        """A new global version (its aggregation began at run time ``started_s``): record it,
+        evaluate when due, checkpoint."""
+        s = self.state
+        s.global_flat = new
+        s.version += 1
+        s.round += 1
+        self.dispatch.aggregated()
+        self.metrics.write(
+            AggregationRecord(
+                round=s.round,
+                version=s.version,
+                driver=self.name,
+                sites=sites,
+                started_s=started_s,
+                elapsed_s=s.elapsed(),
+                updates=s.updates,
+                staleness=staleness,
+            )
+        )
+        record = None
+        if s.round % self.exp.evaluate_every == 0 or self.done():
+            record = self.evaluate("round", s.round)
+            self.target_met = self.reached_target(record)
+        self.checkpoint()
+        return record
+
+    def flush_due(self) -> EvalRecord | None:
+        """The strategy's timer ran out: the aggregation it owes, if any."""
+        s = self.state
+        if s.global_flat is None:
+            return None
+        started = s.elapsed()
+        new = self.strategy.flush_due(s.global_flat, s.version)
+        return None if new is None else self.aggregated(new, [], {}, started)
+
     def handle(self, a: Arrival, p: Pending) -> EvalRecord | None:
         """Screen, aggregate, checkpoint (and maybe evaluate) one arrival; the eval record or None."""
         s = self.state
@@ -59,27 +102,9 @@ class AsyncDriver(DriverBase):
         s.updates += 1
         if new is None:
             return None
-        s.global_flat = new
-        s.version += 1
-        s.round += 1
-        self.metrics.write(
-            AggregationRecord(
-                round=s.round,
-                version=s.version,
-                driver=self.name,
-                sites=[a.update.site],
-                started_s=started,
-                elapsed_s=s.elapsed(),
-                updates=s.updates,
-                staleness={a.update.site: s.version - 1 - p.base_version},
-            )
-        )  # as in the record
-        record = None
-        if s.round % self.exp.evaluate_every == 0 or self.done():
-            record = self.evaluate("round", s.round)
-            self.target_met = self.reached_target(record)
-        self.checkpoint()
-        return record
+        return self.aggregated(
+            new, [a.update.site], {a.update.site: s.version - p.base_version}, started
+        )
 
     def run(self) -> Outcome:
         last: EvalRecord | None = None
@@ -92,10 +117,19 @@ class AsyncDriver(DriverBase):
             try:
                 while not self.done():
                     for site in self.handles:
-                        if site not in inflight and not self.parking.is_parked(
-                            site, self.state.round + 1
+                        if (
+                            site not in inflight
+                            and not self.dispatch.holds(site)
+                            and not self.parking.is_parked(site, self.state.round + 1)
                         ):
                             self.launch(site, inflight)
+                    due = self.dispatch.due_in()
+                    if due is not None and due <= 0:
+                        last = self.flush_due() or last
+                        continue
+                    if not inflight and due is not None:  # only held sites: their timer
+                        self.clock.sleep(due)
+                        continue
                     if not inflight:  # every site parked: re-admit them rather than stall
                         self.console.print(
                             "  [yellow]every site is parked; re-admitting them all[/]"
@@ -110,6 +144,8 @@ class AsyncDriver(DriverBase):
                     if not inflight:
                         continue
                     wake = min(p.expires_at for p in inflight.values())
+                    if due is not None:
+                        wake = min(wake, now + due)
                     done, _ = self.clock.wait(
                         [p.task.future for p in inflight.values()],
                         timeout=max(0.05, wake - now),

@@ -12,7 +12,7 @@ import importlib.metadata
 import json
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -163,6 +163,7 @@ class DriverBase(ABC):
         *,
         clock: Clock = REAL_CLOCK,
         eval_site: OpenSite | None = None,
+        keep_files: bool = True,
     ) -> None:
         self.plan = plan
         self.clock = clock
@@ -176,7 +177,10 @@ class DriverBase(ABC):
         bind_strategy_clock(self.strategy, clock)
         self.strategy.register_sites(self.sample_counts())
         self.eval_site = eval_site or handles[self.exp.eval_site]
-        self.dispatch = make_policy(self.exp, clock, self.metrics.write)
+        self.keep_files = keep_files  # checkpoints and the final adapter (not in comparisons)
+        self.dispatch = make_policy(
+            self.exp, clock, self.metrics.write, self.strategy, synchronous=plan.driver == "sync"
+        )
         self.dispatch.start(handles)
         self.transport = transport
         f = self.exp.faults
@@ -247,8 +251,7 @@ class DriverBase(ABC):
 
     # -- tasks ------------------------------------------------------------------------------
     def submit_train(self, site: str, rnd: int) -> Pending:
-        plan = self.strategy.configure(site, self.state.version, self.plan.client_plan(site))
-        plan = replace(plan, local_steps=self.dispatch.local_steps(site, plan.local_steps))
+        plan = self.dispatch.plan(site, self.state.version, self.plan.client_plan(site))
         adapter = self.global_bytes()
         task = self.plan.train_task(site, self.data_paths[site], plan, rnd)
         out = call_with_retry(
@@ -325,6 +328,7 @@ class DriverBase(ABC):
             train_time_s=record.train_s,
             queue_wait_s=record.queue_s,
         )
+        update.weight = self.dispatch.weight(update, self.state.version)
         return Arrival(record, update, distance(params, reference))
 
     @staticmethod
@@ -429,6 +433,8 @@ class DriverBase(ABC):
 
     # -- checkpoints ----------------------------------------------------------------------------
     def checkpoint(self, finished: bool = False) -> None:
+        if not self.keep_files:
+            return
         s = self.state
         c = ckpt.Checkpoint(
             round=s.round,
@@ -493,6 +499,8 @@ class DriverBase(ABC):
         from crossfl.atomic import atomic_write_bytes, atomic_write_text
 
         out = self.state.run_dir / "final_adapter"
+        if not self.keep_files:
+            return out
         adapter = self.global_bytes()
         assert adapter is not None
         atomic_write_bytes(out / "adapter_model.safetensors", adapter)

@@ -113,26 +113,53 @@ class StrategySettings(Strict):
 
 
 class DispatchSettings(Strict):
-    """When and how much each site works (crossfl.server.dispatch): ``eager`` as planned;
-    ``queue-aware`` keeps pilots warm where the queue is slow and sizes local work to the
-    walltime left."""
+    """Who works how much, and when (crossfl.server.dispatch): ``eager`` as the strategy
+    plans and the engine releases; ``queue-aware`` (ours) keeps or releases pilots by cost,
+    asks for the next pilot before the current one ends, fits tasks and pilot shapes to the
+    walltime, and weighs updates by staleness and participation."""
 
     name: Literal["eager", "queue-aware"] = "eager"
     warm_if_wait_over_s: float = Field(
         600,
         ge=0,
-        description="keep a site's pilot warm between tasks when a new one is "
-        "expected to wait longer than this",
+        description="the idle gap assumed before one is measured: a pilot is kept warm when "
+        "a new one's expected wait times the other sites' nodes exceeds its nodes times this",
+    )
+    prior_wait_s: float = Field(
+        900,
+        gt=0,
+        description="a new pilot's expected queue wait before any is observed (a site's "
+        "expected_wait_s wins); then learned from the waits its pilots had",
     )
     fit_walltime: bool = Field(
         True, description="size each task's local steps to the walltime left in its pilot"
+    )
+    fit_shape: bool = Field(
+        True,
+        description="choose the pilots' walltime among the queue's bins: the shortest "
+        "that holds pilot_tasks tasks",
+    )
+    pilot_tasks: int = Field(4, ge=1, description="tasks a pilot's walltime should hold")
+    prior_task_s: float = Field(
+        600,
+        gt=0,
+        description="a task's expected length before one is measured (the first pilots' "
+        "walltime is chosen for pilot_tasks of them)",
+    )
+    next_pilot: bool = Field(
+        True,
+        description="ask for a site's next pilot before its current one ends, and drain a "
+        "pilot a task's length before its walltime",
+    )
+    weighting: bool = Field(
+        True, description="weigh updates by staleness and by the site's participation"
     )
     walltime_margin_s: float = Field(
         120, ge=0, description="a task must end this long before its pilot's walltime"
     )
     expected_wait_s: dict[str, float] = Field(
         default_factory=dict,
-        description="per site, a new pilot's expected queue wait (a replay takes its scenario's)",
+        description="per site, a new pilot's expected queue wait before any is observed",
     )
 
 
@@ -159,6 +186,9 @@ class EvaluationSettings(Strict):
     max_samples: int | None = Field(256, ge=1)
     batch_size: int = Field(16, ge=1)
     generate_max_new_tokens: int = Field(24, ge=1)
+    generate_samples: int = Field(
+        32, ge=0, description="examples answered by generation for exact match (0: loss only)"
+    )
 
 
 class TransportSettings(Strict):
@@ -308,6 +338,20 @@ class Experiment(Strict):
     @property
     def eval_site(self) -> str:
         return self.evaluation.site or self.sites[0].name
+
+
+def with_changes(
+    experiment: Experiment, source: Path | str | None = None, **changes: Any
+) -> Experiment:
+    """A copy of ``experiment`` with ``changes`` (fields or models), validated like a file:
+    a bad value is the same UserError (``model_copy(update=...)`` would skip every check)."""
+    raw = experiment.model_dump()
+    for key, value in changes.items():
+        raw[key] = value.model_dump() if hasattr(value, "model_dump") else value
+    try:
+        return Experiment.model_validate(raw)
+    except ValidationError as exc:
+        raise validation_error(exc, Path(source or experiment.name), raw) from None
 
 
 def resolve_experiment_path(ref: str | Path) -> Path:

@@ -136,6 +136,7 @@ class RunPlan:
             dtype=e.model.dtype,
             max_samples=v.max_samples,
             generate_max_new_tokens=v.generate_max_new_tokens,
+            generate_samples=v.generate_samples,
             torch_threads=e.training.torch_threads,
             expect_device=self.eval_site.catalog.expect_device,
         )

@@ -195,7 +195,7 @@ class DispatchRecord(Record):
     kind: Literal["dispatch"] = "dispatch"
     site: str
     at_s: float  # clock time of the decision
-    action: str  # keep-warm, release-idle, shorten
+    action: str  # keep-warm, release-idle, shorten, next-pilot, walltime
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -235,6 +235,8 @@ class SimulationRecord(Record):
     cache_hits: int
     cache_misses: int
     events: int
+    end: str | None = None  # finished (rounds or target), horizon (cut there), budget
+    horizon_s: float | None = None
 
 
 AnyRecord = Annotated[

@@ -28,11 +28,13 @@ from crossfl.server.records import (
     EvalRecord,
     PilotRecord,
     ResumeRecord,
+    SimulationRecord,
     TaskRecord,
 )
 from crossfl.server.telemetry import live_records, of_kind
 from crossfl.tables import fit, named_table
 
+FAILED_COLOR = "#c0392b"  # a task that failed or timed out: submitted -> given up
 PHASES = (
     ("queue/start", "queue_s", "#bbbbbb"),
     ("load", "load_s", "#f4a259"),
@@ -50,6 +52,16 @@ def baseline_of(records: list[AnyRecord]) -> EvalRecord | None:
 
 def rounds_of(records: list[AnyRecord]) -> list[EvalRecord]:
     return [r for r in of_kind(records, EvalRecord) if r.kind == "round"]
+
+
+def time_axis(records: list[AnyRecord], longest_s: float) -> tuple[str, float]:
+    """The x label and the divisor: virtual time for a replay (crossfl simulate), in hours
+    when it runs past three."""
+    virtual = bool(of_kind(records, SimulationRecord) or of_kind(records, PilotRecord))
+    what = "virtual time (replay)" if virtual else "wall-clock time"
+    if longest_s > 3 * 3600:
+        return f"{what} since start (h)", 3600.0
+    return f"{what} since start (s)", 1.0
 
 
 def plot_loss_vs_time(
@@ -78,17 +90,20 @@ def plot_loss_vs_time(
             accuracy = [
                 (e.elapsed_s, acc) for e in evals if (acc := e.answer_accuracy()) is not None
             ]
+    everything = [r for _l, recs in (labelled or [("", records)]) for r in recs]
+    longest = max((t for rows in series.values() for t, _ in rows), default=0.0)
+    xlabel, unit = time_axis(everything, longest)
     for key, rows in series.items():
-        ax.plot([t for t, _ in rows], [v for _, v in rows], marker="o", label=key)
-    ax.set_xlabel("time since the run started (s)")
+        ax.plot([t / unit for t, _ in rows], [v for _, v in rows], marker="o", label=key)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("validation loss")
-    ax.set_title("validation loss vs wall-clock time")
+    ax.set_title(f"validation loss vs {xlabel.split(' since')[0]}")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     if accuracy:
         right = ax.twinx()
         (line,) = right.plot(
-            [t for t, _ in accuracy],
+            [t / unit for t, _ in accuracy],
             [100 * a for _, a in accuracy],
             marker="s",
             linestyle="--",
@@ -121,6 +136,12 @@ def server_spans(records: list[AnyRecord]) -> list[tuple[str, float, float]]:
     return sorted(spans, key=lambda s: s[1])
 
 
+def timeline_sites(records: list[AnyRecord]) -> list[str]:
+    """The timeline's lanes: every site with a task, a site whose tasks all failed or timed
+    out included."""
+    return sorted({t.site for t in of_kind(records, TaskRecord)})
+
+
 def plot_site_timeline(records: list[AnyRecord], out: Path) -> Path:
     """Per site, where each task's time went; below them, the server's evaluations and
     aggregations: the gaps between rounds. Time since the run started, as the loss plot."""
@@ -130,10 +151,17 @@ def plot_site_timeline(records: list[AnyRecord], out: Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    tasks = [t for t in of_kind(records, TaskRecord) if t.status == "ok"]
-    sites = sorted({t.site for t in tasks})
+    every = of_kind(records, TaskRecord)
+    tasks = [t for t in every if t.status == "ok"]
+    sites = timeline_sites(records)
     server = server_spans(records)
     lanes = ([SERVER_LANE] if server else []) + sites
+    longest = max(
+        [t.submitted_rel_s + (t.received_at - t.submitted_at) for t in every]
+        + [s + w for _, s, w in server],
+        default=0.0,
+    )
+    xlabel, unit = time_axis(records, longest)
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.6 * max(1, len(lanes))))
     for row, site in enumerate(lanes):
         if site == SERVER_LANE:
@@ -141,24 +169,36 @@ def plot_site_timeline(records: list[AnyRecord], out: Path) -> Path:
             # the evaluation that follows it
             floor = 0.005 * max((s + w for _, s, w in server), default=1.0)
             for name, color in SERVER_PHASES:
-                spans = [(s, max(w, floor)) for phase, s, w in server if phase == name]
+                spans = [
+                    (s / unit, max(w, floor) / unit) for phase, s, w in server if phase == name
+                ]
                 ax.broken_barh(spans, (row - 0.35, 0.7), facecolors=color)
             continue
         for task in (t for t in tasks if t.site == site):
             start = task.submitted_rel_s
             for _label, key, color in PHASES:
                 width = max(0.0, float(getattr(task, key) or 0.0))
-                ax.broken_barh([(start, width)], (row - 0.35, 0.7), facecolors=color)
+                ax.broken_barh([(start / unit, width / unit)], (row - 0.35, 0.7), facecolors=color)
                 start += width
+        for task in (t for t in every if t.site == site and t.status != "ok"):
+            start, width = task.submitted_rel_s, task.received_at - task.submitted_at
+            ax.broken_barh(
+                [(start / unit, width / unit)],
+                (row - 0.35, 0.7),
+                facecolors="none",
+                edgecolors=FAILED_COLOR,
+                hatch="//",
+            )
     ax.set_yticks(range(len(lanes)), lanes)
-    ax.set_xlabel("time since the run started (s)")
+    ax.set_xlabel(xlabel)
     ax.set_title("per-site timeline: where the time went")
     legend = [(lbl, c) for lbl, _k, c in PHASES] + (list(SERVER_PHASES) if server else [])
+    failed = Patch(facecolor="none", edgecolor=FAILED_COLOR, hatch="//", label="failed")
     ax.legend(
-        handles=[Patch(color=c, label=lbl) for lbl, c in legend],
+        handles=[Patch(color=c, label=lbl) for lbl, c in legend] + [failed],
         loc="upper center",
         bbox_to_anchor=(0.5, -0.25),
-        ncol=len(legend),
+        ncol=min(5, len(legend) + 1),
         frameon=False,
     )
     fig.tight_layout()

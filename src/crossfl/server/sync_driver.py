@@ -1,10 +1,13 @@
 """The synchronous round driver.
 
-Every round, each site that is not parked trains from the same global adapter; the round ends
-when all have answered, or at the quorum deadline once `quorum.min_clients` updates are in (the
-rest are late: recorded, and merged into the next round when the strategy says it merges late
-updates). The strategy aggregates the screened updates, one site evaluates, and a checkpoint
-is written.
+Every round, each site that is not parked (nor held by the strategy: its update waits for the
+next aggregation) trains from the same global adapter; the round ends when all have answered,
+or at the deadline once `quorum.min_clients` updates are in (the rest are late: recorded, and
+merged into the next round when the strategy says it merges late updates). Under the
+strategy's ``timer_or_all`` rule (FedQueue, as APPFL's scheduler) the round waits for an
+update of every site instead, until its timer. When and how much each site works is the
+dispatch policy's (``crossfl.server.dispatch``). The strategy aggregates the screened updates,
+one site evaluates, and a checkpoint is written.
 """
 
 from __future__ import annotations
@@ -30,11 +33,6 @@ class RoundDriver(DriverBase):
         mode = self.exp.quorum.late_updates
         return self.strategy.merges_late_updates if mode == "auto" else mode == "next_round"
 
-    def deadline_s(self) -> float | None:
-        if self.exp.quorum.deadline_s is not None:
-            return self.exp.quorum.deadline_s
-        return self.strategy.round_timeout_s()
-
     def skip(self, rnd: int, site: str, reason: str) -> None:
         self.metrics.write(
             SkippedRecord(round=rnd, site=site, reason=reason, at_rel_s=self.state.elapsed())
@@ -46,6 +44,8 @@ class RoundDriver(DriverBase):
         for name in self.handles:
             if name in busy:
                 self.skip(rnd, name, f"still running its round {busy[name]} task")
+            elif self.dispatch.holds(name):
+                self.skip(rnd, name, "its held-back update waits for this round's aggregation")
             elif self.parking.is_parked(name, rnd):
                 self.skip(rnd, name, f"parked until round {self.parking.parked_until[name]}")
             else:
@@ -60,17 +60,23 @@ class RoundDriver(DriverBase):
 
     # -- one round --------------------------------------------------------------------------
     def train_round(self, rnd: int, progress: Any, bar: Any) -> list[Update]:
+        held = {name for name in self.handles if self.dispatch.holds(name)}
         mine = [self.submit_train(name, rnd) for name in self.choose_sites(rnd)]
         progress.update(bar, total=len(mine))
         pending: list[Pending] = [*mine, *self.late]
         need = min(self.exp.quorum.min_clients or 1, len(mine))
-        opened, deadline = self.clock.now(), self.deadline_s()
+        every = self.dispatch.waits_for_every_site()
+        opened, first_arrival = self.clock.now(), None
+        arrived: set[str] = set(held)  # sites whose update is in (a held one counts)
         arrivals: list[Arrival] = []
 
         def accepted() -> int:
-            return sum(1 for a in arrivals if a.update is not None and a.record.round == rnd)
+            return sum(
+                1 for a in arrivals if a.update is not None and (every or a.record.round == rnd)
+            )
 
         def finish(p: Pending, a: Arrival) -> None:
+            nonlocal first_arrival
             if p.rnd != rnd:
                 a.record.late, a.record.arrived_in_round = True, rnd
                 if a.update is not None and not self.merge_late():
@@ -83,6 +89,8 @@ class RoundDriver(DriverBase):
                 self.settle(a, rnd)
             else:
                 arrivals.append(a)
+                arrived.add(p.site)
+                first_arrival = self.clock.now() if first_arrival is None else first_arrival
                 progress.update(
                     bar,
                     description=f"round {rnd}/{self.exp.rounds} {p.site} "
@@ -91,14 +99,18 @@ class RoundDriver(DriverBase):
             if p.rnd == rnd:
                 progress.advance(bar)
 
-        def waiting() -> bool:  # this round's tasks, or (every site busy) the first late one
+        def waiting() -> bool:
+            if every:  # every site's update, until the timer
+                return bool(pending) and not arrived >= set(self.handles)
+            # this round's tasks, or (every site busy) the first late one
             return any(p.rnd == rnd for p in pending) or bool(not mine and pending and not arrivals)
 
         while waiting():
             now = self.clock.now()
+            deadline = self.dispatch.round_deadline(opened, first_arrival)
             if (
                 deadline is not None
-                and now >= opened + deadline
+                and now >= deadline
                 and accepted() >= need
                 and (mine or arrivals)
             ):
@@ -107,8 +119,8 @@ class RoundDriver(DriverBase):
                 pending.remove(p)
                 finish(p, self.arrival(p, now, timed_out=True))
             wakes = [p.expires_at for p in pending]
-            if deadline is not None and now < opened + deadline:
-                wakes.append(opened + deadline)
+            if deadline is not None and now < deadline:
+                wakes.append(deadline)
             futures = [p.task.future for p in pending]
             if not futures:
                 break
@@ -122,8 +134,8 @@ class RoundDriver(DriverBase):
         for p in pending:
             if p.rnd == rnd:
                 self.console.print(
-                    f"  [yellow]round {rnd}: site {p.site} missed the "
-                    f"{deadline:.0f} s deadline; its update will be late[/]"
+                    f"  [yellow]round {rnd}: site {p.site} missed the round's "
+                    "deadline; its update will be late[/]"
                 )
         self.screen_distances(arrivals)
         for a in arrivals:
@@ -132,7 +144,7 @@ class RoundDriver(DriverBase):
         current = sum(1 for u in updates if u.base_version == self.state.version)
         if not updates:
             raise RunFailed(f"round {rnd}: no site returned an update")
-        if current < need:
+        if current < need and not every:
             raise RunFailed(
                 f"round {rnd}: {current} usable update(s) of this round, quorum.min_clients is {need}"
             )
@@ -152,6 +164,7 @@ class RoundDriver(DriverBase):
             s.version += 1
         s.round = rnd
         s.updates += len(updates)
+        self.dispatch.aggregated()
         self.metrics.write(
             AggregationRecord(
                 round=rnd,

@@ -9,16 +9,22 @@ function and the payload (adapter bytes included) and of the files the payload n
 
 Tasks that move adapters by reference (``adapter_path`` / ``result_path``) are not
 cached: their result names a file of the run that made it.
+
+Every key also holds ``code_version()``: the cache format (``CACHE_VERSION``), a digest of
+the client package's source (the code that trains and evaluates) and the versions of the
+libraries it trains with. A result made by other code is never reused.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import os
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,25 @@ from crossfl.atomic import atomic_write_bytes
 
 BY_REFERENCE = ("adapter_path", "result_path")
 PATH_KEYS = ("model_path", "data_path")
+CACHE_VERSION = 2  # raise when what a kept result means changes
+LIBRARIES = ("torch", "transformers", "peft", "safetensors", "tokenizers", "numpy")
+
+
+@functools.cache
+def code_version() -> str:
+    """The cache format, the client package's source and the training libraries' versions."""
+    import crossfl.client
+
+    h = hashlib.sha256(b"crossfl-simulate-cache:%d;" % CACHE_VERSION)
+    root = Path(crossfl.client.__file__).parent
+    for file in sorted(root.rglob("*.py")):
+        _feed(h, [str(file.relative_to(root)), file.read_bytes()])
+    for lib in LIBRARIES:
+        try:
+            _feed(h, [lib, metadata.version(lib)])
+        except metadata.PackageNotFoundError:
+            _feed(h, [lib, None])
+    return h.hexdigest()
 
 
 def _feed(h: Any, obj: Any) -> None:
@@ -75,11 +100,48 @@ def file_facts(path: str) -> list[tuple[str, int, int]]:
     return sorted(facts)
 
 
+# What a replay runs: the round server, strategies and dispatch policy, the clock, and the
+# simulator's own modules (not the comparison that asks for replays: its jobs name all a
+# replay is given, and jobs.COMPARE_VERSION covers how it reads them; not calibration).
+REPLAY_MODULES = (
+    "server",
+    "clock.py",
+    *(
+        f"simulate/{m}.py"
+        for m in (
+            "cache",
+            "executor",
+            "pilot",
+            "queues",
+            "replay",
+            "scenario",
+        )
+    ),
+)
+
+
+@functools.cache
+def replay_version() -> str:
+    """The training's version (``code_version``) and the source of ``REPLAY_MODULES``."""
+    import crossfl
+
+    h = hashlib.sha256(code_version().encode())
+    root = Path(crossfl.__file__).parent
+    files: list[Path] = []
+    for part in REPLAY_MODULES:
+        path = root / part
+        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    for file in files:
+        _feed(h, [str(file.relative_to(root)), file.read_bytes()])
+    return h.hexdigest()
+
+
 def payload_digest(fn: Callable[..., Any], payload: Any) -> str | None:
     """The cache key of ``fn(payload)``, or None when it must not be cached."""
     if not isinstance(payload, dict) or any(payload.get(k) is not None for k in BY_REFERENCE):
         return None
     h = hashlib.sha256()
+    _feed(h, code_version())
     _feed(h, f"{fn.__module__}:{fn.__qualname__}")
     _feed(h, payload)
     for key in PATH_KEYS:

@@ -6,13 +6,19 @@ submission -> the function began on a worker), ``load_s``, ``train_s``, ``steps`
 ``transfer_s`` (worker finished -> the server holds the result) and ``cache_hit``
 (True: the worker had the base model loaded already, i.e. a warm worker).
 
-Per experiment site, over the ``ok`` tasks of all runs given:
+Per experiment site, over the tasks of all runs given:
 
 - queue wait: a *cold* task (``cache_hit`` False) is the first on a fresh worker, so its
-  ``queue_s`` includes the pilot's batch-queue wait; a lognormal is fitted to those by
-  the moments of ln(wait) (median = exp(mean), sigma = sample standard deviation).
-  With fewer than ``min_samples`` cold tasks no distribution is fitted: the median of
-  what there is becomes a ``fixed`` wait, marked as an assumption.
+  ``queue_s`` includes the pilot's batch-queue wait, and the dispatch latency (submit ->
+  the endpoint) that every task pays: that latency is the median ``queue_s`` of warm
+  tasks, taken off each cold one (the scenario adds it back as ``transfer.down_s``, so it
+  would otherwise count twice). A task that *timed out* waited at least its timeout less
+  that latency: a right-censored wait (taken as a pilot that never started; a task that
+  ran past its timeout is not told apart). A lognormal is fitted to both by maximum
+  likelihood with the censoring (``scipy.stats.lognorm.fit`` on ``CensoredData``, location
+  0). With fewer than ``min_samples`` waits (censored ones included), or none complete, no
+  distribution is fitted: the median of the complete ones (else the longest censored
+  bound) becomes a ``fixed`` wait, marked as an assumption.
   A site that also evaluates (the experiment's ``eval_site``) pays its cold start in
   the baseline evaluation, which is not a task record: its training tasks may all be
   warm (seen in the local demo), and then no wait is fitted for it.
@@ -28,7 +34,7 @@ entry's catalog ``site`` and its ``user_options`` queue or qos), walltime and no
 
 from __future__ import annotations
 
-import math
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +50,7 @@ from crossfl.simulate.scenario import Scenario
 
 MIN_SAMPLES = 5
 WAIT_FLOOR_S = 1e-3  # ln(0) is undefined; a wait recorded as 0 counts as 1 ms
+TIMED_OUT = re.compile(r"timed out after (\d+(?:\.\d+)?) s")  # driver_base.arrival's words
 
 
 @dataclass
@@ -53,6 +60,7 @@ class SiteSamples:
     queue: str
     runs: set[str] = field(default_factory=set)
     cold_queue_s: list[float] = field(default_factory=list)
+    timed_out_s: list[float] = field(default_factory=list)  # waited at least this long
     warm_queue_s: list[float] = field(default_factory=list)
     step_s: list[float] = field(default_factory=list)
     cold_load_s: list[float] = field(default_factory=list)
@@ -63,10 +71,17 @@ class SiteSamples:
     tasks: int = 0
 
 
-def lognormal_by_log_moments(waits: list[float]) -> tuple[float, float]:
-    """(median_s, sigma) of the lognormal whose ln has the sample's mean and stdev."""
-    logs = [math.log(max(WAIT_FLOOR_S, w)) for w in waits]
-    return math.exp(statistics.fmean(logs)), statistics.stdev(logs)
+def lognormal_censored(waits: list[float], at_least: list[float]) -> tuple[float, float]:
+    """(median_s, sigma) of the lognormal most likely to have given ``waits`` and waits
+    known only to exceed ``at_least`` (maximum likelihood, location 0)."""
+    from scipy import stats
+
+    data = stats.CensoredData(
+        uncensored=[max(WAIT_FLOOR_S, w) for w in waits],
+        right=[max(WAIT_FLOOR_S, w) for w in at_least],
+    )
+    sigma, _loc, scale = stats.lognorm.fit(data, floc=0)
+    return float(scale), float(sigma)
 
 
 def _entries(run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -89,7 +104,8 @@ def collect(run_dirs: list[Path]) -> dict[str, SiteSamples]:
             )
         entries = _entries(run_dir)
         for rec in of_kind(live_records(metrics), TaskRecord):
-            if rec.status != "ok":
+            timed_out = TIMED_OUT.search(rec.error or "")
+            if rec.status != "ok" and not timed_out:
                 continue
             site = rec.site
             entry = entries.get(site, {})
@@ -105,6 +121,9 @@ def collect(run_dirs: list[Path]) -> dict[str, SiteSamples]:
             s.runs.add(run_dir.name)
             s.walltime = s.walltime or opts.get("walltime")
             s.nodes = s.nodes or entry.get("nodes") or opts.get("nodes_per_block")
+            if timed_out:
+                s.timed_out_s.append(float(timed_out.group(1)))
+                continue
             s.tasks += 1
             warm = rec.cache_hit is True
             (s.warm_queue_s if warm else s.cold_queue_s).append(float(rec.queue_s or 0.0))
@@ -125,7 +144,7 @@ def fit(run_dirs: list[Path], min_samples: int = MIN_SAMPLES) -> tuple[dict[str,
     """The scenario (as YAML-ready data, validated) and one line per site saying what
     was fitted."""
     samples = collect(run_dirs)
-    if not samples:
+    if not any(s.tasks for s in samples.values()):
         raise UserError(
             "no successful task records in these runs",
             file=", ".join(map(str, run_dirs)),
@@ -137,27 +156,34 @@ def fit(run_dirs: list[Path], min_samples: int = MIN_SAMPLES) -> tuple[dict[str,
     notes: list[str] = []
     for name in sorted(samples):
         s = samples[name]
-        cold = len(s.cold_queue_s)
-        if cold >= min_samples:
-            median, sigma = lognormal_by_log_moments(s.cold_queue_s)
+        latency = _median(s.warm_queue_s)  # every task's dispatch latency
+        waits = [max(WAIT_FLOOR_S, w - latency) for w in s.cold_queue_s]
+        censored = [max(WAIT_FLOOR_S, t - latency) for t in s.timed_out_s]
+        cold, cut = len(waits), len(censored)
+        counted = f"{cold} cold task(s)" + (f" and {cut} timed out (censored)" if cut else "")
+        if cold + cut >= min_samples and cold >= 1:
+            median, sigma = lognormal_censored(waits, censored)
             wait: dict[str, Any] = {
                 "model": "lognormal",
                 "median_s": round(median, 3),
                 "sigma": round(sigma, 4),
-                "source": f"fitted by log-moments to {cold} cold-task queue_s of {where}",
+                "source": f"maximum likelihood, right-censored, on {counted} of {where} "
+                f"(queue_s less the {latency:.3g} s dispatch latency of warm tasks)",
             }
             notes.append(
-                f"{name}: lognormal wait, median {median:.1f} s, sigma {sigma:.2f} ({cold} cold tasks)"
+                f"{name}: lognormal wait, median {median:.1f} s, sigma {sigma:.2f} ({counted})"
             )
         else:
-            fixed = _median(s.cold_queue_s)
+            fixed = _median(waits) if waits else max(censored, default=0.0)
             wait = {
                 "model": "fixed",
                 "wait_s": round(fixed, 3),
-                "assumption": f"only {cold} cold task(s) in {where}; a distribution needs "
-                f"{min_samples}: their median wait is used as a fixed wait",
+                "assumption": f"only {counted} in {where}; a distribution needs "
+                f"{min_samples} and one complete wait: "
+                + ("their median" if waits else "the longest censored bound")
+                + " is used as a fixed wait",
             }
-            notes.append(f"{name}: {cold} cold task(s) (< {min_samples}): fixed wait {fixed:.1f} s")
+            notes.append(f"{name}: {counted} (< {min_samples}): fixed wait {fixed:.1f} s")
         queue_key = (
             s.queue
             if s.queue not in facilities.get(s.facility, {}).get("queues", {})

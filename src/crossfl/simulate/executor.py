@@ -52,7 +52,7 @@ class SimulatedSiteExecutor(Executor):
     ) -> None:
         self.site, self.profile, self.clock = site, profile, clock
         self.cache = cache or ResultCache()
-        self.nodes, self.walltime_s = job_shape(profile, nodes, walltime)
+        self.nodes, walltime_s = job_shape(profile, nodes, walltime)
         self.queue = scenario.queue_of(profile)
         self.sim = SiteSimulator(
             site,
@@ -62,23 +62,47 @@ class SimulatedSiteExecutor(Executor):
             self.cache.run,
             seed=f"{scenario.seed}:{seed}",
             nodes=self.nodes,
-            walltime_s=self.walltime_s,
+            walltime_s=walltime_s,
             on_record=on_record,
         )
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         return self.sim.submit(fn, _payload(args, kwargs))
 
-    def expected_wait_s(self) -> float:
-        """Mean queue wait of a pilot of this site's job shape (for a dispatch policy)."""
-        return self.queue.expected_wait_s(self.nodes, self.walltime_s)
+    # -- the levers a dispatch policy has (crossfl.server.dispatch.SiteControl) ------------
+    @property
+    def walltime_s(self) -> float:
+        return self.sim.walltime_s
 
     def set_idle(
         self, *, max_idletime_s: float | None = None, min_blocks: int | None = None
     ) -> None:
-        """What a dispatch policy sets per site (on a real endpoint: the engine's
-        ``job_status_kwargs.max_idletime`` and the provider's ``min_blocks``)."""
+        """The engine's ``job_status_kwargs.max_idletime`` and the provider's ``min_blocks``,
+        from now on."""
         self.sim.set_idle(max_idletime_s=max_idletime_s, min_blocks=min_blocks)
+
+    def set_drain(self, drain_s: float) -> None:
+        self.sim.set_drain(drain_s)
+
+    def set_walltime(self, walltime_s: float) -> None:
+        self.sim.set_walltime(walltime_s)
+
+    def request_pilot(self) -> bool:
+        return self.sim.request_block()
+
+    def pilots(self) -> list[tuple[float, float | None, float | None]]:
+        return self.sim.pilots()
+
+    def start_estimate_s(self) -> float | None:
+        """A replay has no scheduler to ask: the policy learns waits from the pilots'
+        (it never reads the scenario's wait model)."""
+        return None
+
+    def walltime_choices(self) -> list[float]:
+        """The walltimes of the queue's bins (a facility's published job-size rules, not
+        their waits), and the walltime asked for."""
+        edges = [walltime_seconds(b.max_walltime) for b in self.queue.shape_bins]
+        return sorted({e for e in edges if e is not None} | {self.sim.walltime_s})
 
     def node_hours(self) -> float:
         return self.sim.node_hours()

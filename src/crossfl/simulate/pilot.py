@@ -9,7 +9,14 @@ the engine starts (parsl/utils.py ``Timer``: first poll at once). Modelled here:
   are submitted up to ``max_blocks`` (parsl/jobs/strategy.py, cases 2 and 4a). Each
   submission waits in the batch queue for a wait drawn from the facility's queue model.
 - A block runs one task at a time (a training task uses every accelerator the block
-  holds); tasks wait at the endpoint, first come first served.
+  holds); tasks wait at the endpoint, first come first served, and go to the free block
+  with the most walltime left (ASSUMPTION: as if managers drained before their walltime;
+  HTEX picks among managers with capacity).
+- A task is registered with the web service when it is submitted, and from then on it
+  cannot be cancelled: "Tasks cannot be cancelled once they are registered"
+  (globus_compute_sdk/sdk/executor.py, ``Executor.shutdown``, SDK 4.x pinned here). A task
+  whose future the server cancelled still reaches a worker and holds it for its steps;
+  its result is dropped (the real function is not called: nobody reads it).
 - A block lives until its walltime, when the batch system kills it; a task still
   running then is lost, and the endpoint reports ``ManagerLost`` once Parsl's
   heartbeat threshold (120 s) has passed, a system failure the kit retries. With a
@@ -55,6 +62,7 @@ class Block:
     id: int
     submitted_at: float
     wait_s: float
+    walltime_s: float
     started_at: float | None = None
     ends_at: float | None = None  # walltime or preemption, known once it starts
     planned_end: str = "walltime"
@@ -62,6 +70,7 @@ class Block:
     end_reason: str | None = None
     task: SimTask | None = None
     tasks_run: int = 0
+    draining: bool = False  # past its drain time: takes no new task, ends when idle
     events: list[Any] = field(default_factory=list)
 
     @property
@@ -71,6 +80,12 @@ class Block:
     @property
     def running(self) -> bool:
         return self.started_at is not None and self.ended_at is None
+
+    @property
+    def walltime_end(self) -> float | None:
+        """When the batch system will end it (what the scheduler reports; a preemption is
+        not known in advance)."""
+        return None if self.started_at is None else self.started_at + self.walltime_s
 
 
 @dataclass
@@ -87,6 +102,7 @@ class SimTask:
     load_s: float = 0.0
     train_s: float = 0.0
     finish_event: Any = None
+    abandoned: bool = False  # cancelled by the server: it runs, its result is dropped
 
     @property
     def finishes_at(self) -> float:
@@ -144,6 +160,7 @@ class SiteSimulator:
         self.records: list[dict[str, Any]] = []
         self._scale_event: Any = None
         self._release_event: Any = None
+        self.drain_s = 0.0  # HTEX drain_period counted back from the walltime (0: none)
         self.closed = False
         if self.pilot.mode == "pilot" and self.pilot.init_blocks:
             clock.call_at(self.t0, lambda: self._submit_blocks(self.pilot.init_blocks))
@@ -201,34 +218,42 @@ class SiteSimulator:
     def _submit_blocks(self, n: int) -> None:
         for _ in range(max(0, n)):
             wait = self.queue.sample(self.rng_queue, self.nodes, self.walltime_s)
-            block = Block(len(self.blocks), self.clock.now(), wait)
+            block = Block(len(self.blocks), self.clock.now(), wait, self.walltime_s)
             self.blocks.append(block)
             block.events.append(self.clock.call_later(wait, lambda b=block: self._start_block(b)))
 
     def _start_block(self, block: Block) -> None:
         now = self.clock.now()
         block.started_at = now
-        block.ends_at = now + self.walltime_s
+        block.ends_at = now + block.walltime_s
         rate = self.pilot.preemption_per_hour
         if rate > 0:
             lifetime = self.rng_preempt.expovariate(rate / 3600.0)
-            if lifetime < self.walltime_s:
+            if lifetime < block.walltime_s:
                 block.ends_at, block.planned_end = now + lifetime, "preempted"
         block.events.append(
             self.clock.call_at(block.ends_at, lambda: self._end_block(block, block.planned_end))
         )
+        if self.drain_s > 0:  # HTEX drain_period, fixed when the block's workers start
+            drain_at = max(now, now + block.walltime_s - self.drain_s)
+            block.events.append(self.clock.call_at(drain_at, lambda: self._drain(block)))
         self._dispatch()
+
+    def _drain(self, block: Block) -> None:
+        block.draining = True
+        if block.active and block.task is None:
+            self._end_block(block, "drained")
 
     def _dispatch(self) -> None:
         while self.waiting:
-            free = next((b for b in self.blocks if b.running and b.task is None), None)
-            if free is None:
+            free = [b for b in self.blocks if b.running and b.task is None and not b.draining]
+            if not free:
                 break
+            block = max(free, key=lambda b: (b.ends_at or 0.0, b.id))
             task = self.waiting.popleft()
-            if not task.future.set_running_or_notify_cancel():  # the driver gave up on it
-                self.outstanding -= 1
-                continue
-            self._start_task(task, free)
+            # a cancelled future: the server gave up on it, the endpoint runs it all the same
+            task.abandoned = not task.future.set_running_or_notify_cancel()
+            self._start_task(task, block)
         if self.pilot.mode == "per_task":  # a job whose task went away ends at once
             for block in self.blocks:
                 if (
@@ -245,13 +270,18 @@ class SiteSimulator:
         task.cold = block.tasks_run == 0
         block.tasks_run += 1
         task.started_at = self.clock.now()
-        task.outcome = self.run(task.fn, task.payload)  # the real work, now
         task.load_s = self.speed.load_cold_s if task.cold else self.speed.load_warm_s
+        planned = task.payload.get("local_steps") if isinstance(task.payload, dict) else None
+        if task.abandoned:  # nobody reads its result: its time, not its training
+            task.outcome = Outcome(None, None, False)
+            task.train_s = int(planned or 0) * self.speed.seconds_per_step
+        else:
+            task.outcome = self.run(task.fn, task.payload)  # the real work, now
         if task.outcome.result is not None:
             steps = task.outcome.result.get("steps")
-            if steps is None and isinstance(task.payload, dict):
-                steps = task.payload.get("local_steps")
-            task.train_s = int(steps or 0) * self.speed.seconds_per_step
+            task.train_s = (
+                int(planned or 0 if steps is None else steps) * self.speed.seconds_per_step
+            )
         assert block.ends_at is not None
         if task.finishes_at <= block.ends_at:
             task.finish_event = self.clock.call_at(
@@ -264,7 +294,9 @@ class SiteSimulator:
         assert block is not None and outcome is not None
         block.task = None
         self.outstanding -= 1
-        if outcome.error is not None:
+        if task.abandoned:
+            pass
+        elif outcome.error is not None:
             error = remote_failure(outcome.error)
             self.clock.call_later(self.transfer.up_s, lambda: self._settle(task, None, error))
         else:
@@ -276,6 +308,8 @@ class SiteSimulator:
             self.clock.call_later(up, lambda: self._settle(task, result, None))
         if self.pilot.mode == "per_task":
             self._end_block(block, "done")
+        elif block.draining:
+            self._end_block(block, "drained")
         self._dispatch()
 
     def virtual_result(self, task: SimTask) -> dict[str, Any]:
@@ -340,6 +374,35 @@ class SiteSimulator:
         self._record(block)
         self._want_blocks()
 
+    # -- what a dispatch policy may do and see ----------------------------------------------
+    def request_block(self) -> bool:
+        """Submit the next pilot now, before the running one's walltime ends: at most one
+        block beyond ``max_blocks``, and none while one is still queued. False: not done."""
+        active = self._active()
+        if (
+            self.closed
+            or self.pilot.mode != "pilot"
+            or any(b.started_at is None for b in active)
+            or len(active) > self.pilot.max_blocks
+        ):
+            return False
+        self._submit_blocks(1)
+        return True
+
+    def set_drain(self, drain_s: float) -> None:
+        """Blocks started from now on stop taking tasks ``drain_s`` before their walltime
+        and end when idle (Parsl HTEX ``drain_period`` = walltime - drain_s)."""
+        self.drain_s = max(0.0, float(drain_s))
+
+    def set_walltime(self, walltime_s: float) -> None:
+        """The walltime of the pilots submitted from now on (a job shape)."""
+        self.walltime_s = float(walltime_s)
+
+    def pilots(self) -> list[tuple[float, float | None, float | None]]:
+        """The pilots held or queued, as the scheduler lists them: (submitted, started,
+        walltime end), None while queued."""
+        return [(b.submitted_at, b.started_at, b.walltime_end) for b in self._active()]
+
     # -- idle release --------------------------------------------------------------------
     def set_idle(
         self, *, max_idletime_s: float | None = None, min_blocks: int | None = None
@@ -395,7 +458,7 @@ class SiteSimulator:
             "mode": self.pilot.mode,
             "block": block.id,
             "nodes": self.nodes,
-            "walltime_s": self.walltime_s,
+            "walltime_s": block.walltime_s,
             "submitted_at": block.submitted_at,
             "started_at": block.started_at,
             "ended_at": block.ended_at,

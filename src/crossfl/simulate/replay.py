@@ -11,17 +11,19 @@ runs for real at no virtual cost (``InstantExecutor``). The run directory is an 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 
 from crossfl.atomic import atomic_write_text
-from crossfl.clock import VirtualClock
+from crossfl.clock import HorizonReached, VirtualClock
 from crossfl.errors import UserError
 from crossfl.paths import runs_dir
-from crossfl.server.experiment import Experiment
+from crossfl.server.experiment import Experiment, with_changes
 from crossfl.server.lifecycle import DRIVERS, new_run_dir, site_data_paths
 from crossfl.server.plan import RunPlan, plan_run
 from crossfl.server.records import PilotRecord, SimulationRecord
@@ -29,7 +31,7 @@ from crossfl.server.report import print_report, write_plots
 from crossfl.server.site_executors import OpenSite
 from crossfl.server.telemetry import MetricsLog
 from crossfl.server.transport import Transport
-from crossfl.simulate.cache import ResultCache
+from crossfl.simulate.cache import ResultCache, file_facts
 from crossfl.simulate.executor import InstantExecutor, simulated_sites
 from crossfl.simulate.scenario import Scenario
 
@@ -44,6 +46,7 @@ class Replay:
     seed: int
     virtual_s: float
     node_hours: float
+    end: str = "finished"  # or "horizon": cut at the horizon (censored)
 
 
 def check_replayable(
@@ -67,7 +70,7 @@ def check_replayable(
     }
     if task_timeout_s is not None:
         update["task_timeout_s"] = task_timeout_s
-    experiment = experiment.model_copy(update=update)
+    experiment = with_changes(experiment, source, **update)
     plan = plan_run(experiment, source)
     for name, site in plan.sites.items():
         if not site.runs_here:
@@ -82,6 +85,23 @@ def check_replayable(
     return plan
 
 
+def data_dir(plan: RunPlan) -> Path:
+    """One copy of the partitioned training data per base experiment: the same for every
+    variant, seed and invocation (identical tasks then name identical files, so the result
+    cache can reuse them). Keyed by what the partition depends on, not by the experiment's
+    name."""
+    e = plan.experiment
+    train = plan.train_path
+    facts = {
+        "train": str(train),
+        "stat": list(file_facts(str(train))) if train is not None else None,
+        "partition": e.data.partition.model_dump(),
+        "sites": sorted(name for name, s in plan.sites.items() if s.data_path is None),
+    }
+    key = hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
+    return runs_dir() / CACHE_DIR / f"data-{key[:16]}"
+
+
 def replay(
     plan: RunPlan,
     source: Path,
@@ -90,15 +110,27 @@ def replay(
     seed: int,
     console: Console,
     cache: ResultCache | None = None,
+    *,
+    run_dir: Path | None = None,
+    horizon_s: float | None = None,
+    light: bool = False,
 ) -> Replay:
-    """Replay ``plan`` once with queue draws seeded by ``seed``; the run directory it left."""
+    """Replay ``plan`` once with queue draws seeded by ``seed``; the run directory it left.
+
+    ``horizon_s``: the run is cut when virtual time reaches it (``end: horizon``).
+    ``light`` (comparisons): no checkpoints, final adapter or plots, only metrics.jsonl."""
     experiment = plan.experiment
     cache = cache or ResultCache(runs_dir() / CACHE_DIR / "results")
-    clock = VirtualClock()
-    run_dir = new_run_dir(experiment, source)
+    clock = VirtualClock(horizon=horizon_s)
+    if run_dir is None:
+        run_dir = new_run_dir(experiment, source)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        resolved = {**experiment.model_dump(mode="json"), "_source": str(source)}
+        atomic_write_text(run_dir / "experiment.yaml", yaml.safe_dump(resolved, sort_keys=False))
     metrics = MetricsLog(run_dir / "metrics.jsonl")
-    # One copy of the partitioned data for every replay: identical tasks name identical files.
-    data_paths = site_data_paths(plan, runs_dir() / CACHE_DIR / f"data-{experiment.name}")
+    data_paths = site_data_paths(plan, data_dir(plan))
     shapes = {
         e.name: (e.nodes or e.user_options.get("nodes_per_block"), e.user_options.get("walltime"))
         for e in experiment.sites
@@ -113,7 +145,7 @@ def replay(
         on_record=lambda r: metrics.write(PilotRecord(**r)),
     )
     handles = {
-        name: OpenSite(plan.sites[name], ex, f"simulated:{ex.profile.name}")
+        name: OpenSite(plan.sites[name], ex, f"simulated:{ex.profile.name}", control=ex)
         for name, ex in executors.items()
     }
     evaluation = OpenSite(plan.sites[experiment.eval_site], InstantExecutor(cache), "evaluation")
@@ -126,9 +158,13 @@ def replay(
         transport=Transport(plan, run_dir),
         clock=clock,
         eval_site=evaluation,
+        keep_files=not light,
     )
+    end = "finished"
     try:
         driver.run()
+    except HorizonReached:
+        end = "horizon"
     finally:
         for ex in executors.values():
             ex.shutdown()  # writes the pilots still held
@@ -144,13 +180,16 @@ def replay(
             cache_hits=cache.hits,
             cache_misses=cache.misses,
             events=clock.events_run,
+            end=end,
+            horizon_s=horizon_s,
         )
     )
     atomic_write_text(
         run_dir / "site_images.json", json.dumps({n: "simulated" for n in plan.sites}, indent=2)
     )
-    write_plots(run_dir)
-    return Replay(run_dir, seed, clock.now(), node_hours)
+    if not light:
+        write_plots(run_dir)
+    return Replay(run_dir, seed, clock.now(), node_hours, end)
 
 
 def replay_seeds(

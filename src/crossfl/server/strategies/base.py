@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -36,6 +36,7 @@ class Update:
     local_steps: int
     train_time_s: float | None = None  # measured training time for local_steps
     queue_wait_s: float | None = None  # measured time from submit to start
+    weight: float = 1.0  # the dispatch policy's factor on its aggregation weight
 
 
 @dataclass
@@ -72,6 +73,10 @@ class Strategy(ABC):
     merges_late_updates: ClassVar[bool] = False
     """Whether a synchronous round's late update (it missed the deadline) is merged into the
     next round's aggregation (strategies that discount staleness), rather than only recorded."""
+    round_rule: ClassVar[Literal["dispatched", "timer_or_all"]] = "dispatched"
+    """When a synchronous round closes: when its dispatched tasks answered (or at the quorum
+    deadline), or, ``timer_or_all``, when every site's update is in (held ones included) or
+    at ``round_timeout_s`` after the last aggregation (APPFL's FedQueue scheduler)."""
 
     def __init__(self, **kwargs: Any) -> None:
         self.params = self.parse_kwargs(kwargs)
@@ -98,6 +103,19 @@ class Strategy(ABC):
     def round_timeout_s(self) -> float | None:
         """How long a synchronous round waits before it aggregates what arrived (the quorum
         deadline when the experiment sets none); None: it waits for every site."""
+        return None
+
+    def held_sites(self) -> set[str]:
+        """Sites whose last update the strategy buffers and which wait for its aggregation
+        before their next task (APPFL answers them only then). Default: none."""
+        return set()
+
+    def due_in(self) -> float | None:
+        """Seconds until the strategy aggregates without an arrival (a timer); None: never."""
+        return None
+
+    def flush_due(self, global_params: torch.Tensor, version: int) -> torch.Tensor | None:
+        """The aggregation owed when ``due_in()`` has run out (None: nothing to do)."""
         return None
 
     def set_layout(self, spec: FlatSpec) -> None:  # noqa: B027 (an optional hook)
@@ -174,11 +192,15 @@ class Strategy(ABC):
 
 
 def sample_weights(updates: list[Update], mode: str = "num_samples") -> list[float]:
-    """Normalized client weights: by sample count, or equal (also when all counts are 0)."""
+    """Normalized client weights: by sample count, or equal (also when all counts are 0),
+    each times its update's ``weight`` (the dispatch policy's; 1 unless it says)."""
     total = sum(u.num_samples for u in updates)
     if mode == "num_samples" and total > 0:
-        return [u.num_samples / total for u in updates]
-    return [1.0 / len(updates)] * len(updates)
+        raw = [u.num_samples * u.weight for u in updates]
+    else:
+        raw = [u.weight for u in updates]
+    norm = sum(raw)
+    return [r / norm for r in raw] if norm > 0 else [1.0 / len(updates)] * len(updates)
 
 
 def update_to_state(u: Update) -> dict[str, Any]:
@@ -191,6 +213,7 @@ def update_to_state(u: Update) -> dict[str, Any]:
         "local_steps": u.local_steps,
         "train_time_s": u.train_time_s,
         "queue_wait_s": u.queue_wait_s,
+        "weight": u.weight,
     }
 
 
@@ -204,4 +227,5 @@ def update_from_state(d: Mapping[str, Any]) -> Update:
         local_steps=int(d["local_steps"]),
         train_time_s=d.get("train_time_s"),
         queue_wait_s=d.get("queue_wait_s"),
+        weight=float(d.get("weight", 1.0)),
     )

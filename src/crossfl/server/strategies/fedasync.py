@@ -46,8 +46,9 @@ class _AsyncStrategy(Strategy):
         return update
 
     def client_weight(self, update: Update) -> float:
-        """``p``: 1 / num_sites, or the site's share of all samples."""
-        return self.site_counts.weight(update.site, self.params.weighting)
+        """``p``: 1 / num_sites, or the site's share of all samples (times the update's
+        ``weight``, the dispatch policy's: 1 unless it says)."""
+        return self.site_counts.weight(update.site, self.params.weighting) * update.weight
 
     def state_dict(self) -> dict[str, Any]:
         return {"sites": self.site_counts.state_dict()}

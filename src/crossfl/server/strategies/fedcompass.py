@@ -5,10 +5,13 @@ its task's dispatch to its update's arrival over the task's steps, as APPFL meas
 that queue waits, model loads and transfers count) sizes its next task so that sites of
 different speeds arrive together in *arrival groups*.
 An update that arrives within its group's window (``latest_time_factor`` x the expected time)
-waits in the group buffer; when the group is complete (or its window has passed at the next
-arrival) the buffered models are mixed in at once:
+waits in the group buffer, and its site waits with it (``held_sites``, as APPFL holds the
+client); when the group is complete, or its window has closed (``due_in`` / ``flush_due``:
+APPFL's timer; else at the next arrival, before that arrival touches the buffers), the
+buffered models are mixed in at once:
 ``w <- (1 - sum a_i) w + sum a_i x_i`` with ``a_i = alpha * s(staleness_i) / num_sites``
-(APPFL's ``num_clients``: the sites given to :meth:`Strategy.register_sites`).
+(APPFL's ``num_clients``: the sites given to :meth:`Strategy.register_sites`), each times its
+update's ``weight`` (the dispatch policy's; 1 unless it says).
 A site without a group (its first arrival) is mixed in alone, FedAsync-style; a late one waits
 in a general buffer for the next group aggregation. Both buffers hold one update per site, as
 APPFL's do: a site's newer update replaces its buffered older one. Group bookkeeping follows
@@ -155,7 +158,8 @@ class FedCompass(Strategy):
     def mixing(self, update: Update, version: int) -> float:
         """``a_i`` for one buffered or arriving update."""
         n = self.site_counts.num_sites()
-        return self.params.alpha * self.params.discount(staleness_of(update, version)) / n
+        s = self.params.discount(staleness_of(update, version))
+        return self.params.alpha * s / n * update.weight
 
     def mix(self, global_params: torch.Tensor, updates: list[Update], version: int) -> torch.Tensor:
         """``(1 - sum a_i) w + sum a_i x_i`` in one fused weighted sum."""
@@ -172,17 +176,12 @@ class FedCompass(Strategy):
         self.site_counts.saw(update.site, update.num_samples)
         self._record_speed(update, now)
 
-        self._drop_buffered(update.site)  # this update supersedes the site's buffered one
-        ready: dict[str, Update] = {}
-        for gid in sorted(self.groups):  # windows that closed with arrivals: aggregate them
-            group = self.groups[gid]
-            if now > group.latest and group.arrived:
-                ready.update(self.general)
-                ready.update(group.arrived)
-                self.general, group.arrived = {}, {}
-            if not group.pending and not group.arrived:
-                del self.groups[gid]
-
+        # First what APPFL's timers did before this arrival: every group whose window has
+        # closed with arrivals is aggregated with the general buffer (the site's own earlier
+        # update included, if it is buffered there), each its own global step.
+        batches = self._closed_groups(now)
+        # Then this update supersedes whatever of its site is still buffered.
+        self._drop_buffered(update.site)
         gid = self.site_group.pop(update.site, None)
         group = self.groups.get(gid) if gid is not None else None
         if gid is None:
@@ -198,15 +197,51 @@ class FedCompass(Strategy):
             else:
                 group.arrived[update.site] = update
                 if not group.pending:
-                    ready.update(self.general)
-                    ready.update(group.arrived)
+                    batches.append({**self.general, **group.arrived})
                     self.general = {}
                     del self.groups[gid]
-
-        new = self.mix(global_params, list(ready.values()), version) if ready else None
         if solo:
-            new = self.mix(global_params if new is None else new, [update], version)
+            batches.append({update.site: update})
+        return self._mix_all(global_params, batches, version)
+
+    def _closed_groups(self, now: float) -> list[dict[str, Update]]:
+        """The aggregations owed by windows closed by ``now`` with arrivals, in the order
+        APPFL's timers ran them: each group's buffered updates with the general buffer.
+        Empty groups are dropped; members still out keep their (closed) group."""
+        batches: list[dict[str, Update]] = []
+        for gid in sorted(self.groups, key=lambda g: (self.groups[g].latest, g)):
+            group = self.groups[gid]
+            if now > group.latest and group.arrived:
+                batches.append({**self.general, **group.arrived})
+                self.general, group.arrived = {}, {}
+            if not group.pending and not group.arrived:
+                del self.groups[gid]
+        return batches
+
+    def _mix_all(
+        self, global_params: torch.Tensor, batches: list[dict[str, Update]], version: int
+    ) -> torch.Tensor | None:
+        """Each batch mixed in turn, a global step each (staleness counted from there)."""
+        new = None
+        for i, batch in enumerate(batches):
+            new = self.mix(global_params if new is None else new, list(batch.values()), version + i)
         return new
+
+    # ------------------------------------------------------------------ the timer
+
+    def held_sites(self) -> set[str]:
+        """Sites waiting for their group's aggregation (APPFL holds them until it)."""
+        return {site for g in self.groups.values() for site in g.arrived}
+
+    def due_in(self) -> float | None:
+        """Seconds until the earliest window with arrivals closes (APPFL's group timer)."""
+        closing = [g.latest for g in self.groups.values() if g.arrived]
+        return None if not closing else max(0.0, min(closing) - self.now())
+
+    def flush_due(self, global_params: torch.Tensor, version: int) -> torch.Tensor | None:
+        """The aggregation owed by windows closed by now, as APPFL's timers run it; None
+        when none is owed."""
+        return self._mix_all(global_params, self._closed_groups(self.now() + 1e-9), version)
 
     def _drop_buffered(self, site: str) -> None:
         """Forget ``site``'s buffered update, if any (a newer one of the site has arrived)."""

@@ -10,6 +10,9 @@ sites' step sizes stay comparable.
 Admission: an update is admitted when its queue wait was at most
 ``q_prior + alpha_admission * t_sync``; a late one is held back and merged into the next
 round's aggregation (with its staleness), or used at once when nothing else was admitted.
+Its site waits for that aggregation (``held_sites``), as APPFL answers it only then.
+A round closes when every site's update is in (held ones count) or on a timer
+``(1 + admission_tolerance) t_sync`` after the last aggregation (``round_rule``).
 The aggregate replaces the global model: ``w <- sum_k p_k x_k`` with
 ``p_k proportional to s(staleness_k) * n_k``.
 """
@@ -54,6 +57,7 @@ class FedQueue(Strategy):
     name = "fedqueue"
     is_async = False
     merges_late_updates = True  # a late update is discounted by its staleness, not dropped
+    round_rule = "timer_or_all"  # APPFL QueueScheduler: all num_clients arrived, or its timer
     Params = FedQueueParams
     params: FedQueueParams
 
@@ -64,6 +68,10 @@ class FedQueue(Strategy):
         self.late: list[Update] = []
 
     # ------------------------------------------------------------------ planning
+
+    def held_sites(self) -> set[str]:
+        """Sites whose held-back update waits for the next aggregation."""
+        return {u.site for u in self.late}
 
     def round_timeout_s(self) -> float:
         """How long a round waits before aggregating what arrived: (1 + tolerance) t_sync."""
