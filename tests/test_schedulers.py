@@ -1,6 +1,8 @@
 """The schedulers (crossfl.schedulers): every one keeps the interface, and a new one is one
 class. LSF (Parsl's LSFProvider) is added here, in the test, with nothing else changed: a
-site naming it loads, renders, passes the linter, and the endpoint builds its provider."""
+site naming it loads, renders, passes the linter, and the endpoint builds its provider. A
+scheduler and its launcher are driven from value objects alone (JobSpec, BatchJob, Binding),
+with no site file and no crossfl.sites."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ import yaml
 
 from crossfl import paths, render, schedulers, sites
 from crossfl.errors import UserError
-from crossfl.schedulers import BatchJob, Scheduler
+from crossfl.schedulers import BatchJob, Binding, JobSpec, Scheduler
 from crossfl.schedulers.base import Fields
+from crossfl.schedulers.launchers import LAUNCHERS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +49,7 @@ class Lsf(Scheduler):
             raise ValueError(f"-W {text!r} is not [H:]M")
         return int(m.group(1) or 0) * 3600 + int(m.group(2)) * 60
 
-    def header(self, site: sites.Site, job: BatchJob) -> list[str]:
+    def header(self, spec: JobSpec, job: BatchJob) -> list[str]:
         h, m, _ = job.walltime.split(":")
         return [
             "#!/bin/bash",
@@ -55,11 +58,11 @@ class Lsf(Scheduler):
             f"#BSUB -W {int(h)}:{m}",
             f"#BSUB -o {job.name}.%J",
             *(f"#BSUB {d}" for d in job.directives),
-            *self.account_hint(site, job),
+            *self.account_hint(spec, job),
         ]
 
-    def provider_fields(self, site: sites.Site, var: dict[str, str]) -> Fields:
-        return [("project", var["account"]), ("queue", var["queue"]), *self.block_fields(site, var)]
+    def provider_fields(self, spec: JobSpec, var: dict[str, str]) -> Fields:
+        return [("project", var["account"]), ("queue", var["queue"]), *self.block_fields(spec, var)]
 
 
 SUMMIT = {
@@ -141,7 +144,9 @@ def test_every_scheduler_keeps_the_interface(name: str) -> None:
     site = sites.load_site(
         next(n for n in sites.list_sites() if sites.load_site(n).scheduler == name)
     )
-    header = s.header(site, BatchJob("j", 2, "00:10:00", ["-A x"], 4, account_hint=True))
+    header = s.header(
+        sites.job_spec(site), BatchJob("j", 2, "00:10:00", ["-A x"], 4, account_hint=True)
+    )
     assert header[0].startswith("#!/bin/bash")
     assert all(line.startswith((s.directive_prefix + " ", "#")) for line in header[1:])
     assert sites.lint_script(site, "\n".join(header)) == []
@@ -195,3 +200,121 @@ def test_start_estimates_are_read_as_each_scheduler_prints_them() -> None:
     assert pbs.pending_start_command("123.polaris-pbs-01") == "qstat -f 123.polaris-pbs-01 2>&1"
     assert pbs.parse_start(qstat, 0) == datetime(2024, 10, 4, 15, 30, 0)
     assert pbs.parse_start("Job Id: 1.x\n    job_state = Q\n", 0) is None
+
+
+SCHEDULERS_ONLY = """
+import json, sys
+from crossfl import schedulers
+from crossfl.schedulers import BatchJob, Binding, JobSpec
+from crossfl.schedulers.launchers import LAUNCHERS
+
+spec = JobSpec(site="nowhere", account="abc", queue="gpu", devices_per_node=4,
+               cpus_per_node=64, select_options="system=x", filesystems=("home", "eagle"),
+               directives=("--exclusive",))
+job = BatchJob("j", 2, "00:30:00", [], ranks_per_node=4, cpus_per_rank=16)
+bound = Binding(cpus_per_node=64, cpu_sets=("0-15", "16-31", "32-47", "48-63"))
+slurm = schedulers.get("slurm")
+out = {
+    "slurm": slurm.header(spec, job),
+    "slurm_pilot": slurm.directives(spec, for_pilot=True),
+    "slurm_submit": slurm.submit_command("job.sh"),
+    "pbs": schedulers.get("pbs").header(spec, job),
+    "srun": LAUNCHERS["srun"].words(bound, 2, 4),
+    "mpiexec": LAUNCHERS["mpiexec"].words(bound, 2, 4),
+    "sites": sorted(m for m in sys.modules if m.startswith("crossfl.sites")),
+}
+print(json.dumps(out))
+"""
+
+
+def test_a_scheduler_is_driven_from_values_alone(tmp_path: Path) -> None:
+    """Headers, pilot directives, the submit line and launcher lines from JobSpec, BatchJob
+    and Binding only: in a fresh interpreter, in a directory with no catalog, without
+    crossfl.sites ever imported."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "CROSSFL_ROOT"}
+    proc = subprocess.run(
+        [sys.executable, "-c", SCHEDULERS_ONLY],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["sites"] == []
+    assert out["slurm"] == [
+        "#!/bin/bash",
+        "#SBATCH -J j",
+        "#SBATCH -N 2",
+        "#SBATCH --ntasks-per-node=4",
+        "#SBATCH --cpus-per-task=16",
+        "#SBATCH -t 00:30:00",
+        "#SBATCH -o j-%j.out",
+    ]
+    assert out["slurm_pilot"] == ["--gpus-per-node=4", "--exclusive"]
+    assert out["slurm_submit"] == "sbatch --parsable job.sh 2>&1"
+    assert out["pbs"] == [
+        "#!/bin/bash -l",
+        "#PBS -N j",
+        "#PBS -l select=2:system=x",
+        "#PBS -l walltime=00:30:00",
+        "#PBS -j oe",
+    ]
+    assert out["srun"] == [
+        "srun",
+        "--nodes=2",
+        "--ntasks=8",
+        "--ntasks-per-node=4",
+        "--cpus-per-task=16",
+        "--cpu-bind=mask_cpu:0xffff,0xffff0000,0xffff00000000,0xffff000000000000",
+    ]
+    assert out["mpiexec"] == [
+        "mpiexec",
+        "-n",
+        "8",
+        "--ppn",
+        "4",
+        "--cpu-bind",
+        "list:0-15:16-31:32-47:48-63",
+    ]
+
+
+def test_a_scheduler_writes_what_the_spec_holds() -> None:
+    """Named directives come from the spec's names, resources from what a job holds: a
+    shared node asks for its part (never --exclusive), PBS names the filesystems, and the
+    account hint names the spec's site."""
+    slurm, pbs = schedulers.get("slurm"), schedulers.get("pbs")
+    shared = JobSpec(site="s", qos="shared", devices_per_node=1, cpus_per_node=32, shared_node=True)
+    assert slurm.directives(shared, for_pilot=False) == [
+        "-q shared",
+        "--gpus-per-node=1",
+        "--cpus-per-task=32",
+    ]
+    var = {k: f"{{{{ {k} }}}}" for k in ("account", "walltime", "nodes_per_block", "max_blocks")}
+    fields = dict(slurm.provider_fields(shared, var))  # no queue option: no partition field
+    assert fields["exclusive"] == "false" and "partition" not in fields
+    whole = JobSpec(site="s", filesystems=("home", "eagle"), cpus_per_node=64, init_blocks=1)
+    assert pbs.directives(whole, for_pilot=True) == ["-l filesystems=home:eagle"]
+    pbs_fields = dict(pbs.provider_fields(whole, {**var, "queue": "{{ queue }}"}))
+    assert (pbs_fields["cpus_per_node"], pbs_fields["init_blocks"]) == ("64", "1")
+    hint = slurm.header(whole, BatchJob("j", 1, "00:10:00", [], account_hint=True))
+    assert hint[-1].startswith("# deploy/sites/overrides/s.yaml")
+    assert pbs.directive_filesystems("-l walltime=01:00:00,filesystems=home:grand") == [
+        "home",
+        "grand",
+    ]
+    gpus = Binding(cpus_per_node=56, scheduler_binds_gpus=True, cpu_sets=("1-7",) * 8)
+    assert LAUNCHERS["srun"].rank_options(gpus, 8) == [
+        "--cpus-per-task=7",
+        "--gpus-per-task=1",
+        "--gpu-bind=closest",
+    ]
+    assert LAUNCHERS["srun"].fields(Binding(cpus_per_node=8, options="--mpi=pmi2")) == [
+        ("overrides", '"-c 8 --mpi=pmi2"')
+    ]

@@ -292,7 +292,7 @@ def test_per_task_gpus_need_the_pilots_gpus(bound_cluster, tmp_path):
     """The other side: the same step in a job that asked no GPUs is refused by Slurm, so the
     pilot's `--gpus-per-node` is what the steps draw from, not a second request."""
     site = bound_site(tmp_path, bound_cluster)
-    rank_options = " ".join(LAUNCHERS["srun"].rank_options(site, bound_cluster.gpus))
+    rank_options = " ".join(LAUNCHERS["srun"].rank_options(sites.binding(site), bound_cluster.gpus))
     script = tmp_path / "nogpus.sh"
     script.write_text(
         "#!/bin/bash\n#SBATCH -N 1\n#SBATCH -t 5\n#SBATCH -o nogpus-%j.out\n"

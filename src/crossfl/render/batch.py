@@ -18,7 +18,7 @@ from crossfl.render.shell import (
 )
 from crossfl.schedulers import BatchJob, parse_walltime
 from crossfl.schedulers.launchers import LAUNCHERS
-from crossfl.sites import ImageBuild, Site, image_arch
+from crossfl.sites import ImageBuild, Site, binding, image_arch, job_spec
 
 CLIENT_MODULE_CMD = "python -m crossfl.client run-task"
 # One JSON line per rank: its device as the client selects it (the site's expected device,
@@ -60,15 +60,15 @@ def batch_context(site: Site) -> dict[str, Any]:
     if limit and limit.max_walltime and parse_walltime(limit.max_walltime) < parse_walltime(short):
         short = limit.max_walltime
     in_image = " ".join(quote(w) for w in container_words(site))
-    launcher = LAUNCHERS[site.launcher.type]
-    launch_all = launcher.words(site, nodes, per_node)
-    launch_one = launcher.words(site, 1, 1)
-    launch_collective = launcher.words(site, smoke_nodes, smoke_ranks)
-    cpus = launcher.rank_cpus(site, per_node) if site.node_part() is None else None
+    launcher, bound, spec = LAUNCHERS[site.launcher.type], binding(site), job_spec(site)
+    launch_all = launcher.words(bound, nodes, per_node)
+    launch_one = launcher.words(bound, 1, 1)
+    launch_collective = launcher.words(bound, smoke_nodes, smoke_ranks)
+    cpus = launcher.rank_cpus(bound, per_node) if site.node_part() is None else None
     bind = bind_wrapper(site)
     # `bind_rank` (a shell function) picks the device; the launcher starts bash to call it.
     prefix = "bash -c 'bind_rank \"$@\"' bind_rank" if bind else ""
-    directives = sched.directives(site, for_pilot=False)
+    directives = sched.directives(spec, for_pilot=False)
     setup = (
         setup_lines(site, batch=True)
         + [site.fill(x) for x in site.worker_init]
@@ -83,7 +83,7 @@ def batch_context(site: Site) -> dict[str, Any]:
         "submit": sched.submit,
         "job_start": list(sched.job_start),
         "smoke_header": sched.header(
-            site,
+            spec,
             BatchJob(
                 f"crossfl-smoke-{site.name}",
                 max(nodes, smoke_nodes),
@@ -95,14 +95,14 @@ def batch_context(site: Site) -> dict[str, Any]:
             ),
         ),
         "client_header": sched.header(
-            site,
+            spec,
             BatchJob(
                 f"crossfl-client-{site.name}",
                 nodes,
                 site.walltime,
                 directives,
                 1,
-                launcher.rank_cpus(site, 1) if site.node_part() is None else None,
+                launcher.rank_cpus(bound, 1) if site.node_part() is None else None,
                 account_hint=True,
             ),
         ),
@@ -148,7 +148,8 @@ def build_context(site: Site, directives: list[str]) -> dict[str, Any] | None:
     env = {**site.proxy.env(), **build.env}
     return {
         "header": sched.header(
-            site, BatchJob(f"crossfl-build-{site.name}", 1, build.walltime, build_directives)
+            job_spec(site),
+            BatchJob(f"crossfl-build-{site.name}", 1, build.walltime, build_directives),
         )
         if sched.batch
         else ["#!/bin/bash"],

@@ -14,7 +14,7 @@ from crossfl.functions import allowed_serializers
 from crossfl.render.options import jinja_literal, user_variables, var_expr
 from crossfl.render.shell import container_options, engine_container, host_env, setup_lines
 from crossfl.schedulers.launchers import LAUNCHERS
-from crossfl.sites import Site
+from crossfl.sites import Site, binding, job_spec
 
 
 def check_passthrough(site: Site, values: list[str], what: str) -> None:
@@ -80,7 +80,8 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
         mwpn = var["max_workers_per_node"]
     else:
         mwpn = site.workers_per_node()
-    pilot = [f"{sched.directive_prefix} {d}" for d in sched.directives(site, for_pilot=True)]
+    spec = job_spec(site)
+    pilot = [f"{sched.directive_prefix} {d}" for d in sched.directives(spec, for_pilot=True)]
     check_passthrough(site, pilot, "directives")
     check_container_mounts(site)
     launcher = LAUNCHERS[site.launcher.type]
@@ -116,12 +117,12 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
         "max_idletime": var["max_idletime"],
         "idle_hard": site.endpoint.idle_heartbeats_hard,
         "provider": sched.provider,
-        "provider_fields": sched.provider_fields(site, var),
+        "provider_fields": sched.provider_fields(spec, var),
         "scheduler_options": pilot,
         # MPI mode: "The Provider _must_ use the SimpleLauncher" (Parsl's MPIExecutor): the
         # worker starts on the pilot's first node and launches ranks itself
         "launcher": "SimpleLauncher" if mpi else launcher.parsl_class,
-        "launcher_fields": [] if mpi else launcher.fields(site),
+        "launcher_fields": [] if mpi else launcher.fields(binding(site)),
         "container": container_type is not None,
         "container_type": container_type,
         "container_uri": site.image(),

@@ -1,6 +1,10 @@
 """The options a user (or the server) may set per task group: the JSON schema the endpoint
-checks them against (with the published limits it can express, from crossfl.sites.rules) and
-the `{{ name | default(...) }}` expressions the endpoint template uses."""
+checks them against (their types and forms, the names the catalog publishes) and the
+`{{ name | default(...) }}` expressions the endpoint template uses. The facility's limits
+(nodes, walltime per node-count bin, jobs per user) are not restated here: one rule engine,
+`crossfl.sites.check_request`, holds every request to them before it reaches the endpoint
+(render's user-config path, the server's plan), and the scheduler itself refuses a job
+asked for some other way."""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ from typing import Any
 
 from crossfl.schedulers.base import WALLTIME_JSON_PATTERN
 from crossfl.sites import Site
-from crossfl.sites.rules import request_schema_rules
 from crossfl.sites.values import TOKEN
 
 # What a name the endpoint passes on to the scheduler may hold (Parsl writes account, queue and
@@ -138,9 +141,6 @@ def user_config_schema(site: Site) -> dict[str, Any]:
     required = [k for k, p in props.items() if "default" not in p]
     if required:
         schema["required"] = required
-    rules = request_schema_rules(site, set(props))
-    if rules:
-        schema["allOf"] = rules
     # Names the catalog entry, for check_request in render_user_config (the endpoint ignores
     # unknown keywords).
     schema["x-crossfl-site"] = site.name

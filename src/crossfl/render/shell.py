@@ -4,14 +4,9 @@ each batch rank its device the way Parsl's worker pool gives a worker its accele
 
 from __future__ import annotations
 
-import re
-import shlex
-from typing import TYPE_CHECKING
-
 from crossfl.client.launcher_env import LAUNCHED_AT_ENV, rank_env_names
-
-if TYPE_CHECKING:  # annotations only: the site schema quotes with `quote` (activate_line)
-    from crossfl.sites import Site
+from crossfl.quoting import quote
+from crossfl.sites import Site
 
 # What Parsl's worker pool exports for a worker's accelerator `a` (all of them, whatever the
 # vendor: parsl/executors/high_throughput/process_worker_pool.py, `worker()`, "If desired, pin
@@ -26,32 +21,6 @@ RANK_ENV = "CROSSFL_LOCAL_RANK"  # the batch rank's index on its node, for the s
 # 64 MB one (NCCL's intra-node transport lives there). Not the module itself: it also sets
 # LD_LIBRARY_PATH to the host's MPICH and --privileged, which a torch rank needs neither of.
 SHARED_RUN_HOST = ("--network=host", "--ipc=host", "-v", "/dev/shm:/dev/shm")
-
-
-_NAME_REF = r"\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})"
-_LEADING_REF = re.compile(rf"^{_NAME_REF}")
-# Characters that mean nothing to a shell inside double quotes, and $NAME / ${NAME}
-_EXPANDABLE = re.compile(rf"(?:[A-Za-z0-9_.,:@%+=~/<>-]|{_NAME_REF})*")
-
-
-def quote(word: str) -> str:
-    """The one way a value becomes a shell word (templates use it as the `sq` filter; deploy,
-    doctor and the renderer call it). shlex.quote, except that `$NAME` references in a path
-    stay expandable where the word runs (the image under $HOME, `$USER`'s directory of a
-    project filesystem): a word of path characters and `$NAME`s only is double-quoted, and a
-    leading `~/` becomes `$HOME/`. Anything else a shell would read (quotes, `$(...)`,
-    backticks, `;`, spaces) stays inert inside single quotes."""
-    if word == "~" or word.startswith("~/"):
-        word = "$HOME" + word[1:]
-    if "$" not in word:
-        return shlex.quote(word)
-    if _EXPANDABLE.fullmatch(word):
-        return f'"{word}"'
-    lead = _LEADING_REF.match(word)
-    if lead:  # e.g. "$HOME/a b": the home expands, the rest is literal
-        rest = word[lead.end() :]
-        return f'"{lead.group()}"' + (shlex.quote(rest) if rest else "")
-    return shlex.quote(word)
 
 
 def export(name: str, value: str) -> str:

@@ -1,12 +1,15 @@
 """The batch schedulers the kit knows, one module each (slurm.py, pbs.py, local.py), behind
-one interface (base.Scheduler), as Parsl keeps one provider per scheduler.
+one interface (base.Scheduler), as Parsl keeps one provider per scheduler, and the launchers
+(launchers.py). They work from small frozen values (spec.py: `JobSpec`, `BatchJob`,
+`Binding`) that the site catalog builds; nothing here imports crossfl.sites.
 
 Adding one (Flux, LSF, ...) is one new module in this package: a `Scheduler` subclass with
 its facts (provider class, directive prefix and options, walltime format, job header,
 submit/query/cancel commands, local-rank variable, the provider's YAML fields), decorated
 with `@register`. Every module here is imported when the package is, so site files may name
-it at once; tests/test_schedulers.py adds one in the test itself. The pilot job's provider
-must be one Parsl (and so the Globus Compute endpoint) can build.
+it at once; tests/test_schedulers.py adds one in the test itself, and drives one from values
+alone. The pilot job's provider must be one Parsl (and so the Globus Compute endpoint) can
+build.
 """
 
 from __future__ import annotations
@@ -17,19 +20,22 @@ from typing import TypeVar
 
 from crossfl.schedulers.base import (
     AccountCheck,
-    BatchJob,
     JobStatus,
     QueueLimits,
     Scheduler,
     parse_walltime,
 )
+from crossfl.schedulers.spec import BatchJob, Binding, JobSpec, cpu_list
 
 __all__ = [
     "AccountCheck",
     "BatchJob",
+    "Binding",
+    "JobSpec",
     "JobStatus",
     "QueueLimits",
     "Scheduler",
+    "cpu_list",
     "get",
     "names",
     "parse_walltime",
@@ -66,5 +72,5 @@ def prefixes() -> dict[str, str]:
 
 
 for _module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-    if _module.name != "base":
+    if _module.name not in ("base", "spec"):
         importlib.import_module(f"{__name__}.{_module.name}")

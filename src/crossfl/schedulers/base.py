@@ -3,10 +3,12 @@ provider class per scheduler): the directives a job script carries, which option
 use, how they write a walltime, the Parsl provider and the fields its YAML takes, the job
 header, the submit/query/cancel commands, the local-rank variable and how GPUs are bound.
 
-The site schema, the renderer and deploy ask the site's scheduler (`Site.sched`); none of
-them compares scheduler names. `crossfl doctor` and the on-site image build ask it too: the
-command that shows a queue's limits, the user's accounts, one job's state, and how to read
-their answers (the commands run on the login node; the parsers read what they print).
+It works from values the site builds (crossfl.schedulers.spec: `JobSpec`, `BatchJob`), never
+from a site file: the catalog's rules, the renderer and deploy ask the site's scheduler
+(`Site.sched`), and none of them compares scheduler names. `crossfl doctor` and the on-site
+image build ask it too: the command that shows a queue's limits, the user's accounts, one
+job's state, and how to read their answers (the commands run on the login node; the parsers
+read what they print).
 """
 
 from __future__ import annotations
@@ -15,12 +17,9 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
-from crossfl.schema import FieldError
-
-if TYPE_CHECKING:
-    from crossfl.sites import Site
+from crossfl.schedulers.spec import BatchJob, JobSpec
 
 # The kit's walltime (site files, user options, Parsl providers): HH:MM:SS.
 WALLTIME_JSON_PATTERN = r"^\d{1,3}:[0-5]\d:[0-5]\d$"
@@ -34,41 +33,6 @@ def parse_walltime(text: str) -> int:
         raise ValueError(f"walltime {text!r} is not HH:MM:SS: write it like 01:00:00")
     h, mi, s = (int(g) for g in m.groups())
     return h * 3600 + mi * 60 + s
-
-
-def _digits_at_most(n: int, width: int) -> str | None:
-    """A regex for `width`-digit strings (leading zeros allowed) whose value is <= n."""
-    if n < 0:
-        return None
-    if n >= 10**width - 1:
-        return rf"\d{{{width}}}"
-    s = str(n).rjust(width, "0")
-    alts = []
-    for i, ch in enumerate(s):
-        rest = width - i - 1
-        if int(ch) > 0:
-            lower = "0" if ch == "1" else f"[0-{int(ch) - 1}]"
-            alts.append(s[:i] + lower + (rf"\d{{{rest}}}" if rest else ""))
-    alts.append(s)
-    return "(?:" + "|".join(alts) + ")"
-
-
-def walltime_at_most_pattern(seconds: int) -> str:
-    """A regex matching the kit's walltimes (WALLTIME_JSON_PATTERN) of at most `seconds`: what
-    JSON Schema, which cannot compare times, can say about a queue's limit."""
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    sec = r"[0-5]\d"
-    alts = []
-    below = [p for k in (1, 2, 3) if (p := _digits_at_most(min(h - 1, 10**k - 1), k))]
-    if below:
-        alts.append(f"(?:{'|'.join(below)}):{sec}:{sec}")
-    if h <= 999:
-        same = "(?:" + "|".join(str(h).rjust(k, "0") for k in range(len(str(h)), 4)) + ")"
-        if m > 0:
-            alts.append(f"{same}:{_digits_at_most(m - 1, 2)}:{sec}")
-        alts.append(f"{same}:{m:02d}:{_digits_at_most(s, 2)}")
-    return "^(?:" + "|".join(alts) + ")$"
 
 
 def yaml_value(value: object) -> str:
@@ -110,19 +74,6 @@ class JobStatus:
     detail: str = ""  # exit code, reason
 
 
-@dataclass(frozen=True)
-class BatchJob:
-    """One batch script's header: job name, size, walltime and extra directives."""
-
-    name: str
-    nodes: int
-    walltime: str
-    directives: list[str]
-    ranks_per_node: int | None = None
-    cpus_per_rank: int | None = None  # what the launcher line gives each rank (srun -c)
-    account_hint: bool = False  # say how to pass an account when the site sets none
-
-
 class Scheduler:
     """One scheduler's facts. Subclass it in a module of this package and decorate the class
     with `crossfl.schedulers.register`; that is all a new scheduler takes."""
@@ -134,7 +85,7 @@ class Scheduler:
     directive_prefix: ClassVar[str | None] = None  # "#SBATCH"
     options: ClassVar[frozenset[str]] = frozenset()  # options a directive may use
     option_examples: ClassVar[str] = ""  # a few of them, for the message about a typo
-    # Site fields written as named directives in batch scripts, with their option, in order.
+    # JobSpec fields written as named directives in batch scripts, with their option, in order.
     named_flags: ClassVar[dict[str, str]] = {}
     account_word: ClassVar[str] = "account"  # what the facility calls it, for the hint
     queue_word: ClassVar[str] = "queue"  # "partition" on Slurm
@@ -153,36 +104,11 @@ class Scheduler:
     def has_qos(self) -> bool:
         return "qos" in self.named_flags
 
-    # -- the site file ---------------------------------------------------------------------
-
-    def check_site(self, site: Site) -> None:
-        """Raise FieldError for what this scheduler cannot do with the site."""
-        if site.launcher.type not in self.launchers:
-            raise FieldError(
-                "launcher.type",
-                f"launcher {site.launcher.type!r} does not run "
-                f"{self._under}: use launcher.type {' or '.join(self.launchers)}",
-            )
-        if not self.batch and (site.directives or site.filesystems):
-            raise FieldError(
-                "directives",
-                "a local site has no scheduler directives: remove directives and filesystems",
-            )
-        if site.accelerator.bind == "scheduler" and not self.binds_gpus:
-            raise FieldError(
-                "accelerator.bind",
-                f"{self.title}'s launcher does not bind GPUs: use bind: local-rank",
-            )
-        if site.filesystems and not self.filesystems_request:
-            raise FieldError(
-                "filesystems",
-                f"filesystems is a PBS request (-l filesystems=); {self.title} has none: remove it",
-            )
-        if site.limits_by == "qos" and not self.has_qos:
-            raise FieldError("limits_by", f"{self.title} has no QOS: use limits_by: queue")
+    # -- what a site file may ask of it (checked by crossfl.sites.catalog_rules) --------------
 
     @property
-    def _under(self) -> str:
+    def where(self) -> str:
+        """Where its jobs run, for messages: "under Slurm", "on a local site"."""
         return f"under {self.title}" if self.batch else "on a local site"
 
     def directive_problem(self, directive: str) -> str | None:
@@ -200,23 +126,6 @@ class Scheduler:
             )
         return None
 
-    def lint_directive(self, site: Site, directive: str) -> list[str]:
-        """Problems of one directive of a rendered script, by the site's rules."""
-        problem = self.directive_problem(directive)
-        if problem:
-            return [problem]
-        walltime = self.directive_walltime(directive)
-        if walltime is None:
-            return []
-        try:
-            seconds = self.parse_time(walltime)
-        except ValueError as exc:
-            return [str(exc)]
-        limit = site.queue_limit()
-        if limit and limit.max_walltime and seconds > parse_walltime(limit.max_walltime):
-            return [f"walltime {walltime} over the queue maximum {limit.max_walltime}"]
-        return []
-
     def directive_walltime(self, directive: str) -> str | None:
         """The walltime a directive asks for, as written, or None."""
         return None
@@ -225,37 +134,41 @@ class Scheduler:
         """Seconds of a walltime as this scheduler's directives write it."""
         return parse_walltime(text)
 
+    def directive_filesystems(self, directive: str) -> list[str]:
+        """The filesystems a directive requests (PBS `-l filesystems=a:b`)."""
+        return []
+
     # -- batch scripts ---------------------------------------------------------------------
 
-    def directives(self, site: Site, *, for_pilot: bool) -> list[str]:
+    def directives(self, spec: JobSpec, *, for_pilot: bool) -> list[str]:
         """Directives (without prefix) the facility needs. For the pilot job Parsl already
         writes nodes/walltime and the provider's own fields; batch scripts get everything."""
         d: list[str] = []
         if not for_pilot:
             d += [
-                f"{flag} {getattr(site, field)}"
+                f"{flag} {getattr(spec, field)}"
                 for field, flag in self.named_flags.items()
-                if getattr(site, field)
+                if getattr(spec, field)
             ]
-        d += self.resource_directives(site)
-        return d + list(site.directives)
+        d += self.resource_directives(spec)
+        return d + list(spec.directives)
 
-    def resource_directives(self, site: Site) -> list[str]:
-        """Directives that follow from the site's resources (GPUs, filesystems)."""
+    def resource_directives(self, spec: JobSpec) -> list[str]:
+        """Directives that follow from what a job holds (GPUs, filesystems)."""
         return []
 
-    def header(self, site: Site, job: BatchJob) -> list[str]:
+    def header(self, spec: JobSpec, job: BatchJob) -> list[str]:
         """The first lines of a batch script: interpreter and directives."""
         raise NotImplementedError(f"{self.title} runs no batch scripts")
 
-    def account_hint(self, site: Site, job: BatchJob) -> list[str]:
-        if not job.account_hint or site.account:
+    def account_hint(self, spec: JobSpec, job: BatchJob) -> list[str]:
+        if not job.account_hint or spec.account:
             return []
         flag = self.named_flags.get("account", "-A")
         return [
             f"# No account in the catalog or your overrides: submit with `{self.submit} "
             f"{flag} <{self.account_word}>`, or set `account` in",
-            f"# deploy/sites/overrides/{site.name}.yaml (or the site's ${{VAR}}) and render again.",
+            f"# deploy/sites/overrides/{spec.site}.yaml (or the site's ${{VAR}}) and render again.",
         ]
 
     # -- asking the scheduler on the login node (crossfl doctor, on-site builds) -------------
@@ -323,16 +236,16 @@ class Scheduler:
 
     # -- the endpoint ----------------------------------------------------------------------
 
-    def provider_fields(self, site: Site, var: dict[str, str]) -> Fields:
+    def provider_fields(self, spec: JobSpec, var: dict[str, str]) -> Fields:
         """The Parsl provider's fields under `provider:` (after `type`). `var` holds the
         endpoint's template expression for each user option (account, queue, ...)."""
-        return self.block_fields(site, var)
+        return self.block_fields(spec, var)
 
-    def block_fields(self, site: Site, var: dict[str, str]) -> Fields:
+    def block_fields(self, spec: JobSpec, var: dict[str, str]) -> Fields:
         return [
             ("walltime", var["walltime"]),
             ("nodes_per_block", var["nodes_per_block"]),
-            ("init_blocks", str(site.init_blocks)),
-            ("min_blocks", str(site.min_blocks)),
+            ("init_blocks", str(spec.init_blocks)),
+            ("min_blocks", str(spec.min_blocks)),
             ("max_blocks", var["max_blocks"]),
         ]

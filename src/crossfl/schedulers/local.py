@@ -3,13 +3,9 @@ block, no pilot jobs and no batch scripts."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from crossfl.schedulers import register
 from crossfl.schedulers.base import Fields, Scheduler
-
-if TYPE_CHECKING:
-    from crossfl.sites import Site
+from crossfl.schedulers.spec import JobSpec
 
 
 @register
@@ -19,5 +15,5 @@ class Local(Scheduler):
     batch = False
     provider = "LocalProvider"
 
-    def provider_fields(self, site: Site, var: dict[str, str]) -> Fields:
+    def provider_fields(self, spec: JobSpec, var: dict[str, str]) -> Fields:
         return [("init_blocks", "1"), ("min_blocks", "0"), ("max_blocks", "1")]

@@ -19,18 +19,18 @@ from __future__ import annotations
 
 import shlex
 from datetime import datetime
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from crossfl.schedulers import register
 from crossfl.schedulers.base import (
     AccountCheck,
-    BatchJob,
     Fields,
     JobStatus,
     QueueLimits,
     Scheduler,
     yaml_value,
 )
+from crossfl.schedulers.spec import BatchJob, JobSpec
 
 SBANK = "sbank-list-allocations"
 NO_SBANK = "CROSSFL_NO_SBANK"
@@ -104,10 +104,6 @@ def _columns(lines: list[str]) -> list[dict[str, str]]:
                 rows.append({n: line[a:b].strip() for n, (a, b) in zip(names, cuts, strict=True)})
             return rows
     return []
-
-
-if TYPE_CHECKING:
-    from crossfl.sites import Site
 
 
 @register
@@ -310,19 +306,16 @@ class PbsPro(Scheduler):
                 return f"PBS resource {res!r} is unknown: one of {sorted(self.resources)}"
         return None
 
-    def lint_directive(self, site: Site, directive: str) -> list[str]:
-        problems = super().lint_directive(site, directive)
+    def directive_filesystems(self, directive: str) -> list[str]:
         words = directive.split()
-        if problems or words[0] != "-l" or site.allowed_filesystems is None:
-            return problems
-        for part in words[1].split(","):
-            res, _, value = part.partition("=")
-            bad = [f for f in value.split(":") if f not in site.allowed_filesystems]
-            if res == "filesystems" and bad:
-                problems.append(
-                    f"filesystems {bad} not offered; choose from {site.allowed_filesystems}"
-                )
-        return problems
+        if words[0] != "-l" or len(words) < 2:
+            return []
+        return [
+            f
+            for part in words[1].split(",")
+            if part.partition("=")[0] == "filesystems"
+            for f in part.partition("=")[2].split(":")
+        ]
 
     def directive_walltime(self, directive: str) -> str | None:
         words = directive.split()
@@ -334,31 +327,31 @@ class PbsPro(Scheduler):
                 return value
         return None
 
-    def resource_directives(self, site: Site) -> list[str]:
-        return [f"-l filesystems={':'.join(site.filesystems)}"] if site.filesystems else []
+    def resource_directives(self, spec: JobSpec) -> list[str]:
+        return [f"-l filesystems={':'.join(spec.filesystems)}"] if spec.filesystems else []
 
-    def select(self, site: Site, nodes: int) -> str:
+    def select(self, spec: JobSpec, nodes: int) -> str:
         sel = f"select={nodes}"
-        if site.select_options:
-            sel += ":" + site.select_options.lstrip(":")
+        if spec.select_options:
+            sel += ":" + spec.select_options.lstrip(":")
         return sel
 
-    def header(self, site: Site, job: BatchJob) -> list[str]:
+    def header(self, spec: JobSpec, job: BatchJob) -> list[str]:
         p = self.directive_prefix
         lines = [
             "#!/bin/bash -l",
             f"{p} -N {job.name}",
-            f"{p} -l {self.select(site, job.nodes)}",
+            f"{p} -l {self.select(spec, job.nodes)}",
             f"{p} -l walltime={job.walltime}",
             f"{p} -j oe",
         ]
         lines += [f"{p} {d}" for d in job.directives]
-        return lines + self.account_hint(site, job)
+        return lines + self.account_hint(spec, job)
 
-    def provider_fields(self, site: Site, var: dict[str, str]) -> Fields:
+    def provider_fields(self, spec: JobSpec, var: dict[str, str]) -> Fields:
         fields: Fields = [("queue", var["queue"]), ("account", var["account"])]
-        if site.cpus_per_node:
-            fields.append(("cpus_per_node", str(site.cpus_per_node)))
-        if site.select_options:
-            fields.append(("select_options", yaml_value(site.select_options)))
-        return fields + self.block_fields(site, var)
+        if spec.cpus_per_node:
+            fields.append(("cpus_per_node", str(spec.cpus_per_node)))
+        if spec.select_options:
+            fields.append(("select_options", yaml_value(spec.select_options)))
+        return fields + self.block_fields(spec, var)

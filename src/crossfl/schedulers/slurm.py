@@ -20,21 +20,17 @@ from __future__ import annotations
 import re
 import shlex
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from crossfl.schedulers import register
 from crossfl.schedulers.base import (
     AccountCheck,
-    BatchJob,
     Fields,
     JobStatus,
     QueueLimits,
     Scheduler,
     yaml_value,
 )
-
-if TYPE_CHECKING:
-    from crossfl.sites import Site
+from crossfl.schedulers.spec import BatchJob, JobSpec
 
 # Job states of squeue(1)/scontrol(1) in which a job has not ended yet.
 ACTIVE_STATES = frozenset(
@@ -348,16 +344,17 @@ class Slurm(Scheduler):
     def parse_time(self, text: str) -> int:
         return parse_slurm_time(text)
 
-    def resource_directives(self, site: Site) -> list[str]:
-        acc = site.accelerator
-        part = site.node_part()
-        if part is not None:  # part of a shared node: its GPUs and CPUs, nothing exclusive
-            return [f"--gpus-per-node={part.devices}", f"--cpus-per-task={part.cpus}"]
-        if acc.devices_per_node:  # every GPU of the node, for the pilot's one task per node
-            return [f"--gpus-per-node={acc.devices_per_node}"]
+    def resource_directives(self, spec: JobSpec) -> list[str]:
+        if spec.shared_node:  # part of a shared node: its GPUs and CPUs, nothing exclusive
+            return [
+                f"--gpus-per-node={spec.devices_per_node}",
+                f"--cpus-per-task={spec.cpus_per_node}",
+            ]
+        if spec.devices_per_node:  # every GPU of the node, for the pilot's one task per node
+            return [f"--gpus-per-node={spec.devices_per_node}"]
         return []
 
-    def header(self, site: Site, job: BatchJob) -> list[str]:
+    def header(self, spec: JobSpec, job: BatchJob) -> list[str]:
         p = self.directive_prefix
         lines = ["#!/bin/bash", f"{p} -J {job.name}", f"{p} -N {job.nodes}"]
         if job.ranks_per_node is not None:
@@ -366,17 +363,17 @@ class Slurm(Scheduler):
             lines.append(f"{p} --cpus-per-task={job.cpus_per_rank}")
         lines += [f"{p} -t {job.walltime}", f"{p} -o {job.name}-%j.out"]
         lines += [f"{p} {d}" for d in job.directives]
-        return lines + self.account_hint(site, job)
+        return lines + self.account_hint(spec, job)
 
-    def provider_fields(self, site: Site, var: dict[str, str]) -> Fields:
+    def provider_fields(self, spec: JobSpec, var: dict[str, str]) -> Fields:
         fields: Fields = []
         if "queue" in var:
             fields.append(("partition", var["queue"]))
         fields.append(("account", var["account"]))
         if "qos" in var:
             fields.append(("qos", var["qos"]))
-        if site.constraint:
-            fields.append(("constraint", yaml_value(site.constraint)))
+        if spec.constraint:
+            fields.append(("constraint", yaml_value(spec.constraint)))
         # A pilot that gets part of a node must not ask for the whole node.
-        fields.append(("exclusive", "false" if site.node_part() is not None else "true"))
-        return fields + self.block_fields(site, var)
+        fields.append(("exclusive", "false" if spec.shared_node else "true"))
+        return fields + self.block_fields(spec, var)

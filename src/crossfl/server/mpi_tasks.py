@@ -28,7 +28,7 @@ from typing import Any
 
 from crossfl.functions import KEY_ARG
 from crossfl.schedulers.launchers import LAUNCHERS
-from crossfl.sites import Site
+from crossfl.sites import Site, binding
 
 
 class MpiTaskFailed(Exception):
@@ -55,7 +55,7 @@ def resource_specification(site: Site, nodes: int, ranks_per_node: int) -> dict[
     """The MPI engine's keys (Parsl's mpi_prefix_composer accepts num_nodes, ranks_per_node,
     num_ranks, launcher_options): the nodes, one rank per device, bound as documented."""
     spec: dict[str, Any] = {"num_nodes": nodes, "ranks_per_node": ranks_per_node}
-    options = LAUNCHERS[site.launcher.type].rank_options(site, ranks_per_node)
+    options = LAUNCHERS[site.launcher.type].rank_options(binding(site), ranks_per_node)
     if options:
         spec["launcher_options"] = " ".join(options)
     return spec

@@ -1,5 +1,9 @@
-"""The facility catalog: `deploy/sites/*.yaml`, one pydantic schema (schema.py), the rules
-that span fields (rules.py), loading with the user's overrides and `${VAR}`s (loading.py).
+"""The facility catalog: `deploy/sites/*.yaml`, one pydantic schema (schema.py), loading with
+the user's overrides and `${VAR}`s (loading.py), and the rules, one job per module: what a
+site file must hold together (catalog_rules.py), a request against the published limits
+(request_rules.py), a rendered job script's directives (script_rules.py). jobs.py builds the
+values the site's scheduler and launcher work from (crossfl.schedulers.spec): the
+dependency runs one way, sites -> schedulers.
 
 What differs per user (account, paths) comes from an overrides file
 (`deploy/sites/overrides/<site>.yaml`, or `$CROSSFL_SITE_OVERRIDES/<site>.yaml`), deep-merged
@@ -13,9 +17,10 @@ limits make impossible (queue/QOS, nodes, walltime per node-count bin, jobs per 
 production on a debug QOS), before anything is submitted.
 """
 
-from crossfl.schedulers import parse_walltime
+from crossfl.schedulers import cpu_list, parse_walltime
+from crossfl.sites.jobs import binding, job_spec
 from crossfl.sites.loading import list_sites, load_site, overrides_path, with_deployed_image
-from crossfl.sites.rules import RequestRefused, check_request, lint_script
+from crossfl.sites.request_rules import RequestRefused, check_request
 from crossfl.sites.schema import (
     VISIBLE_DEVICES_ENV,
     Accelerator,
@@ -33,9 +38,9 @@ from crossfl.sites.schema import (
     Queue,
     Site,
     Source,
-    cpu_list,
     image_arch,
 )
+from crossfl.sites.script_rules import lint_script
 
 __all__ = [
     "VISIBLE_DEVICES_ENV",
@@ -55,9 +60,11 @@ __all__ = [
     "RequestRefused",
     "Site",
     "Source",
+    "binding",
     "check_request",
     "cpu_list",
     "image_arch",
+    "job_spec",
     "lint_script",
     "list_sites",
     "load_site",

@@ -1,6 +1,6 @@
 """Loading a site: the catalog entry (`deploy/sites/<name>.yaml`), the user's overrides
 deep-merged over it, `${VAR}` / `${VAR:-default}` expanded from the environment, then the
-schema. A bad value is one UserError naming the file it came from, the field and the fix."""
+schema and the catalog rules. A bad value is one UserError naming the file it came from, the field and the fix."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pydantic import ValidationError
 
 from crossfl import paths
 from crossfl.errors import UserError
-from crossfl.schema import field_path, problems
+from crossfl.schema import FieldError, field_path, problems
+from crossfl.sites import catalog_rules
 from crossfl.sites.schema import Site
 from crossfl.yamlio import load_mapping
 
@@ -148,12 +149,19 @@ _GENERIC_FIX = (
 )
 
 
-def _errors(exc: ValidationError, origins: _Origins, overrides: Path | None) -> UserError:
-    """One UserError naming, for each bad value, the file it came from."""
-    found = [
-        (p.field, p.message, p.fix or _GENERIC_FIX)
-        for p in problems(exc, schema="src/crossfl/sites/schema.py")
-    ]
+def _errors(
+    exc: ValidationError | FieldError, origins: _Origins, overrides: Path | None
+) -> UserError:
+    """One UserError naming, for each bad value (or the catalog rule broken: one field), the
+    file it came from."""
+    if isinstance(exc, FieldError):  # "message: fix", as crossfl.schema.problems splits it
+        message, _, fix = str(exc).rpartition(": ") if ": " in str(exc) else ("", "", "")
+        found = [(exc.field, message or str(exc), fix or _GENERIC_FIX)]
+    else:
+        found = [
+            (p.field, p.message, p.fix or _GENERIC_FIX)
+            for p in problems(exc, schema="src/crossfl/sites/schema.py")
+        ]
     files = [origins.file_of(_parse_loc(field)) for field, _, _ in found]
     if len(found) == 1:
         (field, msg, fix), file = found[0], files[0]
@@ -173,8 +181,9 @@ def _errors(exc: ValidationError, origins: _Origins, overrides: Path | None) -> 
 
 
 def load_site(name_or_path: str | Path, overrides: Path | None = None) -> Site:
-    """Read a catalog entry, merge the user's overrides, expand ${VAR}s and validate. A bad
-    value is reported against the file it came from (the catalog entry or the overrides)."""
+    """Read a catalog entry, merge the user's overrides, expand ${VAR}s, validate it against
+    the schema, then the catalog rules (crossfl.sites.catalog_rules). A bad value is reported
+    against the file it came from (the catalog entry or the overrides)."""
     path = _resolve(name_or_path)
     data = load_mapping(path)
     data.setdefault("name", path.stem)
@@ -189,7 +198,8 @@ def load_site(name_or_path: str | Path, overrides: Path | None = None) -> Site:
     data = _expand(data, origins, unset)
     try:
         site = Site.model_validate(data)
-    except ValidationError as exc:
+        catalog_rules.check(site)
+    except (ValidationError, FieldError) as exc:
         raise _errors(exc, origins, ov) from None
     site._unset = unset
     return site

@@ -1,7 +1,7 @@
 """The facility catalog's schema: one pydantic model for `deploy/sites/*.yaml`.
 
 A site file holds facts about a facility; the checks that span several fields are in
-`crossfl.sites.rules`, loading (overrides, `${VAR}`s, error messages) in
+`crossfl.sites.catalog_rules`, loading (overrides, `${VAR}`s, error messages) in
 `crossfl.sites.loading`. What a scheduler allows is its own module's knowledge
 (`crossfl.schedulers`), reached through `Site.sched`.
 
@@ -21,10 +21,9 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 from crossfl import paths, schedulers
 from crossfl.errors import UserError
 from crossfl.schedulers import Scheduler, parse_walltime
+from crossfl.schedulers.spec import cpu_list
 from crossfl.schema import FieldError, StrictModel
-from crossfl.sites import rules
 from crossfl.sites import values as v
-from crossfl.sites.rules import cpu_list
 
 Vendor = Literal["cuda", "rocm", "xpu", "none"]
 Arch = Literal["cuda", "rocm", "xpu", "cpu"]
@@ -523,7 +522,7 @@ class Deploy(StrictModel):
         quoted: crossfl.render.shell.quote)."""
         if self.python_activate or self.python is None or not self.venv:
             return self.python_activate
-        from crossfl.render.shell import quote
+        from crossfl.quoting import quote
 
         py = self.python
         lines = [f"module use {quote(u)}" for u in py.module_use]
@@ -632,7 +631,6 @@ class Site(StrictModel):
             self.deploy.venv = f"~/.crossfl/{self.name}/endpoint"
         if self.deploy.python is not None and not self.deploy.python_activate:
             self.deploy.python_activate = self.deploy.activate_line()
-        rules.check(self)
         return self
 
     @property
@@ -648,9 +646,21 @@ class Site(StrictModel):
         key = self.limited_by()
         return self.queues.get(key) if key else None
 
+    def entries(self, queue: str | None, qos: str | None) -> list[tuple[str, str, Queue]]:
+        """(word, name, entry) for each published entry a job with this queue and QOS meets."""
+        out: list[tuple[str, str, Queue]] = []
+        if self.limits_by == "queue":
+            if queue is not None and queue in self.queues:
+                out.append((self.sched.queue_word, queue, self.queues[queue]))
+            if qos is not None and qos in self.qos_limits:
+                out.append(("qos", qos, self.qos_limits[qos]))
+        elif qos is not None and qos in self.queues:
+            out.append(("qos", qos, self.queues[qos]))
+        return out
+
     def node_part(self) -> Part | None:
         """What one pilot job gets when the site's entries give it part of a node."""
-        for _, _, entry in rules.entries(self, self.queue, self.qos):
+        for _, _, entry in self.entries(self.queue, self.qos):
             if entry.part is not None:
                 return entry.part
         return None
