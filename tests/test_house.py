@@ -1,5 +1,6 @@
-"""House rules read from the source: no import circle in src/ (function-level imports
-included), drivers ask the strategy through its base class and never compare its name, and
+"""House rules read from the source: no import circle in src/ (function-level imports and
+the annotation-only ones under `if TYPE_CHECKING:` included: a circle of types is a knot
+too), schedulers never import the site catalog (sites -> schedulers, one way), drivers ask the strategy through its base class and never compare its name, and
 the server builds site tasks from the one client-side contract."""
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
 
 
 def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
-    """crossfl modules ``name`` imports anywhere in its file (module or function level; not
-    the annotation-only imports under `if TYPE_CHECKING:`)."""
+    """crossfl modules ``name`` imports anywhere in its file: module or function level, and
+    the annotation-only imports under `if TYPE_CHECKING:` too."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in _runtime_nodes(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -99,7 +100,38 @@ def test_no_import_circle_in_src() -> None:
     assert graph["crossfl.server.sync_driver"] >= {
         "crossfl.server.driver_base"
     }  # the check reads imports
+    # ... the annotation-only ones too
+    assert "crossfl.sites.schema" in graph["crossfl.sites.catalog_rules"]
     assert cycles(graph) == []
+
+
+def test_type_checking_imports_count_for_circles(tmp_path: Path) -> None:
+    """The circle check sees an import that only annotations use."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("from pkg.b import B\n")
+    (pkg / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.a import A\n"
+    )
+    known = {"pkg.a", "pkg.b"}
+    graph = {n: imports_of(n, pkg / f"{n[4:]}.py", known) for n in known}
+    assert cycles(graph) == [["pkg.a", "pkg.b"]]
+
+
+def test_schedulers_never_import_the_site_catalog() -> None:
+    """Dependencies run one way, sites -> schedulers: no module of crossfl.schedulers imports
+    crossfl.sites (or what imports it), not even for annotations."""
+    mods = modules()
+    graph = {name: imports_of(name, path, set(mods)) for name, path in mods.items()}
+    reach: set[str] = set()
+    todo = [m for m in mods if m.startswith("crossfl.schedulers")]
+    while todo:
+        m = todo.pop()
+        if m not in reach:
+            reach.add(m)
+            todo.extend(graph[m])
+    assert "crossfl.schedulers.slurm" in reach
+    assert not any(m.startswith("crossfl.sites") for m in reach), sorted(reach)
 
 
 def test_drivers_never_compare_strategy_names() -> None:

@@ -44,7 +44,7 @@ from crossfl.render.shell import quote
 from crossfl.state import EndpointEnvState, now
 
 if TYPE_CHECKING:
-    from crossfl.deploy.steps import Deployment
+    from crossfl.deploy.deployment import Deployment
     from crossfl.sites import EndpointPython, Site
 
 STAMP = ".crossfl-endpoint.json"

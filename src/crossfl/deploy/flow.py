@@ -23,9 +23,9 @@ from rich.markup import escape
 
 from crossfl import paths
 from crossfl.deploy import endpoint_env, gce, podman
-from crossfl.deploy.image import BUILD_WAIT_S
+from crossfl.deploy.deployment import BUILD_WAIT_S, Deployment, Outcome
 from crossfl.deploy.remote import Remote, Target
-from crossfl.deploy.steps import CONTACT_EMAIL_ENV, STEPS, Deployment, Outcome
+from crossfl.deploy.steps import CONTACT_EMAIL_ENV, STEPS
 from crossfl.deploy.transfer import tree_digest
 from crossfl.errors import UserError
 from crossfl.images import sif_path

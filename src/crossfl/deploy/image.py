@@ -36,13 +36,12 @@ from crossfl.render.shell import quote
 from crossfl.state import BuildJob, ImageState, now
 
 if TYPE_CHECKING:
-    from crossfl.deploy.steps import Deployment
+    from crossfl.deploy.deployment import Deployment
     from crossfl.sites import Site
 
 LABEL_COMMIT = "org.crossfl.git-commit"
 LABEL_PYTHON = "org.crossfl.python"
 LABEL_PIN = "org.crossfl.pin."
-BUILD_WAIT_S = 4 * 3600
 
 
 def image_env(site: Site) -> str:

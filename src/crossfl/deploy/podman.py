@@ -38,7 +38,7 @@ from crossfl.render.shell import quote
 from crossfl.state import BuildJob, ImageState, now
 
 if TYPE_CHECKING:
-    from crossfl.deploy.steps import Deployment
+    from crossfl.deploy.deployment import Deployment
 
 PODMAN = "podman-hpc"
 

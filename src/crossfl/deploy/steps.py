@@ -24,74 +24,22 @@ leaves it saying exactly what was done and nothing more.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
-from rich.console import Console
 
 from crossfl.deploy import endpoint_env, gce, podman
 from crossfl.deploy import image as image_step
-from crossfl.deploy.remote import Remote, Target
+from crossfl.deploy.deployment import Deployment
 from crossfl.deploy.transfer import stage_tree, tree_digest, upload_bundle
 from crossfl.endpoints import sdk_client_class
 from crossfl.errors import UserError
 from crossfl.functions import kit_functions
 from crossfl.render import render_site
 from crossfl.render.shell import quote
-from crossfl.sites import Site
-from crossfl.state import DataState, DeployState, FunctionState, now, save_state
+from crossfl.state import DataState, FunctionState, now
 
 CONTACT_EMAIL_ENV = "CROSSFL_CONTACT_EMAIL"
-
-
-@dataclass
-class Outcome:
-    site: str
-    changed: list[str] = field(default_factory=list)
-    endpoint_id: str | None = None
-    state_file: Path | None = None
-
-
-@dataclass
-class Deployment:
-    """What the steps share: the site and its rendered bundle, the open connection and what
-    the login node said, the state being recorded, and what changed so far."""
-
-    site: Site
-    target: Target
-    remote: Remote
-    info: gce.LoginInfo
-    state: DeployState
-    bundle: Path
-    digest: str
-    image: Path | None = None  # the image built here, for sites that upload theirs
-    data: Path | None = None
-    start: bool = True
-    email: str | None = None
-    console: Console = field(default_factory=lambda: Console(stderr=True, soft_wrap=True))
-    build_wait_s: float = image_step.BUILD_WAIT_S  # how long to wait for an image build job
-    out: Outcome = field(init=False)
-    runtime: gce.Runtime | None = None  # the endpoint as the `endpoint` step found it
-    changed_files: list[str] = field(default_factory=list)  # endpoint files it replaced
-
-    def __post_init__(self) -> None:
-        self.out = Outcome(self.site.name)
-
-    @property
-    def dry_run(self) -> bool:
-        return self.remote.dry_run
-
-    def record(self, result: str | None = None, error: str | None = None) -> None:
-        """Save the state file (not in a dry run)."""
-        if self.dry_run:
-            return
-        self.state.last_deploy = now()
-        if result:
-            self.state.last_result = result  # type: ignore[assignment]
-        self.state.last_error = error
-        self.out.state_file = save_state(self.state)
 
 
 def layout(d: Deployment) -> None:

@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from crossfl.clock import Clock
 from crossfl.render.options import ENGINE_MAX_IDLETIME_S
@@ -59,9 +59,6 @@ from crossfl.server.experiment import DispatchSettings, Experiment
 from crossfl.server.records import DispatchRecord, TaskRecord
 from crossfl.server.strategies.base import ClientPlan, Strategy, Update
 from crossfl.sites import Site
-
-if TYPE_CHECKING:
-    from crossfl.server.site_executors import OpenSite
 
 HEARTBEAT_S = 30.0  # the endpoint's heartbeat_period default (endpoint/config/config.py)
 STRATEGY_PERIOD_S = 5.0  # GlobusComputeEngine's strategy_period default
@@ -97,6 +94,30 @@ class SiteControl(Protocol):
 
     def walltime_choices(self) -> list[float]:
         """Walltimes (s) a pilot of this site may ask for: the queue's bins."""
+
+
+class PlannedSite(Protocol):
+    """What a policy reads of a site's plan (crossfl.server.plan.SitePlan)."""
+
+    @property
+    def catalog(self) -> Site: ...
+
+    @property
+    def user_options(self) -> dict[str, Any]: ...
+
+    @property
+    def held_nodes(self) -> int: ...
+
+
+class SiteHandle(Protocol):
+    """An open site as a policy sees it (crossfl.server.site_executors.OpenSite): its plan
+    and the levers on its pilots, where there are any."""
+
+    @property
+    def site(self) -> PlannedSite: ...
+
+    @property
+    def control(self) -> SiteControl | None: ...
 
 
 class WaitEstimator:
@@ -176,7 +197,7 @@ class DispatchPolicy:
         """User options for a facility endpoint's config (the site entry's own win)."""
         return {}
 
-    def start(self, handles: Mapping[str, OpenSite]) -> None:
+    def start(self, handles: Mapping[str, SiteHandle]) -> None:
         """Once, before the first task."""
         self.controls = {n: h.control for n, h in handles.items() if h.control is not None}
 
@@ -320,7 +341,7 @@ class QueueAware(DispatchPolicy):
             return {}
         return self.idle_settings(walltime_s, wait)
 
-    def start(self, handles: Mapping[str, OpenSite]) -> None:
+    def start(self, handles: Mapping[str, SiteHandle]) -> None:
         super().start(handles)
         for name, handle in handles.items():
             st = self.state(name)
