@@ -254,15 +254,16 @@ def test_the_bytes_legend_covers_no_bar(tmp_path: Path) -> None:
 
 
 def test_image_check_says_what_it_does_before_the_long_steps(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import crossfl.images.check
+    import testkit.image_check
 
     def long_build(*args: object, **kwargs: object) -> None:
         raise UserError("stopped here by the test")
 
-    monkeypatch.setattr(crossfl.images.check, "build_rootfs", long_build)
-    code, out = cli("image", "check", "cpu-debian")
-    assert code == 2 and "stopped here by the test" in out
+    monkeypatch.setattr(testkit.image_check, "build_rootfs", long_build)
+    code = testkit.image_check.main(["cpu-debian"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "stopped here by the test" in err
     first = out.splitlines()[0]
     assert first.startswith("... cpu-debian: every step's output goes to")

@@ -280,3 +280,23 @@ def test_the_worker_image_installs_what_the_client_imports() -> None:
     }
     endpoint = {"globus-compute-endpoint", "parsl", "dill"}
     assert worker - endpoint == imported - {"torch"}
+
+
+def test_the_product_carries_no_test_harness() -> None:
+    """The image-check harness and its Apptainer stand-in (mmdebstrap, bubblewrap) live in
+    testkit/, outside the installed package: nothing under src/ imports testkit or starts
+    those tools."""
+    mods = modules()
+    assert not {
+        "crossfl.images.rootfs",
+        "crossfl.images.check",
+        "crossfl.server.image_check",
+    } & set(mods)
+    offenders = [
+        f"{p.relative_to(SRC)}:{n}"
+        for p in PACKAGE.rglob("*.py")
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if re.search(r"\b(import testkit|from testkit)\b|[\"'](bwrap|mmdebstrap)[\"']", line)
+    ]
+    assert offenders == []
+    assert (SRC.parent / "testkit" / "rootfs.py").is_file()

@@ -897,9 +897,9 @@ def test_cpu_and_cpu_debian_defs_differ_only_in_the_base(project: Path) -> None:
     "federation inside): `make image-check` runs it",
 )
 def test_image_check_builds_the_rootfs_and_runs_a_federation_inside(repo_root: Path) -> None:
-    from crossfl.server.image_check import run_federation
+    from testkit.image_check import check_image, check_log
 
-    result = images.check_image("cpu-debian", federation=run_federation)
+    result = check_image("cpu-debian")
     constraints = images.read_constraints()
     assert result.torch == constraints["torch"].split("+")[0] + "+cpu"
     assert result.devices["backend"] == "cpu"
@@ -918,7 +918,7 @@ def test_image_check_builds_the_rootfs_and_runs_a_federation_inside(repo_root: P
     # every training task ran on the image's interpreter, which exists only in the rootfs
     assert {t["python"] for t in tasks} == {f"{images.PREFIX}/venv/bin/python"}
     assert len(result.federation["rounds"]) == 2
-    log = images.check_log("cpu-debian")
+    log = check_log("cpu-debian")
     assert "crossfl image check: ok" in log.read_text()
     steps = ", ".join(f"{name} {sec:.0f} s" for name, sec in result.seconds.items())
     print(f"\nimage-check cpu-debian ({'cached' if result.cached else 'built'}): {steps}")

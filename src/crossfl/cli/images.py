@@ -1,4 +1,6 @@
-"""`crossfl image def|build|sign|check`: the worker images (crossfl.images)."""
+"""`crossfl image def|containerfile|hosts|build|sign`: the worker images (crossfl.images).
+`make image-check` (a real build here and a federation inside it) is test scaffolding:
+testkit/image_check.py."""
 
 from __future__ import annotations
 
@@ -23,12 +25,6 @@ Fakeroot = Annotated[
 SigningKey = Annotated[
     Path | None,
     typer.Option("--key", help="PEM private key (default: the PGP key `apptainer key` holds)"),
-]
-Federation = Annotated[
-    bool,
-    typer.Option(
-        "--federation/--no-federation", help="also run a federation inside the built rootfs"
-    ),
 ]
 
 
@@ -60,30 +56,6 @@ def sign_command(arch: Arch, key: SigningKey = None) -> None:
     typer.echo(f"{entry.image} signed, {entry.digest}")
 
 
-def check_command(arch: Arch = "cpu-debian", federation: Federation = True) -> None:
-    """Build ARCH's root filesystem here (mmdebstrap + bubblewrap; debootstrap arches), run its
-    %test and %runscript, then a federation whose workers start inside it. Each step is
-    announced as it starts (the first at once): an uncached build takes minutes."""
-
-    def run_federation(rootfs: Path, log: Path) -> dict:
-        from crossfl.server.image_check import run_federation as run
-
-        return run(rootfs, log)
-
-    result = images.check_image(
-        arch,
-        federation=run_federation if federation else None,
-        progress=lambda step: typer.echo(f"... {step}"),
-    )
-    steps = ", ".join(f"{name} {sec:.0f} s" for name, sec in result.seconds.items())
-    inside = sorted({t["python"] for t in result.federation.get("tasks", [])})
-    typer.echo(
-        f"{arch}: ok ({'cached rootfs; ' if result.cached else ''}{steps}); torch "
-        f"{result.torch}; workers ran {', '.join(inside) or 'not run'}; log "
-        f"{images.display_path(images.check_log(arch))}"
-    )
-
-
 def register(app: typer.Typer) -> None:
     """Add the `image` command group to the main app."""
     image = typer.Typer(
@@ -96,5 +68,4 @@ def register(app: typer.Typer) -> None:
     image.command("hosts")(hosts_command)
     image.command("build")(build_command)
     image.command("sign")(sign_command)
-    image.command("check")(check_command)
     app.add_typer(image, name="image")

@@ -3,6 +3,9 @@ from containers/ (arches.yaml, steps.j2, crossfl.def.j2, Containerfile.j2) into 
 `apptainer build`/`sign` on the def; the sha256 and labels of every built image in
 build/images/manifest.json.
 
+`make image-check` (a real cpu-debian build here, and a federation inside it) is test
+scaffolding, not part of the product: testkit/image_check.py and testkit/rootfs.py.
+
 arches.py      the per-accelerator table (containers/arches.yaml)
 published.py   what upstream publishes, with sources (containers/published.yaml)
 pins.py        versions shared with the login node (requirements/)
@@ -13,14 +16,11 @@ defparse.py    reading def files as Apptainer does
 mounts.py      what a container sees under Apptainer's mounts (binds vs the image prefix)
 manifest.py    digests and manifest.json
 apptainer.py   apptainer build / sign / inspect
-rootfs.py      building an arch's root filesystem here (mmdebstrap + bubblewrap)
-check.py       make image-check: the cpu-debian rootfs, its sections, a federation inside it
 """
 
 from crossfl.images.apptainer import GET_APPTAINER, apptainer, build_image, sign_image
 from crossfl.images.arches import ArchSpec, ArchTable, arch_names, get_arch, load_arches
 from crossfl.images.buildenv import BUILD_SETTINGS, build_arg_values, build_hosts
-from crossfl.images.check import ImageCheck, check_image, check_log
 from crossfl.images.definition import (
     CHECKER,
     TEMPLATE,
@@ -79,7 +79,6 @@ __all__ = [
     "ArchSpec",
     "ArchTable",
     "DefFile",
-    "ImageCheck",
     "ImagePins",
     "Manifest",
     "ManifestEntry",
@@ -93,8 +92,6 @@ __all__ = [
     "build_hosts",
     "build_image",
     "check_args",
-    "check_image",
-    "check_log",
     "check_pins",
     "containerfile_path",
     "context_path",

@@ -82,8 +82,3 @@ def build_hosts(spec: ArchSpec) -> list[str]:
     hosts.append(urlparse(spec.torch.index_url).hostname or "")
     hosts += list(PYPI_HOSTS)
     return hosts
-
-
-def host_names(spec: ArchSpec) -> list[str]:
-    """The bare host names of build_hosts."""
-    return list(dict.fromkeys(h.split(" ", 1)[0] for h in build_hosts(spec)))
