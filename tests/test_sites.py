@@ -326,6 +326,10 @@ def test_bad_polaris_variants(catalog, changes, field, fix_words):
         ("aurora", {"filesystems": ["home", "eagle"]}, "filesystems", "flare"),
         ("aurora", {"min_blocks": 3}, "max_blocks", "raise it"),
         ("polaris", {"accelerator__bind": "scheduler"}, "accelerator.bind", "local-rank"),
+        ("polaris", {"limits_by": "qos"}, "limits_by", "PBS Pro has no QOS"),
+        ("polaris", {"launcher__type": "single"}, "launcher.type", "mpiexec"),
+        ("local", {"directives": ["-x"]}, "directives", "no scheduler directives"),
+        ("local", {"endpoint__tasks": "mpi"}, "endpoint.tasks", "runs none"),
     ],
 )
 def test_bad_other_sites(catalog, base, changes, field, words):

@@ -43,7 +43,7 @@ def _env() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["yq"] = lambda v: json.dumps(v)  # a YAML-safe scalar (JSON is YAML)
-    env.filters["sq"] = lambda v: quote(str(v))  # a shell word (crossfl.render.shell.quote)
+    env.filters["sq"] = lambda v: quote(str(v))  # a shell word (crossfl.quoting.quote)
     return env
 
 

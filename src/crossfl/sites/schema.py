@@ -519,7 +519,7 @@ class Deploy(StrictModel):
 
     def activate_line(self) -> str | None:
         """python_activate, or the line that activates the venv `python` makes (each value
-        quoted: crossfl.render.shell.quote)."""
+        quoted: crossfl.quoting.quote)."""
         if self.python_activate or self.python is None or not self.venv:
             return self.python_activate
         from crossfl.quoting import quote

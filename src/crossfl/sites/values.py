@@ -1,6 +1,6 @@
 """The kinds of site value that reach a shell, a batch header or a Parsl provider, each checked
 when the site loads (the schema's field types), then quoted where it is used
-(`crossfl.render.shell.quote`). A value that fails is one line naming the field and the fix.
+(`crossfl.quoting.quote`). A value that fails is one line naming the field and the fix.
 
 Every kind refuses control characters (a newline in `account` would add a `#PBS` line, or a
 command after a `#SBATCH` line). Then, by kind:
