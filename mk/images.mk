@@ -5,6 +5,7 @@
 #   make image-sign ARCH=rocm           apptainer sign it
 #   make image-check                    build the cpu-debian rootfs here (mmdebstrap, bubblewrap)
 #                                       and run a federation whose workers start inside it
+#                                       (testkit/image_check.py: test scaffolding, not the product)
 ARCH ?= cpu
 
 .PHONY: image-def image-containerfile image image-sign image-check
