@@ -107,6 +107,7 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
         else [],
         "cpu_affinity": site.endpoint.cpu_affinity if part is None and per_device else "none",
         "encrypted": site.endpoint.encrypted,
+        "address": site.endpoint.address,
         "address_interface": site.endpoint.address_interface,
         "idle_soft": var["idle_heartbeats_soft"],
         "max_idletime": var["max_idletime"],
