@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
 from crossfl.client import model_cache
 from crossfl.client.adapter_io import LORA_METADATA_KEY, adapter_from_bytes, adapter_to_bytes
@@ -172,6 +172,18 @@ def fresh_adapter_from_shapes(
             torch.nn.init.zeros_(t)
         fresh[name] = t
     return fresh
+
+
+def adapter_shapes(model_dir: str, lora: LoraSpec) -> dict[str, tuple[int, ...]]:
+    """peft's LoRA tensors of ``lora`` on the model of ``model_dir``'s config.json, by name:
+    the model is built on the meta device, so no weight is read (the server derives the base
+    adapter's layout this way, before any site has answered)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        model = get_peft_model(AutoModelForCausalLM.from_config(config), lora_key(lora).config())
+    return {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
 
 
 def fresh_adapter_state(model: PeftModel, seed: int) -> dict[str, torch.Tensor]:

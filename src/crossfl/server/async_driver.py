@@ -58,6 +58,9 @@ class AsyncDriver(DriverBase):
         s.updates += 1
         if new is None:
             return None
+        if not self.accept_global(new, s.round + 1, [a.update.site]):
+            self.fail_streak += 1  # the last good global stays
+            return None
         s.global_flat = new
         s.version += 1
         s.round += 1

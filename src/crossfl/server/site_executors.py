@@ -33,12 +33,20 @@ def open_site(site: SitePlan, engines_dir: Path) -> OpenSite:
     if not site.runs_here:
         assert site.endpoint_id is not None  # found by the plan
         executor: Executor = remote_executor(
-            site.endpoint_id, site.user_options, label=f"crossfl-{site.name}"
+            site.endpoint_id,
+            site.user_options,
+            label=f"crossfl-{site.name}",
+            site=site.name,
+            shell_results=site.mpi,
         )
         endpoint = site.endpoint_id
     else:
         local = LocalEngineExecutor(
-            site.name, site.engine_config, engines_dir / site.name, source=site.engine_source
+            site.name,
+            site.engine_config,
+            engines_dir / site.name,
+            source=site.engine_source,
+            shell_results=site.mpi,
         )
         executor, endpoint = local, str(local.endpoint_id)
     return OpenSite(site, MpiSiteExecutor(executor) if site.mpi else executor, endpoint)
