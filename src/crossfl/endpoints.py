@@ -77,6 +77,7 @@ def refusal(exc: BaseException | None) -> ResultRefused | None:
 JSON_RESULTS = [f"{JSONData.__module__}.{JSONData.__name__}"]
 SHELL_RESULTS = [f"{DillDataBase64.__module__}.{DillDataBase64.__name__}"]
 MAX_RESULT_CHARS = 10 * 1024 * 1024  # an endpoint's result cap (MaxResultSizeExceeded)
+_JSON = json.JSONDecoder()
 
 
 class _ShellResultUnpickler(pickle.Unpickler):
@@ -106,17 +107,21 @@ class SiteSerializer(ComputeSerializer):
     def deserialize(self, payload: str) -> t.Any:
         if not isinstance(payload, str) or len(payload) > MAX_RESULT_CHARS:
             raise ResultRefused(f"site {self.site} sent a result that is not a bounded text")
-        header, body = payload[:IDENTIFIER_LENGTH], payload[IDENTIFIER_LENGTH:]
-        if header == JSONData.identifier:
+        header = payload[:IDENTIFIER_LENGTH]
+        if header == JSONData.identifier:  # parsed in place: a result may be megabytes
             try:
-                return json.loads(body)
+                data, end = _JSON.raw_decode(payload, IDENTIFIER_LENGTH)
+                if end != len(payload):
+                    raise ValueError(f"text after the JSON value at {end}")
             except (ValueError, RecursionError) as exc:
                 raise ResultRefused(
                     f"site {self.site} sent a result that is not valid JSON: {exc}"[:200]
                 ) from None
+            return data
         if header == DillDataBase64.identifier and self.shell_results:
             try:  # whatever these bytes make the unpickler raise, they are refused
-                shell = _ShellResultUnpickler(io.BytesIO(base64.b64decode(body))).load()
+                raw = base64.b64decode(payload[IDENTIFIER_LENGTH:])
+                shell = _ShellResultUnpickler(io.BytesIO(raw)).load()
             except Exception as exc:
                 shell = f"{type(exc).__name__}: {exc}"
             if not isinstance(shell, ShellResult):

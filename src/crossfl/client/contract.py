@@ -48,7 +48,7 @@ def _wire_bytes(value: Any) -> bytes:
         if len(value) > (MAX_INLINE_BYTES + 2) // 3 * 4:
             raise ValueError(f"over {MAX_INLINE_BYTES} bytes inline: send it by reference")
         try:
-            value = base64.b64decode(value, validate=True)
+            value = binascii.a2b_base64(value, strict_mode=True)
         except (binascii.Error, ValueError):
             raise ValueError("neither bytes nor base64 text") from None
     if not isinstance(value, bytes):
