@@ -77,7 +77,8 @@ def _train_result(task: TrainTask, adapter: bytes, started: float, num_samples: 
 
 
 def noop_train(task: dict[str, Any]) -> dict[str, Any]:
-    """Returns the incoming adapter nudged by a constant: no model, no data."""
+    """Returns the incoming adapter nudged by a constant: no model weights, no data (round 1's
+    fresh adapter has the layout of the model's config)."""
     started = time.time()
     spec = TrainTask.from_wire(task)
     return _result(spec, _adapter(spec), started)
@@ -113,7 +114,7 @@ def _by_reference(spec: TrainTask, name: str, started: float) -> dict[str, Any] 
     """A result that names a file it should not (data file names '*devzero*', '*fifo*',
     '*symlink*', '*dotdot*', '*oversize*', or '*rotate*': round r does WRONG_FILES[r-1]);
     None for other names."""
-    assert spec.result_path is not None, "these probes need a result by reference"
+    assert spec.result_path is not None
     if "rotate" in name:
         name += WRONG_FILES[(spec.round - 1) % len(WRONG_FILES)]
     out = Path(spec.result_path)
