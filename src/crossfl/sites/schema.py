@@ -408,7 +408,10 @@ class Endpoint(StrictModel):
     encrypted: bool = True
     # Where the interchange listens and the workers connect (HTEX `address`): 127.0.0.1 where
     # the workers run on this machine. Unset: every interface (`tcp://*`), or the one named by
-    # address_interface, the network the workers use (hsn0 on Slingshot).
+    # address_interface, the network the workers use (hsn0 on Slingshot). Read in the pinned
+    # parsl 2026.10.26 (executors/high_throughput/interchange.py binds `interchange_address or
+    # "*"`; https://parsl.readthedocs.io/en/stable/stubs/parsl.executors.HighThroughputExecutor
+    # .html, checked 2026-12-07).
     address: str | None = None
     address_interface: str | None = None
     max_workers_per_node: int | None = Field(default=None, ge=1)
