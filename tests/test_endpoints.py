@@ -138,6 +138,43 @@ def test_the_sdk_executor_gets_the_same_restricted_serializer(monkeypatch) -> No
         SiteSerializer("laptop").deserialize(DillDataBase64().serialize({"a": 1}))
 
 
+def test_an_mpi_sites_one_serializer_sends_json_and_reads_only_data(monkeypatch) -> None:
+    """The facility's MPI engine takes JSON arguments only (its allowed_serializers) and
+    answers with a ShellResult: the one serializer packs the task key as JSON, reads back
+    a ShellResult or JSON data and nothing else, and the kit's functions go by their ids."""
+    seen: dict = {}
+    registered: list = []
+
+    class Recorder:
+        def __init__(self, **kwargs) -> None:
+            seen.update(kwargs)
+
+        def register_function(self, fn, function_id=None, **_) -> str:
+            registered.append((fn, function_id))
+            return function_id
+
+    monkeypatch.setattr("crossfl.endpoints.sdk_executor_class", lambda: Recorder)
+    fn_id = "11111111-1111-1111-1111-111111111111"
+    remote_executor(
+        "00000000-0000-0000-0000-000000000000",
+        json_data=True,
+        function_ids=[(len, fn_id)],
+        site="aurora",
+        shell_results=True,
+    )
+    serializer = seen["serializer"]
+    assert isinstance(serializer, SiteSerializer) and serializer.site == "aurora"
+    assert registered == [(len, fn_id)] and seen["result_serializers"] == SHELL_RESULTS
+    packed = serializer.serialize(("/lus/flare/x/tasks/aurora-0a1b2c.json",))
+    assert packed.startswith(JSONData.identifier)
+    with pytest.raises(ResultRefused, match="site aurora sent a shell result"):
+        serializer.deserialize(DillDataBase64().serialize(probes.Planted("/nonexistent/x")))
+    shell = serializer.deserialize(DillDataBase64().serialize(ShellResult("c", "o", "e", 0)))
+    assert isinstance(shell, ShellResult) and shell.returncode == 0
+    remote_executor("00000000-0000-0000-0000-000000000000", site="laptop")
+    assert seen["serializer"].serialize((b"adapter",)).startswith(DillDataBase64.identifier)
+
+
 def test_submission_limit_is_the_services(executor: LocalEngineExecutor) -> None:
     with pytest.raises(PayloadTooLarge):
         executor.submit(len, b"x" * (MAX_SUBMISSION_BYTES + 1))

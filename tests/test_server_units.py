@@ -20,9 +20,8 @@ import yaml
 from globus_compute_sdk.errors import TaskExecutionFailed
 
 from crossfl.client import tasks
-from crossfl.client.adapter_io import adapter_to_bytes
-from crossfl.client.contract import LoraSpec, TrainResult, TrainTask
-from crossfl.client.train import fresh_adapter_from_shapes
+from crossfl.client.adapter_io import adapter_to_bytes, fresh_adapter_from_shapes
+from crossfl.client.contract import EvalResult, LoraSpec, TrainResult, TrainTask
 from crossfl.endpoints import ResultRefused
 from crossfl.errors import UserError
 from crossfl.server import checkpoint as ckpt
@@ -202,6 +201,29 @@ def test_a_sites_weight_is_bounded_by_what_the_server_knows() -> None:
     unknown = SampleBounds({"x": 0, "y": 0})  # nothing known: equal weights
     assert unknown.counted("x", 10**9) == unknown.counted("y", 3) == 1
     assert unknown.counted("x", 0) == 0
+
+
+def test_an_evaluations_answer_tokens_are_bounded() -> None:
+    """What a site reports per task (tokens right, all tokens) is bounded like every other
+    field of its result: counts, right within all, at most 1024 tasks."""
+    good = {
+        "val_loss": 1.0,
+        "num_samples": 4,
+        "timings": {"load_s": 0.0, "loss_s": 0.0, "generate_s": 0.0},
+    }
+    ok = EvalResult.from_wire({**good, "answer_tokens": {"t": [3, 5]}})
+    assert ok.answer_tokens == {"t": (3, 5)}
+    assert EvalResult.from_wire(ok.to_wire()) == ok  # JSON on the wire: a list, read back
+    for bad in (
+        {"t": [6, 5]},
+        {"t": [-1, 5]},
+        {"t": [1, 2, 3]},
+        {"t": [0, 1 << 60]},
+        {f"t{i}": [0, 1] for i in range(1025)},
+        {"x" * 300: [0, 1]},
+    ):
+        with pytest.raises(UserError, match="answer_tokens"):
+            EvalResult.from_wire({**good, "answer_tokens": bad})
 
 
 def test_the_base_layout_comes_from_the_models_config(tmp_path: Path) -> None:

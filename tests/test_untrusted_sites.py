@@ -21,9 +21,10 @@ from testkit.gate import wait_for
 from testkit.scratch_project import make_project
 
 from crossfl.client import probes
-from crossfl.client.train import load_records
+from crossfl.client.encoding import load_records
 from crossfl.endpoints import SHELL_RESULTS, LocalEngineExecutor
-from crossfl.server.driver_base import RunFailed
+from crossfl.server.dispatch import DispatchPolicy
+from crossfl.server.driver_base import DriverBase, RunFailed
 from crossfl.server.experiment import load_experiment
 from crossfl.server.lifecycle import run_experiment
 from crossfl.server.transport import TaskFns
@@ -78,6 +79,14 @@ def test_what_a_site_sends_back_is_read_as_data_or_refused(
             self.result_serializers = SHELL_RESULTS
 
     monkeypatch.setattr(LocalEngineExecutor, "__init__", init)
+    observed: list[tuple[str, str]] = []  # what the dispatch policy saw come back
+    real_observe = DispatchPolicy.observe
+
+    def observe(self: DispatchPolicy, record: Any) -> None:
+        observed.append((record.site, record.status))
+        real_observe(self, record)
+
+    monkeypatch.setattr(DispatchPolicy, "observe", observe)
     mallory = probe_data(here, "m-planted")
     exp, path = load_experiment(
         experiment_file(
@@ -109,6 +118,8 @@ def test_what_a_site_sends_back_is_read_as_data_or_refused(
         assert m["status"] == "rejected" and m["attempts"] == 1, m
         assert m["reason"].startswith("site mallory sent a result that is not JSON data"), m
     assert not Path(f"{mallory}.pwned").exists(), "the planted payload ran on the server"
+    # refused unread, the site is still free again for the dispatch policy
+    assert observed.count(("mallory", "rejected")) == len(rounds), observed
     expected = {
         "devzero": "named '/dev/zero' for its adapter, not the result file its task gave",
         "fifo": "is a FIFO; refused unread",
@@ -228,10 +239,29 @@ def test_the_layout_is_the_base_adapters_not_the_first_arrival(here: Path) -> No
     assert [a["sites"] for a in records(run_dir, "aggregation")] == [["honest"]]
 
 
-def test_a_global_that_goes_non_finite_never_replaces_the_last_good_one(here: Path) -> None:
+def test_a_global_that_goes_non_finite_never_replaces_the_last_good_one(
+    here: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """huge's values (3e38) pass screening set off by the user; FedAvgM's server step (lr 3)
     takes their mean past float32's range. Each round's new global is refused, the strategy
-    goes back to its checkpoint, and the run ends with the last good global (version 0)."""
+    goes back to its checkpoint (the dispatch policy plans with that one), the round's timer
+    starts again, and the run ends with the last good global (version 0)."""
+    refusals: list[tuple[bool, bool]] = []
+    real_accept = DriverBase.accept_global
+
+    def accept_global(self: DriverBase, *args: Any) -> bool:
+        before = self.strategy
+        taken = real_accept(self, *args)
+        if not taken:
+            refusals.append(
+                (
+                    self.strategy is not before and self.dispatch.strategy is self.strategy,
+                    self.dispatch.last_aggregation_at is not None,
+                )
+            )
+        return taken
+
+    monkeypatch.setattr(DriverBase, "accept_global", accept_global)
     exp, path = load_experiment(
         experiment_file(
             here,
@@ -249,6 +279,7 @@ def test_a_global_that_goes_non_finite_never_replaces_the_last_good_one(here: Pa
     run_dir = run_experiment(exp, path, Console(width=200), fns=PROBES)
     refused = records(run_dir, "refused_global")
     assert [(r["round"], r["version"]) for r in refused] == [(1, 0), (2, 0)]
+    assert refusals == [(True, True), (True, True)]
     assert all("non-finite" in r["reason"] and r["sites"] == ["honest", "huge"] for r in refused)
     assert not records(run_dir, "aggregation")
     final = load_file(run_dir / "final_adapter" / "adapter_model.safetensors")
