@@ -1,6 +1,12 @@
 """A throwaway one-node Slurm cluster for tests: munged + slurmctld + slurmd, all state in one
 temporary directory, on free ports, with fake GPUs (character devices registered as gres).
 
+Two shapes: the default advertises 8 CPUs (more than this machine has: `config_overrides`) and
+binds no task to CPUs (`task/none`), so every GPU is as close to every task as any other;
+`bind_tasks=True` advertises the machine's real CPUs, binds each task to its CPUs
+(`task/affinity`) and gives GPU i the cores of its share (gres.conf `Cores=`), as a facility's
+node diagram does, so `srun --gpu-bind=closest` means what it means there.
+
 Needs root and Debian's slurm-wlm + munge; `SlurmCluster.unavailable()` says why not otherwise.
 Clients reach it through `SLURM_CONF` (see `env()`); nothing outside the directory is touched.
 """
@@ -26,9 +32,20 @@ def _free_port() -> int:
 
 
 class SlurmCluster:
-    def __init__(self, root: Path, *, cpus: int = 8, partition: str = "debug") -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        cpus: int = 8,
+        partition: str = "debug",
+        gpus: int = N_GPUS,
+        bind_tasks: bool = False,
+    ) -> None:
         self.root = Path(root)
-        self.cpus = cpus
+        self.bind_tasks = bind_tasks
+        # bound tasks need the CPUs that exist (task/affinity lays tasks out on them)
+        self.cpus = len(os.sched_getaffinity(0)) if bind_tasks else cpus
+        self.gpus = min(gpus, self.cpus) if bind_tasks else gpus
         self.partition = partition
         self.conf = self.root / "slurm.conf"
         self.munge_socket = self.root / "munge" / "munge.socket"
@@ -85,12 +102,14 @@ class SlurmCluster:
 
     def _write_config(self) -> None:
         gpus = []
-        for i in range(N_GPUS):
+        for i in range(self.gpus):
             dev = self.root / "dev" / f"fakegpu{i}"
             if not dev.exists():
                 os.mknod(dev, 0o666 | 0o020000, os.makedev(1, 3))  # like /dev/null
             gpus.append(str(dev))
         r = self.root
+        task_plugin = "task/affinity" if self.bind_tasks else "task/none"
+        overrides = "" if self.bind_tasks else "SlurmdParameters=config_overrides\n"
         self.conf.write_text(f"""\
 ClusterName=crossfltest
 SlurmctldHost=localhost
@@ -102,7 +121,7 @@ CredType=cred/munge
 SlurmUser=root
 SlurmdUser=root
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+TaskPlugin={task_plugin}
 MpiDefault=none
 ReturnToService=2
 SchedulerType=sched/backfill
@@ -112,20 +131,31 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 GresTypes=gpu
-SlurmdParameters=config_overrides
-StateSaveLocation={r / "state"}
+{overrides}StateSaveLocation={r / "state"}
 SlurmdSpoolDir={r / "spool"}
 SlurmctldPidFile={r / "slurmctld.pid"}
 SlurmdPidFile={r / "slurmd.pid"}
 SlurmctldLogFile={r / "log" / "slurmctld.log"}
 SlurmdLogFile={r / "log" / "slurmd.log"}
 MinJobAge=600
-NodeName=localhost CPUs={self.cpus} RealMemory=2000 Gres=gpu:{N_GPUS} Features=gpu State=UNKNOWN
+NodeName=localhost CPUs={self.cpus} RealMemory=2000 Gres=gpu:{self.gpus} Features=gpu State=UNKNOWN
 PartitionName={self.partition} Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """)
         (r / "gres.conf").write_text(
-            "AutoDetect=off\n" + "".join(f"NodeName=localhost Name=gpu File={g}\n" for g in gpus)
+            "AutoDetect=off\n"
+            + "".join(
+                f"NodeName=localhost Name=gpu File={g}{self._cores(i)}\n"
+                for i, g in enumerate(gpus)
+            )
         )
+
+    def _cores(self, gpu: int) -> str:
+        """` Cores=...`: GPU i's share of the CPUs (bind_tasks only), as a node diagram pairs them."""
+        if not self.bind_tasks:
+            return ""
+        per = self.cpus // self.gpus
+        first = gpu * per
+        return f" Cores={first}" if per == 1 else f" Cores={first}-{first + per - 1}"
 
     def _run_daemon(self, name: str, argv: list[str], pidfile: Path) -> None:
         proc = subprocess.run(argv, capture_output=True, text=True, env=self.env(), timeout=30)

@@ -61,7 +61,8 @@ def project(
     (root / "deploy" / "sites").mkdir(parents=True)
     (root / "overrides").mkdir()  # $CROSSFL_SITE_OVERRIDES below: it must exist
     shutil.copy(REPO / "deploy" / "sites" / f"{SITE}.yaml", root / "deploy" / "sites")
-    (root / "site_templates").symlink_to(REPO / "site_templates")
+    for link in ("site_templates", "requirements", "pyproject.toml"):  # the version rule's
+        (root / link).symlink_to(REPO / link)
     remote_root = sshd.home / tmp_path.name / "crossfl"
     gc_dir = sshd.home / tmp_path.name / "gc"
     monkeypatch.setenv("CROSSFL_ROOT", str(root))
@@ -224,8 +225,10 @@ def test_each_step_runs_on_its_own(project: Path) -> None:
 
     assert [name for name, _ in steps.STEPS] == [
         "layout",
+        "python",
         "bundle",
         "image",
+        "pin",
         "data",
         "functions",
         "endpoint",
@@ -236,6 +239,8 @@ def test_each_step_runs_on_its_own(project: Path) -> None:
         steps.layout(d)
         assert all((remote_root() / sub).is_dir() for sub in ("bundle", "images", "data"))
         assert not any((remote_root() / "bundle").iterdir())
+        steps.python(d)  # the site names no deploy.python: its python_activate stands
+        assert d.state.endpoint_env is None
         steps.bundle(d)
         digest_file = remote_root() / "bundle" / ".crossfl-bundle.sha256"
         assert digest_file.read_text().strip() == d.digest and d.out.changed == ["bundle"]
@@ -244,6 +249,7 @@ def test_each_step_runs_on_its_own(project: Path) -> None:
         st = state(project)
         assert st["bundle_sha256"] == d.digest and not st["endpoint"]["configured"]
         steps.image(d)  # no container: nothing to stage
+        steps.pin(d)  # no podman-hpc image to pin by its ID
         steps.data(d)  # no --data
         assert d.out.changed == ["bundle"] and not ep_dir().exists()
         steps.functions(d)
@@ -475,6 +481,10 @@ def test_every_proxyjump_hop_is_verified(
         )
         return path
 
+    # deployed through the hop first: status asks no login node of a never-deployed site
+    monkeypatch.setenv("CROSSFL_SSH_CONFIG", str(config("ssh-config-jump", sshd.known_hosts)))
+    code, out = run_cli("deploy", SITE, "--no-start")
+    assert code == 0, out
     monkeypatch.setenv("CROSSFL_SSH_CONFIG", str(config("ssh-config-jump-unknown", empty)))
     code, out = run_cli("status", SITE)
     line = error_line(out)
@@ -723,3 +733,170 @@ def test_reuses_an_openssh_master_connection(
     finally:
         subprocess.run([*ssh, "-O", "exit", "127.0.0.1"], capture_output=True, timeout=30)
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+# -- the endpoint's own environment and the version rule ---------------------------------------
+
+PY311 = Path(sys._base_executable).resolve()  # the interpreter the test venv was made with
+PY312 = Path("/root/.pyenv/versions/3.12.1/bin/python3.12")  # a 3.12, as cray-python now is
+
+
+def standalone_tarball(tmp: Path) -> tuple[Path, str]:
+    """A tarball laid out as python-build-standalone's install_only (python/bin/python3),
+    its interpreter this machine's Python 3.11 (a symlink: no download here)."""
+    import tarfile
+
+    tar = tmp / "cpython-3.11-install_only.tar.gz"
+    with tarfile.open(tar, "w:gz") as out:
+        for name in ("python", "python/bin"):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            out.addfile(info)
+        link = tarfile.TarInfo("python/bin/python3")
+        link.type, link.linkname = tarfile.SYMTYPE, str(PY311)
+        out.addfile(link)
+    return tar, hashlib.sha256(tar.read_bytes()).hexdigest()
+
+
+def endpoint_python(project: Path, python: dict, venv: Path) -> None:
+    gc = ep_dir().parent
+    override(
+        project,
+        {
+            "deploy": {
+                "python": python,
+                "venv": str(venv),
+                # the derived line plus this test's own Globus Compute directory
+                "python_activate": f"export GLOBUS_COMPUTE_USER_DIR={gc}; "
+                f"source {venv}/bin/activate",
+            }
+        },
+    )
+
+
+def test_deploy_makes_the_endpoint_env_pinned_and_recorded(project: Path, tmp_path: Path) -> None:
+    """A standalone CPython fetched by URL and sha256, unpacked once; the venv made on it with
+    requirements/endpoint.txt at constraints.txt's versions (real pip); the versions recorded
+    in deploy/state/; the endpoint configured from that venv; a second deploy changes nothing."""
+    from crossfl.deploy.endpoint_env import rule
+
+    tar, digest = standalone_tarball(tmp_path)
+    venv = remote_root().parent / "endpoint-venv"
+    endpoint_python(project, {"standalone": {"url": tar.as_uri(), "sha256": digest}}, venv)
+    code, out = run_cli("deploy", SITE, "--no-start")
+    print(out)
+    assert code == 0, out
+    env = state(project)["endpoint_env"]
+    assert {k: env["versions"][k] for k in rule()} == rule()  # python 3.11 and the pins
+    assert env["source"] == f"standalone {tar.as_uri()} sha256:{digest}"
+    assert env["venv"] == str(venv) and json.loads((venv / ".crossfl-endpoint.json").read_text())
+    pip = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "freeze"], capture_output=True, text=True
+    ).stdout
+    assert "globus-compute-endpoint==4.19.0" in pip and "torch" not in pip  # the endpoint's only
+    assert (ep_dir() / "config.yaml").is_file()  # configured by the venv's own CLI
+    assert "endpoint environment" in out
+    stamp = (venv / ".crossfl-endpoint.json").stat().st_mtime_ns
+    code, out = run_cli("deploy", SITE, "--no-start")
+    assert code == 0 and "nothing changed" in out, out
+    assert "endpoint environment unchanged" in out
+    assert (venv / ".crossfl-endpoint.json").stat().st_mtime_ns == stamp
+
+
+def test_a_standalone_python_with_another_sha256_is_refused(
+    project: Path, sshd: SshServer, tmp_path: Path
+) -> None:
+    tar, _ = standalone_tarball(tmp_path)
+    venv = remote_root().parent / "endpoint-venv"
+    endpoint_python(project, {"standalone": {"url": tar.as_uri(), "sha256": "0" * 64}}, venv)
+    code, out = run_cli("deploy", SITE, "--no-start")
+    line = error_line(out)
+    assert code == 2 and "its sha256 is" in line and "deploy.python.standalone" in line, line
+    assert not venv.exists()
+    assert not (sshd.home / ".crossfl" / "python" / ("0" * 16)).exists()  # nothing unpacked
+
+
+@pytest.mark.skipif(not PY312.is_file(), reason="no Python 3.12 on this machine")
+def test_a_module_python_of_another_minor_is_refused(
+    project: Path, sshd: SshServer, tmp_path: Path
+) -> None:
+    """Frontier's case: the facility module gives Python 3.12 (cray-python since 2026-07-01);
+    the rule runs 3.11, so deploy stops in one line before making anything. (`module` here is a
+    stand-in shell function of the login shell, as Lmod's is.)"""
+    profile = sshd.home / ".bash_profile"
+    profile.write_text(
+        f'module() {{ [ "$1 $2" = "load cray-python" ] && export PATH={PY312.parent}:$PATH; }}\n'
+    )
+    try:
+        venv = remote_root().parent / "endpoint-venv"
+        endpoint_python(project, {"module": "cray-python", "command": "python3.12"}, venv)
+        code, out = run_cli("deploy", SITE, "--no-start")
+        line = error_line(out)
+        assert code == 2 and "module cray-python gives Python 3.12" in line, line
+        assert "version rule runs Python 3.11" in line and "deploy.python.module" in line
+        assert not venv.exists()
+    finally:
+        profile.unlink()
+
+
+def test_the_server_side_of_the_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This checkout's own environment is checked first: a drifted pin stops deploy (and
+    doctor) in one line, before anything is started at a site."""
+    from crossfl.deploy import endpoint_env
+
+    endpoint_env.check_server()  # this checkout's venv follows the rule
+    drifted = {**endpoint_env.local_versions(), "parsl": "2025.1.1"}
+    monkeypatch.setattr(endpoint_env, "local_versions", lambda: drifted)
+    with pytest.raises(UserError, match=r"breaks the version rule: parsl 2025.1.1 \(want"):
+        endpoint_env.check_server()
+
+
+# -- the endpoint's login node ------------------------------------------------------------------
+
+
+def test_endpoint_operations_go_to_its_login_node(
+    project: Path, sshd: SshServer, tmp_path: Path
+) -> None:
+    """Login hosts are load-balanced: the endpoint's process runs on the node it was started
+    on (recorded), and status and stop reach that node from wherever the connection landed.
+    Here the recorded node is `login-b` (an alias of this sshd in the login node's own SSH
+    config) and the hop line logs its command line: the host and `bash -l -s`, never the
+    script (it travels on stdin, as every script does: nothing in `ps` on either node)."""
+    code, out = run_cli("deploy", SITE, "--no-start")
+    assert code == 0, out
+    ep = ep_dir()
+    sleeper = subprocess.Popen(["sleep", "600"])  # stands in for the endpoint's daemon
+    try:
+        (ep / "daemon.pid").write_text(f"{sleeper.pid}\n")
+        (ep / "endpoint.json").write_text('{"endpoint_id": "6f1c3a1e-0000-4000-8000-00000000000b"}')
+        cfg = sshd.client_config(name="login-node-config")
+        cfg.write_text(
+            cfg.read_text().replace("Host 127.0.0.1", "Host login-b\n  HostName 127.0.0.1")
+        )
+        hop_log = tmp_path / "hops.log"
+        hop = tmp_path / "hop.sh"
+        hop.write_text(f'#!/bin/bash\necho "argv: $*" >> {hop_log}\nexec ssh -F {cfg} "$@"\n')
+        hop.chmod(0o755)
+        override(project, {"deploy": {"login_hop": str(hop)}})
+        st = json.loads((project / "deploy" / "state" / f"{SITE}.json").read_text())
+        st["endpoint"].update(started=True, login_host="login-b")
+        st["endpoint"]["endpoint_id"] = "6f1c3a1e-0000-4000-8000-00000000000b"
+        (project / "deploy" / "state" / f"{SITE}.json").write_text(json.dumps(st))
+        before = sshd.logins()
+        code, out = run_cli("status", SITE)
+        assert code == 0, out
+        assert f"running (pid {sleeper.pid})" in out and "login-b (recorded at start)" in out
+        hops = hop_log.read_text().splitlines()
+        assert hops and all(h == "argv: login-b bash -l -s" for h in hops), hops
+        assert sshd.logins() >= before + 2  # our connection, and the hop from the login node
+        # a recorded node that cannot be reached: one line, saying what to do
+        st["endpoint"]["login_host"] = "login-gone.invalid"
+        (project / "deploy" / "state" / f"{SITE}.json").write_text(json.dumps(st))
+        code, out = run_cli("stop", SITE)
+        line = error_line(out)
+        assert code == 2 and "runs on the login node login-gone.invalid" in line, line
+        assert "remove endpoint.login_host" in line
+        assert sleeper.poll() is None  # nothing was signalled on the wrong node
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -66,6 +66,7 @@ def fresh_clone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # Frontier's and Aurora's images live on the project filesystem, named by these
     monkeypatch.setenv("CROSSFL_FRONTIER_PROJECT", "abc123")
     monkeypatch.setenv("CROSSFL_AURORA_PROJECT", "MyProject")
+    monkeypatch.setenv("CROSSFL_POLARIS_PROJECT", "MyProject")  # Polaris' too, on Eagle
     return root
 
 
@@ -109,7 +110,9 @@ def test_frontier_dry_run_on_a_fresh_clone_prints_the_whole_plan(fresh_clone: Pa
 def test_batch_build_and_pull_dry_runs(fresh_clone: Path) -> None:
     code, out = run_cli("deploy", "polaris", "--dry-run")
     assert code == 0, out
-    assert 'qsub "$HOME/.crossfl/polaris/bundle/batch/build_image.sh"' in out
+    # $USER stays expandable where it runs: double quotes, never single
+    assert 'qsub "/eagle/MyProject/$USER/crossfl/bundle/batch/build_image.sh"' in out
+    assert "'/eagle/MyProject/$USER" not in out
     assert "qstat -x -f '<job id>'" in out  # the scheduler's own query, for that job
     override(fresh_clone, "aurora", {"container": {"image_source": {"method": "pull", "ref": REF}}})
     code, out = run_cli("deploy", "aurora", "--dry-run")
@@ -352,3 +355,168 @@ def test_batch_build_job_on_real_slurm(slurm_project: Path, tmp_path: Path) -> N
     code, out = run_cli("deploy", site, "--no-start")
     assert code == 0 and "nothing changed" in out, out
     assert fake_apptainer.calls(tmp_path / "fakebin", "build") == 1
+
+
+# -- podman-hpc (Perlmutter): built at the site, migrated, pinned by its ID ---------------------
+
+
+@pytest.fixture
+def podman_project(project: Path, sshd: SshServer, tmp_path: Path) -> Path:
+    """The same login node with a stand-in `podman-hpc` first on its PATH."""
+    import fake_podman
+
+    bindir = tmp_path / "podmanbin"
+    good = {**__import__("crossfl.deploy.image").deploy.image.expected_labels()}
+    good["org.crossfl.git-commit"] = "0" * 40
+    fake_podman.install(bindir, {PODMAN_REF.removeprefix("docker://"): good})
+    profile = sshd.home / ".bash_profile"
+    profile.write_text(profile.read_text() + f"export PATH={bindir}:$PATH\n")
+    return project
+
+
+PODMAN_REF = f"docker://registry.example.org/crossfl/cpu@sha256:{'ef' * 32}"
+
+
+def with_podman(root: Path, source: dict) -> None:
+    override(
+        root,
+        SITE,
+        {
+            "container": {
+                "runtime": "podman-hpc",
+                "images": {"cpu": "crossfl-cpu"},
+                "image_source": source,
+            }
+        },
+    )
+
+
+def test_podman_build_migrate_and_pin_by_id(podman_project: Path, tmp_path: Path) -> None:
+    """`podman-hpc build` of this checkout's Containerfile on the login node, `podman-hpc
+    migrate`, labels checked; the state records the image ID (and its manifest digest), and the
+    endpoint installed there names the image by that ID, not by a tag; a second deploy changes
+    nothing and builds nothing."""
+    import fake_podman
+
+    bindir = tmp_path / "podmanbin"
+    with_podman(podman_project, {"method": "build"})
+    code, out = run_cli("deploy", SITE, "--no-start")
+    print(out)
+    assert code == 0, out
+    img = state(podman_project)["image"]
+    assert img["source"] == "build" and img["origin"].startswith("build ")
+    key = img["origin"].split()[1]
+    assert img["remote_path"] == f"crossfl-cpu:{key[:12]}"
+    stored = fake_podman.store(bindir)
+    assert list(stored) == [img["sha256"]] and stored[img["sha256"]]["migrated"]
+    assert img["digest"].startswith("sha256:")
+    assert img["labels"]["org.crossfl.git-commit"] == head(podman_project)
+    assert fake_podman.calls(bindir, "build") == 1 and fake_podman.calls(bindir, "migrate") == 1
+    template = ep_dir_of(podman_project) / "user_config_template.yaml.j2"
+    assert f'container_uri: "{img["sha256"]}"' in template.read_text()
+    assert "crossfl-cpu" not in template.read_text()  # no name, no tag
+    code, out = run_cli("deploy", SITE, "--no-start")
+    assert code == 0 and "nothing changed" in out, out
+    assert fake_podman.calls(bindir, "build") == 1
+    # doctor finds it by its ID; gone from podman-hpc's stores, it says so
+    code, out = doctor_cli(SITE)
+    line = next(ln for ln in out.splitlines() if ln.startswith("image "))
+    assert " ok " in line and img["sha256"][:12] in line, out
+    (bindir / "store.json").write_text("{}")
+    code, out = doctor_cli(SITE)
+    assert code == 1 and "podman-hpc has no image" in out, out
+
+
+def doctor_cli(*args: str) -> tuple[int, str]:
+    import typer
+
+    from crossfl.cli import doctor as cli_doctor
+
+    app = typer.Typer()
+    cli_doctor.register(app)
+    app.command("noop", hidden=True)(lambda: None)
+    res = CliRunner().invoke(app, ["doctor", *args])
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return res.exit_code, res.output
+
+
+def test_podman_pull_by_digest(podman_project: Path, tmp_path: Path) -> None:
+    import fake_podman
+
+    with_podman(podman_project, {"method": "pull", "ref": PODMAN_REF})
+    code, out = run_cli("deploy", SITE, "--no-start")
+    assert code == 0, out
+    img = state(podman_project)["image"]
+    name = PODMAN_REF.removeprefix("docker://")
+    assert img["source"] == "pull" and img["remote_path"] == name
+    assert fake_podman.calls(tmp_path / "podmanbin", "pull") == 1
+    template = ep_dir_of(podman_project) / "user_config_template.yaml.j2"
+    assert f'container_uri: "{img["sha256"]}"' in template.read_text()
+
+
+def test_podman_mpi_site_registers_the_functions_the_server_submits(
+    sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sdk_client: type
+) -> None:
+    """Perlmutter's shape: podman-hpc and the MPI engine. Each task function's shell text
+    names the image, and the server submits it with the image deploy placed, by its ID
+    (with_deployed_image): deploy registers those functions, not the ones naming the tag, so
+    a run's plan finds the registered ids unchanged."""
+    import fake_podman
+    from crossfl.functions import kit_functions, registered_functions, shell_text
+    from crossfl.sites import load_site, with_deployed_image
+
+    site = "local-slurm-ssh"
+    root = make_project(tmp_path / "proj", [site])
+    bindir = tmp_path / "podmanbin"
+    good = {**__import__("crossfl.deploy.image").deploy.image.expected_labels()}
+    fake_podman.install(bindir, {PODMAN_REF.removeprefix("docker://"): good})
+    (sshd.home / ".bash_profile").write_text(f"export PATH={bindir}:$PATH\n")
+    monkeypatch.setenv("CROSSFL_ROOT", str(root))
+    monkeypatch.setenv("CROSSFL_SITE_OVERRIDES", str(root / "overrides"))
+    monkeypatch.setenv("CROSSFL_SSH_CONFIG", str(sshd.ssh_config))
+    monkeypatch.setenv("CROSSFL_SSH_PORT", str(sshd.port))
+    monkeypatch.setenv("CROSSFL_REMOTE_ROOT", str(sshd.home / tmp_path.name / "crossfl"))
+    monkeypatch.setenv("CROSSFL_REMOTE_ACTIVATE", activate_line(sshd.home / tmp_path.name / "gc"))
+    override(
+        root,
+        site,
+        {
+            "container": {
+                "runtime": "podman-hpc",
+                "images": {"cuda": "crossfl-cuda"},
+                "image_source": {"method": "pull", "ref": PODMAN_REF},
+            },
+            "endpoint": {"tasks": "mpi", "max_workers_per_node": 1},
+        },
+    )
+    try:
+        code, out = run_cli("deploy", site, "--no-start")
+        assert code == 0, out
+    finally:
+        (sshd.home / ".bash_profile").unlink(missing_ok=True)
+    st = state(root, site)
+    image_id = st["image"]["sha256"]
+    pinned = with_deployed_image(load_site(site))
+    assert image_id in shell_text(pinned, "train") and "crossfl-cuda" not in shell_text(
+        pinned, "train"
+    )
+    for kind, f in kit_functions(pinned).items():
+        assert st["functions"][kind]["digest"] == f.digest, kind
+    ids = [fid for _, fid in registered_functions(pinned)]  # the plan's check: no refusal
+    assert ids == [st["functions"][k]["function_id"] for k in ("train", "evaluate")]
+    assert len(RecordingClient.registered) == 2
+
+
+def test_podman_upload_is_refused_before_anything(podman_project: Path) -> None:
+    with_podman(podman_project, {"method": "upload"})
+    code, out = run_cli("deploy", SITE, "--no-start")
+    line = error_line(out)
+    assert code == 2 and "not uploaded" in line and "image_source.method" in line
+    assert state(podman_project) is None
+
+
+def ep_dir_of(root: Path) -> Path:
+    line = os.environ["CROSSFL_REMOTE_ACTIVATE"]
+    gc = line.split("GLOBUS_COMPUTE_USER_DIR=", 1)[1].split(";", 1)[0].split()[0]
+    return Path(gc) / f"crossfl-{SITE}"

@@ -245,7 +245,7 @@ def test_rank_count(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_busy_fraction_and_rank_command() -> None:
-    assert device_busy_fraction(accelerator_s=300.0, wall_s=100.0, devices_held=4) == 0.75
+    assert device_busy_fraction(accelerator_s=300.0, window_s=100.0, devices_held=4) == 0.75
     assert device_busy_fraction(1.0, 0.0, 4) == 0.0
     assert (
         rank_command("t.json", "o.json")
@@ -281,7 +281,7 @@ def test_one_rank_result_carries_telemetry(one_rank: dict[str, Any]) -> None:
     assert one_rank["ranks"] == 1 and one_rank["nodes"] == 1 and one_rank["sharded"] is False
     assert one_rank["device_type"] == "cpu" and len(one_rank["device_names"]) == 1
     assert one_rank["dist_backend"] is None
-    assert 0 < one_rank["accelerator_s"] <= one_rank["wall_s"]
+    assert 0 < one_rank["accelerator_s"] <= one_rank["train_window_s"] <= one_rank["wall_s"]
 
 
 def test_explicit_one_rank_is_todays_path(
@@ -317,7 +317,8 @@ def test_two_ranks_report_one_adapter_and_their_devices(two_ranks: dict[str, Any
     assert two_ranks["dist_backend"] == "gloo" and two_ranks["device_type"] == "cpu"
     assert len(two_ranks["device_names"]) == 2 and two_ranks["sharded"] is False
     assert two_ranks["devices_per_rank"] == 1 and two_ranks["cache_hit"] is False
-    assert 0 < two_ranks["accelerator_s"] and two_ranks["wall_s"] > 0
+    assert 0 < two_ranks["train_window_s"] < two_ranks["wall_s"]
+    assert 0 < two_ranks["accelerator_s"] <= 2 * two_ranks["train_window_s"]
 
 
 @pytest.mark.slow
@@ -417,3 +418,120 @@ def test_distributed_entry_point_needs_a_launcher(model: Path, data: Path, tmp_p
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--distributed" in proc.stderr and "srun" in proc.stderr
     assert "error" in json.loads((tmp_path / "out.json").read_text())
+
+
+# ------------------------------------------------------------------ device-busy, a known case
+
+
+class _KnownBusy(torch.nn.Module):
+    """A "model" whose every step keeps the CPU busy for exactly `cpu_s` CPU-seconds (a spin
+    on the process's CPU clock) and then leaves it idle for `idle_s` (a sleep, as a rank
+    waiting for a peer or the scheduler would)."""
+
+    def __init__(self, cpu_s: float, idle_s: float) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.cpu_s, self.idle_s = cpu_s, idle_s
+
+    def forward(self, **_: Any) -> Any:
+        import time
+        from types import SimpleNamespace
+
+        end = time.process_time() + self.cpu_s
+        while time.process_time() < end:
+            pass
+        time.sleep(self.idle_s)
+        return SimpleNamespace(loss=(self.w * 0.0).sum() + 1.0)
+
+
+def test_busy_counts_what_the_device_did_not_the_waits(model: Path, data: Path) -> None:
+    """Every step is 0.05 CPU-seconds of work and 0.05 s of waiting: the rank's device-seconds
+    are the work (0.05 per step, whatever the machine's load stretches the wall to), not the
+    step's wall as the old measure counted. Measured on the CPU clock, so load cannot move it."""
+    from crossfl.client.contract import TrainTask
+    from crossfl.client.train import Example, run_training
+
+    steps, cpu_s, idle_s = 4, 0.05, 0.05
+    spec = TrainTask.from_wire(train_task(model, data, local_steps=steps, batch_size=1))
+    examples = [Example(ids=(1, 2, 3, 4), prompt_len=2)] * 3
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the rank's device: one core
+    try:
+        world = distributed.single(torch.device("cpu"))
+        done = run_training(_KnownBusy(cpu_s, idle_s), examples, spec, 0, world)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(done.losses) == steps
+    assert steps * cpu_s <= done.busy_s < steps * (cpu_s + 0.02)  # the work, not the waits
+    assert done.window_s >= steps * (cpu_s + idle_s)  # the waits are in the window
+    busy = device_busy_fraction(done.busy_s, done.window_s, devices_held=1)
+    assert busy <= 0.6  # 0.5 when the machine is idle; less when other work takes the core
+
+
+def test_the_collective_smoke_builds_the_tiny_models_shape() -> None:
+    """The collective's DDP step runs the tiny model's shape without importing its builder
+    (not in the worker image): the two stay equal."""
+    from crossfl.client.collective import TINY_SHAPE
+
+    spec = TinyModelSpec()
+    assert TINY_SHAPE == {k: getattr(spec, k) for k in TINY_SHAPE}
+
+
+def test_run_record_uses_the_training_window() -> None:
+    """The server's busy figure is the same measure: device-seconds over (devices held x the
+    training loop); the task's start-up (wall - window) is charged in node-hours, not in it."""
+    from crossfl.client.contract import TrainResult, TrainTimings
+    from crossfl.server.records import TaskRecord, account
+
+    result = TrainResult(
+        adapter=b"x",
+        num_samples=1,
+        train_loss=1.0,
+        first_loss=1.0,
+        steps=1,
+        timings=TrainTimings(load_s=0.0, train_s=2.0, serialize_s=0.0),
+        started_at=0.0,
+        finished_at=20.0,
+        device="cpu",
+        host="h",
+        pid=1,
+        cache_hit=False,
+        ranks=2,
+        accelerator_s=3.0,
+        train_window_s=2.0,
+        wall_s=20.0,
+    )
+    record = TaskRecord.model_construct(site="s")
+    account(record, result, held_nodes=1, devices_per_node=0, local=True)
+    assert record.devices_held == 2 and record.device_busy == pytest.approx(0.75)
+    assert record.node_hours == pytest.approx(20.0 / 3600)
+    old = result.model_copy(update={"train_window_s": 0.0})  # an older client: over its wall
+    account(record, old, held_nodes=1, devices_per_node=0, local=True)
+    assert record.device_busy == pytest.approx(3.0 / 40.0)
+
+
+# ------------------------------------------------------------------ make gpu-check, its CPU path
+
+
+def test_gpu_check_runs_its_cpu_fallback() -> None:
+    """`make gpu-check` has not run on a GPU here (none was lent): its CPU fallback runs the
+    same steps (device selection, a LoRA round, the collective smoke on 2 gloo ranks, a round
+    over all ranks) and prints each figure; the GPU path differs only in the device."""
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check", "--cpu", "--steps", "2"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert out.splitlines()[0].startswith("gpu-check: CPU fallback (no NVIDIA GPU used: --cpu)")
+    assert "1. device the client selects: cpu" in out
+    assert "2. one LoRA round: 1 rank(s) on cpu" in out and "steps/s" in out
+    ranks = [ln for ln in out.splitlines() if ln.startswith("3. rank ")]
+    assert len(ranks) == 2 and all("(gloo)" in r and "all-reduce 16 MB ok" in r for r in ranks)
+    assert all("GB/s bus" in r and "DDP step ok" in r for r in ranks)
+    assert "4. one LoRA round over all: 2 rank(s) on cpu (gloo)" in out and "device-busy" in out
+    assert out.rstrip().splitlines()[-1].startswith("gpu-check: ok in ")

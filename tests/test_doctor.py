@@ -97,6 +97,7 @@ def test_doctor_on_real_sshd_and_slurm(project: Path) -> None:
     assert all(len(line) <= 80 for line in table(out)), "the table fits 80 columns"
     t = rows(out)
     assert t["login"][0] == "ok" and "root on " in t["login"][1]
+    assert t["server"][0] == "ok" and "python 3.11, parsl 2026.10.26" in t["server"][1]
     assert t["scheduler"] == ("ok", t["scheduler"][1])
     assert "slurm-wlm 22.05" in t["scheduler"][1] or "slurm " in t["scheduler"][1]
     assert "debug* (up)" in t["scheduler"][1]
@@ -105,9 +106,9 @@ def test_doctor_on_real_sshd_and_slurm(project: Path) -> None:
     assert "accounting_storage" in t["account"][1]
     assert t["modules"] == ("ok", "the site loads no modules")
     assert t["runtime"][0] == "ok" and t["image"][0] == "ok"
-    # the endpoint CLI of the venv, against this checkout's pins; not deployed yet
+    # the endpoint CLI of the venv, against the version rule; not deployed yet
     assert t["endpoint"][0] == "warn" and "globus-compute-endpoint 4.19.0" in t["endpoint"][1]
-    assert "match this checkout's pins" in t["endpoint"][1]
+    assert "match the version rule" in t["endpoint"][1]
     assert "not configured yet" in t["endpoint"][1]
     assert t["fs remote_root"][0] == "ok" and "writable" in t["fs remote_root"][1]
     assert "to be created in" in t["fs remote_root"][1] and "GB free" in t["fs remote_root"][1]
@@ -264,6 +265,15 @@ def test_smoke_reports_every_rank(project: Path) -> None:
     assert "ranks are not bound to one device each (CUDA_VISIBLE_DEVICES: 0,1,2,3," in detail
     assert "4 of them see no cuda device (torch on cpu)" in detail
     assert status == "FAIL" and code == 1
+    # the collective: 2 ranks of the one node, gloo (the stand-in GPUs run CPU torch), a right
+    # all-reduce and one DDP step with equal parameters, each with its bandwidth
+    coll = [ln for ln in out.splitlines() if ln.startswith("collective rank ")]
+    assert [ln.split()[2] for ln in coll] == ["0/2", "1/2"], out
+    assert all("(gloo)" in ln and "all-reduce 8.0 MB ok" in ln for ln in coll), out
+    joined = " ".join(out.split())
+    assert joined.count("DDP step ok") == 2 and "GB/s bus" in joined
+    assert "collective 2 of 2 ranks on 1 node(s)" in detail
+    assert "collective:" not in detail  # no collective problem among the FAIL's reasons
 
 
 def test_smoke_problems_of_bound_ranks() -> None:
@@ -279,3 +289,55 @@ def test_smoke_problems_of_bound_ranks() -> None:
         "ranks are not bound to one device each (ROCR_VISIBLE_DEVICES: 0, 0, 0, 0, 0, 0, 0, 0)"
     ]
     assert smoke_problems(site, good[:7]) == ["expected 8 ranks, one per device"]
+
+
+def test_collective_problems_are_named() -> None:
+    """What the collective's reports can show wrong, each named: a wrong sum, DDP parameters
+    that differ, the wrong backend, ranks or nodes missing, a rank's error."""
+    from crossfl import sites
+    from crossfl.deploy.doctor import collective_problems
+
+    site = sites.load_site("polaris")  # 2 ranks on each of 2 nodes, NCCL
+    good = [
+        {
+            "rank": r,
+            "host": f"x300{r // 2}",
+            "backend": "nccl",
+            "all_reduce": {"ok": True},
+            "ddp": {"ok": True},
+        }
+        for r in range(4)
+    ]
+    assert collective_problems(site, good) == []
+    wrong = [{**good[0], "all_reduce": {"ok": False}}, *good[1:]]
+    assert collective_problems(site, wrong) == ["collective: all-reduce sum wrong on ranks [0]"]
+    gloo = [{**x, "backend": "gloo"} for x in good]
+    assert collective_problems(site, gloo) == ["collective: backend gloo, expected nccl"]
+    one_node = [{**x, "host": "x3000"} for x in good]
+    assert collective_problems(site, one_node) == ["collective: ranks on 1 node(s), expected 2"]
+    differ = [*good[:3], {**good[3], "ddp": {"ok": False}}]
+    assert collective_problems(site, differ) == [
+        "collective: DDP parameters differ after one step (ranks [3])"
+    ]
+    assert collective_problems(site, good[:2])[0] == "collective: expected 4 ranks, got 2"
+
+
+def test_purged_filesystem_days_left(project: Path, slurm_sshd) -> None:
+    """Frontier's remote root is on Orion, which deletes what nobody read or wrote for 90 days:
+    doctor says how many days what deploy placed has left, and warns two weeks ahead."""
+    import os
+    import time
+
+    override(project, SITE, {"deploy": {"purge": {"days": 90}}})
+    code, out = doctor(SITE)
+    assert rows(out)["purge"][0] == "warn" and "nothing placed yet" in rows(out)["purge"][1]
+    root = Path(os.environ["CROSSFL_REMOTE_ROOT"])
+    stamp = root / "bundle" / ".crossfl-bundle.sha256"
+    stamp.parent.mkdir(parents=True)
+    stamp.write_text("x\n")
+    old = time.time() - 80 * 86400  # last read or written 80 days ago
+    os.utime(stamp, (old, old))
+    code, out = doctor(SITE)
+    status, detail = rows(out)["purge"]
+    assert status == "warn" and "bundle 10 days left" in detail, detail
+    assert "deploy again" in detail

@@ -230,3 +230,29 @@ def test_catalog_against_scheduler_golden() -> None:
     text = "\n".join(table_lines(report)) + "\n"
     assert all(len(line) <= 80 for line in text.splitlines())
     assert_golden("doctor-queues.txt", text)
+
+
+def test_perlmutter_qos_asked_by_the_name_slurm_lists() -> None:
+    """Perlmutter's catalog says `regular`, the QOS a GPU job asks for; Slurm lists it as
+    gpu_regular (scheduler_name): doctor asks sacctmgr for that name and compares its limits."""
+    from crossfl import sites
+    from crossfl.deploy.doctor import Report, _Doctor
+    from crossfl.deploy.remote import Result
+
+    class Answers:
+        t = None
+        asked: list[str] = []
+
+        def run(self, script: str, **_: object) -> Result:
+            self.asked.append(script)
+            name = script.split("show qos ")[1].split()[0]
+            return Result(f"{name}|2-00:00:00||||\n", "", 0)
+
+    site = sites.load_site("perlmutter")
+    fake = Answers()
+    report = Report(site.name)
+    _Doctor(site, fake, report).queues()  # type: ignore[arg-type]
+    assert any("show qos gpu_regular " in a for a in fake.asked)
+    assert not any("show qos regular " in a for a in fake.asked)
+    regular = next(c for c in report.checks if c.name == "queue regular")
+    assert regular.status == "ok" and "scheduler says MaxWall=2-00:00:00" in regular.detail

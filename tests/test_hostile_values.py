@@ -101,6 +101,16 @@ REFUSED = [
     ("polaris", "endpoint.worker_init_default", "a\nb"),
     ("polaris", "endpoint.environment", {"A": "x\ny"}),
     ("polaris", "docs", ["https://x/\n"]),
+    # the endpoint's own environment (deploy's `python` step) and its login node
+    ("polaris", "deploy.python", {"module": "python/3.11; touch x"}),
+    ("polaris", "deploy.python", {"module": "python", "module_use": ["/soft'x"]}),
+    ("polaris", "deploy.python", {"module": "python", "command": f"python3 {SUBST}"}),
+    ("polaris", "deploy.python", {"path": f"/usr/bin/{BACKTICK}"}),
+    ("polaris", "deploy.python.standalone.url", f"https://x/{SUBST}.tar.gz"),
+    ("polaris", "deploy.venv", "~/venv'; touch x; '"),
+    ("polaris", "deploy.login_hop", "ssh -J jump\ntouch x"),
+    ("polaris", "deploy.login_hop", "ssh\x1b[2J"),
+    ("perlmutter", "queues.regular.scheduler_name", "gpu_regular; touch x"),
 ]
 
 
@@ -155,7 +165,8 @@ def run_script(script: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
         (bin_dir / name).chmod(0o755)
     (tmp / "out.json").write_text("{}")  # client.sh checks the result it names
     home = tmp / "home"
-    (home / "rr").mkdir(parents=True, exist_ok=True)  # the sites' remote_root below
+    # the sites' remote_root below, and where deploy unpacks a podman-hpc build's context
+    (home / "rr" / "build" / "oci").mkdir(parents=True, exist_ok=True)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(home), "USER": "u"}
     # The scripts start with `#!/bin/bash -l`: run them with bash as the scheduler would.
     return subprocess.run(
@@ -222,6 +233,26 @@ def test_the_endpoint_refuses_injected_options(catalog: Path, tmp_path: Path) ->
         assert "\n" not in text
     text = render.render_user_config(out, base)  # the same options, well formed, pass
     assert 'account: "P1"' in text or "account: P1" in text
+
+
+def test_the_derived_activate_line_quotes_each_value(catalog: Path, tmp_path: Path) -> None:
+    """Where deploy makes the endpoint's venv (deploy.python) and the site names no activate
+    line, the one derived from the module and the venv quotes them, keeping $HOME expandable."""
+    name = write_site(
+        catalog,
+        "polaris",
+        {
+            "deploy.python": {"module": "python/3.11", "module_use": ["$HOME/mods"]},
+            "deploy.venv": "~/ep-venv",
+            "deploy.python_activate": None,
+        },
+    )
+    line = sites.load_site(name).deploy.python_activate
+    assert line == (
+        'module use "$HOME/mods"; module load python/3.11; source "$HOME/ep-venv/bin/activate"'
+    )
+    res = subprocess.run(["bash", "-n", "-c", line or ""], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
 
 
 @pytest.mark.parametrize(

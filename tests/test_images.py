@@ -135,7 +135,7 @@ def cli(*args: str) -> tuple[int, str]:
 
 
 def rendered(arch: str) -> images.Stage:
-    return images.parse_def(images.def_path(arch).read_text()).only_stage()
+    return images.parse_def(images.def_path(arch).read_text()).final_stage()
 
 
 # ------------------------------------------------------------------ rendering and structure
@@ -157,7 +157,8 @@ def test_every_arch_renders_a_def_file_apptainer_can_read(project: Path) -> None
                 "mirrorurl": spec.mirror,
                 "include": " ".join(spec.include),
             }
-        assert set(stage.sections) == EXPECTED_SECTIONS
+        uv = {"files from uv"} if spec.python.source == "uv" else set()
+        assert set(stage.sections) == EXPECTED_SECTIONS | uv
         assert images.build_args(stage) == {
             "TORCH_INDEX_URL": spec.torch.index_url,
             **{s.name: "none" for s in images.BUILD_SETTINGS},
@@ -334,7 +335,7 @@ def test_parser_reads_stages_sections_and_rejects_what_apptainer_would() -> None
         """)
     parsed = images.parse_def(two)
     assert [s.header.get("stage") for s in parsed.stages] == ["devel", None]
-    assert parsed.stages[1].sections["files"].args == "from devel"
+    assert parsed.stages[1].sections["files from devel"].args == "from devel"
     assert parsed.stages[0].sections["post"].body.strip() == "echo one"
     for bad, why in [
         ("From: x\n%post\n", "begin with Bootstrap"),
@@ -733,7 +734,8 @@ def test_every_host_a_build_reaches_is_listed(project: Path) -> None:
     for arch, spec in images.load_arches().arches.items():
         images.render_def(arch)
         text = images.def_path(arch).read_text()
-        stage = images.parse_def(text).only_stage()
+        parsed = images.parse_def(text)
+        stage = parsed.final_stage()
         listed = set(images.build_hosts(spec))
         names = {h.split(" ", 1)[0] for h in listed}
         body = "".join(stage.sections[n].body for n in ("arguments", "post"))
@@ -744,7 +746,9 @@ def test_every_host_a_build_reaches_is_listed(project: Path) -> None:
         assert urls <= names, (arch, urls - names)
         assert {"pypi.org", "files.pythonhosted.org"} <= names
         if spec.python.source == "uv":
-            assert {"github.com", "releases.astral.sh"} <= names
+            assert {"ghcr.io", "github.com", "releases.astral.sh"} <= names
+            uv = parsed.stages[0].header["from"]  # the stage uv is copied from
+            assert uv.startswith("ghcr.io/astral-sh/uv:") and len(parsed.stages) == 2
         for host in listed:
             assert f"#   {host}" in text
     assert images.build_hosts(images.get_arch("cuda"))[0] == "nvcr.io"
@@ -765,7 +769,7 @@ def test_proxies_and_pip_settings_reach_post_only_as_build_arguments(project: Pa
     )
 
     def post_env(overrides: dict[str, str]) -> list[str]:
-        post = images.parse_def(images.apply_build_args(text, overrides)).only_stage()
+        post = images.parse_def(images.apply_build_args(text, overrides)).final_stage()
         preamble = post.sections["post"].body.split("    set -eu\n")[0]
         done = subprocess.run(
             ["/bin/sh", "-c", preamble + env_of],
@@ -821,7 +825,7 @@ def test_containerfile_parses_and_shares_the_defs_steps(project: Path) -> None:
         stage = rendered(arch)
         assert parsed.labels == images.labels(stage)
         instructions = [(i["instruction"], i["value"]) for i in parsed.structure]
-        copies = [v.split() for k, v in instructions if k == "COPY"]
+        copies = [v.split() for k, v in instructions if k == "COPY" and "--from=" not in v]
         context = project / "build" / "images" / f"crossfl-{arch}.context"
         for src, dst in copies:
             assert (project / src).exists() and dst.startswith(images.PREFIX + "/"), src
@@ -830,7 +834,11 @@ def test_containerfile_parses_and_shares_the_defs_steps(project: Path) -> None:
         ]
         runs = [v for k, v in instructions if k == "RUN"]
         assert runs == [f'["/bin/sh", "-ex", "{images.PREFIX}/install.sh"]']
-        assert ("ENTRYPOINT", f'["/bin/sh", "{images.PREFIX}/runscript"]') in instructions
+        # no ENTRYPOINT, the base image's cleared: what podman-hpc runs is run as given
+        # (shared-run's `podman run -d IMAGE sleep infinity`, the engine's worker command)
+        entry = [v for k, v in instructions if k == "ENTRYPOINT"]
+        assert entry == ["[]"], entry
+        assert effective_command(instructions, ["sleep", "infinity"]) == ["sleep", "infinity"]
         envs = [v.split("=", 1) for k, v in instructions if k == "ENV"]
         assert [(k, v.strip('"')) for k, v in envs] == images.image_environment(arch, spec)
         # the shell steps: one text in both renderings
@@ -853,6 +861,13 @@ def test_containerfile_parses_and_shares_the_defs_steps(project: Path) -> None:
     done = make(project, "image-containerfile", "ARCH=xpu")
     assert done.returncode == 0, done.stderr
     assert (project / "build" / "images" / "crossfl-xpu.Containerfile").is_file()
+
+
+def effective_command(instructions: list[tuple[str, str]], args: list[str]) -> list[str]:
+    """What `podman run IMAGE ARGS...` executes: the last ENTRYPOINT (exec form) + ARGS, as
+    the OCI image config composes them (ARGS replace CMD)."""
+    entries = [json.loads(v) for k, v in instructions if k == "ENTRYPOINT"]
+    return [*(entries[-1] if entries else []), *args]
 
 
 def test_cpu_and_cpu_debian_defs_differ_only_in_the_base(project: Path) -> None:
@@ -907,3 +922,33 @@ def test_image_check_builds_the_rootfs_and_runs_a_federation_inside(repo_root: P
     assert "crossfl image check: ok" in log.read_text()
     steps = ", ".join(f"{name} {sec:.0f} s" for name, sec in result.seconds.items())
     print(f"\nimage-check cpu-debian ({'cached' if result.cached else 'built'}): {steps}")
+
+
+def test_uv_arches_copy_uv_in_and_install_nothing_with_apt(project: Path) -> None:
+    """No `apt-get install` in %post (ALCF: "Do NOT apt-get install; it can fail under
+    fakeroot", and Polaris and Aurora build with --fakeroot): uv comes from its own pinned image
+    (`%files from uv`, `COPY --from`); and before %post first imports torch, LD_LIBRARY_PATH is
+    what %environment gives the image (the venv's lib/ first: torch XPU's oneAPI runtime, not
+    the base image's)."""
+    for arch, spec in images.load_arches().arches.items():
+        images.render_def(arch)
+        parsed = images.parse_def(images.def_path(arch).read_text())
+        post = parsed.final_stage().sections["post"].body
+        commands = [ln.strip() for ln in post.splitlines() if not ln.strip().startswith("#")]
+        assert not [c for c in commands if "apt-get" in c], arch
+        env = dict(images.image_environment(arch, spec))
+        export = f'export LD_LIBRARY_PATH="{env["LD_LIBRARY_PATH"]}"'
+        assert export in post, arch
+        assert post.index(export) < post.index("import torch"), arch
+        assert post.index(export) < post.index("check_image.py"), arch
+        if spec.python.source == "uv":
+            copied = parsed.final_stage().sections["files from uv"]
+            assert copied.args == "from uv" and copied.body.split() == [
+                "/uv",
+                f"{images.PREFIX}/bin/uv",
+            ]
+            assert parsed.stages[0].header["stage"] == "uv"
+            text = images.render_containerfile(arch).read_text()
+            assert (
+                f"COPY --from={parsed.stages[0].header['from']} /uv {images.PREFIX}/bin/uv" in text
+            )

@@ -413,3 +413,36 @@ def test_chem_lora_trains_on_every_device_of_every_node() -> None:
         assert (nodes, ranks) == (entry.nodes, devices[entry.site])
         check_request(site, options, nodes=nodes, ranks_per_node=ranks)
         assert resource_specification(site, nodes, ranks)["ranks_per_node"] == ranks
+
+
+def test_parsl_mpi_mode_runs_one_node_tasks(tmp_path: Path, monkeypatch) -> None:
+    """ALCF's Parsl page says "The MPIExecutor can only run tasks that use more than one node"
+    (https://docs.alcf.anl.gov/aurora/workflows/parsl/, checked 2026-12-07), while chem-lora
+    runs one-node MPI tasks on Aurora and Polaris. Parsl's own code (2026.10.26, what the
+    endpoint runs) holds no such rule: validate_resource_spec accepts num_nodes 1
+    (executors/high_throughput/mpi_prefix_composer.py) and MPITaskScheduler hands a one-node
+    task the one node of a one-node PBS pilot (mpi_resource_management.py, put_task /
+    _get_nodes); test_a_run_through_the_mpi_engine_on_real_slurm runs such tasks end to end."""
+    import queue
+
+    from parsl.executors.high_throughput.mpi_prefix_composer import (
+        compose_mpiexec_launch_cmd,
+        validate_resource_spec,
+    )
+    from parsl.executors.high_throughput.mpi_resource_management import MPITaskScheduler
+
+    spec = {"num_nodes": 1, "ranks_per_node": 12}
+    validate_resource_spec(spec)  # no InvalidResourceSpecification
+    assert spec["num_ranks"] == "12"
+    nodefile = tmp_path / "nodefile"
+    nodefile.write_text("x4102c0s0b0n0\n")  # the one node of a one-node pilot
+    for var in ("SLURM_JOB_ID", "SLURM_NODELIST", "SLURM_JOB_NODELIST"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PBS_NODEFILE", str(nodefile))
+    tasks_q: queue.Queue = queue.Queue()
+    sched = MPITaskScheduler(tasks_q, queue.Queue())  # type: ignore[arg-type]
+    sched.put_task({"task_id": 1, "context": {"resource_spec": dict(spec)}})
+    placed = tasks_q.get_nowait()  # scheduled at once, not backlogged
+    assert placed["context"]["resource_spec"]["MPI_NODELIST"] == "x4102c0s0b0n0"
+    _, prefix = compose_mpiexec_launch_cmd(spec, ["x4102c0s0b0n0"])
+    assert prefix.startswith("mpiexec -n 12 -ppn 12 -hosts x4102c0s0b0n0")

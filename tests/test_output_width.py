@@ -204,6 +204,7 @@ def test_the_bench_tables_fit_80_columns(bench: Any) -> None:
         "train_tokens": 123_456,
         "timings": {"train_s": 12.5},
         "accelerator_s": 20.0,
+        "train_window_s": 12.8,
         "wall_s": 14.0,
         "ranks": 2,
     }

@@ -258,7 +258,9 @@ def test_facility_specifics(rendered, stub_interfaces):
     assert aurora.mpi_launcher == "mpiexec" and aurora.provider.cpus_per_node == 208
     assert "filesystems=home:flare" in aurora.provider.scheduler_options
     assert "export ZE_FLAT_DEVICE_HIERARCHY=FLAT" in aurora.provider.worker_init
-    assert "module load frameworks; source ~/.crossfl/aurora/venv" in aurora.provider.worker_init
+    # the MPI worker runs from the endpoint's own venv (deploy.python), no `frameworks` module
+    assert 'source "$HOME/.crossfl/aurora/endpoint/bin/activate"' in aurora.provider.worker_init
+    assert "module load frameworks" not in aurora.provider.worker_init
     polaris = engine("polaris").executor
     assert polaris.provider.select_options.endswith("system=polaris")
     assert "export TMPDIR=/tmp" in polaris.provider.worker_init
@@ -301,7 +303,8 @@ def test_facility_specifics_per_device(per_device, stub_interfaces):
     assert provider.constraint == "gpu" and provider.account.endswith("_g")
     assert provider.qos == "regular" and provider.exclusive is True
     assert provider.launcher.overrides == "-c 128"
-    assert perl.container_type == "podman-hpc" and perl.container_uri == "crossfl-cuda:latest"
+    # the catalog's name until deploy pins the image by its ID (crossfl.sites.with_deployed_image)
+    assert perl.container_type == "podman-hpc" and perl.container_uri == "crossfl-cuda"
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -503,6 +506,8 @@ def test_batch_scripts_golden_and_shellcheck(rendered, name):
     builds = on_node or site.container.image_source.method == "build"
     if builds and site.container.runtime == "apptainer":  # an Apptainer def, built on site
         expected = ["build_image.sh", *expected]
+    if builds and site.container.runtime == "podman-hpc":  # podman-hpc build on the login node
+        expected = ["build_image.sh", *expected]
     assert names == expected
     for script in sorted(batch.iterdir()):
         text = script.read_text()
@@ -526,7 +531,7 @@ def test_batch_smoke_runs_describe_devices(rendered):
     assert "python -m crossfl.client devices --expect rocm" in text
     # OLCF's line: "srun -N1 -n8 -c7 --gpus-per-task=1 --gpu-bind=closest"
     assert (
-        "srun --nodes=1 --ntasks-per-node=8 --cpus-per-task=7 --gpus-per-task=1 "
+        "srun --nodes=1 --ntasks=8 --ntasks-per-node=8 --cpus-per-task=7 --gpus-per-task=1 "
         "--gpu-bind=closest apptainer exec --rocm" in text
     )
     assert "#SBATCH --cpus-per-task=7" in text and "bind_rank" not in text

@@ -1,7 +1,8 @@
 """Secrets stay secret: a client secret in deploy.python_activate or a token of the environment
 never reaches printed output, an error (and so a state file), or a world-readable rendered
-file; files without one are written as the user's umask says. (Remote command lines and the
-dry run over a real sshd: tests/test_deploy.py::test_secrets_stay_out_of_output_argv_and_state.)
+file; files without one are written as the user's umask says, and the script sent on to the
+endpoint's recorded login node is in no command line. (Remote command lines and the dry run
+over a real sshd: tests/test_deploy.py::test_secrets_stay_out_of_output_argv_and_state.)
 """
 
 from __future__ import annotations
@@ -113,3 +114,52 @@ def test_atomic_writes_follow_the_umask_or_the_mode_asked(tmp_path: Path, umask:
     a = atomic_write_text(tmp_path / "a.json", "{}")
     b = atomic_write_text(tmp_path / "b.json", "{}", mode=0o600)
     assert a.stat().st_mode & 0o777 == 0o640 and b.stat().st_mode & 0o777 == 0o600
+
+
+def _run_hop(tmp_path: Path, script: str, hop_rc: int | None = None) -> tuple[int, str, str]:
+    """What the login node the connection reached runs to send `script` on to the endpoint's
+    recorded login node (Remote.hop_script), run here with a hop line that logs its command
+    line and then runs the rest of it (or fails as ssh does, with `hop_rc`)."""
+    import subprocess
+
+    from crossfl.deploy.remote import REMOTE_SHELL, Remote, Target
+
+    argv = tmp_path / "argv.txt"
+    hop = tmp_path / "hop"
+    body = f"exit {hop_rc}" if hop_rc is not None else 'shift; exec "$@"'
+    hop.write_text(f'#!/bin/bash\nprintf "%s\\n" "$*" >> {argv}\n{body}\n')
+    hop.chmod(0o755)
+    remote = Remote(Target(site="s", host="login", activate=f"export CLIENT_SECRET={SECRET}"))
+    remote.pin_to("login-b.example.org", str(hop))
+    outer = remote.hop_script(remote.script(script, activate=True))
+    r = subprocess.run(
+        REMOTE_SHELL.split(), input=outer, capture_output=True, text=True, timeout=60
+    )
+    assert SECRET not in outer.split("<<", 1)[0]  # the hop's own line carries none
+    return r.returncode, r.stdout, argv.read_text() if argv.exists() else ""
+
+
+def test_a_script_sent_on_to_the_pinned_login_node_is_in_no_command_line(
+    tmp_path: Path,
+) -> None:
+    """t16's guarantee across the hop to the endpoint's login node: the hop's command line is
+    the host and `bash -l -s`; the script (the activate line's secret included) reaches that
+    node's shell on stdin, unexpanded on the way (a quoted here-document whose delimiter is
+    random: a script line that is a likely delimiter does not end it); its exit status comes
+    back; the hop's own failure (ssh's 255) is told apart."""
+    script = (
+        'echo "CROSSFL_SEEN=$CLIENT_SECRET"\n'
+        "cat <<'EOF'\nCROSSFL_HOP\nEOF\n"
+        "echo 'CROSSFL_HOP_' \"$(echo expanded-there)\"\n"
+        "exit 3"
+    )
+    rc, out, argv = _run_hop(tmp_path, script)
+    assert rc == 3, out
+    assert f"CROSSFL_SEEN={SECRET}" in out and "CROSSFL_HOP\n" in out
+    assert "CROSSFL_HOP_ expanded-there" in out
+    assert argv.splitlines() == ["login-b.example.org bash -l -s"]
+    assert SECRET not in argv and "echo" not in argv
+    failing = tmp_path / "failing"
+    failing.mkdir()
+    rc, out, _ = _run_hop(failing, "true", hop_rc=255)
+    assert rc == 97 and "CROSSFL_HOP_FAILED=1" in out

@@ -67,7 +67,7 @@ def test_list_sites_has_the_catalog(catalog):
 def test_every_site_loads(catalog, name):
     site = sites.load_site(name)
     assert site.name == name
-    if name not in ("frontier", "aurora"):  # those two: the project filesystem (below)
+    if name not in ("frontier", "aurora", "polaris"):  # those: the project filesystem (below)
         assert site.deploy.remote_root == f"~/.crossfl/{name}"
     assert site.deploy.endpoint_name == f"crossfl-{name}"
     assert site.accelerator.vendor in ("cuda", "rocm", "xpu", "none")
@@ -93,6 +93,8 @@ def test_facility_facts():
     assert frontier.deploy.remote_root.startswith("/lustre/orion/")
     polaris = sites.load_site("polaris")
     assert polaris.filesystems == ["home", "eagle"]
+    assert polaris.deploy.remote_root.startswith("/eagle/")  # not the 50 GB home
+    assert "-l singularity_fakeroot=true" in polaris.directives  # its jobs run --fakeroot
     assert polaris.accelerator.rank_devices == ["0", "1", "2", "3"]  # the workers' convention
     assert polaris.env["TMPDIR"] == "/tmp"
     assert [(b.min_nodes, b.max_walltime) for b in polaris.queues["prod"].bins] == [
@@ -114,7 +116,7 @@ def test_facility_facts():
     assert aurora.proxy.https == "http://proxy.alcf.anl.gov:3128" and "-k doe" in aurora.directives
     perl = sites.load_site("perlmutter")
     assert perl.constraint == "gpu" and perl.qos == "regular"
-    assert perl.container.runtime == "podman-hpc" and perl.image() == "crossfl-cuda:latest"
+    assert perl.container.runtime == "podman-hpc" and perl.image() == "crossfl-cuda"
     assert perl.queues["shared"].part is not None and "part" in perl.queues["shared"].unverified
     local = sites.load_site("local")
     assert local.scheduler == "local" and local.container.runtime == "none"
@@ -132,9 +134,10 @@ def test_every_facility_limit_cites_its_source(name):
     assert site.node is not None and site.node.source is not None
 
 
-def test_image_path_fills_remote_root(catalog):
+def test_image_path_fills_remote_root(catalog, monkeypatch):
+    monkeypatch.setenv("CROSSFL_POLARIS_PROJECT", "MyProject")
     site = sites.load_site("polaris")
-    assert site.image() == "$HOME/.crossfl/polaris/images/crossfl-cuda.sif"
+    assert site.image() == "/eagle/MyProject/$USER/crossfl/images/crossfl-cuda.sif"
 
 
 def test_project_directory_comes_from_a_variable(catalog, monkeypatch):
@@ -486,6 +489,7 @@ def test_cli_sites_table_and_render_all(catalog, tmp_path, monkeypatch):
     out = tmp_path / "out"
     monkeypatch.setenv("CROSSFL_FRONTIER_PROJECT", "abc123")  # ${VAR:?}s render refuses unset
     monkeypatch.setenv("CROSSFL_AURORA_PROJECT", "MyProject")
+    monkeypatch.setenv("CROSSFL_POLARIS_PROJECT", "MyProject")  # Polaris' root is on Eagle too
     result = runner.invoke(app, ["render", "--all", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert set(CATALOG) <= {p.name for p in out.iterdir()}

@@ -14,6 +14,7 @@ import yaml
 
 from conftest import run_on_engine
 from crossfl import render, sites
+from crossfl.schedulers.launchers import LAUNCHERS
 
 OVERRIDES = Path(__file__).parent / "golden" / "overrides" / "local-slurm.yaml"
 
@@ -34,13 +35,20 @@ def test_smoke_job_runs_one_rank_per_device(slurm_cluster, local_slurm, tmp_path
     state, code = slurm_cluster.wait(job, timeout=150)
     out = _output(tmp_path, "crossfl-smoke-local-slurm-*.out")
     assert (state, code) == ("COMPLETED", "0:0"), out
-    reports = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    every = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    reports = [r for r in every if not r.get("collective")]
     assert len(reports) == 4, out  # one line per rank, one rank per (fake) GPU
     assert {r["host"] for r in reports} == {platform.node()}
     assert all(r["device"] == "cpu" for r in reports)  # the CPU build of torch here
     # Rank i (SLURM_LOCALID) got what Parsl gives worker i: CUDA_VISIBLE_DEVICES=i.
     seen = {r["rank"]: r["env"].split()[0] for r in reports}
     assert seen == {str(i): f"CUDA_VISIBLE_DEVICES={i}" for i in range(4)}, out
+    # then the collective smoke: 2 ranks, gloo, a right all-reduce and equal DDP parameters
+    coll = sorted((r for r in every if r.get("collective")), key=lambda r: r["rank"])
+    assert [(r["rank"], r["world"], r["backend"]) for r in coll] == [(0, 2, "gloo"), (1, 2, "gloo")]
+    assert all(r["all_reduce"]["ok"] and r["ddp"]["ok"] for r in coll), out
+    assert all(r["all_reduce"]["busbw_gbs"] > 0 for r in coll), out
+    assert len({r["ddp"]["params_sha256"] for r in coll}) == 1
 
 
 def test_client_job(slurm_cluster, local_slurm, tmp_path):
@@ -88,6 +96,7 @@ def test_facility_headers_pass_real_sbatch(slurm_cluster, name, tmp_path):
                 "sbatch",
                 "--test-only",
                 "--partition=debug",
+                "--nodes=1",  # the smoke job's collective asks 2 nodes of the facility
                 "--gpus-per-node=4",
                 "--ntasks-per-node=4",
                 "--cpus-per-task=2",
@@ -158,3 +167,138 @@ def test_a_live_site_asks_slurm_when_its_next_pilot_would_start(slurm_cluster):
     assert estimate is not None and 0 <= estimate < 300, asked
     assert control.start_estimate_s() == estimate and len(asked) == 1
     assert "--test-only" in asked[0] and "--time=20:00" in asked[0]
+
+
+# -- GPU requests on a Slurm whose tasks are bound as a facility's are -----------------------------
+
+
+@pytest.fixture(scope="module")
+def bound_cluster(tmp_path_factory):
+    """A second one-node Slurm with the topology a facility node has: this machine's real CPUs,
+    tasks bound to their CPUs (task/affinity), GPU i on its own cores (gres.conf Cores=), so
+    `--gpu-bind=closest` binds as it does at OLCF and NERSC. SLURM_CONF points at it while the
+    module's tests run."""
+    from slurm_cluster import SlurmCluster
+
+    why = SlurmCluster.unavailable()
+    if why:
+        pytest.skip(why)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm-bound"), gpus=2, bind_tasks=True)
+    if cluster.gpus < 2:
+        pytest.skip("binding two GPUs to their own cores needs two CPUs")
+    before = os.environ.get("SLURM_CONF")
+    try:
+        cluster.start()
+        os.environ["SLURM_CONF"] = str(cluster.conf)
+        yield cluster
+    finally:
+        cluster.stop()
+        if before is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = before
+
+
+def bound_site(tmp_path: Path, cluster, **extra: object):
+    """local-slurm as Frontier and Perlmutter bind their ranks (accelerator.bind: scheduler:
+    the pilot asks --gpus-per-node, each srun step --gpus-per-task=1 --gpu-bind=closest), on
+    the bound cluster's CPUs and GPUs."""
+    n = cluster.gpus
+    per = cluster.cpus // n
+    data = {
+        "account": "crossfl",
+        "cpus_per_node": cluster.cpus,
+        "accelerator": {"devices_per_node": n, "bind": "scheduler"},
+        "node": {
+            "cpus": f"0-{cluster.cpus - 1}",
+            "nearest_cpus": {str(i): f"{i * per}-{i * per + per - 1}" for i in range(n)},
+        },
+        "endpoint": {"max_workers_per_node": n},
+        **extra,
+    }
+    path = tmp_path / "bound.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return sites.load_site("local-slurm", overrides=path)
+
+
+def test_pilot_gpus_and_per_task_gpus_bind_one_each(bound_cluster, tmp_path):
+    """The rendered smoke job asks `#SBATCH --gpus-per-node=N` and its srun line
+    `--gpus-per-task=1 --gpu-bind=closest` (the facilities' own pairing): on real Slurm each
+    rank gets exactly one GPU, its own; a second request of the same GPUs would be refused or
+    leave a rank with several (smoke_problems says which)."""
+    from crossfl.deploy.doctor import smoke_problems
+
+    site = bound_site(tmp_path, bound_cluster)
+    out = render.render_site(site, tmp_path / "sites")
+    smoke = (out / "batch" / "smoke.sh").read_text()
+    assert f"#SBATCH --gpus-per-node={bound_cluster.gpus}" in smoke
+    assert "--gpus-per-task=1 --gpu-bind=closest" in smoke
+    job = bound_cluster.sbatch(out / "batch" / "smoke.sh", cwd=tmp_path)
+    state, code = bound_cluster.wait(job, timeout=150)
+    text = _output(tmp_path, "crossfl-smoke-local-slurm-*.out")
+    assert (state, code) == ("COMPLETED", "0:0"), text
+    every = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    reports = [r for r in every if not r.get("collective")]
+    seen = sorted(r["visible"]["CUDA_VISIBLE_DEVICES"] for r in reports)
+    assert seen == [str(i) for i in range(bound_cluster.gpus)], text
+    # the doctor's own judgement: bound one device each (torch here is the CPU build, which it
+    # reports as such for any site whose catalog lists GPUs)
+    assert not [p for p in smoke_problems(site, reports) if "bound" in p or "ranks" in p], text
+
+
+def test_mpi_task_steps_inside_the_rendered_pilot(bound_cluster, tmp_path):
+    """The MPI engine's pilot (the real SlurmProvider script of the rendered config: its
+    `--gpus-per-node`) runs a task's ranks with Parsl's own srun prefix and the site's
+    launcher_options (`--gpus-per-task=1 --gpu-bind=closest`): one GPU per rank, on real Slurm.
+    Without the pilot's GPUs the step is refused ("Step requested GRES but job doesn't have
+    GRES"), so the pilot's request is needed, not a second one."""
+    import time
+
+    from parsl.executors.high_throughput.mpi_prefix_composer import (
+        compose_srun_launch_cmd,
+        validate_resource_spec,
+    )
+
+    from crossfl.server.mpi_tasks import resource_specification
+
+    site = bound_site(
+        tmp_path, bound_cluster, endpoint={"tasks": "mpi", "max_workers_per_node": None}
+    )
+    out = render.render_site(site, tmp_path / "sites")
+    text = render.render_user_config(out, {"walltime": "00:05:00"})
+    provider = render.load_user_config(text).engine.executor.provider
+    assert f"--gpus-per-node={bound_cluster.gpus}" in provider.scheduler_options
+    spec = {k: str(v) for k, v in resource_specification(site, 1, bound_cluster.gpus).items()}
+    validate_resource_spec(spec)  # as the engine does: num_ranks from nodes x ranks_per_node
+    _, prefix = compose_srun_launch_cmd(spec, ["localhost"])
+    assert "--gpus-per-task=1" in prefix
+    provider.script_dir = str(tmp_path)
+    rank = "bash -c 'echo CUDA=$CUDA_VISIBLE_DEVICES'"
+    job = provider.submit(f"{prefix} {rank}", 1, "crossfl-mpi-pilot")
+    assert job, "sbatch refused the rendered pilot"
+    state, code = bound_cluster.wait(job, timeout=150)
+    deadline = time.monotonic() + 30  # slurmd writes the output file as the job ends
+    while not list(tmp_path.glob("crossfl-mpi-pilot.*.stdout")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    seen = sorted(
+        w for w in _output(tmp_path, "crossfl-mpi-pilot.*.stdout").split() if "CUDA=" in w
+    )
+    errors = _output(tmp_path, "crossfl-mpi-pilot.*.stderr")
+    assert (state, code) == ("COMPLETED", "0:0"), errors
+    assert seen == [f"CUDA={i}" for i in range(bound_cluster.gpus)], errors
+
+
+def test_per_task_gpus_need_the_pilots_gpus(bound_cluster, tmp_path):
+    """The other side: the same step in a job that asked no GPUs is refused by Slurm, so the
+    pilot's `--gpus-per-node` is what the steps draw from, not a second request."""
+    site = bound_site(tmp_path, bound_cluster)
+    rank_options = " ".join(LAUNCHERS["srun"].rank_options(site, bound_cluster.gpus))
+    script = tmp_path / "nogpus.sh"
+    script.write_text(
+        "#!/bin/bash\n#SBATCH -N 1\n#SBATCH -t 5\n#SBATCH -o nogpus-%j.out\n"
+        f"srun --nodes=1 --ntasks-per-node={bound_cluster.gpus} {rank_options} true\n"
+    )
+    job = bound_cluster.sbatch(script, cwd=tmp_path)
+    state, _ = bound_cluster.wait(job, timeout=150)
+    text = _output(tmp_path, "nogpus-*.out")
+    assert state == "FAILED" and "doesn't have GRES" in text, text

@@ -2,7 +2,8 @@
 << line >>
 <% endfor %>
 # crossfl smoke test for << site >>: start the image on a compute node and print, per rank,
-# what torch sees. Submit: << submit >> smoke.sh
+# what torch sees; then << smoke_ranks >> ranks on each of << smoke_nodes >> node(s) all-reduce and take one DDP
+# step with the site's backend. Submit: << submit >> smoke.sh
 <% include "batch/_body_setup.sh" %>
 
 echo "crossfl smoke test on $(hostname) at $(date -u +%FT%TZ)"
@@ -10,3 +11,8 @@ echo "crossfl smoke test on $(hostname) at $(date -u +%FT%TZ)"
 # shellcheck disable=SC2016  # "$@" belongs to the rank's own bash
 <% endif %>
 << smoke_line >>
+# the collective: one JSON line per rank (its all-reduce and DDP step, backend, bandwidth)
+<% if bind %>
+# shellcheck disable=SC2016  # "$@" belongs to the rank's own bash
+<% endif %>
+<< collective_line >>

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, StringConstraints, ValidationError, model_validator
 
 from crossfl import paths
 from crossfl.atomic import atomic_write_text
@@ -20,6 +20,7 @@ from crossfl.errors import UserError
 from crossfl.schema import StrictModel, user_error
 
 Phase = Literal["new", "uploaded", "configured", "started", "stopped"]
+HostName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.@+-]*$")]
 
 
 def now() -> datetime:
@@ -41,6 +42,9 @@ class ImageState(StrictModel):
     local_mtime_ns: int | None = None  # lets the next deploy skip re-hashing an unchanged file
     labels: dict[str, str] = Field(default_factory=dict)  # `apptainer inspect --labels` there
     staged_at: datetime
+    # podman-hpc: `sha256` is the image's ID (what the endpoint and the ranks run it by) and
+    # `remote_path` its name:tag; `digest` its manifest digest (`podman image inspect`'s Digest)
+    digest: str | None = None
 
 
 class BuildJob(StrictModel):
@@ -74,6 +78,17 @@ class FunctionState(StrictModel):
     registered_at: datetime
 
 
+class EndpointEnvState(StrictModel):
+    """The login node's endpoint venv as deploy made it (crossfl.deploy.endpoint_env)."""
+
+    venv: str  # as the site names it (~ for the home directory)
+    interpreter: str  # the interpreter it was made with, resolved on the login node
+    source: str  # the site's deploy.python: module ..., standalone URL sha256:..., path ...
+    key: str  # sha256 of that source and the requirement files
+    versions: dict[str, str]  # python and the version rule's packages, as installed there
+    made_at: datetime
+
+
 class EndpointState(StrictModel):
     name: str
     dir: str | None = None  # ~/.globus_compute/<name> on the login node, resolved
@@ -86,6 +101,10 @@ class EndpointState(StrictModel):
     allowed_functions: list[str] = Field(default_factory=list)
     admins: list[str] = Field(default_factory=list)
     authentication_policy: str | None = None
+    # The login node the endpoint process runs on (`hostname -f` there when it started): where
+    # status, logs, stop and the next deploy look for it (login hosts are load-balanced). A
+    # host name (it goes to ssh, quoted, and must not read as an option).
+    login_host: HostName | None = None
 
     @model_validator(mode="after")
     def _honest(self) -> EndpointState:
@@ -107,6 +126,7 @@ class DeployState(StrictModel):
     bundle_uploaded_at: datetime | None = None
     image: ImageState | None = None
     image_build: BuildJob | None = None
+    endpoint_env: EndpointEnvState | None = None
     data: list[DataState] = Field(default_factory=list)
     functions: dict[str, FunctionState] = Field(default_factory=dict)  # task kind -> function
     endpoint: EndpointState

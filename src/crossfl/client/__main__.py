@@ -55,6 +55,32 @@ def devices(expect: str | None) -> None:
         sys.exit(1)
 
 
+@main.command("collective")
+@click.option(
+    "--expect",
+    type=click.Choice(["cuda", "rocm", "xpu", "cpu"]),
+    default=None,
+    help="the device the site's catalog lists; anything else is an error",
+)
+@click.option("--mb", type=float, default=64.0, show_default=True, help="all-reduce size")
+@click.option("--iters", type=int, default=5, show_default=True, help="timed all-reduces")
+def collective(expect: str | None, mb: float, iters: int) -> None:
+    """Print one JSON line: this rank's all-reduce (result and bandwidth) and one DDP step of
+    the tiny model, with its device and backend (batch/smoke.sh runs it under the site's
+    launcher, 2 ranks per node). Exits 1 when a check failed."""
+    from crossfl.client import collective as smoke
+    from crossfl.client.device import rank_identity
+
+    try:
+        report = smoke.run(expect, mb, iters)
+    except UserError as exc:
+        click.echo(json.dumps({**rank_identity(), "collective": True, "error": exc.render()}))
+        sys.exit(1)
+    click.echo(json.dumps(report))
+    if not report.get("ok"):
+        sys.exit(1)
+
+
 @main.command("run-task")
 @click.argument("task_file", type=click.Path(path_type=Path))
 @click.argument("out_file", type=click.Path(path_type=Path))

@@ -227,7 +227,8 @@ class TrainResult(Result):
     device_names: list[Name] = Field(default_factory=list, max_length=MAX_RANKS)  # rank order
     dist_backend: Name | None = None
     sharded: bool = False
-    accelerator_s: Seconds = 0.0  # sum over ranks of seconds inside training steps
+    accelerator_s: Seconds = 0.0  # sum over ranks of device-seconds in steps
+    train_window_s: Seconds = 0.0  # the training loop's wall (the slowest rank's)
     wall_s: Seconds = 0.0  # the task's wall seconds on the worker
     # A replay's site (crossfl.simulate) says which pilot ran the task and what was simulated.
     simulated: dict[Name, Name | int | float | bool | None] | None = Field(None, max_length=64)

@@ -355,6 +355,15 @@ def all_reduce(value: float | int, world: World, op: Any = None) -> float:
     return float(t.item())
 
 
+def sum_over_ranks(values: list[float], world: World) -> list[float]:
+    """Each position of ``values`` summed over the ranks, in one all-reduce."""
+    if not world.distributed or not values:
+        return [float(v) for v in values]
+    t = torch.tensor(values, dtype=torch.float64, device=world.device)
+    dist.all_reduce(t)
+    return [float(x) for x in t.cpu()]
+
+
 def gather(obj: T, world: World) -> list[T]:
     """Every rank's ``obj``, in rank order (``[obj]`` for one rank)."""
     if not world.distributed:

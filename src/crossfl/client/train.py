@@ -44,7 +44,7 @@ from crossfl.client.adapter_io import (
 )
 from crossfl.client.contract import LoraSpec, TrainResult, TrainTask, TrainTimings
 from crossfl.client.device import select_device
-from crossfl.client.distributed import World, all_reduce, gather, shard, single
+from crossfl.client.distributed import World, gather, shard, single, sum_over_ranks
 from crossfl.client.encoding import (
     Example,
     batch_indices,
@@ -54,7 +54,7 @@ from crossfl.client.encoding import (
     pad_id,
     round_seed,
 )
-from crossfl.client.telemetry import device_name
+from crossfl.client.telemetry import BusyMeter, device_name
 from crossfl.client.transport import incoming_adapter, outgoing_adapter
 from crossfl.errors import UserError
 
@@ -220,8 +220,16 @@ def runner_for(
 @dataclass
 class Steps:
     losses: list[float]  # each step's mean loss over the global batch's target tokens
-    busy_s: float  # this rank's seconds inside the steps (telemetry.accelerator_s)
+    busy_s: float  # this rank's device-seconds inside the steps (telemetry.BusyMeter)
     tokens: int  # tokens (prompt and answer, no padding) of the global batches
+    window_s: float  # the loop's wall on this rank (telemetry.train_window_s)
+
+
+def target_tokens(examples: list[Example], pad: int) -> int:
+    """The tokens the loss counts in a batch of ``examples``: labels after the first position
+    that are not -100 (``collate``'s labels, shifted as the causal loss shifts them)."""
+    labels = collate(examples, pad, torch.device("cpu"))["labels"]
+    return int((labels[:, 1:] != -100).sum())
 
 
 def run_training(
@@ -239,16 +247,23 @@ def run_training(
     torch.manual_seed(seed + world.rank)  # LoRA dropout
     gen = torch.Generator().manual_seed(seed)
     losses: list[float] = []
-    busy = 0.0
+    meter = BusyMeter(world.device)
     tokens = 0
     model.train()
+    start = time.perf_counter()
     for idx in batch_indices(len(examples), task.batch_size * world.size, task.local_steps, gen):
         tokens += sum(len(examples[i].ids) for i in idx)
-        start = time.perf_counter()
-        losses.append(step(model, opt, [examples[i] for i in shard(idx, world)], pad, world))
-        busy += time.perf_counter() - start
+        with meter.step():
+            # every rank holds every example: the global batch's target count needs no
+            # collective, and the losses are summed once, after the loop
+            count = target_tokens([examples[i] for i in idx], pad) if world.distributed else None
+            mine = [examples[i] for i in shard(idx, world)]
+            losses.append(step(model, opt, mine, pad, world, count))
+    window = time.perf_counter() - start
+    if world.distributed:
+        losses = sum_over_ranks(losses, world)
     model.eval()
-    return Steps(losses, busy, tokens)
+    return Steps(losses, meter.busy_s, tokens, window)
 
 
 def step(
@@ -257,20 +272,23 @@ def step(
     examples: list[Example],
     pad: int,
     world: World,
+    targets: int | None,
 ) -> float:
     """One step on this rank's slice. Its loss is the sum over its target tokens divided by
-    the global batch's target-token count (all-reduced), times the ranks because DDP and FSDP
+    ``targets``, the global batch's target-token count, times the ranks because DDP and FSDP
     average gradients: the gradient is the single-process gradient of the global batch's mean
-    loss, however the answers' lengths split between ranks. Returns that mean loss. For one
-    rank this is the batch's mean loss over its target tokens."""
+    loss, however the answers' lengths split between ranks. Returns this rank's share of that
+    mean loss (the shares of all ranks sum to it: ``sum_over_ranks``). One rank (``targets``
+    None): the batch's mean loss over its own target tokens."""
     batch = collate(examples, pad, world.device)
-    targets = all_reduce(int((batch["labels"][:, 1:] != -100).sum()), world)
-    count = torch.tensor(max(targets, 1.0), device=world.device)
+    if targets is None:
+        targets = int((batch["labels"][:, 1:] != -100).sum())
+    count = torch.tensor(float(max(targets, 1)), device=world.device)
     loss = model(**batch, num_items_in_batch=count).loss * world.size
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return all_reduce(float(loss.detach()), world) / world.size
+    return float(loss.detach()) / world.size
 
 
 def train_rank(spec: TrainTask, world: World) -> TrainResult | None:
@@ -305,7 +323,12 @@ def train_rank(spec: TrainTask, world: World) -> TrainResult | None:
             else b""
         )
     ranks = gather(
-        {"host": socket.gethostname(), "device": device_name(world.device), "busy_s": steps.busy_s},
+        {
+            "host": socket.gethostname(),
+            "device": device_name(world.device),
+            "busy_s": steps.busy_s,
+            "window_s": steps.window_s,
+        },
         world,
     )
     if not world.is_main:
@@ -337,6 +360,7 @@ def train_rank(spec: TrainTask, world: World) -> TrainResult | None:
         dist_backend=world.backend,
         sharded=sharded,
         accelerator_s=sum(r["busy_s"] for r in ranks),
+        train_window_s=max(r["window_s"] for r in ranks),
         wall_s=time.perf_counter() - t0,
     )
 

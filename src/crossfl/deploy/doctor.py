@@ -2,6 +2,7 @@
 the same SSH connection `crossfl deploy` uses, one line per check (ok, warn or FAIL):
 
   login      who and where the connection lands (hostname, user, remote home)
+  server     this checkout's Python and pins against the version rule (endpoint_env.rule)
   scheduler  the scheduler answers (Scheduler.status_command: sinfo / qstat -B)
   account    the site's account is yours (sacctmgr assoc on Slurm; ALCF's sbank where it is
              installed; where the scheduler cannot tell, warn and say so)
@@ -11,7 +12,7 @@ the same SSH connection `crossfl deploy` uses, one line per check (ok, warn or F
              the `.sha256` written there when it was placed)
   endpoint   globus-compute-endpoint is installed (after deploy.python_activate) and its
              Python minor, parsl, dill and globus-compute packages equal the image's labels
-             (or, before there is an image or without a container, this checkout's pins)
+             (or, before there is an image or without a container, the version rule's)
   fs ...     remote_root, the images directory and data_dir are writable (a file is created
              and removed in the deepest existing directory), with the free space
   globus     an HTTPS request to the Globus Compute service from the login node, as the
@@ -21,7 +22,10 @@ the same SSH connection `crossfl deploy` uses, one line per check (ok, warn or F
              qstat -Qf): "catalog says X; scheduler says Y"; FAIL where the catalog allows
              more than the scheduler does, or the site's own queue does not exist
   smoke      (--smoke) the rendered batch/smoke.sh submitted and waited for with the
-             scheduler's query; one line per rank with what it sees (devices, device env)
+             scheduler's query; one line per rank with what it sees (devices, device env),
+             then the collective (site.smoke: 2 ranks on each of its nodes): per rank its
+             device, backend, all-reduce (right sum, bus bandwidth) and one DDP step of the
+             tiny model (parameters equal on every rank)
 
 Exit status 1 on any FAIL. Checks never stop each other; only a failed SSH connection does.
 """
@@ -37,17 +41,18 @@ from typing import Literal
 
 from rich.console import Console
 
-from crossfl.deploy import gce, jobs
+from crossfl.deploy import endpoint_env, gce, jobs
 from crossfl.deploy.flow import target_of
 from crossfl.deploy.image import LABEL_PIN, LABEL_PYTHON, expected_labels, parse_inspect
 from crossfl.deploy.remote import Remote
 from crossfl.errors import UserError
 from crossfl.redact import redact
 from crossfl.render import render_site
+from crossfl.render.batch import smoke_shape
 from crossfl.render.shell import quote
 from crossfl.schedulers import QueueLimits, parse_walltime
-from crossfl.sites import Queue, Site, load_site
-from crossfl.state import load_state
+from crossfl.sites import Queue, Site, check_request, load_site
+from crossfl.state import ImageState, load_state
 
 Status = Literal["ok", "warn", "FAIL"]
 GLOBUS_URL = "https://compute.api.globus.org/v2/version"
@@ -124,6 +129,7 @@ def run_doctor(
     with Remote(t, console=log) as r:
         d = _Doctor(site, r, report)
         d.login()
+        d.server()
         d.scheduler()
         d.account()
         d.modules()
@@ -131,6 +137,7 @@ def run_doctor(
         labels = d.image()
         d.endpoint(labels)
         d.filesystems()
+        d.purge()
         d.globus()
         d.queues()
         if smoke:
@@ -175,6 +182,16 @@ class _Doctor:
             "ok",
             f"{m.get('USER')} on {m.get('HOST')} (via {self.r.t.label}); remote root {self.root}",
         )
+
+    def server(self) -> None:
+        """The version rule on this side: the server's Python and pins."""
+        bad = endpoint_env.mismatches(endpoint_env.local_versions())
+        if bad:
+            self.add("server", "FAIL", f"this checkout breaks the version rule: {'; '.join(bad)}")
+        else:
+            self.add(
+                "server", "ok", f"this checkout runs the version rule ({endpoint_env.rule_text()})"
+            )
 
     def scheduler(self) -> None:
         sched = self.site.sched
@@ -256,6 +273,8 @@ class _Doctor:
             return None
         state = load_state(site.name)
         rec = state.image if state else None
+        if site.container.runtime == "podman-hpc":
+            return self.podman_image(rec)
         path = rec.remote_path if rec else self.resolve(raw)
         res = self.r.run(
             f'p={quote(path)}; [ -f "$p" ] && echo CROSSFL_SIZE=$(stat -c %s "$p"); '
@@ -305,6 +324,35 @@ class _Doctor:
         res = self.r.run(f"{self.modules_lines}apptainer inspect --labels --json {quote(path)}")
         return (parse_inspect(res.stdout) if res.ok else None) or (rec.labels if rec else None)
 
+    def podman_image(self, rec: ImageState | None) -> dict[str, str] | None:
+        """podman-hpc: the image deploy placed, by its ID, in podman-hpc's stores (a migrated
+        image sits in $SCRATCH/storage, squashed)."""
+        from crossfl.deploy.podman import parse_inspect
+
+        site = self.site
+        if rec is None:
+            method = site.container.image_source.method
+            self.add(
+                "image",
+                "warn",
+                f"none placed yet: `crossfl deploy {site.name}` builds or pulls it ({method})",
+            )
+            return None
+        res = self.r.run(f"{self.modules_lines}podman-hpc image inspect {quote(rec.sha256)} 2>&1")
+        found = parse_inspect(res.stdout) if res.ok else None
+        if found is None or found["id"] != rec.sha256:
+            self.add(
+                "image",
+                "FAIL",
+                f"podman-hpc has no image {rec.sha256[:12]} ({rec.remote_path}), the one deploy "
+                f"placed: {res.tail()}",
+            )
+            return None
+        self.add(
+            "image", "ok", f"{rec.remote_path} ID {rec.sha256[:12]} as recorded ({rec.source})"
+        )
+        return found["labels"] or rec.labels
+
     def endpoint(self, labels: dict[str, str] | None) -> None:
         ep = self.site.deploy.endpoint_name
         script = textwrap.dedent(f"""\
@@ -338,7 +386,7 @@ class _Doctor:
             want, against = _wanted(labels), "the image's labels"
         else:
             want = _wanted(expected_labels())
-            against = "this checkout's pins" + (" (no image read)" if self.site.image() else "")
+            against = "the version rule" + (" (no image read)" if self.site.image() else "")
         bad = [
             f"{k} {have.get(k) or 'missing'} (want {v})"
             for k, v in want.items()
@@ -381,6 +429,43 @@ class _Doctor:
             else:
                 self.add(name, "FAIL", f"{where} not writable: {m.get('ERR') or res.tail()}")
 
+    def purge(self) -> None:
+        """Where remote_root's filesystem purges unused files (Orion): the days the image and
+        the bundle have left, from the last time they were read or written there."""
+        site = self.site
+        rule = site.deploy.purge
+        if rule is None:
+            return
+        state = load_state(site.name)
+        paths = {"bundle": f"{self.root}/bundle/.crossfl-bundle.sha256"}
+        if state and state.image and site.container.runtime == "apptainer":
+            paths = {"image": state.image.remote_path, **paths}
+        script = (
+            "".join(
+                f"echo CROSSFL_{k.upper()}=$(stat -c '%X %Y' {quote(p)} 2>/dev/null); "
+                for k, p in paths.items()
+            )
+            + "echo CROSSFL_NOW=$(date +%s)"
+        )
+        m = self.r.run(script).markers()
+        now_s = int(m.get("NOW") or 0)
+        left = {}
+        for k in paths:
+            stamps = [int(x) for x in m.get(k.upper(), "").split() if x.isdigit()]
+            if stamps and now_s:
+                left[k] = rule.days - (now_s - max(stamps)) // 86400
+        if not left:
+            self.add("purge", "warn", f"purged after {rule.days} days unused; nothing placed yet")
+            return
+        shown = ", ".join(f"{k} {d} days left" for k, d in left.items())
+        soon = min(left.values()) <= 14
+        self.add(
+            "purge",
+            "warn" if soon else "ok",
+            f"{self.root} is purged after {rule.days} days unused: {shown}"
+            + ("; deploy again (or run a task) to keep them" if soon else ""),
+        )
+
     def globus(self) -> None:
         probe = f"$py -c {shlex.quote(_HTTP_PY)} {shlex.quote(GLOBUS_URL)}"
         direct, via = f"{probe} DIRECT", f"{probe} VIA"
@@ -416,12 +501,14 @@ class _Doctor:
         if mine and mine not in names:
             names.append(mine)
         for name in names:
-            line = sched.limits_command(name, by)
+            entry = site.queues.get(name)
+            asked = (entry.scheduler_name if entry else None) or name
+            line = sched.limits_command(asked, by)
             if line is None:
                 self.add(f"queue {name}", "warn", f"{sched.title} has no command to show limits")
                 continue
             res = self.r.run(line)
-            got = sched.parse_limits(name, res.stdout + res.stderr, res.rc, by)
+            got = sched.parse_limits(asked, res.stdout + res.stderr, res.rc, by)
             status, detail = compare_limits(
                 site.queues.get(name),
                 got,
@@ -435,6 +522,12 @@ class _Doctor:
         if not sched.batch or sched.submit_command("x") is None:
             self.add("smoke", "warn", f"{sched.title} runs no batch jobs: no smoke job")
             return
+        nodes, per_node = smoke_shape(site)
+        try:  # the collective's nodes in the smoke job's queue: refused here, not there
+            check_request(site, {"nodes_per_block": nodes}, production=False)
+        except UserError as exc:
+            self.add("smoke", "FAIL", f"the smoke job's {nodes} nodes: {exc.message}")
+            return
         rendered = render_site(site) / "batch" / "smoke.sh"
         where = f"{self.root}/doctor"
         script = f"{where}/smoke.sh"
@@ -447,8 +540,10 @@ class _Doctor:
             return
         st = jobs.wait(r, sched, job, timeout_s=wait_s, what="smoke job")
         out = r.run(f"cat {quote(job.output)} 2>&1")
-        reports = _rank_reports(out.stdout)
-        self.report.ranks = [_rank_line(x) for x in reports]
+        every = _rank_reports(out.stdout)
+        reports = [x for x in every if not x.get("collective")]
+        coll = [x for x in every if x.get("collective")]
+        self.report.ranks = [_rank_line(x) for x in reports] + [_collective_line(x) for x in coll]
         expected = max(site.accelerator.devices_per_node, 1)  # smoke.sh: one node
         where_txt = f"job {job.job_id} {st.state} {st.detail}".strip()
         if not st.done:
@@ -461,8 +556,11 @@ class _Doctor:
         elif not st.ok or not reports:
             self.add("smoke", "FAIL", f"{where_txt}: {out.tail(2)} (output: {job.output})")
         else:
-            problems = smoke_problems(site, reports)
-            seen = f"{where_txt}: {len(reports)} of {expected} ranks reported"
+            problems = smoke_problems(site, reports) + collective_problems(site, coll)
+            seen = (
+                f"{where_txt}: {len(reports)} of {expected} ranks reported; collective "
+                f"{len(coll)} of {nodes * per_node} ranks on {nodes} node(s)"
+            )
             self.add("smoke", "FAIL" if problems else "ok", "; ".join([seen, *problems]))
 
 
@@ -485,6 +583,56 @@ def smoke_problems(site: Site, reports: list[dict]) -> list[str]:
     if on_cpu:
         problems.append(f"{len(on_cpu)} of them see no {acc.vendor} device (torch on cpu)")
     return problems
+
+
+def expected_backend(site: Site) -> set[str]:
+    """The collective backend the site's ranks must use (crossfl.client.distributed)."""
+    acc = site.accelerator
+    if acc.vendor == "none" or acc.simulated:
+        return {"gloo"}
+    return {"xccl", "ccl"} if acc.vendor == "xpu" else {"nccl"}
+
+
+def collective_problems(site: Site, reports: list[dict]) -> list[str]:
+    """What the collective's ranks show wrong: ranks or nodes missing, a rank that failed, an
+    all-reduce whose sum was wrong, DDP parameters that differ, another backend than the
+    device's."""
+    nodes, per_node = smoke_shape(site)
+    problems = []
+    if len(reports) != nodes * per_node:
+        problems.append(f"collective: expected {nodes * per_node} ranks, got {len(reports)}")
+    hosts = {x.get("host") for x in reports}
+    if reports and len(hosts) != nodes:
+        problems.append(f"collective: ranks on {len(hosts)} node(s), expected {nodes}")
+    errors = [x for x in reports if x.get("error")]
+    if errors:
+        problems.append(f"collective: {errors[0]['error']}")
+    sums = [x.get("rank") for x in reports if not (x.get("all_reduce") or {}).get("ok", False)]
+    if sums and not errors:
+        problems.append(f"collective: all-reduce sum wrong on ranks {sums}")
+    ddp = [x.get("rank") for x in reports if not (x.get("ddp") or {}).get("ok", False)]
+    if ddp and not errors:
+        problems.append(f"collective: DDP parameters differ after one step (ranks {ddp})")
+    want = expected_backend(site)
+    other = sorted({str(x.get("backend")) for x in reports if not x.get("error")} - want)
+    if other:
+        problems.append(
+            f"collective: backend {', '.join(other)}, expected {'/'.join(sorted(want))}"
+        )
+    return problems
+
+
+def _collective_line(x: dict) -> str:
+    if x.get("error"):
+        return f"collective rank {x.get('rank')} on {x.get('host')}: {x['error']}"
+    ar, ddp = x.get("all_reduce") or {}, x.get("ddp") or {}
+    return (
+        f"collective rank {x.get('rank')}/{x.get('world')} on {x.get('host')}: "
+        f"{x.get('device')} {x.get('name')} ({x.get('backend')}); all-reduce {ar.get('mb')} MB "
+        f"{'ok' if ar.get('ok') else 'WRONG'} {ar.get('busbw_gbs')} GB/s bus "
+        f"({ar.get('algbw_gbs')} alg); DDP step {'ok' if ddp.get('ok') else 'DIFFERS'} "
+        f"{ddp.get('step_s')} s"
+    )
 
 
 def _wanted(labels: dict[str, str]) -> dict[str, str]:
@@ -564,17 +712,7 @@ def _rank_line(x: dict) -> str:
     )
 
 
-_VERSIONS_PY = """\
-import json, sys
-from importlib import metadata
-v = {"python": "%d.%d" % sys.version_info[:2]}
-for name in ("parsl", "dill", "globus-compute-endpoint", "globus-compute-sdk"):
-    try:
-        v[name] = metadata.version(name)
-    except metadata.PackageNotFoundError:
-        v[name] = None
-print("CROSSFL_VERSIONS=" + json.dumps(v))
-"""
+_VERSIONS_PY = endpoint_env.VERSIONS_PY
 
 _HTTP_PY = """\
 import sys, urllib.error, urllib.request

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from crossfl import paths
-from crossfl.deploy import gce
+from crossfl.deploy import endpoint_env, gce, podman
 from crossfl.deploy.image import BUILD_WAIT_S
 from crossfl.deploy.remote import Remote, Target
 from crossfl.deploy.steps import CONTACT_EMAIL_ENV, STEPS, Deployment, Outcome
@@ -30,7 +30,7 @@ from crossfl.deploy.transfer import tree_digest
 from crossfl.errors import UserError
 from crossfl.images import sif_path
 from crossfl.render import render_site
-from crossfl.sites import Site, load_site
+from crossfl.sites import Site, load_site, with_deployed_image
 from crossfl.state import DeployState, EndpointState, load_state, save_state
 
 
@@ -80,6 +80,13 @@ def _new_state(site: Site, t: Target, info: gce.LoginInfo) -> DeployState:
     )
 
 
+def pin_login_node(remote: Remote, site: Site, state: DeployState | None) -> None:
+    """Process commands (is it running, stop, start) go to the login node the endpoint was
+    started on, as deploy recorded it."""
+    if state is not None and state.endpoint.login_host:
+        remote.pin_to(state.endpoint.login_host, site.deploy.login_hop)
+
+
 @contextmanager
 def deployment(
     name: str,
@@ -105,6 +112,9 @@ def deployment(
             field="--data",
             fix="give the path of the site-local data to upload",
         )
+    endpoint_env.check_server()  # the version rule, this side, before anything starts there
+    src = site.container.image_source
+    podman.refuse_upload(site.name, site.container.runtime, src.method)
     image = local_image(site)
     if image is not None and not image.is_file():
         raise UserError(
@@ -114,12 +124,17 @@ def deployment(
             "container.image_source.method: build or pull in "
             f"deploy/sites/overrides/{site.name}.yaml",
         )
-    bundle = render_site(site)
+    # podman-hpc: the endpoint and the ranks name the image deploy placed by its ID
+    bundle = render_site(site if dry_run else with_deployed_image(site))
     digest = tree_digest(bundle)
     console.print(f"rendered {bundle} (bundle {digest[:12]})", highlight=False)
     with Remote(t, dry_run=dry_run, console=console) as r:
-        info = gce.probe(r, site.deploy.remote_root, t.site_file or "")
+        # a venv deploy makes (deploy.python) cannot be activated before it exists
+        venv = site.deploy.venv if site.deploy.python is not None else None
+        ready = venv is None or endpoint_env.venv_exists(r, venv)
+        info = gce.probe(r, site.deploy.remote_root, t.site_file or "", activate=ready)
         prev = None if dry_run else load_state(site.name)
+        pin_login_node(r, site, prev)
         state = _new_state(site, t, info)
         if prev is not None and prev.host == t.host and prev.remote_root == info.root:
             state = prev.model_copy(deep=True)
@@ -227,9 +242,12 @@ def site_status(
     if state is None and not dry_run:
         return rows
     with Remote(t, dry_run=dry_run, console=Console(stderr=True, soft_wrap=True)) as r:
+        pin_login_node(r, site, state)
         info = gce.probe(r, site.deploy.remote_root, t.site_file or "", version=True)
         rt = gce.runtime(r, info, site.deploy.endpoint_name)
         live["endpoint"] = site.deploy.endpoint_name
+        if state is not None and state.endpoint.login_host:
+            live["login node"] = f"{state.endpoint.login_host} (recorded at start)"
         live["endpoint id"] = rt.endpoint_id or "-"
         live["endpoint process"] = (
             f"running (pid {rt.pid})"
@@ -292,7 +310,9 @@ def stop_site(name: str, *, dry_run: bool = False, console: Console | None = Non
     site = load_site(name)
     t = target_of(site)
     ep = site.deploy.endpoint_name
+    state = load_state(site.name)
     with Remote(t, dry_run=dry_run, console=console) as r:
+        pin_login_node(r, site, state)
         info = gce.probe(r, site.deploy.remote_root, t.site_file or "")
         rt = gce.runtime(r, info, ep)
         if not rt.running and not dry_run:
@@ -307,9 +327,9 @@ def stop_site(name: str, *, dry_run: bool = False, console: Console | None = Non
                     fix=f"see `crossfl logs {site.name}`",
                 )
             stopped = True
-    state = load_state(site.name)
     if state is not None and not dry_run:
         state.endpoint.started = False
+        state.endpoint.login_host = None
         save_state(state)
     if stopped and not dry_run:
         console.print(f"site {site.name}: endpoint {ep} stopped")

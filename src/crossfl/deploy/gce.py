@@ -4,6 +4,7 @@ stop, status, logs. Its failures are read and turned into one line with the next
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ ENDPOINT_FILES = (
     "user_environment.yaml",
 )
 GCE = "globus-compute-endpoint"
+_HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]*")  # state.HostName
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,18 @@ def resolve_path(path: str, home: str, root: str, raw_root: str) -> str:
     return path.replace("${HOME}", home).replace("$HOME", home)
 
 
-def probe(remote: Remote, remote_root: str, site_file: str, *, version: bool = False) -> LoginInfo:
+def probe(
+    remote: Remote,
+    remote_root: str,
+    site_file: str,
+    *,
+    version: bool = False,
+    activate: bool = True,
+) -> LoginInfo:
     """Where things are on the login node, and whether the endpoint CLI is there
-    (and, with `version`, which version it is: one more Python start there)."""
+    (and, with `version`, which version it is: one more Python start there). Without
+    `activate` (the endpoint's venv is still to be made: crossfl.deploy.endpoint_env) the
+    endpoint CLI is neither activated nor required."""
     script = (
         f"echo CROSSFL_HOME=$HOME; echo CROSSFL_UID=$(id -u); "
         f"echo CROSSFL_ROOT={quote(remote_root)}; "
@@ -64,10 +75,10 @@ def probe(remote: Remote, remote_root: str, site_file: str, *, version: bool = F
     if version:
         script += f'[ -z "$g" ] || echo CROSSFL_GCE_VERSION=$({GCE} version 2>/dev/null | tail -1)'
     if remote.dry_run:
-        remote.run(script, activate=True)
+        remote.run(script, activate=activate)
         root = remote_root.replace("~/", "$HOME/", 1)
         return LoginInfo("$HOME", -1, root, "$HOME/.globus_compute", GCE, "?")
-    r = remote.run(script, activate=True)
+    r = remote.run(script, activate=activate)
     m = r.markers()
     t = remote.t
     if m.get("ACTIVATE_FAILED"):
@@ -83,7 +94,7 @@ def probe(remote: Remote, remote_root: str, site_file: str, *, version: bool = F
             f"site {t.site}: the login shell on {t.label} failed ({r.tail()})",
             fix=f"check that `ssh {t.host} bash -lc true` works",
         )
-    if not m.get("GCE"):
+    if not m.get("GCE") and activate:
         how = f"after `{t.activate}`" if t.activate else "(deploy.python_activate is unset)"
         raise UserError(
             f"site {t.site}: {GCE} is not on PATH on {t.label} {how}",
@@ -97,7 +108,7 @@ def probe(remote: Remote, remote_root: str, site_file: str, *, version: bool = F
         uid=int(m.get("UID") or -1),
         root=m["ROOT"],
         gc_dir=m["GCDIR"],
-        gce=m["GCE"],
+        gce=m.get("GCE", ""),
         gce_version=m.get("GCE_VERSION", "")
         .removeprefix("Globus Compute endpoint version: ")
         .strip(),
@@ -222,10 +233,11 @@ def runtime(remote: Remote, info: LoginInfo, name: str) -> Runtime:
         f'p=$(cat "$d/daemon.pid" 2>/dev/null); '
         f'[ -n "$p" ] && kill -0 "$p" 2>/dev/null && echo CROSSFL_PID=$p; true'
     )
+    # the pid is only meaningful on the login node the endpoint was started on (pinned)
     if remote.dry_run:
-        remote.run(script)
+        remote.run(script, pinned=True)
         return Runtime(False, None, None, False)
-    m = remote.run(script).markers()
+    m = remote.run(script, pinned=True).markers()
     eid = None
     if m.get("JSON"):
         try:
@@ -280,6 +292,7 @@ def start(remote: Remote, name: str) -> None:
         activate=True,
         timeout=300,
         label=f"{GCE} start --detach {name}",
+        pinned=True,
     )
     if not r.ok:
         raise classify(r)
@@ -291,7 +304,24 @@ def stop(remote: Remote, name: str) -> Result:
         activate=True,
         timeout=120,
         label=f"{GCE} stop {name}",
+        pinned=True,
     )
+
+
+def login_host(remote: Remote) -> str:
+    """The login node a pinned command runs on: the recorded one, else the one reached (a
+    host name, or the start is reported as failed: it is recorded and given to ssh)."""
+    if remote.dry_run:
+        return remote.pinned_host or "<login node>"
+    host = remote.pinned_host or remote.landed()
+    if not _HOST.fullmatch(host):
+        raise UserError(
+            f"site {remote.t.site}: the login node answered `hostname -f` with {host!r}, "
+            "not a host name, so later commands cannot be sent back to it",
+            fix=f"set deploy.host to the login node's name (an ~/.ssh/config alias for it) "
+            f"and run `crossfl deploy {remote.t.site}` again",
+        )
+    return host
 
 
 def logs(remote: Remote, info: LoginInfo, name: str, lines: int) -> Result:

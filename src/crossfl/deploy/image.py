@@ -114,13 +114,13 @@ def place(d: Deployment) -> None:
         return
     dest = d.info.resolve(raw, site.deploy.remote_root)
     src = site.container.image_source
-    if site.container.runtime != "apptainer":
+    if site.container.runtime != "apptainer":  # podman-hpc: crossfl.deploy.podman
         raise UserError(
             f"site {site.name} runs {site.container.runtime} images; `crossfl "
-            f"deploy` places Apptainer images only so far",
+            f"deploy` places Apptainer and podman-hpc images",
             field="container.runtime",
             fix=f"put the image in place there by hand ({raw}), or use "
-            "container.runtime: apptainer",
+            "container.runtime: apptainer or podman-hpc",
         )
     d.remote.run(f"mkdir -p {quote(dest.rsplit('/', 1)[0])}")
     if src.method == "upload":

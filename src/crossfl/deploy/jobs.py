@@ -64,12 +64,15 @@ def submit(
     return Job("batch", job_id, f"{cwd}/{output}")
 
 
-def start_login(remote: Remote, script: str, cwd: str, name: str, what: str) -> Job:
-    """Start `bash script` on the login node, detached from the SSH session (nohup: the
+def start_login(
+    remote: Remote, script: str, cwd: str, name: str, what: str, args: tuple[str, ...] = ()
+) -> Job:
+    """Start `bash script ARGS` on the login node, detached from the SSH session (nohup: the
     session's end does not stop it); its output goes to `cwd/name.log` and its exit status to
     `cwd/name.rc`. `$!` is the process to follow (nohup execs bash in place)."""
     log, rc = f"{cwd}/{name}.log", f"{cwd}/{name}.rc"
-    inner = f"bash {quote(script)}; echo $? > {quote(rc)}"
+    words = "".join(f" {quote(a)}" for a in args)
+    inner = f"bash {quote(script)}{words}; echo $? > {quote(rc)}"
     res = remote.run(
         f"mkdir -p {quote(cwd)} && cd {quote(cwd)} && rm -f {quote(rc)} && "
         f"{{ nohup bash -c {shlex.quote(inner)} > {quote(log)} 2>&1 < /dev/null & }} && "

@@ -20,11 +20,16 @@ saying how to accept it (paramiko's RejectPolicy; `ssh -o StrictHostKeyChecking=
 A script runs as `bash -l -s` with its text on stdin, never in the command line, where any
 user of a shared login node could read it (`ps`); the activate line and whatever it exports
 travel the same way. What deploy prints of a script is redacted (crossfl.redact).
+Endpoint operations go to the login node the endpoint was started on (`Remote.pin_to`): from
+the node the connection reached, `ssh ... HOST bash -l -s` with the script on that ssh's stdin
+(a quoted here-document inside the script sent over stdin), so it is in no command line on
+either node.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import threading
@@ -52,6 +57,12 @@ CHUNK = 1 << 20
 REMOTE_SHELL = "bash -l -s"
 DEFAULT_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
 GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
+# How a command reaches another login node of the same facility (login nodes trust each other
+# for SSH at OLCF, ALCF and NERSC); a site may name another line (deploy.login_hop). It is
+# followed by the host and REMOTE_SHELL, the script on its stdin; the host key is verified
+# there too (the facility's known_hosts lists its login nodes).
+HOP_SSH = f"ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout={CONNECT_TIMEOUT_S}"
+LANDED = "hostname -f 2>/dev/null || hostname"
 
 
 @dataclass(frozen=True)
@@ -451,6 +462,11 @@ class Remote:
         self.dry_run = dry_run
         self.console = console or Console(stderr=True, soft_wrap=True)
         self._channel: Channel | None = None
+        # The login node the endpoint runs on (deploy/state/): `run(..., pinned=True)` goes
+        # there with `hop` (an ssh line) when the load-balanced host put us on another one.
+        self.pinned_host: str | None = None
+        self.hop = HOP_SSH
+        self._landed: str | None = None
 
     def __enter__(self) -> Remote:
         if self.dry_run:
@@ -488,6 +504,20 @@ class Remote:
             )
         return f"{{\n{script}\n}} </dev/null\n"
 
+    def pin_to(self, host: str | None, hop: str | None = None) -> None:
+        """Send `run(..., pinned=True)` commands to the login node `host` (None: wherever the
+        connection landed)."""
+        self.pinned_host = host
+        if hop:
+            self.hop = hop
+
+    def landed(self) -> str:
+        """The login node this connection reached (`hostname -f` there), once."""
+        if self._landed is None:
+            lines = self.run(LANDED).stdout.strip().splitlines()
+            self._landed = lines[-1].strip() if lines else ""
+        return self._landed
+
     def run(
         self,
         script: str,
@@ -495,17 +525,56 @@ class Remote:
         activate: bool = False,
         timeout: int | None = 120,
         label: str | None = None,
+        pinned: bool = False,
     ) -> Result:
         """Run `script` with bash on the login node; never raises on a non-zero exit.
-        Dry-run prints the command (and returns an empty success); a real run prints `label`."""
+        Dry-run prints the command (and returns an empty success); a real run prints `label`.
+        `pinned`: on the login node the endpoint runs on (`pin_to`), through `hop` from the
+        one the connection reached when they differ."""
+        hop = pinned and self.pinned_host is not None
         if self.dry_run:
             shown = f"{self.t.activate} ; {script}" if (activate and self.t.activate) else script
-            self.say(f"[cyan]{self.t.label}$[/] {_one_line(shown)}")
+            where = f"{self.t.label} -> {self.pinned_host}" if hop else self.t.label
+            self.say(f"[cyan]{where}$[/] {_one_line(shown)}")
             return Result("", "", 0)
         if label:
             self.say(label)
+        text = self.script(script, activate=activate)
+        if hop and self.pinned_host != self.landed():
+            res = self._run_text(self.hop_script(text), script, timeout)
+            if res.markers().get("HOP_FAILED"):
+                raise UserError(
+                    f"site {self.t.site}: the endpoint runs on the login node "
+                    f"{self.pinned_host}; this connection reached {self.landed()}, and "
+                    f"`{self.hop} {self.pinned_host}` from there failed: {res.tail()}",
+                    fix=f"set deploy.host to {self.pinned_host} (or an ~/.ssh/config alias for "
+                    "it), or deploy.login_hop to a line that reaches it; if that node is gone, "
+                    "its endpoint is too: remove endpoint.login_host from "
+                    f"deploy/state/{self.t.site}.json",
+                )
+            return res
+        return self._run_text(text, script, timeout)
+
+    def hop_script(self, text: str) -> str:
+        """The text the reached login node runs to run `text` (what `script` makes) on the
+        pinned one: `hop HOST bash -l -s`, `text` on that ssh's stdin from a quoted
+        here-document (nothing in it is expanded, and it is in no command line on either
+        node) whose delimiter no script can guess; ssh's own failure (255) is told apart
+        from the command's, whichever channel."""
+        end = f"CROSSFL_HOP_{secrets.token_hex(16)}"
+        while end in text:  # pragma: no cover - 128 random bits
+            end = f"CROSSFL_HOP_{secrets.token_hex(16)}"
+        body = text.rstrip("\n")
+        return self.script(
+            f"{self.hop} {quote(self.pinned_host or '')} {REMOTE_SHELL} <<'{end}'\n"
+            f"{body}\n{end}\n"
+            'rc=$?\nif [ "$rc" -eq 255 ]; then echo CROSSFL_HOP_FAILED=1; exit 97; fi\n'
+            'exit "$rc"'
+        )
+
+    def _run_text(self, text: str, script: str, timeout: int | None) -> Result:
         try:
-            return self.channel.run(self.script(script, activate=activate), timeout)
+            return self.channel.run(text, timeout)
         except CommandTimedOut:
             raise UserError(
                 f"site {self.t.site}: `{_one_line(script)[:80]}` on {self.t.label} "

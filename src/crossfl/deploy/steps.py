@@ -2,9 +2,14 @@
 it works on, so it can run (and be tested) on its own:
 
   layout    make remote_root/{bundle,images,data}
+  python    the endpoint's own venv (deploy.python: module, pinned standalone CPython or path)
+            with the pinned endpoint packages, checked against the version rule
+            (endpoint_env.py); skipped where the site only names deploy.python_activate
   bundle    the rendered site, swapped in whole (skipped when its digest is already there)
   image     the site's image in place: uploaded, pulled by digest or built at the site, as
-            container.image_source says; verified, unchanged digests skipped (image.py)
+            container.image_source says; verified, unchanged digests skipped (image.py;
+            podman-hpc: podman.py)
+  pin       podman-hpc: the bundle rendered again with the image's ID where it changed
   data      site-local data (`--data`)
   functions the kit's functions registered with Globus Compute, once (crossfl.functions);
             their ids recorded here and named in the endpoint's allowed_functions
@@ -26,13 +31,14 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from crossfl.deploy import gce
+from crossfl.deploy import endpoint_env, gce, podman
 from crossfl.deploy import image as image_step
 from crossfl.deploy.remote import Remote, Target
-from crossfl.deploy.transfer import stage_tree, upload_bundle
+from crossfl.deploy.transfer import stage_tree, tree_digest, upload_bundle
 from crossfl.endpoints import sdk_client_class
 from crossfl.errors import UserError
 from crossfl.functions import kit_functions
+from crossfl.render import render_site
 from crossfl.render.shell import quote
 from crossfl.sites import Site
 from crossfl.state import DataState, DeployState, FunctionState, now, save_state
@@ -96,6 +102,15 @@ def layout(d: Deployment) -> None:
     )
 
 
+def python(d: Deployment) -> None:
+    if d.site.deploy.python is None:
+        return
+    endpoint_env.ensure(d)
+    # the venv exists now: what the login node says once it is activated
+    d.info = gce.probe(d.remote, d.site.deploy.remote_root, d.target.site_file or "")
+    d.state.endpoint.dir = d.info.endpoint_dir(d.site.deploy.endpoint_name)
+
+
 def bundle(d: Deployment) -> None:
     if upload_bundle(d.remote, d.bundle, d.digest, d.info.root):
         d.out.changed.append("bundle")
@@ -104,7 +119,28 @@ def bundle(d: Deployment) -> None:
 
 
 def image(d: Deployment) -> None:
-    image_step.place(d)
+    if d.site.container.runtime == "podman-hpc":
+        podman.place(d)
+    else:
+        image_step.place(d)
+
+
+def pin(d: Deployment) -> None:
+    """podman-hpc: the bundle names the image by the ID the image step placed; rendered and
+    uploaded again when that ID is not the one it was rendered with. The steps after this one
+    see the site so pinned: an MPI site's task functions carry the image's name, and the
+    functions registered must be the ones the server submits (with_deployed_image)."""
+    if d.site.container.runtime != "podman-hpc" or d.state.image is None or d.dry_run:
+        return
+    pinned = d.site.with_image(d.state.image.sha256)
+    d.site = pinned
+    rendered = render_site(pinned)
+    digest = tree_digest(rendered)
+    if digest == d.digest:
+        return
+    d.bundle, d.digest = rendered, digest
+    d.console.print(f"image pinned by its ID {d.state.image.sha256[:12]}: bundle rendered again")
+    bundle(d)
 
 
 def data(d: Deployment) -> None:
@@ -244,10 +280,15 @@ def start(d: Deployment) -> None:
             fix="deploy as your own user (deploy.user), or pass --contact-email ADDR "
             f"(or ${CONTACT_EMAIL_ENV})",
         )
+    # nothing of it runs now: it starts on the login node this connection reached, and that
+    # node is recorded for every later status, stop and deploy (login hosts are load-balanced)
+    d.remote.pin_to(None)
     try:
         gce.start(d.remote, name)
     except gce.StartFailed as exc:
         raise _start_error(d, exc) from None
+    d.state.endpoint.login_host = gce.login_host(d.remote)
+    d.remote.pin_to(d.state.endpoint.login_host, d.site.deploy.login_hop)
     rt = d.runtime = gce.runtime(d.remote, d.info, name)
     if not d.dry_run and not rt.endpoint_id:
         raise UserError(
@@ -264,8 +305,10 @@ def start(d: Deployment) -> None:
 Step = Callable[[Deployment], None]
 STEPS: tuple[tuple[str, Step], ...] = (
     ("layout", layout),
+    ("python", python),
     ("bundle", bundle),
     ("image", image),
+    ("pin", pin),
     ("data", data),
     ("functions", functions),
     ("endpoint", endpoint),

@@ -74,10 +74,10 @@ def build_hosts(spec: ArchSpec) -> list[str]:
     else:
         hosts.append(registry_host(spec.base))
     if spec.python.source == "uv":
-        hosts += [f"{h} (apt, only if the base has no curl)" for h in spec.apt_hosts]
         hosts += [
-            "github.com (uv release tarball)",
+            "ghcr.io (uv's image: its uv binary)",
             "releases.astral.sh (CPython build; github.com if unreachable)",
+            "github.com (CPython build, if releases.astral.sh is unreachable)",
         ]
     hosts.append(urlparse(spec.torch.index_url).hostname or "")
     hosts += list(PYPI_HOSTS)

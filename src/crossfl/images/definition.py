@@ -117,10 +117,14 @@ def image_values(arch: str, *, context: str, commit: str) -> dict[str, Any]:
         "prefix": PREFIX,
         "python_version": table.python_version,
         "uv_version": table.uv_version,
+        # uv's own image, as uv documents pinning it ("COPY --from=ghcr.io/astral-sh/uv:0.12.5
+        # /uv /uvx /bin/", docs/guides/integration/docker.md in github.com/astral-sh/uv)
+        "uv_image": f"ghcr.io/astral-sh/uv:{table.uv_version}",
         "python_minor": pins.python_minor,
         "torch_version": pins.torch,
         "check_args": check_args(spec, pins),
         "environment": image_environment(arch, spec),
+        "ld_library_path": dict(image_environment(arch, spec))["LD_LIBRARY_PATH"],
         "labels": image_labels(arch, spec, pins, commit),
         "hosts": build_hosts(spec),
         "build_settings": BUILD_SETTINGS,

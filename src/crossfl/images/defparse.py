@@ -43,6 +43,10 @@ class DefFile(BaseModel):
             raise ValueError(f"{len(self.stages)} stages, expected one")
         return self.stages[0]
 
+    def final_stage(self) -> Stage:
+        """The stage the image is (the last); earlier ones only lend it files."""
+        return self.stages[-1]
+
 
 _SECTION = re.compile(r"^%([A-Za-z]+)(?:[ \t]+(.*))?$")
 _HEADER = re.compile(r"^([A-Za-z][A-Za-z0-9]*):[ \t]*(.*)$")
@@ -62,7 +66,8 @@ def parse_def(text: str) -> DefFile:
 
     for number, line in enumerate(text.splitlines(), 1):
         header = _HEADER.match(line)
-        if header and header.group(1).lower() == "bootstrap" and (section or not stages):
+        new_stage = section or not stages or "bootstrap" in stages[-1].header
+        if header and header.group(1).lower() == "bootstrap" and new_stage:
             close()
             section, body = None, []
             stages.append(Stage(header={}, sections={}))
@@ -74,10 +79,13 @@ def parse_def(text: str) -> DefFile:
                 raise ValueError(f"line {number}: %{match.group(1)} before any Bootstrap:")
             close()
             name = match.group(1).lower()
-            if name in stages[-1].sections:
-                raise ValueError(f"line {number}: a second %{name} in one stage")
-            section, body = Section(name=name, args=(match.group(2) or "").strip()), []
-            stages[-1].sections[name] = section
+            args = (match.group(2) or "").strip()
+            # `%files from STAGE` is its own section beside a stage's plain %files
+            key = f"files {args}" if name == "files" and args.startswith("from ") else name
+            if key in stages[-1].sections:
+                raise ValueError(f"line {number}: a second %{key} in one stage")
+            section, body = Section(name=name, args=args), []
+            stages[-1].sections[key] = section
             continue
         if section is not None:
             body.append(line)

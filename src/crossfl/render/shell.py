@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import re
 import shlex
+from typing import TYPE_CHECKING
 
 from crossfl.client.launcher_env import LAUNCHED_AT_ENV, rank_env_names
-from crossfl.sites import Site
+
+if TYPE_CHECKING:  # annotations only: the site schema quotes with `quote` (activate_line)
+    from crossfl.sites import Site
 
 # What Parsl's worker pool exports for a worker's accelerator `a` (all of them, whatever the
 # vendor: parsl/executors/high_throughput/process_worker_pool.py, `worker()`, "If desired, pin
@@ -16,6 +19,13 @@ from crossfl.sites import Site
 PARSL_ACCELERATOR_ENV = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK")
 PARSL_FIXED_ENV = {"ZE_ENABLE_PCI_ID_DEVICE_ORDER": "1"}
 RANK_ENV = "CROSSFL_LOCAL_RANK"  # the batch rank's index on its node, for the smoke report
+# What NERSC's own MPI module gives a rank's podman-hpc container (etc/modules.d/mpich.yaml in
+# github.com/NERSC/podman-hpc: "--ipc=host", "--network=host", bind "/dev/shm:/dev/shm";
+# checked 2026-12-07): the host's interfaces (NCCL_SOCKET_IFNAME=hsn names them; a private
+# network namespace has none), the host's IPC namespace and its /dev/shm instead of podman's
+# 64 MB one (NCCL's intra-node transport lives there). Not the module itself: it also sets
+# LD_LIBRARY_PATH to the host's MPICH and --privileged, which a torch rank needs neither of.
+SHARED_RUN_HOST = ("--network=host", "--ipc=host", "-v", "/dev/shm:/dev/shm")
 
 
 _NAME_REF = r"\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})"
@@ -127,6 +137,7 @@ def container_words(site: Site) -> list[str]:
             "podman-hpc",
             "shared-run",
             *container_options(site),
+            *SHARED_RUN_HOST,
             *passed,
             "-v",
             "$PWD:$PWD",

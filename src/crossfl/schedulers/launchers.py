@@ -99,6 +99,9 @@ class Srun(Launcher):
         return [
             "srun",
             f"--nodes={nodes}",
+            # the task count too: srun reads the job's SLURM_NTASKS otherwise, and a line with
+            # fewer ranks than the job's header (the collective smoke's 2 per node) is refused
+            f"--ntasks={nodes * ranks_per_node}",
             f"--ntasks-per-node={ranks_per_node}",
             *self.rank_options(site, ranks_per_node),
         ]

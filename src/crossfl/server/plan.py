@@ -206,7 +206,10 @@ def image_record(site: Site, runs_here: bool) -> dict[str, str | None]:
         return record
     state = load_state(site.name) if not runs_here else None
     if state is not None and state.image is not None:
+        # podman-hpc: the image ID (what its tasks run) and, apart, its manifest digest
         record.update(image=state.image.remote_path, digest=f"sha256:{state.image.sha256}")
+        if state.image.digest:
+            record["manifest_digest"] = state.image.digest
     else:
         record["image"] = site.image()
         if record["image"] and Path(record["image"]).is_file():
@@ -258,7 +261,7 @@ def plan_site(experiment: Experiment, name: str) -> SitePlan:
     from crossfl.endpoints import load_engine_config
     from crossfl.functions import registered_functions
     from crossfl.render import render_site, render_user_config
-    from crossfl.sites import check_request, load_site
+    from crossfl.sites import check_request, load_site, with_deployed_image
     from crossfl.state import require_endpoint_id
 
     entry = experiment.site_entry(name)
@@ -274,6 +277,8 @@ def plan_site(experiment: Experiment, name: str) -> SitePlan:
     options = {**warm, **options}
     # the task's shape against the site's rules, before anything else is looked up
     check_request(site, options, nodes=nodes, ranks_per_node=ranks)
+    if not here:  # podman-hpc: tasks name the image deploy placed by its ID, not a tag
+        site = with_deployed_image(site)
     if site.endpoint.tasks == "mpi":
         check_by_reference(experiment, entry, here)
     if not here:

@@ -49,9 +49,10 @@ class TaskRecord(Record):
     device_names: list[str] | None = None
     dist_backend: str | None = None
     sharded: bool | None = None
-    accelerator_s: float | None = None  # sum over ranks of seconds inside training steps
+    accelerator_s: float | None = None  # sum over ranks of device-seconds in training steps
+    train_window_s: float | None = None  # the training loop's wall (the slowest rank's)
     devices_held: int | None = None  # the held nodes' devices (a CPU site: the ranks)
-    device_busy: float | None = None  # accelerator_s / (devices_held x the task's wall)
+    device_busy: float | None = None  # accelerator_s / (devices_held x train_window_s)
     error: str | None = None
     reason: str | None = None
     retried_errors: list[str] | None = None
@@ -99,8 +100,10 @@ def account(
     node-hours = nodes held x the task's wall (``TrainResult.wall_s``: from the task's start on
     its worker, or from the launch line of an MPI task, to its result; a failed task, with no
     result, is charged nothing here: its pilot's time is not visible from the server).
-    device-busy = accelerator-seconds in training steps / (devices held x that wall), where the
-    devices held are the held nodes' devices, or on a site without accelerators the ranks."""
+    device-busy = device-seconds in training steps / (devices held x the training loop's wall),
+    where the devices held are the held nodes' devices, or on a site without accelerators the
+    ranks (crossfl.client.telemetry: the measure bench and gpu-check print too). A result
+    without a training window (older clients) is measured over its wall."""
     record.nodes = held_nodes
     if result is None:
         return
@@ -115,7 +118,10 @@ def account(
     record.device_names, record.dist_backend = list(result.device_names), result.dist_backend
     record.sharded, record.accelerator_s = result.sharded, result.accelerator_s
     record.devices_held = held
-    record.device_busy = result.accelerator_s / (held * wall) if held and wall > 0 else 0.0
+    window = result.train_window_s or wall
+    record.train_window_s = window
+    # crossfl.client.telemetry.device_busy_fraction's formula (no torch import here)
+    record.device_busy = result.accelerator_s / (held * window) if held and window > 0 else 0.0
 
 
 class AggregationRecord(Record):

@@ -372,7 +372,7 @@ def allocation_table(tasks: list[TaskRecord]) -> Table:
             f"{sum(busy) / len(busy):.0%}" if busy else "-",
             f"{sum(t.node_hours for t in mine):.4f}",
         )
-    table.caption = "busy: accelerator-s in training steps / (devices held x task wall)" + (
+    table.caption = "busy: device-s in training steps / (devices held x training loop)" + (
         "; node-hours: " + "; ".join(sorted(bases)) if bases else ""
     )
     return table

@@ -14,7 +14,7 @@ production on a debug QOS), before anything is submitted.
 """
 
 from crossfl.schedulers import parse_walltime
-from crossfl.sites.loading import list_sites, load_site, overrides_path
+from crossfl.sites.loading import list_sites, load_site, overrides_path, with_deployed_image
 from crossfl.sites.rules import RequestRefused, check_request, lint_script
 from crossfl.sites.schema import (
     VISIBLE_DEVICES_ENV,
@@ -23,6 +23,7 @@ from crossfl.sites.schema import (
     Container,
     Deploy,
     Endpoint,
+    EndpointPython,
     ImageBuild,
     ImageSource,
     Launcher,
@@ -43,6 +44,7 @@ __all__ = [
     "Container",
     "Deploy",
     "Endpoint",
+    "EndpointPython",
     "ImageBuild",
     "ImageSource",
     "Launcher",
@@ -60,5 +62,6 @@ __all__ = [
     "list_sites",
     "load_site",
     "overrides_path",
+    "with_deployed_image",
     "parse_walltime",
 ]

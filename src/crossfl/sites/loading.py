@@ -193,3 +193,17 @@ def load_site(name_or_path: str | Path, overrides: Path | None = None) -> Site:
         raise _errors(exc, origins, ov) from None
     site._unset = unset
     return site
+
+
+def with_deployed_image(site: Site) -> Site:
+    """A podman-hpc site as deploy left it: its image named by the ID deploy recorded
+    (deploy/state/SITE.json), not by the catalog's name, wherever the endpoint and the ranks
+    name it. Other sites, and a site never deployed, are returned as they are."""
+    from crossfl.state import load_state
+
+    if site.container.runtime != "podman-hpc":
+        return site
+    state = load_state(site.name)
+    if state is None or state.image is None:
+        return site
+    return site.with_image(state.image.sha256)

@@ -662,6 +662,16 @@ def lint_script(site: Site, text: str) -> list[str]:
     if prefix is None:
         return []
     others = [p for p in schedulers.prefixes() if p != prefix]
+    # a script that names its own queue (an image build in Aurora's capacity) is held to that
+    # queue's limits, not the site's default queue's
+    flag = site.sched.named_flags.get("queue")
+    named = [
+        line[len(prefix) :].split()[1]
+        for line in text.splitlines()
+        if flag and line.startswith(f"{prefix} {flag} ") and len(line[len(prefix) :].split()) > 1
+    ]
+    if named and site.limits_by == "queue" and named[-1] in site.queues:
+        site = site.model_copy(update={"queue": named[-1]})
     problems: list[str] = []
     for n, line in enumerate(text.splitlines(), 1):
         other = next((p for p in others if line.startswith(p + " ")), None)

@@ -135,6 +135,9 @@ class Queue(StrictModel):
     source: Source | None = None
     see_also: list[Source] = Field(default_factory=list)
     unverified: list[str] = Field(default_factory=list)
+    # The name the scheduler lists it under, where that differs from what a job asks for
+    # (Perlmutter: `-q regular -C gpu` runs as QOS gpu_regular): what `crossfl doctor` asks.
+    scheduler_name: v.Token | None = None
 
     @field_validator("min_walltime", "max_walltime")
     @classmethod
@@ -490,6 +493,48 @@ class Endpoint(StrictModel):
         return [cpu_list(x) for x in self.cpu_affinity.split(":")[1:]]
 
 
+class Standalone(StrictModel):
+    """A relocatable CPython build (python-build-standalone's `install_only` tarball, whose
+    top directory is `python/`), fetched by URL and refused unless its sha256 matches."""
+
+    url: v.Url
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class EndpointPython(StrictModel):
+    """Where the login node's endpoint venv gets its interpreter (`crossfl deploy`'s `python`
+    step): exactly one of a facility module (`module`, with `module_use`, then `command` on
+    PATH), a checksum-pinned standalone CPython (`standalone`), or an interpreter already there
+    (`path`). Its Python minor must be the version rule's (crossfl.deploy.endpoint_env)."""
+
+    module: v.Module | None = None
+    module_use: list[v.Path] = Field(default_factory=list)
+    command: v.Path = "python3"  # what the module puts on PATH
+    standalone: Standalone | None = None
+    path: v.Path | None = None
+    source: Source | None = None  # where the facility says what its modules provide
+    note: str = ""
+
+    @model_validator(mode="after")
+    def _one(self) -> EndpointPython:
+        given = [k for k in ("module", "standalone", "path") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "name exactly one interpreter source: module (a facility module), standalone "
+                "({url, sha256} of a python-build-standalone tarball) or path"
+                + (f" (given: {', '.join(given)})" if given else "")
+            )
+        return self
+
+
+class Purge(StrictModel):
+    """A filesystem that deletes files not read or written for `days` (Orion: 90), where the
+    site keeps its image and runs: `crossfl doctor` says how long each has left."""
+
+    days: int = Field(ge=1)
+    source: Source | None = None
+
+
 class Deploy(StrictModel):
     host: v.Token | None = None
     user: v.Token | None = None
@@ -498,9 +543,46 @@ class Deploy(StrictModel):
     endpoint_name: v.Token = ""
     # A shell line on the login node that puts globus-compute-endpoint on PATH. Runs there
     # through stdin (never in a command line); a secret it exports (a client secret) is kept
-    # out of output, and a rendered file holding it is 0600.
+    # out of output, and a rendered file holding it is 0600. Where `python` is set and this
+    # is not, it is derived: the module (if any), then the venv.
     python_activate: v.Line | None = None
+    # The endpoint's own environment, made by `crossfl deploy` (the `python` step): a venv at
+    # `venv` (default ~/.crossfl/<site>/endpoint) on this interpreter, with the endpoint's
+    # pinned packages (requirements/endpoint.txt at requirements/constraints.txt's versions).
+    python: EndpointPython | None = None
+    venv: v.Path | None = None
     data_dir: v.Path | None = None
+    purge: Purge | None = None  # remote_root's filesystem purges files unused this long
+    # The endpoint runs on one login node of a load-balanced host: deploy records it
+    # (deploy/state/), and status, stop and the next deploy reach it from wherever the
+    # connection lands with this line, followed by the host and `bash -l -s` (the script on
+    # its stdin); default `ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o
+    # ConnectTimeout=20` (crossfl.deploy.remote.HOP_SSH). Shell text: one line.
+    login_hop: v.Line | None = None
+
+    def activate_line(self) -> str | None:
+        """python_activate, or the line that activates the venv `python` makes (each value
+        quoted: crossfl.render.shell.quote)."""
+        if self.python_activate or self.python is None or not self.venv:
+            return self.python_activate
+        from crossfl.render.shell import quote
+
+        py = self.python
+        lines = [f"module use {quote(u)}" for u in py.module_use]
+        lines += [f"module load {quote(py.module)}"] if py.module else []
+        return "; ".join([*lines, f"source {quote(self.venv + '/bin/activate')}"])
+
+
+class Smoke(StrictModel):
+    """The collective part of the smoke job (batch/smoke.sh, `crossfl doctor SITE --smoke`):
+    `ranks_per_node` ranks on each of `nodes` nodes all-reduce and take one DDP step with the
+    site's backend. Two nodes where the smoke job's queue takes them cheaply (10 minutes), so
+    the inter-node path (NIC, plugin, network namespace) is proven, not only the node's."""
+
+    nodes: int = Field(1, ge=1)
+    ranks_per_node: int = Field(2, ge=1)
+    mb: float = Field(64.0, gt=0)  # all-reduce size per rank
+    note: str = ""
 
 
 class Site(StrictModel):
@@ -543,6 +625,7 @@ class Site(StrictModel):
     worker_init: list[v.Line] = Field(default_factory=list)
     endpoint: Endpoint = Field(default_factory=Endpoint)
     deploy: Deploy = Field(default_factory=Deploy)
+    smoke: Smoke = Field(default_factory=Smoke)
 
     # `${VAR:?hint}` references left unset when loading: field -> (VAR, hint, file). The site
     # still loads and renders (with `<VAR>` in place); `require_set()` stops what needs them.
@@ -587,6 +670,10 @@ class Site(StrictModel):
             self.deploy.remote_root = f"~/.crossfl/{self.name}"
         if not self.deploy.endpoint_name:
             self.deploy.endpoint_name = f"crossfl-{self.name}"
+        if self.deploy.python is not None and not self.deploy.venv:
+            self.deploy.venv = f"~/.crossfl/{self.name}/endpoint"
+        if self.deploy.python is not None and not self.deploy.python_activate:
+            self.deploy.python_activate = self.deploy.activate_line()
         rules.check(self)
         return self
 
@@ -656,6 +743,12 @@ class Site(StrictModel):
         if self.container.runtime == "none":
             return None
         return self.fill(self.container.images[image_arch(self)])
+
+    def with_image(self, ref: str) -> Site:
+        """This site with `ref` as its architecture's image (a podman-hpc image ID)."""
+        copy = self.model_copy(deep=True)
+        copy.container.images[image_arch(self)] = ref
+        return copy
 
     def fill(self, text: str) -> str:
         root = self.deploy.remote_root

@@ -24,7 +24,12 @@ export NO_PROXY='admin,*.hostmgmt.cm.aurora.alcf.anl.gov,*.alcf.anl.gov,localhos
 export TMPDIR=/tmp
 export ZE_FLAT_DEVICE_HIERARCHY=FLAT
 export APPTAINERENV_ONEAPI_DEVICE_SELECTOR=level_zero:gpu
+export APPTAINERENV_SYCL_DEVICE_FILTER=level_zero:gpu
+export APPTAINERENV_CCL_ATL_TRANSPORT=ofi
+export APPTAINERENV_CCL_ZE_IPC=0
 export APPTAINERENV_CCL_ZE_IPC_EXCHANGE=sockets
+export APPTAINERENV_FI_PROVIDER=tcp
+export APPTAINERENV_I_MPI_PMI_LIBRARY=/hostlib64/libpmix.so.2
 export APPTAINERENV_HF_HUB_OFFLINE=1
 export APPTAINERENV_ZE_FLAT_DEVICE_HIERARCHY=FLAT
 

@@ -1,6 +1,6 @@
 #!/bin/bash -l
 #PBS -N crossfl-smoke-aurora
-#PBS -l select=1
+#PBS -l select=2
 #PBS -l walltime=00:10:00
 #PBS -j oe
 #PBS -A TestProject
@@ -9,7 +9,8 @@
 #PBS -k doe
 #PBS -l place=scatter
 # crossfl smoke test for aurora: start the image on a compute node and print, per rank,
-# what torch sees. Submit: qsub smoke.sh
+# what torch sees; then 2 ranks on each of 2 node(s) all-reduce and take one DDP
+# step with the site's backend. Submit: qsub smoke.sh
 set -euo pipefail
 cd "${PBS_O_WORKDIR:-.}"
 
@@ -24,7 +25,12 @@ export NO_PROXY='admin,*.hostmgmt.cm.aurora.alcf.anl.gov,*.alcf.anl.gov,localhos
 export TMPDIR=/tmp
 export ZE_FLAT_DEVICE_HIERARCHY=FLAT
 export APPTAINERENV_ONEAPI_DEVICE_SELECTOR=level_zero:gpu
+export APPTAINERENV_SYCL_DEVICE_FILTER=level_zero:gpu
+export APPTAINERENV_CCL_ATL_TRANSPORT=ofi
+export APPTAINERENV_CCL_ZE_IPC=0
 export APPTAINERENV_CCL_ZE_IPC_EXCHANGE=sockets
+export APPTAINERENV_FI_PROVIDER=tcp
+export APPTAINERENV_I_MPI_PMI_LIBRARY=/hostlib64/libpmix.so.2
 export APPTAINERENV_HF_HUB_OFFLINE=1
 export APPTAINERENV_ZE_FLAT_DEVICE_HIERARCHY=FLAT
 
@@ -42,3 +48,6 @@ export -f bind_rank
 echo "crossfl smoke test on $(hostname) at $(date -u +%FT%TZ)"
 # shellcheck disable=SC2016  # "$@" belongs to the rank's own bash
 mpiexec -n 12 --ppn 12 --cpu-bind list:1-8,105-112:9-16,113-120:17-24,121-128:25-32,129-136:33-40,137-144:41-48,145-152:53-60,157-164:61-68,165-172:69-76,173-180:77-84,181-188:85-92,189-196:93-100,197-204 bash -c 'bind_rank "$@"' bind_rank apptainer exec --fakeroot -B /lus/flare -B /usr/lib64:/hostlib64 "/lus/flare/projects/TestProject/$USER/crossfl/images/crossfl-xpu.sif" python -m crossfl.client devices --expect xpu
+# the collective: one JSON line per rank (its all-reduce and DDP step, backend, bandwidth)
+# shellcheck disable=SC2016  # "$@" belongs to the rank's own bash
+mpiexec -n 4 --ppn 2 --cpu-bind list:1-8,105-112:9-16,113-120 bash -c 'bind_rank "$@"' bind_rank apptainer exec --fakeroot -B /lus/flare -B /usr/lib64:/hostlib64 "/lus/flare/projects/TestProject/$USER/crossfl/images/crossfl-xpu.sif" python -m crossfl.client collective --expect xpu --mb 64

@@ -17,6 +17,10 @@ export https_proxy=http://proxy.ccs.ornl.gov:3128/
 export HTTPS_PROXY=http://proxy.ccs.ornl.gov:3128/
 export no_proxy='localhost,127.0.0.0/8,*.ccs.ornl.gov'
 export NO_PROXY='localhost,127.0.0.0/8,*.ccs.ornl.gov'
+export APPTAINER_TMPDIR=/tmp/crossfl-apptainer-tmpdir
+export APPTAINER_CACHEDIR=/tmp/crossfl-apptainer-cachedir
+mkdir -p "$APPTAINER_TMPDIR"
+mkdir -p "$APPTAINER_CACHEDIR"
 
 # The def file and the context it stages (build/images/ from `make image-def`) were copied to
 # /lustre/orion/abc123/scratch/$USER/crossfl/build/images/; its %files paths are relative to /lustre/orion/abc123/scratch/$USER/crossfl.

@@ -33,6 +33,6 @@ mkdir -p /tmp/crossfl-miopen-cache
 
 task="$(realpath "${1:?usage: client.sh TASK.json RESULT.json}")"
 out="$(realpath -m "${2:?usage: client.sh TASK.json RESULT.json}")"
-srun --nodes=1 --ntasks-per-node=1 --cpus-per-task=56 --gpus-per-task=1 --gpu-bind=closest apptainer exec --rocm -B /lustre/orion "/lustre/orion/abc123/scratch/$USER/crossfl/images/crossfl-rocm.sif" python -m crossfl.client run-task "$task" "$out"
+srun --nodes=1 --ntasks=1 --ntasks-per-node=1 --cpus-per-task=56 --gpus-per-task=1 --gpu-bind=closest apptainer exec --rocm -B /lustre/orion "/lustre/orion/abc123/scratch/$USER/crossfl/images/crossfl-rocm.sif" python -m crossfl.client run-task "$task" "$out"
 test -s "$out"
 echo "crossfl client result: $out"

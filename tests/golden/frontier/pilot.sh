@@ -30,7 +30,7 @@ export NCCL_CROSS_NIC=1
 export NCCL_NET_GDR_LEVEL=PHB
 export APPTAINERENV_HF_HUB_OFFLINE=1
 mkdir -p /tmp/crossfl-miopen-cache
-module load cray-python; source ~/.crossfl/frontier/venv/bin/activate
+source "$HOME/.crossfl/frontier/endpoint/bin/activate"
 
 
 

@@ -1,6 +1,6 @@
 #!/bin/bash
 #SBATCH -J crossfl-smoke-frontier
-#SBATCH -N 1
+#SBATCH -N 2
 #SBATCH --ntasks-per-node=8
 #SBATCH --cpus-per-task=7
 #SBATCH -t 00:10:00
@@ -10,7 +10,8 @@
 #SBATCH -q normal
 #SBATCH --gpus-per-node=8
 # crossfl smoke test for frontier: start the image on a compute node and print, per rank,
-# what torch sees. Submit: sbatch smoke.sh
+# what torch sees; then 2 ranks on each of 2 node(s) all-reduce and take one DDP
+# step with the site's backend. Submit: sbatch smoke.sh
 set -euo pipefail
 
 # Facility setup: modules, proxy, environment (from deploy/sites/frontier.yaml)
@@ -32,4 +33,6 @@ export APPTAINERENV_HF_HUB_OFFLINE=1
 mkdir -p /tmp/crossfl-miopen-cache
 
 echo "crossfl smoke test on $(hostname) at $(date -u +%FT%TZ)"
-srun --nodes=1 --ntasks-per-node=8 --cpus-per-task=7 --gpus-per-task=1 --gpu-bind=closest apptainer exec --rocm -B /lustre/orion "/lustre/orion/abc123/scratch/$USER/crossfl/images/crossfl-rocm.sif" python -m crossfl.client devices --expect rocm
+srun --nodes=1 --ntasks=8 --ntasks-per-node=8 --cpus-per-task=7 --gpus-per-task=1 --gpu-bind=closest apptainer exec --rocm -B /lustre/orion "/lustre/orion/abc123/scratch/$USER/crossfl/images/crossfl-rocm.sif" python -m crossfl.client devices --expect rocm
+# the collective: one JSON line per rank (its all-reduce and DDP step, backend, bandwidth)
+srun --nodes=2 --ntasks=4 --ntasks-per-node=2 --cpus-per-task=28 --gpus-per-task=1 --gpu-bind=closest apptainer exec --rocm -B /lustre/orion "/lustre/orion/abc123/scratch/$USER/crossfl/images/crossfl-rocm.sif" python -m crossfl.client collective --expect rocm --mb 64

@@ -30,6 +30,6 @@ export -f bind_rank
 task="$(realpath "${1:?usage: client.sh TASK.json RESULT.json}")"
 out="$(realpath -m "${2:?usage: client.sh TASK.json RESULT.json}")"
 # shellcheck disable=SC2016  # "$@" belongs to the rank's own bash
-srun --nodes=1 --ntasks-per-node=1 --cpus-per-task=8 bash -c 'bind_rank "$@"' bind_rank python -m crossfl.client run-task "$task" "$out"
+srun --nodes=1 --ntasks=1 --ntasks-per-node=1 --cpus-per-task=8 bash -c 'bind_rank "$@"' bind_rank python -m crossfl.client run-task "$task" "$out"
 test -s "$out"
 echo "crossfl client result: $out"

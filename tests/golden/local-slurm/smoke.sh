@@ -9,7 +9,8 @@
 #SBATCH -p debug
 #SBATCH --gpus-per-node=4
 # crossfl smoke test for local-slurm: start the image on a compute node and print, per rank,
-# what torch sees. Submit: sbatch smoke.sh
+# what torch sees; then 2 ranks on each of 1 node(s) all-reduce and take one DDP
+# step with the site's backend. Submit: sbatch smoke.sh
 set -euo pipefail
 
 # Facility setup: modules, proxy, environment (from deploy/sites/local-slurm.yaml)
@@ -29,4 +30,7 @@ export -f bind_rank
 
 echo "crossfl smoke test on $(hostname) at $(date -u +%FT%TZ)"
 # shellcheck disable=SC2016  # "$@" belongs to the rank's own bash
-srun --nodes=1 --ntasks-per-node=4 --cpus-per-task=2 bash -c 'bind_rank "$@"' bind_rank python -m crossfl.client devices
+srun --nodes=1 --ntasks=4 --ntasks-per-node=4 --cpus-per-task=2 bash -c 'bind_rank "$@"' bind_rank python -m crossfl.client devices
+# the collective: one JSON line per rank (its all-reduce and DDP step, backend, bandwidth)
+# shellcheck disable=SC2016  # "$@" belongs to the rank's own bash
+srun --nodes=1 --ntasks=2 --ntasks-per-node=2 --cpus-per-task=4 bash -c 'bind_rank "$@"' bind_rank python -m crossfl.client collective --mb 8

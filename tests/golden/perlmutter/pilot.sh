@@ -17,7 +17,7 @@
 export FI_MR_CACHE_MONITOR=userfaultfd
 export NCCL_NET_GDR_LEVEL=PHB
 export NCCL_SOCKET_IFNAME=hsn
-module load python; source ~/.crossfl/perlmutter/venv/bin/activate
+source "$HOME/.crossfl/perlmutter/endpoint/bin/activate"
 
 
 

@@ -6,11 +6,11 @@
 #PBS -A TestProject
 #PBS -l filesystems=home:eagle
 #PBS -l place=scatter
-#PBS -q debug
 #PBS -l singularity_fakeroot=true
+#PBS -q debug
 # crossfl image build for polaris: the facility builds images on a compute node (fakeroot
 # needs the node's user namespace; the proxy reaches the registries).
-# Submit: qsub build_image.sh   (image definition: $HOME/.crossfl/polaris/build/images/crossfl-cuda.def)
+# Submit: qsub build_image.sh   (image definition: /eagle/TestProject/$USER/crossfl/build/images/crossfl-cuda.def)
 set -euo pipefail
 cd "${PBS_O_WORKDIR:-.}"
 module use /soft/modulefiles
@@ -28,10 +28,10 @@ mkdir -p "$APPTAINER_TMPDIR"
 mkdir -p "$APPTAINER_CACHEDIR"
 
 # The def file and the context it stages (build/images/ from `make image-def`) were copied to
-# $HOME/.crossfl/polaris/build/images/; its %files paths are relative to $HOME/.crossfl/polaris.
-cd "$HOME/.crossfl/polaris"
+# /eagle/TestProject/$USER/crossfl/build/images/; its %files paths are relative to /eagle/TestProject/$USER/crossfl.
+cd "/eagle/TestProject/$USER/crossfl"
 def=build/images/crossfl-cuda.def
-image="$HOME/.crossfl/polaris/images/crossfl-cuda.sif"
+image="/eagle/TestProject/$USER/crossfl/images/crossfl-cuda.sif"
 mkdir -p "$(dirname "$image")"
 # %post does not see this environment: the proxies go in as build arguments.
 apptainer build --fakeroot \

@@ -7,6 +7,7 @@
 #PBS -q debug
 #PBS -l filesystems=home:eagle
 #PBS -l place=scatter
+#PBS -l singularity_fakeroot=true
 # crossfl direct client job for polaris: run one client round from a task file, without an
 # endpoint. Submit: qsub client.sh TASK.json RESULT.json
 set -euo pipefail
@@ -39,6 +40,6 @@ export -f bind_rank
 task="$(realpath "${1:?usage: client.sh TASK.json RESULT.json}")"
 out="$(realpath -m "${2:?usage: client.sh TASK.json RESULT.json}")"
 # shellcheck disable=SC2016  # "$@" belongs to the rank's own bash
-mpiexec -n 1 --ppn 1 --cpu-bind list:24-31,56-63 bash -c 'bind_rank "$@"' bind_rank apptainer exec --nv --fakeroot -B /opt/cray/pe/pals -B /var/run/palsd/ -B /eagle "$HOME/.crossfl/polaris/images/crossfl-cuda.sif" python -m crossfl.client run-task "$task" "$out"
+mpiexec -n 1 --ppn 1 --cpu-bind list:24-31,56-63 bash -c 'bind_rank "$@"' bind_rank apptainer exec --nv --fakeroot -B /opt/cray/pe/pals -B /var/run/palsd/ -B /eagle "/eagle/TestProject/$USER/crossfl/images/crossfl-cuda.sif" python -m crossfl.client run-task "$task" "$out"
 test -s "$out"
 echo "crossfl client result: $out"

@@ -9,6 +9,7 @@
 #PBS -e <script_dir>/x.<time>.stderr
 #PBS -l filesystems=home:eagle
 #PBS -l place=scatter
+#PBS -l singularity_fakeroot=true
 
 
 module use /soft/modulefiles
@@ -42,7 +43,7 @@ else
 fi
 
 cat << MPIEXEC_EOF > ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$JOBNAME.sh
-apptainer run --nv --fakeroot -B /opt/cray/pe/pals -B /var/run/palsd/ -B /eagle -B <script_dir>/run $HOME/.crossfl/polaris/images/crossfl-cuda.sif globus-compute-endpoint python-exec parsl.executors.high_throughput.process_worker_pool {debug} {max_workers_per_node} -a {addresses} -p {prefetch_capacity} -c {cores_per_worker} -m {mem_per_worker} --poll {poll_period} --port={worker_port} --cert_dir {cert_dir} --logdir={logdir} --logconf={logconf} --block_id={{block_id}} --hb_period={heartbeat_period} {address_probe_timeout_string} --hb_threshold={heartbeat_threshold} --drain_period={drain_period} --cpu-affinity {cpu_affinity} {enable_mpi_mode} --mpi-launcher={mpi_launcher} --available-accelerators {accelerators}
+apptainer run --nv --fakeroot -B /opt/cray/pe/pals -B /var/run/palsd/ -B /eagle -B <script_dir>/run /eagle/TestProject/$USER/crossfl/images/crossfl-cuda.sif globus-compute-endpoint python-exec parsl.executors.high_throughput.process_worker_pool {debug} {max_workers_per_node} -a {addresses} -p {prefetch_capacity} -c {cores_per_worker} -m {mem_per_worker} --poll {poll_period} --port={worker_port} --cert_dir {cert_dir} --logdir={logdir} --logconf={logconf} --block_id={{block_id}} --hb_period={heartbeat_period} {address_probe_timeout_string} --hb_threshold={heartbeat_threshold} --drain_period={drain_period} --cpu-affinity {cpu_affinity} {enable_mpi_mode} --mpi-launcher={mpi_launcher} --available-accelerators {accelerators}
 MPIEXEC_EOF
 chmod u+x ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$JOBNAME.sh
 

@@ -9,6 +9,7 @@
 #PBS -e <script_dir>/x.<time>.stderr
 #PBS -l filesystems=home:eagle
 #PBS -l place=scatter
+#PBS -l singularity_fakeroot=true
 
 
 module use /soft/modulefiles
@@ -22,7 +23,7 @@ export no_proxy='admin,polaris-adminvm-01,localhost,*.cm.polaris.alcf.anl.gov,po
 export NO_PROXY='admin,polaris-adminvm-01,localhost,*.cm.polaris.alcf.anl.gov,polaris-*,*.polaris.alcf.anl.gov,*.alcf.anl.gov'
 export TMPDIR=/tmp
 export APPTAINERENV_HF_HUB_OFFLINE=1
-module use /soft/modulefiles; module load conda; source ~/.crossfl/polaris/venv/bin/activate
+source "$HOME/.crossfl/polaris/endpoint/bin/activate"
 
 
 export JOBNAME="x.<time>"

@@ -1,14 +1,16 @@
 #!/bin/bash -l
 #PBS -N crossfl-smoke-polaris
-#PBS -l select=1:system=polaris
+#PBS -l select=2:system=polaris
 #PBS -l walltime=00:10:00
 #PBS -j oe
 #PBS -A TestProject
 #PBS -q debug
 #PBS -l filesystems=home:eagle
 #PBS -l place=scatter
+#PBS -l singularity_fakeroot=true
 # crossfl smoke test for polaris: start the image on a compute node and print, per rank,
-# what torch sees. Submit: qsub smoke.sh
+# what torch sees; then 2 ranks on each of 2 node(s) all-reduce and take one DDP
+# step with the site's backend. Submit: qsub smoke.sh
 set -euo pipefail
 cd "${PBS_O_WORKDIR:-.}"
 
@@ -38,4 +40,7 @@ export -f bind_rank
 
 echo "crossfl smoke test on $(hostname) at $(date -u +%FT%TZ)"
 # shellcheck disable=SC2016  # "$@" belongs to the rank's own bash
-mpiexec -n 4 --ppn 4 --cpu-bind list:24-31,56-63:16-23,48-55:8-15,40-47:0-7,32-39 bash -c 'bind_rank "$@"' bind_rank apptainer exec --nv --fakeroot -B /opt/cray/pe/pals -B /var/run/palsd/ -B /eagle "$HOME/.crossfl/polaris/images/crossfl-cuda.sif" python -m crossfl.client devices --expect cuda
+mpiexec -n 4 --ppn 4 --cpu-bind list:24-31,56-63:16-23,48-55:8-15,40-47:0-7,32-39 bash -c 'bind_rank "$@"' bind_rank apptainer exec --nv --fakeroot -B /opt/cray/pe/pals -B /var/run/palsd/ -B /eagle "/eagle/TestProject/$USER/crossfl/images/crossfl-cuda.sif" python -m crossfl.client devices --expect cuda
+# the collective: one JSON line per rank (its all-reduce and DDP step, backend, bandwidth)
+# shellcheck disable=SC2016  # "$@" belongs to the rank's own bash
+mpiexec -n 4 --ppn 2 --cpu-bind list:24-31,56-63:16-23,48-55 bash -c 'bind_rank "$@"' bind_rank apptainer exec --nv --fakeroot -B /opt/cray/pe/pals -B /var/run/palsd/ -B /eagle "/eagle/TestProject/$USER/crossfl/images/crossfl-cuda.sif" python -m crossfl.client collective --expect cuda --mb 64
