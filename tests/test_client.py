@@ -33,6 +33,13 @@ LAYERS = 2
 HIDDEN = 32
 
 
+def adapter_of(result: dict[str, Any]) -> bytes:
+    """The adapter bytes of a result as the wire carries it (JSON: base64 text)."""
+    adapter = TrainResult.from_wire(result).adapter
+    assert adapter is not None
+    return adapter
+
+
 def _formula(c: int, h: int, rest: str = "") -> str:
     return f"C{c if c > 1 else ''}H{h}{rest}"
 
@@ -209,7 +216,7 @@ def test_train_round_result_and_adapter_shapes(model: Path, data: Path) -> None:
     assert TrainResult.from_wire(out).adapter_path is None  # the result is the contract's
     assert out["device"] == "cpu" and out["pid"] > 0 and out["host"]
     assert out["started_at"] <= out["finished_at"]
-    state = adapter_from_bytes(out["adapter"])
+    state = adapter_from_bytes(adapter_of(out))
     # 2 layers x (q_proj, v_proj) x (lora_A, lora_B), peft names without the adapter name
     assert len(state) == LAYERS * 2 * 2
     for name, t in state.items():
@@ -219,7 +226,7 @@ def test_train_round_result_and_adapter_shapes(model: Path, data: Path) -> None:
             assert tuple(t.shape) == (LORA["r"], HIDDEN)
         else:
             assert ".lora_B." in name and t.shape[1] == LORA["r"]
-    assert json.loads(adapter_metadata(out["adapter"])[LORA_METADATA_KEY])["r"] == LORA["r"]
+    assert json.loads(adapter_metadata(adapter_of(out))[LORA_METADATA_KEY])["r"] == LORA["r"]
 
 
 def test_adapters_by_reference_both_ways(model: Path, data: Path, tmp_path: Path) -> None:
@@ -227,7 +234,7 @@ def test_adapters_by_reference_both_ways(model: Path, data: Path, tmp_path: Path
     is over inline_limit_bytes, kept inline when it is not."""
     first = tasks.train_round(train_task(model, data, local_steps=1))
     incoming = tmp_path / "global-v1.safetensors"
-    incoming.write_bytes(first["adapter"])
+    incoming.write_bytes(adapter_of(first))
     by_ref = train_task(
         model,
         data,
@@ -240,29 +247,31 @@ def test_adapters_by_reference_both_ways(model: Path, data: Path, tmp_path: Path
     assert out.adapter is None and out.adapter_path == by_ref["result_path"]
     assert out.adapter_nbytes == Path(out.adapter_path).stat().st_size and out.timings.store_s > 0
     inline = TrainResult.from_wire(tasks.train_round({**by_ref, "inline_limit_bytes": 10**9}))
-    assert (
-        inline.adapter
-        == tasks.train_round(train_task(model, data, local_steps=1, adapter=first["adapter"]))[
-            "adapter"
-        ]
+    assert inline.adapter == adapter_of(
+        tasks.train_round(train_task(model, data, local_steps=1, adapter=adapter_of(first)))
     )
     with pytest.raises(UserError, match="adapter_path"):
-        tasks.train_round({**by_ref, "adapter": first["adapter"]})
+        tasks.train_round({**by_ref, "adapter": adapter_of(first)})
 
 
 def test_bfloat16_adapter_travels_in_bfloat16(model: Path, data: Path) -> None:
     out = tasks.train_round(train_task(model, data, adapter_dtype="bfloat16", local_steps=1))
-    assert {t.dtype for t in adapter_from_bytes(out["adapter"]).values()} == {torch.bfloat16}
+    assert {t.dtype for t in adapter_from_bytes(adapter_of(out)).values()} == {torch.bfloat16}
 
 
 def test_bfloat16_base_trains_a_float32_adapter(model: Path, data: Path) -> None:
     out = tasks.train_round(train_task(model, data, dtype="bfloat16", local_steps=2))
     assert math.isfinite(out["train_loss"])
-    state = adapter_from_bytes(out["adapter"])
+    state = adapter_from_bytes(adapter_of(out))
     assert {t.dtype for t in state.values()} == {torch.float32}
     res = tasks.evaluate(
         eval_task(
-            model, data, adapter=out["adapter"], dtype="bfloat16", max_samples=8, generate_samples=2
+            model,
+            data,
+            adapter=adapter_of(out),
+            dtype="bfloat16",
+            max_samples=8,
+            generate_samples=2,
         )
     )
     assert math.isfinite(res["val_loss"])
@@ -276,13 +285,13 @@ def test_cache_hit_gives_the_same_adapter_as_a_cold_cache(model: Path, data: Pat
     tasks.train_round(train_task(model, data, seed=3, lora={**LORA, "r": 2}))
     warm = tasks.train_round(task)
     assert cold["cache_hit"] is False and warm["cache_hit"] is True
-    assert warm["adapter"] == cold["adapter"]
+    assert adapter_of(warm) == adapter_of(cold)
     assert warm["train_loss"] == cold["train_loss"]
     # ... and continuing from a global adapter is just as reproducible.
-    follow = train_task(model, data, seed=7, round=3, adapter=cold["adapter"])
+    follow = train_task(model, data, seed=7, round=3, adapter=adapter_of(cold))
     again = tasks.train_round(follow)
     model_cache.clear()
-    assert tasks.train_round(follow)["adapter"] == again["adapter"]
+    assert adapter_of(tasks.train_round(follow)) == adapter_of(again)
 
 
 def test_loss_falls_on_a_fixed_batch(model: Path, data: Path) -> None:
@@ -291,7 +300,7 @@ def test_loss_falls_on_a_fixed_batch(model: Path, data: Path) -> None:
     out = tasks.train_round(train_task(model, data, local_steps=10, batch_size=8, lr=1e-2, **fixed))
     before = tasks.evaluate(eval_task(model, data, generate_samples=0, **fixed))
     after = tasks.evaluate(
-        eval_task(model, data, adapter=out["adapter"], generate_samples=0, **fixed)
+        eval_task(model, data, adapter=adapter_of(out), generate_samples=0, **fixed)
     )
     assert before["val_loss"] == pytest.approx(out["first_loss"], rel=1e-4)
     assert after["val_loss"] < 0.8 * before["val_loss"]
@@ -300,7 +309,7 @@ def test_loss_falls_on_a_fixed_batch(model: Path, data: Path) -> None:
 def test_global_adapter_is_loaded_before_training(model: Path, data: Path) -> None:
     first = tasks.train_round(train_task(model, data, local_steps=6, lr=2e-2))
     second = tasks.train_round(
-        train_task(model, data, local_steps=1, round=1, adapter=first["adapter"])
+        train_task(model, data, local_steps=1, round=1, adapter=adapter_of(first))
     )
     fresh = tasks.train_round(train_task(model, data, local_steps=1, round=1))
     assert second["first_loss"] < fresh["first_loss"]
@@ -311,7 +320,7 @@ def test_server_rebuilds_the_fresh_adapter_from_shapes(model: Path, data: Path) 
     from crossfl.client.train import fresh_adapter_state
 
     out = tasks.train_round(train_task(model, data, local_steps=1))
-    shapes = {k: tuple(t.shape) for k, t in adapter_from_bytes(out["adapter"]).items()}
+    shapes = {k: tuple(t.shape) for k, t in adapter_from_bytes(adapter_of(out)).items()}
     entry, _ = model_cache.get_model(str(model), "float32", torch.device("cpu"))
     on_site = fresh_adapter_state(entry.wrapped(lora_key(LoraSpec.model_validate(LORA))), seed=1)
     rebuilt = fresh_adapter_from_shapes(shapes, seed=1)
@@ -366,7 +375,7 @@ def test_labels_cover_only_the_answer(model: Path) -> None:
 
 def test_evaluate_reports_loss_and_exact_match(model: Path, data: Path) -> None:
     out = tasks.train_round(train_task(model, data))
-    res = tasks.evaluate(eval_task(model, data, adapter=out["adapter"], max_samples=20))
+    res = tasks.evaluate(eval_task(model, data, adapter=adapter_of(out), max_samples=20))
     assert math.isfinite(res["val_loss"]) and res["num_samples"] == 20
     assert "name_conversion-s2f" in res["exact_match"]
     assert set(res["exact_match"]) == {"name_conversion-s2f", "property_prediction-carbons"}
@@ -402,7 +411,7 @@ def test_answer_tokens_are_the_value_inside_the_tags(model: Path) -> None:
 
 def test_evaluate_needs_the_lora_config_for_a_bare_adapter(model: Path, data: Path) -> None:
     out = tasks.train_round(train_task(model, data, local_steps=1))
-    bare = adapter_to_bytes(adapter_from_bytes(out["adapter"]), "float32")  # no metadata
+    bare = adapter_to_bytes(adapter_from_bytes(adapter_of(out)), "float32")  # no metadata
     with pytest.raises(UserError, match="lora"):
         tasks.evaluate(eval_task(model, data, adapter=bare))
     res = tasks.evaluate(
@@ -467,7 +476,7 @@ def test_bad_lora_targets_and_mismatched_adapter(model: Path, data: Path) -> Non
         tasks.train_round(train_task(model, data, lora={**LORA, "target_modules": ["nope"]}))
     small = tasks.train_round(train_task(model, data, local_steps=1, lora={**LORA, "r": 2}))
     with pytest.raises(UserError, match="shape"):
-        tasks.train_round(train_task(model, data, adapter=small["adapter"]))
+        tasks.train_round(train_task(model, data, adapter=adapter_of(small)))
     with pytest.raises(UserError, match="missing"):
         tasks.train_round(train_task(model, data, adapter=adapter_to_bytes({"x": torch.zeros(1)})))
 

@@ -4,6 +4,7 @@ unsharded, through torch's launcher, the real local engine and `srun -n 2` on th
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -77,8 +78,9 @@ def train_task(model: Path, data: Path, **changes: Any) -> dict[str, Any]:
     return task
 
 
-def max_diff(a: bytes, b: bytes) -> float:
-    x, y = adapter_from_bytes(a), adapter_from_bytes(b)
+def max_diff(a: bytes | str, b: bytes | str) -> float:
+    """Between two adapters, as bytes or as a result's wire carries them (base64 text)."""
+    x, y = (adapter_from_bytes(base64.b64decode(v) if isinstance(v, str) else v) for v in (a, b))
     assert x.keys() == y.keys()
     return max(float((x[k] - y[k]).abs().max()) for k in x)
 

@@ -15,10 +15,11 @@ from typing import Any
 import globus_compute_sdk
 import pytest
 import yaml
+from globus_compute_sdk.serialize.facade import validate_strategylike
 from rich.console import Console
 
 from crossfl.data.chem import build_chem
-from crossfl.endpoints import LocalEngineExecutor
+from crossfl.endpoints import JSON_RESULTS, LocalEngineExecutor, SiteSerializer
 from crossfl.errors import UserError
 from crossfl.render import render_site, render_user_config
 from crossfl.server.experiment import load_experiment
@@ -64,8 +65,17 @@ class ForwardingExecutor:
         self.by_id: list[str | None] = []  # the id each submission went by (None: none)
         site_dir = render_site("local", out_root=self.engine_root / "sites")
         config = render_user_config(site_dir, {"max_workers_per_node": 1})
+        # what the SDK Executor would do with what it was given: pack with `serializer`, ask
+        # the endpoint for `result_serializers` (as import paths), read results with it
+        self.result_serializers = [
+            validate_strategylike(v).import_path for v in result_serializers or []
+        ]
         self._engine = LocalEngineExecutor(
-            label, config, self.engine_root / f"engine-{len(self.instances)}"
+            label,
+            config,
+            self.engine_root / f"engine-{len(self.instances)}",
+            serializer=serializer,
+            results=self.result_serializers,
         )
         ForwardingExecutor.instances.append(self)
 
@@ -171,7 +181,8 @@ def test_deployed_site_runs_through_the_sdk_executor(
     (sdk,) = ForwardingExecutor.instances
     assert sdk.endpoint_id == endpoint_id
     assert sdk.user_endpoint_config == {"max_workers_per_node": 1}
-    assert sdk.serializer is not None and sdk.submitted >= 1
+    assert isinstance(sdk.serializer, SiteSerializer) and sdk.serializer.site == "facility"
+    assert sdk.result_serializers == JSON_RESULTS and sdk.submitted >= 1
     # every task went by the id deploy registered for its function: nothing new registered
     assert sdk.by_id and set(sdk.by_id) <= {f.function_id for f in functions.values()}
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -185,6 +185,31 @@ def test_example_builds_engine_provider_launcher(rendered, name, stub_interfaces
     check_engine(site, cfg.engine)
 
 
+LOCAL = [n for n in ALL if n.startswith("local")]  # workers on this machine (localhost-ssh too)
+
+
+def test_the_local_sites_are_those_of_this_machine():
+    assert {"local", "local-slurm", "local-slurm-mpi", "localhost-ssh"} <= set(LOCAL)
+    assert not set(LOCAL) & {"frontier", "aurora", "polaris", "perlmutter"}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_no_open_listener(rendered, name, stub_interfaces):
+    """Every shipped site's engine is CurveZMQ-encrypted; where the workers run on this
+    machine, the interchange listens on loopback and the workers connect there (HTEX
+    ``address``: the interchange binds it instead of ``tcp://*``)."""
+    text = (rendered[name] / "endpoint" / "user_config.example.yaml").read_text()
+    htex = render.load_user_config(text).engine.executor
+    assert htex.encrypted, name
+    assert htex.loopback_address == "127.0.0.1"
+    address = yaml.safe_load(text)["engine"].get("address")
+    if name in LOCAL:
+        assert address == "127.0.0.1"
+        assert htex.address == "127.0.0.1" and htex.all_addresses == {"127.0.0.1"}
+    else:  # a facility: the workers reach the interchange over the high-speed network
+        assert address == {"type": "address_by_interface", "ifname": "hsn0"}
+
+
 @pytest.mark.parametrize("name", HPC)
 def test_per_device_workers_and_their_containers(per_device, name, stub_interfaces):
     site = site_for_test(name, "per-device")

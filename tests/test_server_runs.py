@@ -5,6 +5,7 @@ fault handling driven by probe tasks that really kill their worker or really rai
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from rich.console import Console
 from safetensors.torch import load_file
@@ -377,6 +379,47 @@ def test_run_killed_with_sigkill_takes_its_engines_along_and_resumes_by_relative
     assert sorted((t["round"], t["site"]) for t in records(run_dir, "task")) == [
         (r, s) for r in (1, 2, 3) for s in ("east", "west")
     ]
+
+
+def test_a_local_run_listens_on_loopback_only(here: Path) -> None:
+    """While `crossfl run` is mid-round on two local sites, no process of the run (the
+    server, the engines' interchanges, worker pools and workers) listens beyond loopback:
+    the interchange binds the site's `address`, not every interface."""
+    gate = FifoGate(here / "gated" / "listen-east.jsonl", east_data(here), serve=0)
+    mark, env = marked_env()
+    sites = [
+        {"name": "east", "site": "local", "data_path": str(gate.path)},
+        {"name": "west", "site": "local"},
+    ]
+    try:
+        path = experiment_file(here, name="listen", sites=sites)
+        proc = cli("run", str(path), cwd=here, env=env, log=here / "listen.log")
+        gate.wait_for_reader(alive=lambda: proc.poll() is None)  # east is in round 1
+        procs = started(mark, proc.pid)
+        listening = []
+        for p in procs:
+            try:
+                conns = p.connections(kind="inet")
+            except psutil.Error:
+                continue
+            listening += [(p.pid, c.laddr) for c in conns if c.status == psutil.CONN_LISTEN]
+        assert len(interchanges_of(procs)) == 2, describe(procs)
+        assert listening, "the interchanges listen (on loopback)"
+        beyond = [x for x in listening if not loopback(x[1].ip)]
+        assert not beyond, (beyond, describe(procs))
+    finally:
+        end(started(mark, proc.pid))
+        gate.close()
+
+
+def loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 (zmq's IPv6 socket)
+    return (mapped or address).is_loopback
+
+
+def interchanges_of(procs: list[psutil.Process]) -> list[psutil.Process]:
+    return [p for p in alive(procs) if "interchange" in " ".join(p.cmdline())]
 
 
 def test_engines_a_dead_run_left_are_reaped_by_the_next_run(here: Path) -> None:

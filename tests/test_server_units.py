@@ -4,6 +4,7 @@ update screening, checkpoints, resumed metrics, transport choice and the Globus 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -19,8 +20,9 @@ import yaml
 from globus_compute_sdk.errors import TaskExecutionFailed
 
 from crossfl.client import tasks
-from crossfl.client.adapter_io import adapter_to_bytes
-from crossfl.client.contract import TrainResult, TrainTask
+from crossfl.client.adapter_io import adapter_to_bytes, fresh_adapter_from_shapes
+from crossfl.client.contract import EvalResult, LoraSpec, TrainResult, TrainTask
+from crossfl.endpoints import ResultRefused
 from crossfl.errors import UserError
 from crossfl.server import checkpoint as ckpt
 from crossfl.server.experiment import Experiment, load_experiment
@@ -28,11 +30,20 @@ from crossfl.server.faults import Parking, RetryingTask, RetryPolicy, is_system_
 from crossfl.server.flat import FlatSpec
 from crossfl.server.plan import RunPlan, SitePlan, driver_kind
 from crossfl.server.records import AggregationRecord, ResumeRecord, TaskRecord
-from crossfl.server.screening import DistanceScreen, finite_problem, layout_problem
+from crossfl.server.screening import (
+    DistanceScreen,
+    SampleBounds,
+    adapter_size_bound,
+    base_layout,
+    distance,
+    finite_problem,
+    layout_problem,
+    norm,
+)
 from crossfl.server.strategies import get_strategy
 from crossfl.server.strategies.base import Update
 from crossfl.server.telemetry import MetricsLog, live_records
-from crossfl.server.transport import GlobusMover, TransferFailed, Transport
+from crossfl.server.transport import GlobusMover, TransferFailed, Transport, read_confined
 from crossfl.sites import load_site
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,6 +174,128 @@ def test_updates_are_screened_for_layout_nan_and_distance() -> None:
     for d in (1.0, 1.1, 0.9):
         screen.accepted(d)
     assert list(screen.outliers({"e": 30.0})) == ["e"]  # async: judged against recent history
+
+
+def test_one_update_is_screened_against_the_global_and_so_is_a_new_global() -> None:
+    state = {"l.lora_A.weight": torch.ones(2, 3), "l.lora_B.weight": torch.zeros(3, 2)}
+    spec = FlatSpec.from_state(state)
+    assert "wrong dtype" in (
+        layout_problem(spec, {**state, "l.lora_A.weight": torch.ones(2, 3).bfloat16()}) or ""
+    )
+    screen = DistanceScreen(factor=None, relative=10.0)
+    g = spec.flatten(state)  # norm sqrt(6)
+    assert screen.too_far(distance(g + 1.0, g), norm(g)) is None
+    far = screen.too_far(distance(g * 100, g), norm(g))
+    assert far is not None and "10 x its norm" in far
+    assert "non-finite" in (screen.global_problem(g * float("inf"), g) or "")
+    assert "last good global" in (screen.global_problem(g * 1e3, g) or "")
+    assert screen.global_problem(g * 2, g) is None
+    assert DistanceScreen(relative=None).global_problem(g * 1e3, g) is None
+
+
+def test_a_sites_weight_is_bounded_by_what_the_server_knows() -> None:
+    bounds = SampleBounds({"a": 100, "b": 5, "far": 0})  # far: a facility's own data, unknown
+    assert bounds.counted("a", 80) == 80 and bounds.counted("b", 10**9) == 5
+    assert bounds.counted("far", 10**9) == 100  # the largest known size
+    assert bounds.counts == {"a": 100, "b": 5, "far": 100}
+    unknown = SampleBounds({"x": 0, "y": 0})  # nothing known: equal weights
+    assert unknown.counted("x", 10**9) == unknown.counted("y", 3) == 1
+    assert unknown.counted("x", 0) == 0
+
+
+def test_an_evaluations_answer_tokens_are_bounded() -> None:
+    """What a site reports per task (tokens right, all tokens) is bounded like every other
+    field of its result: counts, right within all, at most 1024 tasks."""
+    good = {
+        "val_loss": 1.0,
+        "num_samples": 4,
+        "timings": {"load_s": 0.0, "loss_s": 0.0, "generate_s": 0.0},
+    }
+    ok = EvalResult.from_wire({**good, "answer_tokens": {"t": [3, 5]}})
+    assert ok.answer_tokens == {"t": (3, 5)}
+    assert EvalResult.from_wire(ok.to_wire()) == ok  # JSON on the wire: a list, read back
+    for bad in (
+        {"t": [6, 5]},
+        {"t": [-1, 5]},
+        {"t": [1, 2, 3]},
+        {"t": [0, 1 << 60]},
+        {f"t{i}": [0, 1] for i in range(1025)},
+        {"x" * 300: [0, 1]},
+    ):
+        with pytest.raises(UserError, match="answer_tokens"):
+            EvalResult.from_wire({**good, "answer_tokens": bad})
+
+
+def test_the_base_layout_comes_from_the_models_config(tmp_path: Path) -> None:
+    from transformers import LlamaConfig
+
+    LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+    ).save_pretrained(tmp_path)  # a config.json, no weights
+    lora = LoraSpec(r=2, alpha=4, target_modules=("q_proj",))
+    spec = base_layout(str(tmp_path), lora, "bfloat16")
+    assert spec.shapes[:2] == (torch.Size([2, 16]), torch.Size([16, 2]))
+    assert spec.keys == tuple(
+        f"base_model.model.model.layers.{i}.self_attn.q_proj.lora_{m}.weight"
+        for i in range(2)
+        for m in "AB"
+    )
+    assert set(spec.dtypes) == {torch.bfloat16}
+    fresh = fresh_adapter_from_shapes(dict(zip(spec.keys, spec.shapes, strict=True)), 0)
+    data = adapter_to_bytes(fresh, "bfloat16", metadata={"crossfl.lora": "x" * 300})
+    assert len(data) <= adapter_size_bound(spec) < 2 * len(data) + 128 * 1024
+
+
+# ------------------------------------------------------------------------------ results
+
+
+def write_fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda p: p.write_bytes(b"ok"), None),
+        (write_fifo, "is a FIFO"),
+        (lambda p: p.symlink_to("/dev/zero"), "is a symbolic link"),
+        (lambda p: p.write_bytes(b"x" * 101), "holds over 100 bytes"),
+        (lambda p: p.parent.rename(p.parent.with_name("real")) or None, None),
+    ],
+    ids=["file", "fifo", "link", "oversize", "missing"],
+)
+def test_a_result_file_is_read_only_when_it_is_a_small_regular_file(
+    tmp_path: Path, make: Any, words: str | None
+) -> None:
+    (tmp_path / "results").mkdir()
+    target = tmp_path / "results" / "r.safetensors"
+    make(target)
+    if not (tmp_path / "results").exists():
+        with pytest.raises(FileNotFoundError):
+            read_confined(tmp_path, "results/r.safetensors", 100, "site x's adapter")
+        return
+    if words is None:
+        assert read_confined(tmp_path, "results/r.safetensors", 100, "site x's adapter") == b"ok"
+        return
+    with pytest.raises(ResultRefused) as info:
+        read_confined(tmp_path, "results/r.safetensors", 100, "site x's adapter")
+    assert str(info.value).startswith("site x's adapter: results/r.safetensors") and words in str(
+        info.value
+    )
+
+
+def test_a_linked_result_directory_is_refused(tmp_path: Path) -> None:
+    """The site swaps its results directory for a link elsewhere: nothing below it is read."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "r.safetensors").write_bytes(b"secret")
+    (tmp_path / "transport").mkdir()
+    (tmp_path / "transport" / "results").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ResultRefused, match="symbolic link"):
+        read_confined(tmp_path / "transport", "results/r.safetensors", 100, "site x's adapter")
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -370,13 +503,19 @@ def test_globus_transfer_moves_adapters_both_ways(
     result_at_site.parent.mkdir(parents=True, exist_ok=True)
     result_at_site.write_bytes(adapter + b"")
     incoming = t.receive(
-        "far", TrainResult.model_construct(adapter=None, adapter_path=str(result_at_site)), out.mode
+        "far", TrainResult.model_construct(adapter=None, adapter_path=str(result_at_site)), out
     )
     assert (
         incoming.adapter == adapter
         and incoming.bytes_up == len(adapter)
         and len(fake.submitted) == 2
     )
+    # a path that starts with the transfer directory but climbs out of it is refused unread
+    escape = f"{result_at_site.parent}/../../../../etc/passwd"
+    assert escape.startswith("/".join(out.payload["result_path"].split("/")[:-2]))
+    with pytest.raises(ResultRefused, match="not the result file its task gave"):
+        t.receive("far", TrainResult.model_construct(adapter=None, adapter_path=escape), out)
+    assert len(fake.submitted) == 2  # nothing was fetched for it
     # the same global version goes to a site once
     t.train("far", TASK, adapter, version=3)
     assert len(fake.submitted) == 2

@@ -339,6 +339,53 @@ def test_bad_other_sites(catalog, base, changes, field, words):
     assert words in err.render()
 
 
+@pytest.mark.parametrize(
+    "base, changes, field, words",
+    [
+        (
+            "local",
+            {"endpoint__encrypted": False, "endpoint__address": None},
+            "endpoint.encrypted",
+            "listening on every interface",
+        ),
+        (
+            "local",
+            {"endpoint__encrypted": False, "endpoint__address": "10.1.2.3"},
+            "endpoint.encrypted",
+            "listening on 10.1.2.3",
+        ),
+        (
+            "local",
+            {"endpoint__encrypted": False, "endpoint__address": "0.0.0.0"},
+            "endpoint.encrypted",
+            "set encrypted to true",
+        ),
+        ("frontier", {"endpoint__encrypted": False}, "endpoint.encrypted", "listening on hsn0"),
+        ("local", {"endpoint__address": "localhost"}, "endpoint.address", "not an IP address"),
+        (
+            "local",
+            {"endpoint__address_interface": "eth0"},
+            "endpoint.address",
+            "either address or address_interface",
+        ),
+    ],
+)
+def test_an_open_listener_is_refused_at_load(catalog, base, changes, field, words):
+    """An unencrypted interchange that listens beyond loopback runs whatever anyone who
+    reaches it sends: refused in one line, naming the field and the fix."""
+    write_site(catalog, "bad", base, **changes)
+    err = refused(catalog, "bad")
+    assert err.field == field, err.render()
+    assert words in err.render()
+    assert len(err.render().splitlines()) == 1, err.render()
+
+
+def test_unencrypted_on_loopback_is_allowed(catalog):
+    write_site(catalog, "plain", "local", endpoint__encrypted=False)  # address: 127.0.0.1
+    site = sites.load_site("plain")
+    assert not site.endpoint.encrypted and site.endpoint.loopback_only()
+
+
 def test_several_bad_fields_one_message_each(catalog):
     write_site(
         catalog,

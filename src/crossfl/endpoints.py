@@ -11,21 +11,39 @@ between the two, is absent; its submission limit is enforced here as the service
 
 Functions travel by reference (`DillCode` pickles an importable function by its name): the server never ships source text; what runs is
 the code installed at the site.
+
+What comes back is data, never code: each task asks the worker to serialize its result as
+JSON (`result_serializers`, the SDK's `JSONData`), and the server's `SiteSerializer` reads JSON
+data only. A site whose endpoint, image or account is compromised can send any payload; one
+that is not JSON (a dill pickle with a `__reduce__` that would run on the server) is refused
+unread (`ResultRefused`). An MPI site's ShellFunction returns the SDK's `ShellResult`, which
+JSON cannot carry: it comes as a pickle that a restricted unpickler reads, one that builds
+`ShellResult` and nothing else.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
+import json
 import logging
 import os
 import pathlib
+import pickle
 import sys
 import threading
 import typing as t
 import uuid
 from concurrent.futures import Executor, Future
 
+from globus_compute_sdk.sdk.shell_function import ShellResult
+from globus_compute_sdk.serialize import ComputeSerializer
+from globus_compute_sdk.serialize.base import IDENTIFIER_LENGTH
+from globus_compute_sdk.serialize.concretes import DillCode, DillDataBase64, JSONData
+
 from crossfl.errors import UserError
+from crossfl.schema import short_repr
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +56,90 @@ class PayloadTooLarge(Exception):
     """A task's packed submission is larger than the Globus Compute service accepts."""
 
 
-def code_serializer(*, json_data: bool = False) -> t.Any:
-    """The serializer both seams use: functions by reference (DillCode), data with the SDK's
-    default (dill), or as JSON for an engine that accepts nothing else (an MPI site's task key:
-    crossfl.functions.allowed_serializers)."""
-    from globus_compute_sdk.serialize import ComputeSerializer
-    from globus_compute_sdk.serialize.concretes import DillCode, JSONData
+class ResultRefused(Exception):
+    """What a site sent back is not data the server reads: refused before anything is built
+    from it. The site's update is dropped; the run goes on."""
 
-    return ComputeSerializer(
-        strategy_code=DillCode(), strategy_data=JSONData() if json_data else None
-    )
+
+def refusal(exc: BaseException | None) -> ResultRefused | None:
+    """The ``ResultRefused`` behind ``exc`` (the SDK Executor wraps a failed deserialization
+    in an exception of its own), or None."""
+    for _ in range(16):
+        if exc is None or isinstance(exc, ResultRefused):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+# What a task names as its result serializers: the worker serializes the result with the first
+# that works (the SDK Executor sends them with each task, the local seam hands them to the
+# engine). Import paths, as the SDK sends them.
+JSON_RESULTS = [f"{JSONData.__module__}.{JSONData.__name__}"]
+SHELL_RESULTS = [f"{DillDataBase64.__module__}.{DillDataBase64.__name__}"]
+MAX_RESULT_CHARS = 10 * 1024 * 1024  # an endpoint's result cap (MaxResultSizeExceeded)
+_JSON = json.JSONDecoder()
+
+
+class _ShellResultUnpickler(pickle.Unpickler):
+    """Builds a ``ShellResult`` from plain data (str, int, dict): any other class or callable
+    (a ``__reduce__`` naming os.system, say) stops it."""
+
+    def find_class(self, module: str, name: str) -> t.Any:
+        if (module, name) == (ShellResult.__module__, ShellResult.__name__):
+            return ShellResult
+        raise pickle.UnpicklingError(f"{module}.{name} is not a ShellResult")
+
+
+class SiteSerializer(ComputeSerializer):
+    """One site's serializer, for the local seam and the SDK Executor alike: submissions
+    packed as the SDK packs them (the function by reference with DillCode, the arguments with
+    the SDK's data default, or as JSON where ``json_data``: an engine that accepts nothing
+    else, an MPI site's task key, crossfl.functions.allowed_serializers); results read back as
+    JSON data only, or, where ``shell_results`` (an MPI site's ShellFunction), as a
+    ShellResult and nothing else.
+
+    The SDK's own ``allowed_deserializer_types`` cannot say this: it must name a code
+    deserializer too, and every one of those runs code. So ``deserialize``, the one method
+    the SDK Executor calls on a result, reads the payload's header itself."""
+
+    def __init__(self, site: str, *, shell_results: bool = False, json_data: bool = False) -> None:
+        super().__init__(strategy_code=DillCode(), strategy_data=JSONData() if json_data else None)
+        self.site, self.shell_results, self.json_data = site, shell_results, json_data
+
+    def deserialize(self, payload: str) -> t.Any:
+        if not isinstance(payload, str) or len(payload) > MAX_RESULT_CHARS:
+            raise ResultRefused(f"site {self.site} sent a result that is not a bounded text")
+        header = payload[:IDENTIFIER_LENGTH]
+        if header == JSONData.identifier:  # parsed in place: a result may be megabytes
+            try:
+                data, end = _JSON.raw_decode(payload, IDENTIFIER_LENGTH)
+                if end != len(payload):
+                    raise ValueError(f"text after the JSON value at {end}")
+            except (ValueError, RecursionError) as exc:
+                raise ResultRefused(
+                    f"site {self.site} sent a result that is not valid JSON: {exc}"[:200]
+                ) from None
+            return data
+        if header == DillDataBase64.identifier and self.shell_results:
+            try:  # whatever these bytes make the unpickler raise, they are refused
+                raw = base64.b64decode(payload[IDENTIFIER_LENGTH:])
+                shell = _ShellResultUnpickler(io.BytesIO(raw)).load()
+            except Exception as exc:
+                shell = f"{type(exc).__name__}: {exc}"
+            if not isinstance(shell, ShellResult):
+                raise ResultRefused(
+                    f"site {self.site} sent a shell result that is not a ShellResult "
+                    f"({short_repr(shell)})"
+                )
+            return shell
+        raise ResultRefused(
+            f"site {self.site} sent a result that is not JSON data (serializer header "
+            f"{header!r}): refused unread"
+        )
 
 
 def takes_json_only(engine: t.Any) -> bool:
     """Whether the engine's allowed_serializers admit JSON arguments and not dill ones."""
-    from globus_compute_sdk.serialize.concretes import DillDataBase64, JSONData
-
     allowed = getattr(getattr(engine, "serde", None), "allowed_deserializer_types", None) or ()
     return JSONData in allowed and DillDataBase64 not in allowed
 
@@ -97,6 +183,10 @@ def ensure_endpoint_tools_on_path() -> None:
         os.environ["PATH"] = os.pathsep.join([scripts, *parts])
 
 
+def result_serializers(shell_results: bool = False) -> list[str]:
+    return list(SHELL_RESULTS if shell_results else JSON_RESULTS)
+
+
 # Parsl starts a local engine's worker pools in process groups of their own; its interchange
 # stays in the server's, so Ctrl-C in a terminal (SIGINT to the whole foreground group) killed
 # it, and the engine's shutdown then waited for its reply forever. It gets its own group too,
@@ -119,7 +209,9 @@ def in_own_process_group(engine: t.Any) -> None:
 class LocalEngineExecutor(Executor):
     """A local site: its own GlobusComputeEngine, fed the way an endpoint feeds it.
     ``user_config``: the rendered user endpoint config (YAML), or that config already loaded
-    with :func:`load_engine_config`."""
+    with :func:`load_engine_config`. ``shell_results``: the site runs ShellFunctions (an MPI
+    engine). ``serializer`` and ``results``: what an SDK Executor was given, for a stand-in
+    that forwards to this engine."""
 
     def __init__(
         self,
@@ -128,12 +220,18 @@ class LocalEngineExecutor(Executor):
         run_dir: pathlib.Path,
         *,
         source: str = "user_config.yaml",
+        shell_results: bool = False,
+        serializer: ComputeSerializer | None = None,
+        results: list[str] | None = None,
     ) -> None:
         self.site = site
         self.endpoint_id = uuid.uuid4()
         # Sent with each task, as the SDK Executor's attribute of the same name is: the MPI
         # engine's num_nodes / ranks_per_node / launcher_options (empty for other engines).
         self.resource_specification: dict[str, t.Any] | None = None
+        self.result_serializers = (
+            results if results is not None else result_serializers(shell_results)
+        )
         self._lock = threading.Lock()
         self._closed = False
         config = (
@@ -144,7 +242,9 @@ class LocalEngineExecutor(Executor):
         ensure_endpoint_tools_on_path()
         self._engine = config.engine
         # pack as the engine accepts (its allowed_serializers), as the SDK Executor is told to
-        self._serializer = code_serializer(json_data=takes_json_only(self._engine))
+        self._serializer = serializer or SiteSerializer(
+            site, shell_results=shell_results, json_data=takes_json_only(self._engine)
+        )
         in_own_process_group(self._engine)
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -184,6 +284,7 @@ class LocalEngineExecutor(Executor):
                 engine_future,
                 packed,
                 resource_specification=dict(self.resource_specification or {}),
+                result_serializers=list(self.result_serializers),
             )
             return outer
 
@@ -250,18 +351,23 @@ def remote_executor(
     *,
     json_data: bool = False,
     function_ids: t.Iterable[tuple[t.Callable[..., t.Any], str]] = (),
+    site: str = "",
+    shell_results: bool = False,
 ) -> Executor:
     """A deployed facility, through the Globus Compute SDK (interactive login once, or the
     GLOBUS_COMPUTE_CLIENT_ID / GLOBUS_COMPUTE_CLIENT_SECRET client credentials). Each
     (function, id) of `function_ids` (the kit's functions as deploy registered them) is
     submitted by that id: the SDK registers nothing new, which the endpoint's allowed_functions
-    would refuse. `json_data`: arguments as JSON (the endpoint accepts nothing else)."""
+    would refuse. `json_data`: arguments as JSON (the endpoint accepts nothing else). Results
+    are asked for, and read back, as data (:class:`SiteSerializer`; `shell_results`: an MPI
+    site's ShellResult)."""
     cls = sdk_executor_class()
     executor = cls(
         endpoint_id=endpoint_id,
         user_endpoint_config=user_endpoint_config or None,
         label=label,
-        serializer=code_serializer(json_data=json_data),
+        serializer=SiteSerializer(site or label, shell_results=shell_results, json_data=json_data),
+        result_serializers=result_serializers(shell_results),
     )
     for fn, function_id in function_ids:
         executor.register_function(fn, function_id=function_id)  # type: ignore[attr-defined]

@@ -100,6 +100,16 @@ def problems(exc: ValidationError, *, schema: str = "the schema", raw: Any = Non
     return out
 
 
+def short_repr(value: Any, limit: int = 100) -> str:
+    """``repr(value)`` in at most ``limit`` characters, its middle cut (a value may be a site's
+    megabytes; a path's end says the most)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    half = (limit - 3) // 2
+    return text[:half] + "..." + text[len(text) - half :]
+
+
 def user_error(
     exc: ValidationError,
     *,
@@ -121,7 +131,7 @@ def user_error(
     message = first.message + (f" (and {more} more)" if more else "")
     if what:
         message = f"{what} ({message})"
-    got = "" if isinstance(first.input, dict | list) else f"got {first.input!r}; "
+    got = "" if isinstance(first.input, dict | list) else f"got {short_repr(first.input)}; "
     return UserError(
         message, file=file, field=field, fix=fix or first.fix or f"{got}correct the value"
     )

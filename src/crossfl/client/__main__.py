@@ -109,6 +109,24 @@ def run_task(task_file: Path, out_file: Path, distributed: bool) -> None:
     click.echo(f"{name}: wrote {out_file}")
 
 
+@main.command("adapter-layout")
+@click.argument("model_dir")
+@click.argument("lora_json")
+def adapter_layout(model_dir: str, lora_json: str) -> None:
+    """Print one JSON line: the LoRA adapter's tensor names and shapes for MODEL_DIR's
+    config.json and LORA_JSON (a LoraSpec), as peft builds them on the meta device (the
+    server asks this of a model crossfl.client.layout does not compute itself)."""
+    from crossfl.client.contract import LoraSpec
+    from crossfl.client.train import peft_adapter_shapes
+
+    try:
+        lora = LoraSpec.from_wire(json.loads(lora_json))
+        click.echo(json.dumps(peft_adapter_shapes(model_dir, lora)))
+    except (UserError, ValueError) as exc:
+        click.echo(f"error: {exc.render() if isinstance(exc, UserError) else exc}", err=True)
+        sys.exit(2)
+
+
 def _rank(name: str, spec: dict[str, Any]) -> dict[str, Any] | None:
     from torch.distributed.elastic.multiprocessing.errors import record
 

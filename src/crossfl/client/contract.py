@@ -2,14 +2,19 @@
 
 Both sides import these models. The server builds every task from them; the site validates
 every task against them (one ``UserError`` naming the field). Through Globus Compute they
-travel as plain data: ``to_wire()`` gives a dict of str, int, float, bytes and lists, and
-``from_wire()`` checks one. Adding a field to a task touches this file, and the line that
-fills it. Paths are absolute: a relative one would resolve against a worker's working
-directory, which is never what was meant.
+travel as plain data: a task's ``to_wire()`` gives a dict of str, int, float, bytes and lists;
+a result's is JSON data (bytes as base64 text), which is all the server accepts back from a
+site (``crossfl.endpoints.SiteSerializer``). ``from_wire()`` checks one. A site is not
+trusted: every field of a result is bounded (sizes, lengths, counts, finite numbers) before
+the server uses it. Adding a field to a task touches this file, and the line that fills it.
+Paths are absolute: a relative one would resolve against a worker's working directory, which
+is never what was meant.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
@@ -17,7 +22,8 @@ from pydantic import (
     AfterValidator,
     ConfigDict,
     Field,
-    Strict,
+    PlainSerializer,
+    PlainValidator,
     ValidationError,
     model_validator,
 )
@@ -32,7 +38,45 @@ WireDType = Literal["float32", "bfloat16"]
 WIRE_DTYPES: tuple[str, ...] = get_args(WireDType)
 COMPUTE_DTYPES: tuple[str, ...] = get_args(ComputeDType)
 
-Bytes = Annotated[bytes, Strict()]
+MAX_INLINE_BYTES = 10 * 1024 * 1024
+"""No adapter travels inside a task or a result beyond an endpoint's result cap (10 MiB)."""
+
+
+def _wire_bytes(value: Any) -> bytes:
+    """bytes, or the base64 text a result carries them as."""
+    if isinstance(value, str):
+        if len(value) > (MAX_INLINE_BYTES + 2) // 3 * 4:
+            raise ValueError(f"over {MAX_INLINE_BYTES} bytes inline: send it by reference")
+        try:
+            value = binascii.a2b_base64(value, strict_mode=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("neither bytes nor base64 text") from None
+    if not isinstance(value, bytes):
+        raise ValueError(f"expected bytes, got {type(value).__name__}")
+    if len(value) > MAX_INLINE_BYTES:
+        raise ValueError(f"over {MAX_INLINE_BYTES} bytes inline: send it by reference")
+    return value
+
+
+Bytes = Annotated[
+    bytes,
+    PlainValidator(_wire_bytes),
+    PlainSerializer(lambda b: base64.b64encode(b).decode("ascii"), when_used="json"),
+]
+"""Bytes on the wire: as they are in a task, base64 text in a result (JSON)."""
+
+
+def inline_nbytes(value: bytes | str | None) -> int:
+    """Bytes of an inline adapter as a task (bytes) or a result (base64 text) carries it."""
+    if isinstance(value, str):
+        return len(value) // 4 * 3 - value[-2:].count("=")
+    return len(value or b"")
+
+
+MAX_RANKS = 1 << 20
+Name = Annotated[str, Field(max_length=256)]
+Seconds = Annotated[float, Field(ge=0)]
+Count = Annotated[int, Field(ge=0, le=1 << 50)]
 
 
 def _absolute(path: str) -> str:
@@ -66,6 +110,16 @@ class Message(StrictModel):
                 raw=data,
                 schema=f"crossfl.client.contract.{cls.__name__}",
             ) from None
+
+
+class Result(Message):
+    """What a site sends back: JSON data on the wire, every number finite and every string,
+    list and count bounded (a site's result is not trusted)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_max_length=4096)
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
 
 
 class LoraSpec(Message):
@@ -140,44 +194,44 @@ class EvalTask(SiteTask):
     generate_samples: int = Field(32, ge=0)
 
 
-class TrainTimings(Message):
-    load_s: float
-    train_s: float
-    serialize_s: float
-    fetch_s: float = 0.0  # reading the incoming adapter from adapter_path
-    store_s: float = 0.0  # writing the result to result_path
+class TrainTimings(Result):
+    load_s: Seconds
+    train_s: Seconds
+    serialize_s: Seconds
+    fetch_s: Seconds = 0.0  # reading the incoming adapter from adapter_path
+    store_s: Seconds = 0.0  # writing the result to result_path
 
 
-class TrainResult(Message):
+class TrainResult(Result):
     adapter: Bytes | None = None
     adapter_path: str | None = None  # where the site wrote it (result_path), when not inline
-    adapter_nbytes: int | None = None
-    num_samples: int = Field(ge=0)
+    adapter_nbytes: Count | None = None
+    num_samples: Count
     train_loss: float
     first_loss: float
-    steps: int = Field(ge=0)
+    steps: Count
     timings: TrainTimings
     started_at: float
     finished_at: float
-    device: str
-    host: str
-    pid: int
+    device: Name
+    host: Name
+    pid: Count
     cache_hit: bool
     python: str | None = None  # the interpreter that ran it (an image's, or the site's venv)
-    train_tokens: int = Field(0, ge=0)  # tokens of the global batches, no padding
+    train_tokens: Count = 0  # tokens of the global batches, no padding
     # How the task used its node(s) (crossfl.client.telemetry holds the definitions):
-    ranks: int = Field(1, ge=1)
-    nodes: int = Field(1, ge=1)
-    devices_per_rank: int = Field(1, ge=1)
-    device_type: str = "cpu"
-    device_names: list[str] = Field(default_factory=list)  # one per rank, in rank order
-    dist_backend: str | None = None
+    ranks: int = Field(1, ge=1, le=MAX_RANKS)
+    nodes: int = Field(1, ge=1, le=MAX_RANKS)
+    devices_per_rank: int = Field(1, ge=1, le=MAX_RANKS)
+    device_type: Name = "cpu"
+    device_names: list[Name] = Field(default_factory=list, max_length=MAX_RANKS)  # rank order
+    dist_backend: Name | None = None
     sharded: bool = False
-    accelerator_s: float = Field(0.0, ge=0)  # sum over ranks of device-seconds in steps
-    train_window_s: float = Field(0.0, ge=0)  # the training loop's wall (the slowest rank's)
-    wall_s: float = Field(0.0, ge=0)  # the task's wall seconds on the worker
+    accelerator_s: Seconds = 0.0  # sum over ranks of device-seconds in steps
+    train_window_s: Seconds = 0.0  # the training loop's wall (the slowest rank's)
+    wall_s: Seconds = 0.0  # the task's wall seconds on the worker
     # A replay's site (crossfl.simulate) says which pilot ran the task and what was simulated.
-    simulated: dict[str, Any] | None = None
+    simulated: dict[Name, Name | int | float | bool | None] | None = Field(None, max_length=64)
 
     @model_validator(mode="after")
     def _has_adapter(self) -> TrainResult:
@@ -186,29 +240,40 @@ class TrainResult(Message):
         return self
 
 
-class EvalTimings(Message):
-    load_s: float
-    loss_s: float
-    generate_s: float
+class EvalTimings(Result):
+    load_s: Seconds
+    loss_s: Seconds
+    generate_s: Seconds
 
 
-class Prediction(Message):
-    task: str
-    raw_input: str
-    expected: str
-    predicted: str
+class Prediction(Result):
+    task: Name
+    raw_input: str = Field(max_length=65536)
+    expected: str = Field(max_length=65536)
+    predicted: str = Field(max_length=65536)
 
 
-class EvalResult(Message):
+class EvalResult(Result):
+    model_config = ConfigDict(allow_inf_nan=True)  # val_loss is NaN without answer tokens
+
     val_loss: float
-    num_samples: int = Field(ge=0)
-    num_tokens: int = Field(0, ge=0)
+    num_samples: Count
+    num_tokens: Count = 0
     # per task: [tokens of the answer's value (the formula or number inside its tags) the model
     # predicts right given the ones before them, greedy; all such tokens]
-    answer_tokens: dict[str, tuple[int, int]] = Field(default_factory=dict)
-    exact_match: dict[str, float] = Field(default_factory=dict)
-    generated: int = 0
-    predictions: list[Prediction] = Field(default_factory=list)
+    answer_tokens: dict[Name, tuple[Count, Count]] = Field(default_factory=dict, max_length=1024)
+    exact_match: dict[Name, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict, max_length=1024
+    )
+    generated: Count = 0
+    predictions: list[Prediction] = Field(default_factory=list, max_length=1024)
     timings: EvalTimings
     cache_hit: bool = False
-    device: str = "cpu"
+    device: Name = "cpu"
+
+    @model_validator(mode="after")
+    def _right_within_all(self) -> EvalResult:
+        for task, (right, total) in self.answer_tokens.items():
+            if right > total:
+                raise ValueError(f"answer_tokens[{task!r}]: {right} right of {total} tokens")
+        return self

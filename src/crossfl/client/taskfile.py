@@ -9,6 +9,7 @@ safetensors file) is read by the task; a returned `adapter` is written to
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Collection
 from pathlib import Path
@@ -59,6 +60,8 @@ def read_task(path: Path, known: Collection[str]) -> tuple[str, dict[str, Any]]:
 def write_result(result: dict[str, Any], out: Path) -> None:
     result = dict(result)
     adapter = result.pop("adapter", None)
+    if isinstance(adapter, str):  # a result carries its bytes as base64 text
+        adapter = base64.b64decode(adapter)
     if isinstance(adapter, bytes):
         adapter_file = out.with_name(out.name + ".adapter.safetensors")
         atomic_write_bytes(adapter_file, adapter)

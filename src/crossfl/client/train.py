@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from torch.nn.parallel import DistributedDataParallel
 
 from crossfl.client import model_cache, sharding
@@ -96,6 +96,18 @@ def load_examples(
 
 
 # ---------------------------------------------------------------- adapter state
+
+
+def peft_adapter_shapes(model_dir: str, lora: LoraSpec) -> dict[str, tuple[int, ...]]:
+    """peft's LoRA tensors of ``lora`` on the model of ``model_dir``'s config.json, by name:
+    the model is built on the meta device, so no weight is read (crossfl.client.layout asks
+    this, in a child process, of a model whose layout it does not compute itself)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        model = get_peft_model(AutoModelForCausalLM.from_config(config), lora_key(lora).config())
+    return {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
 
 
 def fresh_adapter_state(model: PeftModel, seed: int) -> dict[str, torch.Tensor]:

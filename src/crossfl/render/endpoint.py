@@ -112,6 +112,7 @@ def endpoint_context(site: Site, endpoint_dir: Path) -> dict[str, Any]:
         "allowed_serializers": allowed_serializers(site),
         "authentication_policy": site.endpoint.authentication_policy,
         "admins": site.endpoint.admins,
+        "address": site.endpoint.address,
         "address_interface": site.endpoint.address_interface,
         "idle_soft": var["idle_heartbeats_soft"],
         "max_idletime": var["max_idletime"],

@@ -49,8 +49,12 @@ class AsyncDriver(DriverBase):
         self, new: torch.Tensor, sites: list[str], staleness: dict[str, int], started_s: float
     ) -> EvalRecord | None:
         """A new global version (its aggregation began at run time ``started_s``): record it,
-        evaluate when due, checkpoint."""
+        evaluate when due, checkpoint. A new global that is refused changes nothing: the last
+        good one stays."""
         s = self.state
+        if not self.accept_global(new, s.round + 1, sites):
+            self.fail_streak += 1
+            return None
         s.global_flat = new
         s.version += 1
         s.round += 1

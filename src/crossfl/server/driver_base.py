@@ -28,18 +28,33 @@ from crossfl.client.adapter_io import (
 from crossfl.client.contract import EvalResult, TrainResult
 from crossfl.client.encoding import load_records
 from crossfl.clock import REAL_CLOCK, Clock, bind_strategy_clock
-from crossfl.endpoints import failure_summary
+from crossfl.endpoints import failure_summary, refusal
 from crossfl.errors import UserError
 from crossfl.server import checkpoint as ckpt
 from crossfl.server.dispatch import make_policy
 from crossfl.server.faults import Parking, RetryingTask, RetryPolicy, call_with_retry
 from crossfl.server.flat import FlatSpec
 from crossfl.server.plan import RunPlan
-from crossfl.server.records import EvalRecord, ResumeRecord, TaskRecord, account
-from crossfl.server.screening import DistanceScreen, distance, finite_problem, layout_problem
+from crossfl.server.records import (
+    EvalRecord,
+    RefusedGlobalRecord,
+    ResumeRecord,
+    TaskRecord,
+    account,
+)
+from crossfl.server.screening import (
+    DistanceScreen,
+    SampleBounds,
+    adapter_size_bound,
+    base_layout,
+    distance,
+    finite_problem,
+    layout_problem,
+    norm,
+)
 from crossfl.server.site_executors import OpenSite
 from crossfl.server.strategies import get_strategy
-from crossfl.server.strategies.base import ClientPlan, Update
+from crossfl.server.strategies.base import ClientPlan, Strategy, Update
 from crossfl.server.telemetry import MetricsLog, live_records, of_kind
 from crossfl.server.transport import Outgoing, Transport
 
@@ -173,9 +188,8 @@ class DriverBase(ABC):
         self.console = console
         self.state = RunState(run_dir, clock, clock.now())
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
-        self.strategy = get_strategy(self.exp.strategy.name, **self.exp.strategy.kwargs)
-        bind_strategy_clock(self.strategy, clock)
-        self.strategy.register_sites(self.sample_counts())
+        self.samples = SampleBounds(self.sample_counts())
+        self.strategy = self.new_strategy()
         self.eval_site = eval_site or handles[self.exp.eval_site]
         self.keep_files = keep_files  # checkpoints and the final adapter (not in comparisons)
         self.dispatch = make_policy(
@@ -187,7 +201,13 @@ class DriverBase(ABC):
         self.policy = RetryPolicy(f.retries, f.backoff_s, f.backoff_max_s)
         self.parking = Parking(f.park_after, f.park_rounds)
         uc = self.exp.update_checks
-        self.screen = DistanceScreen(uc.max_distance_factor, uc.min_updates_for_distance)
+        self.screen = DistanceScreen(
+            uc.max_distance_factor, uc.min_updates_for_distance, uc.max_relative_distance
+        )
+        if plan.model_here is not None:  # the base adapter's layout: what every update matches
+            self.learn_layout(
+                base_layout(plan.model_here, plan.lora, self.exp.training.adapter_dtype)
+            )
         self.stop_after = stop_after
         self.resumed = False
         self._bytes: tuple[int, bytes | None] = (-1, None)
@@ -195,19 +215,33 @@ class DriverBase(ABC):
 
     def sample_counts(self) -> dict[str, int]:
         """Every site's training-set size as its client will count it (its records, capped
-        by ``max_samples``): read here for data on this machine, 0 (unknown) elsewhere."""
+        by ``max_samples``), as far as the server knows it: read here for data on this machine
+        (a site that runs here, or a partition of data.train the server wrote), else the size
+        the site's entry declares (``num_samples``), else 0 (unknown)."""
         counts: dict[str, int] = {}
         for entry in self.exp.sites:
             path = Path(self.data_paths.get(entry.name, ""))
             cap = entry.training.max_samples or self.exp.training.max_samples
-            here = self.handles[entry.name].site.runs_here if entry.name in self.handles else False
+            site = self.plan.sites.get(entry.name)
+            here = site is not None and (site.runs_here or site.data_path is None)
             try:
                 counts[entry.name] = (
                     len(load_records(str(path), cap)) if here and path.is_file() else 0
                 )
             except UserError:  # the site's own task reports it, with the site's name
                 counts[entry.name] = 0
+            if not counts[entry.name] and entry.num_samples:
+                counts[entry.name] = min(entry.num_samples, cap or entry.num_samples)
         return counts
+
+    def new_strategy(self) -> Strategy:
+        """The experiment's strategy, fresh: its clock, every site's known size, the layout."""
+        strategy = get_strategy(self.exp.strategy.name, **self.exp.strategy.kwargs)
+        bind_strategy_clock(strategy, self.clock)
+        strategy.register_sites(self.samples.counts)
+        if self.state.spec is not None:
+            strategy.set_layout(self.state.spec)
+        return strategy
 
     @abstractmethod
     def run(self) -> Outcome:
@@ -244,10 +278,11 @@ class DriverBase(ABC):
         return spec.flatten(fresh_adapter_from_shapes(shapes, self.exp.seed))
 
     def learn_layout(self, spec: FlatSpec) -> None:
-        """The adapter's tensor layout is known (first update, or a checkpoint): keep it, and
-        tell the strategy."""
+        """The adapter's tensor layout is known (the base adapter's, or a checkpoint's): keep
+        it, tell the strategy, and bound what a result by reference may hold by it."""
         self.state.spec = spec
         self.strategy.set_layout(spec)
+        self.transport.max_adapter_bytes = adapter_size_bound(spec)
 
     # -- tasks ------------------------------------------------------------------------------
     def submit_train(self, site: str, rnd: int) -> Pending:
@@ -266,7 +301,7 @@ class DriverBase(ABC):
 
     def arrival(self, p: Pending, received: float, timed_out: bool = False) -> Arrival:
         """Turn a finished (or timed-out) task into its record and, if it passes, its update."""
-        result, error = None, None
+        result, error, refused = None, None, None
         if timed_out:
             error = f"timed out after {self.exp.task_timeout_s:.0f} s"
             p.task.cancel()
@@ -274,10 +309,13 @@ class DriverBase(ABC):
             try:
                 result = TrainResult.from_wire(p.task.future.result())
             except UserError as exc:  # the site answered, but not with a TrainResult
-                error = f"malformed result: {exc}"
+                refused = f"malformed result: {exc}"
             except Exception as exc:  # a failed site is recorded; the run goes on without it
-                error = failure_summary(exc)
+                why = refusal(exc)  # what it sent is not data: refused unread
+                refused, error = (str(why), None) if why else (None, failure_summary(exc))
         record = task_record(p, received, self.state.started, result, error)
+        if refused is not None:  # nothing of it is used; the dispatch still sees the site free
+            self.reject(record, refused)
         site = self.handles[p.site].site
         account(
             record,
@@ -291,11 +329,14 @@ class DriverBase(ABC):
             return Arrival(record, None)
         try:
             incoming = call_with_retry(
-                lambda: self.transport.receive(p.site, result, p.out.mode),
+                lambda: self.transport.receive(p.site, result, p.out),
                 self.policy,
                 clock=self.clock,
             )
         except Exception as exc:  # the result could not be fetched (e.g. its transfer failed)
+            why = refusal(exc)
+            if why is not None:
+                return self.reject(record, str(why))
             record.status, record.error = "failed", f"fetching the result: {failure_summary(exc)}"
             return Arrival(record, None)
         try:
@@ -303,7 +344,7 @@ class DriverBase(ABC):
         except Exception as exc:
             return self.reject(record, f"unreadable adapter: {failure_summary(exc)}")
         record.bytes_up, record.transport_up = incoming.bytes_up, incoming.mode
-        if self.state.spec is None:
+        if self.state.spec is None:  # a plan built without its checks (tests): no base layout
             self.learn_layout(FlatSpec.from_state(state_dict))
         assert self.state.spec is not None
         problem = layout_problem(self.state.spec, state_dict)
@@ -313,28 +354,69 @@ class DriverBase(ABC):
         problem = finite_problem(params)
         if problem:
             return self.reject(record, problem)
-        self.transport.expected_result_bytes = max(
-            self.transport.expected_result_bytes, incoming.bytes_up
-        )
         reference = (
             self.state.global_flat if self.state.global_flat is not None else self.initial_global()
         )
+        d = distance(params, reference)
+        problem = self.screen.too_far(d, norm(reference))
+        if problem:
+            record.distance = d
+            return self.reject(record, problem)
+        self.transport.expected_result_bytes = max(
+            self.transport.expected_result_bytes, incoming.bytes_up
+        )
+        counted = self.samples.counted(p.site, result.num_samples)
+        if counted != result.num_samples:
+            record.weighed_samples = counted
         update = Update(
             site=p.site,
             params=params,
-            num_samples=result.num_samples,
+            num_samples=counted,
             base_version=p.base_version,
             local_steps=result.steps or p.plan.local_steps,
             train_time_s=record.train_s,
             queue_wait_s=record.queue_s,
         )
+        # the dispatch's factor (staleness, participation) on top of the bounded sample count
         update.weight = self.dispatch.weight(update, self.state.version)
-        return Arrival(record, update, distance(params, reference))
+        return Arrival(record, update, d)
 
     @staticmethod
     def reject(record: TaskRecord, reason: str) -> Arrival:
-        record.status, record.reason = "rejected", reason
+        """Drop the update; the reason (what a site sent shapes it: one line, bounded) is
+        recorded."""
+        record.status, record.reason = "rejected", " ".join(reason.split())[:500]
         return Arrival(record, None)
+
+    def accept_global(self, new: torch.Tensor, rnd: int, sites: list[str]) -> bool:
+        """Whether ``new`` may replace the last good global. If not, the refusal is recorded
+        and the strategy goes back to its state at the last checkpoint (a fresh one before the
+        first), so the aggregation leaves nothing behind."""
+        s = self.state
+        assert s.global_flat is not None
+        problem = self.screen.global_problem(new, s.global_flat)
+        if problem is None:
+            return True
+        self.metrics.write(
+            RefusedGlobalRecord(
+                round=rnd,
+                version=s.version,
+                sites=sites,
+                reason=f"new global refused: {problem}",
+                elapsed_s=s.elapsed(),
+            )
+        )
+        self.console.print(
+            f"  [red]round {rnd}: the new global is refused ({problem}); "
+            f"version {s.version} stays[/]"
+        )
+        saved = ckpt.load(s.run_dir / "checkpoint") if self.keep_files else None
+        self.strategy = self.new_strategy()
+        if saved is not None:
+            self.strategy.load_state_dict(saved.strategy_state)
+            bind_strategy_clock(self.strategy, self.clock)
+        self.dispatch.strategy = self.strategy  # the dispatch plans with the same one
+        return False
 
     def screen_distances(self, arrivals: list[Arrival]) -> None:
         """Reject norm outliers among ``arrivals`` (and the recent history) in place."""

@@ -85,6 +85,12 @@ class SiteEntry(Strict):
         None, description="the base model on this site's filesystem (default: model.path)"
     )
     user_options: dict[str, Any] = Field(default_factory=dict)
+    num_samples: int | None = Field(
+        None,
+        ge=1,
+        description="the site's training-set size, where the server cannot count it (its own "
+        "data at a facility): no update of the site weighs more samples than this",
+    )
     training: SiteTraining = SiteTraining()
     transport: SiteTransport = SiteTransport()
     nodes: int | None = Field(
@@ -249,6 +255,12 @@ class UpdateChecks(Strict):
         description="reject an update further from the global than this x the median distance",
     )
     min_updates_for_distance: int = Field(3, ge=2)
+    max_relative_distance: float | None = Field(
+        10.0,
+        gt=0,
+        description="reject an update (from the first one on), or a new global, further from "
+        "the current global than this x the global's L2 norm (null: no bound)",
+    )
 
 
 class Experiment(Strict):

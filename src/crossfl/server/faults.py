@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from crossfl.clock import REAL_CLOCK, Clock, Handle
-from crossfl.endpoints import failure_summary
+from crossfl.endpoints import failure_summary, refusal
 
 # parsl.executors.high_throughput.errors: "WorkerLost: Task failure due to loss of worker ..."
 # and "ManagerLost: Task failure due to loss of manager ..."; the engine's bad-state error when
@@ -40,7 +40,10 @@ USER_PATTERNS = re.compile(r"(UserError|ValueError|MaxResultSizeExceeded)\b")
 
 
 def is_system_failure(exc: BaseException) -> bool:
-    """True for a failure the facility caused (worth retrying), False for the task's own."""
+    """True for a failure the facility caused (worth retrying), False for the task's own
+    (a result refused as not data included: the site would send it again)."""
+    if refusal(exc) is not None:
+        return False
     remote = getattr(exc, "remote_data", None)
     if isinstance(remote, str):
         last = failure_summary(exc)

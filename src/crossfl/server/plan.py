@@ -77,6 +77,9 @@ class RunPlan:
     driver: DriverKind
     validation_path: str  # absolute, at the evaluating site
     train_path: Path | None  # absolute, here: what the server partitions for sites without data
+    # the base model's directory on this machine: the adapter's layout comes from its config
+    # (None only for a plan built without the checks: then the first update fixes it)
+    model_here: str | None = None
 
     @property
     def eval_site(self) -> SitePlan:
@@ -370,4 +373,23 @@ def _plan(experiment: Experiment, source: Path, kept_data: Path | None) -> RunPl
         driver=driver,
         validation_path=validation,
         train_path=train,
+        model_here=model_here(experiment, sites),
+    )
+
+
+def model_here(experiment: Experiment, sites: dict[str, SitePlan]) -> str:
+    """A directory on this machine with the model's config.json: model.path, else the model of
+    a site that runs here. The server derives the adapter's layout from it, so that no site's
+    update decides what the others must match."""
+    candidates = [str(local_path(experiment.model.path))]
+    candidates += [s.model_path for s in sites.values() if s.runs_here]
+    for path in candidates:
+        if (Path(path) / "config.json").is_file():
+            return path
+    raise UserError(
+        f"no config.json at {experiment.model.path} on this machine: the server derives the "
+        "LoRA adapter's layout from the model's config",
+        field="model.path",
+        fix="point model.path at a directory here holding the model's config.json (each "
+        "site's model_path still names its own copy)",
     )

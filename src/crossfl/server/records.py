@@ -76,6 +76,7 @@ class TaskRecord(Record):
     bytes_up: int | None = None
     transport_up: str | None = None
     # screening, lateness, staleness, parking
+    weighed_samples: int | None = None  # num_samples bounded by the site's known size, if less
     distance: float | None = None
     late: bool | None = None
     arrived_in_round: int | None = None
@@ -133,6 +134,18 @@ class AggregationRecord(Record):
     elapsed_s: float  # run time when it ended
     staleness: dict[str, int]
     updates: int | None = None  # async: accepted updates so far
+
+
+class RefusedGlobalRecord(Record):
+    """An aggregation whose new global was refused (not finite, or too far): the last good
+    global stays, the strategy goes back to its last checkpoint."""
+
+    kind: Literal["refused_global"] = "refused_global"
+    round: int
+    version: int  # the global that stays
+    sites: list[str]
+    reason: str
+    elapsed_s: float
 
 
 class EvalRecord(Record):
@@ -242,6 +255,7 @@ class SimulationRecord(Record):
 AnyRecord = Annotated[
     TaskRecord
     | AggregationRecord
+    | RefusedGlobalRecord
     | EvalRecord
     | SkippedRecord
     | ResumeRecord

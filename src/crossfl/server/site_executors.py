@@ -126,11 +126,17 @@ def open_site(site: SitePlan, engines_dir: Path) -> OpenSite:
             label=f"crossfl-{site.name}",
             json_data=site.mpi,
             function_ids=registered_functions(site.catalog),
+            site=site.name,
+            shell_results=site.mpi,
         )
         endpoint = site.endpoint_id
     else:
         local = LocalEngineExecutor(
-            site.name, site.engine_config, engines_dir / site.name, source=site.engine_source
+            site.name,
+            site.engine_config,
+            engines_dir / site.name,
+            source=site.engine_source,
+            shell_results=site.mpi,
         )
         executor, endpoint = local, str(local.endpoint_id)
     control = SchedulerControl(site) if site.runs_here and site.catalog.sched.batch else None

@@ -159,12 +159,14 @@ class RoundDriver(DriverBase):
         new = self.strategy.aggregate(
             s.global_flat, sorted(updates, key=lambda u: (u.site, u.base_version)), s.version
         )
+        s.round = rnd
+        self.dispatch.aggregated()  # the round is closed, its global taken or refused
+        if new is not None and not self.accept_global(new, rnd, sorted(u.site for u in updates)):
+            return  # the last good global stays; the round's updates count for nothing
         if new is not None:
             s.global_flat = new
             s.version += 1
-        s.round = rnd
         s.updates += len(updates)
-        self.dispatch.aggregated()
         self.metrics.write(
             AggregationRecord(
                 round=rnd,

@@ -15,11 +15,21 @@ too, whatever the adapter's size: shared_fs where it has a shared directory, els
 globus_transfer; its result comes back as a file (``crossfl.server.mpi_tasks``).
 
 Bytes moved are counted per task and per direction, whichever way they went.
+
+What a site writes back by reference is read as data, and only from where the server told it
+to write: a result must name exactly the ``result_path`` its task carried (no ``..``, no other
+directory), and the file is opened below the site's transport directory one name at a time
+without following a symbolic link (``openat`` with ``O_NOFOLLOW``) and without blocking, and
+read only when it is a regular file no larger than the adapter's layout allows. A FIFO,
+``/dev/zero``, a link out of the directory or an oversized file is refused (``ResultRefused``).
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 import time
 import uuid
 from collections.abc import Callable
@@ -30,8 +40,10 @@ from typing import Any
 from crossfl.atomic import atomic_write_bytes
 from crossfl.client import tasks as client_tasks
 from crossfl.client.contract import EvalTask, SiteTask, TrainResult, TrainTask
+from crossfl.endpoints import ResultRefused
 from crossfl.errors import UserError
 from crossfl.functions import kit_functions
+from crossfl.schema import short_repr
 from crossfl.server.experiment import GlobusCollection, SiteEntry
 from crossfl.server.mpi_tasks import (
     MpiTask,
@@ -55,12 +67,17 @@ class TaskFns:
     evaluate: Callable[..., Any] = client_tasks.evaluate
 
 
+MAX_OUT_BYTES = 16 * 1024 * 1024
+"""An MPI task's OUT.json (a result without adapter bytes) is never larger."""
+
+
 @dataclass
 class Outgoing:
     fn: Callable[..., Any]
     payload: Any  # the task on the wire (an MPI site: an MpiTask)
     mode: str
     bytes_down: int
+    result_rel: str | None = None  # where the site was told to write its adapter (by reference)
 
 
 @dataclass
@@ -126,6 +143,44 @@ def _join(root: str, rel: str) -> str:
     return root.rstrip("/") + "/" + rel.lstrip("/")
 
 
+def read_confined(root: Path, rel: str, limit: int, what: str) -> bytes:
+    """The bytes of ``root/rel``: each name below ``root`` opened without following a link,
+    the last one without blocking, read only when it is a regular file of at most ``limit``
+    bytes. ``ResultRefused`` (naming ``what``) otherwise; FileNotFoundError when it is not
+    there."""
+    *dirs, name = rel.split("/")
+    assert name and not {".", "..", ""} & {*dirs, name}, rel  # the server's own names
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(root, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)  # the user's, links and all
+    try:
+        for part in dirs:
+            inner = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        inner = os.open(name, flags | os.O_NONBLOCK, dir_fd=fd)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        why = {
+            errno.ELOOP: "is a symbolic link",
+            errno.ENOTDIR: "leaves its directory (a symbolic link, or not a directory)",
+        }.get(exc.errno, exc.strerror)
+        raise ResultRefused(f"{what}: {rel} {why}; refused unread") from None
+    finally:
+        os.close(fd)
+    with os.fdopen(inner, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
+            raise ResultRefused(f"{what}: {rel} is {kind}; refused unread")
+        data = f.read(st.st_size + 1) if st.st_size <= limit else b""
+    if st.st_size > limit or len(data) > limit:
+        raise ResultRefused(
+            f"{what}: {rel} holds over {limit} bytes, more than its layout takes; refused"
+        )
+    return data
+
+
 def transfer_client_from_env() -> Any:
     """A TransferClient with the confidential client's credentials
     (GLOBUS_COMPUTE_CLIENT_ID / GLOBUS_COMPUTE_CLIENT_SECRET, as for the Compute SDK)."""
@@ -165,6 +220,9 @@ class Transport:
         self._mover: GlobusMover | None = None
         self._sent: dict[tuple[str, str], str] = {}  # (site, file) already at the site
         self.expected_result_bytes = 0  # set by the driver once an adapter came back
+        # the most an adapter of the run's layout takes (set by the driver from the base
+        # adapter): a result by reference larger than this is refused unread
+        self.max_adapter_bytes = 1 << 40
 
     # -- choosing ----------------------------------------------------------------------------
     def shared_dir(self, entry: SiteEntry) -> Path | None:
@@ -223,12 +281,18 @@ class Transport:
         assert shared is not None
         return str(shared / rel)
 
-    def _server_file(self, entry: SiteEntry, mode: str, rel: str) -> Path:
+    def _server_root(self, entry: SiteEntry, mode: str) -> Path:
+        """The site's transport directory as the server sees it (its files are below)."""
         if mode == "globus_transfer":
             g = self.exp.transport.globus
             assert g is not None
-            return Path(g.local_path or g.path) / self.run_dir.name / rel
-        return Path(self._site_path(entry, mode, rel))
+            return Path(g.local_path or g.path) / self.run_dir.name
+        shared = self.shared_dir(entry)
+        assert shared is not None
+        return shared
+
+    def _server_file(self, entry: SiteEntry, mode: str, rel: str) -> Path:
+        return self._server_root(entry, mode) / rel
 
     def _place(self, entry: SiteEntry, mode: str, adapter: bytes, rel: str) -> str:
         """Put the adapter where the site reads it (once per site and file); its site path."""
@@ -255,19 +319,17 @@ class Transport:
         mode = self.mode_for(name, expected)
         if mode == "inline":
             return Outgoing(self.fns.train, on_the_wire(task, adapter=adapter), mode, size)
-        result_path = self._site_path(
-            entry, mode, f"results/{name}-{uuid.uuid4().hex[:12]}.safetensors"
-        )
+        result_rel = f"results/{name}-{uuid.uuid4().hex[:12]}.safetensors"
         adapter_path = (
             self._place(entry, mode, adapter, f"global-v{version}.safetensors") if adapter else None
         )
         payload = on_the_wire(
             task,
             adapter_path=adapter_path,
-            result_path=result_path,
+            result_path=self._site_path(entry, mode, result_rel),
             inline_limit_bytes=self.exp.inline_limit_bytes(entry),
         )
-        return Outgoing(self.fns.train, payload, mode, size)
+        return Outgoing(self.fns.train, payload, mode, size, result_rel)
 
     def evaluate(self, name: str, task: EvalTask, adapter: bytes | None, version: int) -> Outgoing:
         if self.plan.sites[name].mpi:
@@ -309,10 +371,11 @@ class Transport:
             changes["adapter_path"] = self._place(
                 entry, mode, adapter, f"global-v{version}.safetensors"
             )
+        result_rel = None
         if isinstance(task, TrainTask):  # rank 0 writes the adapter as a file, whatever its size
+            result_rel = f"results/{key}.safetensors"
             changes.update(
-                result_path=self._site_path(entry, mode, f"results/{key}.safetensors"),
-                inline_limit_bytes=0,
+                result_path=self._site_path(entry, mode, result_rel), inline_limit_bytes=0
             )
         text = task_file_text(task_name, on_the_wire(task, **changes))
         # the task key: the task file's path at the site (its result: results/<key>.out.json)
@@ -325,10 +388,11 @@ class Transport:
             resource_specification(site.catalog, nodes, ranks),
             lambda shell: result_of(shell, lambda: self._read_back(entry, mode, out_rel)),
         )
-        return Outgoing(fn, payload, mode, len(adapter) if adapter else 0)
+        return Outgoing(fn, payload, mode, len(adapter) if adapter else 0, result_rel)
 
-    def _read_back(self, entry: SiteEntry, mode: str, rel: str) -> dict[str, Any] | None:
-        """A JSON file the site wrote by reference (fetched first with Globus Transfer)."""
+    def _fetch(self, entry: SiteEntry, mode: str, rel: str) -> None:
+        """Bring a file the site wrote to the server's side (Globus Transfer; a shared
+        directory is both)."""
         if mode == "globus_transfer":
             assert entry.transport.globus is not None
             self.mover().fetch(
@@ -336,36 +400,48 @@ class Transport:
                 f"{self.run_dir.name}/{rel}",
                 f"crossfl {self.run_dir.name} {rel} from {entry.name}",
             )
-        path = self._server_file(entry, mode, rel)
-        if not path.is_file():
+
+    def _read_back(self, entry: SiteEntry, mode: str, rel: str) -> dict[str, Any] | None:
+        """A JSON file the site wrote by reference (fetched first with Globus Transfer)."""
+        self._fetch(entry, mode, rel)
+        what = f"site {entry.name}'s result file"
+        try:
+            text = read_confined(self._server_root(entry, mode), rel, MAX_OUT_BYTES, what)
+        except FileNotFoundError:
             return None
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError):
+            raise ResultRefused(f"{what}: {rel} is not JSON") from None
         return data if isinstance(data, dict) else None
 
     # -- incoming ----------------------------------------------------------------------------
-    def receive(self, name: str, result: TrainResult, sent_mode: str) -> Incoming:
+    def receive(self, name: str, result: TrainResult, out: Outgoing) -> Incoming:
+        """The result's adapter: inline, or read from the one file the task named (fetched
+        first with Globus Transfer), within the size the run's layout allows."""
+        limit = self.max_adapter_bytes
         if result.adapter is not None:
-            return Incoming(result.adapter, "inline", len(result.adapter), 0.0)
-        site_path = result.adapter_path
-        assert site_path is not None  # the contract: one of the two
-        entry = self.exp.site_entry(name)
-        t0 = time.perf_counter()
-        if sent_mode == "globus_transfer":
-            assert entry.transport.globus is not None
-            g = entry.transport.globus
-            root = _join(g.local_path or g.path, self.run_dir.name)
-            rel = (
-                str(site_path)[len(root) :].lstrip("/") if str(site_path).startswith(root) else None
-            )
-            if rel is None:
-                raise ValueError(
-                    f"site {name} wrote its result outside its transfer directory: {site_path}"
+            if len(result.adapter) > limit:
+                raise ResultRefused(
+                    f"site {name} sent {len(result.adapter)} adapter bytes, over the "
+                    f"{limit} its layout takes"
                 )
-            self.mover().fetch(
-                g, f"{self.run_dir.name}/{rel}", f"crossfl {self.run_dir.name} {rel} from {name}"
+            return Incoming(result.adapter, "inline", len(result.adapter), 0.0)
+        entry = self.exp.site_entry(name)
+        rel = out.result_rel
+        expected = self._site_path(entry, out.mode, rel) if rel else None
+        if result.adapter_path != expected:
+            raise ResultRefused(
+                f"site {name} named {short_repr(result.adapter_path)} for its adapter, "
+                f"not the result file its task gave ({expected or 'none: inline'})"
             )
-            local = self._server_file(entry, sent_mode, rel)
-        else:
-            local = Path(site_path)
-        data = local.read_bytes()
-        return Incoming(data, sent_mode, len(data), time.perf_counter() - t0)
+        assert rel is not None
+        t0 = time.perf_counter()
+        self._fetch(entry, out.mode, rel)
+        try:
+            data = read_confined(
+                self._server_root(entry, out.mode), rel, limit, f"site {name}'s adapter"
+            )
+        except FileNotFoundError:
+            raise ResultRefused(f"site {name}'s adapter: {rel} is not there") from None
+        return Incoming(data, out.mode, len(data), time.perf_counter() - t0)

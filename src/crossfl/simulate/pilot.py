@@ -49,6 +49,7 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
+from crossfl.client.contract import inline_nbytes
 from crossfl.clock import VirtualClock
 from crossfl.simulate.cache import Outcome
 from crossfl.simulate.queues import QueueModel
@@ -302,9 +303,7 @@ class SiteSimulator:
         else:
             result = self.virtual_result(task)
             blob = result.get("adapter")
-            up = self.transfer.seconds(
-                self.transfer.up_s, len(blob) if isinstance(blob, bytes) else 0
-            )
+            up = self.transfer.seconds(self.transfer.up_s, inline_nbytes(blob))
             self.clock.call_later(up, lambda: self._settle(task, result, None))
         if self.pilot.mode == "per_task":
             self._end_block(block, "done")

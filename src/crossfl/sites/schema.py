@@ -13,6 +13,7 @@ facility's own pages did not confirm (so `crossfl doctor` can compare them with 
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import re
 from typing import Any, Literal
 
@@ -411,8 +412,16 @@ class Endpoint(StrictModel):
     # besides its owner (needs a subscription): Globus Compute's own config.yaml keys.
     authentication_policy: v.Uuid | None = None
     admins: list[v.Uuid] = Field(default_factory=list)
+    # CurveZMQ between the interchange and its workers (Parsl HTEX `encrypted`). Off only
+    # where nothing beyond this machine can reach the interchange (`address` loopback).
     encrypted: bool = True
-    # Network interface the workers use to reach the interchange (hsn0 on Slingshot).
+    # Where the interchange listens and the workers connect (HTEX `address`): 127.0.0.1 where
+    # the workers run on this machine. Unset: every interface (`tcp://*`), or the one named by
+    # address_interface, the network the workers use (hsn0 on Slingshot). Read in the pinned
+    # parsl 2026.10.26 (executors/high_throughput/interchange.py binds `interchange_address or
+    # "*"`; https://parsl.readthedocs.io/en/stable/stubs/parsl.executors.HighThroughputExecutor
+    # .html, checked 2026-12-07).
+    address: str | None = None  # an IP address (checked below)
     address_interface: v.Word | None = None
     max_workers_per_node: int | None = Field(default=None, ge=1)
     # How a node's devices reach the training tasks (the one place this is chosen):
@@ -433,6 +442,39 @@ class Endpoint(StrictModel):
     worker_init_default: v.Line = ""
     idle_heartbeats_soft: int = 10
     idle_heartbeats_hard: int = 5760
+
+    @field_validator("address")
+    @classmethod
+    def _ip_address(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                ipaddress.ip_address(v)
+            except ValueError:
+                raise ValueError(
+                    f"{v!r} is not an IP address: give one, e.g. 127.0.0.1 (loopback)"
+                ) from None
+        return v
+
+    def loopback_only(self) -> bool:
+        """The interchange listens on a loopback address only."""
+        return self.address is not None and ipaddress.ip_address(self.address).is_loopback
+
+    @model_validator(mode="after")
+    def _listener(self) -> Endpoint:
+        if self.address is not None and self.address_interface is not None:
+            raise FieldError(
+                "endpoint.address",
+                "set either address or address_interface: drop one",
+            )
+        if not self.encrypted and not self.loopback_only():
+            where = self.address or self.address_interface or "every interface"
+            raise FieldError(
+                "endpoint.encrypted",
+                f"an unencrypted interchange listening on {where} runs whatever anyone who "
+                "reaches it sends: set encrypted to true, or address to 127.0.0.1 where the "
+                "workers run on this machine",
+            )
+        return self
 
     @model_validator(mode="after")
     def _mode(self) -> Endpoint:
