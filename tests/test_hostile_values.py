@@ -17,7 +17,7 @@ import yaml
 
 from crossfl import paths, render, sites
 from crossfl.errors import UserError
-from crossfl.render.shell import quote
+from crossfl.quoting import quote
 
 REPO = Path(__file__).resolve().parents[1]
 PWNED = "/tmp/crossfl-pwned-t16"  # what the injected commands would create

@@ -46,10 +46,10 @@ from crossfl.deploy.flow import target_of
 from crossfl.deploy.image import LABEL_PIN, LABEL_PYTHON, expected_labels, parse_inspect
 from crossfl.deploy.remote import Remote
 from crossfl.errors import UserError
+from crossfl.quoting import quote
 from crossfl.redact import redact
 from crossfl.render import render_site
 from crossfl.render.batch import smoke_shape
-from crossfl.render.shell import quote
 from crossfl.schedulers import QueueLimits, parse_walltime
 from crossfl.sites import Queue, Site, check_request, load_site
 from crossfl.state import ImageState, load_state

@@ -40,7 +40,7 @@ from crossfl import paths
 from crossfl.deploy.remote import Remote
 from crossfl.errors import UserError
 from crossfl.images import MUST_AGREE, python_minor, read_constraints
-from crossfl.render.shell import quote
+from crossfl.quoting import quote
 from crossfl.state import EndpointEnvState, now
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ import yaml
 from crossfl.deploy import coreconfig
 from crossfl.deploy.remote import Remote, Result
 from crossfl.errors import UserError
-from crossfl.render.shell import quote
+from crossfl.quoting import home_path, quote
 
 ENDPOINT_FILES = (
     "config.yaml",
@@ -46,11 +46,10 @@ class LoginInfo:
 def resolve_path(path: str, home: str, root: str, raw_root: str) -> str:
     """`path` with the unresolved remote_root `raw_root` replaced by `root` and $HOME/~ by
     `home` (the login node's answers)."""
-    root_expr = raw_root.replace("~/", "$HOME/", 1)
+    root_expr = home_path(raw_root)
+    path = home_path(path)
     if root and path.startswith(root_expr):
         path = root + path[len(root_expr) :]
-    if path.startswith("~/"):
-        path = "$HOME/" + path[2:]
     return path.replace("${HOME}", home).replace("$HOME", home)
 
 
@@ -76,8 +75,7 @@ def probe(
         script += f'[ -z "$g" ] || echo CROSSFL_GCE_VERSION=$({GCE} version 2>/dev/null | tail -1)'
     if remote.dry_run:
         remote.run(script, activate=activate)
-        root = remote_root.replace("~/", "$HOME/", 1)
-        return LoginInfo("$HOME", -1, root, "$HOME/.globus_compute", GCE, "?")
+        return LoginInfo("$HOME", -1, home_path(remote_root), "$HOME/.globus_compute", GCE, "?")
     r = remote.run(script, activate=activate)
     m = r.markers()
     t = remote.t

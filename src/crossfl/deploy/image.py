@@ -32,7 +32,7 @@ from crossfl.deploy import jobs
 from crossfl.deploy.transfer import stage_file, tree_manifest
 from crossfl.errors import UserError
 from crossfl.images import MUST_AGREE, def_path, git_commit, python_minor, read_constraints
-from crossfl.render.shell import quote
+from crossfl.quoting import quote
 from crossfl.state import BuildJob, ImageState, now
 
 if TYPE_CHECKING:

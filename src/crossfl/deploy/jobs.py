@@ -20,7 +20,7 @@ from typing import Literal
 
 from crossfl.deploy.remote import Remote
 from crossfl.errors import UserError
-from crossfl.render.shell import quote
+from crossfl.quoting import quote
 from crossfl.schedulers import JobStatus, Scheduler
 
 DRY_JOB_ID = "<job id>"

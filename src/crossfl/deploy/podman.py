@@ -33,8 +33,8 @@ from crossfl.deploy.image import (
 from crossfl.deploy.transfer import stage_file, tree_manifest
 from crossfl.errors import UserError
 from crossfl.images import git_commit
+from crossfl.quoting import quote
 from crossfl.render.batch import OCI_CONTEXT
-from crossfl.render.shell import quote
 from crossfl.state import BuildJob, ImageState, now
 
 if TYPE_CHECKING:

@@ -46,8 +46,8 @@ from invoke.exceptions import CommandTimedOut
 from rich.console import Console
 
 from crossfl.errors import UserError
+from crossfl.quoting import quote
 from crossfl.redact import redact
-from crossfl.render.shell import quote
 
 SSH_CONFIG_ENV = "CROSSFL_SSH_CONFIG"
 CHANNEL_ENV = "CROSSFL_SSH_CHANNEL"

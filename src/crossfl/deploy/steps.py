@@ -35,8 +35,8 @@ from crossfl.deploy.transfer import stage_tree, tree_digest, upload_bundle
 from crossfl.endpoints import sdk_client_class
 from crossfl.errors import UserError
 from crossfl.functions import kit_functions
+from crossfl.quoting import quote
 from crossfl.render import render_site
-from crossfl.render.shell import quote
 from crossfl.state import DataState, FunctionState, now
 
 CONTACT_EMAIL_ENV = "CROSSFL_CONTACT_EMAIL"

@@ -26,7 +26,7 @@ from rich.progress import (
 from crossfl.deploy.remote import Remote
 from crossfl.errors import UserError
 from crossfl.hashing import sha256_file
-from crossfl.render.shell import quote
+from crossfl.quoting import quote
 
 BUNDLE_DIGEST_FILE = ".crossfl-bundle.sha256"
 

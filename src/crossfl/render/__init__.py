@@ -2,7 +2,7 @@
 batch scripts.
 
 options.py   the per-task-group options: JSON schema, template expressions, queue limits
-shell.py     shell pieces: setup lines, Apptainer options, quoting, device per rank
+shell.py     shell pieces: setup lines, Apptainer options, device per rank
 endpoint.py  what the endpoint templates place (provider and launcher from crossfl.schedulers)
 batch.py     what the batch templates place (smoke test, client job, image build)
 engine.py    the endpoint's own loader and renderer (user configs, option errors)

@@ -18,12 +18,12 @@ import jinja2
 from crossfl import paths
 from crossfl.atomic import current_umask, new_dir
 from crossfl.errors import UserError
+from crossfl.quoting import quote
 from crossfl.redact import carries_secret
 from crossfl.render import engine
 from crossfl.render.batch import batch_context, build_only_context
 from crossfl.render.endpoint import endpoint_context, identity_mapping
 from crossfl.render.options import user_config_schema
-from crossfl.render.shell import quote
 from crossfl.sites import Site, load_site
 
 

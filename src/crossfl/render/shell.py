@@ -1,5 +1,5 @@
 """Shell pieces a compute node runs, computed from the site: modules, proxy and environment,
-the container runtime's options (Apptainer, podman-hpc), quoting, and the wrapper that gives
+the container runtime's options (Apptainer, podman-hpc) and the wrapper that gives
 each batch rank its device the way Parsl's worker pool gives a worker its accelerator."""
 
 from __future__ import annotations

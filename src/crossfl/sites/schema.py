@@ -21,6 +21,7 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from crossfl import paths, schedulers
 from crossfl.errors import UserError
+from crossfl.quoting import home_path
 from crossfl.schedulers import Scheduler, parse_walltime
 from crossfl.schedulers.spec import cpu_list
 from crossfl.schema import FieldError, StrictModel
@@ -761,11 +762,8 @@ class Site(StrictModel):
         return copy
 
     def fill(self, text: str) -> str:
-        root = self.deploy.remote_root
-        if root.startswith("~/"):
-            root = "$HOME/" + root[2:]
         return (
-            text.replace("{{remote_root}}", root)
+            text.replace("{{remote_root}}", home_path(self.deploy.remote_root))
             .replace("{{site}}", self.name)
             .replace("{{project_root}}", str(paths.project_root()))
         )
