@@ -23,8 +23,8 @@ from crossfl.client.adapter_io import (
 from crossfl.client.contract import LoraSpec, TrainResult
 from crossfl.client.device import describe_devices, select_device
 from crossfl.client.encoding import batch_indices, encode_example
-from crossfl.client.evaluate import answer_of, pick_for_generation
-from crossfl.client.train import lora_key
+from crossfl.client.evaluate import pick_for_generation
+from crossfl.data.smolinstruct import answer_of
 from crossfl.errors import UserError
 from crossfl.tiny_model import TinyModelSpec, build_tiny
 
@@ -322,7 +322,7 @@ def test_server_rebuilds_the_fresh_adapter_from_shapes(model: Path, data: Path) 
     out = tasks.train_round(train_task(model, data, local_steps=1))
     shapes = {k: tuple(t.shape) for k, t in adapter_from_bytes(adapter_of(out)).items()}
     entry, _ = model_cache.get_model(str(model), "float32", torch.device("cpu"))
-    on_site = fresh_adapter_state(entry.wrapped(lora_key(LoraSpec.model_validate(LORA))), seed=1)
+    on_site = fresh_adapter_state(entry.wrapped(LoraSpec.model_validate(LORA)), seed=1)
     rebuilt = fresh_adapter_from_shapes(shapes, seed=1)
     assert rebuilt.keys() == on_site.keys()
     assert all(torch.equal(rebuilt[k], on_site[k]) for k in rebuilt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -13,14 +14,15 @@ from rdkit import Chem
 from rdkit.Chem import Crippen, Descriptors, rdMolDescriptors
 from typer.testing import CliRunner
 
+from crossfl import atomic
 from crossfl.cli.data import register
-from crossfl.data import chem, smolinstruct
+from crossfl.data import chem
 from crossfl.data.chem import TASKS, build_chem
 from crossfl.data.partition import SCHEMES, partition, task_counts, write_partitions
 from crossfl.data.smolinstruct import (
     RECORD_FIELDS,
     Record,
-    extract_answer,
+    answer_of,
     load_jsonl,
     write_jsonl,
 )
@@ -145,7 +147,7 @@ def test_formulas_match_rdkit(splits: dict[str, list[Record]]) -> None:
         assert record.raw_output == rdMolDescriptors.CalcMolFormula(mol)
         assert record.output == f"<MOLFORMULA> {record.raw_output} </MOLFORMULA>"
         assert f"<SMILES> {record.raw_input} </SMILES>" in record.input
-        assert extract_answer(record.output) == record.raw_output
+        assert answer_of(record.output) == record.raw_output
 
 
 def test_properties_match_rdkit(splits: dict[str, list[Record]]) -> None:
@@ -235,16 +237,16 @@ def test_failed_build_leaves_previous_dataset(
 ) -> None:
     build_chem(tmp_path, seed=0, max_molecules=20)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    real_stage = smolinstruct.stage_jsonl
+    real_stage = atomic.stage_file
     calls = {"n": 0}
 
-    def failing_stage(records: list[Record], path: Path) -> Path:
+    def failing_stage(path: Path, chunks: Iterable[bytes], mode: int | None = None) -> Path:
         calls["n"] += 1
         if calls["n"] == 3:
             raise OSError(28, "No space left on device")
-        return real_stage(records, path)
+        return real_stage(path, chunks, mode)
 
-    monkeypatch.setattr(smolinstruct, "stage_jsonl", failing_stage)
+    monkeypatch.setattr(atomic, "stage_file", failing_stage)
     with pytest.raises(OSError):
         build_chem(tmp_path, seed=1, max_molecules=20)
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
@@ -285,7 +287,7 @@ def test_loader_reads_real_smolinstruct_records(tmp_path: Path) -> None:
     records = load_jsonl(path)
     assert [r.task for r in records] == ["name_conversion-s2f", "property_prediction-esol"]
     assert records[1].raw_output == "-0.77"
-    assert extract_answer(records[0].output) == "C2H6O"
+    assert answer_of(records[0].output) == "C2H6O"
     assert not hasattr(records[0], "target")
     assert len(load_jsonl(path, tasks={"property_prediction-esol"})) == 1
     assert len(load_jsonl(path, limit=1)) == 1

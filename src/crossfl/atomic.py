@@ -15,7 +15,7 @@ import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -91,20 +91,33 @@ def current_umask() -> int:
     return 0o022
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> Path:
-    """`mode` None: as a file the user creates (0666 less the umask); 0o600 for a secret."""
+def stage_file(path: Path, chunks: Iterable[bytes], mode: int | None = None) -> Path:
+    """A hidden temporary file beside ``path`` holding ``chunks``, flushed and fsynced, for
+    the caller to move into place (nothing is left behind when writing it fails). `mode`
+    None: as a file the user creates (0666 less the umask); 0o600 for a secret."""
     path.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(path.parent, path.name)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{_owner_tag()}", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~current_umask() if mode is None else mode)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            for chunk in chunks:
+                fh.write(chunk)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> Path:
+    """`mode` None: as a file the user creates (0666 less the umask); 0o600 for a secret."""
+    tmp = stage_file(path, [data], mode)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
     return path
@@ -112,6 +125,44 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> Path
 
 def atomic_write_text(path: Path, text: str, mode: int | None = None) -> Path:
     return atomic_write_bytes(path, text.encode(), mode)
+
+
+def write_jsonl_files(files: dict[Path, Iterable[str]], mode: int | None = None) -> list[Path]:
+    """Whole JSONL files (one JSON text per item, no newline inside), written as one step:
+    every file is staged first (``stage_file``) and moved into place, in the given order,
+    only once all are written. If any write fails, the staged files are removed and the
+    existing files stay as they were."""
+    staged: dict[Path, Path] = {}
+    try:
+        for target, lines in files.items():
+            staged[target] = stage_file(target, (f"{line}\n".encode() for line in lines), mode)
+    except BaseException:
+        for temp in staged.values():
+            temp.unlink(missing_ok=True)
+        raise
+    for target, temp in staged.items():
+        os.replace(temp, target)
+    for parent in dict.fromkeys(target.parent for target in staged):
+        fsync_dir(parent)
+    return list(staged)
+
+
+def append_jsonl(path: Path, line: str) -> None:
+    """Append one JSON text as a whole line: one write, flushed and fsynced, so a reader
+    (or a crash) sees all of it or none. A last line a killed writer cut short is ended
+    first, so it cannot swallow this one (readers pass the cut line over)."""
+    data = f"{line}\n".encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        while data:  # one write for a regular file; the loop only if it is cut short
+            data = data[os.write(fd, data) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def replace_dir(new: Path, target: Path) -> Path:

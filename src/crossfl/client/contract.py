@@ -16,7 +16,11 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-from typing import Annotated, Any, Literal, TypeVar, get_args
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     AfterValidator,
@@ -30,6 +34,9 @@ from pydantic import (
 
 from crossfl.errors import UserError
 from crossfl.schema import StrictModel, user_error
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 ComputeDType = Literal["float32", "bfloat16", "float16"]
 """The base model's dtype at the site."""
@@ -123,12 +130,36 @@ class Result(Message):
 
 
 class LoraSpec(Message):
+    """The LoRA settings: the experiment's `lora:` section, what a task carries and what an
+    adapter's metadata records. The one place that turns them into peft's config, as data
+    (``peft_options``, which the server writes beside the final adapter without importing
+    peft) and as peft's ``LoraConfig`` (``peft_config``, on the site)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     r: int = Field(8, ge=1)
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: tuple[str, ...] = Field(("q_proj", "v_proj"), min_length=1)
+
+    def peft_options(self) -> dict[str, Any]:
+        """peft's ``LoraConfig`` arguments (its adapter_config.json keys) for these settings;
+        the target modules sorted, so two orders of one set are one config."""
+        return {
+            "r": self.r,
+            "lora_alpha": float(self.alpha),
+            "lora_dropout": float(self.dropout),
+            "target_modules": sorted(self.target_modules),
+            "bias": "none",
+            "task_type": "CAUSAL_LM",
+        }
+
+    def peft_config(self) -> LoraConfig:
+        """peft's ``LoraConfig`` for these settings (peft is imported here, on the site only:
+        the server never imports it)."""
+        from peft import LoraConfig
+
+        return LoraConfig(**self.peft_options())
 
 
 class SiteTask(Message):
@@ -238,6 +269,38 @@ class TrainResult(Result):
         if (self.adapter is None) == (self.adapter_path is None):
             raise ValueError("a result carries exactly one of adapter and adapter_path")
         return self
+
+
+def train_result(
+    adapter: bytes,
+    *,
+    num_samples: int,
+    losses: Sequence[float],
+    timings: TrainTimings,
+    started_at: float,
+    cache_hit: bool,
+    device: str = "cpu",
+    **placement: Any,
+) -> TrainResult:
+    """The one way a site builds its TrainResult (the training task's and the probes'): the
+    mean and first of the per-step ``losses``, the step count, and who ran it (this host,
+    process and interpreter), finished now; ``placement`` is the rest (ranks, nodes, ...)."""
+    return TrainResult(
+        adapter=adapter,
+        num_samples=num_samples,
+        train_loss=float(sum(losses) / len(losses)),
+        first_loss=float(losses[0]),
+        steps=len(losses),
+        timings=timings,
+        started_at=started_at,
+        finished_at=time.time(),
+        device=device,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        python=sys.executable,
+        cache_hit=cache_hit,
+        **placement,
+    )
 
 
 class EvalTimings(Result):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -28,20 +27,12 @@ from crossfl.client.encoding import (
     load_records,
     pad_id,
 )
-from crossfl.client.train import load_adapter_state, lora_key, worker_model
+from crossfl.client.train import load_adapter_state, worker_model
 from crossfl.client.transport import incoming_adapter
-from crossfl.data.smolinstruct import Record
+from crossfl.data.smolinstruct import Record, answer_of
 from crossfl.errors import UserError
 
 FORMULA_TASK = "name_conversion-s2f"
-_TAGGED = re.compile(r"<(?P<tag>[A-Z_]+)>(?P<body>.*?)(?:</(?P=tag)>|$)", re.S)
-
-
-def answer_of(text: str) -> str:
-    """The bare answer inside the first ``<TAG> ... </TAG>`` (closing tag optional), else the
-    stripped text."""
-    m = _TAGGED.search(text)
-    return (m.group("body") if m else text).strip()
 
 
 def lora_for(spec: EvalTask, adapter: bytes) -> LoraSpec:
@@ -74,7 +65,7 @@ def active_model(
             with entry.peft.disable_adapter():
                 yield entry.peft
         return
-    model: PeftModel = entry.wrapped(lora_key(lora_for(spec, adapter)))
+    model: PeftModel = entry.wrapped(lora_for(spec, adapter))
     load_adapter_state(model, adapter_from_bytes(adapter))
     yield model
 

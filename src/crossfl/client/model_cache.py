@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from crossfl.client.adapter_io import torch_dtype
-from crossfl.client.contract import COMPUTE_DTYPES
+from crossfl.client.contract import COMPUTE_DTYPES, LoraSpec
 from crossfl.errors import UserError
 
 MODEL_FIX = "run `make model` (or `crossfl model build-tiny --data TRAIN.jsonl --out DIR`)"
@@ -33,24 +33,6 @@ def compute_dtype(name: str) -> torch.dtype:
     return torch_dtype(name, allowed=COMPUTE_DTYPES, field="dtype")
 
 
-@dataclass(frozen=True)
-class LoraKey:
-    r: int
-    alpha: float
-    dropout: float
-    target_modules: tuple[str, ...]
-
-    def config(self) -> LoraConfig:
-        return LoraConfig(
-            r=self.r,
-            lora_alpha=self.alpha,
-            lora_dropout=self.dropout,
-            target_modules=list(self.target_modules),
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-
-
 @dataclass
 class CachedModel:
     base: PreTrainedModel
@@ -58,18 +40,19 @@ class CachedModel:
     device: torch.device
     dtype: torch.dtype
     peft: PeftModel | None = None
-    lora: LoraKey | None = None
+    lora: LoraSpec | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def wrapped(self, lora: LoraKey) -> PeftModel:
+    def wrapped(self, lora: LoraSpec) -> PeftModel:
         """The peft model for ``lora``, built on the cached base (rebuilt if the config changed)."""
-        if self.peft is not None and self.lora == lora:
-            return self.peft
+        if self.peft is not None and self.lora is not None:
+            if self.lora.peft_options() == lora.peft_options():
+                return self.peft
         if self.peft is not None:
             self.base = self.peft.unload()
             self.peft = None
         try:
-            self.peft = get_peft_model(self.base, lora.config())
+            self.peft = get_peft_model(self.base, lora.peft_config())
         except ValueError as exc:
             self.lora = None
             raise UserError(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from crossfl.client.contract import (
     TrainResult,
     TrainTask,
     TrainTimings,
+    train_result,
 )
 from crossfl.client.layout import adapter_shapes
 from crossfl.client.transport import incoming_adapter, outgoing_adapter
@@ -64,18 +64,12 @@ def _result(
 
 
 def _train_result(task: TrainTask, adapter: bytes, started: float, num_samples: int) -> TrainResult:
-    return TrainResult(
-        adapter=adapter,
+    return train_result(
+        adapter,
         num_samples=num_samples,
-        train_loss=1.0,
-        first_loss=1.0,
-        steps=task.local_steps,
+        losses=[1.0] * task.local_steps,  # a constant loss, for each step it did not take
         timings=TrainTimings(load_s=0.0, train_s=time.time() - started, serialize_s=0.0),
         started_at=started,
-        finished_at=time.time(),
-        device="cpu",
-        host=socket.gethostname(),
-        pid=os.getpid(),
         cache_hit=True,
     )
 

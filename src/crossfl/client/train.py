@@ -24,7 +24,6 @@ import contextlib
 import math
 import os
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,7 +41,13 @@ from crossfl.client.adapter_io import (
     adapter_to_bytes,
     fresh_adapter_from_shapes,
 )
-from crossfl.client.contract import LoraSpec, TrainResult, TrainTask, TrainTimings
+from crossfl.client.contract import (
+    LoraSpec,
+    TrainResult,
+    TrainTask,
+    TrainTimings,
+    train_result,
+)
 from crossfl.client.device import select_device
 from crossfl.client.distributed import World, gather, shard, single, sum_over_ranks
 from crossfl.client.encoding import (
@@ -57,14 +62,6 @@ from crossfl.client.encoding import (
 from crossfl.client.telemetry import BusyMeter, device_name
 from crossfl.client.transport import incoming_adapter, outgoing_adapter
 from crossfl.errors import UserError
-
-
-def lora_key(spec: LoraSpec) -> model_cache.LoraKey:
-    """The model cache's key for a LoRA config."""
-    return model_cache.LoraKey(
-        spec.r, float(spec.alpha), float(spec.dropout), tuple(sorted(spec.target_modules))
-    )
-
 
 # ---------------------------------------------------------------- data
 
@@ -106,7 +103,7 @@ def peft_adapter_shapes(model_dir: str, lora: LoraSpec) -> dict[str, tuple[int, 
 
     config = AutoConfig.from_pretrained(model_dir)
     with torch.device("meta"):
-        model = get_peft_model(AutoModelForCausalLM.from_config(config), lora_key(lora).config())
+        model = get_peft_model(AutoModelForCausalLM.from_config(config), lora.peft_config())
     return {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
 
 
@@ -304,7 +301,7 @@ def train_rank(spec: TrainTask, world: World) -> TrainResult | None:
             spec.data_path, holder.tokenizer, spec.model_path, spec.max_length, spec.max_samples
         )
         check_enough_samples(len(examples), world.size)
-        model = holder.wrapped(lora_key(spec.lora))
+        model = holder.wrapped(spec.lora)
         adapter, fetch_s = incoming_adapter(spec)
         prepare_adapter(model, adapter, spec.seed)
         runner, sharded = runner_for(model, holder, spec, world)
@@ -337,20 +334,14 @@ def train_rank(spec: TrainTask, world: World) -> TrainResult | None:
     losses = steps.losses
     if not all(math.isfinite(x) for x in losses):
         raise RuntimeError(f"training diverged (loss {losses[-1]}); lower lr or use float32")
-    return TrainResult(
-        adapter=blob,
+    return train_result(
+        blob,
         num_samples=len(examples),
-        train_loss=float(sum(losses) / len(losses)),
-        first_loss=float(losses[0]),
-        steps=len(losses),
+        losses=losses,
         train_tokens=steps.tokens,
         timings=TrainTimings(load_s=t1 - t0, train_s=t2 - t1, serialize_s=t3 - t2, fetch_s=fetch_s),
         started_at=started_at,
-        finished_at=time.time(),
         device=str(world.device),
-        host=socket.gethostname(),
-        pid=os.getpid(),
-        python=sys.executable,
         cache_hit=hit,
         ranks=world.size,
         nodes=len({r["host"] for r in ranks}),

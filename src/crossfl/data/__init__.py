@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from crossfl.data.partition import SCHEMES, Scheme, partition, task_counts, write_partitions
-from crossfl.data.smolinstruct import Record, extract_answer, load_jsonl, write_jsonl
+from crossfl.data.smolinstruct import Record, answer_of, load_jsonl, write_jsonl
 
 if TYPE_CHECKING:
     from crossfl.data.chem import TASKS, BuildSummary, build_chem
@@ -33,7 +33,7 @@ __all__ = [
     "Record",
     "Scheme",
     "build_chem",
-    "extract_answer",
+    "answer_of",
     "load_jsonl",
     "partition",
     "task_counts",

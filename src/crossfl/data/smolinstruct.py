@@ -15,16 +15,14 @@ name); every mistake in the input is a `UserError` naming the file, the line and
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from crossfl.atomic import atomic_write_text
+from crossfl.atomic import atomic_write_text, write_jsonl_files
 from crossfl.errors import UserError
 from crossfl.schema import problems
 
@@ -35,7 +33,8 @@ BUILD_HINT = (
     "build the demo set with `crossfl data build-chem --out build/data/chem` (or `make data`)"
 )
 
-_TAGGED = re.compile(r"<(?P<tag>[A-Z_]+)>\s*(?P<body>.*?)\s*</(?P=tag)>", re.DOTALL)
+# An answer's tag: `<MOLFORMULA> C2H6O </MOLFORMULA>`; a generation may stop before closing it
+_TAGGED = re.compile(r"<(?P<tag>[A-Z_]+)>(?P<body>.*?)(?:</(?P=tag)>|$)", re.DOTALL)
 
 
 class Record(BaseModel):
@@ -68,10 +67,12 @@ class Record(BaseModel):
         return value
 
 
-def extract_answer(text: str) -> str | None:
-    """The body of the last `<TAG> ... </TAG>` span in a model output or record output."""
-    matches = list(_TAGGED.finditer(text))
-    return matches[-1].group("body") if matches else None
+def answer_of(text: str) -> str:
+    """The one tagged-answer parser, for a record's output and a model's generation alike:
+    the bare answer inside the first ``<TAG> ... </TAG>`` (closing tag optional), else the
+    stripped text."""
+    m = _TAGGED.search(text)
+    return (m.group("body") if m else text).strip()
 
 
 def jsonl_files(path: Path) -> list[Path]:
@@ -199,43 +200,14 @@ def write_jsonl(records: Iterable[Record], path: Path) -> Path:
     return path
 
 
-def stage_jsonl(records: Iterable[Record], path: Path) -> Path:
-    """Write records to a temp file beside `path` and return it (the caller replaces).
-
-    On any failure the temp file is removed and nothing is left behind.
-    """
-    path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(dumps_record(record))
-                handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-    return Path(name)
-
-
 def write_jsonl_set(files: dict[Path, Iterable[Record]]) -> list[Path]:
-    """Write several JSONL files as one step: all are staged as temp files first and moved
-    into place, in the given order, only once every one is written. If any write fails,
-    the temp files are removed and the existing files stay as they were."""
-    staged: dict[Path, Path] = {}
-    try:
-        for target, records in files.items():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            staged[target] = stage_jsonl(records, target)
-    except BaseException:
-        for temp in staged.values():
-            temp.unlink(missing_ok=True)
-        raise
-    for target, temp in staged.items():
-        os.replace(temp, target)
-    return list(staged)
+    """Write several JSONL files as one step (``crossfl.atomic.write_jsonl_files``): all are
+    staged first and moved into place only once every one is written; if any write fails,
+    the existing files stay as they were."""
+    return write_jsonl_files(
+        {target: (dumps_record(r) for r in records) for target, records in files.items()},
+        mode=0o644,
+    )
 
 
 def write_json(data: object, path: Path) -> Path:

@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED
 
 import torch
 
-from crossfl.server.driver_base import Arrival, DriverBase, Outcome, Pending, RunFailed
+from crossfl.server.driver_base import Arrival, DriverBase, Pending, RunFailed, RunOutcome
 from crossfl.server.records import AggregationRecord, EvalRecord
 
 
@@ -110,7 +110,7 @@ class AsyncDriver(DriverBase):
             new, [a.update.site], {a.update.site: s.version - p.base_version}, started
         )
 
-    def run(self) -> Outcome:
+    def run(self) -> RunOutcome:
         last: EvalRecord | None = None
         self.submitted = self.state.updates
         inflight: dict[str, Pending] = {}
@@ -186,7 +186,7 @@ class AsyncDriver(DriverBase):
         if last is None or last.version != self.state.version:
             last = self.evaluate("round", self.state.round)
         self.save_final()
-        return Outcome(base, last)
+        return RunOutcome(base, last)
 
     fail_streak = 0
 

@@ -14,7 +14,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from rich.console import Console
@@ -25,7 +25,7 @@ from crossfl.client.adapter_io import (
     adapter_to_bytes,
     fresh_adapter_from_shapes,
 )
-from crossfl.client.contract import EvalResult, TrainResult
+from crossfl.client.contract import EvalResult, LoraSpec, TrainResult
 from crossfl.client.encoding import load_records
 from crossfl.clock import REAL_CLOCK, Clock, bind_strategy_clock
 from crossfl.endpoints import failure_summary, refusal
@@ -82,8 +82,22 @@ class RunState:
         return self.clock.now() - self.started
 
 
+def peft_adapter_config(lora: LoraSpec, base_model: str) -> dict[str, Any]:
+    """peft's adapter_config.json for an adapter trained with ``lora`` (as data: the server
+    never imports peft; the LoRA keys are ``LoraSpec.peft_options``, what the sites built)."""
+    return {
+        "peft_type": "LORA",
+        "peft_version": importlib.metadata.version("peft"),
+        "base_model_name_or_path": base_model,
+        **lora.peft_options(),
+        "inference_mode": False,
+    }
+
+
 @dataclass
-class Outcome:
+class RunOutcome:
+    """What a run ends with: its first (untrained) and its last evaluation."""
+
     baseline: EvalRecord
     final: EvalRecord
 
@@ -244,7 +258,7 @@ class DriverBase(ABC):
         return strategy
 
     @abstractmethod
-    def run(self) -> Outcome:
+    def run(self) -> RunOutcome:
         """Drive the run to its end (or to ``stop_after``: RunStopped)."""
 
     def progress(self) -> Progress:
@@ -586,19 +600,7 @@ class DriverBase(ABC):
         adapter = self.global_bytes()
         assert adapter is not None
         atomic_write_bytes(out / "adapter_model.safetensors", adapter)
-        lora = self.exp.lora
-        config = {
-            "peft_type": "LORA",
-            "peft_version": importlib.metadata.version("peft"),
-            "task_type": "CAUSAL_LM",
-            "base_model_name_or_path": self.exp.model.path,
-            "r": lora.r,
-            "lora_alpha": lora.alpha,
-            "lora_dropout": lora.dropout,
-            "target_modules": sorted(lora.target_modules),
-            "bias": "none",
-            "inference_mode": False,
-        }
+        config = peft_adapter_config(self.exp.lora, self.exp.model.path)
         atomic_write_text(out / "adapter_config.json", json.dumps(config, indent=2) + "\n")
         self.checkpoint(finished=True)
         return out

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from crossfl.client.contract import LoraSpec
 from crossfl.errors import UserError
 from crossfl.paths import experiments_dir, project_root
 from crossfl.schema import FieldError, user_error
@@ -180,13 +181,6 @@ class TrainingSettings(Strict):
     shard: ShardMode = "auto"
 
 
-class LoraSettings(Strict):
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
-
-
 class EvaluationSettings(Strict):
     site: str | None = Field(None, description="site entry that evaluates (default: the first)")
     max_samples: int | None = Field(256, ge=1)
@@ -271,7 +265,7 @@ class Experiment(Strict):
     strategy: StrategySettings = StrategySettings()
     rounds: int = Field(5, ge=1)
     training: TrainingSettings = TrainingSettings()
-    lora: LoraSettings = LoraSettings()
+    lora: LoraSpec = LoraSpec()  # the contract's own type: the task carries it as it is
     evaluation: EvaluationSettings = EvaluationSettings()
     task_timeout_s: float = Field(1800, gt=0)
     dispatch: DispatchSettings = DispatchSettings()

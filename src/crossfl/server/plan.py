@@ -87,13 +87,7 @@ class RunPlan:
 
     @property
     def lora(self) -> LoraSpec:
-        lora = self.experiment.lora
-        return LoraSpec(
-            r=lora.r,
-            alpha=lora.alpha,
-            dropout=lora.dropout,
-            target_modules=tuple(lora.target_modules),
-        )
+        return self.experiment.lora
 
     def client_plan(self, name: str) -> ClientPlan:
         """The experiment's local steps and learning rate for site ``name``."""

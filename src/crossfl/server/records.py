@@ -19,11 +19,11 @@ if TYPE_CHECKING:
 TaskStatus = Literal["ok", "failed", "rejected", "late"]
 
 
-class Record(StrictModel):
+class MetricsRecord(StrictModel):
     """What every kind of record shares: unknown fields are errors."""
 
 
-class TaskRecord(Record):
+class TaskRecord(MetricsRecord):
     """One client training task: when it went, how it came back, where its time went."""
 
     kind: Literal["task"] = "task"
@@ -124,7 +124,7 @@ def account(
     record.device_busy = result.accelerator_s / (held * window) if held and window > 0 else 0.0
 
 
-class AggregationRecord(Record):
+class AggregationRecord(MetricsRecord):
     kind: Literal["aggregation"] = "aggregation"
     round: int
     version: int
@@ -136,7 +136,7 @@ class AggregationRecord(Record):
     updates: int | None = None  # async: accepted updates so far
 
 
-class RefusedGlobalRecord(Record):
+class RefusedGlobalRecord(MetricsRecord):
     """An aggregation whose new global was refused (not finite, or too far): the last good
     global stays, the strategy goes back to its last checkpoint."""
 
@@ -148,7 +148,7 @@ class RefusedGlobalRecord(Record):
     elapsed_s: float
 
 
-class EvalRecord(Record):
+class EvalRecord(MetricsRecord):
     """The untrained adapter's evaluation (``baseline``) or a global version's (``round``)."""
 
     kind: Literal["baseline", "round"]
@@ -183,7 +183,7 @@ class EvalRecord(Record):
     driver: str
 
 
-class SkippedRecord(Record):
+class SkippedRecord(MetricsRecord):
     kind: Literal["skipped"] = "skipped"
     round: int
     site: str
@@ -191,7 +191,7 @@ class SkippedRecord(Record):
     at_rel_s: float
 
 
-class ResumeRecord(Record):
+class ResumeRecord(MetricsRecord):
     """A resumed run: records after ``metrics_bytes`` that came before this one no longer count."""
 
     kind: Literal["resume"] = "resume"
@@ -202,7 +202,7 @@ class ResumeRecord(Record):
     elapsed_s: float
 
 
-class DispatchRecord(Record):
+class DispatchRecord(MetricsRecord):
     """A decision of the run's dispatch policy (crossfl.server.dispatch) for one site."""
 
     kind: Literal["dispatch"] = "dispatch"
@@ -212,7 +212,7 @@ class DispatchRecord(Record):
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
-class PilotRecord(Record):
+class PilotRecord(MetricsRecord):
     """A replay's pilot job (one block of a simulated endpoint), written when it ends: its
     queue wait, the time it held its nodes (idle included) and why it ended."""
 
@@ -235,7 +235,7 @@ class PilotRecord(Record):
     tasks: int
 
 
-class SimulationRecord(Record):
+class SimulationRecord(MetricsRecord):
     """A replay's last record: the scenario, the seed, and its virtual totals."""
 
     kind: Literal["simulation"] = "simulation"

@@ -15,7 +15,7 @@ from __future__ import annotations
 from concurrent.futures import FIRST_COMPLETED
 from typing import Any
 
-from crossfl.server.driver_base import Arrival, DriverBase, Outcome, Pending, RunFailed
+from crossfl.server.driver_base import Arrival, DriverBase, Pending, RunFailed, RunOutcome
 from crossfl.server.records import AggregationRecord, EvalRecord, SkippedRecord
 from crossfl.server.strategies.base import Update
 
@@ -180,7 +180,7 @@ class RoundDriver(DriverBase):
         )
 
     # -- the run ----------------------------------------------------------------------------
-    def run(self) -> Outcome:
+    def run(self) -> RunOutcome:
         exp = self.exp
         last: EvalRecord | None = None
         with self.progress() as progress:
@@ -212,4 +212,4 @@ class RoundDriver(DriverBase):
         if last is None:  # resumed after the last round's aggregation, before its evaluation
             last = self.evaluate("round", self.state.round)
         self.save_final()
-        return Outcome(base, last)
+        return RunOutcome(base, last)

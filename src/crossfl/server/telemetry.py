@@ -5,13 +5,13 @@ of ``crossfl.server.records``; this module is their one writer and their reader.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from crossfl.server.records import RECORD, AnyRecord, Record, ResumeRecord
+from crossfl.atomic import append_jsonl
+from crossfl.server.records import RECORD, AnyRecord, MetricsRecord, ResumeRecord
 
 
 class MetricsLog:
@@ -19,16 +19,8 @@ class MetricsLog:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
 
-    def write(self, record: Record) -> None:
-        line = record.model_dump_json(exclude_none=True) + "\n"
-        with self.path.open("ab+") as fh:
-            if fh.tell() > 0:  # a line a killed process cut short must not swallow this one
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":
-                    line = "\n" + line
-            fh.write(line.encode())
-            fh.flush()
-            os.fsync(fh.fileno())
+    def write(self, record: MetricsRecord) -> None:
+        append_jsonl(self.path, record.model_dump_json(exclude_none=True))
 
     def position(self) -> int:
         """Bytes written so far: what a checkpoint covers."""
@@ -72,7 +64,7 @@ def live_records(path: Path) -> list[AnyRecord]:
     return [rec for _pos, rec in live]
 
 
-R = TypeVar("R", bound=Record)
+R = TypeVar("R", bound=MetricsRecord)
 
 
 def of_kind(records: list[AnyRecord], cls: type[R]) -> list[R]:

@@ -36,6 +36,7 @@ from crossfl.server.strategies.base import (
     update_from_state,
     update_to_state,
 )
+from crossfl.server.strategies.staleness import staleness_discount
 
 
 class FedQueueParams(StrategyParams):
@@ -107,12 +108,8 @@ class FedQueue(Strategy):
     # ------------------------------------------------------------------ aggregation
 
     def discount(self, staleness: int) -> float:
-        b = self.params.beta
-        if self.params.staleness_fn == "harmonic":
-            return 1.0 / (1.0 + b * staleness)
-        if self.params.staleness_fn == "exponential":
-            return math.exp(-b * staleness)
-        return 1.0
+        """s(u) with ``beta`` as the decay constant (APPFL's FedQueue name for it)."""
+        return staleness_discount(self.params.staleness_fn, staleness, a=self.params.beta)
 
     def observe(self, update: Update) -> bool:
         """Update the site's estimates from its measurements; True when it is admitted."""

@@ -25,14 +25,19 @@ class StalenessParams(StrategyParams):
 
     def discount(self, staleness: int) -> float:
         """s(u) for ``u = staleness`` versions behind."""
-        u = max(0, int(staleness))
-        a, b = self.a, self.b
-        if self.staleness_fn == "constant":
-            return 1.0
-        if self.staleness_fn == "polynomial":
-            return float((u + 1) ** (-a))
-        if self.staleness_fn == "hinge":
-            return 1.0 if u <= b else 1.0 / (a * (u - b) + 1.0)
-        if self.staleness_fn == "harmonic":
-            return 1.0 / (1.0 + a * u)
-        return math.exp(-a * u)
+        return staleness_discount(self.staleness_fn, staleness, self.a, self.b)
+
+
+def staleness_discount(fn: StalenessName, staleness: int, a: float, b: float = 0.0) -> float:
+    """The one staleness discount s(u) (every strategy that discounts asks it), for
+    ``u = staleness`` versions behind; the formulas are in ``StalenessParams``."""
+    u = max(0, int(staleness))
+    if fn == "constant":
+        return 1.0
+    if fn == "polynomial":
+        return float((u + 1) ** (-a))
+    if fn == "hinge":
+        return 1.0 if u <= b else 1.0 / (a * (u - b) + 1.0)
+    if fn == "harmonic":
+        return 1.0 / (1.0 + a * u)
+    return math.exp(-a * u)
