@@ -237,16 +237,16 @@ def test_perlmutter_qos_asked_by_the_name_slurm_lists() -> None:
     gpu_regular (scheduler_name): doctor asks sacctmgr for that name and compares its limits."""
     from crossfl import sites
     from crossfl.deploy.doctor import Report, _Doctor
-    from crossfl.deploy.remote import Result
+    from crossfl.deploy.remote import CommandResult
 
     class Answers:
         t = None
         asked: list[str] = []
 
-        def run(self, script: str, **_: object) -> Result:
+        def run(self, script: str, **_: object) -> CommandResult:
             self.asked.append(script)
             name = script.split("show qos ")[1].split()[0]
-            return Result(f"{name}|2-00:00:00||||\n", "", 0)
+            return CommandResult(f"{name}|2-00:00:00||||\n", "", 0)
 
     site = sites.load_site("perlmutter")
     fake = Answers()

@@ -808,10 +808,12 @@ def test_time_and_node_hours_to_target_and_paired_ratios() -> None:
 
 
 def test_one_seed_gives_no_verdict_and_the_claim_needs_every_seed_of_ours() -> None:
-    from crossfl.simulate.compare import MIN_SEEDS, Comparison, Outcome, paired_ratio
+    from crossfl.simulate.compare import MIN_SEEDS, Comparison, ReplayOutcome, paired_ratio
 
-    def run(label: str, seed: int, t: float | None) -> Outcome:
-        return Outcome(label, seed, {}, t is not None, t, t or 3600.0, "target", 1.0, 1.0, [], 1.0)
+    def run(label: str, seed: int, t: float | None) -> ReplayOutcome:
+        return ReplayOutcome(
+            label, seed, {}, t is not None, t, t or 3600.0, "target", 1.0, 1.0, [], 1.0
+        )
 
     def comparison(n: int, ours: list[float | None]) -> Comparison:
         outcomes = {
@@ -1125,10 +1127,10 @@ def test_replay_plots_say_virtual_time_and_keep_a_lane_for_a_site_that_only_fail
 
 
 def test_the_reproduction_says_whether_fedqueue_came_sooner() -> None:
-    from crossfl.simulate.compare import MIN_SEEDS, Comparison, Outcome, paired_ratio
+    from crossfl.simulate.compare import MIN_SEEDS, Comparison, ReplayOutcome, paired_ratio
 
-    def run(label: str, seed: int, t: float) -> Outcome:
-        return Outcome(label, seed, {}, True, t, t, "target", 1.0, 1.0, [], 1.0)
+    def run(label: str, seed: int, t: float) -> ReplayOutcome:
+        return ReplayOutcome(label, seed, {}, True, t, t, "target", 1.0, 1.0, [], 1.0)
 
     n = MIN_SEEDS
     outcomes = {

@@ -4,7 +4,7 @@ remote.py  one SSH connection, dry-run, connection errors as one line
 transfer.py  bundle upload (swapped in whole), resumable verified uploads of images and data
 gce.py  the globus-compute-endpoint CLI on the login node
 coreconfig.py  crossfl's keys merged into the endpoint's config.yaml, an admin's kept
-deployment.py  what the deploy steps share (Deployment) and report (Outcome)
+deployment.py  what the deploy steps share (Deployment) and report (DeployOutcome)
 steps.py  the deploy steps, each a function of one Deployment
 image.py  the image step: upload, pull by digest, or build at the site, verified
 jobs.py  batch jobs and login-node processes started at a site, and waiting for them

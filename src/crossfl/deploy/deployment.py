@@ -1,4 +1,4 @@
-"""What the deploy steps share (crossfl.deploy.steps): one `Deployment`, and the `Outcome`
+"""What the deploy steps share (crossfl.deploy.steps): one `Deployment`, and the `DeployOutcome`
 it reports. Its own module, so the step modules (image, podman, endpoint_env) and steps.py
 all import it and none of them the others for it."""
 
@@ -18,7 +18,7 @@ BUILD_WAIT_S = 4 * 3600  # how long deploy waits for an image build job, by defa
 
 
 @dataclass
-class Outcome:
+class DeployOutcome:
     site: str
     changed: list[str] = field(default_factory=list)
     endpoint_id: str | None = None
@@ -43,12 +43,12 @@ class Deployment:
     email: str | None = None
     console: Console = field(default_factory=lambda: Console(stderr=True, soft_wrap=True))
     build_wait_s: float = BUILD_WAIT_S  # how long to wait for an image build job
-    out: Outcome = field(init=False)
+    out: DeployOutcome = field(init=False)
     runtime: gce.Runtime | None = None  # the endpoint as the `endpoint` step found it
     changed_files: list[str] = field(default_factory=list)  # endpoint files it replaced
 
     def __post_init__(self) -> None:
-        self.out = Outcome(self.site.name)
+        self.out = DeployOutcome(self.site.name)
 
     @property
     def dry_run(self) -> bool:

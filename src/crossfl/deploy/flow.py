@@ -23,7 +23,7 @@ from rich.markup import escape
 
 from crossfl import paths
 from crossfl.deploy import endpoint_env, gce, podman
-from crossfl.deploy.deployment import BUILD_WAIT_S, Deployment, Outcome
+from crossfl.deploy.deployment import BUILD_WAIT_S, Deployment, DeployOutcome
 from crossfl.deploy.remote import Remote, Target
 from crossfl.deploy.steps import CONTACT_EMAIL_ENV, STEPS
 from crossfl.deploy.transfer import tree_digest
@@ -165,7 +165,7 @@ def deploy_site(
     contact_email: str | None = None,
     console: Console | None = None,
     build_wait_s: float = BUILD_WAIT_S,
-) -> Outcome:
+) -> DeployOutcome:
     console = console or Console(stderr=True, soft_wrap=True)
     with deployment(
         name,

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from crossfl.deploy import coreconfig
-from crossfl.deploy.remote import Remote, Result
+from crossfl.deploy.remote import CommandResult, Remote
 from crossfl.errors import UserError
 from crossfl.quoting import home_path, quote
 
@@ -267,7 +267,7 @@ _NETWORK = (
 )
 
 
-def classify(r: Result) -> StartFailed:
+def classify(r: CommandResult) -> StartFailed:
     text = r.stdout + "\n" + r.stderr
     if "require a contact email" in text or "--contact-email" in text:
         return StartFailed(
@@ -296,7 +296,7 @@ def start(remote: Remote, name: str) -> None:
         raise classify(r)
 
 
-def stop(remote: Remote, name: str) -> Result:
+def stop(remote: Remote, name: str) -> CommandResult:
     return remote.run(
         f"{GCE} stop {quote(name)} </dev/null",
         activate=True,
@@ -322,10 +322,10 @@ def login_host(remote: Remote) -> str:
     return host
 
 
-def logs(remote: Remote, info: LoginInfo, name: str, lines: int) -> Result:
+def logs(remote: Remote, info: LoginInfo, name: str, lines: int) -> CommandResult:
     return remote.run(f"tail -n {int(lines)} {quote(info.endpoint_dir(name))}/endpoint.log")
 
 
-def queue(remote: Remote, query: str | None) -> Result | None:
+def queue(remote: Remote, query: str | None) -> CommandResult | None:
     """The user's pilot jobs, as the site's scheduler lists them (`Scheduler.query`)."""
     return remote.run(query) if query else None

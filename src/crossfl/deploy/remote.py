@@ -82,7 +82,7 @@ class Target:
 
 
 @dataclass(frozen=True)
-class Result:
+class CommandResult:
     stdout: str
     stderr: str
     rc: int
@@ -109,7 +109,7 @@ class Result:
 class Channel(Protocol):
     name: str
 
-    def run(self, script: str, timeout: int | None) -> Result:
+    def run(self, script: str, timeout: int | None) -> CommandResult:
         """Run `script` with REMOTE_SHELL, the text on its stdin."""
         ...
 
@@ -274,7 +274,7 @@ class FabricChannel:
             self._sftp = self.conn.sftp()
         return self._sftp
 
-    def run(self, script: str, timeout: int | None) -> Result:
+    def run(self, script: str, timeout: int | None) -> CommandResult:
         try:
             transport = self.conn.client.get_transport()
             if transport is None or not transport.is_active():
@@ -313,7 +313,7 @@ class FabricChannel:
         self.conn.close()
 
 
-def _exec(chan: paramiko.Channel, script: str, timeout: int | None) -> Result:
+def _exec(chan: paramiko.Channel, script: str, timeout: int | None) -> CommandResult:
     """REMOTE_SHELL on an open session, `script` on its stdin; stdout and stderr read to
     their ends at once (neither can fill its window and stall the other)."""
     chan.exec_command(REMOTE_SHELL)
@@ -340,7 +340,9 @@ def _exec(chan: paramiko.Channel, script: str, timeout: int | None) -> Result:
             chan.close()
             raise CommandTimedOut(None, timeout)  # type: ignore[arg-type]
     rc = chan.recv_exit_status()
-    return Result(out["out"].decode(errors="replace"), out["err"].decode(errors="replace"), rc)
+    return CommandResult(
+        out["out"].decode(errors="replace"), out["err"].decode(errors="replace"), rc
+    )
 
 
 # -- the system ssh, through a running ControlMaster ------------------------------------------
@@ -382,7 +384,7 @@ class OpenSshChannel:
             return False
         return r.returncode == 0
 
-    def run(self, script: str, timeout: int | None) -> Result:
+    def run(self, script: str, timeout: int | None) -> CommandResult:
         try:
             r = subprocess.run(
                 [*self.base, self.t.host, REMOTE_SHELL],
@@ -397,7 +399,7 @@ class OpenSshChannel:
             raise _connect_error(
                 r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "ssh exited 255", self.t
             )
-        return Result(r.stdout, r.stderr, r.returncode)
+        return CommandResult(r.stdout, r.stderr, r.returncode)
 
     def _pipe(self, command: str, feed: Callable[[BinaryIO], None]) -> None:
         proc = subprocess.Popen(
@@ -526,7 +528,7 @@ class Remote:
         timeout: int | None = 120,
         label: str | None = None,
         pinned: bool = False,
-    ) -> Result:
+    ) -> CommandResult:
         """Run `script` with bash on the login node; never raises on a non-zero exit.
         Dry-run prints the command (and returns an empty success); a real run prints `label`.
         `pinned`: on the login node the endpoint runs on (`pin_to`), through `hop` from the
@@ -536,7 +538,7 @@ class Remote:
             shown = f"{self.t.activate} ; {script}" if (activate and self.t.activate) else script
             where = f"{self.t.label} -> {self.pinned_host}" if hop else self.t.label
             self.say(f"[cyan]{where}$[/] {_one_line(shown)}")
-            return Result("", "", 0)
+            return CommandResult("", "", 0)
         if label:
             self.say(label)
         text = self.script(script, activate=activate)
@@ -572,7 +574,7 @@ class Remote:
             'exit "$rc"'
         )
 
-    def _run_text(self, text: str, script: str, timeout: int | None) -> Result:
+    def _run_text(self, text: str, script: str, timeout: int | None) -> CommandResult:
         try:
             return self.channel.run(text, timeout)
         except CommandTimedOut:

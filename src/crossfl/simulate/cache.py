@@ -151,7 +151,7 @@ def payload_digest(fn: Callable[..., Any], payload: Any) -> str | None:
 
 
 @dataclass
-class Outcome:
+class CallOutcome:
     """What the real function did: its result or its error, and whether it was reused."""
 
     result: dict[str, Any] | None
@@ -180,21 +180,21 @@ class ResultCache:
             return self._memory[key]
         return None
 
-    def run(self, fn: Callable[..., Any], payload: Any) -> Outcome:
+    def run(self, fn: Callable[..., Any], payload: Any) -> CallOutcome:
         """``fn(payload)``, or the kept result of the identical call. Errors are not kept."""
         key = payload_digest(fn, payload)
         kept = self._load(key) if key is not None else None
         if kept is not None:
             self.hits += 1
-            return Outcome(copy.deepcopy(kept), None, True)
+            return CallOutcome(copy.deepcopy(kept), None, True)
         self.misses += 1
         try:
             result = fn(payload)
         except Exception as exc:  # the site's failure, reported on the task's future
-            return Outcome(None, exc, False)
+            return CallOutcome(None, exc, False)
         if key is not None and isinstance(result, dict):
             self._memory[key] = copy.deepcopy(result)
             file = self._file(key)
             if file is not None:
                 atomic_write_bytes(file, pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
-        return Outcome(result, None, False)
+        return CallOutcome(result, None, False)

@@ -54,8 +54,8 @@ from rich.console import Console
 from crossfl.server.experiment import Experiment, with_changes
 from crossfl.server.strategies import is_async
 from crossfl.simulate.compare_report import comparison_plot, tables, write_summary
-from crossfl.simulate.jobs import Job, Runner
-from crossfl.simulate.outcome import Outcome, node_hours_until, time_to_target
+from crossfl.simulate.jobs import ReplayJob, Runner
+from crossfl.simulate.outcome import ReplayOutcome, node_hours_until, time_to_target
 from crossfl.simulate.scenario import Scenario, no_queue
 from crossfl.simulate.verdict import (
     MIN_SEEDS,
@@ -70,7 +70,7 @@ __all__ = [
     "MIN_SEEDS",
     "TUNING_SEEDS",
     "Comparison",
-    "Outcome",
+    "ReplayOutcome",
     "Ratio",
     "Variant",
     "node_hours_until",
@@ -280,9 +280,9 @@ def run_comparison(
         target: float,
         horizon: float | None,
         stop: bool = True,
-    ) -> Job:
+    ) -> ReplayJob:
         exp = variant_experiment(experiment, source, v, kwargs, target if stop else None)
-        return Job(
+        return ReplayJob(
             phase,
             v.label,
             kwargs,
@@ -335,7 +335,7 @@ def run_comparison(
         for v in chosen_variants
     ]
     done = runner.run(eval_jobs, "evaluation")
-    outcomes: dict[str, list[Outcome]] = {v.label: [] for v in chosen_variants}
+    outcomes: dict[str, list[ReplayOutcome]] = {v.label: [] for v in chosen_variants}
     for o in done:
         outcomes[o.variant].append(o)
     c = Comparison(

@@ -1,5 +1,5 @@
 """A comparison's replays as jobs for worker processes, each outcome kept on disk by a key
-holding everything it depends on (``Job.key``), so an interrupted comparison resumes."""
+holding everything it depends on (``ReplayJob.key``), so an interrupted comparison resumes."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ from rich.console import Console
 
 from crossfl.server.experiment import Experiment
 from crossfl.simulate.cache import replay_version
-from crossfl.simulate.outcome import Outcome, read_outcome
+from crossfl.simulate.outcome import ReplayOutcome, read_outcome
 from crossfl.simulate.scenario import Scenario
 
 COMPARE_VERSION = 1  # raise when what an outcome means changes
 
 
 @dataclass(frozen=True)
-class Job:
+class ReplayJob:
     """One replay for a worker process (plain data: it crosses a process boundary)."""
 
     phase: str  # reference, tune, eval
@@ -56,7 +56,7 @@ class Job:
 _PLANS: dict[str, Any] = {}  # per worker process: plans already checked
 
 
-def run_job(job: Job) -> dict[str, Any]:
+def run_job(job: ReplayJob) -> dict[str, Any]:
     """A replay in this (worker) process; its outcome as plain data."""
     from crossfl.paths import runs_dir
     from crossfl.simulate.cache import ResultCache
@@ -97,10 +97,10 @@ def run_job(job: Job) -> dict[str, Any]:
     return asdict(out)
 
 
-def _outcome(data: dict[str, Any]) -> Outcome:
+def _outcome(data: dict[str, Any]) -> ReplayOutcome:
     data = dict(data)
     data["curve"] = [tuple(p) for p in data["curve"]]
-    return Outcome(**data)
+    return ReplayOutcome(**data)
 
 
 class Runner:
@@ -112,18 +112,18 @@ class Runner:
         self.replay_wall_s = 0.0
         self.t0 = time.monotonic()
 
-    def kept(self, job: Job) -> Outcome | None:
+    def kept(self, job: ReplayJob) -> ReplayOutcome | None:
         file = self.store / f"{job.key}.json"
         return _outcome(json.loads(file.read_text())) if file.is_file() else None
 
-    def keep(self, job: Job, data: dict[str, Any]) -> Outcome:
+    def keep(self, job: ReplayJob, data: dict[str, Any]) -> ReplayOutcome:
         from crossfl.atomic import atomic_write_text
 
         atomic_write_text(self.store / f"{job.key}.json", json.dumps(data))
         return _outcome(data)
 
-    def run(self, jobs: list[Job], what: str) -> list[Outcome]:
-        results: dict[int, Outcome] = {}
+    def run(self, jobs: list[ReplayJob], what: str) -> list[ReplayOutcome]:
+        results: dict[int, ReplayOutcome] = {}
         todo = []
         for i, job in enumerate(jobs):
             kept = self.kept(job)
@@ -138,7 +138,7 @@ class Runner:
         return [results[i] for i in range(len(jobs))]
 
     def _run(
-        self, jobs: list[Job], todo: list[int], results: dict[int, Outcome], what: str
+        self, jobs: list[ReplayJob], todo: list[int], results: dict[int, ReplayOutcome], what: str
     ) -> None:
         start, n = time.monotonic(), len(todo)
 
@@ -171,7 +171,7 @@ class Runner:
                 self._count(results[i])
                 progress(k, i)
 
-    def _count(self, o: Outcome) -> None:
+    def _count(self, o: ReplayOutcome) -> None:
         self.replays += 1
         self.replay_wall_s += o.wall_s
 
@@ -181,7 +181,7 @@ def _clock(seconds: float) -> str:
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
-def _fmt_outcome(o: Outcome) -> str:
+def _fmt_outcome(o: ReplayOutcome) -> str:
     if o.reached and o.time_s is not None:
         return f"{o.time_s / 3600:.2f} h to target"
     return f"not reached ({o.end} at {o.stopped_s / 3600:.2f} h)"

@@ -12,7 +12,7 @@ from crossfl.server.telemetry import live_records, of_kind
 
 
 @dataclass
-class Outcome:
+class ReplayOutcome:
     """One replay, as the comparison reads it."""
 
     variant: str
@@ -53,7 +53,7 @@ def node_hours_until(pilots: list[PilotRecord], t: float) -> float:
 
 def read_outcome(
     run_dir: Path, variant: str, seed: int, config: dict[str, Any], target: float, wall_s: float
-) -> Outcome:
+) -> ReplayOutcome:
     records = live_records(run_dir / "metrics.jsonl")
     evals = of_kind(records, EvalRecord)
     sim = of_kind(records, SimulationRecord)[-1]
@@ -64,7 +64,7 @@ def read_outcome(
         end = "budget"
     stop = t if reached else sim.virtual_s
     rounds = [e for e in evals if e.kind == "round"]
-    return Outcome(
+    return ReplayOutcome(
         variant=variant,
         seed=seed,
         config=config,

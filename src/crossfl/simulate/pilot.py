@@ -51,11 +51,11 @@ from typing import Any
 
 from crossfl.client.contract import inline_nbytes
 from crossfl.clock import VirtualClock
-from crossfl.simulate.cache import Outcome
+from crossfl.simulate.cache import CallOutcome
 from crossfl.simulate.queues import QueueModel
 from crossfl.simulate.scenario import SiteProfile
 
-Runner = Callable[[Callable[..., Any], Any], Outcome]
+Runner = Callable[[Callable[..., Any], Any], CallOutcome]
 
 
 @dataclass
@@ -98,7 +98,7 @@ class SimTask:
     bytes_down: int
     started_at: float | None = None
     block: Block | None = None
-    outcome: Outcome | None = None
+    outcome: CallOutcome | None = None
     cold: bool = False
     load_s: float = 0.0
     train_s: float = 0.0
@@ -274,7 +274,7 @@ class SiteSimulator:
         task.load_s = self.speed.load_cold_s if task.cold else self.speed.load_warm_s
         planned = task.payload.get("local_steps") if isinstance(task.payload, dict) else None
         if task.abandoned:  # nobody reads its result: its time, not its training
-            task.outcome = Outcome(None, None, False)
+            task.outcome = CallOutcome(None, None, False)
             task.train_s = int(planned or 0) * self.speed.seconds_per_step
         else:
             task.outcome = self.run(task.fn, task.payload)  # the real work, now

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from crossfl.simulate.outcome import Outcome
+from crossfl.simulate.outcome import ReplayOutcome
 
 MIN_SEEDS = 10  # no verdict on fewer evaluation seeds
 GAIN = 0.20  # the claim: at least this much sooner (upper bound of the ratio under 1 - GAIN)
@@ -87,7 +87,7 @@ class Comparison:
     seeds: int
     horizon_s: float
     work_unit: int
-    outcomes: dict[str, list[Outcome]]
+    outcomes: dict[str, list[ReplayOutcome]]
     tuning: dict[str, list[tuple[dict[str, Any], float]]]  # candidates and their scores
     chosen: dict[str, dict[str, Any]]
     ratios: dict[tuple[str, str], dict[str, Ratio]]

@@ -30,7 +30,7 @@ class Request:
 
 
 @dataclass(frozen=True)
-class Problem:
+class RequestProblem:
     field: str  # the user option (and site field) it is about
     message: str  # without the site's name
     fix: str
@@ -40,7 +40,7 @@ class RequestRefused(UserError):
     """A request the facility's published rules refuse, as one line:
     "polaris: queue debug allows at most 01:00:00; asked 02:00:00 (fix: ...)"."""
 
-    def __init__(self, site: str, problem: Problem) -> None:
+    def __init__(self, site: str, problem: RequestProblem) -> None:
         self.site = site
         self.option = problem.field  # the user option it is about (walltime, queue, ...)
         # No `field`: the line names the site and its rule itself, wherever it is reported.
@@ -60,17 +60,19 @@ def dimensions(site: Site) -> list[tuple[str, str, dict[str, Queue]]]:
     return out
 
 
-def request_of(site: Site, options: Mapping[str, Any]) -> tuple[Request | None, Problem | None]:
+def request_of(
+    site: Site, options: Mapping[str, Any]
+) -> tuple[Request | None, RequestProblem | None]:
     """The site's defaults under the user's options, or the first option of the wrong form."""
     walltime = options.get("walltime", site.walltime)
     if not isinstance(walltime, str):
-        return None, Problem(
+        return None, RequestProblem(
             "walltime", f"walltime {walltime!r} is not HH:MM:SS", "write it like 01:00:00"
         )
     try:
         parse_walltime(walltime)
     except ValueError:
-        return None, Problem(
+        return None, RequestProblem(
             "walltime", f"walltime {walltime!r} is not HH:MM:SS", "write it like 01:00:00"
         )
     ints = {}
@@ -80,7 +82,7 @@ def request_of(site: Site, options: Mapping[str, Any]) -> tuple[Request | None, 
     ):
         value = options.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            return None, Problem(
+            return None, RequestProblem(
                 key,
                 f"{key} {value!r} is not a whole number >= 1",
                 f"give an integer >= 1 for {key}",
@@ -127,15 +129,15 @@ def _or_use(word: str, names: list[str]) -> str:
     return f", or use {word} {' or '.join(names)}" if names else ""
 
 
-def request_problems(site: Site, req: Request, *, production: bool) -> list[Problem]:
+def request_problems(site: Site, req: Request, *, production: bool) -> list[RequestProblem]:
     """Every published rule the request breaks, most basic first."""
-    out: list[Problem] = []
+    out: list[RequestProblem] = []
     picked = {"queue": req.queue, "qos": req.qos}
     for key, word, table in dimensions(site):
         name = picked[key]
         if name is not None and name not in table:
             out.append(
-                Problem(
+                RequestProblem(
                     key,
                     f"{word} {name} is not one of {', '.join(sorted(table))}",
                     f"pick one of {', '.join(sorted(table))}",
@@ -153,7 +155,7 @@ def request_problems(site: Site, req: Request, *, production: bool) -> list[Prob
         if (e.part is None) != (rendered_part is None):
             if e.part is not None:
                 out.append(
-                    Problem(
+                    RequestProblem(
                         key,
                         f"{word} {name} gives a job part of a node "
                         f"({e.part.devices} GPU, {e.part.cpus} CPUs) but this "
@@ -164,7 +166,7 @@ def request_problems(site: Site, req: Request, *, production: bool) -> list[Prob
                 )
             else:
                 out.append(
-                    Problem(
+                    RequestProblem(
                         key,
                         f"this endpoint was rendered for part of a node, and "
                         f"{word} {name} takes whole nodes",
@@ -176,7 +178,7 @@ def request_problems(site: Site, req: Request, *, production: bool) -> list[Prob
         if production and not e.production:
             alts = _others(site, table, name, req, production)
             out.append(
-                Problem(
+                RequestProblem(
                     key,
                     f"{word} {name} forbids production work, and a crossfl run is production work",
                     f"use {word} {' or '.join(alts)}" if alts else f"use another {word}",
@@ -184,7 +186,7 @@ def request_problems(site: Site, req: Request, *, production: bool) -> list[Prob
             )
         if req.nodes < e.min_nodes:
             out.append(
-                Problem(
+                RequestProblem(
                     "nodes_per_block",
                     f"{word} {name} needs at least {e.min_nodes} nodes; asked {req.nodes}",
                     f"nodes_per_block >= {e.min_nodes}"
@@ -193,7 +195,7 @@ def request_problems(site: Site, req: Request, *, production: bool) -> list[Prob
             )
         elif e.max_nodes is not None and req.nodes > e.max_nodes:
             out.append(
-                Problem(
+                RequestProblem(
                     "nodes_per_block",
                     f"{word} {name} allows at most {e.max_nodes} nodes; asked {req.nodes}",
                     f"nodes_per_block <= {e.max_nodes}"
@@ -205,7 +207,7 @@ def request_problems(site: Site, req: Request, *, production: bool) -> list[Prob
             if most is not None and seconds > parse_walltime(most):
                 size = f" for {b.min_nodes}-{b.max_nodes} nodes" if b is not None else ""
                 out.append(
-                    Problem(
+                    RequestProblem(
                         "walltime",
                         f"{word} {name} allows at most {most}{size}; asked {req.walltime}",
                         f"ask for at most {most}"
@@ -214,7 +216,7 @@ def request_problems(site: Site, req: Request, *, production: bool) -> list[Prob
                 )
         if e.min_walltime and seconds < parse_walltime(e.min_walltime):
             out.append(
-                Problem(
+                RequestProblem(
                     "walltime",
                     f"{word} {name} needs at least {e.min_walltime}; asked {req.walltime}",
                     f"ask for at least {e.min_walltime}",
@@ -222,7 +224,7 @@ def request_problems(site: Site, req: Request, *, production: bool) -> list[Prob
             )
         if e.jobs_per_user is not None and req.max_blocks > e.jobs_per_user:
             out.append(
-                Problem(
+                RequestProblem(
                     "max_blocks",
                     f"{word} {name} allows {e.jobs_per_user} job(s) per "
                     f"user in any state; asked max_blocks {req.max_blocks}",
@@ -234,17 +236,17 @@ def request_problems(site: Site, req: Request, *, production: bool) -> list[Prob
 
 def task_problems(
     site: Site, req: Request, nodes: int | None, ranks_per_node: int | str | None
-) -> list[Problem]:
+) -> list[RequestProblem]:
     """What the site's way of handing out devices (`endpoint.tasks`) and its nodes allow one
     training task: several nodes only through the MPI engine and within the pilot job, at most
     one rank per device a node holds, one device per task where workers are pinned to one."""
-    out: list[Problem] = []
+    out: list[RequestProblem] = []
     mode = site.endpoint.tasks
     overrides = f"deploy/sites/overrides/{site.name}.yaml, then render and deploy again"
     if nodes is not None and nodes > 1:
         if mode != "mpi":
             out.append(
-                Problem(
+                RequestProblem(
                     "nodes",
                     f"a task on {nodes} nodes runs through the MPI engine, "
                     f"and this site's tasks are {mode}",
@@ -253,7 +255,7 @@ def task_problems(
             )
         elif nodes > req.nodes:
             out.append(
-                Problem(
+                RequestProblem(
                     "nodes",
                     f"a task on {nodes} nodes needs a pilot job of as many; "
                     f"nodes_per_block is {req.nodes}",
@@ -265,7 +267,7 @@ def task_problems(
     devices = site.devices_per_node()
     if mode == "per-device" and ranks_per_node > 1:
         out.append(
-            Problem(
+            RequestProblem(
                 "ranks_per_node",
                 f"{ranks_per_node} ranks per node, but this "
                 "site's workers hold one device each (tasks: per-device)",
@@ -274,7 +276,7 @@ def task_problems(
         )
     elif devices and ranks_per_node > devices:
         out.append(
-            Problem(
+            RequestProblem(
                 "ranks_per_node",
                 f"{ranks_per_node} ranks per node, but a node "
                 f"holds {devices} {site.accelerator.vendor} devices (one rank each)",
@@ -283,7 +285,7 @@ def task_problems(
         )
     elif not devices and site.cpus_per_node and ranks_per_node > site.cpus_per_node:
         out.append(
-            Problem(
+            RequestProblem(
                 "ranks_per_node",
                 f"{ranks_per_node} CPU ranks per node, but a node has {site.cpus_per_node} CPUs",
                 f"ranks_per_node <= {site.cpus_per_node}",

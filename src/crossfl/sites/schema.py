@@ -389,7 +389,7 @@ class Container(StrictModel):
         return self
 
 
-class Launcher(StrictModel):
+class LauncherSettings(StrictModel):
     type: Literal["srun", "mpiexec", "single"] = "single"
     # Extra options for the pilot's launcher (srun's -c is computed from cpus_per_node).
     options: v.Options = ""
@@ -621,7 +621,7 @@ class Site(StrictModel):
     proxy: Proxy = Field(default_factory=Proxy)
     env: dict[v.Ident, v.Line] = Field(default_factory=dict)
     container: Container = Field(default_factory=Container)
-    launcher: Launcher = Field(default_factory=Launcher)
+    launcher: LauncherSettings = Field(default_factory=LauncherSettings)
     worker_init: list[v.Line] = Field(default_factory=list)
     endpoint: Endpoint = Field(default_factory=Endpoint)
     deploy: Deploy = Field(default_factory=Deploy)
