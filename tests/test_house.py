@@ -300,3 +300,63 @@ def test_the_product_carries_no_test_harness() -> None:
     ]
     assert offenders == []
     assert (SRC.parent / "testkit" / "rootfs.py").is_file()
+
+
+# ------------------------------------------------------------- one home per concept
+
+# Each concept is written in one module; a second copy elsewhere in src/ could drift from it
+# (tests/test_one_home.py checks that the former callers still agree through the one home).
+ONE_HOME = {
+    "peft's LoraConfig built": (r"\bLoraConfig\(", "crossfl.client.contract"),
+    "peft's LoRA keys named": (r"\blora_alpha\b", "crossfl.client.contract"),
+    "a leading ~ rewritten to $HOME": (
+        r"""startswith\(\(?["']~|replace\(\s*["']~|["']\$HOME/?["']\s*\+""",
+        "crossfl.quoting",
+    ),
+    "a shell-quoting function": (r"^def quote\b", "crossfl.quoting"),
+    "a staleness formula chosen": (
+        r"""==\s*["'](harmonic|exponential|polynomial|hinge)["']""",
+        "crossfl.server.strategies.staleness",
+    ),
+    "a tagged answer parsed": (r"</\(\?P=", "crossfl.data.smolinstruct"),
+    "a TrainResult built": (r"(?<!class )\bTrainResult\(", "crossfl.client.contract"),
+    "a file staged or fsynced (JSONL included)": (r"\bos\.fsync\(|\bmkstemp\(", "crossfl.atomic"),
+}
+
+
+def homes_of(pattern: str) -> set[str]:
+    """The modules of src/ whose text matches ``pattern``."""
+    rx = re.compile(pattern, re.M)
+    return {name for name, path in modules().items() if rx.search(path.read_text())}
+
+
+def test_each_concept_has_one_home() -> None:
+    found = {concept: homes_of(pattern) for concept, (pattern, _) in ONE_HOME.items()}
+    assert found == {concept: {home} for concept, (_, home) in ONE_HOME.items()}
+
+
+def test_one_home_patterns_catch_a_second_copy() -> None:
+    """The patterns above see the copies that were merged into one home."""
+    copies = {
+        "peft's LoraConfig built": "return LoraConfig(r=self.r)",
+        "peft's LoRA keys named": '"lora_alpha": lora.alpha,',
+        "a leading ~ rewritten to $HOME": 'root = raw_root.replace("~/", "$HOME/", 1)',
+        "a shell-quoting function": "def quote(word: str) -> str:",
+        "a staleness formula chosen": 'if self.params.staleness_fn == "harmonic":',
+        "a tagged answer parsed": r'_TAGGED = re.compile(r"<(?P<tag>[A-Z_]+)>(.*?)</(?P=tag)>")',
+        "a TrainResult built": "    return TrainResult(adapter=adapter)",
+        "a file staged or fsynced (JSONL included)": "            os.fsync(fh.fileno())",
+    }
+    assert set(copies) == set(ONE_HOME)
+    for concept, text in copies.items():
+        assert re.search(ONE_HOME[concept][0], text, re.M), concept
+
+
+def test_no_two_classes_share_a_name() -> None:
+    """A class name means one thing across src/ (no three `Outcome`s to tell apart)."""
+    where: dict[str, list[str]] = {}
+    for name, path in modules().items():
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef):
+                where.setdefault(node.name, []).append(name)
+    assert {n: m for n, m in where.items() if len(m) > 1} == {}
