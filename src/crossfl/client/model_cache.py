@@ -43,7 +43,7 @@ class LoraKey:
     def config(self) -> LoraConfig:
         return LoraConfig(
             r=self.r,
-            lora_alpha=self.alpha,
+            lora_alpha=self.alpha,  # type: ignore[arg-type]  # peft annotates int, scales by any number
             lora_dropout=self.dropout,
             target_modules=list(self.target_modules),
             bias="none",
@@ -106,7 +106,7 @@ def get_model(model_path: str, dtype: str, device: torch.device) -> tuple[Cached
         if entry is not None:
             return entry, True
         base, tokenizer = load_base(model_path, dtype)
-        base.to(device)
+        base.to(device)  # type: ignore[arg-type]  # transformers' functools.wraps on .to loses self
         entry = CachedModel(
             base=base, tokenizer=tokenizer, device=device, dtype=compute_dtype(dtype)
         )
