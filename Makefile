@@ -51,7 +51,8 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 ## make test-fast: the unit tier, for everyday work: every test not marked slow (no Slurm,
-## sshd, engines, federations or multi-rank training; pyproject.toml [tool.pytest] markers)
+## sshd, engines, federations or multi-rank training; pyproject.toml [tool.pytest] markers);
+## about 2 minutes on 2 cores (README, Tests and benchmarks)
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
