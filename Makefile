@@ -51,16 +51,19 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 ## make test-fast: the unit tier, for everyday work: every test not marked slow (no Slurm,
-## sshd, engines, federations or multi-rank training; pyproject.toml [tool.pytest] markers)
+## sshd, engines, federations or multi-rank training; pyproject.toml [tool.pytest] markers);
+## about 2 minutes on 2 cores (README, Tests and benchmarks)
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
-## make lint: ruff's lint rules and its formatter's check (pyproject.toml [tool.ruff]), and
-## deptry: every import declared in pyproject.toml, nothing declared unused ([tool.deptry])
+## make lint: ruff's lint rules and its formatter's check (pyproject.toml [tool.ruff]),
+## deptry: every import declared in pyproject.toml, nothing declared unused ([tool.deptry]),
+## and mypy over src/ ([tool.mypy])
 lint: setup
 	$(BIN)/ruff check src tests benchmarks testkit
 	$(BIN)/ruff format --check src tests benchmarks testkit
 	$(BIN)/deptry src benchmarks testkit containers
+	$(BIN)/mypy
 
 ## make bench: measured ratios, side by side in one run
 bench: setup

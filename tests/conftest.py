@@ -6,21 +6,32 @@ import os
 import sys
 import unittest.mock as mock
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit.sdk_client import RecordingClient
 
-REAL_SERVICES = {"slurm_cluster", "sshd"}
-"""Fixtures that start a real Slurm or sshd: a test that needs one (directly or through
-another fixture) is marked slow."""
+REAL_SERVICES = {"slurm_cluster", "bound_cluster", "sshd"}
+"""Fixtures that start a real Slurm (bound_cluster: tests/test_slurm.py's, with GPUs) or sshd:
+a test that needs one (directly or through another fixture) is marked slow."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if REAL_SERVICES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def sdk_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[RecordingClient]]:
+    """globus_compute_sdk.Client substituted at its interface (testkit.sdk_client)."""
+    import globus_compute_sdk
+
+    RecordingClient.registered = []
+    monkeypatch.setattr(globus_compute_sdk, "Client", RecordingClient)
+    yield RecordingClient
 
 
 @pytest.fixture

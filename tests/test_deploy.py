@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from testkit.sdk_client import RecordingClient
 from typer.testing import CliRunner
 
 from crossfl.errors import UserError
-from sdk_client import RecordingClient, sdk_client  # noqa: F401  (fixture)
 from sshd import SshServer, free_port, sshd  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[1]

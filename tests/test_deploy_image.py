@@ -1,7 +1,7 @@
 """`crossfl deploy` puts the image where the site wants it (container.image_source): built at
 the facility (login node, or the batch build job on the real one-node Slurm), pulled by
 digest, or uploaded; against the real sshd (tests/sshd.py), with a stand-in `apptainer` on
-the login node's PATH (tests/fake_apptainer.py: no Apptainer on these machines). The dry run
+the login node's PATH (testkit/fake_apptainer.py: no Apptainer on these machines). The dry run
 needs neither SSH nor an image."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import os
 from pathlib import Path
 
 import pytest
+from testkit import fake_apptainer
+from testkit.sdk_client import RecordingClient
 from typer.testing import CliRunner
 
-import fake_apptainer
 from crossfl.errors import UserError
 from remote_project import activate_line, head, make_project, override
-from sdk_client import RecordingClient, sdk_client  # noqa: F401  (fixture)
 from sshd import SshServer, sshd, start_sshd, stop_sshd  # noqa: F401  (fixture)
 
 SITE = "localhost-ssh"
@@ -363,7 +363,7 @@ def test_batch_build_job_on_real_slurm(slurm_project: Path, tmp_path: Path) -> N
 @pytest.fixture
 def podman_project(project: Path, sshd: SshServer, tmp_path: Path) -> Path:
     """The same login node with a stand-in `podman-hpc` first on its PATH."""
-    import fake_podman
+    from testkit import fake_podman
 
     bindir = tmp_path / "podmanbin"
     good = {**__import__("crossfl.deploy.image").deploy.image.expected_labels()}
@@ -396,7 +396,7 @@ def test_podman_build_migrate_and_pin_by_id(podman_project: Path, tmp_path: Path
     migrate`, labels checked; the state records the image ID (and its manifest digest), and the
     endpoint installed there names the image by that ID, not by a tag; a second deploy changes
     nothing and builds nothing."""
-    import fake_podman
+    from testkit import fake_podman
 
     bindir = tmp_path / "podmanbin"
     with_podman(podman_project, {"method": "build"})
@@ -442,7 +442,7 @@ def doctor_cli(*args: str) -> tuple[int, str]:
 
 
 def test_podman_pull_by_digest(podman_project: Path, tmp_path: Path) -> None:
-    import fake_podman
+    from testkit import fake_podman
 
     with_podman(podman_project, {"method": "pull", "ref": PODMAN_REF})
     code, out = run_cli("deploy", SITE, "--no-start")
@@ -462,7 +462,8 @@ def test_podman_mpi_site_registers_the_functions_the_server_submits(
     names the image, and the server submits it with the image deploy placed, by its ID
     (with_deployed_image): deploy registers those functions, not the ones naming the tag, so
     a run's plan finds the registered ids unchanged."""
-    import fake_podman
+    from testkit import fake_podman
+
     from crossfl.functions import kit_functions, registered_functions, shell_text
     from crossfl.sites import load_site, with_deployed_image
 

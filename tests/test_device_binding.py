@@ -1,6 +1,6 @@
 """Device binding for every site, from the real parts: the rendered user config as the endpoint
 loads it, its worker_init run by bash, the container runtime's environment rules, and Parsl's
-own process_worker_pool `worker()` pinning each worker (tests/device_semantics.py). Under each
+own process_worker_pool `worker()` pinning each worker (testkit/device_semantics.py). Under each
 vendor's documented semantics, every worker sees exactly one device, its own, and runs on the
 CPUs nearest it. The batch ranks (smoke.sh) get the same variables the workers get.
 
@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from testkit.device_semantics import binding_problems, visible, worker_views
 
 from crossfl import render, sites
 from crossfl.client import device, tasks
 from crossfl.errors import UserError
 from crossfl.render.shell import PARSL_ACCELERATOR_ENV, PARSL_FIXED_ENV, bind_wrapper
-from device_semantics import binding_problems, visible, worker_views
 from golden_sites import golden_site
 
 SITES = ["frontier", "aurora", "polaris", "perlmutter", "local-slurm"]

@@ -513,6 +513,7 @@ def test_run_record_uses_the_training_window() -> None:
 # ------------------------------------------------------------------ make gpu-check, its CPU path
 
 
+@pytest.mark.slow  # `make gpu-check`: LoRA rounds and 2 gloo ranks in subprocesses
 def test_gpu_check_runs_its_cpu_fallback() -> None:
     """`make gpu-check` has not run on a GPU here (none was lent): its CPU fallback runs the
     same steps (device selection, a LoRA round, the collective smoke on 2 gloo ranks, a round

@@ -213,7 +213,8 @@ def test_endpoint_against_the_image_labels(
     import json
     import os
 
-    import fake_apptainer
+    from testkit import fake_apptainer
+
     from crossfl.deploy.image import expected_labels
 
     bindir = tmp_path / "fakebin"

@@ -147,3 +147,31 @@ def test_four_facility_experiment_loads_with_per_site_models(
     assert site_path("build/models/tiny", True, "model.path") == str(
         ROOT / "build" / "models" / "tiny"
     )
+
+
+def test_new_experiment_fields_validate(tmp_path: Path) -> None:
+    exp, _ = load_experiment(ROOT / "deploy" / "experiments" / "local-async.yaml")
+    assert exp.strategy.name == "fedasync" and len(exp.sites) == 3
+    assert {s.training.local_steps for s in exp.sites} == {10, 30, 60}
+    raw = yaml.safe_load((ROOT / "deploy" / "experiments" / "local-demo.yaml").read_text())
+    bad = [
+        ({"quorum": {"min_clients": 4}}, "quorum.min_clients"),
+        ({"transport": {"mode": "ftp"}}, "transport.mode"),
+        ({"transport": {"inline_limit_mb": 12}}, "transport.inline_limit_mb"),
+        ({"faults": {"retries": -1}}, "faults.retries"),
+        ({"driver": "sometimes"}, "driver"),
+        (
+            {"sites": [{"name": "a", "site": "local", "training": {"local_step": 3}}]},
+            "sites[a].training.local_step",
+        ),
+        (
+            {"sites": [{"name": "a", "site": "local", "transport": {"mode": "globus_transfer"}}]},
+            "sites[a].transport.globus",
+        ),
+    ]
+    for change, field in bad:
+        path = tmp_path / "exp.yaml"
+        path.write_text(yaml.safe_dump({**raw, **change}))
+        with pytest.raises(UserError) as info:
+            load_experiment(path)
+        assert info.value.field == field, (change, info.value)

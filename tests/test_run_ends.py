@@ -43,6 +43,8 @@ from test_server_runs import (
     run_dir_of,
 )
 
+pytestmark = pytest.mark.slow  # every test here runs a federation on the real engine
+
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT_S = 300  # far beyond what any of these takes on a busy machine: a hang fails, not waits
 

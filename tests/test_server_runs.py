@@ -20,6 +20,7 @@ import pytest
 from rich.console import Console
 from safetensors.torch import load_file
 from testkit.gate import FifoGate, wait_for
+from testkit.globus_transfer import FakeTransferClient
 from testkit.processes import alive, describe, end, interchanges, marked_env, started
 from testkit.scratch_project import make_project, write_experiment
 
@@ -29,7 +30,6 @@ from crossfl.server.lifecycle import RunStopped, resume_run, run_experiment
 from crossfl.server.report import compare_plot, summary_tables
 from crossfl.server.telemetry import live_records, read_metrics
 from crossfl.server.transport import TaskFns
-from test_server_units import FakeTransferClient
 
 pytestmark = pytest.mark.slow  # runs on real engines (`make test-fast` leaves them out)
 

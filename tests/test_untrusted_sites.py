@@ -30,6 +30,8 @@ from crossfl.server.lifecycle import run_experiment
 from crossfl.server.transport import TaskFns
 from test_server_runs import experiment_file, records, run_dir_of
 
+pytestmark = pytest.mark.slow  # every test here runs a federation on the real engine
+
 ROOT = Path(__file__).resolve().parents[1]
 PROBES = TaskFns(train=probes.faulty_train, evaluate=probes.noop_evaluate)
 

@@ -45,6 +45,9 @@ from globus_compute_sdk.serialize.concretes import DillCode, DillDataBase64, JSO
 from crossfl.errors import UserError
 from crossfl.schema import short_repr
 
+if t.TYPE_CHECKING:
+    from globus_compute_sdk import Executor as GlobusComputeExecutor
+
 log = logging.getLogger(__name__)
 
 # The Globus Compute service rejects a submission (function + arguments, batches included)
@@ -202,7 +205,7 @@ def in_own_process_group(engine: t.Any) -> None:
     """Have ``engine`` start its interchange in a process group of its own."""
     executor = getattr(engine, "executor", None)
     cmd = tuple(getattr(executor, "interchange_launch_cmd", None) or ())
-    if cmd and cmd[: len(OWN_PROCESS_GROUP)] != OWN_PROCESS_GROUP:
+    if executor is not None and cmd and cmd[: len(OWN_PROCESS_GROUP)] != OWN_PROCESS_GROUP:
         executor.interchange_launch_cmd = [*OWN_PROCESS_GROUP, *cmd]
 
 
@@ -290,10 +293,13 @@ class LocalEngineExecutor(Executor):
 
     def _resolve(self, engine_future: Future, outer: Future) -> None:
         from globus_compute_common import messagepack
+        from globus_compute_common.messagepack.message_types import Result
         from globus_compute_sdk.errors import TaskExecutionFailed
 
         try:
             result = messagepack.unpack(engine_future.result())
+            if not isinstance(result, Result):
+                raise TypeError(f"the engine answered a {type(result).__name__}, not a Result")
             if result.is_error:
                 outer.set_exception(TaskExecutionFailed(result.data))
             else:
@@ -329,7 +335,7 @@ class LocalEngineExecutor(Executor):
         self._shutdown_engine()
 
 
-def sdk_executor_class() -> type[Executor]:
+def sdk_executor_class() -> type[GlobusComputeExecutor]:
     """The Globus Compute SDK Executor: the one class tests substitute (at its interface)."""
     from globus_compute_sdk import Executor as GlobusComputeExecutor
 
@@ -370,5 +376,5 @@ def remote_executor(
         result_serializers=result_serializers(shell_results),
     )
     for fn, function_id in function_ids:
-        executor.register_function(fn, function_id=function_id)  # type: ignore[attr-defined]
+        executor.register_function(fn, function_id=function_id)
     return executor

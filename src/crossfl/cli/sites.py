@@ -69,7 +69,7 @@ def render_command(
             field="render",
             fix="e.g. `crossfl render frontier` or `crossfl render --all`",
         )
-    loaded = [load_site(name) for name in (list_sites() if all_sites else [site])]
+    loaded = [load_site(name) for name in (list_sites() if site is None else [site])]
     for s in loaded:
         s.require_set()  # a ${VAR:?} left unset would be rendered as <VAR>
     for s in loaded:

@@ -170,7 +170,7 @@ def generate_answers(
         for i, p in enumerate(prompts):
             ids[i, width - len(p) :] = torch.tensor(p)
             mask[i, width - len(p) :] = 1
-        gen = model.generate(
+        gen = model.generate(  # type: ignore[operator]  # torch types nn.Module.__getattr__ as Tensor | Module
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             max_new_tokens=spec.generate_max_new_tokens,

@@ -55,8 +55,9 @@ def llama_shaped(config: dict[str, Any], lora: LoraSpec) -> Shapes | None:
     """The adapter's tensors from a Llama-shaped decoder's sizes, or None when this model or
     these targets are not one this function knows exactly."""
     default_head_dim = LLAMA_SHAPED.get(str(config.get("model_type")))
-    sizes = [config.get(k) for k in (*SIZES, "num_key_value_heads")]
-    if default_head_dim is None or not all(isinstance(v, int) and v > 0 for v in sizes):
+    keys = (*SIZES, "num_key_value_heads")
+    sizes = [v for v in (config.get(k) for k in keys) if isinstance(v, int) and v > 0]
+    if default_head_dim is None or len(sizes) != len(keys):
         return None
     hidden, inter, layers, heads, kv_heads = sizes
     head_dim = config.get("head_dim")

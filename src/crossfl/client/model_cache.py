@@ -89,7 +89,7 @@ def get_model(model_path: str, dtype: str, device: torch.device) -> tuple[Cached
         if entry is not None:
             return entry, True
         base, tokenizer = load_base(model_path, dtype)
-        base.to(device)
+        base.to(device)  # type: ignore[arg-type]  # transformers' functools.wraps on .to loses self
         entry = CachedModel(
             base=base, tokenizer=tokenizer, device=device, dtype=compute_dtype(dtype)
         )

@@ -319,7 +319,7 @@ def train_rank(spec: TrainTask, world: World) -> TrainResult | None:
             if world.is_main
             else b""
         )
-    ranks = gather(
+    ranks: list[dict[str, Any]] = gather(
         {
             "host": socket.gethostname(),
             "device": device_name(world.device),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import rdkit
 from pydantic import BaseModel
-from rdkit import Chem, RDConfig, RDLogger
+from rdkit import Chem, RDConfig, rdBase
 from rdkit.Chem import Crippen, Descriptors, rdMolDescriptors
 
 from crossfl.data.smolinstruct import (
@@ -76,13 +76,13 @@ TASKS: dict[str, ChemTask] = {
             "property_prediction-mw",
             "What is the molecular weight of {smiles} ?",
             "NUMBER",
-            lambda mol: _number(Descriptors.MolWt(mol), 2),
+            lambda mol: _number(Descriptors.MolWt(mol), 2),  # type: ignore[attr-defined]  # rdkit-stubs omit MolWt (a module-level lambda)
         ),
         ChemTask(
             "property_prediction-logp",
             "What is the Crippen logP of {smiles} ?",
             "NUMBER",
-            lambda mol: _number(Crippen.MolLogP(mol), 2),
+            lambda mol: _number(Crippen.MolLogP(mol), 2),  # type: ignore[attr-defined]  # rdkit-stubs omit MolLogP (bound at import)
         ),
         ChemTask(
             "property_prediction-tpsa",
@@ -169,7 +169,7 @@ def parse_molecules(
     once `limit` molecules are kept; counts what was examined and dropped."""
     parsed = ParsedMolecules(molecules=[])
     seen: set[str] = set()
-    RDLogger.DisableLog("rdApp.*")
+    rdBase.DisableLog("rdApp.*")
     try:
         for text in smiles:
             if limit is not None and len(parsed.molecules) >= limit:
@@ -193,7 +193,7 @@ def parse_molecules(
                 seen.add(canonical)
                 parsed.molecules.append((canonical, mol))
     finally:
-        RDLogger.EnableLog("rdApp.*")
+        rdBase.EnableLog("rdApp.*")
     return parsed
 
 
@@ -205,7 +205,7 @@ def split_sizes(total: int) -> dict[Split, int]:
             field="max-molecules",
             fix="allow more molecules (a larger --max-molecules/--max-smiles-length)",
         )
-    held = {s: round(total * SPLIT_FRACTIONS[s]) for s in ("validation", "test")}
+    held: dict[Split, int] = {s: round(total * SPLIT_FRACTIONS[s]) for s in ("validation", "test")}
     if total >= 3:
         held = {s: max(1, n) for s, n in held.items()}
     else:
@@ -322,7 +322,7 @@ def _write_dataset(out_dir: Path, records: dict[Split, list[Record]]) -> dict[Sp
 def _count(
     records: dict[Split, list[Record]], tasks: Sequence[ChemTask]
 ) -> dict[str, dict[str, int]]:
-    counts = {task.name: {split: 0 for split in SPLITS} for task in tasks}
+    counts: dict[str, dict[str, int]] = {t.name: {s: 0 for s in SPLITS} for t in tasks}
     for split, items in records.items():
         for record in items:
             counts[record.task][split] += 1

@@ -22,7 +22,7 @@ import hashlib
 import json
 import tarfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from crossfl.deploy import jobs
 from crossfl.deploy.image import (
@@ -105,7 +105,12 @@ def _unchanged(d: Deployment, origin: str) -> bool:
 
 
 def _record(
-    d: Deployment, name: str, found: dict[str, Any], origin: str, source: str, commit: str | None
+    d: Deployment,
+    name: str,
+    found: dict[str, Any],
+    origin: str,
+    source: Literal["build", "pull"],
+    commit: str | None,
 ) -> None:
     if d.dry_run:
         return
@@ -120,7 +125,7 @@ def _record(
         )
     d.state.image = ImageState(
         arch=d.site.arch,
-        source=source,  # type: ignore[arg-type]
+        source=source,
         origin=origin,
         remote_path=name,
         sha256=found["id"],

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Protocol
+from typing import IO, BinaryIO, Protocol
 
 import paramiko
 from fabric import Config, Connection
@@ -401,7 +401,7 @@ class OpenSshChannel:
             )
         return CommandResult(r.stdout, r.stderr, r.returncode)
 
-    def _pipe(self, command: str, feed: Callable[[BinaryIO], None]) -> None:
+    def _pipe(self, command: str, feed: Callable[[IO[bytes]], object]) -> None:
         proc = subprocess.Popen(
             [*self.base, self.t.host, command],
             stdin=subprocess.PIPE,
@@ -428,7 +428,7 @@ class OpenSshChannel:
         p = quote(path)
         cmd = f"truncate -s {offset} {p} && cat >> {p}" if offset else f"cat > {p}"
 
-        def feed(w: BinaryIO) -> None:
+        def feed(w: IO[bytes]) -> None:
             for block in iter(lambda: src.read(CHUNK), b""):
                 w.write(block)
                 progress(len(block))

@@ -49,7 +49,7 @@ def worker_requirements(path: Path | None = None) -> list[str]:
             raise UserError(
                 f"{line!r}: names only here, versions live in constraints.txt", file=path
             )
-        names.append(canonicalize_name(line))
+        names.append(str(canonicalize_name(line)))
     return names
 
 

@@ -49,7 +49,7 @@ class QueueLimits:
     """One queue (partition, QOS) as the scheduler itself reports it; None: no limit set."""
 
     name: str
-    found: bool
+    found: bool | None  # None: the scheduler could not tell (an error, not a no)
     max_walltime: int | None = None  # seconds
     max_nodes: int | None = None
     min_nodes: int | None = None

@@ -70,8 +70,11 @@ STALENESS_A = 0.5  # ours: 1 / (1 + a u) for an update u versions behind
 class SiteControl(Protocol):
     """What a dispatch policy can do to and learn about one site's pilot jobs."""
 
-    nodes: int
-    walltime_s: float
+    @property
+    def nodes(self) -> int: ...
+
+    @property
+    def walltime_s(self) -> float: ...
 
     def set_idle(self, *, max_idletime_s: float) -> None:
         """Keep an idle pilot this long before releasing it (from now on)."""

@@ -306,7 +306,7 @@ def summary_tables(run_dir: Path) -> list[Table]:
         def count(status: str, rows: list[TaskRecord] = mine) -> str:
             return str(sum(1 for t in rows if t.status == status))
 
-        moved = sum((t.bytes_up or 0) + t.bytes_down for t in mine) / 1e6
+        mb = sum((t.bytes_up or 0) + t.bytes_down for t in mine) / 1e6
         retries = sum(max(0, t.attempts - 1) for t in mine)
         samples = str(ok[-1].num_samples) if ok else "-"
         per_site.add_row(
@@ -318,7 +318,7 @@ def summary_tables(run_dir: Path) -> list[Table]:
             str(retries),
             samples,
         )
-        times.add_row(site, mean("queue_s"), mean("load_s"), mean("train_s"), f"{moved:.2f}")
+        times.add_row(site, mean("queue_s"), mean("load_s"), mean("train_s"), f"{mb:.2f}")
 
     moved = Table(title="adapter bytes per round (async runs: per task number), training tasks")
     for col in ("round", "MB down", "MB up", "transport"):
@@ -386,9 +386,10 @@ def summary_table(records: list[AnyRecord]) -> Table:
     table = Table(title="summary", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
-    last = (rounds or ([base] if base else []))[-1:] or [None]
-    strategy = last[0].strategy if last[0] else "-"
-    driver = last[0].driver if last[0] else "sync"
+    evals = rounds or ([base] if base else [])
+    last = evals[-1] if evals else None
+    strategy = last.strategy if last else "-"
+    driver = last.driver if last else "sync"
     table.add_row("strategy / driver", f"{strategy} / {driver}")
     table.add_row("aggregations", str(len(aggs) or len(rounds)))
     table.add_row(
@@ -403,7 +404,7 @@ def summary_table(records: list[AnyRecord]) -> Table:
             before, after = base.answer_accuracy(task), rounds[-1].answer_accuracy(task)
             if before is not None and after is not None:
                 table.add_row(what, f"{before:.1%} -> {after:.1%}")
-    wall = max((r.elapsed_s for r in [*rounds, *aggs]), default=0.0)
+    wall = max([r.elapsed_s for r in rounds] + [a.elapsed_s for a in aggs], default=0.0)
     table.add_row("wall-clock (s)", f"{wall:.1f}")
     busy = sum(t.worker_s or 0.0 for t in tasks)
     table.add_row("site compute (task-s)", f"{busy:.1f}")

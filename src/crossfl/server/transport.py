@@ -161,10 +161,11 @@ def read_confined(root: Path, rel: str, limit: int, what: str) -> bytes:
     except FileNotFoundError:
         raise
     except OSError as exc:
-        why = {
+        reasons: dict[int | None, str | None] = {
             errno.ELOOP: "is a symbolic link",
             errno.ENOTDIR: "leaves its directory (a symbolic link, or not a directory)",
-        }.get(exc.errno, exc.strerror)
+        }
+        why = reasons.get(exc.errno, exc.strerror)
         raise ResultRefused(f"{what}: {rel} {why}; refused unread") from None
     finally:
         os.close(fd)

@@ -40,6 +40,7 @@ virtual worker; only the times are simulated.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import traceback
@@ -221,7 +222,9 @@ class SiteSimulator:
             wait = self.queue.sample(self.rng_queue, self.nodes, self.walltime_s)
             block = Block(len(self.blocks), self.clock.now(), wait, self.walltime_s)
             self.blocks.append(block)
-            block.events.append(self.clock.call_later(wait, lambda b=block: self._start_block(b)))
+            block.events.append(
+                self.clock.call_later(wait, functools.partial(self._start_block, block))
+            )
 
     def _start_block(self, block: Block) -> None:
         now = self.clock.now()

@@ -146,7 +146,11 @@ def _check_limits(site: Site) -> None:
         if any(e.part is not None for e in table.values()) and not site.sched.shares_nodes:
             raise FieldError("queues", f"{site.sched.title} jobs here get whole nodes: remove part")
     req, bad = request_of(site, {})
-    problems = [bad] if bad else request_problems(site, req, production=False)  # type: ignore
+    if bad is not None:
+        problems = [bad]
+    else:
+        assert req is not None  # request_of gives the request or the problem with it
+        problems = request_problems(site, req, production=False)
     if problems:
         p = problems[0]
         # "message: fix" is split at its last ": " (crossfl.schema.problems)

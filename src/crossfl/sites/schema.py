@@ -179,7 +179,8 @@ class Queue(StrictModel):
                         f"{name} {have} disagrees with the bins ({want}): drop "
                         f"{name} or make it match"
                     )
-            self.min_nodes, self.max_nodes, self.max_walltime = from_bins.values()
+            self.min_nodes, self.max_nodes = b[0].min_nodes, b[-1].max_nodes
+            self.max_walltime = longest
         if self.part is not None:
             if self.max_nodes not in (None, 1):
                 raise ValueError(
@@ -745,7 +746,7 @@ class Site(StrictModel):
         return "cpu" if acc.vendor == "none" else acc.vendor
 
     @property
-    def arch(self) -> str:
+    def arch(self) -> Arch:
         return image_arch(self)
 
     def image(self) -> str | None:
@@ -783,7 +784,7 @@ class Site(StrictModel):
             )
 
 
-def image_arch(site: Site) -> str:
+def image_arch(site: Site) -> Arch:
     """The image architecture the site's accelerator needs: cuda, rocm, xpu or cpu."""
     vendor = site.accelerator.vendor
     return "cpu" if vendor == "none" else vendor

@@ -39,7 +39,7 @@ _STATE_ATTRS = (
 )
 
 
-def appfl_aggregators() -> dict[str, type]:
+def appfl_aggregators() -> dict[str, type[Any]]:
     """APPFL's aggregator classes by name; UserError when APPFL cannot be imported."""
     try:
         import appfl.algorithm.aggregator as agg_mod

@@ -1,15 +1,13 @@
 """`globus_compute_sdk.Client` substituted at its interface for function registration (the
 Globus web service is the one part absent offline): `register_function` builds the SDK's own
 registration payload (FunctionRegistrationData, with the SDK's default serializer, as the real
-Client sends it) and answers with a new function id. Use the `sdk_client` fixture."""
+Client sends it) and answers with a new function id. Tests take it through the `sdk_client`
+fixture (tests/conftest.py)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 
 class RecordingClient:
@@ -39,12 +37,3 @@ class RecordingClient:
         function_id = str(uuid.uuid4())
         RecordingClient.registered.append({"function_id": function_id, **data})
         return function_id
-
-
-@pytest.fixture
-def sdk_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[RecordingClient]]:
-    import globus_compute_sdk
-
-    RecordingClient.registered = []
-    monkeypatch.setattr(globus_compute_sdk, "Client", RecordingClient)
-    yield RecordingClient
