@@ -833,6 +833,19 @@ def test_one_seed_gives_no_verdict_and_the_claim_needs_every_seed_of_ours() -> N
     assert "claimed" in comparison(MIN_SEEDS, fast).verdict()
     missed = comparison(MIN_SEEDS, [*fast[:-1], None])
     assert "no claim (ours missed the target on 1 seed(s))" in missed.verdict()
+    for c in (comparison(MIN_SEEDS, fast), missed):  # the verdict reads in 80 columns
+        assert max(len(line) for line in c.verdict().splitlines()) <= 80
+
+
+def test_a_replays_progress_line_fits_80_columns() -> None:
+    from crossfl.simulate.jobs import _fmt_outcome, progress_line
+    from crossfl.simulate.outcome import ReplayOutcome
+
+    longest = 0
+    for reached, t, end in ((True, 345599.0, "target"), (False, None, "horizon")):
+        o = ReplayOutcome("fedqueue+warm", 19, {}, reached, t, 345600.0, end, 1.0, 1.0, [], 1.0)
+        longest = max(longest, len(progress_line(140, 140, o, _fmt_outcome(o), 45296.0)))
+    assert longest <= 80
 
 
 # ------------------------------------------------------------------ the dispatch policy

@@ -141,6 +141,7 @@ class Runner:
         self, jobs: list[ReplayJob], todo: list[int], results: dict[int, ReplayOutcome], what: str
     ) -> None:
         start, n = time.monotonic(), len(todo)
+        self.console.print(f"{what}: {n} replay(s) to run", highlight=False)
 
         def progress(k: int, i: int) -> None:
             o = results[i]
@@ -151,11 +152,7 @@ class Runner:
                 if jobs[i].phase == "reference"
                 else _fmt_outcome(o)
             )
-            self.console.print(
-                f"  [{k}/{n}] {what} {o.variant} seed {o.seed}: {said}"
-                f"  ({_clock(spent)} so far, about {_clock(eta)} left)",
-                highlight=False,
-            )
+            self.console.print(progress_line(k, n, o, said, eta), highlight=False)
 
         if self.workers == 1:
             for k, i in enumerate(todo, 1):
@@ -181,7 +178,13 @@ def _clock(seconds: float) -> str:
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
+def progress_line(k: int, n: int, o: ReplayOutcome, said: str, eta_s: float) -> str:
+    """One replay done: within 80 columns (the phase is said once, above the lines)."""
+    return f"  {k}/{n} {o.variant} seed {o.seed}: {said}; ~{_clock(eta_s)} left"
+
+
 def _fmt_outcome(o: ReplayOutcome) -> str:
+    """At most 25 characters, so a progress line fits 80 columns."""
     if o.reached and o.time_s is not None:
-        return f"{o.time_s / 3600:.2f} h to target"
-    return f"not reached ({o.end} at {o.stopped_s / 3600:.2f} h)"
+        return f"target at {o.time_s / 3600:.2f} h"
+    return f"{o.end} at {o.stopped_s / 3600:.2f} h, no target"

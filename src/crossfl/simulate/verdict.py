@@ -116,11 +116,11 @@ class Comparison:
             t, nh = self.ratios[(a, b)]["time"], self.ratios[(a, b)]["node_hours"]
             head = f"{a} vs {b}: time x{t.gmean:.2f} {_ci(t)}, node-h x{nh.gmean:.2f} {_ci(nh)}"
             if missed:
-                lines.append(f"{head}: no claim ({a} missed the target on {missed} seed(s))")
+                lines.append(f"{head}\n  no claim ({a} missed the target on {missed} seed(s))")
                 continue
             ok = t.high < 1 - gain and nh.high <= 1.0
             lines.append(
-                f"{head}: {gain:.0%} sooner at no more node-hours: "
+                f"{head}\n  {gain:.0%} sooner at no more node-hours: "
                 + ("claimed" if ok else "not shown")
             )
         return "\n".join(lines)
