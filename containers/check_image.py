@@ -159,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.devices and not problems:
         problems += report_devices()
     for problem in problems:
-        print(f"crossfl image check: {problem}", file=sys.stderr)
+        print(f"check_image.py: {problem}", file=sys.stderr)
     if not problems:
-        print(f"crossfl image check: ok (python {minor}, torch {args.torch}, {args.stack})")
+        print(f"check_image.py: ok (python {minor}, torch {args.torch}, {args.stack})")
     return 1 if problems else 0
 
 

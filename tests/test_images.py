@@ -919,7 +919,7 @@ def test_image_check_builds_the_rootfs_and_runs_a_federation_inside(repo_root: P
     assert {t["python"] for t in tasks} == {f"{images.PREFIX}/venv/bin/python"}
     assert len(result.federation["rounds"]) == 2
     log = check_log("cpu-debian")
-    assert "crossfl image check: ok" in log.read_text()
+    assert "check_image.py: ok" in log.read_text()
     steps = ", ".join(f"{name} {sec:.0f} s" for name, sec in result.seconds.items())
     print(f"\nimage-check cpu-debian ({'cached' if result.cached else 'built'}): {steps}")
 
