@@ -140,6 +140,7 @@ def test_an_unknown_host_key_costs_the_estimate_not_the_run(slurm_sshd, remote_s
     assert slurm_sshd.logins() == logins
     assert len(warned) == 1, warned
     assert warned[0].startswith(f"site {SITE}: no start estimate") and "host key" in warned[0]
+    assert warned[0].count(SITE) == 1
 
 
 def test_a_facility_site_asks_its_login_node_and_a_local_one_asks_here(remote_site):

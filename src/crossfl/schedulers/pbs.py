@@ -299,9 +299,10 @@ class PbsPro(Scheduler):
         return None
 
     # The user's queued jobs: `qselect -u USER -s Q` lists their IDs, `qstat -f` each one's
-    # attributes (Job_Owner USER@HOST, Job_Name, job_state, estimated.start_time). The ALCF
-    # user guides searched (argonne-lcf/user-guides) do not mention estimated.start_time;
-    # its meaning is OpenPBS's (above). Not run against a real PBS here.
+    # attributes (Job_Owner USER@HOST, Job_Name, job_state, estimated.start_time). A search
+    # of the stored ALCF user guides (argonne-lcf/user-guides, 2026-12-07) found no page on
+    # estimated.start_time or qselect: both are OpenPBS's (above; qselect(1)), uncited by a
+    # facility. Parsed from recorded text only: no real PBS here.
     def queued_starts_command(self) -> str | None:
         return (
             'u="${USER:-$(id -un)}"; echo "CROSSFL_USER=$u"; '

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from crossfl.endpoints import LocalEngineExecutor, remote_executor
 from crossfl.functions import registered_functions
+from crossfl.redact import redact
 from crossfl.server.mpi_tasks import MpiSiteExecutor
 from crossfl.server.plan import SitePlan
 from crossfl.sites import Site
@@ -104,7 +106,7 @@ class LoginNode:
 
 
 def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    print(textwrap.fill(line, 80, subsequent_indent="  "), file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -164,10 +166,10 @@ class SchedulerControl:
         if rc != 0 and not self._warned:
             self._warned = True
             last = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+            why = redact(last[-1]).removeprefix(f"site {self.site.name}: ") if last else f"rc {rc}"
             self.warn(
-                f"site {self.site.name}: no start estimate from its scheduler "
-                f"({last[-1] if last else f'exit status {rc}'}); the policy goes on "
-                "without it"
+                f"site {self.site.name}: no start estimate from its scheduler ({why}); "
+                "the policy goes on without it"
             )
         return text, rc
 
