@@ -318,3 +318,70 @@ def test_a_scheduler_writes_what_the_spec_holds() -> None:
     assert LAUNCHERS["srun"].fields(Binding(cpus_per_node=8, options="--mpi=pmi2")) == [
         ("overrides", '"-c 8 --mpi=pmi2"')
     ]
+
+
+def test_queued_pilots_starts_are_the_users_own_endpoint_jobs() -> None:
+    """The estimates the dispatch policy takes for a site's next pilot: the login user's
+    queued jobs named as the endpoint's Parsl pilots; other users' jobs, other names, jobs
+    not queued and jobs without an estimate are left out. PBS Pro from recorded `qstat -f`
+    text (no PBS here), Slurm from `squeue --start` lines as it prints them."""
+    import subprocess
+    from datetime import datetime
+
+    from crossfl.schedulers.pbs import PbsPro
+    from crossfl.schedulers.slurm import Slurm
+    from crossfl.server.site_executors import PILOT_NAMES
+
+    ours = PILOT_NAMES[False]
+    pbs, slurm = PbsPro(), Slurm()
+    qstat = (
+        "CROSSFL_USER=ada\n"
+        "Job Id: 101.polaris-pbs-01.hsn.cm.polaris.alcf.anl.gov\n"
+        f"    Job_Name = {ours}0.1765100000.1\n"
+        "    Job_Owner = ada@polaris-login-02.hsn.cm.polaris.alcf.anl.gov\n"
+        "    job_state = Q\n"
+        "    estimated.start_time = Tue Dec  8 03:10:00 2026\n"
+        "\n"
+        "Job Id: 102.polaris-pbs-01.hsn.cm.polaris.alcf.anl.gov\n"
+        "    Job_Name = parsl.GlobusComputeEngine-HighThroughputExecutor.block-1.17651\n"
+        "\t00200.2\n"
+        "    Job_Owner = ada@polaris-login-01.hsn.cm.polaris.alcf.anl.gov\n"
+        "    job_state = Q\n"
+        "    estimated.start_time = Mon Dec  7 22:45:00 2026\n"
+        "\n"
+        "Job Id: 103.polaris-pbs-01.hsn.cm.polaris.alcf.anl.gov\n"
+        f"    Job_Name = {ours}2.1765100300.3\n"
+        "    Job_Owner = ada@polaris-login-01.hsn.cm.polaris.alcf.anl.gov\n"
+        "    job_state = Q\n"
+        "    comment = Not Running: Insufficient amount of resource: ncpus\n"
+        "\n"
+        "Job Id: 104.polaris-pbs-01.hsn.cm.polaris.alcf.anl.gov\n"
+        f"    Job_Name = {ours}0.1765000000.1\n"
+        "    Job_Owner = bob@polaris-login-01.hsn.cm.polaris.alcf.anl.gov\n"
+        "    job_state = Q\n"
+        "    estimated.start_time = Mon Dec  7 19:00:00 2026\n"
+        "\n"
+        "Job Id: 105.polaris-pbs-01.hsn.cm.polaris.alcf.anl.gov\n"
+        "    Job_Name = crossfl-build\n"
+        "    Job_Owner = ada@polaris-login-01.hsn.cm.polaris.alcf.anl.gov\n"
+        "    job_state = Q\n"
+        "    estimated.start_time = Mon Dec  7 19:30:00 2026\n"
+    )
+    starts = pbs.parse_queued_starts(qstat, 0, ours)
+    assert sorted(starts) == [datetime(2026, 12, 7, 22, 45), datetime(2026, 12, 8, 3, 10)]
+    assert pbs.parse_queued_starts(qstat, 0, PILOT_NAMES[True]) == []
+    assert pbs.parse_queued_starts(qstat.replace("CROSSFL_USER=ada\n", ""), 0, ours) == []
+    squeue = (
+        "CROSSFL_USER=ada\n"
+        f"ada 2026-12-08T03:10:00 {ours}0.1765100000.1\n"
+        f"ada 2026-12-07T22:45:00 {ours}1.1765100200.2\n"
+        f"ada N/A {ours}2.1765100300.3\n"
+        f"bob 2026-12-07T19:00:00 {ours}0.1765000000.1\n"
+        "ada 2026-12-07T19:30:00 crossfl-build\n"
+    )
+    starts = slurm.parse_queued_starts(squeue, 0, ours)
+    assert sorted(starts) == [datetime(2026, 12, 7, 22, 45), datetime(2026, 12, 8, 3, 10)]
+    assert slurm.parse_queued_starts(squeue, 1, ours) == []
+    for line in (pbs.queued_starts_command(), slurm.queued_starts_command()):
+        assert line is not None and line.startswith('u="${USER:-$(id -un)}"; echo "CROSSFL_USER')
+        assert subprocess.run(["bash", "-n", "-c", line], check=False).returncode == 0

@@ -161,12 +161,20 @@ def test_a_live_site_asks_slurm_when_its_next_pilot_would_start(slurm_cluster):
         )
         return proc.stdout + proc.stderr, proc.returncode
 
-    plan = SimpleNamespace(catalog=site, user_options={"walltime": "00:20:00"}, held_nodes=1)
+    plan = SimpleNamespace(
+        name="local-slurm",
+        catalog=site,
+        user_options={"walltime": "00:20:00"},
+        held_nodes=1,
+        mpi=False,
+    )
     control = SchedulerControl(plan, run=run)  # type: ignore[arg-type]
     estimate = control.start_estimate_s()
     assert estimate is not None and 0 <= estimate < 300, asked
-    assert control.start_estimate_s() == estimate and len(asked) == 1
-    assert "--test-only" in asked[0] and "--time=20:00" in asked[0]
+    assert control.start_estimate_s() == estimate and len(asked) == 2
+    # no pilot of the endpoint queued: then a test submission of the pilot's shape
+    assert "squeue" in asked[0] and "--start" in asked[0]
+    assert "--test-only" in asked[1] and "--time=20:00" in asked[1]
 
 
 # -- GPU requests on a Slurm whose tasks are bound as a facility's are -----------------------------

@@ -35,6 +35,12 @@ def parse_walltime(text: str) -> int:
     return h * 3600 + mi * 60 + s
 
 
+def marker_user(text: str) -> str | None:
+    """The login user a query printed first (``CROSSFL_USER=NAME``)."""
+    line = next((ln for ln in text.splitlines() if ln.startswith("CROSSFL_USER=")), "")
+    return line.partition("=")[2].strip() or None
+
+
 def yaml_value(value: object) -> str:
     """A YAML-safe scalar (JSON is YAML), for a provider or launcher field."""
     return json.dumps(value)
@@ -233,6 +239,17 @@ class Scheduler:
     def parse_start(self, text: str, rc: int) -> datetime | None:
         """The start time (local, naive) a start query printed; None when it gave none."""
         return None
+
+    def queued_starts_command(self) -> str | None:
+        """A line printing ``CROSSFL_USER=<login user>``, then the scheduler's start
+        estimates of that user's queued jobs (None: this scheduler has no such query)."""
+        return None
+
+    def parse_queued_starts(self, text: str, rc: int, name_prefix: str) -> list[datetime]:
+        """The estimated starts (naive, in the query's time zone) of the user's queued jobs
+        whose name begins with ``name_prefix``; other users' jobs and jobs without an
+        estimate are left out."""
+        return []
 
     # -- the endpoint ----------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from crossfl.schedulers.base import (
     JobStatus,
     QueueLimits,
     Scheduler,
+    marker_user,
     yaml_value,
 )
 from crossfl.schedulers.spec import BatchJob, JobSpec
@@ -104,6 +105,14 @@ def _columns(lines: list[str]) -> list[dict[str, str]]:
                 rows.append({n: line[a:b].strip() for n, (a, b) in zip(names, cuts, strict=True)})
             return rows
     return []
+
+
+def _estimated_start(attrs: dict[str, str]) -> datetime | None:
+    value = " ".join(attrs.get("estimated.start_time", "").split())
+    try:
+        return datetime.strptime(value, "%a %b %d %H:%M:%S %Y") if value else None
+    except ValueError:
+        return None
 
 
 @register
@@ -285,13 +294,33 @@ class PbsPro(Scheduler):
 
     def parse_start(self, text: str, rc: int) -> datetime | None:
         for attrs in parse_full(text).values():
-            value = " ".join(attrs.get("estimated.start_time", "").split())
-            if value:
-                try:
-                    return datetime.strptime(value, "%a %b %d %H:%M:%S %Y")
-                except ValueError:
-                    return None
+            if attrs.get("estimated.start_time"):
+                return _estimated_start(attrs)
         return None
+
+    # The user's queued jobs: `qselect -u USER -s Q` lists their IDs, `qstat -f` each one's
+    # attributes (Job_Owner USER@HOST, Job_Name, job_state, estimated.start_time). A search
+    # of the stored ALCF user guides (argonne-lcf/user-guides, 2026-12-07) found no page on
+    # estimated.start_time or qselect: both are OpenPBS's (above; qselect(1)), uncited by a
+    # facility. Parsed from recorded text only: no real PBS here.
+    def queued_starts_command(self) -> str | None:
+        return (
+            'u="${USER:-$(id -un)}"; echo "CROSSFL_USER=$u"; '
+            'qselect -u "$u" -s Q 2>/dev/null | xargs -r qstat -f 2>&1'
+        )
+
+    def parse_queued_starts(self, text: str, rc: int, name_prefix: str) -> list[datetime]:
+        user = marker_user(text)
+        out = []
+        for attrs in parse_full(text).values():
+            mine = attrs.get("Job_Owner", "").partition("@")[0] == user
+            name = attrs.get("Job_Name", "")
+            if user is None or not mine or attrs.get("job_state") != "Q":
+                continue
+            start = _estimated_start(attrs) if name.startswith(name_prefix) else None
+            if start is not None:
+                out.append(start)
+        return out
 
     def directive_problem(self, directive: str) -> str | None:
         problem = super().directive_problem(directive)

@@ -28,6 +28,7 @@ from crossfl.schedulers.base import (
     JobStatus,
     QueueLimits,
     Scheduler,
+    marker_user,
     yaml_value,
 )
 from crossfl.schedulers.spec import BatchJob, JobSpec
@@ -336,6 +337,25 @@ class Slurm(Scheduler):
     def parse_start(self, text: str, rc: int) -> datetime | None:
         m = _START.search(text) if rc == 0 else None
         return datetime.fromisoformat(m.group(1)) if m else None
+
+    def queued_starts_command(self) -> str | None:
+        # --start: pending jobs with their expected start (%S, "N/A" when the scheduler has
+        # none yet); -o after it sets the columns (squeue(1), checked 2026-12-07)
+        return (
+            f'u={_USER}; echo "CROSSFL_USER=$u"; '
+            "squeue -u \"$u\" -h --start -t PENDING -o '%u %S %j' 2>&1"
+        )
+
+    def parse_queued_starts(self, text: str, rc: int, name_prefix: str) -> list[datetime]:
+        user = marker_user(text)
+        out = []
+        for line in text.splitlines():
+            words = line.split(None, 2)
+            if rc != 0 or user is None or len(words) < 3 or words[0] != user:
+                continue
+            if words[2].startswith(name_prefix) and _START.fullmatch(words[1]):
+                out.append(datetime.fromisoformat(words[1]))
+        return out
 
     def directive_walltime(self, directive: str) -> str | None:
         words = directive.replace("=", " ", 1).split()

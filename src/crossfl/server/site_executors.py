@@ -7,27 +7,33 @@ endpoint runs the MPI engine takes ShellFunctions with a resource specification 
 (crossfl.server.mpi_tasks.MpiSiteExecutor around either). The caller shuts it down (the run
 lifecycle registers it on its ExitStack at once).
 
-A batch site that runs here (local-slurm) also gets a ``SchedulerControl``: the dispatch
-policy asks its scheduler when a new pilot would start (Slurm ``sbatch --test-only``; the
-scheduler's idioms are in crossfl.schedulers). A facility's login node is reached over SSH
-by crossfl.deploy, which the server does not import: facilities give no estimate here and
-the policy learns their waits from their pilots."""
+A batch site also gets a ``SchedulerControl``: the dispatch policy asks its scheduler when
+its next pilot would start: the earliest estimate among the endpoint's own queued pilots
+(Slurm ``squeue --start``, PBS Pro ``qstat -f`` estimated.start_time), else, on Slurm, a
+test submission of a pilot's shape (``sbatch --test-only``); the scheduler's idioms are in
+crossfl.schedulers. A site that runs here asks on this machine; a facility's scheduler is
+asked on its login node over crossfl.deploy's SSH path (known host keys only, the script on
+stdin), at most every five minutes; a failure there costs the estimate, never the run."""
 
 from __future__ import annotations
 
 import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from crossfl.endpoints import LocalEngineExecutor, remote_executor
 from crossfl.functions import registered_functions
+from crossfl.redact import redact
 from crossfl.server.mpi_tasks import MpiSiteExecutor
 from crossfl.server.plan import SitePlan
+from crossfl.sites import Site
 
 if TYPE_CHECKING:
     from crossfl.server.dispatch import SiteControl
@@ -45,11 +51,28 @@ class OpenSite:
         return self.site.kind
 
 
+QUERY_TIMEOUT_S = 30  # one scheduler query, here or on a login node
+UNREACHED = 255  # the status of a query that never reached the scheduler (as ssh's own)
+# The job name Parsl gives an engine's pilots: `parsl.{executor label}.block-{N}.{time}`
+# (parsl/executors/status_handling.py `_launch_block`, providers/slurm/slurm.py and
+# providers/pbspro/pbspro.py `submit`); the engine labels its executor
+# `{engine class}-{executor class}` (globus_compute_endpoint/engines/globus_compute.py), and
+# crossfl's endpoint templates set no label. Pinned Parsl/Globus Compute, checked 2026-12-07.
+PILOT_NAMES = {
+    True: "parsl.GlobusMPIEngine-MPIExecutor.block-",
+    False: "parsl.GlobusComputeEngine-HighThroughputExecutor.block-",
+}
+
+
 def run_here(command: str) -> tuple[str, int]:
     """A scheduler query on this machine: its output (stdout and stderr) and status."""
     try:
         proc = subprocess.run(
-            ["bash", "-c", command], capture_output=True, text=True, timeout=30, check=False
+            ["bash", "-c", command],
+            capture_output=True,
+            text=True,
+            timeout=QUERY_TIMEOUT_S,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc), 1
@@ -57,15 +80,47 @@ def run_here(command: str) -> tuple[str, int]:
 
 
 @dataclass
+class LoginNode:
+    """A scheduler query on a facility's login node, through crossfl.deploy's SSH path
+    (the site's deploy.host/user/port and ~/.ssh/config with its ProxyJump; host keys from
+    known_hosts only; the line on the login shell's stdin): its output and status. A
+    connection per query (queries are minutes apart). Any failure (no deploy.host, a
+    refused key, an unknown host key, a timeout) returns its one-line reason and UNREACHED."""
+
+    site: Site
+    timeout_s: int = QUERY_TIMEOUT_S
+
+    def __call__(self, command: str) -> tuple[str, int]:
+        from rich.console import Console
+
+        from crossfl.deploy.flow import target_of
+        from crossfl.deploy.remote import Remote
+
+        try:
+            with Remote(target_of(self.site), console=Console(quiet=True)) as remote:
+                res = remote.run(command, timeout=self.timeout_s)
+        except Exception as exc:  # noqa: BLE001 - a lost estimate must not stop the run
+            reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            return reason.strip().splitlines()[0] if reason.strip() else "failed", UNREACHED
+        return res.stdout + res.stderr, res.rc
+
+
+def _say(line: str) -> None:
+    print(textwrap.fill(line, 80, subsequent_indent="  "), file=sys.stderr, flush=True)
+
+
+@dataclass
 class SchedulerControl:
     """A live site's levers, as far as a run can reach them: the scheduler's start estimate
-    for a pilot of the site's shape (asked at most every ``every_s``). The idle settings go
-    to the endpoint once, as user options, when the plan renders its config."""
+    for the site's next pilot (asked at most every ``every_s``). The idle settings go to the
+    endpoint once, as user options, when the plan renders its config."""
 
     site: SitePlan
     run: Callable[[str], tuple[str, int]] = run_here
     every_s: float = 300.0
+    warn: Callable[[str], None] = _say
     _asked: tuple[float, float | None] | None = field(default=None, repr=False)
+    _warned: bool = field(default=False, repr=False)
 
     @property
     def nodes(self) -> int:
@@ -99,22 +154,60 @@ class SchedulerControl:
         now = time.monotonic()
         if self._asked is not None and now - self._asked[0] < self.every_s:
             return self._asked[1]
-        catalog = self.site.catalog
-        options = self.site.user_options
+        estimate, reached = self._queued_start()
+        if estimate is None and reached:
+            estimate = self._test_start()
+        self._asked = (now, estimate)
+        return estimate
+
+    def _ask(self, line: str) -> tuple[str, int]:
+        """`line` with the scheduler's times in UTC (the login node's zone is not ours)."""
+        text, rc = self.run(f"export TZ=UTC\n{line}")
+        if rc != 0 and not self._warned:
+            self._warned = True
+            last = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+            why = redact(last[-1]).removeprefix(f"site {self.site.name}: ") if last else f"rc {rc}"
+            self.warn(
+                f"site {self.site.name}: no start estimate from its scheduler ({why}); "
+                "the policy goes on without it"
+            )
+        return text, rc
+
+    def _seconds(self, start: datetime) -> float:
+        return max(0.0, (start - datetime.now(UTC).replace(tzinfo=None)).total_seconds())
+
+    def _queued_start(self) -> tuple[float | None, bool]:
+        """The earliest estimated start among the endpoint's own queued pilots, and whether
+        the scheduler was reached."""
+        sched = self.site.catalog.sched
+        line = sched.queued_starts_command()
+        if line is None:
+            return None, True
+        text, rc = self._ask(line)
+        starts = sched.parse_queued_starts(text, rc, PILOT_NAMES[self.site.mpi])
+        return (self._seconds(min(starts)) if starts else None), rc != UNREACHED
+
+    def _test_start(self) -> float | None:
+        """When a pilot of the site's shape would start if submitted now."""
+        catalog, options = self.site.catalog, self.site.user_options
         line = catalog.sched.start_test_command(
             nodes=self.nodes,
             walltime_s=int(self.walltime_s),
             queue=options.get("queue") or catalog.queue,
             account=options.get("account") or catalog.account,
         )
-        estimate = None
-        if line is not None:
-            text, rc = self.run(line)
-            start = catalog.sched.parse_start(text, rc)
-            if start is not None:
-                estimate = max(0.0, (start - datetime.now()).total_seconds())
-        self._asked = (now, estimate)
-        return estimate
+        if line is None:
+            return None
+        text, rc = self._ask(line)
+        start = catalog.sched.parse_start(text, rc)
+        return self._seconds(start) if start is not None else None
+
+
+def scheduler_control(site: SitePlan) -> SchedulerControl | None:
+    """A batch site's control: its scheduler asked here, or on its login node."""
+    if not site.catalog.sched.batch:
+        return None
+    return SchedulerControl(site, run=run_here if site.runs_here else LoginNode(site.catalog))
 
 
 def open_site(site: SitePlan, engines_dir: Path) -> OpenSite:
@@ -139,5 +232,5 @@ def open_site(site: SitePlan, engines_dir: Path) -> OpenSite:
             shell_results=site.mpi,
         )
         executor, endpoint = local, str(local.endpoint_id)
-    control = SchedulerControl(site) if site.runs_here and site.catalog.sched.batch else None
+    control = scheduler_control(site)
     return OpenSite(site, MpiSiteExecutor(executor) if site.mpi else executor, endpoint, control)
