@@ -168,10 +168,12 @@ def test_a_live_site_asks_slurm_when_its_next_pilot_would_start(slurm_cluster):
         held_nodes=1,
         mpi=False,
     )
-    control = SchedulerControl(plan, run=run)  # type: ignore[arg-type]
+    now = [0.0]
+    control = SchedulerControl(plan, run=run, clock=lambda: now[0])  # type: ignore[arg-type]
     estimate = control.start_estimate_s()
     assert estimate is not None and 0 <= estimate < 300, asked
-    assert control.start_estimate_s() == estimate and len(asked) == 2
+    now[0] = 10.0  # kept within every_s: not asked again
+    assert control.start_estimate_s() == max(0.0, estimate - 10.0) and len(asked) == 2
     # no pilot of the endpoint queued: then a test submission of the pilot's shape
     assert "squeue" in asked[0] and "--start" in asked[0]
     assert "--test-only" in asked[1] and "--time=20:00" in asked[1]

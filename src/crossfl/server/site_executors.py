@@ -119,6 +119,8 @@ class SchedulerControl:
     run: Callable[[str], tuple[str, int]] = run_here
     every_s: float = 300.0
     warn: Callable[[str], None] = _say
+    clock: Callable[[], float] = time.monotonic
+    # (when asked, the estimated start on `clock`'s scale or None), both by `clock`
     _asked: tuple[float, float | None] | None = field(default=None, repr=False)
     _warned: bool = field(default=False, repr=False)
 
@@ -151,14 +153,16 @@ class SchedulerControl:
         return [self.walltime_s]
 
     def start_estimate_s(self) -> float | None:
-        now = time.monotonic()
-        if self._asked is not None and now - self._asked[0] < self.every_s:
-            return self._asked[1]
-        estimate, reached = self._queued_start()
-        if estimate is None and reached:
-            estimate = self._test_start()
-        self._asked = (now, estimate)
-        return estimate
+        """Seconds until the site's next pilot is expected to start. The scheduler names a
+        time, so a kept answer counts down until it is asked again."""
+        now = self.clock()
+        if self._asked is None or now - self._asked[0] >= self.every_s:
+            estimate, reached = self._queued_start()
+            if estimate is None and reached:
+                estimate = self._test_start()
+            self._asked = (now, None if estimate is None else now + estimate)
+        start = self._asked[1]
+        return None if start is None else max(0.0, start - now)
 
     def _ask(self, line: str) -> tuple[str, int]:
         """`line` with the scheduler's times in UTC (the login node's zone is not ours)."""
