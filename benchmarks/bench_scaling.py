@@ -57,11 +57,15 @@ def build(root: Path) -> tuple[Path, Path]:
     return root / "model", root / "data" / "train.jsonl"
 
 
-def train(model: Path, data: Path, device: str, ranks: int | str) -> dict[str, Any]:
+def train(
+    model: Path, data: Path, device: str, ranks: int | str, steps: int = STEPS
+) -> dict[str, Any]:
+    """One LoRA round of the tiny model on `device` with `ranks` ranks (make bench, make
+    gpu-check)."""
     task = {
         "model_path": str(model),
         "data_path": str(data),
-        "local_steps": STEPS,
+        "local_steps": steps,
         "batch_size": BATCH,
         "lr": 5e-3,
         "max_length": 96,

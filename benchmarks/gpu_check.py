@@ -30,38 +30,12 @@ from typing import Any
 
 import torch
 
-from crossfl.client import tasks
 from crossfl.client.telemetry import device_busy_fraction
 
-from .bench_scaling import BATCH, build
+from .bench_scaling import build
+from .bench_scaling import train as lora_round
 
 ALL_REDUCE_MB = 256
-
-
-def lora_round(
-    model: Path, data: Path, device: str, ranks: int | str, steps: int
-) -> dict[str, Any]:
-    task = {
-        "model_path": str(model),
-        "data_path": str(data),
-        "local_steps": steps,
-        "batch_size": BATCH,
-        "lr": 5e-3,
-        "max_length": 96,
-        "torch_threads": 1,
-        "lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
-        "ranks_per_node": ranks,
-        "shard": "never",
-    }
-    before = os.environ.get("CROSSFL_DEVICE")
-    os.environ["CROSSFL_DEVICE"] = device  # the ranks inherit it
-    try:
-        return tasks.train_round(task)
-    finally:
-        if before is None:
-            os.environ.pop("CROSSFL_DEVICE", None)
-        else:
-            os.environ["CROSSFL_DEVICE"] = before
 
 
 def round_figures(r: dict[str, Any]) -> str:
