@@ -335,7 +335,7 @@ def _build(d: Deployment, dest: str) -> None:
     sched = site.sched
     pending = d.state.image_build
     if pending is not None and pending.key != key and not d.dry_run:
-        st = jobs.status(remote, sched, _job(pending))
+        st = jobs.status(remote, sched, pending_job(pending))
         if not st.done:
             raise UserError(
                 f"site {site.name}: an image build of another version is still running "
@@ -347,7 +347,7 @@ def _build(d: Deployment, dest: str) -> None:
         pending = None
     if pending is not None and not d.dry_run:
         remote.say(f"waiting for the image build started earlier ({pending.job_id})")
-        job = _job(pending)
+        job = pending_job(pending)
     else:
         job = _start_build(d, tar, key)
     st = jobs.wait(remote, sched, job, timeout_s=d.build_wait_s, what="image build")
@@ -377,8 +377,25 @@ def _build(d: Deployment, dest: str) -> None:
     _record(d, dest, dest, origin, "build", labels)
 
 
-def _job(pending: BuildJob) -> jobs.Job:
+def pending_job(pending: BuildJob) -> jobs.Job:
+    """The build job a deploy started earlier, as recorded in state."""
     return jobs.Job(pending.where, pending.job_id, pending.output, pending.host)
+
+
+def record_build(d: Deployment, job: jobs.Job, key: str) -> None:
+    """The started build in state (not in a dry run), so a later deploy waits for it
+    instead of starting another (Apptainer and podman-hpc builds alike)."""
+    if d.remote.dry_run:
+        return
+    d.state.image_build = BuildJob(
+        where=job.where,
+        job_id=job.job_id,
+        host=job.host,
+        key=key,
+        output=job.output,
+        started_at=now(),
+    )
+    d.record()
 
 
 def _start_build(d: Deployment, tar: Path, key: str) -> jobs.Job:
@@ -403,14 +420,5 @@ def _start_build(d: Deployment, tar: Path, key: str) -> jobs.Job:
         job = jobs.submit(remote, site.sched, script, where, name, "image build")
     else:
         job = jobs.start_login(remote, script, where, name, "image build")
-    if not remote.dry_run:
-        d.state.image_build = BuildJob(
-            where=job.where,
-            job_id=job.job_id,
-            host=job.host,
-            key=key,
-            output=job.output,
-            started_at=now(),
-        )
-        d.record()
+    record_build(d, job, key)
     return job

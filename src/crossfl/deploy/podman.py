@@ -29,13 +29,15 @@ from crossfl.deploy.image import (
     LABEL_COMMIT,
     expected_labels,
     label_mismatches,
+    pending_job,
+    record_build,
 )
 from crossfl.deploy.transfer import stage_file, tree_manifest
 from crossfl.errors import UserError
 from crossfl.images import git_commit
 from crossfl.quoting import quote
 from crossfl.render.batch import OCI_CONTEXT
-from crossfl.state import BuildJob, ImageState, now
+from crossfl.state import ImageState, now
 
 if TYPE_CHECKING:
     from crossfl.deploy.deployment import Deployment
@@ -198,7 +200,7 @@ def _build(d: Deployment) -> None:
     pending = d.state.image_build
     if pending is not None and pending.key == key and not d.dry_run:
         remote.say(f"waiting for the image build started earlier ({pending.job_id})")
-        job = jobs.Job(pending.where, pending.job_id, pending.output, pending.host)
+        job = pending_job(pending)
     else:
         job = _start(d, tar, key, name)
     st = jobs.wait(remote, site.sched, job, timeout_s=d.build_wait_s, what="image build")
@@ -247,14 +249,5 @@ def _start(d: Deployment, tar: Path, key: str, name: str) -> jobs.Job:
         "image build",
         args=(name,),
     )
-    if not remote.dry_run:
-        d.state.image_build = BuildJob(
-            where=job.where,
-            job_id=job.job_id,
-            host=job.host,
-            key=key,
-            output=job.output,
-            started_at=now(),
-        )
-        d.record()
+    record_build(d, job, key)
     return job
