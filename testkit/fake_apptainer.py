@@ -15,9 +15,9 @@ Every call is appended to calls.log beside it, so a test can count builds and pu
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
+
+from testkit.fake_command import count_calls, install_command
 
 SCRIPT = """#!{python}
 import hashlib, json, sys
@@ -60,19 +60,9 @@ else:
 
 def install(bindir: Path, registry: dict[str, dict[str, str]] | None = None) -> Path:
     """Write the fake `apptainer` into `bindir`; `registry`: labels per pullable reference."""
-    bindir.mkdir(parents=True, exist_ok=True)
-    exe = bindir / "apptainer"
-    exe.write_text(SCRIPT.format(python=sys.executable))
-    exe.chmod(0o755)
-    (bindir / "registry.json").write_text(json.dumps(registry or {}))
-    (bindir / "calls.log").write_text("")
-    return exe
+    return install_command(bindir, "apptainer", SCRIPT, registry)
 
 
 def calls(bindir: Path, command: str) -> int:
     """How many times `apptainer COMMAND` ran."""
-    return sum(
-        1
-        for line in (bindir / "calls.log").read_text().splitlines()
-        if line.split(" ", 1)[0] == command
-    )
+    return count_calls(bindir, command)

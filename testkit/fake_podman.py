@@ -19,8 +19,9 @@ command fail with the file's text.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
+
+from testkit.fake_command import count_calls, install_command
 
 SCRIPT = """#!{python}
 import hashlib, json, shlex, sys
@@ -95,14 +96,7 @@ else:
 
 def install(bindir: Path, registry: dict[str, dict[str, str]] | None = None) -> Path:
     """Write the fake `podman-hpc` into `bindir`; `registry`: labels per pullable reference."""
-    bindir.mkdir(parents=True, exist_ok=True)
-    exe = bindir / "podman-hpc"
-    exe.write_text(SCRIPT.format(python=sys.executable))
-    exe.chmod(0o755)
-    (bindir / "registry.json").write_text(json.dumps(registry or {}))
-    (bindir / "store.json").write_text("{}")
-    (bindir / "calls.log").write_text("")
-    return exe
+    return install_command(bindir, "podman-hpc", SCRIPT, registry, {"store.json": "{}"})
 
 
 def store(bindir: Path) -> dict:
@@ -111,8 +105,4 @@ def store(bindir: Path) -> dict:
 
 def calls(bindir: Path, command: str) -> int:
     """How many times `podman-hpc COMMAND` ran."""
-    return sum(
-        1
-        for line in (bindir / "calls.log").read_text().splitlines()
-        if line.split(" ", 1)[0] == command
-    )
+    return count_calls(bindir, command)
